@@ -1,0 +1,1 @@
+"""TickStock Hub HTTP and websocket API, settings and the `tickstock` command."""

@@ -1,0 +1,80 @@
+"""The Starlette application and its one lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from starlette.applications import Starlette
+
+from api.errors import EXCEPTION_HANDLERS
+from api.routes import health
+from api.settings import Settings
+from api.state import HubState
+from hub.broker import open_nats
+from hub.maintenance import Maintenance
+from store.cache import open_redis
+from store.pool import open_pool
+
+__all__ = ["ConfigurationError", "create_app", "open_hub"]
+
+log = logging.getLogger("tickstock.app")
+
+
+class ConfigurationError(RuntimeError):
+    """The app was asked to start without the URLs it needs."""
+
+
+@asynccontextmanager
+async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
+    """Open every resource in order and close them in reverse order.
+
+    Needs all three server URLs (the ``run`` command starts embedded servers first and fills them in).
+    Raises the resource's own error (``StoreError``, ``BrokerError``, ``CacheError``) with one clear
+    line when a server cannot be reached within ``settings.connect_timeout_s``.
+    """
+    database_url, nats_url, redis_url = settings.database_url, settings.nats_url, settings.redis_url
+    if not (database_url and nats_url and redis_url):
+        raise ConfigurationError(f"no URL for {', '.join(settings.embedded)}")
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_pool(
+            database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
+            timeout_s=settings.pool_timeout_s, max_idle_s=settings.pool_max_idle_s,
+            statement_timeout_ms=settings.statement_timeout_ms, connect_timeout_s=settings.connect_timeout_s,
+        ))
+        log.info("postgres pool open (%d-%d connections)", settings.pool_min_size, settings.pool_max_size)
+        nc = await stack.enter_async_context(open_nats(nats_url, connect_timeout_s=settings.connect_timeout_s))
+        log.info("nats connected to %s", nats_url)
+        redis = await stack.enter_async_context(open_redis(redis_url, connect_timeout_s=settings.connect_timeout_s))
+        log.info("redis connected")
+        maintenance = await stack.enter_async_context(Maintenance(
+            pool, interval_s=settings.maintenance_interval_s, ahead_days=settings.partitions_ahead_days,
+        ))
+        yield HubState(settings=settings, pool=pool, nats=nc, js=nc.jetstream(), redis=redis,
+                       maintenance=maintenance)
+        log.info("hub shutting down")
+
+
+def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
+    """Build the ASGI app; nothing is opened until the lifespan runs.
+
+    With ``hub`` the app serves resources its caller opened and will close (the CLI does this so
+    that connection errors are reported before the server starts); without, the lifespan opens them.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if hub is not None:
+            app.state.hub = hub
+            yield
+            return
+        async with open_hub(settings) as opened:
+            app.state.hub = opened
+            yield
+
+    return Starlette(
+        routes=[*health.routes],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )

@@ -1,0 +1,74 @@
+"""Liveness and readiness.
+
+``GET /health`` answers as long as the process serves HTTP. ``GET /health/ready`` checks each
+dependency with a short timeout and reports its status and latency: 503 when PostgreSQL or NATS is
+down (the hub cannot store or move events), 200 with ``"status": "degraded"`` when only Redis is
+down (scans fall back to PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from api.state import HubState
+from store.pool import ping
+
+__all__ = ["routes"]
+
+CHECK_TIMEOUT_S = 2.0
+
+
+async def _timed(check: Callable[[], Awaitable[dict[str, Any] | None]]) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        extra = await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - any failure of a dependency is reported, not raised
+        return {"status": "down", "error": str(exc) or type(exc).__name__,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    result: dict[str, Any] = {"status": "up", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    result.update(extra or {})
+    return result
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> JSONResponse:
+    hub: HubState = request.app.state.hub
+
+    async def postgres() -> None:
+        await ping(hub.pool)
+
+    async def nats() -> dict[str, Any]:
+        if not hub.nats.is_connected:
+            raise ConnectionError("not connected")
+        info = await hub.js.account_info()
+        return {"jetstream": {"streams": info.streams, "consumers": info.consumers}}
+
+    async def redis() -> None:
+        await hub.redis.ping()
+
+    checks = dict(zip(("postgres", "nats", "redis"),
+                      await asyncio.gather(_timed(postgres), _timed(nats), _timed(redis)), strict=True))
+    if checks["postgres"]["status"] != "up" or checks["nats"]["status"] != "up":
+        status, code = "down", 503
+    elif checks["redis"]["status"] != "up":
+        status, code = "degraded", 200
+    else:
+        status, code = "ok", 200
+    body = {"status": status, "checks": checks, "uptime_s": round(time.time() - hub.started_at, 1)}
+    return JSONResponse(body, status_code=code, headers={"Cache-Control": "no-store"})
+
+
+routes = [
+    Route("/health", health, methods=["GET"]),
+    Route("/health/ready", ready, methods=["GET"]),
+]

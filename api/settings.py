@@ -1,0 +1,109 @@
+"""Settings: the only place that reads the environment.
+
+Every setting has a ``TICKSTOCK_`` variable. An unset server URL means "start the embedded server"
+(``tickstock run``); ``tickstock serve`` requires all three URLs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+__all__ = ["Settings", "SettingsError"]
+
+PREFIX = "TICKSTOCK_"
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_DATA_DIR = ".tickstock"
+DEFAULT_POOL_MIN_SIZE = 2
+DEFAULT_POOL_MAX_SIZE = 10
+DEFAULT_POOL_TIMEOUT_S = 5.0
+DEFAULT_POOL_MAX_IDLE_S = 300.0
+DEFAULT_STATEMENT_TIMEOUT_MS = 5_000
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_PARTITIONS_AHEAD_DAYS = 7
+DEFAULT_MAINTENANCE_INTERVAL_S = 60.0
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Frozen hub settings. Build with :meth:`from_env`; tests pass keyword arguments."""
+
+    database_url: str | None = None
+    nats_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    pool_min_size: int = DEFAULT_POOL_MIN_SIZE
+    pool_max_size: int = DEFAULT_POOL_MAX_SIZE
+    pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
+    pool_max_idle_s: float = DEFAULT_POOL_MAX_IDLE_S
+    statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    partitions_ahead_days: int = DEFAULT_PARTITIONS_AHEAD_DAYS
+    maintenance_interval_s: float = DEFAULT_MAINTENANCE_INTERVAL_S
+    jwt_secret: str | None = None
+    jwks_url: str | None = None
+    jwt_issuer: str = "tickstock-hub"
+    jwt_audience: str = "tickstock"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.pool_min_size < 0 or self.pool_max_size < max(1, self.pool_min_size):
+            raise SettingsError(
+                f"{PREFIX}POOL_MAX_SIZE ({self.pool_max_size}) must be >= 1 and >= "
+                f"{PREFIX}POOL_MIN_SIZE ({self.pool_min_size})"
+            )
+        for name in ("pool_timeout_s", "connect_timeout_s", "maintenance_interval_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
+        if self.statement_timeout_ms < 0:
+            raise SettingsError(f"{PREFIX}STATEMENT_TIMEOUT_MS must be >= 0")
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"{PREFIX}PORT must be a TCP port, not {self.port}")
+
+    @property
+    def embedded(self) -> tuple[str, ...]:
+        """Which servers have no URL and must be started by the hub."""
+        return tuple(
+            name for name, url in
+            (("nats", self.nats_url), ("postgres", self.database_url), ("redis", self.redis_url))
+            if not url
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read ``TICKSTOCK_*`` variables; ``overrides`` (e.g. from command-line flags) win.
+
+        Raises :class:`SettingsError` naming the variable when a value does not parse.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, str(f.type), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _parse(name: str, type_name: str, raw: str) -> object:
+    try:
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+        if type_name == "Path":
+            return Path(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name.upper()}={raw!r} is not a valid {type_name}") from None
+    return raw

@@ -1,0 +1,29 @@
+"""The typed state the lifespan builds and every route reads (``request.state.hub``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+    from nats.aio.client import Client as NATS
+    from nats.js import JetStreamContext
+    from psycopg_pool import AsyncConnectionPool
+
+    from api.settings import Settings
+    from hub.maintenance import Maintenance
+
+__all__ = ["HubState"]
+
+
+@dataclass
+class HubState:
+    settings: Settings
+    pool: AsyncConnectionPool
+    nats: NATS
+    js: JetStreamContext
+    redis: aioredis.Redis
+    maintenance: Maintenance
+    started_at: float = field(default_factory=time.time)

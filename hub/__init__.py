@@ -1,0 +1,1 @@
+"""TickStock Hub: event pipeline, fan-out and embedded servers."""

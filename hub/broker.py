@@ -1,0 +1,70 @@
+"""The NATS connection: opened once per process, drained on the way out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+
+__all__ = ["BrokerError", "open_nats"]
+
+log = logging.getLogger("tickstock.broker")
+
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_DRAIN_TIMEOUT_S = 10
+DEFAULT_PENDING_BYTES = 64 * 1024 * 1024
+
+
+class BrokerError(NatsError):
+    """NATS could not be reached or used; subclasses nats-py's base error."""
+
+
+@asynccontextmanager
+async def open_nats(
+    url: str, *, name: str = "tickstock-hub", connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    drain_timeout_s: int = DEFAULT_DRAIN_TIMEOUT_S,
+) -> AsyncIterator[NATS]:
+    """Connect to ``url``; drain (flush pending work, then close) on exit.
+
+    The first connection must succeed within ``connect_timeout_s`` or :class:`BrokerError` is raised
+    with the reason. After that the client reconnects forever, logging each disconnect.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats: disconnected from %s", url)
+
+    async def on_reconnect() -> None:
+        log.info("nats: reconnected to %s", url)
+
+    client = NATS()
+    try:
+        await asyncio.wait_for(
+            client.connect(
+                url, name=name, connect_timeout=max(1, int(connect_timeout_s)), allow_reconnect=True,
+                max_reconnect_attempts=-1, reconnect_time_wait=1, error_cb=on_error,
+                disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
+                drain_timeout=drain_timeout_s, pending_size=DEFAULT_PENDING_BYTES,
+            ),
+            timeout=connect_timeout_s,
+        )
+    except (TimeoutError, OSError, NatsError) as exc:
+        await client.close()
+        reason = str(exc) or type(exc).__name__
+        raise BrokerError(f"cannot connect to NATS at {url}: {reason}") from exc
+    try:
+        yield client
+    finally:
+        if client.is_connected:
+            try:
+                await client.drain()
+            except (TimeoutError, NatsError) as exc:  # pragma: no cover - depends on server timing
+                log.warning("nats: drain failed (%s); closing", exc)
+        await client.close()

@@ -1,0 +1,156 @@
+"""EXPLAIN the typical scan queries on generated pattern events.
+
+Generates ``--events`` events over the last ``--days`` days (symbols from the S&P 500, the seeded
+pattern names, all timeframes) into a database, ANALYZEs, then prints for each typical scan shape the
+plan (EXPLAIN ANALYZE, BUFFERS), which indexes it used, how many partitions it read out of how many
+exist, and its execution time.
+
+    python ops/explain_scan.py --events 1000000            # embedded PostgreSQL in a temp folder
+    TICKSTOCK_DATABASE_URL=postgresql://... python ops/explain_scan.py --events 1000000 --keep
+
+Exit status 1 when a shape does not use the index it was designed for or does not prune partitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hub.embedded import EmbeddedPostgres  # noqa: E402
+from store.migrate import migrate  # noqa: E402
+from store.pool import open_pool  # noqa: E402
+from store.reference import load_reference_data  # noqa: E402
+
+GENERATE = """
+WITH syms AS (SELECT array_agg(symbol ORDER BY symbol) AS a FROM universe_members WHERE universe = 'sp500'),
+     pats AS (SELECT array_agg(name ORDER BY name) AS a FROM pattern_definitions),
+     tfs  AS (SELECT ARRAY['1min','5min','15min','30min','hourly','daily','weekly','monthly'] AS a)
+INSERT INTO pattern_events (id, type, symbol, pattern, timeframe, confidence, detected_at, expires_at,
+                            price, volume, payload, source, stream_seq)
+SELECT 'gen-' || g,
+       'pattern_detected',
+       syms.a[1 + mod(hashint(g, 1), array_length(syms.a, 1))],
+       pats.a[1 + mod(hashint(g, 2), array_length(pats.a, 1))],
+       tfs.a[1 + mod(hashint(g, 3), 8)],
+       mod(hashint(g, 4), 1000) / 1000.0,
+       now() - (%(days)s * interval '1 day') * (g::float8 / %(n)s),
+       now() - (%(days)s * interval '1 day') * (g::float8 / %(n)s) + interval '3 days',
+       10 + mod(hashint(g, 5), 50000) / 100.0,
+       mod(hashint(g, 6), 10000000),
+       '{}'::jsonb, 'explain', g
+FROM generate_series(1, %(n)s) AS g, syms, pats, tfs
+"""
+
+HASHINT = """
+CREATE OR REPLACE FUNCTION hashint(g bigint, salt int) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT abs(hashint8(g * 1000003 + salt))::bigint $$
+"""
+
+# name -> (sql, index it must use, whether it must prune partitions)
+SHAPES: dict[str, tuple[str, str, bool]] = {
+    "universe, confidence, last 7 days, newest first": (
+        "SELECT * FROM pattern_events WHERE detected_at >= now() - interval '7 days' "
+        "AND symbol = ANY (ARRAY(SELECT symbol FROM universe_members WHERE universe = 'dow30')) "
+        "AND confidence >= 0.7 ORDER BY detected_at DESC, id DESC LIMIT 50",
+        "pattern_events_symbol_idx", True),
+    "one symbol, newest first": (
+        "SELECT * FROM pattern_events WHERE symbol = 'AAPL' ORDER BY detected_at DESC, id DESC LIMIT 50",
+        "pattern_events_symbol_idx", False),
+    "pattern + timeframe, last 30 days": (
+        "SELECT * FROM pattern_events WHERE pattern = 'hammer' AND timeframe = 'daily' "
+        "AND detected_at >= now() - interval '30 days' ORDER BY detected_at DESC, id DESC LIMIT 50",
+        "pattern_events_pattern_idx", True),
+    "timeframe, keyset page 2": (
+        "SELECT * FROM pattern_events WHERE timeframe = 'hourly' AND detected_at >= now() - interval '14 days' "
+        "AND (detected_at, id) < (now() - interval '2 days', 'gen-0') ORDER BY detected_at DESC, id DESC LIMIT 50",
+        "pattern_events_timeframe_idx", True),
+    "everything, last 24 hours": (
+        "SELECT * FROM pattern_events WHERE detected_at >= now() - interval '1 day' "
+        "ORDER BY detected_at DESC, id DESC LIMIT 100",
+        "pattern_events_time_idx", True),
+}
+
+
+def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [node]
+    for child in node.get("Plans", []):
+        found.extend(_walk(child))
+    return found
+
+
+async def run(url: str, events: int, days: int, generate: bool) -> int:
+    failures = 0
+    async with open_pool(url, min_size=1, max_size=2, statement_timeout_ms=0) as pool:
+        async with pool.connection() as conn:
+            await migrate(conn)
+        await load_reference_data(pool)
+        async with pool.connection() as conn:
+            await conn.execute(
+                "SELECT tickstock_ensure_partitions(now() - %s * interval '1 day', now() + interval '7 days')",
+                (days,))
+            if generate:
+                started = time.monotonic()
+                await conn.execute(HASHINT)
+                await conn.execute("TRUNCATE pattern_events")
+                await conn.execute(GENERATE, {"n": events, "days": days})  # type: ignore[arg-type]
+                await conn.execute("ANALYZE pattern_events")
+                print(f"generated {events:,} events over {days} days in {time.monotonic() - started:.1f} s")
+            row = await (await conn.execute(
+                "SELECT count(*) AS n, (SELECT count(*) FROM pg_inherits "
+                "WHERE inhparent = 'pattern_events'::regclass) AS parts FROM pattern_events")).fetchone()
+            assert row is not None
+            total_parts = row["parts"]
+            # A partition's index is named after its columns; map it back to the parent index.
+            parents = {r["child"]: r["parent"] for r in await (await conn.execute(
+                "SELECT c.relname AS child, p.relname AS parent FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
+                "WHERE p.relkind = 'I'")).fetchall()}
+            print(f"pattern_events: {row['n']:,} rows in {total_parts} partitions\n")
+            for name, (sql, index, prune) in SHAPES.items():
+                cur = await conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}")  # noqa: S608
+                plan_row = await cur.fetchone()
+                assert plan_row is not None
+                plan = next(iter(plan_row.values()))
+                plan = json.loads(plan) if isinstance(plan, str) else plan
+                nodes = _walk(plan[0]["Plan"])
+                indexes = sorted({parents.get(n["Index Name"], n["Index Name"]) for n in nodes if "Index Name" in n})
+                parts = sorted({n["Relation Name"] for n in nodes
+                                if n.get("Relation Name", "").startswith("pattern_events_")})
+                used = index in indexes
+                pruned = len(parts) < total_parts
+                ok = used and (pruned or not prune)
+                failures += not ok
+                text = await (await conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")).fetchall()  # noqa: S608
+                print(f"== {name}: {'OK' if ok else 'FAIL'} — {plan[0]['Execution Time']:.2f} ms, "
+                      f"indexes {indexes}, partitions read {len(parts)} of {total_parts}")
+                print(f"   {sql}")
+                for line in text:
+                    print("   " + next(iter(line.values())))
+                print()
+    return 1 if failures else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=120)
+    parser.add_argument("--no-generate", action="store_true", help="explain what is already stored")
+    args = parser.parse_args()
+    url = os.environ.get("TICKSTOCK_DATABASE_URL")
+    if url:
+        return asyncio.run(run(url, args.events, args.days, not args.no_generate))
+    with tempfile.TemporaryDirectory(prefix="tickstock-explain-") as tmp, EmbeddedPostgres(Path(tmp), durable=False) as pg:
+        return asyncio.run(run(pg.url, args.events, args.days, not args.no_generate))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""TickStock Hub storage: PostgreSQL pool, migrations, reference data and queries."""

