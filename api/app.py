@@ -9,11 +9,18 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from starlette.applications import Starlette
 
 from api.errors import EXCEPTION_HANDLERS
-from api.routes import health
+from api.auth import Authenticator
+from api.routes import admin, health, ingest, metrics
+from api.routes.ingest import IngestGate
 from api.settings import Settings
 from api.state import HubState
 from hub.broker import open_nats
+from hub.catalog import CatalogCache
+from hub.deadletters import AdvisoryWatcher, DeadLetterer
+from hub.jetstream import Topology, ensure_topology
 from hub.maintenance import Maintenance
+from hub.metrics import Metrics
+from hub.writer import Writer
 from store.cache import open_redis
 from store.pool import open_pool
 
@@ -48,11 +55,25 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
         log.info("nats connected to %s", nats_url)
         redis = await stack.enter_async_context(open_redis(redis_url, connect_timeout_s=settings.connect_timeout_s))
         log.info("redis connected")
+        catalog = CatalogCache()
         maintenance = await stack.enter_async_context(Maintenance(
             pool, interval_s=settings.maintenance_interval_s, ahead_days=settings.partitions_ahead_days,
+            catalog=catalog,
         ))
-        yield HubState(settings=settings, pool=pool, nats=nc, js=nc.jetstream(), redis=redis,
-                       maintenance=maintenance)
+        js = nc.jetstream()
+        await ensure_topology(js, Topology(max_deliver=settings.ingest_max_deliver, ack_wait_s=settings.ingest_ack_wait_s))
+        metrics = Metrics()
+        dead_letters = DeadLetterer(pool=pool, js=js, metrics=metrics)
+        # Exits run in reverse: the writer stops (finishing its batch) before NATS drains and the
+        # pool closes.
+        await stack.enter_async_context(AdvisoryWatcher(js=js, dead_letters=dead_letters))
+        writer = await stack.enter_async_context(Writer(
+            pool=pool, nc=nc, catalog=catalog, dead_letters=dead_letters, metrics=metrics,
+            batch=settings.writer_batch,
+        ))
+        log.info("writer started (batch %d)", settings.writer_batch)
+        yield HubState(settings=settings, pool=pool, nats=nc, js=js, redis=redis, maintenance=maintenance,
+                       metrics=metrics, catalog=catalog, dead_letters=dead_letters, writer=writer)
         log.info("hub shutting down")
 
 
@@ -73,8 +94,11 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
             app.state.hub = opened
             yield
 
-    return Starlette(
-        routes=[*health.routes],
+    app = Starlette(
+        routes=[*health.routes, *metrics.routes, *ingest.routes, *admin.routes],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
+    app.state.auth = Authenticator(settings)
+    app.state.ingest_gate = IngestGate(settings.http_ingest_inflight)
+    return app

@@ -10,7 +10,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
+import secrets
 import signal
 import socket
 import sys
@@ -26,6 +28,8 @@ from nats.errors import Error as NatsError
 from redis.exceptions import RedisError
 
 from api.app import ConfigurationError, create_app, open_hub
+from api.auth import SCOPES, mint_token
+from api.state import HubState
 from api.settings import Settings, SettingsError
 from hub.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, EmbeddedServer
 from store.migrate import migrate
@@ -39,6 +43,8 @@ log = logging.getLogger("tickstock")
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 SHUTDOWN_GRACE_S = 10
+DEMO_RATE = 2.0
+DEV_TOKEN_TTL_S = 24 * 3600
 
 # Failures that mean "this configuration does not work": reported in one line.
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -130,15 +136,18 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)  # connections queue from now on, before uvicorn starts accepting
     sock.set_inheritable(True)
     return sock
 
 
-async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) -> None:
-    """Open the hub's resources, then serve HTTP and websockets until SIGINT/SIGTERM."""
+async def serve(settings: Settings, *, extras: Callable[[HubState], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+                ready: Callable[[], None] | None = None) -> None:
+    """Open the hub's resources, then serve HTTP and websockets until SIGINT/SIGTERM. ``extras`` is
+    entered with the open hub before serving and left after (the demo feed in ``run``)."""
     sock = _bind(settings.host, settings.port)
     try:
-        async with open_hub(settings) as hub:
+        async with open_hub(settings) as hub, (extras(hub) if extras else contextlib.nullcontext()):
             app = create_app(settings, hub=hub)
             config = uvicorn.Config(
                 app, log_level=settings.log_level.lower(), access_log=False, lifespan="on",
@@ -156,10 +165,44 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
 
 # -- subcommands -------------------------------------------------------------------------------------
 
+def _dev_secret(settings: Settings) -> Settings:
+    """``run`` without ``TICKSTOCK_JWT_SECRET``: a random development secret kept in the data folder
+    (mode 0600), so tokens survive restarts and nothing secret lives in the repository."""
+    if settings.jwt_secret or settings.jwks_url:
+        return settings
+    path = settings.data_dir.resolve() / "jwt-secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return dataclasses.replace(settings, jwt_secret=path.read_text().strip())
+
+
+def _print_dev_token(settings: Settings) -> None:
+    if not settings.jwt_secret:
+        return
+    token = mint_token(settings.jwt_secret, subject="demo-user", scopes=SCOPES, ttl_s=DEV_TOKEN_TTL_S,
+                       issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    _say(f"development token (sub demo-user, all scopes, {DEV_TOKEN_TTL_S // 3600} h):\n\n    {token}\n")
+    _say(f"try:  curl -H 'Authorization: Bearer <token>' http://{settings.host}:{settings.port}/health/ready")
+
+
+def _demo_feed(rate: float) -> Callable[[HubState], contextlib.AbstractAsyncContextManager[Any]]:
+    from hub.demo_feed import DemoFeed
+
+    def start(hub: HubState) -> contextlib.AbstractAsyncContextManager[Any]:
+        _say(f"demo feed: replaying real OHLCV through TA-Lib, about {rate:g} events/s")
+        return DemoFeed(hub.js, rate=rate)
+
+    return start
+
+
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
+    settings = _dev_secret(settings)
     async with embedded_servers(settings) as full:
         await prepare_database(full, reference=not args.skip_reference_data)
-        await serve(full)
+        extras = None if args.no_demo_feed else _demo_feed(args.demo_rate)
+        await serve(full, extras=extras, ready=lambda: _print_dev_token(full))
 
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -178,6 +221,84 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 async def cmd_load_reference_data(settings: Settings, args: argparse.Namespace) -> None:
     async with _database_only(settings) as full:
         await prepare_database(full, reference=True)
+
+
+async def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
+    secret = settings.jwt_secret
+    if not secret:
+        path = settings.data_dir.resolve() / "jwt-secret"
+        if not path.exists():
+            raise ConfigurationError("set TICKSTOCK_JWT_SECRET (or run `tickstock run` once, which creates a "
+                                     "development secret in the data folder)")
+        secret = path.read_text().strip()
+    scopes = args.scope or ["patterns:read"]
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise ConfigurationError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}")
+    print(mint_token(secret, subject=args.sub, scopes=scopes, ttl_s=args.ttl, issuer=settings.jwt_issuer,
+                     audience=settings.jwt_audience))
+
+
+async def cmd_demo_feed(settings: Settings, args: argparse.Namespace) -> None:
+    from hub.demo_feed import run as run_feed
+
+    async with embedded_servers(settings, only=("nats",)) as full:
+        published = await run_feed(full.nats_url or "", rate=args.rate, duration_s=args.duration, loop=not args.once)
+    _say(f"demo feed: {published} events published")
+
+
+async def cmd_bridge_redis(settings: Settings, args: argparse.Namespace) -> None:
+    from hub.bridge import run as run_bridge
+
+    async with embedded_servers(settings, only=("nats", "redis")) as full:
+        forwarded = await run_bridge(full.redis_url or "", full.nats_url or "", channel=args.channel,
+                                     duration_s=args.duration)
+    _say(f"bridge: {forwarded} messages forwarded")
+
+
+async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> None:
+    from hub.catalog import CatalogCache
+    from hub.deadletters import DeadLetterer, ReplayError
+    from hub.metrics import Metrics
+    from hub.broker import open_nats
+    from store.deadletters import get_dead_letter, list_dead_letters, purge_dead_letters
+
+    need = ("postgres", "nats") if args.action == "replay" else ("postgres",)
+    async with embedded_servers(settings, only=need) as full, open_pool(
+            full.database_url or "", min_size=1, max_size=2, connect_timeout_s=full.connect_timeout_s) as pool:
+        if args.action == "list":
+            async with pool.connection() as conn:
+                letters = await list_dead_letters(conn, reason=args.reason, limit=args.limit)
+            for d in letters:
+                print(f"{d.id:>8}  {d.last_seen:%Y-%m-%d %H:%M:%S}  {d.reason:<24} {d.subject:<40} "
+                      f"{'replayed' if d.replayed_at else ''} {d.detail[:80]}")
+            _say(f"{len(letters)} dead letter(s)")
+        elif args.action == "show":
+            async with pool.connection() as conn:
+                letter = await get_dead_letter(conn, args.id)
+            if letter is None:
+                raise ConfigurationError(f"no dead letter {args.id}")
+            print(json.dumps({**letter.summary(preview=1 << 20), "headers": letter.headers}, indent=2))
+        elif args.action == "purge":
+            async with pool.connection() as conn:
+                try:
+                    n = await purge_dead_letters(conn, ids=args.id or None, reason=args.reason,
+                                                 replayed_only=args.replayed, everything=args.all)
+                except ValueError as exc:
+                    raise ConfigurationError(str(exc)) from None
+            _say(f"purged {n} dead letter(s)")
+        else:
+            payload = args.payload.read_bytes() if args.payload else None
+            async with open_nats(full.nats_url or "", name="tickstock-dlq") as nc:
+                catalog = CatalogCache()
+                await catalog.refresh(pool)
+                letterer = DeadLetterer(pool=pool, js=nc.jetstream(), metrics=Metrics())
+                try:
+                    result = await letterer.replay(args.id, catalog=catalog, payload=payload)
+                except ReplayError as exc:
+                    raise ConfigurationError(str(exc)) from None
+            _say(f"replayed dead letter {result.dead_letter_id} as event {result.event_id} to {result.subject} "
+                 f"(ingest seq {result.seq}{', duplicate' if result.duplicate else ''})")
 
 
 def _database_only(settings: Settings) -> contextlib.AbstractAsyncContextManager[Settings]:
@@ -208,13 +329,47 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     run = add("run", cmd_run, "Start embedded NATS, PostgreSQL and Redis for every unset URL, migrate, load "
-              "reference data and serve the hub until Ctrl-C; then stop everything it started.", listen=True)
+              "reference data, start the demo feed and serve the hub until Ctrl-C; then stop everything it "
+              "started.", listen=True)
     run.add_argument("--skip-reference-data", action="store_true", help="do not (re)load the reference data")
+    run.add_argument("--no-demo-feed", action="store_true", help="do not start the demo feed")
+    run.add_argument("--demo-rate", type=float, default=DEMO_RATE, help="demo events per second (default 2)")
     add("serve", cmd_serve, "Serve the hub against external servers (TICKSTOCK_DATABASE_URL, TICKSTOCK_NATS_URL, "
         "TICKSTOCK_REDIS_URL must be set).", listen=True, data_dir=False)
     add("migrate", cmd_migrate, "Apply pending database migrations (re-running is a no-op).")
     add("load-reference-data", cmd_load_reference_data,
         "Apply migrations, then load symbols, universes and pattern definitions (idempotent).")
+    token = add("token", cmd_token, "Mint a development token (HS256 with TICKSTOCK_JWT_SECRET, or the "
+                "secret `tickstock run` keeps in the data folder).")
+    token.add_argument("--sub", default="demo-user", help="token subject (the user)")
+    token.add_argument("--scope", action="append", help=f"repeatable; one of {', '.join(SCOPES)}")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    feed = add("demo-feed", cmd_demo_feed, "Replay real OHLCV files through TA-Lib's candlestick recognisers "
+               "and publish what they detect to ingest.")
+    feed.add_argument("--rate", type=float, default=DEMO_RATE, help="events per second (default 2)")
+    feed.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    feed.add_argument("--once", action="store_true", help="replay each file once, then stop")
+    bridge = add("bridge-redis", cmd_bridge_redis, "Forward TickStock's Redis pub/sub channel into ingest.")
+    bridge.add_argument("--channel", default="tickstock.events.patterns", help="Redis channel")
+    bridge.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    dlq = add("dlq", cmd_dlq, "Inspect, replay and purge dead letters.")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dlq_list = dlq_sub.add_parser("list", help="newest first", description="List dead letters, newest first.")
+    dlq_list.add_argument("--reason", default=None)
+    dlq_list.add_argument("--limit", type=int, default=50)
+    dlq_show = dlq_sub.add_parser("show", help="one dead letter with payload and headers",
+                                  description="Show one dead letter with its payload and headers.")
+    dlq_show.add_argument("id", type=int)
+    dlq_replay = dlq_sub.add_parser("replay", help="publish it to ingest again",
+                                    description="Publish a dead letter (or a corrected payload) to ingest again.")
+    dlq_replay.add_argument("id", type=int)
+    dlq_replay.add_argument("--payload", type=Path, default=None, help="a file with the corrected event JSON")
+    dlq_purge = dlq_sub.add_parser("purge", help="delete dead letters",
+                                   description="Delete dead letters by id, reason, replayed, or all.")
+    dlq_purge.add_argument("--id", type=int, action="append")
+    dlq_purge.add_argument("--reason", default=None)
+    dlq_purge.add_argument("--replayed", action="store_true", help="only those already replayed")
+    dlq_purge.add_argument("--all", action="store_true", help="every dead letter")
     return parser
 
 

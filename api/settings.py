@@ -26,6 +26,12 @@ DEFAULT_STATEMENT_TIMEOUT_MS = 5_000
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_PARTITIONS_AHEAD_DAYS = 7
 DEFAULT_MAINTENANCE_INTERVAL_S = 60.0
+DEFAULT_WRITER_BATCH = 500
+DEFAULT_INGEST_MAX_DELIVER = 30
+DEFAULT_INGEST_ACK_WAIT_S = 15.0
+DEFAULT_HTTP_INGEST_MAX_EVENTS = 1_000
+DEFAULT_HTTP_INGEST_MAX_BYTES = 4 * 1024 * 1024
+DEFAULT_HTTP_INGEST_INFLIGHT = 5_000
 
 
 class SettingsError(ValueError):
@@ -50,6 +56,12 @@ class Settings:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     partitions_ahead_days: int = DEFAULT_PARTITIONS_AHEAD_DAYS
     maintenance_interval_s: float = DEFAULT_MAINTENANCE_INTERVAL_S
+    writer_batch: int = DEFAULT_WRITER_BATCH
+    ingest_max_deliver: int = DEFAULT_INGEST_MAX_DELIVER
+    ingest_ack_wait_s: float = DEFAULT_INGEST_ACK_WAIT_S
+    http_ingest_max_events: int = DEFAULT_HTTP_INGEST_MAX_EVENTS
+    http_ingest_max_bytes: int = DEFAULT_HTTP_INGEST_MAX_BYTES
+    http_ingest_inflight: int = DEFAULT_HTTP_INGEST_INFLIGHT
     jwt_secret: str | None = None
     jwks_url: str | None = None
     jwt_issuer: str = "tickstock-hub"
@@ -62,9 +74,12 @@ class Settings:
                 f"{PREFIX}POOL_MAX_SIZE ({self.pool_max_size}) must be >= 1 and >= "
                 f"{PREFIX}POOL_MIN_SIZE ({self.pool_min_size})"
             )
-        for name in ("pool_timeout_s", "connect_timeout_s", "maintenance_interval_s"):
+        for name in ("pool_timeout_s", "connect_timeout_s", "maintenance_interval_s", "ingest_ack_wait_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
+        for name in ("writer_batch", "ingest_max_deliver", "http_ingest_max_events", "http_ingest_max_bytes", "http_ingest_inflight"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.statement_timeout_ms < 0:
             raise SettingsError(f"{PREFIX}STATEMENT_TIMEOUT_MS must be >= 0")
         if not 0 < self.port < 65536:

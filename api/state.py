@@ -13,7 +13,11 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
     from api.settings import Settings
+    from hub.catalog import CatalogCache
+    from hub.deadletters import DeadLetterer
     from hub.maintenance import Maintenance
+    from hub.metrics import Metrics
+    from hub.writer import Writer
 
 __all__ = ["HubState"]
 
@@ -26,4 +30,8 @@ class HubState:
     js: JetStreamContext
     redis: aioredis.Redis
     maintenance: Maintenance
+    metrics: Metrics
+    catalog: CatalogCache
+    dead_letters: DeadLetterer
+    writer: Writer
     started_at: float = field(default_factory=time.time)

@@ -67,4 +67,7 @@ async def open_nats(
                 await client.drain()
             except (TimeoutError, NatsError) as exc:  # pragma: no cover - depends on server timing
                 log.warning("nats: drain failed (%s); closing", exc)
-        await client.close()
+        try:
+            await client.close()
+        except OSError as exc:  # nats-py flushes into a socket the peer may already have closed
+            log.warning("nats: connection lost while closing (%s)", exc)

@@ -104,6 +104,7 @@ class EmbeddedServer:
     stop_signal: signal.Signals = field(default=signal.SIGTERM, init=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _attached_pid: int | None = field(default=None, init=False, repr=False)
 
     # -- what subclasses provide -------------------------------------------------------------------
     @property
@@ -129,17 +130,23 @@ class EmbeddedServer:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._proc.pid if self._proc is not None else self._attached_pid
+
+    @property
+    def attached(self) -> bool:
+        """True when this object uses a server another process started (and will not stop it)."""
+        return self._attached_pid is not None
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return (self._proc is not None and self._proc.poll() is None) or self._attached_pid is not None
 
     def start(self) -> None:
         if self.running:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._kill_stale()
+        if self._attach_or_clean():
+            return
         if not self.port:
             self.port = free_port(self.host)
         self.prepare()
@@ -167,6 +174,7 @@ class EmbeddedServer:
             self.stop()
             raise EmbeddedError(f"{self.name}: cannot execute {command[0]}: {exc.strerror}") from exc
         (self.data_dir / f"{self.name}.pid").write_text(str(self._proc.pid))
+        (self.data_dir / f"{self.name}.port").write_text(str(self.port))
         deadline = started + self.start_timeout_s
         while not self.ready():
             if self._proc.poll() is not None:
@@ -183,6 +191,9 @@ class EmbeddedServer:
         )
 
     def stop(self) -> None:
+        if self._attached_pid is not None:
+            self._attached_pid = None
+            return
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(self.stop_signal)
@@ -195,30 +206,44 @@ class EmbeddedServer:
             log.info("%s stopped (pid %s)", self.name, proc.pid)
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / f"{self.name}.pid").unlink()
+        (self.data_dir / f"{self.name}.port").unlink(missing_ok=True)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
 
-    def _kill_stale(self) -> None:
-        """Stop a server left behind by a previous run that was killed before it could clean up."""
-        pid_file = self.data_dir / f"{self.name}.pid"
+    def _attach_or_clean(self) -> bool:
+        """A server of ours already runs on this data folder (another ``tickstock`` process started it,
+        e.g. ``tickstock dlq list`` while ``tickstock run`` serves): use it, and leave it running on
+        exit. A leftover that does not answer is stopped. Returns True when attached."""
+        pid_file, port_file = self.data_dir / f"{self.name}.pid", self.data_dir / f"{self.name}.port"
         try:
             pid = int(pid_file.read_text().strip())
+            port = int(port_file.read_text().strip())
         except (FileNotFoundError, ValueError):
-            return
+            pid_file.unlink(missing_ok=True)
+            return False
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             comm = ""
-        if comm and comm == self.process_name:
-            log.warning("%s: stopping a stale server left by an earlier run (pid %s)", self.name, pid)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, self.stop_signal)
-                for _ in range(int(self.stop_timeout_s * 20)):
-                    os.kill(pid, 0)
-                    time.sleep(0.05)
-                os.kill(pid, signal.SIGKILL)
+        if comm != self.process_name:
+            pid_file.unlink(missing_ok=True)
+            return False
+        wanted, self.port = self.port, port
+        if self.ready():
+            self._attached_pid = pid
+            log.info("%s: using the server already running on %s:%s (pid %s)", self.name, self.host, port, pid)
+            return True
+        self.port = wanted
+        log.warning("%s: stopping a server left by an earlier run that does not answer (pid %s)", self.name, pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, self.stop_signal)
+            for _ in range(int(self.stop_timeout_s * 20)):
+                os.kill(pid, 0)
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
         pid_file.unlink(missing_ok=True)
+        return False
 
     def _fail(self, why: str) -> None:
         tail = ""
@@ -256,7 +281,7 @@ def _scripts_dir() -> Path:
 class EmbeddedNats(EmbeddedServer):
     """``nats-server -js`` with its store under ``data_dir/jetstream``."""
 
-    max_store: str = "4G"
+    max_store: str = "8G"
     max_memory: str = "512M"
 
     def __post_init__(self) -> None:

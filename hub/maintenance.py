@@ -1,4 +1,4 @@
-"""The hub's periodic upkeep task: partitions ahead and materialized-view refreshes."""
+"""The hub's periodic upkeep task: partitions ahead, materialized views, the pattern catalog."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from types import TracebackType
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from hub.catalog import CatalogCache
 from store.maintenance import ensure_partitions, refresh_views
 
 __all__ = ["Maintenance"]
@@ -25,8 +26,10 @@ class Maintenance:
     failed round is logged and retried on the next tick; it never stops the hub.
     """
 
-    def __init__(self, pool: AsyncConnectionPool, *, interval_s: float, ahead_days: int) -> None:
+    def __init__(self, pool: AsyncConnectionPool, *, interval_s: float, ahead_days: int,
+                 catalog: CatalogCache | None = None) -> None:
         self._pool = pool
+        self._catalog = catalog
         self._interval_s = interval_s
         self._ahead = timedelta(days=ahead_days)
         self._task: asyncio.Task[None] | None = None
@@ -36,6 +39,8 @@ class Maintenance:
     async def run_once(self) -> None:
         await ensure_partitions(self._pool, ahead=self._ahead)
         await refresh_views(self._pool)
+        if self._catalog is not None:
+            await self._catalog.refresh(self._pool)
         self.rounds += 1
 
     async def _loop(self) -> None:

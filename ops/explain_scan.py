@@ -55,28 +55,30 @@ CREATE OR REPLACE FUNCTION hashint(g bigint, salt int) RETURNS bigint
 LANGUAGE sql IMMUTABLE AS $$ SELECT abs(hashint8(g * 1000003 + salt))::bigint $$
 """
 
-# name -> (sql, index it must use, whether it must prune partitions)
-SHAPES: dict[str, tuple[str, str, bool]] = {
+# name -> (sql, indexes of which it must use one, whether it must prune partitions)
+SHAPES: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "universe, confidence, last 7 days, newest first": (
         "SELECT * FROM pattern_events WHERE detected_at >= now() - interval '7 days' "
         "AND symbol = ANY (ARRAY(SELECT symbol FROM universe_members WHERE universe = 'dow30')) "
         "AND confidence >= 0.7 ORDER BY detected_at DESC, id DESC LIMIT 50",
-        "pattern_events_symbol_idx", True),
+        # Walking the newest-first time index and filtering is as good as merging per-symbol index
+        # scans when the universe is large; the planner picks by the data.
+        ("pattern_events_symbol_idx", "pattern_events_time_idx"), True),
     "one symbol, newest first": (
         "SELECT * FROM pattern_events WHERE symbol = 'AAPL' ORDER BY detected_at DESC, id DESC LIMIT 50",
-        "pattern_events_symbol_idx", False),
+        ("pattern_events_symbol_idx",), False),
     "pattern + timeframe, last 30 days": (
         "SELECT * FROM pattern_events WHERE pattern = 'hammer' AND timeframe = 'daily' "
         "AND detected_at >= now() - interval '30 days' ORDER BY detected_at DESC, id DESC LIMIT 50",
-        "pattern_events_pattern_idx", True),
+        ("pattern_events_pattern_idx",), True),
     "timeframe, keyset page 2": (
         "SELECT * FROM pattern_events WHERE timeframe = 'hourly' AND detected_at >= now() - interval '14 days' "
         "AND (detected_at, id) < (now() - interval '2 days', 'gen-0') ORDER BY detected_at DESC, id DESC LIMIT 50",
-        "pattern_events_timeframe_idx", True),
+        ("pattern_events_timeframe_idx", "pattern_events_time_idx"), True),
     "everything, last 24 hours": (
         "SELECT * FROM pattern_events WHERE detected_at >= now() - interval '1 day' "
         "ORDER BY detected_at DESC, id DESC LIMIT 100",
-        "pattern_events_time_idx", True),
+        ("pattern_events_time_idx",), True),
 }
 
 
@@ -115,7 +117,7 @@ async def run(url: str, events: int, days: int, generate: bool) -> int:
                 "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
                 "WHERE p.relkind = 'I'")).fetchall()}
             print(f"pattern_events: {row['n']:,} rows in {total_parts} partitions\n")
-            for name, (sql, index, prune) in SHAPES.items():
+            for name, (sql, wanted, prune) in SHAPES.items():
                 cur = await conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}")  # noqa: S608
                 plan_row = await cur.fetchone()
                 assert plan_row is not None
@@ -125,7 +127,7 @@ async def run(url: str, events: int, days: int, generate: bool) -> int:
                 indexes = sorted({parents.get(n["Index Name"], n["Index Name"]) for n in nodes if "Index Name" in n})
                 parts = sorted({n["Relation Name"] for n in nodes
                                 if n.get("Relation Name", "").startswith("pattern_events_")})
-                used = index in indexes
+                used = any(index in indexes for index in wanted)
                 pruned = len(parts) < total_parts
                 ok = used and (pruned or not prune)
                 failures += not ok

@@ -36,6 +36,7 @@ EXTERNAL = os.environ.get("TICKSTOCK_TEST_EXTERNAL") == "1"
 TEMPLATE = "tickstock_test_template"
 TEMPLATE_REF = "tickstock_test_template_ref"
 _redis_db = itertools.cycle(range(1, 16))
+JWT_SECRET = "tests-only-secret-0123456789abcdef0123456789"
 _db_counter = itertools.count(1)
 
 
@@ -188,17 +189,27 @@ async def jetstream(nats_client: NATS) -> AsyncIterator[JetStreamContext]:
 
 
 @pytest.fixture(scope="module")
-def settings(servers: Servers, database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Hub settings on this module's database, Redis db and the session NATS. A module that needs
-    the reference data overrides this fixture with ``ref_database_url``."""
+def settings(servers: Servers, ref_database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Hub settings on this module's database (with reference data), Redis db and the session NATS."""
     return Settings(
-        database_url=database_url, nats_url=servers.nats_url, redis_url=redis_url,
+        database_url=ref_database_url, nats_url=servers.nats_url, redis_url=redis_url,
         data_dir=tmp_path_factory.mktemp("hub"), maintenance_interval_s=3600, pool_min_size=1, pool_max_size=4,
+        jwt_secret=JWT_SECRET,
     )
+
+
+async def delete_all_streams(url: str) -> None:
+    client = NATS()
+    await client.connect(url, connect_timeout=5)
+    js = client.jetstream()
+    for info in await js.streams_info():
+        await js.delete_stream(info.config.name)
+    await client.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def live_hub(settings: Settings) -> AsyncIterator[LiveHub]:
-    """The whole hub served by uvicorn on a free loopback port, for this module."""
+    """The whole hub served by uvicorn on a free loopback port, for this module, on fresh streams."""
+    await delete_all_streams(settings.nats_url or "")
     async with LiveHub(settings) as hub:
         yield hub

@@ -134,3 +134,77 @@ class TcpProxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._links.discard(writer)
         self._links.discard(up_writer)
+
+
+def make_event(i: int, *, symbol: str = "AAPL", timeframe: str = "daily", pattern: str = "hammer",
+               prefix: str = "ev", confidence: float | None = None, **extra: object) -> dict[str, object]:
+    """A valid schema v1 event as a dict; ``i`` makes the id and the details vary."""
+    from datetime import datetime, timedelta, timezone
+
+    base = datetime(2026, 11, 2, 14, 30, tzinfo=timezone.utc)
+    event: dict[str, object] = {
+        "id": f"{prefix}-{i}", "type": "pattern_detected", "symbol": symbol, "pattern": pattern,
+        "timeframe": timeframe, "confidence": confidence if confidence is not None else round((i % 100) / 100, 2),
+        "detected_at": (base + timedelta(seconds=i)).isoformat().replace("+00:00", "Z"),
+        "price": 100.0 + i % 50, "volume": 1000 + i, "source": "tests",
+    }
+    event.update(extra)
+    return event
+
+
+async def publish_raw(js, items: list[tuple[str, bytes, dict[str, str] | None]]) -> list[object]:  # type: ignore[no-untyped-def]
+    """Publish ``(subject, payload, headers)`` items with pipelined acks; returns the PubAcks in order."""
+    futures = [await js.publish_async(subject, payload, headers=headers) for subject, payload, headers in items]
+    return list(await asyncio.gather(*futures))
+
+
+async def publish_events(js, events: list[dict[str, object]]) -> list[object]:  # type: ignore[no-untyped-def]
+    """Publish v1 events to their ingest subjects with ``Nats-Msg-Id`` = id."""
+    import json
+
+    from hub.events import ingest_subject
+
+    return await publish_raw(js, [
+        (ingest_subject(str(e["timeframe"]), str(e["symbol"])), json.dumps(e).encode(), {"Nats-Msg-Id": str(e["id"])})
+        for e in events])
+
+
+async def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll the async ``predicate`` until it returns a truthy value; fail after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+async def clean_stream_messages(js, *, limit: int = 1_000_000) -> list[object]:  # type: ignore[no-untyped-def]
+    """Every message on TICKSTOCK_PATTERNS, in stream order (an ephemeral ordered read)."""
+    from hub.jetstream import PATTERNS_STREAM
+
+    info = await js.stream_info(PATTERNS_STREAM)
+    total = info.state.messages
+    sub = await js.subscribe("tickstock.patterns.>", ordered_consumer=True, stream=PATTERNS_STREAM)
+    msgs = []
+    try:
+        while len(msgs) < min(total, limit):
+            msgs.append(await sub.next_msg(timeout=5))
+    finally:
+        await sub.unsubscribe()
+    return msgs
+
+
+async def wait_settled(js, *, timeout: float = 30.0) -> object:  # type: ignore[no-untyped-def]
+    """Wait until the writer's consumer has nothing pending or unacknowledged; returns its info."""
+    from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
+
+    async def settled():  # type: ignore[no-untyped-def]
+        info = await js.consumer_info(INGEST_STREAM, WRITER_CONSUMER)
+        return info if info.num_pending == 0 and info.num_ack_pending == 0 else None
+
+    return await wait_for(settled, timeout=timeout, what="every ingest message acknowledged")

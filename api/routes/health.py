@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from api.routes.metrics import pipeline_summary, refresh_gauges
 from api.state import HubState
 from store.pool import ping
 
@@ -64,7 +65,9 @@ async def ready(request: Request) -> JSONResponse:
         status, code = "degraded", 200
     else:
         status, code = "ok", 200
-    body = {"status": status, "checks": checks, "uptime_s": round(time.time() - hub.started_at, 1)}
+    await refresh_gauges(hub)
+    body = {"status": status, "checks": checks, "pipeline": pipeline_summary(hub),
+            "uptime_s": round(time.time() - hub.started_at, 1)}
     return JSONResponse(body, status_code=code, headers={"Cache-Control": "no-store"})
 
 

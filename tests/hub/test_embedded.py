@@ -98,18 +98,39 @@ def test_a_server_that_never_gets_ready_is_stopped(tmp_path: Path) -> None:
     assert not server.running
 
 
-def test_a_stale_server_from_a_killed_run_is_stopped_first(tmp_path: Path) -> None:
+def test_a_server_another_process_runs_is_used_and_left_running(tmp_path: Path) -> None:
     first = EmbeddedRedis(tmp_path)
     first.start()
-    stale_pid = first.pid
-    assert stale_pid is not None
-    # Forget it, as a hub killed with -9 would: only the pid file is left to find it by.
-    stale, first._proc = first._proc, None
-    second = EmbeddedRedis(tmp_path)
     try:
-        second.start()
+        second = EmbeddedRedis(tmp_path)
+        with second:
+            assert second.attached and second.pid == first.pid and second.port == first.port
+            assert redis.Redis.from_url(second.url).ping() is True
+        assert first.running and first.pid is not None and _alive(first.pid)
+        assert not second.attached
+    finally:
+        first.stop()
+
+
+def test_a_leftover_that_does_not_answer_is_stopped_first(tmp_path: Path) -> None:
+    class Mute(EmbeddedRedis):
+        answers = True
+
+        def ready(self) -> bool:
+            return self.answers and super().ready()
+
+    first = Mute(tmp_path)
+    first.start()
+    stale_pid = first.pid
+    stale, first._proc = first._proc, None  # as if its owner were gone
+    second = Mute(tmp_path)
+    second.answers = False
+    second.start_timeout_s = 1.0
+    try:
+        with pytest.raises(EmbeddedError, match="not ready"):
+            second.start()  # the leftover was stopped; the new one never "answers" either
         assert stale is not None and stale.wait(5) == 0
-        assert second.pid != stale_pid
+        assert stale_pid is not None and not _alive(stale_pid)
     finally:
         second.stop()
         first.stop()

@@ -1,0 +1,111 @@
+"""``POST /api/patterns``: a batch of events published to ingest, with a verdict per event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from nats.errors import Error as NatsError
+from nats.js.errors import APIError as JetStreamAPIError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from api.auth import requires
+from api.errors import ApiError
+from api.state import HubState
+from hub.events import EventError, parse_event
+from hub.producer import publish_to_ingest
+
+__all__ = ["IngestGate", "routes"]
+
+RETRY_AFTER_S = 1
+
+
+class IngestGate:
+    """Bounds the events in flight from HTTP to JetStream on this node; beyond it, 429."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inflight = 0
+
+    def try_acquire(self, n: int) -> bool:
+        if self.inflight + n > self.limit:
+            return False
+        self.inflight += n
+        return True
+
+    def release(self, n: int) -> None:
+        self.inflight -= n
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(f"the body is larger than {limit} bytes", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(f"the body is larger than {limit} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@requires("patterns:write")
+async def post_patterns(request: Request) -> JSONResponse:
+    """Body: ``{"events": [...]}`` or a bare JSON array of schema v1 or legacy events. Each event is
+    validated, then published to ``tickstock.ingest.<timeframe>.<symbol>`` with ``Nats-Msg-Id`` = id.
+    Response: one result per event, in order: ``accepted`` (with the ingest sequence), ``duplicate``
+    or ``rejected`` (with the reason). 429 with ``Retry-After`` when ingest is saturated: then nothing
+    of this request was published, or (for events JetStream refused) the result is ``retry``."""
+    hub: HubState = request.app.state.hub
+    settings = hub.settings
+    body = await _read_body(request, settings.http_ingest_max_bytes)
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise ApiError(f"the body is not JSON: {exc}") from None
+    events_raw = document.get("events") if isinstance(document, dict) else document
+    if not isinstance(events_raw, list):
+        raise ApiError('the body must be {"events": [...]} or a JSON array of events')
+    if not events_raw:
+        raise ApiError("no events in the batch")
+    if len(events_raw) > settings.http_ingest_max_events:
+        raise ApiError(f"at most {settings.http_ingest_max_events} events per request", status=413)
+    gate: IngestGate = request.app.state.ingest_gate
+    if not gate.try_acquire(len(events_raw)):
+        hub.metrics.http_ingested.inc(len(events_raw), outcome="throttled")
+        raise ApiError("ingest is saturated; retry shortly", status=429,
+                       headers={"Retry-After": str(RETRY_AFTER_S)})
+    try:
+        results = await asyncio.gather(*(_one(hub, raw) for raw in events_raw))
+    finally:
+        gate.release(len(events_raw))
+    for result in results:
+        hub.metrics.http_ingested.inc(outcome=result["status"])
+    retry = any(r["status"] == "retry" for r in results)
+    counts = {s: sum(1 for r in results if r["status"] == s) for s in ("accepted", "duplicate", "rejected", "retry")}
+    return JSONResponse({"results": results, **counts}, status_code=429 if retry else 200,
+                        headers={"Retry-After": str(RETRY_AFTER_S)} if retry else None)
+
+
+async def _one(hub: HubState, raw: Any) -> dict[str, Any]:
+    try:
+        event = parse_event(raw, catalog=hub.catalog.current) if isinstance(raw, dict) else parse_event(
+            json.dumps(raw), catalog=hub.catalog.current)
+    except EventError as exc:
+        return {"status": "rejected", "id": raw.get("id") if isinstance(raw, dict) else None, **exc.as_dict()}
+    try:
+        published = await publish_to_ingest(hub.js, event)
+    except JetStreamAPIError as exc:
+        return {"status": "retry", "id": event.id, "reason": "ingest_full", "detail": exc.description or str(exc)}
+    except (NatsError, TimeoutError) as exc:
+        return {"status": "retry", "id": event.id, "reason": "ingest_unavailable", "detail": str(exc) or type(exc).__name__}
+    if published.duplicate:
+        return {"status": "duplicate", "id": event.id, "seq": published.seq}
+    return {"status": "accepted", "id": event.id, "seq": published.seq}
+
+
+routes = [Route("/api/patterns", post_patterns, methods=["POST"])]

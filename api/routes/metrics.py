@@ -1,0 +1,69 @@
+"""``GET /metrics``: Prometheus text format. JetStream and dead-letter gauges are read at scrape time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import psycopg
+from nats.errors import Error as NatsError
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from api.state import HubState
+from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
+from store.deadletters import count_dead_letters
+
+__all__ = ["pipeline_summary", "routes"]
+
+log = logging.getLogger("tickstock.metrics")
+SCRAPE_TIMEOUT_S = 2.0
+
+
+async def refresh_gauges(hub: HubState) -> None:
+    """Read consumer state and dead-letter depth into the gauges; a failure leaves the last values."""
+    try:
+        info = await asyncio.wait_for(hub.js.consumer_info(INGEST_STREAM, WRITER_CONSUMER), SCRAPE_TIMEOUT_S)
+        hub.metrics.consumer.set(float(info.num_pending or 0), field="pending")
+        hub.metrics.consumer.set(float(info.num_ack_pending or 0), field="ack_pending")
+        hub.metrics.consumer.set(float(info.num_redelivered or 0), field="redelivered")
+        hub.metrics.consumer.set(float(info.num_waiting or 0), field="waiting")
+    except (NatsError, TimeoutError) as exc:
+        log.debug("consumer info unavailable: %s", exc)
+    try:
+        async with hub.pool.connection() as conn:
+            depth = await asyncio.wait_for(count_dead_letters(conn), SCRAPE_TIMEOUT_S)
+        hub.metrics.dlq_depth.set(float(sum(depth.values())), reason="all")
+        for reason, n in depth.items():
+            hub.metrics.dlq_depth.set(float(n), reason=reason)
+    except (psycopg.Error, TimeoutError) as exc:
+        log.debug("dead-letter depth unavailable: %s", exc)
+
+
+def pipeline_summary(hub: HubState) -> dict[str, object]:
+    """The numbers ``/health/ready`` shows about the pipeline (call after :func:`refresh_gauges`)."""
+    m = hub.metrics
+    p95 = m.store_latency.quantile(0.95)
+    return {
+        "consumer_pending": int(m.consumer.value(field="pending")),
+        "ack_pending": int(m.consumer.value(field="ack_pending")),
+        "redelivered": int(m.consumer.value(field="redelivered")),
+        "dead_letters_pending": int(m.dlq_depth.value(reason="all")),
+        "per_second": {"ingested": round(m.ingested.rate(), 2), "stored": round(m.stored.rate(), 2),
+                       "rejected": round(m.rejected.rate(), 2)},
+        "totals": {"ingested": int(m.ingested.total()), "stored": int(m.stored.total()),
+                   "duplicates": int(m.duplicates.total()), "rejected": int(m.rejected.total()),
+                   "published": int(m.published.total()), "retries": int(m.retries.total())},
+        "writer_batches": hub.writer.batches,
+        "ingest_to_stored_p95_s": p95,
+    }
+
+
+async def metrics(request: Request) -> PlainTextResponse:
+    hub: HubState = request.app.state.hub
+    await refresh_gauges(hub)
+    return PlainTextResponse(hub.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+routes = [Route("/metrics", metrics, methods=["GET"])]

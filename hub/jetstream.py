@@ -1,0 +1,139 @@
+"""The hub's JetStream topology: streams, consumers and their limits, set up idempotently.
+
+| stream | subjects | retention | discard | why |
+|---|---|---|---|---|
+| ``TICKSTOCK_INGEST`` | ``tickstock.ingest.>`` | work queue | **new** | an accepted event must never be dropped to make room: when full, producers get an error and retry |
+| ``TICKSTOCK_PATTERNS`` | ``tickstock.patterns.>`` | limits (age, bytes) | old | a replayable history for resume; PostgreSQL is the system of record |
+| ``TICKSTOCK_DLQ`` | ``tickstock.dlq.>`` | limits | old | a feed for alerting; the ``dead_letters`` table is the record |
+| ``TICKSTOCK_ADVISORIES`` | max-deliveries advisories of the writer | limits | old | advisories survive a hub restart, so no exhausted event escapes the DLQ |
+
+Calling :func:`ensure_topology` on every start is safe on every node: a missing stream or consumer is
+created, an existing one is updated to the configuration below.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+__all__ = [
+    "ADVISORY_STREAM",
+    "DEADLETTER_CONSUMER",
+    "DLQ_STREAM",
+    "INGEST_STREAM",
+    "PATTERNS_STREAM",
+    "WRITER_CONSUMER",
+    "Topology",
+    "ensure_topology",
+]
+
+log = logging.getLogger("tickstock.jetstream")
+
+INGEST_STREAM = "TICKSTOCK_INGEST"
+PATTERNS_STREAM = "TICKSTOCK_PATTERNS"
+DLQ_STREAM = "TICKSTOCK_DLQ"
+ADVISORY_STREAM = "TICKSTOCK_ADVISORIES"
+WRITER_CONSUMER = "hub-writer"
+DEADLETTER_CONSUMER = "hub-deadletters"
+
+DLQ_PREFIX = "tickstock.dlq"
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+DAY_S = 86_400.0
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class Topology:
+    """Limits of the streams and the writer's consumer. Defaults suit one hub on a small machine:
+    JetStream reserves each stream's ``max_bytes`` from the server's store (3.6 GiB in all here)."""
+
+    ingest_max_bytes: int = 1 * GIB
+    ingest_max_msgs: int = 5_000_000
+    ingest_max_age_s: float = 7 * DAY_S
+    ingest_max_msg_size: int = 8 * MIB  # larger than any valid event, so oversized ones reach the DLQ
+    patterns_max_bytes: int = 2 * GIB
+    patterns_max_msgs: int = 20_000_000
+    patterns_max_age_s: float = 7 * DAY_S
+    dlq_max_bytes: int = 512 * MIB
+    dlq_max_age_s: float = 30 * DAY_S
+    duplicate_window_s: float = 600.0
+    ack_wait_s: float = 15.0
+    max_deliver: int = 30
+    max_ack_pending: int = 20_000
+
+
+def _streams(t: Topology) -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=INGEST_STREAM, subjects=["tickstock.ingest.>"], retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE, discard=DiscardPolicy.NEW, max_bytes=t.ingest_max_bytes,
+            max_msgs=t.ingest_max_msgs, max_age=t.ingest_max_age_s, max_msg_size=t.ingest_max_msg_size,
+            duplicate_window=t.duplicate_window_s,
+            description="Raw pattern events from producers; consumed once by the hub writer.",
+        ),
+        StreamConfig(
+            name=PATTERNS_STREAM, subjects=["tickstock.patterns.>"], retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE, discard=DiscardPolicy.OLD, max_bytes=t.patterns_max_bytes,
+            max_msgs=t.patterns_max_msgs, max_age=t.patterns_max_age_s, max_msg_size=1 * MIB,
+            duplicate_window=t.duplicate_window_s,
+            description="Validated, stored pattern events (schema v1), in store order.",
+        ),
+        StreamConfig(
+            name=DLQ_STREAM, subjects=[f"{DLQ_PREFIX}.>"], retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE, discard=DiscardPolicy.OLD, max_bytes=t.dlq_max_bytes,
+            max_age=t.dlq_max_age_s, duplicate_window=t.duplicate_window_s,
+            description="Dead letters: original payload and headers plus the reason.",
+        ),
+        StreamConfig(
+            name=ADVISORY_STREAM, subjects=[f"{MAX_DELIVERIES_ADVISORY}.{INGEST_STREAM}.>"],
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, discard=DiscardPolicy.OLD,
+            max_age=t.dlq_max_age_s, max_bytes=128 * MIB,
+            description="Max-deliveries advisories of the ingest consumers, turned into dead letters.",
+        ),
+    ]
+
+
+def _consumers(t: Topology) -> list[tuple[str, ConsumerConfig]]:
+    return [
+        (INGEST_STREAM, ConsumerConfig(
+            durable_name=WRITER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            ack_wait=t.ack_wait_s, max_deliver=t.max_deliver, max_ack_pending=t.max_ack_pending,
+            filter_subject="tickstock.ingest.>", max_waiting=512,
+            description="The hub writer, shared by every hub node.",
+        )),
+        (ADVISORY_STREAM, ConsumerConfig(
+            durable_name=DEADLETTER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30.0, max_ack_pending=1_000,
+            description="Turns max-deliveries advisories into dead letters.",
+        )),
+    ]
+
+
+async def ensure_topology(js: JetStreamContext, topology: Topology | None = None) -> None:
+    """Create or update every stream and consumer. Raises nats-py's errors if the server refuses."""
+    t = topology or Topology()
+    for config in _streams(t):
+        try:
+            await js.stream_info(config.name or "")
+        except NotFoundError:
+            await js.add_stream(config)
+            log.info("created stream %s", config.name)
+        else:
+            await js.update_stream(config)
+    for stream, consumer in _consumers(t):
+        await js.add_consumer(stream, consumer)  # create-or-update for a durable with the same config
+    log.info("jetstream topology ready (%s)", ", ".join(c.name or "" for c in _streams(t)))

@@ -1,0 +1,194 @@
+"""In-process metrics rendered in the Prometheus text format (version 0.0.4).
+
+Small on purpose: counters, gauges and fixed-bucket histograms with optional labels, plus a
+per-second rate over a sliding window for the readiness summary. No global registry: the lifespan
+builds one :class:`Metrics` and hands it to whoever records.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+
+__all__ = ["Counter", "Gauge", "Histogram", "Metrics", "Registry"]
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000)
+RATE_WINDOW_S = 60.0
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _labels(values: dict[str, str]) -> Labels:
+    return tuple(sorted(values.items()))
+
+
+def _fmt_labels(labels: Labels, extra: Labels = ()) -> str:
+    items = labels + extra
+    if not items:
+        return ""
+    body = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+                    for k, v in items)
+    return "{" + body + "}"
+
+
+def _fmt(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+class _Metric:
+    kind = ""
+
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name = name
+        self.help = help_text
+
+    def samples(self) -> Iterable[str]:  # pragma: no cover - overridden
+        return ()
+
+    def render(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}", *self.samples()]
+
+
+class Counter(_Metric):
+    """A monotonically increasing count; ``rate()`` is per second over the last minute."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, help_text: str) -> None:
+        super().__init__(name, help_text)
+        self._values: dict[Labels, float] = {}
+        self._recent: deque[tuple[float, float]] = deque()
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = _labels(labels)
+        self._values[key] = self._values.get(key, 0.0) + amount
+        now = time.monotonic()
+        self._recent.append((now, amount))
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW_S:
+            self._recent.popleft()
+
+    def value(self, **labels: str) -> float:
+        return self._values.get(_labels(labels), 0.0)
+
+    def total(self) -> float:
+        return sum(self._values.values())
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        return sum(a for t, a in self._recent if t >= now - RATE_WINDOW_S) / RATE_WINDOW_S
+
+    def samples(self) -> Iterable[str]:
+        for key, value in sorted(self._values.items()):
+            yield f"{self.name}{_fmt_labels(key)} {_fmt(value)}"
+
+
+class Gauge(_Metric):
+    """A value that goes up and down, set directly or read from a callback at scrape time."""
+
+    kind = "gauge"
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], float] | None = None) -> None:
+        super().__init__(name, help_text)
+        self._values: dict[Labels, float] = {}
+        self._read = read
+
+    def set(self, value: float, **labels: str) -> None:
+        self._values[_labels(labels)] = value
+
+    def value(self, **labels: str) -> float:
+        if self._read is not None and not labels:
+            return self._read()
+        return self._values.get(_labels(labels), 0.0)
+
+    def samples(self) -> Iterable[str]:
+        if self._read is not None:
+            yield f"{self.name} {_fmt(self._read())}"
+        for key, value in sorted(self._values.items()):
+            yield f"{self.name}{_fmt_labels(key)} {_fmt(value)}"
+
+
+class Histogram(_Metric):
+    kind = "histogram"
+
+    def __init__(self, name: str, help_text: str, buckets: Sequence[float] = LATENCY_BUCKETS_S) -> None:
+        super().__init__(name, help_text)
+        self.buckets = tuple(sorted(buckets))
+        self._counts = [0] * (len(self.buckets) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def quantile(self, q: float) -> float | None:
+        """An upper bound of the ``q`` quantile (the bucket edge it falls in); None when empty."""
+        if self.count == 0:
+            return None
+        target = q * self.count
+        running = 0
+        for edge, n in zip((*self.buckets, math.inf), self._counts, strict=True):
+            running += n
+            if running >= target:
+                return edge
+        return math.inf  # pragma: no cover - the loop always reaches the +Inf bucket
+
+    def samples(self) -> Iterable[str]:
+        running = 0
+        for edge, n in zip((*self.buckets, math.inf), self._counts, strict=True):
+            running += n
+            yield f"{self.name}_bucket{_fmt_labels((), (('le', _fmt(edge)),))} {running}"
+        yield f"{self.name}_sum {_fmt(self.sum)}"
+        yield f"{self.name}_count {self.count}"
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._metrics: dict[str, _Metric] = {}
+
+    def add(self, metric: _Metric) -> _Metric:
+        if metric.name in self._metrics:
+            raise ValueError(f"metric {metric.name} is already registered")
+        self._metrics[metric.name] = metric
+        return metric
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for metric in self._metrics.values():
+            lines.extend(metric.render())
+        return "\n".join(lines) + "\n"
+
+
+class Metrics:
+    """The hub's metrics, grouped by the part that records them."""
+
+    def __init__(self) -> None:
+        self.registry = Registry()
+        r = self.registry
+        self.ingested = r.add(Counter("tickstock_events_ingested_total", "Ingest messages received by the writer."))
+        self.stored = r.add(Counter("tickstock_events_stored_total", "Events newly stored in PostgreSQL."))
+        self.duplicates = r.add(Counter("tickstock_events_duplicate_total", "Events whose id was already stored."))
+        self.rejected = r.add(Counter("tickstock_events_rejected_total", "Events dead-lettered, by reason."))
+        self.published = r.add(Counter("tickstock_events_published_total", "Events published to the clean stream."))
+        self.redeliveries = r.add(Counter("tickstock_writer_redeliveries_total",
+                                          "Messages received with a delivery count above one."))
+        self.retries = r.add(Counter("tickstock_writer_retries_total",
+                                     "Messages handed back (nak with delay) after a transient failure."))
+        self.dead_letters = r.add(Counter("tickstock_dead_letters_total", "Dead letters recorded, by reason."))
+        self.batch_size = r.add(Histogram("tickstock_writer_batch_size", "Messages per writer batch.", SIZE_BUCKETS))
+        self.batch_seconds = r.add(Histogram("tickstock_writer_batch_seconds", "Time to process one writer batch."))
+        self.store_latency = r.add(Histogram("tickstock_ingest_to_stored_seconds",
+                                             "From the ingest message's stream timestamp to stored and published."))
+        self.http_ingested = r.add(Counter("tickstock_http_ingest_total", "Events received over HTTP, by outcome."))
+        self.consumer = r.add(Gauge("tickstock_consumer", "Writer consumer state from JetStream, by field."))
+        self.dlq_depth = r.add(Gauge("tickstock_dead_letters_pending", "Dead letters not replayed, by reason."))
+
+    def render(self) -> str:
+        return self.registry.render()

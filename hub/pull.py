@@ -1,0 +1,87 @@
+"""A pull-consumer fetch bounded in bytes as well as in messages.
+
+nats-py's ``fetch`` bounds a batch by count only: a batch of large messages can exceed what the
+server buffers for one client and get the connection cut as a slow consumer. :class:`Puller` sends
+JetStream's own pull request (``$JS.API.CONSUMER.MSG.NEXT``) with ``max_bytes`` and reads the replies
+from one long-lived inbox, so a message that arrives after a fetch gave up is returned by the next
+fetch instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from types import TracebackType
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+
+__all__ = ["Puller"]
+
+_STATUS = "Status"
+_HEARTBEAT = "100"
+
+
+class Puller:
+    """Fetches from a durable pull consumer. Use as an async context manager."""
+
+    def __init__(self, nc: NATS, *, stream: str, consumer: str, max_bytes: int) -> None:
+        self._nc = nc
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._max_bytes = max_bytes
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._inbox = ""
+        self._sub: Subscription | None = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._queue.put_nowait(msg)  # bounded by what was requested: one batch at a time
+
+    async def __aenter__(self) -> Puller:
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(NatsError):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def fetch(self, batch: int, *, timeout: float) -> list[Msg]:
+        """Up to ``batch`` messages and about ``max_bytes`` (at least one message), waiting up to
+        ``timeout`` seconds for the first. Returns an empty list when there is nothing."""
+        msgs: list[Msg] = []
+        # Messages for an earlier request that gave up waiting; status replies (no reply subject) are
+        # answers to earlier requests and mean nothing now.
+        while not self._queue.empty() and len(msgs) < batch:
+            msg = self._queue.get_nowait()
+            if msg.reply:
+                msgs.append(msg)
+        if msgs:
+            return msgs
+        request = {"batch": batch, "max_bytes": self._max_bytes, "expires": int(timeout * 1e9)}
+        await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
+        deadline = time.monotonic() + timeout + 0.25
+        size = 0
+        while len(msgs) < batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                msg = await asyncio.wait_for(self._queue.get(), remaining)
+            except TimeoutError:
+                break
+            if not msg.reply:  # a status reply: 100 heartbeat, 404 no messages, 408 expired, 409 limits
+                if msg.headers and msg.headers.get(_STATUS) == _HEARTBEAT:
+                    continue
+                break
+            msgs.append(msg)
+            size += len(msg.data)
+            if size >= self._max_bytes:
+                break
+        return msgs

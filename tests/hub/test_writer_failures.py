@@ -1,0 +1,128 @@
+"""The pipeline under failure: database outages, several nodes, exhausted deliveries, restarts.
+
+These tests run their own hubs (no module-wide ``live_hub``), so that no other writer shares the
+consumer while they cut connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from urllib.parse import urlsplit
+
+from psycopg_pool import AsyncConnectionPool
+
+from api.settings import Settings
+from hub.jetstream import INGEST_STREAM
+from tests.conftest import delete_all_streams
+from tests.support import (
+    LiveHub,
+    TcpProxy,
+    clean_stream_messages,
+    make_event,
+    publish_events,
+    publish_raw,
+    wait_for,
+    wait_settled,
+)
+
+SYMBOLS = ["AAPL", "MSFT", "BRK.B", "ABR$D", "IBM", "KO", "TSLA", "GOOGL", "SPY", "XOM"]
+
+
+async def _count(pool: AsyncConnectionPool, sql: str, *args: object) -> int:
+    async with pool.connection() as conn:
+        row = await (await conn.execute(sql, args)).fetchone()  # type: ignore[arg-type]
+    return int(next(iter(row.values()))) if row else 0
+
+
+async def _stored(pool: AsyncConnectionPool, prefix: str) -> int:
+    return await _count(pool, "SELECT count(*) FROM pattern_events WHERE id LIKE %s", prefix + "-%")
+
+
+async def _stored_at_least(pool: AsyncConnectionPool, prefix: str, n: int) -> bool:
+    return await _stored(pool, prefix) >= n
+
+
+def _via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{port}").geturl()
+
+
+async def test_database_outage_hands_batches_back_with_backoff_and_loses_nothing(settings: Settings, ref_pool) -> None:  # type: ignore[no-untyped-def]
+    await delete_all_streams(settings.nats_url or "")
+    parts = urlsplit(settings.database_url or "")
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        proxied = dataclasses.replace(settings, database_url=_via(settings.database_url or "", proxy.port),
+                                      pool_timeout_s=0.5)
+        async with LiveHub(proxied) as hub:
+            js = hub.hub.js
+            await publish_events(js, [make_event(i, prefix="outage", symbol="IBM") for i in range(300)])
+            await wait_for(lambda: _stored_at_least(ref_pool, "outage", 300), what="first 300 stored")
+            await proxy.cut()
+            await publish_events(js, [make_event(i, prefix="outage", symbol="IBM") for i in range(300, 900)])
+            await asyncio.sleep(4)
+            retries_during = hub.hub.metrics.retries.total()
+            assert retries_during > 0
+            await proxy.restore()
+            await wait_for(lambda: _stored_at_least(ref_pool, "outage", 900), timeout=60, what="backlog drained")
+            metrics = hub.hub.metrics
+            info = await wait_settled(js)
+            msgs = await clean_stream_messages(js)
+    assert await _count(ref_pool, "SELECT count(*) FROM dead_letters WHERE subject LIKE 'tickstock.ingest.daily.IBM'") == 0
+    # 600 events were in the outage for about 4 s: with delays 0.5, 1, 2, 4 s each is handed back a few
+    # times, not hundreds (a tight loop would be thousands of naks).
+    assert retries_during <= 600 * 5
+    assert metrics.redeliveries.total() > 0
+    ids = [json.loads(m.data)["id"] for m in msgs]
+    assert len(ids) == len(set(ids)) == 900
+
+
+async def test_two_hub_nodes_share_the_writer_and_store_each_event_once(settings: Settings, ref_pool) -> None:  # type: ignore[no-untyped-def]
+    await delete_all_streams(settings.nats_url or "")
+    async with LiveHub(dataclasses.replace(settings, writer_batch=50)) as a, \
+            LiveHub(dataclasses.replace(settings, writer_batch=50)) as b:
+        await publish_events(a.hub.js, [make_event(i, prefix="twonodes", symbol=SYMBOLS[i % 10]) for i in range(4000)])
+        await wait_for(lambda: _stored_at_least(ref_pool, "twonodes", 4000), timeout=60, what="4000 stored")
+        assert a.hub.writer.batches > 0 and b.hub.writer.batches > 0
+        stored = a.hub.metrics.stored.total() + b.hub.metrics.stored.total()
+        published = a.hub.metrics.published.total() + b.hub.metrics.published.total()
+        msgs = await clean_stream_messages(a.hub.js)
+    assert stored == 4000 and published == 4000
+    ids = [json.loads(m.data)["id"] for m in msgs]
+    assert len(ids) == len(set(ids)) == 4000
+
+
+async def test_exhausted_deliveries_become_dead_letters_with_the_original_payload(settings: Settings, ref_pool) -> None:  # type: ignore[no-untyped-def]
+    await delete_all_streams(settings.nats_url or "")
+    parts = urlsplit(settings.database_url or "")
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        proxied = dataclasses.replace(settings, database_url=_via(settings.database_url or "", proxy.port),
+                                      pool_timeout_s=0.3, ingest_max_deliver=2)
+        async with LiveHub(proxied) as hub:
+            await proxy.cut()
+            await publish_raw(hub.hub.js, [("tickstock.ingest.daily.KO", json.dumps(make_event(7, prefix="exhaust", symbol="KO")).encode(),
+                                            {"Nats-Msg-Id": "exhaust-7", "X-Producer": "tests"})])
+            await asyncio.sleep(3)  # two deliveries fail; the advisory waits for the database
+            await proxy.restore()
+
+            async def letter() -> dict | None:  # type: ignore[type-arg]
+                async with ref_pool.connection() as conn:
+                    return await (await conn.execute(
+                        "SELECT reason, headers, payload, deliveries FROM dead_letters WHERE event_id = 'exhaust-7'")).fetchone()
+
+            row = await wait_for(letter, timeout=30, what="the exhausted message dead-lettered")
+            assert (await hub.hub.js.stream_info(INGEST_STREAM)).state.messages == 0
+    assert row["reason"] == "max_deliveries_exceeded" and row["deliveries"] == 2
+    assert row["headers"]["X-Producer"] == "tests"
+    assert json.loads(bytes(row["payload"]))["id"] == "exhaust-7"
+    assert await _stored(ref_pool, "exhaust") == 0
+
+
+async def test_stopping_the_hub_leaves_unfinished_work_for_the_next_node(settings: Settings, ref_pool) -> None:  # type: ignore[no-untyped-def]
+    await delete_all_streams(settings.nats_url or "")
+    async with LiveHub(settings) as hub:
+        await publish_events(hub.hub.js, [make_event(i, prefix="handover", symbol="XOM") for i in range(2000)])
+    async with LiveHub(settings):
+        await wait_for(lambda: _stored_at_least(ref_pool, "handover", 2000), timeout=60, what="all stored")
+    assert await _count(ref_pool, "SELECT count(DISTINCT id) FROM pattern_events WHERE id LIKE 'handover-%%'") == 2000
