@@ -99,6 +99,8 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
+    if hub is not None:
+        app.state.hub = hub  # already open: usable even by a server that skips the lifespan
     app.state.auth = Authenticator(settings)
     app.state.ingest_gate = IngestGate(settings.http_ingest_inflight)
     return app

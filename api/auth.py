@@ -34,6 +34,7 @@ __all__ = ["SCOPES", "AuthError", "Authenticator", "Principal", "mint_token", "r
 
 SCOPES = ("patterns:read", "patterns:write", "universe:write", "admin")
 JWKS_TTL_S = 300.0
+JWKS_MIN_REFETCH_S = 10.0
 LEEWAY_S = 30
 MAX_TOKEN_BYTES = 8192
 
@@ -82,6 +83,7 @@ class Authenticator:
         self._audience = settings.jwt_audience
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
+        self._attempted_at = -JWKS_MIN_REFETCH_S
 
     @property
     def configured(self) -> bool:
@@ -96,15 +98,21 @@ class Authenticator:
     async def _key_set(self, kid: str | None) -> KeySet:
         import asyncio
 
-        stale = time.monotonic() - self._fetched_at > JWKS_TTL_S
-        unknown = kid is not None and self._keys is not None and all(k.kid != kid for k in self._keys.keys)
+        now = time.monotonic()
+        stale = now - self._fetched_at > JWKS_TTL_S
+        # An unknown kid may be a rotation: refetch, but at most every JWKS_MIN_REFETCH_S, so that
+        # tokens with made-up kids cannot make the hub hammer the key server.
+        unknown = (kid is not None and self._keys is not None and all(k.kid != kid for k in self._keys.keys)
+                   and now - self._attempted_at > JWKS_MIN_REFETCH_S)
         if self._keys is None or stale or unknown:
+            self._attempted_at = now
             try:
                 self._keys = await asyncio.to_thread(self._fetch_jwks)
                 self._fetched_at = time.monotonic()
             except (OSError, ValueError, JoseError) as exc:
                 if self._keys is None:
                     raise AuthError(f"the key set cannot be loaded: {exc}", status=503) from None
+                self._fetched_at = now - JWKS_TTL_S + JWKS_MIN_REFETCH_S  # keep the old keys; retry soon
         return self._keys  # type: ignore[return-value]
 
     async def verify(self, token: str) -> Principal:
@@ -135,11 +143,19 @@ class Authenticator:
             raise AuthError(f"invalid token: {exc.description or exc.error}") from None
         claims = decoded.claims
         raw_scope = claims.get("scope", claims.get("scp", ""))
-        scopes = frozenset(raw_scope.split() if isinstance(raw_scope, str) else map(str, raw_scope))
+        if isinstance(raw_scope, str):
+            scopes = frozenset(raw_scope.split())
+        elif isinstance(raw_scope, list):
+            scopes = frozenset(map(str, raw_scope))
+        else:  # a signed token can still carry junk (a number, null, an object): 401, not 500
+            raise AuthError("invalid token: the scope claim must be a string or a list")
         return Principal(subject=str(claims["sub"]), scopes=scopes, expires_at=float(claims["exp"]), claims=claims)
 
     async def authenticate(self, conn: HTTPConnection, *, query_token: bool = False) -> Principal:
         """The principal of ``Authorization: Bearer …`` (or ``?token=`` where allowed)."""
+        if not self.configured:
+            raise AuthError("authentication is not configured on this hub (set TICKSTOCK_JWT_SECRET or TICKSTOCK_JWKS_URL)",
+                            status=503)
         header = conn.headers.get("authorization", "")
         token = None
         if header[:7].lower() == "bearer ":

@@ -243,7 +243,11 @@ async def cmd_demo_feed(settings: Settings, args: argparse.Namespace) -> None:
     from hub.demo_feed import run as run_feed
 
     async with embedded_servers(settings, only=("nats",)) as full:
-        published = await run_feed(full.nats_url or "", rate=args.rate, duration_s=args.duration, loop=not args.once)
+        try:
+            published = await run_feed(full.nats_url or "", rate=args.rate, duration_s=args.duration,
+                                       loop=not args.once)
+        except ValueError as exc:  # a rate or duration the feed refuses: one line, not a traceback
+            raise ConfigurationError(str(exc)) from None
     _say(f"demo feed: {published} events published")
 
 
@@ -284,8 +288,8 @@ async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> None:
                 try:
                     n = await purge_dead_letters(conn, ids=args.id or None, reason=args.reason,
                                                  replayed_only=args.replayed, everything=args.all)
-                except ValueError as exc:
-                    raise ConfigurationError(str(exc)) from None
+                except ValueError:  # its message names the Python arguments, not the flags
+                    raise ConfigurationError("purge needs --id, --reason, --replayed or --all") from None
             _say(f"purged {n} dead letter(s)")
         else:
             payload = args.payload.read_bytes() if args.payload else None
@@ -387,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     try:
-        asyncio.run(args.func(settings, args))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_until_terminated(args.func(settings, args)))
     except USER_ERRORS as exc:
         _say(f"error: {_one_line(exc)}")
         return EXIT_ERROR
@@ -395,6 +400,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("interrupted")
         return 130
     return 0
+
+
+async def _until_terminated(command: Coroutine[Any, Any, None]) -> None:
+    """Run ``command``; SIGTERM (and Ctrl-C, through the runner) cancels it, so its context managers close what they opened (``run``
+    and ``serve`` install uvicorn's own handlers while they serve)."""
+    task = asyncio.ensure_future(command)
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        handled = True
+    except (ValueError, RuntimeError):  # not the main thread (tests calling main() from a thread)
+        handled = False
+    try:
+        await task
+    except asyncio.CancelledError:
+        _say("stopped")
+    finally:
+        if handled:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (it comes with uvicorn[standard]): a faster event loop for the hub."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - installed with the project
+        return None
+    return uvloop.new_event_loop
 
 
 def _one_line(exc: BaseException) -> str:

@@ -20,7 +20,9 @@ from types import TracebackType
 
 import redis.asyncio as aioredis
 from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError
 from redis.exceptions import RedisError
 
 from hub.broker import open_nats
@@ -50,7 +52,8 @@ class RedisBridge:
         self.errors = 0
 
     async def forward(self, data: bytes) -> None:
-        """Publish one message to ingest, retrying while NATS is unavailable."""
+        """Publish one message to ingest, retrying while NATS is unavailable. A message NATS or the
+        ingest stream refuses as too large is logged as an error and skipped (retrying cannot help)."""
         try:
             event = parse_event(data, catalog=self._catalog)
         except EventError:
@@ -62,6 +65,11 @@ class RedisBridge:
             try:
                 await self._js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=5)
                 break
+            except (MaxPayloadError, BadRequestError) as exc:  # too large for NATS or the stream
+                self.errors += 1
+                log.error("bridge: dropped a %d-byte message (%s) that NATS refuses: %s",
+                          len(payload), msg_id, exc)
+                return
             except (NatsError, TimeoutError) as exc:
                 self.errors += 1
                 log.warning("bridge: publish to %s failed (%s); retrying", subject, exc)

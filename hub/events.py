@@ -220,9 +220,12 @@ class PatternCatalog:
     :class:`ValueError` if two canonical names would match the same key; it does no I/O.
     """
 
+    _MEMO_LIMIT = 4096
+
     def __init__(self, entries: Iterable[tuple[str, Iterable[str]]]) -> None:
         self._permissive = False
         self._names: dict[str, str] = {}
+        self._memo: dict[str, str] = {}  # exact spelling -> canonical; bounded, it is on the hot path
         for canonical, aliases in entries:
             if isinstance(aliases, str):
                 raise TypeError(f"aliases of {canonical!r} must be an iterable of names, not a string")
@@ -242,9 +245,14 @@ class PatternCatalog:
 
     def canonical(self, name: str) -> str:
         """The canonical name for ``name``; raises ``EventError(reason="unknown_pattern")``."""
+        found = self._memo.get(name)
+        if found is not None:
+            return found
         found = _snake_case(name) if self._permissive else self._names.get(_match_key(name))
         if not found:
             raise EventError("unknown_pattern", f"pattern {_brief(name)} is not in the pattern catalog")
+        if len(self._memo) < self._MEMO_LIMIT:
+            self._memo[name] = found
         return found
 
 

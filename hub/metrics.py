@@ -26,12 +26,16 @@ def _labels(values: dict[str, str]) -> Labels:
     return tuple(sorted(values.items()))
 
 
+def _escape(value: str) -> str:
+    """A label value as the text format wants it: backslash, double quote and line feed escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _fmt_labels(labels: Labels, extra: Labels = ()) -> str:
     items = labels + extra
     if not items:
         return ""
-    body = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                    for k, v in items)
+    body = ",".join(f'{k}="{_escape(str(v))}"' for k, v in items)
     return "{" + body + "}"
 
 
@@ -100,6 +104,10 @@ class Gauge(_Metric):
 
     def set(self, value: float, **labels: str) -> None:
         self._values[_labels(labels)] = value
+
+    def replace(self, values: dict[str, float], *, label: str) -> None:
+        """Set one labelled value per key and drop labels not given (e.g. a reason no longer seen)."""
+        self._values = {_labels({label: key}): value for key, value in values.items()}
 
     def value(self, **labels: str) -> float:
         if self._read is not None and not labels:
@@ -181,6 +189,8 @@ class Metrics:
                                           "Messages received with a delivery count above one."))
         self.retries = r.add(Counter("tickstock_writer_retries_total",
                                      "Messages handed back (nak with delay) after a transient failure."))
+        self.probes = r.add(Counter("tickstock_writer_database_probes_total",
+                                    "Database probes while the writer waits out an outage, by result."))
         self.dead_letters = r.add(Counter("tickstock_dead_letters_total", "Dead letters recorded, by reason."))
         self.batch_size = r.add(Histogram("tickstock_writer_batch_size", "Messages per writer batch.", SIZE_BUCKETS))
         self.batch_seconds = r.add(Histogram("tickstock_writer_batch_seconds", "Time to process one writer batch."))

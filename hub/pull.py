@@ -19,11 +19,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 
 __all__ = ["Puller"]
 
 _STATUS = "Status"
 _HEARTBEAT = "100"
+_NO_RESPONDERS = "503"
 
 
 class Puller:
@@ -54,7 +56,8 @@ class Puller:
 
     async def fetch(self, batch: int, *, timeout: float) -> list[Msg]:
         """Up to ``batch`` messages and about ``max_bytes`` (at least one message), waiting up to
-        ``timeout`` seconds for the first. Returns an empty list when there is nothing."""
+        ``timeout`` seconds for the first. Returns an empty list when there is nothing; raises
+        :class:`nats.errors.NoRespondersError` when no consumer answers the request."""
         msgs: list[Msg] = []
         # Messages for an earlier request that gave up waiting; status replies (no reply subject) are
         # answers to earlier requests and mean nothing now.
@@ -64,7 +67,10 @@ class Puller:
                 msgs.append(msg)
         if msgs:
             return msgs
-        request = {"batch": batch, "max_bytes": self._max_bytes, "expires": int(timeout * 1e9)}
+        # no_wait with expires: the server waits up to expires for the first message, then sends what
+        # is available and ends the request (404) instead of holding it until the batch is full.
+        request = {"batch": batch, "max_bytes": self._max_bytes, "expires": int(timeout * 1e9),
+                   "no_wait": True}
         await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
         deadline = time.monotonic() + timeout + 0.25
         size = 0
@@ -77,8 +83,13 @@ class Puller:
             except TimeoutError:
                 break
             if not msg.reply:  # a status reply: 100 heartbeat, 404 no messages, 408 expired, 409 limits
-                if msg.headers and msg.headers.get(_STATUS) == _HEARTBEAT:
+                status = msg.headers.get(_STATUS) if msg.headers else None
+                if status == _HEARTBEAT:
                     continue
+                if status == _NO_RESPONDERS:
+                    # No consumer answers (deleted, or JetStream unavailable): an error, not "nothing
+                    # yet", or a caller's fetch loop would spin on instant empty replies.
+                    raise NoRespondersError
                 break
             msgs.append(msg)
             size += len(msg.data)

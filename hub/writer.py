@@ -39,17 +39,20 @@ from hub.events import EventError, PatternEvent, check_subject, clean_subject, p
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
 from hub.metrics import Metrics
 from hub.pull import Puller
+from store.pool import ping
 from store.patterns import StoredEvent, ensure_months, month_start, set_stream_seqs, store_events
 
 __all__ = ["Writer", "retry_delay"]
 
 log = logging.getLogger("tickstock.writer")
 
-DEFAULT_BATCH = 500
+DEFAULT_BATCH = 1000
 DEFAULT_FETCH_TIMEOUT_S = 0.5
 DEFAULT_RETRY_BASE_S = 0.5
 DEFAULT_RETRY_MAX_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 10.0
+REDELIVERY_MARGIN_S = 0.1
+PROBE_TIMEOUT_S = 2.0
 # At least the ingest stream's largest message (or that message could never be fetched), and well
 # under what the server buffers for one client (max_pending, 64 MB by default).
 DEFAULT_FETCH_MAX_BYTES = 9 * 1024 * 1024
@@ -61,21 +64,34 @@ def retry_delay(deliveries: int, *, base_s: float = DEFAULT_RETRY_BASE_S, max_s:
 
 
 class _Outage:
-    """Logs a transient failure once when it starts and once when it ends, not per message."""
+    """The current run of transient failures: logged once when it starts and once when it ends, and
+    the back-off, which grows with each failure of the run and never shrinks within it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, base_s: float, max_s: float) -> None:
         self.since: float | None = None
+        self.failures = 0
+        self._base_s = base_s
+        self._max_s = max_s
 
-    def failed(self, exc: BaseException) -> None:
+    @property
+    def delay(self) -> float:
+        return retry_delay(self.failures, base_s=self._base_s, max_s=self._max_s)
+
+    def failed(self, exc: BaseException) -> float:
+        """Count a failure; returns the back-off for it."""
+        self.failures += 1
         if self.since is None:
             self.since = time.monotonic()
             log.warning("writer: transient failure, handing batches back with back-off: %s",
                         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return self.delay
 
     def recovered(self) -> None:
         if self.since is not None:
-            log.info("writer: recovered after %.1f s", time.monotonic() - self.since)
+            log.info("writer: recovered after %.1f s and %d failed attempt(s)", time.monotonic() - self.since,
+                     self.failures)
             self.since = None
+        self.failures = 0
 
 
 class Writer:
@@ -102,18 +118,20 @@ class Writer:
         self._retry_max_s = retry_max_s
         self._stop_timeout_s = stop_timeout_s
         self._months: set[datetime] = set()
-        self._outage = _Outage()
+        self._outage = _Outage(base_s=retry_base_s, max_s=retry_max_s)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
 
     # -- one batch ---------------------------------------------------------------------------------
-    async def _nak(self, msgs: Sequence[Msg]) -> None:
+    async def _nak(self, msgs: Sequence[Msg], *, delay: float) -> float:
+        """Hand ``msgs`` back with one delay. Within an outage the delay only grows, so whatever was
+        handed back earlier is due earlier: redelivery keeps the ingest order. Returns the delay."""
         for msg in msgs:
-            delay = retry_delay(msg.metadata.num_delivered, base_s=self._retry_base_s, max_s=self._retry_max_s)
             with contextlib.suppress(NatsError):
                 await msg.nak(delay=delay)
         self._metrics.retries.inc(len(msgs))
+        return delay
 
     async def _reject(self, msg: Msg, error: EventError) -> bool:
         """Dead-letter and terminate ``msg``; False (and the message handed back) if that failed."""
@@ -123,8 +141,7 @@ class Writer:
                 source_key=f"ingest:{md.sequence.stream}", subject=msg.subject, payload=msg.data,
                 headers=msg.headers, error=error, deliveries=md.num_delivered, first_seen=md.timestamp)
         except TRANSIENT_ERRORS as exc:
-            self._outage.failed(exc)
-            await self._nak([msg])
+            await self._nak([msg], delay=self._outage.failed(exc))
             return False
         with contextlib.suppress(NatsError):  # if lost, the redelivery re-records the same source key
             await msg.term()
@@ -182,8 +199,10 @@ class Writer:
                 del events[event_id]
         return stored
 
-    async def handle(self, msgs: Sequence[Msg]) -> None:
-        """Process one fetched batch (public for tests that drive the writer step by step)."""
+    async def handle(self, msgs: Sequence[Msg]) -> float:
+        """Process one fetched batch. Returns 0, or the back-off in seconds when a transient failure
+        handed the batch back (the loop then pauses as long, so that the batch is redelivered before
+        anything newer is fetched and the ingest order is kept)."""
         started = time.perf_counter()
         self._metrics.batch_size.observe(len(msgs))
         self._metrics.ingested.inc(len(msgs))
@@ -201,7 +220,7 @@ class Writer:
             else:
                 events[event.id] = (event, [msg])
         if not events:
-            return
+            return 0.0
         try:
             try:
                 stored = await self._store_and_publish([e for e, _ in events.values()])
@@ -212,9 +231,7 @@ class Writer:
                             str(exc).strip().splitlines()[0])
                 stored = await self._isolate(events)
         except TRANSIENT_ERRORS as exc:
-            self._outage.failed(exc)
-            await self._nak([m for _, ms in events.values() for m in ms])
-            return
+            return await self._nak([m for _, ms in events.values() for m in ms], delay=self._outage.failed(exc))
         self._outage.recovered()
         now = datetime.now(timezone.utc)
         for event_id, (_, ms) in events.items():
@@ -226,25 +243,64 @@ class Writer:
                 self._metrics.store_latency.observe(max(0.0, (now - msg.metadata.timestamp).total_seconds()))
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         self.batches += 1
+        return 0.0
 
     # -- the loop ----------------------------------------------------------------------------------
+    async def _wait_for_database(self, delay: float) -> None:
+        """Sleep ``delay`` (a little more, so what was handed back is due), then probe PostgreSQL,
+        doubling the wait while it does not answer. Returns early when the writer is stopping."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay + REDELIVERY_MARGIN_S)
+                return
+            try:
+                await asyncio.wait_for(ping(self._pool), timeout=PROBE_TIMEOUT_S)
+            except (*TRANSIENT_ERRORS, psycopg.Error):
+                self._metrics.probes.inc(result="down")
+                delay = min(delay * 2, self._retry_max_s)
+            else:
+                self._metrics.probes.inc(result="up")
+                return
+
+    async def _fetch(self, puller: Puller) -> list[Msg]:
+        try:
+            return await puller.fetch(self._batch, timeout=self._fetch_timeout_s)
+        except TRANSIENT_ERRORS as exc:
+            await asyncio.sleep(self._outage.failed(exc))
+            return []
+
     async def _loop(self) -> None:
         async with Puller(self._nc, stream=INGEST_STREAM, consumer=WRITER_CONSUMER,
                           max_bytes=self._fetch_max_bytes) as puller:
-            while not self._stopping.is_set():
-                try:
-                    msgs = await puller.fetch(self._batch, timeout=self._fetch_timeout_s)
-                except TRANSIENT_ERRORS as exc:
-                    self._outage.failed(exc)
-                    await asyncio.sleep(self._retry_base_s)
-                    continue
-                if not msgs:
-                    continue
-                try:
-                    await self.handle(msgs)
-                except Exception:  # a bug must not stop ingest: unacked messages are redelivered
-                    log.exception("writer: batch failed unexpectedly; it will be redelivered")
-                    await asyncio.sleep(self._retry_base_s)
+            # The next batch is fetched while this one is stored and published: the wait for
+            # PostgreSQL and NATS overlaps the network round trip of the fetch. Batches are still
+            # handled one after the other, so the clean stream keeps the ingest order.
+            ahead = asyncio.create_task(self._fetch(puller))
+            try:
+                while not self._stopping.is_set():
+                    msgs = await ahead
+                    ahead = asyncio.create_task(self._fetch(puller))
+                    if not msgs:
+                        continue
+                    try:
+                        backoff = await self.handle(msgs)
+                    except Exception:  # a bug must not stop ingest: unacked messages are redelivered
+                        log.exception("writer: batch failed unexpectedly; it will be redelivered")
+                        backoff = self._retry_base_s
+                    if backoff:
+                        # The batch fetched ahead is newer than the one handed back: hand it back
+                        # with the same delay, then fetch nothing until the database answers again.
+                        # Messages left in the stream meanwhile are not delivered, so an outage of
+                        # any length costs each message one or two deliveries, not max_deliver.
+                        await self._nak(await ahead, delay=backoff)
+                        await self._wait_for_database(backoff)
+                        ahead = asyncio.create_task(self._fetch(puller))
+            finally:
+                # Hand a batch fetched ahead straight back, so another node takes it at once.
+                leftover = await ahead if not ahead.cancelled() else []
+                for msg in leftover:
+                    with contextlib.suppress(NatsError):
+                        await msg.nak()
 
     async def __aenter__(self) -> Writer:
         self._task = asyncio.create_task(self._loop(), name="tickstock-writer")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,15 +25,17 @@ class StoredEvent:
     stream_seq: int | None
 
 
+# The batch travels as one JSON array (the events' canonical v1 encodings, already built for the
+# clean stream): the server parses it in C, which is far cheaper than adapting 14 arrays client-side.
 _INSERT = """
 WITH input AS (
-    SELECT * FROM unnest(
-        %(id)s::text[], %(type)s::text[], %(symbol)s::text[], %(pattern)s::text[], %(timeframe)s::text[],
-        %(confidence)s::real[], %(detected_at)s::timestamptz[], %(expires_at)s::timestamptz[],
-        %(price)s::float8[], %(volume)s::float8[], %(levels)s::jsonb[], %(indicators)s::jsonb[],
-        %(source)s::text[], %(payload)s::jsonb[]
-    ) AS t(id, type, symbol, pattern, timeframe, confidence, detected_at, expires_at, price, volume,
-           levels, indicators, source, payload)
+    SELECT e->>'id' AS id, e->>'type' AS type, e->>'symbol' AS symbol, e->>'pattern' AS pattern,
+           e->>'timeframe' AS timeframe, (e->>'confidence')::real AS confidence,
+           (e->>'detected_at')::timestamptz AS detected_at, (e->>'expires_at')::timestamptz AS expires_at,
+           (e->>'price')::float8 AS price, (e->>'volume')::float8 AS volume,
+           coalesce(e->'levels', '{}') AS levels, coalesce(e->'indicators', '{}') AS indicators,
+           coalesce(e->>'source', 'unknown') AS source, e AS payload
+    FROM jsonb_array_elements(%s::jsonb) AS e
 ), fresh AS (
     INSERT INTO pattern_event_ids (id, detected_at)
     SELECT id, detected_at FROM input
@@ -59,28 +60,6 @@ LEFT JOIN pattern_events e ON e.id = old.id AND e.detected_at = old.detected_at
 """
 
 
-def _columns(events: Sequence[Any]) -> dict[str, list[Any]]:
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "id", "type", "symbol", "pattern", "timeframe", "confidence", "detected_at", "expires_at", "price",
-        "volume", "levels", "indicators", "source", "payload")}
-    for e in events:
-        cols["id"].append(e.id)
-        cols["type"].append(e.type)
-        cols["symbol"].append(e.symbol)
-        cols["pattern"].append(e.pattern)
-        cols["timeframe"].append(e.timeframe)
-        cols["confidence"].append(e.confidence)
-        cols["detected_at"].append(e.detected_at)
-        cols["expires_at"].append(e.expires_at)
-        cols["price"].append(e.price)
-        cols["volume"].append(e.volume)
-        cols["levels"].append(json.dumps(e.levels))
-        cols["indicators"].append(json.dumps(e.indicators))
-        cols["source"].append(e.source)
-        cols["payload"].append(e.to_json_bytes().decode())
-    return cols
-
-
 async def store_events(conn: psycopg.AsyncConnection[Any], events: Sequence[Any]) -> dict[str, StoredEvent]:
     """Insert ``events`` (schema v1 :class:`hub.events.PatternEvent`, unique ids) in one statement.
 
@@ -90,7 +69,8 @@ async def store_events(conn: psycopg.AsyncConnection[Any], events: Sequence[Any]
     """
     if not events:
         return {}
-    cur = await conn.execute(_INSERT, _columns(events))
+    batch = b"[" + b",".join(e.to_json_bytes() for e in events) + b"]"
+    cur = await conn.execute(_INSERT, (batch.decode(),))
     rows = await cur.fetchall()
     return {r["id"]: StoredEvent(r["id"], r["new"], r["detected_at"], r["stream_seq"]) for r in rows}
 

@@ -40,6 +40,17 @@ class IngestGate:
         self.inflight -= n
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key in a JSON object")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -64,16 +75,18 @@ async def post_patterns(request: Request) -> JSONResponse:
     settings = hub.settings
     body = await _read_body(request, settings.http_ingest_max_bytes)
     try:
-        document = json.loads(body)
-    except ValueError as exc:
+        # Same rules as the NATS path: no duplicate keys, no NaN/Infinity.
+        document = json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays or objects nested too deep
         raise ApiError(f"the body is not JSON: {exc}") from None
     events_raw = document.get("events") if isinstance(document, dict) else document
     if not isinstance(events_raw, list):
         raise ApiError('the body must be {"events": [...]} or a JSON array of events')
     if not events_raw:
         raise ApiError("no events in the batch")
-    if len(events_raw) > settings.http_ingest_max_events:
-        raise ApiError(f"at most {settings.http_ingest_max_events} events per request", status=413)
+    limit = min(settings.http_ingest_max_events, request.app.state.ingest_gate.limit)
+    if len(events_raw) > limit:
+        raise ApiError(f"at most {limit} events per request", status=413)
     gate: IngestGate = request.app.state.ingest_gate
     if not gate.try_acquire(len(events_raw)):
         hub.metrics.http_ingested.inc(len(events_raw), outcome="throttled")
@@ -100,7 +113,10 @@ async def _one(hub: HubState, raw: Any) -> dict[str, Any]:
     try:
         published = await publish_to_ingest(hub.js, event)
     except JetStreamAPIError as exc:
-        return {"status": "retry", "id": event.id, "reason": "ingest_full", "detail": exc.description or str(exc)}
+        detail = exc.description or str(exc)
+        if "size" in detail.lower():  # larger than the stream accepts: retrying cannot help
+            return {"status": "rejected", "id": event.id, "reason": "too_large", "detail": detail, "fields": []}
+        return {"status": "retry", "id": event.id, "reason": "ingest_full", "detail": detail}
     except (NatsError, TimeoutError) as exc:
         return {"status": "retry", "id": event.id, "reason": "ingest_unavailable", "detail": str(exc) or type(exc).__name__}
     if published.duplicate:

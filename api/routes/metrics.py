@@ -34,9 +34,8 @@ async def refresh_gauges(hub: HubState) -> None:
     try:
         async with hub.pool.connection() as conn:
             depth = await asyncio.wait_for(count_dead_letters(conn), SCRAPE_TIMEOUT_S)
-        hub.metrics.dlq_depth.set(float(sum(depth.values())), reason="all")
-        for reason, n in depth.items():
-            hub.metrics.dlq_depth.set(float(n), reason=reason)
+        hub.metrics.dlq_depth.replace({"all": float(sum(depth.values())), **{k: float(v) for k, v in depth.items()}},
+                                      label="reason")
     except (psycopg.Error, TimeoutError) as exc:
         log.debug("dead-letter depth unavailable: %s", exc)
 

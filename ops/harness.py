@@ -1,0 +1,223 @@
+"""Shared pieces of the ops scripts: an embedded stack, hub processes, a publisher and the checks.
+
+Everything runs on loopback. The hub runs as real ``tickstock serve`` processes, so what is measured
+is what production runs; the publisher is nats-py with pipelined acks in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import nats  # noqa: E402
+import psycopg  # noqa: E402
+
+from hub.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
+from hub.events import ingest_subject  # noqa: E402
+from hub.jetstream import PATTERNS_STREAM  # noqa: E402
+
+SYMBOLS = ["AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META", "TSLA", "BRK.B", "JPM", "V", "XOM", "KO", "IBM",
+           "INTC", "CSCO", "PEP", "WMT", "DIS", "BA", "CAT"]
+PATTERNS = ["hammer", "doji", "engulfing", "morning_star", "shooting_star", "bull_flag", "breakout"]
+TIMEFRAMES = ["1min", "5min", "hourly", "daily"]
+
+
+@dataclass
+class Stack:
+    database_url: str
+    nats_url: str
+    redis_url: str
+    postgres: EmbeddedPostgres | None = None
+    root: Path | None = None
+    hubs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self, port: int) -> dict[str, str]:
+        return {**{k: v for k, v in os.environ.items() if not k.startswith("TICKSTOCK_")},
+                "TICKSTOCK_DATABASE_URL": self.database_url, "TICKSTOCK_NATS_URL": self.nats_url,
+                "TICKSTOCK_REDIS_URL": self.redis_url, "TICKSTOCK_PORT": str(port),
+                "TICKSTOCK_JWT_SECRET": "ops-only-secret-not-for-production-0123456789",
+                "TICKSTOCK_LOG_LEVEL": "WARNING", "TICKSTOCK_POOL_MAX_SIZE": "8", **self.extra_env}
+
+
+@contextmanager
+def embedded_stack() -> Iterator[Stack]:
+    """Fresh NATS, PostgreSQL (durable, as in production) and Redis in a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="tickstock-ops-") as tmp:
+        root = Path(tmp)
+        nats_server = EmbeddedNats(root / "nats")
+        postgres = EmbeddedPostgres(root / "postgres")
+        redis = EmbeddedRedis(root / "redis")
+        with nats_server, postgres, redis:
+            stack = Stack(postgres.url, nats_server.url, redis.url, postgres=postgres, root=root)
+            subprocess.run([sys.executable, "-m", "api.cli", "load-reference-data"], env=stack.env(8000), cwd=ROOT,
+                           check=True, capture_output=True)
+            try:
+                yield stack
+            finally:
+                for hub in stack.hubs:
+                    stop_hub(hub)
+
+
+def start_hub(stack: Stack, *, port: int | None = None, timeout_s: float = 60) -> tuple[subprocess.Popen[bytes], int]:
+    """``tickstock serve`` as a child process; returns once ``/health/ready`` answers 200."""
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=stack.env(port),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stack.hubs.append(proc)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"hub exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("hub did not become ready")
+
+
+def stop_hub(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+def make_events(n: int, *, run: str, symbols: list[str] = SYMBOLS) -> list[dict[str, Any]]:
+    now = datetime.now(timezone.utc)
+    return [{
+        "id": f"{run}-{i}", "type": "pattern_detected", "symbol": symbols[i % len(symbols)],
+        "pattern": PATTERNS[i % len(PATTERNS)], "timeframe": TIMEFRAMES[i % len(TIMEFRAMES)],
+        "confidence": round(0.5 + (i % 50) / 100, 2), "detected_at": now.isoformat().replace("+00:00", "Z"),
+        "price": 100 + i % 97, "volume": 1000 + i, "source": "ops", "data": {},
+    } for i in range(n)]
+
+
+@asynccontextmanager
+async def connected(url: str) -> AsyncIterator[Any]:
+    nc = await nats.connect(url, name="tickstock-ops", max_reconnect_attempts=-1)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def publish(nc: Any, events: list[dict[str, Any]], *, rate: float | None = None, window: int = 2000,
+                  stamp: bool = True) -> float:
+    """Publish to ingest with ``Nats-Msg-Id`` = id, at most ``window`` unacknowledged at a time, at
+    ``rate`` events/s if given. Stamps ``data.sent_at`` (epoch seconds) for latency. A publish that
+    fails is sent again, as a producer must (``Nats-Msg-Id`` makes that safe). Returns elapsed seconds."""
+    js = nc.jetstream()
+    started = time.monotonic()
+    pending: list[tuple[asyncio.Future[Any], str, bytes, str]] = []
+
+    async def send(subject: str, body: bytes, msg_id: str) -> None:
+        while True:
+            try:
+                pending.append((await js.publish_async(subject, body, headers={"Nats-Msg-Id": msg_id}),
+                                subject, body, msg_id))
+                return
+            except Exception:  # noqa: BLE001 - a producer retries whatever the failure
+                await asyncio.sleep(0.2)
+
+    async def settle() -> None:
+        while pending:
+            batch = list(pending)
+            pending.clear()
+            results = await asyncio.gather(*(f for f, *_ in batch), return_exceptions=True)
+            for (_, subject, body, msg_id), result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    await send(subject, body, msg_id)
+
+    for i, event in enumerate(events):
+        if rate:
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if stamp:
+            event["data"] = {"sent_at": time.time()}
+        await send(ingest_subject(event["timeframe"], event["symbol"]), json.dumps(event).encode(), event["id"])
+        if len(pending) >= window:
+            await settle()
+    await settle()
+    return time.monotonic() - started
+
+
+async def wait_stored(database_url: str, run: str, n: int, *, timeout_s: float = 600) -> float:
+    """Seconds until ``n`` events of ``run`` are stored and published (stream_seq set)."""
+    started = time.monotonic()
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        while time.monotonic() - started < timeout_s:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pattern_events WHERE id LIKE %s AND stream_seq IS NOT NULL", (run + "-%",))
+            row = await cur.fetchone()
+            if row and row[0] >= n:
+                return time.monotonic() - started
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{run}: not all {n} events stored within {timeout_s} s")
+
+
+async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str, Any]:
+    """Exactly-once and order checks, plus publish→stored latency percentiles."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*), count(DISTINCT id), "
+            " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM received_at)"
+            "   - (payload->'data'->>'sent_at')::float8) "
+            "FROM pattern_events WHERE id LIKE %s", (run + "-%",))
+        rows, distinct, pct = await cur.fetchone()  # type: ignore[misc]
+        dead = (await (await conn.execute("SELECT count(*) FROM dead_letters")).fetchone())[0]  # type: ignore[index]
+    async with connected(nats_url) as nc:
+        js = nc.jetstream()
+        total = (await js.stream_info(PATTERNS_STREAM)).state.messages
+        sub = await js.subscribe("tickstock.patterns.>", ordered_consumer=True, stream=PATTERNS_STREAM)
+        ids: list[str] = []
+        per_symbol: dict[str, list[int]] = defaultdict(list)
+        for _ in range(total):
+            msg = await sub.next_msg(timeout=10)
+            body = json.loads(msg.data)
+            if body["id"].startswith(run + "-"):
+                ids.append(body["id"])
+                per_symbol[body["symbol"]].append(int(body["id"].rsplit("-", 1)[1]))
+        await sub.unsubscribe()
+    in_order = all(seq == sorted(seq) for seq in per_symbol.values())
+    inversions = sum(1 for seq in per_symbol.values() for a, b in zip(seq, seq[1:]) if b < a)
+    first_bad = next(([sym, seq[max(0, i - 3):i + 3]] for sym, seq in per_symbol.items()
+                      for i, (a, b) in enumerate(zip(seq, seq[1:]), 1) if b < a), None)
+    return {
+        "published": n, "stored_rows": rows, "stored_distinct": distinct, "clean_messages": len(ids),
+        "clean_distinct": len(set(ids)), "per_symbol_order_kept": in_order, "order_inversions": inversions, "first_inversion": first_bad,
+        "dead_letters": dead,
+        "latency_ms": {"p50": round(pct[0] * 1000, 1), "p95": round(pct[1] * 1000, 1),
+                       "p99": round(pct[2] * 1000, 1)} if pct and pct[0] is not None else None,
+        "exactly_once": rows == distinct == len(ids) == len(set(ids)) == n,
+    }
+
+
+async def hub_metrics(port: int) -> dict[str, Any]:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(f"http://127.0.0.1:{port}/health/ready", timeout=5)).json()

@@ -1,0 +1,248 @@
+"""The byte-bounded pull fetch, against a real stream and durable pull consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+from hub.pull import Puller
+from tests.conftest import Servers
+from tests.support import TcpProxy
+
+STREAM = "PULL_TEST"
+CONSUMER = "puller"
+SUBJECT = "pulltest.items"
+KB = 1000
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def js(jetstream: JetStreamContext) -> AsyncIterator[JetStreamContext]:
+    """A fresh stream with one durable, explicitly acknowledged pull consumer."""
+    await jetstream.add_stream(StreamConfig(name=STREAM, subjects=["pulltest.>"], max_msg_size=1 << 20))
+    await jetstream.add_consumer(STREAM, ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT,
+                                                        ack_wait=30, max_waiting=16))
+    yield jetstream
+
+
+def _puller(nc: NATS, max_bytes: int = 1 << 20) -> Puller:
+    return Puller(nc, stream=STREAM, consumer=CONSUMER, max_bytes=max_bytes)
+
+
+async def _publish(js: JetStreamContext, *payloads: bytes) -> None:
+    for payload in payloads:
+        await js.publish(SUBJECT, payload)
+
+
+async def _ack_all(msgs: list[Msg]) -> None:
+    for msg in msgs:
+        await msg.ack_sync()
+
+
+async def test_fetch_returns_up_to_batch_in_stream_order_without_waiting_for_more(
+        js: JetStreamContext, nats_client: NATS) -> None:
+    await _publish(js, *(f"m{i}".encode() for i in range(7)))
+    async with _puller(nats_client) as puller:
+        started = time.monotonic()
+        first = await puller.fetch(5, timeout=3)
+        second = await puller.fetch(5, timeout=3)
+        elapsed = time.monotonic() - started
+    assert [m.data for m in first] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+    assert [m.data for m in second] == [b"m5", b"m6"]
+    assert all(m.subject == SUBJECT for m in first + second)
+    assert [m.metadata.sequence.stream for m in first + second] == list(range(1, 8))
+    assert elapsed < 1, "a fetch held the messages it had until the timeout"
+
+
+async def test_acked_messages_are_done_and_unacked_come_back(js: JetStreamContext, nats_client: NATS) -> None:
+    await js.add_consumer(STREAM, ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT,
+                                                 ack_wait=1, max_waiting=16))  # an update: ack_wait 1 s
+    await _publish(js, b"a", b"b", b"c")
+    async with _puller(nats_client) as puller:
+        msgs = await puller.fetch(3, timeout=2)
+        assert len(msgs) == 3
+        await msgs[0].ack_sync()
+        await msgs[2].ack_sync()
+        info = await js.consumer_info(STREAM, CONSUMER)
+        assert info.num_ack_pending == 1
+        assert info.ack_floor.stream_seq == 1
+        again = await puller.fetch(3, timeout=3)  # after ack_wait, only the one left unacked
+        assert [m.data for m in again] == [b"b"]
+        assert again[0].metadata.num_delivered == 2
+        await _ack_all(again)
+        assert await puller.fetch(3, timeout=0.3) == []
+    info = await js.consumer_info(STREAM, CONSUMER)
+    assert (info.num_ack_pending, info.num_pending, info.ack_floor.stream_seq) == (0, 0, 3)
+
+
+async def test_a_fetch_is_bounded_in_bytes_but_never_empty_while_messages_remain(
+        js: JetStreamContext, nats_client: NATS) -> None:
+    payloads = [bytes([65 + i]) * (100 * KB) for i in range(8)]
+    await _publish(js, *payloads)
+    got: list[bytes] = []
+    sizes: list[int] = []
+    async with _puller(nats_client, max_bytes=250 * KB) as puller:
+        while len(got) < len(payloads):
+            msgs = await puller.fetch(10, timeout=2)
+            assert msgs, f"an empty fetch with {len(payloads) - len(got)} messages left"
+            sizes.append(len(msgs))
+            got += [m.data for m in msgs]
+            await _ack_all(msgs)
+        assert await puller.fetch(10, timeout=0.2) == []
+    assert got == payloads
+    assert max(sizes) <= 3 and len(sizes) >= 3
+
+
+async def test_an_empty_stream_gives_an_empty_list_after_about_the_timeout(
+        js: JetStreamContext, nats_client: NATS) -> None:
+    async with _puller(nats_client) as puller:
+        for timeout in (0.2, 0.6):
+            started = time.monotonic()
+            assert await puller.fetch(10, timeout=timeout) == []
+            elapsed = time.monotonic() - started
+            assert timeout * 0.8 <= elapsed <= timeout + 0.5, (timeout, elapsed)
+
+
+async def test_a_fetch_waits_for_the_first_message(js: JetStreamContext, nats_client: NATS) -> None:
+    async with _puller(nats_client) as puller:
+        fetching = asyncio.create_task(puller.fetch(10, timeout=5))
+        await asyncio.sleep(0.3)
+        assert not fetching.done()
+        started = time.monotonic()
+        await _publish(js, b"late")
+        msgs = await fetching
+    assert [m.data for m in msgs] == [b"late"]
+    assert time.monotonic() - started < 2  # delivered on arrival, not at the timeout
+
+
+async def test_messages_delivered_after_a_fetch_gave_up_are_returned_by_the_next(
+        js: JetStreamContext, nats_client: NATS) -> None:
+    async with _puller(nats_client) as puller:
+        # The caller gives up (its own deadline, or a shutdown) while the server still holds the request.
+        gave_up = asyncio.create_task(puller.fetch(5, timeout=10))
+        await asyncio.sleep(0.2)
+        gave_up.cancel()
+        await asyncio.gather(gave_up, return_exceptions=True)
+        await _publish(js, b"x", b"y", b"z")
+        deadline = time.monotonic() + 5
+        while (await js.consumer_info(STREAM, CONSUMER)).num_ack_pending == 0:  # handed to the old request
+            assert time.monotonic() < deadline, "nothing was delivered to the abandoned request"
+            await asyncio.sleep(0.02)
+        started = time.monotonic()
+        first = await puller.fetch(5, timeout=10)
+        got = list(first)
+        while len(got) < 3:
+            got += await puller.fetch(5, timeout=10)
+        # Were the first one lost in a dropped inbox, it would come back only after ack_wait (30 s).
+        assert time.monotonic() - started < 2
+        assert first and first[0].data == b"x"
+        assert [m.data for m in got] == [b"x", b"y", b"z"]
+        await _ack_all(got)
+        info = await js.consumer_info(STREAM, CONSUMER)
+        assert info.num_ack_pending == 0 and info.num_redelivered == 0
+
+
+async def test_a_stale_status_reply_is_not_returned_as_a_message(js: JetStreamContext,
+                                                                  nats_client: NATS) -> None:
+    async with _puller(nats_client) as puller:
+        gave_up = asyncio.create_task(puller.fetch(5, timeout=0.2))
+        await asyncio.sleep(0.05)
+        gave_up.cancel()
+        await asyncio.gather(gave_up, return_exceptions=True)
+        await asyncio.sleep(0.5)  # the server's "408 Request Timeout" for that request arrives meanwhile
+        await _publish(js, b"real-1", b"real-2")
+        msgs = await puller.fetch(5, timeout=2)
+    assert [m.data for m in msgs] == [b"real-1", b"real-2"]
+    assert all(m.reply.startswith("$JS.ACK.") for m in msgs)
+    await _ack_all(msgs)
+
+
+async def _raw_publish(url: str, subject: str, header_block: bytes) -> None:
+    """Publish a message with a raw header block (the only way to send an inline status line)."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        await reader.readline()  # INFO
+        size = len(header_block)
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true}\r\n'
+                     + f"HPUB {subject} {size} {size}\r\n".encode() + header_block + b"\r\nPING\r\n")
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"PONG")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_an_idle_heartbeat_is_skipped_and_the_fetch_keeps_waiting(
+        js: JetStreamContext, nats_client: NATS, servers: Servers) -> None:
+    spy = await nats_client.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{CONSUMER}")
+    async with _puller(nats_client) as puller:
+        fetching = asyncio.create_task(puller.fetch(1, timeout=5))
+        request = await spy.next_msg(timeout=2)
+        await spy.unsubscribe()
+        await _raw_publish(servers.nats_url, request.reply, b"NATS/1.0 100 Idle Heartbeat\r\n\r\n")
+        await asyncio.sleep(0.3)
+        assert not fetching.done(), "the fetch ended on a heartbeat"
+        await _publish(js, b"after-heartbeat")
+        msgs = await fetching
+    assert [m.data for m in msgs] == [b"after-heartbeat"]
+    await _ack_all(msgs)
+
+
+async def test_leaving_after_the_connection_closed_is_quiet(js: JetStreamContext, servers: Servers) -> None:
+    nc = NATS()
+    await nc.connect(servers.nats_url)
+    async with _puller(nc) as puller:
+        await _publish(js, b"one")
+        assert [m.data for m in await puller.fetch(1, timeout=2)] == [b"one"]
+        await nc.close()
+
+
+async def test_a_missing_consumer_is_an_error_not_an_empty_fetch(js: JetStreamContext,
+                                                                  nats_client: NATS) -> None:
+    await js.delete_consumer(STREAM, CONSUMER)
+    async with _puller(nats_client) as puller:
+        started = time.monotonic()
+        with pytest.raises(NoRespondersError):
+            await puller.fetch(10, timeout=2)
+        assert time.monotonic() - started < 1  # no answer is known at once: nothing to wait for
+        await js.add_consumer(STREAM, ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT))
+        await _publish(js, b"back")
+        msgs = await puller.fetch(10, timeout=2)  # the same puller works once the consumer is back
+    assert [m.data for m in msgs] == [b"back"]
+
+
+async def test_an_answer_lost_with_the_connection_gives_an_empty_fetch_after_the_timeout(
+        js: JetStreamContext, servers: Servers) -> None:
+    parts = urlsplit(servers.nats_url)
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 4222) as proxy:
+        nc = NATS()
+        await nc.connect(f"nats://127.0.0.1:{proxy.port}", reconnect_time_wait=0.2, max_reconnect_attempts=-1)
+        try:
+            async with _puller(nc) as puller:
+                fetching = asyncio.create_task(puller.fetch(10, timeout=0.5))
+                await asyncio.sleep(0.1)
+                await proxy.cut()  # the request is out; its answer can no longer come back
+                started = time.monotonic()
+                assert await fetching == []
+                assert time.monotonic() - started < 1.5
+                await proxy.restore()
+                await _publish(js, b"after-outage")
+                got: list[Msg] = []
+                deadline = time.monotonic() + 10
+                while not got:  # the client reconnects and resubscribes the puller's inbox
+                    assert time.monotonic() < deadline, "no fetch worked after the connection came back"
+                    got = await puller.fetch(10, timeout=0.5)
+                assert [m.data for m in got] == [b"after-outage"]
+                await _ack_all(got)
+        finally:
+            await nc.close()
