@@ -8,8 +8,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
 
-from api.errors import EXCEPTION_HANDLERS
 from api.auth import Authenticator
+from api.errors import EXCEPTION_HANDLERS
 from api.routes import admin, health, ingest, metrics
 from api.routes.ingest import IngestGate
 from api.settings import Settings

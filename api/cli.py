@@ -29,12 +29,12 @@ from redis.exceptions import RedisError
 
 from api.app import ConfigurationError, create_app, open_hub
 from api.auth import SCOPES, mint_token
-from api.state import HubState
 from api.settings import Settings, SettingsError
+from api.state import HubState
 from hub.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, EmbeddedServer
 from store.migrate import migrate
-from store.reference import load_reference_data
 from store.pool import open_pool
+from store.reference import load_reference_data
 
 __all__ = ["main"]
 
@@ -87,7 +87,7 @@ async def embedded_servers(
                 _say("stopping embedded servers ...")
 
         stack.callback(stopping)
-        yield dataclasses.replace(settings, **urls)
+        yield dataclasses.replace(settings, **urls)  # type: ignore[arg-type]  # only the *_url fields
     if servers:
         _say("embedded servers stopped")
 
@@ -261,10 +261,10 @@ async def cmd_bridge_redis(settings: Settings, args: argparse.Namespace) -> None
 
 
 async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> None:
+    from hub.broker import open_nats
     from hub.catalog import CatalogCache
     from hub.deadletters import DeadLetterer, ReplayError
     from hub.metrics import Metrics
-    from hub.broker import open_nats
     from store.deadletters import get_dead_letter, list_dead_letters, purge_dead_letters
 
     need = ("postgres", "nats") if args.action == "replay" else ("postgres",)

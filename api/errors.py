@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, cast
 
 from starlette.exceptions import HTTPException
@@ -33,7 +34,7 @@ class ApiError(Exception):
 
 
 def problem(status: int, detail: str, *, title: str | None = None, errors: list[dict[str, Any]] | None = None,
-            headers: dict[str, str] | None = None, instance: str | None = None) -> JSONResponse:
+            headers: Mapping[str, str] | None = None, instance: str | None = None) -> JSONResponse:
     from http import HTTPStatus
 
     body: dict[str, Any] = {

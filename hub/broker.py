@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
@@ -38,8 +37,13 @@ async def open_nats(
     async def on_error(exc: Exception) -> None:
         log.warning("nats: %s", exc)
 
+    closing = False
+
     async def on_disconnect() -> None:
-        log.warning("nats: disconnected from %s", url)
+        if closing:
+            log.info("nats: disconnected from %s (closing)", url)
+        else:
+            log.warning("nats: disconnected from %s", url)
 
     async def on_reconnect() -> None:
         log.info("nats: reconnected to %s", url)
@@ -62,6 +66,7 @@ async def open_nats(
     try:
         yield client
     finally:
+        closing = True
         if client.is_connected:
             try:
                 await client.drain()

@@ -12,6 +12,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 __all__ = ["Counter", "Gauge", "Histogram", "Metrics", "Registry"]
 
@@ -20,6 +21,7 @@ SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000)
 RATE_WINDOW_S = 60.0
 
 Labels = tuple[tuple[str, str], ...]
+M = TypeVar("M", bound="_Metric")
 
 
 def _labels(values: dict[str, str]) -> Labels:
@@ -161,7 +163,7 @@ class Registry:
     def __init__(self) -> None:
         self._metrics: dict[str, _Metric] = {}
 
-    def add(self, metric: _Metric) -> _Metric:
+    def add(self, metric: M) -> M:
         if metric.name in self._metrics:
             raise ValueError(f"metric {metric.name} is already registered")
         self._metrics[metric.name] = metric

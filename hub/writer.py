@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import TracebackType
 
 import psycopg
@@ -39,8 +39,8 @@ from hub.events import EventError, PatternEvent, check_subject, clean_subject, p
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
 from hub.metrics import Metrics
 from hub.pull import Puller
-from store.pool import ping
 from store.patterns import StoredEvent, ensure_months, month_start, set_stream_seqs, store_events
+from store.pool import ping
 
 __all__ = ["Writer", "retry_delay"]
 
@@ -233,7 +233,7 @@ class Writer:
         except TRANSIENT_ERRORS as exc:
             return await self._nak([m for _, ms in events.values() for m in ms], delay=self._outage.failed(exc))
         self._outage.recovered()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for event_id, (_, ms) in events.items():
             result = stored[event_id]
             (self._metrics.stored if result.new else self._metrics.duplicates).inc()
@@ -255,7 +255,7 @@ class Writer:
                 return
             try:
                 await asyncio.wait_for(ping(self._pool), timeout=PROBE_TIMEOUT_S)
-            except (*TRANSIENT_ERRORS, psycopg.Error):
+            except (*TRANSIENT_ERRORS, psycopg.Error):  # type: ignore[misc]  # a tuple at runtime
                 self._metrics.probes.inc(result="down")
                 delay = min(delay * 2, self._retry_max_s)
             else:

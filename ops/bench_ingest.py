@@ -18,7 +18,16 @@ import os
 import sys
 import time
 
-from harness import connected, embedded_stack, hub_metrics, make_events, publish, start_hub, verify, wait_stored
+from harness import (
+    connected,
+    embedded_stack,
+    hub_metrics,
+    make_events,
+    publish,
+    start_hub,
+    verify,
+    wait_stored,
+)
 
 
 async def bench(events: int, rate: float | None, hubs: int) -> dict[str, object]:

@@ -22,6 +22,7 @@ import sys
 import time
 from collections import defaultdict
 
+import psycopg
 from harness import (
     connected,
     embedded_stack,
@@ -32,8 +33,6 @@ from harness import (
     verify,
     wait_stored,
 )
-
-import psycopg
 
 
 async def _stored(database_url: str, run: str) -> int:
@@ -97,7 +96,7 @@ async def pg_outage(seconds: float, rate: float, events: int) -> dict[str, objec
         checks = await verify(stack.database_url, stack.nats_url, run, events)
         stop_hub(hub)
     per_message = [len(v) for v in naks.values()]
-    gaps = [round(b[0] - a[0], 2) for v in naks.values() for a, b in zip(v, v[1:])]
+    gaps = [round(b[0] - a[0], 2) for v in naks.values() for a, b in zip(v, v[1:], strict=False)]
     delays = sorted({round(d, 2) for v in naks.values() for _, d in v})
     return {
         "scenario": f"PostgreSQL down {seconds:g} s", "rate": rate, "drain_seconds_after_publish": round(drained, 1),

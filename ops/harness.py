@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ def stop_hub(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
 
 
 def make_events(n: int, *, run: str, symbols: list[str] = SYMBOLS) -> list[dict[str, Any]]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return [{
         "id": f"{run}-{i}", "type": "pattern_detected", "symbol": symbols[i % len(symbols)],
         "pattern": PATTERNS[i % len(PATTERNS)], "timeframe": TIMEFRAMES[i % len(TIMEFRAMES)],
@@ -205,9 +205,9 @@ async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str
                 per_symbol[body["symbol"]].append(int(body["id"].rsplit("-", 1)[1]))
         await sub.unsubscribe()
     in_order = all(seq == sorted(seq) for seq in per_symbol.values())
-    inversions = sum(1 for seq in per_symbol.values() for a, b in zip(seq, seq[1:]) if b < a)
+    inversions = sum(1 for seq in per_symbol.values() for a, b in zip(seq, seq[1:], strict=False) if b < a)
     first_bad = next(([sym, seq[max(0, i - 3):i + 3]] for sym, seq in per_symbol.items()
-                      for i, (a, b) in enumerate(zip(seq, seq[1:]), 1) if b < a), None)
+                      for i, (a, b) in enumerate(zip(seq, seq[1:], strict=False), 1) if b < a), None)
     return {
         "published": n, "stored_rows": rows, "stored_distinct": distinct, "clean_messages": len(ids),
         "clean_distinct": len(set(ids)), "per_symbol_order_kept": in_order, "order_inversions": inversions, "first_inversion": first_bad,

@@ -55,7 +55,8 @@ _COLUMNS = ("id, source_key, subject, payload, headers, reason, detail, errors, 
 
 
 def _row(r: Mapping[str, Any]) -> DeadLetter:
-    return DeadLetter(**{k: (bytes(v) if k == "payload" else v) for k, v in r.items()})
+    fields: dict[str, Any] = {k: (bytes(v) if k == "payload" else v) for k, v in r.items()}
+    return DeadLetter(**fields)
 
 
 async def record_dead_letter(
@@ -88,7 +89,8 @@ async def list_dead_letters(
     limit: int = 50, replayed: bool | None = None,
 ) -> list[DeadLetter]:
     """Newest first; page with ``before_id`` (the last id of the previous page)."""
-    where, params = ["true"], []  # type: ignore[var-annotated]
+    where: list[str] = ["true"]
+    params: list[Any] = []
     if reason is not None:
         where.append("reason = %s")
         params.append(reason)
@@ -124,7 +126,8 @@ async def purge_dead_letters(
 ) -> int:
     """Delete dead letters matching every given condition; returns how many. Refuses an
     unconditional purge unless ``everything`` is set."""
-    where, params = [], []  # type: ignore[var-annotated]
+    where: list[str] = []
+    params: list[Any] = []
     if ids is not None:
         where.append("id = ANY(%s)")
         params.append(list(ids))

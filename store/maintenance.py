@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -19,10 +20,10 @@ async def ensure_partitions(
 ) -> int:
     """Make sure partitions exist from ``start`` (default: now) to ``start + ahead``; return how many
     were created (0 on a TimescaleDB hypertable, which makes its own chunks)."""
-    lo = start or datetime.now(timezone.utc)
+    lo = start or datetime.now(UTC)
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT tickstock_ensure_partitions(%s, %s) AS created", (lo, lo + ahead))
-        row = await cur.fetchone()
+        row: dict[str, Any] | None = await cur.fetchone()  # type: ignore[assignment]  # pool rows are dicts
     created = int(row["created"]) if row else 0
     if created:
         log.info("created %d pattern_events partition(s) up to %s", created, (lo + ahead).date())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -71,7 +71,7 @@ async def store_events(conn: psycopg.AsyncConnection[Any], events: Sequence[Any]
         return {}
     batch = b"[" + b",".join(e.to_json_bytes() for e in events) + b"]"
     cur = await conn.execute(_INSERT, (batch.decode(),))
-    rows = await cur.fetchall()
+    rows: list[dict[str, Any]] = await cur.fetchall()  # type: ignore[assignment]  # pool rows are dicts
     return {r["id"]: StoredEvent(r["id"], r["new"], r["detected_at"], r["stream_seq"]) for r in rows}
 
 
@@ -96,9 +96,10 @@ async def load_pattern_aliases(pool: AsyncConnectionPool) -> list[tuple[str, lis
     """``(canonical name, aliases)`` of every pattern definition, for :class:`hub.events.PatternCatalog`."""
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT name, aliases FROM pattern_definitions ORDER BY name")
-        return [(r["name"], list(r["aliases"])) for r in await cur.fetchall()]
+        rows: list[dict[str, Any]] = await cur.fetchall()  # type: ignore[assignment]  # pool rows are dicts
+        return [(r["name"], list(r["aliases"])) for r in rows]
 
 
 def month_start(value: datetime) -> datetime:
-    value = value.astimezone(timezone.utc)
+    value = value.astimezone(UTC)
     return value.replace(day=1, hour=0, minute=0, second=0, microsecond=0)

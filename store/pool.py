@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -42,7 +43,7 @@ async def open_pool(
     gets ``statement_timeout`` and an application name; a connection is checked before it is lent.
     Rows come back as dicts.
     """
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "connect_timeout": max(1, int(connect_timeout_s)),
         "application_name": APPLICATION_NAME,
         "options": f"-c statement_timeout={int(statement_timeout_ms)}",

@@ -208,3 +208,27 @@ async def wait_settled(js, *, timeout: float = 30.0) -> object:  # type: ignore[
         return info if info.num_pending == 0 and info.num_ack_pending == 0 else None
 
     return await wait_for(settled, timeout=timeout, what="every ingest message acknowledged")
+
+
+async def count(pool, sql: str, *args: object) -> int:  # type: ignore[no-untyped-def]
+    """The single number a ``SELECT count(*) …`` returns."""
+    async with pool.connection() as conn:
+        row = await (await conn.execute(sql, args)).fetchone()
+    return int(next(iter(row.values()))) if row else 0
+
+
+async def stored_count(pool, prefix: str) -> int:  # type: ignore[no-untyped-def]
+    """How many events with ids ``<prefix>-…`` are stored."""
+    return await count(pool, "SELECT count(*) FROM pattern_events WHERE id LIKE %s", prefix + "-%")
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    import os
+    from pathlib import Path
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"

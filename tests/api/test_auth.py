@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 
 import api.auth
 from api.app import create_app
-from api.auth import MAX_TOKEN_BYTES, AuthError, Authenticator, Principal, mint_token, requires
+from api.auth import MAX_TOKEN_BYTES, Authenticator, AuthError, Principal, mint_token, requires
 from api.settings import Settings
 from api.state import HubState
 from tests.conftest import JWT_SECRET

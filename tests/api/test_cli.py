@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from api.cli import main
-from tests.support import free_port
+from tests.support import alive, free_port
 
 COMMANDS = ["run", "serve", "migrate", "load-reference-data"]
 
@@ -115,12 +115,7 @@ def _pids(data_dir: Path) -> dict[str, int]:
     return {p.stem: int(p.read_text()) for p in data_dir.glob("*/*.pid")}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+_alive = alive
 
 
 def _processes_under(path: Path) -> list[str]:

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
-from api.auth import AuthError, Authenticator
+from api.auth import Authenticator, AuthError
 from api.cli import main
 from api.settings import Settings
 from hub.bridge import DEFAULT_CHANNEL

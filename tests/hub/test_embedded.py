@@ -15,15 +15,9 @@ import pytest
 import redis
 
 from hub.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port, started
+from tests.support import alive
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is gone for our purpose.
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+_alive = alive
 
 
 def test_free_port_is_bindable() -> None:

@@ -16,9 +16,26 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from hub.events import (
-    CLEAN_PREFIX, DEFAULT_MAX_EVENT_BYTES, EVENT_TYPES, INGEST_PREFIX, MAX_DATA_BYTES, REASONS, TIMEFRAMES,
-    EventError, PatternCatalog, PatternEvent, canonical_json, canonical_symbol, check_subject, clean_subject,
-    ingest_subject, load_json_schema, parse_event, parse_subject, symbol_to_token, token_to_symbol,
+    CLEAN_PREFIX,
+    DEFAULT_MAX_EVENT_BYTES,
+    EVENT_TYPES,
+    INGEST_PREFIX,
+    MAX_DATA_BYTES,
+    REASONS,
+    TIMEFRAMES,
+    EventError,
+    PatternCatalog,
+    PatternEvent,
+    canonical_json,
+    canonical_symbol,
+    check_subject,
+    clean_subject,
+    ingest_subject,
+    load_json_schema,
+    parse_event,
+    parse_subject,
+    symbol_to_token,
+    token_to_symbol,
 )
 from hub.legacy import LEGACY_EVENT_TYPES, LEGACY_TIMEFRAMES, derived_id, is_legacy, to_v1
 

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
 from collections import defaultdict
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from api.auth import mint_token
-from api.settings import Settings
 from hub.events import clean_subject, parse_subject
-from hub.jetstream import INGEST_STREAM, PATTERNS_STREAM, WRITER_CONSUMER
+from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
 from hub.writer import retry_delay
-from tests.conftest import JWT_SECRET, delete_all_streams
+from tests.conftest import JWT_SECRET
 from tests.support import (
     LiveHub,
-    TcpProxy,
     clean_stream_messages,
+    count,
     make_event,
     publish_events,
     publish_raw,
+    stored_count,
     wait_for,
     wait_settled,
 )
@@ -32,14 +29,8 @@ from tests.support import (
 SYMBOLS = ["AAPL", "MSFT", "BRK.B", "ABR$D", "IBM", "KO", "TSLA", "GOOGL", "SPY", "XOM"]
 
 
-async def _count(pool: AsyncConnectionPool, sql: str, *args: object) -> int:
-    async with pool.connection() as conn:
-        row = await (await conn.execute(sql, args)).fetchone()  # type: ignore[arg-type]
-    return int(next(iter(row.values()))) if row else 0
-
-
-async def _stored(pool: AsyncConnectionPool, prefix: str) -> int:
-    return await _count(pool, "SELECT count(*) FROM pattern_events WHERE id LIKE %s", prefix + "-%")
+_count = count
+_stored = stored_count
 
 
 def test_retry_delay_doubles_and_caps() -> None:
