@@ -373,6 +373,8 @@ class PatternEvent(BaseModel):
     @classmethod
     def _bounded_json(cls, value: dict[str, Any]) -> dict[str, Any]:
         # Pydantic checks the keys; the values are Any, so lone surrogates and NaN are caught here.
+        if not value:
+            return {}
         try:
             encoded = canonical_json(value)
         except (TypeError, ValueError, RecursionError):
@@ -384,7 +386,11 @@ class PatternEvent(BaseModel):
                 "data_too_large", "data encodes to {size} bytes; the limit is {limit}",
                 {"size": len(encoded), "limit": MAX_DATA_BYTES},
             )
-        return json.loads(encoded)  # a private, plain-JSON copy
+        # A private copy the caller cannot change under us: shallow is enough for flat objects (the
+        # common case: levels, indicators), nested ones are rebuilt from the encoding.
+        if any(isinstance(v, dict | list) for v in value.values()):
+            return json.loads(encoded)
+        return dict(value)
 
     def to_json_bytes(self) -> bytes:
         """The canonical encoding for the clean stream: compact, sorted keys, ``Z`` timestamps.
