@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -141,7 +140,3 @@ async def purge_dead_letters(
     cur = await conn.execute(
         f"DELETE FROM dead_letters WHERE {' AND '.join(where) or 'true'}", params)  # noqa: S608
     return cur.rowcount
-
-
-def headers_json(headers: Mapping[str, Any] | None) -> str:
-    return json.dumps(dict(headers or {}), sort_keys=True)
