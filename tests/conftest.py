@@ -33,8 +33,9 @@ from store.pool import open_pool
 from tests.support import LiveHub, admin_url_for, database_url_for
 
 EXTERNAL = os.environ.get("TICKSTOCK_TEST_EXTERNAL") == "1"
-TEMPLATE = "tickstock_test_template"
-TEMPLATE_REF = "tickstock_test_template_ref"
+# Names carry the pid, so that two test sessions on one external server do not collide.
+TEMPLATE = f"tickstock_test_template_{os.getpid()}"
+TEMPLATE_REF = f"tickstock_test_template_ref_{os.getpid()}"
 _redis_db = itertools.cycle(range(1, 16))
 JWT_SECRET = "tests-only-secret-0123456789abcdef0123456789"
 _db_counter = itertools.count(1)
@@ -109,7 +110,7 @@ def template_ref(servers: Servers) -> Iterator[str]:
 
 def _clone(servers: Servers, template: str, module: str) -> tuple[str, str]:
     slug = re.sub(r"[^a-z0-9]+", "_", module.lower())[-40:]
-    name = f"t{next(_db_counter)}_{slug}"
+    name = f"t{os.getpid()}_{next(_db_counter)}_{slug}"
     admin = admin_url_for(servers.database_url)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

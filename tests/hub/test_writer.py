@@ -85,7 +85,8 @@ MALFORMED_KINDS = {
     "missing_field": lambda i: json.dumps({k: v for k, v in make_event(i, prefix="bad").items() if k != "pattern"}).encode(),
     "confidence_out_of_range": lambda i: json.dumps(make_event(i, prefix="bad", confidence=85)).encode(),
     "unknown_timeframe": lambda i: json.dumps(make_event(i, prefix="bad", timeframe="2min")).encode(),
-    "too_large": lambda i: json.dumps(make_event(i, prefix="bad", data={"blob": "x" * 2_000_000})).encode(),
+    # 2 MB on the hub's own NATS (max_payload 8 MB); smaller on a server with the 1 MB default.
+    "too_large": lambda i: json.dumps(make_event(i, prefix="bad", data={"blob": "x" * BIG})).encode(),
     "invalid_field": lambda i: json.dumps(make_event(i, prefix="bad", price="cheap")).encode(),
     "invalid_timestamp": lambda i: json.dumps(make_event(i, prefix="bad", detected_at="yesterday")).encode(),
     "unknown_pattern": lambda i: json.dumps(make_event(i, prefix="bad", pattern="flying_pig")).encode(),
@@ -97,10 +98,13 @@ MALFORMED_KINDS = {
     "store_rejected": lambda i: json.dumps(make_event(i, prefix="bad", data={"note": "nul \u0000 inside"})).encode(),
 }
 EXPECTED_REASON = {"legacy_0_100": "confidence_out_of_range"}
+BIG = 2_000_000
 
 
 async def test_malformed_events_are_dead_lettered_with_a_reason_and_nothing_is_stored(live_hub: LiveHub, ref_pool) -> None:  # type: ignore[no-untyped-def]
+    global BIG
     js = live_hub.hub.js
+    BIG = min(2_000_000, live_hub.hub.nats.max_payload - 4096)
     kinds = list(MALFORMED_KINDS)
     items = []
     for i in range(1000):
@@ -127,7 +131,7 @@ async def test_malformed_events_are_dead_lettered_with_a_reason_and_nothing_is_s
     async with ref_pool.connection() as conn:
         big = await (await conn.execute(
             "SELECT octet_length(payload) AS n, headers, deliveries FROM dead_letters WHERE reason = 'too_large' LIMIT 1")).fetchone()
-    assert big["n"] > 2_000_000 and big["headers"]["Nats-Msg-Id"].startswith("bad-msg-") and big["deliveries"] == 1
+    assert big["n"] > BIG and big["headers"]["Nats-Msg-Id"].startswith("bad-msg-") and big["deliveries"] == 1
     async with httpx.AsyncClient(base_url=live_hub.url) as client:
         ready = (await client.get("/health/ready")).json()
     assert ready["status"] == "ok"

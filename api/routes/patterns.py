@@ -1,0 +1,302 @@
+"""``/api/patterns/…`` reads (scope ``patterns:read``): scan, one event, definitions, daily stats.
+
+``GET /api/patterns/scan`` query parameters (repeat a filter to OR its values; filters AND together):
+``pattern``, ``symbol``, ``universe`` (a key, ``my``, or keys joined with ``:``), ``sector``,
+``timeframe``, ``type``, ``confidence_min``/``confidence_max`` (0-1), ``detected_after`` (inclusive)
+/ ``detected_before`` (exclusive, RFC 3339), ``active_only``, ``sort`` (``detected_at`` | ``confidence``
+| ``symbol``), ``order`` (``desc`` | ``asc``), ``limit`` (1-500) and ``cursor`` (the previous page's
+``next_cursor``; valid only with the same filters and sort). Pages follow a keyset, so they stay
+stable while events arrive.
+
+TickStock's names are accepted too: ``pattern_types`` and ``symbols`` (comma-separated), ``per_page``
+(= ``limit``), ``sort_by`` / ``sort_order`` and ``page``. ``page`` > 1 skips rows with ``OFFSET``: such
+pages shift when new events arrive; follow ``next_cursor`` instead. Unknown parameters are a 400.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, get_origin
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from api.auth import requires
+from api.errors import ApiError
+from api.state import HubState
+from hub.events import EventError, canonical_symbol
+from store.scans import (
+    MAX_LIMIT,
+    MY_UNIVERSE,
+    UNIVERSE_SEPARATOR,
+    CursorError,
+    ScanError,
+    ScanFilter,
+    Sort,
+    decode_cursor,
+    encode_cursor,
+    get_event,
+    list_definitions,
+    pattern_stats,
+    scan_events,
+)
+
+__all__ = ["routes"]
+
+DEFAULT_LIMIT = 50
+DEFAULT_STATS_DAYS = 30
+MAX_STATS_DAYS = 365
+MAX_VALUES = 100  # per repeatable filter
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+_UNIVERSE_KEY = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
+# TickStock's parameter -> ours; the comma-separated ones are split.
+_LEGACY = {"pattern_types": "pattern", "symbols": "symbol", "per_page": "limit", "sort_by": "sort",
+           "sort_order": "order"}
+_SPLIT = frozenset({"pattern_types", "symbols"})
+_LEGACY_SORTS = {"timestamp": "detected_at", "time": "detected_at"}
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and _RFC3339.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value.upper()).astimezone(UTC)
+        except (ValueError, OverflowError):
+            pass
+    raise ValueError("expected an RFC 3339 date-time with a timezone, e.g. 2024-05-01T14:30:00Z")
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
+Confidence = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Values = Annotated[list[str], Field(max_length=MAX_VALUES)]
+Timeframes = Annotated[list[Literal["1min", "5min", "15min", "30min", "hourly", "daily", "weekly", "monthly"]],
+                       Field(max_length=MAX_VALUES)]
+
+
+class ScanParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pattern: Values = []
+    symbol: Values = []
+    universe: Values = []
+    sector: Values = []
+    timeframe: Timeframes = []
+    type: Annotated[list[Literal["pattern_detected", "pattern_updated", "pattern_expired"]],
+                    Field(max_length=MAX_VALUES)] = []
+    confidence_min: Confidence | None = None
+    confidence_max: Confidence | None = None
+    detected_after: Timestamp | None = None
+    detected_before: Timestamp | None = None
+    active_only: bool = False
+    sort: Literal["detected_at", "confidence", "symbol"] = "detected_at"
+    order: Literal["desc", "asc"] = "desc"
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+    page: Annotated[int, Field(ge=1)] = 1
+    cursor: Annotated[str, Field(max_length=4096)] | None = None
+
+
+class StatsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    days: Annotated[int, Field(ge=1, le=MAX_STATS_DAYS)] = DEFAULT_STATS_DAYS
+    pattern: Values = []
+    timeframe: Timeframes = []
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _field_error(loc: str, msg: str) -> dict[str, str]:
+    return {"loc": f"query.{loc}", "msg": msg}
+
+
+def _invalid(errors: list[dict[str, str]]) -> ApiError:
+    return ApiError("invalid query: " + "; ".join(f"{e['loc']}: {e['msg']}" for e in errors), errors=errors)
+
+
+def _parse(request: Request, model: type[BaseModel], *, legacy: bool = False) -> tuple[Any, dict[str, str]]:
+    """Validate the query string into ``model``; returns it and, for each field, the parameter name the
+    caller used (for error locations). Raises :class:`ApiError` (400) listing every problem."""
+    repeatable = {name for name, f in model.model_fields.items() if get_origin(f.annotation) is list}
+    known = set(model.model_fields) | (set(_LEGACY) if legacy else set())
+    unknown = sorted({k for k in request.query_params if k not in known})
+    if unknown:
+        raise ApiError(f"unknown query parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
+                       errors=[_field_error(k, "unknown parameter") for k in unknown])
+    data: dict[str, Any] = {}
+    used: dict[str, str] = {}
+    errors: list[dict[str, str]] = []
+    for name, value in request.query_params.multi_items():
+        field = _LEGACY.get(name, name) if legacy else name
+        if field in used and used[field] != name:
+            errors.append(_field_error(name, f"{name} and {used[field]} are the same parameter; give one"))
+            continue
+        used[field] = name
+        if field in repeatable:
+            parts = [p.strip() for p in value.split(",")] if name in _SPLIT else [value]
+            data.setdefault(field, []).extend(p for p in parts if p)
+        elif field in data:
+            errors.append(_field_error(name, "given more than once"))
+        else:
+            data[field] = _LEGACY_SORTS.get(value, value) if name == "sort_by" else value
+    if not errors:
+        try:
+            return model.model_validate(data), used
+        except ValidationError as exc:
+            for e in exc.errors(include_url=False, include_input=False, include_context=False):
+                field = str(e["loc"][0]) if e["loc"] else ""
+                errors.append(_field_error(used.get(field, field), e["msg"]))
+    raise _invalid(errors)
+
+
+def _canonical_patterns(hub: HubState, names: Iterable[str], loc: str, errors: list[dict[str, str]]) -> list[str]:
+    found = []
+    for name in names:
+        try:
+            found.append(hub.catalog.current.canonical(name))
+        except EventError as exc:
+            errors.append(_field_error(loc, exc.detail))
+    return found
+
+
+def _filter(hub: HubState, params: ScanParams, used: dict[str, str]) -> ScanFilter:
+    errors: list[dict[str, str]] = []
+    patterns = _canonical_patterns(hub, params.pattern, used.get("pattern", "pattern"), errors)
+    symbols = []
+    for raw in params.symbol:
+        try:
+            symbols.append(canonical_symbol(raw))
+        except EventError as exc:
+            errors.append(_field_error(used.get("symbol", "symbol"), exc.detail))
+    for value in params.universe:
+        keys = value.split(UNIVERSE_SEPARATOR)
+        if not all(k == MY_UNIVERSE or _UNIVERSE_KEY.fullmatch(k) for k in keys):
+            errors.append(_field_error("universe", f"{value!r} is not a universe key, 'my' or keys joined with ':'"))
+    if (params.confidence_min is not None and params.confidence_max is not None
+            and params.confidence_min > params.confidence_max):
+        errors.append(_field_error("confidence_min", "is greater than confidence_max"))
+    if (params.detected_after is not None and params.detected_before is not None
+            and params.detected_after >= params.detected_before):
+        errors.append(_field_error("detected_after", "is not before detected_before"))
+    if params.cursor is not None and params.page > 1:
+        errors.append(_field_error("page", "page cannot be combined with cursor"))
+    if errors:
+        raise _invalid(errors)
+    return ScanFilter(
+        patterns=tuple(patterns), symbols=tuple(symbols), universes=tuple(params.universe),
+        sectors=tuple(params.sector), timeframes=tuple(params.timeframe), types=tuple(params.type),
+        confidence_min=params.confidence_min, confidence_max=params.confidence_max,
+        detected_after=params.detected_after, detected_before=params.detected_before,
+        active_only=params.active_only,
+    )
+
+
+def _cursor_key(hub: HubState) -> bytes:
+    # Every node of one deployment shares the signing secret, so a cursor from one node works on the
+    # next. Without one (JWKS only) the MAC still catches altered or truncated cursors.
+    secret = hub.settings.jwt_secret or ""
+    return hashlib.sha256(b"tickstock-scan-cursor\0" + secret.encode()).digest()
+
+
+def _json_time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds" if value.microsecond else "seconds") + "Z"
+
+
+def event_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored event as the API returns it."""
+    return {
+        "id": row["id"], "type": row["type"], "symbol": row["symbol"], "pattern": row["pattern"],
+        "timeframe": row["timeframe"], "confidence": row["confidence"],
+        "detected_at": _json_time(row["detected_at"]), "expires_at": _json_time(row["expires_at"]),
+        "price": row["price"], "volume": row["volume"], "levels": row["levels"], "indicators": row["indicators"],
+        "source": row["source"], "data": row["data"], "seq": row["seq"], "received_at": _json_time(row["received_at"]),
+    }
+
+
+@requires("patterns:read")
+async def scan(request: Request) -> JSONResponse:
+    hub: HubState = request.app.state.hub
+    params, used = _parse(request, ScanParams, legacy=True)
+    filt = _filter(hub, params, used)
+    sort = Sort(params.sort, params.order)
+    fingerprint = filt.fingerprint()
+    key = _cursor_key(hub)
+    after = None
+    if params.cursor is not None:
+        try:
+            after = decode_cursor(params.cursor, sort=sort, fingerprint=fingerprint, key=key)
+        except CursorError as exc:
+            raise ApiError(str(exc), errors=[_field_error("cursor", str(exc))]) from None
+    started = time.perf_counter()
+    try:
+        async with hub.pool.connection() as conn:
+            page = await scan_events(conn, filt, sort=sort, limit=params.limit, after=after,
+                                     offset=(params.page - 1) * params.limit,
+                                     subject=request.state.principal.subject)
+    except ScanError as exc:
+        raise ApiError(exc.msg, errors=[{"loc": exc.loc, "msg": exc.msg}]) from None
+    query_ms = round((time.perf_counter() - started) * 1000, 3)
+    next_cursor = None
+    if page.last_values is not None:
+        next_cursor = encode_cursor(page.last_values, sort=sort, fingerprint=fingerprint, key=key)
+    return JSONResponse({"items": [event_json(r) for r in page.items], "next_cursor": next_cursor,
+                         "query_ms": query_ms, "cache": {"hit": False, "age_ms": None}})
+
+
+@requires("patterns:read")
+async def show(request: Request) -> JSONResponse:
+    hub: HubState = request.app.state.hub
+    _parse(request, NoParams)
+    async with hub.pool.connection() as conn:
+        row = await get_event(conn, request.path_params["id"])
+    if row is None:
+        raise ApiError("no such pattern event", status=404)
+    return JSONResponse(event_json(row))
+
+
+@requires("patterns:read")
+async def definitions(request: Request) -> JSONResponse:
+    hub: HubState = request.app.state.hub
+    _parse(request, NoParams)
+    async with hub.pool.connection() as conn:
+        rows = await list_definitions(conn)
+    return JSONResponse({"items": [{**r, "aliases": list(r["aliases"]), "timeframes": list(r["timeframes"])}
+                                   for r in rows]})
+
+
+@requires("patterns:read")
+async def stats(request: Request) -> JSONResponse:
+    hub: HubState = request.app.state.hub
+    params, _ = _parse(request, StatsParams)
+    errors: list[dict[str, str]] = []
+    patterns = _canonical_patterns(hub, params.pattern, "pattern", errors)
+    if errors:
+        raise _invalid(errors)
+    async with hub.pool.connection() as conn:
+        by_pattern, by_day = await pattern_stats(conn, days=params.days, patterns=patterns,
+                                                 timeframes=params.timeframe)
+    return JSONResponse({
+        "days": params.days,
+        "by_pattern": [{**r, "last_detected_at": _json_time(r["last_detected_at"])} for r in by_pattern],
+        "by_day": [{"day": r["day"].isoformat(), "events": r["events"]} for r in by_day],
+    })
+
+
+# The fixed paths come before /{id}: an event whose id is "scan", "stats" or "definitions" is only
+# reachable through a scan.
+routes = [
+    Route("/api/patterns/scan", scan, methods=["GET"]),
+    Route("/api/patterns/definitions", definitions, methods=["GET"]),
+    Route("/api/patterns/stats", stats, methods=["GET"]),
+    Route("/api/patterns/{id}", show, methods=["GET"]),
+]

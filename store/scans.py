@@ -1,0 +1,391 @@
+"""Pattern-event scans: filters, keyset pagination, cursors, and the catalog and stats reads.
+
+A scan is one ``SELECT`` over ``pattern_events`` built with :mod:`psycopg.sql` (values are always
+parameters). Symbol, universe and sector filters are resolved to one symbol set first, so the
+planner sees ``symbol = ANY(<constant array>)`` and can pick the symbol index or walk the time index.
+Every sort ends in ``id``, so the order is total and a keyset ``(sort values, id)`` taken from the
+last row of a page names exactly where the next page starts, however many events arrive meanwhile.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+__all__ = [
+    "MAX_LIMIT",
+    "MY_UNIVERSE",
+    "ORDERS",
+    "SORTS",
+    "UNIVERSE_SEPARATOR",
+    "CursorError",
+    "ScanError",
+    "ScanFilter",
+    "ScanPage",
+    "Sort",
+    "build_scan",
+    "decode_cursor",
+    "encode_cursor",
+    "get_event",
+    "list_definitions",
+    "pattern_stats",
+    "resolve_symbols",
+    "scan_events",
+]
+
+SORTS = ("detected_at", "confidence", "symbol")
+ORDERS = ("desc", "asc")
+MAX_LIMIT = 500
+MY_UNIVERSE = "my"
+UNIVERSE_SEPARATOR = ":"
+
+EVENT_COLUMNS = sql.SQL(
+    "id, type, symbol, pattern, timeframe, confidence, detected_at, expires_at, price, volume, levels, "
+    "indicators, source, coalesce(payload->'data', '{}'::jsonb) AS data, stream_seq AS seq, received_at"
+)
+# Casts for keyset values: a real compared with a float8 parameter is widened, and 0.7::float8 is not
+# 0.7::real, so confidences are compared as real on both sides.
+_CASTS = {"detected_at": "timestamptz", "confidence": "real", "symbol": "text", "id": "text"}
+
+
+class ScanError(ValueError):
+    """A filter names something that does not exist; ``loc`` is the query parameter (``query.universe``)."""
+
+    def __init__(self, loc: str, msg: str) -> None:
+        super().__init__(msg)
+        self.loc = loc
+        self.msg = msg
+
+
+class CursorError(ValueError):
+    """A cursor that is malformed, altered, or was issued for another sort or filter set."""
+
+
+@dataclass(frozen=True)
+class ScanFilter:
+    """What a scan matches. Values within one field OR together; fields AND together.
+
+    ``patterns`` are canonical names and ``symbols`` canonical symbols (the caller normalises them);
+    ``universes`` are universe keys, ``my`` or keys joined with ``:`` (a union); ``sectors`` match
+    ``symbols.sector`` case-insensitively. ``detected_after`` is inclusive, ``detected_before``
+    exclusive. ``active_only`` keeps events with no ``expires_at`` or one in the future.
+    """
+
+    patterns: tuple[str, ...] = ()
+    symbols: tuple[str, ...] = ()
+    universes: tuple[str, ...] = ()
+    sectors: tuple[str, ...] = ()
+    timeframes: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    confidence_min: float | None = None
+    confidence_max: float | None = None
+    detected_after: datetime | None = None
+    detected_before: datetime | None = None
+    active_only: bool = False
+
+    def fingerprint(self) -> str:
+        """A stable hash of the filter set (order and repetition of values do not matter)."""
+        canonical: dict[str, Any] = {}
+        for name, value in asdict(self).items():
+            if isinstance(value, (tuple, list)):
+                if name == "universes":
+                    value = [UNIVERSE_SEPARATOR.join(sorted(set(v.split(UNIVERSE_SEPARATOR)))) for v in value]
+                elif name == "sectors":
+                    value = [v.casefold() for v in value]
+                value = sorted(set(value))
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            canonical[name] = value
+        encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(encoded).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Sort:
+    """``key`` is one of :data:`SORTS`, ``order`` one of :data:`ORDERS`; raises ``ValueError`` otherwise.
+
+    ``detected_at`` and ``confidence`` sort by (key, id) in ``order``; ``symbol`` sorts by symbol in
+    ``order`` and, within a symbol, newest first (the symbol index's own order).
+    """
+
+    key: str = "detected_at"
+    order: str = "desc"
+
+    def __post_init__(self) -> None:
+        if self.key not in SORTS:
+            raise ValueError(f"sort must be one of {', '.join(SORTS)}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}")
+
+    @property
+    def spec(self) -> str:
+        return f"{self.key}:{self.order}"
+
+    def columns(self) -> list[tuple[str, bool]]:
+        """``(column, descending)`` pairs of the total order."""
+        desc = self.order == "desc"
+        if self.key == "symbol":
+            return [("symbol", desc), ("detected_at", True), ("id", True)]
+        return [(self.key, desc), ("id", desc)]
+
+
+@dataclass(frozen=True)
+class ScanPage:
+    """One page of rows (dicts) and, when more may follow, the sort values of its last row."""
+
+    items: list[dict[str, Any]]
+    last_values: tuple[Any, ...] | None
+
+
+# -- cursors ----------------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(key: bytes, body: dict[str, Any]) -> str:
+    message = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return _b64(hmac.new(key, message, hashlib.sha256).digest()[:16])
+
+
+def encode_cursor(values: Sequence[Any], *, sort: Sort, fingerprint: str, key: bytes) -> str:
+    """An opaque token: base64url of JSON holding the last row's sort values, the sort spec, the
+    filter fingerprint and an HMAC over all three (keyed with ``key``)."""
+    encoded = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    body = {"k": encoded, "s": sort.spec, "f": fingerprint}
+    body["m"] = _mac(key, body)
+    return _b64(json.dumps(body, separators=(",", ":")).encode())
+
+
+def decode_cursor(token: str, *, sort: Sort, fingerprint: str, key: bytes) -> tuple[Any, ...]:
+    """The sort values in ``token``, typed for the query; raises :class:`CursorError` when the token is
+    malformed or altered, or was issued for another sort or filter set."""
+    try:
+        body = json.loads(_unb64(token))
+    except (ValueError, TypeError):
+        raise CursorError("the cursor is not one this hub issued") from None
+    if not isinstance(body, dict) or set(body) != {"k", "s", "f", "m"} or not isinstance(body["m"], str):
+        raise CursorError("the cursor is not one this hub issued")
+    mac = body.pop("m")
+    if not hmac.compare_digest(mac, _mac(key, body)):
+        raise CursorError("the cursor has been altered")
+    if body["s"] != sort.spec:
+        raise CursorError(f"the cursor was issued for sort {body['s']}, not {sort.spec}")
+    if body["f"] != fingerprint:
+        raise CursorError("the cursor was issued for other filters; start again without it")
+    columns = sort.columns()
+    raw = body["k"]
+    if not isinstance(raw, list) or len(raw) != len(columns):
+        raise CursorError("the cursor is not one this hub issued")
+    try:
+        return tuple(datetime.fromisoformat(v) if col == "detected_at" else v for (col, _), v in zip(columns, raw, strict=False))
+    except (TypeError, ValueError):
+        raise CursorError("the cursor is not one this hub issued") from None
+
+
+# -- symbols ----------------------------------------------------------------------------------------
+
+
+async def resolve_symbols(conn: psycopg.AsyncConnection[Any], filt: ScanFilter, *,
+                          subject: str | None = None) -> frozenset[str] | None:
+    """The symbols the symbol, universe and sector filters allow (their intersection), or ``None``
+    when none of them is set. ``my`` is ``subject``'s saved universe (its symbols and the members of
+    its universe keys; empty when it saved none). Raises :class:`ScanError` for an unknown universe
+    or sector."""
+    allowed: frozenset[str] | None = frozenset(filt.symbols) if filt.symbols else None
+    if filt.universes:
+        keys = {k for value in filt.universes for k in value.split(UNIVERSE_SEPARATOR)}
+        named = sorted(keys - {MY_UNIVERSE})
+        found = {r["key"] for r in await (await conn.execute(
+            "SELECT key FROM universes WHERE key = ANY(%s)", (named,))).fetchall()}
+        unknown = [k for k in named if k not in found]
+        if unknown:
+            raise ScanError("query.universe", f"unknown universe {', '.join(unknown)}")
+        members: set[str] = set()
+        if MY_UNIVERSE in keys:
+            row = await (await conn.execute(
+                "SELECT symbols, universe_keys FROM user_universes WHERE subject = %s", (subject or "",))).fetchone()
+            if row is not None:
+                members.update(row["symbols"])
+                named.extend(row["universe_keys"])
+        cur = await conn.execute("SELECT DISTINCT symbol FROM universe_members WHERE universe = ANY(%s)", (named,))
+        members.update(r["symbol"] for r in await cur.fetchall())
+        allowed = frozenset(members) if allowed is None else allowed & members
+    if filt.sectors:
+        wanted = sorted({s.casefold() for s in filt.sectors})
+        cur = await conn.execute(
+            "SELECT DISTINCT sector FROM symbols WHERE sector IS NOT NULL AND lower(sector) = ANY(%s)", (wanted,))
+        sectors = [r["sector"] for r in await cur.fetchall()]
+        unknown = sorted(set(wanted) - {s.casefold() for s in sectors})
+        if unknown:
+            raise ScanError("query.sector", f"unknown sector {', '.join(unknown)}")
+        cur = await conn.execute("SELECT symbol FROM symbols WHERE sector = ANY(%s)", (sectors,))
+        in_sectors = frozenset(r["symbol"] for r in await cur.fetchall())
+        allowed = in_sectors if allowed is None else allowed & in_sectors
+    return allowed
+
+
+# -- the scan ---------------------------------------------------------------------------------------
+
+
+def _value(column: str) -> sql.Composable:
+    return sql.SQL("%s::{}").format(sql.SQL(_CASTS[column]))
+
+
+def _row(columns: Sequence[str]) -> sql.Composable:
+    return sql.SQL("({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+
+
+def _values(columns: Sequence[str]) -> sql.Composable:
+    return sql.SQL("({})").format(sql.SQL(", ").join(_value(c) for c in columns))
+
+
+def _keyset(columns: list[tuple[str, bool]], values: Sequence[Any]) -> tuple[sql.Composable, list[Any]]:
+    """Rows strictly after ``values`` in the order ``columns``: consecutive columns with one direction
+    compare as one row value (an index condition); a change of direction nests an ``OR``."""
+    groups: list[tuple[bool, list[tuple[str, Any]]]] = []
+    for (column, desc), value in zip(columns, values, strict=False):
+        if groups and groups[-1][0] == desc:
+            groups[-1][1].append((column, value))
+        else:
+            groups.append((desc, [(column, value)]))
+    cond: sql.Composable | None = None
+    params: list[Any] = []
+    for desc, members in reversed(groups):
+        names = [c for c, _ in members]
+        vals = [v for _, v in members]
+        after = sql.SQL("{} {} {}").format(_row(names), sql.SQL("<" if desc else ">"), _values(names))
+        if cond is None:
+            cond, params = after, vals
+        else:
+            equal = sql.SQL("{} = {}").format(_row(names), _values(names))
+            cond = sql.SQL("({} OR ({} AND {}))").format(after, equal, cond)
+            params = [*vals, *vals, *params]
+    # The first column is bounded non-strictly as well: a plain range on it lets the planner prune
+    # partitions (detected_at) and start the index scan at the cursor.
+    first, desc = columns[0]
+    bound = sql.SQL("{} {} {}").format(sql.Identifier(first), sql.SQL("<=" if desc else ">="), _value(first))
+    return sql.SQL("{} AND {}").format(bound, cond), [values[0], *params]
+
+
+def build_scan(filt: ScanFilter, *, symbols: frozenset[str] | None, sort: Sort, limit: int,
+               after: Sequence[Any] | None = None, offset: int = 0) -> tuple[sql.Composed, list[Any]]:
+    """The scan statement and its parameters: rows matching ``filt`` (with ``symbols`` already
+    resolved), strictly after the keyset ``after``, in ``sort`` order, ``offset`` rows skipped (only
+    for legacy page numbers: unlike a keyset, an offset shifts when new events arrive), at most
+    ``limit`` rows."""
+    where: list[sql.Composable] = []
+    params: list[Any] = []
+
+    def any_of(column: str, values: Sequence[str]) -> None:
+        where.append(sql.SQL("{} = ANY(%s)").format(sql.Identifier(column)))
+        params.append(sorted(set(values)))
+
+    if symbols is not None:
+        any_of("symbol", sorted(symbols))
+    if filt.patterns:
+        any_of("pattern", filt.patterns)
+    if filt.timeframes:
+        any_of("timeframe", filt.timeframes)
+    if filt.types:
+        any_of("type", filt.types)
+    for column, op, value, cast in (
+        ("confidence", ">=", filt.confidence_min, "real"), ("confidence", "<=", filt.confidence_max, "real"),
+        ("detected_at", ">=", filt.detected_after, "timestamptz"),
+        ("detected_at", "<", filt.detected_before, "timestamptz"),
+    ):
+        if value is not None:
+            where.append(sql.SQL("{} {} %s::{}").format(sql.Identifier(column), sql.SQL(op), sql.SQL(cast)))
+            params.append(value)
+    if filt.active_only:
+        where.append(sql.SQL("(expires_at IS NULL OR expires_at > now())"))
+    columns = sort.columns()
+    if after is not None:
+        cond, cond_params = _keyset(columns, after)
+        where.append(cond)
+        params.extend(cond_params)
+    order = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL("DESC" if desc else "ASC")) for c, desc in columns)
+    query = sql.SQL("SELECT {} FROM pattern_events WHERE {} ORDER BY {} LIMIT %s").format(
+        EVENT_COLUMNS, sql.SQL(" AND ").join(where) if where else sql.SQL("true"), order)
+    params.append(limit)
+    if offset:
+        query = sql.SQL("{} OFFSET %s").format(query)
+        params.append(offset)
+    return query, params
+
+
+async def scan_events(conn: psycopg.AsyncConnection[Any], filt: ScanFilter, *, sort: Sort, limit: int,
+                      after: Sequence[Any] | None = None, offset: int = 0, subject: str | None = None) -> ScanPage:
+    """One page of events matching ``filt`` (see :func:`build_scan`). Raises :class:`ScanError` for an
+    unknown universe or sector and psycopg's errors (the pool's statement timeout applies)."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
+    symbols = await resolve_symbols(conn, filt, subject=subject)
+    if symbols is not None and not symbols:
+        return ScanPage([], None)
+    query, params = build_scan(filt, symbols=symbols, sort=sort, limit=limit + 1, after=after, offset=offset)
+    rows = await (await conn.execute(query, params)).fetchall()
+    if len(rows) <= limit:
+        return ScanPage(rows, None)
+    rows = rows[:limit]
+    return ScanPage(rows, tuple(rows[-1][c] for c, _ in sort.columns()))
+
+
+# -- single events, definitions, stats --------------------------------------------------------------
+
+
+async def get_event(conn: psycopg.AsyncConnection[Any], event_id: str) -> dict[str, Any] | None:
+    """The stored event with ``event_id``, or ``None``. Finds its partition through ``pattern_event_ids``."""
+    query = sql.SQL(
+        "SELECT {} FROM pattern_events WHERE id = %s AND detected_at = "
+        "(SELECT detected_at FROM pattern_event_ids WHERE id = %s)").format(EVENT_COLUMNS)
+    row: dict[str, Any] | None = await (await conn.execute(query, (event_id, event_id))).fetchone()
+    return row
+
+
+async def list_definitions(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """Every pattern definition, by category then name."""
+    cur = await conn.execute(
+        "SELECT name, aliases, category, direction, description, timeframes, enabled "
+        "FROM pattern_definitions ORDER BY category, name")
+    return await cur.fetchall()
+
+
+async def pattern_stats(conn: psycopg.AsyncConnection[Any], *, days: int, patterns: Sequence[str] = (),
+                        timeframes: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Totals per (pattern, timeframe) and per day over the last ``days`` UTC days (today included),
+    from ``pattern_stats_daily`` (as fresh as its last refresh)."""
+    where = [sql.SQL("day > (now() AT TIME ZONE 'UTC')::date - %s")]
+    params: list[Any] = [days]
+    if patterns:
+        where.append(sql.SQL("pattern = ANY(%s)"))
+        params.append(sorted(set(patterns)))
+    if timeframes:
+        where.append(sql.SQL("timeframe = ANY(%s)"))
+        params.append(sorted(set(timeframes)))
+    cond = sql.SQL(" AND ").join(where)
+    by_pattern = await (await conn.execute(sql.SQL(
+        "SELECT pattern, timeframe, sum(events)::bigint AS events, "
+        "(sum(avg_confidence * events) / sum(events))::real AS avg_confidence, "
+        "max(max_confidence) AS max_confidence, max(last_detected_at) AS last_detected_at "
+        "FROM pattern_stats_daily WHERE {} GROUP BY pattern, timeframe "
+        "ORDER BY events DESC, pattern, timeframe").format(cond), params)).fetchall()
+    by_day = await (await conn.execute(sql.SQL(
+        "SELECT day, sum(events)::bigint AS events FROM pattern_stats_daily WHERE {} "
+        "GROUP BY day ORDER BY day").format(cond), params)).fetchall()
+    return by_pattern, by_day
