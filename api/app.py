@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 
 from api.auth import Authenticator
 from api.errors import EXCEPTION_HANDLERS
-from api.routes import admin, health, ingest, metrics, patterns
+from api.routes import admin, health, ingest, metrics, patterns, symbols, universes, users
 from api.routes.ingest import IngestGate
 from api.settings import Settings
 from api.state import HubState
@@ -95,7 +95,8 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
             yield
 
     app = Starlette(
-        routes=[*health.routes, *metrics.routes, *ingest.routes, *patterns.routes, *admin.routes],
+        routes=[*health.routes, *metrics.routes, *ingest.routes, *patterns.routes, *symbols.routes,
+                *universes.routes, *users.routes, *admin.routes],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from datetime import UTC
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
@@ -139,9 +140,9 @@ class TcpProxy:
 def make_event(i: int, *, symbol: str = "AAPL", timeframe: str = "daily", pattern: str = "hammer",
                prefix: str = "ev", confidence: float | None = None, **extra: object) -> dict[str, object]:
     """A valid schema v1 event as a dict; ``i`` makes the id and the details vary."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    base = datetime(2026, 11, 2, 14, 30, tzinfo=timezone.utc)
+    base = datetime(2026, 11, 2, 14, 30, tzinfo=UTC)
     event: dict[str, object] = {
         "id": f"{prefix}-{i}", "type": "pattern_detected", "symbol": symbol, "pattern": pattern,
         "timeframe": timeframe, "confidence": confidence if confidence is not None else round((i % 100) / 100, 2),
@@ -232,3 +233,16 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def problem(response, status: int) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status
+    assert "Traceback" not in response.text
+    return body
+
+
+def locs(body: dict) -> list[str]:  # type: ignore[type-arg]
+    return [e["loc"] for e in body.get("errors", [])]

@@ -186,7 +186,7 @@ async def test_losing_redis_resubscribes(hub_js: JetStreamContext, ref_pool: Asy
             await client.aclose()
     for i in (1, 2):
         event_id = f"bridge-loss-{retries}-{i}"
-        assert await wait_for(lambda: _stored(ref_pool, event_id), timeout=20, what=f"{event_id} stored")
+        assert await wait_for(lambda event_id=event_id: _stored(ref_pool, event_id), timeout=20, what=f"{event_id} stored")
 
 
 async def _is(value: Any, expected: object) -> bool:

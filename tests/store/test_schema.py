@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -11,7 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from store.maintenance import ensure_partitions, refresh_views
 
-UTC = timezone.utc
+UTC = UTC
 
 
 async def _insert(conn: psycopg.AsyncConnection, **fields: object) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,205 @@
+"""``/api/symbols``: search the symbol directory, one symbol in detail, the admin's bulk upsert."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+from pydantic_core import PydanticCustomError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from api.auth import requires
+from api.errors import ApiError
+from api.state import HubState
+from api.validation import MAX_ERRORS, SymbolName, read_body, read_model, read_query
+from hub.events import EventError, canonical_symbol
+from store.symbols import SYMBOL_TYPES, SymbolQuery, get_symbol, search_symbols, upsert_symbols
+from store.universes import is_universe_key, unknown_universes
+
+__all__ = ["MAX_UNION_PARTS", "routes"]
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+MAX_UPSERT = 5_000
+MAX_UPSERT_BYTES = 4 * 1024 * 1024
+MAX_UNION_PARTS = 50
+
+# -- GET /api/symbols -------------------------------------------------------------------------------
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+def _symbol_type(value: str) -> str:
+    if value not in SYMBOL_TYPES:
+        raise PydanticCustomError("invalid_type", "type must be one of " + " ".join(SYMBOL_TYPES))
+    return value
+
+
+class _Search(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    q: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] | None = None
+    sector: Text | None = None
+    exchange: Text | None = None
+    type: Annotated[str, AfterValidator(_symbol_type)] | None = None
+    universe: list[str] = Field(default_factory=list)
+    active: bool | None = None
+    limit: int = Field(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE)
+    cursor: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+
+def _union_keys(raw: list[str], loc: str) -> list[str]:
+    """``["sp500:nasdaq100", "dow30"]`` -> ``["sp500", "nasdaq100", "dow30"]`` (distinct, in order)."""
+    keys = list(dict.fromkeys(part for value in raw for part in value.split(":")))
+    bad = [k for k in keys if not is_universe_key(k)]
+    if bad:
+        raise ApiError("not a universe key: " + ", ".join(map(repr, bad)),
+                       errors=[{"loc": loc, "msg": f"{k!r} is not a universe key"} for k in bad[:MAX_ERRORS]])
+    if len(keys) > MAX_UNION_PARTS:
+        raise ApiError(f"at most {MAX_UNION_PARTS} universes at once",
+                       errors=[{"loc": loc, "msg": f"{len(keys)} universes given"}])
+    return keys
+
+
+def _fingerprint(search: _Search, universes: list[str]) -> str:
+    filters = {"q": search.q or None, "sector": search.sector, "exchange": search.exchange,
+               "type": search.type, "universe": sorted(universes), "active": search.active}
+    return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _encode_cursor(after: str, fingerprint: str) -> str:
+    raw = json.dumps({"after": after, "f": fingerprint}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _decode_cursor(cursor: str, fingerprint: str) -> str:
+    bad = ApiError("the cursor is not valid",
+                   errors=[{"loc": "query.cursor", "msg": "not a cursor this API issued"}])
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error):
+        raise bad from None
+    if not (isinstance(doc, dict) and isinstance(doc.get("after"), str) and isinstance(doc.get("f"), str)):
+        raise bad
+    if doc["f"] != fingerprint:
+        raise ApiError("the cursor belongs to a search with other filters; start again without it",
+                       errors=[{"loc": "query.cursor", "msg": "issued for other filters"}])
+    return str(doc["after"])
+
+
+def _symbol_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "updated_at": row["updated_at"].isoformat()}
+
+
+@requires("patterns:read")
+async def list_symbols(request: Request) -> JSONResponse:
+    """Query: ``q`` (prefix of the symbol or the name), ``sector``, ``exchange``, ``type``, ``universe``
+    (repeatable; ``a:b`` is a union), ``active``, ``limit`` (1-500), ``cursor`` (``next_cursor`` of the
+    previous page of the same search)."""
+    hub: HubState = request.app.state.hub
+    search = read_query(_Search, request, lists=("universe",))
+    universes = _union_keys(search.universe, "query.universe")
+    fingerprint = _fingerprint(search, universes)
+    after = _decode_cursor(search.cursor, fingerprint) if search.cursor is not None else None
+    async with hub.pool.connection() as conn:
+        unknown = await unknown_universes(conn, universes)
+        if unknown:
+            listed = sorted(unknown)
+            raise ApiError("no such universe: " + ", ".join(listed),
+                           errors=[{"loc": "query.universe", "msg": f"unknown universe {k!r}"}
+                                   for k in listed])
+        page = await search_symbols(conn, SymbolQuery(
+            q=search.q or None, sector=search.sector, exchange=search.exchange, type=search.type,
+            universes=tuple(universes), active=search.active, after=after, limit=search.limit,
+        ))
+    next_cursor = _encode_cursor(page.next_after, fingerprint) if page.next_after is not None else None
+    return JSONResponse({"items": [_symbol_json(r) for r in page.items], "next_cursor": next_cursor})
+
+
+# -- GET /api/symbols/{symbol} ----------------------------------------------------------------------
+
+
+@requires("patterns:read")
+async def show_symbol(request: Request) -> JSONResponse:
+    hub: HubState = request.app.state.hub
+    raw = request.path_params["symbol"]
+    try:
+        symbol = canonical_symbol(raw)
+    except EventError:
+        raise ApiError(f"no symbol {raw!r}: {raw!r} is not a valid symbol", status=404) from None
+    async with hub.pool.connection() as conn:
+        found = await get_symbol(conn, symbol)
+    if found is None:
+        raise ApiError(f"no symbol {symbol!r} in the directory", status=404)
+    found["latest_patterns"] = [{**p, "detected_at": p["detected_at"].isoformat()}
+                                for p in found["latest_patterns"]]
+    return JSONResponse(_symbol_json(found))
+
+
+# -- PUT /api/symbols -------------------------------------------------------------------------------
+
+Short = Annotated[str, StringConstraints(strip_whitespace=True, max_length=128)]
+
+
+class _SymbolIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    symbol: SymbolName
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+    exchange: Short | None = None
+    type: Annotated[str, AfterValidator(_symbol_type)] = "stock"
+    sector: Short | None = None
+    industry: Short | None = None
+    market_cap: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    active: bool = True
+
+
+class _Upsert(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    symbols: list[_SymbolIn] = Field(max_length=MAX_UPSERT)
+
+
+@requires("admin")
+async def put_symbols(request: Request) -> JSONResponse:
+    """Body: ``{"symbols": [{symbol, name, exchange?, type?, sector?, industry?, market_cap?, active?}]}``,
+    at most 5,000. A field left out keeps its stored value (or the default for a new symbol)."""
+    hub: HubState = request.app.state.hub
+    document = await read_body(request, max_bytes=MAX_UPSERT_BYTES)
+    given = document.get("symbols") if isinstance(document, dict) else None
+    if isinstance(given, list) and len(given) > MAX_UPSERT:
+        raise ApiError(f"at most {MAX_UPSERT} symbols per request", status=413,
+                       errors=[{"loc": "body.symbols", "msg": f"{len(document['symbols'])} given"}])
+    body = read_model(_Upsert, document)
+    first: dict[str, int] = {}
+    duplicates = []
+    for index, item in enumerate(body.symbols):
+        seen = first.setdefault(item.symbol, index)
+        if seen != index:
+            duplicates.append({"loc": f"body.symbols[{index}].symbol",
+                               "msg": f"{item.symbol} is also symbols[{seen}]"})
+    if duplicates:
+        raise ApiError("a symbol appears more than once", errors=duplicates[:MAX_ERRORS])
+    async with hub.pool.connection() as conn:
+        upserted = await upsert_symbols(conn, [item.model_dump(exclude_unset=True) | {"symbol": item.symbol}
+                                               for item in body.symbols])
+    return JSONResponse({"upserted": upserted})
+
+
+routes = [
+    Route("/api/symbols", list_symbols, methods=["GET"]),
+    Route("/api/symbols", put_symbols, methods=["PUT"]),
+    Route("/api/symbols/{symbol:path}", show_symbol, methods=["GET"]),
+]

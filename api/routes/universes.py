@@ -1,0 +1,69 @@
+"""``/api/universes``: every universe with its member count; one universe, or a union, with members."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic_core import PydanticCustomError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from api.auth import requires
+from api.errors import ApiError
+from api.routes.symbols import MAX_UNION_PARTS
+from api.state import HubState
+from api.validation import read_query
+from store.universes import UNIVERSE_KINDS, get_universe, is_universe_key, list_universes, unknown_universes
+
+__all__ = ["routes"]
+
+
+def _kind(value: str) -> str:
+    if value not in UNIVERSE_KINDS:
+        raise PydanticCustomError("invalid_kind", "kind must be one of " + " ".join(UNIVERSE_KINDS))
+    return value
+
+
+class _ListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Annotated[str, AfterValidator(_kind)] | None = None
+
+
+def _universe_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "updated_at": row["updated_at"].isoformat()}
+
+
+@requires("patterns:read")
+async def index(request: Request) -> JSONResponse:
+    """Query: ``kind`` (index, sector, etf, theme, custom)."""
+    hub: HubState = request.app.state.hub
+    query = read_query(_ListQuery, request)
+    async with hub.pool.connection() as conn:
+        rows = await list_universes(conn, kind=query.kind)
+    return JSONResponse({"items": [_universe_json(r) for r in rows]})
+
+
+@requires("patterns:read")
+async def show(request: Request) -> JSONResponse:
+    """``{key}`` is one key or several joined by ``:`` (their union, kind ``union``)."""
+    hub: HubState = request.app.state.hub
+    raw: str = request.path_params["key"]
+    keys = list(dict.fromkeys(raw.split(":")))
+    # A key that cannot exist is as absent as one that does not: 404 either way.
+    if len(keys) > MAX_UNION_PARTS or not all(is_universe_key(k) for k in keys):
+        raise ApiError(f"no universe {raw!r}", status=404)
+    async with hub.pool.connection() as conn:
+        universe = await get_universe(conn, keys)
+        missing = sorted(await unknown_universes(conn, keys)) if universe is None else []
+    if universe is None:
+        raise ApiError("no such universe: " + ", ".join(missing), status=404)
+    return JSONResponse(_universe_json(universe))
+
+
+routes = [
+    Route("/api/universes", index, methods=["GET"]),
+    Route("/api/universes/{key}", show, methods=["GET"]),
+]

@@ -1,0 +1,343 @@
+"""``/api/users/…``: the caller's universe, watchlists and saved scan filters.
+
+Everything is keyed by the token subject: a caller reads and changes only their own state. Reading
+needs ``patterns:read``, changing needs ``universe:write``. After a change to the universe the hub
+publishes ``{"subject": …, "version": <updated_at>}`` on core NATS subject
+``tickstock.users.universe.changed``, best effort (a failed publish is logged; the change stands).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from nats.errors import Error as NatsError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api.auth import requires
+from api.errors import ApiError
+from api.state import HubState
+from api.validation import MAX_ERRORS, SymbolName, UniverseKey, read_body, read_model
+from hub.events import EVENT_TYPES, TIMEFRAMES
+from store.symbols import unknown_symbols
+from store.universes import unknown_universes
+from store.users import (
+    DuplicateName,
+    LimitExceeded,
+    UserUniverse,
+    create_filter,
+    delete_filter,
+    delete_watchlist,
+    get_user_universe,
+    list_filters,
+    list_watchlists,
+    patch_user_universe,
+    put_watchlist,
+    replace_user_universe,
+)
+
+__all__ = ["UNIVERSE_CHANGED_SUBJECT", "routes"]
+
+log = logging.getLogger("tickstock.api.users")
+
+UNIVERSE_CHANGED_SUBJECT = "tickstock.users.universe.changed"
+MAX_UNIVERSE_SYMBOLS = 2_000
+MAX_UNIVERSE_KEYS = 50
+MAX_WATCHLISTS = 50
+MAX_WATCHLIST_SYMBOLS = 500
+MAX_NAME = 64
+MAX_FILTERS = 100
+MAX_BODY_BYTES = 256 * 1024
+MAX_FILTER_VALUES = 100
+MAX_FILTER_TEXT = 128
+
+
+def _subject(request: Request) -> str:
+    return str(request.state.principal.subject)
+
+
+async def _check_exist(hub: HubState, fields: dict[str, tuple[list[str], bool]]) -> None:
+    """Raise 400 listing every unknown item: ``fields`` maps a body field to ``(values, are_symbols)``."""
+    errors: list[dict[str, str]] = []
+    names: set[str] = set()
+    async with hub.pool.connection() as conn:
+        for field, (values, are_symbols) in fields.items():
+            unknown = await (unknown_symbols if are_symbols else unknown_universes)(conn, values)
+            what = "symbol" if are_symbols else "universe"
+            errors += [{"loc": f"body.{field}[{i}]", "msg": f"unknown {what} {v!r}"}
+                       for i, v in enumerate(values) if v in unknown]
+            names |= unknown
+    if errors:
+        listed = sorted(names)
+        raise ApiError("unknown symbols or universes: " + ", ".join(listed[:MAX_ERRORS])
+                       + (f" and {len(listed) - MAX_ERRORS} more" if len(listed) > MAX_ERRORS else ""),
+                       errors=errors[:MAX_ERRORS])
+
+
+# -- the user's universe ----------------------------------------------------------------------------
+
+
+class _Universe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    symbols: list[SymbolName] = Field(default_factory=list, max_length=MAX_UNIVERSE_SYMBOLS)
+    universe_keys: list[UniverseKey] = Field(default_factory=list, max_length=MAX_UNIVERSE_KEYS)
+
+
+class _UniversePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    add_symbols: list[SymbolName] = Field(default_factory=list, max_length=MAX_UNIVERSE_SYMBOLS)
+    remove_symbols: list[SymbolName] = Field(default_factory=list, max_length=MAX_UNIVERSE_SYMBOLS)
+    add_universes: list[UniverseKey] = Field(default_factory=list, max_length=MAX_UNIVERSE_KEYS)
+    remove_universes: list[UniverseKey] = Field(default_factory=list, max_length=MAX_UNIVERSE_KEYS)
+
+
+async def _notify(hub: HubState, subject: str, universe: UserUniverse) -> None:
+    version = universe.updated_at.isoformat() if universe.updated_at else None
+    payload = json.dumps({"subject": subject, "version": version}).encode()
+    try:
+        await hub.nats.publish(UNIVERSE_CHANGED_SUBJECT, payload)
+    except (NatsError, OSError) as exc:
+        log.warning("universe change of %r not announced on %s: %s", subject, UNIVERSE_CHANGED_SUBJECT,
+                    exc or type(exc).__name__)
+
+
+@requires("patterns:read")
+async def get_universe(request: Request) -> JSONResponse:
+    hub: HubState = request.app.state.hub
+    async with hub.pool.connection() as conn:
+        universe = await get_user_universe(conn, _subject(request))
+    return JSONResponse(universe.as_dict())
+
+
+@requires("universe:write")
+async def put_universe(request: Request) -> JSONResponse:
+    """Body: ``{"symbols": [...], "universe_keys": [...]}`` (at most 2,000 and 50), replacing both."""
+    hub: HubState = request.app.state.hub
+    body = read_model(_Universe, await read_body(request, max_bytes=MAX_BODY_BYTES))
+    await _check_exist(hub, {"symbols": (body.symbols, True), "universe_keys": (body.universe_keys, False)})
+    subject = _subject(request)
+    async with hub.pool.connection() as conn:
+        universe, changed = await replace_user_universe(
+            conn, subject, symbols=body.symbols, universe_keys=body.universe_keys,
+            max_symbols=MAX_UNIVERSE_SYMBOLS, max_universes=MAX_UNIVERSE_KEYS,
+        )
+    if changed:
+        await _notify(hub, subject, universe)
+    return JSONResponse(universe.as_dict())
+
+
+@requires("universe:write")
+async def patch_universe(request: Request) -> JSONResponse:
+    """Body: any of ``add_symbols``, ``remove_symbols``, ``add_universes``, ``remove_universes``;
+    removals apply first. The result is bounded as for ``PUT``."""
+    hub: HubState = request.app.state.hub
+    body = read_model(_UniversePatch, await read_body(request, max_bytes=MAX_BODY_BYTES))
+    await _check_exist(hub, {"add_symbols": (body.add_symbols, True),
+                             "add_universes": (body.add_universes, False)})
+    subject = _subject(request)
+    try:
+        async with hub.pool.connection() as conn:
+            universe, changed = await patch_user_universe(
+                conn, subject, add_symbols=body.add_symbols, remove_symbols=body.remove_symbols,
+                add_universes=body.add_universes, remove_universes=body.remove_universes,
+                max_symbols=MAX_UNIVERSE_SYMBOLS, max_universes=MAX_UNIVERSE_KEYS,
+            )
+    except LimitExceeded as exc:
+        field = "add_symbols" if exc.field == "symbols" else "add_universes"
+        what = exc.field.replace("_", " ")
+        raise ApiError(f"the universe would hold {exc.size} {what}; at most {exc.limit}",
+                       errors=[{"loc": f"body.{field}", "msg": str(exc)}]) from None
+    if changed:
+        await _notify(hub, subject, universe)
+    return JSONResponse(universe.as_dict())
+
+
+# -- watchlists -------------------------------------------------------------------------------------
+
+
+class _Watchlist(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    symbols: list[SymbolName] = Field(max_length=MAX_WATCHLIST_SYMBOLS)
+
+
+def _stamped(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def _watchlist_name(request: Request) -> str | None:
+    name: str = request.path_params["name"]
+    return name if 1 <= len(name) <= MAX_NAME and name.isprintable() else None
+
+
+@requires("patterns:read")
+async def get_watchlists(request: Request) -> JSONResponse:
+    hub: HubState = request.app.state.hub
+    async with hub.pool.connection() as conn:
+        rows = await list_watchlists(conn, _subject(request))
+    return JSONResponse({"items": [_stamped(r) for r in rows]})
+
+
+@requires("universe:write")
+async def put_one_watchlist(request: Request) -> JSONResponse:
+    """Body: ``{"symbols": [...]}`` (at most 500). 201 when the watchlist is new; 409 beyond 50."""
+    hub: HubState = request.app.state.hub
+    name = _watchlist_name(request)
+    if name is None:
+        raise ApiError(f"a watchlist name is 1-{MAX_NAME} printable characters",
+                       errors=[{"loc": "path.name", "msg": f"must be 1-{MAX_NAME} printable characters"}])
+    body = read_model(_Watchlist, await read_body(request, max_bytes=MAX_BODY_BYTES))
+    await _check_exist(hub, {"symbols": (body.symbols, True)})
+    try:
+        async with hub.pool.connection() as conn:
+            saved, created = await put_watchlist(conn, _subject(request), name, body.symbols,
+                                                 max_watchlists=MAX_WATCHLISTS)
+    except LimitExceeded as exc:
+        raise ApiError(f"at most {exc.limit} watchlists per user; delete one first", status=409) from None
+    return JSONResponse(_stamped(saved), status_code=201 if created else 200)
+
+
+@requires("universe:write")
+async def delete_one_watchlist(request: Request) -> Response:
+    hub: HubState = request.app.state.hub
+    name = _watchlist_name(request)
+    deleted = False
+    if name is not None:
+        async with hub.pool.connection() as conn:
+            deleted = await delete_watchlist(conn, _subject(request), name)
+    if not deleted:
+        raise ApiError(f"no watchlist {request.path_params['name']!r}", status=404)
+    return Response(status_code=204)
+
+
+# -- saved scan filters -----------------------------------------------------------------------------
+
+
+def _strings(allowed: tuple[str, ...] = ()) -> PlainValidator:
+    """A string, or a list of 1-100 strings, each 1-128 characters (a filter value may be one or many),
+    each one of ``allowed`` if given."""
+
+    def check(value: object) -> str | list[str]:
+        items = value if isinstance(value, list) else [value]
+        if (not items or len(items) > MAX_FILTER_VALUES
+                or not all(isinstance(v, str) and 1 <= len(v) <= MAX_FILTER_TEXT for v in items)):
+            raise PydanticCustomError(
+                "string_or_list",
+                f"expected a string or a list of 1-{MAX_FILTER_VALUES} strings, "
+                f"each 1-{MAX_FILTER_TEXT} characters",
+            )
+        if allowed and not set(items) <= set(allowed):
+            raise PydanticCustomError("not_allowed", "each value must be one of " + " ".join(allowed))
+        return value  # type: ignore[return-value]  # checked above
+
+    return PlainValidator(check)
+
+
+Strings = Annotated[str | list[str], _strings()]
+Confidence = Annotated[float, Field(ge=0, le=1)]
+
+
+class _ScanFilter(BaseModel):
+    """The scan's query parameters, checked for type, range and the scan's fixed vocabularies (timeframe,
+    type, sort, order); pattern, symbol, universe and sector stay free text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pattern: Strings | None = None
+    symbol: Strings | None = None
+    universe: Strings | None = None
+    sector: Strings | None = None
+    timeframe: Annotated[str | list[str], _strings(TIMEFRAMES)] | None = None
+    type: Annotated[str | list[str], _strings(EVENT_TYPES)] | None = None
+    confidence_min: Confidence | None = None
+    confidence_max: Confidence | None = None
+    detected_after: AwareDatetime | None = None
+    detected_before: AwareDatetime | None = None
+    active_only: bool | None = None
+    sort: Literal["detected_at", "confidence", "symbol"] | None = None
+    order: Literal["asc", "desc"] | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> _ScanFilter:
+        low, high = self.confidence_min, self.confidence_max
+        if low is not None and high is not None and low > high:
+            raise ValueError("confidence_min is above confidence_max")
+        if self.detected_after and self.detected_before and self.detected_after >= self.detected_before:
+            raise ValueError("detected_after is not before detected_before")
+        return self
+
+
+class _NewFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME)]
+    filter: _ScanFilter
+
+
+@requires("patterns:read")
+async def get_filters(request: Request) -> JSONResponse:
+    hub: HubState = request.app.state.hub
+    async with hub.pool.connection() as conn:
+        rows = await list_filters(conn, _subject(request))
+    return JSONResponse({"items": [_stamped(r) for r in rows]})
+
+
+@requires("universe:write")
+async def post_filter(request: Request) -> JSONResponse:
+    """Body: ``{"name": …, "filter": {…scan query parameters…}}``. 201 with the saved filter and its
+    id; 409 for a name the caller already uses or beyond 100 filters."""
+    hub: HubState = request.app.state.hub
+    body = read_model(_NewFilter, await read_body(request, max_bytes=MAX_BODY_BYTES))
+    stored = body.filter.model_dump(mode="json", exclude_none=True)
+    try:
+        async with hub.pool.connection() as conn:
+            saved = await create_filter(conn, _subject(request), body.name, stored, max_filters=MAX_FILTERS)
+    except DuplicateName as exc:
+        raise ApiError(str(exc), status=409, errors=[{"loc": "body.name", "msg": "already used"}]) from None
+    except LimitExceeded as exc:
+        raise ApiError(f"at most {exc.limit} saved filters per user; delete one first", status=409) from None
+    return JSONResponse(_stamped(saved), status_code=201,
+                        headers={"Location": f"/api/users/filters/{saved['id']}"})
+
+
+@requires("universe:write")
+async def delete_one_filter(request: Request) -> Response:
+    hub: HubState = request.app.state.hub
+    raw: str = request.path_params["id"]
+    deleted = False
+    if raw.isascii() and raw.isdigit() and len(raw) <= 18:
+        async with hub.pool.connection() as conn:
+            deleted = await delete_filter(conn, _subject(request), int(raw))
+    if not deleted:
+        raise ApiError(f"no saved filter {raw!r}", status=404)
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/api/users/universe", get_universe, methods=["GET"]),
+    Route("/api/users/universe", put_universe, methods=["PUT"]),
+    Route("/api/users/universe", patch_universe, methods=["PATCH"]),
+    Route("/api/users/watchlists", get_watchlists, methods=["GET"]),
+    Route("/api/users/watchlists/{name}", put_one_watchlist, methods=["PUT"]),
+    Route("/api/users/watchlists/{name}", delete_one_watchlist, methods=["DELETE"]),
+    Route("/api/users/filters", get_filters, methods=["GET"]),
+    Route("/api/users/filters", post_filter, methods=["POST"]),
+    Route("/api/users/filters/{id}", delete_one_filter, methods=["DELETE"]),
+]
