@@ -25,20 +25,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from nats.js import JetStreamContext
 
-from hub.demo_feed import (
-    CANDLE_FUNCTIONS,
-    DEMO_DATA_DIR,
-    LIFETIMES,
-    DemoFeed,
-    Detection,
-    PatternNames,
-    confidence,
-    default_files,
-    detect,
-    load_bars,
-    run,
-    scan,
-)
+from hub.candles import CANDLE_FUNCTIONS, LIFETIMES, Detection, PatternNames, confidence, detect, scan
+from hub.demo_feed import DemoFeed, run
+from hub.ohlcv import DEMO_DATA_DIR, default_files, load_bars
 from hub.events import INGEST_PREFIX, PatternCatalog, ingest_subject, parse_event
 
 STREAM = "TICKSTOCK_INGEST"
