@@ -27,8 +27,8 @@ from nats.js import JetStreamContext
 
 from hub.candles import CANDLE_FUNCTIONS, LIFETIMES, Detection, PatternNames, confidence, detect, scan
 from hub.demo_feed import DemoFeed, run
-from hub.ohlcv import DEMO_DATA_DIR, default_files, load_bars
 from hub.events import INGEST_PREFIX, PatternCatalog, ingest_subject, parse_event
+from hub.ohlcv import DEMO_DATA_DIR, default_files, load_bars
 
 STREAM = "TICKSTOCK_INGEST"
 PERMISSIVE = PatternCatalog.permissive()
