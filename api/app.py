@@ -10,7 +10,8 @@ from starlette.applications import Starlette
 
 from api.auth import Authenticator
 from api.errors import EXCEPTION_HANDLERS
-from api.routes import admin, health, ingest, metrics, patterns, symbols, universes, users
+from api.ratelimit import RateLimiter
+from api.routes import admin, docs, health, ingest, metrics, patterns, symbols, universes, users
 from api.routes.ingest import IngestGate
 from api.settings import Settings
 from api.state import HubState
@@ -92,16 +93,19 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
             return
         async with open_hub(settings) as opened:
             app.state.hub = opened
+            app.state.rate_limiter.register(opened.metrics.registry)
             yield
 
     app = Starlette(
         routes=[*health.routes, *metrics.routes, *ingest.routes, *patterns.routes, *symbols.routes,
-                *universes.routes, *users.routes, *admin.routes],
+                *universes.routes, *users.routes, *admin.routes, *docs.routes],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
+    app.state.auth = Authenticator(settings)
+    app.state.rate_limiter = RateLimiter.from_settings(settings)
     if hub is not None:
         app.state.hub = hub  # already open: usable even by a server that skips the lifespan
-    app.state.auth = Authenticator(settings)
+        app.state.rate_limiter.register(hub.metrics.registry)
     app.state.ingest_gate = IngestGate(settings.http_ingest_inflight)
     return app

@@ -28,6 +28,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from api.errors import ApiError
+from api.ratelimit import Decision, RateLimiter, RateLimitExceeded
 from api.settings import Settings
 
 __all__ = ["SCOPES", "AuthError", "Authenticator", "Principal", "mint_token", "requires"]
@@ -176,9 +177,24 @@ def _b64decode(segment: str) -> bytes:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+async def _rate_limit(request: Request, principal: Principal) -> Decision:
+    """Take a token from the principal's bucket; raises :class:`RateLimitExceeded` (429) when it is empty.
+
+    Uses ``app.state.rate_limiter`` (made from the hub's settings on first use when the app has none).
+    """
+    state = request.app.state
+    limiter: RateLimiter | None = getattr(state, "rate_limiter", None)
+    if limiter is None:
+        limiter = state.rate_limiter = RateLimiter.from_settings(state.hub.settings)
+    decision = await limiter.acquire(state.hub.redis, principal.subject, admin="admin" in principal.scopes)
+    if not decision.allowed:
+        raise RateLimitExceeded(decision)
+    return decision
+
+
 def requires(scope: str) -> Callable[[Endpoint], Endpoint]:
-    """Guard an endpoint: 401 without a valid token, 403 without ``scope``. The principal is put on
-    ``request.state.principal``."""
+    """Guard an endpoint: 401 without a valid token, 403 without ``scope``, 429 when the principal is over
+    its rate limit (see :mod:`api.ratelimit`). The principal is put on ``request.state.principal``."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
@@ -186,10 +202,13 @@ def requires(scope: str) -> Callable[[Endpoint], Endpoint]:
         async def guarded(request: Request) -> Response:
             authenticator: Authenticator = request.app.state.auth
             principal = await authenticator.authenticate(request)
+            decision = await _rate_limit(request, principal)
             if not principal.has(scope):
                 raise AuthError(f"this needs the {scope!r} scope", status=403, scope=scope)
             request.state.principal = principal
-            return await endpoint(request)
+            response = await endpoint(request)
+            response.headers.update(decision.headers())
+            return response
 
         guarded.__name__ = endpoint.__name__
         guarded.__doc__ = endpoint.__doc__

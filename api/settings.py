@@ -32,6 +32,9 @@ DEFAULT_INGEST_ACK_WAIT_S = 15.0
 DEFAULT_HTTP_INGEST_MAX_EVENTS = 1_000
 DEFAULT_HTTP_INGEST_MAX_BYTES = 4 * 1024 * 1024
 DEFAULT_HTTP_INGEST_INFLIGHT = 5_000
+DEFAULT_RATE_LIMIT_PER_S = 500.0
+DEFAULT_RATE_LIMIT_BURST = 1_000
+DEFAULT_RATE_LIMIT_TIMEOUT_MS = 50
 
 
 class SettingsError(ValueError):
@@ -62,6 +65,11 @@ class Settings:
     http_ingest_max_events: int = DEFAULT_HTTP_INGEST_MAX_EVENTS
     http_ingest_max_bytes: int = DEFAULT_HTTP_INGEST_MAX_BYTES
     http_ingest_inflight: int = DEFAULT_HTTP_INGEST_INFLIGHT
+    rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S  # per token subject; 0 turns limiting off
+    rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST
+    rate_limit_admin_per_s: float | None = None  # None: the same as everyone
+    rate_limit_admin_burst: int | None = None
+    rate_limit_timeout_ms: int = DEFAULT_RATE_LIMIT_TIMEOUT_MS
     jwt_secret: str | None = None
     jwks_url: str | None = None
     jwt_issuer: str = "tickstock-hub"
@@ -79,6 +87,14 @@ class Settings:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
         for name in ("writer_batch", "ingest_max_deliver", "http_ingest_max_events", "http_ingest_max_bytes", "http_ingest_inflight"):
             if getattr(self, name) < 1:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        for name in ("rate_limit_per_s", "rate_limit_admin_per_s"):
+            value = getattr(self, name)
+            if value is not None and not (0 <= value < float("inf")):
+                raise SettingsError(f"{PREFIX}{name.upper()} must be a finite number >= 0 (0 turns limiting off)")
+        for name in ("rate_limit_burst", "rate_limit_admin_burst", "rate_limit_timeout_ms"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.statement_timeout_ms < 0:
             raise SettingsError(f"{PREFIX}STATEMENT_TIMEOUT_MS must be >= 0")

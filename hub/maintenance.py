@@ -37,10 +37,11 @@ class Maintenance:
         self.failures = 0
 
     async def run_once(self) -> None:
-        await ensure_partitions(self._pool, ahead=self._ahead)
-        await refresh_views(self._pool)
+        # The catalog first: validation depends on it; the views are the least urgent.
         if self._catalog is not None:
             await self._catalog.refresh(self._pool)
+        await ensure_partitions(self._pool, ahead=self._ahead)
+        await refresh_views(self._pool)
         self.rounds += 1
 
     async def _loop(self) -> None:
@@ -53,7 +54,11 @@ class Maintenance:
                 log.warning("maintenance round failed: %s", exc)
 
     async def __aenter__(self) -> Maintenance:
-        await self.run_once()
+        try:
+            await self.run_once()
+        except (psycopg.Error, OSError) as exc:  # the next round retries; the hub starts anyway
+            self.failures += 1
+            log.warning("first maintenance round failed: %s", exc)
         self._task = asyncio.create_task(self._loop(), name="tickstock-maintenance")
         return self
 

@@ -34,4 +34,8 @@ async def refresh_views(pool: AsyncConnectionPool) -> None:
     """Refresh every materialized view CONCURRENTLY (readers are never blocked)."""
     async with pool.connection() as conn:
         for view in MATERIALIZED_VIEWS:
-            await conn.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {view}")  # noqa: S608 - constant names
+            # A refresh reads every event: on millions of rows it outlasts the pool's statement
+            # timeout, which is meant for requests.
+            async with conn.transaction():
+                await conn.execute("SET LOCAL statement_timeout = 0")
+                await conn.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {view}")

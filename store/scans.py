@@ -292,8 +292,15 @@ def build_scan(filt: ScanFilter, *, symbols: frozenset[str] | None, sort: Sort, 
     params: list[Any] = []
 
     def any_of(column: str, values: Sequence[str]) -> None:
-        where.append(sql.SQL("{} = ANY(%s)").format(sql.Identifier(column)))
-        params.append(sorted(set(values)))
+        distinct = sorted(set(values))
+        if len(distinct) == 1:
+            # Plain equality: with "= ANY(array)" the planner walks the time index and filters, which
+            # is slow for a rare value (800 ms for an absent symbol on 2M events; 0.2 ms this way).
+            where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+            params.append(distinct[0])
+        else:
+            where.append(sql.SQL("{} = ANY(%s)").format(sql.Identifier(column)))
+            params.append(distinct)
 
     if symbols is not None:
         any_of("symbol", sorted(symbols))

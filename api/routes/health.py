@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.routes.metrics import pipeline_summary, refresh_gauges
+from api.openapi import operation
+from api.routes.metrics import Pipeline, pipeline_summary, refresh_gauges
 from api.state import HubState
 from store.pool import ping
 
@@ -38,10 +40,56 @@ async def _timed(check: Callable[[], Awaitable[dict[str, Any] | None]]) -> dict[
     return result
 
 
+class Liveness(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["ok"]
+
+
+class JetStreamInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    streams: int
+    consumers: int
+
+
+class Check(BaseModel):
+    """One dependency: ``error`` when it is down; NATS adds its JetStream account counts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["up", "down"]
+    latency_ms: float
+    error: str | None = None
+    jetstream: JetStreamInfo | None = None
+
+
+class Checks(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    postgres: Check
+    nats: Check
+    redis: Check
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["ok", "degraded", "down"]
+    checks: Checks
+    pipeline: Pipeline
+    uptime_s: float
+
+
+@operation(summary="Liveness", tags=["health"], responses={200: Liveness})
 async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+@operation(summary="Readiness: dependencies and pipeline summary", tags=["health"],
+           description="PostgreSQL, NATS/JetStream and Redis, each with status and latency. 503 (same body) "
+                       "when PostgreSQL or NATS is down; Redis down is `degraded` with 200.",
+           responses={200: Readiness, 503: Readiness})
 async def ready(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from importlib import resources
+from typing import Annotated, Any, Literal
 
 from nats.errors import Error as NatsError
 from nats.js.errors import APIError as JetStreamAPIError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from api.auth import requires
 from api.errors import ApiError
+from api.openapi import Content, FieldError, link, operation
 from api.state import HubState
 from hub.events import EventError, parse_event
 from hub.producer import publish_to_ingest
@@ -64,6 +67,75 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Accepted(_Strict):
+    status: Literal["accepted", "duplicate"]
+    id: str
+    seq: int = Field(description="the ingest stream sequence (of the first copy, for a duplicate)")
+
+
+class Rejected(_Strict):
+    status: Literal["rejected"]
+    id: Any = Field(description="the event's id as given (any JSON value), or null")
+    reason: str = Field(description="a reason code, e.g. missing_field, unknown_pattern, too_large")
+    detail: str
+    fields: list[FieldError]
+
+
+class Retry(_Strict):
+    status: Literal["retry"]
+    id: str
+    reason: Literal["ingest_full", "ingest_unavailable"]
+    detail: str
+
+
+class IngestResults(_Strict):
+    """One result per event, in order, and the count of each outcome."""
+
+    results: list[Annotated[Accepted | Rejected | Retry, Field(discriminator="status")]]
+    accepted: int
+    duplicate: int
+    rejected: int
+    retry: int
+
+
+def _event_schemas() -> dict[str, dict[str, Any]]:
+    """The shipped JSON Schema of an event (``hub/schema/pattern-event-v1.json``) as components: its
+    ``$defs`` become ``PatternEventV1…`` siblings, so references resolve inside the OpenAPI document."""
+    text = resources.files("hub").joinpath("schema/pattern-event-v1.json").read_text()
+    names = {"timestamp": "PatternEventV1Timestamp", "numbers": "PatternEventV1Numbers"}
+    for local, name in names.items():
+        text = text.replace(f'"#/$defs/{local}"', f'"#/components/schemas/{name}"')
+    schema = json.loads(text)
+    defs = schema.pop("$defs")
+    for key in ("$schema", "$id"):
+        schema.pop(key, None)
+    return {"PatternEventV1": schema, **{names[k]: v for k, v in defs.items()}}
+
+
+_EVENT = {"$ref": "#/components/schemas/PatternEventV1"}
+# Legacy envelopes are accepted too, and each element is judged on its own (a bad one is "rejected",
+# not a 400), so the items are any JSON value; PatternEventV1 is what producers should send.
+_ITEMS = {"anyOf": [_EVENT, {"type": "object", "description": "TickStock's legacy envelope"}, {}]}
+INGEST_BODY = Content(
+    schema={"anyOf": [
+        {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "minItems": 1,
+                                                                          "items": _ITEMS}}},
+        {"type": "array", "minItems": 1, "items": _ITEMS},
+    ]},
+    description='`{"events": [...]}` or a bare array of schema v1 (or legacy) events',
+    schemas=_event_schemas(),
+)
+RETRY_AFTER = {"Retry-After": {"type": "integer", "description": "seconds"}}
+
+
+@operation(summary="Publish a batch of events to ingest", tags=["patterns"], body=INGEST_BODY,
+           responses={200: IngestResults, 429: IngestResults}, errors=(400, 413, 429),
+           headers={429: RETRY_AFTER},
+           links={200: {"GetEvent": link("get_patterns_by_id", id="$response.body#/results/0/id")}})
 @requires("patterns:write")
 async def post_patterns(request: Request) -> JSONResponse:
     """Body: ``{"events": [...]}`` or a bare JSON array of schema v1 or legacy events. Each event is

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 import psycopg
 from nats.errors import Error as NatsError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from api.openapi import Content, operation
 from api.state import HubState
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
 from store.deadletters import count_dead_letters
 
-__all__ = ["pipeline_summary", "routes"]
+__all__ = ["Pipeline", "pipeline_summary", "routes"]
 
 log = logging.getLogger("tickstock.metrics")
 SCRAPE_TIMEOUT_S = 2.0
@@ -40,6 +43,40 @@ async def refresh_gauges(hub: HubState) -> None:
         log.debug("dead-letter depth unavailable: %s", exc)
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Rates(_Strict):
+    ingested: float
+    stored: float
+    rejected: float
+
+
+class Totals(_Strict):
+    ingested: int
+    stored: int
+    duplicates: int
+    rejected: int
+    published: int
+    retries: int
+
+
+class Pipeline(_Strict):
+    """What :func:`pipeline_summary` returns (``/health/ready``'s ``pipeline``)."""
+
+    consumer_pending: int
+    ack_pending: int
+    redelivered: int
+    dead_letters_pending: int
+    per_second: Rates
+    totals: Totals
+    writer_batches: int
+    ingest_to_stored_p95_s: float | None = Field(
+        description="upper bound of the p95 latency bucket; null with no sample yet, or when it is above the "
+                    "largest bucket (JSON has no infinity)")
+
+
 def pipeline_summary(hub: HubState) -> dict[str, object]:
     """The numbers ``/health/ready`` shows about the pipeline (call after :func:`refresh_gauges`)."""
     m = hub.metrics
@@ -55,10 +92,15 @@ def pipeline_summary(hub: HubState) -> dict[str, object]:
                    "duplicates": int(m.duplicates.total()), "rejected": int(m.rejected.total()),
                    "published": int(m.published.total()), "retries": int(m.retries.total())},
         "writer_batches": hub.writer.batches,
-        "ingest_to_stored_p95_s": p95,
+        # Above the largest bucket the histogram answers +Inf, which JSON cannot carry (it made
+        # /health/ready a 500).
+        "ingest_to_stored_p95_s": p95 if p95 is not None and math.isfinite(p95) else None,
     }
 
 
+@operation(summary="Prometheus metrics", tags=["health"],
+           responses={200: Content(media_type="text/plain", schema={"type": "string"},
+                                   description="Prometheus text exposition format 0.0.4")})
 async def metrics(request: Request) -> PlainTextResponse:
     hub: HubState = request.app.state.hub
     await refresh_gauges(hub)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -29,8 +30,9 @@ from starlette.routing import Route
 
 from api.auth import requires
 from api.errors import ApiError
+from api.openapi import link, operation
 from api.state import HubState
-from hub.events import EventError, canonical_symbol
+from hub.events import EventError, EventType, Timeframe, canonical_symbol
 from store.scans import (
     MAX_LIMIT,
     MY_UNIVERSE,
@@ -53,6 +55,8 @@ DEFAULT_LIMIT = 50
 DEFAULT_STATS_DAYS = 30
 MAX_STATS_DAYS = 365
 MAX_VALUES = 100  # per repeatable filter
+MAX_PAGE_NUMBER = (2**63 - 1) // MAX_LIMIT + 1  # beyond it the OFFSET overflows bigint (it was a 500)
+_SMALLEST_REAL = struct.unpack("f", struct.pack("I", 1))[0]  # 1.4e-45, the smallest positive float4
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
 _UNIVERSE_KEY = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
@@ -74,7 +78,8 @@ def _rfc3339(value: object) -> object:
 
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
 Confidence = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-Values = Annotated[list[str], Field(max_length=MAX_VALUES)]
+# PostgreSQL text cannot hold NUL (a sector with one was a 500).
+Values = Annotated[list[Annotated[str, Field(pattern=r"^[^\x00]*$")]], Field(max_length=MAX_VALUES)]
 Timeframes = Annotated[list[Literal["1min", "5min", "15min", "30min", "hourly", "daily", "weekly", "monthly"]],
                        Field(max_length=MAX_VALUES)]
 
@@ -97,7 +102,7 @@ class ScanParams(BaseModel):
     sort: Literal["detected_at", "confidence", "symbol"] = "detected_at"
     order: Literal["desc", "asc"] = "desc"
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
-    page: Annotated[int, Field(ge=1)] = 1
+    page: Annotated[int, Field(ge=1, le=MAX_PAGE_NUMBER)] = 1
     cursor: Annotated[str, Field(max_length=4096)] | None = None
 
 
@@ -111,6 +116,88 @@ class StatsParams(BaseModel):
 
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# TickStock's names for scan parameters (see the module docstring); documented beside ScanParams.
+LEGACY_QUERY: dict[str, dict[str, Any]] = {
+    "pattern_types": {"type": "string", "description": "TickStock's name: comma-separated `pattern` values"},
+    "symbols": {"type": "string", "description": "TickStock's name: comma-separated `symbol` values"},
+    "per_page": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "description": "TickStock's `limit`"},
+    "sort_by": {"enum": ["detected_at", "confidence", "symbol", "timestamp", "time"], "type": "string",
+                "description": "TickStock's `sort` (`timestamp` and `time` mean `detected_at`)"},
+    "sort_order": {"enum": ["desc", "asc"], "type": "string", "description": "TickStock's `order`"},
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PatternEvent(_Strict):
+    """A stored event, canonicalised: every property present (null when unset), times in UTC."""
+
+    id: str
+    type: EventType
+    symbol: str
+    pattern: str
+    timeframe: Timeframe
+    confidence: float
+    detected_at: datetime
+    expires_at: datetime | None
+    price: float | None
+    volume: float | None
+    levels: dict[str, float]
+    indicators: dict[str, float]
+    source: str
+    data: dict[str, Any] = Field(description="the producer's free-form JSON object")
+    seq: int | None = Field(description="the clean-stream sequence")
+    received_at: datetime
+
+
+class CacheInfo(_Strict):
+    hit: bool
+    age_ms: float | None
+
+
+class ScanPage(_Strict):
+    items: list[PatternEvent]
+    next_cursor: str | None = Field(description="pass as `cursor` (with the same filters) for the next page")
+    query_ms: float
+    cache: CacheInfo
+
+
+class Definition(_Strict):
+    name: str
+    aliases: list[str]
+    category: Literal["candlestick", "chart", "indicator"]
+    direction: Literal["bullish", "bearish", "neutral"]
+    description: str
+    timeframes: list[str]
+    enabled: bool
+
+
+class Definitions(_Strict):
+    items: list[Definition]
+
+
+class PatternCount(_Strict):
+    pattern: str
+    timeframe: Timeframe
+    events: int
+    avg_confidence: float
+    max_confidence: float
+    last_detected_at: datetime
+
+
+class DayCount(_Strict):
+    day: date
+    events: int
+
+
+class Stats(_Strict):
+    days: int
+    by_pattern: list[PatternCount]
+    by_day: list[DayCount]
 
 
 def _field_error(loc: str, msg: str) -> dict[str, str]:
@@ -166,6 +253,15 @@ def _canonical_patterns(hub: HubState, names: Iterable[str], loc: str, errors: l
     return found
 
 
+def _real_bound(value: float | None, *, lower: bool) -> float | None:
+    """``value`` as a bound on a ``real`` column. Confidences are compared as ``real``, and a positive
+    value too small for one (1e-300) made PostgreSQL fail the cast (a 500): as a lower bound it means
+    "above zero" (the smallest positive real), as an upper bound zero."""
+    if value is not None and value > 0 and struct.unpack("f", struct.pack("f", value))[0] == 0.0:
+        return _SMALLEST_REAL if lower else 0.0
+    return value
+
+
 def _filter(hub: HubState, params: ScanParams, used: dict[str, str]) -> ScanFilter:
     errors: list[dict[str, str]] = []
     patterns = _canonical_patterns(hub, params.pattern, used.get("pattern", "pattern"), errors)
@@ -190,9 +286,10 @@ def _filter(hub: HubState, params: ScanParams, used: dict[str, str]) -> ScanFilt
     if errors:
         raise _invalid(errors)
     return ScanFilter(
+        confidence_min=_real_bound(params.confidence_min, lower=True),
+        confidence_max=_real_bound(params.confidence_max, lower=False),
         patterns=tuple(patterns), symbols=tuple(symbols), universes=tuple(params.universe),
         sectors=tuple(params.sector), timeframes=tuple(params.timeframe), types=tuple(params.type),
-        confidence_min=params.confidence_min, confidence_max=params.confidence_max,
         detected_after=params.detected_after, detected_before=params.detected_before,
         active_only=params.active_only,
     )
@@ -223,6 +320,9 @@ def event_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@operation(summary="Scan stored events", tags=["patterns"], query=ScanParams, extra_query=LEGACY_QUERY,
+           description=__doc__.split("\n\n", 1)[1], responses={200: ScanPage}, errors=(400,),
+           links={200: {"GetEvent": link("get_patterns_by_id", id="$response.body#/items/0/id")}})
 @requires("patterns:read")
 async def scan(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
@@ -253,17 +353,23 @@ async def scan(request: Request) -> JSONResponse:
                          "query_ms": query_ms, "cache": {"hit": False, "age_ms": None}})
 
 
+@operation(summary="One stored event", tags=["patterns"], query=NoParams, responses={200: PatternEvent},
+           errors=(400, 404))
 @requires("patterns:read")
 async def show(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
     _parse(request, NoParams)
     async with hub.pool.connection() as conn:
-        row = await get_event(conn, request.path_params["id"])
+        # An id with NUL cannot be stored (and PostgreSQL refuses to compare one): absent, not a 500.
+        event_id = request.path_params["id"]
+        row = None if "\x00" in event_id else await get_event(conn, event_id)
     if row is None:
         raise ApiError("no such pattern event", status=404)
     return JSONResponse(event_json(row))
 
 
+@operation(summary="The pattern catalog", tags=["patterns"], query=NoParams, responses={200: Definitions},
+           errors=(400,))
 @requires("patterns:read")
 async def definitions(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
@@ -274,6 +380,8 @@ async def definitions(request: Request) -> JSONResponse:
                                    for r in rows]})
 
 
+@operation(summary="Event counts per pattern, timeframe and day", tags=["patterns"], query=StatsParams,
+           responses={200: Stats}, errors=(400,))
 @requires("patterns:read")
 async def stats(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub

@@ -6,7 +6,8 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -14,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
 from starlette.requests import Request
@@ -22,13 +24,14 @@ from starlette.routing import Route
 
 from api.auth import requires
 from api.errors import ApiError
+from api.openapi import link, operation
 from api.state import HubState
 from api.validation import MAX_ERRORS, SymbolName, read_body, read_model, read_query
-from hub.events import EventError, canonical_symbol
+from hub.events import EventError, EventType, Timeframe, canonical_symbol
 from store.symbols import SYMBOL_TYPES, SymbolQuery, get_symbol, search_symbols, upsert_symbols
 from store.universes import is_universe_key, unknown_universes
 
-__all__ = ["MAX_UNION_PARTS", "routes"]
+__all__ = ["MAX_UNION_PARTS", "NO_NUL", "SYMBOL_SCHEMA", "routes"]
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -36,9 +39,15 @@ MAX_UPSERT = 5_000
 MAX_UPSERT_BYTES = 4 * 1024 * 1024
 MAX_UNION_PARTS = 50
 
+SYMBOL_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9./^=$-]{1,15}$",
+                 "description": "a symbol in ACT notation (BRK.B); lower case is upper-cased"}
+SymbolType = Literal["stock", "etf", "fund", "preferred", "warrant", "unit", "right", "note", "index", "other"]
+
 # -- GET /api/symbols -------------------------------------------------------------------------------
 
-Text = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# PostgreSQL text cannot hold NUL: without this check a NUL in a filter or a field was a 500.
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NO_NUL)]
 
 
 def _symbol_type(value: str) -> str:
@@ -50,11 +59,13 @@ def _symbol_type(value: str) -> str:
 class _Search(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    q: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] | None = None
+    q: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64, pattern=NO_NUL)] | None = None
     sector: Text | None = None
     exchange: Text | None = None
-    type: Annotated[str, AfterValidator(_symbol_type)] | None = None
-    universe: list[str] = Field(default_factory=list)
+    type: Annotated[str, AfterValidator(_symbol_type), WithJsonSchema({"enum": list(SYMBOL_TYPES),
+                                                                       "type": "string"})] | None = None
+    universe: list[str] = Field(default_factory=list,
+                                description="a universe key, or keys joined with `:` (their union); repeatable")
     active: bool | None = None
     limit: int = Field(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE)
     cursor: Annotated[str, StringConstraints(max_length=256)] | None = None
@@ -103,6 +114,48 @@ def _symbol_json(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "updated_at": row["updated_at"].isoformat()}
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Symbol(_Strict):
+    symbol: str
+    name: str
+    exchange: str | None
+    type: SymbolType
+    sector: str | None
+    industry: str | None
+    market_cap: int | None
+    active: bool
+    updated_at: datetime
+
+
+class SymbolPage(_Strict):
+    items: list[Symbol]
+    next_cursor: str | None = Field(description="pass as `cursor` (with the same filters) for the next page")
+
+
+class LatestPattern(_Strict):
+    id: str
+    pattern: str
+    timeframe: Timeframe
+    confidence: float
+    detected_at: datetime
+    type: EventType
+
+
+class SymbolDetail(Symbol):
+    universes: list[str]
+    latest_patterns: list[LatestPattern] = Field(description="the most recent events, newest first")
+
+
+class Upserted(_Strict):
+    upserted: int
+
+
+@operation(summary="Search the symbol directory", tags=["symbols"], query=_Search, responses={200: SymbolPage},
+           errors=(400,),
+           links={200: {"GetSymbol": link("get_symbols_by_symbol", symbol="$response.body#/items/0/symbol")}})
 @requires("patterns:read")
 async def list_symbols(request: Request) -> JSONResponse:
     """Query: ``q`` (prefix of the symbol or the name), ``sector``, ``exchange``, ``type``, ``universe``
@@ -131,6 +184,9 @@ async def list_symbols(request: Request) -> JSONResponse:
 # -- GET /api/symbols/{symbol} ----------------------------------------------------------------------
 
 
+@operation(summary="One symbol with its universes and latest patterns", tags=["symbols"],
+           responses={200: SymbolDetail},
+           path={"symbol": {"type": "string", "minLength": 1, "examples": ["AAPL", "BRK.B"]}})
 @requires("patterns:read")
 async def show_symbol(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
@@ -150,16 +206,17 @@ async def show_symbol(request: Request) -> JSONResponse:
 
 # -- PUT /api/symbols -------------------------------------------------------------------------------
 
-Short = Annotated[str, StringConstraints(strip_whitespace=True, max_length=128)]
+Short = Annotated[str, StringConstraints(strip_whitespace=True, max_length=128, pattern=NO_NUL)]
 
 
 class _SymbolIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    symbol: SymbolName
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+    symbol: Annotated[SymbolName, WithJsonSchema(SYMBOL_SCHEMA)]
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256, pattern=NO_NUL)]
     exchange: Short | None = None
-    type: Annotated[str, AfterValidator(_symbol_type)] = "stock"
+    type: Annotated[str, AfterValidator(_symbol_type), WithJsonSchema({"enum": list(SYMBOL_TYPES),
+                                                                       "type": "string"})] = "stock"
     sector: Short | None = None
     industry: Short | None = None
     market_cap: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
@@ -172,6 +229,8 @@ class _Upsert(BaseModel):
     symbols: list[_SymbolIn] = Field(max_length=MAX_UPSERT)
 
 
+@operation(summary="Bulk upsert symbols", tags=["symbols"], body=_Upsert, responses={200: Upserted},
+           errors=(400, 413))
 @requires("admin")
 async def put_symbols(request: Request) -> JSONResponse:
     """Body: ``{"symbols": [{symbol, name, exchange?, type?, sector?, industry?, market_cap?, active?}]}``,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -12,6 +13,7 @@ from starlette.routing import Route
 
 from api.auth import requires
 from api.errors import ApiError
+from api.openapi import link, operation
 from api.routes.symbols import MAX_UNION_PARTS
 from api.state import HubState
 from api.validation import read_query
@@ -29,13 +31,55 @@ def _kind(value: str) -> str:
 class _ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Annotated[str, AfterValidator(_kind)] | None = None
+    kind: Annotated[str, AfterValidator(_kind),
+                    WithJsonSchema({"enum": list(UNIVERSE_KINDS), "type": "string"})] | None = None
+
+
+Kind = Literal["index", "sector", "etf", "theme", "custom"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UniverseSummary(_Strict):
+    key: str
+    name: str
+    kind: Kind
+    description: str
+    updated_at: datetime
+    count: int = Field(description="members")
+
+
+class UniverseList(_Strict):
+    items: list[UniverseSummary]
+
+
+class Member(_Strict):
+    symbol: str
+    name: str
+    sector: str | None
+    weight: float | None = Field(description="the index weight; null in a union")
+
+
+class Universe(_Strict):
+    key: str
+    name: str
+    kind: Kind | Literal["union"]
+    description: str
+    updated_at: datetime
+    parts: list[str] | None = Field(default=None, description="a union's keys (only for kind `union`)")
+    members: list[Member]
+    count: int
 
 
 def _universe_json(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "updated_at": row["updated_at"].isoformat()}
 
 
+@operation(summary="Universes with member counts", tags=["universes"], query=_ListQuery,
+           responses={200: UniverseList}, errors=(400,),
+           links={200: {"GetUniverse": link("get_universes_by_key", key="$response.body#/items/0/key")}})
 @requires("patterns:read")
 async def index(request: Request) -> JSONResponse:
     """Query: ``kind`` (index, sector, etf, theme, custom)."""
@@ -46,6 +90,8 @@ async def index(request: Request) -> JSONResponse:
     return JSONResponse({"items": [_universe_json(r) for r in rows]})
 
 
+@operation(summary="One universe, or a union, with its members", tags=["universes"], responses={200: Universe},
+           path={"key": {"type": "string", "minLength": 1, "examples": ["dow30", "dow30:nasdaq100"]}})
 @requires("patterns:read")
 async def show(request: Request) -> JSONResponse:
     """``{key}`` is one key or several joined by ``:`` (their union, kind ``union``)."""

@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     PlainValidator,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -30,6 +31,8 @@ from starlette.routing import Route
 
 from api.auth import requires
 from api.errors import ApiError
+from api.openapi import link, operation
+from api.routes.symbols import NO_NUL, SYMBOL_SCHEMA
 from api.state import HubState
 from api.validation import MAX_ERRORS, SymbolName, UniverseKey, read_body, read_model
 from hub.events import EVENT_TYPES, TIMEFRAMES
@@ -88,23 +91,49 @@ async def _check_exist(hub: HubState, fields: dict[str, tuple[list[str], bool]])
                        errors=errors[:MAX_ERRORS])
 
 
+Symbol = Annotated[SymbolName, WithJsonSchema(SYMBOL_SCHEMA)]
+Key = Annotated[UniverseKey, WithJsonSchema({"type": "string", "pattern": "^[a-z0-9][a-z0-9_\\-]{0,63}$"})]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserUniverseOut(_Strict):
+    symbols: list[str]
+    universe_keys: list[str]
+    resolved_count: int = Field(description="distinct directory symbols the symbols and universes cover")
+    updated_at: datetime | None = Field(description="null for a user who never set one")
+
+
+class Watchlist(_Strict):
+    name: str
+    symbols: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class Watchlists(_Strict):
+    items: list[Watchlist]
+
+
 # -- the user's universe ----------------------------------------------------------------------------
 
 
 class _Universe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    symbols: list[SymbolName] = Field(default_factory=list, max_length=MAX_UNIVERSE_SYMBOLS)
-    universe_keys: list[UniverseKey] = Field(default_factory=list, max_length=MAX_UNIVERSE_KEYS)
+    symbols: list[Symbol] = Field(default_factory=list, max_length=MAX_UNIVERSE_SYMBOLS)
+    universe_keys: list[Key] = Field(default_factory=list, max_length=MAX_UNIVERSE_KEYS)
 
 
 class _UniversePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    add_symbols: list[SymbolName] = Field(default_factory=list, max_length=MAX_UNIVERSE_SYMBOLS)
-    remove_symbols: list[SymbolName] = Field(default_factory=list, max_length=MAX_UNIVERSE_SYMBOLS)
-    add_universes: list[UniverseKey] = Field(default_factory=list, max_length=MAX_UNIVERSE_KEYS)
-    remove_universes: list[UniverseKey] = Field(default_factory=list, max_length=MAX_UNIVERSE_KEYS)
+    add_symbols: list[Symbol] = Field(default_factory=list, max_length=MAX_UNIVERSE_SYMBOLS)
+    remove_symbols: list[Symbol] = Field(default_factory=list, max_length=MAX_UNIVERSE_SYMBOLS)
+    add_universes: list[Key] = Field(default_factory=list, max_length=MAX_UNIVERSE_KEYS)
+    remove_universes: list[Key] = Field(default_factory=list, max_length=MAX_UNIVERSE_KEYS)
 
 
 async def _notify(hub: HubState, subject: str, universe: UserUniverse) -> None:
@@ -117,6 +146,7 @@ async def _notify(hub: HubState, subject: str, universe: UserUniverse) -> None:
                     exc or type(exc).__name__)
 
 
+@operation(summary="The caller's universe", tags=["users"], responses={200: UserUniverseOut})
 @requires("patterns:read")
 async def get_universe(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
@@ -125,6 +155,8 @@ async def get_universe(request: Request) -> JSONResponse:
     return JSONResponse(universe.as_dict())
 
 
+@operation(summary="Replace the caller's universe", tags=["users"], body=_Universe,
+           responses={200: UserUniverseOut}, errors=(400, 413))
 @requires("universe:write")
 async def put_universe(request: Request) -> JSONResponse:
     """Body: ``{"symbols": [...], "universe_keys": [...]}`` (at most 2,000 and 50), replacing both."""
@@ -142,6 +174,8 @@ async def put_universe(request: Request) -> JSONResponse:
     return JSONResponse(universe.as_dict())
 
 
+@operation(summary="Change the caller's universe", tags=["users"], body=_UniversePatch,
+           responses={200: UserUniverseOut}, errors=(400, 413))
 @requires("universe:write")
 async def patch_universe(request: Request) -> JSONResponse:
     """Body: any of ``add_symbols``, ``remove_symbols``, ``add_universes``, ``remove_universes``;
@@ -174,7 +208,11 @@ async def patch_universe(request: Request) -> JSONResponse:
 class _Watchlist(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    symbols: list[SymbolName] = Field(max_length=MAX_WATCHLIST_SYMBOLS)
+    symbols: list[Symbol] = Field(max_length=MAX_WATCHLIST_SYMBOLS)
+
+
+WATCHLIST_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "examples": ["tech"],
+                  "description": f"1-{MAX_NAME} printable characters"}
 
 
 def _stamped(row: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +224,7 @@ def _watchlist_name(request: Request) -> str | None:
     return name if 1 <= len(name) <= MAX_NAME and name.isprintable() else None
 
 
+@operation(summary="The caller's watchlists", tags=["users"], responses={200: Watchlists})
 @requires("patterns:read")
 async def get_watchlists(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
@@ -194,6 +233,11 @@ async def get_watchlists(request: Request) -> JSONResponse:
     return JSONResponse({"items": [_stamped(r) for r in rows]})
 
 
+@operation(summary="Create or replace a watchlist", tags=["users"], body=_Watchlist,
+           responses={200: Watchlist, 201: Watchlist}, errors=(400, 409, 413),
+           path={"name": WATCHLIST_NAME},
+           links={s: {"DeleteWatchlist": link("delete_users_watchlists_by_name", name="$request.path.name")}
+                  for s in (200, 201)})
 @requires("universe:write")
 async def put_one_watchlist(request: Request) -> JSONResponse:
     """Body: ``{"symbols": [...]}`` (at most 500). 201 when the watchlist is new; 409 beyond 50."""
@@ -213,6 +257,8 @@ async def put_one_watchlist(request: Request) -> JSONResponse:
     return JSONResponse(_stamped(saved), status_code=201 if created else 200)
 
 
+@operation(summary="Delete a watchlist", tags=["users"], responses={204: None},
+           path={"name": WATCHLIST_NAME})
 @requires("universe:write")
 async def delete_one_watchlist(request: Request) -> Response:
     hub: HubState = request.app.state.hub
@@ -236,11 +282,11 @@ def _strings(allowed: tuple[str, ...] = ()) -> PlainValidator:
     def check(value: object) -> str | list[str]:
         items = value if isinstance(value, list) else [value]
         if (not items or len(items) > MAX_FILTER_VALUES
-                or not all(isinstance(v, str) and 1 <= len(v) <= MAX_FILTER_TEXT for v in items)):
+                or not all(isinstance(v, str) and 1 <= len(v) <= MAX_FILTER_TEXT and "\x00" not in v for v in items)):
             raise PydanticCustomError(
                 "string_or_list",
                 f"expected a string or a list of 1-{MAX_FILTER_VALUES} strings, "
-                f"each 1-{MAX_FILTER_TEXT} characters",
+                f"each 1-{MAX_FILTER_TEXT} characters without NUL",
             )
         if allowed and not set(items) <= set(allowed):
             raise PydanticCustomError("not_allowed", "each value must be one of " + " ".join(allowed))
@@ -249,7 +295,15 @@ def _strings(allowed: tuple[str, ...] = ()) -> PlainValidator:
     return PlainValidator(check)
 
 
-Strings = Annotated[str | list[str], _strings()]
+def _strings_schema(allowed: tuple[str, ...] = ()) -> WithJsonSchema:
+    item: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_FILTER_TEXT, "pattern": NO_NUL}
+    if allowed:
+        item = {"enum": list(allowed), "type": "string"}
+    return WithJsonSchema({"anyOf": [item, {"type": "array", "items": item, "minItems": 1,
+                                            "maxItems": MAX_FILTER_VALUES}]})
+
+
+Strings = Annotated[str | list[str], _strings(), _strings_schema()]
 Confidence = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -263,8 +317,8 @@ class _ScanFilter(BaseModel):
     symbol: Strings | None = None
     universe: Strings | None = None
     sector: Strings | None = None
-    timeframe: Annotated[str | list[str], _strings(TIMEFRAMES)] | None = None
-    type: Annotated[str | list[str], _strings(EVENT_TYPES)] | None = None
+    timeframe: Annotated[str | list[str], _strings(TIMEFRAMES), _strings_schema(TIMEFRAMES)] | None = None
+    type: Annotated[str | list[str], _strings(EVENT_TYPES), _strings_schema(EVENT_TYPES)] | None = None
     confidence_min: Confidence | None = None
     confidence_max: Confidence | None = None
     detected_after: AwareDatetime | None = None
@@ -287,10 +341,22 @@ class _ScanFilter(BaseModel):
 class _NewFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME)]
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME, pattern=NO_NUL)]
     filter: _ScanFilter
 
 
+class SavedFilter(_Strict):
+    id: int
+    name: str
+    filter: _ScanFilter
+    created_at: datetime
+
+
+class SavedFilters(_Strict):
+    items: list[SavedFilter]
+
+
+@operation(summary="The caller's saved scan filters", tags=["users"], responses={200: SavedFilters})
 @requires("patterns:read")
 async def get_filters(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
@@ -299,6 +365,9 @@ async def get_filters(request: Request) -> JSONResponse:
     return JSONResponse({"items": [_stamped(r) for r in rows]})
 
 
+@operation(summary="Save a scan filter", tags=["users"], body=_NewFilter, responses={201: SavedFilter},
+           errors=(400, 409, 413), headers={201: {"Location": {"type": "string"}}},
+           links={201: {"DeleteFilter": link("delete_users_filters_by_id", id="$response.body#/id")}})
 @requires("universe:write")
 async def post_filter(request: Request) -> JSONResponse:
     """Body: ``{"name": …, "filter": {…scan query parameters…}}``. 201 with the saved filter and its
@@ -317,6 +386,7 @@ async def post_filter(request: Request) -> JSONResponse:
                         headers={"Location": f"/api/users/filters/{saved['id']}"})
 
 
+@operation(summary="Delete a saved scan filter", tags=["users"], responses={204: None})
 @requires("universe:write")
 async def delete_one_filter(request: Request) -> Response:
     hub: HubState = request.app.state.hub

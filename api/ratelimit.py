@@ -1,0 +1,222 @@
+"""Per-subject request rate limits, shared by every hub node through Redis.
+
+A token bucket per token subject (``tickstock:rl:<subject>``): ``burst`` tokens, refilled at
+``rate_per_s``; a request takes one. The read-refill-take-write is one Lua script, so concurrent
+requests on any number of nodes never race, and the clock is Redis's (``TIME``), so nodes with skewed
+clocks still share one bucket. The key expires once a full bucket would be indistinguishable from no key.
+
+Redis is an aid, not a dependency: when it is down or slower than ``timeout_s`` the request is allowed
+(fail open), counted, and logged once per outage. After a failure the limiter leaves Redis alone for
+``retry_s`` (requests pass unchecked and are counted) rather than make every request wait for the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError, RedisError
+
+from api.errors import ApiError
+from hub.metrics import Counter, Registry
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from api.settings import Settings
+
+__all__ = ["KEY_PREFIX", "Decision", "Limit", "RateLimitExceeded", "RateLimiter"]
+
+log = logging.getLogger("tickstock.ratelimit")
+
+KEY_PREFIX = "tickstock:rl:"
+# Generous: the scan property test pages ~2,100 requests with one token in ~10 s (peaks of ~400/s).
+# A production hub sets its own (TICKSTOCK_RATE_LIMIT_PER_S / _BURST); one hub process serves ~350/s here.
+DEFAULT_RATE_PER_S = 500.0
+DEFAULT_BURST = 1000
+DEFAULT_TIMEOUT_S = 0.05
+DEFAULT_RETRY_S = 1.0
+
+# KEYS[1] the bucket; ARGV: rate per second, burst. Returns {allowed, tokens left, seconds until one}
+# (numbers as strings: Redis truncates Lua numbers to integers). A refused request does not write.
+SCRIPT = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+end
+if tokens < 1 then
+  return {0, tostring(tokens), tostring((1 - tokens) / rate)}
+end
+tokens = tokens - 1
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(math.max(now, ts)))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return {1, tostring(tokens), '0'}
+"""
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``rate_per_s`` tokens a second up to ``burst``; a rate of 0 means unlimited."""
+
+    rate_per_s: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if self.rate_per_s < 0 or not math.isfinite(self.rate_per_s):
+            raise ValueError("a rate limit must be a finite number >= 0 (0 = unlimited)")
+        if self.rate_per_s and self.burst < 1:
+            raise ValueError("a rate limit's burst must be at least 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate_per_s > 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the limiter decided. ``checked`` is False when Redis was not asked (disabled or failing open);
+    then ``remaining`` means nothing."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after_s: float
+    checked: bool
+
+    def headers(self) -> dict[str, str]:
+        """``RateLimit-Limit``/``-Remaining`` and, when refused, ``Retry-After`` (whole seconds, >= 1)."""
+        if not self.checked:
+            return {}
+        headers = {"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": str(self.remaining)}
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        return headers
+
+
+class RateLimitExceeded(ApiError):
+    """429 with ``Retry-After`` and the ``RateLimit-*`` headers."""
+
+    def __init__(self, decision: Decision) -> None:
+        seconds = decision.headers()["Retry-After"]
+        super().__init__(f"too many requests for this token; retry in {seconds} s", status=429,
+                         headers=decision.headers())
+
+
+_UNCHECKED = Decision(allowed=True, limit=0, remaining=0, retry_after_s=0.0, checked=False)
+
+
+class RateLimiter:
+    """Token buckets in Redis, one per subject; ``admin`` principals may have their own limit.
+
+    No I/O until :meth:`acquire`. The Redis client is passed per call (the hub's, opened by the lifespan).
+    """
+
+    def __init__(self, *, rate_per_s: float = DEFAULT_RATE_PER_S, burst: int = DEFAULT_BURST,
+                 admin_rate_per_s: float | None = None, admin_burst: int | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, retry_s: float = DEFAULT_RETRY_S,
+                 key_prefix: str = KEY_PREFIX) -> None:
+        if timeout_s <= 0 or retry_s < 0:
+            raise ValueError("timeout_s must be positive and retry_s >= 0")
+        self.limit = Limit(rate_per_s, burst)
+        self.admin_limit = Limit(rate_per_s if admin_rate_per_s is None else admin_rate_per_s,
+                                 burst if admin_burst is None else admin_burst)
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.key_prefix = key_prefix
+        self.limited = Counter("tickstock_rate_limited_total", "Requests refused with 429 by the rate limiter.")
+        self.fail_open = Counter("tickstock_rate_limit_fail_open_total",
+                                 "Requests allowed unchecked because Redis failed or was slow, by reason.")
+        self.script_loads = 0
+        self._down_since: float | None = None
+        self._skip_until = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimiter:
+        """The limiter ``settings`` describe (``rate_limit_per_s``, ``rate_limit_burst``,
+        ``rate_limit_admin_per_s``, ``rate_limit_admin_burst``, ``rate_limit_timeout_ms``); defaults for
+        any the settings do not have."""
+        admin_rate = getattr(settings, "rate_limit_admin_per_s", None)
+        admin_burst = getattr(settings, "rate_limit_admin_burst", None)
+        return cls(
+            rate_per_s=float(getattr(settings, "rate_limit_per_s", DEFAULT_RATE_PER_S)),
+            burst=int(getattr(settings, "rate_limit_burst", DEFAULT_BURST)),
+            admin_rate_per_s=None if admin_rate is None else float(admin_rate),
+            admin_burst=None if admin_burst is None else int(admin_burst),
+            timeout_s=float(getattr(settings, "rate_limit_timeout_ms", DEFAULT_TIMEOUT_S * 1000)) / 1000,
+        )
+
+    def register(self, registry: Registry) -> bool:
+        """Expose the counters in ``registry`` (the hub's ``/metrics``); False when that registry already
+        has a limiter's counters (several apps on one hub, as in the tests)."""
+        try:
+            registry.add(self.limited)
+        except ValueError:
+            return False
+        registry.add(self.fail_open)
+        return True
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is failing and requests pass unchecked."""
+        return self._down_since is not None
+
+    async def acquire(self, redis: aioredis.Redis, subject: str, *, admin: bool = False) -> Decision:
+        """Take one token from ``subject``'s bucket. Waits at most ``timeout_s`` for Redis; never raises
+        because of Redis (the request is allowed and ``fail_open`` counts it)."""
+        limit = self.admin_limit if admin else self.limit
+        if not limit.enabled:
+            return _UNCHECKED
+        if self._down_since is not None and time.monotonic() < self._skip_until:
+            self.fail_open.inc(reason="skipped")
+            return _UNCHECKED
+        try:
+            allowed, tokens, retry = await asyncio.wait_for(
+                self._run(redis, self.key_prefix + subject, limit), self.timeout_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+            return _UNCHECKED
+        if self._down_since is not None:
+            log.warning("rate limiter: Redis answers again after %.1f s; limiting resumes",
+                        time.monotonic() - self._down_since)
+            self._down_since = None
+        decision = Decision(allowed=bool(int(allowed)), limit=limit.burst, remaining=max(0, math.floor(float(tokens))),
+                            retry_after_s=float(retry), checked=True)
+        if not decision.allowed:
+            self.limited.inc()
+        return decision
+
+    async def _run(self, redis: aioredis.Redis, key: str, limit: Limit) -> Any:
+        args = (key, repr(limit.rate_per_s), str(limit.burst))
+        try:
+            return await redis.evalsha(SCRIPT_SHA, 1, *args)  # type: ignore[misc]
+        except NoScriptError:
+            # First use on this Redis, or it restarted or flushed its scripts.
+            await redis.script_load(SCRIPT)  # type: ignore[misc]
+            self.script_loads += 1
+            return await redis.evalsha(SCRIPT_SHA, 1, *args)  # type: ignore[misc]
+
+    def _failed(self, exc: BaseException) -> None:
+        reason = "timeout" if isinstance(exc, TimeoutError) else "error"
+        self.fail_open.inc(reason=reason)
+        now = time.monotonic()
+        self._skip_until = now + self.retry_s
+        if self._down_since is None:
+            self._down_since = now
+            log.warning("rate limiter: Redis %s (%s); allowing requests unchecked until it answers",
+                        "timed out" if reason == "timeout" else "failed", str(exc) or type(exc).__name__)

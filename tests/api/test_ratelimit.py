@@ -1,0 +1,356 @@
+"""Rate limits per token subject against the real Redis: the bucket, the HTTP answers, several nodes
+sharing one bucket, and failing open when Redis is cut or slow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from api.app import create_app
+from api.auth import mint_token
+from api.ratelimit import (
+    DEFAULT_BURST,
+    DEFAULT_RATE_PER_S,
+    KEY_PREFIX,
+    Decision,
+    Limit,
+    RateLimiter,
+)
+from api.settings import Settings
+from hub.metrics import Registry
+from tests.conftest import JWT_SECRET
+from tests.support import LiveHub, TcpProxy, problem
+
+RATE = 5.0
+BURST = 3
+PATH = "/api/patterns/definitions"
+
+
+def subject() -> str:
+    return f"rl-{uuid.uuid4().hex[:12]}"
+
+
+def bearer(sub: str, *scopes: str) -> dict[str, str]:
+    token = mint_token(JWT_SECRET, subject=sub, scopes=scopes or ("patterns:read",))
+    return {"Authorization": f"Bearer {token}"}
+
+
+@contextlib.asynccontextmanager
+async def client_for(app: object) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def proxied_redis(redis_url: str) -> AsyncIterator[tuple[TcpProxy, aioredis.Redis]]:
+    """A Redis client whose link goes through a proxy the test can cut."""
+    parts = urlsplit(redis_url)
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
+        client = aioredis.Redis(host="127.0.0.1", port=proxy.port, db=int(parts.path.strip("/") or 0),
+                                socket_timeout=0.25, socket_connect_timeout=0.25)
+        yield proxy, client
+        await client.aclose()
+
+
+# -- the pieces ---------------------------------------------------------------------------------------
+
+
+def test_decision_headers() -> None:
+    allowed = Decision(allowed=True, limit=3, remaining=2, retry_after_s=0.0, checked=True)
+    assert allowed.headers() == {"RateLimit-Limit": "3", "RateLimit-Remaining": "2"}
+    refused = Decision(allowed=False, limit=3, remaining=0, retry_after_s=0.01, checked=True)
+    assert refused.headers()["Retry-After"] == "1"  # never 0: a client must wait at least a second
+    assert Decision(allowed=False, limit=3, remaining=0, retry_after_s=2.2, checked=True).headers()["Retry-After"] == "3"
+    assert Decision(allowed=True, limit=0, remaining=0, retry_after_s=0, checked=False).headers() == {}
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(-1.0, 3), (math.inf, 3), (5.0, 0)])
+def test_bad_limits_are_refused(rate: float, burst: int) -> None:
+    with pytest.raises(ValueError, match="rate limit"):
+        Limit(rate, burst)
+
+
+def test_zero_rate_means_unlimited_and_needs_no_burst() -> None:
+    assert not Limit(0, 0).enabled
+    with pytest.raises(ValueError, match="timeout_s"):
+        RateLimiter(timeout_s=0)
+
+
+def test_from_settings_defaults_and_overrides() -> None:
+    limiter = RateLimiter.from_settings(Settings())
+    assert (limiter.limit.rate_per_s, limiter.limit.burst) == (DEFAULT_RATE_PER_S, DEFAULT_BURST)
+    assert limiter.admin_limit == limiter.limit
+    assert limiter.timeout_s == pytest.approx(0.05)
+    custom = RateLimiter.from_settings(SimpleNamespace(  # type: ignore[arg-type]
+        rate_limit_per_s=5, rate_limit_burst=3, rate_limit_admin_per_s=0, rate_limit_admin_burst=1,
+        rate_limit_timeout_ms=20))
+    assert custom.limit == Limit(5.0, 3)
+    assert not custom.admin_limit.enabled
+    assert custom.timeout_s == pytest.approx(0.02)
+
+
+def test_counters_register_once_per_registry() -> None:
+    registry = Registry()
+    first, second = RateLimiter(), RateLimiter()
+    assert first.register(registry) is True
+    assert second.register(registry) is False
+    first.fail_open.inc(reason="timeout")
+    assert 'tickstock_rate_limit_fail_open_total{reason="timeout"} 1' in registry.render()
+
+
+# -- the bucket on the real Redis ---------------------------------------------------------------------
+
+
+async def test_burst_then_refused_then_refilled_at_the_rate(redis_client: aioredis.Redis) -> None:
+    limiter = RateLimiter(rate_per_s=RATE, burst=BURST)
+    sub = subject()
+    first = [await limiter.acquire(redis_client, sub) for _ in range(BURST)]
+    assert [d.allowed for d in first] == [True] * BURST
+    assert [d.remaining for d in first] == [2, 1, 0]
+    refused = await limiter.acquire(redis_client, sub)
+    assert not refused.allowed and refused.checked
+    assert 0 < refused.retry_after_s <= 1 / RATE + 1e-6
+    assert refused.headers()["Retry-After"] == "1"
+    assert limiter.limited.total() == 1
+    # One token comes back every 1/RATE s ...
+    await asyncio.sleep(refused.retry_after_s + 0.02)
+    assert (await limiter.acquire(redis_client, sub)).allowed
+    assert not (await limiter.acquire(redis_client, sub)).allowed
+    # ... and the bucket never holds more than the burst.
+    await asyncio.sleep(BURST / RATE + 0.5)
+    again = [(await limiter.acquire(redis_client, sub)).allowed for _ in range(BURST + 1)]
+    assert again == [True] * BURST + [False]
+    ttl_ms = await redis_client.pttl(KEY_PREFIX + sub)
+    assert 0 < ttl_ms <= BURST / RATE * 1000 + 1000
+
+
+async def test_measured_refill_rate(redis_client: aioredis.Redis) -> None:
+    """Over 1.2 s of steady demand an empty bucket admits about RATE per second."""
+    limiter = RateLimiter(rate_per_s=RATE, burst=BURST)
+    sub = subject()
+    for _ in range(BURST):
+        await limiter.acquire(redis_client, sub)
+    started = time.monotonic()
+    admitted = 0
+    while time.monotonic() - started < 1.2:
+        admitted += (await limiter.acquire(redis_client, sub)).allowed
+        await asyncio.sleep(0.01)
+    assert 5 <= admitted <= 7  # 6 expected; a busy machine may stretch the window a little
+
+
+async def test_subjects_are_independent(redis_client: aioredis.Redis) -> None:
+    limiter = RateLimiter(rate_per_s=RATE, burst=BURST)
+    a, b = subject(), subject()
+    assert [(await limiter.acquire(redis_client, a)).allowed for _ in range(BURST + 1)][-1] is False
+    assert [(await limiter.acquire(redis_client, b)).allowed for _ in range(BURST)] == [True] * BURST
+
+
+async def test_two_nodes_share_one_bucket(redis_client: aioredis.Redis, redis_url: str) -> None:
+    other_client = aioredis.Redis.from_url(redis_url)
+    node_a, node_b = RateLimiter(rate_per_s=RATE, burst=BURST), RateLimiter(rate_per_s=RATE, burst=BURST)
+    sub = subject()
+    try:
+        results = [await node.acquire(client, sub) for node, client in
+                   [(node_a, redis_client), (node_b, other_client), (node_a, redis_client), (node_b, other_client)]]
+    finally:
+        await other_client.aclose()
+    assert [d.allowed for d in results] == [True, True, True, False]
+
+
+async def test_concurrent_requests_never_overdraw(redis_client: aioredis.Redis) -> None:
+    limiter = RateLimiter(rate_per_s=0.5, burst=10)
+    sub = subject()
+    decisions = await asyncio.gather(*(limiter.acquire(redis_client, sub) for _ in range(40)))
+    assert sum(d.allowed for d in decisions) == 10
+
+
+async def test_admin_limit_is_separate(redis_client: aioredis.Redis) -> None:
+    limiter = RateLimiter(rate_per_s=RATE, burst=BURST, admin_rate_per_s=RATE, admin_burst=5)
+    sub = subject()
+    assert sum([(await limiter.acquire(redis_client, sub, admin=True)).allowed for _ in range(7)]) == 5
+    unlimited_admin = RateLimiter(rate_per_s=RATE, burst=BURST, admin_rate_per_s=0)
+    assert all([(await unlimited_admin.acquire(redis_client, subject(), admin=True)).allowed for _ in range(10)])
+
+
+async def test_disabled_limiter_never_touches_redis(redis_client: aioredis.Redis) -> None:
+    limiter = RateLimiter(rate_per_s=0, burst=0)
+    sub = subject()
+    decisions = [await limiter.acquire(redis_client, sub) for _ in range(20)]
+    assert all(d.allowed and not d.checked for d in decisions)
+    assert await redis_client.exists(KEY_PREFIX + sub) == 0
+
+
+async def test_script_is_loaded_again_after_noscript(redis_client: aioredis.Redis) -> None:
+    limiter = RateLimiter(rate_per_s=RATE, burst=BURST)
+    await redis_client.script_flush()
+    assert (await limiter.acquire(redis_client, subject())).allowed
+    assert limiter.script_loads == 1
+    assert (await limiter.acquire(redis_client, subject())).allowed
+    assert limiter.script_loads == 1  # loaded once, then EVALSHA only
+    await redis_client.script_flush()  # as after a Redis restart
+    assert (await limiter.acquire(redis_client, subject())).allowed
+    assert limiter.script_loads == 2
+
+
+# -- failing open -------------------------------------------------------------------------------------
+
+
+async def test_redis_cut_fails_open_logs_once_and_resumes(
+    proxied_redis: tuple[TcpProxy, aioredis.Redis], caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy, client = proxied_redis
+    limiter = RateLimiter(rate_per_s=RATE, burst=BURST, retry_s=0)
+    sub = subject()
+    assert [(await limiter.acquire(client, sub)).allowed for _ in range(BURST + 1)] == [True] * BURST + [False]
+    caplog.set_level(logging.WARNING, logger="tickstock.ratelimit")
+    await proxy.cut()
+    started = time.monotonic()
+    during = [await limiter.acquire(client, sub) for _ in range(10)]
+    assert all(d.allowed and not d.checked for d in during)
+    assert time.monotonic() - started < 10 * (limiter.timeout_s + 0.05)
+    assert limiter.fail_open.total() == 10 and limiter.degraded
+    assert len([r for r in caplog.records if "allowing requests unchecked" in r.getMessage()]) == 1
+    await proxy.restore()
+    resumed = [await limiter.acquire(client, sub) for _ in range(BURST + 2)]
+    assert any(d.checked for d in resumed) and not limiter.degraded
+    assert not resumed[-1].allowed  # the bucket kept in Redis is enforced again
+    assert len([r for r in caplog.records if "limiting resumes" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "allowing requests unchecked" in r.getMessage()]) == 1
+
+
+async def test_after_a_failure_redis_is_left_alone_for_retry_s(proxied_redis: tuple[TcpProxy, aioredis.Redis]) -> None:
+    proxy, client = proxied_redis
+    limiter = RateLimiter(rate_per_s=RATE, burst=BURST, retry_s=0.3)
+    await proxy.cut()
+    assert (await limiter.acquire(client, subject())).allowed
+    assert [(await limiter.acquire(client, subject())).allowed for _ in range(5)] == [True] * 5
+    # The one attempt fails as an error or a timeout (the client retries a refused connection).
+    assert limiter.fail_open.total() == 6 and limiter.fail_open.value(reason="skipped") == 5
+    await proxy.restore()
+    await asyncio.sleep(0.35)
+    assert (await limiter.acquire(client, subject())).checked
+
+
+async def test_slow_redis_times_out_and_fails_open() -> None:
+    """A Redis that accepts but never answers costs a request at most ``timeout_s``."""
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(4096):
+                pass
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=5)
+    limiter = RateLimiter(rate_per_s=RATE, burst=BURST, timeout_s=0.05, retry_s=0)
+    try:
+        started = time.monotonic()
+        decision = await limiter.acquire(client, subject())
+        elapsed = time.monotonic() - started
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    assert decision.allowed and not decision.checked
+    assert elapsed < 0.5
+    assert limiter.fail_open.value(reason="timeout") == 1
+
+
+# -- through HTTP -------------------------------------------------------------------------------------
+
+
+def limited_app(settings: Settings, hub: LiveHub, **kwargs: object) -> object:
+    app = create_app(settings, hub=kwargs.pop("state", None) or hub.hub)  # type: ignore[arg-type]
+    app.state.rate_limiter = RateLimiter(rate_per_s=RATE, burst=BURST, **kwargs)  # type: ignore[arg-type]
+    return app
+
+
+async def test_fourth_quick_request_is_429_with_headers(settings: Settings, live_hub: LiveHub) -> None:
+    headers = bearer(subject())
+    async with client_for(limited_app(settings, live_hub)) as client:
+        oks = [await client.get(PATH, headers=headers) for _ in range(BURST)]
+        refused = await client.get(PATH, headers=headers)
+        other = await client.get(PATH, headers=bearer(subject()))
+    assert [r.status_code for r in oks] == [200] * BURST
+    assert [r.headers["RateLimit-Remaining"] for r in oks] == ["2", "1", "0"]
+    assert all(r.headers["RateLimit-Limit"] == str(BURST) for r in oks)
+    body = problem(refused, 429)
+    assert body["title"] == "Too Many Requests" and "retry in 1 s" in body["detail"]
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.headers["RateLimit-Limit"] == str(BURST) and refused.headers["RateLimit-Remaining"] == "0"
+    assert other.status_code == 200  # another subject has its own bucket
+
+
+async def test_two_hub_nodes_share_one_bucket(settings: Settings, live_hub: LiveHub) -> None:
+    headers = bearer(subject())
+    node_a, node_b = limited_app(settings, live_hub), limited_app(settings, live_hub)
+    async with client_for(node_a) as a, client_for(node_b) as b:
+        codes = [(await c.get(PATH, headers=headers)).status_code for c in (a, b, a, b)]
+    assert codes == [200, 200, 200, 429]
+
+
+async def test_anonymous_requests_never_touch_redis(settings: Settings, live_hub: LiveHub) -> None:
+    app = limited_app(settings, live_hub)
+    async with client_for(app) as client:
+        for _ in range(BURST + 2):
+            problem(await client.get(PATH), 401)
+            problem(await client.get(PATH, headers={"Authorization": "Bearer not.a.token"}), 401)
+    limiter: RateLimiter = app.state.rate_limiter  # type: ignore[attr-defined]
+    assert limiter.limited.total() == 0 and limiter.script_loads == 0
+    assert not limiter.degraded
+
+
+async def test_admin_tokens_are_limited_too(settings: Settings, live_hub: LiveHub) -> None:
+    headers = bearer(subject(), "admin")
+    async with client_for(limited_app(settings, live_hub)) as client:
+        codes = [(await client.get("/api/admin/dlq", headers=headers)).status_code for _ in range(BURST + 1)]
+    assert codes == [200] * BURST + [429]
+
+
+async def test_missing_scope_spends_a_token(settings: Settings, live_hub: LiveHub) -> None:
+    headers = bearer(subject(), "patterns:read")
+    async with client_for(limited_app(settings, live_hub)) as client:
+        codes = [(await client.get("/api/admin/dlq", headers=headers)).status_code for _ in range(BURST + 1)]
+    assert codes == [403] * BURST + [429]
+
+
+async def test_default_limiter_comes_from_settings(settings: Settings, live_hub: LiveHub) -> None:
+    app = create_app(settings, hub=live_hub.hub)
+    async with client_for(app) as client:
+        response = await client.get(PATH, headers=bearer(subject()))
+    assert response.status_code == 200
+    assert response.headers["RateLimit-Limit"] == str(getattr(settings, "rate_limit_burst", DEFAULT_BURST))
+
+
+async def test_http_fails_open_when_redis_is_cut(
+    settings: Settings, live_hub: LiveHub, proxied_redis: tuple[TcpProxy, aioredis.Redis],
+) -> None:
+    proxy, client = proxied_redis
+    state = dataclasses.replace(live_hub.hub, redis=client)  # this node reaches Redis through the proxy
+    app = limited_app(settings, live_hub, state=state, retry_s=0)
+    limiter: RateLimiter = app.state.rate_limiter  # type: ignore[attr-defined]
+    headers = bearer(subject())
+    async with client_for(app) as http:
+        assert [(await http.get(PATH, headers=headers)).status_code for _ in range(BURST + 1)] == [200] * BURST + [429]
+        await proxy.cut()
+        during = [await http.get(PATH, headers=headers) for _ in range(5)]
+        assert [r.status_code for r in during] == [200] * 5
+        assert all("RateLimit-Limit" not in r.headers for r in during)
+        assert limiter.fail_open.total() == 5
+        await proxy.restore()
+        after = [(await http.get(PATH, headers=headers)).status_code for _ in range(BURST + 1)]
+    assert after[-1] == 429
