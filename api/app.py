@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from api.auth import Authenticator
 from api.errors import EXCEPTION_HANDLERS
 from api.ratelimit import RateLimiter
+from api.requestid import RequestIdMiddleware
 from api.routes import admin, docs, health, ingest, metrics, patterns, symbols, universes, users
 from api.routes.ingest import IngestGate
 from api.settings import Settings
@@ -97,6 +99,7 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
             yield
 
     app = Starlette(
+        middleware=[Middleware(RequestIdMiddleware)],
         routes=[*health.routes, *metrics.routes, *ingest.routes, *patterns.routes, *symbols.routes,
                 *universes.routes, *users.routes, *admin.routes, *docs.routes],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from api.app import ConfigurationError, create_app, open_hub
 from api.auth import SCOPES, mint_token
+from api.requestid import RequestIdLogFilter
 from api.settings import Settings, SettingsError
 from api.state import HubState
 from hub.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, EmbeddedServer
@@ -386,10 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         _say(f"error: {exc}")
         return EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdLogFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s]: %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_until_terminated(args.func(settings, args)))

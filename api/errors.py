@@ -10,6 +10,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from api.requestid import current_request_id
+
 __all__ = ["EXCEPTION_HANDLERS", "ApiError", "problem"]
 
 log = logging.getLogger("tickstock.api")
@@ -47,6 +49,9 @@ def problem(status: int, detail: str, *, title: str | None = None, errors: list[
         body["instance"] = instance
     if errors:
         body["errors"] = errors
+    request_id = current_request_id()
+    if request_id:
+        body["request_id"] = request_id
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_TYPE)
 
 

@@ -55,6 +55,7 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[FieldError] | None = None
+    request_id: str | None = None  # also in the X-Request-ID header; quote it when reporting a problem
 
 
 @dataclass(frozen=True)

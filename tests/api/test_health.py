@@ -96,5 +96,7 @@ async def test_unknown_route_is_a_problem_document(live_hub: LiveHub) -> None:
         response = await client.get("/nope")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
-    assert response.json() == {"type": "about:blank", "title": "Not Found", "status": 404,
+    body = response.json()
+    assert body.pop("request_id") == response.headers["x-request-id"]
+    assert body == {"type": "about:blank", "title": "Not Found", "status": 404,
                                "detail": "Not Found", "instance": "/nope"}

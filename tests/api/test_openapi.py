@@ -127,7 +127,7 @@ def test_guarded_operations_declare_bearer_auth_and_their_scope(app: Any, docume
 
 def test_every_error_is_a_problem_document(document: dict[str, Any]) -> None:
     problem = document["components"]["schemas"]["Problem"]
-    assert set(problem["properties"]) == {"type", "title", "status", "detail", "instance", "errors"}
+    assert set(problem["properties"]) == {"type", "title", "status", "detail", "instance", "errors", "request_id"}
     assert set(problem["required"]) == {"title", "status", "detail"}
     field_error = document["components"]["schemas"]["FieldError"]
     assert set(field_error["properties"]) == {"loc", "msg"}
