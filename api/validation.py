@@ -16,7 +16,9 @@ from api.errors import ApiError
 from hub.events import EventError, canonical_symbol
 from store.universes import is_universe_key
 
-__all__ = ["MAX_ERRORS", "SymbolName", "UniverseKey", "field_errors", "read_body", "read_model", "read_query"]
+__all__ = [
+    "MAX_ERRORS", "SymbolName", "UniverseKey", "field_errors", "read_body", "read_bytes", "read_model", "read_query",
+]
 
 MAX_ERRORS = 50  # field errors listed in one problem document
 
@@ -40,8 +42,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity; PostgreSQL does not
 
 
-async def read_body(request: Request, *, max_bytes: int) -> Any:
-    """The request's JSON body. Raises :class:`ApiError` 413 beyond ``max_bytes``, 400 if not JSON."""
+async def read_bytes(request: Request, *, max_bytes: int) -> bytes:
+    """The raw body, refused with :class:`ApiError` 413 as soon as it is known to exceed ``max_bytes``
+    (from ``Content-Length`` before reading, or while streaming)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(f"the body is larger than {max_bytes} bytes", status=413)
@@ -51,8 +54,14 @@ async def read_body(request: Request, *, max_bytes: int) -> Any:
         if size > max_bytes:
             raise ApiError(f"the body is larger than {max_bytes} bytes", status=413)
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_body(request: Request, *, max_bytes: int) -> Any:
+    """The request's JSON body. Raises :class:`ApiError` 413 beyond ``max_bytes``, 400 if not JSON."""
+    body = await read_bytes(request, max_bytes=max_bytes)
     try:
-        return json.loads(b"".join(chunks), parse_constant=_no_constant)
+        return json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         raise ApiError("the body is not valid JSON",
                        errors=[{"loc": "body", "msg": "not valid JSON"}]) from None

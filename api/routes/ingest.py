@@ -18,6 +18,7 @@ from api.auth import requires
 from api.errors import ApiError
 from api.openapi import Content, FieldError, link, operation
 from api.state import HubState
+from api.validation import read_bytes
 from hub.events import EventError, parse_event
 from hub.producer import publish_to_ingest
 
@@ -52,19 +53,6 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(f"the body is larger than {limit} bytes", status=413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(f"the body is larger than {limit} bytes", status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class _Strict(BaseModel):
@@ -145,7 +133,7 @@ async def post_patterns(request: Request) -> JSONResponse:
     of this request was published, or (for events JetStream refused) the result is ``retry``."""
     hub: HubState = request.app.state.hub
     settings = hub.settings
-    body = await _read_body(request, settings.http_ingest_max_bytes)
+    body = await read_bytes(request, max_bytes=settings.http_ingest_max_bytes)
     try:
         # Same rules as the NATS path: no duplicate keys, no NaN/Infinity.
         document = json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
