@@ -361,9 +361,13 @@ async def test_sigterm_stops_a_long_running_command_cleanly(live_hub: LiveHub, r
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    [(_, listeners)] = await redis.pubsub_numsub(DEFAULT_CHANNEL)
-    await redis.aclose()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("tickstock:")] == ["tickstock: stopped"]
-    assert listeners == 0  # it unsubscribed on the way out
+
+    async def unsubscribed() -> bool:
+        [(_, listeners)] = await redis.pubsub_numsub(DEFAULT_CHANNEL)
+        return listeners == 0
+
+    await wait_for(unsubscribed, timeout=5, what="the subscription gone")
+    await redis.aclose()
