@@ -54,7 +54,7 @@ __all__ = [
     "CLEAN_PREFIX", "DEFAULT_MAX_EVENT_BYTES", "EVENT_TYPES", "INGEST_PREFIX", "MAX_DATA_BYTES", "REASONS",
     "SCHEMA_VERSION", "TIMEFRAMES", "EventError", "PatternCatalog", "PatternEvent", "SubjectParts",
     "canonical_json", "canonical_symbol", "check_subject", "clean_subject", "ingest_subject",
-    "load_json_schema", "parse_event", "parse_subject", "symbol_to_token", "token_to_symbol",
+    "load_json_schema", "loads_json", "parse_event", "parse_subject", "symbol_to_token", "token_to_symbol",
 ]
 
 INGEST_PREFIX = "tickstock.ingest"
@@ -444,6 +444,13 @@ def _from_validation_error(exc: ValidationError) -> EventError:
     return EventError(reason, detail, fields=fields)
 
 
+def loads_json(text: bytes | str) -> Any:
+    """JSON as events must be written: a duplicate key or ``NaN``/``Infinity`` is an error. Raises
+    :class:`ValueError` (or :class:`RecursionError` for absurd nesting); the HTTP ingest body uses it
+    too, so both ways in read JSON by the same rules."""
+    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -475,9 +482,7 @@ def _decode(raw: bytes | bytearray | memoryview | str | Mapping[str, Any], max_b
     if len(raw) > max_bytes:
         raise EventError("too_large", f"event is {len(raw)} bytes; the limit is {max_bytes}")
     try:
-        obj = json.loads(
-            bytes(raw).decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys
-        )
+        obj = loads_json(bytes(raw).decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise EventError("not_json", f"event is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):

@@ -19,7 +19,7 @@ from api.errors import ApiError
 from api.openapi import Content, FieldError, link, operation
 from api.state import HubState
 from api.validation import read_bytes
-from hub.events import EventError, parse_event
+from hub.events import EventError, loads_json, parse_event
 from hub.producer import publish_to_ingest
 
 __all__ = ["IngestGate", "routes"]
@@ -42,17 +42,6 @@ class IngestGate:
 
     def release(self, n: int) -> None:
         self.inflight -= n
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate key in a JSON object")
-    return obj
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 class _Strict(BaseModel):
@@ -135,8 +124,7 @@ async def post_patterns(request: Request) -> JSONResponse:
     settings = hub.settings
     body = await read_bytes(request, max_bytes=settings.http_ingest_max_bytes)
     try:
-        # Same rules as the NATS path: no duplicate keys, no NaN/Infinity.
-        document = json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        document = loads_json(body)  # the NATS path's rules: no duplicate keys, no NaN/Infinity
     except (ValueError, RecursionError) as exc:  # RecursionError: arrays or objects nested too deep
         raise ApiError(f"the body is not JSON: {exc}") from None
     events_raw = document.get("events") if isinstance(document, dict) else document
