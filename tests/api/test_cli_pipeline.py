@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -307,8 +308,10 @@ async def test_bridge_redis_with_an_unreachable_redis_fails_in_one_line(
     assert len(err) == 1 and "cannot connect to Redis" in err[0]
 
 
-async def test_bridge_redis_process_forwards_until_interrupted(live_hub: LiveHub, redis_url: str,
-                                                              ref_pool: AsyncConnectionPool) -> None:
+@contextlib.asynccontextmanager
+async def bridge_process(live_hub: LiveHub, redis_url: str) -> AsyncIterator[tuple[subprocess.Popen[str], aioredis.Redis]]:
+    """``tickstock bridge-redis`` as a process, yielded once it has subscribed; killed if still running
+    on the way out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKSTOCK_")}
     env.update(TICKSTOCK_NATS_URL=live_hub.settings.nats_url or "", TICKSTOCK_REDIS_URL=redis_url)
     redis = aioredis.Redis.from_url(redis_url)
@@ -321,6 +324,23 @@ async def test_bridge_redis_process_forwards_until_interrupted(live_hub: LiveHub
             return n == 1
 
         await wait_for(subscribed, timeout=30, what="the bridge subscribed")
+        yield proc, redis
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        await redis.aclose()
+
+
+def _stopped_cleanly(proc: subprocess.Popen[str], err: str) -> None:
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("tickstock:")] == ["tickstock: stopped"]
+
+
+async def test_bridge_redis_process_forwards_until_interrupted(live_hub: LiveHub, redis_url: str,
+                                                              ref_pool: AsyncConnectionPool) -> None:
+    async with bridge_process(live_hub, redis_url) as (proc, redis):
         event = make_event(1, prefix="cli-bridge", symbol="TSLA")
         assert await redis.publish(DEFAULT_CHANNEL, json.dumps(event)) == 1
 
@@ -332,42 +352,17 @@ async def test_bridge_redis_process_forwards_until_interrupted(live_hub: LiveHub
         await wait_for(stored, timeout=20, what="the bridged event stored")
         proc.send_signal(signal.SIGINT)
         _, err = await asyncio.to_thread(proc.communicate, timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        await redis.aclose()
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
-    assert [line for line in err.splitlines() if line.startswith("tickstock:")] == ["tickstock: stopped"]
+    _stopped_cleanly(proc, err)
 
 
 async def test_sigterm_stops_a_long_running_command_cleanly(live_hub: LiveHub, redis_url: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKSTOCK_")}
-    env.update(TICKSTOCK_NATS_URL=live_hub.settings.nats_url or "", TICKSTOCK_REDIS_URL=redis_url)
-    redis = aioredis.Redis.from_url(redis_url)
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "bridge-redis"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        async def subscribed() -> bool:
-            assert proc.poll() is None, "bridge-redis exited early"
-            [(_, n)] = await redis.pubsub_numsub(DEFAULT_CHANNEL)
-            return n == 1
-
-        await wait_for(subscribed, timeout=30, what="the bridge subscribed")
+    async with bridge_process(live_hub, redis_url) as (proc, redis):
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.to_thread(proc.communicate, timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
-    assert [line for line in err.splitlines() if line.startswith("tickstock:")] == ["tickstock: stopped"]
+        _stopped_cleanly(proc, err)
 
-    async def unsubscribed() -> bool:
-        [(_, listeners)] = await redis.pubsub_numsub(DEFAULT_CHANNEL)
-        return listeners == 0
+        async def unsubscribed() -> bool:
+            [(_, listeners)] = await redis.pubsub_numsub(DEFAULT_CHANNEL)
+            return listeners == 0
 
-    await wait_for(unsubscribed, timeout=5, what="the subscription gone")
-    await redis.aclose()
+        await wait_for(unsubscribed, timeout=5, what="the subscription gone")
