@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -12,10 +12,8 @@ import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from api.auth import mint_token
 from hub.events import PatternCatalog, parse_event
 from store.patterns import ensure_months, store_events
-from tests.conftest import JWT_SECRET
 from tests.support import LiveHub, locs, make_event, problem
 
 PROBLEM = "application/problem+json"
@@ -23,18 +21,8 @@ Client = Callable[..., httpx.AsyncClient]
 
 
 @pytest.fixture
-async def client(live_hub: LiveHub) -> AsyncIterator[Client]:
-    opened: list[httpx.AsyncClient] = []
-
-    def make(subject: str = "reader", scopes: Iterable[str] = ("patterns:read",)) -> httpx.AsyncClient:
-        token = mint_token(JWT_SECRET, subject=subject, scopes=list(scopes))
-        c = httpx.AsyncClient(base_url=live_hub.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        await c.aclose()
+def client(token_clients: Client) -> Client:
+    return token_clients
 
 
 async def directory(pool: AsyncConnectionPool, where: str = "true", params: tuple[Any, ...] = ()) -> list[str]:

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable
 
 import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from api.auth import mint_token
-from tests.conftest import JWT_SECRET
 from tests.support import LiveHub, locs, problem
 
 Client = Callable[..., httpx.AsyncClient]
 
 
 @pytest.fixture
-async def client(live_hub: LiveHub) -> AsyncIterator[Client]:
-    opened: list[httpx.AsyncClient] = []
-
-    def make(scopes: Iterable[str] = ("patterns:read",)) -> httpx.AsyncClient:
-        token = mint_token(JWT_SECRET, subject="reader", scopes=list(scopes))
-        c = httpx.AsyncClient(base_url=live_hub.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        await c.aclose()
+def client(token_clients: Client) -> Client:
+    return lambda scopes=("patterns:read",): token_clients("reader", scopes)
 
 
 async def members(pool: AsyncConnectionPool, *keys: str) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -14,9 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError
 from psycopg_pool import AsyncConnectionPool
 
-from api.auth import mint_token
 from api.routes.users import UNIVERSE_CHANGED_SUBJECT
-from tests.conftest import JWT_SECRET
 from tests.support import LiveHub, locs, problem
 
 Client = Callable[..., httpx.AsyncClient]
@@ -25,18 +23,8 @@ UNIVERSE = "/api/users/universe"
 
 
 @pytest.fixture
-async def client(live_hub: LiveHub) -> AsyncIterator[Client]:
-    opened: list[httpx.AsyncClient] = []
-
-    def make(subject: str, scopes: Iterable[str] = WRITE) -> httpx.AsyncClient:
-        token = mint_token(JWT_SECRET, subject=subject, scopes=list(scopes))
-        c = httpx.AsyncClient(base_url=live_hub.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        await c.aclose()
+def client(token_clients: Client) -> Client:
+    return lambda subject, scopes=WRITE: token_clients(subject, scopes)
 
 
 async def covered(pool: AsyncConnectionPool, symbols: list[str], keys: list[str]) -> int:
