@@ -13,6 +13,7 @@ created, an existing one is updated to the configuration below.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServerError
 
 __all__ = [
     "ADVISORY_STREAM",
@@ -36,6 +37,7 @@ __all__ = [
     "PATTERNS_STREAM",
     "WRITER_CONSUMER",
     "Topology",
+    "add_stream",
     "ensure_topology",
 ]
 
@@ -123,6 +125,26 @@ def _consumers(t: Topology) -> list[tuple[str, ConsumerConfig]]:
     ]
 
 
+STORE_BUSY = 10049  # "error creating store for stream": the store of a just-deleted namesake is still going
+
+
+async def add_stream(js: JetStreamContext, config: StreamConfig, *, patience_s: float = 5.0) -> None:
+    """Create a stream, waiting out the server's refusal while a deleted stream of that name is removed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_s
+    delay = 0.02
+    while True:
+        try:
+            await js.add_stream(config)
+            return
+        except ServerError as exc:
+            if exc.err_code != STORE_BUSY or loop.time() + delay > deadline:
+                raise
+            log.warning("stream %s: store still busy (%s); retrying in %.0f ms", config.name, exc.description, delay * 1000)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 async def ensure_topology(js: JetStreamContext, topology: Topology | None = None) -> None:
     """Create or update every stream and consumer. Raises nats-py's errors if the server refuses."""
     t = topology or Topology()
@@ -130,7 +152,7 @@ async def ensure_topology(js: JetStreamContext, topology: Topology | None = None
         try:
             await js.stream_info(config.name or "")
         except NotFoundError:
-            await js.add_stream(config)
+            await add_stream(js, config)
             log.info("created stream %s", config.name)
         else:
             await js.update_stream(config)

@@ -24,10 +24,12 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
 
 from hub.candles import CANDLE_FUNCTIONS, LIFETIMES, Detection, PatternNames, confidence, detect, scan
 from hub.demo_feed import DemoFeed, run
 from hub.events import INGEST_PREFIX, PatternCatalog, ingest_subject, parse_event
+from hub.jetstream import add_stream
 from hub.ohlcv import DEMO_DATA_DIR, default_files, load_bars
 
 STREAM = "TICKSTOCK_INGEST"
@@ -50,7 +52,7 @@ def small(tmp_path: Path) -> Path:
 
 
 async def ingest_stream(js: JetStreamContext) -> None:
-    await js.add_stream(name=STREAM, subjects=[f"{INGEST_PREFIX}.>"])
+    await add_stream(js, StreamConfig(name=STREAM, subjects=[f"{INGEST_PREFIX}.>"]))
 
 
 async def stored(js: JetStreamContext) -> int:

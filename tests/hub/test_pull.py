@@ -15,6 +15,7 @@ from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
+from hub.jetstream import add_stream
 from hub.pull import Puller
 from tests.conftest import Servers
 from tests.support import TcpProxy
@@ -28,7 +29,7 @@ KB = 1000
 @pytest_asyncio.fixture(loop_scope="session")
 async def js(jetstream: JetStreamContext) -> AsyncIterator[JetStreamContext]:
     """A fresh stream with one durable, explicitly acknowledged pull consumer."""
-    await jetstream.add_stream(StreamConfig(name=STREAM, subjects=["pulltest.>"], max_msg_size=1 << 20))
+    await add_stream(jetstream, StreamConfig(name=STREAM, subjects=["pulltest.>"], max_msg_size=1 << 20))
     await jetstream.add_consumer(STREAM, ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT,
                                                         ack_wait=30, max_waiting=16))
     yield jetstream
