@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["UNIVERSE_KINDS", "get_universe", "is_universe_key", "list_universes", "unknown_universes"]
+__all__ = ["UNIVERSE_KINDS", "get_universe", "is_universe_key", "list_universes", "universe_members", "unknown_universes"]
 
 # Mirror the CHECK constraints on universes in migrations/0001_reference.sql.
 UNIVERSE_KINDS = ("index", "sector", "etf", "theme", "custom")
@@ -42,6 +42,19 @@ async def unknown_universes(conn: psycopg.AsyncConnection[Any], keys: Sequence[s
         (list(keys),),
     )
     return {r["k"] for r in await cur.fetchall()}
+
+
+async def universe_members(conn: psycopg.AsyncConnection[Any], keys: Sequence[str]) -> dict[str, list[str]]:
+    """The member symbols of each of ``keys`` that names a universe (absent keys are left out)."""
+    if not keys:
+        return {}
+    cur = await conn.execute(
+        "SELECT u.key, coalesce(array_agg(m.symbol ORDER BY m.symbol) FILTER (WHERE m.symbol IS NOT NULL), '{}')"
+        " AS members FROM universes u LEFT JOIN universe_members m ON m.universe = u.key"
+        " WHERE u.key = ANY(%s) GROUP BY u.key",
+        (list(keys),),
+    )
+    return {r["key"]: list(r["members"]) for r in await cur.fetchall()}
 
 
 async def get_universe(conn: psycopg.AsyncConnection[Any], keys: Sequence[str]) -> dict[str, Any] | None:

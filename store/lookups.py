@@ -1,0 +1,215 @@
+"""In-process copies of what every scan resolves: universe members, sectors, users' universes.
+
+The directory (universes and sectors) is loaded whole, once, and dropped when PostgreSQL announces a
+change (``NOTIFY tickstock_reference``, sent by triggers on ``symbols``, ``universes`` and
+``universe_members``, so a change from any node or from ``tickstock load-reference-data`` counts).
+While the listening connection is down the copy is not trusted and callers read PostgreSQL.
+Users' universes are kept per subject and dropped by :meth:`Lookups.forget_user` (the hub calls it
+on ``tickstock.users.universe.changed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from store.scans import MY_UNIVERSE, UNIVERSE_SEPARATOR, ScanError, ScanFilter
+from store.users import get_user_universe
+
+__all__ = ["REFERENCE_CHANNEL", "Directory", "Lookups", "MyUniverse", "load_directory", "resolve"]
+
+log = logging.getLogger("tickstock.store.lookups")
+
+REFERENCE_CHANNEL = "tickstock_reference"
+DEFAULT_USERS = 10_000
+LISTEN_CHECK_S = 5.0
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 10.0
+CONNECT_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class Directory:
+    """Universe key -> members, and lower-cased sector -> (sector, its symbols)."""
+
+    universes: dict[str, frozenset[str]]
+    sectors: dict[str, tuple[str, frozenset[str]]]
+
+
+@dataclass(frozen=True)
+class MyUniverse:
+    """A user's saved universe: its own symbols and universe keys (both empty when none is saved)."""
+
+    symbols: tuple[str, ...] = ()
+    universe_keys: tuple[str, ...] = ()
+
+
+async def load_directory(conn: psycopg.AsyncConnection[Any]) -> Directory:
+    """Every universe with its members and every sector with its symbols (three reads)."""
+    members: dict[str, set[str]] = {r["key"]: set() for r in await (await conn.execute(
+        "SELECT key FROM universes")).fetchall()}
+    for r in await (await conn.execute("SELECT universe, symbol FROM universe_members")).fetchall():
+        members.setdefault(r["universe"], set()).add(r["symbol"])
+    sectors: dict[str, tuple[str, set[str]]] = {}
+    for r in await (await conn.execute(
+            "SELECT sector, symbol FROM symbols WHERE sector IS NOT NULL")).fetchall():
+        sectors.setdefault(r["sector"].lower(), (r["sector"], set()))[1].add(r["symbol"])
+    return Directory({k: frozenset(v) for k, v in members.items()},
+                     {k: (name, frozenset(v)) for k, (name, v) in sectors.items()})
+
+
+def resolve(directory: Directory, filt: ScanFilter, my: MyUniverse | None) -> frozenset[str] | None:
+    """What :func:`store.scans.resolve_symbols` answers, from memory: the symbols the symbol,
+    universe and sector filters allow, or ``None`` when none is set. Raises :class:`ScanError` for an
+    unknown universe or sector."""
+    allowed: frozenset[str] | None = frozenset(filt.symbols) if filt.symbols else None
+    if filt.universes:
+        keys = {k for value in filt.universes for k in value.split(UNIVERSE_SEPARATOR)}
+        named = sorted(keys - {MY_UNIVERSE})
+        unknown = [k for k in named if k not in directory.universes]
+        if unknown:
+            raise ScanError("query.universe", f"unknown universe {', '.join(unknown)}")
+        members: set[str] = set()
+        if MY_UNIVERSE in keys and my is not None:
+            members.update(my.symbols)
+            named.extend(my.universe_keys)
+        for key in named:
+            members.update(directory.universes.get(key, ()))
+        allowed = frozenset(members) if allowed is None else allowed & members
+    if filt.sectors:
+        wanted = sorted({s.casefold() for s in filt.sectors})
+        unknown = [s for s in wanted if s not in directory.sectors]
+        if unknown:
+            raise ScanError("query.sector", f"unknown sector {', '.join(unknown)}")
+        in_sectors = frozenset().union(*(directory.sectors[s][1] for s in wanted))
+        allowed = in_sectors if allowed is None else allowed & in_sectors
+    return allowed
+
+
+class Lookups:
+    """Owns the listening connection (from ``__aenter__`` to ``__aexit__``) and the copies.
+
+    ``on_change`` is called (without arguments) whenever the directory is dropped, including when the
+    listener (re)connects, since notices may have been missed while it was away.
+    """
+
+    def __init__(self, database_url: str, pool: AsyncConnectionPool, *, on_change: Callable[[], None] | None = None,
+                 max_users: int = DEFAULT_USERS) -> None:
+        self._url = database_url
+        self._pool = pool
+        self._on_change = on_change
+        self._max_users = max_users
+        self._directory: Directory | None = None
+        self._loading: asyncio.Task[Directory] | None = None
+        self._version = 0
+        self._users: OrderedDict[str, MyUniverse] = OrderedDict()
+        self._user_versions: dict[str, int] = {}
+        self._users_version = 0
+        self.listening = False
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    # -- the directory ------------------------------------------------------------------------------
+    def forget_directory(self) -> None:
+        self._version += 1
+        self._directory = None
+        self._loading = None
+        if self._on_change is not None:
+            self._on_change()
+
+    async def directory(self) -> Directory | None:
+        """The in-process directory (loaded once, shared by concurrent callers), or ``None`` while
+        changes cannot be heard (the caller then asks PostgreSQL). Raises psycopg's errors."""
+        if not self.listening:
+            return None
+        if self._directory is not None:
+            return self._directory
+        if self._loading is None:
+            self._loading = asyncio.create_task(self._load(self._version))
+        return await asyncio.shield(self._loading)
+
+    async def _load(self, version: int) -> Directory:
+        async with self._pool.connection() as conn:
+            loaded = await load_directory(conn)
+        if version == self._version and self.listening:
+            self._directory = loaded  # unless a change arrived meanwhile: then the next caller reloads
+        return loaded
+
+    # -- users' universes ---------------------------------------------------------------------------
+    def forget_user(self, subject: str) -> None:
+        self._users.pop(subject, None)
+        self._user_versions[subject] = self._user_versions.get(subject, 0) + 1
+        if len(self._user_versions) > self._max_users:
+            self._user_versions.clear()
+            self.forget_users()
+
+    def forget_users(self) -> None:
+        self._users.clear()
+        self._users_version += 1
+
+    async def user_universe(self, subject: str) -> MyUniverse:
+        """``subject``'s saved universe, from memory or PostgreSQL. Raises psycopg's errors."""
+        found = self._users.get(subject)
+        if found is not None:
+            self._users.move_to_end(subject)
+            return found
+        versions = (self._users_version, self._user_versions.get(subject, 0))
+        async with self._pool.connection() as conn:
+            saved = await get_user_universe(conn, subject)
+        found = MyUniverse(tuple(saved.symbols), tuple(saved.universe_keys))
+        if versions == (self._users_version, self._user_versions.get(subject, 0)):
+            self._users[subject] = found
+            while len(self._users) > self._max_users:
+                self._users.popitem(last=False)
+        return found
+
+    # -- the listener -------------------------------------------------------------------------------
+    async def _listen(self) -> None:
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True,
+                                                             connect_timeout=CONNECT_TIMEOUT_S)
+                async with conn:
+                    await conn.execute(f"LISTEN {REFERENCE_CHANNEL}")
+                    self.listening = True
+                    self.forget_directory()
+                    self._connected.set()
+                    delay = RETRY_MIN_S
+                    while True:
+                        async for notice in conn.notifies(timeout=LISTEN_CHECK_S):
+                            log.debug("reference data changed (%s)", notice.payload)
+                            self.forget_directory()
+                        await conn.execute("SELECT 1")  # a dead link shows here
+            except (psycopg.Error, OSError) as exc:
+                if self.listening:
+                    log.warning("reference listener lost PostgreSQL (%s); reading reference data from it "
+                                "until it is back", str(exc).strip().splitlines()[0] if str(exc).strip() else
+                                type(exc).__name__)
+            self.listening = False
+            self.forget_directory()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    async def __aenter__(self) -> Lookups:
+        self._task = asyncio.create_task(self._listen(), name="tickstock-reference-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT_S)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.listening = False
