@@ -94,6 +94,23 @@ class Counter(_Metric):
             yield f"{self.name}{_fmt_labels(key)} {_fmt(value)}"
 
 
+class CounterView(_Metric):
+    """A counter kept elsewhere as a plain number (a hot path cannot afford :meth:`Counter.inc`), read at
+    scrape time."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        super().__init__(name, help_text)
+        self._read = read
+
+    def value(self) -> float:
+        return self._read()
+
+    def samples(self) -> Iterable[str]:
+        yield f"{self.name} {_fmt(self._read())}"
+
+
 class Gauge(_Metric):
     """A value that goes up and down, set directly or read from a callback at scrape time."""
 

@@ -1,0 +1,581 @@
+"""The websocket fan-out of one hub node (protocol: ``docs/websocket.md``).
+
+Every node reads the clean stream ``TICKSTOCK_PATTERNS`` with its own ordered consumer, so a client may
+connect to any node and resume by ``seq`` on another. Each stored event is decoded and encoded once per
+node; the subscription index (:mod:`hub.subscriptions`) finds the connections it matches; each
+connection gets the frame in its bounded outbox (:class:`Connection`), which its own task writes to the
+socket. The fan-out never awaits a client: a full outbox closes that connection with 4409 ("slow
+consumer"), and the client resumes with ``since``.
+
+A recent window of the stream (``ring_size`` events) stays in memory, so most resumes replay without a
+round trip; older ones replay from JetStream. A subscription that resumes collects live events in its
+``pending`` queue while its past is sent, then sends those, so the seam has no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import itertools
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, MutableMapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from psycopg_pool import AsyncConnectionPool
+
+from hub.catalog import CatalogCache
+from hub.events import CLEAN_PREFIX, EventError, canonical_symbol
+from hub.jetstream import PATTERNS_STREAM
+from hub.metrics import Counter, CounterView, Gauge, Histogram, Registry
+from hub.subscriptions import MY_UNIVERSE, Entry, Filter, Subscription, SubscriptionIndex
+from store.lookups import Directory
+from store.universes import universe_members
+from store.users import get_user_universe
+
+__all__ = [
+    "CLOSE_FORBIDDEN", "CLOSE_GOING_AWAY", "CLOSE_IDLE", "CLOSE_INTERNAL", "CLOSE_NORMAL", "CLOSE_SLOW",
+    "CLOSE_TOO_BIG", "CLOSE_TOO_MANY", "CLOSE_UNAUTHORIZED", "UNIVERSE_CHANGED_SUBJECT", "Connection",
+    "FanOut", "FanOutLimits", "FilterError",
+]
+
+log = logging.getLogger("tickstock.fanout")
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_IDLE = 4408
+CLOSE_SLOW = 4409
+CLOSE_TOO_MANY = 4429
+
+UNIVERSE_CHANGED_SUBJECT = "tickstock.users.universe.changed"
+CLOSE_TIMEOUT_S = 2.0
+REPLAY_IDLE_S = 5.0
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class FilterError(ValueError):
+    """A subscription filter the hub cannot serve (unknown universe, pattern, bad symbol)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FanOutLimits:
+    max_connections: int = 20_000
+    max_subscriptions: int = 100
+    queue_messages: int = 1_000
+    queue_bytes: int = 1 << 20
+    ping_interval_s: float = 20.0
+    idle_timeout_s: float = 60.0
+    auth_timeout_s: float = 5.0
+    resume_max: int = 100_000
+    ring_size: int = 10_000
+    drain_s: float = 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_subscriptions": self.max_subscriptions, "queue_messages": self.queue_messages,
+                "queue_bytes": self.queue_bytes, "ping_interval_s": self.ping_interval_s,
+                "idle_timeout_s": self.idle_timeout_s, "resume_max": self.resume_max}
+
+
+class FanOutMetrics:
+    def __init__(self, registry: Registry, fanout: FanOut) -> None:
+        r = registry
+        self.connections = r.add(Gauge("tickstock_ws_connections", "Open websocket connections on this node.",
+                                       read=lambda: float(len(fanout.connections))))
+        self.subscriptions = r.add(Gauge("tickstock_ws_subscriptions", "Websocket subscriptions on this node.",
+                                         read=lambda: float(len(fanout.index))))
+        self.messages = self.events = self.bytes = 0  # plain numbers: counted once per frame
+        r.add(CounterView("tickstock_ws_messages_sent_total", "Frames written to websockets.", lambda: self.messages))
+        r.add(CounterView("tickstock_ws_events_sent_total", "Event frames written to websockets.", lambda: self.events))
+        r.add(CounterView("tickstock_ws_bytes_sent_total", "Characters of frames written to websockets.",
+                          lambda: self.bytes))
+        self.high_water = r.add(Gauge("tickstock_ws_queue_high_water", "The most frames any outbox has held."))
+        self.closes = r.add(Counter("tickstock_ws_closes_total", "Connections closed by the hub, by close code."))
+        self.replayed = r.add(Counter("tickstock_ws_replayed_total", "Events replayed to resuming subscriptions."))
+        self.latency = r.add(Histogram("tickstock_ws_stored_to_sent_seconds",
+                                       "From the clean stream storing an event to its frame being written."))
+        self.peak = 0
+
+    def queued(self, depth: int) -> None:
+        if depth > self.peak:
+            self.peak = depth
+            self.high_water.set(depth)
+
+
+class Connection:
+    """One websocket: its subscriptions, its bounded outbox and the task that writes it out."""
+
+    def __init__(self, send: Send, limits: FanOutLimits, metrics: FanOutMetrics) -> None:
+        self._send = send
+        self._limits = limits
+        self._metrics = metrics
+        self._frames: deque[tuple[str, float]] = deque()
+        self._bytes = 0
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self.subs: dict[str, Subscription] = {}
+        self.subject: str | None = None
+        self.scopes: frozenset[str] = frozenset()
+        self.expires_at = 0.0
+        now = time.monotonic()
+        self.connected_at = self.last_received = self.last_sent = now
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.busy = False  # handling an op (a long replay is not idleness)
+        self._pump = asyncio.create_task(self._write(), name="ws-outbox")
+
+    @property
+    def authenticated(self) -> bool:
+        return self.subject is not None
+
+    @property
+    def queued(self) -> int:
+        return len(self._frames)
+
+    def send_json(self, message: dict[str, Any]) -> bool:
+        return self.offer(json.dumps(message, separators=(",", ":")))
+
+    def offer(self, frame: str, stored_at: float = 0.0) -> bool:
+        """Queue a frame without waiting. A full outbox closes the connection (4409) and returns False."""
+        if self.close_code is not None:
+            return False
+        frames = self._frames
+        if len(frames) >= self._limits.queue_messages or self._bytes + len(frame) > self._limits.queue_bytes:
+            self.close(CLOSE_SLOW, "slow consumer: the outbox is full; resume with since")
+            return False
+        frames.append((frame, stored_at))
+        self._bytes += len(frame)
+        self._metrics.queued(len(frames))
+        self._wake.set()
+        return True
+
+    async def offer_paced(self, frame: str, stored_at: float = 0.0) -> bool:
+        """Queue a frame of a replay, waiting while the outbox is more than half full."""
+        while len(self._frames) >= self._limits.queue_messages // 2 or self._bytes >= self._limits.queue_bytes // 2:
+            if self.close_code is not None:
+                return False
+            self._room.clear()
+            await self._room.wait()
+        return self.offer(frame, stored_at)
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close with ``code``: at once for errors (what is queued is dropped), after the outbox is
+        written for a normal close or going away."""
+        if self.close_code is not None:
+            return
+        self.close_code, self.close_reason = code, reason[:120]
+        self._metrics.closes.inc(code=str(code))
+        if code not in (CLOSE_NORMAL, CLOSE_GOING_AWAY):
+            self._frames.clear()
+            self._bytes = 0
+            self._pump.cancel()  # it may be stuck writing to a client that stopped reading
+            self._pump = asyncio.create_task(self._send_close(), name="ws-close")
+        self._wake.set()
+        self._room.set()
+
+    async def closed(self) -> None:
+        """Wait until the close frame is written (or the socket is gone)."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._pump)
+
+    async def drained(self) -> None:
+        while self._frames and self.close_code is None:
+            self._room.clear()
+            await self._room.wait()
+
+    def abandon(self) -> None:
+        """The socket is gone: stop writing."""
+        if self.close_code is None:
+            self.close_code = CLOSE_NORMAL
+        self._frames.clear()
+        self._pump.cancel()
+        self._room.set()
+
+    async def _write(self) -> None:
+        frames, metrics, send = self._frames, self._metrics, self._send
+        low = self._limits.queue_messages // 4
+        try:
+            while True:
+                while frames:
+                    frame, stored_at = frames.popleft()
+                    self._bytes -= len(frame)
+                    await send({"type": "websocket.send", "text": frame})
+                    metrics.messages += 1
+                    metrics.bytes += len(frame)
+                    if stored_at:
+                        metrics.events += 1
+                        metrics.latency.observe(time.time() - stored_at)
+                    if len(frames) <= low:
+                        self._room.set()
+                self.last_sent = time.monotonic()
+                self._room.set()
+                if self.close_code is not None:
+                    break
+                self._wake.clear()
+                await self._wake.wait()
+            await send({"type": "websocket.close", "code": self.close_code, "reason": self.close_reason})
+        except (OSError, RuntimeError) as exc:  # the client went away (uvicorn: ClientDisconnected)
+            log.debug("websocket write ended: %r", exc)
+
+    async def _send_close(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._send({"type": "websocket.close", "code": self.close_code, "reason": self.close_reason})
+
+
+def _position(reply: str) -> tuple[int, float]:
+    """Stream sequence and stored time (epoch s) from a JetStream delivery's reply subject."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[5]), int(tokens[7]) / 1e9
+    # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>]
+    return int(tokens[7]), int(tokens[9]) / 1e9
+
+
+class FanOut:
+    """The fan-out of one node. ``async with FanOut(...)`` starts reading the clean stream; leaving it
+    closes every socket with 1001 after a short drain (:meth:`go_away`)."""
+
+    def __init__(self, *, nc: NATS, js: JetStreamContext, pool: AsyncConnectionPool, catalog: CatalogCache,
+                 registry: Registry, limits: FanOutLimits | None = None, node: str | None = None,
+                 directory: Callable[[], Awaitable[Directory | None]] | None = None) -> None:
+        self._nc, self._js, self._pool, self._catalog = nc, js, pool, catalog
+        self._directory = directory  # the in-process universe members, when the hub keeps them
+        self.limits = limits or FanOutLimits()
+        self.node = node or f"hub-{os.getpid()}-{os.urandom(2).hex()}"
+        self.metrics = FanOutMetrics(registry, self)
+        self.index = SubscriptionIndex()
+        self.connections: dict[Connection, None] = {}
+        self.head = 0
+        self.accepting = False
+        self._ring: deque[Entry] = deque(maxlen=self.limits.ring_size)
+        self._orders = itertools.count(1)
+        self._live: NatsSubscription | None = None
+        self._notices: NatsSubscription | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._housekeeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FanOut:
+        info = await self._js.stream_info(PATTERNS_STREAM)
+        self.head = info.state.last_seq
+        self._live = await self._js.subscribe(
+            f"{CLEAN_PREFIX}.>", stream=PATTERNS_STREAM, cb=self._on_message, ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.head + 1),
+            pending_msgs_limit=-1, pending_bytes_limit=-1,
+        )
+        self._notices = await self._nc.subscribe(UNIVERSE_CHANGED_SUBJECT, cb=self._on_universe_changed)
+        self._housekeeper = asyncio.create_task(self._housekeep(), name="ws-housekeeper")
+        self.accepting = True
+        log.info("fan-out %s reading %s from seq %d", self.node, PATTERNS_STREAM, self.head + 1)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.go_away()
+        for sub in (self._live, self._notices):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        tasks = [t for t in (self._housekeeper, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def go_away(self) -> None:
+        """Stop accepting, let outboxes drain for ``drain_s``, then close every socket with 1001."""
+        self.accepting = False
+        conns = list(self.connections)
+        if not conns:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.limits.drain_s):
+                await asyncio.gather(*(c.drained() for c in conns))
+        for conn in conns:
+            conn.close(CLOSE_GOING_AWAY, "the hub node is shutting down; resume on another")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await asyncio.gather(*(c.closed() for c in conns))
+        log.info("fan-out closed %d websockets (going away)", len(conns))
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def connect(self, send: Send) -> Connection:
+        conn = Connection(send, self.limits, self.metrics)
+        self.connections[conn] = None
+        return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        for sub in conn.subs.values():
+            self.index.remove(sub)
+        conn.subs.clear()
+        conn.abandon()
+        self.connections.pop(conn, None)
+
+    @property
+    def full(self) -> bool:
+        return len(self.connections) >= self.limits.max_connections
+
+    # -- the live path -----------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            seq, stored_at = _position(msg.reply)
+        except (ValueError, IndexError):
+            log.error("clean-stream message without a JetStream reply subject: %r", msg.reply)
+            return
+        if seq <= self.head:
+            return  # the ordered consumer was reset and delivered it again
+        try:
+            entry = Entry.from_json(seq, msg.data, stored_at)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("clean-stream message %d is not a stored event (%s); skipped", seq, exc)
+            self.head = seq
+            return
+        self.dispatch(entry)
+        # A batch of stored events arrives in a burst: let the outboxes' writers run between events,
+        # so a healthy client's outbox holds a few frames, not the whole burst.
+        await asyncio.sleep(0)
+
+    def dispatch(self, entry: Entry) -> None:
+        """Send ``entry`` to every matching subscription (never waits)."""
+        self._ring.append(entry)
+        self.head = entry.seq
+        seq = entry.seq
+        for conn, subs in self.index.match(entry).items():
+            live = []
+            for sub in subs:
+                if seq <= sub.after:
+                    continue
+                if sub.pending is None:
+                    live.append(sub)
+                elif len(sub.pending) < self.limits.resume_max:
+                    sub.pending.append(entry)
+                else:
+                    conn.close(CLOSE_SLOW, "slow consumer: too far behind while resuming")
+            if live:
+                conn.offer(_event_frame(entry, live), entry.stored_at)
+
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    async def subscribe(self, conn: Connection, sub_id: str, filter_: Filter, since: int | None) -> dict[str, Any]:
+        """Add (or replace) a subscription; with ``since``, replay its past first. Returns the reply.
+
+        Raises :class:`FilterError` for a filter the hub cannot serve.
+        """
+        if sub_id not in conn.subs and len(conn.subs) >= self.limits.max_subscriptions:
+            raise OverflowError(f"this connection already has {len(conn.subs)} subscriptions "
+                                f"(the limit is {self.limits.max_subscriptions})")
+        filter_ = self._canonical(filter_)
+        symbols = await self._symbols(filter_, conn.subject or "")
+        self.unsubscribe(conn, sub_id)
+        sub = Subscription(sub_id, conn, filter_, symbols, order=next(self._orders))
+        sub.after = self.head
+        conn.subs[sub_id] = sub
+        if since is None:
+            self.index.add(sub)
+            return {"op": "subscribed", "id": sub_id, "head": self.head, "replayed": 0, "recovered": True}
+        sub.pending = deque()
+        self.index.add(sub)
+        replayed, recovered = await self._replay(conn, sub, since)
+        if conn.subs.get(sub_id) is sub:
+            # the seam: what arrived live while the past was sent, then live again
+            while sub.pending and conn.close_code is None:
+                entry = sub.pending.popleft()
+                if await conn.offer_paced(_event_frame(entry, [sub]), entry.stored_at):
+                    replayed += 1
+            sub.pending = None
+        self.metrics.replayed.inc(replayed)
+        return {"op": "subscribed", "id": sub_id, "head": self.head, "replayed": replayed, "recovered": recovered}
+
+    def unsubscribe(self, conn: Connection, sub_id: str) -> bool:
+        sub = conn.subs.pop(sub_id, None)
+        if sub is None:
+            return False
+        self.index.remove(sub)
+        sub.pending = None
+        return True
+
+    def _canonical(self, f: Filter) -> Filter:
+        try:
+            symbols = sorted({canonical_symbol(s) for s in f.symbols})
+        except (EventError, ValueError) as exc:
+            raise FilterError(str(exc)) from None
+        catalog = self._catalog.current
+        try:
+            patterns = sorted({catalog.canonical(p) for p in f.patterns})
+        except EventError as exc:
+            raise FilterError(exc.detail if hasattr(exc, "detail") else str(exc)) from None
+        return f.model_copy(update={"symbols": symbols, "patterns": patterns,
+                                    "universes": list(dict.fromkeys(f.universes))})
+
+    async def _symbols(self, f: Filter, subject: str) -> frozenset[str] | None:
+        """The symbols a filter covers, or ``None`` for any symbol."""
+        if not f.symbols and not f.universes:
+            return None
+        keys = [k for k in f.universes if k != MY_UNIVERSE]
+        symbols = set(f.symbols)
+        if f.follows_my_universe:
+            async with self._pool.connection() as db:
+                mine = await get_user_universe(db, subject)
+            symbols.update(mine.symbols)
+            keys.extend(k for k in mine.universe_keys if k not in keys)
+        symbols.update(await self._universe_members(keys, strict=set(f.universes) - {MY_UNIVERSE}))
+        return frozenset(symbols)
+
+    async def _universe_members(self, keys: list[str], *, strict: set[str]) -> set[str]:
+        """The union of the members of ``keys``; raises :class:`FilterError` for an unknown key in ``strict``."""
+        if not keys:
+            return set()
+        directory = await self._directory() if self._directory is not None else None
+        if directory is not None:
+            found: dict[str, Collection[str]] = {k: directory.universes[k] for k in keys if k in directory.universes}
+        else:
+            async with self._pool.connection() as db:
+                found = dict(await universe_members(db, keys))
+        unknown = strict - found.keys()
+        if unknown:
+            raise FilterError(f"unknown universe(s): {', '.join(sorted(unknown))} (see GET /api/universes)")
+        return set().union(*found.values())
+
+    async def _on_universe_changed(self, msg: Msg) -> None:
+        try:
+            subject = json.loads(msg.data)["subject"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed universe-changed notice: %r", msg.data[:200])
+            return
+        subs = [s for c in self.connections if c.subject == subject for s in c.subs.values()
+                if s.filter.follows_my_universe]
+        if subs:
+            task = asyncio.create_task(self._refollow(subject, subs))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _refollow(self, subject: str, subs: list[Subscription]) -> None:
+        for sub in subs:
+            try:
+                symbols = await self._symbols(sub.filter, subject)
+            except Exception:  # a vanished universe key or a database blip: keep the old symbols
+                log.exception("could not refresh the universe of %s", subject)
+                continue
+            self.index.reindex(sub, symbols)
+        log.info("followed the universe change of %s (%d subscriptions)", subject, len(subs))
+
+    # -- replay ----------------------------------------------------------------------------------
+
+    async def _replay(self, conn: Connection, sub: Subscription, since: int) -> tuple[int, bool]:
+        target = sub.after
+        if since >= target:
+            if since > target and since > (await self._js.stream_info(PATTERNS_STREAM)).state.last_seq:
+                return 0, False  # ahead of the stream: it was recreated; live from now on
+            sub.after = since
+            return 0, True
+        start, recovered = since + 1, True
+        if target - since > self.limits.resume_max:
+            start, recovered = target - self.limits.resume_max + 1, False
+        replayed = 0
+        history = self._from_ring(start, target)
+        if history is None:
+            state = {"recovered": recovered}
+            source: AsyncIterator[Entry] = self._from_stream(start, target, state)
+        else:
+            source = _aiter(history)
+        async for entry in source:
+            if conn.close_code is not None or conn.subs.get(sub.id) is not sub:
+                break
+            if sub.matches(entry) and await conn.offer_paced(_event_frame(entry, [sub]), entry.stored_at):
+                replayed += 1
+        if history is None:
+            recovered = state["recovered"]
+        return replayed, recovered
+
+    def _from_ring(self, start: int, target: int) -> list[Entry] | None:
+        ring = self._ring
+        if not ring or ring[0].seq > start:
+            return None
+        at = bisect.bisect_left(ring, start, key=_seq)
+        return [e for e in itertools.islice(ring, at, None) if e.seq <= target]
+
+    async def _from_stream(self, start: int, target: int, state: dict[str, bool]) -> AsyncIterator[Entry]:
+        first = (await self._js.stream_info(PATTERNS_STREAM)).state.first_seq
+        if first > start:
+            state["recovered"] = False
+            start = first
+        if start > target:
+            return
+        psub = await self._js.subscribe(
+            f"{CLEAN_PREFIX}.>", stream=PATTERNS_STREAM, ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
+        )
+        try:
+            while True:
+                try:
+                    msg = await psub.next_msg(timeout=REPLAY_IDLE_S)
+                except NatsTimeoutError:
+                    state["recovered"] = False
+                    return
+                seq, stored_at = _position(msg.reply)
+                if seq > target:
+                    return
+                try:
+                    yield Entry.from_json(seq, msg.data, stored_at)
+                except (ValueError, KeyError, TypeError):
+                    log.error("clean-stream message %d is not a stored event; not replayed", seq)
+                if seq == target:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    # -- heartbeats, timeouts --------------------------------------------------------------------
+
+    async def _housekeep(self) -> None:
+        limits = self.limits
+        period = min(1.0, limits.ping_interval_s / 4, limits.auth_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now, wall = time.monotonic(), time.time()
+            for conn in list(self.connections):
+                if conn.close_code is not None:
+                    continue
+                if conn.subject is None:
+                    if now - conn.connected_at > limits.auth_timeout_s:
+                        conn.close(CLOSE_UNAUTHORIZED, "no token within the authentication timeout")
+                elif wall > conn.expires_at:
+                    conn.close(CLOSE_UNAUTHORIZED, "the token expired; reconnect with a new one")
+                elif now - conn.last_received > limits.idle_timeout_s and not conn.busy:
+                    conn.close(CLOSE_IDLE, "idle timeout")
+                elif now - conn.last_sent >= limits.ping_interval_s and not conn.queued:
+                    conn.send_json({"op": "ping", "ts": int(wall * 1000)})
+                    conn.last_sent = now
+
+
+def _seq(entry: Entry) -> int:
+    return entry.seq
+
+
+def _event_frame(entry: Entry, subs: list[Subscription]) -> str:
+    ids = subs[0].ids_json if len(subs) == 1 else json.dumps([s.id for s in subs])
+    return f'{{"op":"event","seq":{entry.seq},"subs":{ids},"event":{entry.text}}}'
+
+
+async def _aiter(entries: list[Entry]) -> AsyncIterator[Entry]:
+    for entry in entries:
+        yield entry
