@@ -10,16 +10,30 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from api.auth import Authenticator
+from api.cache import HubCache
 from api.errors import EXCEPTION_HANDLERS
 from api.ratelimit import RateLimiter
 from api.requestid import RequestIdMiddleware
-from api.routes import admin, docs, health, ingest, metrics, patterns, symbols, universes, users
+from api.routes import (
+    admin,
+    dashboard,
+    docs,
+    health,
+    ingest,
+    metrics,
+    patterns,
+    symbols,
+    universes,
+    users,
+    ws,
+)
 from api.routes.ingest import IngestGate
 from api.settings import Settings
 from api.state import HubState
 from hub.broker import open_nats
 from hub.catalog import CatalogCache
 from hub.deadletters import AdvisoryWatcher, DeadLetterer
+from hub.fanout import FanOut, FanOutLimits
 from hub.jetstream import Topology, ensure_topology
 from hub.maintenance import Maintenance
 from hub.metrics import Metrics
@@ -67,17 +81,35 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
         await ensure_topology(js, Topology(max_deliver=settings.ingest_max_deliver, ack_wait_s=settings.ingest_ack_wait_s))
         metrics = Metrics()
         dead_letters = DeadLetterer(pool=pool, js=js, metrics=metrics)
+        cache = await stack.enter_async_context(HubCache(settings=settings, redis=redis, pool=pool, nats=nc,
+                                                         metrics=metrics))
         # Exits run in reverse: the writer stops (finishing its batch) before NATS drains and the
         # pool closes.
         await stack.enter_async_context(AdvisoryWatcher(js=js, dead_letters=dead_letters))
         writer = await stack.enter_async_context(Writer(
             pool=pool, nc=nc, catalog=catalog, dead_letters=dead_letters, metrics=metrics,
-            batch=settings.writer_batch,
+            batch=settings.writer_batch, on_stored=cache.events_stored,
         ))
         log.info("writer started (batch %d)", settings.writer_batch)
+        # Entered last, so it leaves first: sockets close with "going away" while NATS still runs.
+        fanout = await stack.enter_async_context(FanOut(
+            nc=nc, js=js, pool=pool, catalog=catalog, registry=metrics.registry, limits=fanout_limits(settings),
+            directory=cache.directory,
+        ))
         yield HubState(settings=settings, pool=pool, nats=nc, js=js, redis=redis, maintenance=maintenance,
-                       metrics=metrics, catalog=catalog, dead_letters=dead_letters, writer=writer)
+                       metrics=metrics, catalog=catalog, dead_letters=dead_letters, writer=writer,
+                       fanout=fanout, cache=cache)
         log.info("hub shutting down")
+
+
+def fanout_limits(settings: Settings) -> FanOutLimits:
+    return FanOutLimits(
+        max_connections=settings.ws_max_connections, max_subscriptions=settings.ws_max_subscriptions,
+        queue_messages=settings.ws_queue_messages, queue_bytes=settings.ws_queue_bytes,
+        ping_interval_s=settings.ws_ping_interval_s, idle_timeout_s=settings.ws_idle_timeout_s,
+        auth_timeout_s=settings.ws_auth_timeout_s, resume_max=settings.ws_resume_max,
+        ring_size=settings.ws_ring_size, drain_s=settings.ws_drain_s,
+    )
 
 
 def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
@@ -101,7 +133,7 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
     app = Starlette(
         middleware=[Middleware(RequestIdMiddleware)],
         routes=[*health.routes, *metrics.routes, *ingest.routes, *patterns.routes, *symbols.routes,
-                *universes.routes, *users.routes, *admin.routes, *docs.routes],
+                *universes.routes, *users.routes, *admin.routes, *docs.routes, *ws.routes, *dashboard.routes],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

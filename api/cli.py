@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from api.app import ConfigurationError, create_app, open_hub
 from api.auth import SCOPES, mint_token
 from api.requestid import RequestIdLogFilter
+from api.server import HubServer
 from api.settings import Settings, SettingsError
 from api.state import HubState
 from hub.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, EmbeddedServer
@@ -114,7 +115,7 @@ async def prepare_database(settings: Settings, *, reference: bool = True) -> Non
 
 # -- serving -----------------------------------------------------------------------------------------
 
-class _Server(uvicorn.Server):
+class _Server(HubServer):
     """uvicorn, minus re-raising the captured signal after shutdown: the CLI still has resources to
     close in order (hub, then embedded servers) when ``serve()`` returns."""
 
@@ -185,6 +186,7 @@ def _print_dev_token(settings: Settings) -> None:
     token = mint_token(settings.jwt_secret, subject="demo-user", scopes=SCOPES, ttl_s=DEV_TOKEN_TTL_S,
                        issuer=settings.jwt_issuer, audience=settings.jwt_audience)
     _say(f"development token (sub demo-user, all scopes, {DEV_TOKEN_TTL_S // 3600} h):\n\n    {token}\n")
+    _say(f"dashboard:  http://{settings.host}:{settings.port}/#token={token}")
     _say(f"try:  curl -H 'Authorization: Bearer <token>' http://{settings.host}:{settings.port}/health/ready")
 
 

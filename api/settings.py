@@ -35,6 +35,12 @@ DEFAULT_HTTP_INGEST_INFLIGHT = 5_000
 DEFAULT_RATE_LIMIT_PER_S = 500.0
 DEFAULT_RATE_LIMIT_BURST = 1_000
 DEFAULT_RATE_LIMIT_TIMEOUT_MS = 50
+DEFAULT_CACHE_STALENESS_MS = 1_000
+DEFAULT_CACHE_TTL_S = 60.0
+DEFAULT_CACHE_CLOSED_TTL_S = 3_600.0
+DEFAULT_CACHE_TIMEOUT_MS = 150
+DEFAULT_CACHE_BREAKER_FAILURES = 5
+DEFAULT_CACHE_BREAKER_RESET_MS = 1_000
 
 
 class SettingsError(ValueError):
@@ -70,6 +76,23 @@ class Settings:
     rate_limit_admin_per_s: float | None = None  # None: the same as everyone
     rate_limit_admin_burst: int | None = None
     rate_limit_timeout_ms: int = DEFAULT_RATE_LIMIT_TIMEOUT_MS
+    cache_enabled: bool = True  # false: every read goes to PostgreSQL
+    cache_staleness_ms: int = DEFAULT_CACHE_STALENESS_MS  # a scan this long after a commit includes it
+    cache_ttl_s: float = DEFAULT_CACHE_TTL_S  # entries over open time ranges
+    cache_closed_ttl_s: float = DEFAULT_CACHE_CLOSED_TTL_S  # entries over a closed range in the past
+    cache_timeout_ms: int = DEFAULT_CACHE_TIMEOUT_MS  # per Redis call; slower counts as a failure
+    cache_breaker_failures: int = DEFAULT_CACHE_BREAKER_FAILURES  # consecutive failures that open it
+    cache_breaker_reset_ms: int = DEFAULT_CACHE_BREAKER_RESET_MS  # open this long before one probe
+    ws_max_connections: int = 20_000  # per node; more are closed with 4429
+    ws_max_subscriptions: int = 100  # per connection
+    ws_queue_messages: int = 1_000  # outbox bound per connection; full closes it with 4409
+    ws_queue_bytes: int = 1 << 20
+    ws_ping_interval_s: float = 20.0
+    ws_idle_timeout_s: float = 60.0
+    ws_auth_timeout_s: float = 5.0
+    ws_resume_max: int = 100_000  # stream messages a resume may replay
+    ws_ring_size: int = 10_000  # recent events held in memory for resumes (older ones come from JetStream)
+    ws_drain_s: float = 1.0  # on shutdown, time given to outboxes before closing with 1001
     jwt_secret: str | None = None
     jwks_url: str | None = None
     jwt_issuer: str = "tickstock-hub"
@@ -96,6 +119,19 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.cache_staleness_ms < 0:
+            raise SettingsError(f"{PREFIX}CACHE_STALENESS_MS must be >= 0")
+        for name in ("cache_ttl_s", "cache_closed_ttl_s", "cache_timeout_ms", "cache_breaker_failures",
+                     "cache_breaker_reset_ms"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
+        for name in ("ws_max_connections", "ws_max_subscriptions", "ws_queue_messages", "ws_queue_bytes",
+                     "ws_resume_max", "ws_ring_size"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        for name in ("ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_drain_s"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise SettingsError(f"{PREFIX}{name.upper()} must be a positive number of seconds")
         if self.statement_timeout_ms < 0:
             raise SettingsError(f"{PREFIX}STATEMENT_TIMEOUT_MS must be >= 0")
         if not 0 < self.port < 65536:
@@ -135,6 +171,12 @@ def _parse(name: str, type_name: str, raw: str) -> object:
             return float(raw)
         if type_name == "Path":
             return Path(raw)
+        if type_name == "bool":
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
     except ValueError:
         raise SettingsError(f"{PREFIX}{name.upper()}={raw!r} is not a valid {type_name}") from None
     return raw

@@ -12,9 +12,11 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from psycopg_pool import AsyncConnectionPool
 
+    from api.cache import HubCache
     from api.settings import Settings
     from hub.catalog import CatalogCache
     from hub.deadletters import DeadLetterer
+    from hub.fanout import FanOut
     from hub.maintenance import Maintenance
     from hub.metrics import Metrics
     from hub.writer import Writer
@@ -34,4 +36,6 @@ class HubState:
     catalog: CatalogCache
     dead_letters: DeadLetterer
     writer: Writer
+    fanout: FanOut | None = None
     started_at: float = field(default_factory=time.time)
+    cache: HubCache | None = None  # None: every read goes to PostgreSQL

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -53,6 +53,9 @@ DEFAULT_RETRY_MAX_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 10.0
 REDELIVERY_MARGIN_S = 0.1
 PROBE_TIMEOUT_S = 2.0
+# Called after each batch commits with the events in it (e.g. the cache bumping generations); it must
+# return quickly and not raise (a failure is logged and ingest goes on).
+OnStored = Callable[[Sequence[PatternEvent]], Awaitable[None]]
 # At least the ingest stream's largest message (or that message could never be fetched), and well
 # under what the server buffers for one client (max_pending, 64 MB by default).
 DEFAULT_FETCH_MAX_BYTES = 9 * 1024 * 1024
@@ -103,12 +106,13 @@ class Writer:
         dead_letters: DeadLetterer, metrics: Metrics, batch: int = DEFAULT_BATCH,
         fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S, retry_base_s: float = DEFAULT_RETRY_BASE_S,
         retry_max_s: float = DEFAULT_RETRY_MAX_S, stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
-        fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
+        fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES, on_stored: OnStored | None = None,
     ) -> None:
         self._pool = pool
         self._nc = nc
         self._js = nc.jetstream()
         self._fetch_max_bytes = fetch_max_bytes
+        self._on_stored = on_stored
         self._catalog = catalog
         self._dead_letters = dead_letters
         self._metrics = metrics
@@ -164,6 +168,7 @@ class Writer:
             async with conn.transaction():
                 await self._ensure_partitions(conn, events)
                 stored = await store_events(conn, events)
+        await self._stored(events)
         pending = [(stored[e.id], e) for e in events if stored[e.id].stream_seq is None]
         futures = [
             await self._js.publish_async(clean_subject(e.timeframe, e.symbol), e.to_json_bytes(),
@@ -174,8 +179,17 @@ class Writer:
         if pending:
             async with self._pool.connection() as conn:
                 await set_stream_seqs(conn, [(s, ack.seq) for (s, _), ack in zip(pending, acks, strict=True)])
+            await self._stored([e for _, e in pending])  # their seq changed
         self._metrics.published.inc(sum(1 for a in acks if not a.duplicate))
         return stored
+
+    async def _stored(self, events: Sequence[PatternEvent]) -> None:
+        if self._on_stored is None:
+            return
+        try:
+            await self._on_stored(events)
+        except Exception:  # noqa: BLE001 - a hook never stops ingest
+            log.exception("writer: on_stored hook failed")
 
     async def _isolate(self, events: dict[str, tuple[PatternEvent, list[Msg]]]) -> dict[str, StoredEvent]:
         """A non-transient database error on the batch: store one by one and dead-letter the events

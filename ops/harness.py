@@ -127,7 +127,7 @@ async def connected(url: str) -> AsyncIterator[Any]:
 
 
 async def publish(nc: Any, events: list[dict[str, Any]], *, rate: float | None = None, window: int = 2000,
-                  stamp: bool = True) -> float:
+                  stamp: bool = True, blob: str | None = None) -> float:
     """Publish to ingest with ``Nats-Msg-Id`` = id, at most ``window`` unacknowledged at a time, at
     ``rate`` events/s if given. Stamps ``data.sent_at`` (epoch seconds) for latency. A publish that
     fails is sent again, as a producer must (``Nats-Msg-Id`` makes that safe). Returns elapsed seconds."""
@@ -160,6 +160,8 @@ async def publish(nc: Any, events: list[dict[str, Any]], *, rate: float | None =
                 await asyncio.sleep(delay)
         if stamp:
             event["data"] = {"sent_at": time.time()}
+        if blob:
+            event.setdefault("data", {})["blob"] = blob
         await send(ingest_subject(event["timeframe"], event["symbol"]), json.dumps(event).encode(), event["id"])
         if len(pending) >= window:
             await settle()

@@ -14,6 +14,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from api.app import create_app, open_hub
+from api.server import HubServer
 from api.settings import Settings
 from api.state import HubState
 
@@ -35,7 +36,7 @@ def admin_url_for(url: str) -> str:
     return database_url_for(url, "postgres")
 
 
-class _QuietServer(uvicorn.Server):
+class _QuietServer(HubServer):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield

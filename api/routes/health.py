@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -72,6 +72,34 @@ class Checks(BaseModel):
     redis: Check
 
 
+class RouteCache(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hit: int
+    miss: int
+    coalesced: int = Field(description="misses served by another request's computation of the same key")
+    bypass: int = Field(description="computed without the cache (Redis unavailable, breaker open, or disabled)")
+    hit_ratio: float | None = Field(description="hit / all since start; null before the first request")
+    hit_ratio_1m: float | None = Field(description="the same over the last minute; null without requests")
+    requests_1m: int
+
+
+class CacheSummary(BaseModel):
+    """The response cache: ``degraded`` while the breaker is open or a lost bump awaits a new epoch
+    (requests are then served from PostgreSQL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["up", "degraded", "disabled"]
+    breaker: Literal["closed", "open", "half_open"]
+    breaker_trips: int
+    lost_bumps: int
+    refreshes: int = Field(description="popular entries recomputed ahead, in the background, within the bound")
+    reference_listener: Literal["up", "down"]
+    staleness_ms: int
+    routes: dict[str, RouteCache]
+
+
 class Readiness(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -79,6 +107,7 @@ class Readiness(BaseModel):
     checks: Checks
     pipeline: Pipeline
     uptime_s: float
+    cache: CacheSummary | None = None
 
 
 @operation(summary="Liveness", tags=["health"], responses={200: Liveness})
@@ -88,7 +117,8 @@ async def health(request: Request) -> JSONResponse:
 
 @operation(summary="Readiness: dependencies and pipeline summary", tags=["health"],
            description="PostgreSQL, NATS/JetStream and Redis, each with status and latency. 503 (same body) "
-                       "when PostgreSQL or NATS is down; Redis down is `degraded` with 200.",
+                       "when PostgreSQL or NATS is down; Redis down (or the cache's breaker open) is "
+                       "`degraded` with 200. `cache` has the hit ratio per route.",
            responses={200: Readiness, 503: Readiness})
 async def ready(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
@@ -109,13 +139,15 @@ async def ready(request: Request) -> JSONResponse:
                       await asyncio.gather(_timed(postgres), _timed(nats), _timed(redis)), strict=True))
     if checks["postgres"]["status"] != "up" or checks["nats"]["status"] != "up":
         status, code = "down", 503
-    elif checks["redis"]["status"] != "up":
+    elif checks["redis"]["status"] != "up" or (hub.cache is not None and hub.cache.status == "degraded"):
         status, code = "degraded", 200
     else:
         status, code = "ok", 200
     await refresh_gauges(hub)
     body = {"status": status, "checks": checks, "pipeline": pipeline_summary(hub),
             "uptime_s": round(time.time() - hub.started_at, 1)}
+    if hub.cache is not None:
+        body["cache"] = hub.cache.summary()
     return JSONResponse(body, status_code=code, headers={"Cache-Control": "no-store"})
 
 

@@ -20,19 +20,22 @@ import re
 import struct
 import time
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth import requires
+from api.cache import REFERENCE_GENERATION, digest, dumps, ttl_until
 from api.errors import ApiError
 from api.openapi import link, operation
 from api.state import HubState
-from hub.events import EventError, EventType, Timeframe, canonical_symbol
+from hub.events import TIMEFRAMES, EventError, EventType, Timeframe, canonical_symbol
+from store.cache import Computed, Dependencies, Served
+from store.lookups import MyUniverse, resolve
 from store.scans import (
     MAX_LIMIT,
     MY_UNIVERSE,
@@ -41,20 +44,26 @@ from store.scans import (
     ScanError,
     ScanFilter,
     Sort,
+    build_scan,
     decode_cursor,
     encode_cursor,
     get_event,
     list_definitions,
     pattern_stats,
-    scan_events,
+    resolve_symbols,
 )
+from store.scans import ScanPage as RowPage
 
-__all__ = ["routes"]
+__all__ = ["routes", "scan_dependencies"]
 
 DEFAULT_LIMIT = 50
 DEFAULT_STATS_DAYS = 30
 MAX_STATS_DAYS = 365
 MAX_VALUES = 100  # per repeatable filter
+# A range that ended this long ago counts as closed: its cache entries depend on per-month generations
+# and live for cache_closed_ttl_s (an event detected in it, stored late, still bumps its month).
+CLOSED_AFTER = timedelta(minutes=1)
+MAX_CLOSED_MONTHS = 36
 MAX_PAGE_NUMBER = (2**63 - 1) // MAX_LIMIT + 1  # beyond it the OFFSET overflows bigint (it was a 500)
 _SMALLEST_REAL = struct.unpack("f", struct.pack("I", 1))[0]  # 1.4e-45, the smallest positive float4
 _RFC3339 = re.compile(
@@ -324,7 +333,7 @@ def event_json(row: dict[str, Any]) -> dict[str, Any]:
            description=__doc__.split("\n\n", 1)[1], responses={200: ScanPage}, errors=(400,),
            links={200: {"GetEvent": link("get_patterns_by_id", id="$response.body#/items/0/id")}})
 @requires("patterns:read")
-async def scan(request: Request) -> JSONResponse:
+async def scan(request: Request) -> Response:
     hub: HubState = request.app.state.hub
     params, used = _parse(request, ScanParams, legacy=True)
     filt = _filter(hub, params, used)
@@ -337,20 +346,91 @@ async def scan(request: Request) -> JSONResponse:
             after = decode_cursor(params.cursor, sort=sort, fingerprint=fingerprint, key=key)
         except CursorError as exc:
             raise ApiError(str(exc), errors=[_field_error("cursor", str(exc))]) from None
+    subject = request.state.principal.subject
     started = time.perf_counter()
+    cache = hub.cache
+    my = None
+    if cache is not None and any(MY_UNIVERSE in u.split(UNIVERSE_SEPARATOR) for u in filt.universes):
+        my = await cache.user_universe(subject)
+    offset = (params.page - 1) * params.limit
+
+    async def compute() -> Computed:
+        page, ttl_s = await _run_scan(hub, filt, sort=sort, limit=params.limit, after=after, offset=offset,
+                                      subject=subject, my=my)
+        next_cursor = None
+        if page.last_values is not None:
+            next_cursor = encode_cursor(page.last_values, sort=sort, fingerprint=fingerprint, key=key)
+        return Computed(dumps({"items": [event_json(r) for r in page.items], "next_cursor": next_cursor}), ttl_s)
+
     try:
-        async with hub.pool.connection() as conn:
-            page = await scan_events(conn, filt, sort=sort, limit=params.limit, after=after,
-                                     offset=(params.page - 1) * params.limit,
-                                     subject=request.state.principal.subject)
+        if cache is None:
+            served = Served((await compute()).body, "bypass", None)
+        else:
+            # Normalised: the fingerprint ignores the order and repetition of filter values; "my" is
+            # replaced by what the caller saved, so callers with the same universe share entries.
+            request_key = digest({"f": fingerprint, "s": sort.spec, "l": params.limit, "o": offset,
+                                  "a": list(after) if after is not None else None,
+                                  "my": [list(my.symbols), list(my.universe_keys)] if my is not None else None})
+            served = await cache.fetch("scan", request_key, scan_dependencies(filt), compute)
     except ScanError as exc:
         raise ApiError(exc.msg, errors=[{"loc": exc.loc, "msg": exc.msg}]) from None
     query_ms = round((time.perf_counter() - started) * 1000, 3)
-    next_cursor = None
-    if page.last_values is not None:
-        next_cursor = encode_cursor(page.last_values, sort=sort, fingerprint=fingerprint, key=key)
-    return JSONResponse({"items": [event_json(r) for r in page.items], "next_cursor": next_cursor,
-                         "query_ms": query_ms, "cache": {"hit": False, "age_ms": None}})
+    age_ms = round(served.age_s * 1000, 1) if served.hit and served.age_s is not None else None
+    tail = dumps({"query_ms": query_ms, "cache": {"hit": served.hit, "age_ms": age_ms}})
+    return Response(served.body[:-1] + b"," + tail[1:], media_type="application/json",
+                    headers={"X-Cache": served.outcome})
+
+
+def _closed_months(filt: ScanFilter) -> list[str] | None:
+    """The months (``YYYYMM``) of a time range that is closed and over, or ``None``."""
+    start, end = filt.detected_after, filt.detected_before
+    if start is None or end is None or end > datetime.now(UTC) - CLOSED_AFTER:
+        return None
+    months: list[str] = []
+    last = (end - timedelta(microseconds=1)).astimezone(UTC)
+    start_utc = start.astimezone(UTC)
+    year, month = start_utc.year, start_utc.month
+    while (year, month) <= (last.year, last.month):
+        months.append(f"{year:04d}{month:02d}")
+        if len(months) > MAX_CLOSED_MONTHS:
+            return None
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return months
+
+
+def scan_dependencies(filt: ScanFilter) -> Dependencies:
+    """The generations a scan's answer depends on: its timeframes (every one without that filter),
+    per month for a closed past range (so new events do not touch it); reference data when a
+    universe or sector filter is resolved through it."""
+    timeframes = sorted(set(filt.timeframes)) or list(TIMEFRAMES)
+    months = _closed_months(filt)
+    events = [f"{tf}:{m}" for tf in timeframes for m in months] if months is not None else timeframes
+    return Dependencies(events=tuple(events), strict=(REFERENCE_GENERATION,) if filt.universes or filt.sectors else ())
+
+
+async def _run_scan(hub: HubState, filt: ScanFilter, *, sort: Sort, limit: int, after: tuple[Any, ...] | None,
+                    offset: int, subject: str, my: MyUniverse | None) -> tuple[RowPage, float]:
+    """One page, with filters resolved from the in-process directory when it can be trusted, and how
+    long it may be cached: the closed-range or normal TTL, cut short by the first ``expires_at`` of an
+    ``active_only`` result (whose rows leave it as they expire)."""
+    settings = hub.settings
+    ttl_s = settings.cache_closed_ttl_s if _closed_months(filt) is not None else settings.cache_ttl_s
+    directory = await hub.cache.directory() if hub.cache is not None else None
+    async with hub.pool.connection() as conn:
+        if directory is None:
+            symbols = await resolve_symbols(conn, filt, subject=subject)
+        else:
+            symbols = resolve(directory, filt, my)
+        if symbols is not None and not symbols:
+            return RowPage([], None), ttl_s
+        query, query_params = build_scan(filt, symbols=symbols, sort=sort, limit=limit + 1, after=after, offset=offset)
+        rows: list[dict[str, Any]] = await (await conn.execute(query, query_params)).fetchall()  # type: ignore[assignment]  # dict rows
+    if filt.active_only:
+        ttl_s = ttl_until((r["expires_at"] for r in rows), ttl_s)
+    if len(rows) <= limit:
+        return RowPage(rows, None), ttl_s
+    rows = rows[:limit]
+    return RowPage(rows, tuple(rows[-1][c] for c, _ in sort.columns())), ttl_s
 
 
 @operation(summary="One stored event", tags=["patterns"], query=NoParams, responses={200: PatternEvent},

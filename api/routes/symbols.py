@@ -19,20 +19,23 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth import requires
+from api.cache import REFERENCE_GENERATION, dumps, serve
 from api.errors import ApiError
 from api.openapi import link, operation
 from api.state import HubState
 from api.validation import MAX_ERRORS, SymbolName, read_body, read_model, read_query
-from hub.events import EventError, EventType, Timeframe, canonical_symbol
+from hub.events import TIMEFRAMES, EventError, EventType, Timeframe, canonical_symbol
+from store.cache import Computed, Dependencies
 from store.symbols import SYMBOL_TYPES, SymbolQuery, get_symbol, search_symbols, upsert_symbols
 from store.universes import is_universe_key, unknown_universes
 
-__all__ = ["MAX_UNION_PARTS", "NO_NUL", "SYMBOL_SCHEMA", "routes"]
+__all__ = ["MAX_UNION_PARTS", "NO_NUL", "SYMBOL_SCHEMA", "cached_json", "routes"]
 
+REFERENCE_TTL_S = 300.0  # responses built on reference data only; a change invalidates them at once
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 MAX_UPSERT = 5_000
@@ -157,7 +160,7 @@ class Upserted(_Strict):
            errors=(400,),
            links={200: {"GetSymbol": link("get_symbols_by_symbol", symbol="$response.body#/items/0/symbol")}})
 @requires("patterns:read")
-async def list_symbols(request: Request) -> JSONResponse:
+async def list_symbols(request: Request) -> Response:
     """Query: ``q`` (prefix of the symbol or the name), ``sector``, ``exchange``, ``type``, ``universe``
     (repeatable; ``a:b`` is a union), ``active``, ``limit`` (1-500), ``cursor`` (``next_cursor`` of the
     previous page of the same search)."""
@@ -166,19 +169,31 @@ async def list_symbols(request: Request) -> JSONResponse:
     universes = _union_keys(search.universe, "query.universe")
     fingerprint = _fingerprint(search, universes)
     after = _decode_cursor(search.cursor, fingerprint) if search.cursor is not None else None
-    async with hub.pool.connection() as conn:
-        unknown = await unknown_universes(conn, universes)
-        if unknown:
-            listed = sorted(unknown)
-            raise ApiError("no such universe: " + ", ".join(listed),
-                           errors=[{"loc": "query.universe", "msg": f"unknown universe {k!r}"}
-                                   for k in listed])
-        page = await search_symbols(conn, SymbolQuery(
-            q=search.q or None, sector=search.sector, exchange=search.exchange, type=search.type,
-            universes=tuple(universes), active=search.active, after=after, limit=search.limit,
-        ))
-    next_cursor = _encode_cursor(page.next_after, fingerprint) if page.next_after is not None else None
-    return JSONResponse({"items": [_symbol_json(r) for r in page.items], "next_cursor": next_cursor})
+
+    async def compute() -> Computed:
+        async with hub.pool.connection() as conn:
+            unknown = await unknown_universes(conn, universes)
+            if unknown:
+                listed = sorted(unknown)
+                raise ApiError("no such universe: " + ", ".join(listed),
+                               errors=[{"loc": "query.universe", "msg": f"unknown universe {k!r}"}
+                                       for k in listed])
+            page = await search_symbols(conn, SymbolQuery(
+                q=search.q or None, sector=search.sector, exchange=search.exchange, type=search.type,
+                universes=tuple(universes), active=search.active, after=after, limit=search.limit,
+            ))
+        next_cursor = _encode_cursor(page.next_after, fingerprint) if page.next_after is not None else None
+        return Computed(dumps({"items": [_symbol_json(r) for r in page.items], "next_cursor": next_cursor}),
+                        REFERENCE_TTL_S)
+
+    served = await serve(hub.cache, "symbols", {"f": fingerprint, "after": after, "limit": search.limit},
+                         Dependencies(strict=(REFERENCE_GENERATION,)), compute)
+    return cached_json(served.body, served.outcome)
+
+
+def cached_json(body: bytes, outcome: str) -> Response:
+    """A JSON body from the cache layer, with ``X-Cache`` saying where it came from."""
+    return Response(body, media_type="application/json", headers={"X-Cache": outcome})
 
 
 # -- GET /api/symbols/{symbol} ----------------------------------------------------------------------
@@ -188,20 +203,27 @@ async def list_symbols(request: Request) -> JSONResponse:
            responses={200: SymbolDetail},
            path={"symbol": {"type": "string", "minLength": 1, "examples": ["AAPL", "BRK.B"]}})
 @requires("patterns:read")
-async def show_symbol(request: Request) -> JSONResponse:
+async def show_symbol(request: Request) -> Response:
     hub: HubState = request.app.state.hub
     raw = request.path_params["symbol"]
     try:
         symbol = canonical_symbol(raw)
     except EventError:
         raise ApiError(f"no symbol {raw!r}: {raw!r} is not a valid symbol", status=404) from None
-    async with hub.pool.connection() as conn:
-        found = await get_symbol(conn, symbol)
-    if found is None:
-        raise ApiError(f"no symbol {symbol!r} in the directory", status=404)
-    found["latest_patterns"] = [{**p, "detected_at": p["detected_at"].isoformat()}
-                                for p in found["latest_patterns"]]
-    return JSONResponse(_symbol_json(found))
+
+    async def compute() -> Computed:
+        async with hub.pool.connection() as conn:
+            found = await get_symbol(conn, symbol)
+        if found is None:
+            raise ApiError(f"no symbol {symbol!r} in the directory", status=404)
+        found["latest_patterns"] = [{**p, "detected_at": p["detected_at"].isoformat()}
+                                    for p in found["latest_patterns"]]
+        return Computed(dumps(_symbol_json(found)), hub.settings.cache_ttl_s)
+
+    # latest_patterns follows the events of every timeframe; the rest is reference data.
+    served = await serve(hub.cache, "symbol", symbol,
+                         Dependencies(events=TIMEFRAMES, strict=(REFERENCE_GENERATION,)), compute)
+    return cached_json(served.body, served.outcome)
 
 
 # -- PUT /api/symbols -------------------------------------------------------------------------------
@@ -254,6 +276,8 @@ async def put_symbols(request: Request) -> JSONResponse:
     async with hub.pool.connection() as conn:
         upserted = await upsert_symbols(conn, [item.model_dump(exclude_unset=True) | {"symbol": item.symbol}
                                                for item in body.symbols])
+    if hub.cache is not None:
+        await hub.cache.reference_changed()
     return JSONResponse({"upserted": upserted})
 
 

@@ -8,15 +8,17 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from api.auth import requires
+from api.cache import REFERENCE_GENERATION, dumps, serve
 from api.errors import ApiError
 from api.openapi import link, operation
-from api.routes.symbols import MAX_UNION_PARTS
+from api.routes.symbols import MAX_UNION_PARTS, REFERENCE_TTL_S, cached_json
 from api.state import HubState
 from api.validation import read_query
+from store.cache import Computed, Dependencies
 from store.universes import UNIVERSE_KINDS, get_universe, is_universe_key, list_universes, unknown_universes
 
 __all__ = ["routes"]
@@ -35,6 +37,7 @@ class _ListQuery(BaseModel):
                     WithJsonSchema({"enum": list(UNIVERSE_KINDS), "type": "string"})] | None = None
 
 
+_REFERENCE = Dependencies(strict=(REFERENCE_GENERATION,))
 Kind = Literal["index", "sector", "etf", "theme", "custom"]
 
 
@@ -81,19 +84,24 @@ def _universe_json(row: dict[str, Any]) -> dict[str, Any]:
            responses={200: UniverseList}, errors=(400,),
            links={200: {"GetUniverse": link("get_universes_by_key", key="$response.body#/items/0/key")}})
 @requires("patterns:read")
-async def index(request: Request) -> JSONResponse:
+async def index(request: Request) -> Response:
     """Query: ``kind`` (index, sector, etf, theme, custom)."""
     hub: HubState = request.app.state.hub
     query = read_query(_ListQuery, request)
-    async with hub.pool.connection() as conn:
-        rows = await list_universes(conn, kind=query.kind)
-    return JSONResponse({"items": [_universe_json(r) for r in rows]})
+
+    async def compute() -> Computed:
+        async with hub.pool.connection() as conn:
+            rows = await list_universes(conn, kind=query.kind)
+        return Computed(dumps({"items": [_universe_json(r) for r in rows]}), REFERENCE_TTL_S)
+
+    served = await serve(hub.cache, "universes", query.kind, _REFERENCE, compute)
+    return cached_json(served.body, served.outcome)
 
 
 @operation(summary="One universe, or a union, with its members", tags=["universes"], responses={200: Universe},
            path={"key": {"type": "string", "minLength": 1, "examples": ["dow30", "dow30:nasdaq100"]}})
 @requires("patterns:read")
-async def show(request: Request) -> JSONResponse:
+async def show(request: Request) -> Response:
     """``{key}`` is one key or several joined by ``:`` (their union, kind ``union``)."""
     hub: HubState = request.app.state.hub
     raw: str = request.path_params["key"]
@@ -101,12 +109,18 @@ async def show(request: Request) -> JSONResponse:
     # A key that cannot exist is as absent as one that does not: 404 either way.
     if len(keys) > MAX_UNION_PARTS or not all(is_universe_key(k) for k in keys):
         raise ApiError(f"no universe {raw!r}", status=404)
-    async with hub.pool.connection() as conn:
-        universe = await get_universe(conn, keys)
-        missing = sorted(await unknown_universes(conn, keys)) if universe is None else []
-    if universe is None:
-        raise ApiError("no such universe: " + ", ".join(missing), status=404)
-    return JSONResponse(_universe_json(universe))
+
+    async def compute() -> Computed:
+        async with hub.pool.connection() as conn:
+            universe = await get_universe(conn, keys)
+            missing = sorted(await unknown_universes(conn, keys)) if universe is None else []
+        if universe is None:
+            raise ApiError("no such universe: " + ", ".join(missing), status=404)
+        return Computed(dumps(_universe_json(universe)), REFERENCE_TTL_S)
+
+    # The order of the keys is kept: a union's key, name and parts follow it.
+    served = await serve(hub.cache, "universe", keys, _REFERENCE, compute)
+    return cached_json(served.body, served.outcome)
 
 
 routes = [

@@ -1,0 +1,42 @@
+"""``GET /``: the live dashboard, one page from files the hub ships under ``/static/dashboard`` (plain ES
+modules and CSS: no CDN, no build step). Unauthenticated: the page asks for a token (pasted, or given
+as ``/#token=<jwt>``) and sends it itself, to the REST API as a bearer header and to ``/ws`` in an
+``auth`` frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from api.openapi import Content, operation
+
+__all__ = ["ASSETS", "ASSETS_PATH", "routes"]
+
+ASSETS = Path(__file__).resolve().parent.parent / "static" / "dashboard"
+ASSETS_PATH = "/static/dashboard"
+# Everything the page loads or talks to is this origin ('self' covers ws:/wss: to it); the token may
+# arrive in the URL fragment, which no-referrer keeps out of any request.
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+@operation(summary="The live dashboard (an HTML page)", tags=["dashboard"],
+           responses={200: Content(media_type="text/html", schema={"type": "string"},
+                                   description="an HTML page")})
+async def dashboard_page(request: Request) -> FileResponse:
+    return FileResponse(ASSETS / "index.html", media_type="text/html; charset=utf-8", headers=_HEADERS)
+
+
+routes = [
+    Route("/", dashboard_page, methods=["GET"]),
+    Mount(ASSETS_PATH, app=StaticFiles(directory=ASSETS), name="dashboard-assets"),
+]
