@@ -23,8 +23,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, MutableMapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from types import TracebackType
 from typing import Any
 
@@ -37,206 +36,35 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
+from hub.connection import (
+    CLOSE_GOING_AWAY,
+    CLOSE_IDLE,
+    CLOSE_SLOW,
+    CLOSE_TIMEOUT_S,
+    CLOSE_UNAUTHORIZED,
+    Connection,
+    FanOutLimits,
+    FanOutMetrics,
+    Send,
+)
 from hub.events import CLEAN_PREFIX, EventError, canonical_symbol
 from hub.jetstream import PATTERNS_STREAM
-from hub.metrics import Counter, CounterView, Gauge, Histogram, Registry
+from hub.metrics import Registry
 from hub.subscriptions import MY_UNIVERSE, Entry, Filter, Subscription, SubscriptionIndex
 from store.lookups import Directory
 from store.universes import universe_members
 from store.users import get_user_universe
 
-__all__ = [
-    "CLOSE_FORBIDDEN", "CLOSE_GOING_AWAY", "CLOSE_IDLE", "CLOSE_INTERNAL", "CLOSE_NORMAL", "CLOSE_SLOW",
-    "CLOSE_TOO_BIG", "CLOSE_TOO_MANY", "CLOSE_UNAUTHORIZED", "UNIVERSE_CHANGED_SUBJECT", "Connection",
-    "FanOut", "FanOutLimits", "FilterError",
-]
+__all__ = ["UNIVERSE_CHANGED_SUBJECT", "FanOut", "FilterError"]
 
 log = logging.getLogger("tickstock.fanout")
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_IDLE = 4408
-CLOSE_SLOW = 4409
-CLOSE_TOO_MANY = 4429
-
 UNIVERSE_CHANGED_SUBJECT = "tickstock.users.universe.changed"
-CLOSE_TIMEOUT_S = 2.0
 REPLAY_IDLE_S = 5.0
-
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class FilterError(ValueError):
     """A subscription filter the hub cannot serve (unknown universe, pattern, bad symbol)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class FanOutLimits:
-    max_connections: int = 20_000
-    max_subscriptions: int = 100
-    queue_messages: int = 1_000
-    queue_bytes: int = 1 << 20
-    ping_interval_s: float = 20.0
-    idle_timeout_s: float = 60.0
-    auth_timeout_s: float = 5.0
-    resume_max: int = 100_000
-    ring_size: int = 10_000
-    drain_s: float = 1.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"max_subscriptions": self.max_subscriptions, "queue_messages": self.queue_messages,
-                "queue_bytes": self.queue_bytes, "ping_interval_s": self.ping_interval_s,
-                "idle_timeout_s": self.idle_timeout_s, "resume_max": self.resume_max}
-
-
-class FanOutMetrics:
-    def __init__(self, registry: Registry, fanout: FanOut) -> None:
-        r = registry
-        self.connections = r.add(Gauge("tickstock_ws_connections", "Open websocket connections on this node.",
-                                       read=lambda: float(len(fanout.connections))))
-        self.subscriptions = r.add(Gauge("tickstock_ws_subscriptions", "Websocket subscriptions on this node.",
-                                         read=lambda: float(len(fanout.index))))
-        self.messages = self.events = self.bytes = 0  # plain numbers: counted once per frame
-        r.add(CounterView("tickstock_ws_messages_sent_total", "Frames written to websockets.", lambda: self.messages))
-        r.add(CounterView("tickstock_ws_events_sent_total", "Event frames written to websockets.", lambda: self.events))
-        r.add(CounterView("tickstock_ws_bytes_sent_total", "Characters of frames written to websockets.",
-                          lambda: self.bytes))
-        self.high_water = r.add(Gauge("tickstock_ws_queue_high_water", "The most frames any outbox has held."))
-        self.closes = r.add(Counter("tickstock_ws_closes_total", "Connections closed by the hub, by close code."))
-        self.replayed = r.add(Counter("tickstock_ws_replayed_total", "Events replayed to resuming subscriptions."))
-        self.latency = r.add(Histogram("tickstock_ws_stored_to_sent_seconds",
-                                       "From the clean stream storing an event to its frame being written."))
-        self.peak = 0
-
-    def queued(self, depth: int) -> None:
-        if depth > self.peak:
-            self.peak = depth
-            self.high_water.set(depth)
-
-
-class Connection:
-    """One websocket: its subscriptions, its bounded outbox and the task that writes it out."""
-
-    def __init__(self, send: Send, limits: FanOutLimits, metrics: FanOutMetrics) -> None:
-        self._send = send
-        self._limits = limits
-        self._metrics = metrics
-        self._frames: deque[tuple[str, float]] = deque()
-        self._bytes = 0
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self.subs: dict[str, Subscription] = {}
-        self.subject: str | None = None
-        self.scopes: frozenset[str] = frozenset()
-        self.expires_at = 0.0
-        now = time.monotonic()
-        self.connected_at = self.last_received = self.last_sent = now
-        self.close_code: int | None = None
-        self.close_reason = ""
-        self.busy = False  # handling an op (a long replay is not idleness)
-        self._pump = asyncio.create_task(self._write(), name="ws-outbox")
-
-    @property
-    def authenticated(self) -> bool:
-        return self.subject is not None
-
-    @property
-    def queued(self) -> int:
-        return len(self._frames)
-
-    def send_json(self, message: dict[str, Any]) -> bool:
-        return self.offer(json.dumps(message, separators=(",", ":")))
-
-    def offer(self, frame: str, stored_at: float = 0.0) -> bool:
-        """Queue a frame without waiting. A full outbox closes the connection (4409) and returns False."""
-        if self.close_code is not None:
-            return False
-        frames = self._frames
-        if len(frames) >= self._limits.queue_messages or self._bytes + len(frame) > self._limits.queue_bytes:
-            self.close(CLOSE_SLOW, "slow consumer: the outbox is full; resume with since")
-            return False
-        frames.append((frame, stored_at))
-        self._bytes += len(frame)
-        self._metrics.queued(len(frames))
-        self._wake.set()
-        return True
-
-    async def offer_paced(self, frame: str, stored_at: float = 0.0) -> bool:
-        """Queue a frame of a replay, waiting while the outbox is more than half full."""
-        while len(self._frames) >= self._limits.queue_messages // 2 or self._bytes >= self._limits.queue_bytes // 2:
-            if self.close_code is not None:
-                return False
-            self._room.clear()
-            await self._room.wait()
-        return self.offer(frame, stored_at)
-
-    def close(self, code: int, reason: str = "") -> None:
-        """Close with ``code``: at once for errors (what is queued is dropped), after the outbox is
-        written for a normal close or going away."""
-        if self.close_code is not None:
-            return
-        self.close_code, self.close_reason = code, reason[:120]
-        self._metrics.closes.inc(code=str(code))
-        if code not in (CLOSE_NORMAL, CLOSE_GOING_AWAY):
-            self._frames.clear()
-            self._bytes = 0
-            self._pump.cancel()  # it may be stuck writing to a client that stopped reading
-            self._pump = asyncio.create_task(self._send_close(), name="ws-close")
-        self._wake.set()
-        self._room.set()
-
-    async def closed(self) -> None:
-        """Wait until the close frame is written (or the socket is gone)."""
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(self._pump)
-
-    async def drained(self) -> None:
-        while self._frames and self.close_code is None:
-            self._room.clear()
-            await self._room.wait()
-
-    def abandon(self) -> None:
-        """The socket is gone: stop writing."""
-        if self.close_code is None:
-            self.close_code = CLOSE_NORMAL
-        self._frames.clear()
-        self._pump.cancel()
-        self._room.set()
-
-    async def _write(self) -> None:
-        frames, metrics, send = self._frames, self._metrics, self._send
-        low = self._limits.queue_messages // 4
-        try:
-            while True:
-                while frames:
-                    frame, stored_at = frames.popleft()
-                    self._bytes -= len(frame)
-                    await send({"type": "websocket.send", "text": frame})
-                    metrics.messages += 1
-                    metrics.bytes += len(frame)
-                    if stored_at:
-                        metrics.events += 1
-                        metrics.latency.observe(time.time() - stored_at)
-                    if len(frames) <= low:
-                        self._room.set()
-                self.last_sent = time.monotonic()
-                self._room.set()
-                if self.close_code is not None:
-                    break
-                self._wake.clear()
-                await self._wake.wait()
-            await send({"type": "websocket.close", "code": self.close_code, "reason": self.close_reason})
-        except (OSError, RuntimeError) as exc:  # the client went away (uvicorn: ClientDisconnected)
-            log.debug("websocket write ended: %r", exc)
-
-    async def _send_close(self) -> None:
-        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self._send({"type": "websocket.close", "code": self.close_code, "reason": self.close_reason})
 
 
 def _position(reply: str) -> tuple[int, float]:

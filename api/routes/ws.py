@@ -17,7 +17,7 @@ from starlette.websockets import WebSocket
 
 from api.auth import Authenticator, AuthError, Principal
 from api.state import HubState
-from hub.fanout import (
+from hub.connection import (
     CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -25,9 +25,8 @@ from hub.fanout import (
     CLOSE_TOO_MANY,
     CLOSE_UNAUTHORIZED,
     Connection,
-    FanOut,
-    FilterError,
 )
+from hub.fanout import FanOut, FilterError
 from hub.subscriptions import Filter
 
 __all__ = ["MAX_FRAME_CHARS", "routes"]

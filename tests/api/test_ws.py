@@ -525,3 +525,36 @@ async def test_a_node_going_away_closes_with_1001_and_its_clients_resume_on_anot
     finally:
         if second.state is not None:
             await second.__aexit__(None, None, None)
+
+
+async def test_junk_on_the_clean_stream_or_the_notice_subject_is_skipped_and_delivery_goes_on(
+        connect: Any, hub: LiveHub) -> None:
+    peer = await connect()
+    await subscribe(peer, "all")
+    js = hub.hub.js
+    await js.publish("tickstock.patterns.daily.JUNK", b"not an event")  # not the writer's: skipped with a log
+    await hub.hub.nats.publish("tickstock.users.universe.changed", b"{broken")
+    await publish(hub, [make_event(1, prefix="after-junk", symbol="KO")])
+    got = await received(peer, 1)
+    assert [f["event"]["id"] for f in got] == ["after-junk-1"]
+
+
+async def test_since_equal_to_the_head_replays_nothing_and_is_recovered(connect: Any, hub: LiveHub) -> None:
+    peer = await connect()
+    reply = await subscribe(peer, "now", since=hub.hub.fanout.head, symbols=["KO"])
+    assert reply["recovered"] is True and reply["replayed"] == 0
+    await publish(hub, [make_event(1, prefix="at-head", symbol="KO")])
+    assert [f["event"]["id"] for f in await received(peer, 1)] == ["at-head-1"]
+
+
+async def test_a_resume_older_than_the_stream_keeps_is_not_recovered(connect: Any, hub: LiveHub) -> None:
+    from hub.jetstream import PATTERNS_STREAM
+
+    await publish(hub, [make_event(i, prefix="purged", symbol="PEP") for i in range(120)])
+    head = await _head(hub, hub.hub.fanout.head + 120)
+    await hub.hub.js.purge_stream(PATTERNS_STREAM, seq=head - 99)  # the stream now starts 100 back; the ring holds 50
+    peer = await connect()
+    reply = await subscribe(peer, "old", since=head - 110, symbols=["PEP"])
+    assert reply["recovered"] is False
+    assert reply["replayed"] == 100
+    assert [f["seq"] for f in peer.events()] == list(range(head - 99, head + 1))
