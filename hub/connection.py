@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ CLOSE_TOO_MANY = 4429
 
 CLOSE_TIMEOUT_S = 2.0
 
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Send = Callable[[MutableMapping[str, Any]], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,7 +89,13 @@ class FanOutMetrics:
 
 
 class Connection:
-    """One websocket: its subscriptions, its bounded outbox and the task that writes it out."""
+    """One websocket: its subscriptions, its bounded outbox, and how frames reach the socket.
+
+    A frame offered to an idle connection is written at once, within :meth:`offer`: uvicorn's send only
+    waits when the socket's buffer is full, so a healthy client costs no task switch per frame. When a
+    send must wait, a task (``_flusher``) finishes it and then writes what queued up meanwhile, in
+    order; it ends when the outbox is empty. Only backed-up connections have such a task.
+    """
 
     def __init__(self, send: Send, limits: FanOutLimits, metrics: FanOutMetrics) -> None:
         self._send = send
@@ -97,8 +103,9 @@ class Connection:
         self._metrics = metrics
         self._frames: deque[tuple[str, float]] = deque()
         self._bytes = 0
-        self._wake = asyncio.Event()
         self._room = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self.subs: dict[str, Subscription] = {}
         self.subject: str | None = None
         self.scopes: frozenset[str] = frozenset()
@@ -108,7 +115,7 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason = ""
         self.busy = False  # handling an op (a long replay is not idleness)
-        self._pump = asyncio.create_task(self._write(), name="ws-outbox")
+        self.gone = False
 
     @property
     def authenticated(self) -> bool:
@@ -122,9 +129,13 @@ class Connection:
         return self.offer(json.dumps(message, separators=(",", ":")))
 
     def offer(self, frame: str, stored_at: float = 0.0) -> bool:
-        """Queue a frame without waiting. A full outbox closes the connection (4409) and returns False."""
+        """Write or queue a frame without waiting. A full outbox closes the connection (4409) and
+        returns False."""
         if self.close_code is not None:
             return False
+        if self._flusher is None:
+            self._write_now(frame, stored_at)
+            return not self.gone
         frames = self._frames
         if len(frames) >= self._limits.queue_messages or self._bytes + len(frame) > self._limits.queue_bytes:
             self.close(CLOSE_SLOW, "slow consumer: the outbox is full; resume with since")
@@ -132,11 +143,10 @@ class Connection:
         frames.append((frame, stored_at))
         self._bytes += len(frame)
         self._metrics.queued(len(frames))
-        self._wake.set()
         return True
 
     async def offer_paced(self, frame: str, stored_at: float = 0.0) -> bool:
-        """Queue a frame of a replay, waiting while the outbox is more than half full."""
+        """Offer a frame of a replay, first waiting while the outbox is more than half full."""
         while len(self._frames) >= self._limits.queue_messages // 2 or self._bytes >= self._limits.queue_bytes // 2:
             if self.close_code is not None:
                 return False
@@ -151,18 +161,21 @@ class Connection:
             return
         self.close_code, self.close_reason = code, reason[:120]
         self._metrics.closes.inc(code=str(code))
-        if code not in (CLOSE_NORMAL, CLOSE_GOING_AWAY):
+        if code not in (CLOSE_NORMAL, CLOSE_GOING_AWAY) and self._flusher is not None:
             self._frames.clear()
             self._bytes = 0
-            self._pump.cancel()  # it may be stuck writing to a client that stopped reading
-            self._pump = asyncio.create_task(self._send_close(), name="ws-close")
-        self._wake.set()
+            self._flusher.cancel()  # it may be stuck writing to a client that stopped reading
+            self._flusher = None
+        if self._flusher is None:  # otherwise the flusher sends the close after the outbox
+            self._closer = asyncio.create_task(self._send_close(), name="ws-close")
         self._room.set()
 
     async def closed(self) -> None:
         """Wait until the close frame is written (or the socket is gone)."""
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(self._pump)
+        for task in (self._flusher, self._closer):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(task)
 
     async def drained(self) -> None:
         while self._frames and self.close_code is None:
@@ -171,39 +184,81 @@ class Connection:
 
     def abandon(self) -> None:
         """The socket is gone: stop writing."""
+        self.gone = True
         if self.close_code is None:
             self.close_code = CLOSE_NORMAL
         self._frames.clear()
-        self._pump.cancel()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
         self._room.set()
 
-    async def _write(self) -> None:
-        frames, metrics, send = self._frames, self._metrics, self._send
-        low = self._limits.queue_messages // 4
+    def _sent(self, frame: str, stored_at: float) -> None:
+        metrics = self._metrics
+        metrics.messages += 1
+        metrics.bytes += len(frame)
+        if stored_at:
+            metrics.events += 1
+            metrics.latency.observe(time.time() - stored_at)
+
+    def _write_now(self, frame: str, stored_at: float) -> None:
+        """Drive the send until it would wait; if it must, hand the rest to a flusher task."""
+        send = self._send({"type": "websocket.send", "text": frame})
         try:
-            while True:
-                while frames:
-                    frame, stored_at = frames.popleft()
-                    self._bytes -= len(frame)
-                    await send({"type": "websocket.send", "text": frame})
-                    metrics.messages += 1
-                    metrics.bytes += len(frame)
-                    if stored_at:
-                        metrics.events += 1
-                        metrics.latency.observe(time.time() - stored_at)
-                    if len(frames) <= low:
-                        self._room.set()
-                self.last_sent = time.monotonic()
-                self._room.set()
-                if self.close_code is not None:
-                    break
-                self._wake.clear()
-                await self._wake.wait()
-            await send({"type": "websocket.close", "code": self.close_code, "reason": self.close_reason})
+            waiting = send.send(None)
+        except StopIteration:
+            self._sent(frame, stored_at)
+            self.last_sent = time.monotonic()
+            return
         except (OSError, RuntimeError) as exc:  # the client went away (uvicorn: ClientDisconnected)
             log.debug("websocket write ended: %r", exc)
+            self.abandon()
+            return
+        self._flusher = asyncio.create_task(self._flush(send, waiting, frame, stored_at), name="ws-flush")
+
+    async def _flush(self, send: Coroutine[Any, Any, None], waiting: Any, frame: str, stored_at: float) -> None:
+        frames = self._frames
+        low = self._limits.queue_messages // 4
+        try:
+            await _finish(send, waiting)
+            self._sent(frame, stored_at)
+            while frames:
+                frame, stored_at = frames.popleft()
+                self._bytes -= len(frame)
+                await self._send({"type": "websocket.send", "text": frame})
+                self._sent(frame, stored_at)
+                if len(frames) <= low:
+                    self._room.set()
+            self.last_sent = time.monotonic()
+            self._room.set()
+        except (OSError, RuntimeError) as exc:
+            log.debug("websocket write ended: %r", exc)
+            self.gone = True
+            return
+        finally:
+            if self._flusher is asyncio.current_task():
+                self._flusher = None
+        if self.close_code is not None and not self.gone:
+            await self._send_close()
 
     async def _send_close(self) -> None:
         with contextlib.suppress(OSError, RuntimeError, TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self._send({"type": "websocket.close", "code": self.close_code, "reason": self.close_reason})
+
+
+async def _finish(send: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Run a send coroutine that has already been stepped once (and yielded ``waiting``) to its end,
+    as a task would: wait for what it waits on, then step it again."""
+    try:
+        while True:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait([waiting])
+            waiting = send.send(None)
+    except StopIteration:
+        return
+    except asyncio.CancelledError:
+        send.close()
+        raise

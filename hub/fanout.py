@@ -187,6 +187,7 @@ class FanOut:
         self._ring.append(entry)
         self.head = entry.seq
         seq = entry.seq
+        frames: dict[str, str] = {}  # one frame per distinct list of subscription ids, shared by connections
         for conn, subs in self.index.match(entry).items():
             live = []
             for sub in subs:
@@ -199,7 +200,11 @@ class FanOut:
                 else:
                     conn.close(CLOSE_SLOW, "slow consumer: too far behind while resuming")
             if live:
-                conn.offer(_event_frame(entry, live), entry.stored_at)
+                ids = live[0].ids_json if len(live) == 1 else json.dumps([s.id for s in live])
+                frame = frames.get(ids)
+                if frame is None:
+                    frame = frames[ids] = f'{{"op":"event","seq":{seq},"subs":{ids},"event":{entry.text}}}'
+                conn.offer(frame, entry.stored_at)
 
     # -- subscriptions ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from api.auth import Authenticator, AuthError, Principal
+from api.requestid import SERVER_SEND
 from api.state import HubState
 from hub.connection import (
     CLOSE_FORBIDDEN,
@@ -193,7 +194,7 @@ async def feed(websocket: WebSocket) -> None:
     if fanout.full:
         await websocket.close(CLOSE_TOO_MANY, "too many connections on this node; try another")
         return
-    conn = fanout.connect(websocket.send)
+    conn = fanout.connect(websocket.scope.get(SERVER_SEND, websocket.send))
     session = Session(conn, fanout, websocket.app.state.auth)
     try:
         token = _token(websocket)
