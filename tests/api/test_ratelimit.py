@@ -172,7 +172,9 @@ async def test_two_nodes_share_one_bucket(redis_client: aioredis.Redis, redis_ur
 
 
 async def test_concurrent_requests_never_overdraw(redis_client: aioredis.Redis) -> None:
-    limiter = RateLimiter(rate_per_s=0.5, burst=10)
+    # A generous timeout: 40 concurrent calls open new Redis connections, which on a busy machine can
+    # take longer than the default 50 ms and fail open; this test is about atomicity, not timeouts.
+    limiter = RateLimiter(rate_per_s=0.5, burst=10, timeout_s=5.0)
     sub = subject()
     decisions = await asyncio.gather(*(limiter.acquire(redis_client, sub) for _ in range(40)))
     assert sum(d.allowed for d in decisions) == 10
