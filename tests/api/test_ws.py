@@ -558,3 +558,62 @@ async def test_a_resume_older_than_the_stream_keeps_is_not_recovered(connect: An
     assert reply["recovered"] is False
     assert reply["replayed"] == 100
     assert [f["seq"] for f in peer.events()] == list(range(head - 99, head + 1))
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> str:
+    """One unmasked text frame from the server."""
+    head = await reader.readexactly(2)
+    size = head[1] & 0x7F
+    if size == 126:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+    elif size == 127:
+        size = int.from_bytes(await reader.readexactly(8), "big")
+    return (await reader.readexactly(size)).decode()
+
+
+async def test_a_client_that_falls_behind_and_catches_up_gets_everything_in_order(hub: LiveHub) -> None:
+    """The socket backs up (the hub queues in the outbox behind a waiting send), then drains."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", hub.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET /ws?token={READER} HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(_client_frame(json.dumps({"op": "subscribe", "id": "mine", "filter": {"symbols": ["CAT"]}})))
+    talking = asyncio.create_task(_keep_talking(writer))
+    try:
+        assert json.loads(await _read_frame(reader))["op"] == "welcome"
+        assert json.loads(await _read_frame(reader))["op"] == "subscribed"
+        conns = [c for c in hub.hub.fanout.connections if "mine" in c.subs]
+        assert len(conns) == 1
+        sent = 0
+        while not conns[0].queued:  # publish until the hub has to queue for this socket
+            await publish(hub, [make_event(sent + i, prefix="behind", symbol="CAT", data={"blob": "y" * 12_000})
+                                for i in range(10)])
+            sent += 10
+            await asyncio.sleep(0.05)
+            assert sent < 2_000, "the socket never backed up"
+        seqs: list[int] = []
+        while len(seqs) < sent:
+            frame = json.loads(await asyncio.wait_for(_read_frame(reader), 10))
+            if frame["op"] == "ping":
+                continue
+            assert frame["op"] == "event"
+            seqs.append(frame["seq"])
+        assert len(seqs) == sent and seqs == sorted(set(seqs))
+        assert conns[0].close_code is None and not conns[0].queued
+    finally:
+        talking.cancel()
+        writer.transport.abort()
+
+
+async def test_the_python_client_stops_on_a_filter_the_hub_refuses(hub: LiveHub) -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        HubClient([], token=READER, subscriptions=[])
+    bad = [Subscription("bad", {"universes": ["no-such-universe"]})]
+    async with HubClient(f"{hub.ws_url}/ws", token=lambda: READER, subscriptions=bad) as client:
+        with pytest.raises(HubClientError, match="invalid_filter"):
+            async with asyncio.timeout(10):
+                await anext(client)
