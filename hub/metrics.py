@@ -69,15 +69,20 @@ class Counter(_Metric):
     def __init__(self, name: str, help_text: str) -> None:
         super().__init__(name, help_text)
         self._values: dict[Labels, float] = {}
-        self._recent: deque[tuple[float, float]] = deque()
+        self._recent: deque[list[float]] = deque()  # [second, amount]: at most one entry per second
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         key = _labels(labels)
         self._values[key] = self._values.get(key, 0.0) + amount
         now = time.monotonic()
-        self._recent.append((now, amount))
-        while self._recent and self._recent[0][0] < now - RATE_WINDOW_S:
-            self._recent.popleft()
+        second = float(int(now))
+        recent = self._recent
+        if recent and recent[-1][0] == second:
+            recent[-1][1] += amount
+            return
+        recent.append([second, amount])
+        while recent[0][0] < now - RATE_WINDOW_S:
+            recent.popleft()
 
     def value(self, **labels: str) -> float:
         return self._values.get(_labels(labels), 0.0)
