@@ -107,6 +107,7 @@ def fanout_limits(settings: Settings) -> FanOutLimits:
     return FanOutLimits(
         max_connections=settings.ws_max_connections, max_subscriptions=settings.ws_max_subscriptions,
         queue_messages=settings.ws_queue_messages, queue_bytes=settings.ws_queue_bytes,
+        queue_age_s=settings.ws_queue_age_s,
         ping_interval_s=settings.ws_ping_interval_s, idle_timeout_s=settings.ws_idle_timeout_s,
         auth_timeout_s=settings.ws_auth_timeout_s, resume_max=settings.ws_resume_max,
         ring_size=settings.ws_ring_size, drain_s=settings.ws_drain_s,

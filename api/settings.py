@@ -87,6 +87,7 @@ class Settings:
     ws_max_subscriptions: int = 100  # per connection
     ws_queue_messages: int = 1_000  # outbox bound per connection; full closes it with 4409
     ws_queue_bytes: int = 1 << 20
+    ws_queue_age_s: float = 10.0  # a frame waiting longer closes the connection with 4409
     ws_ping_interval_s: float = 20.0
     ws_idle_timeout_s: float = 60.0
     ws_auth_timeout_s: float = 5.0
@@ -129,7 +130,7 @@ class Settings:
                      "ws_resume_max", "ws_ring_size"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
-        for name in ("ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_drain_s"):
+        for name in ("ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_drain_s", "ws_queue_age_s"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise SettingsError(f"{PREFIX}{name.upper()} must be a positive number of seconds")
         if self.statement_timeout_ms < 0:

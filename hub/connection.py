@@ -50,6 +50,7 @@ class FanOutLimits:
     max_subscriptions: int = 100
     queue_messages: int = 1_000
     queue_bytes: int = 1 << 20
+    queue_age_s: float = 10.0  # a frame queued longer than this means the client is not keeping up
     ping_interval_s: float = 20.0
     idle_timeout_s: float = 60.0
     auth_timeout_s: float = 5.0
@@ -59,7 +60,7 @@ class FanOutLimits:
 
     def as_dict(self) -> dict[str, Any]:
         return {"max_subscriptions": self.max_subscriptions, "queue_messages": self.queue_messages,
-                "queue_bytes": self.queue_bytes, "ping_interval_s": self.ping_interval_s,
+                "queue_bytes": self.queue_bytes, "queue_age_s": self.queue_age_s, "ping_interval_s": self.ping_interval_s,
                 "idle_timeout_s": self.idle_timeout_s, "resume_max": self.resume_max}
 
 
@@ -101,7 +102,7 @@ class Connection:
         self._send = send
         self._limits = limits
         self._metrics = metrics
-        self._frames: deque[tuple[str, float]] = deque()
+        self._frames: deque[tuple[str, float, float]] = deque()  # frame, stored at, queued at (monotonic)
         self._bytes = 0
         self._room = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
@@ -125,6 +126,10 @@ class Connection:
     def queued(self) -> int:
         return len(self._frames)
 
+    def lag_s(self, now: float) -> float:
+        """How long the oldest queued frame has waited (0 when nothing waits)."""
+        return now - self._frames[0][2] if self._frames else 0.0
+
     def send_json(self, message: dict[str, Any]) -> bool:
         return self.offer(json.dumps(message, separators=(",", ":")))
 
@@ -140,7 +145,7 @@ class Connection:
         if len(frames) >= self._limits.queue_messages or self._bytes + len(frame) > self._limits.queue_bytes:
             self.close(CLOSE_SLOW, "slow consumer: the outbox is full; resume with since")
             return False
-        frames.append((frame, stored_at))
+        frames.append((frame, stored_at, time.monotonic()))
         self._bytes += len(frame)
         self._metrics.queued(len(frames))
         return True
@@ -223,7 +228,7 @@ class Connection:
             await _finish(send, waiting)
             self._sent(frame, stored_at)
             while frames:
-                frame, stored_at = frames.popleft()
+                frame, stored_at, _ = frames.popleft()
                 self._bytes -= len(frame)
                 await self._send({"type": "websocket.send", "text": frame})
                 self._sent(frame, stored_at)

@@ -388,7 +388,9 @@ class FanOut:
             for conn in list(self.connections):
                 if conn.close_code is not None:
                     continue
-                if conn.subject is None:
+                if conn.lag_s(now) > limits.queue_age_s:
+                    conn.close(CLOSE_SLOW, f"slow consumer: a frame waited over {limits.queue_age_s:g} s; resume with since")
+                elif conn.subject is None:
                     if now - conn.connected_at > limits.auth_timeout_s:
                         conn.close(CLOSE_UNAUTHORIZED, "no token within the authentication timeout")
                 elif wall > conn.expires_at:

@@ -34,7 +34,7 @@ async def hub(settings: Settings) -> AsyncIterator[LiveHub]:
     """A hub with short timeouts and small bounds, so the tests can reach them."""
     await delete_all_streams(settings.nats_url or "")
     tuned = replace(settings, ws_auth_timeout_s=1.0, ws_ping_interval_s=0.4, ws_idle_timeout_s=2.5,
-                    ws_queue_messages=100, ws_ring_size=50, ws_resume_max=5_000, ws_max_subscriptions=5,
+                    ws_queue_messages=100, ws_queue_age_s=3.0, ws_ring_size=50, ws_resume_max=5_000, ws_max_subscriptions=5,
                     rate_limit_per_s=0)
     async with LiveHub(tuned) as live:
         yield live
@@ -617,3 +617,33 @@ async def test_the_python_client_stops_on_a_filter_the_hub_refuses(hub: LiveHub)
         with pytest.raises(HubClientError, match="invalid_filter"):
             async with asyncio.timeout(10):
                 await anext(client)
+
+
+async def test_a_client_whose_oldest_frame_waits_too_long_is_closed_as_a_slow_consumer(hub: LiveHub) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", hub.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET /ws?token={READER} HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(_client_frame(json.dumps({"op": "subscribe", "id": "lag", "filter": {"symbols": ["DE"]}})))
+    talking = asyncio.create_task(_keep_talking(writer))
+    try:
+        await wait_for(_true_when(lambda: any("lag" in c.subs for c in hub.hub.fanout.connections)),
+                       what="the subscription")
+        conn = next(c for c in hub.hub.fanout.connections if "lag" in c.subs)
+        sent = 0
+        while not conn.queued:  # back the socket up, then stop: the outbox stays far below its bounds
+            await publish(hub, [make_event(sent + i, prefix="lag", symbol="DE", data={"blob": "z" * 12_000})
+                                for i in range(10)])
+            sent += 10
+            await asyncio.sleep(0.05)
+            assert sent < 2_000, "the socket never backed up"
+        assert conn.queued < 100
+        await wait_for(_true_when(lambda: conn.close_code is not None), timeout=10, what="the lagging client closed")
+        assert conn.close_code == 4409 and "waited" in conn.close_reason
+    finally:
+        talking.cancel()
+        writer.transport.abort()
