@@ -1,0 +1,445 @@
+"""Websocket fan-out and idle-connection memory: the hub and the baselines, same client, same machine.
+
+    python ops/bench_fanout.py                                    # all servers, 100 and 1,000 connections
+    python ops/bench_fanout.py --servers hub,starlette --connections 100,1000,5000 --seconds 30
+    python ops/bench_fanout.py --servers hub --memory 10000 --connections ''
+
+For each server and connection count: the load client (``ops/wsload.py``, one process per core)
+opens the connections and waits until each is ready, the publisher sends a warm-up of 2 s, then
+``--rate`` × ``--seconds`` measured messages; the client counts what each connection got. Reported:
+ingest→client latency p50/p95/p99 (client receive time − publish wall time in the message), deliveries/s,
+lost messages (what each connection should have got minus what it got), duplicates, order
+inversions, and server CPU per delivered message (``/proc`` utime+stime of the server process and its
+children, over the measured publish and drain, divided by deliveries).
+
+What "the server" and "the publisher" are:
+
+- ``hub``: ``tickstock serve`` on a fresh embedded stack; events are published to ingest over
+  NATS JetStream (``tickstock.ingest.<tf>.<sym>``, ``Nats-Msg-Id``), so the latency covers ingest,
+  validation, the PostgreSQL transaction, the clean-stream publish and the fan-out. Connections
+  subscribe with mixed filters (``--hub-filters mixed``: a quarter each on half the symbols, two of the
+  four timeframes, ``confidence_min`` 0.75 and everything, rotating), each filter but "all" matching
+  exactly half of the events; events are published at ``--rate`` / 0.625 (32/s for 20) so that a
+  connection gets ``--rate`` events/s on average, as many deliveries as a baseline's
+  (``--hub-filters all``: everyone gets everything at ``--rate``).
+  CPU per message is the hub process alone; NATS, PostgreSQL and Redis are reported apart.
+- ``starlette``: a bare broadcast loop on the same uvicorn stack (ops/baselines/starlette_broadcast.py),
+  publisher in process.
+- ``node``: Socket.IO 4 on Node.js (ops/baselines/socketio-node), publisher in process.
+- ``flask``: Flask-SocketIO, threading mode, Redis message queue (ops/baselines/flask_socketio), an
+  external publisher process emitting through Redis. Redis's CPU is reported apart.
+
+Memory (measured first, on the fresh server, after 100 connections came and went): ``--memory N``
+idle connections (the hub's subscribed with the mixed filters); RSS per connection = (server RSS
+with N connected − RSS before) / N; Node is asked to collect garbage before each sample.
+
+Client and server share this machine's cores (2 on the development machine): the client's CPU is
+taken from the server, so every figure is a lower bound of what the server does alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+from baselines.servers import (  # noqa: E402
+    Server,
+    flask_server,
+    node_server,
+    proc_cpu_s,
+    proc_rss,
+    starlette_server,
+)
+from harness import PATTERNS, SYMBOLS, TIMEFRAMES, Stack, connected, embedded_stack, start_hub  # noqa: E402
+from wsload import KINDS, Conn, Load, raise_fd_limit  # noqa: E402
+
+from api.auth import mint_token  # noqa: E402
+from hub.events import ingest_subject  # noqa: E402
+
+RESULTS = HERE / "results"
+SERVERS = ("hub", "starlette", "node", "flask")
+# Flask-SocketIO's threading mode is one busy thread per connection while it broadcasts: at 5,000 a
+# trial ran the machine's load average past 1,000 (other work on the box stalled) and delivered
+# nothing within the run. Above this it is not run unless asked (--flask-max-connections).
+FLASK_MAX_CONNECTIONS = 1000
+# And its idle connections: at 10,000 threads the Engine.IO heartbeats alone drove the load average
+# into the thousands; its memory is measured at this many.
+FLASK_MAX_IDLE = 2000
+WARMUP_S = 2.0
+SETTLE_S = 3.0
+# The hub filters that select exactly the events each wsload.KINDS predicate says (see make_event).
+HUB_FILTERS: dict[str, dict[str, Any]] = {
+    "all": {},
+    "sym_even": {"symbols": SYMBOLS[0::2]},
+    "tf_fast": {"timeframes": TIMEFRAMES[:2]},
+    "conf_high": {"confidence_min": 0.75},
+}
+MIXED = ("sym_even", "tf_fast", "conf_high", "all")
+OPS_SECRET = Stack("", "", "").env(0)["TICKSTOCK_JWT_SECRET"]  # what harness.start_hub gives the hub
+
+
+def make_event(i: int, run: str) -> dict[str, Any]:
+    """Event ``i``: symbol i mod 20, timeframe i mod 4, confidence 0.50 + (i mod 50)/100, so each
+    ``HUB_FILTERS`` entry matches the indices its ``wsload.KINDS`` predicate names."""
+    return {
+        "id": f"{run}-{i}", "type": "pattern_detected", "symbol": SYMBOLS[i % len(SYMBOLS)],
+        "pattern": PATTERNS[i % len(PATTERNS)], "timeframe": TIMEFRAMES[i % len(TIMEFRAMES)],
+        "confidence": round(0.5 + (i % 50) / 100, 2),
+        "detected_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "price": 100 + i % 97, "volume": 1000 + i, "source": "ops-bench", "data": {},
+    }
+
+
+async def publish_ingest(nats_url: str, run: str, count: int, rate: float, start: int) -> float:
+    """Events ``start`` .. ``start + count - 1`` to ingest at ``rate``/s, each stamped with
+    ``data.bench_i`` and ``data.bench_t0`` (wall time just before its publish); returns seconds."""
+    async with connected(nats_url) as nc:
+        js = nc.jetstream()
+        acks: list[asyncio.Future[Any]] = []
+        started = time.monotonic()
+        for n in range(count):
+            delay = started + n / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            event = make_event(start + n, run)
+            event["data"] = {"bench_i": start + n, "bench_t0": time.time()}
+            acks.append(await js.publish_async(ingest_subject(event["timeframe"], event["symbol"]),
+                                               json.dumps(event).encode(), headers={"Nats-Msg-Id": event["id"]}))
+            if len(acks) >= 500:
+                await asyncio.gather(*acks)
+                acks.clear()
+        await asyncio.gather(*acks)
+        return time.monotonic() - started
+
+
+def stack_pids() -> dict[str, int]:
+    """The embedded servers this process started: NATS, PostgreSQL (the postmaster) and Redis."""
+    found: dict[str, int] = {}
+    for child in psutil.Process().children():
+        try:
+            name = child.name()
+        except psutil.NoSuchProcess:
+            continue
+        if "nats" in name:
+            found.setdefault("nats", child.pid)
+        elif "postgres" in name:
+            found.setdefault("postgres", child.pid)
+        elif "redis" in name:
+            found.setdefault("redis", child.pid)
+    return found
+
+
+@contextmanager
+def hub_server(stack: Stack | None = None, *, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+    """``tickstock serve`` on ``stack`` (default: a fresh embedded stack) as a :class:`Server`."""
+    with ExitStack() as exits:
+        if stack is None:
+            stack = exits.enter_context(embedded_stack())
+        stack.extra_env.update({"TICKSTOCK_WS_MAX_CONNECTIONS": "30000", **(extra_env or {})})
+        proc, port = start_hub(stack)
+        run = f"fo{int(time.time())}"
+        nats_url = stack.nats_url
+
+        def publish(count: int, rate: float, start: int) -> float:
+            return asyncio.run(publish_ingest(nats_url, run, count, rate, start))
+
+        yield Server("hub", "hub", f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", proc.pid, publish,
+                     extra_pids=stack_pids())
+
+
+def hub_conns(server: Server, n: int, *, filters: str, secret: str) -> list[Conn]:
+    conns = []
+    kinds = MIXED if filters == "mixed" else ("all",)
+    tokens = [mint_token(secret, subject=f"bench-ws-{k}", scopes=["patterns:read"], ttl_s=7200) for k in range(50)]
+    for c in range(n):
+        kind = kinds[c % len(kinds)]
+        frame = json.dumps({"op": "subscribe", "id": "b", "filter": HUB_FILTERS[kind]}).encode()
+        conns.append(Conn(f"{server.ws_url}?token={tokens[c % len(tokens)]}", kind, (frame,)))
+    return conns
+
+
+def conns_for(server: Server, n: int, *, filters: str = "mixed") -> list[Conn]:
+    if server.name == "hub":
+        return hub_conns(server, n, filters=filters, secret=OPS_SECRET)
+    return [Conn(server.ws_url)] * n
+
+
+def hub_buckets(server: Server) -> list[tuple[float, float]] | None:
+    """The hub's own stored→sent histogram from /metrics: cumulative (upper bound s, count) buckets."""
+    if server.name != "hub":
+        return None
+    try:
+        text = httpx.get(f"{server.http_url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if line.startswith("tickstock_ws_stored_to_sent_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    return buckets or None
+
+
+def histogram_quantiles(before: list[tuple[float, float]] | None,
+                        after: list[tuple[float, float]] | None) -> dict[str, Any] | None:
+    """p50/p95/p99 (ms) of what a histogram observed between two scrapes, interpolated in its buckets."""
+    if not after:
+        return None
+    counts = [(bound, count - (before[k][1] if before and len(before) == len(after) else 0))
+              for k, (bound, count) in enumerate(after)]
+    total = counts[-1][1]
+    if total <= 0:
+        return None
+
+    def quantile(q: float) -> float:
+        lower_bound, lower_count = 0.0, 0.0
+        for bound, count in counts:
+            if count >= q * total:
+                if bound == float("inf"):
+                    return lower_bound * 1000
+                share = (q * total - lower_count) / max(1.0, count - lower_count)
+                return (lower_bound + (bound - lower_bound) * share) * 1000
+            lower_bound, lower_count = bound, count
+        return lower_bound * 1000
+
+    return {"n": int(total), "p50": round(quantile(0.5), 1), "p95": round(quantile(0.95), 1),
+            "p99": round(quantile(0.99), 1)}
+
+
+def fanout_run(server: Server, connections: int, *, rate: float, seconds: float, filters: str = "mixed",
+               processes: int | None = None) -> dict[str, Any]:
+    """One fan-out measurement (see the module docstring)."""
+    publish_rate = rate / _mean_share(MIXED) if server.name == "hub" and filters == "mixed" else rate
+    warmup = max(1, int(publish_rate * WARMUP_S))
+    count = int(publish_rate * seconds)
+    # Each run uses fresh indices, so a late message from an earlier run is never counted.
+    first = fanout_run.next_index + warmup  # type: ignore[attr-defined]
+    fanout_run.next_index = first + count + 1000  # type: ignore[attr-defined]
+    conns = conns_for(server, connections, filters=filters)
+    print(f"  {server.name}: {connections:,} connections, {publish_rate:g} msg/s published for {seconds:g} s ...",
+          flush=True)
+    with Load(server.mode, conns, first=first, count=count, processes=processes) as load:
+        started = time.monotonic()
+        status = load.wait_ready(timeout_s=max(120.0, connections / 20))
+        connect_s = time.monotonic() - started
+        server.publish(warmup, publish_rate, first - warmup)
+        time.sleep(0.5)
+        buckets0 = hub_buckets(server)
+        cpu0 = proc_cpu_s(server.pid)
+        extra0 = {name: proc_cpu_s(pid) for name, pid in server.extra_pids.items()}
+        client0 = _children_cpu()
+        t0 = time.monotonic()
+        publish_s = server.publish(count, publish_rate, first)
+        expected_now = sum(_expected(conns, first, count))
+        last_change = load.drain(expected_now, stall_s=3.0, timeout_s=30.0)
+        cpu = proc_cpu_s(server.pid) - cpu0
+        extra = {name: round(proc_cpu_s(pid) - extra0[name], 2) for name, pid in server.extra_pids.items()}
+        window_s = max(publish_s, last_change - t0)
+        buckets1 = hub_buckets(server)
+        result = load.stop()
+    client_cpu = _children_cpu() - client0
+    out = result.as_dict()
+    delivered = result.delivered
+    return {
+        "server": server.name, "connections": connections, "rate_per_connection": rate,
+        "publish_rate": publish_rate, "seconds": seconds, "filters": filters if server.name == "hub" else "broadcast",
+        "connect_s": round(connect_s, 1), "ready_status": status, "publish_s": round(publish_s, 2),
+        "window_s": round(window_s, 2), **out,
+        "deliveries_per_s": round(result.delivered / window_s, 1),
+        "server_cpu_s": round(cpu, 2),
+        "server_cpu_us_per_msg": round(cpu / delivered * 1e6, 2) if delivered else None,
+        "server_cpu_pct": round(100 * cpu / window_s, 1), "helper_cpu_s": extra,
+        "helper_cpu_us_per_msg": round(sum(extra.values()) / delivered * 1e6, 2) if delivered else None,
+        "client_cpu_s": round(client_cpu or result.client_cpu_s, 2),
+        "hub_stored_to_sent_ms": histogram_quantiles(buckets0, buckets1),
+    }
+
+
+fanout_run.next_index = 0  # type: ignore[attr-defined]
+
+
+def _mean_share(kinds: tuple[str, ...]) -> float:
+    """The share of events a connection gets on average when the kinds rotate evenly (0.625 for MIXED)."""
+    return sum(sum(1 for i in range(100) if KINDS[k](i)) / 100 for k in kinds) / len(kinds)
+
+
+def _expected(conns: list[Conn], first: int, count: int) -> Iterator[int]:
+    per_kind = {kind: sum(1 for i in range(first, first + count) if pred(i)) for kind, pred in KINDS.items()}
+    for conn in conns:
+        yield per_kind[conn.kind]
+
+
+def _children_cpu() -> float:
+    usage = os.times()
+    return usage.children_user + usage.children_system
+
+
+def memory_run(server: Server, connections: int, *, processes: int | None = None,
+               warmup_connections: int = 100) -> dict[str, Any]:
+    """RSS per idle connection with ``connections`` open (the hub's subscribed). A first round of
+    ``warmup_connections`` comes and goes before the baseline, so lazy imports and first-use caches
+    are not charged to the connections."""
+    print(f"  {server.name}: {connections:,} idle connections (memory) ...", flush=True)
+    with Load(server.mode, conns_for(server, warmup_connections), processes=processes) as load:
+        load.wait_ready(timeout_s=60)
+        load.stop()
+    conns = conns_for(server, connections)
+    time.sleep(2.0)
+    _collect(server)
+    before = proc_rss(server.pid)
+    with Load(server.mode, conns, first=0, count=0, processes=processes) as load:
+        started = time.monotonic()
+        status = load.wait_ready(timeout_s=max(180.0, connections / 20))
+        connect_s = time.monotonic() - started
+        time.sleep(SETTLE_S)
+        _collect(server)
+        after = proc_rss(server.pid)
+        ready = status.get("ready", 0)
+        load.stop()
+    return {"server": server.name, "connections": connections, "ready": ready, "failed": status.get("failed", 0),
+            "connect_s": round(connect_s, 1), "rss_before_mb": round(before / 2**20, 1),
+            "rss_after_mb": round(after / 2**20, 1),
+            "rss_per_conn_kb": round((after - before) / ready / 1024, 1) if ready and after else None}
+
+
+def _settle(server: Server, timeout_s: float = 180.0) -> None:
+    """Wait until the server has let go of the connections just closed (Flask-SocketIO's threads take
+    a while, and it answers nothing meanwhile): ``/health`` answers and reports no clients."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            body = httpx.get(f"{server.http_url}/health", timeout=5).json()
+            if not body.get("clients"):
+                break
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(1.0)
+    time.sleep(2.0)
+
+
+def _collect(server: Server) -> None:
+    """Ask a garbage-collected server to collect now (Node: ``GET /gc``), so RSS is not sampled at a
+    random point of its collector's cycle."""
+    if server.name == "node":
+        try:
+            httpx.get(f"{server.http_url}/gc", timeout=30)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
+
+@contextmanager
+def open_server(name: str, redis: Any = None) -> Iterator[Server]:
+    if name == "hub":
+        with hub_server() as server:
+            yield server
+    elif name == "starlette":
+        with starlette_server() as server:
+            yield server
+    elif name == "node":
+        with node_server() as server:
+            yield server
+    elif name == "flask":
+        with flask_server(redis.url, redis_pid=redis.pid) as server:
+            yield server
+    else:
+        raise ValueError(f"unknown server {name!r} (known: {', '.join(SERVERS)})")
+
+
+@contextmanager
+def flask_redis() -> Iterator[Any]:
+    """An embedded Redis for the Flask-SocketIO baseline's message queue."""
+    from hub.embedded import EmbeddedRedis
+
+    with tempfile.TemporaryDirectory(prefix="tickstock-bench-redis-") as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
+        yield redis
+
+
+def run_all(servers: list[str], connections: list[int], *, rate: float, seconds: float, memory: int,
+            filters: str, processes: int | None, flask_max: int = FLASK_MAX_CONNECTIONS) -> dict[str, Any]:
+    raise_fd_limit()
+    fanout: list[dict[str, Any]] = []
+    memory_results: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+    skipped: list[dict[str, Any]] = []
+    for name in servers:
+        try:
+            with ExitStack() as exits:
+                redis = exits.enter_context(flask_redis()) if name == "flask" else None
+                server = exits.enter_context(open_server(name, redis))
+                # Memory first, on the fresh server: a fan-out run leaves garbage that a collector may
+                # return during the measurement (Node's did: a negative delta).
+                if memory:
+                    idle = min(memory, FLASK_MAX_IDLE) if name == "flask" else memory
+                    memory_results.append(memory_run(server, idle, processes=processes))
+                    m = memory_results[-1]
+                    print(f"    {m['ready']:,} ready: RSS {m['rss_before_mb']} → {m['rss_after_mb']} MB, "
+                          f"{m['rss_per_conn_kb']} KB per connection", flush=True)
+                    _settle(server)
+                for n in connections:
+                    if name == "flask" and n > flask_max:
+                        skipped.append({"server": name, "connections": n, "why": f"above --flask-max-connections "
+                                        f"{flask_max}: one busy thread per connection saturates the machine"})
+                        print(f"  flask: {n:,} connections skipped ({skipped[-1]['why']})", flush=True)
+                        continue
+                    fanout.append(fanout_run(server, n, rate=rate, seconds=seconds, filters=filters,
+                                             processes=processes))
+                    _line(fanout[-1])
+        except Exception as exc:  # noqa: BLE001 - one server failing must not lose the others' figures
+            errors[name] = f"{type(exc).__name__}: {exc}"[:2000]
+            print(f"  {name}: FAILED {errors[name]}", flush=True)
+    return {"fanout": fanout, "memory": memory_results, "errors": errors, "skipped": skipped}
+
+
+def _line(r: dict[str, Any]) -> None:
+    lat = r["latency_ms"]
+    print(f"    {r['ready']:,}/{r['connections']:,} ready; delivered {r['delivered']:,}/{r['expected']:,} "
+          f"({r['deliveries_per_s']:,.0f}/s), lost {r['lost']:,} ({r['lost_pct']}%), dup {r['duplicates']}, "
+          f"p50 {lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} ms; server CPU "
+          f"{r['server_cpu_us_per_msg']} µs/msg ({r['server_cpu_pct']}%), closes {r['closes']}"
+          + (f"; hub stored→sent {r['hub_stored_to_sent_ms']}" if r["hub_stored_to_sent_ms"] else ""), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--connections", default="100,1000", help="comma-separated; '' for none")
+    parser.add_argument("--rate", type=float, default=20.0, help="messages per second per connection")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured publishing time per run")
+    parser.add_argument("--memory", type=int, default=0, help="idle connections for the RSS measurement (0: skip)")
+    parser.add_argument("--hub-filters", choices=("mixed", "all"), default="mixed")
+    parser.add_argument("--processes", type=int, default=None, help="client processes (default: one per core)")
+    parser.add_argument("--flask-max-connections", type=int, default=FLASK_MAX_CONNECTIONS)
+    args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so every server started so far is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    servers = [s for s in args.servers.split(",") if s]
+    connections = [int(c) for c in args.connections.split(",") if c]
+    result = run_all(servers, connections, rate=args.rate, seconds=args.seconds, memory=args.memory,
+                     filters=args.hub_filters, processes=args.processes, flask_max=args.flask_max_connections)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"bench_fanout-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps({"cpus": os.cpu_count(), **result}, indent=2))
+    print(f"written to {out}")
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
