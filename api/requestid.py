@@ -53,7 +53,7 @@ class RequestIdMiddleware:
         if scope["type"] == "websocket":
             # The websocket fan-out writes frames through the server's own send once the socket is
             # accepted (only the accept carries the header): one call less per frame.
-            scope = {**scope, SERVER_SEND: send}
+            scope[SERVER_SEND] = send  # in place: a copy of the scope per idle socket costs memory
         try:
             await self.app(scope, receive, send_with_id)
         finally:

@@ -98,6 +98,10 @@ class Connection:
     order; it ends when the outbox is empty. Only backed-up connections have such a task.
     """
 
+    __slots__ = ("_bytes", "_closer", "_flusher", "_frames", "_limits", "_metrics", "_room", "_send", "busy",
+                 "close_code", "close_reason", "connected_at", "expires_at", "gone", "last_received", "last_sent",
+                 "scopes", "subject", "subs")
+
     def __init__(self, send: Send, limits: FanOutLimits, metrics: FanOutMetrics) -> None:
         self._send = send
         self._limits = limits

@@ -84,6 +84,8 @@ def _brief(exc: ValidationError) -> str:
 class Session:
     """The ops of one connection, handled one at a time in arrival order."""
 
+    __slots__ = ("auth", "conn", "fanout")
+
     def __init__(self, conn: Connection, fanout: FanOut, auth: Authenticator) -> None:
         self.conn, self.fanout, self.auth = conn, fanout, auth
 
