@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -420,18 +421,7 @@ async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer_and_othe
         connect: Any, hub: LiveHub) -> None:
     fast = await connect()
     await subscribe(fast, "all")
-    # A raw client that never reads after the handshake (a websockets client would buffer for us).
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", hub.port))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(f"GET /ws?token={READER} HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
-    writer.write(_client_frame(json.dumps({"op": "subscribe", "id": "all", "filter": {}})))
-    talking = asyncio.create_task(_keep_talking(writer))  # it never reads, but it is not idle
-    try:
+    async with raw_client(hub, "all", {}):  # it never reads
         big = {"blob": "x" * 12_000}
         start = hub.hub.fanout.head
         await publish(hub, [make_event(i, prefix="slow", symbol="MSFT", data=big) for i in range(1000)])
@@ -442,6 +432,25 @@ async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer_and_othe
         await wait_for(slow_closed, timeout=30, what="the slow consumer to be closed")
         got = await received(fast, 1000, timeout=60)
         assert [f["seq"] for f in got][-1000:] == list(range(start + 1, start + 1001))
+
+
+@contextlib.asynccontextmanager
+async def raw_client(hub: LiveHub, sub_id: str, filter_: dict[str, Any]) -> AsyncIterator[asyncio.StreamReader]:
+    """A bare websocket client with a tiny receive buffer that reads only when the test does (a
+    websockets client would buffer for us), subscribed to ``filter_``; it keeps sending pongs, so it is
+    never idle. Yields its reader, positioned after the handshake."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", hub.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET /ws?token={READER} HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+    writer.write(_client_frame(json.dumps({"op": "subscribe", "id": sub_id, "filter": filter_})))
+    talking = asyncio.create_task(_keep_talking(writer))
+    try:
+        yield reader
     finally:
         talking.cancel()
         writer.transport.abort()
@@ -573,17 +582,7 @@ async def _read_frame(reader: asyncio.StreamReader) -> str:
 
 async def test_a_client_that_falls_behind_and_catches_up_gets_everything_in_order(hub: LiveHub) -> None:
     """The socket backs up (the hub queues in the outbox behind a waiting send), then drains."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", hub.port))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(f"GET /ws?token={READER} HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    await reader.readuntil(b"\r\n\r\n")
-    writer.write(_client_frame(json.dumps({"op": "subscribe", "id": "mine", "filter": {"symbols": ["CAT"]}})))
-    talking = asyncio.create_task(_keep_talking(writer))
-    try:
+    async with raw_client(hub, "mine", {"symbols": ["CAT"]}) as reader:
         assert json.loads(await _read_frame(reader))["op"] == "welcome"
         assert json.loads(await _read_frame(reader))["op"] == "subscribed"
         conns = [c for c in hub.hub.fanout.connections if "mine" in c.subs]
@@ -604,9 +603,6 @@ async def test_a_client_that_falls_behind_and_catches_up_gets_everything_in_orde
             seqs.append(frame["seq"])
         assert len(seqs) == sent and seqs == sorted(set(seqs))
         assert conns[0].close_code is None and not conns[0].queued
-    finally:
-        talking.cancel()
-        writer.transport.abort()
 
 
 async def test_the_python_client_stops_on_a_filter_the_hub_refuses(hub: LiveHub) -> None:
@@ -620,17 +616,7 @@ async def test_the_python_client_stops_on_a_filter_the_hub_refuses(hub: LiveHub)
 
 
 async def test_a_client_whose_oldest_frame_waits_too_long_is_closed_as_a_slow_consumer(hub: LiveHub) -> None:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", hub.port))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(f"GET /ws?token={READER} HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    await reader.readuntil(b"\r\n\r\n")
-    writer.write(_client_frame(json.dumps({"op": "subscribe", "id": "lag", "filter": {"symbols": ["DE"]}})))
-    talking = asyncio.create_task(_keep_talking(writer))
-    try:
+    async with raw_client(hub, "lag", {"symbols": ["DE"]}):
         await wait_for(_true_when(lambda: any("lag" in c.subs for c in hub.hub.fanout.connections)),
                        what="the subscription")
         conn = next(c for c in hub.hub.fanout.connections if "lag" in c.subs)
@@ -644,6 +630,3 @@ async def test_a_client_whose_oldest_frame_waits_too_long_is_closed_as_a_slow_co
         assert conn.queued < 100
         await wait_for(_true_when(lambda: conn.close_code is not None), timeout=10, what="the lagging client closed")
         assert conn.close_code == 4409 and "waited" in conn.close_reason
-    finally:
-        talking.cancel()
-        writer.transport.abort()
