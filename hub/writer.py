@@ -168,14 +168,19 @@ class Writer:
             async with conn.transaction():
                 await self._ensure_partitions(conn, events)
                 stored = await store_events(conn, events)
-        await self._stored(events)
-        pending = [(stored[e.id], e) for e in events if stored[e.id].stream_seq is None]
-        futures = [
-            await self._js.publish_async(clean_subject(e.timeframe, e.symbol), e.to_json_bytes(),
-                                         headers={"Nats-Msg-Id": e.id})
-            for _, e in pending
-        ]
-        acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+        # The hook (the cache's generation bump) runs while the batch is published, not before:
+        # it must follow the commit closely, but the clean stream (and the websockets) need not wait.
+        hooked = asyncio.ensure_future(self._stored(events))
+        try:
+            pending = [(stored[e.id], e) for e in events if stored[e.id].stream_seq is None]
+            futures = [
+                await self._js.publish_async(clean_subject(e.timeframe, e.symbol), e.to_json_bytes(),
+                                             headers={"Nats-Msg-Id": e.id})
+                for _, e in pending
+            ]
+            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+        finally:
+            await hooked
         if pending:
             async with self._pool.connection() as conn:
                 await set_stream_seqs(conn, [(s, ack.seq) for (s, _), ack in zip(pending, acks, strict=True)])

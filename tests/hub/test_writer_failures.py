@@ -40,6 +40,10 @@ async def _stored_at_least(pool: AsyncConnectionPool, prefix: str, n: int) -> bo
     return await _stored(pool, prefix) >= n
 
 
+async def _clean_at_least(js, n: int) -> bool:  # type: ignore[no-untyped-def]
+    return (await js.stream_info("TICKSTOCK_PATTERNS")).state.messages >= n
+
+
 def _via(url: str, port: int) -> str:
     parts = urlsplit(url)
     return parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{port}").geturl()
@@ -83,6 +87,8 @@ async def test_two_hub_nodes_share_the_writer_and_store_each_event_once(settings
             LiveHub(dataclasses.replace(settings, writer_batch=50)) as b:
         await publish_events(a.hub.js, [make_event(i, prefix="twonodes", symbol=SYMBOLS[i % 10]) for i in range(4000)])
         await wait_for(lambda: _stored_at_least(ref_pool, "twonodes", 4000), timeout=60, what="4000 stored")
+        # a batch is committed before it is published: wait for the clean stream too
+        await wait_for(lambda: _clean_at_least(a.hub.js, 4000), timeout=30, what="4000 on the clean stream")
         assert a.hub.writer.batches > 0 and b.hub.writer.batches > 0
         stored = a.hub.metrics.stored.total() + b.hub.metrics.stored.total()
         published = a.hub.metrics.published.total() + b.hub.metrics.published.total()
