@@ -200,10 +200,10 @@ class FanOut:
                 else:
                     conn.close(CLOSE_SLOW, "slow consumer: too far behind while resuming")
             if live:
-                ids = live[0].ids_json if len(live) == 1 else json.dumps([s.id for s in live])
+                ids = _ids_json(live)
                 frame = frames.get(ids)
                 if frame is None:
-                    frame = frames[ids] = f'{{"op":"event","seq":{seq},"subs":{ids},"event":{entry.text}}}'
+                    frame = frames[ids] = _event_frame(entry, ids)
                 conn.offer(frame, entry.stored_at)
 
     # -- subscriptions ---------------------------------------------------------------------------
@@ -232,7 +232,7 @@ class FanOut:
             # the seam: what arrived live while the past was sent, then live again
             while sub.pending and conn.close_code is None:
                 entry = sub.pending.popleft()
-                if await conn.offer_paced(_event_frame(entry, [sub]), entry.stored_at):
+                if await conn.offer_paced(_event_frame(entry, sub.ids_json), entry.stored_at):
                     replayed += 1
             sub.pending = None
         self.metrics.replayed.inc(replayed)
@@ -333,7 +333,7 @@ class FanOut:
         async for entry in source:
             if conn.close_code is not None or conn.subs.get(sub.id) is not sub:
                 break
-            if sub.matches(entry) and await conn.offer_paced(_event_frame(entry, [sub]), entry.stored_at):
+            if sub.matches(entry) and await conn.offer_paced(_event_frame(entry, sub.ids_json), entry.stored_at):
                 replayed += 1
         if history is None:
             recovered = state["recovered"]
@@ -406,9 +406,12 @@ def _seq(entry: Entry) -> int:
     return entry.seq
 
 
-def _event_frame(entry: Entry, subs: list[Subscription]) -> str:
-    ids = subs[0].ids_json if len(subs) == 1 else json.dumps([s.id for s in subs])
-    return f'{{"op":"event","seq":{entry.seq},"subs":{ids},"event":{entry.text}}}'
+def _ids_json(subs: list[Subscription]) -> str:
+    return subs[0].ids_json if len(subs) == 1 else json.dumps([s.id for s in subs])
+
+
+def _event_frame(entry: Entry, ids_json: str) -> str:
+    return f'{{"op":"event","seq":{entry.seq},"subs":{ids_json},"event":{entry.text}}}'
 
 
 async def _aiter(entries: list[Entry]) -> AsyncIterator[Entry]:

@@ -71,6 +71,7 @@ class OpError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
+        self.op_id: str | None = None  # the failing op's id, when the frame had a string one
 
 
 def _brief(exc: ValidationError) -> str:
@@ -123,6 +124,14 @@ class Session:
             raise OpError("bad_frame", f"not JSON: {exc}") from None
         if not isinstance(frame, dict) or not isinstance(frame.get("op"), str):
             raise OpError("bad_frame", "a frame must be a JSON object with a string 'op'")
+        try:
+            await self._handle(frame)
+        except OpError as exc:
+            op_id = frame.get("id")
+            exc.op_id = op_id if isinstance(op_id, str) else None
+            raise
+
+    async def _handle(self, frame: dict[str, Any]) -> None:
         op = frame["op"]
         if op not in OPS:
             raise OpError("unknown_op", f"unknown op {op[:40]!r} (known: {', '.join(OPS)})")
@@ -221,13 +230,7 @@ async def feed(websocket: WebSocket) -> None:
             try:
                 await session.handle(text)
             except OpError as exc:
-                op_id = None
-                try:
-                    frame = json.loads(text)
-                    op_id = frame.get("id") if isinstance(frame, dict) and isinstance(frame.get("id"), str) else None
-                except ValueError:
-                    pass
-                session.error(exc.code, exc.message, op_id)
+                session.error(exc.code, exc.message, exc.op_id)
             finally:
                 conn.busy = False
                 conn.last_received = time.monotonic()
