@@ -123,7 +123,9 @@ class LiveHub:
 class TcpProxy:
     """A loopback TCP proxy to ``target`` that a test can cut (``cut()``) and restore (``restore()``).
 
-    While cut, existing connections are closed and new ones are refused, as in a network outage.
+    While cut, existing connections are closed and new ones are refused, as in a network outage. While
+    stalled (``stall()`` until ``resume()``), connections stay open but no byte moves either way, as with
+    a server that has stopped answering: from the moment ``stall()`` returns, nothing gets through.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -131,6 +133,8 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def __aenter__(self) -> TcpProxy:
         await self.restore()
@@ -143,6 +147,14 @@ class TcpProxy:
         if self._server is None:
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
             self.port = self._server.sockets[0].getsockname()[1]
+
+    def stall(self) -> None:
+        """Hold every byte read from either side until ``resume()``."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Deliver what was held, and let bytes flow again."""
+        self._flowing.set()
 
     async def cut(self) -> None:
         if self._server is not None:
@@ -164,6 +176,7 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             dst.close()
