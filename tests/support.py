@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import inspect
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC
 from types import TracebackType
-from typing import TypeVar, overload
+from typing import IO, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
@@ -23,7 +24,7 @@ from api.state import HubState
 
 __all__ = [
     "DEFAULT_POLL_S", "DEFAULT_WAIT_S", "LiveHub", "TcpProxy", "admin_url_for", "database_url_for", "free_port",
-    "serve_started", "wait_for", "wait_for_sync", "within",
+    "lines_until", "serve_started", "wait_for", "wait_for_sync", "within",
 ]
 
 T = TypeVar("T")
@@ -267,6 +268,33 @@ def wait_for_sync(predicate: Callable[[], T], *, timeout: float = DEFAULT_WAIT_S
         if expired:
             raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {result!r})")
         time.sleep(min(interval, max(deadline - time.monotonic(), 0.0)))
+
+
+def lines_until(stream: IO[str], marker: str, *, timeout: float) -> list[str]:
+    """The lines read from ``stream`` up to and including the first that contains ``marker``.
+
+    Reads in a thread, so that a silent stream cannot block past ``timeout`` s; raises ``AssertionError``
+    (with the lines so far) on timeout or at end of stream. The reader stops after the marker, so the
+    rest of the stream is left for the caller.
+    """
+    lines: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            for line in iter(stream.readline, ""):
+                lines.append(line)
+                if marker in line:
+                    return
+        finally:
+            done.set()
+
+    threading.Thread(target=read, name="lines-until", daemon=True).start()
+    if not done.wait(timeout):
+        raise AssertionError(f"no {marker!r} after {timeout} s; so far:\n" + "".join(lines))
+    if not lines or marker not in lines[-1]:
+        raise AssertionError(f"the stream ended before {marker!r}:\n" + "".join(lines))
+    return lines
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
@@ -15,7 +14,7 @@ import pytest
 import redis
 
 from hub.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port, started
-from tests.support import alive
+from tests.support import alive, wait_for_sync
 
 _alive = alive
 
@@ -151,10 +150,7 @@ def test_servers_die_with_a_killed_parent(tmp_path: Path) -> None:
     parent.kill()
     parent.wait()
     parent.stdout.close()
-    deadline = time.monotonic() + 10
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child)
+    wait_for_sync(lambda: not _alive(child), timeout=30, what="the orphaned server to exit")
 
 
 def test_a_server_that_ignores_the_stop_signal_is_killed(tmp_path: Path) -> None:
