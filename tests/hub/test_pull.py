@@ -195,17 +195,15 @@ async def _raw_publish(url: str, subject: str, header_block: bytes) -> None:
 
 async def test_an_idle_heartbeat_is_skipped_and_the_fetch_keeps_waiting(
         js: JetStreamContext, nats_client: NATS, servers: Servers) -> None:
-    spy = await nats_client.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{CONSUMER}")
     async with _puller(nats_client) as puller:
-        fetching = asyncio.create_task(puller.fetch(1, timeout=5))
-        request = await spy.next_msg(timeout=2)
-        await spy.unsubscribe()
+        fetching, request = await _fetch_requested(nats_client, puller, 1, timeout=30)
         await _raw_publish(servers.nats_url, request.reply, b"NATS/1.0 100 Idle Heartbeat\r\n\r\n")
-        await asyncio.sleep(0.3)
-        assert not fetching.done(), "the fetch ended on a heartbeat"
+        # The server has routed the heartbeat (it answered the PING after it), so the message below reaches
+        # the inbox after it: order, not a sleep, shows that the fetch did not end on the heartbeat.
         await _publish(js, b"after-heartbeat")
-        msgs = await fetching
-    assert [m.data for m in msgs] == [b"after-heartbeat"]
+        async with within(10, what="the fetch after the heartbeat and a message"):
+            msgs = await fetching
+    assert [m.data for m in msgs] == [b"after-heartbeat"], "the fetch ended on a heartbeat"
     await _ack_all(msgs)
 
 
