@@ -71,6 +71,7 @@ def test_bad_setting_is_a_usage_error(clean_env: None, monkeypatch: pytest.Monke
         ("TICKSTOCK_REDIS_URL", "cannot connect to Redis"),
     ],
 )
+@pytest.mark.slow
 def test_serve_with_a_wrong_url_fails_fast_in_one_line(servers, database_url: str, broken: str, message: str) -> None:  # type: ignore[no-untyped-def]
     closed = free_port()
     urls = {
@@ -98,6 +99,7 @@ def test_migrate_and_load_reference_data_with_a_url(database_url: str, clean_env
     assert "reference data:" in err and "symbols" in err and "sectors" in err
 
 
+@pytest.mark.slow
 def test_migrate_without_a_url_uses_the_embedded_cluster(tmp_path: Path) -> None:
     result = _tickstock("migrate", "--data-dir", str(tmp_path), env=_env())
     assert result.returncode == 0, result.stderr
@@ -128,6 +130,7 @@ def _processes_under(path: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_run_serves_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "run", "--port", str(port), "--data-dir", str(tmp_path)],
@@ -157,6 +160,7 @@ def test_run_serves_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> No
         sock.bind(("127.0.0.1", port))  # the HTTP port is free again
 
 
+@pytest.mark.slow
 def test_run_on_a_busy_port_fails_in_one_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -265,6 +265,7 @@ async def test_dlq_with_an_unreachable_database_fails_in_one_line(
 
 # -- demo-feed and bridge-redis ---------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_demo_feed_publishes_to_ingest(hub_env: LiveHub, capsys: pytest.CaptureFixture[str]) -> None:
     await ensure_topology(hub_env.hub.js)  # idempotent: the ingest stream is there
     before = (await hub_env.hub.js.stream_info("TICKSTOCK_INGEST")).state.last_seq
@@ -355,6 +356,7 @@ async def test_bridge_redis_process_forwards_until_interrupted(live_hub: LiveHub
     _stopped_cleanly(proc, err)
 
 
+@pytest.mark.slow
 async def test_sigterm_stops_a_long_running_command_cleanly(live_hub: LiveHub, redis_url: str) -> None:
     async with bridge_process(live_hub, redis_url) as (proc, redis):
         proc.send_signal(signal.SIGTERM)

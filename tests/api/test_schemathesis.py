@@ -64,6 +64,7 @@ async def _seed(live_hub: LiveHub, token: str) -> None:
         await wait_for(arrived, timeout=30, interval=0.1, what="the seed event and dead letter")
 
 
+@pytest.mark.slow
 async def test_schemathesis_finds_no_server_error_or_schema_mismatch(live_hub: LiveHub, tmp_path: Path) -> None:
     token = mint_token(JWT_SECRET, subject="st", scopes=SCOPES)
     await _seed(live_hub, token)

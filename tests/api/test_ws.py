@@ -370,6 +370,7 @@ async def test_since_replays_the_matching_past_then_continues_live_without_gap_o
     assert seqs == sorted(set(seqs)) and seqs[0] > start
 
 
+@pytest.mark.slow
 async def test_since_beyond_the_resume_bound_or_ahead_of_the_stream_is_not_recovered(connect: Any, hub: LiveHub) -> None:
     peer = await connect()
     reply = await subscribe(peer, "ahead", since=hub.hub.fanout.head + 1_000_000, symbols=["NOTHING"])

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from api.settings import Settings
@@ -57,6 +58,7 @@ async def _count(pool: AsyncConnectionPool, sql: str) -> int:
     return int(next(iter(row.values()))) if row else 0
 
 
+@pytest.mark.slow
 async def test_kill_9_mid_ingest_then_restart_loses_and_duplicates_nothing(settings: Settings, ref_pool, nats_client) -> None:  # type: ignore[no-untyped-def]
     await delete_all_streams(settings.nats_url or "")
     first, _ = _start(settings)

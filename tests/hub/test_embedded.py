@@ -25,6 +25,7 @@ def test_free_port_is_bindable() -> None:
         sock.bind(("127.0.0.1", port))
 
 
+@pytest.mark.slow
 def test_all_three_start_answer_and_stop(tmp_path: Path) -> None:
     nats, pg, rd = EmbeddedNats(tmp_path / "n"), EmbeddedPostgres(tmp_path / "p", durable=False), EmbeddedRedis(tmp_path / "r")
     seen: list[str] = []
@@ -45,6 +46,7 @@ def test_all_three_start_answer_and_stop(tmp_path: Path) -> None:
     assert not nats.running and nats.pid is None
 
 
+@pytest.mark.slow
 def test_postgres_keeps_its_data_between_runs(tmp_path: Path) -> None:
     with EmbeddedPostgres(tmp_path) as pg:
         with psycopg.connect(pg.url, autocommit=True) as conn:
@@ -105,6 +107,7 @@ def test_a_server_another_process_runs_is_used_and_left_running(tmp_path: Path) 
         first.stop()
 
 
+@pytest.mark.slow
 def test_a_leftover_that_does_not_answer_is_stopped_first(tmp_path: Path) -> None:
     class Mute(EmbeddedRedis):
         answers = True
