@@ -355,7 +355,7 @@ async def scan_events(conn: psycopg.AsyncConnection[Any], filt: ScanFilter, *, s
     if symbols is not None and not symbols:
         return ScanPage([], None)
     query, params = build_scan(filt, symbols=symbols, sort=sort, limit=limit + 1, after=after, offset=offset)
-    rows: list[dict[str, Any]] = await (await conn.execute(query, params)).fetchall()  # type: ignore[assignment]  # dict rows
+    rows: list[dict[str, Any]] = await (await conn.execute(query, params)).fetchall()
     if len(rows) <= limit:
         return ScanPage(rows, None)
     rows = rows[:limit]

@@ -162,7 +162,8 @@ def _real_bound(value: float | None, *, lower: bool) -> float | None:
 def _filter(hub: HubState, query: ParsedQuery[ScanParams]) -> ScanFilter:
     """The scan's filter from its checked parameters; raises :class:`ApiError` 400 listing every value
     that names nothing (a pattern, a symbol) or contradicts another."""
-    params, errors = query.params, []
+    params = query.params
+    errors: list[dict[str, str]] = []
     patterns = _canonical_patterns(hub, params.pattern, query.loc("pattern"), errors)
     symbols = []
     for raw in params.symbol:
