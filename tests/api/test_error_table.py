@@ -34,7 +34,6 @@ from store.users import DuplicateName, LimitExceeded, UserDataError
 from tests.conftest import JWT_SECRET
 from tests.support import LiveHub, problem
 
-
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEM = "application/problem+json"
 

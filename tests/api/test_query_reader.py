@@ -13,7 +13,6 @@ from api.validation import MAX_JSON_DEPTH
 from tests.conftest import JWT_SECRET
 from tests.support import LiveHub, locs, problem
 
-
 DLQ = "/api/admin/dlq"
 SCAN = "/api/patterns/scan"
 MISSING_REPLAY = "/api/admin/dlq/999999999/replay"
