@@ -24,6 +24,7 @@ from api.routes import (
     patterns,
     symbols,
     universes,
+    user_filters,
     users,
     ws,
 )
@@ -135,7 +136,8 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
     app = Starlette(
         middleware=[Middleware(RequestIdMiddleware)],
         routes=[*health.routes, *metrics.routes, *ingest.routes, *patterns.routes, *symbols.routes,
-                *universes.routes, *users.routes, *admin.routes, *docs.routes, *ws.routes, *dashboard.routes],
+                *universes.routes, *users.routes, *user_filters.routes, *admin.routes, *docs.routes, *ws.routes,
+                *dashboard.routes],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

@@ -41,6 +41,7 @@ DEFAULT_CACHE_CLOSED_TTL_S = 3_600.0
 DEFAULT_CACHE_TIMEOUT_MS = 150
 DEFAULT_CACHE_BREAKER_FAILURES = 5
 DEFAULT_CACHE_BREAKER_RESET_MS = 1_000
+DEFAULT_ADMIN_MAX_BODY_BYTES = 1024 * 1024
 
 
 class SettingsError(ValueError):
@@ -71,6 +72,7 @@ class Settings:
     http_ingest_max_events: int = DEFAULT_HTTP_INGEST_MAX_EVENTS
     http_ingest_max_bytes: int = DEFAULT_HTTP_INGEST_MAX_BYTES
     http_ingest_inflight: int = DEFAULT_HTTP_INGEST_INFLIGHT
+    admin_max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES  # a larger admin request body is a 413
     rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S  # per token subject; 0 turns limiting off
     rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST
     rate_limit_admin_per_s: float | None = None  # None: the same as everyone
@@ -109,7 +111,8 @@ class Settings:
         for name in ("pool_timeout_s", "connect_timeout_s", "maintenance_interval_s", "ingest_ack_wait_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
-        for name in ("writer_batch", "ingest_max_deliver", "http_ingest_max_events", "http_ingest_max_bytes", "http_ingest_inflight"):
+        for name in ("writer_batch", "ingest_max_deliver", "http_ingest_max_events", "http_ingest_max_bytes", "http_ingest_inflight",
+                     "admin_max_body_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
         for name in ("rate_limit_per_s", "rate_limit_admin_per_s"):

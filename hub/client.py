@@ -21,15 +21,24 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from hub.errors import HubError
+from hub.protocol import (
+    CLOSE_FORBIDDEN,
+    CLOSE_UNAUTHORIZED,
+    ERROR_INVALID,
+    ERROR_INVALID_FILTER,
+    ERROR_TOO_MANY_SUBSCRIPTIONS,
+)
+
 __all__ = ["Delivery", "HubClient", "HubClientError", "Subscription"]
 
 log = logging.getLogger("tickstock.client")
 
 #: Close codes after which reconnecting cannot help.
-FATAL_CLOSES = {4401: "the token was refused or expired", 4403: "the token lacks patterns:read"}
+FATAL_CLOSES = {CLOSE_UNAUTHORIZED: "the token was refused or expired", CLOSE_FORBIDDEN: "the token lacks patterns:read"}
 
 
-class HubClientError(RuntimeError):
+class HubClientError(HubError, RuntimeError):
     """The hub refused this client for good (a bad token, a bad filter)."""
 
 
@@ -168,6 +177,6 @@ class HubClient:
             self.recovered[frame["id"]] = frame["recovered"]
             self.last_seq.setdefault(frame["id"], frame["head"])
         elif op == "error":
-            if frame.get("code") in ("invalid_filter", "invalid", "too_many_subscriptions"):
+            if frame.get("code") in (ERROR_INVALID_FILTER, ERROR_INVALID, ERROR_TOO_MANY_SUBSCRIPTIONS):
                 raise HubClientError(f"{frame['code']}: {frame.get('message')}")
             log.warning("hub error: %s", frame)

@@ -17,6 +17,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hub.metrics import Counter, CounterView, Gauge, Histogram, Registry
+from hub.protocol import (
+    CLOSE_FORBIDDEN,
+    CLOSE_GOING_AWAY,
+    CLOSE_IDLE,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_SLOW,
+    CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY,
+    CLOSE_UNAUTHORIZED,
+)
 from hub.subscriptions import Subscription
 
 if TYPE_CHECKING:
@@ -28,16 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("tickstock.ws")
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_IDLE = 4408
-CLOSE_SLOW = 4409
-CLOSE_TOO_MANY = 4429
 
 CLOSE_TIMEOUT_S = 2.0
 

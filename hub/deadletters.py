@@ -25,6 +25,7 @@ from nats.js.errors import NotFoundError
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
+from hub.errors import ReplayError
 from hub.events import EventError, ingest_subject, parse_event
 from hub.jetstream import ADVISORY_STREAM, DEADLETTER_CONSUMER, DLQ_PREFIX, INGEST_STREAM
 from hub.metrics import Metrics
@@ -41,15 +42,6 @@ RETRY_DELAY_S = 2.0
 
 # Failures that say "try again later", never "this message is bad".
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, NatsError, OSError, TimeoutError)
-
-
-class ReplayError(ValueError):
-    """The dead letter does not exist, or its (corrected) payload would be rejected again."""
-
-    def __init__(self, message: str, *, status: int = 422, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
 
 
 def _event_id(payload: bytes) -> str | None:
@@ -116,13 +108,13 @@ class DeadLetterer:
         async with self._pool.connection() as conn:
             letter = await get_dead_letter(conn, dead_letter_id)
         if letter is None:
-            raise ReplayError(f"no dead letter {dead_letter_id}", status=404)
+            raise ReplayError(f"no dead letter {dead_letter_id}", kind="not_found")
         body = letter.payload if payload is None else payload
         try:
             event = parse_event(body, catalog=catalog.current)
         except EventError as exc:
             raise ReplayError(f"the payload would be rejected again: {exc.reason}: {exc.detail}",
-                              reason=exc.reason) from None
+                              kind="rejected", reason=exc.reason) from None
         # A replay gets its own message id: the rejected original's id is still in JetStream's
         # duplicate window, and the store is idempotent on the event id anyway.
         msg_id = f"{event.id}#replay-{dead_letter_id}-{letter.replay_count + 1}"

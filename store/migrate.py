@@ -18,7 +18,7 @@ from typing import Any, LiteralString, cast
 import psycopg
 from psycopg.rows import tuple_row
 
-from .pool import StoreError
+from .errors import StoreError
 
 __all__ = ["Migration", "MigrationError", "available_migrations", "migrate"]
 
@@ -29,7 +29,10 @@ _LOCK_KEY = 0x7469636B  # "tick"
 
 
 class MigrationError(StoreError):
-    """A migration failed, or the recorded history does not match the files."""
+    """A migration failed, or the recorded history does not match the files.
+
+    Deliberately not a psycopg ``OperationalError``: an edited migration or a failing statement will
+    fail again, so nothing should treat it as transient and retry."""
 
 
 @dataclass(frozen=True)

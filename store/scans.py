@@ -13,7 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +32,7 @@ __all__ = [
     "ScanFilter",
     "ScanPage",
     "Sort",
+    "SymbolResolver",
     "build_scan",
     "decode_cursor",
     "encode_cursor",
@@ -336,17 +337,25 @@ def build_scan(filt: ScanFilter, *, symbols: frozenset[str] | None, sort: Sort, 
     return query, params
 
 
+# Resolves a filter's symbol, universe and sector filters to one symbol set (None: no such filter).
+SymbolResolver = Callable[[psycopg.AsyncConnection[Any], ScanFilter], Awaitable[frozenset[str] | None]]
+
+
 async def scan_events(conn: psycopg.AsyncConnection[Any], filt: ScanFilter, *, sort: Sort, limit: int,
-                      after: Sequence[Any] | None = None, offset: int = 0, subject: str | None = None) -> ScanPage:
-    """One page of events matching ``filt`` (see :func:`build_scan`). Raises :class:`ScanError` for an
-    unknown universe or sector and psycopg's errors (the pool's statement timeout applies)."""
+                      after: Sequence[Any] | None = None, offset: int = 0, subject: str | None = None,
+                      resolver: SymbolResolver | None = None) -> ScanPage:
+    """One page of events matching ``filt`` (see :func:`build_scan`), with the sort values of its last
+    row when more may follow. The symbol filters are resolved by ``resolver`` (an in-process
+    directory, say), else by :func:`resolve_symbols` in SQL with ``subject``'s saved universe as
+    ``my``. Raises ``ValueError`` for a ``limit`` outside 1..:data:`MAX_LIMIT`, :class:`ScanError` for
+    an unknown universe or sector, and psycopg's errors (the pool's statement timeout applies)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
-    symbols = await resolve_symbols(conn, filt, subject=subject)
+    symbols = await (resolver(conn, filt) if resolver else resolve_symbols(conn, filt, subject=subject))
     if symbols is not None and not symbols:
         return ScanPage([], None)
     query, params = build_scan(filt, symbols=symbols, sort=sort, limit=limit + 1, after=after, offset=offset)
-    rows = await (await conn.execute(query, params)).fetchall()
+    rows: list[dict[str, Any]] = await (await conn.execute(query, params)).fetchall()
     if len(rows) <= limit:
         return ScanPage(rows, None)
     rows = rows[:limit]

@@ -18,16 +18,24 @@ from starlette.websockets import WebSocket
 from api.auth import Authenticator, AuthError, Principal
 from api.requestid import SERVER_SEND
 from api.state import HubState
-from hub.connection import (
+from hub.connection import Connection
+from hub.fanout import FanOut, FilterError
+from hub.protocol import (
     CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
     CLOSE_TOO_BIG,
     CLOSE_TOO_MANY,
     CLOSE_UNAUTHORIZED,
-    Connection,
+    ERROR_BAD_FRAME,
+    ERROR_FORBIDDEN,
+    ERROR_INVALID,
+    ERROR_INVALID_FILTER,
+    ERROR_TOO_MANY_SUBSCRIPTIONS,
+    ERROR_UNAUTHENTICATED,
+    ERROR_UNKNOWN_OP,
+    ERROR_UNKNOWN_SUBSCRIPTION,
 )
-from hub.fanout import FanOut, FilterError
 from hub.subscriptions import Filter
 
 __all__ = ["MAX_FRAME_CHARS", "routes"]
@@ -121,9 +129,9 @@ class Session:
         try:
             frame = json.loads(text)
         except ValueError as exc:
-            raise OpError("bad_frame", f"not JSON: {exc}") from None
+            raise OpError(ERROR_BAD_FRAME, f"not JSON: {exc}") from None
         if not isinstance(frame, dict) or not isinstance(frame.get("op"), str):
-            raise OpError("bad_frame", "a frame must be a JSON object with a string 'op'")
+            raise OpError(ERROR_BAD_FRAME, "a frame must be a JSON object with a string 'op'")
         try:
             await self._handle(frame)
         except OpError as exc:
@@ -134,7 +142,7 @@ class Session:
     async def _handle(self, frame: dict[str, Any]) -> None:
         op = frame["op"]
         if op not in OPS:
-            raise OpError("unknown_op", f"unknown op {op[:40]!r} (known: {', '.join(OPS)})")
+            raise OpError(ERROR_UNKNOWN_OP, f"unknown op {op[:40]!r} (known: {', '.join(OPS)})")
         if op in ("ping", "pong"):
             ping = self._parse(PingOp, frame)
             if op == "ping":
@@ -143,11 +151,11 @@ class Session:
         if op == "auth":
             token = self._parse(AuthOp, frame).token
             if self.conn.authenticated:
-                raise OpError("invalid", "already authenticated; use 'refresh' to replace the token")
+                raise OpError(ERROR_INVALID, "already authenticated; use 'refresh' to replace the token")
             await self.authenticate(token)
             return
         if not self.conn.authenticated:
-            raise OpError("unauthenticated", "send {'op': 'auth', 'token': …} first")
+            raise OpError(ERROR_UNAUTHENTICATED, "send {'op': 'auth', 'token': …} first")
         if op == "refresh":
             await self._refresh(self._parse(AuthOp, frame).token)
         elif op == "subscribe":
@@ -155,7 +163,7 @@ class Session:
         else:
             sub_id = self._parse(UnsubscribeOp, frame).id
             if not self.fanout.unsubscribe(self.conn, sub_id):
-                raise OpError("unknown_subscription", f"no subscription {sub_id!r} on this connection")
+                raise OpError(ERROR_UNKNOWN_SUBSCRIPTION, f"no subscription {sub_id!r} on this connection")
             self.conn.send_json({"op": "unsubscribed", "id": sub_id})
 
     @staticmethod
@@ -163,18 +171,18 @@ class Session:
         try:
             return model.model_validate(frame)
         except ValidationError as exc:
-            code = "invalid_filter" if any(e["loc"][:1] == ("filter",) for e in exc.errors()) else "invalid"
+            code = ERROR_INVALID_FILTER if any(e["loc"][:1] == ("filter",) for e in exc.errors()) else ERROR_INVALID
             raise OpError(code, _brief(exc)) from None
 
     async def _refresh(self, token: str) -> None:
         try:
             principal = await self.auth.verify(token)
         except AuthError as exc:
-            raise OpError("unauthenticated", f"the new token is not valid: {exc.detail}") from None
+            raise OpError(ERROR_UNAUTHENTICATED, f"the new token is not valid: {exc.detail}") from None
         if principal.subject != self.conn.subject:
-            raise OpError("forbidden", "the new token is for another subject")
+            raise OpError(ERROR_FORBIDDEN, "the new token is for another subject")
         if not principal.has(READ_SCOPE):
-            raise OpError("forbidden", f"the new token lacks the {READ_SCOPE!r} scope")
+            raise OpError(ERROR_FORBIDDEN, f"the new token lacks the {READ_SCOPE!r} scope")
         self._grant(principal)
         self.conn.send_json({"op": "refreshed", "expires_at": principal.expires_at})
 
@@ -182,9 +190,9 @@ class Session:
         try:
             reply = await self.fanout.subscribe(self.conn, op.id, op.filter, op.since)
         except FilterError as exc:
-            raise OpError("invalid_filter", str(exc)) from None
+            raise OpError(ERROR_INVALID_FILTER, str(exc)) from None
         except OverflowError as exc:
-            raise OpError("too_many_subscriptions", str(exc)) from None
+            raise OpError(ERROR_TOO_MANY_SUBSCRIPTIONS, str(exc)) from None
         self.conn.send_json(reply)
 
 
@@ -221,7 +229,7 @@ async def feed(websocket: WebSocket) -> None:
                 continue  # closing: wait for the client's close
             text = message.get("text")
             if text is None:
-                session.error("bad_frame", "binary frames are not part of the protocol; send JSON text")
+                session.error(ERROR_BAD_FRAME, "binary frames are not part of the protocol; send JSON text")
                 continue
             if len(text) > MAX_FRAME_CHARS:
                 conn.close(CLOSE_TOO_BIG, f"frames are limited to {MAX_FRAME_CHARS} characters")
