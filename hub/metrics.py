@@ -32,6 +32,9 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000)
 RATE_WINDOW_S = 60.0
 
+# How prometheus-client spells a bucket edge ("0.005", "1.0", "+Inf"), as its own histograms do.
+_go_float: Callable[[float], str] = floatToGoString  # untyped in the library
+
 Labels = tuple[tuple[str, str], ...]
 Point = tuple[dict[str, str], float]  # one sample: its labels and its value
 M = TypeVar("M", bound="_Metric")
@@ -162,7 +165,7 @@ class Histogram(_Metric):
     def __init__(self, name: str, help_text: str, buckets: Sequence[float] = LATENCY_BUCKETS_S) -> None:
         super().__init__(name, help_text)
         self.buckets = tuple(sorted(buckets))
-        self._edges = tuple(floatToGoString(edge) for edge in (*self.buckets, math.inf))
+        self._edges = tuple(_go_float(edge) for edge in (*self.buckets, math.inf))
         self._counts = [0] * (len(self.buckets) + 1)
         self.count = 0
         self.sum = 0.0
