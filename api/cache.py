@@ -73,11 +73,11 @@ class _Ratio(Gauge):
         super().__init__(name, help_text)
         self._requests = requests
 
-    def samples(self) -> Iterable[str]:
+    def points(self) -> Iterable[tuple[dict[str, str], float]]:
         for route in ROUTES:
             total = sum(self._requests.value(route=route, result=r) for r in ("hit", "miss", "coalesced", "bypass"))
             if total:
-                yield f'{self.name}{{route="{route}"}} {self._requests.value(route=route, result="hit") / total}'
+                yield {"route": route}, self._requests.value(route=route, result="hit") / total
 
 
 class _Window:

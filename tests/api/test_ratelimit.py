@@ -109,7 +109,7 @@ def test_counters_register_once_per_registry() -> None:
     assert first.register(registry) is True
     assert second.register(registry) is False
     first.fail_open.inc(reason="timeout")
-    assert 'tickstock_rate_limit_fail_open_total{reason="timeout"} 1' in registry.render()
+    assert 'tickstock_rate_limit_fail_open_total{reason="timeout"} 1.0' in registry.render()
 
 
 # -- the bucket on the real Redis ---------------------------------------------------------------------
