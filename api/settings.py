@@ -6,12 +6,14 @@ Every setting has a ``TICKSTOCK_`` variable. An unset server URL means "start th
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["Settings", "SettingsError", "check_jwks_url"]
 
 PREFIX = "TICKSTOCK_"
 
@@ -42,10 +44,33 @@ DEFAULT_CACHE_TIMEOUT_MS = 150
 DEFAULT_CACHE_BREAKER_FAILURES = 5
 DEFAULT_CACHE_BREAKER_RESET_MS = 1_000
 DEFAULT_ADMIN_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_JWT_MAX_LIFETIME_S = 86_400
+DEFAULT_JWKS_MAX_BYTES = 1 << 20
+DEFAULT_AUTH_FAILURE_PER_S = 1.0
+DEFAULT_AUTH_FAILURE_BURST = 20
 
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
+
+
+def check_jwks_url(url: str) -> str:
+    """``url`` when the hub may fetch a key set from it: ``https``, ``file``, or ``http`` to a loopback host
+    (for tests). Raises ``ValueError`` otherwise."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("https", "file"):
+        return url
+    if scheme == "http":
+        host = (parts.hostname or "").lower()
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return url
+        raise ValueError("a JWKS URL over plain http must point at a loopback host (use https)")
+    raise ValueError("a JWKS URL must be https:// or file:// (http:// to a loopback host for tests)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +125,11 @@ class Settings:
     jwks_url: str | None = None
     jwt_issuer: str = "tickstock-hub"
     jwt_audience: str = "tickstock"
+    jwt_max_lifetime_s: int = DEFAULT_JWT_MAX_LIFETIME_S  # exp - iat cap; a token without iat is refused
+    jwks_max_bytes: int = DEFAULT_JWKS_MAX_BYTES  # a larger key set is a load failure (503)
+    # Failed authentications and token-less websocket opens per client address; 0 turns it off.
+    auth_failure_per_s: float = DEFAULT_AUTH_FAILURE_PER_S
+    auth_failure_burst: int = DEFAULT_AUTH_FAILURE_BURST
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -119,7 +149,10 @@ class Settings:
             value = getattr(self, name)
             if value is not None and not (0 <= value < float("inf")):
                 raise SettingsError(f"{PREFIX}{name.upper()} must be a finite number >= 0 (0 turns limiting off)")
-        for name in ("rate_limit_burst", "rate_limit_admin_burst", "rate_limit_timeout_ms"):
+        if not 0 <= self.auth_failure_per_s < float("inf"):
+            raise SettingsError(f"{PREFIX}AUTH_FAILURE_PER_S must be a finite number >= 0 (0 turns limiting off)")
+        for name in ("rate_limit_burst", "rate_limit_admin_burst", "rate_limit_timeout_ms", "auth_failure_burst",
+                     "jwt_max_lifetime_s", "jwks_max_bytes"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
@@ -136,6 +169,11 @@ class Settings:
         for name in ("ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_drain_s", "ws_queue_age_s"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise SettingsError(f"{PREFIX}{name.upper()} must be a positive number of seconds")
+        if self.jwks_url:
+            try:
+                check_jwks_url(self.jwks_url)
+            except ValueError as exc:
+                raise SettingsError(f"{PREFIX}JWKS_URL: {exc}") from None
         if self.statement_timeout_ms < 0:
             raise SettingsError(f"{PREFIX}STATEMENT_TIMEOUT_MS must be >= 0")
         if not 0 < self.port < 65536:
