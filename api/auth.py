@@ -132,7 +132,7 @@ class Authenticator:
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
         self._attempted_at = -JWKS_MIN_REFETCH_S
-        self._attempts = 0  # fetches started; a waiter on the lock uses the outcome of one it waited for
+        self._attempts = 0  # fetches finished; a waiter on the lock uses the outcome of one it waited for
         self._lock: asyncio.Lock | None = None  # made on first use, on the loop that uses it
         self.jwks_fetches = 0  # for /metrics-style checks and the tests
 
@@ -181,7 +181,6 @@ class Authenticator:
 
     async def _refetch(self) -> None:
         now = self._attempted_at = time.monotonic()
-        self._attempts += 1
         try:
             self._keys = await asyncio.to_thread(self._fetch_jwks)
             self._fetched_at = time.monotonic()
@@ -191,6 +190,8 @@ class Authenticator:
                         "" if self._keys is None else "; keeping the keys loaded before")
             if self._keys is not None:
                 self._fetched_at = now - JWKS_TTL_S + JWKS_MIN_REFETCH_S  # keep the old keys; retry soon
+        finally:
+            self._attempts += 1  # counted when done: whoever waited during this fetch uses its outcome
 
     async def verify(self, token: str) -> Principal:
         """Raises :class:`AuthError` (401) for any token that is not valid now, 503 when the hub has no
