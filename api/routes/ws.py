@@ -28,6 +28,7 @@ from hub.protocol import (
     CLOSE_INTERNAL,
     CLOSE_TOO_BIG,
     CLOSE_TOO_MANY,
+    CLOSE_TRY_AGAIN,
     CLOSE_UNAUTHORIZED,
     ERROR_BAD_FRAME,
     ERROR_FORBIDDEN,
@@ -47,7 +48,6 @@ log = logging.getLogger("tickstock.ws")
 MAX_FRAME_CHARS = 64 * 1024
 READ_SCOPE = "patterns:read"
 OPS = ("auth", "refresh", "subscribe", "unsubscribe", "ping", "pong")
-CLOSE_TRY_AGAIN = 1013  # the hub cannot check tokens right now (its key set is unavailable)
 # Close reasons and refusals never quote the token (its alg, kid, sub, claims): the detail goes to the log.
 REASON_INVALID_TOKEN = "invalid token"
 REASON_UNAVAILABLE = "authentication is unavailable; try again later"
