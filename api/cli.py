@@ -195,9 +195,10 @@ def _dev_secret(settings: Settings) -> Settings:
 def _print_dev_token(settings: Settings) -> None:
     if not settings.jwt_secret:
         return
-    token = mint_token(settings.jwt_secret, subject="demo-user", scopes=SCOPES, ttl_s=DEV_TOKEN_TTL_S,
+    ttl_s = min(DEV_TOKEN_TTL_S, settings.jwt_max_lifetime_s)  # the hub refuses longer-lived tokens
+    token = mint_token(settings.jwt_secret, subject="demo-user", scopes=SCOPES, ttl_s=ttl_s,
                        issuer=settings.jwt_issuer, audience=settings.jwt_audience)
-    _say(f"development token (sub demo-user, all scopes, {DEV_TOKEN_TTL_S // 3600} h):\n\n    {token}\n")
+    _say(f"development token (sub demo-user, all scopes, {ttl_s / 3600:g} h):\n\n    {token}\n")
     _say(f"dashboard:  http://{settings.host}:{settings.port}/#token={token}")
     _say(f"try:  curl -H 'Authorization: Bearer <token>' http://{settings.host}:{settings.port}/health/ready")
 
@@ -250,6 +251,9 @@ async def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
         raise ConfigurationError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}")
+    if not 0 < args.ttl <= settings.jwt_max_lifetime_s:
+        raise ConfigurationError(f"--ttl {args.ttl} is out of range: the hub accepts tokens living 1 to "
+                                 f"{settings.jwt_max_lifetime_s} s (TICKSTOCK_JWT_MAX_LIFETIME_S)")
     print(mint_token(secret, subject=args.sub, scopes=scopes, ttl_s=args.ttl, issuer=settings.jwt_issuer,
                      audience=settings.jwt_audience))
 

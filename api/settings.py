@@ -12,7 +12,9 @@ at the environment.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["Settings", "SettingsError", "check_jwks_url"]
 
 PREFIX = "TICKSTOCK_"
 
@@ -72,17 +74,36 @@ _AT_LEAST_ONE = (
 _POSITIVE = (
     "pool_timeout_s", "connect_timeout_s", "maintenance_interval_s", "ingest_ack_wait_s", "cache_ttl_s",
     "cache_closed_ttl_s", "cache_timeout_ms", "cache_breaker_failures", "cache_breaker_reset_ms",
-    "event_max_ahead_s", "jwt_max_lifetime_s", "auth_failure_per_s",
+    "event_max_ahead_s", "jwt_max_lifetime_s",
 )
 _POSITIVE_SECONDS = (
     "ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_drain_s", "ws_queue_age_s",
 )
-_RATES = ("rate_limit_per_s", "rate_limit_admin_per_s")
+_RATES = ("rate_limit_per_s", "rate_limit_admin_per_s", "auth_failure_per_s")
 _NOT_NEGATIVE = ("cache_staleness_ms", "statement_timeout_ms")
 
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
+
+
+def check_jwks_url(url: str) -> str:
+    """``url`` when the hub may fetch a key set from it: ``https``, ``file``, or ``http`` to a loopback host
+    (for tests). Raises ``ValueError`` otherwise."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("https", "file"):
+        return url
+    if scheme == "http":
+        host = (parts.hostname or "").lower()
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return url
+        raise ValueError("a JWKS URL over plain http must point at a loopback host (use https)")
+    raise ValueError("a JWKS URL must be https:// or file:// (http:// to a loopback host for tests)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,7 +168,8 @@ class Settings:
     jwt_audience: str = "tickstock"
     jwt_max_lifetime_s: float = DEFAULT_JWT_MAX_LIFETIME_S  # exp - iat cap; a token without iat is refused
     jwks_max_bytes: int = DEFAULT_JWKS_MAX_BYTES  # a larger key set document is refused
-    auth_failure_per_s: float = DEFAULT_AUTH_FAILURE_PER_S  # failed authentications per client address
+    # Failed authentications and token-less websocket opens per client address; 0 turns it off.
+    auth_failure_per_s: float = DEFAULT_AUTH_FAILURE_PER_S
     auth_failure_burst: int = DEFAULT_AUTH_FAILURE_BURST
     admin_max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES
     cursor_secret: str | None = dataclasses.field(default=None, repr=False)  # None: a per-deployment key
@@ -177,6 +199,11 @@ class Settings:
         for name in _NOT_NEGATIVE:
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0")
+        if self.jwks_url:
+            try:
+                check_jwks_url(self.jwks_url)
+            except ValueError as exc:
+                raise SettingsError(f"{PREFIX}JWKS_URL: {exc}") from None
         if not 0 < self.port < 65536:
             raise SettingsError(f"{PREFIX}PORT must be a TCP port, not {self.port}")
         if self.cursor_secret == "":

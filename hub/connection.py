@@ -41,6 +41,7 @@ __all__ = [
 log = logging.getLogger("tickstock.ws")
 
 CLOSE_TIMEOUT_S = 2.0
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 
 Send = Callable[[MutableMapping[str, Any]], Coroutine[Any, Any, None]]
 
@@ -169,7 +170,10 @@ class Connection:
         written for a normal close or going away."""
         if self.close_code is not None:
             return
-        self.close_code, self.close_reason = code, reason[:120]
+        # Cut to the protocol's limit on a character boundary (a longer reason makes the server drop the
+        # TCP connection without a close frame); "ignore" also drops lone surrogates, which cannot be sent.
+        cut = reason.encode("utf-8", "ignore")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
+        self.close_code, self.close_reason = code, cut
         self._metrics.closes.inc(code=str(code))
         if code not in (CLOSE_NORMAL, CLOSE_GOING_AWAY) and self._flusher is not None:
             self._frames.clear()
