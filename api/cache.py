@@ -27,8 +27,8 @@ from nats.errors import Error as NatsError
 from psycopg_pool import AsyncConnectionPool
 
 from api.settings import Settings
-from hub.events import PatternEvent
 from hub.metrics import Counter, Gauge, Metrics
+from hub.model import PatternEvent
 from store.breaker import Breaker
 from store.cache import Computed, Dependencies, Outcome, ResponseCache, Served
 from store.lookups import Directory, Lookups, MyUniverse

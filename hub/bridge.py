@@ -26,7 +26,10 @@ from nats.js.errors import BadRequestError
 from redis.exceptions import RedisError
 
 from hub.broker import open_nats
-from hub.events import INGEST_PREFIX, EventError, PatternCatalog, ingest_subject, parse_event
+from hub.catalog import PatternCatalog
+from hub.model import EventError
+from hub.parsing import parse_event
+from hub.subjects import INGEST_PREFIX, ingest_subject
 
 __all__ = ["DEFAULT_CHANNEL", "UNPARSED_SUBJECT", "RedisBridge", "run"]
 

@@ -27,8 +27,8 @@ from nats.js import JetStreamContext
 
 from hub.broker import open_nats
 from hub.candles import Detection, PatternNames, scan
-from hub.events import ingest_subject
 from hub.ohlcv import default_files, load_bars
+from hub.subjects import ingest_subject
 
 __all__ = ["DEFAULT_RATE", "DemoFeed", "run"]
 

@@ -47,9 +47,10 @@ from hub.connection import (
     FanOutMetrics,
     Send,
 )
-from hub.events import CLEAN_PREFIX, EventError, canonical_symbol
 from hub.jetstream import PATTERNS_STREAM
 from hub.metrics import Registry
+from hub.model import EventError, canonical_symbol
+from hub.subjects import CLEAN_PREFIX
 from hub.subscriptions import MY_UNIVERSE, Entry, Filter, Subscription, SubscriptionIndex
 from store.lookups import Directory
 from store.universes import universe_members

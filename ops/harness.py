@@ -30,8 +30,8 @@ import nats  # noqa: E402
 import psycopg  # noqa: E402
 
 from hub.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
-from hub.events import ingest_subject  # noqa: E402
 from hub.jetstream import PATTERNS_STREAM  # noqa: E402
+from hub.subjects import ingest_subject  # noqa: E402
 
 SYMBOLS = ["AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META", "TSLA", "BRK.B", "JPM", "V", "XOM", "KO", "IBM",
            "INTC", "CSCO", "PEP", "WMT", "DIS", "BA", "CAT"]

@@ -51,14 +51,14 @@ __all__ = ["ReferenceCounts", "ReferenceDataError", "load_reference_data", "refe
 
 log = logging.getLogger("tickstock.store.reference")
 
-# These mirror the CHECK constraints in migrations/0001_reference.sql (and hub.events.TIMEFRAMES).
+# These mirror the CHECK constraints in migrations/0001_reference.sql (and hub.model.TIMEFRAMES).
 _TIMEFRAMES = ("1min", "5min", "15min", "30min", "hourly", "daily", "weekly", "monthly")
 _SYMBOL = re.compile(r"[A-Z0-9.$\-/^=]{1,15}")
 _UNIVERSE_KEY = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 _PATTERN_NAME = re.compile(r"[a-z0-9_]{1,64}")
 _CATEGORIES = frozenset({"candlestick", "chart", "indicator"})
 _DIRECTIONS = frozenset({"bullish", "bearish", "neutral"})
-_MATCH_IGNORED = re.compile(r"[\s_\-]+")  # as hub.events.PatternCatalog matches names
+_MATCH_IGNORED = re.compile(r"[\s_\-]+")  # as hub.catalog.PatternCatalog matches names
 
 _EXCHANGES = {"N": "NYSE", "P": "NYSE ARCA", "Z": "CBOE BZX", "A": "NYSE AMERICAN"}
 _SUFFIX_TYPES = {"W": "warrant", "U": "unit", "R": "right"}

@@ -164,7 +164,7 @@ async def publish_events(js, events: list[dict[str, object]]) -> list[object]:  
     """Publish v1 events to their ingest subjects with ``Nats-Msg-Id`` = id."""
     import json
 
-    from hub.events import ingest_subject
+    from hub.subjects import ingest_subject
 
     return await publish_raw(js, [
         (ingest_subject(str(e["timeframe"]), str(e["symbol"])), json.dumps(e).encode(), {"Nats-Msg-Id": str(e["id"])})

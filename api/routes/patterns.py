@@ -33,7 +33,7 @@ from api.cache import REFERENCE_GENERATION, digest, dumps, ttl_until
 from api.errors import ApiError
 from api.openapi import link, operation
 from api.state import HubState
-from hub.events import TIMEFRAMES, EventError, EventType, Timeframe, canonical_symbol
+from hub.model import TIMEFRAMES, EventError, EventType, Timeframe, canonical_symbol
 from store.cache import Computed, Dependencies, Served
 from store.lookups import MyUniverse, resolve
 from store.scans import (

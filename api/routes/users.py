@@ -35,7 +35,7 @@ from api.openapi import link, operation
 from api.routes.symbols import NO_NUL, SYMBOL_SCHEMA
 from api.state import HubState
 from api.validation import MAX_ERRORS, SymbolName, UniverseKey, read_body, read_model
-from hub.events import EVENT_TYPES, TIMEFRAMES
+from hub.model import EVENT_TYPES, TIMEFRAMES
 from store.symbols import unknown_symbols
 from store.universes import unknown_universes
 from store.users import (
