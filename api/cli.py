@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     feed.add_argument("--once", action="store_true", help="replay each file once, then stop")
     bridge = add("bridge-redis", cmd_bridge_redis, "Forward TickStock's Redis pub/sub channel into ingest.")
-    bridge.add_argument("--channel", default="tickstock.events.patterns", help="Redis channel")
+    bridge.add_argument("--channel", default=DEFAULT_CHANNEL, help="Redis channel")
     bridge.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     dlq = add("dlq", cmd_dlq, "Inspect, replay and purge dead letters.")
     dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")

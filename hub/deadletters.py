@@ -25,12 +25,12 @@ from nats.js.errors import NotFoundError
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
-from hub.jetstream import ADVISORY_STREAM, DEADLETTER_CONSUMER, DLQ_PREFIX, INGEST_STREAM
+from hub.jetstream import ADVISORY_STREAM, DEADLETTER_CONSUMER, INGEST_STREAM
 from hub.metrics import Metrics
 from hub.model import EventError
 from hub.parsing import parse_event
 from hub.producer import Published, publish_to_ingest
-from hub.subjects import ingest_subject
+from hub.subjects import DLQ_PREFIX, ingest_subject
 from store.deadletters import get_dead_letter, mark_replayed, record_dead_letter
 
 __all__ = ["TRANSIENT_ERRORS", "AdvisoryWatcher", "DeadLetterer", "ReplayError", "ReplayResult"]

@@ -23,7 +23,7 @@ from hub.model import MAX_SYMBOL_LENGTH, TIMEFRAMES, EventError, PatternEvent, b
 
 __all__ = [
     "CACHE_LOST_SUBJECT", "CLEAN_PREFIX", "CLEAN_WILDCARD", "DLQ_PREFIX", "DLQ_WILDCARD", "INGEST_PREFIX",
-    "INGEST_WILDCARD", "MAX_DELIVERIES_ADVISORY", "UNIVERSE_CHANGED_SUBJECT", "SubjectParts", "check_subject",
+    "INGEST_WILDCARD", "MAX_DELIVERIES_ADVISORY", "UNIVERSE_CHANGED_SUBJECT", "UNPARSED_SUBJECT", "SubjectParts", "check_subject",
     "clean_subject", "ingest_subject", "parse_subject", "symbol_to_token", "token_to_symbol",
 ]
 
@@ -34,6 +34,8 @@ CLEAN_PREFIX = "tickstock.patterns"
 DLQ_PREFIX = "tickstock.dlq"
 """Dead letters: ``tickstock.dlq.<reason>`` (stream ``TICKSTOCK_DLQ``)."""
 INGEST_WILDCARD = f"{INGEST_PREFIX}.>"
+UNPARSED_SUBJECT = f"{INGEST_PREFIX}.unparsed"
+"""Where the Redis bridge forwards a message it cannot parse, so the writer dead-letters it with a reason."""
 CLEAN_WILDCARD = f"{CLEAN_PREFIX}.>"
 DLQ_WILDCARD = f"{DLQ_PREFIX}.>"
 UNIVERSE_CHANGED_SUBJECT = "tickstock.users.universe.changed"

@@ -36,6 +36,7 @@ from api.routes.symbols import NO_NUL, SYMBOL_SCHEMA
 from api.state import HubState
 from api.validation import MAX_ERRORS, SymbolName, UniverseKey, read_body, read_model
 from hub.model import EVENT_TYPES, TIMEFRAMES
+from hub.subjects import UNIVERSE_CHANGED_SUBJECT
 from store.symbols import unknown_symbols
 from store.universes import unknown_universes
 from store.users import (
@@ -53,11 +54,10 @@ from store.users import (
     replace_user_universe,
 )
 
-__all__ = ["UNIVERSE_CHANGED_SUBJECT", "routes"]
+__all__ = ["routes"]
 
 log = logging.getLogger("tickstock.api.users")
 
-UNIVERSE_CHANGED_SUBJECT = "tickstock.users.universe.changed"
 MAX_UNIVERSE_SYMBOLS = 2_000
 MAX_UNIVERSE_KEYS = 50
 MAX_WATCHLISTS = 50
