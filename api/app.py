@@ -39,7 +39,7 @@ from hub.jetstream import Topology, ensure_topology
 from hub.maintenance import Maintenance
 from hub.metrics import Metrics
 from hub.writer import Writer
-from store.cache import open_redis
+from store.cache_connection import open_redis
 from store.pool import open_pool
 
 __all__ = ["ConfigurationError", "create_app", "open_hub"]
