@@ -188,10 +188,11 @@ async def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.05, 
 async def clean_stream_messages(js, *, limit: int = 1_000_000) -> list[object]:  # type: ignore[no-untyped-def]
     """Every message on TICKSTOCK_PATTERNS, in stream order (an ephemeral ordered read)."""
     from hub.jetstream import PATTERNS_STREAM
+    from hub.subjects import CLEAN_WILDCARD
 
     info = await js.stream_info(PATTERNS_STREAM)
     total = info.state.messages
-    sub = await js.subscribe("tickstock.patterns.>", ordered_consumer=True, stream=PATTERNS_STREAM)
+    sub = await js.subscribe(CLEAN_WILDCARD, ordered_consumer=True, stream=PATTERNS_STREAM)
     msgs = []
     try:
         while len(msgs) < min(total, limit):
