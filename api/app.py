@@ -33,14 +33,14 @@ from api.settings import Settings
 from api.state import HubState
 from hub.broker import open_nats
 from hub.catalog import CatalogCache
-from hub.connection import FanOutLimits
 from hub.deadletters import AdvisoryWatcher, DeadLetterer
 from hub.fanout import FanOut
+from hub.fanout_limits import FanOutLimits
 from hub.jetstream import Topology, ensure_topology
 from hub.maintenance import Maintenance
 from hub.metrics import Metrics
 from hub.writer import Writer
-from store.cache import open_redis
+from store.cache_connection import open_redis
 from store.pool import open_pool
 
 __all__ = ["ConfigurationError", "create_app", "open_hub"]

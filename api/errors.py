@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 
 from api.requestid import current_request_id
 from hub.errors import HubError, ReplayError
-from hub.events import EventError
+from hub.model import EventError
 from hub.fanout import FilterError
 from hub.protocol import (
     CLOSE_FORBIDDEN,

@@ -23,6 +23,8 @@ from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from hub import fanout_limits as ws
+
 __all__ = ["Settings", "SettingsError", "check_jwks_url"]
 
 PREFIX = "TICKSTOCK_"
@@ -146,17 +148,17 @@ class Settings:
     cache_timeout_ms: int = DEFAULT_CACHE_TIMEOUT_MS  # per Redis call; slower counts as a failure
     cache_breaker_failures: int = DEFAULT_CACHE_BREAKER_FAILURES  # consecutive failures that open it
     cache_breaker_reset_ms: int = DEFAULT_CACHE_BREAKER_RESET_MS  # open this long before one probe
-    ws_max_connections: int = 20_000  # per node; more are closed with 4429
-    ws_max_subscriptions: int = 100  # per connection
-    ws_queue_messages: int = 1_000  # outbox bound per connection; full closes it with 4409
-    ws_queue_bytes: int = 1 << 20
-    ws_queue_age_s: float = 10.0  # a frame waiting longer closes the connection with 4409
-    ws_ping_interval_s: float = 20.0
-    ws_idle_timeout_s: float = 60.0
-    ws_auth_timeout_s: float = 5.0
-    ws_resume_max: int = 100_000  # stream messages a resume may replay
-    ws_ring_size: int = 10_000  # recent events held in memory for resumes (older ones come from JetStream)
-    ws_drain_s: float = 1.0  # on shutdown, time given to outboxes before closing with 1001
+    ws_max_connections: int = ws.DEFAULT_MAX_CONNECTIONS  # the websocket bounds: see hub.fanout_limits
+    ws_max_subscriptions: int = ws.DEFAULT_MAX_SUBSCRIPTIONS
+    ws_queue_messages: int = ws.DEFAULT_QUEUE_MESSAGES
+    ws_queue_bytes: int = ws.DEFAULT_QUEUE_BYTES
+    ws_queue_age_s: float = ws.DEFAULT_QUEUE_AGE_S
+    ws_ping_interval_s: float = ws.DEFAULT_PING_INTERVAL_S
+    ws_idle_timeout_s: float = ws.DEFAULT_IDLE_TIMEOUT_S
+    ws_auth_timeout_s: float = ws.DEFAULT_AUTH_TIMEOUT_S
+    ws_resume_max: int = ws.DEFAULT_RESUME_MAX
+    ws_ring_size: int = ws.DEFAULT_RING_SIZE
+    ws_drain_s: float = ws.DEFAULT_DRAIN_S
     # Event time window (issue #11): older, further ahead or longer-lived events are dead letters.
     event_max_age_days: int = DEFAULT_EVENT_MAX_AGE_DAYS  # detected_at at most this far back
     event_max_ahead_s: float = DEFAULT_EVENT_MAX_AHEAD_S  # detected_at at most this far ahead of now

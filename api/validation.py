@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 
 from api.errors import ApiError
-from hub.events import EventError, canonical_symbol
+from hub.model import EventError, canonical_symbol
 from store.universes import is_universe_key
 
 __all__ = [

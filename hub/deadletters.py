@@ -2,7 +2,7 @@
 dead letters, and replaying them into ingest.
 
 A dead letter keeps the original payload and headers byte for byte, the reason (one of
-:data:`hub.events.REASONS`, or ``max_deliveries_exceeded`` / ``store_rejected``), a human detail,
+:data:`hub.model.REASONS`, or ``max_deliveries_exceeded`` / ``store_rejected``), a human detail,
 field errors, the delivery count and when it was first and last seen.
 """
 
@@ -26,10 +26,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
 from hub.errors import ReplayError
-from hub.events import EventError, ingest_subject, parse_event
-from hub.jetstream import ADVISORY_STREAM, DEADLETTER_CONSUMER, DLQ_PREFIX, INGEST_STREAM
+from hub.jetstream import ADVISORY_STREAM, DEADLETTER_CONSUMER, INGEST_STREAM
 from hub.metrics import Metrics
+from hub.model import EventError
+from hub.parsing import parse_event
 from hub.producer import Published, publish_to_ingest
+from hub.subjects import DLQ_PREFIX, ingest_subject
 from store.deadletters import get_dead_letter, mark_replayed, record_dead_letter
 
 __all__ = ["TRANSIENT_ERRORS", "AdvisoryWatcher", "DeadLetterer", "ReplayError", "ReplayResult"]

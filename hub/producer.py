@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from hub.events import PatternEvent, ingest_subject
+from hub.model import PatternEvent
+from hub.subjects import ingest_subject
 
 __all__ = ["Published", "publish_to_ingest"]
 

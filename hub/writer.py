@@ -35,10 +35,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
 from hub.deadletters import STORE_REJECTED, TRANSIENT_ERRORS, DeadLetterer
-from hub.events import EventError, PatternEvent, check_subject, clean_subject, parse_event
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
 from hub.metrics import Metrics
+from hub.model import EventError, PatternEvent
+from hub.parsing import parse_event
 from hub.pull import Puller
+from hub.subjects import check_subject, clean_subject
 from store.patterns import StoredEvent, ensure_months, month_start, set_stream_seqs, store_events
 from store.pool import ping
 

@@ -61,7 +61,7 @@ LEFT JOIN pattern_events e ON e.id = old.id AND e.detected_at = old.detected_at
 
 
 async def store_events(conn: psycopg.AsyncConnection[Any], events: Sequence[Any]) -> dict[str, StoredEvent]:
-    """Insert ``events`` (schema v1 :class:`hub.events.PatternEvent`, unique ids) in one statement.
+    """Insert ``events`` (schema v1 :class:`hub.model.PatternEvent`, unique ids) in one statement.
 
     Idempotent on the event id: an id stored before is left as it was and reported with
     ``new=False`` and its stored sequence. Run it inside the caller's transaction. Raises psycopg's
@@ -93,7 +93,7 @@ async def ensure_months(conn: psycopg.AsyncConnection[Any], lo: datetime, hi: da
 
 
 async def load_pattern_aliases(pool: AsyncConnectionPool) -> list[tuple[str, list[str]]]:
-    """``(canonical name, aliases)`` of every pattern definition, for :class:`hub.events.PatternCatalog`."""
+    """``(canonical name, aliases)`` of every pattern definition, for :class:`hub.catalog.PatternCatalog`."""
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT name, aliases FROM pattern_definitions ORDER BY name")
         rows: list[dict[str, Any]] = await cur.fetchall()  # type: ignore[assignment]  # pool rows are dicts

@@ -19,7 +19,8 @@ from api.errors import ApiError
 from api.openapi import Content, FieldError, link, operation
 from api.state import HubState
 from api.validation import read_bytes
-from hub.events import EventError, loads_json, parse_event
+from hub.model import EventError
+from hub.parsing import loads_json, parse_event
 from hub.producer import publish_to_ingest
 
 __all__ = ["IngestGate", "routes"]

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hub.events import EventType, Timeframe
+from hub.model import EventType, Timeframe
 
 __all__ = [
     "CacheInfo", "DayCount", "Definition", "Definitions", "PatternCount", "PatternEvent", "ScanPage", "Stats",

@@ -36,7 +36,8 @@ from api.openapi import link, operation
 from api.routes.pattern_models import Definitions, PatternEvent, ScanPage, Stats, event_json, json_time
 from api.state import HubState
 from api.validation import ParsedQuery, QueryAliases, parse_query, query_error, read_query
-from hub.events import TIMEFRAMES, EventError, canonical_symbol
+from hub.model import RFC3339 as _RFC3339
+from hub.model import TIMEFRAMES, EventError, canonical_symbol
 from store.cache import Computed, Dependencies, Served
 from store.lookups import Directory, MyUniverse, resolve
 from store.scans import (
@@ -66,8 +67,6 @@ CLOSED_AFTER = timedelta(minutes=1)
 MAX_CLOSED_MONTHS = 36
 MAX_PAGE_NUMBER = (2**63 - 1) // MAX_LIMIT + 1  # beyond it the OFFSET overflows bigint (it was a 500)
 _SMALLEST_REAL = struct.unpack("f", struct.pack("I", 1))[0]  # 1.4e-45, the smallest positive float4
-_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
 _UNIVERSE_KEY = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 # TickStock's parameter names -> ours; the comma-separated ones are split.
 _LEGACY = QueryAliases(

@@ -28,7 +28,7 @@ from api.errors import ApiError
 from api.openapi import link, operation
 from api.state import HubState
 from api.validation import MAX_ERRORS, SymbolName, read_body, read_model, read_query
-from hub.events import TIMEFRAMES, EventError, EventType, Timeframe, canonical_symbol
+from hub.model import TIMEFRAMES, EventError, EventType, Timeframe, canonical_symbol
 from store.cache import Computed, Dependencies
 from store.symbols import SYMBOL_TYPES, SymbolQuery, get_symbol, search_symbols, upsert_symbols
 from store.universes import is_universe_key, unknown_universes

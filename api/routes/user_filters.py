@@ -32,7 +32,7 @@ from api.routes.symbols import NO_NUL
 from api.routes.users import MAX_BODY_BYTES, MAX_NAME, caller_subject, stamped
 from api.state import HubState
 from api.validation import read_body, read_model
-from hub.events import EVENT_TYPES, TIMEFRAMES
+from hub.model import EVENT_TYPES, TIMEFRAMES
 from store.users import create_filter, delete_filter, list_filters
 
 __all__ = ["routes"]

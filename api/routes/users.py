@@ -30,6 +30,7 @@ from api.openapi import link, operation
 from api.routes.symbols import SYMBOL_SCHEMA
 from api.state import HubState
 from api.validation import MAX_ERRORS, SymbolName, UniverseKey, read_body, read_model
+from hub.subjects import UNIVERSE_CHANGED_SUBJECT
 from store.symbols import unknown_symbols
 from store.universes import unknown_universes
 from store.users import (
@@ -42,11 +43,10 @@ from store.users import (
     replace_user_universe,
 )
 
-__all__ = ["MAX_BODY_BYTES", "MAX_NAME", "UNIVERSE_CHANGED_SUBJECT", "caller_subject", "routes", "stamped"]
+__all__ = ["MAX_BODY_BYTES", "MAX_NAME", "caller_subject", "routes", "stamped"]
 
 log = logging.getLogger("tickstock.api.users")
 
-UNIVERSE_CHANGED_SUBJECT = "tickstock.users.universe.changed"
 MAX_UNIVERSE_SYMBOLS = 2_000
 MAX_UNIVERSE_KEYS = 50
 MAX_WATCHLISTS = 50

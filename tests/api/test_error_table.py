@@ -25,7 +25,7 @@ from api.ratelimit import Decision, RateLimitExceeded
 from hub import protocol
 from hub.broker import BrokerError
 from hub.errors import HubError, ReplayError
-from hub.events import EventError
+from hub.model import EventError
 from hub.fanout import FilterError
 from store.errors import StoreError, StoreUnavailable
 from store.migrate import MigrationError

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from api.auth import mint_token
 from api.routes import patterns as pattern_routes
 from api.settings import Settings
-from hub.events import EVENT_TYPES, TIMEFRAMES, parse_event
+from hub.model import EVENT_TYPES, TIMEFRAMES
+from hub.parsing import parse_event
 from store.maintenance import refresh_views
 from store.patterns import ensure_months, store_events
 from tests.conftest import JWT_SECRET

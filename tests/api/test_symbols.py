@@ -12,7 +12,8 @@ import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from hub.events import PatternCatalog, parse_event
+from hub.catalog import PatternCatalog
+from hub.parsing import parse_event
 from store.patterns import ensure_months, store_events
 from tests.support import LiveHub, locs, make_event, problem
 

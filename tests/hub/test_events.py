@@ -15,29 +15,30 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from hub.events import (
-    CLEAN_PREFIX,
-    DEFAULT_MAX_EVENT_BYTES,
+from hub.catalog import PatternCatalog
+from hub.legacy import LEGACY_EVENT_TYPES, LEGACY_TIMEFRAMES, derived_id, is_legacy, to_v1
+from hub.model import (
     EVENT_TYPES,
-    INGEST_PREFIX,
     MAX_DATA_BYTES,
     REASONS,
     TIMEFRAMES,
     EventError,
-    PatternCatalog,
     PatternEvent,
     canonical_json,
     canonical_symbol,
+    load_json_schema,
+)
+from hub.parsing import DEFAULT_MAX_EVENT_BYTES, parse_event
+from hub.subjects import (
+    CLEAN_PREFIX,
+    INGEST_PREFIX,
     check_subject,
     clean_subject,
     ingest_subject,
-    load_json_schema,
-    parse_event,
     parse_subject,
     symbol_to_token,
     token_to_symbol,
 )
-from hub.legacy import LEGACY_EVENT_TYPES, LEGACY_TIMEFRAMES, derived_id, is_legacy, to_v1
 
 CATALOG = PatternCatalog([
     ("bullish_engulfing", ["CDLENGULFING", "Engulfing Bull"]),
