@@ -41,6 +41,7 @@ from hub.metrics import Metrics
 from hub.writer import Writer
 from store.cache import open_redis
 from store.pool import open_pool
+from store.universe_resolver import MemoryResolver, SqlResolver
 
 __all__ = ["ConfigurationError", "create_app", "open_hub"]
 
@@ -95,7 +96,9 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
         # Entered last, so it leaves first: sockets close with "going away" while NATS still runs.
         fanout = await stack.enter_async_context(FanOut(
             nc=nc, js=js, pool=pool, catalog=catalog, registry=metrics.registry, limits=fanout_limits(settings),
-            directory=cache.directory,
+            # Users' universes read fresh: the fan-out re-resolves on the very notice that drops the cached copy.
+            resolver=MemoryResolver(cache.lookups.directory, users=SqlResolver(pool).user_universe,
+                                    fallback=SqlResolver(pool)),
         ))
         yield HubState(settings=settings, pool=pool, nats=nc, js=js, redis=redis, maintenance=maintenance,
                        metrics=metrics, catalog=catalog, dead_letters=dead_letters, writer=writer,

@@ -21,6 +21,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from store.universe_resolver import (
+    MY_UNIVERSE,
+    ScanError,
+    SqlResolver,
+    UniverseResolver,
+    UnknownSector,
+    UnknownUniverse,
+)
+
 __all__ = [
     "MAX_LIMIT",
     "MY_UNIVERSE",
@@ -32,6 +41,8 @@ __all__ = [
     "ScanFilter",
     "ScanPage",
     "Sort",
+    "UnknownSector",
+    "UnknownUniverse",
     "build_scan",
     "decode_cursor",
     "encode_cursor",
@@ -45,7 +56,6 @@ __all__ = [
 SORTS = ("detected_at", "confidence", "symbol")
 ORDERS = ("desc", "asc")
 MAX_LIMIT = 500
-MY_UNIVERSE = "my"
 UNIVERSE_SEPARATOR = ":"
 
 EVENT_COLUMNS = sql.SQL(
@@ -55,15 +65,6 @@ EVENT_COLUMNS = sql.SQL(
 # Casts for keyset values: a real compared with a float8 parameter is widened, and 0.7::float8 is not
 # 0.7::real, so confidences are compared as real on both sides.
 _CASTS = {"detected_at": "timestamptz", "confidence": "real", "symbol": "text", "id": "text"}
-
-
-class ScanError(ValueError):
-    """A filter names something that does not exist; ``loc`` is the query parameter (``query.universe``)."""
-
-    def __init__(self, loc: str, msg: str) -> None:
-        super().__init__(msg)
-        self.loc = loc
-        self.msg = msg
 
 
 class CursorError(ValueError):
@@ -200,41 +201,19 @@ def decode_cursor(token: str, *, sort: Sort, fingerprint: str, key: bytes) -> tu
 # -- symbols ----------------------------------------------------------------------------------------
 
 
-async def resolve_symbols(conn: psycopg.AsyncConnection[Any], filt: ScanFilter, *,
+async def resolve_symbols(resolver: UniverseResolver, filt: ScanFilter, *,
                           subject: str | None = None) -> frozenset[str] | None:
     """The symbols the symbol, universe and sector filters allow (their intersection), or ``None``
-    when none of them is set. ``my`` is ``subject``'s saved universe (its symbols and the members of
-    its universe keys; empty when it saved none). Raises :class:`ScanError` for an unknown universe
-    or sector."""
+    when none of them is set. A universe value may join keys with ``:`` (a union); ``my`` is
+    ``subject``'s saved universe. Raises :class:`UnknownUniverse` / :class:`UnknownSector` (both
+    :class:`ScanError`) and whatever ``resolver`` raises."""
     allowed: frozenset[str] | None = frozenset(filt.symbols) if filt.symbols else None
     if filt.universes:
         keys = {k for value in filt.universes for k in value.split(UNIVERSE_SEPARATOR)}
-        named = sorted(keys - {MY_UNIVERSE})
-        found = {r["key"] for r in await (await conn.execute(
-            "SELECT key FROM universes WHERE key = ANY(%s)", (named,))).fetchall()}
-        unknown = [k for k in named if k not in found]
-        if unknown:
-            raise ScanError("query.universe", f"unknown universe {', '.join(unknown)}")
-        members: set[str] = set()
-        if MY_UNIVERSE in keys:
-            row = await (await conn.execute(
-                "SELECT symbols, universe_keys FROM user_universes WHERE subject = %s", (subject or "",))).fetchone()
-            if row is not None:
-                members.update(row["symbols"])
-                named.extend(row["universe_keys"])
-        cur = await conn.execute("SELECT DISTINCT symbol FROM universe_members WHERE universe = ANY(%s)", (named,))
-        members.update(r["symbol"] for r in await cur.fetchall())
-        allowed = frozenset(members) if allowed is None else allowed & members
+        members = await resolver.universe_symbols(keys, subject=subject)
+        allowed = members if allowed is None else allowed & members
     if filt.sectors:
-        wanted = sorted({s.casefold() for s in filt.sectors})
-        cur = await conn.execute(
-            "SELECT DISTINCT sector FROM symbols WHERE sector IS NOT NULL AND lower(sector) = ANY(%s)", (wanted,))
-        sectors = [r["sector"] for r in await cur.fetchall()]
-        unknown = sorted(set(wanted) - {s.casefold() for s in sectors})
-        if unknown:
-            raise ScanError("query.sector", f"unknown sector {', '.join(unknown)}")
-        cur = await conn.execute("SELECT symbol FROM symbols WHERE sector = ANY(%s)", (sectors,))
-        in_sectors = frozenset(r["symbol"] for r in await cur.fetchall())
+        in_sectors = await resolver.sector_symbols(filt.sectors)
         allowed = in_sectors if allowed is None else allowed & in_sectors
     return allowed
 
@@ -342,7 +321,7 @@ async def scan_events(conn: psycopg.AsyncConnection[Any], filt: ScanFilter, *, s
     unknown universe or sector and psycopg's errors (the pool's statement timeout applies)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
-    symbols = await resolve_symbols(conn, filt, subject=subject)
+    symbols = await resolve_symbols(SqlResolver.over(conn), filt, subject=subject)
     if symbols is not None and not symbols:
         return ScanPage([], None)
     query, params = build_scan(filt, symbols=symbols, sort=sort, limit=limit + 1, after=after, offset=offset)

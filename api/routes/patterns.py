@@ -35,7 +35,6 @@ from api.openapi import link, operation
 from api.state import HubState
 from hub.events import TIMEFRAMES, EventError, EventType, Timeframe, canonical_symbol
 from store.cache import Computed, Dependencies, Served
-from store.lookups import MyUniverse, resolve
 from store.scans import (
     MAX_LIMIT,
     MY_UNIVERSE,
@@ -53,6 +52,7 @@ from store.scans import (
     resolve_symbols,
 )
 from store.scans import ScanPage as RowPage
+from store.universe_resolver import SqlResolver
 
 __all__ = ["routes", "scan_dependencies"]
 
@@ -356,7 +356,7 @@ async def scan(request: Request) -> Response:
 
     async def compute() -> Computed:
         page, ttl_s = await _run_scan(hub, filt, sort=sort, limit=params.limit, after=after, offset=offset,
-                                      subject=subject, my=my)
+                                      subject=subject)
         next_cursor = None
         if page.last_values is not None:
             next_cursor = encode_cursor(page.last_values, sort=sort, fingerprint=fingerprint, key=key)
@@ -409,20 +409,17 @@ def scan_dependencies(filt: ScanFilter) -> Dependencies:
 
 
 async def _run_scan(hub: HubState, filt: ScanFilter, *, sort: Sort, limit: int, after: tuple[Any, ...] | None,
-                    offset: int, subject: str, my: MyUniverse | None) -> tuple[RowPage, float]:
-    """One page, with filters resolved from the in-process directory when it can be trusted, and how
-    long it may be cached: the closed-range or normal TTL, cut short by the first ``expires_at`` of an
+                    offset: int, subject: str) -> tuple[RowPage, float]:
+    """One page, with filters resolved by the hub's universe resolver (the in-process directory when it
+    can be trusted), and how long it may be cached: the closed-range or normal TTL, cut short by the first ``expires_at`` of an
     ``active_only`` result (whose rows leave it as they expire)."""
     settings = hub.settings
     ttl_s = settings.cache_closed_ttl_s if _closed_months(filt) is not None else settings.cache_ttl_s
-    directory = await hub.cache.directory() if hub.cache is not None else None
+    resolver = hub.cache.resolver if hub.cache is not None else SqlResolver(hub.pool)
+    symbols = await resolve_symbols(resolver, filt, subject=subject)
+    if symbols is not None and not symbols:
+        return RowPage([], None), ttl_s
     async with hub.pool.connection() as conn:
-        if directory is None:
-            symbols = await resolve_symbols(conn, filt, subject=subject)
-        else:
-            symbols = resolve(directory, filt, my)
-        if symbols is not None and not symbols:
-            return RowPage([], None), ttl_s
         query, query_params = build_scan(filt, symbols=symbols, sort=sort, limit=limit + 1, after=after, offset=offset)
         rows: list[dict[str, Any]] = await (await conn.execute(query, query_params)).fetchall()  # type: ignore[assignment]  # dict rows
     if filt.active_only:

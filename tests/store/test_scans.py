@@ -27,6 +27,7 @@ from store.scans import (
     resolve_symbols,
     scan_events,
 )
+from store.universe_resolver import SqlResolver
 
 ROWS = 50_000
 DAYS = 120
@@ -73,7 +74,7 @@ async def _plan(pool: AsyncConnectionPool, filt: ScanFilter, *, sort: Sort = DEF
                 subject: str | None = None) -> tuple[set[str], set[str], int, list[str]]:
     """Parent indexes used, partitions read, partitions in all, and large partitions read by a seq scan."""
     async with pool.connection() as conn:
-        symbols = await resolve_symbols(conn, filt, subject=subject)
+        symbols = await resolve_symbols(SqlResolver.over(conn), filt, subject=subject)
         query, params = build_scan(filt, symbols=symbols, sort=sort, limit=51, after=after)
         cur = await conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), params)
         row = await cur.fetchone()
@@ -134,24 +135,24 @@ async def test_resolve_symbols(loaded: tuple[AsyncConnectionPool, datetime]) -> 
             return {r["symbol"] for r in await cur.fetchall()}
 
         dow, ndx, sp = await members("dow30"), await members("nasdaq100"), await members("sp500")
-        assert await resolve_symbols(conn, ScanFilter()) is None
-        assert await resolve_symbols(conn, ScanFilter(universes=("dow30",))) == dow
-        assert await resolve_symbols(conn, ScanFilter(universes=("dow30:nasdaq100",))) == dow | ndx
-        assert await resolve_symbols(conn, ScanFilter(universes=("dow30", "nasdaq100"))) == dow | ndx
-        assert await resolve_symbols(conn, ScanFilter(universes=("my",)), subject="alice") == dow | {"ZZZZ", "AAPL"}
-        assert await resolve_symbols(conn, ScanFilter(universes=("my",)), subject="bob") == set()
-        assert await resolve_symbols(conn, ScanFilter(universes=("my",))) == set()
-        both = await resolve_symbols(conn, ScanFilter(symbols=("AAPL", "ZZZZ"), universes=("nasdaq100",)))
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter()) is None
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("dow30",))) == dow
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("dow30:nasdaq100",))) == dow | ndx
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("dow30", "nasdaq100"))) == dow | ndx
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("my",)), subject="alice") == dow | {"ZZZZ", "AAPL"}
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("my",)), subject="bob") == set()
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("my",))) == set()
+        both = await resolve_symbols(SqlResolver.over(conn), ScanFilter(symbols=("AAPL", "ZZZZ"), universes=("nasdaq100",)))
         assert both == {"AAPL"}
-        tech = await resolve_symbols(conn, ScanFilter(sectors=("INFORMATION technology",)))
+        tech = await resolve_symbols(SqlResolver.over(conn), ScanFilter(sectors=("INFORMATION technology",)))
         assert tech and "AAPL" in tech and tech <= sp
-        assert await resolve_symbols(conn, ScanFilter(sectors=("Information Technology",), universes=("dow30",))) \
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(sectors=("Information Technology",), universes=("dow30",))) \
             == tech & dow
         with pytest.raises(ScanError) as universe:
-            await resolve_symbols(conn, ScanFilter(universes=("sp500:nope", "nada")))
+            await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("sp500:nope", "nada")))
         assert universe.value.loc == "query.universe" and "nada" in universe.value.msg and "nope" in universe.value.msg
         with pytest.raises(ScanError) as sector:
-            await resolve_symbols(conn, ScanFilter(sectors=("Energy", "Basket Weaving")))
+            await resolve_symbols(SqlResolver.over(conn), ScanFilter(sectors=("Energy", "Basket Weaving")))
         assert sector.value.loc == "query.sector" and "basket weaving" in sector.value.msg
 
 
