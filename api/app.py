@@ -40,6 +40,7 @@ from hub.maintenance import Maintenance
 from hub.metrics import Metrics
 from hub.writer import Writer
 from store.cache import open_redis
+from store.cursor import CursorCodec, cursor_key
 from store.pool import open_pool
 from store.universe_resolver import MemoryResolver, SqlResolver
 
@@ -70,6 +71,7 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
             statement_timeout_ms=settings.statement_timeout_ms, connect_timeout_s=settings.connect_timeout_s,
         ))
         log.info("postgres pool open (%d-%d connections)", settings.pool_min_size, settings.pool_max_size)
+        cursors = CursorCodec(await cursor_key(pool, secret=settings.cursor_secret))
         nc = await stack.enter_async_context(open_nats(nats_url, connect_timeout_s=settings.connect_timeout_s))
         log.info("nats connected to %s", nats_url)
         redis = await stack.enter_async_context(open_redis(redis_url, connect_timeout_s=settings.connect_timeout_s))
@@ -101,7 +103,7 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
                                     fallback=SqlResolver(pool)),
         ))
         yield HubState(settings=settings, pool=pool, nats=nc, js=js, redis=redis, maintenance=maintenance,
-                       metrics=metrics, catalog=catalog, dead_letters=dead_letters, writer=writer,
+                       metrics=metrics, catalog=catalog, dead_letters=dead_letters, writer=writer, cursors=cursors,
                        fanout=fanout, cache=cache)
         log.info("hub shutting down")
 

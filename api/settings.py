@@ -96,6 +96,7 @@ class Settings:
     ws_drain_s: float = 1.0  # on shutdown, time given to outboxes before closing with 1001
     jwt_secret: str | None = None
     jwks_url: str | None = None
+    cursor_secret: str | None = None  # signs paging cursors; unset: a random key kept in PostgreSQL
     jwt_issuer: str = "tickstock-hub"
     jwt_audience: str = "tickstock"
     log_level: str = "INFO"

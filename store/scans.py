@@ -9,11 +9,9 @@ last row of a page names exactly where the next page starts, however many events
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from store.cursor import NOT_ISSUED, CursorCodec, CursorError, read_number, read_text, read_time
 from store.universe_resolver import (
     MY_UNIVERSE,
     ScanError,
@@ -65,10 +64,6 @@ EVENT_COLUMNS = sql.SQL(
 # Casts for keyset values: a real compared with a float8 parameter is widened, and 0.7::float8 is not
 # 0.7::real, so confidences are compared as real on both sides.
 _CASTS = {"detected_at": "timestamptz", "confidence": "real", "symbol": "text", "id": "text"}
-
-
-class CursorError(ValueError):
-    """A cursor that is malformed, altered, or was issued for another sort or filter set."""
 
 
 @dataclass(frozen=True)
@@ -149,53 +144,37 @@ class ScanPage:
 
 # -- cursors ----------------------------------------------------------------------------------------
 
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+SCAN_CURSOR = "scan"  # the cursor kind (store.cursor): a scan cursor is never a symbols cursor
+_READERS: dict[str, Callable[[object], Any]] = {
+    "detected_at": read_time, "confidence": read_number, "symbol": read_text, "id": read_text,
+}
 
 
-def _mac(key: bytes, body: dict[str, Any]) -> str:
-    message = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return _b64(hmac.new(key, message, hashlib.sha256).digest()[:16])
-
-
-def encode_cursor(values: Sequence[Any], *, sort: Sort, fingerprint: str, key: bytes) -> str:
-    """An opaque token: base64url of JSON holding the last row's sort values, the sort spec, the
-    filter fingerprint and an HMAC over all three (keyed with ``key``)."""
+def encode_cursor(values: Sequence[Any], *, sort: Sort, fingerprint: str, codec: CursorCodec) -> str:
+    """A signed cursor (:mod:`store.cursor`) holding the last row's sort values, the sort spec and the
+    filter fingerprint."""
     encoded = [v.isoformat() if isinstance(v, datetime) else v for v in values]
-    body = {"k": encoded, "s": sort.spec, "f": fingerprint}
-    body["m"] = _mac(key, body)
-    return _b64(json.dumps(body, separators=(",", ":")).encode())
+    return codec.encode(SCAN_CURSOR, {"k": encoded, "s": sort.spec, "f": fingerprint})
 
 
-def decode_cursor(token: str, *, sort: Sort, fingerprint: str, key: bytes) -> tuple[Any, ...]:
-    """The sort values in ``token``, typed for the query; raises :class:`CursorError` when the token is
-    malformed or altered, or was issued for another sort or filter set."""
-    try:
-        body = json.loads(_unb64(token))
-    except (ValueError, TypeError):
-        raise CursorError("the cursor is not one this hub issued") from None
-    if not isinstance(body, dict) or set(body) != {"k", "s", "f", "m"} or not isinstance(body["m"], str):
-        raise CursorError("the cursor is not one this hub issued")
-    mac = body.pop("m")
-    if not hmac.compare_digest(mac, _mac(key, body)):
-        raise CursorError("the cursor has been altered")
-    if body["s"] != sort.spec:
-        raise CursorError(f"the cursor was issued for sort {body['s']}, not {sort.spec}")
-    if body["f"] != fingerprint:
-        raise CursorError("the cursor was issued for other filters; start again without it")
+def decode_cursor(token: str, *, sort: Sort, fingerprint: str, codec: CursorCodec) -> tuple[Any, ...]:
+    """The sort values in ``token``, each checked for its column's type; raises :class:`CursorError`
+    when the token is malformed, altered or holds a wrong type, or was issued for another sort or
+    filter set."""
+    body = codec.decode(SCAN_CURSOR, token)
+    if set(body) != {"k", "s", "f"}:
+        raise CursorError(NOT_ISSUED)
+    spec, fp, raw = body["s"], body["f"], body["k"]
+    if not isinstance(spec, str) or not isinstance(fp, str):
+        raise CursorError("a value has the wrong type")
+    if spec != sort.spec:
+        raise CursorError(f"it was issued for sort {read_text(spec)}, not {sort.spec}")
+    if fp != fingerprint:
+        raise CursorError("it was issued for other filters; start again without it")
     columns = sort.columns()
-    raw = body["k"]
     if not isinstance(raw, list) or len(raw) != len(columns):
-        raise CursorError("the cursor is not one this hub issued")
-    try:
-        return tuple(datetime.fromisoformat(v) if col == "detected_at" else v for (col, _), v in zip(columns, raw, strict=False))
-    except (TypeError, ValueError):
-        raise CursorError("the cursor is not one this hub issued") from None
+        raise CursorError(NOT_ISSUED)
+    return tuple(_READERS[column](value) for (column, _), value in zip(columns, raw, strict=True))
 
 
 # -- symbols ----------------------------------------------------------------------------------------

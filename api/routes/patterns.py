@@ -15,7 +15,6 @@ pages shift when new events arrive; follow ``next_cursor`` instead. Unknown para
 
 from __future__ import annotations
 
-import hashlib
 import re
 import struct
 import time
@@ -30,6 +29,7 @@ from starlette.routing import Route
 
 from api.auth import requires
 from api.cache import REFERENCE_GENERATION, digest, dumps, ttl_until
+from api.cursors import scan_after
 from api.errors import ApiError
 from api.openapi import link, operation
 from api.state import HubState
@@ -39,12 +39,10 @@ from store.scans import (
     MAX_LIMIT,
     MY_UNIVERSE,
     UNIVERSE_SEPARATOR,
-    CursorError,
     ScanError,
     ScanFilter,
     Sort,
     build_scan,
-    decode_cursor,
     encode_cursor,
     get_event,
     list_definitions,
@@ -304,13 +302,6 @@ def _filter(hub: HubState, params: ScanParams, used: dict[str, str]) -> ScanFilt
     )
 
 
-def _cursor_key(hub: HubState) -> bytes:
-    # Every node of one deployment shares the signing secret, so a cursor from one node works on the
-    # next. Without one (JWKS only) the MAC still catches altered or truncated cursors.
-    secret = hub.settings.jwt_secret or ""
-    return hashlib.sha256(b"tickstock-scan-cursor\0" + secret.encode()).digest()
-
-
 def _json_time(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -339,13 +330,7 @@ async def scan(request: Request) -> Response:
     filt = _filter(hub, params, used)
     sort = Sort(params.sort, params.order)
     fingerprint = filt.fingerprint()
-    key = _cursor_key(hub)
-    after = None
-    if params.cursor is not None:
-        try:
-            after = decode_cursor(params.cursor, sort=sort, fingerprint=fingerprint, key=key)
-        except CursorError as exc:
-            raise ApiError(str(exc), errors=[_field_error("cursor", str(exc))]) from None
+    after = None if params.cursor is None else scan_after(hub, params.cursor, sort=sort, fingerprint=fingerprint)
     subject = request.state.principal.subject
     started = time.perf_counter()
     cache = hub.cache
@@ -359,7 +344,7 @@ async def scan(request: Request) -> Response:
                                       subject=subject)
         next_cursor = None
         if page.last_values is not None:
-            next_cursor = encode_cursor(page.last_values, sort=sort, fingerprint=fingerprint, key=key)
+            next_cursor = encode_cursor(page.last_values, sort=sort, fingerprint=fingerprint, codec=hub.cursors)
         return Computed(dumps({"items": [event_json(r) for r in page.items], "next_cursor": next_cursor}), ttl_s)
 
     try:
