@@ -41,7 +41,9 @@ from hub.maintenance import Maintenance
 from hub.metrics import Metrics
 from hub.writer import Writer
 from store.cache_connection import open_redis
+from store.cursor import CursorCodec, cursor_key
 from store.pool import open_pool
+from store.universe_resolver import MemoryResolver, SqlResolver
 
 __all__ = ["ConfigurationError", "create_app", "open_hub"]
 
@@ -70,6 +72,7 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
             statement_timeout_ms=settings.statement_timeout_ms, connect_timeout_s=settings.connect_timeout_s,
         ))
         log.info("postgres pool open (%d-%d connections)", settings.pool_min_size, settings.pool_max_size)
+        cursors = CursorCodec(await cursor_key(pool, secret=settings.cursor_secret))
         nc = await stack.enter_async_context(open_nats(nats_url, connect_timeout_s=settings.connect_timeout_s))
         log.info("nats connected to %s", nats_url)
         redis = await stack.enter_async_context(open_redis(redis_url, connect_timeout_s=settings.connect_timeout_s))
@@ -96,10 +99,12 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
         # Entered last, so it leaves first: sockets close with "going away" while NATS still runs.
         fanout = await stack.enter_async_context(FanOut(
             nc=nc, js=js, pool=pool, catalog=catalog, registry=metrics.registry, limits=fanout_limits(settings),
-            directory=cache.directory,
+            # Users' universes read fresh: the fan-out re-resolves on the very notice that drops the cached copy.
+            resolver=MemoryResolver(cache.lookups.directory, users=SqlResolver(pool).user_universe,
+                                    fallback=SqlResolver(pool)),
         ))
         yield HubState(settings=settings, pool=pool, nats=nc, js=js, redis=redis, maintenance=maintenance,
-                       metrics=metrics, catalog=catalog, dead_letters=dead_letters, writer=writer,
+                       metrics=metrics, catalog=catalog, dead_letters=dead_letters, writer=writer, cursors=cursors,
                        fanout=fanout, cache=cache)
         log.info("hub shutting down")
 

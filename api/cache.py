@@ -33,6 +33,7 @@ from hub.subjects import CACHE_LOST_SUBJECT, UNIVERSE_CHANGED_SUBJECT
 from store.breaker import Breaker
 from store.cache import Computed, Dependencies, Outcome, ResponseCache, Served
 from store.lookups import Directory, Lookups, MyUniverse
+from store.universe_resolver import MemoryResolver, SqlResolver
 
 __all__ = ["REFERENCE_GENERATION", "ROUTES", "HubCache", "digest", "dumps",
            "event_generations", "serve", "ttl_until"]
@@ -119,6 +120,9 @@ class HubCache:
             on_lost=self._announce_lost,
         )
         self.lookups = Lookups(settings.database_url or "", pool, on_change=self._reference_changed)
+        # The scans' resolver: the in-process directory and users' universes, PostgreSQL while the
+        # directory cannot be trusted.
+        self.resolver = MemoryResolver(self.lookups.directory, users=self.user_universe, fallback=SqlResolver(pool))
         r = metrics.registry
         self.requests = r.add(Counter("tickstock_cache_requests_total",
                                       "Cacheable requests by route and result (hit, miss, coalesced, bypass)."))

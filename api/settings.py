@@ -166,6 +166,7 @@ class Settings:
     partitions_per_batch: int = DEFAULT_PARTITIONS_PER_BATCH  # new monthly partitions per writer batch
     jwt_secret: str | None = dataclasses.field(default=None, repr=False)
     jwks_url: str | None = None
+    cursor_secret: str | None = None  # signs paging cursors; unset: a random key kept in PostgreSQL
     jwt_issuer: str = "tickstock-hub"
     jwt_audience: str = "tickstock"
     jwt_max_lifetime_s: float = DEFAULT_JWT_MAX_LIFETIME_S  # exp - iat cap; a token without iat is refused

@@ -162,7 +162,7 @@ class Connection:
     def _sent(self, frame: str, stored_at: float) -> None:
         metrics = self._metrics
         metrics.messages += 1
-        metrics.bytes += len(frame)
+        metrics.bytes += len(frame) if frame.isascii() else len(frame.encode())  # UTF-8 bytes on the wire
         if stored_at:
             metrics.events += 1
             metrics.latency.observe(time.time() - stored_at)

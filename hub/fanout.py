@@ -22,7 +22,6 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
 from typing import Any, Self
 
@@ -50,10 +49,8 @@ from hub.jetstream import PATTERNS_STREAM
 from hub.metrics import Registry
 from hub.model import EventError, canonical_symbol
 from hub.subjects import CLEAN_WILDCARD, UNIVERSE_CHANGED_SUBJECT
-from hub.subscriptions import MY_UNIVERSE, Entry, Filter, Subscription, SubscriptionIndex
-from store.lookups import Directory
-from store.universes import universe_members
-from store.users import get_user_universe
+from hub.subscriptions import Entry, Filter, Subscription, SubscriptionIndex
+from store.universe_resolver import SqlResolver, UniverseResolver, UnknownUniverse
 
 __all__ = ["FanOut", "FilterError"]
 
@@ -71,9 +68,9 @@ class FanOut:
 
     def __init__(self, *, nc: NATS, js: JetStreamContext, pool: AsyncConnectionPool, catalog: CatalogCache,
                  registry: Registry, limits: FanOutLimits | None = None, node: str | None = None,
-                 directory: Callable[[], Awaitable[Directory | None]] | None = None) -> None:
+                 resolver: UniverseResolver | None = None) -> None:
         self._nc, self._js, self._pool, self._catalog = nc, js, pool, catalog
-        self._directory = directory  # the in-process universe members, when the hub keeps them
+        self._resolver = resolver or SqlResolver(pool)  # universes -> symbols (in memory, when the hub keeps them)
         self.limits = limits or FanOutLimits()
         self.node = node or f"hub-{os.getpid()}-{os.urandom(2).hex()}"
         self.metrics = FanOutMetrics(registry, self)
@@ -249,33 +246,15 @@ class FanOut:
                                     "universes": list(dict.fromkeys(f.universes))})
 
     async def _symbols(self, f: Filter, subject: str) -> frozenset[str] | None:
-        """The symbols a filter covers, or ``None`` for any symbol."""
+        """The symbols a filter covers (its symbols and the members of its universes), or ``None`` for
+        any symbol. Raises :class:`FilterError` for an unknown universe."""
         if not f.symbols and not f.universes:
             return None
-        keys = [k for k in f.universes if k != MY_UNIVERSE]
-        symbols = set(f.symbols)
-        if f.follows_my_universe:
-            async with self._pool.connection() as db:
-                mine = await get_user_universe(db, subject)
-            symbols.update(mine.symbols)
-            keys.extend(k for k in mine.universe_keys if k not in keys)
-        symbols.update(await self._universe_members(keys, strict=set(f.universes) - {MY_UNIVERSE}))
-        return frozenset(symbols)
-
-    async def _universe_members(self, keys: list[str], *, strict: set[str]) -> set[str]:
-        """The union of the members of ``keys``; raises :class:`FilterError` for an unknown key in ``strict``."""
-        if not keys:
-            return set()
-        directory = await self._directory() if self._directory is not None else None
-        if directory is not None:
-            found: dict[str, Collection[str]] = {k: directory.universes[k] for k in keys if k in directory.universes}
-        else:
-            async with self._pool.connection() as db:
-                found = dict(await universe_members(db, keys))
-        unknown = strict - found.keys()
-        if unknown:
-            raise FilterError(f"unknown universe(s): {', '.join(sorted(unknown))} (see GET /api/universes)")
-        return set().union(*found.values())
+        try:
+            members = await self._resolver.universe_symbols(f.universes, subject=subject)
+        except UnknownUniverse as exc:
+            raise FilterError(f"unknown universe(s): {', '.join(exc.names)} (see GET /api/universes)") from None
+        return frozenset(f.symbols) | members
 
     async def _on_universe_changed(self, msg: Msg) -> None:
         try:

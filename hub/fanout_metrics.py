@@ -32,7 +32,7 @@ class FanOutMetrics:
         self.messages = self.events = self.bytes = 0  # plain numbers: counted once per frame
         r.add(CounterView("tickstock_ws_messages_sent_total", "Frames written to websockets.", lambda: self.messages))
         r.add(CounterView("tickstock_ws_events_sent_total", "Event frames written to websockets.", lambda: self.events))
-        r.add(CounterView("tickstock_ws_bytes_sent_total", "Characters of frames written to websockets.",
+        r.add(CounterView("tickstock_ws_bytes_sent_total", "UTF-8 bytes of text frames written to websockets (payload, without framing).",
                           lambda: self.bytes))
         self.high_water = r.add(Gauge("tickstock_ws_queue_high_water", "The most frames any outbox has held."))
         self.closes = r.add(Counter("tickstock_ws_closes_total", "Connections closed by the hub, by close code."))

@@ -15,7 +15,6 @@ pages shift when new events arrive; follow ``next_cursor`` instead. Unknown para
 
 from __future__ import annotations
 
-import hashlib
 import re
 import struct
 import time
@@ -23,7 +22,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import psycopg
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,6 +29,7 @@ from starlette.routing import Route
 
 from api.auth import requires
 from api.cache import REFERENCE_GENERATION, digest, dumps, ttl_until
+from api.cursors import scan_after
 from api.errors import ApiError
 from api.openapi import link, operation
 from api.routes.pattern_models import Definitions, PatternEvent, ScanPage, Stats, event_json, json_time
@@ -39,15 +38,12 @@ from api.validation import ParsedQuery, QueryAliases, parse_query, query_error, 
 from hub.model import RFC3339 as _RFC3339
 from hub.model import TIMEFRAMES, EventError, canonical_symbol
 from store.cache import Computed, Dependencies, Served
-from store.lookups import Directory, MyUniverse, resolve
 from store.scans import (
     MAX_LIMIT,
     MY_UNIVERSE,
     UNIVERSE_SEPARATOR,
     ScanFilter,
     Sort,
-    SymbolResolver,
-    decode_cursor,
     encode_cursor,
     get_event,
     list_definitions,
@@ -194,13 +190,6 @@ def _filter(hub: HubState, query: ParsedQuery[ScanParams]) -> ScanFilter:
     )
 
 
-def _cursor_key(hub: HubState) -> bytes:
-    # Every node of one deployment shares the signing secret, so a cursor from one node works on the
-    # next. Without one (JWKS only) the MAC still catches altered or truncated cursors.
-    secret = hub.settings.jwt_secret or ""
-    return hashlib.sha256(b"tickstock-scan-cursor\0" + secret.encode()).digest()
-
-
 @operation(summary="Scan stored events", tags=["patterns"], query=ScanParams, extra_query=LEGACY_QUERY,
            description=__doc__.split("\n\n", 1)[1], responses={200: ScanPage}, errors=(400,),
            links={200: {"GetEvent": link("get_patterns_by_id", id="$response.body#/items/0/id")}})
@@ -211,10 +200,7 @@ async def scan(request: Request) -> Response:
     params, filt = query.params, _filter(hub, query)
     sort = Sort(params.sort, params.order)
     fingerprint = filt.fingerprint()
-    key = _cursor_key(hub)
-    after = None
-    if params.cursor is not None:
-        after = decode_cursor(params.cursor, sort=sort, fingerprint=fingerprint, key=key)  # CursorError: a 400
+    after = None if params.cursor is None else scan_after(hub, params.cursor, sort=sort, fingerprint=fingerprint)
     subject = request.state.principal.subject
     started = time.perf_counter()
     cache = hub.cache
@@ -224,15 +210,14 @@ async def scan(request: Request) -> Response:
     offset = (params.page - 1) * params.limit
 
     async def compute() -> Computed:
-        # The in-process directory resolves the symbol filters when it can be trusted, else SQL does.
-        directory = await cache.directory() if cache is not None else None
-        resolver = _in_directory(directory, my) if directory is not None else None
+        # The hub's resolver reads the in-process directory when it can be trusted, else SQL.
+        resolver = cache.resolver if cache is not None else None
         async with hub.pool.connection() as conn:
             page = await scan_events(conn, filt, sort=sort, limit=params.limit, after=after, offset=offset,
                                      subject=subject, resolver=resolver)  # ScanError: a 400
         next_cursor = None
         if page.last_values is not None:
-            next_cursor = encode_cursor(page.last_values, sort=sort, fingerprint=fingerprint, key=key)
+            next_cursor = encode_cursor(page.last_values, sort=sort, fingerprint=fingerprint, codec=hub.cursors)
         return Computed(dumps({"items": [event_json(r) for r in page.items], "next_cursor": next_cursor}),
                         _ttl_s(hub, filt, page.items))
 
@@ -267,15 +252,6 @@ def _closed_months(filt: ScanFilter) -> list[str] | None:
             return None
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
     return months
-
-
-def _in_directory(directory: Directory, my: MyUniverse | None) -> SymbolResolver:
-    """A resolver reading the in-process directory (no query) instead of the database."""
-
-    async def resolver(conn: psycopg.AsyncConnection[Any], filt: ScanFilter) -> frozenset[str] | None:
-        return resolve(directory, filt, my)
-
-    return resolver
 
 
 def _ttl_s(hub: HubState, filt: ScanFilter, rows: list[dict[str, Any]]) -> float:
