@@ -451,7 +451,9 @@ async def test_hostile_cursors_are_one_400_problem(client: httpx.AsyncClient, wo
     response = await client.get(SCAN, params={"cursor": cursor})
     assert response.status_code == 400, response.text
     body = response.json()
-    assert body["detail"].startswith("invalid cursor") and [e["loc"] for e in body["errors"]] == ["query.cursor"]
+    # A control character is refused by the one query reader before the cursor is decoded.
+    expected = "invalid query" if any(ord(c) < 32 for c in cursor) else "invalid cursor"
+    assert body["detail"].startswith(expected) and [e["loc"] for e in body["errors"]] == ["query.cursor"]
 
 
 @pytest.mark.parametrize("path", [SCAN, "/api/patterns/definitions", "/api/patterns/stats", "/api/patterns/scan-00001"])

@@ -150,7 +150,9 @@ async def test_a_cursor_is_bound_to_its_filters(client: Client) -> None:
 ])
 async def test_a_tampered_cursor_is_a_400(client: Client, cursor: str) -> None:
     body = problem(await client().get("/api/symbols", params={"cursor": cursor}), 400)
-    assert locs(body) == ["query.cursor"] and body["detail"].startswith("invalid cursor")
+    # Control characters are refused by the one query reader, before the cursor is decoded.
+    expected = "invalid query" if any(ord(c) < 32 for c in cursor) else "invalid cursor"
+    assert locs(body) == ["query.cursor"] and body["detail"].startswith(expected)
 
 
 def _edit(cursor: str, **changes: object) -> str:
