@@ -30,6 +30,10 @@ DEFAULT_WRITER_BATCH = 1000
 DEFAULT_INGEST_MAX_DELIVER = 30
 DEFAULT_INGEST_ACK_WAIT_S = 15.0
 DEFAULT_HTTP_INGEST_MAX_EVENTS = 1_000
+DEFAULT_EVENT_MAX_AGE_DAYS = 7_305  # 20 years back
+DEFAULT_EVENT_MAX_AHEAD_S = 86_400  # 1 day ahead
+DEFAULT_EVENT_MAX_EXPIRY_DAYS = 400
+DEFAULT_PARTITIONS_PER_BATCH = 4
 DEFAULT_HTTP_INGEST_MAX_BYTES = 4 * 1024 * 1024
 DEFAULT_HTTP_INGEST_INFLIGHT = 5_000
 DEFAULT_RATE_LIMIT_PER_S = 500.0
@@ -71,6 +75,10 @@ class Settings:
     http_ingest_max_events: int = DEFAULT_HTTP_INGEST_MAX_EVENTS
     http_ingest_max_bytes: int = DEFAULT_HTTP_INGEST_MAX_BYTES
     http_ingest_inflight: int = DEFAULT_HTTP_INGEST_INFLIGHT
+    event_max_age_days: int = DEFAULT_EVENT_MAX_AGE_DAYS  # detected_at at most this far back
+    event_max_ahead_s: int = DEFAULT_EVENT_MAX_AHEAD_S  # detected_at at most this far ahead
+    event_max_expiry_days: int = DEFAULT_EVENT_MAX_EXPIRY_DAYS  # expires_at at most this far ahead
+    partitions_per_batch: int = DEFAULT_PARTITIONS_PER_BATCH  # new monthly partitions per writer batch
     rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S  # per token subject; 0 turns limiting off
     rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST
     rate_limit_admin_per_s: float | None = None  # None: the same as everyone
@@ -109,7 +117,8 @@ class Settings:
         for name in ("pool_timeout_s", "connect_timeout_s", "maintenance_interval_s", "ingest_ack_wait_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
-        for name in ("writer_batch", "ingest_max_deliver", "http_ingest_max_events", "http_ingest_max_bytes", "http_ingest_inflight"):
+        for name in ("writer_batch", "ingest_max_deliver", "http_ingest_max_events", "http_ingest_max_bytes", "http_ingest_inflight",
+                     "event_max_age_days", "partitions_per_batch", "event_max_expiry_days"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
         for name in ("rate_limit_per_s", "rate_limit_admin_per_s"):
@@ -133,6 +142,8 @@ class Settings:
         for name in ("ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_drain_s", "ws_queue_age_s"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise SettingsError(f"{PREFIX}{name.upper()} must be a positive number of seconds")
+        if self.event_max_ahead_s < 0:
+            raise SettingsError(f"{PREFIX}EVENT_MAX_AHEAD_S must be >= 0")
         if self.statement_timeout_ms < 0:
             raise SettingsError(f"{PREFIX}STATEMENT_TIMEOUT_MS must be >= 0")
         if not 0 < self.port < 65536:

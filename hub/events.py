@@ -20,6 +20,8 @@ and returns a validated event, or raises :class:`EventError` whose ``reason`` is
 ``not_json`` ``not_object`` ``too_large`` ``missing_field`` ``invalid_field`` ``unknown_field``
 ``confidence_out_of_range`` ``unknown_timeframe`` ``unknown_type`` ``unknown_pattern``
 ``invalid_symbol`` ``invalid_timestamp`` ``data_too_large`` ``subject_mismatch`` ``invalid_subject``
+``detected_at_out_of_range`` ``expires_at_out_of_range`` (only with a ``window``, see :class:`EventWindow`),
+and ``id_conflict`` (raised by the writer, not the parser)
 
 When several fields fail at once, ``reason`` is that of the first failure (in field order) with a
 reason more specific than ``invalid_field``; ``fields`` lists the failures.
@@ -31,8 +33,9 @@ import functools
 import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any, Literal, NamedTuple, get_args
 
@@ -52,8 +55,8 @@ from pydantic_core import PydanticCustomError
 
 __all__ = [
     "CLEAN_PREFIX", "DEFAULT_MAX_EVENT_BYTES", "EVENT_TYPES", "INGEST_PREFIX", "MAX_DATA_BYTES", "REASONS",
-    "SCHEMA_VERSION", "TIMEFRAMES", "EventError", "PatternCatalog", "PatternEvent", "SubjectParts",
-    "canonical_json", "canonical_symbol", "check_subject", "clean_subject", "ingest_subject",
+    "SCHEMA_VERSION", "TIMEFRAMES", "EventError", "EventWindow", "PatternCatalog", "PatternEvent", "SubjectParts",
+    "canonical_json", "canonical_symbol", "check_subject", "check_window", "clean_subject", "ingest_subject",
     "load_json_schema", "loads_json", "parse_event", "parse_subject", "symbol_to_token", "token_to_symbol",
 ]
 
@@ -78,6 +81,8 @@ REASONS = frozenset({
     "not_json", "not_object", "too_large", "missing_field", "invalid_field", "unknown_field",
     "confidence_out_of_range", "unknown_timeframe", "unknown_type", "unknown_pattern", "invalid_symbol",
     "invalid_timestamp", "data_too_large", "subject_mismatch", "invalid_subject",
+    # issue #11: time bounds (EventWindow) and an id stored with a different payload (the writer)
+    "detected_at_out_of_range", "expires_at_out_of_range", "id_conflict",
 })
 
 _SYMBOL = re.compile(rf"[A-Z0-9.\-/^=$]{{1,{MAX_SYMBOL_LENGTH}}}")
@@ -492,7 +497,7 @@ def _decode(raw: bytes | bytearray | memoryview | str | Mapping[str, Any], max_b
 
 def parse_event(
     raw: bytes | bytearray | memoryview | str | Mapping[str, Any], *, catalog: PatternCatalog,
-    max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    max_bytes: int = DEFAULT_MAX_EVENT_BYTES, window: EventWindow | None = None,
 ) -> PatternEvent:
     """Validate one v1 event or legacy envelope and return it as a v1 :class:`PatternEvent`.
 
@@ -501,6 +506,7 @@ def parse_event(
     with an ``event_type`` key is a legacy envelope, anything else is v1. The pattern name is mapped
     through ``catalog``. Pure: no I/O. Raises :class:`EventError` for every invalid input, with the
     most specific reason of the errors found; :class:`ValueError` if ``max_bytes`` is not positive.
+    With ``window``, an event otherwise valid is also checked by :func:`check_window`.
     """
     # hub.legacy builds on this module's names, so it is imported here rather than at the top.
     from hub import legacy
@@ -511,9 +517,58 @@ def parse_event(
     if legacy.is_legacy(obj):
         obj = legacy.to_v1(obj)
     try:
-        return PatternEvent.model_validate(obj, context={"catalog": catalog})
+        event = PatternEvent.model_validate(obj, context={"catalog": catalog})
     except ValidationError as exc:
         raise _from_validation_error(exc) from None
+    if window is not None:
+        check_window(event, window)
+    return event
+
+
+# -- time window (issue #11) ------------------------------------------------------------------------
+
+DEFAULT_EVENT_MAX_AGE_DAYS = 7305  # 20 years back
+DEFAULT_EVENT_MAX_AHEAD_S = 86_400  # 1 day ahead
+DEFAULT_EVENT_MAX_EXPIRY_DAYS = 400  # expires_at at most this far after now
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventWindow:
+    """The time an event may claim: ``detected_at`` within [now - max_age_days, now + max_ahead_s],
+    ``expires_at`` within [now - max_age_days, now + max_expiry_days]. ``clock`` gives "now" (tests
+    pass a fixed one), so parsing stays free of hidden inputs. The bounds keep every stored event in
+    a bounded set of monthly partitions."""
+
+    max_age_days: float = DEFAULT_EVENT_MAX_AGE_DAYS
+    max_ahead_s: float = DEFAULT_EVENT_MAX_AHEAD_S
+    max_expiry_days: float = DEFAULT_EVENT_MAX_EXPIRY_DAYS
+    clock: Callable[[], datetime] = field(default=_utc_now, compare=False)
+
+
+def check_window(event: PatternEvent, window: EventWindow, *, now: datetime | None = None) -> None:
+    """Raise ``detected_at_out_of_range`` / ``expires_at_out_of_range`` when ``event`` claims a time
+    outside ``window`` (``now`` defaults to ``window.clock()``)."""
+    now = window.clock() if now is None else now
+    earliest = now - timedelta(days=window.max_age_days)
+    if not earliest <= event.detected_at <= now + timedelta(seconds=window.max_ahead_s):
+        raise EventError(
+            "detected_at_out_of_range",
+            f"detected_at {_format_utc(event.detected_at)} is outside [{_format_utc(earliest)}, "
+            f"now + {window.max_ahead_s:g} s]",
+            fields=[{"loc": "detected_at", "msg": "outside the accepted time window"}],
+        )
+    if event.expires_at is not None and not (
+            earliest <= event.expires_at <= now + timedelta(days=window.max_expiry_days)):
+        raise EventError(
+            "expires_at_out_of_range",
+            f"expires_at {_format_utc(event.expires_at)} is outside [{_format_utc(earliest)}, "
+            f"now + {window.max_expiry_days:g} days]",
+            fields=[{"loc": "expires_at", "msg": "outside the accepted time window"}],
+        )
 
 
 def load_json_schema() -> dict[str, Any]:
