@@ -28,7 +28,7 @@ from api.routes import (
     users,
     ws,
 )
-from api.routes.ingest import IngestGate
+from api.routes.ingest import IngestGate, event_window
 from api.settings import Settings
 from api.state import HubState
 from hub.broker import open_nats
@@ -85,15 +85,17 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
         js = nc.jetstream()
         await ensure_topology(js, Topology(max_deliver=settings.ingest_max_deliver, ack_wait_s=settings.ingest_ack_wait_s))
         metrics = Metrics()
-        dead_letters = DeadLetterer(pool=pool, js=js, metrics=metrics)
+        window = event_window(settings)
+        dead_letters = DeadLetterer(pool=pool, js=js, metrics=metrics, window=window)
         cache = await stack.enter_async_context(HubCache(settings=settings, redis=redis, pool=pool, nats=nc,
                                                          metrics=metrics))
         # Exits run in reverse: the writer stops (finishing its batch) before NATS drains and the
         # pool closes.
-        await stack.enter_async_context(AdvisoryWatcher(js=js, dead_letters=dead_letters))
+        await stack.enter_async_context(AdvisoryWatcher(js=js, dead_letters=dead_letters, metrics=metrics))
         writer = await stack.enter_async_context(Writer(
             pool=pool, nc=nc, catalog=catalog, dead_letters=dead_letters, metrics=metrics,
-            batch=settings.writer_batch, on_stored=cache.events_stored,
+            batch=settings.writer_batch, on_stored=cache.events_stored, window=window,
+            partitions_per_batch=settings.partitions_per_batch,
         ))
         log.info("writer started (batch %d)", settings.writer_batch)
         # Entered last, so it leaves first: sockets close with "going away" while NATS still runs.

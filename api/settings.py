@@ -24,6 +24,8 @@ from pydantic.dataclasses import dataclass
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from hub import fanout_limits as ws
+from hub.window import DEFAULT_EVENT_MAX_AGE_DAYS, DEFAULT_EVENT_MAX_AHEAD_S, DEFAULT_EVENT_MAX_EXPIRY_DAYS
+from hub.writer import DEFAULT_PARTITIONS_PER_BATCH
 
 __all__ = ["Settings", "SettingsError", "check_jwks_url"]
 
@@ -55,10 +57,6 @@ DEFAULT_CACHE_CLOSED_TTL_S = 3_600.0
 DEFAULT_CACHE_TIMEOUT_MS = 150
 DEFAULT_CACHE_BREAKER_FAILURES = 5
 DEFAULT_CACHE_BREAKER_RESET_MS = 1_000
-DEFAULT_EVENT_MAX_AGE_DAYS = 7_305  # 20 years back
-DEFAULT_EVENT_MAX_AHEAD_S = 86_400.0  # 1 day ahead
-DEFAULT_EVENT_MAX_EXPIRY_DAYS = 400
-DEFAULT_PARTITIONS_PER_BATCH = 4
 DEFAULT_JWT_MAX_LIFETIME_S = 86_400.0
 DEFAULT_AUTH_FAILURE_PER_S = 1.0
 DEFAULT_AUTH_FAILURE_BURST = 20

@@ -252,6 +252,18 @@ class Metrics:
         self.http_ingested = r.add(Counter("tickstock_http_ingest_total", "Events received over HTTP, by outcome."))
         self.consumer = r.add(Gauge("tickstock_consumer", "Writer consumer state from JetStream, by field."))
         self.dlq_depth = r.add(Gauge("tickstock_dead_letters_pending", "Dead letters not replayed, by reason."))
+        self.dlq_publish_refused = r.add(Counter(
+            "tickstock_dlq_publish_refused_total",
+            "Dead letters recorded in the table whose DLQ-stream publish JetStream refused (4xx), by code."))
+        self.advisories_given_up = r.add(Counter(
+            "tickstock_advisories_given_up_total",
+            "Max-deliveries advisories the watcher stopped retrying; their messages stay in ingest."))
+        self.id_conflicts = r.add(Counter(
+            "tickstock_id_conflicts_total",
+            "Events whose id was already stored with a different payload (dead-lettered id_conflict)."))
+        self.partitions_deferred = r.add(Counter(
+            "tickstock_writer_partition_deferrals_total",
+            "Messages kept for a later batch because their month's partition was over the per-batch bound."))
 
     def render(self) -> str:
         return self.registry.render()

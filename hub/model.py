@@ -7,6 +7,8 @@ turns every failure into an :class:`EventError` whose ``reason`` is one of :data
 ``not_json`` ``not_object`` ``too_large`` ``missing_field`` ``invalid_field`` ``unknown_field``
 ``confidence_out_of_range`` ``unknown_timeframe`` ``unknown_type`` ``unknown_pattern``
 ``invalid_symbol`` ``invalid_timestamp`` ``data_too_large`` ``subject_mismatch`` ``invalid_subject``
+``detected_at_out_of_range`` ``expires_at_out_of_range`` (with a time window: :mod:`hub.window`), and
+``id_conflict`` (raised by the writer, not the parser).
 
 A symbol is 1-15 characters from ``A-Z 0-9 . - / ^ = $`` after upper-casing (ASCII input only):
 ``AAPL``, ``BRK.B``, ``ABR$D`` (a preferred share in ACT notation), ``BTC-USD``, ``^GSPC``, ``ES=F``
@@ -43,7 +45,7 @@ from pydantic_core import PydanticCustomError
 __all__ = [
     "EVENT_TYPES", "MAX_DATA_BYTES", "MAX_SYMBOL_LENGTH", "REASONS", "RFC3339", "SCHEMA_VERSION", "TIMEFRAMES",
     "EventError", "EventType", "PatternEvent", "Timeframe", "Timestamp", "brief", "canonical_json",
-    "canonical_symbol", "load_json_schema",
+    "canonical_symbol", "format_utc", "load_json_schema",
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -64,6 +66,8 @@ REASONS = frozenset({
     "not_json", "not_object", "too_large", "missing_field", "invalid_field", "unknown_field",
     "confidence_out_of_range", "unknown_timeframe", "unknown_type", "unknown_pattern", "invalid_symbol",
     "invalid_timestamp", "data_too_large", "subject_mismatch", "invalid_subject",
+    # time bounds (hub.window) and an id stored with a different payload (the writer)
+    "detected_at_out_of_range", "expires_at_out_of_range", "id_conflict",
 })
 
 _SYMBOL = re.compile(rf"[A-Z0-9.\-/^=$]{{1,{MAX_SYMBOL_LENGTH}}}")
@@ -138,14 +142,14 @@ def _as_utc(value: datetime) -> datetime:
         raise PydanticCustomError("invalid_timestamp", "date-time is out of range in UTC") from None
 
 
-def _format_utc(value: datetime) -> str:
+def format_utc(value: datetime) -> str:
     timespec = "microseconds" if value.microsecond else "seconds"
     return value.replace(tzinfo=None).isoformat(timespec=timespec) + "Z"
 
 
 Timestamp = Annotated[
     AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_as_utc),
-    PlainSerializer(_format_utc, when_used="json"),
+    PlainSerializer(format_utc, when_used="json"),
 ]
 
 

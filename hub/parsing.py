@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from hub import legacy
 from hub.catalog import PatternCatalog
 from hub.model import REASONS, EventError, PatternEvent
+from hub.window import EventWindow, check_window
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "loads_json", "parse_event"]
 
@@ -106,7 +107,7 @@ def _decode(raw: bytes | bytearray | memoryview | str | Mapping[str, Any], max_b
 
 def parse_event(
     raw: bytes | bytearray | memoryview | str | Mapping[str, Any], *, catalog: PatternCatalog,
-    max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    max_bytes: int = DEFAULT_MAX_EVENT_BYTES, window: EventWindow | None = None,
 ) -> PatternEvent:
     """Validate one v1 event or legacy envelope and return it as a v1 :class:`PatternEvent`.
 
@@ -115,6 +116,7 @@ def parse_event(
     with an ``event_type`` key is a legacy envelope, anything else is v1. The pattern name is mapped
     through ``catalog``. Pure: no I/O. Raises :class:`EventError` for every invalid input, with the
     most specific reason of the errors found; :class:`ValueError` if ``max_bytes`` is not positive.
+    With ``window``, an event otherwise valid is also checked by :func:`hub.window.check_window`.
     """
     if max_bytes < 1:
         raise ValueError(f"max_bytes must be positive, not {max_bytes}")
@@ -122,6 +124,9 @@ def parse_event(
     if legacy.is_legacy(obj):
         obj = legacy.to_v1(obj)
     try:
-        return PatternEvent.model_validate(obj, context={"catalog": catalog})
+        event = PatternEvent.model_validate(obj, context={"catalog": catalog})
     except ValidationError as exc:
         raise _from_validation_error(exc) from None
+    if window is not None:
+        check_window(event, window)
+    return event

@@ -36,7 +36,9 @@ async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> None:
                 letter = await get_dead_letter(conn, args.id)
             if letter is None:
                 raise ConfigurationError(f"no dead letter {args.id}")
-            print(json.dumps({**letter.summary(preview=1 << 20), "headers": letter.headers}, indent=2))
+            conflict = letter.conflict_payload  # id_conflict: the payload stored under the id
+            print(json.dumps({**letter.summary(preview=1 << 20), "headers": letter.headers, "conflict_payload":
+                              None if conflict is None else conflict.decode(errors="replace")}, indent=2))
         elif args.action == "purge":
             async with pool.connection() as conn:
                 try:
