@@ -24,23 +24,26 @@ from api.routes import (
     patterns,
     symbols,
     universes,
+    user_filters,
     users,
     ws,
 )
-from api.routes.ingest import IngestGate
+from api.routes.ingest import IngestGate, event_window
 from api.settings import Settings
 from api.state import HubState
 from hub.broker import open_nats
 from hub.catalog import CatalogCache
-from hub.connection import FanOutLimits
 from hub.deadletters import AdvisoryWatcher, DeadLetterer
 from hub.fanout import FanOut
+from hub.fanout_limits import FanOutLimits
 from hub.jetstream import Topology, ensure_topology
 from hub.maintenance import Maintenance
 from hub.metrics import Metrics
 from hub.writer import Writer
-from store.cache import open_redis
+from store.cache_connection import open_redis
+from store.cursor import CursorCodec, cursor_key
 from store.pool import open_pool
+from store.universe_resolver import MemoryResolver, SqlResolver
 
 __all__ = ["ConfigurationError", "create_app", "open_hub"]
 
@@ -69,6 +72,7 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
             statement_timeout_ms=settings.statement_timeout_ms, connect_timeout_s=settings.connect_timeout_s,
         ))
         log.info("postgres pool open (%d-%d connections)", settings.pool_min_size, settings.pool_max_size)
+        cursors = CursorCodec(await cursor_key(pool, secret=settings.cursor_secret))
         nc = await stack.enter_async_context(open_nats(nats_url, connect_timeout_s=settings.connect_timeout_s))
         log.info("nats connected to %s", nats_url)
         redis = await stack.enter_async_context(open_redis(redis_url, connect_timeout_s=settings.connect_timeout_s))
@@ -81,24 +85,28 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
         js = nc.jetstream()
         await ensure_topology(js, Topology(max_deliver=settings.ingest_max_deliver, ack_wait_s=settings.ingest_ack_wait_s))
         metrics = Metrics()
-        dead_letters = DeadLetterer(pool=pool, js=js, metrics=metrics)
+        window = event_window(settings)
+        dead_letters = DeadLetterer(pool=pool, js=js, metrics=metrics, window=window)
         cache = await stack.enter_async_context(HubCache(settings=settings, redis=redis, pool=pool, nats=nc,
                                                          metrics=metrics))
         # Exits run in reverse: the writer stops (finishing its batch) before NATS drains and the
         # pool closes.
-        await stack.enter_async_context(AdvisoryWatcher(js=js, dead_letters=dead_letters))
+        await stack.enter_async_context(AdvisoryWatcher(js=js, dead_letters=dead_letters, metrics=metrics))
         writer = await stack.enter_async_context(Writer(
             pool=pool, nc=nc, catalog=catalog, dead_letters=dead_letters, metrics=metrics,
-            batch=settings.writer_batch, on_stored=cache.events_stored,
+            batch=settings.writer_batch, on_stored=cache.events_stored, window=window,
+            partitions_per_batch=settings.partitions_per_batch,
         ))
         log.info("writer started (batch %d)", settings.writer_batch)
         # Entered last, so it leaves first: sockets close with "going away" while NATS still runs.
         fanout = await stack.enter_async_context(FanOut(
             nc=nc, js=js, pool=pool, catalog=catalog, registry=metrics.registry, limits=fanout_limits(settings),
-            directory=cache.directory,
+            # Users' universes read fresh: the fan-out re-resolves on the very notice that drops the cached copy.
+            resolver=MemoryResolver(cache.lookups.directory, users=SqlResolver(pool).user_universe,
+                                    fallback=SqlResolver(pool)),
         ))
         yield HubState(settings=settings, pool=pool, nats=nc, js=js, redis=redis, maintenance=maintenance,
-                       metrics=metrics, catalog=catalog, dead_letters=dead_letters, writer=writer,
+                       metrics=metrics, catalog=catalog, dead_letters=dead_letters, writer=writer, cursors=cursors,
                        fanout=fanout, cache=cache)
         log.info("hub shutting down")
 
@@ -135,7 +143,8 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
     app = Starlette(
         middleware=[Middleware(RequestIdMiddleware)],
         routes=[*health.routes, *metrics.routes, *ingest.routes, *patterns.routes, *symbols.routes,
-                *universes.routes, *users.routes, *admin.routes, *docs.routes, *ws.routes, *dashboard.routes],
+                *universes.routes, *users.routes, *user_filters.routes, *admin.routes, *docs.routes, *ws.routes,
+                *dashboard.routes],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

@@ -5,39 +5,60 @@ Tokens are JWTs, verified with joserfc (the JOSE library of the Authlib project,
 
 * development: HS256 with ``TICKSTOCK_JWT_SECRET``;
 * production: RS256/ES256 against the key set at ``TICKSTOCK_JWKS_URL`` (``file://`` or ``https://``;
-  fetched off the event loop, cached, refetched when a token names an unknown ``kid``).
+  ``http://`` only to a loopback host, for tests; fetched off the event loop, at most
+  ``TICKSTOCK_JWKS_MAX_BYTES``, cached, refetched when a token names an unknown ``kid``: one fetch at a
+  time, and for unknown kids at most once every ``JWKS_MIN_REFETCH_S``).
 
 The algorithm is chosen by the key that verifies, never by the token: an HS256 token is checked only
 against the shared secret, so a token "signed" with an RSA public key as HMAC secret fails, and
-``alg: none`` is never accepted. ``exp`` is required; ``nbf``, ``iss`` and ``aud`` are checked.
+``alg: none`` is never accepted. ``exp``, ``iat`` and ``sub`` are required; ``exp - iat`` is at most
+``TICKSTOCK_JWT_MAX_LIFETIME_S``; ``sub`` is 1..256 characters without control characters; ``nbf``,
+``iss`` and ``aud`` are checked.
+
+Nothing taken from a token (its ``alg``, ``kid``, claims) is echoed in an answer: details say which
+check failed, not what the token held. A key set that cannot be loaded is a 503 with a generic detail;
+the cause goes to the log (escaped).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import logging
+import math
 import time
+import unicodedata
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from joserfc import jwt
-from joserfc.errors import JoseError
+from joserfc.errors import ClaimError, JoseError
 from joserfc.jwk import KeySet, OctKey
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from api.authlimit import AuthFailuresExceeded, client_address, limiter_for
 from api.errors import ApiError
+from api.jsonbound import loads_bounded
 from api.ratelimit import Decision, RateLimiter, RateLimitExceeded
-from api.settings import Settings
+from api.settings import DEFAULT_JWKS_MAX_BYTES, DEFAULT_JWT_MAX_LIFETIME_S, Settings, check_jwks_url
 
-__all__ = ["SCOPES", "AuthError", "Authenticator", "Principal", "mint_token", "requires"]
+__all__ = ["ALGORITHMS", "JWKS_UNAVAILABLE", "SCOPES", "AuthError", "Authenticator", "Principal", "check_jwks_url",
+           "escape", "mint_token", "requires", "valid_subject"]
+
+log = logging.getLogger("tickstock.auth")
 
 SCOPES = ("patterns:read", "patterns:write", "universe:write", "admin")
+ALGORITHMS = ("HS256", "RS256", "ES256")
 JWKS_TTL_S = 300.0
-JWKS_MIN_REFETCH_S = 10.0
+JWKS_MIN_REFETCH_S = 10.0  # between refetches triggered by tokens naming an unknown kid
+JWKS_FETCH_TIMEOUT_S = 5.0
+JWKS_UNAVAILABLE = "the key set is unavailable"
 LEEWAY_S = 30
 MAX_TOKEN_BYTES = 8192
+MAX_SUBJECT_CHARS = 256
+_CONTROL = frozenset(("Cc", "Cs", "Zl", "Zp"))  # control characters, lone surrogates, line/paragraph separators
 
 
 class AuthError(ApiError):
@@ -74,75 +95,147 @@ def mint_token(secret: str, *, subject: str, scopes: Iterable[str], ttl_s: float
     return jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(secret))
 
 
+def escape(text: object, limit: int = 200) -> str:
+    """``text`` for a log line: at most ``limit`` characters, control and non-printable characters as
+    ``\\r``, ``\\n``, ``\\xNN`` (what ``repr`` does), so untrusted text cannot forge log lines."""
+    value = str(text)
+    cut = value[:limit]
+    return repr(cut)[1:-1] + ("…" if len(value) > limit else "")
+
+
+def valid_subject(subject: object) -> bool:
+    """A ``sub`` the hub accepts: a string of 1..256 characters with no control characters."""
+    return (isinstance(subject, str) and 0 < len(subject) <= MAX_SUBJECT_CHARS
+            and not any(unicodedata.category(c) in _CONTROL for c in subject))
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A key set is fetched from the configured URL only; a redirect is a load failure."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class Authenticator:
     """Verifies tokens with the keys the settings name. No I/O until a JWKS is first needed."""
 
     def __init__(self, settings: Settings) -> None:
         self._secret = OctKey.import_key(settings.jwt_secret) if settings.jwt_secret else None
-        self._jwks_url = settings.jwks_url
+        self._jwks_url = check_jwks_url(settings.jwks_url) if settings.jwks_url else None
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
+        self._max_lifetime_s = int(getattr(settings, "jwt_max_lifetime_s", DEFAULT_JWT_MAX_LIFETIME_S))
+        self._jwks_max_bytes = int(getattr(settings, "jwks_max_bytes", DEFAULT_JWKS_MAX_BYTES))
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
         self._attempted_at = -JWKS_MIN_REFETCH_S
+        self._attempts = 0  # fetches finished; a waiter on the lock uses the outcome of one it waited for
+        self._lock: asyncio.Lock | None = None  # made on first use, on the loop that uses it
+        self.jwks_fetches = 0  # for /metrics-style checks and the tests
 
     @property
     def configured(self) -> bool:
         return self._secret is not None or self._jwks_url is not None
 
     def _fetch_jwks(self) -> KeySet:
+        """Blocking: read at most ``jwks_max_bytes`` from the URL and parse the key set. Raises
+        ``OSError``, ``ValueError`` or ``JoseError``."""
         if self._jwks_url is None:
             raise ValueError("no JWKS URL configured")
-        with urllib.request.urlopen(self._jwks_url, timeout=5) as response:  # noqa: S310 - operator-set URL
-            return KeySet.import_key_set(json.loads(response.read()))
+        self.jwks_fetches += 1
+        with _OPENER.open(self._jwks_url, timeout=JWKS_FETCH_TIMEOUT_S) as response:
+            body = response.read(self._jwks_max_bytes + 1)
+        if len(body) > self._jwks_max_bytes:
+            raise ValueError(f"the key set is larger than {self._jwks_max_bytes} bytes")
+        data = loads_bounded(body)
+        if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+            raise ValueError("not a JSON Web Key Set (an object with a 'keys' list)")  # noqa: TRY004 - a load failure
+        return KeySet.import_key_set(data)  # type: ignore[arg-type]
 
-    async def _key_set(self, kid: str | None) -> KeySet:
-        import asyncio
-
-        now = time.monotonic()
-        stale = now - self._fetched_at > JWKS_TTL_S
+    def _wants_fetch(self, kid: str | None, now: float) -> bool:
+        if self._keys is None or now - self._fetched_at > JWKS_TTL_S:
+            return True
         # An unknown kid may be a rotation: refetch, but at most every JWKS_MIN_REFETCH_S, so that
         # tokens with made-up kids cannot make the hub hammer the key server.
-        unknown = (kid is not None and self._keys is not None and all(k.kid != kid for k in self._keys.keys)
-                   and now - self._attempted_at > JWKS_MIN_REFETCH_S)
-        if self._keys is None or stale or unknown:
-            self._attempted_at = now
-            try:
-                self._keys = await asyncio.to_thread(self._fetch_jwks)
-                self._fetched_at = time.monotonic()
-            except (OSError, ValueError, JoseError) as exc:
-                if self._keys is None:
-                    raise AuthError(f"the key set cannot be loaded: {exc}", status=503) from None
+        return (kid is not None and all(k.kid != kid for k in self._keys.keys)
+                and now - self._attempted_at > JWKS_MIN_REFETCH_S)
+
+    async def _key_set(self, kid: str | None) -> KeySet:
+        """The key set, fetched first when missing, stale, or (rate-bounded) when ``kid`` is unknown. One
+        fetch at a time: concurrent callers wait for it and use its outcome. Raises :class:`AuthError`
+        503 (generic detail, cause logged) when no key set was ever loaded."""
+        seen = self._attempts
+        if not self._wants_fetch(kid, time.monotonic()):
+            return self._keys  # type: ignore[return-value]
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._attempts == seen and self._wants_fetch(kid, time.monotonic()):
+                await self._refetch()
+            if self._keys is None:
+                raise AuthError(JWKS_UNAVAILABLE, status=503)
+            return self._keys
+
+    async def _refetch(self) -> None:
+        now = self._attempted_at = time.monotonic()
+        try:
+            self._keys = await asyncio.to_thread(self._fetch_jwks)
+            self._fetched_at = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - whatever the key server sent, it is a load failure, not a 500
+            log.warning("the key set at the configured JWKS URL cannot be loaded (%s): %s%s",
+                        type(exc).__name__, escape(exc),
+                        "" if self._keys is None else "; keeping the keys loaded before")
+            if self._keys is not None:
                 self._fetched_at = now - JWKS_TTL_S + JWKS_MIN_REFETCH_S  # keep the old keys; retry soon
-        return self._keys  # type: ignore[return-value]
+        finally:
+            self._attempts += 1  # counted when done: whoever waited during this fetch uses its outcome
 
     async def verify(self, token: str) -> Principal:
-        """Raises :class:`AuthError` (401) for any token that is not valid now."""
+        """Raises :class:`AuthError` (401) for any token that is not valid now, 503 when the hub has no
+        keys to check it with. The detail never quotes the token."""
         if not self.configured:
             raise AuthError("authentication is not configured on this hub (set TICKSTOCK_JWT_SECRET or TICKSTOCK_JWKS_URL)",
                             status=503)
         if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
             raise AuthError("malformed token")
+        head, body, _ = token.split(".")
         try:
-            header = json.loads(_b64decode(token.split(".", 1)[0]))
+            header = loads_bounded(_b64decode(head))
+            loads_bounded(_b64decode(body))  # the library parses it unbounded: refuse deep nesting first
         except ValueError:
             raise AuthError("malformed token") from None
         alg = header.get("alg") if isinstance(header, dict) else None
+        kid = header.get("kid") if isinstance(header, dict) else None
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError("malformed token")
         try:
             if alg == "HS256" and self._secret is not None:
                 decoded = jwt.decode(token, self._secret, algorithms=["HS256"])
-            elif alg in ("RS256", "ES256") and self._jwks_url is not None:
-                decoded = jwt.decode(token, await self._key_set(header.get("kid")), algorithms=[alg])
+            elif isinstance(alg, str) and alg in ALGORITHMS[1:] and self._jwks_url is not None:
+                decoded = jwt.decode(token, await self._key_set(kid), algorithms=[alg])
             else:
-                raise AuthError(f"tokens signed with {alg!r} are not accepted here")
+                raise AuthError("the token's algorithm is not accepted here")
             registry = jwt.JWTClaimsRegistry(
-                leeway=LEEWAY_S, exp={"essential": True}, sub={"essential": True},
+                leeway=LEEWAY_S, exp={"essential": True}, sub={"essential": True}, iat={"essential": True},
                 iss={"essential": True, "value": self._issuer}, aud={"essential": True, "value": self._audience},
             )
             registry.validate(decoded.claims)
+        except ClaimError as exc:
+            raise AuthError(f"invalid token: {exc.description}") from None  # names the claim, not its value
         except JoseError as exc:
-            raise AuthError(f"invalid token: {exc.description or exc.error}") from None
+            raise AuthError(f"invalid token: {exc.error}") from None
         claims = decoded.claims
+        if not valid_subject(claims["sub"]):
+            raise AuthError(f"invalid token: 'sub' must be 1 to {MAX_SUBJECT_CHARS} characters without control "
+                            "characters")
+        exp, iat = claims["exp"], claims["iat"]
+        limit = self._max_lifetime_s
+        if not (isinstance(exp, (int, float)) and isinstance(iat, (int, float)) and math.isfinite(exp)
+                and math.isfinite(iat) and exp - iat <= limit and exp <= time.time() + limit + LEEWAY_S):
+            raise AuthError(f"invalid token: it may live at most {limit} s (exp - iat)")
         raw_scope = claims.get("scope", claims.get("scp", ""))
         if isinstance(raw_scope, str):
             scopes = frozenset(raw_scope.split())
@@ -150,7 +243,7 @@ class Authenticator:
             scopes = frozenset(map(str, raw_scope))
         else:  # a signed token can still carry junk (a number, null, an object): 401, not 500
             raise AuthError("invalid token: the scope claim must be a string or a list")
-        return Principal(subject=str(claims["sub"]), scopes=scopes, expires_at=float(claims["exp"]), claims=claims)
+        return Principal(subject=claims["sub"], scopes=scopes, expires_at=float(exp), claims=claims)
 
     async def authenticate(self, conn: HTTPConnection, *, query_token: bool = False) -> Principal:
         """The principal of ``Authorization: Bearer …`` (or ``?token=`` where allowed)."""
@@ -192,16 +285,34 @@ async def _rate_limit(request: Request, principal: Principal) -> Decision:
     return decision
 
 
+async def charge_failure(conn: HTTPConnection, exc: AuthError) -> None:
+    """A failed authentication (401) from ``conn``'s address takes a token from its bucket (see
+    :mod:`api.authlimit`); raises :class:`AuthFailuresExceeded` (429) when the bucket is empty."""
+    if exc.status != 401:
+        return
+    state = conn.app.state
+    limiter = limiter_for(state)
+    decision = await limiter.charge(state.hub.redis, client_address(conn))
+    log.debug("authentication failed from %s: %s", escape(client_address(conn)), escape(exc.detail))
+    if not decision.allowed:
+        raise AuthFailuresExceeded(decision) from None
+
+
 def requires(scope: str) -> Callable[[Endpoint], Endpoint]:
     """Guard an endpoint: 401 without a valid token, 403 without ``scope``, 429 when the principal is over
-    its rate limit (see :mod:`api.ratelimit`). The principal is put on ``request.state.principal``."""
+    its rate limit (see :mod:`api.ratelimit`), or when the client's address has failed to authenticate too
+    often (see :mod:`api.authlimit`). The principal is put on ``request.state.principal``."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
     def decorate(endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
             authenticator: Authenticator = request.app.state.auth
-            principal = await authenticator.authenticate(request)
+            try:
+                principal = await authenticator.authenticate(request)
+            except AuthError as exc:
+                await charge_failure(request, exc)
+                raise
             decision = await _rate_limit(request, principal)
             if not principal.has(scope):
                 raise AuthError(f"this needs the {scope!r} scope", status=403, scope=scope)

@@ -27,21 +27,21 @@ from nats.errors import Error as NatsError
 from psycopg_pool import AsyncConnectionPool
 
 from api.settings import Settings
-from hub.events import PatternEvent
 from hub.metrics import Counter, Gauge, Metrics
+from hub.model import PatternEvent
+from hub.subjects import CACHE_LOST_SUBJECT, UNIVERSE_CHANGED_SUBJECT
 from store.breaker import Breaker
 from store.cache import Computed, Dependencies, Outcome, ResponseCache, Served
 from store.lookups import Directory, Lookups, MyUniverse
+from store.universe_resolver import MemoryResolver, SqlResolver
 
-__all__ = ["CACHE_LOST_SUBJECT", "REFERENCE_GENERATION", "ROUTES", "HubCache", "digest", "dumps",
+__all__ = ["REFERENCE_GENERATION", "ROUTES", "HubCache", "digest", "dumps",
            "event_generations", "serve", "ttl_until"]
 
 log = logging.getLogger("tickstock.cache")
 
 # Published by a node whose generation bump did not reach Redis: every node that hears it starts a
 # new epoch (if it can reach Redis), so the entries that bump should have invalidated die at once.
-CACHE_LOST_SUBJECT = "tickstock.cache.lost"
-USERS_CHANGED_SUBJECT = "tickstock.users.universe.changed"  # api.routes.users publishes it
 REFERENCE_GENERATION = "ref"
 ROUTES = ("scan", "symbol", "symbols", "universe", "universes")
 RATIO_WINDOW_S = 60
@@ -73,11 +73,11 @@ class _Ratio(Gauge):
         super().__init__(name, help_text)
         self._requests = requests
 
-    def samples(self) -> Iterable[str]:
+    def points(self) -> Iterable[tuple[dict[str, str], float]]:
         for route in ROUTES:
             total = sum(self._requests.value(route=route, result=r) for r in ("hit", "miss", "coalesced", "bypass"))
             if total:
-                yield f'{self.name}{{route="{route}"}} {self._requests.value(route=route, result="hit") / total}'
+                yield {"route": route}, self._requests.value(route=route, result="hit") / total
 
 
 class _Window:
@@ -120,6 +120,9 @@ class HubCache:
             on_lost=self._announce_lost,
         )
         self.lookups = Lookups(settings.database_url or "", pool, on_change=self._reference_changed)
+        # The scans' resolver: the in-process directory and users' universes, PostgreSQL while the
+        # directory cannot be trusted.
+        self.resolver = MemoryResolver(self.lookups.directory, users=self.user_universe, fallback=SqlResolver(pool))
         r = metrics.registry
         self.requests = r.add(Counter("tickstock_cache_requests_total",
                                       "Cacheable requests by route and result (hit, miss, coalesced, bypass)."))
@@ -139,7 +142,7 @@ class HubCache:
         await self.lookups.__aenter__()
         try:
             self._subscriptions = [
-                await self._nats.subscribe(USERS_CHANGED_SUBJECT, cb=self._user_changed),
+                await self._nats.subscribe(UNIVERSE_CHANGED_SUBJECT, cb=self._user_changed),
                 await self._nats.subscribe(CACHE_LOST_SUBJECT, cb=self._lost_elsewhere),
             ]
             self._reconnects = self._nats.stats.get("reconnects", 0)

@@ -5,9 +5,11 @@ A token bucket per token subject (``tickstock:rl:<subject>``): ``burst`` tokens,
 requests on any number of nodes never race, and the clock is Redis's (``TIME``), so nodes with skewed
 clocks still share one bucket. The key expires once a full bucket would be indistinguishable from no key.
 
-Redis is an aid, not a dependency: when it is down or slower than ``timeout_s`` the request is allowed
-(fail open), counted, and logged once per outage. After a failure the limiter leaves Redis alone for
-``retry_s`` (requests pass unchecked and are counted) rather than make every request wait for the timeout.
+Redis is an aid, not a dependency: when it is down or slower than ``timeout_s`` the request is decided
+by an in-process token bucket of the same size (so each node limits on its own during an outage rather
+than letting everything through), counted, and logged once per outage. After a failure the limiter
+leaves Redis alone for ``retry_s`` (the local buckets decide) rather than make every request wait for
+the timeout. The local buckets are bounded (``LOCAL_MAX_KEYS``, least recently used first out).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
 
     from api.settings import Settings
 
-__all__ = ["KEY_PREFIX", "Decision", "Limit", "RateLimitExceeded", "RateLimiter"]
+__all__ = ["KEY_PREFIX", "Decision", "Limit", "LocalBuckets", "RateLimitExceeded", "RateLimiter"]
 
 log = logging.getLogger("tickstock.ratelimit")
 
@@ -41,6 +44,7 @@ DEFAULT_RATE_PER_S = 500.0
 DEFAULT_BURST = 1000
 DEFAULT_TIMEOUT_S = 0.05
 DEFAULT_RETRY_S = 1.0
+LOCAL_MAX_KEYS = 10_000  # in-process buckets kept while Redis is failing
 
 # KEYS[1] the bucket; ARGV: rate per second, burst. Returns {allowed, tokens left, seconds until one}
 # (numbers as strings: Redis truncates Lua numbers to integers). A refused request does not write.
@@ -90,14 +94,15 @@ class Limit:
 
 @dataclass(frozen=True)
 class Decision:
-    """What the limiter decided. ``checked`` is False when Redis was not asked (disabled or failing open);
-    then ``remaining`` means nothing."""
+    """What the limiter decided. ``checked`` is False when no bucket was asked (limiting is off); then
+    ``remaining`` means nothing. ``local`` is True when the in-process fallback bucket decided (Redis failed)."""
 
     allowed: bool
     limit: int
     remaining: int
     retry_after_s: float
     checked: bool
+    local: bool = False
 
     def headers(self) -> dict[str, str]:
         """``RateLimit-Limit``/``-Remaining`` and, when refused, ``Retry-After`` (whole seconds, >= 1)."""
@@ -121,6 +126,37 @@ class RateLimitExceeded(ApiError):
 _UNCHECKED = Decision(allowed=True, limit=0, remaining=0, retry_after_s=0.0, checked=False)
 
 
+class LocalBuckets:
+    """In-process token buckets (the limiter's fallback while Redis fails): the same arithmetic as the
+    Redis script, on this process's monotonic clock. At most ``max_keys`` buckets; the least recently
+    used goes first (it then starts full again, as a bucket whose Redis key expired would)."""
+
+    def __init__(self, max_keys: int = LOCAL_MAX_KEYS) -> None:
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def clear(self) -> None:
+        self._buckets.clear()
+
+    def take(self, key: str, limit: Limit, now: float | None = None) -> Decision:
+        """Take one token from ``key``'s bucket; never waits."""
+        now = time.monotonic() if now is None else now
+        tokens, at = self._buckets.pop(key, (float(limit.burst), now))
+        tokens = min(float(limit.burst), tokens + max(0.0, now - at) * limit.rate_per_s)
+        allowed = tokens >= 1
+        if allowed:
+            tokens -= 1
+        self._buckets[key] = (tokens, max(now, at))
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        retry = 0.0 if allowed else (1 - tokens) / limit.rate_per_s
+        return Decision(allowed=allowed, limit=limit.burst, remaining=max(0, math.floor(tokens)),
+                        retry_after_s=retry, checked=True, local=True)
+
+
 class RateLimiter:
     """Token buckets in Redis, one per subject; ``admin`` principals may have their own limit.
 
@@ -141,8 +177,10 @@ class RateLimiter:
         self.key_prefix = key_prefix
         self.limited = Counter("tickstock_rate_limited_total", "Requests refused with 429 by the rate limiter.")
         self.fail_open = Counter("tickstock_rate_limit_fail_open_total",
-                                 "Requests allowed unchecked because Redis failed or was slow, by reason.")
+                                 "Requests decided by the in-process fallback bucket because Redis failed or "
+                                 "was slow, by reason.")
         self.script_loads = 0
+        self.local = LocalBuckets()
         self._down_since: float | None = None
         self._skip_until = 0.0
 
@@ -173,30 +211,37 @@ class RateLimiter:
 
     @property
     def degraded(self) -> bool:
-        """True while Redis is failing and requests pass unchecked."""
+        """True while Redis is failing and the in-process buckets decide."""
         return self._down_since is not None
 
     async def acquire(self, redis: aioredis.Redis, subject: str, *, admin: bool = False) -> Decision:
         """Take one token from ``subject``'s bucket. Waits at most ``timeout_s`` for Redis; never raises
-        because of Redis (the request is allowed and ``fail_open`` counts it)."""
+        because of Redis (this process's own bucket for ``subject`` decides and ``fail_open`` counts it)."""
         limit = self.admin_limit if admin else self.limit
         if not limit.enabled:
             return _UNCHECKED
+        key = self.key_prefix + subject
         if self._down_since is not None and time.monotonic() < self._skip_until:
             self.fail_open.inc(reason="skipped")
-            return _UNCHECKED
+            return self._local_take(key, limit)
         try:
-            allowed, tokens, retry = await asyncio.wait_for(
-                self._run(redis, self.key_prefix + subject, limit), self.timeout_s)
+            allowed, tokens, retry = await asyncio.wait_for(self._run(redis, key, limit), self.timeout_s)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
-            return _UNCHECKED
+            return self._local_take(key, limit)
         if self._down_since is not None:
-            log.warning("rate limiter: Redis answers again after %.1f s; limiting resumes",
+            log.warning("rate limiter: Redis answers again after %.1f s; limiting through Redis resumes",
                         time.monotonic() - self._down_since)
             self._down_since = None
+            self.local.clear()
         decision = Decision(allowed=bool(int(allowed)), limit=limit.burst, remaining=max(0, math.floor(float(tokens))),
                             retry_after_s=float(retry), checked=True)
+        if not decision.allowed:
+            self.limited.inc()
+        return decision
+
+    def _local_take(self, key: str, limit: Limit) -> Decision:
+        decision = self.local.take(key, limit)
         if not decision.allowed:
             self.limited.inc()
         return decision
@@ -218,5 +263,5 @@ class RateLimiter:
         self._skip_until = now + self.retry_s
         if self._down_since is None:
             self._down_since = now
-            log.warning("rate limiter: Redis %s (%s); allowing requests unchecked until it answers",
+            log.warning("rate limiter: Redis %s (%s); limiting with in-process buckets until it answers",
                         "timed out" if reason == "timeout" else "failed", str(exc) or type(exc).__name__)

@@ -1,17 +1,33 @@
 """Settings: the only place that reads the environment.
 
-Every setting has a ``TICKSTOCK_`` variable. An unset server URL means "start the embedded server"
-(``tickstock run``); ``tickstock serve`` requires all three URLs.
+Every setting has a ``TICKSTOCK_`` variable (``TICKSTOCK_POOL_MAX_SIZE`` sets ``pool_max_size``). An unset
+server URL means "start the embedded server" (``tickstock run``); ``tickstock serve`` requires all three URLs.
+
+:class:`Settings` is a frozen pydantic dataclass (so ``dataclasses.replace`` works and validates);
+pydantic-settings' environment source reads the variables (:meth:`Settings.from_env`), pydantic parses
+them, and one check (``__post_init__``) bounds the values. Building ``Settings(...)`` directly never looks
+at the environment.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import ipaddress
+import math
+import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Settings", "SettingsError"]
+from pydantic import ValidationError
+from pydantic.dataclasses import dataclass
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from hub import fanout_limits as ws
+from hub.window import DEFAULT_EVENT_MAX_AGE_DAYS, DEFAULT_EVENT_MAX_AHEAD_S, DEFAULT_EVENT_MAX_EXPIRY_DAYS
+from hub.writer import DEFAULT_PARTITIONS_PER_BATCH
+
+__all__ = ["Settings", "SettingsError", "check_jwks_url"]
 
 PREFIX = "TICKSTOCK_"
 
@@ -41,15 +57,62 @@ DEFAULT_CACHE_CLOSED_TTL_S = 3_600.0
 DEFAULT_CACHE_TIMEOUT_MS = 150
 DEFAULT_CACHE_BREAKER_FAILURES = 5
 DEFAULT_CACHE_BREAKER_RESET_MS = 1_000
+DEFAULT_JWT_MAX_LIFETIME_S = 86_400.0
+DEFAULT_AUTH_FAILURE_PER_S = 1.0
+DEFAULT_AUTH_FAILURE_BURST = 20
+DEFAULT_ADMIN_MAX_BODY_BYTES = 1 << 20
+DEFAULT_JWKS_MAX_BYTES = 1 << 20
+
+# The checks, by kind; each message names the variable.
+_AT_LEAST_ONE = (
+    "writer_batch", "ingest_max_deliver", "http_ingest_max_events", "http_ingest_max_bytes",
+    "http_ingest_inflight", "rate_limit_burst", "rate_limit_admin_burst", "rate_limit_timeout_ms",
+    "ws_max_connections", "ws_max_subscriptions", "ws_queue_messages", "ws_queue_bytes", "ws_resume_max",
+    "ws_ring_size", "event_max_age_days", "event_max_expiry_days", "partitions_per_batch",
+    "auth_failure_burst", "admin_max_body_bytes", "jwks_max_bytes",
+)
+_POSITIVE = (
+    "pool_timeout_s", "connect_timeout_s", "maintenance_interval_s", "ingest_ack_wait_s", "cache_ttl_s",
+    "cache_closed_ttl_s", "cache_timeout_ms", "cache_breaker_failures", "cache_breaker_reset_ms",
+    "event_max_ahead_s", "jwt_max_lifetime_s",
+)
+_POSITIVE_SECONDS = (
+    "ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_drain_s", "ws_queue_age_s",
+)
+_RATES = ("rate_limit_per_s", "rate_limit_admin_per_s", "auth_failure_per_s")
+_NOT_NEGATIVE = ("cache_staleness_ms", "statement_timeout_ms")
 
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
 
 
+def check_jwks_url(url: str) -> str:
+    """``url`` when the hub may fetch a key set from it: ``https``, ``file``, or ``http`` to a loopback host
+    (for tests). Raises ``ValueError`` otherwise."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("https", "file"):
+        return url
+    if scheme == "http":
+        host = (parts.hostname or "").lower()
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return url
+        raise ValueError("a JWKS URL over plain http must point at a loopback host (use https)")
+    raise ValueError("a JWKS URL must be https:// or file:// (http:// to a loopback host for tests)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Frozen hub settings. Build with :meth:`from_env`; tests pass keyword arguments."""
+    """Frozen hub settings. Build with :meth:`from_env`; tests pass keyword arguments.
+
+    A bad value raises pydantic's ``ValidationError`` (a ``ValueError``) when built directly, and
+    :class:`SettingsError` naming the variable from :meth:`from_env`.
+    """
 
     database_url: str | None = None
     nats_url: str | None = None
@@ -83,21 +146,34 @@ class Settings:
     cache_timeout_ms: int = DEFAULT_CACHE_TIMEOUT_MS  # per Redis call; slower counts as a failure
     cache_breaker_failures: int = DEFAULT_CACHE_BREAKER_FAILURES  # consecutive failures that open it
     cache_breaker_reset_ms: int = DEFAULT_CACHE_BREAKER_RESET_MS  # open this long before one probe
-    ws_max_connections: int = 20_000  # per node; more are closed with 4429
-    ws_max_subscriptions: int = 100  # per connection
-    ws_queue_messages: int = 1_000  # outbox bound per connection; full closes it with 4409
-    ws_queue_bytes: int = 1 << 20
-    ws_queue_age_s: float = 10.0  # a frame waiting longer closes the connection with 4409
-    ws_ping_interval_s: float = 20.0
-    ws_idle_timeout_s: float = 60.0
-    ws_auth_timeout_s: float = 5.0
-    ws_resume_max: int = 100_000  # stream messages a resume may replay
-    ws_ring_size: int = 10_000  # recent events held in memory for resumes (older ones come from JetStream)
-    ws_drain_s: float = 1.0  # on shutdown, time given to outboxes before closing with 1001
-    jwt_secret: str | None = None
+    ws_max_connections: int = ws.DEFAULT_MAX_CONNECTIONS  # the websocket bounds: see hub.fanout_limits
+    ws_max_subscriptions: int = ws.DEFAULT_MAX_SUBSCRIPTIONS
+    ws_queue_messages: int = ws.DEFAULT_QUEUE_MESSAGES
+    ws_queue_bytes: int = ws.DEFAULT_QUEUE_BYTES
+    ws_queue_age_s: float = ws.DEFAULT_QUEUE_AGE_S
+    ws_ping_interval_s: float = ws.DEFAULT_PING_INTERVAL_S
+    ws_idle_timeout_s: float = ws.DEFAULT_IDLE_TIMEOUT_S
+    ws_auth_timeout_s: float = ws.DEFAULT_AUTH_TIMEOUT_S
+    ws_resume_max: int = ws.DEFAULT_RESUME_MAX
+    ws_ring_size: int = ws.DEFAULT_RING_SIZE
+    ws_drain_s: float = ws.DEFAULT_DRAIN_S
+    # Event time window (issue #11): older, further ahead or longer-lived events are dead letters.
+    event_max_age_days: int = DEFAULT_EVENT_MAX_AGE_DAYS  # detected_at at most this far back
+    event_max_ahead_s: float = DEFAULT_EVENT_MAX_AHEAD_S  # detected_at at most this far ahead of now
+    event_max_expiry_days: int = DEFAULT_EVENT_MAX_EXPIRY_DAYS  # expires_at at most this far after now
+    partitions_per_batch: int = DEFAULT_PARTITIONS_PER_BATCH  # new monthly partitions per writer batch
+    jwt_secret: str | None = dataclasses.field(default=None, repr=False)
     jwks_url: str | None = None
+    cursor_secret: str | None = None  # signs paging cursors; unset: a random key kept in PostgreSQL
     jwt_issuer: str = "tickstock-hub"
     jwt_audience: str = "tickstock"
+    jwt_max_lifetime_s: float = DEFAULT_JWT_MAX_LIFETIME_S  # exp - iat cap; a token without iat is refused
+    jwks_max_bytes: int = DEFAULT_JWKS_MAX_BYTES  # a larger key set document is refused
+    # Failed authentications and token-less websocket opens per client address; 0 turns it off.
+    auth_failure_per_s: float = DEFAULT_AUTH_FAILURE_PER_S
+    auth_failure_burst: int = DEFAULT_AUTH_FAILURE_BURST
+    admin_max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES
+    cursor_secret: str | None = dataclasses.field(default=None, repr=False)  # None: a per-deployment key
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -106,37 +182,34 @@ class Settings:
                 f"{PREFIX}POOL_MAX_SIZE ({self.pool_max_size}) must be >= 1 and >= "
                 f"{PREFIX}POOL_MIN_SIZE ({self.pool_min_size})"
             )
-        for name in ("pool_timeout_s", "connect_timeout_s", "maintenance_interval_s", "ingest_ack_wait_s"):
-            if getattr(self, name) <= 0:
+        for name in _POSITIVE:
+            if not getattr(self, name) > 0:  # NaN fails too
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
-        for name in ("writer_batch", "ingest_max_deliver", "http_ingest_max_events", "http_ingest_max_bytes", "http_ingest_inflight"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
-        for name in ("rate_limit_per_s", "rate_limit_admin_per_s"):
-            value = getattr(self, name)
-            if value is not None and not (0 <= value < float("inf")):
-                raise SettingsError(f"{PREFIX}{name.upper()} must be a finite number >= 0 (0 turns limiting off)")
-        for name in ("rate_limit_burst", "rate_limit_admin_burst", "rate_limit_timeout_ms"):
+        for name in _AT_LEAST_ONE:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
-        if self.cache_staleness_ms < 0:
-            raise SettingsError(f"{PREFIX}CACHE_STALENESS_MS must be >= 0")
-        for name in ("cache_ttl_s", "cache_closed_ttl_s", "cache_timeout_ms", "cache_breaker_failures",
-                     "cache_breaker_reset_ms"):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
-        for name in ("ws_max_connections", "ws_max_subscriptions", "ws_queue_messages", "ws_queue_bytes",
-                     "ws_resume_max", "ws_ring_size"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
-        for name in ("ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_drain_s", "ws_queue_age_s"):
-            if not 0 < getattr(self, name) < float("inf"):
+        for name in _RATES:
+            value = getattr(self, name)
+            if value is not None and not (0 <= value < math.inf):
+                raise SettingsError(
+                    f"{PREFIX}{name.upper()} must be a finite number >= 0 (0 turns limiting off)")
+        for name in _POSITIVE_SECONDS:
+            if not 0 < getattr(self, name) < math.inf:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be a positive number of seconds")
-        if self.statement_timeout_ms < 0:
-            raise SettingsError(f"{PREFIX}STATEMENT_TIMEOUT_MS must be >= 0")
+        for name in _NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0")
+        if self.jwks_url:
+            try:
+                check_jwks_url(self.jwks_url)
+            except ValueError as exc:
+                raise SettingsError(f"{PREFIX}JWKS_URL: {exc}") from None
         if not 0 < self.port < 65536:
             raise SettingsError(f"{PREFIX}PORT must be a TCP port, not {self.port}")
+        if self.cursor_secret == "":
+            raise SettingsError(
+                f"{PREFIX}CURSOR_SECRET must not be empty (unset it for a per-deployment key)")
 
     @property
     def embedded(self) -> tuple[str, ...]:
@@ -149,35 +222,50 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Read ``TICKSTOCK_*`` variables; ``overrides`` (e.g. from command-line flags) win.
+        """Read ``TICKSTOCK_*`` variables (``os.environ`` unless ``environ`` is given; empty ones count as
+        unset); ``overrides`` that are not None (e.g. command-line flags) win.
 
-        Raises :class:`SettingsError` naming the variable when a value does not parse.
+        Raises :class:`SettingsError` naming the variable when a value does not parse or is out of range.
         """
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = env.get(PREFIX + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _parse(f.name, str(f.type), raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+        source = _Environment.source(environ)
+        values: dict[str, Any] = {**source(), **{k: v for k, v in overrides.items() if v is not None}}
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise _explain(exc, values) from None
 
 
-def _parse(name: str, type_name: str, raw: str) -> object:
-    try:
-        if type_name.startswith("int"):
-            return int(raw)
-        if type_name.startswith("float"):
-            return float(raw)
-        if type_name == "Path":
-            return Path(raw)
-        if type_name == "bool":
-            if raw.strip().lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.strip().lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-    except ValueError:
-        raise SettingsError(f"{PREFIX}{name.upper()}={raw!r} is not a valid {type_name}") from None
-    return raw
+class _Environment(BaseSettings, Settings):  # type: ignore[misc]  # a settings model over the same fields
+    """The variables pydantic-settings reads: ``TICKSTOCK_`` + the field name, any case, empty = unset."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, case_sensitive=False)
+
+    @classmethod
+    def source(cls, environ: Mapping[str, str] | None) -> EnvSettingsSource:
+        return EnvSettingsSource(cls) if environ is None else _MappingSource(cls, environ)
+
+
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {(k if self.case_sensitive else k.lower()): v for k, v in self._environ.items()
+                if not (self.env_ignore_empty and v == "")}
+
+
+_TYPES = {f.name: str(f.type) for f in dataclasses.fields(Settings)}
+
+
+def _explain(exc: ValidationError, values: Mapping[str, object]) -> SettingsError:
+    """The first error of ``exc`` as one line naming the variable."""
+    error = exc.errors()[0]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, SettingsError):
+        return cause
+    name = str(error["loc"][0]) if error["loc"] else "?"
+    type_name = _TYPES.get(name, "value")
+    return SettingsError(f"{PREFIX}{name.upper()}={values.get(name)!r} is not a valid {type_name}")

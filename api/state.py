@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from hub.maintenance import Maintenance
     from hub.metrics import Metrics
     from hub.writer import Writer
+    from store.cursor import CursorCodec
 
 __all__ = ["HubState"]
 
@@ -36,6 +37,7 @@ class HubState:
     catalog: CatalogCache
     dead_letters: DeadLetterer
     writer: Writer
+    cursors: CursorCodec  # signs and verifies paging cursors with the deployment's cursor key
     fanout: FanOut | None = None
     started_at: float = field(default_factory=time.time)
     cache: HubCache | None = None  # None: every read goes to PostgreSQL

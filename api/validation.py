@@ -1,28 +1,39 @@
-"""Request validation shared by the resource routes: a bounded JSON body read into a pydantic model,
-query parameters read into one, and pydantic errors as the problem document's ``errors``
-(``{"loc": "body.symbols[3].name", "msg": "..."}``), plus the symbol and universe-key field types.
+"""Request validation shared by the routes: a bounded JSON body read into a pydantic model, the one
+query reader, pydantic errors as the problem document's ``errors`` (``{"loc": "body.symbols[3].name",
+"msg": "..."}``), plus the symbol and universe-key field types.
+
+Every function here raises :class:`~api.errors.ApiError` with a documented status; none lets a bad
+input through to a 500.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, TypeVar
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Generic, TypeVar, get_origin
 
 from pydantic import AfterValidator, BaseModel, PlainValidator, ValidationError
 from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 
 from api.errors import ApiError
-from hub.events import EventError, canonical_symbol
+from hub.model import EventError, canonical_symbol
 from store.universes import is_universe_key
 
 __all__ = [
-    "MAX_ERRORS", "SymbolName", "UniverseKey", "field_errors", "read_body", "read_bytes", "read_model", "read_query",
+    "MAX_ERRORS", "MAX_JSON_DEPTH", "ParsedQuery", "QueryAliases", "SymbolName", "UniverseKey", "field_errors",
+    "parse_json", "parse_query", "query_error", "read_body", "read_bytes", "read_model", "read_query",
 ]
 
 MAX_ERRORS = 50  # field errors listed in one problem document
+MAX_JSON_DEPTH = 32  # nesting levels of arrays and objects a body may have (where a route bounds it)
 
 M = TypeVar("M", bound=BaseModel)
+
+# C0 and C1 control characters and DEL: no query value needs them, and PostgreSQL text cannot hold NUL.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _loc(prefix: str, loc: tuple[int | str, ...]) -> str:
@@ -57,14 +68,42 @@ async def read_bytes(request: Request, *, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_body(request: Request, *, max_bytes: int) -> Any:
-    """The request's JSON body. Raises :class:`ApiError` 413 beyond ``max_bytes``, 400 if not JSON."""
-    body = await read_bytes(request, max_bytes=max_bytes)
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests arrays/objects more than ``limit`` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def parse_json(raw: bytes, *, max_depth: int | None = None) -> Any:
+    """``raw`` decoded as JSON (NaN and Infinity refused). Raises :class:`ApiError` 400 when it is not
+    JSON, or nests arrays and objects deeper than ``max_depth`` levels (``None``: Python's own
+    recursion limit, also a 400)."""
     try:
-        return json.loads(body, parse_constant=_no_constant)
+        document = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         raise ApiError("the body is not valid JSON",
                        errors=[{"loc": "body", "msg": "not valid JSON"}]) from None
+    if max_depth is not None and _deeper_than(document, max_depth):
+        raise ApiError(f"the body nests arrays and objects deeper than {max_depth} levels",
+                       errors=[{"loc": "body", "msg": f"nested deeper than {max_depth} levels"}])
+    return document
+
+
+async def read_body(request: Request, *, max_bytes: int, max_depth: int | None = None) -> Any:
+    """The request's JSON body. Raises :class:`ApiError` 413 beyond ``max_bytes``, 400 if not JSON or
+    nested deeper than ``max_depth`` (see :func:`parse_json`)."""
+    return parse_json(await read_bytes(request, max_bytes=max_bytes), max_depth=max_depth)
 
 
 def read_model(model: type[M], document: Any) -> M:
@@ -75,21 +114,94 @@ def read_model(model: type[M], document: Any) -> M:
         raise ApiError("the body is not valid", errors=field_errors(exc, "body")) from None
 
 
-def read_query(model: type[M], request: Request, *, lists: tuple[str, ...] = ()) -> M:
-    """The query parameters validated as ``model``; names in ``lists`` may repeat and arrive as lists."""
-    params: dict[str, Any] = {}
-    for key, value in request.query_params.multi_items():
-        if key in lists:
-            params.setdefault(key, []).append(value)
-        elif key in params:
-            raise ApiError(f"{key} may be given once",
-                           errors=[{"loc": f"query.{key}", "msg": "given more than once"}])
+# -- the query reader -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueryAliases:
+    """Other names a route accepts for its query parameters (TickStock's, say): ``names`` maps an alias
+    to the model field; an alias in ``split`` carries comma-separated values; ``values`` rewrites an
+    alias's values (``{"sort_by": {"timestamp": "detected_at"}}``)."""
+
+    names: Mapping[str, str] = field(default_factory=dict)
+    split: frozenset[str] = frozenset()
+    values: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParsedQuery(Generic[M]):
+    """The validated ``params`` and, for each field given, the parameter name the caller used."""
+
+    params: M
+    names: Mapping[str, str]
+
+    def loc(self, name: str) -> str:
+        """The error location of field ``name``: ``query.<the name the caller used>``."""
+        return f"query.{self.names.get(name, name)}"
+
+
+def query_error(errors: list[dict[str, str]]) -> ApiError:
+    """A 400 listing ``errors`` (``{"loc": "query.x", "msg": …}``) in its detail too."""
+    return ApiError("invalid query: " + "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:MAX_ERRORS]),
+                    errors=errors[:MAX_ERRORS])
+
+
+def _is_list(model: type[BaseModel], name: str) -> bool:
+    return get_origin(model.model_fields[name].annotation) is list
+
+
+def parse_query(model: type[M], request: Request, *, lists: tuple[str, ...] = (),
+                aliases: QueryAliases | None = None) -> ParsedQuery[M]:
+    """The query string validated as ``model``, with the names the caller used.
+
+    Fields annotated as lists (and names in ``lists``) may repeat and arrive as lists (an empty value
+    adds nothing); any other parameter given twice, or under both its name and an alias, is an error. Raises :class:`ApiError`
+    400 with ``errors`` located at ``query.<name>``: every unknown parameter at once (when the model
+    forbids extra fields), then a value with a control character (NUL, CR, LF, DEL ...), a repeated
+    parameter, and each wrong type or value out of range.
+    """
+    aliases = aliases or QueryAliases()
+    fields = model.model_fields
+    repeatable = {name for name in fields if name in lists or _is_list(model, name)}
+    if model.model_config.get("extra") == "forbid":
+        unknown = sorted({k for k in request.query_params if k not in fields and k not in aliases.names})
+        if unknown:
+            raise ApiError(f"unknown query parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
+                           errors=[{"loc": f"query.{k}", "msg": "unknown parameter"} for k in unknown[:MAX_ERRORS]])
+    data: dict[str, Any] = {}
+    used: dict[str, str] = {}
+    errors: list[dict[str, str]] = []
+    for name, value in request.query_params.multi_items():
+        target = aliases.names.get(name, name)
+        if _CONTROL.search(value):
+            errors.append({"loc": f"query.{name}", "msg": "contains a control character (NUL, CR, LF, ...)"})
+            continue
+        if target in used and used[target] != name:
+            errors.append({"loc": f"query.{name}", "msg": f"{name} and {used[target]} are the same parameter; give one"})
+            continue
+        used[target] = name
+        if target in repeatable:
+            parts = [p.strip() for p in value.split(",")] if name in aliases.split else [value]
+            data.setdefault(target, []).extend(p for p in parts if p)
+        elif target in data:
+            errors.append({"loc": f"query.{name}", "msg": "given more than once"})
         else:
-            params[key] = value
-    try:
-        return model.model_validate(params)
-    except ValidationError as exc:
-        raise ApiError("the query is not valid", errors=field_errors(exc, "query")) from None
+            data[target] = aliases.values.get(name, {}).get(value, value)
+    if not errors:
+        try:
+            return ParsedQuery(model.model_validate(data), used)
+        except ValidationError as exc:
+            for e in exc.errors(include_url=False, include_input=False, include_context=False):
+                top = str(e["loc"][0]) if e["loc"] else ""
+                errors.append({"loc": f"query.{used.get(top, top)}" if top else "query", "msg": e["msg"]})
+    raise query_error(errors)
+
+
+def read_query(model: type[M], request: Request, *, lists: tuple[str, ...] = (),
+               aliases: QueryAliases | None = None) -> M:
+    """The query parameters validated as ``model`` (see :func:`parse_query`, which also returns the
+    names the caller used)."""
+    return parse_query(model, request, lists=lists, aliases=aliases).params
 
 
 def _symbol(value: object) -> str:

@@ -26,15 +26,19 @@ from nats.js.errors import BadRequestError
 from redis.exceptions import RedisError
 
 from hub.broker import open_nats
-from hub.events import INGEST_PREFIX, EventError, PatternCatalog, ingest_subject, parse_event
+from hub.catalog import PatternCatalog
+from hub.model import EventError, PatternEvent
+from hub.parsing import parse_event
+from hub.producer import publish_to_ingest
+from hub.subjects import UNPARSED_SUBJECT
 
-__all__ = ["DEFAULT_CHANNEL", "UNPARSED_SUBJECT", "RedisBridge", "run"]
+__all__ = ["DEFAULT_CHANNEL", "RedisBridge", "run"]
 
 log = logging.getLogger("tickstock.bridge")
 
 DEFAULT_CHANNEL = "tickstock.events.patterns"
-UNPARSED_SUBJECT = f"{INGEST_PREFIX}.unparsed"
 RETRY_DELAY_S = 1.0
+PUBLISH_TIMEOUT_S = 5.0
 
 
 class RedisBridge:
@@ -54,16 +58,21 @@ class RedisBridge:
     async def forward(self, data: bytes) -> None:
         """Publish one message to ingest, retrying while NATS is unavailable. A message NATS or the
         ingest stream refuses as too large is logged as an error and skipped (retrying cannot help)."""
+        event: PatternEvent | None
         try:
             event = parse_event(data, catalog=self._catalog)
         except EventError:
-            subject, payload, msg_id = UNPARSED_SUBJECT, data, "unparsed-" + hashlib.sha256(data).hexdigest()[:32]
+            event, payload, msg_id = None, data, "unparsed-" + hashlib.sha256(data).hexdigest()[:32]
             self.unparsed += 1
         else:
-            subject, payload, msg_id = ingest_subject(event.timeframe, event.symbol), event.to_json_bytes(), event.id
+            payload, msg_id = event.to_json_bytes(), event.id
         while True:
             try:
-                await self._js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=5)
+                if event is None:
+                    await self._js.publish(UNPARSED_SUBJECT, payload, headers={"Nats-Msg-Id": msg_id},
+                                           timeout=PUBLISH_TIMEOUT_S)
+                else:
+                    await publish_to_ingest(self._js, event, timeout_s=PUBLISH_TIMEOUT_S)
                 break
             except (MaxPayloadError, BadRequestError) as exc:  # too large for NATS or the stream
                 self.errors += 1
@@ -72,7 +81,7 @@ class RedisBridge:
                 return
             except (NatsError, TimeoutError) as exc:
                 self.errors += 1
-                log.warning("bridge: publish to %s failed (%s); retrying", subject, exc)
+                log.warning("bridge: publish of %s failed (%s); retrying", msg_id, exc)
                 await asyncio.sleep(RETRY_DELAY_S)
         self.forwarded += 1
 

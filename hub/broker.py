@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
+from hub.errors import HubError
+
 __all__ = ["BrokerError", "open_nats"]
 
 log = logging.getLogger("tickstock.broker")
@@ -19,8 +21,9 @@ DEFAULT_DRAIN_TIMEOUT_S = 10
 DEFAULT_PENDING_BYTES = 64 * 1024 * 1024
 
 
-class BrokerError(NatsError):
-    """NATS could not be reached or used; subclasses nats-py's base error."""
+class BrokerError(HubError, NatsError):
+    """NATS could not be reached or used; a :class:`HubError` and nats-py's base error, so callers'
+    ``except nats.errors.Error`` clauses keep working."""
 
 
 @asynccontextmanager

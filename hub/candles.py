@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import talib
 
-from hub.events import PatternEvent
+from hub.model import PatternEvent
 from hub.ohlcv import Bars
 
 __all__ = ["CANDLE_FUNCTIONS", "LIFETIMES", "Detection", "PatternNames", "confidence", "detect", "scan"]

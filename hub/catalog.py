@@ -1,17 +1,79 @@
-"""The pattern catalog in memory, loaded from ``pattern_definitions`` and refreshed on demand."""
+"""The pattern catalog: canonical pattern names and their aliases, in memory.
+
+:class:`PatternCatalog` matches a name as producers spell it (``Hammer``, ``CDLHAMMER``, ``hammer``) to
+its canonical name; it is pure and does no I/O. :class:`CatalogCache` holds the current one, loaded from
+``pattern_definitions`` and refreshed on demand.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable
 
 from psycopg_pool import AsyncConnectionPool
 
-from hub.events import PatternCatalog
+from hub.model import EventError, brief
 from store.patterns import load_pattern_aliases
 
-__all__ = ["CatalogCache"]
+__all__ = ["CatalogCache", "PatternCatalog"]
 
 log = logging.getLogger("tickstock.catalog")
+
+_IGNORED = re.compile(r"[\s_\-]+")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+
+
+def _match_key(name: str) -> str:
+    return _IGNORED.sub("", name).casefold()
+
+
+def _snake_case(name: str) -> str:
+    return _NOT_ALNUM.sub("_", _CAMEL.sub("_", name)).strip("_").lower()
+
+
+class PatternCatalog:
+    """Canonical pattern names and their aliases, as held in ``pattern_definitions``.
+
+    Names match case-insensitively, ignoring whitespace, ``_`` and ``-``. Construction raises
+    :class:`ValueError` if two canonical names would match the same key; it does no I/O.
+    """
+
+    _MEMO_LIMIT = 4096
+
+    def __init__(self, entries: Iterable[tuple[str, Iterable[str]]]) -> None:
+        self._permissive = False
+        self._names: dict[str, str] = {}
+        self._memo: dict[str, str] = {}  # exact spelling -> canonical; bounded, it is on the hot path
+        for canonical, aliases in entries:
+            if isinstance(aliases, str):
+                raise TypeError(f"aliases of {canonical!r} must be an iterable of names, not a string")
+            for name in (canonical, *aliases):
+                key = _match_key(name)
+                if not key:
+                    raise ValueError(f"pattern name {name!r} (for {canonical!r}) is blank")
+                if self._names.setdefault(key, canonical) != canonical:
+                    raise ValueError(f"{name!r} names both {self._names[key]!r} and {canonical!r}")
+
+    @classmethod
+    def permissive(cls) -> PatternCatalog:
+        """A catalog that accepts any name with a letter or digit and returns it in snake_case."""
+        catalog = cls(())
+        catalog._permissive = True
+        return catalog
+
+    def canonical(self, name: str) -> str:
+        """The canonical name for ``name``; raises ``EventError(reason="unknown_pattern")``."""
+        found = self._memo.get(name)
+        if found is not None:
+            return found
+        found = _snake_case(name) if self._permissive else self._names.get(_match_key(name))
+        if not found:
+            raise EventError("unknown_pattern", f"pattern {brief(name)} is not in the pattern catalog")
+        if len(self._memo) < self._MEMO_LIMIT:
+            self._memo[name] = found
+        return found
 
 
 class CatalogCache:

@@ -21,15 +21,24 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from hub.errors import HubError
+from hub.protocol import (
+    CLOSE_FORBIDDEN,
+    CLOSE_UNAUTHORIZED,
+    ERROR_INVALID,
+    ERROR_INVALID_FILTER,
+    ERROR_TOO_MANY_SUBSCRIPTIONS,
+)
+
 __all__ = ["Delivery", "HubClient", "HubClientError", "Subscription"]
 
 log = logging.getLogger("tickstock.client")
 
 #: Close codes after which reconnecting cannot help.
-FATAL_CLOSES = {4401: "the token was refused or expired", 4403: "the token lacks patterns:read"}
+FATAL_CLOSES = {CLOSE_UNAUTHORIZED: "the token was refused or expired", CLOSE_FORBIDDEN: "the token lacks patterns:read"}
 
 
-class HubClientError(RuntimeError):
+class HubClientError(HubError, RuntimeError):
     """The hub refused this client for good (a bad token, a bad filter)."""
 
 
@@ -53,6 +62,10 @@ class HubClient:
     reconnect). ``since`` resumes every subscription from one ``seq``. ``state`` is ``connecting``,
     ``connected`` or ``reconnecting``; ``connects`` counts successful connections and ``recovered``
     holds the last ``recovered`` flag of each subscription.
+
+    Reconnecting waits a random time up to ``backoff_s``: ``backoff_initial_s`` doubled after each
+    failed attempt, at most ``backoff_max_s``, and back to ``backoff_initial_s`` once a connection got
+    its welcome (a drop after a good session is not a failure streak).
     """
 
     def __init__(self, urls: Sequence[str] | str, *, token: str | Callable[[], str],
@@ -70,6 +83,7 @@ class HubClient:
         self.connects = 0
         self.node: str | None = None
         self._backoff = (backoff_initial_s, backoff_max_s)
+        self.backoff_s = backoff_initial_s  # the ceiling of the last (jittered) wait before reconnecting
         self._open_timeout_s = open_timeout_s
         self._queue: asyncio.Queue[Delivery | BaseException] = asyncio.Queue(buffer)
         self._task: asyncio.Task[None] | None = None
@@ -108,19 +122,21 @@ class HubClient:
         while True:
             url = self.urls[self._url_index % len(self.urls)]
             try:
-                await self._session(url)
-                attempt = 0
+                await self._session(url)  # returns only by raising: every session ends in an exception
             except HubClientError as exc:
                 await self._queue.put(exc)
                 return
             except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
                 log.info("hub connection to %s ended: %s", url, exc)
-                if self.state != "connected":
+                if self.state == "connected":
+                    attempt = 0  # a good session ended: start the back-off again from its first step
+                else:
                     self._url_index += 1  # this one did not answer: try the next node
-                attempt += 1
+                    attempt += 1
             self.state = "reconnecting"
             base, cap = self._backoff
-            await asyncio.sleep(random.uniform(0, min(cap, base * 2 ** min(attempt, 16))))
+            self.backoff_s = min(cap, base * 2 ** min(attempt, 16))
+            await asyncio.sleep(random.uniform(0, self.backoff_s))
 
     async def _session(self, url: str) -> None:
         token = self._token() if callable(self._token) else self._token
@@ -168,6 +184,6 @@ class HubClient:
             self.recovered[frame["id"]] = frame["recovered"]
             self.last_seq.setdefault(frame["id"], frame["head"])
         elif op == "error":
-            if frame.get("code") in ("invalid_filter", "invalid", "too_many_subscriptions"):
+            if frame.get("code") in (ERROR_INVALID_FILTER, ERROR_INVALID, ERROR_TOO_MANY_SUBSCRIPTIONS):
                 raise HubClientError(f"{frame['code']}: {frame.get('message')}")
             log.warning("hub error: %s", frame)

@@ -13,80 +13,34 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, MutableMapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hub.metrics import Counter, CounterView, Gauge, Histogram, Registry
+from hub.protocol import (
+    CLOSE_FORBIDDEN,
+    CLOSE_GOING_AWAY,
+    CLOSE_IDLE,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_SLOW,
+    CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY,
+    CLOSE_UNAUTHORIZED,
+)
+from hub.fanout_limits import FanOutLimits
+from hub.fanout_metrics import FanOutMetrics
 from hub.subscriptions import Subscription
-
-if TYPE_CHECKING:
-    from hub.fanout import FanOut
 
 __all__ = [
     "CLOSE_FORBIDDEN", "CLOSE_GOING_AWAY", "CLOSE_IDLE", "CLOSE_INTERNAL", "CLOSE_NORMAL", "CLOSE_SLOW",
-    "CLOSE_TOO_BIG", "CLOSE_TOO_MANY", "CLOSE_UNAUTHORIZED", "Connection", "FanOutLimits", "FanOutMetrics",
+    "CLOSE_TOO_BIG", "CLOSE_TOO_MANY", "CLOSE_UNAUTHORIZED", "Connection",
 ]
 
 log = logging.getLogger("tickstock.ws")
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_IDLE = 4408
-CLOSE_SLOW = 4409
-CLOSE_TOO_MANY = 4429
-
 CLOSE_TIMEOUT_S = 2.0
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 
 Send = Callable[[MutableMapping[str, Any]], Coroutine[Any, Any, None]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class FanOutLimits:
-    max_connections: int = 20_000
-    max_subscriptions: int = 100
-    queue_messages: int = 1_000
-    queue_bytes: int = 1 << 20
-    queue_age_s: float = 10.0  # a frame queued longer than this means the client is not keeping up
-    ping_interval_s: float = 20.0
-    idle_timeout_s: float = 60.0
-    auth_timeout_s: float = 5.0
-    resume_max: int = 100_000
-    ring_size: int = 10_000
-    drain_s: float = 1.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"max_subscriptions": self.max_subscriptions, "queue_messages": self.queue_messages,
-                "queue_bytes": self.queue_bytes, "queue_age_s": self.queue_age_s, "ping_interval_s": self.ping_interval_s,
-                "idle_timeout_s": self.idle_timeout_s, "resume_max": self.resume_max}
-
-
-class FanOutMetrics:
-    def __init__(self, registry: Registry, fanout: FanOut) -> None:
-        r = registry
-        self.connections = r.add(Gauge("tickstock_ws_connections", "Open websocket connections on this node.",
-                                       read=lambda: float(len(fanout.connections))))
-        self.subscriptions = r.add(Gauge("tickstock_ws_subscriptions", "Websocket subscriptions on this node.",
-                                         read=lambda: float(len(fanout.index))))
-        self.messages = self.events = self.bytes = 0  # plain numbers: counted once per frame
-        r.add(CounterView("tickstock_ws_messages_sent_total", "Frames written to websockets.", lambda: self.messages))
-        r.add(CounterView("tickstock_ws_events_sent_total", "Event frames written to websockets.", lambda: self.events))
-        r.add(CounterView("tickstock_ws_bytes_sent_total", "Characters of frames written to websockets.",
-                          lambda: self.bytes))
-        self.high_water = r.add(Gauge("tickstock_ws_queue_high_water", "The most frames any outbox has held."))
-        self.closes = r.add(Counter("tickstock_ws_closes_total", "Connections closed by the hub, by close code."))
-        self.replayed = r.add(Counter("tickstock_ws_replayed_total", "Events replayed to resuming subscriptions."))
-        self.latency = r.add(Histogram("tickstock_ws_stored_to_sent_seconds",
-                                       "From the clean stream storing an event to its frame being written."))
-        self.peak = 0
-
-    def queued(self, depth: int) -> None:
-        if depth > self.peak:
-            self.peak = depth
-            self.high_water.set(depth)
 
 
 class Connection:
@@ -168,7 +122,10 @@ class Connection:
         written for a normal close or going away."""
         if self.close_code is not None:
             return
-        self.close_code, self.close_reason = code, reason[:120]
+        # Cut to the protocol's limit on a character boundary (a longer reason makes the server drop the
+        # TCP connection without a close frame); "ignore" also drops lone surrogates, which cannot be sent.
+        cut = reason.encode("utf-8", "ignore")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
+        self.close_code, self.close_reason = code, cut
         self._metrics.closes.inc(code=str(code))
         if code not in (CLOSE_NORMAL, CLOSE_GOING_AWAY) and self._flusher is not None:
             self._frames.clear()
@@ -205,7 +162,7 @@ class Connection:
     def _sent(self, frame: str, stored_at: float) -> None:
         metrics = self._metrics
         metrics.messages += 1
-        metrics.bytes += len(frame)
+        metrics.bytes += len(frame) if frame.isascii() else len(frame.encode())  # UTF-8 bytes on the wire
         if stored_at:
             metrics.events += 1
             metrics.latency.observe(time.time() - stored_at)

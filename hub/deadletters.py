@@ -1,9 +1,14 @@
 """Dead letters: recording them (table, then the DLQ stream), turning max-deliveries advisories into
 dead letters, and replaying them into ingest.
 
-A dead letter keeps the original payload and headers byte for byte, the reason (one of
-:data:`hub.events.REASONS`, or ``max_deliveries_exceeded`` / ``store_rejected``), a human detail,
-field errors, the delivery count and when it was first and last seen.
+A dead letter keeps the original payload byte for byte and the original headers (escaped: no control
+characters), the reason (one of :data:`hub.model.REASONS`, or ``max_deliveries_exceeded`` /
+``store_rejected`` / ``id_conflict``), a human detail (escaped, one line), field errors, the delivery
+count and when it was first and last seen; an ``id_conflict`` also keeps the payload stored under the id.
+
+What the hub re-publishes carries only headers the hub sets itself (:data:`DLQ_HEADERS`): a producer's
+``Nats-*`` header (``Nats-Expected-Stream``, ``Nats-Msg-Id`` …) would change what JetStream does with
+the hub's own publish. A JetStream 4xx answer is permanent: it is counted and logged, never retried.
 """
 
 from __future__ import annotations
@@ -21,35 +26,72 @@ import psycopg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
-from hub.events import EventError, ingest_subject, parse_event
-from hub.jetstream import ADVISORY_STREAM, DEADLETTER_CONSUMER, DLQ_PREFIX, INGEST_STREAM
+from hub.errors import ReplayError
+from hub.jetstream import ADVISORY_STREAM, DEADLETTER_CONSUMER, INGEST_STREAM
 from hub.metrics import Metrics
+from hub.model import EventError
+from hub.parsing import parse_event
 from hub.producer import Published, publish_to_ingest
+from hub.subjects import DLQ_PREFIX, ingest_subject
+from hub.text import escape_control
+from hub.window import EventWindow
 from store.deadletters import get_dead_letter, mark_replayed, record_dead_letter
 
-__all__ = ["TRANSIENT_ERRORS", "AdvisoryWatcher", "DeadLetterer", "ReplayError", "ReplayResult"]
+__all__ = ["DLQ_HEADERS", "EVENT_CAUSED_ERRORS", "ID_CONFLICT", "TRANSIENT_ERRORS", "AdvisoryWatcher", "DeadLetterer",
+           "ReplayError", "ReplayResult", "is_permanent_api_error", "is_transient"]
 
 log = logging.getLogger("tickstock.deadletters")
 
 MAX_DELIVERIES = "max_deliveries_exceeded"
 STORE_REJECTED = "store_rejected"
-RETRY_DELAY_S = 2.0
+ID_CONFLICT = "id_conflict"
+RETRY_DELAY_S = 2.0  # first back-off of the advisory watcher; it doubles per attempt
+ADVISORY_RETRY_MAX_S = 300.0  # the back-off's cap
+ADVISORY_MAX_ATTEMPTS = 12  # then the watcher gives up on the advisory (about half an hour in all)
+DETAIL_HEADER_LIMIT = 500  # characters of TickStock-DLQ-Detail
+MAX_STORED_HEADERS = 64  # original headers kept in dead_letters.headers
+MAX_STORED_HEADER_CHARS = 1024  # per name or value
+# The only headers on a DLQ message; all are set by the hub.
+DLQ_HEADERS = ("Nats-Msg-Id", "TickStock-DLQ-Id", "TickStock-DLQ-Reason", "TickStock-DLQ-Detail",
+               "TickStock-Original-Subject", "TickStock-Deliveries")
 
-# Failures that say "try again later", never "this message is bad".
+# Failures that say "try again later", never "this message is bad". Use :func:`is_transient`: by
+# class alone this tuple also holds errors one event causes (a statement timeout is an
+# OperationalError), which are that event's fault and permanent for it.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, NatsError, OSError, TimeoutError)
+# Database errors a statement raises because of the rows it was given, although they are
+# OperationalErrors: the statement timeout (QueryCanceled) and a program limit (e.g. an index row too
+# large). The writer finds the event that causes them and dead-letters it alone.
+EVENT_CAUSED_ERRORS: tuple[type[BaseException], ...] = (psycopg.errors.QueryCanceled,
+                                                        psycopg.errors.ProgramLimitExceeded)
 
 
-class ReplayError(ValueError):
-    """The dead letter does not exist, or its (corrected) payload would be rejected again."""
+def is_permanent_api_error(exc: BaseException) -> bool:
+    """A JetStream API answer in the 4xx range (bad request, wrong expected stream …): retrying the
+    same request cannot succeed. 404 (not found) included."""
+    return isinstance(exc, APIError) and exc.code is not None and 400 <= int(exc.code) < 500
 
-    def __init__(self, message: str, *, status: int = 422, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` says "the infrastructure is not answering, try the whole batch later": a lost
+    connection, a pool or NATS timeout, JetStream 5xx/503. False for what an input caused: a
+    statement timeout or program limit on its row (:data:`EVENT_CAUSED_ERRORS`), a JetStream 4xx, and
+    every other database error."""
+    if isinstance(exc, EVENT_CAUSED_ERRORS) or is_permanent_api_error(exc):
+        return False
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def _stored_headers(headers: dict[str, str] | None) -> dict[str, str]:
+    """The original headers as kept for inspection: escaped, bounded in number and size."""
+    kept: dict[str, str] = {}
+    for key, value in list((headers or {}).items())[:MAX_STORED_HEADERS]:
+        kept[escape_control(key, limit=MAX_STORED_HEADER_CHARS)] = escape_control(value, limit=MAX_STORED_HEADER_CHARS)
+    return kept
 
 
 def _event_id(payload: bytes) -> str | None:
@@ -77,28 +119,46 @@ class DeadLetterer:
     (``tickstock.dlq.<reason>``, deduplicated by source key) for subscribers. Raises on failure so
     the caller can hand the message back instead of losing it."""
 
-    def __init__(self, *, pool: AsyncConnectionPool, js: JetStreamContext, metrics: Metrics) -> None:
+    def __init__(self, *, pool: AsyncConnectionPool, js: JetStreamContext, metrics: Metrics,
+                 window: EventWindow | None = None) -> None:
         self._pool = pool
         self._js = js
         self._metrics = metrics
+        self._window = window
 
     async def record(self, *, source_key: str, subject: str, payload: bytes, headers: dict[str, str] | None,
                      reason: str, detail: str = "", errors: list[dict[str, Any]] | None = None,
-                     deliveries: int = 1, first_seen: datetime | None = None) -> int:
-        headers = {k: str(v) for k, v in (headers or {}).items()}
+                     deliveries: int = 1, first_seen: datetime | None = None,
+                     conflict_payload: bytes | None = None) -> int:
+        """Record the dead letter in the table, then publish it to ``tickstock.dlq.<reason>`` with the
+        hub's own headers only. Raises the table's or NATS's transient errors (the caller hands the
+        message back); a JetStream 4xx on the DLQ publish is permanent: logged, counted in
+        ``tickstock_dlq_publish_refused_total``, and the table row stands as the record."""
+        detail = escape_control(detail)
+        subject = escape_control(subject)
         async with self._pool.connection() as conn:
             dead_letter_id = await record_dead_letter(
-                conn, source_key=source_key, subject=subject, payload=payload, headers=headers, reason=reason,
-                detail=detail, errors=errors or [], event_id=_event_id(payload), deliveries=deliveries,
-                first_seen=first_seen)
+                conn, source_key=source_key, subject=subject, payload=payload, headers=_stored_headers(headers),
+                reason=reason, detail=detail, errors=errors or [], event_id=_event_id(payload),
+                deliveries=deliveries, first_seen=first_seen, conflict_payload=conflict_payload)
         dlq_headers = {
-            **headers, "Nats-Msg-Id": f"dlq-{source_key}", "TickStock-DLQ-Id": str(dead_letter_id),
-            "TickStock-DLQ-Reason": reason, "TickStock-DLQ-Detail": detail[:500],
-            "TickStock-Original-Subject": subject, "TickStock-Deliveries": str(deliveries),
+            "Nats-Msg-Id": escape_control(f"dlq-{source_key}", limit=DETAIL_HEADER_LIMIT),
+            "TickStock-DLQ-Id": str(dead_letter_id), "TickStock-DLQ-Reason": escape_control(reason),
+            "TickStock-DLQ-Detail": escape_control(detail, limit=DETAIL_HEADER_LIMIT),
+            "TickStock-Original-Subject": escape_control(subject, limit=DETAIL_HEADER_LIMIT),
+            "TickStock-Deliveries": str(deliveries),
         }
-        await self._js.publish(f"{DLQ_PREFIX}.{reason}", payload, headers=dlq_headers, timeout=5)
+        try:
+            await self._js.publish(f"{DLQ_PREFIX}.{reason}", payload, headers=dlq_headers, timeout=5)
+        except APIError as exc:
+            if not is_permanent_api_error(exc):
+                raise
+            self._metrics.dlq_publish_refused.inc(code=str(exc.code))
+            log.warning("dead letter %s: the DLQ stream refused it (%s %s); the table keeps it", dead_letter_id,
+                        exc.code, escape_control(exc.description or "", limit=200))
         self._metrics.dead_letters.inc(reason=reason)
-        log.info("dead letter %s: %s (%s) from %s", dead_letter_id, reason, detail[:200], subject)
+        log.info("dead letter %s: %s (%s) from %s", dead_letter_id, reason, escape_control(detail, limit=200),
+                 escape_control(subject, limit=200))
         return dead_letter_id
 
     async def record_invalid(self, *, source_key: str, subject: str, payload: bytes, headers: dict[str, str] | None,
@@ -116,13 +176,13 @@ class DeadLetterer:
         async with self._pool.connection() as conn:
             letter = await get_dead_letter(conn, dead_letter_id)
         if letter is None:
-            raise ReplayError(f"no dead letter {dead_letter_id}", status=404)
+            raise ReplayError(f"no dead letter {dead_letter_id}", kind="not_found")
         body = letter.payload if payload is None else payload
         try:
-            event = parse_event(body, catalog=catalog.current)
+            event = parse_event(body, catalog=catalog.current, window=self._window)
         except EventError as exc:
             raise ReplayError(f"the payload would be rejected again: {exc.reason}: {exc.detail}",
-                              reason=exc.reason) from None
+                              kind="rejected", reason=exc.reason) from None
         # A replay gets its own message id: the rejected original's id is still in JetStream's
         # duplicate window, and the store is idempotent on the event id anyway.
         msg_id = f"{event.id}#replay-{dead_letter_id}-{letter.replay_count + 1}"
@@ -139,13 +199,23 @@ class AdvisoryWatcher:
     while the hub is down): fetches the original message by stream sequence, records it as a dead
     letter with its headers, then removes it from the ingest work queue."""
 
-    def __init__(self, *, js: JetStreamContext, dead_letters: DeadLetterer, batch: int = 50) -> None:
+    def __init__(self, *, js: JetStreamContext, dead_letters: DeadLetterer, batch: int = 50,
+                 metrics: Metrics | None = None, retry_base_s: float = RETRY_DELAY_S,
+                 retry_max_s: float = ADVISORY_RETRY_MAX_S, max_attempts: int = ADVISORY_MAX_ATTEMPTS) -> None:
         self._js = js
         self._dead_letters = dead_letters
         self._batch = batch
+        self._metrics = metrics or Metrics()
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._max_attempts = max_attempts
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.handled = 0
+        self.given_up = 0
+
+    def _delay(self, attempt: int) -> float:
+        return min(self._retry_max_s, self._retry_base_s * 2 ** max(0, attempt - 1))
 
     async def _handle(self, advisory: dict[str, Any]) -> None:
         seq = int(advisory["stream_seq"])
@@ -155,37 +225,70 @@ class AdvisoryWatcher:
         except NotFoundError:
             log.info("advisory for ingest seq %s: message already gone", seq)
             return
+        except APIError as exc:
+            if not is_permanent_api_error(exc):
+                raise
+            log.warning("advisory for ingest seq %s: JetStream refused the lookup (%s %s); dropped", seq, exc.code,
+                        escape_control(exc.description or "", limit=200))
+            return
         await self._dead_letters.record(
             source_key=f"ingest:{seq}", subject=original.subject or "", payload=original.data or b"",
             headers=original.headers, reason=MAX_DELIVERIES,
-            detail=f"not stored after {deliveries} deliveries (consumer {advisory.get('consumer')})",
+            detail=f"not stored after {deliveries} deliveries (consumer {escape_control(advisory.get('consumer'), limit=64)})",
             deliveries=deliveries, first_seen=original.time)
         with contextlib.suppress(NotFoundError):
             await self._js.delete_msg(INGEST_STREAM, seq)
         self.handled += 1
 
+    async def _failed(self, msg: Any, exc: BaseException) -> None:
+        """A transient failure on one advisory: hand it back with an exponential back-off (capped), or,
+        after ``max_attempts`` deliveries, give up on it into a visible state: the counter
+        ``tickstock_advisories_given_up_total`` (also in ``/health/ready``) and one WARNING line. The
+        original message then stays in the ingest stream (until its max age) for an operator."""
+        attempt = int(msg.metadata.num_delivered or 1)
+        seq = msg.metadata.sequence.stream
+        if attempt >= self._max_attempts:
+            self.given_up += 1
+            self._metrics.advisories_given_up.inc()
+            log.warning("advisory %s given up after %d attempts (last: %s); the message stays in %s", seq, attempt,
+                        escape_control(exc, limit=200), INGEST_STREAM)
+            with contextlib.suppress(NatsError):
+                await msg.term()
+            return
+        delay = self._delay(attempt)
+        log.warning("advisory %s not handled yet (attempt %d, next in %.1f s): %s", seq, attempt, delay,
+                    escape_control(exc, limit=200))
+        with contextlib.suppress(NatsError):
+            await msg.nak(delay=delay)
+
     async def _loop(self) -> None:
         sub = await self._js.pull_subscribe_bind(DEADLETTER_CONSUMER, stream=ADVISORY_STREAM)
+        fetch_failures = 0
         try:
             while not self._stopping.is_set():
                 try:
                     msgs = await sub.fetch(self._batch, timeout=1.0)
                 except (NatsTimeoutError, TimeoutError):
+                    fetch_failures = 0
                     continue
                 except TRANSIENT_ERRORS as exc:
-                    log.warning("advisory fetch failed: %s", exc)
-                    await asyncio.sleep(RETRY_DELAY_S)
+                    fetch_failures += 1
+                    log.warning("advisory fetch failed: %s", escape_control(exc, limit=200))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), self._delay(fetch_failures))
                     continue
+                fetch_failures = 0
                 for msg in msgs:
                     try:
                         await self._handle(json.loads(msg.data))
-                    except TRANSIENT_ERRORS as exc:
-                        log.warning("advisory %s not handled yet: %s", msg.metadata.sequence.stream, exc)
-                        await msg.nak(delay=RETRY_DELAY_S)
-                        continue
                     except (ValueError, KeyError, TypeError) as exc:
-                        log.error("unreadable advisory dropped: %s (%r)", exc, msg.data[:200])
-                    await msg.ack()
+                        log.warning("unreadable advisory dropped: %s (%s)", escape_control(exc, limit=200),
+                                    escape_control(repr(msg.data[:200])))
+                    except Exception as exc:  # noqa: BLE001 - transient or not, retried with a bound
+                        await self._failed(msg, exc)
+                        continue
+                    with contextlib.suppress(NatsError):
+                        await msg.ack()
         finally:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()

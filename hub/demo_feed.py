@@ -27,8 +27,8 @@ from nats.js import JetStreamContext
 
 from hub.broker import open_nats
 from hub.candles import Detection, PatternNames, scan
-from hub.events import ingest_subject
 from hub.ohlcv import default_files, load_bars
+from hub.producer import publish_to_ingest
 
 __all__ = ["DEFAULT_RATE", "DemoFeed", "run"]
 
@@ -213,10 +213,7 @@ class DemoFeed:
         while not self._stop.is_set():
             event = detection.to_event(run_id=self.run_id, now=datetime.now(UTC), lap=lap)
             try:
-                ack = await self._js.publish(
-                    ingest_subject(event.timeframe, event.symbol), event.to_json_bytes(),
-                    timeout=self._publish_timeout_s, headers={"Nats-Msg-Id": event.id},
-                )
+                published = await publish_to_ingest(self._js, event, timeout_s=self._publish_timeout_s)
             except (NatsError, OSError) as exc:  # OSError covers TimeoutError
                 self._errors += 1
                 if not self._outage:
@@ -229,7 +226,7 @@ class DemoFeed:
             if self._outage:
                 log.info("demo feed: publishing again after %d failed attempts", self._outage)
                 self._outage = 0
-            if ack.duplicate:
+            if published.duplicate:
                 self._duplicates += 1
             else:
                 self._published += 1

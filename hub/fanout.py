@@ -15,7 +15,6 @@ round trip; older ones replay from JetStream. A subscription that resumes collec
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import itertools
 import json
@@ -23,14 +22,12 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
@@ -43,37 +40,26 @@ from hub.connection import (
     CLOSE_TIMEOUT_S,
     CLOSE_UNAUTHORIZED,
     Connection,
-    FanOutLimits,
-    FanOutMetrics,
     Send,
 )
-from hub.events import CLEAN_PREFIX, EventError, canonical_symbol
+from hub.fanout_limits import FanOutLimits
+from hub.fanout_metrics import FanOutMetrics
+from hub.history import StreamHistory, stream_position
 from hub.jetstream import PATTERNS_STREAM
 from hub.metrics import Registry
-from hub.subscriptions import MY_UNIVERSE, Entry, Filter, Subscription, SubscriptionIndex
-from store.lookups import Directory
-from store.universes import universe_members
-from store.users import get_user_universe
+from hub.model import EventError, canonical_symbol
+from hub.subjects import CLEAN_WILDCARD, UNIVERSE_CHANGED_SUBJECT
+from hub.subscriptions import Entry, Filter, Subscription, SubscriptionIndex
+from store.universe_resolver import SqlResolver, UniverseResolver, UnknownUniverse
 
-__all__ = ["UNIVERSE_CHANGED_SUBJECT", "FanOut", "FilterError"]
+__all__ = ["FanOut", "FilterError"]
 
 log = logging.getLogger("tickstock.fanout")
 
-UNIVERSE_CHANGED_SUBJECT = "tickstock.users.universe.changed"
-REPLAY_IDLE_S = 5.0
 
 
 class FilterError(ValueError):
     """A subscription filter the hub cannot serve (unknown universe, pattern, bad symbol)."""
-
-
-def _position(reply: str) -> tuple[int, float]:
-    """Stream sequence and stored time (epoch s) from a JetStream delivery's reply subject."""
-    tokens = reply.split(".")
-    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        return int(tokens[5]), int(tokens[7]) / 1e9
-    # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>]
-    return int(tokens[7]), int(tokens[9]) / 1e9
 
 
 class FanOut:
@@ -82,9 +68,9 @@ class FanOut:
 
     def __init__(self, *, nc: NATS, js: JetStreamContext, pool: AsyncConnectionPool, catalog: CatalogCache,
                  registry: Registry, limits: FanOutLimits | None = None, node: str | None = None,
-                 directory: Callable[[], Awaitable[Directory | None]] | None = None) -> None:
+                 resolver: UniverseResolver | None = None) -> None:
         self._nc, self._js, self._pool, self._catalog = nc, js, pool, catalog
-        self._directory = directory  # the in-process universe members, when the hub keeps them
+        self._resolver = resolver or SqlResolver(pool)  # universes -> symbols (in memory, when the hub keeps them)
         self.limits = limits or FanOutLimits()
         self.node = node or f"hub-{os.getpid()}-{os.urandom(2).hex()}"
         self.metrics = FanOutMetrics(registry, self)
@@ -92,7 +78,7 @@ class FanOut:
         self.connections: dict[Connection, None] = {}
         self.head = 0
         self.accepting = False
-        self._ring: deque[Entry] = deque(maxlen=self.limits.ring_size)
+        self.history = StreamHistory(js, ring_size=self.limits.ring_size)
         self._orders = itertools.count(1)
         self._live: NatsSubscription | None = None
         self._notices: NatsSubscription | None = None
@@ -101,11 +87,11 @@ class FanOut:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> FanOut:
+    async def __aenter__(self) -> Self:
         info = await self._js.stream_info(PATTERNS_STREAM)
         self.head = info.state.last_seq
         self._live = await self._js.subscribe(
-            f"{CLEAN_PREFIX}.>", stream=PATTERNS_STREAM, cb=self._on_message, ordered_consumer=True,
+            CLEAN_WILDCARD, stream=PATTERNS_STREAM, cb=self._on_message, ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.head + 1),
             pending_msgs_limit=-1, pending_bytes_limit=-1,
         )
@@ -165,7 +151,7 @@ class FanOut:
 
     async def _on_message(self, msg: Msg) -> None:
         try:
-            seq, stored_at = _position(msg.reply)
+            seq, stored_at = stream_position(msg.reply)
         except (ValueError, IndexError):
             log.error("clean-stream message without a JetStream reply subject: %r", msg.reply)
             return
@@ -184,7 +170,7 @@ class FanOut:
 
     def dispatch(self, entry: Entry) -> None:
         """Send ``entry`` to every matching subscription (never waits)."""
-        self._ring.append(entry)
+        self.history.append(entry)
         self.head = entry.seq
         seq = entry.seq
         frames: dict[str, str] = {}  # one frame per distinct list of subscription ids, shared by connections
@@ -260,33 +246,15 @@ class FanOut:
                                     "universes": list(dict.fromkeys(f.universes))})
 
     async def _symbols(self, f: Filter, subject: str) -> frozenset[str] | None:
-        """The symbols a filter covers, or ``None`` for any symbol."""
+        """The symbols a filter covers (its symbols and the members of its universes), or ``None`` for
+        any symbol. Raises :class:`FilterError` for an unknown universe."""
         if not f.symbols and not f.universes:
             return None
-        keys = [k for k in f.universes if k != MY_UNIVERSE]
-        symbols = set(f.symbols)
-        if f.follows_my_universe:
-            async with self._pool.connection() as db:
-                mine = await get_user_universe(db, subject)
-            symbols.update(mine.symbols)
-            keys.extend(k for k in mine.universe_keys if k not in keys)
-        symbols.update(await self._universe_members(keys, strict=set(f.universes) - {MY_UNIVERSE}))
-        return frozenset(symbols)
-
-    async def _universe_members(self, keys: list[str], *, strict: set[str]) -> set[str]:
-        """The union of the members of ``keys``; raises :class:`FilterError` for an unknown key in ``strict``."""
-        if not keys:
-            return set()
-        directory = await self._directory() if self._directory is not None else None
-        if directory is not None:
-            found: dict[str, Collection[str]] = {k: directory.universes[k] for k in keys if k in directory.universes}
-        else:
-            async with self._pool.connection() as db:
-                found = dict(await universe_members(db, keys))
-        unknown = strict - found.keys()
-        if unknown:
-            raise FilterError(f"unknown universe(s): {', '.join(sorted(unknown))} (see GET /api/universes)")
-        return set().union(*found.values())
+        try:
+            members = await self._resolver.universe_symbols(f.universes, subject=subject)
+        except UnknownUniverse as exc:
+            raise FilterError(f"unknown universe(s): {', '.join(exc.names)} (see GET /api/universes)") from None
+        return frozenset(f.symbols) | members
 
     async def _on_universe_changed(self, msg: Msg) -> None:
         try:
@@ -316,7 +284,7 @@ class FanOut:
     async def _replay(self, conn: Connection, sub: Subscription, since: int) -> tuple[int, bool]:
         target = sub.after
         if since >= target:
-            if since > target and since > (await self._js.stream_info(PATTERNS_STREAM)).state.last_seq:
+            if since > target and since > await self.history.last_seq():
                 return 0, False  # ahead of the stream: it was recreated; live from now on
             sub.after = since
             return 0, True
@@ -324,58 +292,13 @@ class FanOut:
         if target - since > self.limits.resume_max:
             start, recovered = target - self.limits.resume_max + 1, False
         replayed = 0
-        history = self._from_ring(start, target)
-        if history is None:
-            state = {"recovered": recovered}
-            source: AsyncIterator[Entry] = self._from_stream(start, target, state)
-        else:
-            source = _aiter(history)
-        async for entry in source:
+        replay = self.history.replay(start, target, recovered=recovered)
+        async for entry in replay:
             if conn.close_code is not None or conn.subs.get(sub.id) is not sub:
                 break
             if sub.matches(entry) and await conn.offer_paced(_event_frame(entry, sub.ids_json), entry.stored_at):
                 replayed += 1
-        if history is None:
-            recovered = state["recovered"]
-        return replayed, recovered
-
-    def _from_ring(self, start: int, target: int) -> list[Entry] | None:
-        ring = self._ring
-        if not ring or ring[0].seq > start:
-            return None
-        at = bisect.bisect_left(ring, start, key=_seq)
-        return [e for e in itertools.islice(ring, at, None) if e.seq <= target]
-
-    async def _from_stream(self, start: int, target: int, state: dict[str, bool]) -> AsyncIterator[Entry]:
-        first = (await self._js.stream_info(PATTERNS_STREAM)).state.first_seq
-        if first > start:
-            state["recovered"] = False
-            start = first
-        if start > target:
-            return
-        psub = await self._js.subscribe(
-            f"{CLEAN_PREFIX}.>", stream=PATTERNS_STREAM, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
-        )
-        try:
-            while True:
-                try:
-                    msg = await psub.next_msg(timeout=REPLAY_IDLE_S)
-                except NatsTimeoutError:
-                    state["recovered"] = False
-                    return
-                seq, stored_at = _position(msg.reply)
-                if seq > target:
-                    return
-                try:
-                    yield Entry.from_json(seq, msg.data, stored_at)
-                except (ValueError, KeyError, TypeError):
-                    log.error("clean-stream message %d is not a stored event; not replayed", seq)
-                if seq == target:
-                    return
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+        return replayed, replay.recovered
 
     # -- heartbeats, timeouts --------------------------------------------------------------------
 
@@ -402,10 +325,6 @@ class FanOut:
                     conn.last_sent = now
 
 
-def _seq(entry: Entry) -> int:
-    return entry.seq
-
-
 def _ids_json(subs: list[Subscription]) -> str:
     return subs[0].ids_json if len(subs) == 1 else json.dumps([s.id for s in subs])
 
@@ -413,7 +332,3 @@ def _ids_json(subs: list[Subscription]) -> str:
 def _event_frame(entry: Entry, ids_json: str) -> str:
     return f'{{"op":"event","seq":{entry.seq},"subs":{ids_json},"event":{entry.text}}}'
 
-
-async def _aiter(entries: list[Entry]) -> AsyncIterator[Entry]:
-    for entry in entries:
-        yield entry

@@ -29,6 +29,8 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError, ServerError
 
+from hub.subjects import CLEAN_WILDCARD, DLQ_WILDCARD, INGEST_WILDCARD, MAX_DELIVERIES_ADVISORY
+
 __all__ = [
     "ADVISORY_STREAM",
     "DEADLETTER_CONSUMER",
@@ -49,9 +51,6 @@ DLQ_STREAM = "TICKSTOCK_DLQ"
 ADVISORY_STREAM = "TICKSTOCK_ADVISORIES"
 WRITER_CONSUMER = "hub-writer"
 DEADLETTER_CONSUMER = "hub-deadletters"
-
-DLQ_PREFIX = "tickstock.dlq"
-MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 
 DAY_S = 86_400.0
 GIB = 1 << 30
@@ -81,21 +80,21 @@ class Topology:
 def _streams(t: Topology) -> list[StreamConfig]:
     return [
         StreamConfig(
-            name=INGEST_STREAM, subjects=["tickstock.ingest.>"], retention=RetentionPolicy.WORK_QUEUE,
+            name=INGEST_STREAM, subjects=[INGEST_WILDCARD], retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE, discard=DiscardPolicy.NEW, max_bytes=t.ingest_max_bytes,
             max_msgs=t.ingest_max_msgs, max_age=t.ingest_max_age_s, max_msg_size=t.ingest_max_msg_size,
             duplicate_window=t.duplicate_window_s,
             description="Raw pattern events from producers; consumed once by the hub writer.",
         ),
         StreamConfig(
-            name=PATTERNS_STREAM, subjects=["tickstock.patterns.>"], retention=RetentionPolicy.LIMITS,
+            name=PATTERNS_STREAM, subjects=[CLEAN_WILDCARD], retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE, discard=DiscardPolicy.OLD, max_bytes=t.patterns_max_bytes,
             max_msgs=t.patterns_max_msgs, max_age=t.patterns_max_age_s, max_msg_size=1 * MIB,
             duplicate_window=t.duplicate_window_s,
             description="Validated, stored pattern events (schema v1), in store order.",
         ),
         StreamConfig(
-            name=DLQ_STREAM, subjects=[f"{DLQ_PREFIX}.>"], retention=RetentionPolicy.LIMITS,
+            name=DLQ_STREAM, subjects=[DLQ_WILDCARD], retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE, discard=DiscardPolicy.OLD, max_bytes=t.dlq_max_bytes,
             max_age=t.dlq_max_age_s, duplicate_window=t.duplicate_window_s,
             description="Dead letters: original payload and headers plus the reason.",
@@ -114,7 +113,7 @@ def _consumers(t: Topology) -> list[tuple[str, ConsumerConfig]]:
         (INGEST_STREAM, ConsumerConfig(
             durable_name=WRITER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
             ack_wait=t.ack_wait_s, max_deliver=t.max_deliver, max_ack_pending=t.max_ack_pending,
-            filter_subject="tickstock.ingest.>", max_waiting=512,
+            filter_subject=INGEST_WILDCARD, max_waiting=512,
             description="The hub writer, shared by every hub node.",
         )),
         (ADVISORY_STREAM, ConsumerConfig(

@@ -1,5 +1,8 @@
 """TickStock's legacy event envelope, normalised into schema v1 so existing producers plug in unchanged.
 
+:func:`hub.parsing.parse_event` calls :func:`to_v1` for an envelope; this module builds only on
+:mod:`hub.model`.
+
 The envelope is ``{"event_type", "source"?, "timestamp", "data": {...}, "id"?}``:
 
 * ``event_type``: ``pattern_detected``, ``pattern_alert`` or ``pattern`` (all -> ``pattern_detected``),
@@ -24,7 +27,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from hub.events import TIMEFRAMES, EventError, _brief, canonical_json
+from hub.model import TIMEFRAMES, EventError, brief, canonical_json
 
 __all__ = ["LEGACY_EVENT_TYPES", "LEGACY_TIMEFRAMES", "derived_id", "is_legacy", "to_v1"]
 
@@ -71,7 +74,7 @@ def _timestamp(value: object, loc: str) -> datetime:
         pass
     raise EventError(
         "invalid_timestamp",
-        f"{loc} must be epoch seconds or an ISO 8601 date-time with a timezone, not {_brief(value)}",
+        f"{loc} must be epoch seconds or an ISO 8601 date-time with a timezone, not {brief(value)}",
         fields=[_field(loc, "invalid timestamp")],
     )
 
@@ -88,7 +91,7 @@ def _pick(data: dict[str, Any], field: str) -> tuple[bool, Any]:
 
 
 def to_v1(envelope: Mapping[str, Any]) -> dict[str, Any]:
-    """The v1 fields for a legacy ``envelope``, ready for :class:`hub.events.PatternEvent` validation.
+    """The v1 fields for a legacy ``envelope``, ready for :class:`hub.model.PatternEvent` validation.
 
     Raises :class:`EventError` for problems only the envelope can have (``unknown_field``,
     ``missing_field``, ``unknown_type``, ``unknown_timeframe``, ``invalid_timestamp``,
@@ -111,7 +114,7 @@ def to_v1(envelope: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(event_type, str) or event_type not in LEGACY_EVENT_TYPES:
         raise EventError(
             "unknown_type",
-            f"legacy event_type {_brief(event_type)} is not one of {' '.join(LEGACY_EVENT_TYPES)}",
+            f"legacy event_type {brief(event_type)} is not one of {' '.join(LEGACY_EVENT_TYPES)}",
         )
 
     data = dict(envelope["data"])
@@ -130,7 +133,7 @@ def to_v1(envelope: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(timeframe, str) or timeframe not in LEGACY_TIMEFRAMES:
         raise EventError(
             "unknown_timeframe",
-            f"legacy timeframe {_brief(timeframe)} is not one of {' '.join(LEGACY_TIMEFRAMES)}",
+            f"legacy timeframe {brief(timeframe)} is not one of {' '.join(LEGACY_TIMEFRAMES)}",
         )
     event["timeframe"] = LEGACY_TIMEFRAMES[timeframe]
     expires_at = data.pop("expires_at", None)

@@ -1,8 +1,10 @@
-"""In-process metrics rendered in the Prometheus text format (version 0.0.4).
+"""In-process metrics, exposed through prometheus-client (Prometheus text 0.0.4 or OpenMetrics).
 
-Small on purpose: counters, gauges and fixed-bucket histograms with optional labels, plus a
-per-second rate over a sliding window for the readiness summary. No global registry: the lifespan
-builds one :class:`Metrics` and hands it to whoever records.
+Counters, gauges and fixed-bucket histograms with optional labels, plus a per-second rate over a sliding
+window for the readiness summary. Each metric keeps its own numbers (cheap on the hot path, readable by
+``/health/ready``) and is a prometheus-client *collector*: the library writes the exposition, escaping
+and content negotiation included. No global registry: the lifespan builds one :class:`Metrics`, with
+its own :class:`Registry`, and hands it to whoever records.
 """
 
 from __future__ import annotations
@@ -14,13 +16,27 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
-__all__ = ["Counter", "Gauge", "Histogram", "Metrics", "Registry"]
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+__all__ = ["Counter", "CounterView", "Gauge", "Histogram", "Metrics", "Registry"]
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000)
 RATE_WINDOW_S = 60.0
 
+# How prometheus-client spells a bucket edge ("0.005", "1.0", "+Inf"), as its own histograms do.
+_go_float: Callable[[float], str] = floatToGoString  # untyped in the library
+
 Labels = tuple[tuple[str, str], ...]
+Point = tuple[dict[str, str], float]  # one sample: its labels and its value
 M = TypeVar("M", bound="_Metric")
 
 
@@ -28,37 +44,33 @@ def _labels(values: dict[str, str]) -> Labels:
     return tuple(sorted(values.items()))
 
 
-def _escape(value: str) -> str:
-    """A label value as the text format wants it: backslash, double quote and line feed escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _fmt_labels(labels: Labels, extra: Labels = ()) -> str:
-    items = labels + extra
-    if not items:
-        return ""
-    body = ",".join(f'{k}="{_escape(str(v))}"' for k, v in items)
-    return "{" + body + "}"
-
-
-def _fmt(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
 class _Metric:
+    """One metric family; a prometheus-client collector (``describe``/``collect``)."""
+
     kind = ""
 
     def __init__(self, name: str, help_text: str) -> None:
         self.name = name
         self.help = help_text
 
-    def samples(self) -> Iterable[str]:  # pragma: no cover - overridden
+    def _family(self) -> Metric:
+        if self.kind == "counter":
+            return CounterMetricFamily(self.name, self.help)
+        return GaugeMetricFamily(self.name, self.help)
+
+    def points(self) -> Iterable[Point]:
+        """The samples to expose now; a subclass may compute them (read at scrape time)."""
         return ()
 
-    def render(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}", *self.samples()]
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        family = self._family()
+        sample_name = family.name + "_total" if self.kind == "counter" else family.name
+        for labels, value in self.points():
+            family.add_sample(sample_name, labels, value)
+        return [family]
 
 
 class Counter(_Metric):
@@ -94,9 +106,9 @@ class Counter(_Metric):
         now = time.monotonic()
         return sum(a for t, a in self._recent if t >= now - RATE_WINDOW_S) / RATE_WINDOW_S
 
-    def samples(self) -> Iterable[str]:
+    def points(self) -> Iterable[Point]:
         for key, value in sorted(self._values.items()):
-            yield f"{self.name}{_fmt_labels(key)} {_fmt(value)}"
+            yield dict(key), value
 
 
 class CounterView(_Metric):
@@ -112,8 +124,8 @@ class CounterView(_Metric):
     def value(self) -> float:
         return self._read()
 
-    def samples(self) -> Iterable[str]:
-        yield f"{self.name} {_fmt(self._read())}"
+    def points(self) -> Iterable[Point]:
+        yield {}, self._read()
 
 
 class Gauge(_Metric):
@@ -138,19 +150,22 @@ class Gauge(_Metric):
             return self._read()
         return self._values.get(_labels(labels), 0.0)
 
-    def samples(self) -> Iterable[str]:
+    def points(self) -> Iterable[Point]:
         if self._read is not None:
-            yield f"{self.name} {_fmt(self._read())}"
+            yield {}, self._read()
         for key, value in sorted(self._values.items()):
-            yield f"{self.name}{_fmt_labels(key)} {_fmt(value)}"
+            yield dict(key), value
 
 
 class Histogram(_Metric):
+    """Fixed buckets (upper bounds, ``le``), their cumulative counts, the sum and the count."""
+
     kind = "histogram"
 
     def __init__(self, name: str, help_text: str, buckets: Sequence[float] = LATENCY_BUCKETS_S) -> None:
         super().__init__(name, help_text)
         self.buckets = tuple(sorted(buckets))
+        self._edges = tuple(_go_float(edge) for edge in (*self.buckets, math.inf))
         self._counts = [0] * (len(self.buckets) + 1)
         self.count = 0
         self.sum = 0.0
@@ -172,30 +187,44 @@ class Histogram(_Metric):
                 return edge
         return math.inf  # pragma: no cover - the loop always reaches the +Inf bucket
 
-    def samples(self) -> Iterable[str]:
+    def _family(self) -> Metric:
+        return HistogramMetricFamily(self.name, self.help, labels=())
+
+    def collect(self) -> list[Metric]:
+        family = HistogramMetricFamily(self.name, self.help, labels=())
         running = 0
-        for edge, n in zip((*self.buckets, math.inf), self._counts, strict=True):
+        cumulative: list[tuple[str, float]] = []
+        for edge, n in zip(self._edges, self._counts, strict=True):
             running += n
-            yield f"{self.name}_bucket{_fmt_labels((), (('le', _fmt(edge)),))} {running}"
-        yield f"{self.name}_sum {_fmt(self.sum)}"
-        yield f"{self.name}_count {self.count}"
+            cumulative.append((edge, float(running)))
+        family.add_metric([], cumulative, self.sum)
+        return [family]
 
 
-class Registry:
+class Registry(CollectorRegistry):
+    """A prometheus-client registry of our metrics, one per :class:`Metrics` (never the global one)."""
+
     def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
+        super().__init__()
+        self._ours: dict[str, _Metric] = {}
 
     def add(self, metric: M) -> M:
-        if metric.name in self._metrics:
+        """Register ``metric`` and return it; ValueError when its name is taken."""
+        if metric.name in self._ours:
             raise ValueError(f"metric {metric.name} is already registered")
-        self._metrics[metric.name] = metric
+        self.register(metric)
+        self._ours[metric.name] = metric
         return metric
 
     def render(self) -> str:
-        lines: list[str] = []
-        for metric in self._metrics.values():
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
+        """The Prometheus text format, version 0.0.4."""
+        return generate_latest(self).decode()
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The body and its content type for a scraper's ``Accept`` header: OpenMetrics when it asks
+        for ``application/openmetrics-text``, the text format 0.0.4 otherwise."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self), content_type
 
 
 class Metrics:
@@ -223,6 +252,18 @@ class Metrics:
         self.http_ingested = r.add(Counter("tickstock_http_ingest_total", "Events received over HTTP, by outcome."))
         self.consumer = r.add(Gauge("tickstock_consumer", "Writer consumer state from JetStream, by field."))
         self.dlq_depth = r.add(Gauge("tickstock_dead_letters_pending", "Dead letters not replayed, by reason."))
+        self.dlq_publish_refused = r.add(Counter(
+            "tickstock_dlq_publish_refused_total",
+            "Dead letters recorded in the table whose DLQ-stream publish JetStream refused (4xx), by code."))
+        self.advisories_given_up = r.add(Counter(
+            "tickstock_advisories_given_up_total",
+            "Max-deliveries advisories the watcher stopped retrying; their messages stay in ingest."))
+        self.id_conflicts = r.add(Counter(
+            "tickstock_id_conflicts_total",
+            "Events whose id was already stored with a different payload (dead-lettered id_conflict)."))
+        self.partitions_deferred = r.add(Counter(
+            "tickstock_writer_partition_deferrals_total",
+            "Messages kept for a later batch because their month's partition was over the per-batch bound."))
 
     def render(self) -> str:
         return self.registry.render()

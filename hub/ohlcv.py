@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hub.events import TIMEFRAMES, canonical_symbol
+from hub.model import TIMEFRAMES, canonical_symbol
 
 __all__ = ["DEMO_DATA_DIR", "Bars", "default_files", "load_bars"]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from hub.events import EventType, Timeframe
+from hub.model import EventType, Timeframe
 
 if TYPE_CHECKING:
     from collections import deque

@@ -11,6 +11,21 @@ from idempotency at each of them:
    repeat inside its duplicate window), and its sequence is recorded.
 4. Only then are the ingest messages acknowledged.
 
+Fault isolation: the batch is inserted in one statement inside a savepoint. When the database refuses
+it for a reason one event can cause (a constraint, a bad value, the statement timeout on its row), the
+batch is bisected, each half in its own savepoint, down to the events at fault: they alone are
+dead-lettered (``store_rejected``), their batch-mates are stored in the same transaction, on the same
+delivery. Errors are classified by cause (:func:`hub.deadletters.is_transient`): a lost connection,
+a pool or NATS timeout hands the whole batch back; a statement timeout is the event's, unless every
+statement of the batch timed out and nothing was stored (then the database is slow: transient on the
+first delivery, judged per event from the second).
+
+Partitions: only the months present in the batch, at most ``partitions_per_batch`` new ones per batch
+(the maintenance task creates the coming days ahead). Events of further months are *carried* to the
+next batch: kept in hand with ``in_progress`` (which restarts the ack wait without counting a
+delivery), so waiting for a partition never burns ``max_deliver``; each batch creates the carried
+months first, so they are served in order, and at most twice ``batch`` messages are in hand.
+
 A crash anywhere before 4 redelivers the batch; step 2 finds the ids already stored, step 3
 publishes only what has no sequence yet. Transient failures (PostgreSQL down, NATS timeouts) hand
 the batch back with ``nak(delay)``, the delay doubling with each delivery, so an outage does not burn
@@ -24,6 +39,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -34,13 +50,19 @@ from nats.errors import Error as NatsError
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
-from hub.deadletters import STORE_REJECTED, TRANSIENT_ERRORS, DeadLetterer
-from hub.events import EventError, PatternEvent, check_subject, clean_subject, parse_event
+from hub.deadletters import ID_CONFLICT, STORE_REJECTED, TRANSIENT_ERRORS, DeadLetterer, is_transient
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
 from hub.metrics import Metrics
+from hub.model import EventError, PatternEvent
+from hub.parsing import parse_event
+from hub.producer import PRODUCER_HEADER, producer_of
 from hub.pull import Puller
-from store.patterns import StoredEvent, ensure_months, month_start, set_stream_seqs, store_events
+from hub.subjects import check_subject, clean_subject
+from hub.text import first_line
+from hub.window import EventWindow
+from store.patterns import StoredEvent, ensure_month_list, month_start, set_stream_seqs, store_events
 from store.pool import ping
+from store.secrets import deployment_secret
 
 __all__ = ["Writer", "retry_delay"]
 
@@ -53,6 +75,10 @@ DEFAULT_RETRY_MAX_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 10.0
 REDELIVERY_MARGIN_S = 0.1
 PROBE_TIMEOUT_S = 2.0
+DEFAULT_PARTITIONS_PER_BATCH = 4
+# Timed-out statements one batch may spend isolating the events at fault (each costs up to the
+# statement timeout). One bad event in 1,000 needs about 10; what is left after the budget is carried.
+MAX_TIMEOUTS_PER_BATCH = 16
 # Called after each batch commits with the events in it (e.g. the cache bumping generations); it must
 # return quickly and not raise (a failure is logged and ingest goes on).
 OnStored = Callable[[Sequence[PatternEvent]], Awaitable[None]]
@@ -85,8 +111,7 @@ class _Outage:
         self.failures += 1
         if self.since is None:
             self.since = time.monotonic()
-            log.warning("writer: transient failure, handing batches back with back-off: %s",
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            log.warning("writer: transient failure, handing batches back with back-off: %s", first_line(exc, limit=200))
         return self.delay
 
     def recovered(self) -> None:
@@ -95,6 +120,23 @@ class _Outage:
                      self.failures)
             self.since = None
         self.failures = 0
+
+
+@dataclass
+class _Pending:
+    """One event id of a batch: the event, the messages that carried it, who produced it."""
+
+    event: PatternEvent
+    msgs: list[Msg]
+    producer: str | None = None
+
+
+@dataclass
+class _Outcome:
+    stored: dict[str, StoredEvent] = field(default_factory=dict)
+    failed: list[tuple[_Pending, psycopg.Error]] = field(default_factory=list)
+    unresolved: list[_Pending] = field(default_factory=list)
+    timeouts: int = 0
 
 
 class Writer:
@@ -107,7 +149,14 @@ class Writer:
         fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S, retry_base_s: float = DEFAULT_RETRY_BASE_S,
         retry_max_s: float = DEFAULT_RETRY_MAX_S, stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
         fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES, on_stored: OnStored | None = None,
+        window: EventWindow | None = None, partitions_per_batch: int = DEFAULT_PARTITIONS_PER_BATCH,
     ) -> None:
+        if partitions_per_batch < 1:
+            raise ValueError("partitions_per_batch must be at least 1")
+        self._window = window if window is not None else EventWindow()
+        self._partitions_per_batch = partitions_per_batch
+        self._producer_secret: bytes | None = None
+        self.carried: list[Msg] = []  # kept for the next batch (see handle)
         self._pool = pool
         self._nc = nc
         self._js = nc.jetstream()
@@ -137,42 +186,107 @@ class Writer:
         self._metrics.retries.inc(len(msgs))
         return delay
 
-    async def _reject(self, msg: Msg, error: EventError) -> bool:
+    async def _heartbeat(self, msgs: Sequence[Msg]) -> None:
+        """Tell JetStream the messages are still being worked on (restarts their ack wait without
+        counting a delivery): while a batch is isolated, and for messages carried to the next batch."""
+        for msg in msgs:
+            with contextlib.suppress(NatsError):
+                await msg.in_progress()
+
+    async def _dead_letter(self, msg: Msg, *, reason: str, detail: str, errors: list[dict[str, str]] | None = None,
+                           conflict_payload: bytes | None = None) -> bool:
         """Dead-letter and terminate ``msg``; False (and the message handed back) if that failed."""
         md = msg.metadata
         try:
-            await self._dead_letters.record_invalid(
+            await self._dead_letters.record(
                 source_key=f"ingest:{md.sequence.stream}", subject=msg.subject, payload=msg.data,
-                headers=msg.headers, error=error, deliveries=md.num_delivered, first_seen=md.timestamp)
+                headers=msg.headers, reason=reason, detail=detail, errors=list(errors or []),
+                deliveries=md.num_delivered, first_seen=md.timestamp, conflict_payload=conflict_payload)
         except TRANSIENT_ERRORS as exc:
             await self._nak([msg], delay=self._outage.failed(exc))
             return False
         with contextlib.suppress(NatsError):  # if lost, the redelivery re-records the same source key
             await msg.term()
-        self._metrics.rejected.inc(reason=error.reason)
+        self._metrics.rejected.inc(reason=reason)
         return True
 
+    async def _reject(self, msg: Msg, error: EventError) -> bool:
+        return await self._dead_letter(msg, reason=error.reason, detail=error.detail, errors=error.fields)
+
     def _parse(self, msg: Msg) -> PatternEvent:
-        event = parse_event(msg.data, catalog=self._catalog.current)
+        event = parse_event(msg.data, catalog=self._catalog.current, window=self._window)
         check_subject(event, msg.subject)
         return event
 
-    async def _ensure_partitions(self, conn: psycopg.AsyncConnection, events: Sequence[PatternEvent]) -> None:  # type: ignore[type-arg]
-        months = {month_start(e.detected_at) for e in events} - self._months
-        if months:
-            await ensure_months(conn, min(months), max(months))
-            self._months |= months
+    async def _secret(self, msgs: Sequence[Msg]) -> bytes | None:
+        """The producer-header key, read once, and only when some message claims a producer."""
+        if self._producer_secret is None and any(PRODUCER_HEADER in (m.headers or {}) for m in msgs):
+            self._producer_secret = await deployment_secret(self._pool, "producer")
+        return self._producer_secret
 
-    async def _store_and_publish(self, events: Sequence[PatternEvent]) -> dict[str, StoredEvent]:
-        async with self._pool.connection() as conn:
-            async with conn.transaction():
-                await self._ensure_partitions(conn, events)
-                stored = await store_events(conn, events)
+    async def _ensure_partitions(self, events: Sequence[PatternEvent]) -> set[datetime]:
+        """Create the partitions of the months in ``events`` that are not known to exist, at most
+        ``partitions_per_batch`` of them, the months of the earliest events first. Returns the months
+        that exist (their events can be stored now)."""
+        wanted = list(dict.fromkeys(month_start(e.detected_at) for e in events))
+        missing = [m for m in wanted if m not in self._months]
+        if missing:
+            async with self._pool.connection() as conn, conn.transaction():
+                self._months |= await ensure_month_list(conn, missing, max_new=self._partitions_per_batch)
+        return {m for m in wanted if m in self._months}
+
+    async def _insert_isolating(self, conn: psycopg.AsyncConnection, batch: list[_Pending],  # type: ignore[type-arg]
+                                msgs: Sequence[Msg]) -> _Outcome:
+        """Insert ``batch`` in one statement inside a savepoint. When the database refuses it for a
+        reason one event can cause (a constraint, a bad value, the statement timeout), bisect: each
+        half in its own savepoint, down to the single events at fault, which are returned as
+        ``failed``; everything else is stored in this transaction. A transient error is raised. At most
+        ``MAX_TIMEOUTS_PER_BATCH`` timed-out statements are spent; what is left then is ``unresolved``."""
+        outcome = _Outcome()
+        stack = [batch]
+        while stack:
+            part = stack.pop()
+            if outcome.timeouts >= MAX_TIMEOUTS_PER_BATCH:
+                outcome.unresolved.extend(part)
+                continue
+            try:
+                async with conn.transaction():
+                    outcome.stored.update(await store_events(conn, [p.event for p in part], [p.producer for p in part]))
+            except psycopg.Error as exc:
+                if is_transient(exc):
+                    raise
+                if isinstance(exc, psycopg.errors.QueryCanceled):
+                    outcome.timeouts += 1
+                if len(part) == 1:
+                    outcome.failed.append((part[0], exc))
+                else:
+                    if len(part) == len(batch):
+                        log.warning("writer: batch of %d refused by the database (%s); isolating the event(s) at fault",
+                                    len(batch), first_line(exc, limit=200))
+                    half = len(part) // 2
+                    stack += [part[half:], part[:half]]  # the first half next: the ingest order is kept
+                await self._heartbeat(msgs)
+        return outcome
+
+    async def _store(self, batch: list[_Pending], msgs: Sequence[Msg]) -> _Outcome:
+        async with self._pool.connection() as conn, conn.transaction():
+            outcome = await self._insert_isolating(conn, batch, msgs)
+            if outcome.failed and not outcome.stored and all(
+                    isinstance(exc, psycopg.errors.QueryCanceled) for _, exc in outcome.failed) and any(
+                    m.metadata.num_delivered < 2 for p, _ in outcome.failed for m in p.msgs):
+                # Nothing stored and every statement timed out: the database may be slow rather
+                # than the events at fault. Transient on the first delivery; from the second on
+                # (after a back-off) the events are judged alone.
+                raise outcome.failed[0][1]
+        return outcome
+
+    async def _publish(self, events: Sequence[PatternEvent], stored: dict[str, StoredEvent]) -> None:
         # The hook (the cache's generation bump) runs while the batch is published, not before:
         # it must follow the commit closely, but the clean stream (and the websockets) need not wait.
         hooked = asyncio.ensure_future(self._stored(events))
         try:
             pending = [(stored[e.id], e) for e in events if stored[e.id].stream_seq is None]
+            # Only headers the hub sets: a producer's Nats-* header never travels on.
             futures = [
                 await self._js.publish_async(clean_subject(e.timeframe, e.symbol), e.to_json_bytes(),
                                              headers={"Nats-Msg-Id": e.id})
@@ -186,7 +300,6 @@ class Writer:
                 await set_stream_seqs(conn, [(s, ack.seq) for (s, _), ack in zip(pending, acks, strict=True)])
             await self._stored([e for _, e in pending])  # their seq changed
         self._metrics.published.inc(sum(1 for a in acks if not a.duplicate))
-        return stored
 
     async def _stored(self, events: Sequence[PatternEvent]) -> None:
         if self._on_stored is None:
@@ -196,68 +309,83 @@ class Writer:
         except Exception:  # noqa: BLE001 - a hook never stops ingest
             log.exception("writer: on_stored hook failed")
 
-    async def _isolate(self, events: dict[str, tuple[PatternEvent, list[Msg]]]) -> dict[str, StoredEvent]:
-        """A non-transient database error on the batch: store one by one and dead-letter the events
-        the database refuses (e.g. a NUL character in a JSON string)."""
-        stored: dict[str, StoredEvent] = {}
-        for event_id, (event, msgs) in list(events.items()):
-            try:
-                stored.update(await self._store_and_publish([event]))
-            except TRANSIENT_ERRORS:
-                raise
-            except psycopg.Error as exc:
-                error = EventError("invalid_field", f"the database refused the event: {str(exc).strip().splitlines()[0]}")
-                for msg in msgs:
-                    md = msg.metadata
-                    await self._dead_letters.record(
-                        source_key=f"ingest:{md.sequence.stream}", subject=msg.subject, payload=msg.data,
-                        headers=msg.headers, reason=STORE_REJECTED, detail=error.detail,
-                        deliveries=md.num_delivered, first_seen=md.timestamp)
-                    await msg.term()
-                    self._metrics.rejected.inc(reason=STORE_REJECTED)
-                del events[event_id]
-        return stored
-
-    async def handle(self, msgs: Sequence[Msg]) -> float:
+    async def handle(self, msgs: Sequence[Msg], *, carried: Sequence[Msg] = ()) -> float:
         """Process one fetched batch. Returns 0, or the back-off in seconds when a transient failure
         handed the batch back (the loop then pauses as long, so that the batch is redelivered before
-        anything newer is fetched and the ingest order is kept)."""
+        anything newer is fetched and the ingest order is kept).
+
+        Messages that cannot be settled in this batch without burning a delivery (their month's
+        partition is over the per-batch bound, a second payload under an id of this batch, what was
+        left when the timeout budget ran out) are kept for the next batch (:attr:`carried`, with
+        ``in_progress`` so their ack wait restarts and no delivery is counted); pass them back as
+        ``carried``, they are handled before ``msgs``."""
         started = time.perf_counter()
         self._metrics.batch_size.observe(len(msgs))
         self._metrics.ingested.inc(len(msgs))
-        events: dict[str, tuple[PatternEvent, list[Msg]]] = {}
         for msg in msgs:
             if msg.metadata.num_delivered > 1:
                 self._metrics.redeliveries.inc()
+        msgs = [*carried, *msgs]
+        events: dict[str, _Pending] = {}
+        carry: list[Msg] = []
+        for msg in msgs:
             try:
                 event = self._parse(msg)
             except EventError as error:
                 await self._reject(msg, error)
                 continue
-            if event.id in events:
-                events[event.id][1].append(msg)  # the same id twice in one batch: store once
+            first = events.get(event.id)
+            if first is None:
+                events[event.id] = _Pending(event, [msg])
+            elif first.event.to_json_bytes() == event.to_json_bytes():
+                first.msgs.append(msg)  # the same event twice in one batch: store once
             else:
-                events[event.id] = (event, [msg])
-        if not events:
+                carry.append(msg)  # another payload under the same id: judged against the stored one next
+        if not events and not carry:
             return 0.0
+        batch = list(events.values())
         try:
-            try:
-                stored = await self._store_and_publish([e for e, _ in events.values()])
-            except TRANSIENT_ERRORS:
+            secret = await self._secret([m for p in batch for m in p.msgs])
+            for p in batch:
+                p.producer = producer_of(p.event, p.msgs[0].headers, secret)
+            ready = await self._ensure_partitions([p.event for p in batch])
+            deferred = [p for p in batch if month_start(p.event.detected_at) not in ready]
+            batch = [p for p in batch if month_start(p.event.detected_at) in ready]
+            outcome = await self._store(batch, msgs) if batch else _Outcome()
+            if deferred:
+                self._metrics.partitions_deferred.inc(sum(len(p.msgs) for p in deferred))
+            carry += [m for p in (*deferred, *outcome.unresolved) for m in p.msgs]
+            stored = outcome.stored
+            accepted = [p for p in batch if p.event.id in stored and stored[p.event.id].conflict is None]
+            await self._publish([p.event for p in accepted], stored)
+        except Exception as exc:
+            if not is_transient(exc) and not isinstance(exc, psycopg.errors.QueryCanceled):
                 raise
-            except psycopg.Error as exc:
-                log.warning("writer: batch refused by the database (%s); storing one by one",
-                            str(exc).strip().splitlines()[0])
-                stored = await self._isolate(events)
-        except TRANSIENT_ERRORS as exc:
-            return await self._nak([m for _, ms in events.values() for m in ms], delay=self._outage.failed(exc))
+            held = [m for p in events.values() for m in p.msgs] + [m for m in msgs if m in carry]
+            return await self._nak(held, delay=self._outage.failed(exc))
         self._outage.recovered()
+        await self._heartbeat(carry)
+        self.carried = carry
+        for p, refusal in outcome.failed:
+            detail = f"the database refused the event: {first_line(refusal)}"
+            for msg in p.msgs:
+                await self._dead_letter(msg, reason=STORE_REJECTED, detail=detail)
+        for p in batch:
+            result = stored.get(p.event.id)
+            if result is None or result.conflict is None:
+                continue
+            for msg in p.msgs:
+                self._metrics.id_conflicts.inc()
+                await self._dead_letter(
+                    msg, reason=ID_CONFLICT, conflict_payload=result.conflict,
+                    detail=f"id {p.event.id} is already stored with a different payload "
+                           f"(stored by {result.producer or 'unknown'}; this one from {p.producer})")
         now = datetime.now(UTC)
-        for event_id, (_, ms) in events.items():
-            result = stored[event_id]
+        for p in accepted:
+            result = stored[p.event.id]
             (self._metrics.stored if result.new else self._metrics.duplicates).inc()
-            self._metrics.duplicates.inc(len(ms) - 1)
-            for msg in ms:
+            self._metrics.duplicates.inc(len(p.msgs) - 1)
+            for msg in p.msgs:
                 await msg.ack()
                 self._metrics.store_latency.observe(max(0.0, (now - msg.metadata.timestamp).total_seconds()))
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -281,9 +409,11 @@ class Writer:
                 self._metrics.probes.inc(result="up")
                 return
 
-    async def _fetch(self, puller: Puller) -> list[Msg]:
+    async def _fetch(self, puller: Puller, n: int) -> list[Msg]:
+        if n < 1:
+            return []
         try:
-            return await puller.fetch(self._batch, timeout=self._fetch_timeout_s)
+            return await puller.fetch(n, timeout=self._fetch_timeout_s)
         except TRANSIENT_ERRORS as exc:
             await asyncio.sleep(self._outage.failed(exc))
             return []
@@ -294,15 +424,17 @@ class Writer:
             # The next batch is fetched while this one is stored and published: the wait for
             # PostgreSQL and NATS overlaps the network round trip of the fetch. Batches are still
             # handled one after the other, so the clean stream keeps the ingest order.
-            ahead = asyncio.create_task(self._fetch(puller))
+            ahead = asyncio.create_task(self._fetch(puller, self._batch))
             try:
                 while not self._stopping.is_set():
                     msgs = await ahead
-                    ahead = asyncio.create_task(self._fetch(puller))
-                    if not msgs:
+                    carried, self.carried = self.carried, []
+                    # Nothing more is fetched while a full batch is carried: at most 2 x batch in hand.
+                    ahead = asyncio.create_task(self._fetch(puller, self._batch if len(carried) < self._batch else 0))
+                    if not msgs and not carried:
                         continue
                     try:
-                        backoff = await self.handle(msgs)
+                        backoff = await self.handle(msgs, carried=carried)
                     except Exception:  # a bug must not stop ingest: unacked messages are redelivered
                         log.exception("writer: batch failed unexpectedly; it will be redelivered")
                         backoff = self._retry_base_s
@@ -313,10 +445,12 @@ class Writer:
                         # any length costs each message one or two deliveries, not max_deliver.
                         await self._nak(await ahead, delay=backoff)
                         await self._wait_for_database(backoff)
-                        ahead = asyncio.create_task(self._fetch(puller))
+                        ahead = asyncio.create_task(self._fetch(puller, self._batch))
             finally:
-                # Hand a batch fetched ahead straight back, so another node takes it at once.
-                leftover = await ahead if not ahead.cancelled() else []
+                # Hand a batch fetched ahead (and what was carried) straight back, so another node takes
+                # it at once.
+                leftover = (await ahead if not ahead.cancelled() else []) + self.carried
+                self.carried = []
                 for msg in leftover:
                     with contextlib.suppress(NatsError):
                         await msg.nak()

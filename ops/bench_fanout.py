@@ -71,7 +71,7 @@ from harness import PATTERNS, SYMBOLS, TIMEFRAMES, Stack, connected, embedded_st
 from wsload import KINDS, Conn, Load, raise_fd_limit  # noqa: E402
 
 from api.auth import mint_token  # noqa: E402
-from hub.events import ingest_subject  # noqa: E402
+from hub.subjects import ingest_subject  # noqa: E402
 
 RESULTS = HERE / "results"
 SERVERS = ("hub", "starlette", "node", "flask")

@@ -44,6 +44,7 @@ from psycopg import sql  # noqa: E402
 from api.auth import mint_token  # noqa: E402
 from store.pool import open_pool  # noqa: E402
 from store.scans import ScanFilter, Sort, build_scan, resolve_symbols, scan_events  # noqa: E402
+from store.universe_resolver import SqlResolver
 
 OPS_SECRET = "ops-only-secret-not-for-production-0123456789"
 SUBJECT = "bench-rest"
@@ -215,7 +216,7 @@ async def explain(url: str, all_shapes: list[Shape], *, seed: int) -> list[dict[
             for _ in range(shape.pages - 1):  # walk to the last page measured, as a client would
                 page = await scan_events(conn, filt, sort=sort, limit=DEFAULT_LIMIT, after=after, subject=f"{SUBJECT}-0")
                 after = page.last_values
-            symbols = await resolve_symbols(conn, filt, subject=f"{SUBJECT}-0")
+            symbols = await resolve_symbols(SqlResolver.over(conn), filt, subject=f"{SUBJECT}-0")
             query, args = build_scan(filt, symbols=symbols, sort=sort, limit=DEFAULT_LIMIT + 1, after=after)
             plan_row = await (await conn.execute(
                 sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}").format(query), args)).fetchone()

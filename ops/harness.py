@@ -30,8 +30,8 @@ import nats  # noqa: E402
 import psycopg  # noqa: E402
 
 from hub.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
-from hub.events import ingest_subject  # noqa: E402
 from hub.jetstream import PATTERNS_STREAM  # noqa: E402
+from hub.subjects import CLEAN_WILDCARD, ingest_subject  # noqa: E402
 
 SYMBOLS = ["AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META", "TSLA", "BRK.B", "JPM", "V", "XOM", "KO", "IBM",
            "INTC", "CSCO", "PEP", "WMT", "DIS", "BA", "CAT"]
@@ -196,7 +196,7 @@ async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str
     async with connected(nats_url) as nc:
         js = nc.jetstream()
         total = (await js.stream_info(PATTERNS_STREAM)).state.messages
-        sub = await js.subscribe("tickstock.patterns.>", ordered_consumer=True, stream=PATTERNS_STREAM)
+        sub = await js.subscribe(CLEAN_WILDCARD, ordered_consumer=True, stream=PATTERNS_STREAM)
         ids: list[str] = []
         per_symbol: dict[str, list[int]] = defaultdict(list)
         for _ in range(total):

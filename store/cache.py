@@ -1,4 +1,7 @@
-"""Redis: the connection, and the response cache (generations, single flight, circuit breaker)."""
+"""The response cache in Redis: generations, single flight, circuit breaker.
+
+The Redis connection it runs on is opened by :mod:`store.cache_connection`.
+"""
 
 from __future__ import annotations
 
@@ -8,63 +11,22 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from store.breaker import Breaker
+from store.cache_entries import Computed, Dependencies, Outcome, Served
 
-__all__ = ["CacheError", "Computed", "Dependencies", "Outcome", "ResponseCache", "Served", "open_redis"]
+__all__ = ["Computed", "Dependencies", "Outcome", "ResponseCache", "Served"]
 
 T = TypeVar("T")
 
 log = logging.getLogger("tickstock.store.cache")
-
-DEFAULT_SOCKET_TIMEOUT_S = 0.25
-DEFAULT_CONNECT_TIMEOUT_S = 5.0
-DEFAULT_MAX_CONNECTIONS = 64
-
-
-class CacheError(RedisError):
-    """Redis could not be reached at start-up."""
-
-
-@asynccontextmanager
-async def open_redis(
-    url: str, *, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-    socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-) -> AsyncIterator[aioredis.Redis]:
-    """Open a Redis client on ``url`` and check it answers within ``connect_timeout_s``.
-
-    Raises :class:`CacheError` if it does not. Later calls time out after ``socket_timeout_s``, so a
-    slow or dead Redis costs callers little; they treat any ``RedisError`` as a cache miss.
-    """
-    client = aioredis.Redis.from_url(
-        url, socket_connect_timeout=connect_timeout_s, socket_timeout=connect_timeout_s,
-        max_connections=max_connections, health_check_interval=30,
-    )
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        raise CacheError(f"cannot connect to Redis at {url}: {str(exc) or type(exc).__name__}") from exc
-    await client.aclose()
-    client = aioredis.Redis.from_url(
-        url, socket_connect_timeout=socket_timeout_s * 4, socket_timeout=socket_timeout_s,
-        max_connections=max_connections, health_check_interval=30,
-    )
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-# -- the response cache -------------------------------------------------------------------------------
 
 KEY_PREFIX = "tickstock:cache:"
 EPOCH_KEY = KEY_PREFIX + "epoch"
@@ -79,41 +41,6 @@ DEFAULT_LOCK_S = 2.0
 DEFAULT_LOCK_WAIT_S = 0.2
 LOCK_POLL_S = 0.01
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-
-Outcome = Literal["hit", "miss", "coalesced", "bypass"]
-
-
-@dataclass(frozen=True)
-class Dependencies:
-    """The generations an entry was computed under.
-
-    ``events`` are bumped when events are stored: an entry stays valid while they are unchanged, and
-    for the staleness bound after its generations were read whatever happens to them. ``strict``
-    ones (reference data) invalidate at once when they change.
-    """
-
-    events: tuple[str, ...] = ()
-    strict: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Computed:
-    """What a miss computed: the body, and how long Redis may keep it (0: not at all)."""
-
-    body: bytes
-    ttl_s: float
-
-
-@dataclass(frozen=True)
-class Served:
-    body: bytes
-    outcome: Outcome
-    age_s: float | None  # for a hit, how long ago the body was computed
-
-    @property
-    def hit(self) -> bool:
-        return self.outcome == "hit"
-
 
 @dataclass
 class _Flight:

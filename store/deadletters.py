@@ -30,6 +30,7 @@ class DeadLetter:
     last_seen: datetime
     replayed_at: datetime | None
     replay_count: int
+    conflict_payload: bytes | None = None  # id_conflict: the payload already stored under the id
 
     def summary(self, *, preview: int = 200) -> dict[str, Any]:
         """A JSON-able view; the payload as text when it is UTF-8, cut to ``preview`` characters."""
@@ -50,11 +51,12 @@ class DeadLetter:
 
 
 _COLUMNS = ("id, source_key, subject, payload, headers, reason, detail, errors, event_id, deliveries, "
-            "first_seen, last_seen, replayed_at, replay_count")
+            "first_seen, last_seen, replayed_at, replay_count, conflict_payload")
 
 
 def _row(r: Mapping[str, Any]) -> DeadLetter:
-    fields: dict[str, Any] = {k: (bytes(v) if k == "payload" else v) for k, v in r.items()}
+    fields: dict[str, Any] = {
+        k: (bytes(v) if k in ("payload", "conflict_payload") and v is not None else v) for k, v in r.items()}
     return DeadLetter(**fields)
 
 
@@ -62,16 +64,17 @@ async def record_dead_letter(
     conn: psycopg.AsyncConnection[Any], *, source_key: str, subject: str, payload: bytes,
     headers: Mapping[str, str], reason: str, detail: str = "", errors: Sequence[Mapping[str, Any]] = (),
     event_id: str | None = None, deliveries: int = 1, first_seen: datetime | None = None,
+    conflict_payload: bytes | None = None,
 ) -> int:
     """Insert a dead letter, or update ``last_seen``/``deliveries`` if ``source_key`` is already
     recorded (a crash between recording and acknowledging re-records the same message). Returns its id."""
     cur = await conn.execute(
         "INSERT INTO dead_letters (source_key, subject, payload, headers, reason, detail, errors, event_id,"
-        " deliveries, first_seen) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, coalesce(%s, now())) "
+        " deliveries, first_seen, conflict_payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, coalesce(%s, now()), %s) "
         "ON CONFLICT (source_key) DO UPDATE SET last_seen = now(), "
         " deliveries = greatest(dead_letters.deliveries, EXCLUDED.deliveries) RETURNING id",
         (source_key, subject, payload, Jsonb(dict(headers)), reason, detail, Jsonb(list(map(dict, errors))),
-         event_id, deliveries, first_seen),
+         event_id, deliveries, first_seen, conflict_payload),
     )
     row = await cur.fetchone()
     return int(row["id"])  # type: ignore[index]

@@ -15,17 +15,17 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from store.scans import MY_UNIVERSE, UNIVERSE_SEPARATOR, ScanError, ScanFilter
+from store.universe_resolver import Directory, MyUniverse, load_directory
 from store.users import get_user_universe
 
-__all__ = ["REFERENCE_CHANNEL", "Directory", "Lookups", "MyUniverse", "load_directory", "resolve"]
+# Directory, MyUniverse and load_directory live in store.universe_resolver (with the resolvers that
+# read them); they stay importable from here.
+__all__ = ["REFERENCE_CHANNEL", "Directory", "Lookups", "MyUniverse", "load_directory"]
 
 log = logging.getLogger("tickstock.store.lookups")
 
@@ -35,64 +35,6 @@ LISTEN_CHECK_S = 5.0
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 10.0
 CONNECT_TIMEOUT_S = 5
-
-
-@dataclass(frozen=True)
-class Directory:
-    """Universe key -> members, and lower-cased sector -> (sector, its symbols)."""
-
-    universes: dict[str, frozenset[str]]
-    sectors: dict[str, tuple[str, frozenset[str]]]
-
-
-@dataclass(frozen=True)
-class MyUniverse:
-    """A user's saved universe: its own symbols and universe keys (both empty when none is saved)."""
-
-    symbols: tuple[str, ...] = ()
-    universe_keys: tuple[str, ...] = ()
-
-
-async def load_directory(conn: psycopg.AsyncConnection[Any]) -> Directory:
-    """Every universe with its members and every sector with its symbols (three reads)."""
-    members: dict[str, set[str]] = {r["key"]: set() for r in await (await conn.execute(
-        "SELECT key FROM universes")).fetchall()}
-    for r in await (await conn.execute("SELECT universe, symbol FROM universe_members")).fetchall():
-        members.setdefault(r["universe"], set()).add(r["symbol"])
-    sectors: dict[str, tuple[str, set[str]]] = {}
-    for r in await (await conn.execute(
-            "SELECT sector, symbol FROM symbols WHERE sector IS NOT NULL")).fetchall():
-        sectors.setdefault(r["sector"].lower(), (r["sector"], set()))[1].add(r["symbol"])
-    return Directory({k: frozenset(v) for k, v in members.items()},
-                     {k: (name, frozenset(v)) for k, (name, v) in sectors.items()})
-
-
-def resolve(directory: Directory, filt: ScanFilter, my: MyUniverse | None) -> frozenset[str] | None:
-    """What :func:`store.scans.resolve_symbols` answers, from memory: the symbols the symbol,
-    universe and sector filters allow, or ``None`` when none is set. Raises :class:`ScanError` for an
-    unknown universe or sector."""
-    allowed: frozenset[str] | None = frozenset(filt.symbols) if filt.symbols else None
-    if filt.universes:
-        keys = {k for value in filt.universes for k in value.split(UNIVERSE_SEPARATOR)}
-        named = sorted(keys - {MY_UNIVERSE})
-        unknown = [k for k in named if k not in directory.universes]
-        if unknown:
-            raise ScanError("query.universe", f"unknown universe {', '.join(unknown)}")
-        members: set[str] = set()
-        if MY_UNIVERSE in keys and my is not None:
-            members.update(my.symbols)
-            named.extend(my.universe_keys)
-        for key in named:
-            members.update(directory.universes.get(key, ()))
-        allowed = frozenset(members) if allowed is None else allowed & members
-    if filt.sectors:
-        wanted = sorted({s.casefold() for s in filt.sectors})
-        unknown = [s for s in wanted if s not in directory.sectors]
-        if unknown:
-            raise ScanError("query.sector", f"unknown sector {', '.join(unknown)}")
-        in_sectors = frozenset().union(*(directory.sectors[s][1] for s in wanted))
-        allowed = in_sectors if allowed is None else allowed & in_sectors
-    return allowed
 
 
 class Lookups:

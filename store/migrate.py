@@ -18,7 +18,7 @@ from typing import Any, LiteralString, cast
 import psycopg
 from psycopg.rows import tuple_row
 
-from .pool import StoreError
+from .errors import StoreError
 
 __all__ = ["Migration", "MigrationError", "available_migrations", "migrate"]
 
@@ -29,7 +29,10 @@ _LOCK_KEY = 0x7469636B  # "tick"
 
 
 class MigrationError(StoreError):
-    """A migration failed, or the recorded history does not match the files."""
+    """A migration failed, or the recorded history does not match the files.
+
+    Deliberately not a psycopg ``OperationalError``: an edited migration or a failing statement will
+    fail again, so nothing should treat it as transient and retry."""
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,15 @@ async def migrate(conn: psycopg.AsyncConnection[Any], *, migrations: list[Migrat
     """
     todo = available_migrations() if migrations is None else migrations
     applied: list[Migration] = []
-    await conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
-        " applied_at timestamptz NOT NULL DEFAULT now())"
-    )
+    # The lock comes first: two sessions running CREATE TABLE IF NOT EXISTS at once on an empty
+    # database can both miss the table and one fails on the catalog's unique index.
     await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
     try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         async with conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute("SELECT version, checksum FROM schema_migrations")
             done: dict[int, str] = dict(await cur.fetchall())

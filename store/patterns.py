@@ -10,19 +10,24 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["StoredEvent", "ensure_months", "load_pattern_aliases", "month_start", "set_stream_seqs", "store_events"]
+__all__ = ["StoredEvent", "ensure_month_list", "ensure_months", "load_pattern_aliases", "month_start", "set_stream_seqs",
+           "store_events"]
 
 
 @dataclass(frozen=True)
 class StoredEvent:
     """What the store holds for an event id after a batch: ``new`` is false when the id was already
     stored (a redelivery or a producer's duplicate); ``stream_seq`` is its clean-stream sequence once
-    published."""
+    published. ``conflict`` holds the stored canonical payload when the id was already stored with a
+    *different* payload (an ``id_conflict``: nothing was written for this event); ``producer`` is who
+    produced the stored row."""
 
     id: str
     new: bool
     detected_at: datetime
     stream_seq: int | None
+    conflict: bytes | None = None
+    producer: str | None = None
 
 
 # The batch travels as one JSON array (the events' canonical v1 encodings, already built for the
@@ -34,8 +39,10 @@ WITH input AS (
            (e->>'detected_at')::timestamptz AS detected_at, (e->>'expires_at')::timestamptz AS expires_at,
            (e->>'price')::float8 AS price, (e->>'volume')::float8 AS volume,
            coalesce(e->'levels', '{}') AS levels, coalesce(e->'indicators', '{}') AS indicators,
-           coalesce(e->>'source', 'unknown') AS source, e AS payload
-    FROM jsonb_array_elements(%s::jsonb) AS e
+           coalesce(e->>'source', 'unknown') AS source, e AS payload,
+         p.producer
+    FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(e, n)
+    LEFT JOIN unnest(%s::text[]) WITH ORDINALITY AS p(producer, n) USING (n)
 ), fresh AS (
     INSERT INTO pattern_event_ids (id, detected_at)
     SELECT id, detected_at FROM input
@@ -43,16 +50,18 @@ WITH input AS (
     RETURNING id
 ), inserted AS (
     INSERT INTO pattern_events (id, type, symbol, pattern, timeframe, confidence, detected_at, expires_at,
-                                price, volume, levels, indicators, source, payload)
+                                price, volume, levels, indicators, source, payload, producer)
     SELECT i.id, i.type, i.symbol, i.pattern, i.timeframe, i.confidence, i.detected_at, i.expires_at,
-           i.price, i.volume, i.levels, i.indicators, i.source, i.payload
+           i.price, i.volume, i.levels, i.indicators, i.source, i.payload, i.producer
     FROM input i JOIN fresh USING (id)
     RETURNING id, detected_at
 )
 SELECT i.id,
        ins.id IS NOT NULL AS new,
        coalesce(ins.detected_at, old.detected_at) AS detected_at,
-       e.stream_seq
+       e.stream_seq,
+       CASE WHEN ins.id IS NULL AND e.payload IS DISTINCT FROM i.payload THEN e.payload::text END AS conflict,
+       coalesce(e.producer, i.producer) AS producer
 FROM input i
 LEFT JOIN inserted ins ON ins.id = i.id
 LEFT JOIN pattern_event_ids old ON old.id = i.id
@@ -60,19 +69,28 @@ LEFT JOIN pattern_events e ON e.id = old.id AND e.detected_at = old.detected_at
 """
 
 
-async def store_events(conn: psycopg.AsyncConnection[Any], events: Sequence[Any]) -> dict[str, StoredEvent]:
-    """Insert ``events`` (schema v1 :class:`hub.events.PatternEvent`, unique ids) in one statement.
+async def store_events(conn: psycopg.AsyncConnection[Any], events: Sequence[Any],
+                       producers: Sequence[str | None] | None = None) -> dict[str, StoredEvent]:
+    """Insert ``events`` (schema v1 :class:`hub.model.PatternEvent`, unique ids) in one statement,
+    each with its ``producers[i]`` (None: unknown).
 
     Idempotent on the event id: an id stored before is left as it was and reported with
-    ``new=False`` and its stored sequence. Run it inside the caller's transaction. Raises psycopg's
-    errors (a missing partition is ``CheckViolation``; the caller creates partitions first).
+    ``new=False`` and its stored sequence; when the stored canonical payload differs from the event's
+    (JSON equality, so key order does not matter) the result carries it in ``conflict``. Run it
+    inside the caller's transaction. Raises psycopg's errors (a missing partition is
+    ``CheckViolation``; the caller creates partitions first).
     """
     if not events:
         return {}
     batch = b"[" + b",".join(e.to_json_bytes() for e in events) + b"]"
-    cur = await conn.execute(_INSERT, (batch.decode(),))
+    who = list(producers) if producers is not None else [None] * len(events)
+    cur = await conn.execute(_INSERT, (batch.decode(), who))
     rows: list[dict[str, Any]] = await cur.fetchall()  # type: ignore[assignment]  # pool rows are dicts
-    return {r["id"]: StoredEvent(r["id"], r["new"], r["detected_at"], r["stream_seq"]) for r in rows}
+    return {
+        r["id"]: StoredEvent(r["id"], r["new"], r["detected_at"], r["stream_seq"],
+                             None if r["conflict"] is None else r["conflict"].encode(), r["producer"])
+        for r in rows
+    }
 
 
 async def set_stream_seqs(conn: psycopg.AsyncConnection[Any], published: Sequence[tuple[StoredEvent, int]]) -> None:
@@ -92,8 +110,21 @@ async def ensure_months(conn: psycopg.AsyncConnection[Any], lo: datetime, hi: da
     await conn.execute("SELECT tickstock_ensure_partitions(%s, %s)", (lo, hi))
 
 
+async def ensure_month_list(conn: psycopg.AsyncConnection[Any], months: Sequence[datetime], *,
+                            max_new: int) -> set[datetime]:
+    """Make sure the partitions of ``months`` (month starts, most urgent first) exist, creating at most
+    ``max_new``; returns the months that exist afterwards (all of them on a hypertable). Never creates
+    a month that was not asked for."""
+    if not months:
+        return set()
+    cur = await conn.execute("SELECT tickstock_ensure_months(%s::timestamptz[], %s) AS ready",
+                             (list(months), max_new))
+    row: dict[str, Any] | None = await cur.fetchone()  # type: ignore[assignment]  # pool rows are dicts
+    return {month_start(m) for m in (row["ready"] if row else [])}
+
+
 async def load_pattern_aliases(pool: AsyncConnectionPool) -> list[tuple[str, list[str]]]:
-    """``(canonical name, aliases)`` of every pattern definition, for :class:`hub.events.PatternCatalog`."""
+    """``(canonical name, aliases)`` of every pattern definition, for :class:`hub.catalog.PatternCatalog`."""
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT name, aliases FROM pattern_definitions ORDER BY name")
         rows: list[dict[str, Any]] = await cur.fetchall()  # type: ignore[assignment]  # pool rows are dicts

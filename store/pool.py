@@ -10,7 +10,9 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["StoreError", "open_pool", "ping"]
+from store.errors import StoreError, StoreUnavailable
+
+__all__ = ["StoreError", "StoreUnavailable", "open_pool", "ping"]
 
 DEFAULT_MIN_SIZE = 2
 DEFAULT_MAX_SIZE = 10
@@ -19,10 +21,6 @@ DEFAULT_MAX_IDLE_S = 300.0
 DEFAULT_STATEMENT_TIMEOUT_MS = 5_000
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 APPLICATION_NAME = "tickstock-hub"
-
-
-class StoreError(psycopg.OperationalError):
-    """The store cannot be reached or used; subclasses psycopg's so callers' handlers keep working."""
 
 
 @asynccontextmanager
@@ -39,8 +37,8 @@ async def open_pool(
     """Open a pool on ``url`` and close it on exit.
 
     Waits up to ``connect_timeout_s`` for the first ``min_size`` connections and raises
-    :class:`StoreError` with the server's reason if the database cannot be reached. Every connection
-    gets ``statement_timeout`` and an application name; a connection is checked before it is lent.
+    :class:`StoreUnavailable` (a :class:`StoreError` and psycopg's ``OperationalError``) with the
+    server's reason if the database cannot be reached. Every connection gets ``statement_timeout`` and an application name; a connection is checked before it is lent.
     Rows come back as dicts.
     """
     kwargs: dict[str, Any] = {
@@ -66,7 +64,7 @@ async def open_pool(
         async with await psycopg.AsyncConnection.connect(url, connect_timeout=kwargs["connect_timeout"]):
             pass
     except psycopg.Error as exc:
-        raise StoreError(f"cannot connect to PostgreSQL: {_first_line(exc)}") from exc
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {_first_line(exc)}") from exc
     await pool.open(wait=True, timeout=connect_timeout_s)
     try:
         yield pool

@@ -9,17 +9,25 @@ last row of a page names exactly where the next page starts, however many events
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from store.cursor import NOT_ISSUED, CursorCodec, CursorError, read_number, read_text, read_time
+from store.universe_resolver import (
+    MY_UNIVERSE,
+    ScanError,
+    SqlResolver,
+    UniverseResolver,
+    UnknownSector,
+    UnknownUniverse,
+)
 
 __all__ = [
     "MAX_LIMIT",
@@ -32,6 +40,8 @@ __all__ = [
     "ScanFilter",
     "ScanPage",
     "Sort",
+    "UnknownSector",
+    "UnknownUniverse",
     "build_scan",
     "decode_cursor",
     "encode_cursor",
@@ -45,7 +55,6 @@ __all__ = [
 SORTS = ("detected_at", "confidence", "symbol")
 ORDERS = ("desc", "asc")
 MAX_LIMIT = 500
-MY_UNIVERSE = "my"
 UNIVERSE_SEPARATOR = ":"
 
 EVENT_COLUMNS = sql.SQL(
@@ -55,19 +64,6 @@ EVENT_COLUMNS = sql.SQL(
 # Casts for keyset values: a real compared with a float8 parameter is widened, and 0.7::float8 is not
 # 0.7::real, so confidences are compared as real on both sides.
 _CASTS = {"detected_at": "timestamptz", "confidence": "real", "symbol": "text", "id": "text"}
-
-
-class ScanError(ValueError):
-    """A filter names something that does not exist; ``loc`` is the query parameter (``query.universe``)."""
-
-    def __init__(self, loc: str, msg: str) -> None:
-        super().__init__(msg)
-        self.loc = loc
-        self.msg = msg
-
-
-class CursorError(ValueError):
-    """A cursor that is malformed, altered, or was issued for another sort or filter set."""
 
 
 @dataclass(frozen=True)
@@ -148,93 +144,55 @@ class ScanPage:
 
 # -- cursors ----------------------------------------------------------------------------------------
 
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+SCAN_CURSOR = "scan"  # the cursor kind (store.cursor): a scan cursor is never a symbols cursor
+_READERS: dict[str, Callable[[object], Any]] = {
+    "detected_at": read_time, "confidence": read_number, "symbol": read_text, "id": read_text,
+}
 
 
-def _mac(key: bytes, body: dict[str, Any]) -> str:
-    message = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return _b64(hmac.new(key, message, hashlib.sha256).digest()[:16])
-
-
-def encode_cursor(values: Sequence[Any], *, sort: Sort, fingerprint: str, key: bytes) -> str:
-    """An opaque token: base64url of JSON holding the last row's sort values, the sort spec, the
-    filter fingerprint and an HMAC over all three (keyed with ``key``)."""
+def encode_cursor(values: Sequence[Any], *, sort: Sort, fingerprint: str, codec: CursorCodec) -> str:
+    """A signed cursor (:mod:`store.cursor`) holding the last row's sort values, the sort spec and the
+    filter fingerprint."""
     encoded = [v.isoformat() if isinstance(v, datetime) else v for v in values]
-    body = {"k": encoded, "s": sort.spec, "f": fingerprint}
-    body["m"] = _mac(key, body)
-    return _b64(json.dumps(body, separators=(",", ":")).encode())
+    return codec.encode(SCAN_CURSOR, {"k": encoded, "s": sort.spec, "f": fingerprint})
 
 
-def decode_cursor(token: str, *, sort: Sort, fingerprint: str, key: bytes) -> tuple[Any, ...]:
-    """The sort values in ``token``, typed for the query; raises :class:`CursorError` when the token is
-    malformed or altered, or was issued for another sort or filter set."""
-    try:
-        body = json.loads(_unb64(token))
-    except (ValueError, TypeError):
-        raise CursorError("the cursor is not one this hub issued") from None
-    if not isinstance(body, dict) or set(body) != {"k", "s", "f", "m"} or not isinstance(body["m"], str):
-        raise CursorError("the cursor is not one this hub issued")
-    mac = body.pop("m")
-    if not hmac.compare_digest(mac, _mac(key, body)):
-        raise CursorError("the cursor has been altered")
-    if body["s"] != sort.spec:
-        raise CursorError(f"the cursor was issued for sort {body['s']}, not {sort.spec}")
-    if body["f"] != fingerprint:
-        raise CursorError("the cursor was issued for other filters; start again without it")
+def decode_cursor(token: str, *, sort: Sort, fingerprint: str, codec: CursorCodec) -> tuple[Any, ...]:
+    """The sort values in ``token``, each checked for its column's type; raises :class:`CursorError`
+    when the token is malformed, altered or holds a wrong type, or was issued for another sort or
+    filter set."""
+    body = codec.decode(SCAN_CURSOR, token)
+    if set(body) != {"k", "s", "f"}:
+        raise CursorError(NOT_ISSUED)
+    spec, fp, raw = body["s"], body["f"], body["k"]
+    if not isinstance(spec, str) or not isinstance(fp, str):
+        raise CursorError("a value has the wrong type")
+    if spec != sort.spec:
+        raise CursorError(f"it was issued for sort {read_text(spec)}, not {sort.spec}")
+    if fp != fingerprint:
+        raise CursorError("it was issued for other filters; start again without it")
     columns = sort.columns()
-    raw = body["k"]
     if not isinstance(raw, list) or len(raw) != len(columns):
-        raise CursorError("the cursor is not one this hub issued")
-    try:
-        return tuple(datetime.fromisoformat(v) if col == "detected_at" else v for (col, _), v in zip(columns, raw, strict=False))
-    except (TypeError, ValueError):
-        raise CursorError("the cursor is not one this hub issued") from None
+        raise CursorError(NOT_ISSUED)
+    return tuple(_READERS[column](value) for (column, _), value in zip(columns, raw, strict=True))
 
 
 # -- symbols ----------------------------------------------------------------------------------------
 
 
-async def resolve_symbols(conn: psycopg.AsyncConnection[Any], filt: ScanFilter, *,
+async def resolve_symbols(resolver: UniverseResolver, filt: ScanFilter, *,
                           subject: str | None = None) -> frozenset[str] | None:
     """The symbols the symbol, universe and sector filters allow (their intersection), or ``None``
-    when none of them is set. ``my`` is ``subject``'s saved universe (its symbols and the members of
-    its universe keys; empty when it saved none). Raises :class:`ScanError` for an unknown universe
-    or sector."""
+    when none of them is set. A universe value may join keys with ``:`` (a union); ``my`` is
+    ``subject``'s saved universe. Raises :class:`UnknownUniverse` / :class:`UnknownSector` (both
+    :class:`ScanError`) and whatever ``resolver`` raises."""
     allowed: frozenset[str] | None = frozenset(filt.symbols) if filt.symbols else None
     if filt.universes:
         keys = {k for value in filt.universes for k in value.split(UNIVERSE_SEPARATOR)}
-        named = sorted(keys - {MY_UNIVERSE})
-        found = {r["key"] for r in await (await conn.execute(
-            "SELECT key FROM universes WHERE key = ANY(%s)", (named,))).fetchall()}
-        unknown = [k for k in named if k not in found]
-        if unknown:
-            raise ScanError("query.universe", f"unknown universe {', '.join(unknown)}")
-        members: set[str] = set()
-        if MY_UNIVERSE in keys:
-            row = await (await conn.execute(
-                "SELECT symbols, universe_keys FROM user_universes WHERE subject = %s", (subject or "",))).fetchone()
-            if row is not None:
-                members.update(row["symbols"])
-                named.extend(row["universe_keys"])
-        cur = await conn.execute("SELECT DISTINCT symbol FROM universe_members WHERE universe = ANY(%s)", (named,))
-        members.update(r["symbol"] for r in await cur.fetchall())
-        allowed = frozenset(members) if allowed is None else allowed & members
+        members = await resolver.universe_symbols(keys, subject=subject)
+        allowed = members if allowed is None else allowed & members
     if filt.sectors:
-        wanted = sorted({s.casefold() for s in filt.sectors})
-        cur = await conn.execute(
-            "SELECT DISTINCT sector FROM symbols WHERE sector IS NOT NULL AND lower(sector) = ANY(%s)", (wanted,))
-        sectors = [r["sector"] for r in await cur.fetchall()]
-        unknown = sorted(set(wanted) - {s.casefold() for s in sectors})
-        if unknown:
-            raise ScanError("query.sector", f"unknown sector {', '.join(unknown)}")
-        cur = await conn.execute("SELECT symbol FROM symbols WHERE sector = ANY(%s)", (sectors,))
-        in_sectors = frozenset(r["symbol"] for r in await cur.fetchall())
+        in_sectors = await resolver.sector_symbols(filt.sectors)
         allowed = in_sectors if allowed is None else allowed & in_sectors
     return allowed
 
@@ -337,16 +295,19 @@ def build_scan(filt: ScanFilter, *, symbols: frozenset[str] | None, sort: Sort, 
 
 
 async def scan_events(conn: psycopg.AsyncConnection[Any], filt: ScanFilter, *, sort: Sort, limit: int,
-                      after: Sequence[Any] | None = None, offset: int = 0, subject: str | None = None) -> ScanPage:
-    """One page of events matching ``filt`` (see :func:`build_scan`). Raises :class:`ScanError` for an
-    unknown universe or sector and psycopg's errors (the pool's statement timeout applies)."""
+                      after: Sequence[Any] | None = None, offset: int = 0, subject: str | None = None,
+                      resolver: UniverseResolver | None = None) -> ScanPage:
+    """One page of events matching ``filt`` (see :func:`build_scan`), with the sort values of its last
+    row when more may follow. The symbol filters are resolved by ``resolver`` (the hub's
+    in-process directory, say), else in SQL on ``conn``, with ``subject``'s saved universe as ``my``. Raises ``ValueError`` for a ``limit`` outside 1..:data:`MAX_LIMIT`, :class:`ScanError` for
+    an unknown universe or sector, and psycopg's errors (the pool's statement timeout applies)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
-    symbols = await resolve_symbols(conn, filt, subject=subject)
+    symbols = await resolve_symbols(resolver or SqlResolver.over(conn), filt, subject=subject)
     if symbols is not None and not symbols:
         return ScanPage([], None)
     query, params = build_scan(filt, symbols=symbols, sort=sort, limit=limit + 1, after=after, offset=offset)
-    rows = await (await conn.execute(query, params)).fetchall()
+    rows: list[dict[str, Any]] = await (await conn.execute(query, params)).fetchall()
     if len(rows) <= limit:
         return ScanPage(rows, None)
     rows = rows[:limit]

@@ -13,9 +13,11 @@ from typing import Any
 
 import psycopg
 
+from store.cursor import NOT_ISSUED, CursorCodec, CursorError, read_text
+
 __all__ = [
-    "LATEST_PATTERNS", "SYMBOL_TYPES", "SymbolPage", "SymbolQuery", "get_symbol", "search_symbols",
-    "unknown_symbols", "upsert_symbols",
+    "LATEST_PATTERNS", "SYMBOLS_CURSOR", "SYMBOL_TYPES", "SymbolPage", "SymbolQuery", "decode_cursor", "encode_cursor",
+    "get_symbol", "search_symbols", "unknown_symbols", "upsert_symbols",
 ]
 
 # Mirrors the CHECK constraint on symbols.type in migrations/0001_reference.sql.
@@ -44,6 +46,27 @@ class SymbolQuery:
 class SymbolPage:
     items: list[dict[str, Any]]
     next_after: str | None  # the last symbol of this page when there is a next one
+
+
+SYMBOLS_CURSOR = "symbols"  # the cursor kind (store.cursor): never valid as a scan cursor
+
+
+def encode_cursor(after: str, *, fingerprint: str, codec: CursorCodec) -> str:
+    """A signed cursor (:mod:`store.cursor`) for the page after the symbol ``after`` of the search
+    whose filters have ``fingerprint``."""
+    return codec.encode(SYMBOLS_CURSOR, {"after": after, "f": fingerprint})
+
+
+def decode_cursor(token: str, *, fingerprint: str, codec: CursorCodec) -> str:
+    """The symbol after which the next page starts; raises :class:`store.cursor.CursorError` when the
+    token is malformed, altered or holds a wrong type, or was issued for a search with other filters."""
+    body = codec.decode(SYMBOLS_CURSOR, token)
+    if set(body) != {"after", "f"}:
+        raise CursorError(NOT_ISSUED)
+    after, fp = read_text(body["after"]), read_text(body["f"])
+    if fp != fingerprint:
+        raise CursorError("it was issued for a search with other filters; start again without it")
+    return after
 
 
 def _like_prefix(text: str) -> str:

@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from store.errors import StoreError
+
 __all__ = [
     "DuplicateName", "LimitExceeded", "UserDataError", "UserUniverse", "create_filter", "delete_filter",
     "delete_watchlist", "get_user_universe", "list_filters", "list_watchlists", "patch_user_universe",
@@ -25,12 +27,13 @@ __all__ = [
 _LOCK_NAMESPACE = 0x75736572  # "user": first key of the per-subject advisory lock
 
 
-class UserDataError(ValueError):
+class UserDataError(StoreError, ValueError):
     """A change to a user's state was refused; nothing was written."""
 
 
 class LimitExceeded(UserDataError):
-    """The change would take ``field`` beyond ``limit`` items."""
+    """The change would take ``field`` (``symbols``, ``universe_keys``, ``watchlists``, ``filters``)
+    beyond ``limit`` items."""
 
     def __init__(self, field: str, limit: int, size: int) -> None:
         super().__init__(f"{field}: at most {limit} allowed, the change would make {size}")

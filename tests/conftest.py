@@ -196,6 +196,9 @@ def settings(servers: Servers, ref_database_url: str, redis_url: str, tmp_path_f
         database_url=ref_database_url, nats_url=servers.nats_url, redis_url=redis_url,
         data_dir=tmp_path_factory.mktemp("hub"), maintenance_interval_s=3600, pool_min_size=1, pool_max_size=4,
         jwt_secret=JWT_SECRET,
+        # Every test connects from 127.0.0.1: the per-address limit of failed authentications would
+        # throttle the suites that test 401s. tests/api/test_hostile_auth.py turns it on.
+        auth_failure_per_s=0,
     )
 
 

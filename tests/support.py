@@ -213,7 +213,7 @@ async def publish_events(js, events: list[dict[str, object]]) -> list[object]:  
     """Publish v1 events to their ingest subjects with ``Nats-Msg-Id`` = id."""
     import json
 
-    from hub.events import ingest_subject
+    from hub.subjects import ingest_subject
 
     return await publish_raw(js, [
         (ingest_subject(str(e["timeframe"]), str(e["symbol"])), json.dumps(e).encode(), {"Nats-Msg-Id": str(e["id"])})
@@ -314,10 +314,11 @@ async def within(timeout: float, *, what: str) -> AsyncIterator[None]:
 async def clean_stream_messages(js, *, limit: int = 1_000_000) -> list[object]:  # type: ignore[no-untyped-def]
     """Every message on TICKSTOCK_PATTERNS, in stream order (an ephemeral ordered read)."""
     from hub.jetstream import PATTERNS_STREAM
+    from hub.subjects import CLEAN_WILDCARD
 
     info = await js.stream_info(PATTERNS_STREAM)
     total = info.state.messages
-    sub = await js.subscribe("tickstock.patterns.>", ordered_consumer=True, stream=PATTERNS_STREAM)
+    sub = await js.subscribe(CLEAN_WILDCARD, ordered_consumer=True, stream=PATTERNS_STREAM)
     msgs = []
     try:
         while len(msgs) < min(total, limit):

@@ -9,7 +9,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from hub.embedded import EmbeddedNats, _find_binary, _scripts_dir
+from hub.embedded import EmbeddedNats
+from hub.embedded.process import find_binary
+from hub.embedded.servers import _scripts_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,7 +21,7 @@ def _compose() -> dict:  # type: ignore[type-arg]
 
 
 def test_nats_conf_is_valid_for_the_shipped_server() -> None:
-    binary = _find_binary("nats-server", [_scripts_dir() / "nats-server"])
+    binary = find_binary("nats-server", [_scripts_dir() / "nats-server"])
     result = subprocess.run([str(binary), "-c", str(ROOT / "nats.conf"), "-t"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stderr + result.stdout

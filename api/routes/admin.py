@@ -1,8 +1,12 @@
-"""``/api/admin/dlq…`` (scope ``admin``): inspect, replay and purge dead letters."""
+"""``/api/admin/dlq…`` (scope ``admin``): inspect, replay and purge dead letters.
+
+A replay's optional body (a corrected event) is read with a bound: beyond
+``TICKSTOCK_ADMIN_MAX_BODY_BYTES`` it is a 413, nested deeper than :data:`~api.validation.MAX_JSON_DEPTH`
+levels or not JSON a 400.
+"""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -15,7 +19,7 @@ from api.auth import requires
 from api.errors import ApiError
 from api.openapi import Content, link, operation
 from api.state import HubState
-from hub.deadletters import ReplayError
+from api.validation import MAX_JSON_DEPTH, parse_json, read_bytes, read_query
 from store.deadletters import count_dead_letters, get_dead_letter, list_dead_letters, purge_dead_letters
 
 __all__ = ["routes"]
@@ -29,7 +33,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# The admin routes read their query by hand; these models describe what they accept.
 class DlqListQuery(_Strict):
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 50
     before: Annotated[int, Field(ge=1, le=MAX_ID, description="the previous page's `next_before`")] | None = None
@@ -88,26 +91,6 @@ class Replayed(_Strict):
 LETTER_ID = {"type": "string", "pattern": "^[0-9]+$", "description": "a dead-letter id"}
 
 
-def _int(request: Request, name: str, default: int | None, *, lo: int = 1, hi: int | None = None) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(f"{name} must be an integer", errors=[{"loc": f"query.{name}", "msg": "not an integer"}]) from None
-    if value < lo or (hi is not None and value > hi):
-        raise ApiError(f"{name} must be between {lo} and {hi}", errors=[{"loc": f"query.{name}", "msg": "out of range"}])
-    return value
-
-
-def _reason(request: Request) -> str | None:
-    reason = request.query_params.get("reason")
-    if reason is not None and "\x00" in reason:  # PostgreSQL text cannot hold NUL: it was a 500
-        raise ApiError("reason must not contain NUL", errors=[{"loc": "query.reason", "msg": "contains NUL"}])
-    return reason
-
-
 def _letter_id(request: Request) -> int:
     raw = request.path_params["id"]
     # isdigit() alone admits "²" (int() then raises) and ids beyond bigint (PostgreSQL then raises):
@@ -125,17 +108,12 @@ def _letter_id(request: Request) -> int:
 @requires("admin")
 async def list_dlq(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
-    limit = _int(request, "limit", 50, hi=MAX_PAGE) or 50
-    before = _int(request, "before", None, hi=MAX_ID)  # unbounded, a huge id was a 500 from PostgreSQL
-    reason = _reason(request)
-    replayed_raw = request.query_params.get("replayed")
-    if replayed_raw not in (None, "true", "false"):
-        raise ApiError("replayed must be true or false")
-    replayed = None if replayed_raw is None else replayed_raw == "true"
+    query = read_query(DlqListQuery, request)
     async with hub.pool.connection() as conn:
-        letters = await list_dead_letters(conn, reason=reason, before_id=before, limit=limit, replayed=replayed)
+        letters = await list_dead_letters(conn, reason=query.reason, before_id=query.before, limit=query.limit,
+                                          replayed=query.replayed)
         pending = await count_dead_letters(conn)
-    next_before = letters[-1].id if len(letters) == limit else None
+    next_before = letters[-1].id if len(letters) == query.limit else None
     return JSONResponse({"items": [d.summary() for d in letters], "next_before": next_before, "pending": pending})
 
 
@@ -155,23 +133,19 @@ async def show_dlq(request: Request) -> JSONResponse:
 
 @operation(summary="Replay a dead letter into ingest", tags=["admin"], path={"id": LETTER_ID},
            body=Content(schema={}, description="optional: a corrected event to publish instead of the stored payload"),
-           body_required=False, responses={200: Replayed}, errors=(400, 422))
+           body_required=False, responses={200: Replayed}, errors=(400, 404, 413, 422))
 @requires("admin")
 async def replay_dlq(request: Request) -> JSONResponse:
-    """Replays the stored payload, or the corrected event given as the JSON body."""
+    """Replays the stored payload, or the corrected event given as the JSON body. 404 for no such dead
+    letter, 422 when the payload would be rejected again (``hub.errors.ReplayError``)."""
     hub: HubState = request.app.state.hub
-    raw = await request.body()
+    letter_id = _letter_id(request)
+    raw = await read_bytes(request, max_bytes=hub.settings.admin_max_body_bytes)
     payload = None
     if raw.strip():
-        try:
-            json.loads(raw)
-        except ValueError as exc:
-            raise ApiError(f"the corrected payload is not JSON: {exc}") from None
+        parse_json(raw, max_depth=MAX_JSON_DEPTH)
         payload = raw
-    try:
-        result = await hub.dead_letters.replay(_letter_id(request), catalog=hub.catalog, payload=payload)
-    except ReplayError as exc:
-        raise ApiError(str(exc), status=exc.status) from None
+    result = await hub.dead_letters.replay(letter_id, catalog=hub.catalog, payload=payload)
     return JSONResponse({"dead_letter_id": result.dead_letter_id, "event_id": result.event_id,
                          "subject": result.subject, "seq": result.seq, "duplicate": result.duplicate})
 
@@ -182,14 +156,13 @@ async def replay_dlq(request: Request) -> JSONResponse:
 async def purge_dlq(request: Request) -> JSONResponse:
     """Query: ``reason=…``, ``replayed=true`` or ``all=true`` (at least one)."""
     hub: HubState = request.app.state.hub
-    reason = _reason(request)
-    replayed_only = request.query_params.get("replayed") == "true"
-    everything = request.query_params.get("all") == "true"
-    try:
-        async with hub.pool.connection() as conn:
-            deleted = await purge_dead_letters(conn, reason=reason, replayed_only=replayed_only, everything=everything)
-    except ValueError as exc:
-        raise ApiError(str(exc)) from None
+    query = read_query(DlqPurgeQuery, request)
+    if query.reason is None and query.replayed is None and query.all is None:
+        raise ApiError("purge needs reason=…, replayed=true or all=true",
+                       errors=[{"loc": "query", "msg": "give reason, replayed=true or all=true"}])
+    async with hub.pool.connection() as conn:
+        deleted = await purge_dead_letters(conn, reason=query.reason, replayed_only=query.replayed == "true",
+                                           everything=query.all == "true")
     return JSONResponse({"deleted": deleted})
 
 

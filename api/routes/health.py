@@ -108,6 +108,8 @@ class Readiness(BaseModel):
     pipeline: Pipeline
     uptime_s: float
     cache: CacheSummary | None = None
+    advisories_given_up: int = Field(0, description="max-deliveries advisories the dead-letter watcher gave up on "
+                                                    "after its bounded retries; above 0 needs an operator")
 
 
 @operation(summary="Liveness", tags=["health"], responses={200: Liveness})
@@ -145,7 +147,8 @@ async def ready(request: Request) -> JSONResponse:
         status, code = "ok", 200
     await refresh_gauges(hub)
     body = {"status": status, "checks": checks, "pipeline": pipeline_summary(hub),
-            "uptime_s": round(time.time() - hub.started_at, 1)}
+            "uptime_s": round(time.time() - hub.started_at, 1),
+            "advisories_given_up": int(hub.metrics.advisories_given_up.total())}
     if hub.cache is not None:
         body["cache"] = hub.cache.summary()
     return JSONResponse(body, status_code=code, headers={"Cache-Control": "no-store"})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from importlib import resources
 from typing import Annotated, Any, Literal
 
+import psycopg
 from nats.errors import Error as NatsError
 from nats.js.errors import APIError as JetStreamAPIError
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,12 +19,17 @@ from starlette.routing import Route
 from api.auth import requires
 from api.errors import ApiError
 from api.openapi import Content, FieldError, link, operation
+from api.settings import Settings
 from api.state import HubState
 from api.validation import read_bytes
-from hub.events import EventError, loads_json, parse_event
-from hub.producer import publish_to_ingest
+from hub.model import EventError, PatternEvent
+from hub.parsing import loads_json, parse_event
+from hub.producer import PRODUCER_HEADER, PRODUCER_SIG_HEADER, publish_to_ingest, sign_producer
+from hub.text import first_line
+from hub.window import EventWindow
+from store.secrets import deployment_secret
 
-__all__ = ["IngestGate", "routes"]
+__all__ = ["IngestGate", "event_window", "routes"]
 
 RETRY_AFTER_S = 1
 
@@ -42,6 +49,30 @@ class IngestGate:
 
     def release(self, n: int) -> None:
         self.inflight -= n
+
+
+def event_window(settings: Settings) -> EventWindow:
+    """The time window events must fall in (the writer, HTTP ingest and replay use the same one)."""
+    return EventWindow(max_age_days=settings.event_max_age_days, max_ahead_s=settings.event_max_ahead_s,
+                       max_expiry_days=settings.event_max_expiry_days)
+
+
+def _msg_id(event: PatternEvent) -> str:
+    """``<id>#<digest of the canonical payload>``: JetStream's duplicate window then drops only a true
+    repeat; another payload under the same id reaches the writer (and ends as an id_conflict) instead of
+    being answered "duplicate" and lost."""
+    return f"{event.id}#{hashlib.sha256(event.to_json_bytes()).hexdigest()[:16]}"
+
+
+async def _producer_headers(request: Request, hub: HubState, event_id: str) -> dict[str, str]:
+    """``TickStock-Producer: http:<token sub>`` and its signature (the deployment secret "producer",
+    read once per app)."""
+    secret: bytes | None = getattr(request.app.state, "producer_secret", None)
+    if secret is None:
+        secret = await deployment_secret(hub.pool, "producer")
+        request.app.state.producer_secret = secret
+    producer = f"http:{request.state.principal.subject}"
+    return {PRODUCER_HEADER: producer, PRODUCER_SIG_HEADER: sign_producer(secret, event_id, producer)}
 
 
 class _Strict(BaseModel):
@@ -141,7 +172,8 @@ async def post_patterns(request: Request) -> JSONResponse:
         raise ApiError("ingest is saturated; retry shortly", status=429,
                        headers={"Retry-After": str(RETRY_AFTER_S)})
     try:
-        results = await asyncio.gather(*(_one(hub, raw) for raw in events_raw))
+        window = event_window(settings)
+        results = await asyncio.gather(*(_one(request, hub, raw, window) for raw in events_raw))
     finally:
         gate.release(len(events_raw))
     for result in results:
@@ -152,14 +184,18 @@ async def post_patterns(request: Request) -> JSONResponse:
                         headers={"Retry-After": str(RETRY_AFTER_S)} if retry else None)
 
 
-async def _one(hub: HubState, raw: Any) -> dict[str, Any]:
+async def _one(request: Request, hub: HubState, raw: Any, window: EventWindow) -> dict[str, Any]:
     try:
-        event = parse_event(raw, catalog=hub.catalog.current) if isinstance(raw, dict) else parse_event(
-            json.dumps(raw), catalog=hub.catalog.current)
+        event = parse_event(raw, catalog=hub.catalog.current, window=window) if isinstance(raw, dict) else parse_event(
+            json.dumps(raw), catalog=hub.catalog.current, window=window)
     except EventError as exc:
         return {"status": "rejected", "id": raw.get("id") if isinstance(raw, dict) else None, **exc.as_dict()}
     try:
-        published = await publish_to_ingest(hub.js, event)
+        headers = await _producer_headers(request, hub, event.id)
+    except psycopg.Error as exc:  # the secret could not be read: the database is down, try again later
+        return {"status": "retry", "id": event.id, "reason": "ingest_unavailable", "detail": first_line(exc)}
+    try:
+        published = await publish_to_ingest(hub.js, event, msg_id=_msg_id(event), headers=headers)
     except JetStreamAPIError as exc:
         detail = exc.description or str(exc)
         if "size" in detail.lower():  # larger than the stream accepts: retrying cannot help

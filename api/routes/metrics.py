@@ -1,4 +1,5 @@
-"""``GET /metrics``: Prometheus text format. JetStream and dead-letter gauges are read at scrape time."""
+"""``GET /metrics``: Prometheus text format 0.0.4, or OpenMetrics when the scraper asks for it
+(``Accept: application/openmetrics-text``). JetStream and dead-letter gauges are read at scrape time."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import psycopg
 from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from api.openapi import Content, operation
@@ -100,11 +101,13 @@ def pipeline_summary(hub: HubState) -> dict[str, object]:
 
 @operation(summary="Prometheus metrics", tags=["health"],
            responses={200: Content(media_type="text/plain", schema={"type": "string"},
-                                   description="Prometheus text exposition format 0.0.4")})
-async def metrics(request: Request) -> PlainTextResponse:
+                                   description="Prometheus text exposition format 0.0.4; OpenMetrics 1.0 "
+                                               "(application/openmetrics-text) when the Accept header asks")})
+async def metrics(request: Request) -> Response:
     hub: HubState = request.app.state.hub
     await refresh_gauges(hub)
-    return PlainTextResponse(hub.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    body, content_type = hub.metrics.registry.exposition(request.headers.get("accept"))
+    return Response(body, media_type=content_type, headers={"Vary": "Accept"})
 
 
 routes = [Route("/metrics", metrics, methods=["GET"])]

@@ -15,46 +15,43 @@ pages shift when new events arrive; follow ``next_cursor`` instead. Unknown para
 
 from __future__ import annotations
 
-import hashlib
 import re
 import struct
 import time
 from collections.abc import Iterable
-from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any, Literal, get_origin
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth import requires
 from api.cache import REFERENCE_GENERATION, digest, dumps, ttl_until
+from api.cursors import scan_after
 from api.errors import ApiError
 from api.openapi import link, operation
+from api.routes.pattern_models import Definitions, PatternEvent, ScanPage, Stats, event_json, json_time
 from api.state import HubState
-from hub.events import TIMEFRAMES, EventError, EventType, Timeframe, canonical_symbol
+from api.validation import ParsedQuery, QueryAliases, parse_query, query_error, read_query
+from hub.model import RFC3339 as _RFC3339
+from hub.model import TIMEFRAMES, EventError, canonical_symbol
 from store.cache import Computed, Dependencies, Served
-from store.lookups import MyUniverse, resolve
 from store.scans import (
     MAX_LIMIT,
     MY_UNIVERSE,
     UNIVERSE_SEPARATOR,
-    CursorError,
-    ScanError,
     ScanFilter,
     Sort,
-    build_scan,
-    decode_cursor,
     encode_cursor,
     get_event,
     list_definitions,
     pattern_stats,
-    resolve_symbols,
+    scan_events,
 )
-from store.scans import ScanPage as RowPage
 
-__all__ = ["routes", "scan_dependencies"]
+__all__ = ["LEGACY_QUERY", "PatternEvent", "ScanParams", "event_json", "routes", "scan_dependencies"]
 
 DEFAULT_LIMIT = 50
 DEFAULT_STATS_DAYS = 30
@@ -66,14 +63,14 @@ CLOSED_AFTER = timedelta(minutes=1)
 MAX_CLOSED_MONTHS = 36
 MAX_PAGE_NUMBER = (2**63 - 1) // MAX_LIMIT + 1  # beyond it the OFFSET overflows bigint (it was a 500)
 _SMALLEST_REAL = struct.unpack("f", struct.pack("I", 1))[0]  # 1.4e-45, the smallest positive float4
-_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
 _UNIVERSE_KEY = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
-# TickStock's parameter -> ours; the comma-separated ones are split.
-_LEGACY = {"pattern_types": "pattern", "symbols": "symbol", "per_page": "limit", "sort_by": "sort",
-           "sort_order": "order"}
-_SPLIT = frozenset({"pattern_types", "symbols"})
-_LEGACY_SORTS = {"timestamp": "detected_at", "time": "detected_at"}
+# TickStock's parameter names -> ours; the comma-separated ones are split.
+_LEGACY = QueryAliases(
+    names={"pattern_types": "pattern", "symbols": "symbol", "per_page": "limit", "sort_by": "sort",
+           "sort_order": "order"},
+    split=frozenset({"pattern_types", "symbols"}),
+    values={"sort_by": {"timestamp": "detected_at", "time": "detected_at"}},
+)
 
 
 def _rfc3339(value: object) -> object:
@@ -138,127 +135,13 @@ LEGACY_QUERY: dict[str, dict[str, Any]] = {
 }
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PatternEvent(_Strict):
-    """A stored event, canonicalised: every property present (null when unset), times in UTC."""
-
-    id: str
-    type: EventType
-    symbol: str
-    pattern: str
-    timeframe: Timeframe
-    confidence: float
-    detected_at: datetime
-    expires_at: datetime | None
-    price: float | None
-    volume: float | None
-    levels: dict[str, float]
-    indicators: dict[str, float]
-    source: str
-    data: dict[str, Any] = Field(description="the producer's free-form JSON object")
-    seq: int | None = Field(description="the clean-stream sequence")
-    received_at: datetime
-
-
-class CacheInfo(_Strict):
-    hit: bool
-    age_ms: float | None
-
-
-class ScanPage(_Strict):
-    items: list[PatternEvent]
-    next_cursor: str | None = Field(description="pass as `cursor` (with the same filters) for the next page")
-    query_ms: float
-    cache: CacheInfo
-
-
-class Definition(_Strict):
-    name: str
-    aliases: list[str]
-    category: Literal["candlestick", "chart", "indicator"]
-    direction: Literal["bullish", "bearish", "neutral"]
-    description: str
-    timeframes: list[str]
-    enabled: bool
-
-
-class Definitions(_Strict):
-    items: list[Definition]
-
-
-class PatternCount(_Strict):
-    pattern: str
-    timeframe: Timeframe
-    events: int
-    avg_confidence: float
-    max_confidence: float
-    last_detected_at: datetime
-
-
-class DayCount(_Strict):
-    day: date
-    events: int
-
-
-class Stats(_Strict):
-    days: int
-    by_pattern: list[PatternCount]
-    by_day: list[DayCount]
-
-
-def _field_error(loc: str, msg: str) -> dict[str, str]:
-    return {"loc": f"query.{loc}", "msg": msg}
-
-
-def _invalid(errors: list[dict[str, str]]) -> ApiError:
-    return ApiError("invalid query: " + "; ".join(f"{e['loc']}: {e['msg']}" for e in errors), errors=errors)
-
-
-def _parse(request: Request, model: type[BaseModel], *, legacy: bool = False) -> tuple[Any, dict[str, str]]:
-    """Validate the query string into ``model``; returns it and, for each field, the parameter name the
-    caller used (for error locations). Raises :class:`ApiError` (400) listing every problem."""
-    repeatable = {name for name, f in model.model_fields.items() if get_origin(f.annotation) is list}
-    known = set(model.model_fields) | (set(_LEGACY) if legacy else set())
-    unknown = sorted({k for k in request.query_params if k not in known})
-    if unknown:
-        raise ApiError(f"unknown query parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
-                       errors=[_field_error(k, "unknown parameter") for k in unknown])
-    data: dict[str, Any] = {}
-    used: dict[str, str] = {}
-    errors: list[dict[str, str]] = []
-    for name, value in request.query_params.multi_items():
-        field = _LEGACY.get(name, name) if legacy else name
-        if field in used and used[field] != name:
-            errors.append(_field_error(name, f"{name} and {used[field]} are the same parameter; give one"))
-            continue
-        used[field] = name
-        if field in repeatable:
-            parts = [p.strip() for p in value.split(",")] if name in _SPLIT else [value]
-            data.setdefault(field, []).extend(p for p in parts if p)
-        elif field in data:
-            errors.append(_field_error(name, "given more than once"))
-        else:
-            data[field] = _LEGACY_SORTS.get(value, value) if name == "sort_by" else value
-    if not errors:
-        try:
-            return model.model_validate(data), used
-        except ValidationError as exc:
-            for e in exc.errors(include_url=False, include_input=False, include_context=False):
-                field = str(e["loc"][0]) if e["loc"] else ""
-                errors.append(_field_error(used.get(field, field), e["msg"]))
-    raise _invalid(errors)
-
-
 def _canonical_patterns(hub: HubState, names: Iterable[str], loc: str, errors: list[dict[str, str]]) -> list[str]:
     found = []
     for name in names:
         try:
             found.append(hub.catalog.current.canonical(name))
         except EventError as exc:
-            errors.append(_field_error(loc, exc.detail))
+            errors.append({"loc": loc, "msg": exc.detail})
     return found
 
 
@@ -271,29 +154,32 @@ def _real_bound(value: float | None, *, lower: bool) -> float | None:
     return value
 
 
-def _filter(hub: HubState, params: ScanParams, used: dict[str, str]) -> ScanFilter:
+def _filter(hub: HubState, query: ParsedQuery[ScanParams]) -> ScanFilter:
+    """The scan's filter from its checked parameters; raises :class:`ApiError` 400 listing every value
+    that names nothing (a pattern, a symbol) or contradicts another."""
+    params = query.params
     errors: list[dict[str, str]] = []
-    patterns = _canonical_patterns(hub, params.pattern, used.get("pattern", "pattern"), errors)
+    patterns = _canonical_patterns(hub, params.pattern, query.loc("pattern"), errors)
     symbols = []
     for raw in params.symbol:
         try:
             symbols.append(canonical_symbol(raw))
         except EventError as exc:
-            errors.append(_field_error(used.get("symbol", "symbol"), exc.detail))
+            errors.append({"loc": query.loc("symbol"), "msg": exc.detail})
     for value in params.universe:
         keys = value.split(UNIVERSE_SEPARATOR)
         if not all(k == MY_UNIVERSE or _UNIVERSE_KEY.fullmatch(k) for k in keys):
-            errors.append(_field_error("universe", f"{value!r} is not a universe key, 'my' or keys joined with ':'"))
+            errors.append({"loc": "query.universe", "msg": f"{value!r} is not a universe key, 'my' or keys joined with ':'"})
     if (params.confidence_min is not None and params.confidence_max is not None
             and params.confidence_min > params.confidence_max):
-        errors.append(_field_error("confidence_min", "is greater than confidence_max"))
+        errors.append({"loc": "query.confidence_min", "msg": "is greater than confidence_max"})
     if (params.detected_after is not None and params.detected_before is not None
             and params.detected_after >= params.detected_before):
-        errors.append(_field_error("detected_after", "is not before detected_before"))
+        errors.append({"loc": "query.detected_after", "msg": "is not before detected_before"})
     if params.cursor is not None and params.page > 1:
-        errors.append(_field_error("page", "page cannot be combined with cursor"))
+        errors.append({"loc": "query.page", "msg": "page cannot be combined with cursor"})
     if errors:
-        raise _invalid(errors)
+        raise query_error(errors)
     return ScanFilter(
         confidence_min=_real_bound(params.confidence_min, lower=True),
         confidence_max=_real_bound(params.confidence_max, lower=False),
@@ -304,48 +190,17 @@ def _filter(hub: HubState, params: ScanParams, used: dict[str, str]) -> ScanFilt
     )
 
 
-def _cursor_key(hub: HubState) -> bytes:
-    # Every node of one deployment shares the signing secret, so a cursor from one node works on the
-    # next. Without one (JWKS only) the MAC still catches altered or truncated cursors.
-    secret = hub.settings.jwt_secret or ""
-    return hashlib.sha256(b"tickstock-scan-cursor\0" + secret.encode()).digest()
-
-
-def _json_time(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(timespec="microseconds" if value.microsecond else "seconds") + "Z"
-
-
-def event_json(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored event as the API returns it."""
-    return {
-        "id": row["id"], "type": row["type"], "symbol": row["symbol"], "pattern": row["pattern"],
-        "timeframe": row["timeframe"], "confidence": row["confidence"],
-        "detected_at": _json_time(row["detected_at"]), "expires_at": _json_time(row["expires_at"]),
-        "price": row["price"], "volume": row["volume"], "levels": row["levels"], "indicators": row["indicators"],
-        "source": row["source"], "data": row["data"], "seq": row["seq"], "received_at": _json_time(row["received_at"]),
-    }
-
-
 @operation(summary="Scan stored events", tags=["patterns"], query=ScanParams, extra_query=LEGACY_QUERY,
            description=__doc__.split("\n\n", 1)[1], responses={200: ScanPage}, errors=(400,),
            links={200: {"GetEvent": link("get_patterns_by_id", id="$response.body#/items/0/id")}})
 @requires("patterns:read")
 async def scan(request: Request) -> Response:
     hub: HubState = request.app.state.hub
-    params, used = _parse(request, ScanParams, legacy=True)
-    filt = _filter(hub, params, used)
+    query = parse_query(ScanParams, request, aliases=_LEGACY)
+    params, filt = query.params, _filter(hub, query)
     sort = Sort(params.sort, params.order)
     fingerprint = filt.fingerprint()
-    key = _cursor_key(hub)
-    after = None
-    if params.cursor is not None:
-        try:
-            after = decode_cursor(params.cursor, sort=sort, fingerprint=fingerprint, key=key)
-        except CursorError as exc:
-            raise ApiError(str(exc), errors=[_field_error("cursor", str(exc))]) from None
+    after = None if params.cursor is None else scan_after(hub, params.cursor, sort=sort, fingerprint=fingerprint)
     subject = request.state.principal.subject
     started = time.perf_counter()
     cache = hub.cache
@@ -355,25 +210,26 @@ async def scan(request: Request) -> Response:
     offset = (params.page - 1) * params.limit
 
     async def compute() -> Computed:
-        page, ttl_s = await _run_scan(hub, filt, sort=sort, limit=params.limit, after=after, offset=offset,
-                                      subject=subject, my=my)
+        # The hub's resolver reads the in-process directory when it can be trusted, else SQL.
+        resolver = cache.resolver if cache is not None else None
+        async with hub.pool.connection() as conn:
+            page = await scan_events(conn, filt, sort=sort, limit=params.limit, after=after, offset=offset,
+                                     subject=subject, resolver=resolver)  # ScanError: a 400
         next_cursor = None
         if page.last_values is not None:
-            next_cursor = encode_cursor(page.last_values, sort=sort, fingerprint=fingerprint, key=key)
-        return Computed(dumps({"items": [event_json(r) for r in page.items], "next_cursor": next_cursor}), ttl_s)
+            next_cursor = encode_cursor(page.last_values, sort=sort, fingerprint=fingerprint, codec=hub.cursors)
+        return Computed(dumps({"items": [event_json(r) for r in page.items], "next_cursor": next_cursor}),
+                        _ttl_s(hub, filt, page.items))
 
-    try:
-        if cache is None:
-            served = Served((await compute()).body, "bypass", None)
-        else:
-            # Normalised: the fingerprint ignores the order and repetition of filter values; "my" is
-            # replaced by what the caller saved, so callers with the same universe share entries.
-            request_key = digest({"f": fingerprint, "s": sort.spec, "l": params.limit, "o": offset,
-                                  "a": list(after) if after is not None else None,
-                                  "my": [list(my.symbols), list(my.universe_keys)] if my is not None else None})
-            served = await cache.fetch("scan", request_key, scan_dependencies(filt), compute)
-    except ScanError as exc:
-        raise ApiError(exc.msg, errors=[{"loc": exc.loc, "msg": exc.msg}]) from None
+    if cache is None:
+        served = Served((await compute()).body, "bypass", None)
+    else:
+        # Normalised: the fingerprint ignores the order and repetition of filter values; "my" is
+        # replaced by what the caller saved, so callers with the same universe share entries.
+        request_key = digest({"f": fingerprint, "s": sort.spec, "l": params.limit, "o": offset,
+                              "a": list(after) if after is not None else None,
+                              "my": [list(my.symbols), list(my.universe_keys)] if my is not None else None})
+        served = await cache.fetch("scan", request_key, scan_dependencies(filt), compute)
     query_ms = round((time.perf_counter() - started) * 1000, 3)
     age_ms = round(served.age_s * 1000, 1) if served.hit and served.age_s is not None else None
     tail = dumps({"query_ms": query_ms, "cache": {"hit": served.hit, "age_ms": age_ms}})
@@ -398,6 +254,14 @@ def _closed_months(filt: ScanFilter) -> list[str] | None:
     return months
 
 
+def _ttl_s(hub: HubState, filt: ScanFilter, rows: list[dict[str, Any]]) -> float:
+    """How long a page may be cached: the closed-range or normal TTL, cut short by the first
+    ``expires_at`` of an ``active_only`` result (whose rows leave it as they expire)."""
+    settings = hub.settings
+    ttl_s = settings.cache_closed_ttl_s if _closed_months(filt) is not None else settings.cache_ttl_s
+    return ttl_until((r["expires_at"] for r in rows), ttl_s) if filt.active_only else ttl_s
+
+
 def scan_dependencies(filt: ScanFilter) -> Dependencies:
     """The generations a scan's answer depends on: its timeframes (every one without that filter),
     per month for a closed past range (so new events do not touch it); reference data when a
@@ -408,37 +272,12 @@ def scan_dependencies(filt: ScanFilter) -> Dependencies:
     return Dependencies(events=tuple(events), strict=(REFERENCE_GENERATION,) if filt.universes or filt.sectors else ())
 
 
-async def _run_scan(hub: HubState, filt: ScanFilter, *, sort: Sort, limit: int, after: tuple[Any, ...] | None,
-                    offset: int, subject: str, my: MyUniverse | None) -> tuple[RowPage, float]:
-    """One page, with filters resolved from the in-process directory when it can be trusted, and how
-    long it may be cached: the closed-range or normal TTL, cut short by the first ``expires_at`` of an
-    ``active_only`` result (whose rows leave it as they expire)."""
-    settings = hub.settings
-    ttl_s = settings.cache_closed_ttl_s if _closed_months(filt) is not None else settings.cache_ttl_s
-    directory = await hub.cache.directory() if hub.cache is not None else None
-    async with hub.pool.connection() as conn:
-        if directory is None:
-            symbols = await resolve_symbols(conn, filt, subject=subject)
-        else:
-            symbols = resolve(directory, filt, my)
-        if symbols is not None and not symbols:
-            return RowPage([], None), ttl_s
-        query, query_params = build_scan(filt, symbols=symbols, sort=sort, limit=limit + 1, after=after, offset=offset)
-        rows: list[dict[str, Any]] = await (await conn.execute(query, query_params)).fetchall()  # type: ignore[assignment]  # dict rows
-    if filt.active_only:
-        ttl_s = ttl_until((r["expires_at"] for r in rows), ttl_s)
-    if len(rows) <= limit:
-        return RowPage(rows, None), ttl_s
-    rows = rows[:limit]
-    return RowPage(rows, tuple(rows[-1][c] for c, _ in sort.columns())), ttl_s
-
-
 @operation(summary="One stored event", tags=["patterns"], query=NoParams, responses={200: PatternEvent},
            errors=(400, 404))
 @requires("patterns:read")
 async def show(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
-    _parse(request, NoParams)
+    read_query(NoParams, request)
     async with hub.pool.connection() as conn:
         # An id with NUL cannot be stored (and PostgreSQL refuses to compare one): absent, not a 500.
         event_id = request.path_params["id"]
@@ -453,7 +292,7 @@ async def show(request: Request) -> JSONResponse:
 @requires("patterns:read")
 async def definitions(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
-    _parse(request, NoParams)
+    read_query(NoParams, request)
     async with hub.pool.connection() as conn:
         rows = await list_definitions(conn)
     return JSONResponse({"items": [{**r, "aliases": list(r["aliases"]), "timeframes": list(r["timeframes"])}
@@ -465,17 +304,17 @@ async def definitions(request: Request) -> JSONResponse:
 @requires("patterns:read")
 async def stats(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
-    params, _ = _parse(request, StatsParams)
+    params = read_query(StatsParams, request)
     errors: list[dict[str, str]] = []
-    patterns = _canonical_patterns(hub, params.pattern, "pattern", errors)
+    patterns = _canonical_patterns(hub, params.pattern, "query.pattern", errors)
     if errors:
-        raise _invalid(errors)
+        raise query_error(errors)
     async with hub.pool.connection() as conn:
         by_pattern, by_day = await pattern_stats(conn, days=params.days, patterns=patterns,
                                                  timeframes=params.timeframe)
     return JSONResponse({
         "days": params.days,
-        "by_pattern": [{**r, "last_detected_at": _json_time(r["last_detected_at"])} for r in by_pattern],
+        "by_pattern": [{**r, "last_detected_at": json_time(r["last_detected_at"])} for r in by_pattern],
         "by_day": [{"day": r["day"].isoformat(), "events": r["events"]} for r in by_day],
     })
 

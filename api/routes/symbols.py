@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from datetime import datetime
@@ -24,13 +22,14 @@ from starlette.routing import Route
 
 from api.auth import requires
 from api.cache import REFERENCE_GENERATION, dumps, serve
+from api.cursors import symbols_after
 from api.errors import ApiError
 from api.openapi import link, operation
 from api.state import HubState
 from api.validation import MAX_ERRORS, SymbolName, read_body, read_model, read_query
-from hub.events import TIMEFRAMES, EventError, EventType, Timeframe, canonical_symbol
+from hub.model import TIMEFRAMES, EventError, EventType, Timeframe, canonical_symbol
 from store.cache import Computed, Dependencies
-from store.symbols import SYMBOL_TYPES, SymbolQuery, get_symbol, search_symbols, upsert_symbols
+from store.symbols import SYMBOL_TYPES, SymbolQuery, encode_cursor, get_symbol, search_symbols, upsert_symbols
 from store.universes import is_universe_key, unknown_universes
 
 __all__ = ["MAX_UNION_PARTS", "NO_NUL", "SYMBOL_SCHEMA", "cached_json", "routes"]
@@ -93,26 +92,6 @@ def _fingerprint(search: _Search, universes: list[str]) -> str:
     return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _encode_cursor(after: str, fingerprint: str) -> str:
-    raw = json.dumps({"after": after, "f": fingerprint}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _decode_cursor(cursor: str, fingerprint: str) -> str:
-    bad = ApiError("the cursor is not valid",
-                   errors=[{"loc": "query.cursor", "msg": "not a cursor this API issued"}])
-    try:
-        doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error):
-        raise bad from None
-    if not (isinstance(doc, dict) and isinstance(doc.get("after"), str) and isinstance(doc.get("f"), str)):
-        raise bad
-    if doc["f"] != fingerprint:
-        raise ApiError("the cursor belongs to a search with other filters; start again without it",
-                       errors=[{"loc": "query.cursor", "msg": "issued for other filters"}])
-    return str(doc["after"])
-
-
 def _symbol_json(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "updated_at": row["updated_at"].isoformat()}
 
@@ -168,7 +147,7 @@ async def list_symbols(request: Request) -> Response:
     search = read_query(_Search, request, lists=("universe",))
     universes = _union_keys(search.universe, "query.universe")
     fingerprint = _fingerprint(search, universes)
-    after = _decode_cursor(search.cursor, fingerprint) if search.cursor is not None else None
+    after = None if search.cursor is None else symbols_after(hub, search.cursor, fingerprint=fingerprint)
 
     async def compute() -> Computed:
         async with hub.pool.connection() as conn:
@@ -182,7 +161,8 @@ async def list_symbols(request: Request) -> Response:
                 q=search.q or None, sector=search.sector, exchange=search.exchange, type=search.type,
                 universes=tuple(universes), active=search.active, after=after, limit=search.limit,
             ))
-        next_cursor = _encode_cursor(page.next_after, fingerprint) if page.next_after is not None else None
+        next_cursor = (None if page.next_after is None
+                       else encode_cursor(page.next_after, fingerprint=fingerprint, codec=hub.cursors))
         return Computed(dumps({"items": [_symbol_json(r) for r in page.items], "next_cursor": next_cursor}),
                         REFERENCE_TTL_S)
 

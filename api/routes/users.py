@@ -11,20 +11,15 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from nats.errors import Error as NatsError
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
-    PlainValidator,
-    StringConstraints,
     WithJsonSchema,
-    model_validator,
 )
-from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -32,44 +27,35 @@ from starlette.routing import Route
 from api.auth import requires
 from api.errors import ApiError
 from api.openapi import link, operation
-from api.routes.symbols import NO_NUL, SYMBOL_SCHEMA
+from api.routes.symbols import SYMBOL_SCHEMA
 from api.state import HubState
 from api.validation import MAX_ERRORS, SymbolName, UniverseKey, read_body, read_model
-from hub.events import EVENT_TYPES, TIMEFRAMES
+from hub.subjects import UNIVERSE_CHANGED_SUBJECT
 from store.symbols import unknown_symbols
 from store.universes import unknown_universes
 from store.users import (
-    DuplicateName,
-    LimitExceeded,
     UserUniverse,
-    create_filter,
-    delete_filter,
     delete_watchlist,
     get_user_universe,
-    list_filters,
     list_watchlists,
     patch_user_universe,
     put_watchlist,
     replace_user_universe,
 )
 
-__all__ = ["UNIVERSE_CHANGED_SUBJECT", "routes"]
+__all__ = ["MAX_BODY_BYTES", "MAX_NAME", "caller_subject", "routes", "stamped"]
 
 log = logging.getLogger("tickstock.api.users")
 
-UNIVERSE_CHANGED_SUBJECT = "tickstock.users.universe.changed"
 MAX_UNIVERSE_SYMBOLS = 2_000
 MAX_UNIVERSE_KEYS = 50
 MAX_WATCHLISTS = 50
 MAX_WATCHLIST_SYMBOLS = 500
 MAX_NAME = 64
-MAX_FILTERS = 100
 MAX_BODY_BYTES = 256 * 1024
-MAX_FILTER_VALUES = 100
-MAX_FILTER_TEXT = 128
 
 
-def _subject(request: Request) -> str:
+def caller_subject(request: Request) -> str:
     return str(request.state.principal.subject)
 
 
@@ -151,7 +137,7 @@ async def _notify(hub: HubState, subject: str, universe: UserUniverse) -> None:
 async def get_universe(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
     async with hub.pool.connection() as conn:
-        universe = await get_user_universe(conn, _subject(request))
+        universe = await get_user_universe(conn, caller_subject(request))
     return JSONResponse(universe.as_dict())
 
 
@@ -163,7 +149,7 @@ async def put_universe(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
     body = read_model(_Universe, await read_body(request, max_bytes=MAX_BODY_BYTES))
     await _check_exist(hub, {"symbols": (body.symbols, True), "universe_keys": (body.universe_keys, False)})
-    subject = _subject(request)
+    subject = caller_subject(request)
     async with hub.pool.connection() as conn:
         universe, changed = await replace_user_universe(
             conn, subject, symbols=body.symbols, universe_keys=body.universe_keys,
@@ -184,19 +170,13 @@ async def patch_universe(request: Request) -> JSONResponse:
     body = read_model(_UniversePatch, await read_body(request, max_bytes=MAX_BODY_BYTES))
     await _check_exist(hub, {"add_symbols": (body.add_symbols, True),
                              "add_universes": (body.add_universes, False)})
-    subject = _subject(request)
-    try:
-        async with hub.pool.connection() as conn:
-            universe, changed = await patch_user_universe(
-                conn, subject, add_symbols=body.add_symbols, remove_symbols=body.remove_symbols,
-                add_universes=body.add_universes, remove_universes=body.remove_universes,
-                max_symbols=MAX_UNIVERSE_SYMBOLS, max_universes=MAX_UNIVERSE_KEYS,
-            )
-    except LimitExceeded as exc:
-        field = "add_symbols" if exc.field == "symbols" else "add_universes"
-        what = exc.field.replace("_", " ")
-        raise ApiError(f"the universe would hold {exc.size} {what}; at most {exc.limit}",
-                       errors=[{"loc": f"body.{field}", "msg": str(exc)}]) from None
+    subject = caller_subject(request)
+    async with hub.pool.connection() as conn:  # LimitExceeded: a 400 (api.errors)
+        universe, changed = await patch_user_universe(
+            conn, subject, add_symbols=body.add_symbols, remove_symbols=body.remove_symbols,
+            add_universes=body.add_universes, remove_universes=body.remove_universes,
+            max_symbols=MAX_UNIVERSE_SYMBOLS, max_universes=MAX_UNIVERSE_KEYS,
+        )
     if changed:
         await _notify(hub, subject, universe)
     return JSONResponse(universe.as_dict())
@@ -215,7 +195,7 @@ WATCHLIST_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "exam
                   "description": f"1-{MAX_NAME} printable characters"}
 
 
-def _stamped(row: dict[str, Any]) -> dict[str, Any]:
+def stamped(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
@@ -229,8 +209,8 @@ def _watchlist_name(request: Request) -> str | None:
 async def get_watchlists(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
     async with hub.pool.connection() as conn:
-        rows = await list_watchlists(conn, _subject(request))
-    return JSONResponse({"items": [_stamped(r) for r in rows]})
+        rows = await list_watchlists(conn, caller_subject(request))
+    return JSONResponse({"items": [stamped(r) for r in rows]})
 
 
 @operation(summary="Create or replace a watchlist", tags=["users"], body=_Watchlist,
@@ -248,13 +228,10 @@ async def put_one_watchlist(request: Request) -> JSONResponse:
                        errors=[{"loc": "path.name", "msg": f"must be 1-{MAX_NAME} printable characters"}])
     body = read_model(_Watchlist, await read_body(request, max_bytes=MAX_BODY_BYTES))
     await _check_exist(hub, {"symbols": (body.symbols, True)})
-    try:
-        async with hub.pool.connection() as conn:
-            saved, created = await put_watchlist(conn, _subject(request), name, body.symbols,
-                                                 max_watchlists=MAX_WATCHLISTS)
-    except LimitExceeded as exc:
-        raise ApiError(f"at most {exc.limit} watchlists per user; delete one first", status=409) from None
-    return JSONResponse(_stamped(saved), status_code=201 if created else 200)
+    async with hub.pool.connection() as conn:  # LimitExceeded: a 409 (api.errors)
+        saved, created = await put_watchlist(conn, caller_subject(request), name, body.symbols,
+                                             max_watchlists=MAX_WATCHLISTS)
+    return JSONResponse(stamped(saved), status_code=201 if created else 200)
 
 
 @operation(summary="Delete a watchlist", tags=["users"], responses={204: None},
@@ -266,137 +243,9 @@ async def delete_one_watchlist(request: Request) -> Response:
     deleted = False
     if name is not None:
         async with hub.pool.connection() as conn:
-            deleted = await delete_watchlist(conn, _subject(request), name)
+            deleted = await delete_watchlist(conn, caller_subject(request), name)
     if not deleted:
         raise ApiError(f"no watchlist {request.path_params['name']!r}", status=404)
-    return Response(status_code=204)
-
-
-# -- saved scan filters -----------------------------------------------------------------------------
-
-
-def _strings(allowed: tuple[str, ...] = ()) -> PlainValidator:
-    """A string, or a list of 1-100 strings, each 1-128 characters (a filter value may be one or many),
-    each one of ``allowed`` if given."""
-
-    def check(value: object) -> str | list[str]:
-        items = value if isinstance(value, list) else [value]
-        if (not items or len(items) > MAX_FILTER_VALUES
-                or not all(isinstance(v, str) and 1 <= len(v) <= MAX_FILTER_TEXT and "\x00" not in v for v in items)):
-            raise PydanticCustomError(
-                "string_or_list",
-                f"expected a string or a list of 1-{MAX_FILTER_VALUES} strings, "
-                f"each 1-{MAX_FILTER_TEXT} characters without NUL",
-            )
-        if allowed and not set(items) <= set(allowed):
-            raise PydanticCustomError("not_allowed", "each value must be one of " + " ".join(allowed))
-        return value  # type: ignore[return-value]  # checked above
-
-    return PlainValidator(check)
-
-
-def _strings_schema(allowed: tuple[str, ...] = ()) -> WithJsonSchema:
-    item: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_FILTER_TEXT, "pattern": NO_NUL}
-    if allowed:
-        item = {"enum": list(allowed), "type": "string"}
-    return WithJsonSchema({"anyOf": [item, {"type": "array", "items": item, "minItems": 1,
-                                            "maxItems": MAX_FILTER_VALUES}]})
-
-
-Strings = Annotated[str | list[str], _strings(), _strings_schema()]
-Confidence = Annotated[float, Field(ge=0, le=1)]
-
-
-class _ScanFilter(BaseModel):
-    """The scan's query parameters, checked for type, range and the scan's fixed vocabularies (timeframe,
-    type, sort, order); pattern, symbol, universe and sector stay free text."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pattern: Strings | None = None
-    symbol: Strings | None = None
-    universe: Strings | None = None
-    sector: Strings | None = None
-    timeframe: Annotated[str | list[str], _strings(TIMEFRAMES), _strings_schema(TIMEFRAMES)] | None = None
-    type: Annotated[str | list[str], _strings(EVENT_TYPES), _strings_schema(EVENT_TYPES)] | None = None
-    confidence_min: Confidence | None = None
-    confidence_max: Confidence | None = None
-    detected_after: AwareDatetime | None = None
-    detected_before: AwareDatetime | None = None
-    active_only: bool | None = None
-    sort: Literal["detected_at", "confidence", "symbol"] | None = None
-    order: Literal["asc", "desc"] | None = None
-    limit: Annotated[int, Field(ge=1, le=500)] | None = None
-
-    @model_validator(mode="after")
-    def _ranges(self) -> _ScanFilter:
-        low, high = self.confidence_min, self.confidence_max
-        if low is not None and high is not None and low > high:
-            raise ValueError("confidence_min is above confidence_max")
-        if self.detected_after and self.detected_before and self.detected_after >= self.detected_before:
-            raise ValueError("detected_after is not before detected_before")
-        return self
-
-
-class _NewFilter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME, pattern=NO_NUL)]
-    filter: _ScanFilter
-
-
-class SavedFilter(_Strict):
-    id: int
-    name: str
-    filter: _ScanFilter
-    created_at: datetime
-
-
-class SavedFilters(_Strict):
-    items: list[SavedFilter]
-
-
-@operation(summary="The caller's saved scan filters", tags=["users"], responses={200: SavedFilters})
-@requires("patterns:read")
-async def get_filters(request: Request) -> JSONResponse:
-    hub: HubState = request.app.state.hub
-    async with hub.pool.connection() as conn:
-        rows = await list_filters(conn, _subject(request))
-    return JSONResponse({"items": [_stamped(r) for r in rows]})
-
-
-@operation(summary="Save a scan filter", tags=["users"], body=_NewFilter, responses={201: SavedFilter},
-           errors=(400, 409, 413), headers={201: {"Location": {"type": "string"}}},
-           links={201: {"DeleteFilter": link("delete_users_filters_by_id", id="$response.body#/id")}})
-@requires("universe:write")
-async def post_filter(request: Request) -> JSONResponse:
-    """Body: ``{"name": …, "filter": {…scan query parameters…}}``. 201 with the saved filter and its
-    id; 409 for a name the caller already uses or beyond 100 filters."""
-    hub: HubState = request.app.state.hub
-    body = read_model(_NewFilter, await read_body(request, max_bytes=MAX_BODY_BYTES))
-    stored = body.filter.model_dump(mode="json", exclude_none=True)
-    try:
-        async with hub.pool.connection() as conn:
-            saved = await create_filter(conn, _subject(request), body.name, stored, max_filters=MAX_FILTERS)
-    except DuplicateName as exc:
-        raise ApiError(str(exc), status=409, errors=[{"loc": "body.name", "msg": "already used"}]) from None
-    except LimitExceeded as exc:
-        raise ApiError(f"at most {exc.limit} saved filters per user; delete one first", status=409) from None
-    return JSONResponse(_stamped(saved), status_code=201,
-                        headers={"Location": f"/api/users/filters/{saved['id']}"})
-
-
-@operation(summary="Delete a saved scan filter", tags=["users"], responses={204: None})
-@requires("universe:write")
-async def delete_one_filter(request: Request) -> Response:
-    hub: HubState = request.app.state.hub
-    raw: str = request.path_params["id"]
-    deleted = False
-    if raw.isascii() and raw.isdigit() and len(raw) <= 18:
-        async with hub.pool.connection() as conn:
-            deleted = await delete_filter(conn, _subject(request), int(raw))
-    if not deleted:
-        raise ApiError(f"no saved filter {raw!r}", status=404)
     return Response(status_code=204)
 
 
@@ -407,7 +256,4 @@ routes = [
     Route("/api/users/watchlists", get_watchlists, methods=["GET"]),
     Route("/api/users/watchlists/{name}", put_one_watchlist, methods=["PUT"]),
     Route("/api/users/watchlists/{name}", delete_one_watchlist, methods=["DELETE"]),
-    Route("/api/users/filters", get_filters, methods=["GET"]),
-    Route("/api/users/filters", post_filter, methods=["POST"]),
-    Route("/api/users/filters/{id}", delete_one_filter, methods=["DELETE"]),
 ]

@@ -6,28 +6,39 @@ goes through the connection's outbox, so replies and events keep one order.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from api.auth import Authenticator, AuthError, Principal
+from api.auth import Authenticator, AuthError, Principal, escape
+from api.authlimit import client_address, limiter_for
+from api.jsonbound import MAX_DEPTH, JsonTooDeep, loads_bounded
 from api.requestid import SERVER_SEND
 from api.state import HubState
-from hub.connection import (
+from hub.connection import Connection
+from hub.fanout import FanOut, FilterError
+from hub.protocol import (
     CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
     CLOSE_TOO_BIG,
     CLOSE_TOO_MANY,
+    CLOSE_TRY_AGAIN,
     CLOSE_UNAUTHORIZED,
-    Connection,
+    ERROR_BAD_FRAME,
+    ERROR_FORBIDDEN,
+    ERROR_INVALID,
+    ERROR_INVALID_FILTER,
+    ERROR_TOO_MANY_SUBSCRIPTIONS,
+    ERROR_UNAUTHENTICATED,
+    ERROR_UNKNOWN_OP,
+    ERROR_UNKNOWN_SUBSCRIPTION,
 )
-from hub.fanout import FanOut, FilterError
 from hub.subscriptions import Filter
 
 __all__ = ["MAX_FRAME_CHARS", "routes"]
@@ -37,6 +48,10 @@ log = logging.getLogger("tickstock.ws")
 MAX_FRAME_CHARS = 64 * 1024
 READ_SCOPE = "patterns:read"
 OPS = ("auth", "refresh", "subscribe", "unsubscribe", "ping", "pong")
+# Close reasons and refusals never quote the token (its alg, kid, sub, claims): the detail goes to the log.
+REASON_INVALID_TOKEN = "invalid token"
+REASON_UNAVAILABLE = "authentication is unavailable; try again later"
+REASON_TOO_MANY_FAILURES = "too many failed authentications from this address; retry later"
 
 SubId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
@@ -77,7 +92,7 @@ class OpError(Exception):
 def _brief(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "frame"
+        where = ".".join(str(p)[:40] for p in err["loc"][:6]) or "frame"  # keys come from the client
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
 
@@ -85,10 +100,21 @@ def _brief(exc: ValidationError) -> str:
 class Session:
     """The ops of one connection, handled one at a time in arrival order."""
 
-    __slots__ = ("auth", "conn", "fanout")
+    __slots__ = ("auth", "charge", "conn", "fanout")
 
-    def __init__(self, conn: Connection, fanout: FanOut, auth: Authenticator) -> None:
+    def __init__(self, conn: Connection, fanout: FanOut, auth: Authenticator,
+                 charge: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.conn, self.fanout, self.auth = conn, fanout, auth
+        self.charge = charge  # a failed authentication from this client's address; False: over its limit
+
+    async def refused(self, exc: AuthError) -> bool:
+        """Log a refused token (escaped) and charge the address; False when the address is over its
+        limit of failed authentications (the connection is then closed with 4429)."""
+        log.info("websocket token refused (%d): %s", exc.status, escape(exc.detail))
+        if exc.status != 401 or self.charge is None or await self.charge():
+            return True
+        self.conn.close(CLOSE_TOO_MANY, REASON_TOO_MANY_FAILURES)
+        return False
 
     def error(self, code: str, message: str, op_id: str | None = None) -> None:
         frame: dict[str, Any] = {"op": "error", "code": code, "message": message}
@@ -101,7 +127,11 @@ class Session:
         try:
             principal = await self.auth.verify(token)
         except AuthError as exc:
-            self.conn.close(CLOSE_UNAUTHORIZED, str(exc.detail))
+            if await self.refused(exc):
+                if exc.status == 401:
+                    self.conn.close(CLOSE_UNAUTHORIZED, REASON_INVALID_TOKEN)
+                else:
+                    self.conn.close(CLOSE_TRY_AGAIN, REASON_UNAVAILABLE)
             return False
         if not principal.has(READ_SCOPE):
             self.conn.close(CLOSE_FORBIDDEN, f"this needs the {READ_SCOPE!r} scope")
@@ -119,11 +149,13 @@ class Session:
 
     async def handle(self, text: str) -> None:
         try:
-            frame = json.loads(text)
+            frame = loads_bounded(text, max_depth=MAX_DEPTH)
+        except JsonTooDeep:
+            raise OpError(ERROR_BAD_FRAME, f"JSON nested deeper than {MAX_DEPTH} levels") from None
         except ValueError as exc:
-            raise OpError("bad_frame", f"not JSON: {exc}") from None
+            raise OpError(ERROR_BAD_FRAME, f"not JSON: {str(exc)[:120]}") from None
         if not isinstance(frame, dict) or not isinstance(frame.get("op"), str):
-            raise OpError("bad_frame", "a frame must be a JSON object with a string 'op'")
+            raise OpError(ERROR_BAD_FRAME, "a frame must be a JSON object with a string 'op'")
         try:
             await self._handle(frame)
         except OpError as exc:
@@ -134,7 +166,7 @@ class Session:
     async def _handle(self, frame: dict[str, Any]) -> None:
         op = frame["op"]
         if op not in OPS:
-            raise OpError("unknown_op", f"unknown op {op[:40]!r} (known: {', '.join(OPS)})")
+            raise OpError(ERROR_UNKNOWN_OP, f"unknown op {op[:40]!r} (known: {', '.join(OPS)})")
         if op in ("ping", "pong"):
             ping = self._parse(PingOp, frame)
             if op == "ping":
@@ -143,11 +175,11 @@ class Session:
         if op == "auth":
             token = self._parse(AuthOp, frame).token
             if self.conn.authenticated:
-                raise OpError("invalid", "already authenticated; use 'refresh' to replace the token")
+                raise OpError(ERROR_INVALID, "already authenticated; use 'refresh' to replace the token")
             await self.authenticate(token)
             return
         if not self.conn.authenticated:
-            raise OpError("unauthenticated", "send {'op': 'auth', 'token': …} first")
+            raise OpError(ERROR_UNAUTHENTICATED, "send {'op': 'auth', 'token': …} first")
         if op == "refresh":
             await self._refresh(self._parse(AuthOp, frame).token)
         elif op == "subscribe":
@@ -155,7 +187,7 @@ class Session:
         else:
             sub_id = self._parse(UnsubscribeOp, frame).id
             if not self.fanout.unsubscribe(self.conn, sub_id):
-                raise OpError("unknown_subscription", f"no subscription {sub_id!r} on this connection")
+                raise OpError(ERROR_UNKNOWN_SUBSCRIPTION, f"no subscription {sub_id!r} on this connection")
             self.conn.send_json({"op": "unsubscribed", "id": sub_id})
 
     @staticmethod
@@ -163,18 +195,20 @@ class Session:
         try:
             return model.model_validate(frame)
         except ValidationError as exc:
-            code = "invalid_filter" if any(e["loc"][:1] == ("filter",) for e in exc.errors()) else "invalid"
+            code = ERROR_INVALID_FILTER if any(e["loc"][:1] == ("filter",) for e in exc.errors()) else ERROR_INVALID
             raise OpError(code, _brief(exc)) from None
 
     async def _refresh(self, token: str) -> None:
         try:
             principal = await self.auth.verify(token)
         except AuthError as exc:
-            raise OpError("unauthenticated", f"the new token is not valid: {exc.detail}") from None
+            if not await self.refused(exc):
+                return
+            raise OpError(ERROR_UNAUTHENTICATED, "the new token is not valid") from None
         if principal.subject != self.conn.subject:
-            raise OpError("forbidden", "the new token is for another subject")
+            raise OpError(ERROR_FORBIDDEN, "the new token is for another subject")
         if not principal.has(READ_SCOPE):
-            raise OpError("forbidden", f"the new token lacks the {READ_SCOPE!r} scope")
+            raise OpError(ERROR_FORBIDDEN, f"the new token lacks the {READ_SCOPE!r} scope")
         self._grant(principal)
         self.conn.send_json({"op": "refreshed", "expires_at": principal.expires_at})
 
@@ -182,9 +216,9 @@ class Session:
         try:
             reply = await self.fanout.subscribe(self.conn, op.id, op.filter, op.since)
         except FilterError as exc:
-            raise OpError("invalid_filter", str(exc)) from None
+            raise OpError(ERROR_INVALID_FILTER, str(exc)) from None
         except OverflowError as exc:
-            raise OpError("too_many_subscriptions", str(exc)) from None
+            raise OpError(ERROR_TOO_MANY_SUBSCRIPTIONS, str(exc)) from None
         self.conn.send_json(reply)
 
 
@@ -206,9 +240,21 @@ async def feed(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_TOO_MANY, "too many connections on this node; try another")
         return
     conn = fanout.connect(websocket.scope.get(SERVER_SEND, websocket.send))
-    session = Session(conn, fanout, websocket.app.state.auth)
+    state = websocket.app.state
+    address = client_address(websocket)
+
+    async def charge() -> bool:
+        decision = await limiter_for(state).charge(hub.redis, address, transport="ws")
+        return decision.allowed
+
+    session = Session(conn, fanout, state.auth, charge)
     try:
         token = _token(websocket)
+        if token is None and not await charge():  # an unauthenticated open costs as a failure does
+            log.info("websocket from %s refused: too many unauthenticated opens", escape(address))
+            conn.close(CLOSE_TOO_MANY, REASON_TOO_MANY_FAILURES)
+            await conn.closed()
+            return
         if token is not None and not await session.authenticate(token):
             await conn.closed()
             return
@@ -221,7 +267,7 @@ async def feed(websocket: WebSocket) -> None:
                 continue  # closing: wait for the client's close
             text = message.get("text")
             if text is None:
-                session.error("bad_frame", "binary frames are not part of the protocol; send JSON text")
+                session.error(ERROR_BAD_FRAME, "binary frames are not part of the protocol; send JSON text")
                 continue
             if len(text) > MAX_FRAME_CHARS:
                 conn.close(CLOSE_TOO_BIG, f"frames are limited to {MAX_FRAME_CHARS} characters")

@@ -145,7 +145,7 @@ async def test_concurrent_misses_compute_once(reader: httpx.AsyncClient, proxied
     assert scan["hit_ratio"] == round(scan["hit"] / total, 4)
     async with httpx.AsyncClient(base_url=proxied.hub.url) as c:
         text = (await c.get("/metrics")).text
-    assert f'tickstock_cache_requests_total{{result="miss",route="scan"}} {after["miss"]}' in text
+    assert f'tickstock_cache_requests_total{{result="miss",route="scan"}} {float(after["miss"])}' in text
     assert 'tickstock_cache_hit_ratio{route="scan"}' in text
 
 

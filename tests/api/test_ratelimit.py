@@ -1,5 +1,5 @@
 """Rate limits per token subject against the real Redis: the bucket, the HTTP answers, several nodes
-sharing one bucket, and failing open when Redis is cut or slow."""
+sharing one bucket, and falling back to in-process buckets when Redis is cut or slow."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from api.ratelimit import (
     KEY_PREFIX,
     Decision,
     Limit,
+    LocalBuckets,
     RateLimiter,
 )
 from api.settings import Settings
@@ -120,7 +121,7 @@ def test_counters_register_once_per_registry() -> None:
     assert first.register(registry) is True
     assert second.register(registry) is False
     first.fail_open.inc(reason="timeout")
-    assert 'tickstock_rate_limit_fail_open_total{reason="timeout"} 1' in registry.render()
+    assert 'tickstock_rate_limit_fail_open_total{reason="timeout"} 1.0' in registry.render()
 
 
 # -- the bucket on the real Redis ---------------------------------------------------------------------
@@ -215,10 +216,23 @@ async def test_script_is_loaded_again_after_noscript(redis_client: aioredis.Redi
     assert limiter.script_loads == 2
 
 
-# -- failing open -------------------------------------------------------------------------------------
+# -- falling back to local buckets --------------------------------------------------------------------
 
 
-async def test_redis_cut_fails_open_logs_once_and_resumes(
+def test_local_buckets_refill_at_the_rate_and_stay_bounded() -> None:
+    buckets = LocalBuckets(max_keys=3)
+    limit = Limit(RATE, BURST)
+    assert [buckets.take("a", limit, now=100.0).allowed for _ in range(BURST + 1)] == [True] * BURST + [False]
+    refused = buckets.take("a", limit, now=100.0)
+    assert refused.local and refused.checked and refused.retry_after_s == pytest.approx(1 / RATE)
+    assert buckets.take("a", limit, now=100.0 + 1 / RATE).allowed  # one token back after 1/RATE s
+    assert not buckets.take("a", limit, now=100.0 + 1 / RATE).allowed
+    for key in "bcd":
+        buckets.take(key, limit, now=101.0)
+    assert len(buckets) == 3  # "a", the least recently used, went first
+
+
+async def test_redis_cut_falls_back_to_a_local_bucket_logs_once_and_resumes(
     proxied_redis: tuple[TcpProxy, aioredis.Redis], caplog: pytest.LogCaptureFixture,
 ) -> None:
     proxy, client = proxied_redis
@@ -229,15 +243,17 @@ async def test_redis_cut_fails_open_logs_once_and_resumes(
     await proxy.cut()
     async with within(5, what="ten requests while Redis is cut"):  # each waits at most timeout_s
         during = [await limiter.acquire(client, sub) for _ in range(10)]
-    assert all(d.allowed and not d.checked for d in during)
+    # Not "allow everything": this process's own bucket of the same size decides.
+    assert [d.allowed for d in during] == [True] * BURST + [False] * (10 - BURST)
+    assert all(d.local and d.checked for d in during)
     assert limiter.fail_open.total() == 10 and limiter.degraded
-    assert len([r for r in caplog.records if "allowing requests unchecked" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "limiting with in-process buckets" in r.getMessage()]) == 1
     await proxy.restore()
     resumed = [await limiter.acquire(client, sub) for _ in range(BURST + 2)]
-    assert any(d.checked for d in resumed) and not limiter.degraded
+    assert any(d.checked and not d.local for d in resumed) and not limiter.degraded
     assert not resumed[-1].allowed  # the bucket kept in Redis is enforced again
-    assert len([r for r in caplog.records if "limiting resumes" in r.getMessage()]) == 1
-    assert len([r for r in caplog.records if "allowing requests unchecked" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "limiting through Redis resumes" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "limiting with in-process buckets" in r.getMessage()]) == 1
 
 
 async def test_after_a_failure_redis_is_left_alone_for_retry_s(proxied_redis: tuple[TcpProxy, aioredis.Redis]) -> None:
@@ -246,18 +262,19 @@ async def test_after_a_failure_redis_is_left_alone_for_retry_s(proxied_redis: tu
     limiter = RateLimiter(rate_per_s=RATE, burst=BURST, retry_s=1.0)
     await proxy.cut()
     assert (await limiter.acquire(client, subject())).allowed
-    assert [(await limiter.acquire(client, subject())).allowed for _ in range(5)] == [True] * 5
+    assert [(await limiter.acquire(client, subject())).local for _ in range(5)] == [True] * 5
     # The one attempt fails as an error or a timeout (the client retries a refused connection).
     assert limiter.fail_open.total() == 6 and limiter.fail_open.value(reason="skipped") == 5
     await proxy.restore()
 
-    async def checked() -> bool:
-        return (await limiter.acquire(client, subject())).checked
+    async def asked_redis() -> bool:
+        decision = await limiter.acquire(client, subject())
+        return decision.checked and not decision.local
 
-    await wait_for(checked, timeout=10, what="Redis asked again once retry_s has passed")
+    await wait_for(asked_redis, timeout=10, what="Redis asked again once retry_s has passed")
 
 
-async def test_slow_redis_times_out_and_fails_open() -> None:
+async def test_slow_redis_times_out_and_a_local_bucket_decides() -> None:
     """A Redis that accepts but never answers costs a request at most ``timeout_s``."""
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -277,7 +294,7 @@ async def test_slow_redis_times_out_and_fails_open() -> None:
         await client.aclose()
         server.close()
         await server.wait_closed()
-    assert decision.allowed and not decision.checked
+    assert decision.allowed and decision.local
     assert limiter.fail_open.value(reason="timeout") == 1
 
 
@@ -348,20 +365,21 @@ async def test_default_limiter_comes_from_settings(settings: Settings, live_hub:
     assert response.headers["RateLimit-Limit"] == str(getattr(settings, "rate_limit_burst", DEFAULT_BURST))
 
 
-async def test_http_fails_open_when_redis_is_cut(
+async def test_http_falls_back_to_a_local_bucket_when_redis_is_cut(
     settings: Settings, live_hub: LiveHub, proxied_redis: tuple[TcpProxy, aioredis.Redis],
 ) -> None:
     proxy, client = proxied_redis
     state = dataclasses.replace(live_hub.hub, redis=client)  # this node reaches Redis through the proxy
-    app = limited_app(settings, live_hub, state=state, retry_s=0)
-    limiter: RateLimiter = app.state.rate_limiter  # type: ignore[attr-defined]
+    app = limited_app(settings, live_hub, state=state)
+    limiter = app.state.rate_limiter = RateLimiter(rate_per_s=RATE, burst=BURST, retry_s=0)  # type: ignore[attr-defined]
     headers = bearer(subject())
     async with client_for(app) as http:
         assert [(await http.get(PATH, headers=headers)).status_code for _ in range(BURST + 1)] == [200] * BURST + [429]
         await proxy.cut()
         during = [await http.get(PATH, headers=headers) for _ in range(5)]
-        assert [r.status_code for r in during] == [200] * 5
-        assert all("RateLimit-Limit" not in r.headers for r in during)
+        assert [r.status_code for r in during] == [200] * BURST + [429] * (5 - BURST)
+        assert all(r.headers["RateLimit-Limit"] == str(BURST) for r in during)
+        assert int(during[-1].headers["Retry-After"]) >= 1
         assert limiter.fail_open.total() == 5
         await proxy.restore()
         after = [(await http.get(PATH, headers=headers)).status_code for _ in range(BURST + 1)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import hashlib
+import hmac
 import json
 import math
 import random
@@ -24,9 +26,12 @@ from hypothesis import strategies as st
 from api.auth import mint_token
 from api.routes import patterns as pattern_routes
 from api.settings import Settings
-from hub.events import EVENT_TYPES, TIMEFRAMES, parse_event
+from hub.model import EVENT_TYPES, TIMEFRAMES
+from hub.parsing import parse_event
+from store.cursor import CursorCodec
 from store.maintenance import refresh_views
 from store.patterns import ensure_months, store_events
+from store.scans import ScanFilter
 from tests.conftest import JWT_SECRET
 from tests.support import LiveHub
 
@@ -380,12 +385,13 @@ async def test_unknown_parameters_are_all_listed(client: httpx.AsyncClient) -> N
 async def test_cursors_are_tamper_evident_and_bound_to_their_query(client: httpx.AsyncClient, world: World) -> None:
     params = {"timeframe": "daily", "limit": "5"}
     cursor = (await client.get(SCAN, params=params)).json()["next_cursor"]
-    body = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    version, payload, mac = cursor.split(".")
+    body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     body["k"][-1] = "scan-99999"  # jump elsewhere, keeping the old MAC
-    tampered = base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
+    tampered = f"{version}.{base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip('=')}.{mac}"
     cases = [
         ({**params, "cursor": tampered}, "altered"),
-        ({**params, "cursor": cursor[:-3]}, "issued"),
+        ({**params, "cursor": cursor[:-3]}, "altered"),
         ({"timeframe": "weekly", "limit": "5", "cursor": cursor}, "other filters"),
         ({**params, "sort": "confidence", "cursor": cursor}, "sort"),
         ({**params, "order": "asc", "cursor": cursor}, "sort"),
@@ -393,12 +399,61 @@ async def test_cursors_are_tamper_evident_and_bound_to_their_query(client: httpx
     for query, words in cases:
         response = await client.get(SCAN, params=query)
         assert response.status_code == 400, (query, response.text)
-        assert words in response.json()["detail"]
+        assert words in response.json()["detail"] and response.json()["detail"].startswith("invalid cursor")
         assert response.json()["errors"][0]["loc"] == "query.cursor"
     # Order and repetition of filter values do not change the query: the cursor still works.
     same = await client.get(SCAN, params=[("limit", "5"), ("timeframe", "daily"), ("timeframe", "daily"),
                                           ("cursor", cursor)])
     assert same.status_code == 200
+
+
+def _old_format(key: bytes, body: dict[str, Any]) -> str:
+    """A cursor in the format before v1: base64 JSON with a 16-byte MAC under ``m``."""
+    message = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    mac = base64.urlsafe_b64encode(hmac.new(key, message, hashlib.sha256).digest()[:16]).rstrip(b"=").decode()
+    return base64.urlsafe_b64encode(json.dumps({**body, "m": mac}).encode()).decode().rstrip("=")
+
+
+async def test_cursors_signed_with_the_old_public_keys_are_refused(client: httpx.AsyncClient, world: World) -> None:
+    """Before v1 a JWKS-only hub keyed the MAC with a public constant (and others with a hash of the
+    JWT secret): cursors forged with either key, in the old format or the new, are refused."""
+    params = {"timeframe": "daily", "limit": "5"}
+    page = (await client.get(SCAN, params=params)).json()
+    fingerprint = ScanFilter(timeframes=("daily",)).fingerprint()
+    keys = [hashlib.sha256(b"tickstock-scan-cursor\0" + secret.encode()).digest() for secret in ("", JWT_SECRET)]
+    for key in keys:
+        body = {"k": ["2000-01-01T00:00:00+00:00", "scan-99999"], "s": "detected_at:desc", "f": fingerprint}
+        for forged in (_old_format(key, body), CursorCodec(key).encode("scan", body)):
+            response = await client.get(SCAN, params={**params, "cursor": forged})
+            assert response.status_code == 400, response.text
+            assert response.headers["content-type"] == PROBLEM
+            assert response.json()["detail"].startswith("invalid cursor")
+            assert [e["loc"] for e in response.json()["errors"]] == ["query.cursor"]
+    assert (await client.get(SCAN, params={**params, "cursor": page["next_cursor"]})).status_code == 200
+
+
+HOSTILE_CURSORS = {
+    "NUL": "v1.AA\x00.AA",
+    "control": "v1.AA\x1b.AA",
+    "bad base64": "v1.A.A",
+    "bad MAC": "v1.e30.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "unknown version": "v9.e30.AAAA",
+    "oversize": "v1." + "A" * 2000 + ".AAAA",
+    "symbols cursor": None,  # filled in by the test: a valid cursor of the other kind
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_CURSORS)
+async def test_hostile_cursors_are_one_400_problem(client: httpx.AsyncClient, world: World, name: str) -> None:
+    cursor = HOSTILE_CURSORS[name]
+    if cursor is None:
+        cursor = (await client.get("/api/symbols", params={"limit": "1"})).json()["next_cursor"]
+    response = await client.get(SCAN, params={"cursor": cursor})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    # A control character is refused by the one query reader before the cursor is decoded.
+    expected = "invalid query" if any(ord(c) < 32 for c in cursor) else "invalid cursor"
+    assert body["detail"].startswith(expected) and [e["loc"] for e in body["errors"]] == ["query.cursor"]
 
 
 @pytest.mark.parametrize("path", [SCAN, "/api/patterns/definitions", "/api/patterns/stats", "/api/patterns/scan-00001"])

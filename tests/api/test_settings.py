@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,88 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(AttributeError):
         s.port = 1  # type: ignore[misc]
+
+
+def test_reads_os_environ_when_no_mapping_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TICKSTOCK_WRITER_BATCH", "50")
+    monkeypatch.setenv("TICKSTOCK_CACHE_ENABLED", "off")
+    s = Settings.from_env()
+    assert (s.writer_batch, s.cache_enabled) == (50, False)
+    assert Settings().writer_batch == 1000  # building directly never reads the environment
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("true", True), ("YES", True), ("on", True),
+                                               ("0", False), ("false", False), ("No", False), ("off", False)])
+def test_booleans(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"TICKSTOCK_CACHE_ENABLED": raw}).cache_enabled is expected
+
+
+def test_new_settings_have_their_contract_defaults() -> None:
+    s = Settings.from_env({})
+    assert (s.event_max_age_days, s.event_max_ahead_s, s.event_max_expiry_days) == (7305, 86400, 400)
+    assert (s.partitions_per_batch, s.jwt_max_lifetime_s) == (4, 86400)
+    assert (s.auth_failure_per_s, s.auth_failure_burst) == (1, 20)
+    assert (s.admin_max_body_bytes, s.jwks_max_bytes, s.cursor_secret) == (1 << 20, 1 << 20, None)
+
+
+def test_new_settings_are_read() -> None:
+    s = Settings.from_env({"TICKSTOCK_EVENT_MAX_AGE_DAYS": "30", "TICKSTOCK_EVENT_MAX_AHEAD_S": "60",
+                           "TICKSTOCK_EVENT_MAX_EXPIRY_DAYS": "10", "TICKSTOCK_PARTITIONS_PER_BATCH": "2",
+                           "TICKSTOCK_JWT_MAX_LIFETIME_S": "3600", "TICKSTOCK_AUTH_FAILURE_PER_S": "0.5",
+                           "TICKSTOCK_AUTH_FAILURE_BURST": "3", "TICKSTOCK_ADMIN_MAX_BODY_BYTES": "1024",
+                           "TICKSTOCK_JWKS_MAX_BYTES": "2048", "TICKSTOCK_CURSOR_SECRET": "k" * 32})
+    assert (s.event_max_age_days, s.event_max_ahead_s, s.event_max_expiry_days) == (30, 60, 10)
+    assert s.partitions_per_batch == 2
+    assert (s.jwt_max_lifetime_s, s.auth_failure_per_s, s.auth_failure_burst) == (3600, 0.5, 3)
+    assert (s.admin_max_body_bytes, s.jwks_max_bytes, s.cursor_secret) == (1024, 2048, "k" * 32)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TICKSTOCK_EVENT_MAX_AGE_DAYS": "0"}, "TICKSTOCK_EVENT_MAX_AGE_DAYS must be at least 1"),
+        ({"TICKSTOCK_EVENT_MAX_AHEAD_S": "-1"}, "TICKSTOCK_EVENT_MAX_AHEAD_S must be positive"),
+        ({"TICKSTOCK_EVENT_MAX_AHEAD_S": "nan"}, "TICKSTOCK_EVENT_MAX_AHEAD_S must be positive"),
+        ({"TICKSTOCK_EVENT_MAX_EXPIRY_DAYS": "0"}, "TICKSTOCK_EVENT_MAX_EXPIRY_DAYS must be at least 1"),
+        ({"TICKSTOCK_PARTITIONS_PER_BATCH": "0"}, "TICKSTOCK_PARTITIONS_PER_BATCH must be at least 1"),
+        ({"TICKSTOCK_JWT_MAX_LIFETIME_S": "0"}, "TICKSTOCK_JWT_MAX_LIFETIME_S must be positive"),
+        ({"TICKSTOCK_AUTH_FAILURE_PER_S": "-1"}, "TICKSTOCK_AUTH_FAILURE_PER_S must be a finite number >= 0"),
+        ({"TICKSTOCK_AUTH_FAILURE_BURST": "0"}, "TICKSTOCK_AUTH_FAILURE_BURST must be at least 1"),
+        ({"TICKSTOCK_ADMIN_MAX_BODY_BYTES": "0"}, "TICKSTOCK_ADMIN_MAX_BODY_BYTES must be at least 1"),
+        ({"TICKSTOCK_JWKS_MAX_BYTES": "-5"}, "TICKSTOCK_JWKS_MAX_BYTES must be at least 1"),
+        ({"TICKSTOCK_JWKS_MAX_BYTES": "1MB"}, "TICKSTOCK_JWKS_MAX_BYTES='1MB' is not a valid int"),
+        ({"TICKSTOCK_CACHE_ENABLED": "maybe"}, "TICKSTOCK_CACHE_ENABLED='maybe' is not a valid bool"),
+        ({"TICKSTOCK_RATE_LIMIT_PER_S": "inf"}, "TICKSTOCK_RATE_LIMIT_PER_S must be a finite number >= 0"),
+        ({"TICKSTOCK_RATE_LIMIT_ADMIN_BURST": "x"},
+         "TICKSTOCK_RATE_LIMIT_ADMIN_BURST='x' is not a valid int | None"),
+        ({"TICKSTOCK_WS_DRAIN_S": "inf"}, "TICKSTOCK_WS_DRAIN_S must be a positive number of seconds"),
+        ({"TICKSTOCK_CACHE_STALENESS_MS": "-1"}, "TICKSTOCK_CACHE_STALENESS_MS must be >= 0"),
+    ],
+)
+def test_bad_new_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("|", r"\|")):
+        Settings.from_env(env)
+
+
+def test_an_empty_cursor_secret_is_unset_in_the_environment_but_refused_when_passed() -> None:
+    assert Settings.from_env({"TICKSTOCK_CURSOR_SECRET": ""}).cursor_secret is None
+    with pytest.raises(ValueError, match="TICKSTOCK_CURSOR_SECRET must not be empty"):
+        Settings(cursor_secret="")
+
+
+def test_secrets_never_appear_in_the_repr() -> None:
+    s = Settings(jwt_secret="jwt-secret-value", cursor_secret="cursor-secret-value")
+    assert "secret-value" not in repr(s) and "secret-value" not in str(s)
+    assert s.cursor_secret == "cursor-secret-value"
+
+
+def test_replace_keeps_the_checks() -> None:
+    s = Settings()
+    assert dataclasses.replace(s, writer_batch=5).writer_batch == 5
+    with pytest.raises(ValueError, match="TICKSTOCK_WRITER_BATCH must be at least 1"):
+        dataclasses.replace(s, writer_batch=0)
+
+
+def test_overrides_are_checked_too() -> None:
+    with pytest.raises(SettingsError, match="TICKSTOCK_PORT must be a TCP port"):
+        Settings.from_env({}, port=0)

@@ -12,7 +12,8 @@ import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from hub.events import PatternCatalog, parse_event
+from hub.catalog import PatternCatalog
+from hub.parsing import parse_event
 from store.patterns import ensure_months, store_events
 from tests.support import LiveHub, locs, make_event, problem
 
@@ -140,20 +141,35 @@ async def test_a_cursor_is_bound_to_its_filters(client: Client) -> None:
     base64.urlsafe_b64encode(b"[1, 2]").decode(),
     base64.urlsafe_b64encode(b"\xff\xfe").decode(),
     base64.urlsafe_b64encode(json.dumps({"after": 5, "f": "x"}).encode()).decode(),
+    # the unsigned format before v1, a NUL in the position (it was a 500)
+    base64.urlsafe_b64encode(json.dumps({"after": "A\x00", "f": "x"}).encode()).decode(),
+    "v1.AA\x00.AA",
+    "v1.e30.\n",
+    "v1.A.A",
+    "v7.e30.AAAA",
 ])
 async def test_a_tampered_cursor_is_a_400(client: Client, cursor: str) -> None:
     body = problem(await client().get("/api/symbols", params={"cursor": cursor}), 400)
-    assert locs(body) == ["query.cursor"]
+    # Control characters are refused by the one query reader, before the cursor is decoded.
+    expected = "invalid query" if any(ord(c) < 32 for c in cursor) else "invalid cursor"
+    assert locs(body) == ["query.cursor"] and body["detail"].startswith(expected)
 
 
-async def test_an_edited_cursor_position_still_needs_matching_filters(client: Client) -> None:
+def _edit(cursor: str, **changes: object) -> str:
+    """``cursor`` with its payload changed, keeping its MAC."""
+    version, payload, mac = cursor.split(".")
+    doc = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    doc.update(changes)
+    return f"{version}.{base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip('=')}.{mac}"
+
+
+@pytest.mark.parametrize("changes", [{"f": "0" * 16}, {"after": "ZZZZ"}, {"after": 5}, {"after": "A\x00"}])
+async def test_an_edited_cursor_is_refused(client: Client, changes: dict[str, object]) -> None:
     c = client()
     cursor = (await c.get("/api/symbols", params={"universe": "dow30", "limit": 5})).json()["next_cursor"]
-    doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    doc["f"] = "0" * 16
-    forged = base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
-    assert locs(problem(await c.get("/api/symbols", params={"universe": "dow30", "cursor": forged}), 400)) == [
-        "query.cursor"]
+    forged = _edit(cursor, **changes)
+    body = problem(await c.get("/api/symbols", params={"universe": "dow30", "cursor": forged}), 400)
+    assert locs(body) == ["query.cursor"] and "altered" in body["detail"]
 
 
 @pytest.mark.parametrize(("params", "loc"), [

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError
 from psycopg_pool import AsyncConnectionPool
 
-from api.routes.users import UNIVERSE_CHANGED_SUBJECT
+from hub.subjects import UNIVERSE_CHANGED_SUBJECT
 from tests.support import LiveHub, locs, problem
 
 Client = Callable[..., httpx.AsyncClient]

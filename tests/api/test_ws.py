@@ -413,6 +413,20 @@ async def test_the_python_client_resumes_after_a_drop_with_every_event_once(hub:
     assert ids_aapl == [e["id"] for e in events if e["symbol"] == "AAPL"]
 
 
+async def test_the_python_client_starts_its_back_off_again_after_a_good_connection(hub: LiveHub) -> None:
+    """Each drop follows a good session, so each reconnect waits at most ``backoff_initial_s``: the
+    back-off does not keep doubling across drops."""
+    base = 0.05
+    async with HubClient(f"{hub.ws_url}/ws", token=READER, subscriptions=[], backoff_initial_s=base,
+                         backoff_max_s=60.0) as client:
+        for drop in range(1, 5):
+            await wait_for(_true_when(lambda d=drop: client.state == "connected" and client.connects == d),
+                           what=f"connection {drop}")
+            await client.drop()
+            await wait_for(_true_when(lambda d=drop: client.connects == d + 1), timeout=30, what=f"reconnect {drop}")
+            assert client.backoff_s == base, f"after drop {drop} the back-off grew to {client.backoff_s} s"
+
+
 def _true_when(check: Any) -> Any:
     async def predicate() -> bool:
         return bool(check())
@@ -511,6 +525,50 @@ async def test_metrics_count_connections_frames_and_latency(connect: Any, hub: L
     lines = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and not line.startswith("#")}
     assert lines["tickstock_ws_connections"] >= 1
     assert lines["tickstock_ws_stored_to_sent_seconds_count"] >= 5
+
+
+async def _metric(hub: LiveHub, name: str) -> float:
+    async with httpx.AsyncClient(base_url=hub.url) as http:
+        text = (await http.get("/metrics")).text
+    return next(float(line.split(" ")[1]) for line in text.splitlines() if line.split(" ")[0] == name)
+
+
+async def test_bytes_sent_counts_utf8_bytes_of_non_ascii_frames(hub: LiveHub) -> None:
+    """``tickstock_ws_bytes_sent_total`` grows by the UTF-8 size of what the socket carried, not by
+    the number of characters: event data in other scripts and emoji take 2-4 bytes a character."""
+    async def alone() -> bool:
+        return await _metric(hub, "tickstock_ws_connections") == 0
+
+    await wait_for(alone, what="no other websocket")
+    before = await _metric(hub, "tickstock_ws_bytes_sent_total")
+    texts: list[str] = []
+    async with websockets.connect(f"{hub.ws_url}/ws?token={READER}", ping_interval=None) as ws:
+
+        async def read() -> None:
+            async for raw in ws:
+                assert isinstance(raw, str)
+                texts.append(raw)
+                if json.loads(raw)["op"] == "ping":
+                    await ws.send('{"op":"pong"}')
+
+        reader = asyncio.create_task(read())
+        await ws.send(json.dumps({"op": "subscribe", "id": "u", "filter": {"symbols": ["NVDA"]}}))
+        note = "Köln – 東京 – ₿ 😀"
+        await publish(hub, [make_event(i, prefix="utf8", symbol="NVDA", data={"note": note}) for i in range(3)])
+
+        async def events_in() -> bool:
+            return sum('"op":"event"' in t for t in texts) == 3
+
+        await wait_for(events_in, what="three events")
+        assert all(len(t.encode()) > len(t) for t in texts if '"op":"event"' in t)  # sent as UTF-8, not escaped
+
+        async def counted() -> bool:  # equal whenever no frame is on its way (a ping may be)
+            return await _metric(hub, "tickstock_ws_bytes_sent_total") - before == sum(len(t.encode()) for t in texts)
+
+        await wait_for(counted, timeout=10, what="the counter to equal the UTF-8 bytes received")
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
 
 
 async def test_a_node_going_away_closes_with_1001_and_its_clients_resume_on_another(hub: LiveHub) -> None:

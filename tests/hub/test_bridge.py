@@ -20,11 +20,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from hub.bridge import DEFAULT_CHANNEL, UNPARSED_SUBJECT, RedisBridge, run
+from hub.bridge import DEFAULT_CHANNEL, RedisBridge, run
 from hub.broker import open_nats
 from hub.embedded import EmbeddedNats
-from hub.events import ingest_subject
 from hub.jetstream import INGEST_STREAM, MIB, Topology, ensure_topology
+from hub.subjects import UNPARSED_SUBJECT, ingest_subject
 from tests.support import LiveHub, TcpProxy, free_port, make_event, wait_for, wait_settled, within
 
 

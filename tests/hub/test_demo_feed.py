@@ -27,10 +27,12 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
 from hub.candles import CANDLE_FUNCTIONS, LIFETIMES, Detection, PatternNames, confidence, detect, scan
+from hub.catalog import PatternCatalog
 from hub.demo_feed import DemoFeed, run
-from hub.events import INGEST_PREFIX, PatternCatalog, ingest_subject, parse_event
 from hub.jetstream import add_stream
 from hub.ohlcv import DEMO_DATA_DIR, default_files, load_bars
+from hub.parsing import parse_event
+from hub.subjects import INGEST_PREFIX, ingest_subject
 from tests.support import wait_for, within
 
 STREAM = "TICKSTOCK_INGEST"

@@ -15,29 +15,31 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from hub.events import (
-    CLEAN_PREFIX,
-    DEFAULT_MAX_EVENT_BYTES,
+from hub.catalog import PatternCatalog
+from hub.legacy import LEGACY_EVENT_TYPES, LEGACY_TIMEFRAMES, derived_id, is_legacy, to_v1
+from hub.window import EventWindow
+from hub.model import (
     EVENT_TYPES,
-    INGEST_PREFIX,
     MAX_DATA_BYTES,
     REASONS,
     TIMEFRAMES,
     EventError,
-    PatternCatalog,
     PatternEvent,
     canonical_json,
     canonical_symbol,
+    load_json_schema,
+)
+from hub.parsing import DEFAULT_MAX_EVENT_BYTES, parse_event
+from hub.subjects import (
+    CLEAN_PREFIX,
+    INGEST_PREFIX,
     check_subject,
     clean_subject,
     ingest_subject,
-    load_json_schema,
-    parse_event,
     parse_subject,
     symbol_to_token,
     token_to_symbol,
 )
-from hub.legacy import LEGACY_EVENT_TYPES, LEGACY_TIMEFRAMES, derived_id, is_legacy, to_v1
 
 CATALOG = PatternCatalog([
     ("bullish_engulfing", ["CDLENGULFING", "Engulfing Bull"]),
@@ -367,7 +369,7 @@ def test_event_error_survives_pickling() -> None:
 
 def test_reasons_are_snake_case() -> None:
     assert all(reason.isidentifier() and reason == reason.lower() for reason in REASONS)
-    assert len(REASONS) == 15
+    assert len(REASONS) == 18  # issue #11 added the two time-window reasons and id_conflict
 
 
 # -- pattern catalog --------------------------------------------------------------------------------
@@ -770,6 +772,12 @@ ONE_OF_EACH: dict[str, Callable[[], object]] = {
     "data_too_large": lambda: parse_event(good(data={"x": "a" * MAX_DATA_BYTES}), catalog=CATALOG),
     "subject_mismatch": lambda: check_subject(PatternEvent(**good()), "tickstock.ingest.daily.AAPL"),
     "invalid_subject": lambda: parse_subject("tickstock.ingest.daily.BRK.B"),
+    "detected_at_out_of_range": lambda: parse_event(good(detected_at="0001-01-01T00:00:00Z"), catalog=CATALOG,
+                                                    window=EventWindow()),
+    "expires_at_out_of_range": lambda: parse_event(good(expires_at="9999-12-01T00:00:00Z"), catalog=CATALOG,
+                                                   window=EventWindow()),
+    # raised by the writer when an id is stored with another payload; here only its construction
+    "id_conflict": lambda: (_ for _ in ()).throw(EventError("id_conflict", "stored with another payload")),
 }
 
 
@@ -778,3 +786,31 @@ def test_every_reason_can_be_produced(reason: str) -> None:
     with pytest.raises(EventError) as caught:
         ONE_OF_EACH[reason]()
     assert caught.value.reason == reason
+
+
+# -- the time window (issue #11) -------------------------------------------------------------------
+
+_NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+_FIXED = EventWindow(max_age_days=10, max_ahead_s=60, max_expiry_days=5, clock=lambda: _NOW)
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"detected_at": "0001-01-01T00:00:00Z"}, "detected_at_out_of_range"),
+    ({"detected_at": "9999-12-31T23:59:59Z"}, "detected_at_out_of_range"),
+    ({"detected_at": "2026-11-24T11:59:59Z"}, "detected_at_out_of_range"),  # one second too old
+    ({"detected_at": "2026-12-04T12:01:01Z"}, "detected_at_out_of_range"),  # one second too far ahead
+    ({"detected_at": "2026-12-01T00:00:00Z", "expires_at": "2026-12-09T12:00:01Z"}, "expires_at_out_of_range"),
+    ({"detected_at": "2026-12-01T00:00:00Z", "expires_at": "9999-01-01T00:00:00+14:00"}, "expires_at_out_of_range"),
+])
+def test_the_window_rejects_times_outside_it(fields: dict[str, Any], reason: str) -> None:
+    with pytest.raises(EventError) as caught:
+        parse_event(good(**fields), catalog=CATALOG, window=_FIXED)
+    assert caught.value.reason == reason and caught.value.fields[0]["loc"] in ("detected_at", "expires_at")
+
+
+def test_the_window_bounds_are_inclusive_and_without_a_window_nothing_is_checked() -> None:
+    for detected in ("2026-11-24T12:00:00Z", "2026-12-04T12:01:00Z"):
+        assert parse_event(good(detected_at=detected), catalog=CATALOG, window=_FIXED).detected_at
+    edge = good(detected_at="2026-12-01T00:00:00Z", expires_at="2026-12-09T12:00:00Z")
+    assert parse_event(edge, catalog=CATALOG, window=_FIXED).expires_at == datetime(2026, 12, 9, 12, tzinfo=UTC)
+    assert parse_event(good(detected_at="0001-01-01T00:00:00Z"), catalog=CATALOG).detected_at.year == 1

@@ -10,8 +10,8 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from api.auth import mint_token
-from hub.events import clean_subject, parse_subject
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
+from hub.subjects import clean_subject, parse_subject
 from hub.writer import retry_delay
 from tests.conftest import JWT_SECRET
 from tests.support import (

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from store.cache import CacheError, open_redis
+from store.cache_connection import CacheError, open_redis
 from tests.support import free_port
 
 

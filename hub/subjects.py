@@ -1,0 +1,122 @@
+"""Every NATS subject of the hub, and the symbol tokens that carry a symbol in one.
+
+Producers publish to ``tickstock.ingest.<timeframe>.<token>``; the hub republishes validated events to
+``tickstock.patterns.<timeframe>.<token>``, dead letters to ``tickstock.dlq.<reason>``, and announces a
+user's universe change on ``tickstock.users.universe.changed`` and a lost cache bump on
+``tickstock.cache.lost``. Nothing else in the code spells a subject.
+
+A NATS subject token cannot hold ``.``, ``*``, ``>`` or whitespace, so a symbol (see
+:func:`hub.model.canonical_symbol`) is carried as a *token*: it replaces ``.`` with ``_`` and ``/`` with
+``~`` (``/`` is legal in NATS, but the MQTT gateway rewrites it to ``.``); every other character is kept.
+Neither ``_`` nor ``~`` is in the symbol alphabet, so the mapping is a bijection between canonical
+(upper-case) symbols and tokens of 1-15 characters from ``A-Z 0-9 _ - ~ ^ = $``: ``BRK.B`` <-> ``BRK_B``.
+:func:`token_to_symbol` accepts exactly the tokens :func:`symbol_to_token` can produce (so no lower
+case) and inverts it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, NamedTuple
+
+from hub.model import MAX_SYMBOL_LENGTH, TIMEFRAMES, EventError, PatternEvent, brief, canonical_symbol
+
+__all__ = [
+    "CACHE_LOST_SUBJECT", "CLEAN_PREFIX", "CLEAN_WILDCARD", "DLQ_PREFIX", "DLQ_WILDCARD", "INGEST_PREFIX",
+    "INGEST_WILDCARD", "MAX_DELIVERIES_ADVISORY", "UNIVERSE_CHANGED_SUBJECT", "UNPARSED_SUBJECT", "SubjectParts", "check_subject",
+    "clean_subject", "ingest_subject", "parse_subject", "symbol_to_token", "token_to_symbol",
+]
+
+INGEST_PREFIX = "tickstock.ingest"
+"""Producers publish here: ``tickstock.ingest.<timeframe>.<token>`` (stream ``TICKSTOCK_INGEST``)."""
+CLEAN_PREFIX = "tickstock.patterns"
+"""The hub republishes stored events here: ``tickstock.patterns.<timeframe>.<token>`` (``TICKSTOCK_PATTERNS``)."""
+DLQ_PREFIX = "tickstock.dlq"
+"""Dead letters: ``tickstock.dlq.<reason>`` (stream ``TICKSTOCK_DLQ``)."""
+INGEST_WILDCARD = f"{INGEST_PREFIX}.>"
+UNPARSED_SUBJECT = f"{INGEST_PREFIX}.unparsed"
+"""Where the Redis bridge forwards a message it cannot parse, so the writer dead-letters it with a reason."""
+CLEAN_WILDCARD = f"{CLEAN_PREFIX}.>"
+DLQ_WILDCARD = f"{DLQ_PREFIX}.>"
+UNIVERSE_CHANGED_SUBJECT = "tickstock.users.universe.changed"
+"""Core NATS: ``{"subject": <token subject>}`` after a user's universe changed (fan-out and cache follow it)."""
+CACHE_LOST_SUBJECT = "tickstock.cache.lost"
+"""Core NATS: ``{"generations": [...]}`` a node could not bump in Redis (the others replay it)."""
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+"""JetStream's advisory when a consumer gave up on a message; ``.<stream>.<consumer>`` follows."""
+
+_TOKEN = re.compile(rf"[A-Z0-9_\-~^=$]{{1,{MAX_SYMBOL_LENGTH}}}")
+_KINDS: dict[str, Literal["ingest", "clean"]] = {INGEST_PREFIX: "ingest", CLEAN_PREFIX: "clean"}
+_TO_TOKEN = str.maketrans({".": "_", "/": "~"})
+_FROM_TOKEN = str.maketrans({"_": ".", "~": "/"})
+
+
+class SubjectParts(NamedTuple):
+    """A parsed subject: ``kind`` is ``"ingest"`` or ``"clean"``, ``symbol`` is canonical."""
+
+    kind: Literal["ingest", "clean"]
+    timeframe: str
+    symbol: str
+
+
+def symbol_to_token(symbol: str) -> str:
+    """The subject token for ``symbol`` (``BRK.B`` -> ``BRK_B``); raises ``invalid_symbol``."""
+    return canonical_symbol(symbol).translate(_TO_TOKEN)
+
+
+def token_to_symbol(token: str) -> str:
+    """The symbol a subject token stands for (``BRK_B`` -> ``BRK.B``); raises ``invalid_symbol``.
+
+    Exact inverse of :func:`symbol_to_token`: lower-case tokens are rejected, not folded.
+    """
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+        raise EventError("invalid_symbol", f"subject token {brief(token)} is not a valid symbol token")
+    return token.translate(_FROM_TOKEN)
+
+
+def _subject(prefix: str, timeframe: str, symbol: str) -> str:
+    if timeframe not in TIMEFRAMES:
+        raise EventError(
+            "unknown_timeframe", f"timeframe {brief(timeframe)} is not one of {' '.join(TIMEFRAMES)}"
+        )
+    return f"{prefix}.{timeframe}.{symbol_to_token(symbol)}"
+
+
+def ingest_subject(timeframe: str, symbol: str) -> str:
+    """``tickstock.ingest.<timeframe>.<token>``; raises ``unknown_timeframe`` or ``invalid_symbol``."""
+    return _subject(INGEST_PREFIX, timeframe, symbol)
+
+
+def clean_subject(timeframe: str, symbol: str) -> str:
+    """``tickstock.patterns.<timeframe>.<token>``; raises ``unknown_timeframe`` or ``invalid_symbol``."""
+    return _subject(CLEAN_PREFIX, timeframe, symbol)
+
+
+def parse_subject(subject: str) -> SubjectParts:
+    """Split an ingest or clean subject into ``(kind, timeframe, symbol)``; raises ``invalid_subject``."""
+    parts = subject.split(".") if isinstance(subject, str) else []
+    kind = _KINDS.get(".".join(parts[:2]))
+    if kind is None or len(parts) != 4 or parts[2] not in TIMEFRAMES:
+        raise EventError(
+            "invalid_subject",
+            f"subject {brief(subject)} is not {INGEST_PREFIX}|{CLEAN_PREFIX}.<timeframe>.<symbol token>",
+        )
+    try:
+        symbol = token_to_symbol(parts[3])
+    except EventError as exc:
+        raise EventError("invalid_subject", f"subject {brief(subject)}: {exc.detail}") from None
+    return SubjectParts(kind, parts[2], symbol)
+
+
+def check_subject(event: PatternEvent, subject: str) -> None:
+    """Check that ``subject`` names the event's timeframe and symbol.
+
+    Raises ``invalid_subject`` if the subject is malformed, ``subject_mismatch`` if it disagrees.
+    """
+    _, timeframe, symbol = parse_subject(subject)
+    if (timeframe, symbol) != (event.timeframe, event.symbol):
+        raise EventError(
+            "subject_mismatch",
+            f"subject {subject!r} is for {symbol} {timeframe} but the event is for "
+            f"{event.symbol} {event.timeframe}",
+        )

@@ -1,0 +1,46 @@
+"""What a cached response is made of: the generations it depends on, what a miss computed, what was served.
+
+Routes build :class:`Dependencies` and :class:`Computed`; :class:`store.cache.ResponseCache` hands back
+:class:`Served`. Plain values, no Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Computed", "Dependencies", "Outcome", "Served"]
+
+Outcome = Literal["hit", "miss", "coalesced", "bypass"]
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """The generations an entry was computed under.
+
+    ``events`` are bumped when events are stored: an entry stays valid while they are unchanged, and
+    for the staleness bound after its generations were read whatever happens to them. ``strict``
+    ones (reference data) invalidate at once when they change.
+    """
+
+    events: tuple[str, ...] = ()
+    strict: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Computed:
+    """What a miss computed: the body, and how long Redis may keep it (0: not at all)."""
+
+    body: bytes
+    ttl_s: float
+
+
+@dataclass(frozen=True)
+class Served:
+    body: bytes
+    outcome: Outcome
+    age_s: float | None  # for a hit, how long ago the body was computed
+
+    @property
+    def hit(self) -> bool:
+        return self.outcome == "hit"
