@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import socket
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC
 from types import TracebackType
+from typing import IO, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
@@ -18,7 +22,16 @@ from api.server import HubServer
 from api.settings import Settings
 from api.state import HubState
 
-__all__ = ["LiveHub", "TcpProxy", "admin_url_for", "database_url_for", "free_port"]
+__all__ = [
+    "DEFAULT_POLL_S", "DEFAULT_WAIT_S", "LiveHub", "TcpProxy", "admin_url_for", "database_url_for", "free_port",
+    "lines_until", "serve_started", "wait_for", "wait_for_sync", "within",
+]
+
+T = TypeVar("T")
+
+DEFAULT_WAIT_S = 30.0  # a condition that has not come true after this long will not
+DEFAULT_POLL_S = 0.05
+SERVER_START_S = 30.0  # uvicorn binds in milliseconds; this bounds a start-up that hangs
 
 
 def free_port() -> int:
@@ -40,6 +53,34 @@ class _QuietServer(HubServer):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+async def serve_started(server: uvicorn.Server, *, timeout: float = SERVER_START_S) -> asyncio.Task[None]:
+    """Start ``server.serve()`` in a task and return the task once the server listens.
+
+    Raises the server's own error if it exits during start-up (a ``SystemExit`` when it cannot bind
+    becomes ``RuntimeError``), and ``AssertionError`` if it is not listening after ``timeout`` s
+    (the task is cancelled and awaited first).
+    """
+    task = asyncio.create_task(server.serve())
+
+    async def up() -> bool:
+        if task.done():
+            try:
+                await task
+            except SystemExit as exc:
+                raise RuntimeError(f"uvicorn exited during start-up ({exc})") from exc
+            raise RuntimeError("uvicorn exited during start-up")
+        return bool(server.started)
+
+    try:
+        await wait_for(up, timeout=timeout, interval=0.01, what="uvicorn to listen")
+    except AssertionError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SystemExit):
+            await task
+        raise
+    return task
 
 
 class LiveHub:
@@ -68,12 +109,7 @@ class LiveHub:
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                 lifespan="on", access_log=False)
         self._server = _QuietServer(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-                raise RuntimeError("uvicorn exited during start-up")
-            await asyncio.sleep(0.01)
+        self._task = await serve_started(self._server)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -88,7 +124,9 @@ class LiveHub:
 class TcpProxy:
     """A loopback TCP proxy to ``target`` that a test can cut (``cut()``) and restore (``restore()``).
 
-    While cut, existing connections are closed and new ones are refused, as in a network outage.
+    While cut, existing connections are closed and new ones are refused, as in a network outage. While
+    stalled (``stall()`` until ``resume()``), connections stay open but no byte moves either way, as with
+    a server that has stopped answering: from the moment ``stall()`` returns, nothing gets through.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -96,6 +134,8 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def __aenter__(self) -> TcpProxy:
         await self.restore()
@@ -108,6 +148,14 @@ class TcpProxy:
         if self._server is None:
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
             self.port = self._server.sockets[0].getsockname()[1]
+
+    def stall(self) -> None:
+        """Hold every byte read from either side until ``resume()``."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Deliver what was held, and let bytes flow again."""
+        self._flowing.set()
 
     async def cut(self) -> None:
         if self._server is not None:
@@ -129,6 +177,7 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             dst.close()
@@ -171,18 +220,95 @@ async def publish_events(js, events: list[dict[str, object]]) -> list[object]:  
         for e in events])
 
 
-async def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll the async ``predicate`` until it returns a truthy value; fail after ``timeout``."""
-    import time
+@overload
+async def wait_for(predicate: Callable[[], Awaitable[T]], *, timeout: float = ..., interval: float = ...,
+                   what: str = ...) -> T: ...
+@overload
+async def wait_for(predicate: Callable[[], T], *, timeout: float = ..., interval: float = ...,
+                   what: str = ...) -> T: ...
+async def wait_for(predicate: Callable[[], object], *, timeout: float = DEFAULT_WAIT_S,
+                   interval: float = DEFAULT_POLL_S, what: str = "condition") -> object:
+    """Call ``predicate`` (sync, or async) until it returns a truthy value, and return that value.
 
+    The predicate runs at least once, and once more after the deadline (a loaded machine may sleep
+    through it). Each call of an async predicate is bounded by what is left of ``timeout`` s. Raises
+    ``AssertionError`` naming ``what`` and the last value after ``timeout`` s; a predicate's own
+    exception propagates at once. The one way tests poll: ``tests/test_hygiene.py`` fails on a ``while``
+    loop that sleeps.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: object = None
+    while True:
+        expired = loop.time() >= deadline
+        result = predicate()
+        if inspect.isawaitable(result):
+            try:
+                async with asyncio.timeout(max(deadline - loop.time(), interval)):
+                    result = await result
+            except TimeoutError:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what} (a check hung)") from None
+        last = result
+        if result:
+            return result
+        if expired:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(min(interval, max(deadline - loop.time(), 0.0)))
+
+
+def wait_for_sync(predicate: Callable[[], T], *, timeout: float = DEFAULT_WAIT_S, interval: float = DEFAULT_POLL_S,
+                  what: str = "condition") -> T:
+    """``wait_for`` for code without an event loop (threads, subprocesses): the same contract, blocking."""
     deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await predicate()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+    while True:
+        expired = time.monotonic() >= deadline
+        result = predicate()
+        if result:
+            return result
+        if expired:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {result!r})")
+        time.sleep(min(interval, max(deadline - time.monotonic(), 0.0)))
+
+
+def lines_until(stream: IO[str], marker: str, *, timeout: float) -> list[str]:
+    """The lines read from ``stream`` up to and including the first that contains ``marker``.
+
+    Reads in a thread, so that a silent stream cannot block past ``timeout`` s; raises ``AssertionError``
+    (with the lines so far) on timeout or at end of stream. The reader stops after the marker, so the
+    rest of the stream is left for the caller.
+    """
+    lines: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            for line in iter(stream.readline, ""):
+                lines.append(line)
+                if marker in line:
+                    return
+        finally:
+            done.set()
+
+    threading.Thread(target=read, name="lines-until", daemon=True).start()
+    if not done.wait(timeout):
+        raise AssertionError(f"no {marker!r} after {timeout} s; so far:\n" + "".join(lines))
+    if not lines or marker not in lines[-1]:
+        raise AssertionError(f"the stream ended before {marker!r}:\n" + "".join(lines))
+    return lines
+
+
+@contextlib.asynccontextmanager
+async def within(timeout: float, *, what: str) -> AsyncIterator[None]:
+    """Fail with ``AssertionError`` naming ``what`` if the body has not finished after ``timeout`` s.
+
+    A deadline, not a measurement: use it for "does not stall" and keep ``timeout`` generous (several
+    times the expected duration), so that a loaded machine cannot fail it.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise AssertionError(f"{what} did not finish within {timeout} s") from None
 
 
 async def clean_stream_messages(js, *, limit: int = 1_000_000) -> list[object]:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ import uvicorn
 
 from api.app import ConfigurationError, create_app, open_hub
 from api.settings import Settings
-from tests.support import free_port
+from tests.support import free_port, serve_started
 
 
 async def test_open_hub_needs_every_url() -> None:
@@ -26,14 +26,11 @@ class _Server(uvicorn.Server):
 
 
 async def test_lifespan_opens_and_closes_the_hub(settings: Settings) -> None:
-    import asyncio
 
     app = create_app(settings)
     port = free_port()
     server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    task = await serve_started(server)
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{port}/health/ready")
     assert response.json()["status"] == "ok"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -28,7 +27,7 @@ from api.auth import MAX_TOKEN_BYTES, Authenticator, AuthError, Principal, mint_
 from api.settings import Settings
 from api.state import HubState
 from tests.conftest import JWT_SECRET
-from tests.support import LiveHub, free_port
+from tests.support import LiveHub, free_port, serve_started
 
 ISSUER, AUDIENCE = "tickstock-hub", "tickstock"
 INVALID = 'Bearer realm="tickstock", error="invalid_token"'
@@ -107,13 +106,8 @@ async def _serve(settings: Settings, hub: HubState) -> AsyncIterator[str]:
     port = free_port()
     server = _Server(uvicorn.Config(create_app(settings, hub=hub), host="127.0.0.1", port=port,
                                     lifespan="on", log_level="warning", access_log=False))
-    task = asyncio.create_task(server.serve())
+    task = await serve_started(server)
     try:
-        while not server.started:
-            if task.done():
-                await task
-                raise RuntimeError("uvicorn exited during start-up")
-            await asyncio.sleep(0.01)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,13 +14,12 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import pytest_asyncio
-import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 
 from api.auth import mint_token
 from api.settings import Settings
 from tests.conftest import JWT_SECRET, delete_all_streams
-from tests.support import LiveHub, TcpProxy, make_event, publish_events, wait_for
+from tests.support import LiveHub, TcpProxy, make_event, publish_events, wait_for, within
 
 SCAN = "/api/patterns/scan"
 
@@ -194,13 +193,18 @@ class Probe:
     hit: bool
 
 
-async def _poll(c: httpx.AsyncClient, params: Any, until: float) -> list[Probe]:
+async def _poll(c: httpx.AsyncClient, params: Any, enough: Callable[[list[Probe]], bool], *,
+                timeout: float = 60.0, what: str = "enough scans") -> list[Probe]:
+    """Scan about every 10 ms, recording each answer, until ``enough(probes)``; fails after ``timeout`` s."""
     probes: list[Probe] = []
-    while time.time() < until:
+
+    async def probe() -> bool:
         issued = time.time()
         body = await _scan(c, params)
         probes.append(Probe(issued, {i["id"] for i in body["items"]}, body["cache"]["hit"]))
-        await asyncio.sleep(0.01)
+        return enough(probes)
+
+    await wait_for(probe, timeout=timeout, interval=0.01, what=what)
     return probes
 
 
@@ -225,9 +229,16 @@ async def test_an_event_stored_at_t_is_in_every_scan_issued_after_t_plus_the_bou
     # Keep an entry fresh from just before the event, so that cached answers without it are served
     # inside the bound: the test sees the cache at work, not PostgreSQL answering every time.
     await _scan(reader, params)
-    poller = asyncio.create_task(_poll(reader, params, until=time.time() + bound + 2.0))
+    stored_at: list[float] = []
+
+    def enough(probes: list[Probe]) -> bool:  # a few answers issued after T + bound, one from the cache
+        after = [p for p in probes if stored_at and p.issued >= stored_at[0] + bound]
+        return len(after) >= 5 and any(p.hit for p in after)
+
+    poller = asyncio.create_task(_poll(reader, params, enough, what="cached scans after T + bound"))
     await publish_events(nats_client.jetstream(), [event])
     stored = await _stored_at(proxied.hub, str(event["id"]))
+    stored_at.append(stored)
     probes = await poller
     after = [p for p in probes if p.issued >= stored + bound]
     assert after and all(event["id"] in p.ids for p in after), "a scan after T + bound missed the event"
@@ -246,7 +257,7 @@ async def test_a_lost_bump_never_resurrects_an_old_entry(reader: httpx.AsyncClie
     try:
         event = make_event(2000, symbol="CAT", timeframe="weekly", prefix="lost")
         await publish_events(nats_client.jetstream(), [event])
-        stored = await _stored_at(proxied.hub, str(event["id"]))
+        await _stored_at(proxied.hub, str(event["id"]))
         body = await _scan(reader, params)  # from PostgreSQL
         assert event["id"] in {i["id"] for i in body["items"]} and body["cache"]["hit"] is False
         cache = proxied.hub.hub.cache
@@ -254,8 +265,11 @@ async def test_a_lost_bump_never_resurrects_an_old_entry(reader: httpx.AsyncClie
         await wait_for(lambda: asyncio.sleep(0, cache.lost.total() >= 1), timeout=10, what="the lost bump")
     finally:
         await proxied.proxy.restore()
-    probes = await _poll(reader, params, until=max(time.time(), stored + proxied.hub.settings.cache_staleness_ms / 1000) + 3.0)
-    assert all(event["id"] in p.ids for p in probes)
+    # Scan until the cache has served several answers again, whatever the staleness bound.
+    probes = await _poll(reader, params, lambda probes: sum(p.hit for p in probes) >= 3,
+                         what="the cache serving again")
+    missed = [(i, p.hit) for i, p in enumerate(probes) if event["id"] not in p.ids]
+    assert not missed, f"scans without the event (probe, cache hit) of {len(probes)}: {missed}"
     assert any(p.hit for p in probes), "the cache did not come back"
 
 
@@ -289,18 +303,17 @@ async def test_redis_down_falls_back_to_postgres_and_recovers(reader: httpx.Asyn
 
 
 async def test_slow_redis_is_bypassed(reader: httpx.AsyncClient, proxied: Proxied) -> None:
-    """A Redis that stops answering (DEBUG SLEEP) costs each request at most the cache timeout."""
+    """A Redis that stops answering (its link stalls: connected, silent) costs each request at most the
+    cache timeout. The stall starts when ``stall()`` returns, so no scan can race it, however busy the box."""
     params = {"universe": "dow30", "limit": "10"}
-    await _until_hit(reader, params)
-    sleeper = aioredis.Redis.from_url(proxied.redis_url)
+    cached = await _until_hit(reader, params)
+    proxied.proxy.stall()
     try:
-        blocked = asyncio.create_task(sleeper.execute_command("DEBUG", "SLEEP", "1.5"))
-        await asyncio.sleep(0.1)
-        bodies = [await _scan(reader, params) for _ in range(5)]
-        assert all(not b["cache"]["hit"] for b in bodies)
-        await blocked
+        async with within(30, what="five scans while Redis is silent"):  # each waits at most the cache timeout
+            bodies = [await _scan(reader, params) for _ in range(5)]
+        assert all(not b["cache"]["hit"] and b["items"] == cached["items"] for b in bodies)
     finally:
-        await sleeper.aclose()
+        proxied.proxy.resume()
     await _until_hit(reader, params)
 
 

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from api.cli import main
-from tests.support import alive, free_port
+from tests.support import alive, free_port, lines_until
 
 COMMANDS = ["run", "serve", "migrate", "load-reference-data"]
 
@@ -72,6 +71,7 @@ def test_bad_setting_is_a_usage_error(clean_env: None, monkeypatch: pytest.Monke
         ("TICKSTOCK_REDIS_URL", "cannot connect to Redis"),
     ],
 )
+@pytest.mark.slow
 def test_serve_with_a_wrong_url_fails_fast_in_one_line(servers, database_url: str, broken: str, message: str) -> None:  # type: ignore[no-untyped-def]
     closed = free_port()
     urls = {
@@ -81,11 +81,9 @@ def test_serve_with_a_wrong_url_fails_fast_in_one_line(servers, database_url: st
     }
     scheme = urls[broken].split("://")[0]
     urls[broken] = f"{scheme}://127.0.0.1:{closed}/x" if scheme != "postgresql" else f"postgresql://postgres@127.0.0.1:{closed}/x"
-    started = time.monotonic()
+    # The subprocess timeout is the deadline: a serve that hangs on the wrong URL fails the test.
     result = _tickstock("serve", "--port", str(free_port()), env=_env(**urls), timeout=30)
-    elapsed = time.monotonic() - started
     assert result.returncode == 1
-    assert elapsed < 10
     lines = [line for line in result.stderr.splitlines() if line.startswith("tickstock:")]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
@@ -101,6 +99,7 @@ def test_migrate_and_load_reference_data_with_a_url(database_url: str, clean_env
     assert "reference data:" in err and "symbols" in err and "sectors" in err
 
 
+@pytest.mark.slow
 def test_migrate_without_a_url_uses_the_embedded_cluster(tmp_path: Path) -> None:
     result = _tickstock("migrate", "--data-dir", str(tmp_path), env=_env())
     assert result.returncode == 0, result.stderr
@@ -131,21 +130,14 @@ def _processes_under(path: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_run_serves_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "run", "--port", str(port), "--data-dir", str(tmp_path)],
                             env=_env(), stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    lines: list[str] = []
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            assert line, "tickstock run exited early:\n" + "".join(lines)
-            lines.append(line)
-            if "serving on" in line:
-                break
-        output = "".join(lines)
+        output = "".join(lines_until(proc.stderr, "serving on", timeout=90))
         for name in ("nats", "postgres", "redis"):
             assert f"{name} ready on 127.0.0.1:" in output
         assert "reference data:" in output
@@ -168,6 +160,7 @@ def test_run_serves_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> No
         sock.bind(("127.0.0.1", port))  # the HTTP port is free again
 
 
+@pytest.mark.slow
 def test_run_on_a_busy_port_fails_in_one_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -25,7 +25,7 @@ from hub.bridge import DEFAULT_CHANNEL
 from hub.jetstream import ensure_topology
 from store.deadletters import get_dead_letter, mark_replayed, record_dead_letter
 from tests.conftest import JWT_SECRET
-from tests.support import LiveHub, free_port, make_event, wait_for
+from tests.support import LiveHub, free_port, make_event, wait_for, within
 
 SUBCOMMANDS = [["token"], ["demo-feed"], ["bridge-redis"], ["dlq"], ["dlq", "list"], ["dlq", "show"],
                ["dlq", "replay"], ["dlq", "purge"]]
@@ -265,13 +265,13 @@ async def test_dlq_with_an_unreachable_database_fails_in_one_line(
 
 # -- demo-feed and bridge-redis ---------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_demo_feed_publishes_to_ingest(hub_env: LiveHub, capsys: pytest.CaptureFixture[str]) -> None:
     await ensure_topology(hub_env.hub.js)  # idempotent: the ingest stream is there
     before = (await hub_env.hub.js.stream_info("TICKSTOCK_INGEST")).state.last_seq
-    started = time.monotonic()
-    status, _, err = await tickstock(capsys, "demo-feed", "--rate", "50", "--duration", "2", "--once")
+    async with within(60, what="a two-second demo feed"):
+        status, _, err = await tickstock(capsys, "demo-feed", "--rate", "50", "--duration", "2", "--once")
     assert status == 0
-    assert time.monotonic() - started < 10
     assert err[-1].startswith("tickstock: demo feed: ") and err[-1].endswith(" events published")
     published = int(err[-1].split()[3])
     assert published > 0
@@ -294,9 +294,10 @@ async def test_bridge_redis_for_a_second(hub_env: LiveHub, redis_url: str, monke
                                          capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("TICKSTOCK_REDIS_URL", redis_url)
     started = time.monotonic()
-    status, _, err = await tickstock(capsys, "bridge-redis", "--duration", "1")
+    async with within(60, what="a one-second bridge"):
+        status, _, err = await tickstock(capsys, "bridge-redis", "--duration", "1")
     assert status == 0
-    assert 1 <= time.monotonic() - started < 10
+    assert time.monotonic() - started >= 1  # hygiene: ok - a lower bound: a busy machine only lengthens it
     assert err[-1] == "tickstock: bridge: 0 messages forwarded"
 
 
@@ -355,6 +356,7 @@ async def test_bridge_redis_process_forwards_until_interrupted(live_hub: LiveHub
     _stopped_cleanly(proc, err)
 
 
+@pytest.mark.slow
 async def test_sigterm_stops_a_long_running_command_cleanly(live_hub: LiveHub, redis_url: str) -> None:
     async with bridge_process(live_hub, redis_url) as (proc, redis):
         proc.send_signal(signal.SIGTERM)

@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import time
 import uuid
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -33,10 +32,11 @@ from api.ratelimit import (
 from api.settings import Settings
 from hub.metrics import Registry
 from tests.conftest import JWT_SECRET
-from tests.support import LiveHub, TcpProxy, problem
+from tests.support import LiveHub, TcpProxy, problem, wait_for, within
 
-RATE = 5.0
-SLOW_RATE = 0.2
+# One token an hour: no token comes back between two requests however busy the machine, so a test can
+# count admissions exactly; refills are shown by moving the bucket's clock back (``age``), not by sleeping.
+RATE = 1 / 3600
 BURST = 3
 PATH = "/api/patterns/definitions"
 
@@ -48,6 +48,16 @@ def subject() -> str:
 def bearer(sub: str, *scopes: str) -> dict[str, str]:
     token = mint_token(JWT_SECRET, subject=sub, scopes=scopes or ("patterns:read",))
     return {"Authorization": f"Bearer {token}"}
+
+
+async def age(redis: aioredis.Redis, sub: str, seconds: float) -> None:
+    """Move ``sub``'s bucket ``seconds`` into the past, as if that much time had gone by since its last take.
+
+    The bucket's clock is Redis's ``TIME``; its state is ``tokens`` and ``ts`` (the last take, in seconds).
+    """
+    key = KEY_PREFIX + sub
+    ts = float(await redis.hget(key, "ts"))  # type: ignore[misc,arg-type]
+    await redis.hset(key, "ts", repr(ts - seconds))  # type: ignore[misc]
 
 
 @contextlib.asynccontextmanager
@@ -125,15 +135,15 @@ async def test_burst_then_refused_then_refilled_at_the_rate(redis_client: aiored
     assert [d.remaining for d in first] == [2, 1, 0]
     refused = await limiter.acquire(redis_client, sub)
     assert not refused.allowed and refused.checked
-    assert 0 < refused.retry_after_s <= 1 / RATE + 1e-6
-    assert refused.headers()["Retry-After"] == "1"
+    assert 0.9 / RATE < refused.retry_after_s <= 1 / RATE + 1e-6
+    assert refused.headers()["Retry-After"] == str(math.ceil(refused.retry_after_s))
     assert limiter.limited.total() == 1
-    # One token comes back every 1/RATE s ...
-    await asyncio.sleep(refused.retry_after_s + 0.02)
+    # One token comes back after retry_after_s ...
+    await age(redis_client, sub, refused.retry_after_s + 1)
     assert (await limiter.acquire(redis_client, sub)).allowed
     assert not (await limiter.acquire(redis_client, sub)).allowed
     # ... and the bucket never holds more than the burst.
-    await asyncio.sleep(BURST / RATE + 0.5)
+    await age(redis_client, sub, 100 * BURST / RATE)
     again = [(await limiter.acquire(redis_client, sub)).allowed for _ in range(BURST + 1)]
     assert again == [True] * BURST + [False]
     ttl_ms = await redis_client.pttl(KEY_PREFIX + sub)
@@ -141,17 +151,13 @@ async def test_burst_then_refused_then_refilled_at_the_rate(redis_client: aiored
 
 
 async def test_measured_refill_rate(redis_client: aioredis.Redis) -> None:
-    """Over 1.2 s of steady demand an empty bucket admits about RATE per second."""
-    limiter = RateLimiter(rate_per_s=RATE, burst=BURST)
+    """An empty bucket left alone for N/rate seconds admits exactly N more (on Redis's clock)."""
+    limiter = RateLimiter(rate_per_s=RATE, burst=10)
     sub = subject()
-    for _ in range(BURST):
-        await limiter.acquire(redis_client, sub)
-    started = time.monotonic()
-    admitted = 0
-    while time.monotonic() - started < 1.2:
-        admitted += (await limiter.acquire(redis_client, sub)).allowed
-        await asyncio.sleep(0.01)
-    assert 5 <= admitted <= 7  # 6 expected; a busy machine may stretch the window a little
+    assert [(await limiter.acquire(redis_client, sub)).allowed for _ in range(11)] == [True] * 10 + [False]
+    await age(redis_client, sub, 6 / RATE)
+    admitted = [(await limiter.acquire(redis_client, sub)).allowed for _ in range(8)]
+    assert admitted == [True] * 6 + [False] * 2
 
 
 async def test_subjects_are_independent(redis_client: aioredis.Redis) -> None:
@@ -176,7 +182,7 @@ async def test_two_nodes_share_one_bucket(redis_client: aioredis.Redis, redis_ur
 async def test_concurrent_requests_never_overdraw(redis_client: aioredis.Redis) -> None:
     # A generous timeout: 40 concurrent calls open new Redis connections, which on a busy machine can
     # take longer than the default 50 ms and fail open; this test is about atomicity, not timeouts.
-    limiter = RateLimiter(rate_per_s=0.5, burst=10, timeout_s=5.0)
+    limiter = RateLimiter(rate_per_s=RATE, burst=10, timeout_s=5.0)
     sub = subject()
     decisions = await asyncio.gather(*(limiter.acquire(redis_client, sub) for _ in range(40)))
     assert sum(d.allowed for d in decisions) == 10
@@ -230,18 +236,16 @@ async def test_redis_cut_falls_back_to_a_local_bucket_logs_once_and_resumes(
     proxied_redis: tuple[TcpProxy, aioredis.Redis], caplog: pytest.LogCaptureFixture,
 ) -> None:
     proxy, client = proxied_redis
-    # A slow refill, so the timeouts spent while Redis is cut do not bring a token back.
-    limiter = RateLimiter(rate_per_s=SLOW_RATE, burst=BURST, retry_s=0)
+    limiter = RateLimiter(rate_per_s=RATE, burst=BURST, retry_s=0)
     sub = subject()
     assert [(await limiter.acquire(client, sub)).allowed for _ in range(BURST + 1)] == [True] * BURST + [False]
     caplog.set_level(logging.WARNING, logger="tickstock.ratelimit")
     await proxy.cut()
-    started = time.monotonic()
-    during = [await limiter.acquire(client, sub) for _ in range(10)]
+    async with within(5, what="ten requests while Redis is cut"):  # each waits at most timeout_s
+        during = [await limiter.acquire(client, sub) for _ in range(10)]
     # Not "allow everything": this process's own bucket of the same size decides.
     assert [d.allowed for d in during] == [True] * BURST + [False] * (10 - BURST)
     assert all(d.local and d.checked for d in during)
-    assert time.monotonic() - started < 10 * (limiter.timeout_s + 0.05)
     assert limiter.fail_open.total() == 10 and limiter.degraded
     assert len([r for r in caplog.records if "limiting with in-process buckets" in r.getMessage()]) == 1
     await proxy.restore()
@@ -254,15 +258,20 @@ async def test_redis_cut_falls_back_to_a_local_bucket_logs_once_and_resumes(
 
 async def test_after_a_failure_redis_is_left_alone_for_retry_s(proxied_redis: tuple[TcpProxy, aioredis.Redis]) -> None:
     proxy, client = proxied_redis
-    limiter = RateLimiter(rate_per_s=RATE, burst=BURST, retry_s=0.3)
+    # The five skipped calls do no I/O, so they fall well inside retry_s even on a busy machine.
+    limiter = RateLimiter(rate_per_s=RATE, burst=BURST, retry_s=1.0)
     await proxy.cut()
     assert (await limiter.acquire(client, subject())).allowed
     assert [(await limiter.acquire(client, subject())).local for _ in range(5)] == [True] * 5
     # The one attempt fails as an error or a timeout (the client retries a refused connection).
     assert limiter.fail_open.total() == 6 and limiter.fail_open.value(reason="skipped") == 5
     await proxy.restore()
-    await asyncio.sleep(0.35)
-    assert (await limiter.acquire(client, subject())).checked
+
+    async def asked_redis() -> bool:
+        decision = await limiter.acquire(client, subject())
+        return decision.checked and not decision.local
+
+    await wait_for(asked_redis, timeout=10, what="Redis asked again once retry_s has passed")
 
 
 async def test_slow_redis_times_out_and_a_local_bucket_decides() -> None:
@@ -278,15 +287,14 @@ async def test_slow_redis_times_out_and_a_local_bucket_decides() -> None:
     client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=5)
     limiter = RateLimiter(rate_per_s=RATE, burst=BURST, timeout_s=0.05, retry_s=0)
     try:
-        started = time.monotonic()
-        decision = await limiter.acquire(client, subject())
-        elapsed = time.monotonic() - started
+        # Well below the client's own 5 s socket timeout: only the limiter's timeout can end it in time.
+        async with within(4, what="a request against a silent Redis"):
+            decision = await limiter.acquire(client, subject())
     finally:
         await client.aclose()
         server.close()
         await server.wait_closed()
     assert decision.allowed and decision.local
-    assert elapsed < 0.5
     assert limiter.fail_open.value(reason="timeout") == 1
 
 
@@ -309,8 +317,9 @@ async def test_fourth_quick_request_is_429_with_headers(settings: Settings, live
     assert [r.headers["RateLimit-Remaining"] for r in oks] == ["2", "1", "0"]
     assert all(r.headers["RateLimit-Limit"] == str(BURST) for r in oks)
     body = problem(refused, 429)
-    assert body["title"] == "Too Many Requests" and "retry in 1 s" in body["detail"]
-    assert refused.headers["Retry-After"] == "1"
+    retry_after = refused.headers["Retry-After"]
+    assert 0.9 / RATE < int(retry_after) <= 1 / RATE
+    assert body["title"] == "Too Many Requests" and f"retry in {retry_after} s" in body["detail"]
     assert refused.headers["RateLimit-Limit"] == str(BURST) and refused.headers["RateLimit-Remaining"] == "0"
     assert other.status_code == 200  # another subject has its own bucket
 
@@ -362,7 +371,7 @@ async def test_http_falls_back_to_a_local_bucket_when_redis_is_cut(
     proxy, client = proxied_redis
     state = dataclasses.replace(live_hub.hub, redis=client)  # this node reaches Redis through the proxy
     app = limited_app(settings, live_hub, state=state)
-    limiter = app.state.rate_limiter = RateLimiter(rate_per_s=SLOW_RATE, burst=BURST, retry_s=0)  # type: ignore[attr-defined]
+    limiter = app.state.rate_limiter = RateLimiter(rate_per_s=RATE, burst=BURST, retry_s=0)  # type: ignore[attr-defined]
     headers = bearer(subject())
     async with client_for(app) as http:
         assert [(await http.get(PATH, headers=headers)).status_code for _ in range(BURST + 1)] == [200] * BURST + [429]

@@ -63,12 +63,11 @@ async def test_the_id_is_visible_to_handlers_and_logs(caplog: pytest.LogCaptureF
 
 
 async def test_websockets_get_an_id_too(live_hub: LiveHub) -> None:
-    import asyncio
     import contextlib
 
     import uvicorn
 
-    from tests.support import free_port
+    from tests.support import free_port, serve_started
 
     class NoSignals(uvicorn.Server):
         @contextlib.contextmanager
@@ -77,9 +76,7 @@ async def test_websockets_get_an_id_too(live_hub: LiveHub) -> None:
 
     port = free_port()
     server = NoSignals(uvicorn.Config(_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    task = await serve_started(server)
     try:
         import websockets
 

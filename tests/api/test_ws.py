@@ -140,6 +140,20 @@ async def received(peer: Peer, n: int, timeout: float = 15.0) -> list[dict[str, 
     return await wait_for(enough, timeout=timeout, what=f"{n} events (have {len(peer.events())})")
 
 
+async def before_marker(hub: LiveHub, peers: list[Peer], marker: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """Publish ``marker`` (an event every peer's filters match) after everything else, wait until each
+    peer has it, and return each peer's event frames before it. The hub delivers in stream order, so an
+    event that has not arrived before the marker will not arrive: a barrier, not a sleep."""
+    await publish(hub, [marker])
+
+    async def marked(peer: Peer) -> list[dict[str, Any]] | None:
+        ids = [f["event"]["id"] for f in peer.events()]
+        return peer.events()[:ids.index(marker["id"])] if marker["id"] in ids else None
+
+    return [await wait_for(lambda peer=peer: marked(peer), timeout=15, what=f"the marker {marker['id']}")
+            for peer in peers]
+
+
 # -- authentication -------------------------------------------------------------------------------
 
 
@@ -275,6 +289,7 @@ async def test_each_client_gets_exactly_what_its_filter_matches_in_order_once(co
         chosen = rng.sample(range(len(filters)), k=rng.choice((1, 2)))
         for k in chosen:
             await subscribe(peer, f"f{k}", **filters[k])
+        await subscribe(peer, "mark", symbols=["ZZMK"])  # matches the closing marker only
         peers.append((peer, chosen))
     members = {}
     async with hub.hub.pool.connection() as db:
@@ -297,12 +312,10 @@ async def test_each_client_gets_exactly_what_its_filter_matches_in_order_once(co
                 and (not f.get("types") or e["type"] in f["types"])
                 and e["confidence"] >= f.get("confidence_min", 0))
 
-    for peer, chosen in peers:
+    marked = await before_marker(hub, [peer for peer, _ in peers], make_event(0, prefix="oracle-mark", symbol="ZZMK"))
+    for (peer, chosen), got in zip(peers, marked, strict=True):
         expected = [(e["id"], sorted(f"f{k}" for k in chosen if matches(filters[k], e))) for e in events]
         expected = [(i, subs) for i, subs in expected if subs]
-        got = await received(peer, len(expected))
-        await asyncio.sleep(0.2)  # nothing more may come
-        got = peer.events()
         assert [(f["event"]["id"], sorted(f["subs"])) for f in got] == expected
         seqs = [f["seq"] for f in got]
         assert seqs == sorted(set(seqs))
@@ -351,13 +364,13 @@ async def test_since_replays_the_matching_past_then_continues_live_without_gap_o
     await publishing
     assert reply["recovered"] is True
     expected = [e["id"] for e in events if e["symbol"] == "AAPL"] + [e["id"] for e in later]
-    got = await received(peer, len(expected))
-    await asyncio.sleep(0.2)
-    assert [f["event"]["id"] for f in peer.events()] == expected
+    [got] = await before_marker(hub, [peer], make_event(0, prefix=f"resume{count}-mark", symbol="AAPL"))
+    assert [f["event"]["id"] for f in got] == expected
     seqs = [f["seq"] for f in got]
     assert seqs == sorted(set(seqs)) and seqs[0] > start
 
 
+@pytest.mark.slow
 async def test_since_beyond_the_resume_bound_or_ahead_of_the_stream_is_not_recovered(connect: Any, hub: LiveHub) -> None:
     peer = await connect()
     reply = await subscribe(peer, "ahead", since=hub.hub.fanout.head + 1_000_000, symbols=["NOTHING"])
@@ -479,7 +492,7 @@ def _client_frame(text: str) -> bytes:
 
 
 async def _keep_talking(writer: asyncio.StreamWriter) -> None:
-    while True:
+    while True:  # hygiene: ok - a heartbeat that runs until cancelled, not a wait
         writer.write(_client_frame('{"op":"pong"}'))
         await asyncio.sleep(0.3)
 
@@ -646,12 +659,18 @@ async def test_a_client_that_falls_behind_and_catches_up_gets_everything_in_orde
         conns = [c for c in hub.hub.fanout.connections if "mine" in c.subs]
         assert len(conns) == 1
         sent = 0
-        while not conns[0].queued:  # publish until the hub has to queue for this socket
+
+        async def backed_up() -> bool:  # publish until the hub has to queue for this socket
+            nonlocal sent
+            if conns[0].queued:
+                return True
+            assert sent < 2_000, "the socket never backed up"
             await publish(hub, [make_event(sent + i, prefix="behind", symbol="CAT", data={"blob": "y" * 12_000})
                                 for i in range(10)])
             sent += 10
-            await asyncio.sleep(0.05)
-            assert sent < 2_000, "the socket never backed up"
+            return False
+
+        await wait_for(backed_up, timeout=60, what="the socket to back up")
         seqs: list[int] = []
         while len(seqs) < sent:
             frame = json.loads(await asyncio.wait_for(_read_frame(reader), 10))
@@ -679,12 +698,18 @@ async def test_a_client_whose_oldest_frame_waits_too_long_is_closed_as_a_slow_co
                        what="the subscription")
         conn = next(c for c in hub.hub.fanout.connections if "lag" in c.subs)
         sent = 0
-        while not conn.queued:  # back the socket up, then stop: the outbox stays far below its bounds
+
+        async def backed_up() -> bool:  # back the socket up, then stop: the outbox stays far below its bounds
+            nonlocal sent
+            if conn.queued:
+                return True
+            assert sent < 2_000, "the socket never backed up"
             await publish(hub, [make_event(sent + i, prefix="lag", symbol="DE", data={"blob": "z" * 12_000})
                                 for i in range(10)])
             sent += 10
-            await asyncio.sleep(0.05)
-            assert sent < 2_000, "the socket never backed up"
+            return False
+
+        await wait_for(backed_up, timeout=60, what="the socket to back up")
         assert conn.queued < 100
         await wait_for(_true_when(lambda: conn.close_code is not None), timeout=10, what="the lagging client closed")
         assert conn.close_code == 4409 and "waited" in conn.close_reason

@@ -25,7 +25,7 @@ from hub.broker import open_nats
 from hub.embedded import EmbeddedNats
 from hub.jetstream import INGEST_STREAM, MIB, Topology, ensure_topology
 from hub.subjects import UNPARSED_SUBJECT, ingest_subject
-from tests.support import LiveHub, TcpProxy, free_port, make_event, wait_for, wait_settled
+from tests.support import LiveHub, TcpProxy, free_port, make_event, wait_for, wait_settled, within
 
 
 async def _stored(pool: AsyncConnectionPool, event_id: str) -> dict[str, Any] | None:
@@ -202,18 +202,22 @@ async def test_run_forwards_for_a_while_and_returns_the_count(hub_js: JetStreamC
     await wait_for(lambda: _is(_subscribers(redis_client, "run.patterns"), 1), timeout=10, what="subscribed")
     for i in (1, 2):
         await _publish(redis_client, json.dumps(_event(i, "bridge-run")), channel="run.patterns")
-    assert await task == 2
-    assert 1.5 <= time.monotonic() - started < 5
+    async with within(30, what="a 1.5 s bridge run"):
+        assert await task == 2
+    assert time.monotonic() - started >= 1.5  # hygiene: ok - a lower bound: a busy machine only lengthens it
     # The bridge closed its connection; Redis drops the subscription when it sees the close.
     await wait_for(lambda: _is(_subscribers(redis_client, "run.patterns"), 0), timeout=5, what="unsubscribed")
     assert await wait_for(lambda: _stored(ref_pool, "bridge-run-2"), timeout=20, what="stored")
 
 
-async def test_run_without_a_duration_runs_until_cancelled(settings: Any,
+async def test_run_without_a_duration_runs_until_cancelled(hub_js: JetStreamContext, settings: Any,
+                                                           ref_pool: AsyncConnectionPool,
                                                            redis_client: aioredis.Redis) -> None:
     task = asyncio.create_task(run(settings.redis_url, settings.nats_url, channel="forever.patterns"))
     await wait_for(lambda: _is(_subscribers(redis_client, "forever.patterns"), 1), timeout=10, what="on")
-    await asyncio.sleep(0.2)
+    # Still forwarding after a round trip through the hub (a barrier), and still running.
+    await _publish(redis_client, json.dumps(_event(1, "bridge-forever")), channel="forever.patterns")
+    assert await wait_for(lambda: _stored(ref_pool, "bridge-forever-1"), timeout=20, what="stored")
     assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -223,8 +227,7 @@ async def test_run_without_a_duration_runs_until_cancelled(settings: Any,
 
 async def test_run_with_an_unreachable_redis_fails_in_one_line(settings: Any) -> None:
     closed = f"redis://127.0.0.1:{free_port()}/0"
-    started = time.monotonic()
-    with pytest.raises(RedisError, match=rf"cannot connect to Redis at {closed}") as info:
-        await run(closed, settings.nats_url, duration_s=0)
-    assert time.monotonic() - started < 10
+    async with within(30, what="connecting to a closed port"):  # a deadline, not a measurement
+        with pytest.raises(RedisError, match=rf"cannot connect to Redis at {closed}") as info:
+            await run(closed, settings.nats_url, duration_s=0)
     assert "\n" not in str(info.value)

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from hub.broker import BrokerError, open_nats
-from tests.support import free_port
+from tests.support import free_port, within
 
 
 async def test_connects_publishes_and_drains(servers) -> None:  # type: ignore[no-untyped-def]
@@ -18,8 +16,7 @@ async def test_connects_publishes_and_drains(servers) -> None:  # type: ignore[n
 
 
 async def test_unreachable_server_fails_fast_with_one_clear_line() -> None:
-    started = time.monotonic()
-    with pytest.raises(BrokerError, match=r"cannot connect to NATS at nats://127.0.0.1:\d+"):
-        async with open_nats(f"nats://127.0.0.1:{free_port()}", connect_timeout_s=2):
-            pass
-    assert time.monotonic() - started < 5
+    async with within(30, what="connecting to a closed port"):  # a deadline, not a measurement
+        with pytest.raises(BrokerError, match=r"cannot connect to NATS at nats://127.0.0.1:\d+"):
+            async with open_nats(f"nats://127.0.0.1:{free_port()}", connect_timeout_s=2):
+                pass

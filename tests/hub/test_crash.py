@@ -8,14 +8,22 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
+import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from api.settings import Settings
 from tests.conftest import JWT_SECRET, delete_all_streams
-from tests.support import clean_stream_messages, free_port, make_event, publish_events, wait_for, wait_settled
+from tests.support import (
+    clean_stream_messages,
+    free_port,
+    make_event,
+    publish_events,
+    wait_for,
+    wait_for_sync,
+    wait_settled,
+)
 
 SYMBOLS = ["AAPL", "MSFT", "IBM", "KO", "XOM", "BRK.B"]
 
@@ -28,15 +36,20 @@ def _start(settings: Settings) -> tuple[subprocess.Popen[bytes], int]:
                TICKSTOCK_INGEST_ACK_WAIT_S="2", TICKSTOCK_WRITER_BATCH="200", TICKSTOCK_LOG_LEVEL="WARNING")
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                return proc, port
+            return httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200
         except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("hub did not start")
+            return False
+
+    try:
+        wait_for_sync(ready, timeout=60, interval=0.1, what="the hub to start")
+    except AssertionError:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, port
 
 
 async def _count(pool: AsyncConnectionPool, sql: str) -> int:
@@ -45,6 +58,7 @@ async def _count(pool: AsyncConnectionPool, sql: str) -> int:
     return int(next(iter(row.values()))) if row else 0
 
 
+@pytest.mark.slow
 async def test_kill_9_mid_ingest_then_restart_loses_and_duplicates_nothing(settings: Settings, ref_pool, nats_client) -> None:  # type: ignore[no-untyped-def]
     await delete_all_streams(settings.nats_url or "")
     first, _ = _start(settings)

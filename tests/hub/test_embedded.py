@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
@@ -15,7 +14,7 @@ import pytest
 import redis
 
 from hub.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port, started
-from tests.support import alive
+from tests.support import alive, wait_for_sync
 
 _alive = alive
 
@@ -26,6 +25,7 @@ def test_free_port_is_bindable() -> None:
         sock.bind(("127.0.0.1", port))
 
 
+@pytest.mark.slow
 def test_all_three_start_answer_and_stop(tmp_path: Path) -> None:
     nats, pg, rd = EmbeddedNats(tmp_path / "n"), EmbeddedPostgres(tmp_path / "p", durable=False), EmbeddedRedis(tmp_path / "r")
     seen: list[str] = []
@@ -46,6 +46,7 @@ def test_all_three_start_answer_and_stop(tmp_path: Path) -> None:
     assert not nats.running and nats.pid is None
 
 
+@pytest.mark.slow
 def test_postgres_keeps_its_data_between_runs(tmp_path: Path) -> None:
     with EmbeddedPostgres(tmp_path) as pg:
         with psycopg.connect(pg.url, autocommit=True) as conn:
@@ -106,6 +107,7 @@ def test_a_server_another_process_runs_is_used_and_left_running(tmp_path: Path) 
         first.stop()
 
 
+@pytest.mark.slow
 def test_a_leftover_that_does_not_answer_is_stopped_first(tmp_path: Path) -> None:
     class Mute(EmbeddedRedis):
         answers = True
@@ -151,10 +153,7 @@ def test_servers_die_with_a_killed_parent(tmp_path: Path) -> None:
     parent.kill()
     parent.wait()
     parent.stdout.close()
-    deadline = time.monotonic() + 10
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child)
+    wait_for_sync(lambda: not _alive(child), timeout=30, what="the orphaned server to exit")
 
 
 def test_a_server_that_ignores_the_stop_signal_is_killed(tmp_path: Path) -> None:

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import urlsplit
 
 from psycopg_pool import AsyncConnectionPool
 
 from hub.maintenance import Maintenance
 from store.pool import open_pool
-from tests.support import TcpProxy
+from tests.support import TcpProxy, wait_for
 
 
 async def _partitions(pool: AsyncConnectionPool) -> int:
@@ -22,11 +21,12 @@ async def test_runs_on_entry_then_on_schedule_and_stops(pool: AsyncConnectionPoo
     async with Maintenance(pool, interval_s=0.05, ahead_days=400) as maintenance:
         assert maintenance.rounds >= 1
         assert await _partitions(pool) >= before + 12  # about a year of monthly partitions ahead
-        while maintenance.rounds < 3:
-            await asyncio.sleep(0.02)
+        await wait_for(lambda: maintenance.rounds >= 3, timeout=30, interval=0.02, what="three rounds")
+        task = maintenance._task
+        assert task is not None
     rounds = maintenance.rounds
-    await asyncio.sleep(0.15)
-    assert maintenance.rounds == rounds  # the task is gone
+    assert task.done()  # cancelled and awaited on exit: no round can follow
+    assert maintenance.rounds == rounds
     assert maintenance.failures == 0
 
 
@@ -37,9 +37,8 @@ async def test_a_failed_round_is_counted_and_the_next_one_recovers(database_url:
         async with open_pool(url, min_size=1, max_size=2, timeout_s=0.3) as pool:
             async with Maintenance(pool, interval_s=0.1, ahead_days=1) as maintenance:
                 await proxy.cut()
-                while maintenance.failures == 0:
-                    await asyncio.sleep(0.02)
+                await wait_for(lambda: maintenance.failures > 0, timeout=30, interval=0.02, what="a failed round")
                 await proxy.restore()
                 rounds = maintenance.rounds
-                while maintenance.rounds == rounds:
-                    await asyncio.sleep(0.02)
+                await wait_for(lambda: maintenance.rounds > rounds, timeout=30, interval=0.02,
+                               what="a round after the restore")

@@ -38,6 +38,7 @@ def test_retry_delay_doubles_and_caps() -> None:
     assert retry_delay(0) == 0.5
 
 
+@pytest.mark.slow
 async def test_events_are_stored_and_published_once_in_per_symbol_order(live_hub: LiveHub, ref_pool) -> None:  # type: ignore[no-untyped-def]
     js = live_hub.hub.js
     events = [make_event(i, symbol=SYMBOLS[i % len(SYMBOLS)], prefix="flow",
@@ -101,6 +102,7 @@ EXPECTED_REASON = {"legacy_0_100": "confidence_out_of_range"}
 BIG = 2_000_000
 
 
+@pytest.mark.slow
 async def test_malformed_events_are_dead_lettered_with_a_reason_and_nothing_is_stored(live_hub: LiveHub, ref_pool) -> None:  # type: ignore[no-untyped-def]
     global BIG
     js = live_hub.hub.js

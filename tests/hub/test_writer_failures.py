@@ -11,6 +11,7 @@ import dataclasses
 import json
 from urllib.parse import urlsplit
 
+import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from api.settings import Settings
@@ -49,6 +50,7 @@ def _via(url: str, port: int) -> str:
     return parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{port}").geturl()
 
 
+@pytest.mark.slow
 async def test_database_outage_hands_batches_back_with_backoff_and_loses_nothing(settings: Settings, ref_pool) -> None:  # type: ignore[no-untyped-def]
     await delete_all_streams(settings.nats_url or "")
     parts = urlsplit(settings.database_url or "")
@@ -81,6 +83,7 @@ async def test_database_outage_hands_batches_back_with_backoff_and_loses_nothing
     assert ids == [f"outage-{i}" for i in range(900)]  # one symbol: the ingest order survived the outage
 
 
+@pytest.mark.slow
 async def test_two_hub_nodes_share_the_writer_and_store_each_event_once(settings: Settings, ref_pool) -> None:  # type: ignore[no-untyped-def]
     await delete_all_streams(settings.nats_url or "")
     async with LiveHub(dataclasses.replace(settings, writer_batch=50)) as a, \

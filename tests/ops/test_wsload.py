@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ops"))
 
 from wsload import Conn, Load, expected_counts  # noqa: E402
 
-from tests.support import free_port  # noqa: E402
+from tests.support import free_port, serve_started  # noqa: E402
 
 CONNECTIONS = 6
 FIRST, COUNT = 10, 50  # measured indices 10..59; 0..9 are warm-up
@@ -44,9 +44,7 @@ async def test_counts_deliveries_losses_duplicates_and_inversions() -> None:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(Starlette(routes=[WebSocketRoute("/ws", feed)]), host="127.0.0.1",
                                            port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    task = await serve_started(server)
 
     def run() -> dict[str, object]:
         conns = [Conn(f"ws://127.0.0.1:{port}/ws", "all")] * CONNECTIONS

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import time
-
 import psycopg
 import pytest
 
 from store.pool import StoreError, open_pool, ping
-from tests.support import database_url_for, free_port
+from tests.support import database_url_for, free_port, within
 
 
 async def test_pool_gives_dict_rows_and_applies_the_statement_timeout(database_url: str) -> None:
@@ -22,12 +20,11 @@ async def test_pool_gives_dict_rows_and_applies_the_statement_timeout(database_u
 
 
 async def test_unreachable_database_fails_fast_with_one_line() -> None:
-    started = time.monotonic()
-    with pytest.raises(StoreError, match="cannot connect to PostgreSQL: ") as info:
-        async with open_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x", connect_timeout_s=2):
-            pass
+    async with within(30, what="connecting to a closed port"):  # a deadline, not a measurement
+        with pytest.raises(StoreError, match="cannot connect to PostgreSQL: ") as info:
+            async with open_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x", connect_timeout_s=2):
+                pass
     assert "\n" not in str(info.value)
-    assert time.monotonic() - started < 5
     assert isinstance(info.value, psycopg.OperationalError)  # callers' existing handlers still work
 
 

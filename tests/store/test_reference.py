@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import shutil
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -230,9 +229,7 @@ async def test_index_members_outside_the_sp500_are_symbols(
 
 async def test_reload_changes_nothing(pool: AsyncConnectionPool, loaded: ReferenceCounts) -> None:
     before = (await _one(pool, "SELECT clock_timestamp() AS t"))["t"]
-    started = time.perf_counter()
     again = await load_reference_data(pool)
-    elapsed = time.perf_counter() - started
     assert again == loaded
     for table in ("symbols", "universes", "pattern_definitions"):
         row = await _one(pool, f"SELECT count(*) AS n FROM {table} WHERE updated_at >= %s", (before,))
@@ -241,7 +238,6 @@ async def test_reload_changes_nothing(pool: AsyncConnectionPool, loaded: Referen
         pool, "SELECT count(*) AS n, count(DISTINCT (universe, symbol)) AS d FROM universe_members"
     )
     assert row["n"] == row["d"] == sum(MEMBERS.values())
-    assert elapsed < 2.0, f"a reload took {elapsed:.2f} s"
 
 
 async def test_concurrent_loads_serialise(pool: AsyncConnectionPool, loaded: ReferenceCounts) -> None:
