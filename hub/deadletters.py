@@ -14,6 +14,7 @@ the hub's own publish. A JetStream 4xx answer is permanent: it is counted and lo
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import contextlib
 import json
 import logging
@@ -42,7 +43,7 @@ from hub.window import EventWindow
 from store.deadletters import get_dead_letter, mark_replayed, record_dead_letter
 
 __all__ = ["DLQ_HEADERS", "EVENT_CAUSED_ERRORS", "ID_CONFLICT", "TRANSIENT_ERRORS", "AdvisoryWatcher", "DeadLetterer",
-           "ReplayError", "ReplayResult", "is_permanent_api_error", "is_transient"]
+           "ReplayError", "ReplayResult", "ingest_source_key", "is_permanent_api_error", "is_transient"]
 
 log = logging.getLogger("tickstock.deadletters")
 
@@ -84,6 +85,14 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, EVENT_CAUSED_ERRORS) or is_permanent_api_error(exc):
         return False
     return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def ingest_source_key(stream_seq: int, payload: bytes) -> str:
+    """The key that makes dead-lettering one ingest message idempotent: its stream sequence and a digest
+    of its payload. The digest keeps a recreated stream (whose sequences start again at 1) from
+    folding a new message into an old dead letter; the writer and the advisory watcher build the same
+    key for the same message."""
+    return f"ingest:{stream_seq}:{hashlib.sha256(payload).hexdigest()[:16]}"
 
 
 def _stored_headers(headers: dict[str, str] | None) -> dict[str, str]:
@@ -232,7 +241,8 @@ class AdvisoryWatcher:
                         escape_control(exc.description or "", limit=200))
             return
         await self._dead_letters.record(
-            source_key=f"ingest:{seq}", subject=original.subject or "", payload=original.data or b"",
+            source_key=ingest_source_key(seq, original.data or b""), subject=original.subject or "",
+            payload=original.data or b"",
             headers=original.headers, reason=MAX_DELIVERIES,
             detail=f"not stored after {deliveries} deliveries (consumer {escape_control(advisory.get('consumer'), limit=64)})",
             deliveries=deliveries, first_seen=original.time)

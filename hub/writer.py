@@ -50,7 +50,14 @@ from nats.errors import Error as NatsError
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
-from hub.deadletters import ID_CONFLICT, STORE_REJECTED, TRANSIENT_ERRORS, DeadLetterer, is_transient
+from hub.deadletters import (
+    ID_CONFLICT,
+    STORE_REJECTED,
+    TRANSIENT_ERRORS,
+    DeadLetterer,
+    ingest_source_key,
+    is_transient,
+)
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
 from hub.metrics import Metrics
 from hub.model import EventError, PatternEvent
@@ -199,7 +206,7 @@ class Writer:
         md = msg.metadata
         try:
             await self._dead_letters.record(
-                source_key=f"ingest:{md.sequence.stream}", subject=msg.subject, payload=msg.data,
+                source_key=ingest_source_key(md.sequence.stream, msg.data), subject=msg.subject, payload=msg.data,
                 headers=msg.headers, reason=reason, detail=detail, errors=list(errors or []),
                 deliveries=md.num_delivered, first_seen=md.timestamp, conflict_payload=conflict_payload)
         except TRANSIENT_ERRORS as exc:
