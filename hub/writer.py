@@ -39,7 +39,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -50,100 +49,38 @@ from nats.errors import Error as NatsError
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
-from hub.deadletters import (
-    ID_CONFLICT,
-    STORE_REJECTED,
-    TRANSIENT_ERRORS,
-    DeadLetterer,
-    ingest_source_key,
-    is_transient,
-)
+from hub.deadletters import ID_CONFLICT, STORE_REJECTED, TRANSIENT_ERRORS, DeadLetterer, ingest_source_key, is_transient
+from hub.isolation import Outcome, Pending, insert_isolating
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
 from hub.metrics import Metrics
 from hub.model import EventError, PatternEvent
 from hub.parsing import parse_event
 from hub.producer import PRODUCER_HEADER, producer_of
+from hub.outage import DEFAULT_RETRY_BASE_S, DEFAULT_RETRY_MAX_S, Outage
 from hub.pull import Puller
 from hub.subjects import check_subject, clean_subject
 from hub.text import first_line
 from hub.window import EventWindow
-from store.patterns import StoredEvent, ensure_month_list, month_start, set_stream_seqs, store_events
+from store.patterns import StoredEvent, ensure_month_list, month_start, set_stream_seqs
 from store.pool import ping
 from store.secrets import deployment_secret
 
-__all__ = ["Writer", "retry_delay"]
+__all__ = ["Writer"]
 
 log = logging.getLogger("tickstock.writer")
 
 DEFAULT_BATCH = 1000
 DEFAULT_FETCH_TIMEOUT_S = 0.5
-DEFAULT_RETRY_BASE_S = 0.5
-DEFAULT_RETRY_MAX_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 10.0
 REDELIVERY_MARGIN_S = 0.1
 PROBE_TIMEOUT_S = 2.0
 DEFAULT_PARTITIONS_PER_BATCH = 4
-# Timed-out statements one batch may spend isolating the events at fault (each costs up to the
-# statement timeout). One bad event in 1,000 needs about 10; what is left after the budget is carried.
-MAX_TIMEOUTS_PER_BATCH = 16
 # Called after each batch commits with the events in it (e.g. the cache bumping generations); it must
 # return quickly and not raise (a failure is logged and ingest goes on).
 OnStored = Callable[[Sequence[PatternEvent]], Awaitable[None]]
 # At least the ingest stream's largest message (or that message could never be fetched), and well
 # under what the server buffers for one client (max_pending, 64 MB by default).
 DEFAULT_FETCH_MAX_BYTES = 9 * 1024 * 1024
-
-
-def retry_delay(deliveries: int, *, base_s: float = DEFAULT_RETRY_BASE_S, max_s: float = DEFAULT_RETRY_MAX_S) -> float:
-    """Delay before the next delivery after ``deliveries`` failed ones: base · 2^(n-1), capped."""
-    return min(max_s, base_s * 2 ** max(0, deliveries - 1))
-
-
-class _Outage:
-    """The current run of transient failures: logged once when it starts and once when it ends, and
-    the back-off, which grows with each failure of the run and never shrinks within it."""
-
-    def __init__(self, *, base_s: float, max_s: float) -> None:
-        self.since: float | None = None
-        self.failures = 0
-        self._base_s = base_s
-        self._max_s = max_s
-
-    @property
-    def delay(self) -> float:
-        return retry_delay(self.failures, base_s=self._base_s, max_s=self._max_s)
-
-    def failed(self, exc: BaseException) -> float:
-        """Count a failure; returns the back-off for it."""
-        self.failures += 1
-        if self.since is None:
-            self.since = time.monotonic()
-            log.warning("writer: transient failure, handing batches back with back-off: %s", first_line(exc, limit=200))
-        return self.delay
-
-    def recovered(self) -> None:
-        if self.since is not None:
-            log.info("writer: recovered after %.1f s and %d failed attempt(s)", time.monotonic() - self.since,
-                     self.failures)
-            self.since = None
-        self.failures = 0
-
-
-@dataclass
-class _Pending:
-    """One event id of a batch: the event, the messages that carried it, who produced it."""
-
-    event: PatternEvent
-    msgs: list[Msg]
-    producer: str | None = None
-
-
-@dataclass
-class _Outcome:
-    stored: dict[str, StoredEvent] = field(default_factory=dict)
-    failed: list[tuple[_Pending, psycopg.Error]] = field(default_factory=list)
-    unresolved: list[_Pending] = field(default_factory=list)
-    timeouts: int = 0
 
 
 class Writer:
@@ -178,7 +115,7 @@ class Writer:
         self._retry_max_s = retry_max_s
         self._stop_timeout_s = stop_timeout_s
         self._months: set[datetime] = set()
-        self._outage = _Outage(base_s=retry_base_s, max_s=retry_max_s)
+        self._outage = Outage(base_s=retry_base_s, max_s=retry_max_s)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -242,42 +179,9 @@ class Writer:
                 self._months |= await ensure_month_list(conn, missing, max_new=self._partitions_per_batch)
         return {m for m in wanted if m in self._months}
 
-    async def _insert_isolating(self, conn: psycopg.AsyncConnection, batch: list[_Pending],  # type: ignore[type-arg]
-                                msgs: Sequence[Msg]) -> _Outcome:
-        """Insert ``batch`` in one statement inside a savepoint. When the database refuses it for a
-        reason one event can cause (a constraint, a bad value, the statement timeout), bisect: each
-        half in its own savepoint, down to the single events at fault, which are returned as
-        ``failed``; everything else is stored in this transaction. A transient error is raised. At most
-        ``MAX_TIMEOUTS_PER_BATCH`` timed-out statements are spent; what is left then is ``unresolved``."""
-        outcome = _Outcome()
-        stack = [batch]
-        while stack:
-            part = stack.pop()
-            if outcome.timeouts >= MAX_TIMEOUTS_PER_BATCH:
-                outcome.unresolved.extend(part)
-                continue
-            try:
-                async with conn.transaction():
-                    outcome.stored.update(await store_events(conn, [p.event for p in part], [p.producer for p in part]))
-            except psycopg.Error as exc:
-                if is_transient(exc):
-                    raise
-                if isinstance(exc, psycopg.errors.QueryCanceled):
-                    outcome.timeouts += 1
-                if len(part) == 1:
-                    outcome.failed.append((part[0], exc))
-                else:
-                    if len(part) == len(batch):
-                        log.warning("writer: batch of %d refused by the database (%s); isolating the event(s) at fault",
-                                    len(batch), first_line(exc, limit=200))
-                    half = len(part) // 2
-                    stack += [part[half:], part[:half]]  # the first half next: the ingest order is kept
-                await self._heartbeat(msgs)
-        return outcome
-
-    async def _store(self, batch: list[_Pending], msgs: Sequence[Msg]) -> _Outcome:
+    async def _store(self, batch: list[Pending], msgs: Sequence[Msg]) -> Outcome:
         async with self._pool.connection() as conn, conn.transaction():
-            outcome = await self._insert_isolating(conn, batch, msgs)
+            outcome = await insert_isolating(conn, batch, heartbeat=lambda: self._heartbeat(msgs))
             if outcome.failed and not outcome.stored and all(
                     isinstance(exc, psycopg.errors.QueryCanceled) for _, exc in outcome.failed) and any(
                     m.metadata.num_delivered < 2 for p, _ in outcome.failed for m in p.msgs):
@@ -333,7 +237,7 @@ class Writer:
             if msg.metadata.num_delivered > 1:
                 self._metrics.redeliveries.inc()
         msgs = [*carried, *msgs]
-        events: dict[str, _Pending] = {}
+        events: dict[str, Pending] = {}
         carry: list[Msg] = []
         for msg in msgs:
             try:
@@ -343,7 +247,7 @@ class Writer:
                 continue
             first = events.get(event.id)
             if first is None:
-                events[event.id] = _Pending(event, [msg])
+                events[event.id] = Pending(event, [msg])
             elif first.event.to_json_bytes() == event.to_json_bytes():
                 first.msgs.append(msg)  # the same event twice in one batch: store once
             else:
@@ -358,7 +262,7 @@ class Writer:
             ready = await self._ensure_partitions([p.event for p in batch])
             deferred = [p for p in batch if month_start(p.event.detected_at) not in ready]
             batch = [p for p in batch if month_start(p.event.detected_at) in ready]
-            outcome = await self._store(batch, msgs) if batch else _Outcome()
+            outcome = await self._store(batch, msgs) if batch else Outcome()
             if deferred:
                 self._metrics.partitions_deferred.inc(sum(len(p.msgs) for p in deferred))
             carry += [m for p in (*deferred, *outcome.unresolved) for m in p.msgs]

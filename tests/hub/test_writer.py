@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from api.auth import mint_token
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
 from hub.subjects import clean_subject, parse_subject
-from hub.writer import retry_delay
+from hub.outage import retry_delay
 from tests.conftest import JWT_SECRET
 from tests.support import (
     LiveHub,

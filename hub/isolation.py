@@ -1,0 +1,82 @@
+"""Fault isolation for one batch: insert it in one statement, and when the database refuses it for a
+reason one event can cause, bisect down to the events at fault, each part in its own savepoint.
+
+The common path stays one statement. A refused batch of n events with k bad ones costs about
+2·k·log2(n) statements; a timed-out statement costs up to the statement timeout, so the number of
+timeouts one batch may spend is bounded and what is left is handed back as ``unresolved``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from nats.aio.msg import Msg
+
+from hub.deadletters import is_transient
+from hub.model import PatternEvent
+from hub.text import first_line
+from store.patterns import StoredEvent, store_events
+
+__all__ = ["MAX_TIMEOUTS_PER_BATCH", "Outcome", "Pending", "insert_isolating"]
+
+log = logging.getLogger("tickstock.writer")
+
+# Timed-out statements one batch may spend isolating the events at fault (each costs up to the
+# statement timeout). One bad event in 1,000 needs about 10; what is left after the budget is carried.
+MAX_TIMEOUTS_PER_BATCH = 16
+
+
+@dataclass
+class Pending:
+    """One event id of a batch: the event, the messages that carried it, who produced it."""
+
+    event: PatternEvent
+    msgs: list[Msg]
+    producer: str | None = None
+
+
+@dataclass
+class Outcome:
+    stored: dict[str, StoredEvent] = field(default_factory=dict)
+    failed: list[tuple[Pending, psycopg.Error]] = field(default_factory=list)
+    unresolved: list[Pending] = field(default_factory=list)
+    timeouts: int = 0
+
+
+async def insert_isolating(conn: psycopg.AsyncConnection[Any], batch: list[Pending], *,
+                           heartbeat: Callable[[], Awaitable[None]],
+                           max_timeouts: int = MAX_TIMEOUTS_PER_BATCH) -> Outcome:
+    """Insert ``batch`` in one statement inside a savepoint. When the database refuses it for a
+    reason one event can cause (a constraint, a bad value, the statement timeout), bisect: each
+    half in its own savepoint, down to the single events at fault, which are returned as
+    ``failed``; everything else is stored in this transaction. A transient error is raised. At most
+    ``max_timeouts`` timed-out statements are spent; what is left then is ``unresolved``."""
+    outcome = Outcome()
+    stack = [batch]
+    while stack:
+        part = stack.pop()
+        if outcome.timeouts >= max_timeouts:
+            outcome.unresolved.extend(part)
+            continue
+        try:
+            async with conn.transaction():
+                outcome.stored.update(await store_events(conn, [p.event for p in part], [p.producer for p in part]))
+        except psycopg.Error as exc:
+            if is_transient(exc):
+                raise
+            if isinstance(exc, psycopg.errors.QueryCanceled):
+                outcome.timeouts += 1
+            if len(part) == 1:
+                outcome.failed.append((part[0], exc))
+            else:
+                if len(part) == len(batch):
+                    log.warning("writer: batch of %d refused by the database (%s); isolating the event(s) at fault",
+                                len(batch), first_line(exc, limit=200))
+                half = len(part) // 2
+                stack += [part[half:], part[:half]]  # the first half next: the ingest order is kept
+            await heartbeat()  # keeps JetStream from redelivering the batch meanwhile
+    return outcome
