@@ -3,6 +3,7 @@ figures), on a database cloned from the reference template and fresh JetStream s
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,6 +17,10 @@ from tests.abuse.campaign import Campaign, run_campaign
 from tests.conftest import Servers, _clone, _drop, _redis_db, delete_all_streams
 
 ATTACKS = {**HTTP_ATTACKS, **NATS_ATTACKS, **WS_ATTACKS, **AUTH_ATTACKS}
+# ABUSE_ONLY=name,name runs only those attacks (ABUSE_ONLY= with nothing: the valid flow alone, a baseline).
+_ONLY = os.environ.get("ABUSE_ONLY")
+if _ONLY is not None:
+    ATTACKS = {name: attack for name, attack in ATTACKS.items() if name in _ONLY.split(",")}
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
