@@ -100,7 +100,7 @@ class Ctx:
                                                          row_factory=dict_row) as conn:
             return await (await conn.execute(sql, args)).fetchall()
 
-    async def wait_rows(self, sql: str, *args: Any, timeout_s: float = 20.0, what: str = "rows") -> list[dict[str, Any]]:
+    async def wait_rows(self, sql: str, *args: Any, timeout_s: float = 12.0, what: str = "rows") -> list[dict[str, Any]]:
         """Poll ``sql`` until it returns a row; AssertionError naming ``what`` after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -110,13 +110,13 @@ class Ctx:
             await asyncio.sleep(0.1)
         raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
-    async def dead_letter_of(self, seq: int, *, timeout_s: float = 20.0) -> dict[str, Any]:
+    async def dead_letter_of(self, seq: int, *, timeout_s: float = 12.0) -> dict[str, Any]:
         """The dead letter of the ingest message with stream sequence ``seq``."""
         [row] = await self.wait_rows("SELECT * FROM dead_letters WHERE source_key = %s", f"ingest:{seq}",
                                      timeout_s=timeout_s, what=f"a dead letter for ingest seq {seq}")
         return row
 
-    async def stored(self, event_id: str, *, timeout_s: float = 20.0) -> dict[str, Any]:
+    async def stored(self, event_id: str, *, timeout_s: float = 12.0) -> dict[str, Any]:
         [row] = await self.wait_rows("SELECT * FROM pattern_events WHERE id = %s", event_id,
                                      timeout_s=timeout_s, what=f"event {event_id} stored")
         return row
