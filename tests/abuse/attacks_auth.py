@@ -1,0 +1,88 @@
+"""Authentication attacks over HTTP: hostile tokens, token lifetime, a failing JWKS (and, once it loads,
+cursors forged with the constant the JWKS-only hub used to sign them), a burst of failures from one
+address."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+from tests.abuse.attacks_http import assert_cursors_refused, forged_scan_cursors
+from tests.abuse.attacks_ws import hostile_tokens
+from tests.abuse.campaign import Attack, Ctx, jwks_document
+from tests.abuse.harness import assert_problem
+
+JWKS_LOAD_DEADLINE_S = 25.0  # a fixed hub may wait its minimum refetch interval (10 s) after a failure
+BURST = 20  # TICKSTOCK_AUTH_FAILURE_BURST's default
+
+
+async def hostile_tokens_over_http(ctx: Ctx) -> None:
+    """Each a 401 problem (never a 500), whose detail echoes none of the token."""
+    source = ctx.loopback.take()
+    for name, (token, secret) in hostile_tokens(ctx).items():
+        client = await ctx.client(token, source=source)
+        body = assert_problem(await client.get("/api/patterns/scan", params={"limit": "1"}), 401)
+        assert secret not in str(body.get("detail", "")), (name, body)
+
+
+async def sub_at_the_limit_is_accepted(ctx: Ctx) -> None:
+    """256 characters is still a subject (the bound is not off by one)."""
+    client = await ctx.client(ctx.token("s" * 256, ("patterns:read",)))
+    response = await client.get("/api/patterns/scan", params={"limit": "1"})
+    assert response.status_code == 200, response.text[:300]
+
+
+async def token_lifetime_is_capped(ctx: Ctx) -> None:
+    """exp − iat over TICKSTOCK_JWT_MAX_LIFETIME_S (1 day), or no iat: 401."""
+    source = ctx.loopback.take()
+    for token in (ctx.token("long-lived", ("patterns:read",), ttl_s=10 * 86400),
+                  ctx.token("no-iat", ("patterns:read",), iat=None),
+                  ctx.token("iat-string", ("patterns:read",), iat="yesterday")):
+        client = await ctx.client(token, source=source)
+        assert_problem(await client.get("/api/patterns/scan", params={"limit": "1"}), 401)
+
+
+async def jwks_failure_and_forged_cursor(ctx: Ctx) -> None:
+    """A JWKS-only hub whose key set file is missing: 503 with a generic detail (no path, no OS error).
+    Once the file exists: cursors forged with the public constant the JWKS-only hub signed with before
+    #11 (HMAC key sha256("tickstock-scan-cursor\\0")) are a 400 naming the cursor."""
+    client = await ctx.client(ctx.rs_token(), hub=ctx.jwks_hub)
+    response = await client.get("/api/patterns/scan", params={"limit": "1"})
+    body = assert_problem(response, 503)
+    for leak in (str(ctx.jwks_path), ctx.jwks_path.name, str(ctx.jwks_path.parent), "Errno", "No such file"):
+        assert leak not in response.text, (leak, body)
+    ctx.jwks_path.parent.mkdir(parents=True, exist_ok=True)
+    ctx.jwks_path.write_text(jwks_document(ctx.jwks_key))
+    deadline = time.monotonic() + JWKS_LOAD_DEADLINE_S
+    while (page := await client.get("/api/patterns/scan", params={"limit": "1"})).status_code == 503:
+        assert time.monotonic() < deadline, f"the key set not loaded {JWKS_LOAD_DEADLINE_S} s after it appeared"
+        await asyncio.sleep(0.5)
+    assert page.status_code == 200, page.text[:300]
+    real = page.json()["next_cursor"]
+    assert real, "nothing stored to page through"
+    public_constant = hashlib.sha256(b"tickstock-scan-cursor\0").digest()
+    await assert_cursors_refused(client, forged_scan_cursors(real, public_constant),
+                                 what="signed with the old public constant")
+
+
+async def failed_authentication_burst(ctx: Ctx) -> None:
+    """Failed authentications from one address: 401 while the burst lasts, then 429 with Retry-After."""
+    source = ctx.loopback.take()
+    statuses = []
+    last = None
+    for i in range(BURST + 15):
+        client = await ctx.client(f"not.a.token{i}", source=source)
+        last = await client.get("/api/patterns/scan")
+        statuses.append(last.status_code)
+    assert statuses[:BURST // 2] == [401] * (BURST // 2), statuses
+    assert 429 in statuses, statuses
+    assert last is not None and last.status_code == 429, statuses
+    assert_problem(last, 429)
+    assert last.headers.get("retry-after", "").isdigit(), last.headers
+
+
+ATTACKS: dict[str, Attack] = {f.__name__: f for f in (
+    hostile_tokens_over_http, sub_at_the_limit_is_accepted, token_lifetime_is_capped, jwks_failure_and_forged_cursor,
+    failed_authentication_burst,
+)}
