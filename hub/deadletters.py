@@ -107,7 +107,7 @@ def _event_id(payload: bytes) -> str | None:
     """The producer's id when the payload is a JSON object with a string id (best effort)."""
     try:
         body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurd nesting
         return None
     if isinstance(body, dict) and isinstance(body.get("id"), str):
         return str(body["id"])[:128]

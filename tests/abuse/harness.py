@@ -29,7 +29,7 @@ import psycopg
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from hub.events import ingest_subject
+from hub.subjects import ingest_subject
 
 ROOT = Path(__file__).resolve().parents[2]
 
