@@ -66,59 +66,109 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
     if not (database_url and nats_url and redis_url):
         raise ConfigurationError(f"no URL for {', '.join(settings.embedded)}")
     async with AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(open_pool(
-            database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
-            timeout_s=settings.pool_timeout_s, max_idle_s=settings.pool_max_idle_s,
-            statement_timeout_ms=settings.statement_timeout_ms, connect_timeout_s=settings.connect_timeout_s,
-        ))
+        pool = await stack.enter_async_context(
+            open_pool(
+                database_url,
+                min_size=settings.pool_min_size,
+                max_size=settings.pool_max_size,
+                timeout_s=settings.pool_timeout_s,
+                max_idle_s=settings.pool_max_idle_s,
+                statement_timeout_ms=settings.statement_timeout_ms,
+                connect_timeout_s=settings.connect_timeout_s,
+            )
+        )
         log.info("postgres pool open (%d-%d connections)", settings.pool_min_size, settings.pool_max_size)
         cursors = CursorCodec(await cursor_key(pool, secret=settings.cursor_secret))
-        nc = await stack.enter_async_context(open_nats(nats_url, connect_timeout_s=settings.connect_timeout_s))
+        nc = await stack.enter_async_context(
+            open_nats(nats_url, connect_timeout_s=settings.connect_timeout_s)
+        )
         log.info("nats connected to %s", nats_url)
-        redis = await stack.enter_async_context(open_redis(redis_url, connect_timeout_s=settings.connect_timeout_s))
+        redis = await stack.enter_async_context(
+            open_redis(redis_url, connect_timeout_s=settings.connect_timeout_s)
+        )
         log.info("redis connected")
         catalog = CatalogCache()
-        maintenance = await stack.enter_async_context(Maintenance(
-            pool, interval_s=settings.maintenance_interval_s, ahead_days=settings.partitions_ahead_days,
-            catalog=catalog,
-        ))
+        maintenance = await stack.enter_async_context(
+            Maintenance(
+                pool,
+                interval_s=settings.maintenance_interval_s,
+                ahead_days=settings.partitions_ahead_days,
+                catalog=catalog,
+            )
+        )
         js = nc.jetstream()
-        await ensure_topology(js, Topology(max_deliver=settings.ingest_max_deliver, ack_wait_s=settings.ingest_ack_wait_s))
+        await ensure_topology(
+            js, Topology(max_deliver=settings.ingest_max_deliver, ack_wait_s=settings.ingest_ack_wait_s)
+        )
         metrics = Metrics()
         window = event_window(settings)
         dead_letters = DeadLetterer(pool=pool, js=js, metrics=metrics, window=window)
-        cache = await stack.enter_async_context(HubCache(settings=settings, redis=redis, pool=pool, nats=nc,
-                                                         metrics=metrics))
+        cache = await stack.enter_async_context(
+            HubCache(settings=settings, redis=redis, pool=pool, nats=nc, metrics=metrics)
+        )
         # Exits run in reverse: the writer stops (finishing its batch) before NATS drains and the
         # pool closes.
         await stack.enter_async_context(AdvisoryWatcher(js=js, dead_letters=dead_letters, metrics=metrics))
-        writer = await stack.enter_async_context(Writer(
-            pool=pool, nc=nc, catalog=catalog, dead_letters=dead_letters, metrics=metrics,
-            batch=settings.writer_batch, on_stored=cache.events_stored, window=window,
-            partitions_per_batch=settings.partitions_per_batch,
-        ))
+        writer = await stack.enter_async_context(
+            Writer(
+                pool=pool,
+                nc=nc,
+                catalog=catalog,
+                dead_letters=dead_letters,
+                metrics=metrics,
+                batch=settings.writer_batch,
+                on_stored=cache.events_stored,
+                window=window,
+                partitions_per_batch=settings.partitions_per_batch,
+            )
+        )
         log.info("writer started (batch %d)", settings.writer_batch)
         # Entered last, so it leaves first: sockets close with "going away" while NATS still runs.
-        fanout = await stack.enter_async_context(FanOut(
-            nc=nc, js=js, pool=pool, catalog=catalog, registry=metrics.registry, limits=fanout_limits(settings),
-            # Users' universes read fresh: the fan-out re-resolves on the very notice that drops the cached copy.
-            resolver=MemoryResolver(cache.lookups.directory, users=SqlResolver(pool).user_universe,
-                                    fallback=SqlResolver(pool)),
-        ))
-        yield HubState(settings=settings, pool=pool, nats=nc, js=js, redis=redis, maintenance=maintenance,
-                       metrics=metrics, catalog=catalog, dead_letters=dead_letters, writer=writer, cursors=cursors,
-                       fanout=fanout, cache=cache)
+        fanout = await stack.enter_async_context(
+            FanOut(
+                nc=nc,
+                js=js,
+                pool=pool,
+                catalog=catalog,
+                registry=metrics.registry,
+                limits=fanout_limits(settings),
+                # Users' universes read fresh: the fan-out re-resolves on the very notice that drops the cached copy.
+                resolver=MemoryResolver(
+                    cache.lookups.directory, users=SqlResolver(pool).user_universe, fallback=SqlResolver(pool)
+                ),
+            )
+        )
+        yield HubState(
+            settings=settings,
+            pool=pool,
+            nats=nc,
+            js=js,
+            redis=redis,
+            maintenance=maintenance,
+            metrics=metrics,
+            catalog=catalog,
+            dead_letters=dead_letters,
+            writer=writer,
+            cursors=cursors,
+            fanout=fanout,
+            cache=cache,
+        )
         log.info("hub shutting down")
 
 
 def fanout_limits(settings: Settings) -> FanOutLimits:
     return FanOutLimits(
-        max_connections=settings.ws_max_connections, max_subscriptions=settings.ws_max_subscriptions,
-        queue_messages=settings.ws_queue_messages, queue_bytes=settings.ws_queue_bytes,
+        max_connections=settings.ws_max_connections,
+        max_subscriptions=settings.ws_max_subscriptions,
+        queue_messages=settings.ws_queue_messages,
+        queue_bytes=settings.ws_queue_bytes,
         queue_age_s=settings.ws_queue_age_s,
-        ping_interval_s=settings.ws_ping_interval_s, idle_timeout_s=settings.ws_idle_timeout_s,
-        auth_timeout_s=settings.ws_auth_timeout_s, resume_max=settings.ws_resume_max,
-        ring_size=settings.ws_ring_size, drain_s=settings.ws_drain_s,
+        ping_interval_s=settings.ws_ping_interval_s,
+        idle_timeout_s=settings.ws_idle_timeout_s,
+        auth_timeout_s=settings.ws_auth_timeout_s,
+        resume_max=settings.ws_resume_max,
+        ring_size=settings.ws_ring_size,
+        drain_s=settings.ws_drain_s,
     )
 
 
@@ -142,10 +192,21 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
 
     app = Starlette(
         middleware=[Middleware(RequestIdMiddleware)],
-        routes=[*health.routes, *metrics.routes, *ingest.routes, *patterns.routes, *symbols.routes,
-                *universes.routes, *users.routes, *user_filters.routes, *admin.routes, *docs.routes, *ws.routes,
-                *dashboard.routes],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        routes=[
+            *health.routes,
+            *metrics.routes,
+            *ingest.routes,
+            *patterns.routes,
+            *symbols.routes,
+            *universes.routes,
+            *users.routes,
+            *user_filters.routes,
+            *admin.routes,
+            *docs.routes,
+            *ws.routes,
+            *dashboard.routes,
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.auth = Authenticator(settings)

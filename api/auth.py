@@ -44,8 +44,19 @@ from api.jsonbound import loads_bounded
 from api.ratelimit import Decision, RateLimiter, RateLimitExceeded
 from api.settings import DEFAULT_JWKS_MAX_BYTES, DEFAULT_JWT_MAX_LIFETIME_S, Settings, check_jwks_url
 
-__all__ = ["ALGORITHMS", "JWKS_UNAVAILABLE", "SCOPES", "AuthError", "Authenticator", "Principal", "check_jwks_url",
-           "escape", "mint_token", "requires", "valid_subject"]
+__all__ = [
+    "ALGORITHMS",
+    "JWKS_UNAVAILABLE",
+    "SCOPES",
+    "AuthError",
+    "Authenticator",
+    "Principal",
+    "check_jwks_url",
+    "escape",
+    "mint_token",
+    "requires",
+    "valid_subject",
+]
 
 log = logging.getLogger("tickstock.auth")
 
@@ -58,7 +69,9 @@ JWKS_UNAVAILABLE = "the key set is unavailable"
 LEEWAY_S = 30
 MAX_TOKEN_BYTES = 8192
 MAX_SUBJECT_CHARS = 256
-_CONTROL = frozenset(("Cc", "Cs", "Zl", "Zp"))  # control characters, lone surrogates, line/paragraph separators
+_CONTROL = frozenset(
+    ("Cc", "Cs", "Zl", "Zp")
+)  # control characters, lone surrogates, line/paragraph separators
 
 
 class AuthError(ApiError):
@@ -84,12 +97,26 @@ class Principal:
         return scope in self.scopes or "admin" in self.scopes
 
 
-def mint_token(secret: str, *, subject: str, scopes: Iterable[str], ttl_s: float = 3600, issuer: str = "tickstock-hub",
-               audience: str = "tickstock", not_before: float | None = None) -> str:
+def mint_token(
+    secret: str,
+    *,
+    subject: str,
+    scopes: Iterable[str],
+    ttl_s: float = 3600,
+    issuer: str = "tickstock-hub",
+    audience: str = "tickstock",
+    not_before: float | None = None,
+) -> str:
     """An HS256 development token (``tickstock token`` and the tests)."""
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": subject, "scope": " ".join(scopes), "iat": now, "exp": int(now + ttl_s),
-                              "iss": issuer, "aud": audience}
+    claims: dict[str, Any] = {
+        "sub": subject,
+        "scope": " ".join(scopes),
+        "iat": now,
+        "exp": int(now + ttl_s),
+        "iss": issuer,
+        "aud": audience,
+    }
     if not_before is not None:
         claims["nbf"] = int(not_before)
     return jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(secret))
@@ -105,8 +132,11 @@ def escape(text: object, limit: int = 200) -> str:
 
 def valid_subject(subject: object) -> bool:
     """A ``sub`` the hub accepts: a string of 1..256 characters with no control characters."""
-    return (isinstance(subject, str) and 0 < len(subject) <= MAX_SUBJECT_CHARS
-            and not any(unicodedata.category(c) in _CONTROL for c in subject))
+    return (
+        isinstance(subject, str)
+        and 0 < len(subject) <= MAX_SUBJECT_CHARS
+        and not any(unicodedata.category(c) in _CONTROL for c in subject)
+    )
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -152,7 +182,7 @@ class Authenticator:
             raise ValueError(f"the key set is larger than {self._jwks_max_bytes} bytes")
         data = loads_bounded(body)
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-            raise ValueError("not a JSON Web Key Set (an object with a 'keys' list)")  # noqa: TRY004 - a load failure
+            raise ValueError("not a JSON Web Key Set (an object with a 'keys' list)")
         return KeySet.import_key_set(data)  # type: ignore[arg-type]
 
     def _wants_fetch(self, kid: str | None, now: float) -> bool:
@@ -160,8 +190,11 @@ class Authenticator:
             return True
         # An unknown kid may be a rotation: refetch, but at most every JWKS_MIN_REFETCH_S, so that
         # tokens with made-up kids cannot make the hub hammer the key server.
-        return (kid is not None and all(k.kid != kid for k in self._keys.keys)
-                and now - self._attempted_at > JWKS_MIN_REFETCH_S)
+        return (
+            kid is not None
+            and all(k.kid != kid for k in self._keys.keys)
+            and now - self._attempted_at > JWKS_MIN_REFETCH_S
+        )
 
     async def _key_set(self, kid: str | None) -> KeySet:
         """The key set, fetched first when missing, stale, or (rate-bounded) when ``kid`` is unknown. One
@@ -184,10 +217,13 @@ class Authenticator:
         try:
             self._keys = await asyncio.to_thread(self._fetch_jwks)
             self._fetched_at = time.monotonic()
-        except Exception as exc:  # noqa: BLE001 - whatever the key server sent, it is a load failure, not a 500
-            log.warning("the key set at the configured JWKS URL cannot be loaded (%s): %s%s",
-                        type(exc).__name__, escape(exc),
-                        "" if self._keys is None else "; keeping the keys loaded before")
+        except Exception as exc:
+            log.warning(
+                "the key set at the configured JWKS URL cannot be loaded (%s): %s%s",
+                type(exc).__name__,
+                escape(exc),
+                "" if self._keys is None else "; keeping the keys loaded before",
+            )
             if self._keys is not None:
                 self._fetched_at = now - JWKS_TTL_S + JWKS_MIN_REFETCH_S  # keep the old keys; retry soon
         finally:
@@ -197,8 +233,10 @@ class Authenticator:
         """Raises :class:`AuthError` (401) for any token that is not valid now, 503 when the hub has no
         keys to check it with. The detail never quotes the token."""
         if not self.configured:
-            raise AuthError("authentication is not configured on this hub (set TICKSTOCK_JWT_SECRET or TICKSTOCK_JWKS_URL)",
-                            status=503)
+            raise AuthError(
+                "authentication is not configured on this hub (set TICKSTOCK_JWT_SECRET or TICKSTOCK_JWKS_URL)",
+                status=503,
+            )
         if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
             raise AuthError("malformed token")
         head, body, _ = token.split(".")
@@ -219,8 +257,12 @@ class Authenticator:
             else:
                 raise AuthError("the token's algorithm is not accepted here")
             registry = jwt.JWTClaimsRegistry(
-                leeway=LEEWAY_S, exp={"essential": True}, sub={"essential": True}, iat={"essential": True},
-                iss={"essential": True, "value": self._issuer}, aud={"essential": True, "value": self._audience},
+                leeway=LEEWAY_S,
+                exp={"essential": True},
+                sub={"essential": True},
+                iat={"essential": True},
+                iss={"essential": True, "value": self._issuer},
+                aud={"essential": True, "value": self._audience},
             )
             registry.validate(decoded.claims)
         except ClaimError as exc:
@@ -229,12 +271,19 @@ class Authenticator:
             raise AuthError(f"invalid token: {exc.error}") from None
         claims = decoded.claims
         if not valid_subject(claims["sub"]):
-            raise AuthError(f"invalid token: 'sub' must be 1 to {MAX_SUBJECT_CHARS} characters without control "
-                            "characters")
+            raise AuthError(
+                f"invalid token: 'sub' must be 1 to {MAX_SUBJECT_CHARS} characters without control characters"
+            )
         exp, iat = claims["exp"], claims["iat"]
         limit = self._max_lifetime_s
-        if not (isinstance(exp, (int, float)) and isinstance(iat, (int, float)) and math.isfinite(exp)
-                and math.isfinite(iat) and exp - iat <= limit and exp <= time.time() + limit + LEEWAY_S):
+        if not (
+            isinstance(exp, (int, float))
+            and isinstance(iat, (int, float))
+            and math.isfinite(exp)
+            and math.isfinite(iat)
+            and exp - iat <= limit
+            and exp <= time.time() + limit + LEEWAY_S
+        ):
             raise AuthError(f"invalid token: it may live at most {limit} s (exp - iat)")
         raw_scope = claims.get("scope", claims.get("scp", ""))
         if isinstance(raw_scope, str):
@@ -248,8 +297,10 @@ class Authenticator:
     async def authenticate(self, conn: HTTPConnection, *, query_token: bool = False) -> Principal:
         """The principal of ``Authorization: Bearer …`` (or ``?token=`` where allowed)."""
         if not self.configured:
-            raise AuthError("authentication is not configured on this hub (set TICKSTOCK_JWT_SECRET or TICKSTOCK_JWKS_URL)",
-                            status=503)
+            raise AuthError(
+                "authentication is not configured on this hub (set TICKSTOCK_JWT_SECRET or TICKSTOCK_JWKS_URL)",
+                status=503,
+            )
         header = conn.headers.get("authorization", "")
         token = None
         if header[:7].lower() == "bearer ":

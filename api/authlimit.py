@@ -39,8 +39,11 @@ class AuthFailuresExceeded(ApiError):
 
     def __init__(self, decision: Decision) -> None:
         seconds = max(1, math.ceil(decision.retry_after_s))
-        super().__init__(f"too many failed authentications from this address; retry in {seconds} s", status=429,
-                         headers={"Retry-After": str(seconds)})
+        super().__init__(
+            f"too many failed authentications from this address; retry in {seconds} s",
+            status=429,
+            headers={"Retry-After": str(seconds)},
+        )
         self.retry_after_s = seconds
 
 
@@ -52,7 +55,7 @@ def client_address(conn: HTTPConnection) -> str:
     except ValueError:
         return host[:64] or "unknown"
     if address.version == 6:
-        mapped = address.ipv4_mapped  # type: ignore[union-attr]
+        mapped = address.ipv4_mapped
         if mapped is not None:
             return str(mapped)
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
@@ -62,20 +65,29 @@ def client_address(conn: HTTPConnection) -> str:
 class AuthFailureLimiter:
     """One bucket per client address. No I/O until :meth:`charge`; a rate of 0 turns it off."""
 
-    def __init__(self, *, rate_per_s: float = DEFAULT_PER_S, burst: int = DEFAULT_BURST,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.limiter = RateLimiter(rate_per_s=rate_per_s, burst=burst, timeout_s=timeout_s,
-                                   key_prefix=AUTH_FAILURE_KEY_PREFIX)
-        self.refused = Counter("tickstock_auth_failures_limited_total",
-                               "Failed authentications or token-less websocket opens refused per address, by "
-                               "transport.")
+    def __init__(
+        self,
+        *,
+        rate_per_s: float = DEFAULT_PER_S,
+        burst: int = DEFAULT_BURST,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.limiter = RateLimiter(
+            rate_per_s=rate_per_s, burst=burst, timeout_s=timeout_s, key_prefix=AUTH_FAILURE_KEY_PREFIX
+        )
+        self.refused = Counter(
+            "tickstock_auth_failures_limited_total",
+            "Failed authentications or token-less websocket opens refused per address, by transport.",
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AuthFailureLimiter:
         """From ``auth_failure_per_s``, ``auth_failure_burst`` and ``rate_limit_timeout_ms``."""
-        return cls(rate_per_s=float(getattr(settings, "auth_failure_per_s", DEFAULT_PER_S)),
-                   burst=int(getattr(settings, "auth_failure_burst", DEFAULT_BURST)),
-                   timeout_s=float(getattr(settings, "rate_limit_timeout_ms", DEFAULT_TIMEOUT_S * 1000)) / 1000)
+        return cls(
+            rate_per_s=float(getattr(settings, "auth_failure_per_s", DEFAULT_PER_S)),
+            burst=int(getattr(settings, "auth_failure_burst", DEFAULT_BURST)),
+            timeout_s=float(getattr(settings, "rate_limit_timeout_ms", DEFAULT_TIMEOUT_S * 1000)) / 1000,
+        )
 
     def register(self, registry: Registry) -> bool:
         """Expose the counter in ``registry``; False when it already has one (several apps on one hub)."""

@@ -35,8 +35,16 @@ from store.cache import Computed, Dependencies, Outcome, ResponseCache, Served
 from store.lookups import Directory, Lookups, MyUniverse
 from store.universe_resolver import MemoryResolver, SqlResolver
 
-__all__ = ["REFERENCE_GENERATION", "ROUTES", "HubCache", "digest", "dumps",
-           "event_generations", "serve", "ttl_until"]
+__all__ = [
+    "REFERENCE_GENERATION",
+    "ROUTES",
+    "HubCache",
+    "digest",
+    "dumps",
+    "event_generations",
+    "serve",
+    "ttl_until",
+]
 
 log = logging.getLogger("tickstock.cache")
 
@@ -54,7 +62,9 @@ def dumps(value: Any) -> bytes:
 
 def digest(value: Any) -> str:
     """A short stable key for a normalised request (a JSON-able value)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:40]
+    return hashlib.sha256(
+        json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()[:40]
 
 
 def event_generations(events: Iterable[PatternEvent]) -> set[str]:
@@ -75,7 +85,9 @@ class _Ratio(Gauge):
 
     def points(self) -> Iterable[tuple[dict[str, str], float]]:
         for route in ROUTES:
-            total = sum(self._requests.value(route=route, result=r) for r in ("hit", "miss", "coalesced", "bypass"))
+            total = sum(
+                self._requests.value(route=route, result=r) for r in ("hit", "miss", "coalesced", "bypass")
+            )
             if total:
                 yield {"route": route}, self._requests.value(route=route, result="hit") / total
 
@@ -108,30 +120,61 @@ class HubCache:
     With ``settings.cache_enabled`` false every read is computed (and counted as ``bypass``).
     """
 
-    def __init__(self, *, settings: Settings, redis: aioredis.Redis, pool: AsyncConnectionPool, nats: NATS,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        redis: aioredis.Redis,
+        pool: AsyncConnectionPool,
+        nats: NATS,
+        metrics: Metrics,
+    ) -> None:
         self.enabled = settings.cache_enabled
         self.settings = settings
         self._nats = nats
         self._pool = pool
         self.responses = ResponseCache(
-            redis, staleness_s=settings.cache_staleness_ms / 1000, timeout_s=settings.cache_timeout_ms / 1000,
-            breaker=Breaker(failures=settings.cache_breaker_failures, reset_s=settings.cache_breaker_reset_ms / 1000),
+            redis,
+            staleness_s=settings.cache_staleness_ms / 1000,
+            timeout_s=settings.cache_timeout_ms / 1000,
+            breaker=Breaker(
+                failures=settings.cache_breaker_failures, reset_s=settings.cache_breaker_reset_ms / 1000
+            ),
             on_lost=self._announce_lost,
         )
         self.lookups = Lookups(settings.database_url or "", pool, on_change=self._reference_changed)
         # The scans' resolver: the in-process directory and users' universes, PostgreSQL while the
         # directory cannot be trusted.
-        self.resolver = MemoryResolver(self.lookups.directory, users=self.user_universe, fallback=SqlResolver(pool))
+        self.resolver = MemoryResolver(
+            self.lookups.directory, users=self.user_universe, fallback=SqlResolver(pool)
+        )
         r = metrics.registry
-        self.requests = r.add(Counter("tickstock_cache_requests_total",
-                                      "Cacheable requests by route and result (hit, miss, coalesced, bypass)."))
-        r.add(_Ratio("tickstock_cache_hit_ratio", "Hits / all cacheable requests per route since start "
-                     "(no sample before the first request).", self.requests))
-        r.add(Gauge("tickstock_cache_breaker_open", "1 while the Redis circuit breaker is open.",
-                    read=lambda: 0.0 if self.responses.breaker.state == "closed" else 1.0))
-        self.lost = r.add(Counter("tickstock_cache_lost_bumps_total",
-                                  "Generation bumps that did not reach Redis (each starts a new epoch)."))
+        self.requests = r.add(
+            Counter(
+                "tickstock_cache_requests_total",
+                "Cacheable requests by route and result (hit, miss, coalesced, bypass).",
+            )
+        )
+        r.add(
+            _Ratio(
+                "tickstock_cache_hit_ratio",
+                "Hits / all cacheable requests per route since start (no sample before the first request).",
+                self.requests,
+            )
+        )
+        r.add(
+            Gauge(
+                "tickstock_cache_breaker_open",
+                "1 while the Redis circuit breaker is open.",
+                read=lambda: 0.0 if self.responses.breaker.state == "closed" else 1.0,
+            )
+        )
+        self.lost = r.add(
+            Counter(
+                "tickstock_cache_lost_bumps_total",
+                "Generation bumps that did not reach Redis (each starts a new epoch).",
+            )
+        )
         self._windows = {route: _Window() for route in ROUTES}
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -154,8 +197,9 @@ class HubCache:
             raise
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         for sub in self._subscriptions:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
@@ -230,8 +274,9 @@ class HubCache:
             self.lookups.forget_users()
         return await self.lookups.user_universe(subject)
 
-    async def fetch(self, route: str, key: str, deps: Dependencies,
-                    compute: Callable[[], Awaitable[Computed]]) -> Served:
+    async def fetch(
+        self, route: str, key: str, deps: Dependencies, compute: Callable[[], Awaitable[Computed]]
+    ) -> Served:
         """The response body for ``key`` of ``route`` (see :meth:`ResponseCache.fetch`). A response that
         depends on reference data is not cached while changes to it cannot be heard."""
         trusted = REFERENCE_GENERATION not in deps.strict or self.lookups.listening
@@ -257,15 +302,27 @@ class HubCache:
         """What ``/health/ready`` shows: state, breaker, and the hit ratio per route (null: no data)."""
         routes: dict[str, Any] = {}
         for route in ROUTES:
-            counts = {r: int(self.requests.value(route=route, result=r)) for r in ("hit", "miss", "coalesced", "bypass")}
+            counts = {
+                r: int(self.requests.value(route=route, result=r))
+                for r in ("hit", "miss", "coalesced", "bypass")
+            }
             total = sum(counts.values())
             recent, recent_total = self._windows[route].ratio()
-            routes[route] = {**counts, "hit_ratio": round(counts["hit"] / total, 4) if total else None,
-                             "hit_ratio_1m": recent, "requests_1m": recent_total}
+            routes[route] = {
+                **counts,
+                "hit_ratio": round(counts["hit"] / total, 4) if total else None,
+                "hit_ratio_1m": recent,
+                "requests_1m": recent_total,
+            }
         return {
-            "status": self.status, "breaker": self.responses.breaker.state, "breaker_trips": self.responses.breaker.trips,
-            "lost_bumps": int(self.lost.total()), "refreshes": self.responses.refreshes, "reference_listener": "up" if self.lookups.listening else "down",
-            "staleness_ms": self.settings.cache_staleness_ms, "routes": routes,
+            "status": self.status,
+            "breaker": self.responses.breaker.state,
+            "breaker_trips": self.responses.breaker.trips,
+            "lost_bumps": int(self.lost.total()),
+            "refreshes": self.responses.refreshes,
+            "reference_listener": "up" if self.lookups.listening else "down",
+            "staleness_ms": self.settings.cache_staleness_ms,
+            "routes": routes,
         }
 
 
@@ -278,8 +335,13 @@ def ttl_until(expires: Iterable[Any], ttl_s: float) -> float:
     return ttl_s if ttl_s > 0 and math.isfinite(ttl_s) else 0.0
 
 
-async def serve(cache: HubCache | None, route: str, key: Any, deps: Dependencies,
-                compute: Callable[[], Awaitable[Computed]]) -> Served:
+async def serve(
+    cache: HubCache | None,
+    route: str,
+    key: Any,
+    deps: Dependencies,
+    compute: Callable[[], Awaitable[Computed]],
+) -> Served:
     """:meth:`HubCache.fetch` with ``key`` digested, or ``compute`` when the hub has no cache."""
     if cache is None:
         return Served((await compute()).body, "bypass", None)

@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse
 
 from api.requestid import current_request_id
 from hub.errors import HubError, ReplayError
-from hub.model import EventError
 from hub.fanout import FilterError
+from hub.model import EventError
 from hub.protocol import (
     CLOSE_FORBIDDEN,
     CLOSE_TOO_MANY,
@@ -53,8 +53,14 @@ class ApiError(Exception):
     status = 400
     title = "Bad Request"
 
-    def __init__(self, detail: str, *, status: int | None = None, errors: list[dict[str, Any]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status: int | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         if status is not None:
@@ -82,10 +88,19 @@ Rule = Callable[[Any], Problem]
 
 
 def _api(exc: ApiError) -> Problem:
-    ws_code, close_code = {401: (ERROR_UNAUTHENTICATED, CLOSE_UNAUTHORIZED), 403: (ERROR_FORBIDDEN, CLOSE_FORBIDDEN),
-                           429: (None, CLOSE_TOO_MANY)}.get(exc.status, (ERROR_INVALID if exc.status < 500 else None, None))
-    return Problem(status=exc.status, detail=exc.detail, errors=exc.errors, headers=exc.headers,
-                   ws_code=ws_code, close_code=close_code)
+    ws_code, close_code = {
+        401: (ERROR_UNAUTHENTICATED, CLOSE_UNAUTHORIZED),
+        403: (ERROR_FORBIDDEN, CLOSE_FORBIDDEN),
+        429: (None, CLOSE_TOO_MANY),
+    }.get(exc.status, (ERROR_INVALID if exc.status < 500 else None, None))
+    return Problem(
+        status=exc.status,
+        detail=exc.detail,
+        errors=exc.errors,
+        headers=exc.headers,
+        ws_code=ws_code,
+        close_code=close_code,
+    )
 
 
 def _http(exc: HTTPException) -> Problem:
@@ -139,8 +154,12 @@ _COLLECTIONS = {"watchlists": "watchlists", "filters": "saved filters"}
 def _limit(exc: LimitExceeded) -> Problem:
     if exc.field in _UNIVERSE_LOCS:
         what = exc.field.replace("_", " ")
-        return Problem(status=400, detail=f"the universe would hold {exc.size} {what}; at most {exc.limit}",
-                       errors=[{"loc": _UNIVERSE_LOCS[exc.field], "msg": str(exc)}], ws_code=ERROR_INVALID)
+        return Problem(
+            status=400,
+            detail=f"the universe would hold {exc.size} {what}; at most {exc.limit}",
+            errors=[{"loc": _UNIVERSE_LOCS[exc.field], "msg": str(exc)}],
+            ws_code=ERROR_INVALID,
+        )
     what = _COLLECTIONS.get(exc.field, exc.field)
     return Problem(status=409, detail=f"at most {exc.limit} {what} per user; delete one first")
 
@@ -150,7 +169,9 @@ def _duplicate(exc: DuplicateName) -> Problem:
 
 
 def _scan(exc: ScanError) -> Problem:
-    return Problem(status=400, detail=exc.msg, errors=[{"loc": exc.loc, "msg": exc.msg}], ws_code=ERROR_INVALID_FILTER)
+    return Problem(
+        status=400, detail=exc.msg, errors=[{"loc": exc.loc, "msg": exc.msg}], ws_code=ERROR_INVALID_FILTER
+    )
 
 
 def _cursor(exc: CursorError) -> Problem:
@@ -189,8 +210,15 @@ def problem_for(exc: BaseException) -> Problem | None:
     return None
 
 
-def problem(status: int, detail: str, *, title: str | None = None, errors: list[dict[str, Any]] | None = None,
-            headers: Mapping[str, str] | None = None, instance: str | None = None) -> JSONResponse:
+def problem(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
+    instance: str | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": title or HTTPStatus(status).phrase,
@@ -211,17 +239,23 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     found = problem_for(exc)
     if found is None:
         return await _unexpected(request, exc)
-    return problem(found.status, found.detail, title=found.title, errors=found.errors, headers=found.headers,
-                   instance=request.url.path)
+    return problem(
+        found.status,
+        found.detail,
+        title=found.title,
+        errors=found.errors,
+        headers=found.headers,
+        instance=request.url.path,
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(500, UNEXPECTED_DETAIL, instance=request.url.path)
 
 
 def _handlers() -> dict[Any, Callable[[Request, Exception], Any]]:
-    handlers: dict[Any, Callable[[Request, Exception], Any]] = {cls: _domain_error for cls in ERROR_TABLE}
+    handlers: dict[Any, Callable[[Request, Exception], Any]] = dict.fromkeys(ERROR_TABLE, _domain_error)
     # Starlette sends a bare Exception handler to its ServerErrorMiddleware (the outermost layer).
     handlers[Exception] = _unexpected
     return handlers

@@ -23,7 +23,16 @@ from starlette.routing import BaseRoute, Route
 
 from api.errors import PROBLEM_TYPE
 
-__all__ = ["OPENAPI_VERSION", "Content", "FieldError", "Operation", "Problem", "build_openapi", "link", "operation"]
+__all__ = [
+    "OPENAPI_VERSION",
+    "Content",
+    "FieldError",
+    "Operation",
+    "Problem",
+    "build_openapi",
+    "link",
+    "operation",
+]
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -93,12 +102,21 @@ def link(operation_id: str, **parameters: str) -> Schema:
     return {"operationId": operation_id, "parameters": parameters}
 
 
-def operation(*, summary: str, tags: Sequence[str], responses: Mapping[int, Body], description: str | None = None,
-              query: type[BaseModel] | None = None, extra_query: Mapping[str, Schema] | None = None,
-              body: Body = None, body_required: bool = True, errors: Iterable[int] = (),
-              path: Mapping[str, Schema] | None = None,
-              headers: Mapping[int, Mapping[str, Schema]] | None = None,
-              links: Mapping[int, Mapping[str, Schema]] | None = None) -> Callable[[F], F]:
+def operation(
+    *,
+    summary: str,
+    tags: Sequence[str],
+    responses: Mapping[int, Body],
+    description: str | None = None,
+    query: type[BaseModel] | None = None,
+    extra_query: Mapping[str, Schema] | None = None,
+    body: Body = None,
+    body_required: bool = True,
+    errors: Iterable[int] = (),
+    path: Mapping[str, Schema] | None = None,
+    headers: Mapping[int, Mapping[str, Schema]] | None = None,
+    links: Mapping[int, Mapping[str, Schema]] | None = None,
+) -> Callable[[F], F]:
     """Attach OpenAPI metadata to an endpoint; changes nothing about how it runs.
 
     ``responses`` maps each success status to a model, a :class:`Content`, or ``None`` (no body);
@@ -112,10 +130,17 @@ def operation(*, summary: str, tags: Sequence[str], responses: Mapping[int, Body
 
     def decorate(endpoint: F) -> F:
         endpoint.openapi = Operation(  # type: ignore[attr-defined]
-            summary=summary, tags=tuple(tags),
+            summary=summary,
+            tags=tuple(tags),
             description=description if description is not None else inspect.getdoc(endpoint),
-            query=query, extra_query=dict(extra_query or {}), body=body, body_required=body_required,
-            responses=dict(responses), errors=tuple(errors), path=dict(path or {}), headers=dict(headers or {}),
+            query=query,
+            extra_query=dict(extra_query or {}),
+            body=body,
+            body_required=body_required,
+            responses=dict(responses),
+            errors=tuple(errors),
+            path=dict(path or {}),
+            headers=dict(headers or {}),
             links=dict(links or {}),
         )
         return endpoint
@@ -194,7 +219,9 @@ def _without_null(schema: Schema) -> Schema:
     return schema
 
 
-def _query_parameters(model: type[BaseModel], extra: Mapping[str, Schema]) -> tuple[list[Schema], dict[str, Schema]]:
+def _query_parameters(
+    model: type[BaseModel], extra: Mapping[str, Schema]
+) -> tuple[list[Schema], dict[str, Schema]]:
     schema = model.model_json_schema(ref_template=REF_TEMPLATE)
     defs = schema.pop("$defs", {})
     required = set(schema.get("required", ()))
@@ -220,8 +247,11 @@ def _content(body: Body, refs: Mapping[type[BaseModel], Schema]) -> tuple[dict[s
 
 def _operation_id(method: str, path: str) -> str:
     """``GET /api/symbols/{symbol:path}`` -> ``get_symbols_by_symbol``."""
-    words = [f"by_{m.group(1)}" if (m := _PARAM.fullmatch(part)) else re.sub(r"\W", "_", part)
-             for part in path.strip("/").split("/") if part and part != "api"]
+    words = [
+        f"by_{m.group(1)}" if (m := _PARAM.fullmatch(part)) else re.sub(r"\W", "_", part)
+        for part in path.strip("/").split("/")
+        if part and part != "api"
+    ]
     return "_".join([method.lower(), *words])
 
 
@@ -229,8 +259,13 @@ def _phrase(status: int) -> str:
     return HTTPStatus(status).phrase
 
 
-def _describe(route: Route, method: str, op: Operation, refs: Mapping[type[BaseModel], Schema],
-              components: dict[str, Schema]) -> Schema:
+def _describe(
+    route: Route,
+    method: str,
+    op: Operation,
+    refs: Mapping[type[BaseModel], Schema],
+    components: dict[str, Schema],
+) -> Schema:
     endpoint = route.endpoint
     scope: str | None = getattr(endpoint, "required_scope", None)
     names = _PARAM.findall(route.path)
@@ -238,12 +273,21 @@ def _describe(route: Route, method: str, op: Operation, refs: Mapping[type[BaseM
     doc: Schema = {"operationId": operation_id, "summary": op.summary, "tags": list(op.tags)}
     description = op.description or ""
     if scope is not None:
-        note = f"Requires a bearer token with the `{scope}` scope" + ("" if scope == "admin" else " (or `admin`)") + "."
+        note = (
+            f"Requires a bearer token with the `{scope}` scope"
+            + ("" if scope == "admin" else " (or `admin`)")
+            + "."
+        )
         description = f"{description}\n\n{note}" if description else note
     if description:
         doc["description"] = description
     params: list[Schema] = [
-        {"name": n, "in": "path", "required": True, "schema": op.path.get(n, {"type": "string", "minLength": 1})}
+        {
+            "name": n,
+            "in": "path",
+            "required": True,
+            "schema": op.path.get(n, {"type": "string", "minLength": 1}),
+        }
         for n in names
     ]
     if op.query is not None or op.extra_query:
@@ -257,12 +301,18 @@ def _describe(route: Route, method: str, op: Operation, refs: Mapping[type[BaseM
         doc["parameters"] = params
     if op.body is not None:
         content, text = _content(op.body, refs)
-        doc["requestBody"] = {"required": op.body_required, "content": content,
-                              **({"description": text} if text else {})}
+        doc["requestBody"] = {
+            "required": op.body_required,
+            "content": content,
+            **({"description": text} if text else {}),
+        }
     responses: dict[str, Schema] = {}
     for status, body in sorted(op.responses.items()):
         content, text = _content(body, refs)
-        responses[str(status)] = {"description": text or _phrase(status), **({"content": content} if content else {})}
+        responses[str(status)] = {
+            "description": text or _phrase(status),
+            **({"content": content} if content else {}),
+        }
     errors = set(op.errors) | {500}
     if scope is not None:
         errors |= set(GUARD_ERRORS)
@@ -270,15 +320,24 @@ def _describe(route: Route, method: str, op: Operation, refs: Mapping[type[BaseM
         errors.add(404)
     for status in sorted(errors):
         entry = responses.setdefault(str(status), {"description": _phrase(status)})
-        entry.setdefault("content", {})[PROBLEM_TYPE] = {"schema": {"$ref": REF_TEMPLATE.format(model="Problem")}}
+        entry.setdefault("content", {})[PROBLEM_TYPE] = {
+            "schema": {"$ref": REF_TEMPLATE.format(model="Problem")}
+        }
     if scope is not None:
-        responses["401"]["headers"] = {"WWW-Authenticate": {
-            "description": "`Bearer realm=\"tickstock\", error=\"invalid_token\"`", "schema": {"type": "string"}}}
+        responses["401"]["headers"] = {
+            "WWW-Authenticate": {
+                "description": '`Bearer realm="tickstock", error="invalid_token"`',
+                "schema": {"type": "string"},
+            }
+        }
         responses["429"].setdefault("headers", {})["Retry-After"] = {
-            "description": "seconds until a request is allowed again", "schema": {"type": "integer"}}
+            "description": "seconds until a request is allowed again",
+            "schema": {"type": "integer"},
+        }
     for status, headers in op.headers.items():
         responses[str(status)].setdefault("headers", {}).update(
-            {name: {"schema": schema} for name, schema in headers.items()})
+            {name: {"schema": schema} for name, schema in headers.items()}
+        )
     for status, named in op.links.items():
         responses[str(status)]["links"] = dict(named)
     doc["responses"] = responses
@@ -294,7 +353,9 @@ def _routes(routes: Iterable[BaseRoute]) -> Iterable[Route]:
             yield route
 
 
-def build_openapi(routes: Iterable[BaseRoute], *, title: str, version: str, description: str | None = None) -> Schema:
+def build_openapi(
+    routes: Iterable[BaseRoute], *, title: str, version: str, description: str | None = None
+) -> Schema:
     """The OpenAPI 3.1 document of ``routes`` (the app's ``Route`` objects; mounts are skipped).
 
     Raises :class:`ValueError` for a route whose endpoint carries no :func:`operation` metadata, so a
@@ -305,7 +366,9 @@ def build_openapi(routes: Iterable[BaseRoute], *, title: str, version: str, desc
     for route in _routes(routes):
         op: Operation | None = getattr(route.endpoint, "openapi", None)
         if op is None:
-            raise ValueError(f"route {route.path} has no OpenAPI metadata (decorate its endpoint with @operation)")
+            raise ValueError(
+                f"route {route.path} has no OpenAPI metadata (decorate its endpoint with @operation)"
+            )
         for method in sorted((route.methods or set()) - {"HEAD"}):
             found.append((route, method, op))
         schemas.add(op.body)
@@ -327,10 +390,14 @@ def build_openapi(routes: Iterable[BaseRoute], *, title: str, version: str, desc
         "paths": paths,
         "components": {
             "schemas": dict(sorted(components.items())),
-            "securitySchemes": {"bearerAuth": {
-                "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                "description": "HS256 with TICKSTOCK_JWT_SECRET in development; RS256/ES256 from "
-                               "TICKSTOCK_JWKS_URL in production. Scopes travel in the `scope` claim.",
-            }},
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "HS256 with TICKSTOCK_JWT_SECRET in development; RS256/ES256 from "
+                    "TICKSTOCK_JWKS_URL in production. Scopes travel in the `scope` claim.",
+                }
+            },
         },
     }

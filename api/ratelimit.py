@@ -71,7 +71,7 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(math.max(
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return {1, tostring(tokens), '0'}
 """
-SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,9 @@ class RateLimitExceeded(ApiError):
 
     def __init__(self, decision: Decision) -> None:
         seconds = decision.headers()["Retry-After"]
-        super().__init__(f"too many requests for this token; retry in {seconds} s", status=429,
-                         headers=decision.headers())
+        super().__init__(
+            f"too many requests for this token; retry in {seconds} s", status=429, headers=decision.headers()
+        )
 
 
 _UNCHECKED = Decision(allowed=True, limit=0, remaining=0, retry_after_s=0.0, checked=False)
@@ -153,8 +154,14 @@ class LocalBuckets:
         while len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
         retry = 0.0 if allowed else (1 - tokens) / limit.rate_per_s
-        return Decision(allowed=allowed, limit=limit.burst, remaining=max(0, math.floor(tokens)),
-                        retry_after_s=retry, checked=True, local=True)
+        return Decision(
+            allowed=allowed,
+            limit=limit.burst,
+            remaining=max(0, math.floor(tokens)),
+            retry_after_s=retry,
+            checked=True,
+            local=True,
+        )
 
 
 class RateLimiter:
@@ -163,22 +170,34 @@ class RateLimiter:
     No I/O until :meth:`acquire`. The Redis client is passed per call (the hub's, opened by the lifespan).
     """
 
-    def __init__(self, *, rate_per_s: float = DEFAULT_RATE_PER_S, burst: int = DEFAULT_BURST,
-                 admin_rate_per_s: float | None = None, admin_burst: int | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, retry_s: float = DEFAULT_RETRY_S,
-                 key_prefix: str = KEY_PREFIX) -> None:
+    def __init__(
+        self,
+        *,
+        rate_per_s: float = DEFAULT_RATE_PER_S,
+        burst: int = DEFAULT_BURST,
+        admin_rate_per_s: float | None = None,
+        admin_burst: int | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry_s: float = DEFAULT_RETRY_S,
+        key_prefix: str = KEY_PREFIX,
+    ) -> None:
         if timeout_s <= 0 or retry_s < 0:
             raise ValueError("timeout_s must be positive and retry_s >= 0")
         self.limit = Limit(rate_per_s, burst)
-        self.admin_limit = Limit(rate_per_s if admin_rate_per_s is None else admin_rate_per_s,
-                                 burst if admin_burst is None else admin_burst)
+        self.admin_limit = Limit(
+            rate_per_s if admin_rate_per_s is None else admin_rate_per_s,
+            burst if admin_burst is None else admin_burst,
+        )
         self.timeout_s = timeout_s
         self.retry_s = retry_s
         self.key_prefix = key_prefix
-        self.limited = Counter("tickstock_rate_limited_total", "Requests refused with 429 by the rate limiter.")
-        self.fail_open = Counter("tickstock_rate_limit_fail_open_total",
-                                 "Requests decided by the in-process fallback bucket because Redis failed or "
-                                 "was slow, by reason.")
+        self.limited = Counter(
+            "tickstock_rate_limited_total", "Requests refused with 429 by the rate limiter."
+        )
+        self.fail_open = Counter(
+            "tickstock_rate_limit_fail_open_total",
+            "Requests decided by the in-process fallback bucket because Redis failed or was slow, by reason.",
+        )
         self.script_loads = 0
         self.local = LocalBuckets()
         self._down_since: float | None = None
@@ -230,12 +249,19 @@ class RateLimiter:
             self._failed(exc)
             return self._local_take(key, limit)
         if self._down_since is not None:
-            log.warning("rate limiter: Redis answers again after %.1f s; limiting through Redis resumes",
-                        time.monotonic() - self._down_since)
+            log.warning(
+                "rate limiter: Redis answers again after %.1f s; limiting through Redis resumes",
+                time.monotonic() - self._down_since,
+            )
             self._down_since = None
             self.local.clear()
-        decision = Decision(allowed=bool(int(allowed)), limit=limit.burst, remaining=max(0, math.floor(float(tokens))),
-                            retry_after_s=float(retry), checked=True)
+        decision = Decision(
+            allowed=bool(int(allowed)),
+            limit=limit.burst,
+            remaining=max(0, math.floor(float(tokens))),
+            retry_after_s=float(retry),
+            checked=True,
+        )
         if not decision.allowed:
             self.limited.inc()
         return decision
@@ -249,12 +275,12 @@ class RateLimiter:
     async def _run(self, redis: aioredis.Redis, key: str, limit: Limit) -> Any:
         args = (key, repr(limit.rate_per_s), str(limit.burst))
         try:
-            return await redis.evalsha(SCRIPT_SHA, 1, *args)  # type: ignore[misc]
+            return await redis.evalsha(SCRIPT_SHA, 1, *args)
         except NoScriptError:
             # First use on this Redis, or it restarted or flushed its scripts.
-            await redis.script_load(SCRIPT)  # type: ignore[misc]
+            await redis.script_load(SCRIPT)
             self.script_loads += 1
-            return await redis.evalsha(SCRIPT_SHA, 1, *args)  # type: ignore[misc]
+            return await redis.evalsha(SCRIPT_SHA, 1, *args)
 
     def _failed(self, exc: BaseException) -> None:
         reason = "timeout" if isinstance(exc, TimeoutError) else "error"
@@ -263,5 +289,8 @@ class RateLimiter:
         self._skip_until = now + self.retry_s
         if self._down_since is None:
             self._down_since = now
-            log.warning("rate limiter: Redis %s (%s); limiting with in-process buckets until it answers",
-                        "timed out" if reason == "timeout" else "failed", str(exc) or type(exc).__name__)
+            log.warning(
+                "rate limiter: Redis %s (%s); limiting with in-process buckets until it answers",
+                "timed out" if reason == "timeout" else "failed",
+                str(exc) or type(exc).__name__,
+            )

@@ -65,19 +65,46 @@ DEFAULT_JWKS_MAX_BYTES = 1 << 20
 
 # The checks, by kind; each message names the variable.
 _AT_LEAST_ONE = (
-    "writer_batch", "ingest_max_deliver", "http_ingest_max_events", "http_ingest_max_bytes",
-    "http_ingest_inflight", "rate_limit_burst", "rate_limit_admin_burst", "rate_limit_timeout_ms",
-    "ws_max_connections", "ws_max_subscriptions", "ws_queue_messages", "ws_queue_bytes", "ws_resume_max",
-    "ws_ring_size", "event_max_age_days", "event_max_expiry_days", "partitions_per_batch",
-    "auth_failure_burst", "admin_max_body_bytes", "jwks_max_bytes",
+    "writer_batch",
+    "ingest_max_deliver",
+    "http_ingest_max_events",
+    "http_ingest_max_bytes",
+    "http_ingest_inflight",
+    "rate_limit_burst",
+    "rate_limit_admin_burst",
+    "rate_limit_timeout_ms",
+    "ws_max_connections",
+    "ws_max_subscriptions",
+    "ws_queue_messages",
+    "ws_queue_bytes",
+    "ws_resume_max",
+    "ws_ring_size",
+    "event_max_age_days",
+    "event_max_expiry_days",
+    "partitions_per_batch",
+    "auth_failure_burst",
+    "admin_max_body_bytes",
+    "jwks_max_bytes",
 )
 _POSITIVE = (
-    "pool_timeout_s", "connect_timeout_s", "maintenance_interval_s", "ingest_ack_wait_s", "cache_ttl_s",
-    "cache_closed_ttl_s", "cache_timeout_ms", "cache_breaker_failures", "cache_breaker_reset_ms",
-    "event_max_ahead_s", "jwt_max_lifetime_s",
+    "pool_timeout_s",
+    "connect_timeout_s",
+    "maintenance_interval_s",
+    "ingest_ack_wait_s",
+    "cache_ttl_s",
+    "cache_closed_ttl_s",
+    "cache_timeout_ms",
+    "cache_breaker_failures",
+    "cache_breaker_reset_ms",
+    "event_max_ahead_s",
+    "jwt_max_lifetime_s",
 )
 _POSITIVE_SECONDS = (
-    "ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_drain_s", "ws_queue_age_s",
+    "ws_ping_interval_s",
+    "ws_idle_timeout_s",
+    "ws_auth_timeout_s",
+    "ws_drain_s",
+    "ws_queue_age_s",
 )
 _RATES = ("rate_limit_per_s", "rate_limit_admin_per_s", "auth_failure_per_s")
 _NOT_NEGATIVE = ("cache_staleness_ms", "statement_timeout_ms")
@@ -164,7 +191,6 @@ class Settings:
     partitions_per_batch: int = DEFAULT_PARTITIONS_PER_BATCH  # new monthly partitions per writer batch
     jwt_secret: str | None = dataclasses.field(default=None, repr=False)
     jwks_url: str | None = None
-    cursor_secret: str | None = None  # signs paging cursors; unset: a random key kept in PostgreSQL
     jwt_issuer: str = "tickstock-hub"
     jwt_audience: str = "tickstock"
     jwt_max_lifetime_s: float = DEFAULT_JWT_MAX_LIFETIME_S  # exp - iat cap; a token without iat is refused
@@ -193,7 +219,8 @@ class Settings:
             value = getattr(self, name)
             if value is not None and not (0 <= value < math.inf):
                 raise SettingsError(
-                    f"{PREFIX}{name.upper()} must be a finite number >= 0 (0 turns limiting off)")
+                    f"{PREFIX}{name.upper()} must be a finite number >= 0 (0 turns limiting off)"
+                )
         for name in _POSITIVE_SECONDS:
             if not 0 < getattr(self, name) < math.inf:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be a positive number of seconds")
@@ -209,14 +236,19 @@ class Settings:
             raise SettingsError(f"{PREFIX}PORT must be a TCP port, not {self.port}")
         if self.cursor_secret == "":
             raise SettingsError(
-                f"{PREFIX}CURSOR_SECRET must not be empty (unset it for a per-deployment key)")
+                f"{PREFIX}CURSOR_SECRET must not be empty (unset it for a per-deployment key)"
+            )
 
     @property
     def embedded(self) -> tuple[str, ...]:
         """Which servers have no URL and must be started by the hub."""
         return tuple(
-            name for name, url in
-            (("nats", self.nats_url), ("postgres", self.database_url), ("redis", self.redis_url))
+            name
+            for name, url in (
+                ("nats", self.nats_url),
+                ("postgres", self.database_url),
+                ("redis", self.redis_url),
+            )
             if not url
         )
 
@@ -253,8 +285,11 @@ class _MappingSource(EnvSettingsSource):
         super().__init__(settings_cls)
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {(k if self.case_sensitive else k.lower()): v for k, v in self._environ.items()
-                if not (self.env_ignore_empty and v == "")}
+        return {
+            (k if self.case_sensitive else k.lower()): v
+            for k, v in self._environ.items()
+            if not (self.env_ignore_empty and v == "")
+        }
 
 
 _TYPES = {f.name: str(f.type) for f in dataclasses.fields(Settings)}

@@ -23,8 +23,20 @@ from hub.model import EventError, canonical_symbol
 from store.universes import is_universe_key
 
 __all__ = [
-    "MAX_ERRORS", "MAX_JSON_DEPTH", "ParsedQuery", "QueryAliases", "SymbolName", "UniverseKey", "field_errors",
-    "parse_json", "parse_query", "query_error", "read_body", "read_bytes", "read_model", "read_query",
+    "MAX_ERRORS",
+    "MAX_JSON_DEPTH",
+    "ParsedQuery",
+    "QueryAliases",
+    "SymbolName",
+    "UniverseKey",
+    "field_errors",
+    "parse_json",
+    "parse_query",
+    "query_error",
+    "read_body",
+    "read_bytes",
+    "read_model",
+    "read_query",
 ]
 
 MAX_ERRORS = 50  # field errors listed in one problem document
@@ -92,11 +104,14 @@ def parse_json(raw: bytes, *, max_depth: int | None = None) -> Any:
     try:
         document = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError):
-        raise ApiError("the body is not valid JSON",
-                       errors=[{"loc": "body", "msg": "not valid JSON"}]) from None
+        raise ApiError(
+            "the body is not valid JSON", errors=[{"loc": "body", "msg": "not valid JSON"}]
+        ) from None
     if max_depth is not None and _deeper_than(document, max_depth):
-        raise ApiError(f"the body nests arrays and objects deeper than {max_depth} levels",
-                       errors=[{"loc": "body", "msg": f"nested deeper than {max_depth} levels"}])
+        raise ApiError(
+            f"the body nests arrays and objects deeper than {max_depth} levels",
+            errors=[{"loc": "body", "msg": f"nested deeper than {max_depth} levels"}],
+        )
     return document
 
 
@@ -142,16 +157,19 @@ class ParsedQuery(Generic[M]):
 
 def query_error(errors: list[dict[str, str]]) -> ApiError:
     """A 400 listing ``errors`` (``{"loc": "query.x", "msg": …}``) in its detail too."""
-    return ApiError("invalid query: " + "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:MAX_ERRORS]),
-                    errors=errors[:MAX_ERRORS])
+    return ApiError(
+        "invalid query: " + "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:MAX_ERRORS]),
+        errors=errors[:MAX_ERRORS],
+    )
 
 
 def _is_list(model: type[BaseModel], name: str) -> bool:
     return get_origin(model.model_fields[name].annotation) is list
 
 
-def parse_query(model: type[M], request: Request, *, lists: tuple[str, ...] = (),
-                aliases: QueryAliases | None = None) -> ParsedQuery[M]:
+def parse_query(
+    model: type[M], request: Request, *, lists: tuple[str, ...] = (), aliases: QueryAliases | None = None
+) -> ParsedQuery[M]:
     """The query string validated as ``model``, with the names the caller used.
 
     Fields annotated as lists (and names in ``lists``) may repeat and arrive as lists (an empty value
@@ -166,8 +184,10 @@ def parse_query(model: type[M], request: Request, *, lists: tuple[str, ...] = ()
     if model.model_config.get("extra") == "forbid":
         unknown = sorted({k for k in request.query_params if k not in fields and k not in aliases.names})
         if unknown:
-            raise ApiError(f"unknown query parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
-                           errors=[{"loc": f"query.{k}", "msg": "unknown parameter"} for k in unknown[:MAX_ERRORS]])
+            raise ApiError(
+                f"unknown query parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
+                errors=[{"loc": f"query.{k}", "msg": "unknown parameter"} for k in unknown[:MAX_ERRORS]],
+            )
     data: dict[str, Any] = {}
     used: dict[str, str] = {}
     errors: list[dict[str, str]] = []
@@ -177,7 +197,9 @@ def parse_query(model: type[M], request: Request, *, lists: tuple[str, ...] = ()
             errors.append({"loc": f"query.{name}", "msg": "contains a control character (NUL, CR, LF, ...)"})
             continue
         if target in used and used[target] != name:
-            errors.append({"loc": f"query.{name}", "msg": f"{name} and {used[target]} are the same parameter; give one"})
+            errors.append(
+                {"loc": f"query.{name}", "msg": f"{name} and {used[target]} are the same parameter; give one"}
+            )
             continue
         used[target] = name
         if target in repeatable:
@@ -197,8 +219,9 @@ def parse_query(model: type[M], request: Request, *, lists: tuple[str, ...] = ()
     raise query_error(errors)
 
 
-def read_query(model: type[M], request: Request, *, lists: tuple[str, ...] = (),
-               aliases: QueryAliases | None = None) -> M:
+def read_query(
+    model: type[M], request: Request, *, lists: tuple[str, ...] = (), aliases: QueryAliases | None = None
+) -> M:
     """The query parameters validated as ``model`` (see :func:`parse_query`, which also returns the
     names the caller used)."""
     return parse_query(model, request, lists=lists, aliases=aliases).params

@@ -44,7 +44,9 @@ PUBLISH_TIMEOUT_S = 5.0
 class RedisBridge:
     """Subscribes on enter, forwards until exit. Counters: ``forwarded``, ``unparsed``, ``errors``."""
 
-    def __init__(self, redis_client: aioredis.Redis, js: JetStreamContext, *, channel: str = DEFAULT_CHANNEL) -> None:
+    def __init__(
+        self, redis_client: aioredis.Redis, js: JetStreamContext, *, channel: str = DEFAULT_CHANNEL
+    ) -> None:
         self._redis = redis_client
         self._js = js
         self.channel = channel
@@ -69,15 +71,17 @@ class RedisBridge:
         while True:
             try:
                 if event is None:
-                    await self._js.publish(UNPARSED_SUBJECT, payload, headers={"Nats-Msg-Id": msg_id},
-                                           timeout=PUBLISH_TIMEOUT_S)
+                    await self._js.publish(
+                        UNPARSED_SUBJECT, payload, headers={"Nats-Msg-Id": msg_id}, timeout=PUBLISH_TIMEOUT_S
+                    )
                 else:
                     await publish_to_ingest(self._js, event, timeout_s=PUBLISH_TIMEOUT_S)
                 break
             except (MaxPayloadError, BadRequestError) as exc:  # too large for NATS or the stream
                 self.errors += 1
-                log.error("bridge: dropped a %d-byte message (%s) that NATS refuses: %s",
-                          len(payload), msg_id, exc)
+                log.error(
+                    "bridge: dropped a %d-byte message (%s) that NATS refuses: %s", len(payload), msg_id, exc
+                )
                 return
             except (NatsError, TimeoutError) as exc:
                 self.errors += 1
@@ -111,16 +115,18 @@ class RedisBridge:
         self._task = asyncio.create_task(self._loop(), name="tickstock-bridge")
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
 
-async def run(redis_url: str, nats_url: str, *, channel: str = DEFAULT_CHANNEL,
-              duration_s: float | None = None) -> int:
+async def run(
+    redis_url: str, nats_url: str, *, channel: str = DEFAULT_CHANNEL, duration_s: float | None = None
+) -> int:
     """Bridge until cancelled (or for ``duration_s``); returns how many messages were forwarded."""
     client = aioredis.Redis.from_url(redis_url)
     try:
@@ -129,8 +135,10 @@ async def run(redis_url: str, nats_url: str, *, channel: str = DEFAULT_CHANNEL,
         await client.aclose()
         raise RedisError(f"cannot connect to Redis at {redis_url}: {exc}") from exc
     try:
-        async with open_nats(nats_url, name="tickstock-bridge") as nc, RedisBridge(client, nc.jetstream(),
-                                                                                      channel=channel) as bridge:
+        async with (
+            open_nats(nats_url, name="tickstock-bridge") as nc,
+            RedisBridge(client, nc.jetstream(), channel=channel) as bridge,
+        ):
             if duration_s is None:
                 await asyncio.Event().wait()
             await asyncio.sleep(duration_s or 0)

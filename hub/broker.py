@@ -28,7 +28,10 @@ class BrokerError(HubError, NatsError):
 
 @asynccontextmanager
 async def open_nats(
-    url: str, *, name: str = "tickstock-hub", connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    url: str,
+    *,
+    name: str = "tickstock-hub",
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     drain_timeout_s: int = DEFAULT_DRAIN_TIMEOUT_S,
 ) -> AsyncIterator[NATS]:
     """Connect to ``url``; drain (flush pending work, then close) on exit.
@@ -55,10 +58,17 @@ async def open_nats(
     try:
         await asyncio.wait_for(
             client.connect(
-                url, name=name, connect_timeout=max(1, int(connect_timeout_s)), allow_reconnect=True,
-                max_reconnect_attempts=-1, reconnect_time_wait=1, error_cb=on_error,
-                disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
-                drain_timeout=drain_timeout_s, pending_size=DEFAULT_PENDING_BYTES,
+                url,
+                name=name,
+                connect_timeout=max(1, int(connect_timeout_s)),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                drain_timeout=drain_timeout_s,
+                pending_size=DEFAULT_PENDING_BYTES,
             ),
             timeout=connect_timeout_s,
         )

@@ -41,19 +41,23 @@ __all__ = ["CANDLE_FUNCTIONS", "LIFETIMES", "Detection", "PatternNames", "confid
 
 log = logging.getLogger("tickstock.candles")
 
-CANDLE_FUNCTIONS: tuple[str, ...] = tuple(talib.get_function_groups()["Pattern Recognition"])
+CANDLE_FUNCTIONS: tuple[str, ...] = tuple(talib.get_function_groups()["Pattern Recognition"])  # type: ignore[no-untyped-call]
 _FUNCTIONS = frozenset(CANDLE_FUNCTIONS)
 SOURCE = "demo-feed"
 VOLUME_WINDOW = 20  # bars in the relative-volume average and the support/resistance range
 RSI_PERIOD = 14
 MIN_CONFIDENCE, MAX_CONFIDENCE = 0.3, 0.99
 LIFETIMES: dict[str, timedelta] = {
-    "1min": timedelta(minutes=30), "5min": timedelta(hours=2), "15min": timedelta(hours=6),
-    "30min": timedelta(hours=12), "hourly": timedelta(days=1), "daily": timedelta(days=3),
-    "weekly": timedelta(weeks=3), "monthly": timedelta(days=90),
+    "1min": timedelta(minutes=30),
+    "5min": timedelta(hours=2),
+    "15min": timedelta(hours=6),
+    "30min": timedelta(hours=12),
+    "hourly": timedelta(days=1),
+    "daily": timedelta(days=3),
+    "weekly": timedelta(weeks=3),
+    "monthly": timedelta(days=90),
 }
 _PATTERNS_JSON = ("reference_data", "patterns.json")
-
 
 
 # -- pattern names ----------------------------------------------------------------------------------
@@ -92,8 +96,9 @@ class PatternNames:
                     direction = "signed"
                 names.update({a.upper(): _Name(name, direction) for a in aliases if a.upper() in _FUNCTIONS})
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("demo feed: no pattern names from %s (%s); publishing TA-Lib function names",
-                        source, exc)
+            log.warning(
+                "demo feed: no pattern names from %s (%s); publishing TA-Lib function names", source, exc
+            )
             return cls()
         return cls(names)
 
@@ -155,17 +160,32 @@ class Detection:
             indicators["relative_volume"] = self.relative_volume
         if self.rsi is not None:
             indicators["rsi"] = self.rsi
-        data: dict[str, Any] = {"bar_time": self.bar_time, "talib_function": self.function,
-                                "signal": self.signal, "file": self.file}
+        data: dict[str, Any] = {
+            "bar_time": self.bar_time,
+            "talib_function": self.function,
+            "signal": self.signal,
+            "file": self.file,
+        }
         if self.direction is not None:
             data["direction"] = self.direction
-        return PatternEvent.model_validate({
-            "id": self.event_id(run_id, lap), "type": "pattern_detected", "symbol": self.symbol,
-            "pattern": self.pattern, "timeframe": self.timeframe, "confidence": self.confidence,
-            "detected_at": now, "expires_at": now + LIFETIMES[self.timeframe], "price": self.price,
-            "volume": self.volume, "levels": {"support": self.support, "resistance": self.resistance},
-            "indicators": indicators, "source": SOURCE, "data": data,
-        })
+        return PatternEvent.model_validate(
+            {
+                "id": self.event_id(run_id, lap),
+                "type": "pattern_detected",
+                "symbol": self.symbol,
+                "pattern": self.pattern,
+                "timeframe": self.timeframe,
+                "confidence": self.confidence,
+                "detected_at": now,
+                "expires_at": now + LIFETIMES[self.timeframe],
+                "price": self.price,
+                "volume": self.volume,
+                "levels": {"support": self.support, "resistance": self.resistance},
+                "indicators": indicators,
+                "source": SOURCE,
+                "data": data,
+            }
+        )
 
 
 def _rolling(values: np.ndarray, window: int, func: Any, accumulate: Any) -> np.ndarray:
@@ -203,13 +223,26 @@ def scan(bars: Bars, *, names: PatternNames | None = None) -> list[Detection]:
         signal = int(signals[fn_index, i])
         pattern, direction = names.resolve(function, signal)
         rv = _optional(relative[i], 3)
-        found.append(Detection(
-            symbol=bars.symbol, timeframe=bars.timeframe, file=bars.file, index=i,
-            bar_time=bars.bar_time(i), function=function, pattern=pattern, direction=direction,
-            signal=signal, confidence=confidence(signal, rv), price=float(c[i]), volume=float(v[i]),
-            relative_volume=rv, rsi=_optional(rsi[i], 2), support=float(support[i]),
-            resistance=float(resistance[i]),
-        ))
+        found.append(
+            Detection(
+                symbol=bars.symbol,
+                timeframe=bars.timeframe,
+                file=bars.file,
+                index=i,
+                bar_time=bars.bar_time(i),
+                function=function,
+                pattern=pattern,
+                direction=direction,
+                signal=signal,
+                confidence=confidence(signal, rv),
+                price=float(c[i]),
+                volume=float(v[i]),
+                relative_volume=rv,
+                rsi=_optional(rsi[i], 2),
+                support=float(support[i]),
+                resistance=float(resistance[i]),
+            )
+        )
     return found
 
 
@@ -222,5 +255,3 @@ def detect(bars: Bars, *, upto: int, names: PatternNames | None = None) -> list[
     if not 0 <= upto < len(bars):
         raise ValueError(f"upto={upto} is not a bar index of {bars.file} (0..{len(bars) - 1})")
     return [d for d in scan(bars.head(upto + 1), names=names) if d.index == upto]
-
-

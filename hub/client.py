@@ -35,7 +35,10 @@ __all__ = ["Delivery", "HubClient", "HubClientError", "Subscription"]
 log = logging.getLogger("tickstock.client")
 
 #: Close codes after which reconnecting cannot help.
-FATAL_CLOSES = {CLOSE_UNAUTHORIZED: "the token was refused or expired", CLOSE_FORBIDDEN: "the token lacks patterns:read"}
+FATAL_CLOSES = {
+    CLOSE_UNAUTHORIZED: "the token was refused or expired",
+    CLOSE_FORBIDDEN: "the token lacks patterns:read",
+}
 
 
 class HubClientError(HubError, RuntimeError):
@@ -68,10 +71,18 @@ class HubClient:
     its welcome (a drop after a good session is not a failure streak).
     """
 
-    def __init__(self, urls: Sequence[str] | str, *, token: str | Callable[[], str],
-                 subscriptions: Sequence[Subscription], since: int | None = None,
-                 backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0, buffer: int = 10_000,
-                 open_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str] | str,
+        *,
+        token: str | Callable[[], str],
+        subscriptions: Sequence[Subscription],
+        since: int | None = None,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+        buffer: int = 10_000,
+        open_timeout_s: float = 5.0,
+    ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ValueError("give at least one hub URL")
@@ -94,8 +105,9 @@ class HubClient:
         self._task = asyncio.create_task(self._run(), name="hub-client")
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -141,9 +153,13 @@ class HubClient:
     async def _session(self, url: str) -> None:
         token = self._token() if callable(self._token) else self._token
         self.state = "connecting" if self.connects == 0 else "reconnecting"
-        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                                      open_timeout=self._open_timeout_s, max_size=None,
-                                      ping_interval=None) as ws:
+        async with websockets.connect(
+            url,
+            additional_headers={"Authorization": f"Bearer {token}"},
+            open_timeout=self._open_timeout_s,
+            max_size=None,
+            ping_interval=None,
+        ) as ws:
             self._ws = ws
             try:
                 welcome = json.loads(await asyncio.wait_for(ws.recv(), self._open_timeout_s))
@@ -162,7 +178,9 @@ class HubClient:
             except websockets.exceptions.ConnectionClosed as exc:
                 if exc.rcvd is not None and exc.rcvd.code in FATAL_CLOSES:
                     code = exc.rcvd.code
-                    raise HubClientError(f"closed with {code}: {FATAL_CLOSES[code]} ({exc.rcvd.reason})") from None
+                    raise HubClientError(
+                        f"closed with {code}: {FATAL_CLOSES[code]} ({exc.rcvd.reason})"
+                    ) from None
                 raise
             finally:
                 self._ws = None

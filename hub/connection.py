@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any
 
+from hub.fanout_limits import FanOutLimits
+from hub.fanout_metrics import FanOutMetrics
 from hub.protocol import (
     CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
@@ -26,13 +28,19 @@ from hub.protocol import (
     CLOSE_TOO_MANY,
     CLOSE_UNAUTHORIZED,
 )
-from hub.fanout_limits import FanOutLimits
-from hub.fanout_metrics import FanOutMetrics
 from hub.subscriptions import Subscription
 
 __all__ = [
-    "CLOSE_FORBIDDEN", "CLOSE_GOING_AWAY", "CLOSE_IDLE", "CLOSE_INTERNAL", "CLOSE_NORMAL", "CLOSE_SLOW",
-    "CLOSE_TOO_BIG", "CLOSE_TOO_MANY", "CLOSE_UNAUTHORIZED", "Connection",
+    "CLOSE_FORBIDDEN",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_IDLE",
+    "CLOSE_INTERNAL",
+    "CLOSE_NORMAL",
+    "CLOSE_SLOW",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TOO_MANY",
+    "CLOSE_UNAUTHORIZED",
+    "Connection",
 ]
 
 log = logging.getLogger("tickstock.ws")
@@ -52,9 +60,27 @@ class Connection:
     order; it ends when the outbox is empty. Only backed-up connections have such a task.
     """
 
-    __slots__ = ("_bytes", "_closer", "_flusher", "_frames", "_limits", "_metrics", "_room", "_send", "busy",
-                 "close_code", "close_reason", "connected_at", "expires_at", "gone", "last_received", "last_sent",
-                 "scopes", "subject", "subs")
+    __slots__ = (
+        "_bytes",
+        "_closer",
+        "_flusher",
+        "_frames",
+        "_limits",
+        "_metrics",
+        "_room",
+        "_send",
+        "busy",
+        "close_code",
+        "close_reason",
+        "connected_at",
+        "expires_at",
+        "gone",
+        "last_received",
+        "last_sent",
+        "scopes",
+        "subject",
+        "subs",
+    )
 
     def __init__(self, send: Send, limits: FanOutLimits, metrics: FanOutMetrics) -> None:
         self._send = send
@@ -110,7 +136,10 @@ class Connection:
 
     async def offer_paced(self, frame: str, stored_at: float = 0.0) -> bool:
         """Offer a frame of a replay, first waiting while the outbox is more than half full."""
-        while len(self._frames) >= self._limits.queue_messages // 2 or self._bytes >= self._limits.queue_bytes // 2:
+        while (
+            len(self._frames) >= self._limits.queue_messages // 2
+            or self._bytes >= self._limits.queue_bytes // 2
+        ):
             if self.close_code is not None:
                 return False
             self._room.clear()
@@ -182,7 +211,9 @@ class Connection:
             return
         self._flusher = asyncio.create_task(self._flush(send, waiting, frame, stored_at), name="ws-flush")
 
-    async def _flush(self, send: Coroutine[Any, Any, None], waiting: Any, frame: str, stored_at: float) -> None:
+    async def _flush(
+        self, send: Coroutine[Any, Any, None], waiting: Any, frame: str, stored_at: float
+    ) -> None:
         frames = self._frames
         low = self._limits.queue_messages // 4
         try:
@@ -210,7 +241,9 @@ class Connection:
     async def _send_close(self) -> None:
         with contextlib.suppress(OSError, RuntimeError, TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self._send({"type": "websocket.close", "code": self.close_code, "reason": self.close_reason})
+                await self._send(
+                    {"type": "websocket.close", "code": self.close_code, "reason": self.close_reason}
+                )
 
 
 async def _finish(send: Coroutine[Any, Any, None], waiting: Any) -> None:

@@ -14,8 +14,8 @@ the hub's own publish. A JetStream 4xx answer is permanent: it is counted and lo
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import contextlib
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -42,8 +42,19 @@ from hub.text import escape_control
 from hub.window import EventWindow
 from store.deadletters import get_dead_letter, mark_replayed, record_dead_letter
 
-__all__ = ["DLQ_HEADERS", "EVENT_CAUSED_ERRORS", "ID_CONFLICT", "TRANSIENT_ERRORS", "AdvisoryWatcher", "DeadLetterer",
-           "ReplayError", "ReplayResult", "ingest_source_key", "is_permanent_api_error", "is_transient"]
+__all__ = [
+    "DLQ_HEADERS",
+    "EVENT_CAUSED_ERRORS",
+    "ID_CONFLICT",
+    "TRANSIENT_ERRORS",
+    "AdvisoryWatcher",
+    "DeadLetterer",
+    "ReplayError",
+    "ReplayResult",
+    "ingest_source_key",
+    "is_permanent_api_error",
+    "is_transient",
+]
 
 log = logging.getLogger("tickstock.deadletters")
 
@@ -57,18 +68,31 @@ DETAIL_HEADER_LIMIT = 500  # characters of TickStock-DLQ-Detail
 MAX_STORED_HEADERS = 64  # original headers kept in dead_letters.headers
 MAX_STORED_HEADER_CHARS = 1024  # per name or value
 # The only headers on a DLQ message; all are set by the hub.
-DLQ_HEADERS = ("Nats-Msg-Id", "TickStock-DLQ-Id", "TickStock-DLQ-Reason", "TickStock-DLQ-Detail",
-               "TickStock-Original-Subject", "TickStock-Deliveries")
+DLQ_HEADERS = (
+    "Nats-Msg-Id",
+    "TickStock-DLQ-Id",
+    "TickStock-DLQ-Reason",
+    "TickStock-DLQ-Detail",
+    "TickStock-Original-Subject",
+    "TickStock-Deliveries",
+)
 
 # Failures that say "try again later", never "this message is bad". Use :func:`is_transient`: by
 # class alone this tuple also holds errors one event causes (a statement timeout is an
 # OperationalError), which are that event's fault and permanent for it.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, NatsError, OSError, TimeoutError)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    NatsError,
+    OSError,
+    TimeoutError,
+)
 # Database errors a statement raises because of the rows it was given, although they are
 # OperationalErrors: the statement timeout (QueryCanceled) and a program limit (e.g. an index row too
 # large). The writer finds the event that causes them and dead-letters it alone.
-EVENT_CAUSED_ERRORS: tuple[type[BaseException], ...] = (psycopg.errors.QueryCanceled,
-                                                        psycopg.errors.ProgramLimitExceeded)
+EVENT_CAUSED_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.errors.QueryCanceled,
+    psycopg.errors.ProgramLimitExceeded,
+)
 
 
 def is_permanent_api_error(exc: BaseException) -> bool:
@@ -99,7 +123,9 @@ def _stored_headers(headers: dict[str, str] | None) -> dict[str, str]:
     """The original headers as kept for inspection: escaped, bounded in number and size."""
     kept: dict[str, str] = {}
     for key, value in list((headers or {}).items())[:MAX_STORED_HEADERS]:
-        kept[escape_control(key, limit=MAX_STORED_HEADER_CHARS)] = escape_control(value, limit=MAX_STORED_HEADER_CHARS)
+        kept[escape_control(key, limit=MAX_STORED_HEADER_CHARS)] = escape_control(
+            value, limit=MAX_STORED_HEADER_CHARS
+        )
     return kept
 
 
@@ -128,17 +154,33 @@ class DeadLetterer:
     (``tickstock.dlq.<reason>``, deduplicated by source key) for subscribers. Raises on failure so
     the caller can hand the message back instead of losing it."""
 
-    def __init__(self, *, pool: AsyncConnectionPool, js: JetStreamContext, metrics: Metrics,
-                 window: EventWindow | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        pool: AsyncConnectionPool,
+        js: JetStreamContext,
+        metrics: Metrics,
+        window: EventWindow | None = None,
+    ) -> None:
         self._pool = pool
         self._js = js
         self._metrics = metrics
         self._window = window
 
-    async def record(self, *, source_key: str, subject: str, payload: bytes, headers: dict[str, str] | None,
-                     reason: str, detail: str = "", errors: list[dict[str, Any]] | None = None,
-                     deliveries: int = 1, first_seen: datetime | None = None,
-                     conflict_payload: bytes | None = None) -> int:
+    async def record(
+        self,
+        *,
+        source_key: str,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        reason: str,
+        detail: str = "",
+        errors: list[dict[str, Any]] | None = None,
+        deliveries: int = 1,
+        first_seen: datetime | None = None,
+        conflict_payload: bytes | None = None,
+    ) -> int:
         """Record the dead letter in the table, then publish it to ``tickstock.dlq.<reason>`` with the
         hub's own headers only. Raises the table's or NATS's transient errors (the caller hands the
         message back); a JetStream 4xx on the DLQ publish is permanent: logged, counted in
@@ -147,12 +189,23 @@ class DeadLetterer:
         subject = escape_control(subject)
         async with self._pool.connection() as conn:
             dead_letter_id = await record_dead_letter(
-                conn, source_key=source_key, subject=subject, payload=payload, headers=_stored_headers(headers),
-                reason=reason, detail=detail, errors=errors or [], event_id=_event_id(payload),
-                deliveries=deliveries, first_seen=first_seen, conflict_payload=conflict_payload)
+                conn,
+                source_key=source_key,
+                subject=subject,
+                payload=payload,
+                headers=_stored_headers(headers),
+                reason=reason,
+                detail=detail,
+                errors=errors or [],
+                event_id=_event_id(payload),
+                deliveries=deliveries,
+                first_seen=first_seen,
+                conflict_payload=conflict_payload,
+            )
         dlq_headers = {
             "Nats-Msg-Id": escape_control(f"dlq-{source_key}", limit=DETAIL_HEADER_LIMIT),
-            "TickStock-DLQ-Id": str(dead_letter_id), "TickStock-DLQ-Reason": escape_control(reason),
+            "TickStock-DLQ-Id": str(dead_letter_id),
+            "TickStock-DLQ-Reason": escape_control(reason),
             "TickStock-DLQ-Detail": escape_control(detail, limit=DETAIL_HEADER_LIMIT),
             "TickStock-Original-Subject": escape_control(subject, limit=DETAIL_HEADER_LIMIT),
             "TickStock-Deliveries": str(deliveries),
@@ -163,20 +216,48 @@ class DeadLetterer:
             if not is_permanent_api_error(exc):
                 raise
             self._metrics.dlq_publish_refused.inc(code=str(exc.code))
-            log.warning("dead letter %s: the DLQ stream refused it (%s %s); the table keeps it", dead_letter_id,
-                        exc.code, escape_control(exc.description or "", limit=200))
+            log.warning(
+                "dead letter %s: the DLQ stream refused it (%s %s); the table keeps it",
+                dead_letter_id,
+                exc.code,
+                escape_control(exc.description or "", limit=200),
+            )
         self._metrics.dead_letters.inc(reason=reason)
-        log.info("dead letter %s: %s (%s) from %s", dead_letter_id, reason, escape_control(detail, limit=200),
-                 escape_control(subject, limit=200))
+        log.info(
+            "dead letter %s: %s (%s) from %s",
+            dead_letter_id,
+            reason,
+            escape_control(detail, limit=200),
+            escape_control(subject, limit=200),
+        )
         return dead_letter_id
 
-    async def record_invalid(self, *, source_key: str, subject: str, payload: bytes, headers: dict[str, str] | None,
-                             error: EventError, deliveries: int = 1, first_seen: datetime | None = None) -> int:
-        return await self.record(source_key=source_key, subject=subject, payload=payload, headers=headers,
-                                 reason=error.reason, detail=error.detail, errors=[dict(f) for f in error.fields],
-                                 deliveries=deliveries, first_seen=first_seen)
+    async def record_invalid(
+        self,
+        *,
+        source_key: str,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        error: EventError,
+        deliveries: int = 1,
+        first_seen: datetime | None = None,
+    ) -> int:
+        return await self.record(
+            source_key=source_key,
+            subject=subject,
+            payload=payload,
+            headers=headers,
+            reason=error.reason,
+            detail=error.detail,
+            errors=[dict(f) for f in error.fields],
+            deliveries=deliveries,
+            first_seen=first_seen,
+        )
 
-    async def replay(self, dead_letter_id: int, *, catalog: CatalogCache, payload: bytes | None = None) -> ReplayResult:
+    async def replay(
+        self, dead_letter_id: int, *, catalog: CatalogCache, payload: bytes | None = None
+    ) -> ReplayResult:
         """Publish the dead letter's payload (or a corrected ``payload``) to ingest and mark it replayed.
 
         The payload is validated first: one that would be rejected again raises :class:`ReplayError`
@@ -190,17 +271,27 @@ class DeadLetterer:
         try:
             event = parse_event(body, catalog=catalog.current, window=self._window)
         except EventError as exc:
-            raise ReplayError(f"the payload would be rejected again: {exc.reason}: {exc.detail}",
-                              kind="rejected", reason=exc.reason) from None
+            raise ReplayError(
+                f"the payload would be rejected again: {exc.reason}: {exc.detail}",
+                kind="rejected",
+                reason=exc.reason,
+            ) from None
         # A replay gets its own message id: the rejected original's id is still in JetStream's
         # duplicate window, and the store is idempotent on the event id anyway.
         msg_id = f"{event.id}#replay-{dead_letter_id}-{letter.replay_count + 1}"
         published: Published = await publish_to_ingest(self._js, event, msg_id=msg_id)
         async with self._pool.connection() as conn:
             await mark_replayed(conn, dead_letter_id)
-        log.info("replayed dead letter %s as event %s (ingest seq %s)", dead_letter_id, event.id, published.seq)
-        return ReplayResult(dead_letter_id, event.id, ingest_subject(event.timeframe, event.symbol), published.seq,
-                            published.duplicate)
+        log.info(
+            "replayed dead letter %s as event %s (ingest seq %s)", dead_letter_id, event.id, published.seq
+        )
+        return ReplayResult(
+            dead_letter_id,
+            event.id,
+            ingest_subject(event.timeframe, event.symbol),
+            published.seq,
+            published.duplicate,
+        )
 
 
 class AdvisoryWatcher:
@@ -208,9 +299,17 @@ class AdvisoryWatcher:
     while the hub is down): fetches the original message by stream sequence, records it as a dead
     letter with its headers, then removes it from the ingest work queue."""
 
-    def __init__(self, *, js: JetStreamContext, dead_letters: DeadLetterer, batch: int = 50,
-                 metrics: Metrics | None = None, retry_base_s: float = RETRY_DELAY_S,
-                 retry_max_s: float = ADVISORY_RETRY_MAX_S, max_attempts: int = ADVISORY_MAX_ATTEMPTS) -> None:
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        dead_letters: DeadLetterer,
+        batch: int = 50,
+        metrics: Metrics | None = None,
+        retry_base_s: float = RETRY_DELAY_S,
+        retry_max_s: float = ADVISORY_RETRY_MAX_S,
+        max_attempts: int = ADVISORY_MAX_ATTEMPTS,
+    ) -> None:
         self._js = js
         self._dead_letters = dead_letters
         self._batch = batch
@@ -224,7 +323,7 @@ class AdvisoryWatcher:
         self.given_up = 0
 
     def _delay(self, attempt: int) -> float:
-        return min(self._retry_max_s, self._retry_base_s * 2 ** max(0, attempt - 1))
+        return min(self._retry_max_s, self._retry_base_s * 2.0 ** max(0, attempt - 1))
 
     async def _handle(self, advisory: dict[str, Any]) -> None:
         seq = int(advisory["stream_seq"])
@@ -237,15 +336,23 @@ class AdvisoryWatcher:
         except APIError as exc:
             if not is_permanent_api_error(exc):
                 raise
-            log.warning("advisory for ingest seq %s: JetStream refused the lookup (%s %s); dropped", seq, exc.code,
-                        escape_control(exc.description or "", limit=200))
+            log.warning(
+                "advisory for ingest seq %s: JetStream refused the lookup (%s %s); dropped",
+                seq,
+                exc.code,
+                escape_control(exc.description or "", limit=200),
+            )
             return
         await self._dead_letters.record(
-            source_key=ingest_source_key(seq, original.data or b""), subject=original.subject or "",
+            source_key=ingest_source_key(seq, original.data or b""),
+            subject=original.subject or "",
             payload=original.data or b"",
-            headers=original.headers, reason=MAX_DELIVERIES,
+            headers=original.headers,
+            reason=MAX_DELIVERIES,
             detail=f"not stored after {deliveries} deliveries (consumer {escape_control(advisory.get('consumer'), limit=64)})",
-            deliveries=deliveries, first_seen=original.time)
+            deliveries=deliveries,
+            first_seen=original.time,
+        )
         with contextlib.suppress(NotFoundError):
             await self._js.delete_msg(INGEST_STREAM, seq)
         self.handled += 1
@@ -260,14 +367,24 @@ class AdvisoryWatcher:
         if attempt >= self._max_attempts:
             self.given_up += 1
             self._metrics.advisories_given_up.inc()
-            log.warning("advisory %s given up after %d attempts (last: %s); the message stays in %s", seq, attempt,
-                        escape_control(exc, limit=200), INGEST_STREAM)
+            log.warning(
+                "advisory %s given up after %d attempts (last: %s); the message stays in %s",
+                seq,
+                attempt,
+                escape_control(exc, limit=200),
+                INGEST_STREAM,
+            )
             with contextlib.suppress(NatsError):
                 await msg.term()
             return
         delay = self._delay(attempt)
-        log.warning("advisory %s not handled yet (attempt %d, next in %.1f s): %s", seq, attempt, delay,
-                    escape_control(exc, limit=200))
+        log.warning(
+            "advisory %s not handled yet (attempt %d, next in %.1f s): %s",
+            seq,
+            attempt,
+            delay,
+            escape_control(exc, limit=200),
+        )
         with contextlib.suppress(NatsError):
             await msg.nak(delay=delay)
 
@@ -292,9 +409,12 @@ class AdvisoryWatcher:
                     try:
                         await self._handle(json.loads(msg.data))
                     except (ValueError, KeyError, TypeError) as exc:
-                        log.warning("unreadable advisory dropped: %s (%s)", escape_control(exc, limit=200),
-                                    escape_control(repr(msg.data[:200])))
-                    except Exception as exc:  # noqa: BLE001 - transient or not, retried with a bound
+                        log.warning(
+                            "unreadable advisory dropped: %s (%s)",
+                            escape_control(exc, limit=200),
+                            escape_control(repr(msg.data[:200])),
+                        )
+                    except Exception as exc:
                         await self._failed(msg, exc)
                         continue
                     with contextlib.suppress(NatsError):
@@ -307,8 +427,9 @@ class AdvisoryWatcher:
         self._task = asyncio.create_task(self._loop(), name="tickstock-advisories")
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stopping.set()
         if self._task is not None:
             try:

@@ -43,7 +43,6 @@ MAX_LAG_S = 1.0  # after a stall, catch up at most this much of the schedule in 
 _RUN_ID = re.compile(r"[A-Za-z0-9_]{1,40}")  # no "-" or ".": ids stay unambiguous
 
 
-
 # -- the feed ---------------------------------------------------------------------------------------
 
 
@@ -61,8 +60,14 @@ def _load_tracks(files: Sequence[Path]) -> list[_Track]:
         hits: dict[int, list[Detection]] = {}
         for detection in scan(bars, names=names):
             hits.setdefault(detection.index, []).append(detection)
-        log.info("demo feed: %s: %s %s, %d bars, %d detections", bars.file, bars.symbol,
-                 bars.timeframe, len(bars), sum(map(len, hits.values())))
+        log.info(
+            "demo feed: %s: %s %s, %d bars, %d detections",
+            bars.file,
+            bars.symbol,
+            bars.timeframe,
+            len(bars),
+            sum(map(len, hits.values())),
+        )
         if hits:
             tracks.append(_Track(len(bars), {i: tuple(found) for i, found in hits.items()}))
     return tracks
@@ -107,12 +112,21 @@ class DemoFeed:
     """
 
     def __init__(
-        self, js: JetStreamContext, *, rate: float = DEFAULT_RATE, files: Sequence[Path] | None = None,
-        loop: bool = True, run_id: str | None = None, publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S,
+        self,
+        js: JetStreamContext,
+        *,
+        rate: float = DEFAULT_RATE,
+        files: Sequence[Path] | None = None,
+        loop: bool = True,
+        run_id: str | None = None,
+        publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S,
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
     ) -> None:
-        for label, value in (("rate", rate), ("publish_timeout_s", publish_timeout_s),
-                             ("max_backoff_s", max_backoff_s)):
+        for label, value in (
+            ("rate", rate),
+            ("publish_timeout_s", publish_timeout_s),
+            ("max_backoff_s", max_backoff_s),
+        ):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{label} must be a positive number, not {value!r}")
         if files is not None and not files:
@@ -152,13 +166,21 @@ class DemoFeed:
         self._stop = asyncio.Event()
         files = self._files if self._files is not None else default_files()
         tracks = await asyncio.to_thread(_load_tracks, files)
-        log.info("demo feed: run %s, %d files with detections, %.3g events/s, loop=%s",
-                 self.run_id, len(tracks), self._rate, self._loop)
+        log.info(
+            "demo feed: run %s, %d files with detections, %.3g events/s, loop=%s",
+            self.run_id,
+            len(tracks),
+            self._rate,
+            self._loop,
+        )
         self._task = asyncio.create_task(self._run(tracks), name="tickstock-demo-feed")
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         task, self._task = self._task, None
         if task is None:
@@ -171,8 +193,12 @@ class DemoFeed:
             # reply (gh-86296), so cancel until the task is gone; _stop ends it at the next event.
             task.cancel()
             await asyncio.wait([task], timeout=STOP_GRACE_S)
-        log.info("demo feed: stopped; %d published, %d duplicates, %d errors",
-                 self._published, self._duplicates, self._errors)
+        log.info(
+            "demo feed: stopped; %d published, %d duplicates, %d errors",
+            self._published,
+            self._duplicates,
+            self._errors,
+        )
         if not task.cancelled():
             task.result()  # re-raises what the task died of, if anything
 
@@ -217,8 +243,10 @@ class DemoFeed:
             except (NatsError, OSError) as exc:  # OSError covers TimeoutError
                 self._errors += 1
                 if not self._outage:
-                    log.warning("demo feed: publishing failed (%s); retrying with back-off",
-                                str(exc) or type(exc).__name__)
+                    log.warning(
+                        "demo feed: publishing failed (%s); retrying with back-off",
+                        str(exc) or type(exc).__name__,
+                    )
                 self._outage += 1
                 await self._pause(min(self._max_backoff_s, INITIAL_BACKOFF_S * 2 ** min(attempt, 16)))
                 attempt += 1
@@ -234,8 +262,13 @@ class DemoFeed:
 
 
 async def run(
-    nats_url: str, *, rate: float = DEFAULT_RATE, duration_s: float | None = None, loop: bool = True,
-    files: Sequence[Path] | None = None, run_id: str | None = None,
+    nats_url: str,
+    *,
+    rate: float = DEFAULT_RATE,
+    duration_s: float | None = None,
+    loop: bool = True,
+    files: Sequence[Path] | None = None,
+    run_id: str | None = None,
 ) -> int:
     """Connect to ``nats_url``, run a :class:`DemoFeed` and return how many events it published.
 

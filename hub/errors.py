@@ -24,7 +24,9 @@ class ReplayError(HubError, ValueError):
     corrected one, would be rejected again; ``reason`` is the dead-letter reason it would get).
     """
 
-    def __init__(self, message: str, *, kind: ReplayErrorKind = "rejected", reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, kind: ReplayErrorKind = "rejected", reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.kind: ReplayErrorKind = kind
         self.reason = reason

@@ -57,7 +57,6 @@ __all__ = ["FanOut", "FilterError"]
 log = logging.getLogger("tickstock.fanout")
 
 
-
 class FilterError(ValueError):
     """A subscription filter the hub cannot serve (unknown universe, pattern, bad symbol)."""
 
@@ -66,11 +65,22 @@ class FanOut:
     """The fan-out of one node. ``async with FanOut(...)`` starts reading the clean stream; leaving it
     closes every socket with 1001 after a short drain (:meth:`go_away`)."""
 
-    def __init__(self, *, nc: NATS, js: JetStreamContext, pool: AsyncConnectionPool, catalog: CatalogCache,
-                 registry: Registry, limits: FanOutLimits | None = None, node: str | None = None,
-                 resolver: UniverseResolver | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        nc: NATS,
+        js: JetStreamContext,
+        pool: AsyncConnectionPool,
+        catalog: CatalogCache,
+        registry: Registry,
+        limits: FanOutLimits | None = None,
+        node: str | None = None,
+        resolver: UniverseResolver | None = None,
+    ) -> None:
         self._nc, self._js, self._pool, self._catalog = nc, js, pool, catalog
-        self._resolver = resolver or SqlResolver(pool)  # universes -> symbols (in memory, when the hub keeps them)
+        self._resolver = resolver or SqlResolver(
+            pool
+        )  # universes -> symbols (in memory, when the hub keeps them)
         self.limits = limits or FanOutLimits()
         self.node = node or f"hub-{os.getpid()}-{os.urandom(2).hex()}"
         self.metrics = FanOutMetrics(registry, self)
@@ -91,9 +101,15 @@ class FanOut:
         info = await self._js.stream_info(PATTERNS_STREAM)
         self.head = info.state.last_seq
         self._live = await self._js.subscribe(
-            CLEAN_WILDCARD, stream=PATTERNS_STREAM, cb=self._on_message, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.head + 1),
-            pending_msgs_limit=-1, pending_bytes_limit=-1,
+            CLEAN_WILDCARD,
+            stream=PATTERNS_STREAM,
+            cb=self._on_message,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.head + 1
+            ),
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
         )
         self._notices = await self._nc.subscribe(UNIVERSE_CHANGED_SUBJECT, cb=self._on_universe_changed)
         self._housekeeper = asyncio.create_task(self._housekeep(), name="ws-housekeeper")
@@ -101,8 +117,9 @@ class FanOut:
         log.info("fan-out %s reading %s from seq %d", self.node, PATTERNS_STREAM, self.head + 1)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.go_away()
         for sub in (self._live, self._notices):
             if sub is not None:
@@ -194,14 +211,18 @@ class FanOut:
 
     # -- subscriptions ---------------------------------------------------------------------------
 
-    async def subscribe(self, conn: Connection, sub_id: str, filter_: Filter, since: int | None) -> dict[str, Any]:
+    async def subscribe(
+        self, conn: Connection, sub_id: str, filter_: Filter, since: int | None
+    ) -> dict[str, Any]:
         """Add (or replace) a subscription; with ``since``, replay its past first. Returns the reply.
 
         Raises :class:`FilterError` for a filter the hub cannot serve.
         """
         if sub_id not in conn.subs and len(conn.subs) >= self.limits.max_subscriptions:
-            raise OverflowError(f"this connection already has {len(conn.subs)} subscriptions "
-                                f"(the limit is {self.limits.max_subscriptions})")
+            raise OverflowError(
+                f"this connection already has {len(conn.subs)} subscriptions "
+                f"(the limit is {self.limits.max_subscriptions})"
+            )
         filter_ = self._canonical(filter_)
         symbols = await self._symbols(filter_, conn.subject or "")
         self.unsubscribe(conn, sub_id)
@@ -222,7 +243,13 @@ class FanOut:
                     replayed += 1
             sub.pending = None
         self.metrics.replayed.inc(replayed)
-        return {"op": "subscribed", "id": sub_id, "head": self.head, "replayed": replayed, "recovered": recovered}
+        return {
+            "op": "subscribed",
+            "id": sub_id,
+            "head": self.head,
+            "replayed": replayed,
+            "recovered": recovered,
+        }
 
     def unsubscribe(self, conn: Connection, sub_id: str) -> bool:
         sub = conn.subs.pop(sub_id, None)
@@ -242,8 +269,9 @@ class FanOut:
             patterns = sorted({catalog.canonical(p) for p in f.patterns})
         except EventError as exc:
             raise FilterError(exc.detail if hasattr(exc, "detail") else str(exc)) from None
-        return f.model_copy(update={"symbols": symbols, "patterns": patterns,
-                                    "universes": list(dict.fromkeys(f.universes))})
+        return f.model_copy(
+            update={"symbols": symbols, "patterns": patterns, "universes": list(dict.fromkeys(f.universes))}
+        )
 
     async def _symbols(self, f: Filter, subject: str) -> frozenset[str] | None:
         """The symbols a filter covers (its symbols and the members of its universes), or ``None`` for
@@ -253,7 +281,9 @@ class FanOut:
         try:
             members = await self._resolver.universe_symbols(f.universes, subject=subject)
         except UnknownUniverse as exc:
-            raise FilterError(f"unknown universe(s): {', '.join(exc.names)} (see GET /api/universes)") from None
+            raise FilterError(
+                f"unknown universe(s): {', '.join(exc.names)} (see GET /api/universes)"
+            ) from None
         return frozenset(f.symbols) | members
 
     async def _on_universe_changed(self, msg: Msg) -> None:
@@ -262,8 +292,13 @@ class FanOut:
         except (ValueError, KeyError, TypeError):
             log.warning("ignored a malformed universe-changed notice: %r", msg.data[:200])
             return
-        subs = [s for c in self.connections if c.subject == subject for s in c.subs.values()
-                if s.filter.follows_my_universe]
+        subs = [
+            s
+            for c in self.connections
+            if c.subject == subject
+            for s in c.subs.values()
+            if s.filter.follows_my_universe
+        ]
         if subs:
             task = asyncio.create_task(self._refollow(subject, subs))
             self._tasks.add(task)
@@ -296,7 +331,9 @@ class FanOut:
         async for entry in replay:
             if conn.close_code is not None or conn.subs.get(sub.id) is not sub:
                 break
-            if sub.matches(entry) and await conn.offer_paced(_event_frame(entry, sub.ids_json), entry.stored_at):
+            if sub.matches(entry) and await conn.offer_paced(
+                _event_frame(entry, sub.ids_json), entry.stored_at
+            ):
                 replayed += 1
         return replayed, replay.recovered
 
@@ -312,7 +349,10 @@ class FanOut:
                 if conn.close_code is not None:
                     continue
                 if conn.lag_s(now) > limits.queue_age_s:
-                    conn.close(CLOSE_SLOW, f"slow consumer: a frame waited over {limits.queue_age_s:g} s; resume with since")
+                    conn.close(
+                        CLOSE_SLOW,
+                        f"slow consumer: a frame waited over {limits.queue_age_s:g} s; resume with since",
+                    )
                 elif conn.subject is None:
                     if now - conn.connected_at > limits.auth_timeout_s:
                         conn.close(CLOSE_UNAUTHORIZED, "no token within the authentication timeout")
@@ -331,4 +371,3 @@ def _ids_json(subs: list[Subscription]) -> str:
 
 def _event_frame(entry: Entry, ids_json: str) -> str:
     return f'{{"op":"event","seq":{entry.seq},"subs":{ids_json},"event":{entry.text}}}'
-

@@ -9,9 +9,18 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "DEFAULT_AUTH_TIMEOUT_S", "DEFAULT_DRAIN_S", "DEFAULT_IDLE_TIMEOUT_S", "DEFAULT_MAX_CONNECTIONS",
-    "DEFAULT_MAX_SUBSCRIPTIONS", "DEFAULT_PING_INTERVAL_S", "DEFAULT_QUEUE_AGE_S", "DEFAULT_QUEUE_BYTES",
-    "DEFAULT_QUEUE_MESSAGES", "DEFAULT_RESUME_MAX", "DEFAULT_RING_SIZE", "FanOutLimits",
+    "DEFAULT_AUTH_TIMEOUT_S",
+    "DEFAULT_DRAIN_S",
+    "DEFAULT_IDLE_TIMEOUT_S",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_SUBSCRIPTIONS",
+    "DEFAULT_PING_INTERVAL_S",
+    "DEFAULT_QUEUE_AGE_S",
+    "DEFAULT_QUEUE_BYTES",
+    "DEFAULT_QUEUE_MESSAGES",
+    "DEFAULT_RESUME_MAX",
+    "DEFAULT_RING_SIZE",
+    "FanOutLimits",
 ]
 
 DEFAULT_MAX_CONNECTIONS = 20_000  # per node; more are closed with 4429
@@ -45,6 +54,12 @@ class FanOutLimits:
 
     def as_dict(self) -> dict[str, Any]:
         """The limits a client may plan by (sent in the welcome frame)."""
-        return {"max_subscriptions": self.max_subscriptions, "queue_messages": self.queue_messages,
-                "queue_bytes": self.queue_bytes, "queue_age_s": self.queue_age_s, "ping_interval_s": self.ping_interval_s,
-                "idle_timeout_s": self.idle_timeout_s, "resume_max": self.resume_max}
+        return {
+            "max_subscriptions": self.max_subscriptions,
+            "queue_messages": self.queue_messages,
+            "queue_bytes": self.queue_bytes,
+            "queue_age_s": self.queue_age_s,
+            "ping_interval_s": self.ping_interval_s,
+            "idle_timeout_s": self.idle_timeout_s,
+            "resume_max": self.resume_max,
+        }

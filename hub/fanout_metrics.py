@@ -25,24 +25,56 @@ class FanOutMetrics:
 
     def __init__(self, registry: Registry, fanout: _Counted) -> None:
         r = registry
-        self.connections = r.add(Gauge("tickstock_ws_connections", "Open websocket connections on this node.",
-                                       read=lambda: float(len(fanout.connections))))
-        self.subscriptions = r.add(Gauge("tickstock_ws_subscriptions", "Websocket subscriptions on this node.",
-                                         read=lambda: float(len(fanout.index))))
+        self.connections = r.add(
+            Gauge(
+                "tickstock_ws_connections",
+                "Open websocket connections on this node.",
+                read=lambda: float(len(fanout.connections)),
+            )
+        )
+        self.subscriptions = r.add(
+            Gauge(
+                "tickstock_ws_subscriptions",
+                "Websocket subscriptions on this node.",
+                read=lambda: float(len(fanout.index)),
+            )
+        )
         self.messages = self.events = self.bytes = 0  # plain numbers: counted once per frame
-        r.add(CounterView("tickstock_ws_messages_sent_total", "Frames written to websockets.", lambda: self.messages))
-        r.add(CounterView("tickstock_ws_events_sent_total", "Event frames written to websockets.", lambda: self.events))
-        r.add(CounterView("tickstock_ws_bytes_sent_total", "UTF-8 bytes of text frames written to websockets (payload, without framing).",
-                          lambda: self.bytes))
-        self.high_water = r.add(Gauge("tickstock_ws_queue_high_water", "The most frames any outbox has held."))
-        self.closes = r.add(Counter("tickstock_ws_closes_total", "Connections closed by the hub, by close code."))
-        self.replayed = r.add(Counter("tickstock_ws_replayed_total", "Events replayed to resuming subscriptions."))
-        self.latency = r.add(Histogram("tickstock_ws_stored_to_sent_seconds",
-                                       "From the clean stream storing an event to its frame being written."))
+        r.add(
+            CounterView(
+                "tickstock_ws_messages_sent_total", "Frames written to websockets.", lambda: self.messages
+            )
+        )
+        r.add(
+            CounterView(
+                "tickstock_ws_events_sent_total", "Event frames written to websockets.", lambda: self.events
+            )
+        )
+        r.add(
+            CounterView(
+                "tickstock_ws_bytes_sent_total",
+                "UTF-8 bytes of text frames written to websockets (payload, without framing).",
+                lambda: self.bytes,
+            )
+        )
+        self.high_water = r.add(
+            Gauge("tickstock_ws_queue_high_water", "The most frames any outbox has held.")
+        )
+        self.closes = r.add(
+            Counter("tickstock_ws_closes_total", "Connections closed by the hub, by close code.")
+        )
+        self.replayed = r.add(
+            Counter("tickstock_ws_replayed_total", "Events replayed to resuming subscriptions.")
+        )
+        self.latency = r.add(
+            Histogram(
+                "tickstock_ws_stored_to_sent_seconds",
+                "From the clean stream storing an event to its frame being written.",
+            )
+        )
         self.peak = 0
 
     def queued(self, depth: int) -> None:
         if depth > self.peak:
             self.peak = depth
             self.high_water.set(depth)
-

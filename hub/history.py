@@ -91,7 +91,9 @@ class StreamHistory:
         if start > target:
             return
         psub = await self._js.subscribe(
-            CLEAN_WILDCARD, stream=PATTERNS_STREAM, ordered_consumer=True,
+            CLEAN_WILDCARD,
+            stream=PATTERNS_STREAM,
+            ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
         )
         try:

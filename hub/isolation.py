@@ -47,9 +47,13 @@ class Outcome:
     timeouts: int = 0
 
 
-async def insert_isolating(conn: psycopg.AsyncConnection[Any], batch: list[Pending], *,
-                           heartbeat: Callable[[], Awaitable[None]],
-                           max_timeouts: int = MAX_TIMEOUTS_PER_BATCH) -> Outcome:
+async def insert_isolating(
+    conn: psycopg.AsyncConnection[Any],
+    batch: list[Pending],
+    *,
+    heartbeat: Callable[[], Awaitable[None]],
+    max_timeouts: int = MAX_TIMEOUTS_PER_BATCH,
+) -> Outcome:
     """Insert ``batch`` in one statement inside a savepoint. When the database refuses it for a
     reason one event can cause (a constraint, a bad value, the statement timeout), bisect: each
     half in its own savepoint, down to the single events at fault, which are returned as
@@ -64,7 +68,9 @@ async def insert_isolating(conn: psycopg.AsyncConnection[Any], batch: list[Pendi
             continue
         try:
             async with conn.transaction():
-                outcome.stored.update(await store_events(conn, [p.event for p in part], [p.producer for p in part]))
+                outcome.stored.update(
+                    await store_events(conn, [p.event for p in part], [p.producer for p in part])
+                )
         except psycopg.Error as exc:
             if is_transient(exc):
                 raise
@@ -74,8 +80,11 @@ async def insert_isolating(conn: psycopg.AsyncConnection[Any], batch: list[Pendi
                 outcome.failed.append((part[0], exc))
             else:
                 if len(part) == len(batch):
-                    log.warning("writer: batch of %d refused by the database (%s); isolating the event(s) at fault",
-                                len(batch), first_line(exc, limit=200))
+                    log.warning(
+                        "writer: batch of %d refused by the database (%s); isolating the event(s) at fault",
+                        len(batch),
+                        first_line(exc, limit=200),
+                    )
                 half = len(part) // 2
                 stack += [part[half:], part[:half]]  # the first half next: the ingest order is kept
             await heartbeat()  # keeps JetStream from redelivering the batch meanwhile

@@ -80,29 +80,50 @@ class Topology:
 def _streams(t: Topology) -> list[StreamConfig]:
     return [
         StreamConfig(
-            name=INGEST_STREAM, subjects=[INGEST_WILDCARD], retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE, discard=DiscardPolicy.NEW, max_bytes=t.ingest_max_bytes,
-            max_msgs=t.ingest_max_msgs, max_age=t.ingest_max_age_s, max_msg_size=t.ingest_max_msg_size,
+            name=INGEST_STREAM,
+            subjects=[INGEST_WILDCARD],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.NEW,
+            max_bytes=t.ingest_max_bytes,
+            max_msgs=t.ingest_max_msgs,
+            max_age=t.ingest_max_age_s,
+            max_msg_size=t.ingest_max_msg_size,
             duplicate_window=t.duplicate_window_s,
             description="Raw pattern events from producers; consumed once by the hub writer.",
         ),
         StreamConfig(
-            name=PATTERNS_STREAM, subjects=[CLEAN_WILDCARD], retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE, discard=DiscardPolicy.OLD, max_bytes=t.patterns_max_bytes,
-            max_msgs=t.patterns_max_msgs, max_age=t.patterns_max_age_s, max_msg_size=1 * MIB,
+            name=PATTERNS_STREAM,
+            subjects=[CLEAN_WILDCARD],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_bytes=t.patterns_max_bytes,
+            max_msgs=t.patterns_max_msgs,
+            max_age=t.patterns_max_age_s,
+            max_msg_size=1 * MIB,
             duplicate_window=t.duplicate_window_s,
             description="Validated, stored pattern events (schema v1), in store order.",
         ),
         StreamConfig(
-            name=DLQ_STREAM, subjects=[DLQ_WILDCARD], retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE, discard=DiscardPolicy.OLD, max_bytes=t.dlq_max_bytes,
-            max_age=t.dlq_max_age_s, duplicate_window=t.duplicate_window_s,
+            name=DLQ_STREAM,
+            subjects=[DLQ_WILDCARD],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_bytes=t.dlq_max_bytes,
+            max_age=t.dlq_max_age_s,
+            duplicate_window=t.duplicate_window_s,
             description="Dead letters: original payload and headers plus the reason.",
         ),
         StreamConfig(
-            name=ADVISORY_STREAM, subjects=[f"{MAX_DELIVERIES_ADVISORY}.{INGEST_STREAM}.>"],
-            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, discard=DiscardPolicy.OLD,
-            max_age=t.dlq_max_age_s, max_bytes=128 * MIB,
+            name=ADVISORY_STREAM,
+            subjects=[f"{MAX_DELIVERIES_ADVISORY}.{INGEST_STREAM}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=t.dlq_max_age_s,
+            max_bytes=128 * MIB,
             description="Max-deliveries advisories of the ingest consumers, turned into dead letters.",
         ),
     ]
@@ -110,17 +131,31 @@ def _streams(t: Topology) -> list[StreamConfig]:
 
 def _consumers(t: Topology) -> list[tuple[str, ConsumerConfig]]:
     return [
-        (INGEST_STREAM, ConsumerConfig(
-            durable_name=WRITER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-            ack_wait=t.ack_wait_s, max_deliver=t.max_deliver, max_ack_pending=t.max_ack_pending,
-            filter_subject=INGEST_WILDCARD, max_waiting=512,
-            description="The hub writer, shared by every hub node.",
-        )),
-        (ADVISORY_STREAM, ConsumerConfig(
-            durable_name=DEADLETTER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30.0, max_ack_pending=1_000,
-            description="Turns max-deliveries advisories into dead letters.",
-        )),
+        (
+            INGEST_STREAM,
+            ConsumerConfig(
+                durable_name=WRITER_CONSUMER,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=t.ack_wait_s,
+                max_deliver=t.max_deliver,
+                max_ack_pending=t.max_ack_pending,
+                filter_subject=INGEST_WILDCARD,
+                max_waiting=512,
+                description="The hub writer, shared by every hub node.",
+            ),
+        ),
+        (
+            ADVISORY_STREAM,
+            ConsumerConfig(
+                durable_name=DEADLETTER_CONSUMER,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30.0,
+                max_ack_pending=1_000,
+                description="Turns max-deliveries advisories into dead letters.",
+            ),
+        ),
     ]
 
 
@@ -139,7 +174,12 @@ async def add_stream(js: JetStreamContext, config: StreamConfig, *, patience_s: 
         except ServerError as exc:
             if exc.err_code != STORE_BUSY or loop.time() + delay > deadline:
                 raise
-            log.warning("stream %s: store still busy (%s); retrying in %.0f ms", config.name, exc.description, delay * 1000)
+            log.warning(
+                "stream %s: store still busy (%s); retrying in %.0f ms",
+                config.name,
+                exc.description,
+                delay * 1000,
+            )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.5)
 

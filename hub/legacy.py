@@ -32,14 +32,25 @@ from hub.model import TIMEFRAMES, EventError, brief, canonical_json
 __all__ = ["LEGACY_EVENT_TYPES", "LEGACY_TIMEFRAMES", "derived_id", "is_legacy", "to_v1"]
 
 LEGACY_EVENT_TYPES = {
-    "pattern_detected": "pattern_detected", "pattern_alert": "pattern_detected",
+    "pattern_detected": "pattern_detected",
+    "pattern_alert": "pattern_detected",
     "pattern": "pattern_detected",
-    "pattern_updated": "pattern_updated", "pattern_expired": "pattern_expired",
+    "pattern_updated": "pattern_updated",
+    "pattern_expired": "pattern_expired",
 }
 # Case matters: "1m" is a minute, and a future "1M" must not silently become one.
 LEGACY_TIMEFRAMES = {
-    "1m": "1min", "5m": "5min", "15m": "15min", "30m": "30min", "1h": "hourly", "60min": "hourly",
-    "1d": "daily", "D": "daily", "1w": "weekly", "1mo": "monthly", **{tf: tf for tf in TIMEFRAMES},
+    "1m": "1min",
+    "5m": "5min",
+    "15m": "15min",
+    "30m": "30min",
+    "1h": "hourly",
+    "60min": "hourly",
+    "1d": "daily",
+    "D": "daily",
+    "1w": "weekly",
+    "1mo": "monthly",
+    **{tf: tf for tf in TIMEFRAMES},
 }
 DEFAULT_TIMEFRAME = "daily"
 ID_HEX_DIGITS = 32
@@ -84,7 +95,8 @@ def _pick(data: dict[str, Any], field: str) -> tuple[bool, Any]:
     values = list(found.values())
     if any(v != values[0] for v in values[1:]):
         raise EventError(
-            "invalid_field", f"data.{' and data.'.join(found)} disagree",
+            "invalid_field",
+            f"data.{' and data.'.join(found)} disagree",
             fields=[_field(f"data.{key}", "conflicting spelling") for key in found],
         )
     return bool(values), values[0] if values else None
@@ -100,7 +112,8 @@ def to_v1(envelope: Mapping[str, Any]) -> dict[str, Any]:
     extra = sorted(set(envelope) - _ENVELOPE_KEYS)
     if extra:
         raise EventError(
-            "unknown_field", f"unknown legacy envelope field(s): {', '.join(extra)}",
+            "unknown_field",
+            f"unknown legacy envelope field(s): {', '.join(extra)}",
             fields=[_field(key, "extra inputs are not permitted") for key in extra],
         )
     for key in ("timestamp", "data"):

@@ -26,8 +26,14 @@ class Maintenance:
     failed round is logged and retried on the next tick; it never stops the hub.
     """
 
-    def __init__(self, pool: AsyncConnectionPool, *, interval_s: float, ahead_days: int,
-                 catalog: CatalogCache | None = None) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        interval_s: float,
+        ahead_days: int,
+        catalog: CatalogCache | None = None,
+    ) -> None:
         self._pool = pool
         self._catalog = catalog
         self._interval_s = interval_s

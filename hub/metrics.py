@@ -233,37 +233,80 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = Registry()
         r = self.registry
-        self.ingested = r.add(Counter("tickstock_events_ingested_total", "Ingest messages received by the writer."))
+        self.ingested = r.add(
+            Counter("tickstock_events_ingested_total", "Ingest messages received by the writer.")
+        )
         self.stored = r.add(Counter("tickstock_events_stored_total", "Events newly stored in PostgreSQL."))
-        self.duplicates = r.add(Counter("tickstock_events_duplicate_total", "Events whose id was already stored."))
+        self.duplicates = r.add(
+            Counter("tickstock_events_duplicate_total", "Events whose id was already stored.")
+        )
         self.rejected = r.add(Counter("tickstock_events_rejected_total", "Events dead-lettered, by reason."))
-        self.published = r.add(Counter("tickstock_events_published_total", "Events published to the clean stream."))
-        self.redeliveries = r.add(Counter("tickstock_writer_redeliveries_total",
-                                          "Messages received with a delivery count above one."))
-        self.retries = r.add(Counter("tickstock_writer_retries_total",
-                                     "Messages handed back (nak with delay) after a transient failure."))
-        self.probes = r.add(Counter("tickstock_writer_database_probes_total",
-                                    "Database probes while the writer waits out an outage, by result."))
-        self.dead_letters = r.add(Counter("tickstock_dead_letters_total", "Dead letters recorded, by reason."))
-        self.batch_size = r.add(Histogram("tickstock_writer_batch_size", "Messages per writer batch.", SIZE_BUCKETS))
-        self.batch_seconds = r.add(Histogram("tickstock_writer_batch_seconds", "Time to process one writer batch."))
-        self.store_latency = r.add(Histogram("tickstock_ingest_to_stored_seconds",
-                                             "From the ingest message's stream timestamp to stored and published."))
-        self.http_ingested = r.add(Counter("tickstock_http_ingest_total", "Events received over HTTP, by outcome."))
+        self.published = r.add(
+            Counter("tickstock_events_published_total", "Events published to the clean stream.")
+        )
+        self.redeliveries = r.add(
+            Counter(
+                "tickstock_writer_redeliveries_total", "Messages received with a delivery count above one."
+            )
+        )
+        self.retries = r.add(
+            Counter(
+                "tickstock_writer_retries_total",
+                "Messages handed back (nak with delay) after a transient failure.",
+            )
+        )
+        self.probes = r.add(
+            Counter(
+                "tickstock_writer_database_probes_total",
+                "Database probes while the writer waits out an outage, by result.",
+            )
+        )
+        self.dead_letters = r.add(
+            Counter("tickstock_dead_letters_total", "Dead letters recorded, by reason.")
+        )
+        self.batch_size = r.add(
+            Histogram("tickstock_writer_batch_size", "Messages per writer batch.", SIZE_BUCKETS)
+        )
+        self.batch_seconds = r.add(
+            Histogram("tickstock_writer_batch_seconds", "Time to process one writer batch.")
+        )
+        self.store_latency = r.add(
+            Histogram(
+                "tickstock_ingest_to_stored_seconds",
+                "From the ingest message's stream timestamp to stored and published.",
+            )
+        )
+        self.http_ingested = r.add(
+            Counter("tickstock_http_ingest_total", "Events received over HTTP, by outcome.")
+        )
         self.consumer = r.add(Gauge("tickstock_consumer", "Writer consumer state from JetStream, by field."))
-        self.dlq_depth = r.add(Gauge("tickstock_dead_letters_pending", "Dead letters not replayed, by reason."))
-        self.dlq_publish_refused = r.add(Counter(
-            "tickstock_dlq_publish_refused_total",
-            "Dead letters recorded in the table whose DLQ-stream publish JetStream refused (4xx), by code."))
-        self.advisories_given_up = r.add(Counter(
-            "tickstock_advisories_given_up_total",
-            "Max-deliveries advisories the watcher stopped retrying; their messages stay in ingest."))
-        self.id_conflicts = r.add(Counter(
-            "tickstock_id_conflicts_total",
-            "Events whose id was already stored with a different payload (dead-lettered id_conflict)."))
-        self.partitions_deferred = r.add(Counter(
-            "tickstock_writer_partition_deferrals_total",
-            "Messages kept for a later batch because their month's partition was over the per-batch bound."))
+        self.dlq_depth = r.add(
+            Gauge("tickstock_dead_letters_pending", "Dead letters not replayed, by reason.")
+        )
+        self.dlq_publish_refused = r.add(
+            Counter(
+                "tickstock_dlq_publish_refused_total",
+                "Dead letters recorded in the table whose DLQ-stream publish JetStream refused (4xx), by code.",
+            )
+        )
+        self.advisories_given_up = r.add(
+            Counter(
+                "tickstock_advisories_given_up_total",
+                "Max-deliveries advisories the watcher stopped retrying; their messages stay in ingest.",
+            )
+        )
+        self.id_conflicts = r.add(
+            Counter(
+                "tickstock_id_conflicts_total",
+                "Events whose id was already stored with a different payload (dead-lettered id_conflict).",
+            )
+        )
+        self.partitions_deferred = r.add(
+            Counter(
+                "tickstock_writer_partition_deferrals_total",
+                "Messages kept for a later batch because their month's partition was over the per-batch bound.",
+            )
+        )
 
     def render(self) -> str:
         return self.registry.render()

@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import (
     AfterValidator,
@@ -43,9 +43,23 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 __all__ = [
-    "EVENT_TYPES", "MAX_DATA_BYTES", "MAX_SYMBOL_LENGTH", "REASONS", "RFC3339", "SCHEMA_VERSION", "TIMEFRAMES",
-    "EventError", "EventType", "PatternEvent", "Timeframe", "Timestamp", "brief", "canonical_json",
-    "canonical_symbol", "format_utc", "load_json_schema",
+    "EVENT_TYPES",
+    "MAX_DATA_BYTES",
+    "MAX_SYMBOL_LENGTH",
+    "REASONS",
+    "RFC3339",
+    "SCHEMA_VERSION",
+    "TIMEFRAMES",
+    "EventError",
+    "EventType",
+    "PatternEvent",
+    "Timeframe",
+    "Timestamp",
+    "brief",
+    "canonical_json",
+    "canonical_symbol",
+    "format_utc",
+    "load_json_schema",
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -62,13 +76,29 @@ EventType = Literal["pattern_detected", "pattern_updated", "pattern_expired"]
 TIMEFRAMES: tuple[str, ...] = get_args(Timeframe)
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
-REASONS = frozenset({
-    "not_json", "not_object", "too_large", "missing_field", "invalid_field", "unknown_field",
-    "confidence_out_of_range", "unknown_timeframe", "unknown_type", "unknown_pattern", "invalid_symbol",
-    "invalid_timestamp", "data_too_large", "subject_mismatch", "invalid_subject",
-    # time bounds (hub.window) and an id stored with a different payload (the writer)
-    "detected_at_out_of_range", "expires_at_out_of_range", "id_conflict",
-})
+REASONS = frozenset(
+    {
+        "not_json",
+        "not_object",
+        "too_large",
+        "missing_field",
+        "invalid_field",
+        "unknown_field",
+        "confidence_out_of_range",
+        "unknown_timeframe",
+        "unknown_type",
+        "unknown_pattern",
+        "invalid_symbol",
+        "invalid_timestamp",
+        "data_too_large",
+        "subject_mismatch",
+        "invalid_subject",
+        # time bounds (hub.window) and an id stored with a different payload (the writer)
+        "detected_at_out_of_range",
+        "expires_at_out_of_range",
+        "id_conflict",
+    }
+)
 
 _SYMBOL = re.compile(rf"[A-Z0-9.\-/^=$]{{1,{MAX_SYMBOL_LENGTH}}}")
 RFC3339 = re.compile(
@@ -148,7 +178,9 @@ def format_utc(value: datetime) -> str:
 
 
 Timestamp = Annotated[
-    AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_as_utc),
+    AwareDatetime,
+    BeforeValidator(_rfc3339),
+    AfterValidator(_as_utc),
     PlainSerializer(format_utc, when_used="json"),
 ]
 
@@ -221,7 +253,7 @@ class PatternEvent(BaseModel):
             raise PydanticCustomError("unknown_pattern", "{detail}", {"detail": exc.detail}) from None
         if len(name) > MAX_NAME_LENGTH:
             raise PydanticCustomError("invalid_field", "canonical pattern name is longer than 64 characters")
-        return name
+        return str(name)
 
     @field_validator("expires_at")
     @classmethod
@@ -245,13 +277,14 @@ class PatternEvent(BaseModel):
             ) from None
         if len(encoded) > MAX_DATA_BYTES:
             raise PydanticCustomError(
-                "data_too_large", "data encodes to {size} bytes; the limit is {limit}",
+                "data_too_large",
+                "data encodes to {size} bytes; the limit is {limit}",
                 {"size": len(encoded), "limit": MAX_DATA_BYTES},
             )
         # A private copy the caller cannot change under us: shallow is enough for flat objects (the
         # common case: levels, indicators), nested ones are rebuilt from the encoding.
         if any(isinstance(v, dict | list) for v in value.values()):
-            return json.loads(encoded)
+            return cast(dict[str, Any], json.loads(encoded))
         return dict(value)
 
     def to_json_bytes(self) -> bytes:
@@ -275,4 +308,4 @@ class PatternEvent(BaseModel):
 def load_json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of v1, read from the package data; a fresh dict per call."""
     text = resources.files("hub").joinpath("schema", "pattern-event-v1.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    return cast(dict[str, Any], json.loads(text))

@@ -22,11 +22,18 @@ __all__ = ["DEMO_DATA_DIR", "Bars", "default_files", "load_bars"]
 
 
 DEMO_DATA_DIR = Path(__file__).with_name("demo_data")
-_BAR_SECONDS = {"1min": 60, "5min": 300, "15min": 900, "30min": 1800, "hourly": 3600, "daily": 86400,
-                "weekly": 7 * 86400, "monthly": 2_629_746}
+_BAR_SECONDS = {
+    "1min": 60,
+    "5min": 300,
+    "15min": 900,
+    "30min": 1800,
+    "hourly": 3600,
+    "daily": 86400,
+    "weekly": 7 * 86400,
+    "monthly": 2_629_746,
+}
 _PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 _TIME_COLUMNS = ("datetime_utc", "date")  # a "date" column holds days; "datetime_utc" holds UTC times
-
 
 
 # -- bars -------------------------------------------------------------------------------------------
@@ -60,9 +67,15 @@ class Bars:
 
     def head(self, count: int) -> Bars:
         """The first ``count`` bars (views, not copies)."""
-        return replace(self, timestamps=self.timestamps[:count], open=self.open[:count],
-                       high=self.high[:count], low=self.low[:count], close=self.close[:count],
-                       volume=self.volume[:count])
+        return replace(
+            self,
+            timestamps=self.timestamps[:count],
+            open=self.open[:count],
+            high=self.high[:count],
+            low=self.low[:count],
+            close=self.close[:count],
+            volume=self.volume[:count],
+        )
 
 
 def _parse_time(text: str, *, utc: bool) -> datetime:
@@ -145,5 +158,3 @@ def load_bars(path: str | Path, *, symbol: str | None = None, timeframe: str | N
 def default_files() -> list[Path]:
     """The CSV files shipped in ``demo_data/``, sorted by name."""
     return sorted(DEMO_DATA_DIR.glob("*.csv"))
-
-

@@ -15,9 +15,11 @@ DEFAULT_RETRY_BASE_S = 0.5
 DEFAULT_RETRY_MAX_S = 15.0
 
 
-def retry_delay(deliveries: int, *, base_s: float = DEFAULT_RETRY_BASE_S, max_s: float = DEFAULT_RETRY_MAX_S) -> float:
+def retry_delay(
+    deliveries: int, *, base_s: float = DEFAULT_RETRY_BASE_S, max_s: float = DEFAULT_RETRY_MAX_S
+) -> float:
     """Delay before the next delivery after ``deliveries`` failed ones: base · 2^(n-1), capped."""
-    return min(max_s, base_s * 2 ** max(0, deliveries - 1))
+    return min(max_s, base_s * 2.0 ** max(0, deliveries - 1))
 
 
 class Outage:
@@ -39,12 +41,18 @@ class Outage:
         self.failures += 1
         if self.since is None:
             self.since = time.monotonic()
-            log.warning("writer: transient failure, handing batches back with back-off: %s", first_line(exc, limit=200))
+            log.warning(
+                "writer: transient failure, handing batches back with back-off: %s",
+                first_line(exc, limit=200),
+            )
         return self.delay
 
     def recovered(self) -> None:
         if self.since is not None:
-            log.info("writer: recovered after %.1f s and %d failed attempt(s)", time.monotonic() - self.since,
-                     self.failures)
+            log.info(
+                "writer: recovered after %.1f s and %d failed attempt(s)",
+                time.monotonic() - self.since,
+                self.failures,
+            )
             self.since = None
         self.failures = 0

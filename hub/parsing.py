@@ -28,8 +28,11 @@ DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 """The largest encoded event :func:`parse_event` reads, unless told otherwise."""
 
 _FIELD_REASONS = {
-    "type": "unknown_type", "timeframe": "unknown_timeframe", "symbol": "invalid_symbol",
-    "detected_at": "invalid_timestamp", "expires_at": "invalid_timestamp",
+    "type": "unknown_type",
+    "timeframe": "unknown_timeframe",
+    "symbol": "invalid_symbol",
+    "detected_at": "invalid_timestamp",
+    "expires_at": "invalid_timestamp",
 }
 _RANGE_ERRORS = frozenset({"greater_than_equal", "less_than_equal", "finite_number"})
 
@@ -37,7 +40,7 @@ _RANGE_ERRORS = frozenset({"greater_than_equal", "less_than_equal", "finite_numb
 def _reason(error: Mapping[str, Any]) -> str:
     kind, loc = error["type"], error["loc"]
     if kind in REASONS:
-        return kind
+        return str(kind)
     if kind == "missing":
         return "missing_field"
     if kind == "extra_forbidden":
@@ -106,8 +109,11 @@ def _decode(raw: bytes | bytearray | memoryview | str | Mapping[str, Any], max_b
 
 
 def parse_event(
-    raw: bytes | bytearray | memoryview | str | Mapping[str, Any], *, catalog: PatternCatalog,
-    max_bytes: int = DEFAULT_MAX_EVENT_BYTES, window: EventWindow | None = None,
+    raw: bytes | bytearray | memoryview | str | Mapping[str, Any],
+    *,
+    catalog: PatternCatalog,
+    max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    window: EventWindow | None = None,
 ) -> PatternEvent:
     """Validate one v1 event or legacy envelope and return it as a v1 :class:`PatternEvent`.
 

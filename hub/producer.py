@@ -13,8 +13,14 @@ from hub.model import PatternEvent
 from hub.subjects import ingest_subject
 from hub.text import escape_control
 
-__all__ = ["PRODUCER_HEADER", "PRODUCER_SIG_HEADER", "Published", "producer_of", "publish_to_ingest",
-           "sign_producer"]
+__all__ = [
+    "PRODUCER_HEADER",
+    "PRODUCER_SIG_HEADER",
+    "Published",
+    "producer_of",
+    "publish_to_ingest",
+    "sign_producer",
+]
 
 # Who produced an event, as HTTP ingest vouches for it (contract of issue #11): the producer
 # ("http:<token sub>") and a hex HMAC-SHA256 over "<event id>\n<producer>" with the deployment secret
@@ -34,7 +40,9 @@ class Published:
 
 def sign_producer(secret: bytes, event_id: str, producer: str) -> str:
     """The ``TickStock-Producer-Sig`` value for ``producer`` of the event ``event_id``."""
-    return hmac.new(secret, f"{event_id}\n{producer}".encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return hmac.new(
+        secret, f"{event_id}\n{producer}".encode("utf-8", "surrogatepass"), hashlib.sha256
+    ).hexdigest()
 
 
 def producer_of(event: PatternEvent, headers: Mapping[str, str] | None, secret: bytes | None) -> str:
@@ -42,21 +50,34 @@ def producer_of(event: PatternEvent, headers: Mapping[str, str] | None, secret: 
     ``secret``, otherwise ``nats:<event source>``. Escaped (no control characters) and bounded."""
     claimed = (headers or {}).get(PRODUCER_HEADER)
     sig = (headers or {}).get(PRODUCER_SIG_HEADER)
-    if secret is not None and claimed is not None and sig is not None and hmac.compare_digest(
-            sign_producer(secret, event.id, claimed), sig.strip().lower()):
+    if (
+        secret is not None
+        and claimed is not None
+        and sig is not None
+        and hmac.compare_digest(sign_producer(secret, event.id, claimed), sig.strip().lower())
+    ):
         return escape_control(claimed, limit=MAX_PRODUCER_LENGTH)
     return escape_control(f"nats:{event.source}", limit=MAX_PRODUCER_LENGTH)
 
 
-async def publish_to_ingest(js: JetStreamContext, event: PatternEvent, *, msg_id: str | None = None,
-                            timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S,
-                            headers: Mapping[str, str] | None = None) -> Published:
+async def publish_to_ingest(
+    js: JetStreamContext,
+    event: PatternEvent,
+    *,
+    msg_id: str | None = None,
+    timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S,
+    headers: Mapping[str, str] | None = None,
+) -> Published:
     """Publish ``event`` to ``tickstock.ingest.<timeframe>.<symbol token>`` and wait for the stream's
     acknowledgement. ``Nats-Msg-Id`` is the event id unless ``msg_id`` is given (a replay must not be
     mistaken for the rejected original inside the duplicate window). ``duplicate`` is true when
     JetStream already had that id within its window. ``headers`` are added (the hub's own, e.g. the
     signed producer; never a producer's ``Nats-*``). Raises nats-py's errors (timeout, no responders,
     stream full)."""
-    ack = await js.publish(ingest_subject(event.timeframe, event.symbol), event.to_json_bytes(),
-                           timeout=timeout_s, headers={**(headers or {}), "Nats-Msg-Id": msg_id or event.id})
+    ack = await js.publish(
+        ingest_subject(event.timeframe, event.symbol),
+        event.to_json_bytes(),
+        timeout=timeout_s,
+        headers={**(headers or {}), "Nats-Msg-Id": msg_id or event.id},
+    )
     return Published(seq=ack.seq, duplicate=bool(ack.duplicate))

@@ -10,11 +10,26 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
-    "CLOSE_CODES", "CLOSE_FORBIDDEN", "CLOSE_GOING_AWAY", "CLOSE_IDLE", "CLOSE_INTERNAL", "CLOSE_NORMAL",
-    "CLOSE_SLOW", "CLOSE_TOO_BIG", "CLOSE_TOO_MANY", "CLOSE_TRY_AGAIN", "CLOSE_UNAUTHORIZED", "ERROR_BAD_FRAME",
+    "CLOSE_CODES",
+    "CLOSE_FORBIDDEN",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_IDLE",
+    "CLOSE_INTERNAL",
+    "CLOSE_NORMAL",
+    "CLOSE_SLOW",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TOO_MANY",
+    "CLOSE_TRY_AGAIN",
+    "CLOSE_UNAUTHORIZED",
+    "ERROR_BAD_FRAME",
     "ERROR_CODES",
-    "ERROR_FORBIDDEN", "ERROR_INVALID", "ERROR_INVALID_FILTER", "ERROR_TOO_MANY_SUBSCRIPTIONS",
-    "ERROR_UNAUTHENTICATED", "ERROR_UNKNOWN_OP", "ERROR_UNKNOWN_SUBSCRIPTION",
+    "ERROR_FORBIDDEN",
+    "ERROR_INVALID",
+    "ERROR_INVALID_FILTER",
+    "ERROR_TOO_MANY_SUBSCRIPTIONS",
+    "ERROR_UNAUTHENTICATED",
+    "ERROR_UNKNOWN_OP",
+    "ERROR_UNKNOWN_SUBSCRIPTION",
 ]
 
 # -- close codes (RFC 6455 ones below 4000, ours in the 4000-4999 private range, mirroring HTTP) ------
@@ -29,8 +44,20 @@ CLOSE_IDLE: Final = 4408  # nothing received for the idle timeout
 CLOSE_SLOW: Final = 4409  # slow consumer: the outbox was full or a frame waited too long
 CLOSE_TOO_MANY: Final = 4429  # too many connections on this node, or too many failed authentications
 
-CLOSE_CODES: Final = frozenset({CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_INTERNAL, CLOSE_TRY_AGAIN,
-                                CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOO_MANY})
+CLOSE_CODES: Final = frozenset(
+    {
+        CLOSE_NORMAL,
+        CLOSE_GOING_AWAY,
+        CLOSE_TOO_BIG,
+        CLOSE_INTERNAL,
+        CLOSE_TRY_AGAIN,
+        CLOSE_UNAUTHORIZED,
+        CLOSE_FORBIDDEN,
+        CLOSE_IDLE,
+        CLOSE_SLOW,
+        CLOSE_TOO_MANY,
+    }
+)
 
 # -- error frame codes --------------------------------------------------------------------------------
 ERROR_BAD_FRAME: Final = "bad_frame"  # not a JSON object with a string op, or a binary frame
@@ -42,6 +69,15 @@ ERROR_UNKNOWN_SUBSCRIPTION: Final = "unknown_subscription"
 ERROR_UNAUTHENTICATED: Final = "unauthenticated"
 ERROR_FORBIDDEN: Final = "forbidden"
 
-ERROR_CODES: Final = frozenset({ERROR_BAD_FRAME, ERROR_UNKNOWN_OP, ERROR_INVALID, ERROR_INVALID_FILTER,
-                                ERROR_TOO_MANY_SUBSCRIPTIONS, ERROR_UNKNOWN_SUBSCRIPTION, ERROR_UNAUTHENTICATED,
-                                ERROR_FORBIDDEN})
+ERROR_CODES: Final = frozenset(
+    {
+        ERROR_BAD_FRAME,
+        ERROR_UNKNOWN_OP,
+        ERROR_INVALID,
+        ERROR_INVALID_FILTER,
+        ERROR_TOO_MANY_SUBSCRIPTIONS,
+        ERROR_UNKNOWN_SUBSCRIPTION,
+        ERROR_UNAUTHENTICATED,
+        ERROR_FORBIDDEN,
+    }
+)

@@ -47,8 +47,9 @@ class Puller:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._sub is not None:
             with contextlib.suppress(NatsError):
                 await self._sub.unsubscribe()
@@ -69,8 +70,12 @@ class Puller:
             return msgs
         # no_wait with expires: the server waits up to expires for the first message, then sends what
         # is available and ends the request (404) instead of holding it until the batch is full.
-        request = {"batch": batch, "max_bytes": self._max_bytes, "expires": int(timeout * 1e9),
-                   "no_wait": True}
+        request = {
+            "batch": batch,
+            "max_bytes": self._max_bytes,
+            "expires": int(timeout * 1e9),
+            "no_wait": True,
+        }
         await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
         deadline = time.monotonic() + timeout + 0.25
         size = 0

@@ -22,9 +22,23 @@ from typing import Literal, NamedTuple
 from hub.model import MAX_SYMBOL_LENGTH, TIMEFRAMES, EventError, PatternEvent, brief, canonical_symbol
 
 __all__ = [
-    "CACHE_LOST_SUBJECT", "CLEAN_PREFIX", "CLEAN_WILDCARD", "DLQ_PREFIX", "DLQ_WILDCARD", "INGEST_PREFIX",
-    "INGEST_WILDCARD", "MAX_DELIVERIES_ADVISORY", "UNIVERSE_CHANGED_SUBJECT", "UNPARSED_SUBJECT", "SubjectParts", "check_subject",
-    "clean_subject", "ingest_subject", "parse_subject", "symbol_to_token", "token_to_symbol",
+    "CACHE_LOST_SUBJECT",
+    "CLEAN_PREFIX",
+    "CLEAN_WILDCARD",
+    "DLQ_PREFIX",
+    "DLQ_WILDCARD",
+    "INGEST_PREFIX",
+    "INGEST_WILDCARD",
+    "MAX_DELIVERIES_ADVISORY",
+    "UNIVERSE_CHANGED_SUBJECT",
+    "UNPARSED_SUBJECT",
+    "SubjectParts",
+    "check_subject",
+    "clean_subject",
+    "ingest_subject",
+    "parse_subject",
+    "symbol_to_token",
+    "token_to_symbol",
 ]
 
 INGEST_PREFIX = "tickstock.ingest"

@@ -64,8 +64,16 @@ class Entry(NamedTuple):
         """Raises ``ValueError``/``KeyError``/``TypeError`` for a body that is not a stored event."""
         text = data.decode()
         event: dict[str, Any] = json.loads(text)
-        return cls(seq, event["symbol"], event["pattern"], event["timeframe"], event["type"],
-                   float(event["confidence"]), text, stored_at)
+        return cls(
+            seq,
+            event["symbol"],
+            event["pattern"],
+            event["timeframe"],
+            event["type"],
+            float(event["confidence"]),
+            text,
+            stored_at,
+        )
 
 
 @dataclass(eq=False)
@@ -99,10 +107,12 @@ class Subscription:
 
     def matches_rest(self, e: Entry) -> bool:
         """Every condition but the symbol, which the index has already checked."""
-        return ((self.patterns is None or e.pattern in self.patterns)
-                and (self.timeframes is None or e.timeframe in self.timeframes)
-                and (self.types is None or e.type in self.types)
-                and e.confidence >= self.confidence_min)
+        return (
+            (self.patterns is None or e.pattern in self.patterns)
+            and (self.timeframes is None or e.timeframe in self.timeframes)
+            and (self.types is None or e.type in self.types)
+            and e.confidence >= self.confidence_min
+        )
 
     def matches(self, e: Entry) -> bool:
         return (self.symbols is None or e.symbol in self.symbols) and self.matches_rest(e)

@@ -13,7 +13,10 @@ from datetime import UTC, datetime, timedelta
 from hub.model import EventError, PatternEvent, format_utc
 
 __all__ = [
-    "DEFAULT_EVENT_MAX_AGE_DAYS", "DEFAULT_EVENT_MAX_AHEAD_S", "DEFAULT_EVENT_MAX_EXPIRY_DAYS", "EventWindow",
+    "DEFAULT_EVENT_MAX_AGE_DAYS",
+    "DEFAULT_EVENT_MAX_AHEAD_S",
+    "DEFAULT_EVENT_MAX_EXPIRY_DAYS",
+    "EventWindow",
     "check_window",
 ]
 
@@ -51,7 +54,8 @@ def check_window(event: PatternEvent, window: EventWindow, *, now: datetime | No
             fields=[{"loc": "detected_at", "msg": "outside the accepted time window"}],
         )
     if event.expires_at is not None and not (
-            earliest <= event.expires_at <= now + timedelta(days=window.max_expiry_days)):
+        earliest <= event.expires_at <= now + timedelta(days=window.max_expiry_days)
+    ):
         raise EventError(
             "expires_at_out_of_range",
             f"expires_at {format_utc(event.expires_at)} is outside [{format_utc(earliest)}, "

@@ -49,14 +49,21 @@ from nats.errors import Error as NatsError
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
-from hub.deadletters import ID_CONFLICT, STORE_REJECTED, TRANSIENT_ERRORS, DeadLetterer, ingest_source_key, is_transient
+from hub.deadletters import (
+    ID_CONFLICT,
+    STORE_REJECTED,
+    TRANSIENT_ERRORS,
+    DeadLetterer,
+    ingest_source_key,
+    is_transient,
+)
 from hub.isolation import Outcome, Pending, insert_isolating
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
 from hub.metrics import Metrics
 from hub.model import EventError, PatternEvent
+from hub.outage import DEFAULT_RETRY_BASE_S, DEFAULT_RETRY_MAX_S, Outage
 from hub.parsing import parse_event
 from hub.producer import PRODUCER_HEADER, producer_of
-from hub.outage import DEFAULT_RETRY_BASE_S, DEFAULT_RETRY_MAX_S, Outage
 from hub.pull import Puller
 from hub.subjects import check_subject, clean_subject
 from hub.text import first_line
@@ -88,12 +95,22 @@ class Writer:
     hand, up to ``stop_timeout_s``, then cancels)."""
 
     def __init__(
-        self, *, pool: AsyncConnectionPool, nc: NATS, catalog: CatalogCache,
-        dead_letters: DeadLetterer, metrics: Metrics, batch: int = DEFAULT_BATCH,
-        fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S, retry_base_s: float = DEFAULT_RETRY_BASE_S,
-        retry_max_s: float = DEFAULT_RETRY_MAX_S, stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
-        fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES, on_stored: OnStored | None = None,
-        window: EventWindow | None = None, partitions_per_batch: int = DEFAULT_PARTITIONS_PER_BATCH,
+        self,
+        *,
+        pool: AsyncConnectionPool,
+        nc: NATS,
+        catalog: CatalogCache,
+        dead_letters: DeadLetterer,
+        metrics: Metrics,
+        batch: int = DEFAULT_BATCH,
+        fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S,
+        retry_base_s: float = DEFAULT_RETRY_BASE_S,
+        retry_max_s: float = DEFAULT_RETRY_MAX_S,
+        stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
+        fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
+        on_stored: OnStored | None = None,
+        window: EventWindow | None = None,
+        partitions_per_batch: int = DEFAULT_PARTITIONS_PER_BATCH,
     ) -> None:
         if partitions_per_batch < 1:
             raise ValueError("partitions_per_batch must be at least 1")
@@ -137,15 +154,30 @@ class Writer:
             with contextlib.suppress(NatsError):
                 await msg.in_progress()
 
-    async def _dead_letter(self, msg: Msg, *, reason: str, detail: str, errors: list[dict[str, str]] | None = None,
-                           conflict_payload: bytes | None = None) -> bool:
+    async def _dead_letter(
+        self,
+        msg: Msg,
+        *,
+        reason: str,
+        detail: str,
+        errors: list[dict[str, str]] | None = None,
+        conflict_payload: bytes | None = None,
+    ) -> bool:
         """Dead-letter and terminate ``msg``; False (and the message handed back) if that failed."""
         md = msg.metadata
         try:
             await self._dead_letters.record(
-                source_key=ingest_source_key(md.sequence.stream, msg.data), subject=msg.subject, payload=msg.data,
-                headers=msg.headers, reason=reason, detail=detail, errors=list(errors or []),
-                deliveries=md.num_delivered, first_seen=md.timestamp, conflict_payload=conflict_payload)
+                source_key=ingest_source_key(md.sequence.stream, msg.data),
+                subject=msg.subject,
+                payload=msg.data,
+                headers=msg.headers,
+                reason=reason,
+                detail=detail,
+                errors=list(errors or []),
+                deliveries=md.num_delivered,
+                first_seen=md.timestamp,
+                conflict_payload=conflict_payload,
+            )
         except TRANSIENT_ERRORS as exc:
             await self._nak([msg], delay=self._outage.failed(exc))
             return False
@@ -182,9 +214,12 @@ class Writer:
     async def _store(self, batch: list[Pending], msgs: Sequence[Msg]) -> Outcome:
         async with self._pool.connection() as conn, conn.transaction():
             outcome = await insert_isolating(conn, batch, heartbeat=lambda: self._heartbeat(msgs))
-            if outcome.failed and not outcome.stored and all(
-                    isinstance(exc, psycopg.errors.QueryCanceled) for _, exc in outcome.failed) and any(
-                    m.metadata.num_delivered < 2 for p, _ in outcome.failed for m in p.msgs):
+            if (
+                outcome.failed
+                and not outcome.stored
+                and all(isinstance(exc, psycopg.errors.QueryCanceled) for _, exc in outcome.failed)
+                and any(m.metadata.num_delivered < 2 for p, _ in outcome.failed for m in p.msgs)
+            ):
                 # Nothing stored and every statement timed out: the database may be slow rather
                 # than the events at fault. Transient on the first delivery; from the second on
                 # (after a back-off) the events are judged alone.
@@ -199,8 +234,9 @@ class Writer:
             pending = [(stored[e.id], e) for e in events if stored[e.id].stream_seq is None]
             # Only headers the hub sets: a producer's Nats-* header never travels on.
             futures = [
-                await self._js.publish_async(clean_subject(e.timeframe, e.symbol), e.to_json_bytes(),
-                                             headers={"Nats-Msg-Id": e.id})
+                await self._js.publish_async(
+                    clean_subject(e.timeframe, e.symbol), e.to_json_bytes(), headers={"Nats-Msg-Id": e.id}
+                )
                 for _, e in pending
             ]
             acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
@@ -217,7 +253,7 @@ class Writer:
             return
         try:
             await self._on_stored(events)
-        except Exception:  # noqa: BLE001 - a hook never stops ingest
+        except Exception:
             log.exception("writer: on_stored hook failed")
 
     async def handle(self, msgs: Sequence[Msg], *, carried: Sequence[Msg] = ()) -> float:
@@ -288,9 +324,12 @@ class Writer:
             for msg in p.msgs:
                 self._metrics.id_conflicts.inc()
                 await self._dead_letter(
-                    msg, reason=ID_CONFLICT, conflict_payload=result.conflict,
+                    msg,
+                    reason=ID_CONFLICT,
+                    conflict_payload=result.conflict,
                     detail=f"id {p.event.id} is already stored with a different payload "
-                           f"(stored by {result.producer or 'unknown'}; this one from {p.producer})")
+                    f"(stored by {result.producer or 'unknown'}; this one from {p.producer})",
+                )
         now = datetime.now(UTC)
         for p in accepted:
             result = stored[p.event.id]
@@ -330,8 +369,9 @@ class Writer:
             return []
 
     async def _loop(self) -> None:
-        async with Puller(self._nc, stream=INGEST_STREAM, consumer=WRITER_CONSUMER,
-                          max_bytes=self._fetch_max_bytes) as puller:
+        async with Puller(
+            self._nc, stream=INGEST_STREAM, consumer=WRITER_CONSUMER, max_bytes=self._fetch_max_bytes
+        ) as puller:
             # The next batch is fetched while this one is stored and published: the wait for
             # PostgreSQL and NATS overlaps the network round trip of the fetch. Batches are still
             # handled one after the other, so the clean stream keeps the ingest order.
@@ -341,7 +381,9 @@ class Writer:
                     msgs = await ahead
                     carried, self.carried = self.carried, []
                     # Nothing more is fetched while a full batch is carried: at most 2 x batch in hand.
-                    ahead = asyncio.create_task(self._fetch(puller, self._batch if len(carried) < self._batch else 0))
+                    ahead = asyncio.create_task(
+                        self._fetch(puller, self._batch if len(carried) < self._batch else 0)
+                    )
                     if not msgs and not carried:
                         continue
                     try:
@@ -370,16 +412,19 @@ class Writer:
         self._task = asyncio.create_task(self._loop(), name="tickstock-writer")
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stopping.set()
         if self._task is None:
             return
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout=self._stop_timeout_s)
         except TimeoutError:
-            log.warning("writer: batch not finished within %.0f s; cancelling (it will be redelivered)",
-                        self._stop_timeout_s)
+            log.warning(
+                "writer: batch not finished within %.0f s; cancelling (it will be redelivered)",
+                self._stop_timeout_s,
+            )
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

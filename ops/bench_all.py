@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -55,12 +56,32 @@ from wsload import raise_fd_limit  # noqa: E402
 RESULTS = HERE / "results"
 SECTIONS = ("ingest", "fanout", "memory", "rest")
 PEERS = ("starlette", "node", "flask")
-LABELS = {"hub": "hub (ours)", "starlette": "bare Starlette loop", "node": "Socket.IO on Node.js",
-          "flask": "Flask-SocketIO + Redis"}
-FULL = {"ingest_events": 100_000, "latency_events": 10_000, "connections": [100, 1000, 5000], "seconds": 30.0,
-        "memory": 10_000, "rest_events": 2_000_000, "rest_requests": 200, "rest_rounds": 2}
-QUICK = {"ingest_events": 20_000, "latency_events": 5_000, "connections": [100, 1000], "seconds": 6.0,
-         "memory": 2_000, "rest_events": 200_000, "rest_requests": 40, "rest_rounds": 1}
+LABELS = {
+    "hub": "hub (ours)",
+    "starlette": "bare Starlette loop",
+    "node": "Socket.IO on Node.js",
+    "flask": "Flask-SocketIO + Redis",
+}
+FULL = {
+    "ingest_events": 100_000,
+    "latency_events": 10_000,
+    "connections": [100, 1000, 5000],
+    "seconds": 30.0,
+    "memory": 10_000,
+    "rest_events": 2_000_000,
+    "rest_requests": 200,
+    "rest_rounds": 2,
+}
+QUICK = {
+    "ingest_events": 20_000,
+    "latency_events": 5_000,
+    "connections": [100, 1000],
+    "seconds": 6.0,
+    "memory": 2_000,
+    "rest_events": 200_000,
+    "rest_requests": 40,
+    "rest_rounds": 1,
+}
 
 
 def machine() -> dict[str, Any]:
@@ -73,23 +94,29 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     mem_kb = 0
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "kernel": platform.release(),
-            "loadavg_at_start": os.getloadavg(),
-            "note": "load client, hub, baselines, NATS, PostgreSQL and Redis share this machine's cores"}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg(),
+        "note": "load client, hub, baselines, NATS, PostgreSQL and Redis share this machine's cores",
+    }
 
 
 # -- sections ------------------------------------------------------------------------------------------
 
+
 def run_ingest(cfg: dict[str, Any]) -> dict[str, Any]:
     print(f"== ingest: {cfg['ingest_events']:,} events as fast as possible", flush=True)
     sustained = asyncio.run(bench_ingest.bench(cfg["ingest_events"], None, 1))
-    print(f"   {sustained['sustained_stored_per_s']:,} stored/s sustained; exactly once: {sustained['exactly_once']}",
-          flush=True)
+    print(
+        f"   {sustained['sustained_stored_per_s']:,} stored/s sustained; exactly once: {sustained['exactly_once']}",
+        flush=True,
+    )
     print(f"== ingest: {cfg['latency_events']:,} events at 1,000/s (publish→stored latency)", flush=True)
     latency = asyncio.run(bench_ingest.bench(cfg["latency_events"], 1000.0, 1))
     print(f"   publish→stored {latency['latency_ms']}", flush=True)
@@ -98,24 +125,44 @@ def run_ingest(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def run_fanout(cfg: dict[str, Any], servers: list[str], *, memory: bool, fanout: bool) -> dict[str, Any]:
     conns = cfg["connections"] if fanout else []
-    print(f"== fan-out: {', '.join(servers)} at {conns} connections × {cfg['rate']:g} msg/s, {cfg['seconds']:g} s"
-          + (f"; memory at {cfg['memory']:,} idle connections" if memory else ""), flush=True)
-    return bench_fanout.run_all(servers, conns, rate=cfg["rate"], seconds=cfg["seconds"],
-                                memory=cfg["memory"] if memory else 0, filters="mixed", processes=None,
-                                flask_max=cfg["flask_max"])
+    print(
+        f"== fan-out: {', '.join(servers)} at {conns} connections × {cfg['rate']:g} msg/s, {cfg['seconds']:g} s"
+        + (f"; memory at {cfg['memory']:,} idle connections" if memory else ""),
+        flush=True,
+    )
+    return bench_fanout.run_all(
+        servers,
+        conns,
+        rate=cfg["rate"],
+        seconds=cfg["seconds"],
+        memory=cfg["memory"] if memory else 0,
+        filters="mixed",
+        processes=None,
+        flask_max=cfg["flask_max"],
+    )
 
 
 def run_rest(cfg: dict[str, Any], data_dir: Path | None) -> dict[str, Any]:
-    print(f"== REST: {cfg['rest_events']:,} stored events, {cfg['rest_requests']} requests × "
-          f"{cfg['rest_rounds']} round(s) per shape, uncached then cached", flush=True)
+    print(
+        f"== REST: {cfg['rest_events']:,} stored events, {cfg['rest_requests']} requests × "
+        f"{cfg['rest_rounds']} round(s) per shape, uncached then cached",
+        flush=True,
+    )
 
     async def go() -> dict[str, Any]:
         with open_stack(data_dir) as stack:
             stack.extra_env["TICKSTOCK_MAINTENANCE_INTERVAL_S"] = "3600"
             stack.extra_env["TICKSTOCK_STATEMENT_TIMEOUT_MS"] = "120000"
             generated = await ensure_events(stack.database_url, cfg["rest_events"], progress=False)
-            print("   " + (generated.line() if generated else f"{cfg['rest_events']:,} generated events already stored"),
-                  flush=True)
+            print(
+                "   "
+                + (
+                    generated.line()
+                    if generated
+                    else f"{cfg['rest_events']:,} generated events already stored"
+                ),
+                flush=True,
+            )
             passes: dict[str, Any] = {}
             original = bench_rest.user_headers
             ref = await bench_rest.read_reference(stack.database_url)
@@ -127,23 +174,39 @@ def run_rest(cfg: dict[str, Any], data_dir: Path | None) -> dict[str, Any]:
                 shapes = bench_rest.shapes(ref)
                 if cache_on:
                     bench_rest.user_headers = lambda: [  # type: ignore[assignment]
-                        {k: v for k, v in h.items() if k != "Cache-Control"} for h in original()]
+                        {k: v for k, v in h.items() if k != "Cache-Control"} for h in original()
+                    ]
                 try:
-                    await bench_rest.measure(f"http://127.0.0.1:{port}", shapes, requests=cfg["rest_requests"],
-                                             warmup=20, rounds=cfg["rest_rounds"], seed=7)
+                    await bench_rest.measure(
+                        f"http://127.0.0.1:{port}",
+                        shapes,
+                        requests=cfg["rest_requests"],
+                        warmup=20,
+                        rounds=cfg["rest_rounds"],
+                        seed=7,
+                    )
                 finally:
                     bench_rest.user_headers = original  # type: ignore[assignment]
                     stop_hub(hub)
                     stack.hubs.remove(hub)
-                passes[name] = [{"shape": s.name, "client_ms": bench_rest.summary(s.client_ms),
-                                 "query_ms": bench_rest.summary(s.query_ms), "cache_hits": s.cache_hits,
-                                 "requests": len(s.client_ms)} for s in shapes if not s.explain_only]
+                passes[name] = [
+                    {
+                        "shape": s.name,
+                        "client_ms": bench_rest.summary(s.client_ms),
+                        "query_ms": bench_rest.summary(s.query_ms),
+                        "cache_hits": s.cache_hits,
+                        "requests": len(s.client_ms),
+                    }
+                    for s in shapes
+                    if not s.explain_only
+                ]
             return {"events": cfg["rest_events"], **passes}
 
     return asyncio.run(go())
 
 
 # -- report --------------------------------------------------------------------------------------------
+
 
 def _ratio(ours: float | None, theirs: float | None) -> str:
     if ours is None or theirs is None:
@@ -171,71 +234,104 @@ def report(result: dict[str, Any]) -> list[str]:
     say = lines.append
     m = result["machine"]
     say(f"TickStock Hub benchmarks — {result['when']} — {'quick' if result['quick'] else 'full'} run")
-    say(f"machine: {m['cpus']} cores ({m['cpu_model']}), {m['memory_gib']} GiB; load average at start "
-        f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}")
+    say(
+        f"machine: {m['cpus']} cores ({m['cpu_model']}), {m['memory_gib']} GiB; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}"
+    )
     if result.get("note"):
         say(f"note: {result['note']}")
-    say("client and servers share this machine: the load client's CPU is taken from the server it measures;"
-        " other work on the box makes every figure noisy.")
+    say(
+        "client and servers share this machine: the load client's CPU is taken from the server it measures;"
+        " other work on the box makes every figure noisy."
+    )
     ingest = result.get("ingest")
     if ingest:
         s, lat = ingest["sustained"], ingest["at_1000_per_s"]
         say("")
         say("== ingest (one hub process)")
-        say(f"  {s['events']:,} events: {s['sustained_stored_per_s']:,} stored/s sustained (published at "
+        say(
+            f"  {s['events']:,} events: {s['sustained_stored_per_s']:,} stored/s sustained (published at "
             f"{s['publish_rate']:,}/s), exactly once: {s['exactly_once']}, per-symbol order kept: "
-            f"{s['per_symbol_order_kept']}")
+            f"{s['per_symbol_order_kept']}"
+        )
         lm = lat["latency_ms"] or {}
-        say(f"  {lat['events']:,} events at 1,000/s: publish→stored p50 {lm.get('p50')} ms, p95 {lm.get('p95')} ms, "
-            f"p99 {lm.get('p99')} ms")
+        say(
+            f"  {lat['events']:,} events at 1,000/s: publish→stored p50 {lm.get('p50')} ms, p95 {lm.get('p95')} ms, "
+            f"p99 {lm.get('p99')} ms"
+        )
     fan = result.get("fanout") or {}
     runs = fan.get("fanout", [])
     if runs:
         say("")
-        say("== fan-out: 20 messages/s per connection (hub: mixed filters over events published to ingest at "
-            "32/s, so 20/s per connection on average; baselines: broadcast)")
-        head = (f"  {'server':<24} {'conns':>6} {'ready':>6} {'deliveries/s':>12} {'lost':>8} {'dup':>4} "
-                f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'CPU µs/msg':>10} {'server CPU':>10}")
+        say(
+            "== fan-out: 20 messages/s per connection (hub: mixed filters over events published to ingest at "
+            "32/s, so 20/s per connection on average; baselines: broadcast)"
+        )
+        head = (
+            f"  {'server':<24} {'conns':>6} {'ready':>6} {'deliveries/s':>12} {'lost':>8} {'dup':>4} "
+            f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'CPU µs/msg':>10} {'server CPU':>10}"
+        )
         say(head)
         say("  " + "-" * (len(head) - 2))
         for r in sorted(runs, key=lambda r: (r["connections"], list(LABELS).index(r["server"]))):
             lat = r["latency_ms"]
             lost = f"{r['lost_pct']:.1f}%" if r["lost"] else "0"
-            say(f"  {LABELS[r['server']]:<24} {r['connections']:>6,} {r['ready']:>6,} {r['deliveries_per_s']:>12,.0f} "
+            say(
+                f"  {LABELS[r['server']]:<24} {r['connections']:>6,} {r['ready']:>6,} {r['deliveries_per_s']:>12,.0f} "
                 f"{lost:>8} {r['duplicates']:>4} {_fmt(lat.get('p50'))!s:>8} {_fmt(lat.get('p95'))!s:>8} "
-                f"{_fmt(lat.get('p99'))!s:>8} {_fmt(r['server_cpu_us_per_msg'])!s:>10} {r['server_cpu_pct']:>9.0f}%")
+                f"{_fmt(lat.get('p99'))!s:>8} {_fmt(r['server_cpu_us_per_msg'])!s:>10} {r['server_cpu_pct']:>9.0f}%"
+            )
         for sk in fan.get("skipped", []):
             say(f"  {LABELS[sk['server']]:<24} {sk['connections']:>6,}  not run: {sk['why']}")
         hubs = [r for r in runs if r["server"] == "hub"]
         if any(h.get("hub_stored_to_sent_ms") for h in hubs):
-            say("  hub's own stored→sent histogram (/metrics, during each measured run): " + "; ".join(
-                f"{h['connections']:,}: p50 {_hist(h['hub_stored_to_sent_ms']['p50'])} p99 "
-                f"{_hist(h['hub_stored_to_sent_ms']['p99'])} ms"
-                for h in hubs if h.get("hub_stored_to_sent_ms")))
+            say(
+                "  hub's own stored→sent histogram (/metrics, during each measured run): "
+                + "; ".join(
+                    f"{h['connections']:,}: p50 {_hist(h['hub_stored_to_sent_ms']['p50'])} p99 "
+                    f"{_hist(h['hub_stored_to_sent_ms']['p99'])} ms"
+                    for h in hubs
+                    if h.get("hub_stored_to_sent_ms")
+                )
+            )
         helper = [h for h in hubs if h["helper_cpu_s"]]
         if helper:
-            say("  hub pipeline besides the hub process (NATS, PostgreSQL, Redis), CPU µs per delivered message: "
-                + ", ".join(f"{h['connections']:,}: {h['helper_cpu_us_per_msg']}" for h in helper))
+            say(
+                "  hub pipeline besides the hub process (NATS, PostgreSQL, Redis), CPU µs per delivered message: "
+                + ", ".join(f"{h['connections']:,}: {h['helper_cpu_us_per_msg']}" for h in helper)
+            )
         peers = [p for p in PEERS if any(r["server"] == p for r in runs)]
         if hubs and peers:
             say("")
-            say("== the hub as a ratio to each peer (hub ÷ peer: below 1× the hub is lower: better for latency, CPU"
-                " and losses; for deliveries/s above 1× is better)")
+            say(
+                "== the hub as a ratio to each peer (hub ÷ peer: below 1× the hub is lower: better for latency, CPU"
+                " and losses; for deliveries/s above 1× is better)"
+            )
             head = f"  {'conns':>6} {'figure':<22}" + "".join(f" {('÷ ' + p):>12}" for p in peers)
             say(head)
             say("  " + "-" * (len(head) - 2))
             for h in sorted(hubs, key=lambda r: r["connections"]):
-                by_peer = {p: next((r for r in runs if r["server"] == p and r["connections"] == h["connections"]),
-                                   None) for p in peers}
-                figures = [("p50 latency", lambda r: r["latency_ms"].get("p50")),
-                           ("p95 latency", lambda r: r["latency_ms"].get("p95")),
-                           ("p99 latency", lambda r: r["latency_ms"].get("p99")),
-                           ("deliveries/s", lambda r: r["deliveries_per_s"]),
-                           ("lost messages", lambda r: r["lost"]),
-                           ("server CPU µs/msg", lambda r: r["server_cpu_us_per_msg"])]
+                by_peer = {
+                    p: next(
+                        (r for r in runs if r["server"] == p and r["connections"] == h["connections"]), None
+                    )
+                    for p in peers
+                }
+                figures = [
+                    ("p50 latency", lambda r: r["latency_ms"].get("p50")),
+                    ("p95 latency", lambda r: r["latency_ms"].get("p95")),
+                    ("p99 latency", lambda r: r["latency_ms"].get("p99")),
+                    ("deliveries/s", lambda r: r["deliveries_per_s"]),
+                    ("lost messages", lambda r: r["lost"]),
+                    ("server CPU µs/msg", lambda r: r["server_cpu_us_per_msg"]),
+                ]
                 for name, get in figures:
-                    say(f"  {h['connections']:>6,} {name:<22}" + "".join(
-                        f" {_ratio(get(h), get(by_peer[p]) if by_peer[p] else None):>12}" for p in peers))
+                    say(
+                        f"  {h['connections']:>6,} {name:<22}"
+                        + "".join(
+                            f" {_ratio(get(h), get(by_peer[p]) if by_peer[p] else None):>12}" for p in peers
+                        )
+                    )
     mem = fan.get("memory", [])
     if mem:
         say("")
@@ -245,20 +341,29 @@ def report(result: dict[str, Any]) -> list[str]:
             if x["rss_per_conn_kb"] is None:
                 say(f"  {LABELS[x['server']]:<24} {x['ready']:>6,}/{x['connections']:,} connected: no figure")
                 continue
-            ratio = "" if x["server"] == "hub" or not hub_mem else \
-                f"   hub ÷ this: {_ratio(hub_mem['rss_per_conn_kb'], x['rss_per_conn_kb'])}"
-            say(f"  {LABELS[x['server']]:<24} {x['ready']:>6,}/{x['connections']:,} connected, RSS "
-                f"{x['rss_before_mb']:,.0f} → {x['rss_after_mb']:,.0f} MB: {x['rss_per_conn_kb']:.1f} KB/connection{ratio}")
+            ratio = (
+                ""
+                if x["server"] == "hub" or not hub_mem
+                else f"   hub ÷ this: {_ratio(hub_mem['rss_per_conn_kb'], x['rss_per_conn_kb'])}"
+            )
+            say(
+                f"  {LABELS[x['server']]:<24} {x['ready']:>6,}/{x['connections']:,} connected, RSS "
+                f"{x['rss_before_mb']:,.0f} → {x['rss_after_mb']:,.0f} MB: {x['rss_per_conn_kb']:.1f} KB/connection{ratio}"
+            )
     if fan.get("errors"):
         for name, err in fan["errors"].items():
             say(f"  {name}: FAILED: {err.splitlines()[0][:300]}")
     rest = result.get("rest")
     if rest:
         say("")
-        say(f"== REST: GET /api/patterns/scan on {rest['events']:,} stored events, client-side ms (sequential "
-            "requests; uncached: a hub with TICKSTOCK_CACHE_ENABLED=false)")
-        head = (f"  {'shape':<40} {'uncached p50':>12} {'p95':>7} {'p99':>7} {'hits':>5} | {'cached p50':>10} "
-                f"{'p95':>7} {'p99':>7} {'hits':>9}")
+        say(
+            f"== REST: GET /api/patterns/scan on {rest['events']:,} stored events, client-side ms (sequential "
+            "requests; uncached: a hub with TICKSTOCK_CACHE_ENABLED=false)"
+        )
+        head = (
+            f"  {'shape':<40} {'uncached p50':>12} {'p95':>7} {'p99':>7} {'hits':>5} | {'cached p50':>10} "
+            f"{'p95':>7} {'p99':>7} {'hits':>9}"
+        )
         say(head)
         say("  " + "-" * (len(head) - 2))
         cached = {s["shape"]: s for s in rest.get("cached", [])}
@@ -266,9 +371,11 @@ def report(result: dict[str, Any]) -> list[str]:
             c = cached.get(s["shape"])
             u = s["client_ms"]
             cm = c["client_ms"] if c else {}
-            say(f"  {s['shape']:<40} {u['p50']:>12.2f} {u['p95']:>7.2f} {u['p99']:>7.2f} {s['cache_hits']:>5} | "
+            say(
+                f"  {s['shape']:<40} {u['p50']:>12.2f} {u['p95']:>7.2f} {u['p99']:>7.2f} {s['cache_hits']:>5} | "
                 f"{cm.get('p50', 0):>10.2f} {cm.get('p95', 0):>7.2f} {cm.get('p99', 0):>7.2f} "
-                f"{(str(c['cache_hits']) + '/' + str(c['requests'])) if c else '—':>9}")
+                f"{(str(c['cache_hits']) + '/' + str(c['requests'])) if c else '—':>9}"
+            )
     for section, err in result.get("errors", {}).items():
         say(f"{section}: FAILED: {err.splitlines()[-1][:300]}")
     return lines
@@ -288,9 +395,11 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     mem = fan.get("memory", [])
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     servers = [s for s in LABELS if any(r["server"] == s for r in runs)]
-    panels = [(axes[0][0], "p99 latency (ms)", lambda r: r["latency_ms"].get("p99")),
-              (axes[0][1], "deliveries/s", lambda r: r["deliveries_per_s"]),
-              (axes[1][0], "server CPU per delivered message (µs)", lambda r: r["server_cpu_us_per_msg"])]
+    panels = [
+        (axes[0][0], "p99 latency (ms)", lambda r: r["latency_ms"].get("p99")),
+        (axes[0][1], "deliveries/s", lambda r: r["deliveries_per_s"]),
+        (axes[1][0], "server CPU per delivered message (µs)", lambda r: r["server_cpu_us_per_msg"]),
+    ]
     for ax, title, get in panels:
         for s in servers:
             points = sorted((r["connections"], get(r), r["lost_pct"]) for r in runs if r["server"] == s)
@@ -299,7 +408,9 @@ def plot(result: dict[str, Any], path: Path) -> bool:
             ax.plot(xs, ys, marker="o", label=LABELS[s], linewidth=2.5 if s == "hub" else 1.5)
             for x, y, lost in points:
                 if lost and y is not None:
-                    ax.annotate(f"{lost:.0f}% lost", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                    ax.annotate(
+                        f"{lost:.0f}% lost", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+                    )
         ax.set_xscale("log")
         ax.set_xlabel("connections (20 msg/s each)")
         ax.set_title(title)
@@ -313,16 +424,22 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         names = [x["server"] for x in sorted(mem, key=lambda x: list(LABELS).index(x["server"]))]
         values = [next(x["rss_per_conn_kb"] for x in mem if x["server"] == n) for n in names]
         counts = {x["server"]: x["connections"] for x in mem}
-        bars = ax.bar([f"{LABELS[n]}\n({counts[n]:,} idle)" for n in names], values,
-                      color=[f"C{list(LABELS).index(n)}" for n in names])
+        bars = ax.bar(
+            [f"{LABELS[n]}\n({counts[n]:,} idle)" for n in names],
+            values,
+            color=[f"C{list(LABELS).index(n)}" for n in names],
+        )
         ax.bar_label(bars, fmt="%.1f")
         ax.set_title("RSS per idle connection (KB)")
         ax.tick_params(axis="x", labelsize=8)
     else:
         ax.axis("off")
     m = result["machine"]
-    fig.suptitle(f"TickStock Hub fan-out vs baselines — {m['cpus']} cores shared by client and servers — "
-                 f"{result['when']}", fontsize=11)
+    fig.suptitle(
+        f"TickStock Hub fan-out vs baselines — {m['cpus']} cores shared by client and servers — "
+        f"{result['when']}",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -330,23 +447,41 @@ def plot(result: dict[str, Any], path: Path) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer events and connections: a few minutes")
     parser.add_argument("--skip", default="", help=f"comma-separated sections to skip: {', '.join(SECTIONS)}")
-    parser.add_argument("--servers", default=",".join(bench_fanout.SERVERS),
-                        help="fan-out and memory servers (hub, starlette, node, flask)")
-    parser.add_argument("--fanout-connections", default=None, help="comma-separated (default: 100,1000,5000; "
-                        "quick: 100,1000)")
+    parser.add_argument(
+        "--servers",
+        default=",".join(bench_fanout.SERVERS),
+        help="fan-out and memory servers (hub, starlette, node, flask)",
+    )
+    parser.add_argument(
+        "--fanout-connections", default=None, help="comma-separated (default: 100,1000,5000; quick: 100,1000)"
+    )
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per fan-out run")
     parser.add_argument("--rate", type=float, default=20.0, help="messages/s per connection")
     parser.add_argument("--memory-connections", type=int, default=None, help="default 10,000 (quick: 2,000)")
     parser.add_argument("--rest-events", type=int, default=None, help="default 2,000,000 (quick: 200,000)")
-    parser.add_argument("--flask-max-connections", type=int, default=bench_fanout.FLASK_MAX_CONNECTIONS,
-                        help="fan-out runs of Flask-SocketIO above this are skipped (its threads swamp the machine)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="keep the REST section's embedded servers (and generated events) here between runs")
-    parser.add_argument("--report", type=Path, default=None,
-                        help="print the table and plot again from a saved ops/results/bench-*.json")
+    parser.add_argument(
+        "--flask-max-connections",
+        type=int,
+        default=bench_fanout.FLASK_MAX_CONNECTIONS,
+        help="fan-out runs of Flask-SocketIO above this are skipped (its threads swamp the machine)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep the REST section's embedded servers (and generated events) here between runs",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="print the table and plot again from a saved ops/results/bench-*.json",
+    )
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every server started so far is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -368,11 +503,21 @@ def main() -> int:
     servers = [s for s in args.servers.split(",") if s]
     raise_fd_limit()
     started = time.monotonic()
-    result: dict[str, Any] = {"when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
-                              "config": cfg, "machine": machine(), "errors": {}}
-    steps = [("ingest", lambda: run_ingest(cfg)),
-             ("fanout", lambda: run_fanout(cfg, servers, memory="memory" not in skip, fanout="fanout" not in skip)),
-             ("rest", lambda: run_rest(cfg, args.data_dir))]
+    result: dict[str, Any] = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": args.quick,
+        "config": cfg,
+        "machine": machine(),
+        "errors": {},
+    }
+    steps = [
+        ("ingest", lambda: run_ingest(cfg)),
+        (
+            "fanout",
+            lambda: run_fanout(cfg, servers, memory="memory" not in skip, fanout="fanout" not in skip),
+        ),
+        ("rest", lambda: run_rest(cfg, args.data_dir)),
+    ]
     RESULTS.mkdir(exist_ok=True)
     base = RESULTS / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
     for name, step in steps:
@@ -380,7 +525,7 @@ def main() -> int:
             continue
         try:
             result[name] = step()
-        except Exception:  # noqa: BLE001 - report what failed, keep the other sections
+        except Exception:
             result["errors"][name] = traceback.format_exc()
             print(f"{name}: FAILED\n{result['errors'][name]}", flush=True)
         # Saved after every section, so nothing measured is lost if a later one (or the report) fails.

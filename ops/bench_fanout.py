@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,11 +99,17 @@ def make_event(i: int, run: str) -> dict[str, Any]:
     """Event ``i``: symbol i mod 20, timeframe i mod 4, confidence 0.50 + (i mod 50)/100, so each
     ``HUB_FILTERS`` entry matches the indices its ``wsload.KINDS`` predicate names."""
     return {
-        "id": f"{run}-{i}", "type": "pattern_detected", "symbol": SYMBOLS[i % len(SYMBOLS)],
-        "pattern": PATTERNS[i % len(PATTERNS)], "timeframe": TIMEFRAMES[i % len(TIMEFRAMES)],
+        "id": f"{run}-{i}",
+        "type": "pattern_detected",
+        "symbol": SYMBOLS[i % len(SYMBOLS)],
+        "pattern": PATTERNS[i % len(PATTERNS)],
+        "timeframe": TIMEFRAMES[i % len(TIMEFRAMES)],
         "confidence": round(0.5 + (i % 50) / 100, 2),
         "detected_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "price": 100 + i % 97, "volume": 1000 + i, "source": "ops-bench", "data": {},
+        "price": 100 + i % 97,
+        "volume": 1000 + i,
+        "source": "ops-bench",
+        "data": {},
     }
 
 
@@ -120,8 +126,13 @@ async def publish_ingest(nats_url: str, run: str, count: int, rate: float, start
                 await asyncio.sleep(delay)
             event = make_event(start + n, run)
             event["data"] = {"bench_i": start + n, "bench_t0": time.time()}
-            acks.append(await js.publish_async(ingest_subject(event["timeframe"], event["symbol"]),
-                                               json.dumps(event).encode(), headers={"Nats-Msg-Id": event["id"]}))
+            acks.append(
+                await js.publish_async(
+                    ingest_subject(event["timeframe"], event["symbol"]),
+                    json.dumps(event).encode(),
+                    headers={"Nats-Msg-Id": event["id"]},
+                )
+            )
             if len(acks) >= 500:
                 await asyncio.gather(*acks)
                 acks.clear()
@@ -160,14 +171,23 @@ def hub_server(stack: Stack | None = None, *, extra_env: dict[str, str] | None =
         def publish(count: int, rate: float, start: int) -> float:
             return asyncio.run(publish_ingest(nats_url, run, count, rate, start))
 
-        yield Server("hub", "hub", f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", proc.pid, publish,
-                     extra_pids=stack_pids())
+        yield Server(
+            "hub",
+            "hub",
+            f"ws://127.0.0.1:{port}/ws",
+            f"http://127.0.0.1:{port}",
+            proc.pid,
+            publish,
+            extra_pids=stack_pids(),
+        )
 
 
 def hub_conns(server: Server, n: int, *, filters: str, secret: str) -> list[Conn]:
     conns = []
     kinds = MIXED if filters == "mixed" else ("all",)
-    tokens = [mint_token(secret, subject=f"bench-ws-{k}", scopes=["patterns:read"], ttl_s=7200) for k in range(50)]
+    tokens = [
+        mint_token(secret, subject=f"bench-ws-{k}", scopes=["patterns:read"], ttl_s=7200) for k in range(50)
+    ]
     for c in range(n):
         kind = kinds[c % len(kinds)]
         frame = json.dumps({"op": "subscribe", "id": "b", "filter": HUB_FILTERS[kind]}).encode()
@@ -197,13 +217,16 @@ def hub_buckets(server: Server) -> list[tuple[float, float]] | None:
     return buckets or None
 
 
-def histogram_quantiles(before: list[tuple[float, float]] | None,
-                        after: list[tuple[float, float]] | None) -> dict[str, Any] | None:
+def histogram_quantiles(
+    before: list[tuple[float, float]] | None, after: list[tuple[float, float]] | None
+) -> dict[str, Any] | None:
     """p50/p95/p99 (ms) of what a histogram observed between two scrapes, interpolated in its buckets."""
     if not after:
         return None
-    counts = [(bound, count - (before[k][1] if before and len(before) == len(after) else 0))
-              for k, (bound, count) in enumerate(after)]
+    counts = [
+        (bound, count - (before[k][1] if before and len(before) == len(after) else 0))
+        for k, (bound, count) in enumerate(after)
+    ]
     total = counts[-1][1]
     if total <= 0:
         return None
@@ -219,12 +242,23 @@ def histogram_quantiles(before: list[tuple[float, float]] | None,
             lower_bound, lower_count = bound, count
         return lower_bound * 1000
 
-    return {"n": int(total), "p50": round(quantile(0.5), 1), "p95": round(quantile(0.95), 1),
-            "p99": round(quantile(0.99), 1)}
+    return {
+        "n": int(total),
+        "p50": round(quantile(0.5), 1),
+        "p95": round(quantile(0.95), 1),
+        "p99": round(quantile(0.99), 1),
+    }
 
 
-def fanout_run(server: Server, connections: int, *, rate: float, seconds: float, filters: str = "mixed",
-               processes: int | None = None) -> dict[str, Any]:
+def fanout_run(
+    server: Server,
+    connections: int,
+    *,
+    rate: float,
+    seconds: float,
+    filters: str = "mixed",
+    processes: int | None = None,
+) -> dict[str, Any]:
     """One fan-out measurement (see the module docstring)."""
     publish_rate = rate / _mean_share(MIXED) if server.name == "hub" and filters == "mixed" else rate
     warmup = max(1, int(publish_rate * WARMUP_S))
@@ -233,8 +267,10 @@ def fanout_run(server: Server, connections: int, *, rate: float, seconds: float,
     first = fanout_run.next_index + warmup  # type: ignore[attr-defined]
     fanout_run.next_index = first + count + 1000  # type: ignore[attr-defined]
     conns = conns_for(server, connections, filters=filters)
-    print(f"  {server.name}: {connections:,} connections, {publish_rate:g} msg/s published for {seconds:g} s ...",
-          flush=True)
+    print(
+        f"  {server.name}: {connections:,} connections, {publish_rate:g} msg/s published for {seconds:g} s ...",
+        flush=True,
+    )
     with Load(server.mode, conns, first=first, count=count, processes=processes) as load:
         started = time.monotonic()
         status = load.wait_ready(timeout_s=max(120.0, connections / 20))
@@ -258,14 +294,22 @@ def fanout_run(server: Server, connections: int, *, rate: float, seconds: float,
     out = result.as_dict()
     delivered = result.delivered
     return {
-        "server": server.name, "connections": connections, "rate_per_connection": rate,
-        "publish_rate": publish_rate, "seconds": seconds, "filters": filters if server.name == "hub" else "broadcast",
-        "connect_s": round(connect_s, 1), "ready_status": status, "publish_s": round(publish_s, 2),
-        "window_s": round(window_s, 2), **out,
+        "server": server.name,
+        "connections": connections,
+        "rate_per_connection": rate,
+        "publish_rate": publish_rate,
+        "seconds": seconds,
+        "filters": filters if server.name == "hub" else "broadcast",
+        "connect_s": round(connect_s, 1),
+        "ready_status": status,
+        "publish_s": round(publish_s, 2),
+        "window_s": round(window_s, 2),
+        **out,
         "deliveries_per_s": round(result.delivered / window_s, 1),
         "server_cpu_s": round(cpu, 2),
         "server_cpu_us_per_msg": round(cpu / delivered * 1e6, 2) if delivered else None,
-        "server_cpu_pct": round(100 * cpu / window_s, 1), "helper_cpu_s": extra,
+        "server_cpu_pct": round(100 * cpu / window_s, 1),
+        "helper_cpu_s": extra,
         "helper_cpu_us_per_msg": round(sum(extra.values()) / delivered * 1e6, 2) if delivered else None,
         "client_cpu_s": round(client_cpu or result.client_cpu_s, 2),
         "hub_stored_to_sent_ms": histogram_quantiles(buckets0, buckets1),
@@ -291,8 +335,9 @@ def _children_cpu() -> float:
     return usage.children_user + usage.children_system
 
 
-def memory_run(server: Server, connections: int, *, processes: int | None = None,
-               warmup_connections: int = 100) -> dict[str, Any]:
+def memory_run(
+    server: Server, connections: int, *, processes: int | None = None, warmup_connections: int = 100
+) -> dict[str, Any]:
     """RSS per idle connection with ``connections`` open (the hub's subscribed). A first round of
     ``warmup_connections`` comes and goes before the baseline, so lazy imports and first-use caches
     are not charged to the connections."""
@@ -313,10 +358,16 @@ def memory_run(server: Server, connections: int, *, processes: int | None = None
         after = proc_rss(server.pid)
         ready = status.get("ready", 0)
         load.stop()
-    return {"server": server.name, "connections": connections, "ready": ready, "failed": status.get("failed", 0),
-            "connect_s": round(connect_s, 1), "rss_before_mb": round(before / 2**20, 1),
-            "rss_after_mb": round(after / 2**20, 1),
-            "rss_per_conn_kb": round((after - before) / ready / 1024, 1) if ready and after else None}
+    return {
+        "server": server.name,
+        "connections": connections,
+        "ready": ready,
+        "failed": status.get("failed", 0),
+        "connect_s": round(connect_s, 1),
+        "rss_before_mb": round(before / 2**20, 1),
+        "rss_after_mb": round(after / 2**20, 1),
+        "rss_per_conn_kb": round((after - before) / ready / 1024, 1) if ready and after else None,
+    }
 
 
 def _settle(server: Server, timeout_s: float = 180.0) -> None:
@@ -338,10 +389,8 @@ def _collect(server: Server) -> None:
     """Ask a garbage-collected server to collect now (Node: ``GET /gc``), so RSS is not sampled at a
     random point of its collector's cycle."""
     if server.name == "node":
-        try:
+        with suppress(httpx.HTTPError):
             httpx.get(f"{server.http_url}/gc", timeout=30)
-        except httpx.HTTPError:
-            pass
         time.sleep(0.5)
 
 
@@ -368,12 +417,24 @@ def flask_redis() -> Iterator[Any]:
     """An embedded Redis for the Flask-SocketIO baseline's message queue."""
     from hub.embedded import EmbeddedRedis
 
-    with tempfile.TemporaryDirectory(prefix="tickstock-bench-redis-") as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
+    with (
+        tempfile.TemporaryDirectory(prefix="tickstock-bench-redis-") as tmp,
+        EmbeddedRedis(Path(tmp) / "redis") as redis,
+    ):
         yield redis
 
 
-def run_all(servers: list[str], connections: list[int], *, rate: float, seconds: float, memory: int,
-            filters: str, processes: int | None, flask_max: int = FLASK_MAX_CONNECTIONS) -> dict[str, Any]:
+def run_all(
+    servers: list[str],
+    connections: list[int],
+    *,
+    rate: float,
+    seconds: float,
+    memory: int,
+    filters: str,
+    processes: int | None,
+    flask_max: int = FLASK_MAX_CONNECTIONS,
+) -> dict[str, Any]:
     raise_fd_limit()
     fanout: list[dict[str, Any]] = []
     memory_results: list[dict[str, Any]] = []
@@ -390,19 +451,31 @@ def run_all(servers: list[str], connections: list[int], *, rate: float, seconds:
                     idle = min(memory, FLASK_MAX_IDLE) if name == "flask" else memory
                     memory_results.append(memory_run(server, idle, processes=processes))
                     m = memory_results[-1]
-                    print(f"    {m['ready']:,} ready: RSS {m['rss_before_mb']} → {m['rss_after_mb']} MB, "
-                          f"{m['rss_per_conn_kb']} KB per connection", flush=True)
+                    print(
+                        f"    {m['ready']:,} ready: RSS {m['rss_before_mb']} → {m['rss_after_mb']} MB, "
+                        f"{m['rss_per_conn_kb']} KB per connection",
+                        flush=True,
+                    )
                     _settle(server)
                 for n in connections:
                     if name == "flask" and n > flask_max:
-                        skipped.append({"server": name, "connections": n, "why": f"above --flask-max-connections "
-                                        f"{flask_max}: one busy thread per connection saturates the machine"})
+                        skipped.append(
+                            {
+                                "server": name,
+                                "connections": n,
+                                "why": f"above --flask-max-connections "
+                                f"{flask_max}: one busy thread per connection saturates the machine",
+                            }
+                        )
                         print(f"  flask: {n:,} connections skipped ({skipped[-1]['why']})", flush=True)
                         continue
-                    fanout.append(fanout_run(server, n, rate=rate, seconds=seconds, filters=filters,
-                                             processes=processes))
+                    fanout.append(
+                        fanout_run(
+                            server, n, rate=rate, seconds=seconds, filters=filters, processes=processes
+                        )
+                    )
                     _line(fanout[-1])
-        except Exception as exc:  # noqa: BLE001 - one server failing must not lose the others' figures
+        except Exception as exc:
             errors[name] = f"{type(exc).__name__}: {exc}"[:2000]
             print(f"  {name}: FAILED {errors[name]}", flush=True)
     return {"fanout": fanout, "memory": memory_results, "errors": errors, "skipped": skipped}
@@ -410,30 +483,47 @@ def run_all(servers: list[str], connections: list[int], *, rate: float, seconds:
 
 def _line(r: dict[str, Any]) -> None:
     lat = r["latency_ms"]
-    print(f"    {r['ready']:,}/{r['connections']:,} ready; delivered {r['delivered']:,}/{r['expected']:,} "
-          f"({r['deliveries_per_s']:,.0f}/s), lost {r['lost']:,} ({r['lost_pct']}%), dup {r['duplicates']}, "
-          f"p50 {lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} ms; server CPU "
-          f"{r['server_cpu_us_per_msg']} µs/msg ({r['server_cpu_pct']}%), closes {r['closes']}"
-          + (f"; hub stored→sent {r['hub_stored_to_sent_ms']}" if r["hub_stored_to_sent_ms"] else ""), flush=True)
+    print(
+        f"    {r['ready']:,}/{r['connections']:,} ready; delivered {r['delivered']:,}/{r['expected']:,} "
+        f"({r['deliveries_per_s']:,.0f}/s), lost {r['lost']:,} ({r['lost_pct']}%), dup {r['duplicates']}, "
+        f"p50 {lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} ms; server CPU "
+        f"{r['server_cpu_us_per_msg']} µs/msg ({r['server_cpu_pct']}%), closes {r['closes']}"
+        + (f"; hub stored→sent {r['hub_stored_to_sent_ms']}" if r["hub_stored_to_sent_ms"] else ""),
+        flush=True,
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--connections", default="100,1000", help="comma-separated; '' for none")
     parser.add_argument("--rate", type=float, default=20.0, help="messages per second per connection")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured publishing time per run")
-    parser.add_argument("--memory", type=int, default=0, help="idle connections for the RSS measurement (0: skip)")
+    parser.add_argument(
+        "--memory", type=int, default=0, help="idle connections for the RSS measurement (0: skip)"
+    )
     parser.add_argument("--hub-filters", choices=("mixed", "all"), default="mixed")
-    parser.add_argument("--processes", type=int, default=None, help="client processes (default: one per core)")
+    parser.add_argument(
+        "--processes", type=int, default=None, help="client processes (default: one per core)"
+    )
     parser.add_argument("--flask-max-connections", type=int, default=FLASK_MAX_CONNECTIONS)
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every server started so far is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     servers = [s for s in args.servers.split(",") if s]
     connections = [int(c) for c in args.connections.split(",") if c]
-    result = run_all(servers, connections, rate=args.rate, seconds=args.seconds, memory=args.memory,
-                     filters=args.hub_filters, processes=args.processes, flask_max=args.flask_max_connections)
+    result = run_all(
+        servers,
+        connections,
+        rate=args.rate,
+        seconds=args.seconds,
+        memory=args.memory,
+        filters=args.hub_filters,
+        processes=args.processes,
+        flask_max=args.flask_max_connections,
+    )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench_fanout-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps({"cpus": os.cpu_count(), **result}, indent=2))

@@ -43,24 +43,35 @@ async def bench(events: int, rate: float | None, hubs: int) -> dict[str, object]
         checks = await verify(stack.database_url, stack.nats_url, run, events)
         ready = await hub_metrics(ports[0])
     return {
-        "events": events, "hubs": hubs, "cpus": os.cpu_count(), "publish_seconds": round(publish_s, 2),
-        "publish_rate": round(events / publish_s), "stored_seconds": round(total_s, 2),
-        "sustained_stored_per_s": round(events / total_s), **checks,
+        "events": events,
+        "hubs": hubs,
+        "cpus": os.cpu_count(),
+        "publish_seconds": round(publish_s, 2),
+        "publish_rate": round(events / publish_s),
+        "stored_seconds": round(total_s, 2),
+        "sustained_stored_per_s": round(events / total_s),
+        **checks,
         "writer_batches_node0": ready["pipeline"]["writer_batches"],
     }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--rate", type=float, default=None, help="publish rate (default: as fast as possible)")
+    parser.add_argument(
+        "--rate", type=float, default=None, help="publish rate (default: as fast as possible)"
+    )
     parser.add_argument("--hubs", type=int, default=1)
     args = parser.parse_args()
     result = asyncio.run(bench(args.events, args.rate, args.hubs))
     print(json.dumps(result, indent=2))
-    print(f"\n{result['events']:,} events: {result['sustained_stored_per_s']:,} stored/s sustained "
-          f"(published at {result['publish_rate']:,}/s); publish→stored latency {result['latency_ms']}; "
-          f"exactly once: {result['exactly_once']}; per-symbol order kept: {result['per_symbol_order_kept']}")
+    print(
+        f"\n{result['events']:,} events: {result['sustained_stored_per_s']:,} stored/s sustained "
+        f"(published at {result['publish_rate']:,}/s); publish→stored latency {result['latency_ms']}; "
+        f"exactly once: {result['exactly_once']}; per-symbol order kept: {result['per_symbol_order_kept']}"
+    )
     return 0 if result["exactly_once"] and result["per_symbol_order_kept"] else 1
 
 

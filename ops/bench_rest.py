@@ -36,14 +36,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
-from gen_events import DEFAULT_EVENTS, ensure_events, open_stack  # noqa: E402
-from harness import start_hub  # noqa: E402
-from psycopg import sql  # noqa: E402
+import httpx
+from gen_events import DEFAULT_EVENTS, ensure_events, open_stack
+from harness import start_hub
+from psycopg import sql
 
-from api.auth import mint_token  # noqa: E402
-from store.pool import open_pool  # noqa: E402
-from store.scans import ScanFilter, Sort, build_scan, resolve_symbols, scan_events  # noqa: E402
+from api.auth import mint_token
+from store.pool import open_pool
+from store.scans import ScanFilter, Sort, build_scan, resolve_symbols, scan_events
 from store.universe_resolver import SqlResolver
 
 OPS_SECRET = "ops-only-secret-not-for-production-0123456789"
@@ -67,8 +67,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50": round(percentile(values, 50), 2), "p95": round(percentile(values, 95), 2),
-            "p99": round(percentile(values, 99), 2), "max": round(max(values), 2)}
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 50), 2),
+        "p95": round(percentile(values, 95), 2),
+        "p99": round(percentile(values, 99), 2),
+        "max": round(max(values), 2),
+    }
 
 
 def _iso(value: datetime) -> str:
@@ -107,51 +112,106 @@ def shapes(ref: Reference) -> list[Shape]:
 
     return [
         Shape("newest first", lambda r: {}, lambda p: ScanFilter()),
-        Shape("one symbol", lambda r: {"symbol": r.choice(ref.symbols)},
-              lambda p: ScanFilter(symbols=(p["symbol"],))),
-        Shape("sp500, confidence >= 0.7, last 7 days",
-              lambda r: {"universe": "sp500", "confidence_min": "0.7", "detected_after": week_ago()},
-              lambda p: ScanFilter(universes=("sp500",), confidence_min=0.7,
-                                   detected_after=datetime.fromisoformat(p["detected_after"]))),
-        Shape("pattern + timeframe",
-              lambda r: {"pattern": r.choice(ref.popular_patterns), "timeframe": r.choice(["daily", "hourly", "5min"])},
-              lambda p: ScanFilter(patterns=(p["pattern"],), timeframes=(p["timeframe"],))),
-        Shape("sector", lambda r: {"sector": r.choice(ref.sectors)}, lambda p: ScanFilter(sectors=(p["sector"],))),
-        Shape(f"nasdaq100, cursor pages 2-{PAGES}", lambda r: {"universe": "nasdaq100"},
-              lambda p: ScanFilter(universes=("nasdaq100",)), pages=PAGES),
+        Shape(
+            "one symbol",
+            lambda r: {"symbol": r.choice(ref.symbols)},
+            lambda p: ScanFilter(symbols=(p["symbol"],)),
+        ),
+        Shape(
+            "sp500, confidence >= 0.7, last 7 days",
+            lambda r: {"universe": "sp500", "confidence_min": "0.7", "detected_after": week_ago()},
+            lambda p: ScanFilter(
+                universes=("sp500",),
+                confidence_min=0.7,
+                detected_after=datetime.fromisoformat(p["detected_after"]),
+            ),
+        ),
+        Shape(
+            "pattern + timeframe",
+            lambda r: {
+                "pattern": r.choice(ref.popular_patterns),
+                "timeframe": r.choice(["daily", "hourly", "5min"]),
+            },
+            lambda p: ScanFilter(patterns=(p["pattern"],), timeframes=(p["timeframe"],)),
+        ),
+        Shape(
+            "sector",
+            lambda r: {"sector": r.choice(ref.sectors)},
+            lambda p: ScanFilter(sectors=(p["sector"],)),
+        ),
+        Shape(
+            f"nasdaq100, cursor pages 2-{PAGES}",
+            lambda r: {"universe": "nasdaq100"},
+            lambda p: ScanFilter(universes=("nasdaq100",)),
+            pages=PAGES,
+        ),
         Shape("universe=my", lambda r: {"universe": "my"}, lambda p: ScanFilter(universes=("my",))),
         # Plan only: a listed symbol outside the S&P 500 has no generated events, the worst case for
         # a symbol filter that walks the time index.
-        Shape("one symbol without events", lambda r: {"symbol": QUIET_SYMBOL},
-              lambda p: ScanFilter(symbols=(p["symbol"],)), explain_only=True),
+        Shape(
+            "one symbol without events",
+            lambda r: {"symbol": QUIET_SYMBOL},
+            lambda p: ScanFilter(symbols=(p["symbol"],)),
+            explain_only=True,
+        ),
     ]
 
 
 async def read_reference(url: str) -> Reference:
     async with open_pool(url, min_size=1, max_size=1) as pool, pool.connection() as conn:
-        symbols = [r["symbol"] for r in await (await conn.execute(
-            "SELECT symbol FROM universe_members WHERE universe = 'sp500' ORDER BY symbol")).fetchall()]
-        sectors = [r["sector"] for r in await (await conn.execute(
-            "SELECT DISTINCT s.sector FROM symbols s JOIN universe_members m ON m.symbol = s.symbol "
-            "WHERE m.universe = 'sp500' AND s.sector IS NOT NULL ORDER BY 1")).fetchall()]
-        patterns = [r["pattern"] for r in await (await conn.execute(
-            "SELECT pattern FROM pattern_stats_daily GROUP BY pattern ORDER BY sum(events) DESC LIMIT 10")).fetchall()]
+        symbols = [
+            r["symbol"]
+            for r in await (
+                await conn.execute(
+                    "SELECT symbol FROM universe_members WHERE universe = 'sp500' ORDER BY symbol"
+                )
+            ).fetchall()
+        ]
+        sectors = [
+            r["sector"]
+            for r in await (
+                await conn.execute(
+                    "SELECT DISTINCT s.sector FROM symbols s JOIN universe_members m ON m.symbol = s.symbol "
+                    "WHERE m.universe = 'sp500' AND s.sector IS NOT NULL ORDER BY 1"
+                )
+            ).fetchall()
+        ]
+        patterns = [
+            r["pattern"]
+            for r in await (
+                await conn.execute(
+                    "SELECT pattern FROM pattern_stats_daily GROUP BY pattern ORDER BY sum(events) DESC LIMIT 10"
+                )
+            ).fetchall()
+        ]
     return Reference(symbols, sectors, patterns or ["hammer"])
 
 
 def user_headers() -> list[dict[str, str]]:
-    return [{"Authorization": "Bearer " + mint_token(OPS_SECRET, subject=f"{SUBJECT}-{i}",
-                                                     scopes=["patterns:read", "universe:write"], ttl_s=7200),
-             "Cache-Control": "no-cache"} for i in range(USERS)]
+    return [
+        {
+            "Authorization": "Bearer "
+            + mint_token(
+                OPS_SECRET, subject=f"{SUBJECT}-{i}", scopes=["patterns:read", "universe:write"], ttl_s=7200
+            ),
+            "Cache-Control": "no-cache",
+        }
+        for i in range(USERS)
+    ]
 
 
-async def measure(base: str, all_shapes: list[Shape], *, requests: int, warmup: int, rounds: int, seed: int) -> None:
+async def measure(
+    base: str, all_shapes: list[Shape], *, requests: int, warmup: int, rounds: int, seed: int
+) -> None:
     users = user_headers()
     turn = 0
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         for headers in users:
-            response = await client.put("/api/users/universe", headers=headers,
-                                        json={"symbols": MY_SYMBOLS, "universe_keys": MY_UNIVERSES})
+            response = await client.put(
+                "/api/users/universe",
+                headers=headers,
+                json={"symbols": MY_SYMBOLS, "universe_keys": MY_UNIVERSES},
+            )
             response.raise_for_status()
 
         async def one(shape: Shape, rng: random.Random, record: bool) -> tuple[list[float], list[float]]:
@@ -191,9 +251,14 @@ async def measure(base: str, all_shapes: list[Shape], *, requests: int, warmup: 
                     c_round += c_ms
                 shape.query_ms += q_round
                 shape.client_ms += c_round
-                shape.rounds.append({"round": round_no, "query_ms": summary(q_round), "client_ms": summary(c_round)})
-                print(f"  round {round_no} {shape.name:<40} query p95 {shape.rounds[-1]['query_ms']['p95']:>7.2f} ms"
-                      f"  client p95 {shape.rounds[-1]['client_ms']['p95']:>7.2f} ms", flush=True)
+                shape.rounds.append(
+                    {"round": round_no, "query_ms": summary(q_round), "client_ms": summary(c_round)}
+                )
+                print(
+                    f"  round {round_no} {shape.name:<40} query p95 {shape.rounds[-1]['query_ms']['p95']:>7.2f} ms"
+                    f"  client p95 {shape.rounds[-1]['client_ms']['p95']:>7.2f} ms",
+                    flush=True,
+                )
 
 
 def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -204,40 +269,66 @@ async def explain(url: str, all_shapes: list[Shape], *, seed: int) -> list[dict[
     """EXPLAIN (ANALYZE, BUFFERS) of the statement the hub runs for one request of each shape."""
     found = []
     async with open_pool(url, min_size=1, max_size=1) as pool, pool.connection() as conn:
-        parents = {r["child"]: r["parent"] for r in await (await conn.execute(
-            "SELECT c.relname AS child, p.relname AS parent FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
-            "WHERE p.relkind = 'I'")).fetchall()}
+        parents = {
+            r["child"]: r["parent"]
+            for r in await (
+                await conn.execute(
+                    "SELECT c.relname AS child, p.relname AS parent FROM pg_inherits i "
+                    "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
+                    "WHERE p.relkind = 'I'"
+                )
+            ).fetchall()
+        }
         for shape in all_shapes:
             params = shape.params(random.Random(f"{seed}-explain-{shape.name}"))
             filt = shape.filt(params)
             sort = Sort()
             after = None
             for _ in range(shape.pages - 1):  # walk to the last page measured, as a client would
-                page = await scan_events(conn, filt, sort=sort, limit=DEFAULT_LIMIT, after=after, subject=f"{SUBJECT}-0")
+                page = await scan_events(
+                    conn, filt, sort=sort, limit=DEFAULT_LIMIT, after=after, subject=f"{SUBJECT}-0"
+                )
                 after = page.last_values
             symbols = await resolve_symbols(SqlResolver.over(conn), filt, subject=f"{SUBJECT}-0")
             query, args = build_scan(filt, symbols=symbols, sort=sort, limit=DEFAULT_LIMIT + 1, after=after)
-            plan_row = await (await conn.execute(
-                sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}").format(query), args)).fetchone()
+            plan_row = await (
+                await conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}").format(query), args)
+            ).fetchone()
             assert plan_row is not None
             plan = next(iter(plan_row.values()))
             plan = json.loads(plan) if isinstance(plan, str) else plan
             nodes = _walk(plan[0]["Plan"])
-            text = [next(iter(r.values())) for r in await (await conn.execute(
-                sql.SQL("EXPLAIN (ANALYZE, BUFFERS) {}").format(query), args)).fetchall()]
-            found.append({
-                "shape": shape.name, "params": params, "symbols": None if symbols is None else len(symbols),
-                "execution_ms": plan[0]["Execution Time"], "planning_ms": plan[0]["Planning Time"],
-                "indexes": sorted({parents.get(n["Index Name"], n["Index Name"]) for n in nodes if "Index Name" in n}),
-                "partitions": len({n["Relation Name"] for n in nodes if n.get("Relation Name", "").startswith("pattern_events_")}),
-                "plan": text,
-            })
+            text = [
+                next(iter(r.values()))
+                for r in await (
+                    await conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS) {}").format(query), args)
+                ).fetchall()
+            ]
+            found.append(
+                {
+                    "shape": shape.name,
+                    "params": params,
+                    "symbols": None if symbols is None else len(symbols),
+                    "execution_ms": plan[0]["Execution Time"],
+                    "planning_ms": plan[0]["Planning Time"],
+                    "indexes": sorted(
+                        {parents.get(n["Index Name"], n["Index Name"]) for n in nodes if "Index Name" in n}
+                    ),
+                    "partitions": len(
+                        {
+                            n["Relation Name"]
+                            for n in nodes
+                            if n.get("Relation Name", "").startswith("pattern_events_")
+                        }
+                    ),
+                    "plan": text,
+                }
+            )
     return found
 
 
 def _line(text: str, width: int = 160) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -245,7 +336,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         # The view refresh over millions of rows would land in the middle of a round; scans do not read
         # the views, so the bench keeps the hub's upkeep to its start-up round.
         stack.extra_env["TICKSTOCK_MAINTENANCE_INTERVAL_S"] = "3600"
-        stack.extra_env["TICKSTOCK_CACHE_ENABLED"] = "false"  # the database's figures: the cache has its own bench
+        stack.extra_env["TICKSTOCK_CACHE_ENABLED"] = (
+            "false"  # the database's figures: the cache has its own bench
+        )
         # REFRESH MATERIALIZED VIEW CONCURRENTLY latest_patterns over millions of rows takes longer than
         # the default 5 s statement timeout, and the hub runs it before it serves; scans take milliseconds.
         stack.extra_env["TICKSTOCK_STATEMENT_TIMEOUT_MS"] = str(args.statement_timeout_ms)
@@ -255,18 +348,37 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         ref = await read_reference(stack.database_url)
         all_shapes = shapes(ref)
         started = time.monotonic()
-        await measure(f"http://127.0.0.1:{port}", all_shapes, requests=args.requests, warmup=args.warmup,
-                      rounds=args.rounds, seed=args.seed)
+        await measure(
+            f"http://127.0.0.1:{port}",
+            all_shapes,
+            requests=args.requests,
+            warmup=args.warmup,
+            rounds=args.rounds,
+            seed=args.seed,
+        )
         seconds = time.monotonic() - started
         plans = await explain(stack.database_url, all_shapes, seed=args.seed)
     return {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"), "events": args.events, "cpus": os.cpu_count(),
-        "requests_per_round": args.requests, "rounds": args.rounds, "warmup": args.warmup, "seconds": round(seconds, 1),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "events": args.events,
+        "cpus": os.cpu_count(),
+        "requests_per_round": args.requests,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "seconds": round(seconds, 1),
         "target_p95_ms": args.target_ms,
-        "shapes": [{"shape": s.name, "query_ms": summary(s.query_ms), "client_ms": summary(s.client_ms),
-                    "rounds": s.rounds, "cache_hits": s.cache_hits,
-                    "avg_rows": round(sum(s.rows) / len(s.rows), 1) if s.rows else 0}
-                   for s in all_shapes if not s.explain_only],
+        "shapes": [
+            {
+                "shape": s.name,
+                "query_ms": summary(s.query_ms),
+                "client_ms": summary(s.client_ms),
+                "rounds": s.rounds,
+                "cache_hits": s.cache_hits,
+                "avg_rows": round(sum(s.rows) / len(s.rows), 1) if s.rows else 0,
+            }
+            for s in all_shapes
+            if not s.explain_only
+        ],
         "explain": plans,
     }
 
@@ -274,40 +386,60 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> None:
     print(f"\n== plans ({result['events']:,} events)")
     for p in result["explain"]:
-        print(f"\n-- {p['shape']}: {p['execution_ms']:.2f} ms (+{p['planning_ms']:.2f} ms planning), "
-              f"indexes {p['indexes']}, {p['partitions']} partition(s) read, "
-              f"{'no symbol filter' if p['symbols'] is None else str(p['symbols']) + ' symbols'}; params {p['params']}")
+        print(
+            f"\n-- {p['shape']}: {p['execution_ms']:.2f} ms (+{p['planning_ms']:.2f} ms planning), "
+            f"indexes {p['indexes']}, {p['partitions']} partition(s) read, "
+            f"{'no symbol filter' if p['symbols'] is None else str(p['symbols']) + ' symbols'}; params {p['params']}"
+        )
         for line in p["plan"]:
             print("   " + _line(line))
-    print(f"\n== uncached GET {SCAN}: {result['events']:,} events, {result['requests_per_round']} requests x "
-          f"{result['rounds']} rounds per shape, sequential, {result['cpus']} cores shared by client, hub and PostgreSQL")
-    head = (f"{'shape':<40} {'query p50':>9} {'p95':>7} {'p99':>7} | {'client p50':>10} {'p95':>7} {'p99':>7}"
-            f" | {'p95 per round':<24} {'rows':>5}")
+    print(
+        f"\n== uncached GET {SCAN}: {result['events']:,} events, {result['requests_per_round']} requests x "
+        f"{result['rounds']} rounds per shape, sequential, {result['cpus']} cores shared by client, hub and PostgreSQL"
+    )
+    head = (
+        f"{'shape':<40} {'query p50':>9} {'p95':>7} {'p99':>7} | {'client p50':>10} {'p95':>7} {'p99':>7}"
+        f" | {'p95 per round':<24} {'rows':>5}"
+    )
     print(head)
     print("-" * len(head))
     for s in result["shapes"]:
         q, c = s["query_ms"], s["client_ms"]
         per_round = "/".join(f"{r['client_ms']['p95']:.1f}" for r in s["rounds"])
         flag = "" if c["p95"] < result["target_p95_ms"] else "  over target"
-        print(f"{s['shape']:<40} {q['p50']:>9.2f} {q['p95']:>7.2f} {q['p99']:>7.2f} | {c['p50']:>10.2f} {c['p95']:>7.2f}"
-              f" {c['p99']:>7.2f} | {per_round:<24} {s['avg_rows']:>5}{flag}")
+        print(
+            f"{s['shape']:<40} {q['p50']:>9.2f} {q['p95']:>7.2f} {q['p99']:>7.2f} | {c['p50']:>10.2f} {c['p95']:>7.2f}"
+            f" {c['p99']:>7.2f} | {per_round:<24} {s['avg_rows']:>5}{flag}"
+        )
     hits = sum(s["cache_hits"] for s in result["shapes"])
-    print(f"(ms; query = the hub's query_ms, client = whole request; cache hits: {hits}; "
-          f"target client p95 < {result['target_p95_ms']} ms)")
+    print(
+        f"(ms; query = the hub's query_ms, client = whole request; cache hits: {hits}; "
+        f"target client p95 < {result['target_p95_ms']} ms)"
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
     parser.add_argument("--requests", type=int, default=200, help="measured requests per shape and round")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--target-ms", type=float, default=25.0)
-    parser.add_argument("--statement-timeout-ms", type=int, default=120_000,
-                        help="the hub's TICKSTOCK_STATEMENT_TIMEOUT_MS (its start-up view refresh needs more than 5 s)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="keep embedded servers here between runs (default: a temporary folder)")
+    parser.add_argument(
+        "--statement-timeout-ms",
+        type=int,
+        default=120_000,
+        help="the hub's TICKSTOCK_STATEMENT_TIMEOUT_MS (its start-up view refresh needs more than 5 s)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep embedded servers here between runs (default: a temporary folder)",
+    )
     args = parser.parse_args()
     result = asyncio.run(bench(args))
     report(result)

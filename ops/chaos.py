@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import sys
 import time
@@ -37,7 +38,9 @@ from harness import (
 
 async def _stored(database_url: str, run: str) -> int:
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        row = await (await conn.execute("SELECT count(*) FROM pattern_events WHERE id LIKE %s", (run + "-%",))).fetchone()
+        row = await (
+            await conn.execute("SELECT count(*) FROM pattern_events WHERE id LIKE %s", (run + "-%",))
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -60,7 +63,12 @@ async def kill(events: int) -> dict[str, object]:
         print(f"hub restarted {time.monotonic() - killed_at:.1f} s after the kill")
         drained = await wait_stored(stack.database_url, run, events)
         checks = await verify(stack.database_url, stack.nats_url, run, events)
-    return {"scenario": "kill -9", "stored_at_kill": stored_at_kill, "drain_seconds": round(drained, 1), **checks}
+    return {
+        "scenario": "kill -9",
+        "stored_at_kill": stored_at_kill,
+        "drain_seconds": round(drained, 1),
+        **checks,
+    }
 
 
 async def pg_outage(seconds: float, rate: float, events: int) -> dict[str, object]:
@@ -75,7 +83,9 @@ async def pg_outage(seconds: float, rate: float, events: int) -> dict[str, objec
                 if msg.data.startswith(b"-NAK"):
                     body = msg.data[4:].strip()
                     delay = json.loads(body)["delay"] / 1e9 if body else 0.0
-                    stream_seq = msg.subject.split(".")[-4]  # $JS.ACK.<stream>.<consumer>.<dlv>.<sseq>.<cseq>.<ts>.<pending>
+                    stream_seq = msg.subject.split(".")[
+                        -4
+                    ]  # $JS.ACK.<stream>.<consumer>.<dlv>.<sseq>.<cseq>.<ts>.<pending>
                     naks[stream_seq].append((time.monotonic(), delay))
 
             await nc.subscribe("$JS.ACK.TICKSTOCK_INGEST.>", cb=on_ack)
@@ -96,13 +106,19 @@ async def pg_outage(seconds: float, rate: float, events: int) -> dict[str, objec
         checks = await verify(stack.database_url, stack.nats_url, run, events)
         stop_hub(hub)
     per_message = [len(v) for v in naks.values()]
-    gaps = [round(b[0] - a[0], 2) for v in naks.values() for a, b in zip(v, v[1:], strict=False)]
+    gaps = [round(b[0] - a[0], 2) for v in naks.values() for a, b in itertools.pairwise(v)]
     delays = sorted({round(d, 2) for v in naks.values() for _, d in v})
     return {
-        "scenario": f"PostgreSQL down {seconds:g} s", "rate": rate, "drain_seconds_after_publish": round(drained, 1),
-        "messages_handed_back": len(naks), "naks_total": sum(per_message),
-        "naks_per_message_max": max(per_message, default=0), "nak_delays_s": delays,
-        "gap_between_naks_s_max": max(gaps, default=0.0), "writer_database_probes": probes, **checks,
+        "scenario": f"PostgreSQL down {seconds:g} s",
+        "rate": rate,
+        "drain_seconds_after_publish": round(drained, 1),
+        "messages_handed_back": len(naks),
+        "naks_total": sum(per_message),
+        "naks_per_message_max": max(per_message, default=0),
+        "nak_delays_s": delays,
+        "gap_between_naks_s_max": max(gaps, default=0.0),
+        "writer_database_probes": probes,
+        **checks,
     }
 
 
@@ -121,7 +137,9 @@ async def _probes(port: int) -> dict[str, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="scenario", required=True)
     k = sub.add_parser("kill")
     k.add_argument("--events", type=int, default=50_000)

@@ -25,10 +25,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hub.embedded import EmbeddedPostgres  # noqa: E402
-from store.migrate import migrate  # noqa: E402
-from store.pool import open_pool  # noqa: E402
-from store.reference import load_reference_data  # noqa: E402
+from hub.embedded import EmbeddedPostgres
+from store.migrate import migrate
+from store.pool import open_pool
+from store.reference import load_reference_data
 
 GENERATE = """
 WITH syms AS (SELECT array_agg(symbol ORDER BY symbol) AS a FROM universe_members WHERE universe = 'sp500'),
@@ -63,22 +63,32 @@ SHAPES: dict[str, tuple[str, tuple[str, ...], bool]] = {
         "AND confidence >= 0.7 ORDER BY detected_at DESC, id DESC LIMIT 50",
         # Walking the newest-first time index and filtering is as good as merging per-symbol index
         # scans when the universe is large; the planner picks by the data.
-        ("pattern_events_symbol_idx", "pattern_events_time_idx"), True),
+        ("pattern_events_symbol_idx", "pattern_events_time_idx"),
+        True,
+    ),
     "one symbol, newest first": (
         "SELECT * FROM pattern_events WHERE symbol = 'AAPL' ORDER BY detected_at DESC, id DESC LIMIT 50",
-        ("pattern_events_symbol_idx",), False),
+        ("pattern_events_symbol_idx",),
+        False,
+    ),
     "pattern + timeframe, last 30 days": (
         "SELECT * FROM pattern_events WHERE pattern = 'hammer' AND timeframe = 'daily' "
         "AND detected_at >= now() - interval '30 days' ORDER BY detected_at DESC, id DESC LIMIT 50",
-        ("pattern_events_pattern_idx",), True),
+        ("pattern_events_pattern_idx",),
+        True,
+    ),
     "timeframe, keyset page 2": (
         "SELECT * FROM pattern_events WHERE timeframe = 'hourly' AND detected_at >= now() - interval '14 days' "
         "AND (detected_at, id) < (now() - interval '2 days', 'gen-0') ORDER BY detected_at DESC, id DESC LIMIT 50",
-        ("pattern_events_timeframe_idx", "pattern_events_time_idx"), True),
+        ("pattern_events_timeframe_idx", "pattern_events_time_idx"),
+        True,
+    ),
     "everything, last 24 hours": (
         "SELECT * FROM pattern_events WHERE detected_at >= now() - interval '1 day' "
         "ORDER BY detected_at DESC, id DESC LIMIT 100",
-        ("pattern_events_time_idx",), True),
+        ("pattern_events_time_idx",),
+        True,
+    ),
 }
 
 
@@ -98,7 +108,8 @@ async def run(url: str, events: int, days: int, generate: bool) -> int:
         async with pool.connection() as conn:
             await conn.execute(
                 "SELECT tickstock_ensure_partitions(now() - %s * interval '1 day', now() + interval '7 days')",
-                (days,))
+                (days,),
+            )
             if generate:
                 started = time.monotonic()
                 await conn.execute(HASHINT)
@@ -106,34 +117,52 @@ async def run(url: str, events: int, days: int, generate: bool) -> int:
                 await conn.execute(GENERATE, {"n": events, "days": days})  # type: ignore[arg-type]
                 await conn.execute("ANALYZE pattern_events")
                 print(f"generated {events:,} events over {days} days in {time.monotonic() - started:.1f} s")
-            row = await (await conn.execute(
-                "SELECT count(*) AS n, (SELECT count(*) FROM pg_inherits "
-                "WHERE inhparent = 'pattern_events'::regclass) AS parts FROM pattern_events")).fetchone()
+            row = await (
+                await conn.execute(
+                    "SELECT count(*) AS n, (SELECT count(*) FROM pg_inherits "
+                    "WHERE inhparent = 'pattern_events'::regclass) AS parts FROM pattern_events"
+                )
+            ).fetchone()
             assert row is not None
             total_parts = row["parts"]
             # A partition's index is named after its columns; map it back to the parent index.
-            parents = {r["child"]: r["parent"] for r in await (await conn.execute(
-                "SELECT c.relname AS child, p.relname AS parent FROM pg_inherits i "
-                "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
-                "WHERE p.relkind = 'I'")).fetchall()}
+            parents = {
+                r["child"]: r["parent"]
+                for r in await (
+                    await conn.execute(
+                        "SELECT c.relname AS child, p.relname AS parent FROM pg_inherits i "
+                        "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
+                        "WHERE p.relkind = 'I'"
+                    )
+                ).fetchall()
+            }
             print(f"pattern_events: {row['n']:,} rows in {total_parts} partitions\n")
             for name, (sql, wanted, prune) in SHAPES.items():
-                cur = await conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}")  # noqa: S608
+                cur = await conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}")
                 plan_row = await cur.fetchone()
                 assert plan_row is not None
                 plan = next(iter(plan_row.values()))
                 plan = json.loads(plan) if isinstance(plan, str) else plan
                 nodes = _walk(plan[0]["Plan"])
-                indexes = sorted({parents.get(n["Index Name"], n["Index Name"]) for n in nodes if "Index Name" in n})
-                parts = sorted({n["Relation Name"] for n in nodes
-                                if n.get("Relation Name", "").startswith("pattern_events_")})
+                indexes = sorted(
+                    {parents.get(n["Index Name"], n["Index Name"]) for n in nodes if "Index Name" in n}
+                )
+                parts = sorted(
+                    {
+                        n["Relation Name"]
+                        for n in nodes
+                        if n.get("Relation Name", "").startswith("pattern_events_")
+                    }
+                )
                 used = any(index in indexes for index in wanted)
                 pruned = len(parts) < total_parts
                 ok = used and (pruned or not prune)
                 failures += not ok
-                text = await (await conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")).fetchall()  # noqa: S608
-                print(f"== {name}: {'OK' if ok else 'FAIL'} — {plan[0]['Execution Time']:.2f} ms, "
-                      f"indexes {indexes}, partitions read {len(parts)} of {total_parts}")
+                text = await (await conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")).fetchall()
+                print(
+                    f"== {name}: {'OK' if ok else 'FAIL'} — {plan[0]['Execution Time']:.2f} ms, "
+                    f"indexes {indexes}, partitions read {len(parts)} of {total_parts}"
+                )
                 print(f"   {sql}")
                 for line in text:
                     print("   " + next(iter(line.values())))
@@ -142,7 +171,9 @@ async def run(url: str, events: int, days: int, generate: bool) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=120)
     parser.add_argument("--no-generate", action="store_true", help="explain what is already stored")
@@ -150,7 +181,10 @@ def main() -> int:
     url = os.environ.get("TICKSTOCK_DATABASE_URL")
     if url:
         return asyncio.run(run(url, args.events, args.days, not args.no_generate))
-    with tempfile.TemporaryDirectory(prefix="tickstock-explain-") as tmp, EmbeddedPostgres(Path(tmp), durable=False) as pg:
+    with (
+        tempfile.TemporaryDirectory(prefix="tickstock-explain-") as tmp,
+        EmbeddedPostgres(Path(tmp), durable=False) as pg,
+    ):
         return asyncio.run(run(pg.url, args.events, args.days, not args.no_generate))
 
 

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from psycopg import sql  # noqa: E402
+from psycopg import sql
 
-from store.maintenance import MATERIALIZED_VIEWS  # noqa: E402
-from store.migrate import migrate  # noqa: E402
-from store.pool import open_pool  # noqa: E402
-from store.reference import load_reference_data  # noqa: E402
+from store.maintenance import MATERIALIZED_VIEWS
+from store.migrate import migrate
+from store.pool import open_pool
+from store.reference import load_reference_data
 
 if TYPE_CHECKING:
     from harness import Stack
@@ -109,25 +109,43 @@ class Generated:
     refresh_seconds: float
 
     def line(self) -> str:
-        return (f"generated {self.events:,} events in {self.seconds:.1f} s (insert {self.insert_seconds:.1f} s, "
-                f"analyze {self.analyze_seconds:.1f} s, views {self.refresh_seconds:.1f} s); "
-                f"pattern_events holds {self.total_events:,} rows ({self.expired:,} expired) "
-                f"in {self.partitions} partitions")
+        return (
+            f"generated {self.events:,} events in {self.seconds:.1f} s (insert {self.insert_seconds:.1f} s, "
+            f"analyze {self.analyze_seconds:.1f} s, views {self.refresh_seconds:.1f} s); "
+            f"pattern_events holds {self.total_events:,} rows ({self.expired:,} expired) "
+            f"in {self.partitions} partitions"
+        )
 
 
 async def count_generated(url: str) -> int:
     """How many generated events the database at ``url`` holds (0 if it is not migrated yet)."""
-    async with open_pool(url, min_size=1, max_size=1, statement_timeout_ms=0) as pool, pool.connection() as conn:
-        exists = await (await conn.execute("SELECT to_regclass('pattern_events') IS NOT NULL AS ok")).fetchone()
+    async with (
+        open_pool(url, min_size=1, max_size=1, statement_timeout_ms=0) as pool,
+        pool.connection() as conn,
+    ):
+        exists = await (
+            await conn.execute("SELECT to_regclass('pattern_events') IS NOT NULL AS ok")
+        ).fetchone()
         if not exists or not exists["ok"]:
             return 0
-        row = await (await conn.execute(
-            "SELECT count(*) AS n FROM pattern_event_ids WHERE id LIKE %s", (ID_PREFIX + "%",))).fetchone()
+        row = await (
+            await conn.execute(
+                "SELECT count(*) AS n FROM pattern_event_ids WHERE id LIKE %s", (ID_PREFIX + "%",)
+            )
+        ).fetchone()
         return int(row["n"]) if row else 0
 
 
-async def generate(url: str, *, events: int = DEFAULT_EVENTS, days: int = DEFAULT_DAYS, seed: int = DEFAULT_SEED,
-                   chunk: int = DEFAULT_CHUNK, prepare: bool = True, progress: bool = True) -> Generated:
+async def generate(
+    url: str,
+    *,
+    events: int = DEFAULT_EVENTS,
+    days: int = DEFAULT_DAYS,
+    seed: int = DEFAULT_SEED,
+    chunk: int = DEFAULT_CHUNK,
+    prepare: bool = True,
+    progress: bool = True,
+) -> Generated:
     """Replace the generated events in the database at ``url`` with ``events`` new ones.
 
     With ``prepare`` the database is migrated and the reference data loaded first (both idempotent).
@@ -147,7 +165,9 @@ async def generate(url: str, *, events: int = DEFAULT_EVENTS, days: int = DEFAUL
             await conn.execute("SET maintenance_work_mem = '256MB'")
             await conn.execute(
                 "SELECT tickstock_ensure_partitions(now() - %s * interval '1 day' - interval '1 day', "
-                "now() + interval '7 days')", (days,))
+                "now() + interval '7 days')",
+                (days,),
+            )
             await conn.execute("DELETE FROM pattern_events WHERE id LIKE %s", (ID_PREFIX + "%",))
             await conn.execute("DELETE FROM pattern_event_ids WHERE id LIKE %s", (ID_PREFIX + "%",))
             insert_started = time.monotonic()
@@ -167,14 +187,24 @@ async def generate(url: str, *, events: int = DEFAULT_EVENTS, days: int = DEFAUL
                 await conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(view)))
                 await conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(view)))
             refresh_s = time.monotonic() - refresh_started
-            row: dict[str, Any] | None = await (await conn.execute(
-                "SELECT count(*) AS n, count(*) FILTER (WHERE expires_at <= now()) AS expired, "
-                "(SELECT count(*) FROM pg_inherits WHERE inhparent = 'pattern_events'::regclass) AS parts "
-                "FROM pattern_events")).fetchone()
+            row: dict[str, Any] | None = await (
+                await conn.execute(
+                    "SELECT count(*) AS n, count(*) FILTER (WHERE expires_at <= now()) AS expired, "
+                    "(SELECT count(*) FROM pg_inherits WHERE inhparent = 'pattern_events'::regclass) AS parts "
+                    "FROM pattern_events"
+                )
+            ).fetchone()
     assert row is not None
-    return Generated(events=events, total_events=int(row["n"]), expired=int(row["expired"]),
-                     partitions=int(row["parts"]), seconds=time.monotonic() - started, insert_seconds=insert_s,
-                     analyze_seconds=analyze_s, refresh_seconds=refresh_s)
+    return Generated(
+        events=events,
+        total_events=int(row["n"]),
+        expired=int(row["expired"]),
+        partitions=int(row["parts"]),
+        seconds=time.monotonic() - started,
+        insert_seconds=insert_s,
+        analyze_seconds=analyze_s,
+        refresh_seconds=refresh_s,
+    )
 
 
 async def ensure_events(url: str, events: int, **kwargs: Any) -> Generated | None:
@@ -205,12 +235,20 @@ def open_stack(data_dir: Path | None = None) -> Iterator[Stack]:
         return
     else:
         data_dir.mkdir(parents=True, exist_ok=True)
-        servers = (EmbeddedNats(data_dir / "nats"), EmbeddedPostgres(data_dir / "postgres"),
-                   EmbeddedRedis(data_dir / "redis"))
+        servers = (
+            EmbeddedNats(data_dir / "nats"),
+            EmbeddedPostgres(data_dir / "postgres"),
+            EmbeddedRedis(data_dir / "redis"),
+        )
         with servers[0] as nats_server, servers[1] as postgres, servers[2] as redis:
             stack = Stack(postgres.url, nats_server.url, redis.url, root=data_dir)
-            subprocess.run([sys.executable, "-m", "api.cli", "load-reference-data"], env=stack.env(8000),
-                           cwd=ROOT, check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "api.cli", "load-reference-data"],
+                env=stack.env(8000),
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
             try:
                 yield stack
             finally:
@@ -225,13 +263,19 @@ def open_stack(data_dir: Path | None = None) -> Iterator[Stack]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
     parser.add_argument("--days", type=int, default=DEFAULT_DAYS)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="rows per INSERT statement")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="keep embedded servers here (default: a temporary folder, removed on exit)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep embedded servers here (default: a temporary folder, removed on exit)",
+    )
     args = parser.parse_args()
     kwargs = {"events": args.events, "days": args.days, "seed": args.seed, "chunk": args.chunk}
     url = os.environ.get("TICKSTOCK_DATABASE_URL")

@@ -7,6 +7,7 @@ is what production runs; the publisher is nats-py with pipelined acks in this pr
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -33,8 +34,28 @@ from hub.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_por
 from hub.jetstream import PATTERNS_STREAM  # noqa: E402
 from hub.subjects import CLEAN_WILDCARD, ingest_subject  # noqa: E402
 
-SYMBOLS = ["AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META", "TSLA", "BRK.B", "JPM", "V", "XOM", "KO", "IBM",
-           "INTC", "CSCO", "PEP", "WMT", "DIS", "BA", "CAT"]
+SYMBOLS = [
+    "AAPL",
+    "MSFT",
+    "GOOGL",
+    "AMZN",
+    "NVDA",
+    "META",
+    "TSLA",
+    "BRK.B",
+    "JPM",
+    "V",
+    "XOM",
+    "KO",
+    "IBM",
+    "INTC",
+    "CSCO",
+    "PEP",
+    "WMT",
+    "DIS",
+    "BA",
+    "CAT",
+]
 PATTERNS = ["hammer", "doji", "engulfing", "morning_star", "shooting_star", "bull_flag", "breakout"]
 TIMEFRAMES = ["1min", "5min", "hourly", "daily"]
 
@@ -50,11 +71,17 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def env(self, port: int) -> dict[str, str]:
-        return {**{k: v for k, v in os.environ.items() if not k.startswith("TICKSTOCK_")},
-                "TICKSTOCK_DATABASE_URL": self.database_url, "TICKSTOCK_NATS_URL": self.nats_url,
-                "TICKSTOCK_REDIS_URL": self.redis_url, "TICKSTOCK_PORT": str(port),
-                "TICKSTOCK_JWT_SECRET": "ops-only-secret-not-for-production-0123456789",
-                "TICKSTOCK_LOG_LEVEL": "WARNING", "TICKSTOCK_POOL_MAX_SIZE": "8", **self.extra_env}
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith("TICKSTOCK_")},
+            "TICKSTOCK_DATABASE_URL": self.database_url,
+            "TICKSTOCK_NATS_URL": self.nats_url,
+            "TICKSTOCK_REDIS_URL": self.redis_url,
+            "TICKSTOCK_PORT": str(port),
+            "TICKSTOCK_JWT_SECRET": "ops-only-secret-not-for-production-0123456789",
+            "TICKSTOCK_LOG_LEVEL": "WARNING",
+            "TICKSTOCK_POOL_MAX_SIZE": "8",
+            **self.extra_env,
+        }
 
 
 @contextmanager
@@ -67,8 +94,13 @@ def embedded_stack() -> Iterator[Stack]:
         redis = EmbeddedRedis(root / "redis")
         with nats_server, postgres, redis:
             stack = Stack(postgres.url, nats_server.url, redis.url, postgres=postgres, root=root)
-            subprocess.run([sys.executable, "-m", "api.cli", "load-reference-data"], env=stack.env(8000), cwd=ROOT,
-                           check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "api.cli", "load-reference-data"],
+                env=stack.env(8000),
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
             try:
                 yield stack
             finally:
@@ -76,11 +108,18 @@ def embedded_stack() -> Iterator[Stack]:
                     stop_hub(hub)
 
 
-def start_hub(stack: Stack, *, port: int | None = None, timeout_s: float = 60) -> tuple[subprocess.Popen[bytes], int]:
+def start_hub(
+    stack: Stack, *, port: int | None = None, timeout_s: float = 60
+) -> tuple[subprocess.Popen[bytes], int]:
     """``tickstock serve`` as a child process; returns once ``/health/ready`` answers 200."""
     port = port or free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=stack.env(port),
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+        env=stack.env(port),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     stack.hubs.append(proc)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -109,12 +148,22 @@ def stop_hub(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
 
 def make_events(n: int, *, run: str, symbols: list[str] = SYMBOLS) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
-    return [{
-        "id": f"{run}-{i}", "type": "pattern_detected", "symbol": symbols[i % len(symbols)],
-        "pattern": PATTERNS[i % len(PATTERNS)], "timeframe": TIMEFRAMES[i % len(TIMEFRAMES)],
-        "confidence": round(0.5 + (i % 50) / 100, 2), "detected_at": now.isoformat().replace("+00:00", "Z"),
-        "price": 100 + i % 97, "volume": 1000 + i, "source": "ops", "data": {},
-    } for i in range(n)]
+    return [
+        {
+            "id": f"{run}-{i}",
+            "type": "pattern_detected",
+            "symbol": symbols[i % len(symbols)],
+            "pattern": PATTERNS[i % len(PATTERNS)],
+            "timeframe": TIMEFRAMES[i % len(TIMEFRAMES)],
+            "confidence": round(0.5 + (i % 50) / 100, 2),
+            "detected_at": now.isoformat().replace("+00:00", "Z"),
+            "price": 100 + i % 97,
+            "volume": 1000 + i,
+            "source": "ops",
+            "data": {},
+        }
+        for i in range(n)
+    ]
 
 
 @asynccontextmanager
@@ -126,8 +175,15 @@ async def connected(url: str) -> AsyncIterator[Any]:
         await nc.close()
 
 
-async def publish(nc: Any, events: list[dict[str, Any]], *, rate: float | None = None, window: int = 2000,
-                  stamp: bool = True, blob: str | None = None) -> float:
+async def publish(
+    nc: Any,
+    events: list[dict[str, Any]],
+    *,
+    rate: float | None = None,
+    window: int = 2000,
+    stamp: bool = True,
+    blob: str | None = None,
+) -> float:
     """Publish to ingest with ``Nats-Msg-Id`` = id, at most ``window`` unacknowledged at a time, at
     ``rate`` events/s if given. Stamps ``data.sent_at`` (epoch seconds) for latency. A publish that
     fails is sent again, as a producer must (``Nats-Msg-Id`` makes that safe). Returns elapsed seconds."""
@@ -138,10 +194,16 @@ async def publish(nc: Any, events: list[dict[str, Any]], *, rate: float | None =
     async def send(subject: str, body: bytes, msg_id: str) -> None:
         while True:
             try:
-                pending.append((await js.publish_async(subject, body, headers={"Nats-Msg-Id": msg_id}),
-                                subject, body, msg_id))
+                pending.append(
+                    (
+                        await js.publish_async(subject, body, headers={"Nats-Msg-Id": msg_id}),
+                        subject,
+                        body,
+                        msg_id,
+                    )
+                )
                 return
-            except Exception:  # noqa: BLE001 - a producer retries whatever the failure
+            except Exception:
                 await asyncio.sleep(0.2)
 
     async def settle() -> None:
@@ -162,7 +224,9 @@ async def publish(nc: Any, events: list[dict[str, Any]], *, rate: float | None =
             event["data"] = {"sent_at": time.time()}
         if blob:
             event.setdefault("data", {})["blob"] = blob
-        await send(ingest_subject(event["timeframe"], event["symbol"]), json.dumps(event).encode(), event["id"])
+        await send(
+            ingest_subject(event["timeframe"], event["symbol"]), json.dumps(event).encode(), event["id"]
+        )
         if len(pending) >= window:
             await settle()
     await settle()
@@ -175,7 +239,9 @@ async def wait_stored(database_url: str, run: str, n: int, *, timeout_s: float =
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         while time.monotonic() - started < timeout_s:
             cur = await conn.execute(
-                "SELECT count(*) FROM pattern_events WHERE id LIKE %s AND stream_seq IS NOT NULL", (run + "-%",))
+                "SELECT count(*) FROM pattern_events WHERE id LIKE %s AND stream_seq IS NOT NULL",
+                (run + "-%",),
+            )
             row = await cur.fetchone()
             if row and row[0] >= n:
                 return time.monotonic() - started
@@ -190,7 +256,9 @@ async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str
             "SELECT count(*), count(DISTINCT id), "
             " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM received_at)"
             "   - (payload->'data'->>'sent_at')::float8) "
-            "FROM pattern_events WHERE id LIKE %s", (run + "-%",))
+            "FROM pattern_events WHERE id LIKE %s",
+            (run + "-%",),
+        )
         rows, distinct, pct = await cur.fetchone()  # type: ignore[misc]
         dead = (await (await conn.execute("SELECT count(*) FROM dead_letters")).fetchone())[0]  # type: ignore[index]
     async with connected(nats_url) as nc:
@@ -207,15 +275,33 @@ async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str
                 per_symbol[body["symbol"]].append(int(body["id"].rsplit("-", 1)[1]))
         await sub.unsubscribe()
     in_order = all(seq == sorted(seq) for seq in per_symbol.values())
-    inversions = sum(1 for seq in per_symbol.values() for a, b in zip(seq, seq[1:], strict=False) if b < a)
-    first_bad = next(([sym, seq[max(0, i - 3):i + 3]] for sym, seq in per_symbol.items()
-                      for i, (a, b) in enumerate(zip(seq, seq[1:], strict=False), 1) if b < a), None)
+    inversions = sum(1 for seq in per_symbol.values() for a, b in itertools.pairwise(seq) if b < a)
+    first_bad = next(
+        (
+            [sym, seq[max(0, i - 3) : i + 3]]
+            for sym, seq in per_symbol.items()
+            for i, (a, b) in enumerate(itertools.pairwise(seq), 1)
+            if b < a
+        ),
+        None,
+    )
     return {
-        "published": n, "stored_rows": rows, "stored_distinct": distinct, "clean_messages": len(ids),
-        "clean_distinct": len(set(ids)), "per_symbol_order_kept": in_order, "order_inversions": inversions, "first_inversion": first_bad,
+        "published": n,
+        "stored_rows": rows,
+        "stored_distinct": distinct,
+        "clean_messages": len(ids),
+        "clean_distinct": len(set(ids)),
+        "per_symbol_order_kept": in_order,
+        "order_inversions": inversions,
+        "first_inversion": first_bad,
         "dead_letters": dead,
-        "latency_ms": {"p50": round(pct[0] * 1000, 1), "p95": round(pct[1] * 1000, 1),
-                       "p99": round(pct[2] * 1000, 1)} if pct and pct[0] is not None else None,
+        "latency_ms": {
+            "p50": round(pct[0] * 1000, 1),
+            "p95": round(pct[1] * 1000, 1),
+            "p99": round(pct[2] * 1000, 1),
+        }
+        if pct and pct[0] is not None
+        else None,
         "exactly_once": rows == distinct == len(ids) == len(set(ids)) == n,
     }
 

@@ -78,7 +78,8 @@ def _module_name(root: Path, path: Path) -> str:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 class _Imports(ast.NodeVisitor):
@@ -115,7 +116,9 @@ class _Imports(ast.NodeVisitor):
         self.kind = saved
 
 
-def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, known: dict[str, Path]) -> list[str]:
+def _targets(
+    node: ast.Import | ast.ImportFrom, module: str, is_package: bool, known: dict[str, Path]
+) -> list[str]:
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
     base = node.module or ""
@@ -227,12 +230,14 @@ def _path_through(component: list[str], adjacency: dict[str, set[str]]) -> list[
     return [*component, start]  # unreachable for a strongly connected component
 
 
-def analyse(root: Path, packages: Sequence[str] = PACKAGES, *, max_lines: int = MAX_LINES,
-            type_checking: bool = True) -> Report:
+def analyse(
+    root: Path, packages: Sequence[str] = PACKAGES, *, max_lines: int = MAX_LINES, type_checking: bool = True
+) -> Report:
     """Cycles, layering violations and modules over ``max_lines`` lines in ``root``'s ``packages``."""
     graph = read_graph(root, packages, type_checking=type_checking)
-    violations = [e for e in graph.edges
-                  if e.target.split(".")[0] in FORBIDDEN.get(e.source.split(".")[0], frozenset())]
+    violations = [
+        e for e in graph.edges if e.target.split(".")[0] in FORBIDDEN.get(e.source.split(".")[0], frozenset())
+    ]
     oversized = sorted((m, n) for m, n in graph.lines.items() if n > max_lines)
     counts = {kind: sum(1 for e in graph.edges if e.kind == kind) for kind in KINDS}
     return Report(graph, _cycles(graph), violations, oversized, counts)
@@ -245,30 +250,45 @@ def _edge_where(graph_edges: list[Edge], source: str, target: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.importgraph", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
-                        help="the tree holding the packages (default: this checkout)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent,
+        help="the tree holding the packages (default: this checkout)",
+    )
     parser.add_argument("--packages", nargs="+", default=list(PACKAGES))
     parser.add_argument("--max-lines", type=int, default=MAX_LINES)
-    parser.add_argument("--skip-type-checking", action="store_true",
-                        help="leave out imports under `if TYPE_CHECKING:`")
+    parser.add_argument(
+        "--skip-type-checking", action="store_true", help="leave out imports under `if TYPE_CHECKING:`"
+    )
     args = parser.parse_args(argv)
     type_checking = not args.skip_type_checking
     report = analyse(args.root, args.packages, max_lines=args.max_lines, type_checking=type_checking)
     graph = report.graph
-    labels = {"module": "at module level", "function": "inside functions", "type-checking": "under TYPE_CHECKING"}
+    labels = {
+        "module": "at module level",
+        "function": "inside functions",
+        "type-checking": "under TYPE_CHECKING",
+    }
     counted = ", ".join(f"{n} {labels[kind]}" for kind, n in report.counts.items())
-    print(f"{len(graph.modules)} modules in {', '.join(args.packages)}; {len(graph.edges)} imports counted "
-          f"({counted}{'' if type_checking else '; TYPE_CHECKING imports skipped'})")
+    print(
+        f"{len(graph.modules)} modules in {', '.join(args.packages)}; {len(graph.edges)} imports counted "
+        f"({counted}{'' if type_checking else '; TYPE_CHECKING imports skipped'})"
+    )
     for cycle in report.cycles:
         hops = [f"{a} -> {b} [{_edge_where(graph.edges, a, b)}]" for a, b in itertools.pairwise(cycle)]
         print(f"cycle of {len(cycle) - 1} modules:\n  " + "\n  ".join(hops))
     for edge in report.violations:
-        print(f"layering: {edge.source} imports {edge.target} at {edge.path}:{edge.line} ({edge.kind}); "
-              f"{edge.source.split('.')[0]} must not import {edge.target.split('.')[0]}")
+        print(
+            f"layering: {edge.source} imports {edge.target} at {edge.path}:{edge.line} ({edge.kind}); "
+            f"{edge.source.split('.')[0]} must not import {edge.target.split('.')[0]}"
+        )
     for module, lines in report.oversized:
         print(f"oversized: {module} has {lines} lines (limit {args.max_lines})")
-    print(f"{len(report.cycles)} cycles, {len(report.violations)} layering violations, "
-          f"{len(report.oversized)} modules over {args.max_lines} lines")
+    print(
+        f"{len(report.cycles)} cycles, {len(report.violations)} layering violations, "
+        f"{len(report.oversized)} modules over {args.max_lines} lines"
+    )
     return 0 if report.ok else 1
 
 

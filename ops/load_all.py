@@ -53,10 +53,14 @@ def _summarize(stats: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
     if not rows:
         return None
     requests = sum(r["requests"] for r in rows)
-    return {"requests": requests, "failures": sum(r["failures"] for r in rows),
-            "rps": round(sum(r["rps"] for r in rows), 1),
-            "p50_weighted": round(sum(r["p50"] * r["requests"] for r in rows) / max(1, requests), 1),
-            "p95_max": max(r["p95"] for r in rows), "p99_max": max(r["p99"] for r in rows)}
+    return {
+        "requests": requests,
+        "failures": sum(r["failures"] for r in rows),
+        "rps": round(sum(r["rps"] for r in rows), 1),
+        "p50_weighted": round(sum(r["p50"] * r["requests"] for r in rows) / max(1, requests), 1),
+        "p95_max": max(r["p95"] for r in rows),
+        "p99_max": max(r["p99"] for r in rows),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -67,21 +71,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             host = args.host.rstrip("/")
         else:
             generated = asyncio.run(ensure_events(stack.database_url, args.events, progress=False))
-            print(generated.line() if generated else f"{args.events:,} generated events already stored", flush=True)
+            print(
+                generated.line() if generated else f"{args.events:,} generated events already stored",
+                flush=True,
+            )
             hub, port = start_hub(stack, timeout_s=300)
             hub_pid = hub.pid
             host = f"http://127.0.0.1:{port}"
         prefix = Path(tmp) / "all"
         users = args.rest_users + args.ws_users
-        files = ",".join(str(f) for f, n in ((LOAD / "locustfile.py", args.rest_users),
-                                              (LOAD / "ws_locustfile.py", args.ws_users)) if n)
-        command = [sys.executable, "-m", "locust", "-f", files, "--headless", "-u", str(users), "-r",
-                   str(args.spawn_rate), "-t", f"{args.duration}s", "--host", host, "--csv", str(prefix),
-                   "--only-summary", "--stop-timeout", "5", "--loglevel", "WARNING"]
+        files = ",".join(
+            str(f)
+            for f, n in (
+                (LOAD / "locustfile.py", args.rest_users),
+                (LOAD / "ws_locustfile.py", args.ws_users),
+            )
+            if n
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            files,
+            "--headless",
+            "-u",
+            str(users),
+            "-r",
+            str(args.spawn_rate),
+            "-t",
+            f"{args.duration}s",
+            "--host",
+            host,
+            "--csv",
+            str(prefix),
+            "--only-summary",
+            "--stop-timeout",
+            "5",
+            "--loglevel",
+            "WARNING",
+        ]
         if args.processes:
             command += ["--processes", str(args.processes)]
-        env = {**os.environ, "TICKSTOCK_JWT_SECRET": stack.env(0)["TICKSTOCK_JWT_SECRET"],
-               "TICKSTOCK_LOAD_WS_USERS": str(args.ws_users)}
+        env = {
+            **os.environ,
+            "TICKSTOCK_JWT_SECRET": stack.env(0)["TICKSTOCK_JWT_SECRET"],
+            "TICKSTOCK_LOAD_WS_USERS": str(args.ws_users),
+        }
         stop_publishing = threading.Event()
         published = {"events": 0}
 
@@ -90,12 +126,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             start = 0
             while not stop_publishing.is_set() and args.event_rate > 0:
                 count = max(1, int(args.event_rate))
-                asyncio.run(publish_ingest(stack.nats_url, f"load{int(time.time())}", count, args.event_rate, start))
+                asyncio.run(
+                    publish_ingest(stack.nats_url, f"load{int(time.time())}", count, args.event_rate, start)
+                )
                 start += count
                 published["events"] = start
 
-        print(f"locust: {args.rest_users} REST + {args.ws_users} websocket users, spawn {args.spawn_rate}/s, "
-              f"{args.duration} s against {host}; {args.event_rate:g} events/s into ingest", flush=True)
+        print(
+            f"locust: {args.rest_users} REST + {args.ws_users} websocket users, spawn {args.spawn_rate}/s, "
+            f"{args.duration} s against {host}; {args.event_rate:g} events/s into ingest",
+            flush=True,
+        )
         thread = threading.Thread(target=publisher, daemon=True, name="publisher")
         hub_cpu0 = cpu_seconds(hub_pid) if hub_pid else 0.0
         busy0 = machine_busy()
@@ -103,8 +144,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         thread.start()
         try:
-            locust = subprocess.run(command, env=env, cwd=HERE.parent, capture_output=True, text=True,
-                                    timeout=args.duration + 180, check=False)
+            locust = subprocess.run(
+                command,
+                env=env,
+                cwd=HERE.parent,
+                capture_output=True,
+                text=True,
+                timeout=args.duration + 180,
+                check=False,
+            )
         finally:
             stop_publishing.set()
             thread.join(10)
@@ -117,12 +165,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         failures = read_failures(Path(f"{prefix}_failures.csv"))
     busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
     return {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"), "host": host, "rest_users": args.rest_users,
-        "ws_users": args.ws_users, "event_rate": args.event_rate, "events_published": published["events"],
-        "duration_s": args.duration, "wall_s": round(seconds, 1), "cpus": os.cpu_count(),
-        "machine_cpu_busy": round(busy, 3), "hub_cpu_s": round(hub_cpu, 1) if hub_cpu is not None else None,
-        "locust_cpu_s": round(_children_cpu() - children0, 1), "stats": stats,
-        "failures": failures, "rest": _summarize(stats, "rest"), "ws": _summarize(stats, "ws"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": host,
+        "rest_users": args.rest_users,
+        "ws_users": args.ws_users,
+        "event_rate": args.event_rate,
+        "events_published": published["events"],
+        "duration_s": args.duration,
+        "wall_s": round(seconds, 1),
+        "cpus": os.cpu_count(),
+        "machine_cpu_busy": round(busy, 3),
+        "hub_cpu_s": round(hub_cpu, 1) if hub_cpu is not None else None,
+        "locust_cpu_s": round(_children_cpu() - children0, 1),
+        "stats": stats,
+        "failures": failures,
+        "rest": _summarize(stats, "rest"),
+        "ws": _summarize(stats, "ws"),
     }
 
 
@@ -132,31 +190,43 @@ def _children_cpu() -> float:
 
 
 def report(r: dict[str, Any]) -> None:
-    print(f"\n== locust: {r['rest_users']} REST + {r['ws_users']} websocket users, {r['duration_s']} s, "
-          f"{r['event_rate']:g} events/s into ingest ({r['events_published']:,} published); {r['cpus']} cores shared "
-          f"by locust, hub, PostgreSQL, NATS and Redis")
+    print(
+        f"\n== locust: {r['rest_users']} REST + {r['ws_users']} websocket users, {r['duration_s']} s, "
+        f"{r['event_rate']:g} events/s into ingest ({r['events_published']:,} published); {r['cpus']} cores shared "
+        f"by locust, hub, PostgreSQL, NATS and Redis"
+    )
     head = f"{'request':<34} {'requests':>9} {'fail':>5} {'req/s':>8} {'p50':>6} {'p95':>6} {'p99':>6} {'max':>7}"
     print(head)
     print("-" * len(head))
     for s in sorted(r["stats"], key=lambda s: (s["name"] == "overall", s["method"] == "WS", s["name"])):
         name = f"{s['method']} {s['name']}" if s["name"] != "overall" else "overall"
-        print(f"{name[:34]:<34} {s['requests']:>9} {s['failures']:>5} {s['rps']:>8.1f} {s['p50']:>6.0f} "
-              f"{s['p95']:>6.0f} {s['p99']:>6.0f} {s['max']:>7.0f}")
-    print("(ms; WS event rows: ingest→client latency of each delivered event; locust rounds percentiles to 2 "
-          "significant digits above 100 ms)")
+        print(
+            f"{name[:34]:<34} {s['requests']:>9} {s['failures']:>5} {s['rps']:>8.1f} {s['p50']:>6.0f} "
+            f"{s['p95']:>6.0f} {s['p99']:>6.0f} {s['max']:>7.0f}"
+        )
+    print(
+        "(ms; WS event rows: ingest→client latency of each delivered event; locust rounds percentiles to 2 "
+        "significant digits above 100 ms)"
+    )
     for kind in ("rest", "ws"):
         if r[kind]:
             k = r[kind]
-            print(f"{kind.upper():>4}: {k['requests']:,} requests, {k['failures']} failures, {k['rps']} req/s, "
-                  f"p50 {k['p50_weighted']} ms (weighted), worst p95 {k['p95_max']} ms, worst p99 {k['p99_max']} ms")
+            print(
+                f"{kind.upper():>4}: {k['requests']:,} requests, {k['failures']} failures, {k['rps']} req/s, "
+                f"p50 {k['p50_weighted']} ms (weighted), worst p95 {k['p95_max']} ms, worst p99 {k['p99_max']} ms"
+            )
     hub = f"hub process {r['hub_cpu_s']} s, " if r["hub_cpu_s"] is not None else ""
-    print(f"CPU: machine {r['machine_cpu_busy'] * 100:.0f}% busy over {r['wall_s']} s; {hub}locust {r['locust_cpu_s']} s")
+    print(
+        f"CPU: machine {r['machine_cpu_busy'] * 100:.0f}% busy over {r['wall_s']} s; {hub}locust {r['locust_cpu_s']} s"
+    )
     for f in r["failures"]:
         print(f"failure: {f['occurrences']} x {f['name']}: {f['error']}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rest-users", type=int, default=100)
     parser.add_argument("--ws-users", type=int, default=200)
     parser.add_argument("--spawn-rate", type=float, default=50)

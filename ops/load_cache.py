@@ -34,11 +34,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import httpx  # noqa: E402
-from gen_events import ensure_events  # noqa: E402
-from harness import ROOT, Stack, connected, make_events, publish, start_hub, stop_hub  # noqa: E402
+import itertools
 
-from hub.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis  # noqa: E402
+import httpx
+from gen_events import ensure_events
+from harness import ROOT, Stack, connected, make_events, publish, start_hub, stop_hub
+
+from hub.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "load" / "cache_locustfile.py"
@@ -56,16 +58,24 @@ def percentile(values: list[float], q: float) -> float | None:
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     def stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ms = [r["ms"] for r in rows]
-        return {"requests": len(rows), "p50": percentile(ms, 0.5), "p95": percentile(ms, 0.95),
-                "p99": percentile(ms, 0.99), "mean": round(statistics.fmean(ms), 2) if ms else None}
+        return {
+            "requests": len(rows),
+            "p50": percentile(ms, 0.5),
+            "p95": percentile(ms, 0.95),
+            "p99": percentile(ms, 0.99),
+            "mean": round(statistics.fmean(ms), 2) if ms else None,
+        }
 
     reads = [r for r in records if r["name"] != "user universe: save"]
     scans = [r for r in reads if r["name"].startswith("scan")]
     return {
-        "all": stats(reads), "scans": stats(scans),
+        "all": stats(reads),
+        "scans": stats(scans),
         "cached_scans": stats([r for r in scans if r["name"] == "scan [hit]"]),
         "uncached_scans": stats([r for r in scans if r["name"] != "scan [hit]"]),
-        "client_scan_hit_ratio": round(sum(r["name"] == "scan [hit]" for r in scans) / len(scans), 4) if scans else None,
+        "client_scan_hit_ratio": round(sum(r["name"] == "scan [hit]" for r in scans) / len(scans), 4)
+        if scans
+        else None,
         "status_5xx": sum(1 for r in records if r["status"] >= 500),
         "failures": sum(1 for r in records if r["failed"] or r["status"] == 0),
     }
@@ -82,10 +92,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tickstock-cache-") as tmp:
         root = Path(tmp)
         redis = EmbeddedRedis(root / "redis")
-        with EmbeddedNats(root / "nats") as nats_server, EmbeddedPostgres(root / "postgres") as postgres, redis:
+        with (
+            EmbeddedNats(root / "nats") as nats_server,
+            EmbeddedPostgres(root / "postgres") as postgres,
+            redis,
+        ):
             stack = Stack(postgres.url, nats_server.url, redis.url, root=root)
-            subprocess.run([sys.executable, "-m", "api.cli", "load-reference-data"], env=stack.env(8000), cwd=ROOT,
-                           check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "api.cli", "load-reference-data"],
+                env=stack.env(8000),
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
             generated = asyncio.run(ensure_events(stack.database_url, args.events))
             print(generated.line() if generated else f"{args.events:,} events stored", flush=True)
             try:
@@ -128,13 +147,36 @@ def measure(args: argparse.Namespace, stack: Stack, redis: EmbeddedRedis, root: 
 
     threads = [threading.Thread(target=publisher, daemon=True), threading.Thread(target=sampler, daemon=True)]
     hub_cpu0, load0 = _cpu(hub.pid), os.getloadavg()[0]
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(args.users),
-               "-r", str(args.spawn_rate), "-t", f"{args.duration}s", "--host", host, "--only-summary",
-               "--stop-timeout", "5", "--loglevel", "WARNING"]
-    env = {**os.environ, "TICKSTOCK_JWT_SECRET": stack.env(port)["TICKSTOCK_JWT_SECRET"],
-           "TICKSTOCK_LOAD_LOG": str(log_path)}
-    print(f"locust: {args.users} users, {args.duration} s against {host}; publishing {args.rate:.0f} events/s",
-          flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "-u",
+        str(args.users),
+        "-r",
+        str(args.spawn_rate),
+        "-t",
+        f"{args.duration}s",
+        "--host",
+        host,
+        "--only-summary",
+        "--stop-timeout",
+        "5",
+        "--loglevel",
+        "WARNING",
+    ]
+    env = {
+        **os.environ,
+        "TICKSTOCK_JWT_SECRET": stack.env(port)["TICKSTOCK_JWT_SECRET"],
+        "TICKSTOCK_LOAD_LOG": str(log_path),
+    }
+    print(
+        f"locust: {args.users} users, {args.duration} s against {host}; publishing {args.rate:.0f} events/s",
+        flush=True,
+    )
     marks["start"] = time.time()
     for t in threads:
         t.start()
@@ -179,23 +221,37 @@ def measure(args: argparse.Namespace, stack: Stack, redis: EmbeddedRedis, root: 
     else:
         phases["steady"] = [r for r in records if r["t"] >= warmup]
     intervals = []
-    for a, b in zip(samples, samples[1:], strict=False):
+    for a, b in itertools.pairwise(samples):
         if a["cache"] and b["cache"]:
             sa, sb = a["cache"]["routes"]["scan"], b["cache"]["routes"]["scan"]
             counts = {k: sb[k] - sa[k] for k in ("hit", "miss", "coalesced", "bypass")}
             total = sum(counts.values())
-            intervals.append({"s": round(b["t"] - marks["start"]), "status": b["status"], **counts,
-                              "hit_ratio": round(counts["hit"] / total, 3) if total else None})
+            intervals.append(
+                {
+                    "s": round(b["t"] - marks["start"]),
+                    "status": b["status"],
+                    **counts,
+                    "hit_ratio": round(counts["hit"] / total, 3) if total else None,
+                }
+            )
     if args.hub_log:
         print((root / "hub.log").read_text()[-20000:])
     return {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"), "users": args.users, "duration_s": args.duration,
-        "rate": args.rate, "events": args.events, "stored_during_run": stored, "cpus": os.cpu_count(),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "users": args.users,
+        "duration_s": args.duration,
+        "rate": args.rate,
+        "events": args.events,
+        "stored_during_run": stored,
+        "cpus": os.cpu_count(),
         "marks": {k: round(v - marks["start"], 1) for k, v in marks.items()},
-        "phases": {name: summarize(rows) for name, rows in phases.items()}, "whole_run": summarize(records),
-        "hub_cache": final.get("cache") if final else None, "intervals": intervals,
+        "phases": {name: summarize(rows) for name, rows in phases.items()},
+        "whole_run": summarize(records),
+        "hub_cache": final.get("cache") if final else None,
+        "intervals": intervals,
         "hub_checks": final.get("checks") if final else None,
-        "hub_cpu_s": round(hub_cpu, 1), "load_average_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "hub_cpu_s": round(hub_cpu, 1),
+        "load_average_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -227,26 +283,38 @@ def _stored_count(url: str) -> int:
 
 
 def report(result: dict[str, Any]) -> None:
-    print(f"\n== cache under load: {result['users']} users, {result['duration_s']} s, {result['rate']:.0f} events/s "
-          f"({result['stored_during_run']:,} stored during the run), {result['events']:,} events before; "
-          f"{result['cpus']} cores shared by locust, hub, PostgreSQL, NATS and Redis")
+    print(
+        f"\n== cache under load: {result['users']} users, {result['duration_s']} s, {result['rate']:.0f} events/s "
+        f"({result['stored_during_run']:,} stored during the run), {result['events']:,} events before; "
+        f"{result['cpus']} cores shared by locust, hub, PostgreSQL, NATS and Redis"
+    )
     head = f"{'phase':<11} {'what':<15} {'requests':>8} {'p50':>7} {'p95':>7} {'p99':>7}"
     print(head)
     print("-" * len(head))
     for name, phase in result["phases"].items():
         for what in ("all", "scans", "cached_scans", "uncached_scans"):
             s = phase[what]
-            print(f"{name:<11} {what:<15} {s['requests']:>8} {s['p50'] or 0:>7.1f} {s['p95'] or 0:>7.1f} {s['p99'] or 0:>7.1f}")
-        print(f"{name:<11} scan hit ratio (client) {phase['client_scan_hit_ratio']}; 5xx {phase['status_5xx']}; "
-              f"failures {phase['failures']}")
+            print(
+                f"{name:<11} {what:<15} {s['requests']:>8} {s['p50'] or 0:>7.1f} {s['p95'] or 0:>7.1f} {s['p99'] or 0:>7.1f}"
+            )
+        print(
+            f"{name:<11} scan hit ratio (client) {phase['client_scan_hit_ratio']}; 5xx {phase['status_5xx']}; "
+            f"failures {phase['failures']}"
+        )
     cache = result["hub_cache"] or {}
     for route, r in (cache.get("routes") or {}).items():
-        print(f"hub: {route:<9} hit {r['hit']:>6} miss {r['miss']:>5} coalesced {r['coalesced']:>4} bypass {r['bypass']:>5} "
-              f"ratio {r['hit_ratio']}")
-    print("scan hit ratio per interval (s: ratio [status]): " + ", ".join(
-        f"{i['s']}: {i['hit_ratio']} [{i['status']}]" for i in result["intervals"]))
-    print(f"marks (s from start): {result['marks']}; hub CPU {result['hub_cpu_s']} s; machine load average "
-          f"(1 min) at start/end {result['load_average_1m']}")
+        print(
+            f"hub: {route:<9} hit {r['hit']:>6} miss {r['miss']:>5} coalesced {r['coalesced']:>4} bypass {r['bypass']:>5} "
+            f"ratio {r['hit_ratio']}"
+        )
+    print(
+        "scan hit ratio per interval (s: ratio [status]): "
+        + ", ".join(f"{i['s']}: {i['hit_ratio']} [{i['status']}]" for i in result["intervals"])
+    )
+    print(
+        f"marks (s from start): {result['marks']}; hub CPU {result['hub_cpu_s']} s; machine load average "
+        f"(1 min) at start/end {result['load_average_1m']}"
+    )
 
 
 def check(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -261,12 +329,16 @@ def check(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
     if result["whole_run"]["status_5xx"]:
         problems.append(f"{result['whole_run']['status_5xx']} responses were 5xx")
     if "redis_down" in phases and (phases["redis_down"]["all"]["p95"] or 0) >= args.outage_p95_ms:
-        problems.append(f"p95 with Redis down {phases['redis_down']['all']['p95']} ms >= {args.outage_p95_ms}")
+        problems.append(
+            f"p95 with Redis down {phases['redis_down']['all']['p95']} ms >= {args.outage_p95_ms}"
+        )
     return problems
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--spawn-rate", type=float, default=25)
     parser.add_argument("--duration", type=int, default=60, help="seconds")

@@ -89,16 +89,23 @@ def summarize(name: str, series: list[tuple[float, int, int]], warmup_s: float) 
     measured = [s for s in series if s[0] >= warmup_s]
     if len(measured) < 3:
         measured = series
-    half = measured[len(measured) // 2:]
+    half = measured[len(measured) // 2 :]
     t = [s[0] for s in measured]
     rss = [s[1] / 2**20 for s in measured]
     fds = [float(s[2]) for s in measured]
     return {
-        "process": name, "samples": len(measured),
-        "rss_mb": {"first": round(rss[0], 1), "last": round(rss[-1], 1), "mean": round(float(np.mean(rss)), 1),
-                   "max": round(max(rss), 1)},
+        "process": name,
+        "samples": len(measured),
+        "rss_mb": {
+            "first": round(rss[0], 1),
+            "last": round(rss[-1], 1),
+            "mean": round(float(np.mean(rss)), 1),
+            "max": round(max(rss), 1),
+        },
         "rss_mb_per_hour": round(slope_per_hour(t, rss), 1),
-        "rss_mb_per_hour_last_half": round(slope_per_hour([s[0] for s in half], [s[1] / 2**20 for s in half]), 1),
+        "rss_mb_per_hour_last_half": round(
+            slope_per_hour([s[0] for s in half], [s[1] / 2**20 for s in half]), 1
+        ),
         "fds": {"first": int(fds[0]), "last": int(fds[-1]), "max": int(max(fds))},
         "fds_per_hour": round(slope_per_hour(t, fds), 1),
         "fds_per_hour_last_half": round(slope_per_hour([s[0] for s in half], [float(s[2]) for s in half]), 1),
@@ -161,20 +168,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.extra_env["TICKSTOCK_MAINTENANCE_INTERVAL_S"] = str(args.maintenance_interval_s)
         servers = stack_pids()  # embedded servers this process started (none with external URLs)
         proc, port = start_hub(stack)
-        server = Server("hub", "hub", f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", proc.pid,
-                        lambda *a: 0.0)
+        server = Server(
+            "hub", "hub", f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", proc.pid, lambda *a: 0.0
+        )
         watched = {"hub": proc.pid, **servers}
         count = int(args.rate * duration_s)
         conns = conns_for(server, args.connections)
         run_id = f"soak{int(time.time())}"
-        print(f"soak: {duration_s / 60:.1f} min, {args.connections} connections, {args.rate:g} events/s, churn "
-              f"{args.churn:g}/s, sampling {', '.join(f'{k} (pid {v})' for k, v in watched.items())} every "
-              f"{args.interval:g} s", flush=True)
+        print(
+            f"soak: {duration_s / 60:.1f} min, {args.connections} connections, {args.rate:g} events/s, churn "
+            f"{args.churn:g}/s, sampling {', '.join(f'{k} (pid {v})' for k, v in watched.items())} every "
+            f"{args.interval:g} s",
+            flush=True,
+        )
         series: dict[str, list[tuple[float, int, int]]] = {name: [] for name in watched}
         with Load("hub", conns, first=0, count=min(count, 200_000)) as load:
             status = load.wait_ready(timeout_s=120)
-            publisher = threading.Thread(target=lambda: asyncio.run(
-                publish_ingest(stack.nats_url, run_id, count, args.rate, 0)), daemon=True, name="publisher")
+            publisher = threading.Thread(
+                target=lambda: asyncio.run(publish_ingest(stack.nats_url, run_id, count, args.rate, 0)),
+                daemon=True,
+                name="publisher",
+            )
             publisher.start()
             churn = Churn(server.ws_url, args.churn)
             churn.start()
@@ -186,8 +200,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     series[name].append((elapsed, rss, fds))
                 if elapsed >= next_print:
                     hub = series["hub"][-1]
-                    print(f"  {elapsed:>6.0f} s  hub RSS {hub[1] / 2**20:7.1f} MB  fds {hub[2]:>5}  delivered "
-                          f"{load.delivered():>10,}  churn {churn.opened:,} ok / {churn.failed:,} failed", flush=True)
+                    print(
+                        f"  {elapsed:>6.0f} s  hub RSS {hub[1] / 2**20:7.1f} MB  fds {hub[2]:>5}  delivered "
+                        f"{load.delivered():>10,}  churn {churn.opened:,} ok / {churn.failed:,} failed",
+                        flush=True,
+                    )
                     next_print = elapsed + max(args.interval, duration_s / 40)
                 if proc.poll() is not None:
                     raise RuntimeError(f"the hub exited with {proc.returncode} during the soak")
@@ -204,48 +221,87 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     doubling = min(hub["rss_mb_per_hour"], hub["rss_mb_per_hour_last_half"]) >= hub["rss_mb"]["mean"]
     fd_growth = min(hub["fds_per_hour"], hub["fds_per_hour_last_half"]) > args.fd_slack
     return {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(), "seconds": duration_s,
-        "warmup_s": warmup, "connections": args.connections, "ready": status.get("ready", 0),
-        "rate": args.rate, "churn_per_s": args.churn, "churn_opened": churn.opened, "churn_failed": churn.failed,
-        "ring_size": args.ring_size or "hub default", "delivered": result.delivered,
-        "closes": result.closes, "processes": processes,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "seconds": duration_s,
+        "warmup_s": warmup,
+        "connections": args.connections,
+        "ready": status.get("ready", 0),
+        "rate": args.rate,
+        "churn_per_s": args.churn,
+        "churn_opened": churn.opened,
+        "churn_failed": churn.failed,
+        "ring_size": args.ring_size or "hub default",
+        "delivered": result.delivered,
+        "closes": result.closes,
+        "processes": processes,
         "leak": doubling or fd_growth,
-        "verdict": ("LEAK: " + "; ".join(
-            ([f"hub RSS grows {hub['rss_mb_per_hour']} MB/h, mean {hub['rss_mb']['mean']} MB (doubles within an hour)"]
-             if doubling else [])
-            + ([f"hub open files grow {hub['fds_per_hour']}/h (> {args.fd_slack}/h)"] if fd_growth else [])))
-        if doubling or fd_growth else "no leak: the hub's RSS would not double within an hour and its open files are flat",
+        "verdict": (
+            "LEAK: "
+            + "; ".join(
+                (
+                    [
+                        f"hub RSS grows {hub['rss_mb_per_hour']} MB/h, mean {hub['rss_mb']['mean']} MB (doubles within an hour)"
+                    ]
+                    if doubling
+                    else []
+                )
+                + (
+                    [f"hub open files grow {hub['fds_per_hour']}/h (> {args.fd_slack}/h)"]
+                    if fd_growth
+                    else []
+                )
+            )
+        )
+        if doubling or fd_growth
+        else "no leak: the hub's RSS would not double within an hour and its open files are flat",
     }
 
 
 def report(r: dict[str, Any]) -> None:
-    print(f"\n== soak: {r['seconds'] / 60:.1f} min ({r['warmup_s']:.0f} s warm-up not fitted), {r['ready']}/"
-          f"{r['connections']} connections, {r['rate']:g} events/s, churn {r['churn_per_s']:g}/s "
-          f"({r['churn_opened']:,} opened and closed, {r['churn_failed']} failed), {r['delivered']:,} events delivered; "
-          f"{r['cpus']} cores shared by load, hub and servers")
-    head = (f"{'process':<10} {'RSS first':>9} {'last':>7} {'mean':>7} {'MB/hour':>9} {'(last half)':>11} | "
-            f"{'fds first':>9} {'last':>5} {'fds/hour':>9} {'(last half)':>11}")
+    print(
+        f"\n== soak: {r['seconds'] / 60:.1f} min ({r['warmup_s']:.0f} s warm-up not fitted), {r['ready']}/"
+        f"{r['connections']} connections, {r['rate']:g} events/s, churn {r['churn_per_s']:g}/s "
+        f"({r['churn_opened']:,} opened and closed, {r['churn_failed']} failed), {r['delivered']:,} events delivered; "
+        f"{r['cpus']} cores shared by load, hub and servers"
+    )
+    head = (
+        f"{'process':<10} {'RSS first':>9} {'last':>7} {'mean':>7} {'MB/hour':>9} {'(last half)':>11} | "
+        f"{'fds first':>9} {'last':>5} {'fds/hour':>9} {'(last half)':>11}"
+    )
     print(head)
     print("-" * len(head))
     for p in r["processes"]:
-        print(f"{p['process']:<10} {p['rss_mb']['first']:>9.1f} {p['rss_mb']['last']:>7.1f} {p['rss_mb']['mean']:>7.1f} "
-              f"{p['rss_mb_per_hour']:>9.1f} {p['rss_mb_per_hour_last_half']:>11.1f} | {p['fds']['first']:>9} "
-              f"{p['fds']['last']:>5} {p['fds_per_hour']:>9.1f} {p['fds_per_hour_last_half']:>11.1f}")
+        print(
+            f"{p['process']:<10} {p['rss_mb']['first']:>9.1f} {p['rss_mb']['last']:>7.1f} {p['rss_mb']['mean']:>7.1f} "
+            f"{p['rss_mb_per_hour']:>9.1f} {p['rss_mb_per_hour_last_half']:>11.1f} | {p['fds']['first']:>9} "
+            f"{p['fds']['last']:>5} {p['fds_per_hour']:>9.1f} {p['fds_per_hour_last_half']:>11.1f}"
+        )
     print(f"verdict: {r['verdict']}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, default=20.0)
-    parser.add_argument("--seconds", type=float, default=None, help="overrides --minutes (short runs, the test)")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="overrides --minutes (short runs, the test)"
+    )
     parser.add_argument("--connections", type=int, default=500)
     parser.add_argument("--rate", type=float, default=50.0, help="events/s published to ingest")
     parser.add_argument("--churn", type=float, default=5.0, help="short-lived connections per second")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
-    parser.add_argument("--warmup", type=float, default=120.0, help="seconds left out of the fit (at most 80%% of the run)")
-    parser.add_argument("--ring-size", type=int, default=DEFAULT_RING, help="TICKSTOCK_WS_RING_SIZE (0: hub default)")
+    parser.add_argument(
+        "--warmup", type=float, default=120.0, help="seconds left out of the fit (at most 80%% of the run)"
+    )
+    parser.add_argument(
+        "--ring-size", type=int, default=DEFAULT_RING, help="TICKSTOCK_WS_RING_SIZE (0: hub default)"
+    )
     parser.add_argument("--maintenance-interval-s", type=float, default=60.0)
-    parser.add_argument("--fd-slack", type=float, default=100.0, help="open files per hour tolerated on the hub")
+    parser.add_argument(
+        "--fd-slack", type=float, default=100.0, help="open files per hour tolerated on the hub"
+    )
     parser.add_argument("--fail-on-leak", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     args = parser.parse_args()

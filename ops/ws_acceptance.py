@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from api.auth import mint_token  # noqa: E402  (ops.harness puts the project on the path)
-from hub.client import Delivery, HubClient, Subscription  # noqa: E402
+from api.auth import mint_token
+from hub.client import Delivery, HubClient, Subscription
 from ops.harness import (
     ROOT,
     SYMBOLS,
@@ -42,10 +42,16 @@ from ops.harness import (
 SECRET = "ops-only-secret-not-for-production-0123456789"
 TOKEN = mint_token(SECRET, subject="ops-ws", scopes=["patterns:read"], ttl_s=6 * 3600)
 FILTERS: list[dict[str, Any]] = [
-    {}, {"symbols": ["AAPL"]}, {"symbols": ["MSFT", "NVDA", "BRK.B"]}, {"universes": ["dow30"]},
-    {"universes": ["sp500"], "patterns": ["hammer", "doji"]}, {"timeframes": ["daily"]},
-    {"confidence_min": 0.8}, {"universes": ["nasdaq100"], "timeframes": ["1min", "5min"]},
-    {"patterns": ["engulfing"], "confidence_min": 0.6}, {"symbols": ["JPM", "XOM", "KO"], "timeframes": ["hourly"]},
+    {},
+    {"symbols": ["AAPL"]},
+    {"symbols": ["MSFT", "NVDA", "BRK.B"]},
+    {"universes": ["dow30"]},
+    {"universes": ["sp500"], "patterns": ["hammer", "doji"]},
+    {"timeframes": ["daily"]},
+    {"confidence_min": 0.8},
+    {"universes": ["nasdaq100"], "timeframes": ["1min", "5min"]},
+    {"patterns": ["engulfing"], "confidence_min": 0.6},
+    {"symbols": ["JPM", "XOM", "KO"], "timeframes": ["hourly"]},
 ]
 
 
@@ -78,10 +84,12 @@ def matcher(f: dict[str, Any], universes: dict[str, set[str]]) -> Callable[[dict
     any_symbol = not f.get("symbols") and not f.get("universes")
 
     def match(e: dict[str, Any]) -> bool:
-        return ((any_symbol or e["symbol"] in wanted)
-                and (not f.get("patterns") or e["pattern"] in f["patterns"])
-                and (not f.get("timeframes") or e["timeframe"] in f["timeframes"])
-                and e["confidence"] >= f.get("confidence_min", 0))
+        return (
+            (any_symbol or e["symbol"] in wanted)
+            and (not f.get("patterns") or e["pattern"] in f["patterns"])
+            and (not f.get("timeframes") or e["timeframe"] in f["timeframes"])
+            and e["confidence"] >= f.get("confidence_min", 0)
+        )
 
     return match
 
@@ -91,8 +99,14 @@ class Collector:
 
     def __init__(self, urls: list[str], f: dict[str, Any], since: int | None = None) -> None:
         self.filter = f
-        self.client = HubClient(urls, token=TOKEN, subscriptions=[Subscription("s", f)], since=since,
-                                backoff_initial_s=0.2, backoff_max_s=2.0)
+        self.client = HubClient(
+            urls,
+            token=TOKEN,
+            subscriptions=[Subscription("s", f)],
+            since=since,
+            backoff_initial_s=0.2,
+            backoff_max_s=2.0,
+        )
         self.ids: list[str] = []
         self.seqs: list[int] = []
         self.latency: list[float] = []
@@ -122,7 +136,7 @@ async def start_clients(urls_for: Callable[[int], list[str]], n: int, *, seed: i
     rng = random.Random(seed)
     clients = [Collector(urls_for(i), rng.choice(FILTERS)) for i in range(n)]
     for i in range(0, n, 50):
-        await asyncio.gather(*(c.start() for c in clients[i:i + 50]))
+        await asyncio.gather(*(c.start() for c in clients[i : i + 50]))
     deadline = time.monotonic() + 120
     while any(not c.client.recovered for c in clients):
         if time.monotonic() > deadline:
@@ -131,7 +145,9 @@ async def start_clients(urls_for: Callable[[int], list[str]], n: int, *, seed: i
     return clients
 
 
-def check(clients: list[Collector], events: list[dict[str, Any]], universes: dict[str, set[str]]) -> dict[str, Any]:
+def check(
+    clients: list[Collector], events: list[dict[str, Any]], universes: dict[str, set[str]]
+) -> dict[str, Any]:
     """Exact = each matching event once (no loss, no duplicate, nothing unmatched) in clean-stream order
     (strictly increasing ``seq``). With two nodes the stream interleaves their writers' batches, so the
     order to check is the stream's, not the publisher's."""
@@ -146,13 +162,19 @@ def check(clients: list[Collector], events: list[dict[str, Any]], universes: dic
         if len(mine) == len(expected) and set(mine) == expected and in_order:
             exact += 1
         elif len(problems) < 5:
-            problems.append(f"filter {c.filter}: expected {len(expected)}, got {len(mine)} ({len(set(mine))} distinct, "
-                            f"{len(set(mine) - expected)} unexpected), seq order kept: {in_order}")
+            problems.append(
+                f"filter {c.filter}: expected {len(expected)}, got {len(mine)} ({len(set(mine))} distinct, "
+                f"{len(set(mine) - expected)} unexpected), seq order kept: {in_order}"
+            )
     return {"clients": len(clients), "exact": exact, "problems": problems}
 
 
-async def wait_delivered(clients: list[Collector], events: list[dict[str, Any]], universes: dict[str, set[str]],
-                         timeout_s: float = 120) -> None:
+async def wait_delivered(
+    clients: list[Collector],
+    events: list[dict[str, Any]],
+    universes: dict[str, set[str]],
+    timeout_s: float = 120,
+) -> None:
     want = {id(c): sum(1 for e in events if matcher(c.filter, universes)(e)) for c in clients}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -164,8 +186,13 @@ async def wait_delivered(clients: list[Collector], events: list[dict[str, Any]],
 
 def latency_summary(clients: list[Collector]) -> dict[str, float]:
     values = [v for c in clients for v in c.latency]
-    return {"deliveries": len(values), "p50_ms": round(pct(values, 0.5), 1), "p95_ms": round(pct(values, 0.95), 1),
-            "p99_ms": round(pct(values, 0.99), 1), "max_ms": round(max(values, default=float("nan")), 1)}
+    return {
+        "deliveries": len(values),
+        "p50_ms": round(pct(values, 0.5), 1),
+        "p95_ms": round(pct(values, 0.95), 1),
+        "p99_ms": round(pct(values, 0.99), 1),
+        "max_ms": round(max(values, default=float("nan")), 1),
+    }
 
 
 # -- scenarios -------------------------------------------------------------------------------------
@@ -188,9 +215,16 @@ async def oracle(stack: Stack, *, clients_n: int, rate: float, seconds: float) -
     for c in clients:
         await c.stop()
     stop_hub(proc)
-    return {"scenario": "oracle", "events": len(events), "rate": rate, **result, **lat,
-            "deliveries_per_s": round(lat["deliveries"] / elapsed, 1),
-            "server_cpu_s": round(cpu, 2), "server_cpu_us_per_delivery": round(cpu / max(1, lat["deliveries"]) * 1e6, 1)}
+    return {
+        "scenario": "oracle",
+        "events": len(events),
+        "rate": rate,
+        **result,
+        **lat,
+        "deliveries_per_s": round(lat["deliveries"] / elapsed, 1),
+        "server_cpu_s": round(cpu, 2),
+        "server_cpu_us_per_delivery": round(cpu / max(1, lat["deliveries"]) * 1e6, 1),
+    }
 
 
 async def resume(stack: Stack, *, away_s: float = 30, n: int = 2000) -> dict[str, Any]:
@@ -214,14 +248,22 @@ async def resume(stack: Stack, *, away_s: float = 30, n: int = 2000) -> dict[str
         second = Collector([url], f, since=last)
         await second.start()
         await publishing
-    await wait_delivered([second], events[len(got_before):], universes, timeout_s=60)
+    await wait_delivered([second], events[len(got_before) :], universes, timeout_s=60)
     combined = got_before + second.ids
     expected = [e["id"] for e in events if matcher(f, universes)(e)]
     await second.stop()
     stop_hub(proc)
-    return {"scenario": "resume", "away_s": away_s, "events": n, "expected": len(expected),
-            "before": len(got_before), "after_resume": len(second.ids), "exact": combined == expected,
-            "duplicates": len(combined) - len(set(combined)), "recovered": second.client.recovered.get("s")}
+    return {
+        "scenario": "resume",
+        "away_s": away_s,
+        "events": n,
+        "expected": len(expected),
+        "before": len(got_before),
+        "after_resume": len(second.ids),
+        "exact": combined == expected,
+        "duplicates": len(combined) - len(set(combined)),
+        "recovered": second.client.recovered.get("s"),
+    }
 
 
 def _raw_frame(text: str) -> bytes:
@@ -229,12 +271,19 @@ def _raw_frame(text: str) -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-async def slow(stack: Stack, *, clients_n: int = 100, rate: float = 100, seconds: float = 30) -> dict[str, Any]:
+async def slow(
+    stack: Stack, *, clients_n: int = 100, rate: float = 100, seconds: float = 30
+) -> dict[str, Any]:
     stack.extra_env.update({"TICKSTOCK_WS_QUEUE_MESSAGES": "1000", "TICKSTOCK_WS_QUEUE_BYTES": str(1 << 20)})
     proc, port = start_hub(stack)
     url = f"ws://127.0.0.1:{port}/ws"
     universes = await members(stack)
-    out: dict[str, Any] = {"scenario": "slow", "clients": clients_n, "rate": rate, "frame_bytes": "about 3,400"}
+    out: dict[str, Any] = {
+        "scenario": "slow",
+        "clients": clients_n,
+        "rate": rate,
+        "frame_bytes": "about 3,400",
+    }
     async with connected(stack.nats_url) as nc:  # warm the hub up before measuring
         await publish(nc, make_events(200, run="warmup"), rate=100, window=50)
     for phase in ("without", "with"):
@@ -246,8 +295,10 @@ async def slow(stack: Stack, *, clients_n: int = 100, rate: float = 100, seconds
             sock.connect(("127.0.0.1", port))
             reader, sock_writer = await asyncio.open_connection(sock=sock)
             key = base64.b64encode(os.urandom(16)).decode()
-            sock_writer.write(f"GET /ws?token={TOKEN} HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\n"
-                              f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+            sock_writer.write(
+                f"GET /ws?token={TOKEN} HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
             await reader.readuntil(b"\r\n\r\n")
             sock_writer.write(_raw_frame(json.dumps({"op": "subscribe", "id": "all", "filter": {}})))
         run = f"slow{phase}{int(time.time())}"
@@ -265,7 +316,10 @@ async def slow(stack: Stack, *, clients_n: int = 100, rate: float = 100, seconds
         if sock_writer is not None:
             text = httpx_get(f"http://127.0.0.1:{port}/metrics")
             out[phase]["slow_consumer_closes"] = sum(
-                float(line.split()[-1]) for line in text.splitlines() if line.startswith('tickstock_ws_closes_total{code="4409"}'))
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith('tickstock_ws_closes_total{code="4409"}')
+            )
             sock_writer.transport.abort()
         for c in clients:
             await c.stop()
@@ -279,7 +333,9 @@ def httpx_get(url: str) -> str:
     return httpx.get(url, timeout=10).text
 
 
-async def failover(stack: Stack, *, clients_n: int = 200, rate: float = 50, seconds: float = 30) -> dict[str, Any]:
+async def failover(
+    stack: Stack, *, clients_n: int = 200, rate: float = 50, seconds: float = 30
+) -> dict[str, Any]:
     a, port_a = start_hub(stack)
     b, port_b = start_hub(stack)
     urls = [f"ws://127.0.0.1:{port_a}/ws", f"ws://127.0.0.1:{port_b}/ws"]
@@ -298,8 +354,14 @@ async def failover(stack: Stack, *, clients_n: int = 200, rate: float = 50, seco
     for c in clients:
         await c.stop()
     stop_hub(b)
-    return {"scenario": "failover", "events": len(events), "killed_after_s": seconds / 2,
-            "reconnected_clients": on_b, **result, **latency_summary(clients)}
+    return {
+        "scenario": "failover",
+        "events": len(events),
+        "killed_after_s": seconds / 2,
+        "reconnected_clients": on_b,
+        **result,
+        **latency_summary(clients),
+    }
 
 
 async def main() -> None:
@@ -309,13 +371,15 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--seconds", type=float, default=30)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.chdir(ROOT)
     results = []
-    for name in (["oracle", "resume", "slow", "failover"] if args.scenario == "all" else [args.scenario]):
+    for name in ["oracle", "resume", "slow", "failover"] if args.scenario == "all" else [args.scenario]:
         with embedded_stack() as stack:
-            stack.extra_env.update({"TICKSTOCK_RATE_LIMIT_PER_S": "0", "TICKSTOCK_WS_MAX_CONNECTIONS": "50000"})
+            stack.extra_env.update(
+                {"TICKSTOCK_RATE_LIMIT_PER_S": "0", "TICKSTOCK_WS_MAX_CONNECTIONS": "50000"}
+            )
             if name == "oracle":
                 result = await oracle(stack, clients_n=args.clients, rate=args.rate, seconds=args.seconds)
             elif name == "resume":

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -98,6 +99,7 @@ def raise_fd_limit(want: int = 65536) -> int:
 
 
 # -- the worker side -----------------------------------------------------------------------------------
+
 
 class _Worker:
     def __init__(self, mode: str, first: int, count: int) -> None:
@@ -252,8 +254,9 @@ class _Client(asyncio.Protocol):
             self.w.latency_ms.append((now - float(t0.group(1))) * 1000.0)
 
 
-async def _worker_main(mode: str, conns: list[Conn], first: int, count: int, concurrency: int,
-                       pipe: Connection) -> None:
+async def _worker_main(
+    mode: str, conns: list[Conn], first: int, count: int, concurrency: int, pipe: Connection
+) -> None:
     loop = asyncio.get_running_loop()
     w = _Worker(mode, first, count)
     gate = asyncio.Semaphore(concurrency)
@@ -265,8 +268,10 @@ async def _worker_main(mode: str, conns: list[Conn], first: int, count: int, con
             ready: asyncio.Future[None] = loop.create_future()
             client: _Client | None = None
             try:
-                _, client = await asyncio.wait_for(loop.create_connection(
-                    lambda: _Client(w, conn, ready), parts.hostname, parts.port), CONNECT_TIMEOUT_S)
+                _, client = await asyncio.wait_for(
+                    loop.create_connection(lambda: _Client(w, conn, ready), parts.hostname, parts.port),
+                    CONNECT_TIMEOUT_S,
+                )
                 w.clients.append(client)
                 await asyncio.wait_for(ready, CONNECT_TIMEOUT_S)
             except (OSError, ConnectionError, TimeoutError) as exc:
@@ -286,8 +291,12 @@ async def _worker_main(mode: str, conns: list[Conn], first: int, count: int, con
             await asyncio.sleep(0.1 if clients else 1.0)
 
     def status() -> dict[str, Any]:
-        return {"ready": sum(w.ready.values()), "failed": w.failed, "got": sum(w.got.values()),
-                "closed": sum(1 for c in w.clients if c.closed)}
+        return {
+            "ready": sum(w.ready.values()),
+            "failed": w.failed,
+            "got": sum(w.got.values()),
+            "closed": sum(1 for c in w.clients if c.closed),
+        }
 
     def on_command() -> None:
         command = pipe.recv()
@@ -311,16 +320,27 @@ async def _worker_main(mode: str, conns: list[Conn], first: int, count: int, con
             try:
                 c.proto.send_close(1000)
                 c._flush()
-            except Exception:  # noqa: BLE001 - a connection in any state is fine to drop
+            except Exception:
                 pass
     await asyncio.sleep(0.3)
     for c in w.clients:
         if c.transport is not None:
             c.transport.abort()
-    pipe.send({**status(), "got_by_kind": dict(w.got), "ready_by_kind": dict(w.ready),
-               "duplicates": w.duplicates, "inversions": w.inversions, "errors": dict(w.errors.most_common(5)),
-               "closes": dict(w.closes), "frames": w.frames, "bytes": w.bytes,
-               "latency": w.latency_ms.tobytes(), "cpu_s": sum(os.times()[:2])})
+    pipe.send(
+        {
+            **status(),
+            "got_by_kind": dict(w.got),
+            "ready_by_kind": dict(w.ready),
+            "duplicates": w.duplicates,
+            "inversions": w.inversions,
+            "errors": dict(w.errors.most_common(5)),
+            "closes": dict(w.closes),
+            "frames": w.frames,
+            "bytes": w.bytes,
+            "latency": w.latency_ms.tobytes(),
+            "cpu_s": sum(os.times()[:2]),
+        }
+    )
 
 
 def _worker(mode: str, conns: list[Conn], first: int, count: int, concurrency: int, pipe: Connection) -> None:
@@ -336,6 +356,7 @@ def _worker(mode: str, conns: list[Conn], first: int, count: int, concurrency: i
 
 
 # -- the driver side -----------------------------------------------------------------------------------
+
 
 @dataclass
 class LoadResult:
@@ -359,12 +380,23 @@ class LoadResult:
         return max(0, self.expected - self.delivered)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"connections": self.connections, "ready": self.ready, "failed": self.failed,
-                "expected": self.expected, "delivered": self.delivered, "lost": self.lost,
-                "lost_pct": round(100 * self.lost / self.expected, 2) if self.expected else 0.0,
-                "duplicates": self.duplicates, "inversions": self.inversions, "latency_ms": self.latency_ms,
-                "closes": self.closes, "errors": self.errors, "client_cpu_s": round(self.client_cpu_s, 2),
-                "frames": self.frames, "bytes": self.bytes}
+        return {
+            "connections": self.connections,
+            "ready": self.ready,
+            "failed": self.failed,
+            "expected": self.expected,
+            "delivered": self.delivered,
+            "lost": self.lost,
+            "lost_pct": round(100 * self.lost / self.expected, 2) if self.expected else 0.0,
+            "duplicates": self.duplicates,
+            "inversions": self.inversions,
+            "latency_ms": self.latency_ms,
+            "closes": self.closes,
+            "errors": self.errors,
+            "client_cpu_s": round(self.client_cpu_s, 2),
+            "frames": self.frames,
+            "bytes": self.bytes,
+        }
 
 
 def percentiles(values: Any) -> dict[str, float]:
@@ -374,9 +406,15 @@ def percentiles(values: Any) -> dict[str, float]:
     if data.size == 0:
         return {"n": 0}
     p50, p95, p99, p999 = np.percentile(data, [50, 95, 99, 99.9])
-    return {"n": int(data.size), "p50": round(float(p50), 2), "p95": round(float(p95), 2),
-            "p99": round(float(p99), 2), "p99.9": round(float(p999), 2), "max": round(float(data.max()), 2),
-            "mean": round(float(data.mean()), 2)}
+    return {
+        "n": int(data.size),
+        "p50": round(float(p50), 2),
+        "p95": round(float(p95), 2),
+        "p99": round(float(p99), 2),
+        "p99.9": round(float(p999), 2),
+        "max": round(float(data.max()), 2),
+        "mean": round(float(data.mean()), 2),
+    }
 
 
 class Load:
@@ -389,9 +427,17 @@ class Load:
     ``start_method`` "spawn" suits a caller with threads (a test process); "fork" starts faster.
     """
 
-    def __init__(self, mode: str, conns: list[Conn], *, first: int = 0, count: int = 0,
-                 processes: int | None = None, concurrency: int = DEFAULT_CONCURRENCY,
-                 start_method: str = "fork") -> None:
+    def __init__(
+        self,
+        mode: str,
+        conns: list[Conn],
+        *,
+        first: int = 0,
+        count: int = 0,
+        processes: int | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        start_method: str = "fork",
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.mode = mode
@@ -410,8 +456,18 @@ class Load:
         ctx = mp.get_context(self.start_method)
         for n in range(self.processes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(self.mode, self.conns[n::self.processes], self.first,
-                                                     self.count, self.concurrency, child), daemon=True)
+            proc = ctx.Process(
+                target=_worker,
+                args=(
+                    self.mode,
+                    self.conns[n :: self.processes],
+                    self.first,
+                    self.count,
+                    self.concurrency,
+                    child,
+                ),
+                daemon=True,
+            )
             proc.start()
             child.close()
             self._procs.append(proc)
@@ -420,10 +476,8 @@ class Load:
 
     def __exit__(self, *exc: object) -> None:
         if self.result is None:
-            try:
+            with contextlib.suppress(Exception):
                 self.stop()
-            except Exception:  # noqa: BLE001 - workers are terminated below anyway
-                pass
         for proc in self._procs:
             proc.join(5)
             if proc.is_alive():
@@ -445,7 +499,10 @@ class Load:
         deadline = time.monotonic() + timeout_s
         while True:
             status = self.status()
-            if status.get("ready", 0) + status.get("failed", 0) >= len(self.conns) or time.monotonic() > deadline:
+            if (
+                status.get("ready", 0) + status.get("failed", 0) >= len(self.conns)
+                or time.monotonic() > deadline
+            ):
                 return status
             time.sleep(0.2)
 
@@ -470,8 +527,11 @@ class Load:
         for pipe in self._pipes:
             pipe.send("stop")
         parts = [pipe.recv() for pipe in self._pipes]
-        latencies = np.concatenate([np.frombuffer(p["latency"], dtype=np.float64) for p in parts]) \
-            if parts else np.zeros(0)
+        latencies = (
+            np.concatenate([np.frombuffer(p["latency"], dtype=np.float64) for p in parts])
+            if parts
+            else np.zeros(0)
+        )
         ready_by_kind: Counter[str] = Counter()
         for p in parts:
             ready_by_kind.update(p["ready_by_kind"])
@@ -482,20 +542,34 @@ class Load:
             closes.update(p["closes"])
             errors.update(p["errors"])
         self.result = LoadResult(
-            connections=len(self.conns), ready=sum(p["ready"] for p in parts), failed=sum(p["failed"] for p in parts),
-            expected=expected, delivered=sum(p["got"] for p in parts),
-            duplicates=sum(p["duplicates"] for p in parts), inversions=sum(p["inversions"] for p in parts),
-            latency_ms=percentiles(latencies), closes=dict(closes), errors=dict(errors.most_common(5)),
-            client_cpu_s=sum(p["cpu_s"] for p in parts), frames=sum(p["frames"] for p in parts),
-            bytes=sum(p["bytes"] for p in parts), latencies=latencies)
+            connections=len(self.conns),
+            ready=sum(p["ready"] for p in parts),
+            failed=sum(p["failed"] for p in parts),
+            expected=expected,
+            delivered=sum(p["got"] for p in parts),
+            duplicates=sum(p["duplicates"] for p in parts),
+            inversions=sum(p["inversions"] for p in parts),
+            latency_ms=percentiles(latencies),
+            closes=dict(closes),
+            errors=dict(errors.most_common(5)),
+            client_cpu_s=sum(p["cpu_s"] for p in parts),
+            frames=sum(p["frames"] for p in parts),
+            bytes=sum(p["bytes"] for p in parts),
+            latencies=latencies,
+        )
         return self.result
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mode", choices=MODES, default="plain")
-    parser.add_argument("--url", required=True, help="e.g. ws://127.0.0.1:9001/ws, "
-                        "ws://127.0.0.1:9000/socket.io/?EIO=4&transport=websocket")
+    parser.add_argument(
+        "--url",
+        required=True,
+        help="e.g. ws://127.0.0.1:9001/ws, ws://127.0.0.1:9000/socket.io/?EIO=4&transport=websocket",
+    )
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to receive once connected")
     parser.add_argument("--processes", type=int, default=None)

@@ -42,6 +42,7 @@ DEFAULT_LOCK_WAIT_S = 0.2
 LOCK_POLL_S = 0.01
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
+
 @dataclass
 class _Flight:
     future: asyncio.Future[Served]
@@ -67,9 +68,15 @@ class ResponseCache:
     """
 
     def __init__(
-        self, redis: aioredis.Redis, *, staleness_s: float = DEFAULT_STALENESS_S,
-        timeout_s: float = DEFAULT_TIMEOUT_S, breaker: Breaker | None = None, lock_s: float = DEFAULT_LOCK_S,
-        lock_wait_s: float = DEFAULT_LOCK_WAIT_S, on_lost: Callable[[list[str]], None] | None = None,
+        self,
+        redis: aioredis.Redis,
+        *,
+        staleness_s: float = DEFAULT_STALENESS_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        breaker: Breaker | None = None,
+        lock_s: float = DEFAULT_LOCK_S,
+        lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
+        on_lost: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._redis = redis
         self.staleness_s = staleness_s
@@ -110,8 +117,9 @@ class ResponseCache:
         was = self.breaker.state
         self.breaker.failed()
         if was == "closed" and self.breaker.state != "closed":
-            log.warning("cache: Redis failing; serving from PostgreSQL, probing every %.1f s",
-                        self.breaker.reset_s)
+            log.warning(
+                "cache: Redis failing; serving from PostgreSQL, probing every %.1f s", self.breaker.reset_s
+            )
             # Idle pooled connections may point at a server that is gone: each would fail once after
             # it comes back, one probe at a time. Drop them now.
             task = asyncio.ensure_future(self._drop_idle())
@@ -149,8 +157,9 @@ class ResponseCache:
             for attempt in (1, 2):  # a connection from before an outage fails once, then is replaced
                 try:
                     if names:
-                        await self._call(self._redis.mset(dict.fromkeys((GEN_PREFIX + n for n in names),
-                                                                        self._token())))
+                        await self._call(
+                            self._redis.mset(dict.fromkeys((GEN_PREFIX + n for n in names), self._token()))
+                        )
                     else:
                         await self._call(self._redis.ping())
                     break
@@ -239,15 +248,17 @@ class ResponseCache:
             return None
         return Served(body, "hit", max(0.0, now - computed_at)), read_at if changed else 0.0
 
-    async def _read(self, entry_key: str, names: list[str],
-                    deps: Dependencies) -> tuple[tuple[Served, float] | None, list[str]]:
+    async def _read(
+        self, entry_key: str, names: list[str], deps: Dependencies
+    ) -> tuple[tuple[Served, float] | None, list[str]]:
         values = await self._call(self._redis.mget([entry_key, *names]))
         generations = [v.decode() if isinstance(v, bytes) else (v or "") for v in values[1:]]
         entry = values[0]
         return (self._valid(entry, generations, deps) if isinstance(entry, bytes) else None), generations
 
-    async def fetch(self, route: str, key: str, deps: Dependencies,
-                    compute: Callable[[], Awaitable[Computed]]) -> Served:
+    async def fetch(
+        self, route: str, key: str, deps: Dependencies, compute: Callable[[], Awaitable[Computed]]
+    ) -> Served:
         """The body for ``key`` (a digest of the normalised request) of ``route``: from Redis when a
         valid entry is there, else from ``compute`` (stored for its ``ttl_s``)."""
         entry_key = f"{ENTRY_PREFIX}{route}:{key}"
@@ -303,8 +314,17 @@ class ResponseCache:
             if self._flights.get(entry_key) is not None and self._flights[entry_key].future is future:
                 del self._flights[entry_key]
 
-    async def _lead(self, route: str, key: str, entry_key: str, names: list[str], deps: Dependencies,
-                    compute: Callable[[], Awaitable[Computed]], read_at: float, generations: list[str]) -> Served:
+    async def _lead(
+        self,
+        route: str,
+        key: str,
+        entry_key: str,
+        names: list[str],
+        deps: Dependencies,
+        compute: Callable[[], Awaitable[Computed]],
+        read_at: float,
+        generations: list[str],
+    ) -> Served:
         lock_key = f"{LOCK_PREFIX}{route}:{key}"
         try:
             locked = await self._call(self._redis.set(lock_key, self._node, nx=True, px=self._lock_ms))
@@ -321,7 +341,9 @@ class ResponseCache:
             return Served((await compute()).body, "bypass", None)
         computed = await compute()
         if computed.ttl_s > 0:
-            head = json.dumps({"r": read_at, "c": time.time(), "g": generations}, separators=(",", ":")).encode()
+            head = json.dumps(
+                {"r": read_at, "c": time.time(), "g": generations}, separators=(",", ":")
+            ).encode()
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.set(entry_key, head + b"\n" + computed.body, px=max(1, int(computed.ttl_s * 1000)))
@@ -332,8 +354,17 @@ class ResponseCache:
                 self._failed()
         return Served(computed.body, "miss", None)
 
-    def _refresh_ahead(self, route: str, key: str, entry_key: str, names: list[str], deps: Dependencies,
-                       compute: Callable[[], Awaitable[Computed]], read_at: float, generations: list[str]) -> None:
+    def _refresh_ahead(
+        self,
+        route: str,
+        key: str,
+        entry_key: str,
+        names: list[str],
+        deps: Dependencies,
+        compute: Callable[[], Awaitable[Computed]],
+        read_at: float,
+        generations: list[str],
+    ) -> None:
         """Recompute a popular entry in the background while it is still valid (only by the bound),
         so that requests keep hitting; concurrent misses of the key wait for this computation."""
         if entry_key in self._flights:
@@ -344,7 +375,7 @@ class ResponseCache:
         async def refresh() -> None:
             try:
                 served = await self._lead(route, key, entry_key, names, deps, compute, read_at, generations)
-            except Exception as exc:  # noqa: BLE001 - a request that needs it computes it itself
+            except Exception as exc:
                 future.set_exception(exc)
                 future.exception()
                 log.debug("cache: refresh of %s failed: %r", entry_key, exc)

@@ -24,8 +24,11 @@ class CacheError(RedisError):
 
 @asynccontextmanager
 async def open_redis(
-    url: str, *, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-    socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    url: str,
+    *,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> AsyncIterator[aioredis.Redis]:
     """Open a Redis client on ``url`` and check it answers within ``connect_timeout_s``.
 
@@ -33,8 +36,11 @@ async def open_redis(
     slow or dead Redis costs callers little; they treat any ``RedisError`` as a cache miss.
     """
     client = aioredis.Redis.from_url(
-        url, socket_connect_timeout=connect_timeout_s, socket_timeout=connect_timeout_s,
-        max_connections=max_connections, health_check_interval=30,
+        url,
+        socket_connect_timeout=connect_timeout_s,
+        socket_timeout=connect_timeout_s,
+        max_connections=max_connections,
+        health_check_interval=30,
     )
     try:
         await client.ping()
@@ -43,8 +49,11 @@ async def open_redis(
         raise CacheError(f"cannot connect to Redis at {url}: {str(exc) or type(exc).__name__}") from exc
     await client.aclose()
     client = aioredis.Redis.from_url(
-        url, socket_connect_timeout=socket_timeout_s * 4, socket_timeout=socket_timeout_s,
-        max_connections=max_connections, health_check_interval=30,
+        url,
+        socket_connect_timeout=socket_timeout_s * 4,
+        socket_timeout=socket_timeout_s,
+        max_connections=max_connections,
+        health_check_interval=30,
     )
     try:
         yield client

@@ -44,8 +44,14 @@ class Lookups:
     listener (re)connects, since notices may have been missed while it was away.
     """
 
-    def __init__(self, database_url: str, pool: AsyncConnectionPool, *, on_change: Callable[[], None] | None = None,
-                 max_users: int = DEFAULT_USERS) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        pool: AsyncConnectionPool,
+        *,
+        on_change: Callable[[], None] | None = None,
+        max_users: int = DEFAULT_USERS,
+    ) -> None:
         self._url = database_url
         self._pool = pool
         self._on_change = on_change
@@ -119,8 +125,9 @@ class Lookups:
         delay = RETRY_MIN_S
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True,
-                                                             connect_timeout=CONNECT_TIMEOUT_S)
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                )
                 async with conn:
                     await conn.execute(f"LISTEN {REFERENCE_CHANNEL}")
                     self.listening = True
@@ -134,9 +141,11 @@ class Lookups:
                         await conn.execute("SELECT 1")  # a dead link shows here
             except (psycopg.Error, OSError) as exc:
                 if self.listening:
-                    log.warning("reference listener lost PostgreSQL (%s); reading reference data from it "
-                                "until it is back", str(exc).strip().splitlines()[0] if str(exc).strip() else
-                                type(exc).__name__)
+                    log.warning(
+                        "reference listener lost PostgreSQL (%s); reading reference data from it "
+                        "until it is back",
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    )
             self.listening = False
             self.forget_directory()
             await asyncio.sleep(delay)
@@ -148,8 +157,9 @@ class Lookups:
             await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT_S)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

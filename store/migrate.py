@@ -13,7 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, LiteralString, cast
+from typing import Any
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -60,7 +60,9 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-async def migrate(conn: psycopg.AsyncConnection[Any], *, migrations: list[Migration] | None = None) -> list[Migration]:
+async def migrate(
+    conn: psycopg.AsyncConnection[Any], *, migrations: list[Migration] | None = None
+) -> list[Migration]:
     """Apply the pending migrations on ``conn`` (autocommit connection); return those applied.
 
     Waits for other nodes migrating the same database (advisory lock). Raises :class:`MigrationError`
@@ -89,7 +91,7 @@ async def migrate(conn: psycopg.AsyncConnection[Any], *, migrations: list[Migrat
                 continue
             try:
                 async with conn.transaction():
-                    await conn.execute(cast(LiteralString, migration.sql))
+                    await conn.execute(migration.sql)
                     await conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                         (migration.version, migration.name, migration.checksum),

@@ -10,8 +10,15 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["StoredEvent", "ensure_month_list", "ensure_months", "load_pattern_aliases", "month_start", "set_stream_seqs",
-           "store_events"]
+__all__ = [
+    "StoredEvent",
+    "ensure_month_list",
+    "ensure_months",
+    "load_pattern_aliases",
+    "month_start",
+    "set_stream_seqs",
+    "store_events",
+]
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,9 @@ LEFT JOIN pattern_events e ON e.id = old.id AND e.detected_at = old.detected_at
 """
 
 
-async def store_events(conn: psycopg.AsyncConnection[Any], events: Sequence[Any],
-                       producers: Sequence[str | None] | None = None) -> dict[str, StoredEvent]:
+async def store_events(
+    conn: psycopg.AsyncConnection[Any], events: Sequence[Any], producers: Sequence[str | None] | None = None
+) -> dict[str, StoredEvent]:
     """Insert ``events`` (schema v1 :class:`hub.model.PatternEvent`, unique ids) in one statement,
     each with its ``producers[i]`` (None: unknown).
 
@@ -85,15 +93,23 @@ async def store_events(conn: psycopg.AsyncConnection[Any], events: Sequence[Any]
     batch = b"[" + b",".join(e.to_json_bytes() for e in events) + b"]"
     who = list(producers) if producers is not None else [None] * len(events)
     cur = await conn.execute(_INSERT, (batch.decode(), who))
-    rows: list[dict[str, Any]] = await cur.fetchall()  # type: ignore[assignment]  # pool rows are dicts
+    rows: list[dict[str, Any]] = await cur.fetchall()  # pool rows are dicts
     return {
-        r["id"]: StoredEvent(r["id"], r["new"], r["detected_at"], r["stream_seq"],
-                             None if r["conflict"] is None else r["conflict"].encode(), r["producer"])
+        r["id"]: StoredEvent(
+            r["id"],
+            r["new"],
+            r["detected_at"],
+            r["stream_seq"],
+            None if r["conflict"] is None else r["conflict"].encode(),
+            r["producer"],
+        )
         for r in rows
     }
 
 
-async def set_stream_seqs(conn: psycopg.AsyncConnection[Any], published: Sequence[tuple[StoredEvent, int]]) -> None:
+async def set_stream_seqs(
+    conn: psycopg.AsyncConnection[Any], published: Sequence[tuple[StoredEvent, int]]
+) -> None:
     """Record the clean-stream sequence of each published event."""
     if not published:
         return
@@ -110,16 +126,18 @@ async def ensure_months(conn: psycopg.AsyncConnection[Any], lo: datetime, hi: da
     await conn.execute("SELECT tickstock_ensure_partitions(%s, %s)", (lo, hi))
 
 
-async def ensure_month_list(conn: psycopg.AsyncConnection[Any], months: Sequence[datetime], *,
-                            max_new: int) -> set[datetime]:
+async def ensure_month_list(
+    conn: psycopg.AsyncConnection[Any], months: Sequence[datetime], *, max_new: int
+) -> set[datetime]:
     """Make sure the partitions of ``months`` (month starts, most urgent first) exist, creating at most
     ``max_new``; returns the months that exist afterwards (all of them on a hypertable). Never creates
     a month that was not asked for."""
     if not months:
         return set()
-    cur = await conn.execute("SELECT tickstock_ensure_months(%s::timestamptz[], %s) AS ready",
-                             (list(months), max_new))
-    row: dict[str, Any] | None = await cur.fetchone()  # type: ignore[assignment]  # pool rows are dicts
+    cur = await conn.execute(
+        "SELECT tickstock_ensure_months(%s::timestamptz[], %s) AS ready", (list(months), max_new)
+    )
+    row: dict[str, Any] | None = await cur.fetchone()  # pool rows are dicts
     return {month_start(m) for m in (row["ready"] if row else [])}
 
 

@@ -75,8 +75,11 @@ async def load_reference_data(
         counts = await _counts(conn)
     log.info(
         "reference data loaded in %.0f ms (%.0f ms reading files): %d symbols, %d universes, %d patterns",
-        (time.perf_counter() - started) * 1000, read_s * 1000,
-        counts.symbols, counts.universes, counts.patterns,
+        (time.perf_counter() - started) * 1000,
+        read_s * 1000,
+        counts.symbols,
+        counts.universes,
+        counts.patterns,
     )
     return counts
 
@@ -91,7 +94,9 @@ async def reference_counts(pool: AsyncConnectionPool) -> ReferenceCounts:
 
 
 async def _copy(
-    conn: psycopg.AsyncConnection[Any], table: LiteralString, columns: LiteralString,
+    conn: psycopg.AsyncConnection[Any],
+    table: LiteralString,
+    columns: LiteralString,
     rows: list[tuple[Any, ...]],
 ) -> None:
     """COPY ``rows`` into a new temporary ``table`` dropped at commit; ANALYZE it for the planner."""
@@ -105,8 +110,12 @@ async def _copy(
 
 async def _write_symbols(conn: psycopg.AsyncConnection[Any], data: ReferenceData) -> None:
     rows = [(s.symbol, s.name, s.exchange, s.type, s.sector, s.industry) for s in data.symbols.values()]
-    await _copy(conn, "ref_symbols",
-                "symbol text, name text, exchange text, type text, sector text, industry text", rows)
+    await _copy(
+        conn,
+        "ref_symbols",
+        "symbol text, name text, exchange text, type text, sector text, industry text",
+        rows,
+    )
     await conn.execute(
         "INSERT INTO symbols AS s (symbol, name, exchange, type, sector, industry, active)"
         " SELECT symbol, name, exchange, type, sector, industry, true FROM ref_symbols"

@@ -69,22 +69,53 @@ _SP500, _DOW30, _NDX = "sp500_constituents.csv", "dow30.csv", "nasdaq100.csv"
 _NASDAQ, _NYSE, _OTHER = "nasdaq_listed.csv", "nyse_listed.csv", "other_listed.csv"
 _PATTERNS = "patterns.json"
 # As-of dates of the shipped files (store/reference_data/README.md); update them with the files.
-_AS_OF = {_SP500: "2026-08-08", _DOW30: "2026-04-01", _NDX: "2026-04-01", _NASDAQ: "2026-07-31",
-          _NYSE: "2026-08-21", _OTHER: "2026-08-22"}
+_AS_OF = {
+    _SP500: "2026-08-08",
+    _DOW30: "2026-04-01",
+    _NDX: "2026-04-01",
+    _NASDAQ: "2026-07-31",
+    _NYSE: "2026-08-21",
+    _OTHER: "2026-08-22",
+}
 _FIXED_UNIVERSES = (
-    ("sp500", "S&P 500", "index",
-     f"S&P 500 constituents from {_SP500} (datasets/s-and-p-500-companies), as of {_AS_OF[_SP500]}."),
-    ("dow30", "Dow Jones Industrial Average", "index",
-     f"Dow 30 constituents from {_DOW30} (yfiua/index-constituents), as of {_AS_OF[_DOW30]}."),
-    ("nasdaq100", "Nasdaq-100", "index",
-     f"Nasdaq-100 constituents from {_NDX} (yfiua/index-constituents), as of {_AS_OF[_NDX]}."),
-    ("nasdaq", "All Nasdaq-listed", "index",
-     f"Every Nasdaq-listed security except test issues, from {_NASDAQ} (Nasdaq Trader), as of "
-     + _AS_OF[_NASDAQ] + "."),
-    ("nyse", "All NYSE-listed", "index",
-     f"Every NYSE-listed security (not NYSE Arca or NYSE American), from {_NYSE}, as of {_AS_OF[_NYSE]}."),
-    ("etfs", "All ETFs", "etf",
-     f"Every security flagged as an ETF in {_NASDAQ} ({_AS_OF[_NASDAQ]}) and {_OTHER} ({_AS_OF[_OTHER]})."),
+    (
+        "sp500",
+        "S&P 500",
+        "index",
+        f"S&P 500 constituents from {_SP500} (datasets/s-and-p-500-companies), as of {_AS_OF[_SP500]}.",
+    ),
+    (
+        "dow30",
+        "Dow Jones Industrial Average",
+        "index",
+        f"Dow 30 constituents from {_DOW30} (yfiua/index-constituents), as of {_AS_OF[_DOW30]}.",
+    ),
+    (
+        "nasdaq100",
+        "Nasdaq-100",
+        "index",
+        f"Nasdaq-100 constituents from {_NDX} (yfiua/index-constituents), as of {_AS_OF[_NDX]}.",
+    ),
+    (
+        "nasdaq",
+        "All Nasdaq-listed",
+        "index",
+        f"Every Nasdaq-listed security except test issues, from {_NASDAQ} (Nasdaq Trader), as of "
+        + _AS_OF[_NASDAQ]
+        + ".",
+    ),
+    (
+        "nyse",
+        "All NYSE-listed",
+        "index",
+        f"Every NYSE-listed security (not NYSE Arca or NYSE American), from {_NYSE}, as of {_AS_OF[_NYSE]}.",
+    ),
+    (
+        "etfs",
+        "All ETFs",
+        "etf",
+        f"Every security flagged as an ETF in {_NASDAQ} ({_AS_OF[_NASDAQ]}) and {_OTHER} ({_AS_OF[_OTHER]}).",
+    ),
 )
 FIXED_KEYS = [key for key, *_ in _FIXED_UNIVERSES]
 
@@ -120,13 +151,19 @@ def read_reference_files(root: Traversable) -> ReferenceData:
     _read_listings(root, data)
     sectors = _read_sp500(root, data)
     for file, key in ((_DOW30, "dow30"), (_NDX, "nasdaq100")):
-        data.members[key] = [_index_member(data, where, row["Symbol"], row["Name"])
-                             for where, row in _rows(root, file, ("Symbol", "Name"))]
+        data.members[key] = [
+            _index_member(data, where, row["Symbol"], row["Name"])
+            for where, row in _rows(root, file, ("Symbol", "Name"))
+        ]
     data.members["etfs"] = [s.symbol for s in data.symbols.values() if s.type == "etf"]
     data.universes = [*_FIXED_UNIVERSES, *sectors]
     for file, symbols in data.unlisted.items():
-        log.warning("%s: %d member(s) in no listing file, added under the index file's name: %s",
-                    file, len(symbols), ", ".join(symbols))
+        log.warning(
+            "%s: %d member(s) in no listing file, added under the index file's name: %s",
+            file,
+            len(symbols),
+            ", ".join(symbols),
+        )
     data.patterns = _read_patterns(root)
     return data
 
@@ -256,9 +293,16 @@ def _pattern(entry: object, index: int, keys: dict[str, tuple[int, str]]) -> tup
     category, direction = fields.get("category"), fields.get("direction", "neutral")
     description, enabled = fields.get("description", ""), fields.get("enabled", True)
     aliases, timeframes = fields.get("aliases", []), fields.get("timeframes", list(_TIMEFRAMES))
-    if (category not in _CATEGORIES or direction not in _DIRECTIONS or not isinstance(description, str)
-            or not isinstance(enabled, bool) or not _strings(aliases) or not _strings(timeframes)
-            or not timeframes or not set(timeframes) <= set(_TIMEFRAMES)):
+    if (
+        category not in _CATEGORIES
+        or direction not in _DIRECTIONS
+        or not isinstance(description, str)
+        or not isinstance(enabled, bool)
+        or not _strings(aliases)
+        or not _strings(timeframes)
+        or not timeframes
+        or not set(timeframes) <= set(_TIMEFRAMES)
+    ):
         raise ReferenceDataError(
             f"{where} ({name}): needs category in {sorted(_CATEGORIES)}, direction in "
             f"{sorted(_DIRECTIONS)}, a string description, a boolean enabled, a list of string aliases "

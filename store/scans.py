@@ -146,7 +146,10 @@ class ScanPage:
 
 SCAN_CURSOR = "scan"  # the cursor kind (store.cursor): a scan cursor is never a symbols cursor
 _READERS: dict[str, Callable[[object], Any]] = {
-    "detected_at": read_time, "confidence": read_number, "symbol": read_text, "id": read_text,
+    "detected_at": read_time,
+    "confidence": read_number,
+    "symbol": read_text,
+    "id": read_text,
 }
 
 
@@ -180,8 +183,9 @@ def decode_cursor(token: str, *, sort: Sort, fingerprint: str, codec: CursorCode
 # -- symbols ----------------------------------------------------------------------------------------
 
 
-async def resolve_symbols(resolver: UniverseResolver, filt: ScanFilter, *,
-                          subject: str | None = None) -> frozenset[str] | None:
+async def resolve_symbols(
+    resolver: UniverseResolver, filt: ScanFilter, *, subject: str | None = None
+) -> frozenset[str] | None:
     """The symbols the symbol, universe and sector filters allow (their intersection), or ``None``
     when none of them is set. A universe value may join keys with ``:`` (a union); ``my`` is
     ``subject``'s saved universe. Raises :class:`UnknownUniverse` / :class:`UnknownSector` (both
@@ -240,8 +244,15 @@ def _keyset(columns: list[tuple[str, bool]], values: Sequence[Any]) -> tuple[sql
     return sql.SQL("{} AND {}").format(bound, cond), [values[0], *params]
 
 
-def build_scan(filt: ScanFilter, *, symbols: frozenset[str] | None, sort: Sort, limit: int,
-               after: Sequence[Any] | None = None, offset: int = 0) -> tuple[sql.Composed, list[Any]]:
+def build_scan(
+    filt: ScanFilter,
+    *,
+    symbols: frozenset[str] | None,
+    sort: Sort,
+    limit: int,
+    after: Sequence[Any] | None = None,
+    offset: int = 0,
+) -> tuple[sql.Composed, list[Any]]:
     """The scan statement and its parameters: rows matching ``filt`` (with ``symbols`` already
     resolved), strictly after the keyset ``after``, in ``sort`` order, ``offset`` rows skipped (only
     for legacy page numbers: unlike a keyset, an offset shifts when new events arrive), at most
@@ -269,7 +280,8 @@ def build_scan(filt: ScanFilter, *, symbols: frozenset[str] | None, sort: Sort, 
     if filt.types:
         any_of("type", filt.types)
     for column, op, value, cast in (
-        ("confidence", ">=", filt.confidence_min, "real"), ("confidence", "<=", filt.confidence_max, "real"),
+        ("confidence", ">=", filt.confidence_min, "real"),
+        ("confidence", "<=", filt.confidence_max, "real"),
         ("detected_at", ">=", filt.detected_after, "timestamptz"),
         ("detected_at", "<", filt.detected_before, "timestamptz"),
     ):
@@ -284,9 +296,11 @@ def build_scan(filt: ScanFilter, *, symbols: frozenset[str] | None, sort: Sort, 
         where.append(cond)
         params.extend(cond_params)
     order = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL("DESC" if desc else "ASC")) for c, desc in columns)
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL("DESC" if desc else "ASC")) for c, desc in columns
+    )
     query = sql.SQL("SELECT {} FROM pattern_events WHERE {} ORDER BY {} LIMIT %s").format(
-        EVENT_COLUMNS, sql.SQL(" AND ").join(where) if where else sql.SQL("true"), order)
+        EVENT_COLUMNS, sql.SQL(" AND ").join(where) if where else sql.SQL("true"), order
+    )
     params.append(limit)
     if offset:
         query = sql.SQL("{} OFFSET %s").format(query)
@@ -294,9 +308,17 @@ def build_scan(filt: ScanFilter, *, symbols: frozenset[str] | None, sort: Sort, 
     return query, params
 
 
-async def scan_events(conn: psycopg.AsyncConnection[Any], filt: ScanFilter, *, sort: Sort, limit: int,
-                      after: Sequence[Any] | None = None, offset: int = 0, subject: str | None = None,
-                      resolver: UniverseResolver | None = None) -> ScanPage:
+async def scan_events(
+    conn: psycopg.AsyncConnection[Any],
+    filt: ScanFilter,
+    *,
+    sort: Sort,
+    limit: int,
+    after: Sequence[Any] | None = None,
+    offset: int = 0,
+    subject: str | None = None,
+    resolver: UniverseResolver | None = None,
+) -> ScanPage:
     """One page of events matching ``filt`` (see :func:`build_scan`), with the sort values of its last
     row when more may follow. The symbol filters are resolved by ``resolver`` (the hub's
     in-process directory, say), else in SQL on ``conn``, with ``subject``'s saved universe as ``my``. Raises ``ValueError`` for a ``limit`` outside 1..:data:`MAX_LIMIT`, :class:`ScanError` for
@@ -321,7 +343,8 @@ async def get_event(conn: psycopg.AsyncConnection[Any], event_id: str) -> dict[s
     """The stored event with ``event_id``, or ``None``. Finds its partition through ``pattern_event_ids``."""
     query = sql.SQL(
         "SELECT {} FROM pattern_events WHERE id = %s AND detected_at = "
-        "(SELECT detected_at FROM pattern_event_ids WHERE id = %s)").format(EVENT_COLUMNS)
+        "(SELECT detected_at FROM pattern_event_ids WHERE id = %s)"
+    ).format(EVENT_COLUMNS)
     row: dict[str, Any] | None = await (await conn.execute(query, (event_id, event_id))).fetchone()
     return row
 
@@ -330,12 +353,18 @@ async def list_definitions(conn: psycopg.AsyncConnection[Any]) -> list[dict[str,
     """Every pattern definition, by category then name."""
     cur = await conn.execute(
         "SELECT name, aliases, category, direction, description, timeframes, enabled "
-        "FROM pattern_definitions ORDER BY category, name")
+        "FROM pattern_definitions ORDER BY category, name"
+    )
     return await cur.fetchall()
 
 
-async def pattern_stats(conn: psycopg.AsyncConnection[Any], *, days: int, patterns: Sequence[str] = (),
-                        timeframes: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+async def pattern_stats(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    days: int,
+    patterns: Sequence[str] = (),
+    timeframes: Sequence[str] = (),
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Totals per (pattern, timeframe) and per day over the last ``days`` UTC days (today included),
     from ``pattern_stats_daily`` (as fresh as its last refresh)."""
     where = [sql.SQL("day > (now() AT TIME ZONE 'UTC')::date - %s")]
@@ -347,13 +376,25 @@ async def pattern_stats(conn: psycopg.AsyncConnection[Any], *, days: int, patter
         where.append(sql.SQL("timeframe = ANY(%s)"))
         params.append(sorted(set(timeframes)))
     cond = sql.SQL(" AND ").join(where)
-    by_pattern = await (await conn.execute(sql.SQL(
-        "SELECT pattern, timeframe, sum(events)::bigint AS events, "
-        "(sum(avg_confidence * events) / sum(events))::real AS avg_confidence, "
-        "max(max_confidence) AS max_confidence, max(last_detected_at) AS last_detected_at "
-        "FROM pattern_stats_daily WHERE {} GROUP BY pattern, timeframe "
-        "ORDER BY events DESC, pattern, timeframe").format(cond), params)).fetchall()
-    by_day = await (await conn.execute(sql.SQL(
-        "SELECT day, sum(events)::bigint AS events FROM pattern_stats_daily WHERE {} "
-        "GROUP BY day ORDER BY day").format(cond), params)).fetchall()
+    by_pattern = await (
+        await conn.execute(
+            sql.SQL(
+                "SELECT pattern, timeframe, sum(events)::bigint AS events, "
+                "(sum(avg_confidence * events) / sum(events))::real AS avg_confidence, "
+                "max(max_confidence) AS max_confidence, max(last_detected_at) AS last_detected_at "
+                "FROM pattern_stats_daily WHERE {} GROUP BY pattern, timeframe "
+                "ORDER BY events DESC, pattern, timeframe"
+            ).format(cond),
+            params,
+        )
+    ).fetchall()
+    by_day = await (
+        await conn.execute(
+            sql.SQL(
+                "SELECT day, sum(events)::bigint AS events FROM pattern_stats_daily WHERE {} "
+                "GROUP BY day ORDER BY day"
+            ).format(cond),
+            params,
+        )
+    ).fetchall()
     return by_pattern, by_day

@@ -16,8 +16,17 @@ import psycopg
 from store.cursor import NOT_ISSUED, CursorCodec, CursorError, read_text
 
 __all__ = [
-    "LATEST_PATTERNS", "SYMBOLS_CURSOR", "SYMBOL_TYPES", "SymbolPage", "SymbolQuery", "decode_cursor", "encode_cursor",
-    "get_symbol", "search_symbols", "unknown_symbols", "upsert_symbols",
+    "LATEST_PATTERNS",
+    "SYMBOLS_CURSOR",
+    "SYMBOL_TYPES",
+    "SymbolPage",
+    "SymbolQuery",
+    "decode_cursor",
+    "encode_cursor",
+    "get_symbol",
+    "search_symbols",
+    "unknown_symbols",
+    "upsert_symbols",
 ]
 
 # Mirrors the CHECK constraint on symbols.type in migrations/0001_reference.sql.
@@ -99,8 +108,9 @@ async def search_symbols(conn: psycopg.AsyncConnection[Any], query: SymbolQuery)
         where.append("s.active = %s")
         params.append(query.active)
     if query.universes:
-        where.append("EXISTS (SELECT 1 FROM universe_members m"
-                     " WHERE m.symbol = s.symbol AND m.universe = ANY(%s))")
+        where.append(
+            "EXISTS (SELECT 1 FROM universe_members m WHERE m.symbol = s.symbol AND m.universe = ANY(%s))"
+        )
         params.append(list(query.universes))
     if query.after is not None:
         where.append("s.symbol > %s")
@@ -110,7 +120,7 @@ async def search_symbols(conn: psycopg.AsyncConnection[Any], query: SymbolQuery)
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY s.symbol LIMIT %s"
     params.append(query.limit + 1)
-    cur = await conn.execute(sql, params)  # type: ignore[arg-type]  # built from literals only
+    cur = await conn.execute(sql, params)  # built from literals only
     rows = await cur.fetchall()
     more = len(rows) > query.limit
     items = [dict(r) for r in rows[: query.limit]]

@@ -88,7 +88,9 @@ class Directory:
 class UniverseResolver(Protocol):
     """Universe keys and sectors to symbol sets (the contract is in the module docstring)."""
 
-    async def universe_symbols(self, keys: Collection[str], *, subject: str | None = None) -> frozenset[str]: ...
+    async def universe_symbols(
+        self, keys: Collection[str], *, subject: str | None = None
+    ) -> frozenset[str]: ...
 
     async def sector_symbols(self, sectors: Collection[str]) -> frozenset[str]: ...
 
@@ -99,16 +101,20 @@ def _named(keys: Collection[str]) -> list[str]:
 
 async def load_directory(conn: psycopg.AsyncConnection[Any]) -> Directory:
     """Every universe with its members and every sector with its symbols (three reads)."""
-    members: dict[str, set[str]] = {r["key"]: set() for r in await (await conn.execute(
-        "SELECT key FROM universes")).fetchall()}
+    members: dict[str, set[str]] = {
+        r["key"]: set() for r in await (await conn.execute("SELECT key FROM universes")).fetchall()
+    }
     for r in await (await conn.execute("SELECT universe, symbol FROM universe_members")).fetchall():
         members.setdefault(r["universe"], set()).add(r["symbol"])
     sectors: dict[str, tuple[str, set[str]]] = {}
-    for r in await (await conn.execute(
-            "SELECT sector, symbol FROM symbols WHERE sector IS NOT NULL")).fetchall():
+    for r in await (
+        await conn.execute("SELECT sector, symbol FROM symbols WHERE sector IS NOT NULL")
+    ).fetchall():
         sectors.setdefault(r["sector"].lower(), (r["sector"], set()))[1].add(r["symbol"])
-    return Directory({k: frozenset(v) for k, v in members.items()},
-                     {k: (name, frozenset(v)) for k, (name, v) in sectors.items()})
+    return Directory(
+        {k: frozenset(v) for k, v in members.items()},
+        {k: (name, frozenset(v)) for k, (name, v) in sectors.items()},
+    )
 
 
 class SqlResolver:
@@ -116,7 +122,9 @@ class SqlResolver:
     :meth:`over`, through one connection the caller holds)."""
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
-        self._connection: Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]] = pool.connection
+        self._connection: Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]] = (
+            pool.connection
+        )
 
     @classmethod
     def over(cls, conn: psycopg.AsyncConnection[Any]) -> SqlResolver:
@@ -133,8 +141,11 @@ class SqlResolver:
     async def user_universe(self, subject: str) -> MyUniverse:
         """``subject``'s saved universe, read now (empty when none is saved)."""
         async with self._connection() as conn:
-            row = await (await conn.execute(
-                "SELECT symbols, universe_keys FROM user_universes WHERE subject = %s", (subject,))).fetchone()
+            row = await (
+                await conn.execute(
+                    "SELECT symbols, universe_keys FROM user_universes WHERE subject = %s", (subject,)
+                )
+            ).fetchone()
         return MyUniverse() if row is None else MyUniverse(tuple(row["symbols"]), tuple(row["universe_keys"]))
 
     async def universe_symbols(self, keys: Collection[str], *, subject: str | None = None) -> frozenset[str]:
@@ -142,19 +153,28 @@ class SqlResolver:
         if not named and MY_UNIVERSE not in keys:
             return frozenset()
         async with self._connection() as conn:
-            found = {r["key"] for r in await (await conn.execute(
-                "SELECT key FROM universes WHERE key = ANY(%s)", (named,))).fetchall()}
+            found = {
+                r["key"]
+                for r in await (
+                    await conn.execute("SELECT key FROM universes WHERE key = ANY(%s)", (named,))
+                ).fetchall()
+            }
             unknown = [k for k in named if k not in found]
             if unknown:
                 raise UnknownUniverse(unknown)
             members: set[str] = set()
             if MY_UNIVERSE in keys and subject is not None:
-                row = await (await conn.execute(
-                    "SELECT symbols, universe_keys FROM user_universes WHERE subject = %s", (subject,))).fetchone()
+                row = await (
+                    await conn.execute(
+                        "SELECT symbols, universe_keys FROM user_universes WHERE subject = %s", (subject,)
+                    )
+                ).fetchone()
                 if row is not None:
                     members.update(row["symbols"])
                     named.extend(row["universe_keys"])
-            cur = await conn.execute("SELECT DISTINCT symbol FROM universe_members WHERE universe = ANY(%s)", (named,))
+            cur = await conn.execute(
+                "SELECT DISTINCT symbol FROM universe_members WHERE universe = ANY(%s)", (named,)
+            )
             members.update(r["symbol"] for r in await cur.fetchall())
         return frozenset(members)
 
@@ -164,7 +184,9 @@ class SqlResolver:
             return frozenset()
         async with self._connection() as conn:
             cur = await conn.execute(
-                "SELECT DISTINCT sector FROM symbols WHERE sector IS NOT NULL AND lower(sector) = ANY(%s)", (wanted,))
+                "SELECT DISTINCT sector FROM symbols WHERE sector IS NOT NULL AND lower(sector) = ANY(%s)",
+                (wanted,),
+            )
             names = [r["sector"] for r in await cur.fetchall()]
             unknown = set(wanted) - {s.casefold() for s in names}
             if unknown:
@@ -182,8 +204,13 @@ class MemoryResolver:
     it re-resolves on that very notice and may hear it before the cache drops its copy.
     """
 
-    def __init__(self, directory: Callable[[], Awaitable[Directory | None]], *,
-                 users: Callable[[str], Awaitable[MyUniverse]], fallback: UniverseResolver) -> None:
+    def __init__(
+        self,
+        directory: Callable[[], Awaitable[Directory | None]],
+        *,
+        users: Callable[[str], Awaitable[MyUniverse]],
+        fallback: UniverseResolver,
+    ) -> None:
         self._directory = directory
         self._users = users
         self._fallback = fallback

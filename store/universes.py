@@ -8,7 +8,14 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["UNIVERSE_KINDS", "get_universe", "is_universe_key", "list_universes", "universe_members", "unknown_universes"]
+__all__ = [
+    "UNIVERSE_KINDS",
+    "get_universe",
+    "is_universe_key",
+    "list_universes",
+    "universe_members",
+    "unknown_universes",
+]
 
 # Mirror the CHECK constraints on universes in migrations/0001_reference.sql.
 UNIVERSE_KINDS = ("index", "sector", "etf", "theme", "custom")
@@ -87,8 +94,9 @@ async def get_universe(conn: psycopg.AsyncConnection[Any], keys: Sequence[str]) 
             "key": ":".join(keys),
             "name": " + ".join(p["name"] for p in parts),
             "kind": "union",
-            "description": "Symbols in any of: " + ", ".join(f"{p['key']} ({p['name']})" for p in parts)
-                           + ".",
+            "description": "Symbols in any of: "
+            + ", ".join(f"{p['key']} ({p['name']})" for p in parts)
+            + ".",
             "updated_at": max(p["updated_at"] for p in parts),
             "parts": list(keys),
         }

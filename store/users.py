@@ -19,9 +19,19 @@ from psycopg.types.json import Jsonb
 from store.errors import StoreError
 
 __all__ = [
-    "DuplicateName", "LimitExceeded", "UserDataError", "UserUniverse", "create_filter", "delete_filter",
-    "delete_watchlist", "get_user_universe", "list_filters", "list_watchlists", "patch_user_universe",
-    "put_watchlist", "replace_user_universe",
+    "DuplicateName",
+    "LimitExceeded",
+    "UserDataError",
+    "UserUniverse",
+    "create_filter",
+    "delete_filter",
+    "delete_watchlist",
+    "get_user_universe",
+    "list_filters",
+    "list_watchlists",
+    "patch_user_universe",
+    "put_watchlist",
+    "replace_user_universe",
 ]
 
 _LOCK_NAMESPACE = 0x75736572  # "user": first key of the per-subject advisory lock
@@ -55,9 +65,12 @@ class UserUniverse:
     updated_at: datetime | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"symbols": self.symbols, "universe_keys": self.universe_keys,
-                "resolved_count": self.resolved_count,
-                "updated_at": self.updated_at.isoformat() if self.updated_at else None}
+        return {
+            "symbols": self.symbols,
+            "universe_keys": self.universe_keys,
+            "resolved_count": self.resolved_count,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+        }
 
 
 async def _lock(conn: psycopg.AsyncConnection[Any], subject: str) -> None:
@@ -71,8 +84,9 @@ def _unique(items: Iterable[str]) -> list[str]:
 # -- the user's universe ----------------------------------------------------------------------------
 
 
-async def _universe(conn: psycopg.AsyncConnection[Any], symbols: list[str], keys: list[str],
-                    updated_at: datetime | None) -> UserUniverse:
+async def _universe(
+    conn: psycopg.AsyncConnection[Any], symbols: list[str], keys: list[str], updated_at: datetime | None
+) -> UserUniverse:
     cur = await conn.execute(
         "SELECT count(*) AS n FROM (SELECT symbol FROM symbols WHERE symbol = ANY(%s)"
         " UNION SELECT symbol FROM universe_members WHERE universe = ANY(%s)) AS covered",
@@ -99,8 +113,9 @@ async def get_user_universe(conn: psycopg.AsyncConnection[Any], subject: str) ->
     return await _universe(conn, *await _stored_universe(conn, subject))
 
 
-async def _write_universe(conn: psycopg.AsyncConnection[Any], subject: str, symbols: list[str],
-                          keys: list[str]) -> UserUniverse:
+async def _write_universe(
+    conn: psycopg.AsyncConnection[Any], subject: str, symbols: list[str], keys: list[str]
+) -> UserUniverse:
     cur = await conn.execute(
         "INSERT INTO user_universes (subject, symbols, universe_keys) VALUES (%s, %s, %s)"
         " ON CONFLICT (subject) DO UPDATE SET symbols = EXCLUDED.symbols,"
@@ -120,8 +135,13 @@ def _bounded(symbols: list[str], keys: list[str], *, max_symbols: int, max_unive
 
 
 async def replace_user_universe(
-    conn: psycopg.AsyncConnection[Any], subject: str, *, symbols: Sequence[str], universe_keys: Sequence[str],
-    max_symbols: int, max_universes: int,
+    conn: psycopg.AsyncConnection[Any],
+    subject: str,
+    *,
+    symbols: Sequence[str],
+    universe_keys: Sequence[str],
+    max_symbols: int,
+    max_universes: int,
 ) -> tuple[UserUniverse, bool]:
     """Replace the subject's universe (duplicates dropped, order kept); returns it and whether it
     changed (an identical replacement writes nothing). Raises :class:`LimitExceeded`."""
@@ -136,9 +156,15 @@ async def replace_user_universe(
 
 
 async def patch_user_universe(
-    conn: psycopg.AsyncConnection[Any], subject: str, *, add_symbols: Sequence[str] = (),
-    remove_symbols: Sequence[str] = (), add_universes: Sequence[str] = (),
-    remove_universes: Sequence[str] = (), max_symbols: int, max_universes: int,
+    conn: psycopg.AsyncConnection[Any],
+    subject: str,
+    *,
+    add_symbols: Sequence[str] = (),
+    remove_symbols: Sequence[str] = (),
+    add_universes: Sequence[str] = (),
+    remove_universes: Sequence[str] = (),
+    max_symbols: int,
+    max_universes: int,
 ) -> tuple[UserUniverse, bool]:
     """Remove, then add (appended in the order given; removing an absent item is a no-op). Returns the
     universe and whether it changed. Raises :class:`LimitExceeded` if the result would be too large."""
@@ -168,7 +194,11 @@ async def list_watchlists(conn: psycopg.AsyncConnection[Any], subject: str) -> l
 
 
 async def put_watchlist(
-    conn: psycopg.AsyncConnection[Any], subject: str, name: str, symbols: Sequence[str], *,
+    conn: psycopg.AsyncConnection[Any],
+    subject: str,
+    name: str,
+    symbols: Sequence[str],
+    *,
     max_watchlists: int,
 ) -> tuple[dict[str, Any], bool]:
     """Create or replace the watchlist ``name``; returns it and whether it was created. Raises
@@ -212,7 +242,12 @@ async def list_filters(conn: psycopg.AsyncConnection[Any], subject: str) -> list
 
 
 async def create_filter(
-    conn: psycopg.AsyncConnection[Any], subject: str, name: str, filter: dict[str, Any], *, max_filters: int,
+    conn: psycopg.AsyncConnection[Any],
+    subject: str,
+    name: str,
+    filter: dict[str, Any],
+    *,
+    max_filters: int,
 ) -> dict[str, Any]:
     """Save a filter and return it with its id. Raises :class:`DuplicateName` if the subject has one
     of that name, :class:`LimitExceeded` beyond ``max_filters``."""

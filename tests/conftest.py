@@ -56,7 +56,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     root = tmp_path_factory.mktemp("servers")
     if EXTERNAL:
         yield Servers(
-            database_url=os.environ.get("TICKSTOCK_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+            database_url=os.environ.get(
+                "TICKSTOCK_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+            ),
             nats_url=os.environ.get("TICKSTOCK_NATS_URL", "nats://127.0.0.1:4222"),
             redis_url=os.environ.get("TICKSTOCK_REDIS_URL", "redis://127.0.0.1:6379/0"),
             data_dir=root,
@@ -190,11 +192,18 @@ async def jetstream(nats_client: NATS) -> AsyncIterator[JetStreamContext]:
 
 
 @pytest.fixture(scope="module")
-def settings(servers: Servers, ref_database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(
+    servers: Servers, ref_database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
     """Hub settings on this module's database (with reference data), Redis db and the session NATS."""
     return Settings(
-        database_url=ref_database_url, nats_url=servers.nats_url, redis_url=redis_url,
-        data_dir=tmp_path_factory.mktemp("hub"), maintenance_interval_s=3600, pool_min_size=1, pool_max_size=4,
+        database_url=ref_database_url,
+        nats_url=servers.nats_url,
+        redis_url=redis_url,
+        data_dir=tmp_path_factory.mktemp("hub"),
+        maintenance_interval_s=3600,
+        pool_min_size=1,
+        pool_max_size=4,
         jwt_secret=JWT_SECRET,
         # Every test connects from 127.0.0.1: the per-address limit of failed authentications would
         # throttle the suites that test 401s. tests/api/test_hostile_auth.py turns it on.

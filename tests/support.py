@@ -23,8 +23,18 @@ from api.settings import Settings
 from api.state import HubState
 
 __all__ = [
-    "DEFAULT_POLL_S", "DEFAULT_WAIT_S", "LiveHub", "TcpProxy", "admin_url_for", "database_url_for", "free_port",
-    "lines_until", "serve_started", "wait_for", "wait_for_sync", "within",
+    "DEFAULT_POLL_S",
+    "DEFAULT_WAIT_S",
+    "LiveHub",
+    "TcpProxy",
+    "admin_url_for",
+    "database_url_for",
+    "free_port",
+    "lines_until",
+    "serve_started",
+    "wait_for",
+    "wait_for_sync",
+    "within",
 ]
 
 T = TypeVar("T")
@@ -106,14 +116,16 @@ class LiveHub:
     async def __aenter__(self) -> LiveHub:
         self.state = await self._stack.enter_async_context(open_hub(self.settings))
         self.app = create_app(self.settings, hub=self.state)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", access_log=False)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", access_log=False
+        )
         self._server = _QuietServer(config)
         self._task = await serve_started(self._server)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task
@@ -187,17 +199,31 @@ class TcpProxy:
         self._links.discard(up_writer)
 
 
-def make_event(i: int, *, symbol: str = "AAPL", timeframe: str = "daily", pattern: str = "hammer",
-               prefix: str = "ev", confidence: float | None = None, **extra: object) -> dict[str, object]:
+def make_event(
+    i: int,
+    *,
+    symbol: str = "AAPL",
+    timeframe: str = "daily",
+    pattern: str = "hammer",
+    prefix: str = "ev",
+    confidence: float | None = None,
+    **extra: object,
+) -> dict[str, object]:
     """A valid schema v1 event as a dict; ``i`` makes the id and the details vary."""
     from datetime import datetime, timedelta
 
     base = datetime(2026, 11, 2, 14, 30, tzinfo=UTC)
     event: dict[str, object] = {
-        "id": f"{prefix}-{i}", "type": "pattern_detected", "symbol": symbol, "pattern": pattern,
-        "timeframe": timeframe, "confidence": confidence if confidence is not None else round((i % 100) / 100, 2),
+        "id": f"{prefix}-{i}",
+        "type": "pattern_detected",
+        "symbol": symbol,
+        "pattern": pattern,
+        "timeframe": timeframe,
+        "confidence": confidence if confidence is not None else round((i % 100) / 100, 2),
         "detected_at": (base + timedelta(seconds=i)).isoformat().replace("+00:00", "Z"),
-        "price": 100.0 + i % 50, "volume": 1000 + i, "source": "tests",
+        "price": 100.0 + i % 50,
+        "volume": 1000 + i,
+        "source": "tests",
     }
     event.update(extra)
     return event
@@ -205,7 +231,9 @@ def make_event(i: int, *, symbol: str = "AAPL", timeframe: str = "daily", patter
 
 async def publish_raw(js, items: list[tuple[str, bytes, dict[str, str] | None]]) -> list[object]:  # type: ignore[no-untyped-def]
     """Publish ``(subject, payload, headers)`` items with pipelined acks; returns the PubAcks in order."""
-    futures = [await js.publish_async(subject, payload, headers=headers) for subject, payload, headers in items]
+    futures = [
+        await js.publish_async(subject, payload, headers=headers) for subject, payload, headers in items
+    ]
     return list(await asyncio.gather(*futures))
 
 
@@ -215,19 +243,34 @@ async def publish_events(js, events: list[dict[str, object]]) -> list[object]:  
 
     from hub.subjects import ingest_subject
 
-    return await publish_raw(js, [
-        (ingest_subject(str(e["timeframe"]), str(e["symbol"])), json.dumps(e).encode(), {"Nats-Msg-Id": str(e["id"])})
-        for e in events])
+    return await publish_raw(
+        js,
+        [
+            (
+                ingest_subject(str(e["timeframe"]), str(e["symbol"])),
+                json.dumps(e).encode(),
+                {"Nats-Msg-Id": str(e["id"])},
+            )
+            for e in events
+        ],
+    )
 
 
 @overload
-async def wait_for(predicate: Callable[[], Awaitable[T]], *, timeout: float = ..., interval: float = ...,
-                   what: str = ...) -> T: ...
+async def wait_for(
+    predicate: Callable[[], Awaitable[T]], *, timeout: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
 @overload
-async def wait_for(predicate: Callable[[], T], *, timeout: float = ..., interval: float = ...,
-                   what: str = ...) -> T: ...
-async def wait_for(predicate: Callable[[], object], *, timeout: float = DEFAULT_WAIT_S,
-                   interval: float = DEFAULT_POLL_S, what: str = "condition") -> object:
+async def wait_for(
+    predicate: Callable[[], T], *, timeout: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+async def wait_for(
+    predicate: Callable[[], object],
+    *,
+    timeout: float = DEFAULT_WAIT_S,
+    interval: float = DEFAULT_POLL_S,
+    what: str = "condition",
+) -> object:
     """Call ``predicate`` (sync, or async) until it returns a truthy value, and return that value.
 
     The predicate runs at least once, and once more after the deadline (a loaded machine may sleep
@@ -247,7 +290,9 @@ async def wait_for(predicate: Callable[[], object], *, timeout: float = DEFAULT_
                 async with asyncio.timeout(max(deadline - loop.time(), interval)):
                     result = await result
             except TimeoutError:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what} (a check hung)") from None
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what} (a check hung)"
+                ) from None
         last = result
         if result:
             return result
@@ -256,8 +301,13 @@ async def wait_for(predicate: Callable[[], object], *, timeout: float = DEFAULT_
         await asyncio.sleep(min(interval, max(deadline - loop.time(), 0.0)))
 
 
-def wait_for_sync(predicate: Callable[[], T], *, timeout: float = DEFAULT_WAIT_S, interval: float = DEFAULT_POLL_S,
-                  what: str = "condition") -> T:
+def wait_for_sync(
+    predicate: Callable[[], T],
+    *,
+    timeout: float = DEFAULT_WAIT_S,
+    interval: float = DEFAULT_POLL_S,
+    what: str = "condition",
+) -> T:
     """``wait_for`` for code without an event loop (threads, subprocesses): the same contract, blocking."""
     deadline = time.monotonic() + timeout
     while True:

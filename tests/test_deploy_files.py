@@ -22,7 +22,9 @@ def _compose() -> dict:  # type: ignore[type-arg]
 
 def test_nats_conf_is_valid_for_the_shipped_server() -> None:
     binary = find_binary("nats-server", [_scripts_dir() / "nats-server"])
-    result = subprocess.run([str(binary), "-c", str(ROOT / "nats.conf"), "-t"], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(binary), "-c", str(ROOT / "nats.conf"), "-t"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stderr + result.stdout
 
@@ -40,8 +42,11 @@ def test_hub_urls_point_at_compose_services() -> None:
     assert {"postgres", "nats", "redis", "migrate", "hub"} <= set(services)
     env = services["hub"]["environment"]
     assert services["migrate"]["environment"] == env
-    for var, service, port in [("TICKSTOCK_DATABASE_URL", "postgres", 5432), ("TICKSTOCK_NATS_URL", "nats", 4222),
-                               ("TICKSTOCK_REDIS_URL", "redis", 6379)]:
+    for var, service, port in [
+        ("TICKSTOCK_DATABASE_URL", "postgres", 5432),
+        ("TICKSTOCK_NATS_URL", "nats", 4222),
+        ("TICKSTOCK_REDIS_URL", "redis", 6379),
+    ]:
         url = urlsplit(env[var].replace("${TICKSTOCK_DB_PASSWORD:?set TICKSTOCK_DB_PASSWORD}", "pw"))
         assert (url.hostname, url.port) == (service, port), var
     conf = (ROOT / "nats.conf").read_text()

@@ -11,6 +11,7 @@ A line that a rule flags but that is right may carry ``# hygiene: ok - <why>``.
 from __future__ import annotations
 
 import ast
+import itertools
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +39,21 @@ def _calls(node: ast.AST, names: set[str]) -> bool:
     for sub in ast.walk(node):
         if isinstance(sub, ast.Call):
             func = sub.func
-            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            name = (
+                func.attr
+                if isinstance(func, ast.Attribute)
+                else func.id
+                if isinstance(func, ast.Name)
+                else ""
+            )
             if name in names:
                 return True
             # loop.time() / asyncio.get_running_loop().time(): the event loop's monotonic clock.
-            if name == "time" and isinstance(func, ast.Attribute) and not (
-                    isinstance(func.value, ast.Name) and func.value.id in {"time", "datetime"}):
+            if (
+                name == "time"
+                and isinstance(func, ast.Attribute)
+                and not (isinstance(func.value, ast.Name) and func.value.id in {"time", "datetime"})
+            ):
                 return True
     return False
 
@@ -53,7 +63,10 @@ def _names(node: ast.AST) -> set[str]:
 
 
 def _scopes(tree: ast.AST) -> list[ast.AST]:
-    return [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))]
+    return [
+        tree,
+        *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))),
+    ]
 
 
 def _own_nodes(scope: ast.AST) -> list[ast.AST]:
@@ -75,7 +88,8 @@ def _is_sleep(stmt: ast.stmt) -> bool:
         value = value.value
     return isinstance(value, ast.Call) and (
         (isinstance(value.func, ast.Attribute) and value.func.attr == "sleep")
-        or (isinstance(value.func, ast.Name) and value.func.id == "sleep"))
+        or (isinstance(value.func, ast.Name) and value.func.id == "sleep")
+    )
 
 
 def findings(source: str) -> list[Finding]:
@@ -87,8 +101,10 @@ def findings(source: str) -> list[Finding]:
         own = _own_nodes(scope)
         # Names that hold a clock reading, or a difference of them, within this function.
         timed: set[str] = set()
-        for node in sorted((n for n in own if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign))),
-                           key=lambda n: n.lineno):
+        for node in sorted(
+            (n for n in own if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign))),
+            key=lambda n: n.lineno,
+        ):
             value = node.value
             if value is not None and (_calls(value, CLOCKS) or _names(value) & timed):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -97,17 +113,23 @@ def findings(source: str) -> list[Finding]:
             if isinstance(node, ast.While):
                 body = ast.Module(body=node.body, type_ignores=[])
                 sleeps = any(_is_sleep(s) for s in ast.walk(body) if isinstance(s, ast.stmt))
-                if sleeps or _calls(node, CLOCKS) or _names(node) & timed or (
-                        isinstance(node.test, ast.UnaryOp) and "started" in ast.unparse(node.test)):
+                if (
+                    sleeps
+                    or _calls(node, CLOCKS)
+                    or _names(node) & timed
+                    or (isinstance(node.test, ast.UnaryOp) and "started" in ast.unparse(node.test))
+                ):
                     found.add(Finding(node.lineno, "a `while` loop polls: use tests.support.wait_for"))
             elif isinstance(node, ast.Assert) and (_calls(node.test, CLOCKS) or _names(node.test) & timed):
                 found.add(Finding(node.lineno, "an assertion on elapsed time: wait with a deadline instead"))
             for block in (getattr(node, f, None) for f in ("body", "orelse", "finalbody")):
                 if not isinstance(block, list):
                     continue
-                for before, after in zip(block, block[1:], strict=False):
+                for before, after in itertools.pairwise(block):
                     if isinstance(before, ast.stmt) and _is_sleep(before) and isinstance(after, ast.Assert):
-                        found.add(Finding(before.lineno, "a sleep, then an assertion: wait for a barrier instead"))
+                        found.add(
+                            Finding(before.lineno, "a sleep, then an assertion: wait for a barrier instead")
+                        )
     return sorted((f for f in found if WAIVER not in lines[f.line - 1]), key=lambda f: (f.line, f.rule))
 
 
@@ -190,7 +212,8 @@ def test_a_waiver_needs_the_marker_on_the_flagged_line() -> None:
 def test_the_suite_waits_with_deadlines_and_never_times_itself() -> None:
     broken = {
         str(path.relative_to(TESTS.parent)): [str(f) for f in found]
-        for path in sorted(TESTS.rglob("*.py")) if path not in EXEMPT
+        for path in sorted(TESTS.rglob("*.py"))
+        if path not in EXEMPT
         if (found := findings(path.read_text()))
     }
     assert broken == {}

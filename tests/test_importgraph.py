@@ -23,8 +23,14 @@ def test_the_packages_have_no_cycle_no_layering_violation_and_no_new_oversized_m
 
 
 def test_the_command_reports_and_sets_its_exit_status() -> None:
-    result = subprocess.run([sys.executable, "-m", "ops.importgraph", "--max-lines", "100000"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "ops.importgraph", "--max-lines", "100000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == "0 cycles, 0 layering violations, 0 modules over 100000 lines"
     assert "inside functions" in result.stdout and "under TYPE_CHECKING" in result.stdout
@@ -57,24 +63,44 @@ def test_a_planted_cycle_layering_violation_and_oversized_module_are_found(tmp_p
     report = analyse(root)
     assert report.cycles == [["hub.a", "hub.b", "hub.c", "hub.a"]]
     assert sorted((e.source, e.target, e.kind) for e in report.violations) == [
-        ("hub.typed", "api.app", "type-checking"), ("store.up", "hub.b", "module")]
+        ("hub.typed", "api.app", "type-checking"),
+        ("store.up", "hub.b", "module"),
+    ]
     assert report.oversized == [("api.app", MAX_LINES + 2)]
     assert not report.ok
 
     skipped = analyse(root, type_checking=False)
     assert [(e.source, e.target) for e in skipped.violations] == [("store.up", "hub.b")]
 
-    result = subprocess.run([sys.executable, "-m", "ops.importgraph", "--root", str(root)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "ops.importgraph", "--root", str(root)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 1
     assert "hub.a -> hub.b [hub/a.py:2 (function)]" in result.stdout
     assert result.stdout.splitlines()[-1] == "1 cycles, 2 layering violations, 1 modules over 400 lines"
 
 
 def test_a_clean_tree_passes(tmp_path: Path) -> None:
-    root = _tree(tmp_path, {k: v for k, v in PLANTED.items() if k in {"store/__init__.py", "store/clean.py",
-                                                                     "hub/__init__.py", "hub/b.py"}})
+    root = _tree(
+        tmp_path,
+        {
+            k: v
+            for k, v in PLANTED.items()
+            if k in {"store/__init__.py", "store/clean.py", "hub/__init__.py", "hub/b.py"}
+        },
+    )
     assert analyse(root).ok
-    result = subprocess.run([sys.executable, "-m", "ops.importgraph", "--root", str(root)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "ops.importgraph", "--root", str(root)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout

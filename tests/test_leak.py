@@ -32,13 +32,44 @@ pytestmark = pytest.mark.slow
 def test_hub_memory_and_open_files_do_not_grow_under_load(settings: Settings) -> None:
     asyncio.run(delete_all_streams(settings.nats_url or ""))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKSTOCK_")}
-    env.update({"TICKSTOCK_DATABASE_URL": settings.database_url or "", "TICKSTOCK_NATS_URL": settings.nats_url or "",
-                "TICKSTOCK_REDIS_URL": settings.redis_url or ""})
+    env.update(
+        {
+            "TICKSTOCK_DATABASE_URL": settings.database_url or "",
+            "TICKSTOCK_NATS_URL": settings.nats_url or "",
+            "TICKSTOCK_REDIS_URL": settings.redis_url or "",
+        }
+    )
     result = subprocess.run(
-        [sys.executable, str(ROOT / "ops" / "soak.py"), "--seconds", "95", "--warmup", "63", "--interval", "1",
-         "--connections", "100", "--rate", "25", "--churn", "5", "--ring-size", "200", "--fd-slack", "3600",
-         "--maintenance-interval-s", "3600", "--json"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
+        [
+            sys.executable,
+            str(ROOT / "ops" / "soak.py"),
+            "--seconds",
+            "95",
+            "--warmup",
+            "63",
+            "--interval",
+            "1",
+            "--connections",
+            "100",
+            "--rate",
+            "25",
+            "--churn",
+            "5",
+            "--ring-size",
+            "200",
+            "--fd-slack",
+            "3600",
+            "--maintenance-interval-s",
+            "3600",
+            "--json",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=160,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     hub = report["processes"][0]

@@ -12,8 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_scan_shapes_use_their_indexes_and_prune(database_url: str) -> None:
     env = {**os.environ, "TICKSTOCK_DATABASE_URL": database_url}
-    result = subprocess.run([sys.executable, str(ROOT / "ops" / "explain_scan.py"), "--events", "40000", "--days", "90"],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "ops" / "explain_scan.py"), "--events", "40000", "--days", "90"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     verdicts = [line for line in result.stdout.splitlines() if line.startswith("== ")]
     assert len(verdicts) == 5

@@ -19,8 +19,14 @@ from api.settings import Settings
 from api.state import HubState
 
 __all__ = [
-    "DEMO_RATE", "cmd_bridge_redis", "cmd_demo_feed", "cmd_load_reference_data", "cmd_migrate", "cmd_run",
-    "cmd_serve", "cmd_token",
+    "DEMO_RATE",
+    "cmd_bridge_redis",
+    "cmd_demo_feed",
+    "cmd_load_reference_data",
+    "cmd_migrate",
+    "cmd_run",
+    "cmd_serve",
+    "cmd_token",
 ]
 
 DEMO_RATE = 2.0  # demo events per second
@@ -44,8 +50,14 @@ def _print_dev_token(settings: Settings) -> None:
     if not settings.jwt_secret:
         return
     ttl_s = min(DEV_TOKEN_TTL_S, settings.jwt_max_lifetime_s)  # the hub refuses longer-lived tokens
-    token = mint_token(settings.jwt_secret, subject="demo-user", scopes=SCOPES, ttl_s=ttl_s,
-                       issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    token = mint_token(
+        settings.jwt_secret,
+        subject="demo-user",
+        scopes=SCOPES,
+        ttl_s=ttl_s,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
     say(f"development token (sub demo-user, all scopes, {ttl_s / 3600:g} h):\n\n    {token}\n")
     say(f"dashboard:  http://{settings.host}:{settings.port}/#token={token}")
     say(f"try:  curl -H 'Authorization: Bearer <token>' http://{settings.host}:{settings.port}/health/ready")
@@ -71,9 +83,15 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     if settings.embedded:
-        names = {"nats": "TICKSTOCK_NATS_URL", "postgres": "TICKSTOCK_DATABASE_URL", "redis": "TICKSTOCK_REDIS_URL"}
+        names = {
+            "nats": "TICKSTOCK_NATS_URL",
+            "postgres": "TICKSTOCK_DATABASE_URL",
+            "redis": "TICKSTOCK_REDIS_URL",
+        }
         missing = ", ".join(names[n] for n in settings.embedded)
-        raise ConfigurationError(f"`tickstock serve` uses external servers only; set {missing} (or use `tickstock run`)")
+        raise ConfigurationError(
+            f"`tickstock serve` uses external servers only; set {missing} (or use `tickstock run`)"
+        )
     await serve(settings)
 
 
@@ -92,18 +110,30 @@ async def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
     if not secret:
         path = settings.data_dir.resolve() / "jwt-secret"
         if not path.exists():
-            raise ConfigurationError("set TICKSTOCK_JWT_SECRET (or run `tickstock run` once, which creates a "
-                                     "development secret in the data folder)")
+            raise ConfigurationError(
+                "set TICKSTOCK_JWT_SECRET (or run `tickstock run` once, which creates a "
+                "development secret in the data folder)"
+            )
         secret = path.read_text().strip()
     scopes = args.scope or ["patterns:read"]
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
         raise ConfigurationError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}")
     if not 0 < args.ttl <= settings.jwt_max_lifetime_s:
-        raise ConfigurationError(f"--ttl {args.ttl} is out of range: the hub accepts tokens living 1 to "
-                                 f"{settings.jwt_max_lifetime_s} s (TICKSTOCK_JWT_MAX_LIFETIME_S)")
-    print(mint_token(secret, subject=args.sub, scopes=scopes, ttl_s=args.ttl, issuer=settings.jwt_issuer,
-                     audience=settings.jwt_audience))
+        raise ConfigurationError(
+            f"--ttl {args.ttl} is out of range: the hub accepts tokens living 1 to "
+            f"{settings.jwt_max_lifetime_s} s (TICKSTOCK_JWT_MAX_LIFETIME_S)"
+        )
+    print(
+        mint_token(
+            secret,
+            subject=args.sub,
+            scopes=scopes,
+            ttl_s=args.ttl,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    )
 
 
 async def cmd_demo_feed(settings: Settings, args: argparse.Namespace) -> None:
@@ -111,8 +141,9 @@ async def cmd_demo_feed(settings: Settings, args: argparse.Namespace) -> None:
 
     async with embedded_servers(settings, only=("nats",)) as full:
         try:
-            published = await run_feed(full.nats_url or "", rate=args.rate, duration_s=args.duration,
-                                       loop=not args.once)
+            published = await run_feed(
+                full.nats_url or "", rate=args.rate, duration_s=args.duration, loop=not args.once
+            )
         except ValueError as exc:  # a rate or duration the feed refuses: one line, not a traceback
             raise ConfigurationError(str(exc)) from None
     say(f"demo feed: {published} events published")
@@ -122,6 +153,7 @@ async def cmd_bridge_redis(settings: Settings, args: argparse.Namespace) -> None
     from hub.bridge import run as run_bridge
 
     async with embedded_servers(settings, only=("nats", "redis")) as full:
-        forwarded = await run_bridge(full.redis_url or "", full.nats_url or "", channel=args.channel,
-                                     duration_s=args.duration)
+        forwarded = await run_bridge(
+            full.redis_url or "", full.nats_url or "", channel=args.channel, duration_s=args.duration
+        )
     say(f"bridge: {forwarded} messages forwarded")

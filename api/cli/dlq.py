@@ -22,14 +22,20 @@ async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> None:
     from store.deadletters import get_dead_letter, list_dead_letters, purge_dead_letters
 
     need = ("postgres", "nats") if args.action == "replay" else ("postgres",)
-    async with embedded_servers(settings, only=need) as full, open_pool(
-            full.database_url or "", min_size=1, max_size=2, connect_timeout_s=full.connect_timeout_s) as pool:
+    async with (
+        embedded_servers(settings, only=need) as full,
+        open_pool(
+            full.database_url or "", min_size=1, max_size=2, connect_timeout_s=full.connect_timeout_s
+        ) as pool,
+    ):
         if args.action == "list":
             async with pool.connection() as conn:
                 letters = await list_dead_letters(conn, reason=args.reason, limit=args.limit)
             for d in letters:
-                print(f"{d.id:>8}  {d.last_seen:%Y-%m-%d %H:%M:%S}  {d.reason:<24} {d.subject:<40} "
-                      f"{'replayed' if d.replayed_at else ''} {d.detail[:80]}")
+                print(
+                    f"{d.id:>8}  {d.last_seen:%Y-%m-%d %H:%M:%S}  {d.reason:<24} {d.subject:<40} "
+                    f"{'replayed' if d.replayed_at else ''} {d.detail[:80]}"
+                )
             say(f"{len(letters)} dead letter(s)")
         elif args.action == "show":
             async with pool.connection() as conn:
@@ -37,13 +43,26 @@ async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> None:
             if letter is None:
                 raise ConfigurationError(f"no dead letter {args.id}")
             conflict = letter.conflict_payload  # id_conflict: the payload stored under the id
-            print(json.dumps({**letter.summary(preview=1 << 20), "headers": letter.headers, "conflict_payload":
-                              None if conflict is None else conflict.decode(errors="replace")}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        **letter.summary(preview=1 << 20),
+                        "headers": letter.headers,
+                        "conflict_payload": None if conflict is None else conflict.decode(errors="replace"),
+                    },
+                    indent=2,
+                )
+            )
         elif args.action == "purge":
             async with pool.connection() as conn:
                 try:
-                    n = await purge_dead_letters(conn, ids=args.id or None, reason=args.reason,
-                                                 replayed_only=args.replayed, everything=args.all)
+                    n = await purge_dead_letters(
+                        conn,
+                        ids=args.id or None,
+                        reason=args.reason,
+                        replayed_only=args.replayed,
+                        everything=args.all,
+                    )
                 except ValueError:  # its message names the Python arguments, not the flags
                     raise ConfigurationError("purge needs --id, --reason, --replayed or --all") from None
             say(f"purged {n} dead letter(s)")
@@ -57,5 +76,7 @@ async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> None:
                     result = await letterer.replay(args.id, catalog=catalog, payload=payload)
                 except ReplayError as exc:
                     raise ConfigurationError(str(exc)) from None
-            say(f"replayed dead letter {result.dead_letter_id} as event {result.event_id} to {result.subject} "
-                 f"(ingest seq {result.seq}{', duplicate' if result.duplicate else ''})")
+            say(
+                f"replayed dead letter {result.dead_letter_id} as event {result.event_id} to {result.subject} "
+                f"(ingest seq {result.seq}{', duplicate' if result.duplicate else ''})"
+            )

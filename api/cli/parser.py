@@ -40,7 +40,13 @@ log = logging.getLogger("tickstock")
 
 # Failures that mean "this configuration does not work": reported in one line.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    SettingsError, ConfigurationError, EmbeddedError, psycopg.Error, NatsError, RedisError, OSError,
+    SettingsError,
+    ConfigurationError,
+    EmbeddedError,
+    psycopg.Error,
+    NatsError,
+    RedisError,
+    OSError,
 )
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, None]]
@@ -54,35 +60,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Command, help_text: str, *, listen: bool = False, data_dir: bool = True) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Command, help_text: str, *, listen: bool = False, data_dir: bool = True
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if listen:
-            p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1; TICKSTOCK_HOST)")
+            p.add_argument(
+                "--host", default=None, help="interface to listen on (default 127.0.0.1; TICKSTOCK_HOST)"
+            )
             p.add_argument("--port", type=int, default=None, help="TCP port (default 8000; TICKSTOCK_PORT)")
         if data_dir:
-            p.add_argument("--data-dir", type=Path, default=None,
-                           help="folder for the embedded servers' data (default ./.tickstock; TICKSTOCK_DATA_DIR)")
+            p.add_argument(
+                "--data-dir",
+                type=Path,
+                default=None,
+                help="folder for the embedded servers' data (default ./.tickstock; TICKSTOCK_DATA_DIR)",
+            )
         p.set_defaults(func=func)
         return p
 
-    run = add("run", cmd_run, "Start embedded NATS, PostgreSQL and Redis for every unset URL, migrate, load "
-              "reference data, start the demo feed and serve the hub until Ctrl-C; then stop everything it "
-              "started.", listen=True)
+    run = add(
+        "run",
+        cmd_run,
+        "Start embedded NATS, PostgreSQL and Redis for every unset URL, migrate, load "
+        "reference data, start the demo feed and serve the hub until Ctrl-C; then stop everything it "
+        "started.",
+        listen=True,
+    )
     run.add_argument("--skip-reference-data", action="store_true", help="do not (re)load the reference data")
     run.add_argument("--no-demo-feed", action="store_true", help="do not start the demo feed")
     run.add_argument("--demo-rate", type=float, default=DEMO_RATE, help="demo events per second (default 2)")
-    add("serve", cmd_serve, "Serve the hub against external servers (TICKSTOCK_DATABASE_URL, TICKSTOCK_NATS_URL, "
-        "TICKSTOCK_REDIS_URL must be set).", listen=True, data_dir=False)
+    add(
+        "serve",
+        cmd_serve,
+        "Serve the hub against external servers (TICKSTOCK_DATABASE_URL, TICKSTOCK_NATS_URL, "
+        "TICKSTOCK_REDIS_URL must be set).",
+        listen=True,
+        data_dir=False,
+    )
     add("migrate", cmd_migrate, "Apply pending database migrations (re-running is a no-op).")
-    add("load-reference-data", cmd_load_reference_data,
-        "Apply migrations, then load symbols, universes and pattern definitions (idempotent).")
-    token = add("token", cmd_token, "Mint a development token (HS256 with TICKSTOCK_JWT_SECRET, or the "
-                "secret `tickstock run` keeps in the data folder).")
+    add(
+        "load-reference-data",
+        cmd_load_reference_data,
+        "Apply migrations, then load symbols, universes and pattern definitions (idempotent).",
+    )
+    token = add(
+        "token",
+        cmd_token,
+        "Mint a development token (HS256 with TICKSTOCK_JWT_SECRET, or the "
+        "secret `tickstock run` keeps in the data folder).",
+    )
     token.add_argument("--sub", default="demo-user", help="token subject (the user)")
     token.add_argument("--scope", action="append", help=f"repeatable; one of {', '.join(SCOPES)}")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
-    feed = add("demo-feed", cmd_demo_feed, "Replay real OHLCV files through TA-Lib's candlestick recognisers "
-               "and publish what they detect to ingest.")
+    feed = add(
+        "demo-feed",
+        cmd_demo_feed,
+        "Replay real OHLCV files through TA-Lib's candlestick recognisers "
+        "and publish what they detect to ingest.",
+    )
     feed.add_argument("--rate", type=float, default=DEMO_RATE, help="events per second (default 2)")
     feed.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     feed.add_argument("--once", action="store_true", help="replay each file once, then stop")
@@ -94,15 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_list = dlq_sub.add_parser("list", help="newest first", description="List dead letters, newest first.")
     dlq_list.add_argument("--reason", default=None)
     dlq_list.add_argument("--limit", type=int, default=50)
-    dlq_show = dlq_sub.add_parser("show", help="one dead letter with payload and headers",
-                                  description="Show one dead letter with its payload and headers.")
+    dlq_show = dlq_sub.add_parser(
+        "show",
+        help="one dead letter with payload and headers",
+        description="Show one dead letter with its payload and headers.",
+    )
     dlq_show.add_argument("id", type=int)
-    dlq_replay = dlq_sub.add_parser("replay", help="publish it to ingest again",
-                                    description="Publish a dead letter (or a corrected payload) to ingest again.")
+    dlq_replay = dlq_sub.add_parser(
+        "replay",
+        help="publish it to ingest again",
+        description="Publish a dead letter (or a corrected payload) to ingest again.",
+    )
     dlq_replay.add_argument("id", type=int)
     dlq_replay.add_argument("--payload", type=Path, default=None, help="a file with the corrected event JSON")
-    dlq_purge = dlq_sub.add_parser("purge", help="delete dead letters",
-                                   description="Delete dead letters by id, reason, replayed, or all.")
+    dlq_purge = dlq_sub.add_parser(
+        "purge",
+        help="delete dead letters",
+        description="Delete dead letters by id, reason, replayed, or all.",
+    )
     dlq_purge.add_argument("--id", type=int, action="append")
     dlq_purge.add_argument("--reason", default=None)
     dlq_purge.add_argument("--replayed", action="store_true", help="only those already replayed")
@@ -121,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdLogFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s]: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s]: %(message)s")
+    )
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -20,7 +20,10 @@ __all__ = ["database_only", "embedded_servers", "prepare_database"]
 
 @asynccontextmanager
 async def embedded_servers(
-    settings: Settings, *, only: tuple[str, ...] = ("nats", "postgres", "redis"), durable: bool = True,
+    settings: Settings,
+    *,
+    only: tuple[str, ...] = ("nats", "postgres", "redis"),
+    durable: bool = True,
 ) -> AsyncIterator[Settings]:
     """Start an embedded server for each URL ``settings`` leaves unset (among ``only``); yield the
     settings with those URLs filled in; stop the servers in reverse order on exit."""
@@ -56,8 +59,9 @@ async def prepare_database(settings: Settings, *, reference: bool = True) -> Non
     """Apply migrations and (optionally) load the reference data."""
     if not settings.database_url:
         raise ConfigurationError("no database URL")
-    async with open_pool(settings.database_url, min_size=1, max_size=2,
-                         connect_timeout_s=settings.connect_timeout_s) as pool:
+    async with open_pool(
+        settings.database_url, min_size=1, max_size=2, connect_timeout_s=settings.connect_timeout_s
+    ) as pool:
         async with pool.connection() as conn:
             applied = await migrate(conn)
         say(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")

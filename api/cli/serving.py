@@ -51,17 +51,26 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(settings: Settings, *, extras: Callable[[HubState], contextlib.AbstractAsyncContextManager[Any]] | None = None,
-                ready: Callable[[], None] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    extras: Callable[[HubState], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
     """Open the hub's resources, then serve HTTP and websockets until SIGINT/SIGTERM. ``extras`` is
     entered with the open hub before serving and left after (the demo feed in ``run``)."""
     sock = _bind(settings.host, settings.port)
     try:
-        async with open_hub(settings) as hub, (extras(hub) if extras else contextlib.nullcontext()):
+        async with open_hub(settings) as hub, extras(hub) if extras else contextlib.nullcontext():
             app = create_app(settings, hub=hub)
             config = uvicorn.Config(
-                app, log_level=settings.log_level.lower(), access_log=False, lifespan="on",
-                timeout_graceful_shutdown=SHUTDOWN_GRACE_S, ws_max_size=1 << 20, server_header=False,
+                app,
+                log_level=settings.log_level.lower(),
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+                ws_max_size=1 << 20,
+                server_header=False,
             )
             server = _Server(config)
             say(f"serving on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")

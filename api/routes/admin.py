@@ -35,7 +35,9 @@ class _Strict(BaseModel):
 
 class DlqListQuery(_Strict):
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 50
-    before: Annotated[int, Field(ge=1, le=MAX_ID, description="the previous page's `next_before`")] | None = None
+    before: Annotated[int, Field(ge=1, le=MAX_ID, description="the previous page's `next_before`")] | None = (
+        None
+    )
     reason: Annotated[str, Field(pattern=NO_NUL)] | None = None
     replayed: bool | None = Field(default=None, description="`true` or `false`")
 
@@ -45,7 +47,9 @@ class DlqPurgeQuery(_Strict):
 
     reason: Annotated[str, Field(pattern=NO_NUL)] | None = None
     replayed: Literal["true"] | None = Field(default=None, description="`true`: the replayed ones")
-    all: Literal["true"] | None = Field(default=None, description="`true` with nothing else: every dead letter")
+    all: Literal["true"] | None = Field(
+        default=None, description="`true` with nothing else: every dead letter"
+    )
 
 
 class DeadLetterSummary(_Strict):
@@ -100,25 +104,44 @@ def _letter_id(request: Request) -> int:
     return int(raw)
 
 
-@operation(summary="Dead letters, newest first", tags=["admin"], query=DlqListQuery,
-           responses={200: DeadLetterPage}, errors=(400,),
-           links={200: {name: link(op, id="$response.body#/items/0/id") for name, op in (
-               ("GetDeadLetter", "get_admin_dlq_by_id"), ("ReplayDeadLetter", "post_admin_dlq_by_id_replay"),
-               ("DeleteDeadLetter", "delete_admin_dlq_by_id"))}})
+@operation(
+    summary="Dead letters, newest first",
+    tags=["admin"],
+    query=DlqListQuery,
+    responses={200: DeadLetterPage},
+    errors=(400,),
+    links={
+        200: {
+            name: link(op, id="$response.body#/items/0/id")
+            for name, op in (
+                ("GetDeadLetter", "get_admin_dlq_by_id"),
+                ("ReplayDeadLetter", "post_admin_dlq_by_id_replay"),
+                ("DeleteDeadLetter", "delete_admin_dlq_by_id"),
+            )
+        }
+    },
+)
 @requires("admin")
 async def list_dlq(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
     query = read_query(DlqListQuery, request)
     async with hub.pool.connection() as conn:
-        letters = await list_dead_letters(conn, reason=query.reason, before_id=query.before, limit=query.limit,
-                                          replayed=query.replayed)
+        letters = await list_dead_letters(
+            conn, reason=query.reason, before_id=query.before, limit=query.limit, replayed=query.replayed
+        )
         pending = await count_dead_letters(conn)
     next_before = letters[-1].id if len(letters) == query.limit else None
-    return JSONResponse({"items": [d.summary() for d in letters], "next_before": next_before, "pending": pending})
+    return JSONResponse(
+        {"items": [d.summary() for d in letters], "next_before": next_before, "pending": pending}
+    )
 
 
-@operation(summary="One dead letter with its payload and headers", tags=["admin"],
-           responses={200: DeadLetterDetail}, path={"id": LETTER_ID})
+@operation(
+    summary="One dead letter with its payload and headers",
+    tags=["admin"],
+    responses={200: DeadLetterDetail},
+    path={"id": LETTER_ID},
+)
 @requires("admin")
 async def show_dlq(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
@@ -131,9 +154,17 @@ async def show_dlq(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-@operation(summary="Replay a dead letter into ingest", tags=["admin"], path={"id": LETTER_ID},
-           body=Content(schema={}, description="optional: a corrected event to publish instead of the stored payload"),
-           body_required=False, responses={200: Replayed}, errors=(400, 404, 413, 422))
+@operation(
+    summary="Replay a dead letter into ingest",
+    tags=["admin"],
+    path={"id": LETTER_ID},
+    body=Content(
+        schema={}, description="optional: a corrected event to publish instead of the stored payload"
+    ),
+    body_required=False,
+    responses={200: Replayed},
+    errors=(400, 404, 413, 422),
+)
 @requires("admin")
 async def replay_dlq(request: Request) -> JSONResponse:
     """Replays the stored payload, or the corrected event given as the JSON body. 404 for no such dead
@@ -146,23 +177,34 @@ async def replay_dlq(request: Request) -> JSONResponse:
         parse_json(raw, max_depth=MAX_JSON_DEPTH)
         payload = raw
     result = await hub.dead_letters.replay(letter_id, catalog=hub.catalog, payload=payload)
-    return JSONResponse({"dead_letter_id": result.dead_letter_id, "event_id": result.event_id,
-                         "subject": result.subject, "seq": result.seq, "duplicate": result.duplicate})
+    return JSONResponse(
+        {
+            "dead_letter_id": result.dead_letter_id,
+            "event_id": result.event_id,
+            "subject": result.subject,
+            "seq": result.seq,
+            "duplicate": result.duplicate,
+        }
+    )
 
 
-@operation(summary="Purge dead letters", tags=["admin"], query=DlqPurgeQuery, responses={200: Deleted},
-           errors=(400,))
+@operation(
+    summary="Purge dead letters", tags=["admin"], query=DlqPurgeQuery, responses={200: Deleted}, errors=(400,)
+)
 @requires("admin")
 async def purge_dlq(request: Request) -> JSONResponse:
     """Query: ``reason=…``, ``replayed=true`` or ``all=true`` (at least one)."""
     hub: HubState = request.app.state.hub
     query = read_query(DlqPurgeQuery, request)
     if query.reason is None and query.replayed is None and query.all is None:
-        raise ApiError("purge needs reason=…, replayed=true or all=true",
-                       errors=[{"loc": "query", "msg": "give reason, replayed=true or all=true"}])
+        raise ApiError(
+            "purge needs reason=…, replayed=true or all=true",
+            errors=[{"loc": "query", "msg": "give reason, replayed=true or all=true"}],
+        )
     async with hub.pool.connection() as conn:
-        deleted = await purge_dead_letters(conn, reason=query.reason, replayed_only=query.replayed == "true",
-                                           everything=query.all == "true")
+        deleted = await purge_dead_letters(
+            conn, reason=query.reason, replayed_only=query.replayed == "true", everything=query.all == "true"
+        )
     return JSONResponse({"deleted": deleted})
 
 

@@ -22,16 +22,18 @@ ASSETS_PATH = "/static/dashboard"
 # arrive in the URL fragment, which no-referrer keeps out of any request.
 _HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
-                               "form-action 'self'; frame-ancestors 'none'",
+    "form-action 'self'; frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
 
 
-@operation(summary="The live dashboard (an HTML page)", tags=["dashboard"],
-           responses={200: Content(media_type="text/html", schema={"type": "string"},
-                                   description="an HTML page")})
+@operation(
+    summary="The live dashboard (an HTML page)",
+    tags=["dashboard"],
+    responses={200: Content(media_type="text/html", schema={"type": "string"}, description="an HTML page")},
+)
 async def dashboard_page(request: Request) -> FileResponse:
     return FileResponse(ASSETS / "index.html", media_type="text/html; charset=utf-8", headers=_HEADERS)
 

@@ -42,14 +42,20 @@ def openapi_document(request: Request) -> dict[str, Any]:
     return document
 
 
-@operation(summary="This OpenAPI document", tags=["docs"],
-           responses={200: Content(schema={"type": "object"}, description="OpenAPI 3.1")})
+@operation(
+    summary="This OpenAPI document",
+    tags=["docs"],
+    responses={200: Content(schema={"type": "object"}, description="OpenAPI 3.1")},
+)
 async def openapi_json(request: Request) -> JSONResponse:
     return JSONResponse(openapi_document(request))
 
 
-@operation(summary="Browsable API documentation (Swagger UI)", tags=["docs"],
-           responses={200: Content(media_type="text/html", schema={"type": "string"}, description="an HTML page")})
+@operation(
+    summary="Browsable API documentation (Swagger UI)",
+    tags=["docs"],
+    responses={200: Content(media_type="text/html", schema={"type": "string"}, description="an HTML page")},
+)
 async def docs_page(request: Request) -> FileResponse:
     return FileResponse(ASSETS / "index.html", media_type="text/html; charset=utf-8")
 

@@ -32,9 +32,12 @@ async def _timed(check: Callable[[], Awaitable[dict[str, Any] | None]]) -> dict[
     started = time.perf_counter()
     try:
         extra = await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
-    except Exception as exc:  # noqa: BLE001 - any failure of a dependency is reported, not raised
-        return {"status": "down", "error": str(exc) or type(exc).__name__,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    except Exception as exc:
+        return {
+            "status": "down",
+            "error": str(exc) or type(exc).__name__,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
     result: dict[str, Any] = {"status": "up", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
     result.update(extra or {})
     return result
@@ -78,7 +81,9 @@ class RouteCache(BaseModel):
     hit: int
     miss: int
     coalesced: int = Field(description="misses served by another request's computation of the same key")
-    bypass: int = Field(description="computed without the cache (Redis unavailable, breaker open, or disabled)")
+    bypass: int = Field(
+        description="computed without the cache (Redis unavailable, breaker open, or disabled)"
+    )
     hit_ratio: float | None = Field(description="hit / all since start; null before the first request")
     hit_ratio_1m: float | None = Field(description="the same over the last minute; null without requests")
     requests_1m: int
@@ -94,7 +99,9 @@ class CacheSummary(BaseModel):
     breaker: Literal["closed", "open", "half_open"]
     breaker_trips: int
     lost_bumps: int
-    refreshes: int = Field(description="popular entries recomputed ahead, in the background, within the bound")
+    refreshes: int = Field(
+        description="popular entries recomputed ahead, in the background, within the bound"
+    )
     reference_listener: Literal["up", "down"]
     staleness_ms: int
     routes: dict[str, RouteCache]
@@ -108,8 +115,11 @@ class Readiness(BaseModel):
     pipeline: Pipeline
     uptime_s: float
     cache: CacheSummary | None = None
-    advisories_given_up: int = Field(0, description="max-deliveries advisories the dead-letter watcher gave up on "
-                                                    "after its bounded retries; above 0 needs an operator")
+    advisories_given_up: int = Field(
+        0,
+        description="max-deliveries advisories the dead-letter watcher gave up on "
+        "after its bounded retries; above 0 needs an operator",
+    )
 
 
 @operation(summary="Liveness", tags=["health"], responses={200: Liveness})
@@ -117,11 +127,14 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@operation(summary="Readiness: dependencies and pipeline summary", tags=["health"],
-           description="PostgreSQL, NATS/JetStream and Redis, each with status and latency. 503 (same body) "
-                       "when PostgreSQL or NATS is down; Redis down (or the cache's breaker open) is "
-                       "`degraded` with 200. `cache` has the hit ratio per route.",
-           responses={200: Readiness, 503: Readiness})
+@operation(
+    summary="Readiness: dependencies and pipeline summary",
+    tags=["health"],
+    description="PostgreSQL, NATS/JetStream and Redis, each with status and latency. 503 (same body) "
+    "when PostgreSQL or NATS is down; Redis down (or the cache's breaker open) is "
+    "`degraded` with 200. `cache` has the hit ratio per route.",
+    responses={200: Readiness, 503: Readiness},
+)
 async def ready(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
 
@@ -137,8 +150,13 @@ async def ready(request: Request) -> JSONResponse:
     async def redis() -> None:
         await hub.redis.ping()
 
-    checks = dict(zip(("postgres", "nats", "redis"),
-                      await asyncio.gather(_timed(postgres), _timed(nats), _timed(redis)), strict=True))
+    checks = dict(
+        zip(
+            ("postgres", "nats", "redis"),
+            await asyncio.gather(_timed(postgres), _timed(nats), _timed(redis)),
+            strict=True,
+        )
+    )
     if checks["postgres"]["status"] != "up" or checks["nats"]["status"] != "up":
         status, code = "down", 503
     elif checks["redis"]["status"] != "up" or (hub.cache is not None and hub.cache.status == "degraded"):
@@ -146,9 +164,13 @@ async def ready(request: Request) -> JSONResponse:
     else:
         status, code = "ok", 200
     await refresh_gauges(hub)
-    body = {"status": status, "checks": checks, "pipeline": pipeline_summary(hub),
-            "uptime_s": round(time.time() - hub.started_at, 1),
-            "advisories_given_up": int(hub.metrics.advisories_given_up.total())}
+    body = {
+        "status": status,
+        "checks": checks,
+        "pipeline": pipeline_summary(hub),
+        "uptime_s": round(time.time() - hub.started_at, 1),
+        "advisories_given_up": int(hub.metrics.advisories_given_up.total()),
+    }
     if hub.cache is not None:
         body["cache"] = hub.cache.summary()
     return JSONResponse(body, status_code=code, headers={"Cache-Control": "no-store"})

@@ -53,8 +53,11 @@ class IngestGate:
 
 def event_window(settings: Settings) -> EventWindow:
     """The time window events must fall in (the writer, HTTP ingest and replay use the same one)."""
-    return EventWindow(max_age_days=settings.event_max_age_days, max_ahead_s=settings.event_max_ahead_s,
-                       max_expiry_days=settings.event_max_expiry_days)
+    return EventWindow(
+        max_age_days=settings.event_max_age_days,
+        max_ahead_s=settings.event_max_ahead_s,
+        max_expiry_days=settings.event_max_expiry_days,
+    )
 
 
 def _msg_id(event: PatternEvent) -> str:
@@ -129,21 +132,31 @@ _EVENT = {"$ref": "#/components/schemas/PatternEventV1"}
 # not a 400), so the items are any JSON value; PatternEventV1 is what producers should send.
 _ITEMS = {"anyOf": [_EVENT, {"type": "object", "description": "TickStock's legacy envelope"}, {}]}
 INGEST_BODY = Content(
-    schema={"anyOf": [
-        {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "minItems": 1,
-                                                                          "items": _ITEMS}}},
-        {"type": "array", "minItems": 1, "items": _ITEMS},
-    ]},
+    schema={
+        "anyOf": [
+            {
+                "type": "object",
+                "required": ["events"],
+                "properties": {"events": {"type": "array", "minItems": 1, "items": _ITEMS}},
+            },
+            {"type": "array", "minItems": 1, "items": _ITEMS},
+        ]
+    },
     description='`{"events": [...]}` or a bare array of schema v1 (or legacy) events',
     schemas=_event_schemas(),
 )
 RETRY_AFTER = {"Retry-After": {"type": "integer", "description": "seconds"}}
 
 
-@operation(summary="Publish a batch of events to ingest", tags=["patterns"], body=INGEST_BODY,
-           responses={200: IngestResults, 429: IngestResults}, errors=(400, 413, 429),
-           headers={429: RETRY_AFTER},
-           links={200: {"GetEvent": link("get_patterns_by_id", id="$response.body#/results/0/id")}})
+@operation(
+    summary="Publish a batch of events to ingest",
+    tags=["patterns"],
+    body=INGEST_BODY,
+    responses={200: IngestResults, 429: IngestResults},
+    errors=(400, 413, 429),
+    headers={429: RETRY_AFTER},
+    links={200: {"GetEvent": link("get_patterns_by_id", id="$response.body#/results/0/id")}},
+)
 @requires("patterns:write")
 async def post_patterns(request: Request) -> JSONResponse:
     """Body: ``{"events": [...]}`` or a bare JSON array of schema v1 or legacy events. Each event is
@@ -169,8 +182,9 @@ async def post_patterns(request: Request) -> JSONResponse:
     gate: IngestGate = request.app.state.ingest_gate
     if not gate.try_acquire(len(events_raw)):
         hub.metrics.http_ingested.inc(len(events_raw), outcome="throttled")
-        raise ApiError("ingest is saturated; retry shortly", status=429,
-                       headers={"Retry-After": str(RETRY_AFTER_S)})
+        raise ApiError(
+            "ingest is saturated; retry shortly", status=429, headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
     try:
         window = event_window(settings)
         results = await asyncio.gather(*(_one(request, hub, raw, window) for raw in events_raw))
@@ -179,15 +193,23 @@ async def post_patterns(request: Request) -> JSONResponse:
     for result in results:
         hub.metrics.http_ingested.inc(outcome=result["status"])
     retry = any(r["status"] == "retry" for r in results)
-    counts = {s: sum(1 for r in results if r["status"] == s) for s in ("accepted", "duplicate", "rejected", "retry")}
-    return JSONResponse({"results": results, **counts}, status_code=429 if retry else 200,
-                        headers={"Retry-After": str(RETRY_AFTER_S)} if retry else None)
+    counts = {
+        s: sum(1 for r in results if r["status"] == s) for s in ("accepted", "duplicate", "rejected", "retry")
+    }
+    return JSONResponse(
+        {"results": results, **counts},
+        status_code=429 if retry else 200,
+        headers={"Retry-After": str(RETRY_AFTER_S)} if retry else None,
+    )
 
 
 async def _one(request: Request, hub: HubState, raw: Any, window: EventWindow) -> dict[str, Any]:
     try:
-        event = parse_event(raw, catalog=hub.catalog.current, window=window) if isinstance(raw, dict) else parse_event(
-            json.dumps(raw), catalog=hub.catalog.current, window=window)
+        event = (
+            parse_event(raw, catalog=hub.catalog.current, window=window)
+            if isinstance(raw, dict)
+            else parse_event(json.dumps(raw), catalog=hub.catalog.current, window=window)
+        )
     except EventError as exc:
         return {"status": "rejected", "id": raw.get("id") if isinstance(raw, dict) else None, **exc.as_dict()}
     try:
@@ -199,10 +221,21 @@ async def _one(request: Request, hub: HubState, raw: Any, window: EventWindow) -
     except JetStreamAPIError as exc:
         detail = exc.description or str(exc)
         if "size" in detail.lower():  # larger than the stream accepts: retrying cannot help
-            return {"status": "rejected", "id": event.id, "reason": "too_large", "detail": detail, "fields": []}
+            return {
+                "status": "rejected",
+                "id": event.id,
+                "reason": "too_large",
+                "detail": detail,
+                "fields": [],
+            }
         return {"status": "retry", "id": event.id, "reason": "ingest_full", "detail": detail}
     except (NatsError, TimeoutError) as exc:
-        return {"status": "retry", "id": event.id, "reason": "ingest_unavailable", "detail": str(exc) or type(exc).__name__}
+        return {
+            "status": "retry",
+            "id": event.id,
+            "reason": "ingest_unavailable",
+            "detail": str(exc) or type(exc).__name__,
+        }
     if published.duplicate:
         return {"status": "duplicate", "id": event.id, "seq": published.seq}
     return {"status": "accepted", "id": event.id, "seq": published.seq}

@@ -38,8 +38,9 @@ async def refresh_gauges(hub: HubState) -> None:
     try:
         async with hub.pool.connection() as conn:
             depth = await asyncio.wait_for(count_dead_letters(conn), SCRAPE_TIMEOUT_S)
-        hub.metrics.dlq_depth.replace({"all": float(sum(depth.values())), **{k: float(v) for k, v in depth.items()}},
-                                      label="reason")
+        hub.metrics.dlq_depth.replace(
+            {"all": float(sum(depth.values())), **{k: float(v) for k, v in depth.items()}}, label="reason"
+        )
     except (psycopg.Error, TimeoutError) as exc:
         log.debug("dead-letter depth unavailable: %s", exc)
 
@@ -75,7 +76,8 @@ class Pipeline(_Strict):
     writer_batches: int
     ingest_to_stored_p95_s: float | None = Field(
         description="upper bound of the p95 latency bucket; null with no sample yet, or when it is above the "
-                    "largest bucket (JSON has no infinity)")
+        "largest bucket (JSON has no infinity)"
+    )
 
 
 def pipeline_summary(hub: HubState) -> dict[str, object]:
@@ -87,11 +89,19 @@ def pipeline_summary(hub: HubState) -> dict[str, object]:
         "ack_pending": int(m.consumer.value(field="ack_pending")),
         "redelivered": int(m.consumer.value(field="redelivered")),
         "dead_letters_pending": int(m.dlq_depth.value(reason="all")),
-        "per_second": {"ingested": round(m.ingested.rate(), 2), "stored": round(m.stored.rate(), 2),
-                       "rejected": round(m.rejected.rate(), 2)},
-        "totals": {"ingested": int(m.ingested.total()), "stored": int(m.stored.total()),
-                   "duplicates": int(m.duplicates.total()), "rejected": int(m.rejected.total()),
-                   "published": int(m.published.total()), "retries": int(m.retries.total())},
+        "per_second": {
+            "ingested": round(m.ingested.rate(), 2),
+            "stored": round(m.stored.rate(), 2),
+            "rejected": round(m.rejected.rate(), 2),
+        },
+        "totals": {
+            "ingested": int(m.ingested.total()),
+            "stored": int(m.stored.total()),
+            "duplicates": int(m.duplicates.total()),
+            "rejected": int(m.rejected.total()),
+            "published": int(m.published.total()),
+            "retries": int(m.retries.total()),
+        },
         "writer_batches": hub.writer.batches,
         # Above the largest bucket the histogram answers +Inf, which JSON cannot carry (it made
         # /health/ready a 500).
@@ -99,10 +109,18 @@ def pipeline_summary(hub: HubState) -> dict[str, object]:
     }
 
 
-@operation(summary="Prometheus metrics", tags=["health"],
-           responses={200: Content(media_type="text/plain", schema={"type": "string"},
-                                   description="Prometheus text exposition format 0.0.4; OpenMetrics 1.0 "
-                                               "(application/openmetrics-text) when the Accept header asks")})
+@operation(
+    summary="Prometheus metrics",
+    tags=["health"],
+    responses={
+        200: Content(
+            media_type="text/plain",
+            schema={"type": "string"},
+            description="Prometheus text exposition format 0.0.4; OpenMetrics 1.0 "
+            "(application/openmetrics-text) when the Accept header asks",
+        )
+    },
+)
 async def metrics(request: Request) -> Response:
     hub: HubState = request.app.state.hub
     await refresh_gauges(hub)

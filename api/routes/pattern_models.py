@@ -11,8 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from hub.model import EventType, Timeframe
 
 __all__ = [
-    "CacheInfo", "DayCount", "Definition", "Definitions", "PatternCount", "PatternEvent", "ScanPage", "Stats",
-    "event_json", "json_time",
+    "CacheInfo",
+    "DayCount",
+    "Definition",
+    "Definitions",
+    "PatternCount",
+    "PatternEvent",
+    "ScanPage",
+    "Stats",
+    "event_json",
+    "json_time",
 ]
 
 
@@ -91,15 +99,29 @@ def json_time(value: datetime | None) -> str | None:
     if value is None:
         return None
     value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(timespec="microseconds" if value.microsecond else "seconds") + "Z"
+    return (
+        value.replace(tzinfo=None).isoformat(timespec="microseconds" if value.microsecond else "seconds")
+        + "Z"
+    )
 
 
 def event_json(row: dict[str, Any]) -> dict[str, Any]:
     """A stored event as the API returns it."""
     return {
-        "id": row["id"], "type": row["type"], "symbol": row["symbol"], "pattern": row["pattern"],
-        "timeframe": row["timeframe"], "confidence": row["confidence"],
-        "detected_at": json_time(row["detected_at"]), "expires_at": json_time(row["expires_at"]),
-        "price": row["price"], "volume": row["volume"], "levels": row["levels"], "indicators": row["indicators"],
-        "source": row["source"], "data": row["data"], "seq": row["seq"], "received_at": json_time(row["received_at"]),
+        "id": row["id"],
+        "type": row["type"],
+        "symbol": row["symbol"],
+        "pattern": row["pattern"],
+        "timeframe": row["timeframe"],
+        "confidence": row["confidence"],
+        "detected_at": json_time(row["detected_at"]),
+        "expires_at": json_time(row["expires_at"]),
+        "price": row["price"],
+        "volume": row["volume"],
+        "levels": row["levels"],
+        "indicators": row["indicators"],
+        "source": row["source"],
+        "data": row["data"],
+        "seq": row["seq"],
+        "received_at": json_time(row["received_at"]),
     }

@@ -66,8 +66,13 @@ _SMALLEST_REAL = struct.unpack("f", struct.pack("I", 1))[0]  # 1.4e-45, the smal
 _UNIVERSE_KEY = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 # TickStock's parameter names -> ours; the comma-separated ones are split.
 _LEGACY = QueryAliases(
-    names={"pattern_types": "pattern", "symbols": "symbol", "per_page": "limit", "sort_by": "sort",
-           "sort_order": "order"},
+    names={
+        "pattern_types": "pattern",
+        "symbols": "symbol",
+        "per_page": "limit",
+        "sort_by": "sort",
+        "sort_order": "order",
+    },
     split=frozenset({"pattern_types", "symbols"}),
     values={"sort_by": {"timestamp": "detected_at", "time": "detected_at"}},
 )
@@ -86,8 +91,10 @@ Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
 Confidence = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 # PostgreSQL text cannot hold NUL (a sector with one was a 500).
 Values = Annotated[list[Annotated[str, Field(pattern=r"^[^\x00]*$")]], Field(max_length=MAX_VALUES)]
-Timeframes = Annotated[list[Literal["1min", "5min", "15min", "30min", "hourly", "daily", "weekly", "monthly"]],
-                       Field(max_length=MAX_VALUES)]
+Timeframes = Annotated[
+    list[Literal["1min", "5min", "15min", "30min", "hourly", "daily", "weekly", "monthly"]],
+    Field(max_length=MAX_VALUES),
+]
 
 
 class ScanParams(BaseModel):
@@ -98,8 +105,9 @@ class ScanParams(BaseModel):
     universe: Values = []
     sector: Values = []
     timeframe: Timeframes = []
-    type: Annotated[list[Literal["pattern_detected", "pattern_updated", "pattern_expired"]],
-                    Field(max_length=MAX_VALUES)] = []
+    type: Annotated[
+        list[Literal["pattern_detected", "pattern_updated", "pattern_expired"]], Field(max_length=MAX_VALUES)
+    ] = []
     confidence_min: Confidence | None = None
     confidence_max: Confidence | None = None
     detected_after: Timestamp | None = None
@@ -129,13 +137,18 @@ LEGACY_QUERY: dict[str, dict[str, Any]] = {
     "pattern_types": {"type": "string", "description": "TickStock's name: comma-separated `pattern` values"},
     "symbols": {"type": "string", "description": "TickStock's name: comma-separated `symbol` values"},
     "per_page": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "description": "TickStock's `limit`"},
-    "sort_by": {"enum": ["detected_at", "confidence", "symbol", "timestamp", "time"], "type": "string",
-                "description": "TickStock's `sort` (`timestamp` and `time` mean `detected_at`)"},
+    "sort_by": {
+        "enum": ["detected_at", "confidence", "symbol", "timestamp", "time"],
+        "type": "string",
+        "description": "TickStock's `sort` (`timestamp` and `time` mean `detected_at`)",
+    },
     "sort_order": {"enum": ["desc", "asc"], "type": "string", "description": "TickStock's `order`"},
 }
 
 
-def _canonical_patterns(hub: HubState, names: Iterable[str], loc: str, errors: list[dict[str, str]]) -> list[str]:
+def _canonical_patterns(
+    hub: HubState, names: Iterable[str], loc: str, errors: list[dict[str, str]]
+) -> list[str]:
     found = []
     for name in names:
         try:
@@ -169,12 +182,23 @@ def _filter(hub: HubState, query: ParsedQuery[ScanParams]) -> ScanFilter:
     for value in params.universe:
         keys = value.split(UNIVERSE_SEPARATOR)
         if not all(k == MY_UNIVERSE or _UNIVERSE_KEY.fullmatch(k) for k in keys):
-            errors.append({"loc": "query.universe", "msg": f"{value!r} is not a universe key, 'my' or keys joined with ':'"})
-    if (params.confidence_min is not None and params.confidence_max is not None
-            and params.confidence_min > params.confidence_max):
+            errors.append(
+                {
+                    "loc": "query.universe",
+                    "msg": f"{value!r} is not a universe key, 'my' or keys joined with ':'",
+                }
+            )
+    if (
+        params.confidence_min is not None
+        and params.confidence_max is not None
+        and params.confidence_min > params.confidence_max
+    ):
         errors.append({"loc": "query.confidence_min", "msg": "is greater than confidence_max"})
-    if (params.detected_after is not None and params.detected_before is not None
-            and params.detected_after >= params.detected_before):
+    if (
+        params.detected_after is not None
+        and params.detected_before is not None
+        and params.detected_after >= params.detected_before
+    ):
         errors.append({"loc": "query.detected_after", "msg": "is not before detected_before"})
     if params.cursor is not None and params.page > 1:
         errors.append({"loc": "query.page", "msg": "page cannot be combined with cursor"})
@@ -183,16 +207,28 @@ def _filter(hub: HubState, query: ParsedQuery[ScanParams]) -> ScanFilter:
     return ScanFilter(
         confidence_min=_real_bound(params.confidence_min, lower=True),
         confidence_max=_real_bound(params.confidence_max, lower=False),
-        patterns=tuple(patterns), symbols=tuple(symbols), universes=tuple(params.universe),
-        sectors=tuple(params.sector), timeframes=tuple(params.timeframe), types=tuple(params.type),
-        detected_after=params.detected_after, detected_before=params.detected_before,
+        patterns=tuple(patterns),
+        symbols=tuple(symbols),
+        universes=tuple(params.universe),
+        sectors=tuple(params.sector),
+        timeframes=tuple(params.timeframe),
+        types=tuple(params.type),
+        detected_after=params.detected_after,
+        detected_before=params.detected_before,
         active_only=params.active_only,
     )
 
 
-@operation(summary="Scan stored events", tags=["patterns"], query=ScanParams, extra_query=LEGACY_QUERY,
-           description=__doc__.split("\n\n", 1)[1], responses={200: ScanPage}, errors=(400,),
-           links={200: {"GetEvent": link("get_patterns_by_id", id="$response.body#/items/0/id")}})
+@operation(
+    summary="Scan stored events",
+    tags=["patterns"],
+    query=ScanParams,
+    extra_query=LEGACY_QUERY,
+    description=__doc__.split("\n\n", 1)[1],
+    responses={200: ScanPage},
+    errors=(400,),
+    links={200: {"GetEvent": link("get_patterns_by_id", id="$response.body#/items/0/id")}},
+)
 @requires("patterns:read")
 async def scan(request: Request) -> Response:
     hub: HubState = request.app.state.hub
@@ -200,7 +236,9 @@ async def scan(request: Request) -> Response:
     params, filt = query.params, _filter(hub, query)
     sort = Sort(params.sort, params.order)
     fingerprint = filt.fingerprint()
-    after = None if params.cursor is None else scan_after(hub, params.cursor, sort=sort, fingerprint=fingerprint)
+    after = (
+        None if params.cursor is None else scan_after(hub, params.cursor, sort=sort, fingerprint=fingerprint)
+    )
     subject = request.state.principal.subject
     started = time.perf_counter()
     cache = hub.cache
@@ -213,28 +251,48 @@ async def scan(request: Request) -> Response:
         # The hub's resolver reads the in-process directory when it can be trusted, else SQL.
         resolver = cache.resolver if cache is not None else None
         async with hub.pool.connection() as conn:
-            page = await scan_events(conn, filt, sort=sort, limit=params.limit, after=after, offset=offset,
-                                     subject=subject, resolver=resolver)  # ScanError: a 400
+            page = await scan_events(
+                conn,
+                filt,
+                sort=sort,
+                limit=params.limit,
+                after=after,
+                offset=offset,
+                subject=subject,
+                resolver=resolver,
+            )  # ScanError: a 400
         next_cursor = None
         if page.last_values is not None:
-            next_cursor = encode_cursor(page.last_values, sort=sort, fingerprint=fingerprint, codec=hub.cursors)
-        return Computed(dumps({"items": [event_json(r) for r in page.items], "next_cursor": next_cursor}),
-                        _ttl_s(hub, filt, page.items))
+            next_cursor = encode_cursor(
+                page.last_values, sort=sort, fingerprint=fingerprint, codec=hub.cursors
+            )
+        return Computed(
+            dumps({"items": [event_json(r) for r in page.items], "next_cursor": next_cursor}),
+            _ttl_s(hub, filt, page.items),
+        )
 
     if cache is None:
         served = Served((await compute()).body, "bypass", None)
     else:
         # Normalised: the fingerprint ignores the order and repetition of filter values; "my" is
         # replaced by what the caller saved, so callers with the same universe share entries.
-        request_key = digest({"f": fingerprint, "s": sort.spec, "l": params.limit, "o": offset,
-                              "a": list(after) if after is not None else None,
-                              "my": [list(my.symbols), list(my.universe_keys)] if my is not None else None})
+        request_key = digest(
+            {
+                "f": fingerprint,
+                "s": sort.spec,
+                "l": params.limit,
+                "o": offset,
+                "a": list(after) if after is not None else None,
+                "my": [list(my.symbols), list(my.universe_keys)] if my is not None else None,
+            }
+        )
         served = await cache.fetch("scan", request_key, scan_dependencies(filt), compute)
     query_ms = round((time.perf_counter() - started) * 1000, 3)
     age_ms = round(served.age_s * 1000, 1) if served.hit and served.age_s is not None else None
     tail = dumps({"query_ms": query_ms, "cache": {"hit": served.hit, "age_ms": age_ms}})
-    return Response(served.body[:-1] + b"," + tail[1:], media_type="application/json",
-                    headers={"X-Cache": served.outcome})
+    return Response(
+        served.body[:-1] + b"," + tail[1:], media_type="application/json", headers={"X-Cache": served.outcome}
+    )
 
 
 def _closed_months(filt: ScanFilter) -> list[str] | None:
@@ -269,11 +327,18 @@ def scan_dependencies(filt: ScanFilter) -> Dependencies:
     timeframes = sorted(set(filt.timeframes)) or list(TIMEFRAMES)
     months = _closed_months(filt)
     events = [f"{tf}:{m}" for tf in timeframes for m in months] if months is not None else timeframes
-    return Dependencies(events=tuple(events), strict=(REFERENCE_GENERATION,) if filt.universes or filt.sectors else ())
+    return Dependencies(
+        events=tuple(events), strict=(REFERENCE_GENERATION,) if filt.universes or filt.sectors else ()
+    )
 
 
-@operation(summary="One stored event", tags=["patterns"], query=NoParams, responses={200: PatternEvent},
-           errors=(400, 404))
+@operation(
+    summary="One stored event",
+    tags=["patterns"],
+    query=NoParams,
+    responses={200: PatternEvent},
+    errors=(400, 404),
+)
 @requires("patterns:read")
 async def show(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
@@ -287,20 +352,31 @@ async def show(request: Request) -> JSONResponse:
     return JSONResponse(event_json(row))
 
 
-@operation(summary="The pattern catalog", tags=["patterns"], query=NoParams, responses={200: Definitions},
-           errors=(400,))
+@operation(
+    summary="The pattern catalog",
+    tags=["patterns"],
+    query=NoParams,
+    responses={200: Definitions},
+    errors=(400,),
+)
 @requires("patterns:read")
 async def definitions(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
     read_query(NoParams, request)
     async with hub.pool.connection() as conn:
         rows = await list_definitions(conn)
-    return JSONResponse({"items": [{**r, "aliases": list(r["aliases"]), "timeframes": list(r["timeframes"])}
-                                   for r in rows]})
+    return JSONResponse(
+        {"items": [{**r, "aliases": list(r["aliases"]), "timeframes": list(r["timeframes"])} for r in rows]}
+    )
 
 
-@operation(summary="Event counts per pattern, timeframe and day", tags=["patterns"], query=StatsParams,
-           responses={200: Stats}, errors=(400,))
+@operation(
+    summary="Event counts per pattern, timeframe and day",
+    tags=["patterns"],
+    query=StatsParams,
+    responses={200: Stats},
+    errors=(400,),
+)
 @requires("patterns:read")
 async def stats(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
@@ -310,13 +386,16 @@ async def stats(request: Request) -> JSONResponse:
     if errors:
         raise query_error(errors)
     async with hub.pool.connection() as conn:
-        by_pattern, by_day = await pattern_stats(conn, days=params.days, patterns=patterns,
-                                                 timeframes=params.timeframe)
-    return JSONResponse({
-        "days": params.days,
-        "by_pattern": [{**r, "last_detected_at": json_time(r["last_detected_at"])} for r in by_pattern],
-        "by_day": [{"day": r["day"].isoformat(), "events": r["events"]} for r in by_day],
-    })
+        by_pattern, by_day = await pattern_stats(
+            conn, days=params.days, patterns=patterns, timeframes=params.timeframe
+        )
+    return JSONResponse(
+        {
+            "days": params.days,
+            "by_pattern": [{**r, "last_detected_at": json_time(r["last_detected_at"])} for r in by_pattern],
+            "by_day": [{"day": r["day"].isoformat(), "events": r["events"]} for r in by_day],
+        }
+    )
 
 
 # The fixed paths come before /{id}: an event whose id is "scan", "stats" or "definitions" is only

@@ -41,9 +41,14 @@ MAX_UPSERT = 5_000
 MAX_UPSERT_BYTES = 4 * 1024 * 1024
 MAX_UNION_PARTS = 50
 
-SYMBOL_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9./^=$-]{1,15}$",
-                 "description": "a symbol in ACT notation (BRK.B); lower case is upper-cased"}
-SymbolType = Literal["stock", "etf", "fund", "preferred", "warrant", "unit", "right", "note", "index", "other"]
+SYMBOL_SCHEMA = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9./^=$-]{1,15}$",
+    "description": "a symbol in ACT notation (BRK.B); lower case is upper-cased",
+}
+SymbolType = Literal[
+    "stock", "etf", "fund", "preferred", "warrant", "unit", "right", "note", "index", "other"
+]
 
 # -- GET /api/symbols -------------------------------------------------------------------------------
 
@@ -64,10 +69,15 @@ class _Search(BaseModel):
     q: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64, pattern=NO_NUL)] | None = None
     sector: Text | None = None
     exchange: Text | None = None
-    type: Annotated[str, AfterValidator(_symbol_type), WithJsonSchema({"enum": list(SYMBOL_TYPES),
-                                                                       "type": "string"})] | None = None
-    universe: list[str] = Field(default_factory=list,
-                                description="a universe key, or keys joined with `:` (their union); repeatable")
+    type: (
+        Annotated[
+            str, AfterValidator(_symbol_type), WithJsonSchema({"enum": list(SYMBOL_TYPES), "type": "string"})
+        ]
+        | None
+    ) = None
+    universe: list[str] = Field(
+        default_factory=list, description="a universe key, or keys joined with `:` (their union); repeatable"
+    )
     active: bool | None = None
     limit: int = Field(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE)
     cursor: Annotated[str, StringConstraints(max_length=256)] | None = None
@@ -78,17 +88,27 @@ def _union_keys(raw: list[str], loc: str) -> list[str]:
     keys = list(dict.fromkeys(part for value in raw for part in value.split(":")))
     bad = [k for k in keys if not is_universe_key(k)]
     if bad:
-        raise ApiError("not a universe key: " + ", ".join(map(repr, bad)),
-                       errors=[{"loc": loc, "msg": f"{k!r} is not a universe key"} for k in bad[:MAX_ERRORS]])
+        raise ApiError(
+            "not a universe key: " + ", ".join(map(repr, bad)),
+            errors=[{"loc": loc, "msg": f"{k!r} is not a universe key"} for k in bad[:MAX_ERRORS]],
+        )
     if len(keys) > MAX_UNION_PARTS:
-        raise ApiError(f"at most {MAX_UNION_PARTS} universes at once",
-                       errors=[{"loc": loc, "msg": f"{len(keys)} universes given"}])
+        raise ApiError(
+            f"at most {MAX_UNION_PARTS} universes at once",
+            errors=[{"loc": loc, "msg": f"{len(keys)} universes given"}],
+        )
     return keys
 
 
 def _fingerprint(search: _Search, universes: list[str]) -> str:
-    filters = {"q": search.q or None, "sector": search.sector, "exchange": search.exchange,
-               "type": search.type, "universe": sorted(universes), "active": search.active}
+    filters = {
+        "q": search.q or None,
+        "sector": search.sector,
+        "exchange": search.exchange,
+        "type": search.type,
+        "universe": sorted(universes),
+        "active": search.active,
+    }
     return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -135,9 +155,14 @@ class Upserted(_Strict):
     upserted: int
 
 
-@operation(summary="Search the symbol directory", tags=["symbols"], query=_Search, responses={200: SymbolPage},
-           errors=(400,),
-           links={200: {"GetSymbol": link("get_symbols_by_symbol", symbol="$response.body#/items/0/symbol")}})
+@operation(
+    summary="Search the symbol directory",
+    tags=["symbols"],
+    query=_Search,
+    responses={200: SymbolPage},
+    errors=(400,),
+    links={200: {"GetSymbol": link("get_symbols_by_symbol", symbol="$response.body#/items/0/symbol")}},
+)
 @requires("patterns:read")
 async def list_symbols(request: Request) -> Response:
     """Query: ``q`` (prefix of the symbol or the name), ``sector``, ``exchange``, ``type``, ``universe``
@@ -154,20 +179,40 @@ async def list_symbols(request: Request) -> Response:
             unknown = await unknown_universes(conn, universes)
             if unknown:
                 listed = sorted(unknown)
-                raise ApiError("no such universe: " + ", ".join(listed),
-                               errors=[{"loc": "query.universe", "msg": f"unknown universe {k!r}"}
-                                       for k in listed])
-            page = await search_symbols(conn, SymbolQuery(
-                q=search.q or None, sector=search.sector, exchange=search.exchange, type=search.type,
-                universes=tuple(universes), active=search.active, after=after, limit=search.limit,
-            ))
-        next_cursor = (None if page.next_after is None
-                       else encode_cursor(page.next_after, fingerprint=fingerprint, codec=hub.cursors))
-        return Computed(dumps({"items": [_symbol_json(r) for r in page.items], "next_cursor": next_cursor}),
-                        REFERENCE_TTL_S)
+                raise ApiError(
+                    "no such universe: " + ", ".join(listed),
+                    errors=[{"loc": "query.universe", "msg": f"unknown universe {k!r}"} for k in listed],
+                )
+            page = await search_symbols(
+                conn,
+                SymbolQuery(
+                    q=search.q or None,
+                    sector=search.sector,
+                    exchange=search.exchange,
+                    type=search.type,
+                    universes=tuple(universes),
+                    active=search.active,
+                    after=after,
+                    limit=search.limit,
+                ),
+            )
+        next_cursor = (
+            None
+            if page.next_after is None
+            else encode_cursor(page.next_after, fingerprint=fingerprint, codec=hub.cursors)
+        )
+        return Computed(
+            dumps({"items": [_symbol_json(r) for r in page.items], "next_cursor": next_cursor}),
+            REFERENCE_TTL_S,
+        )
 
-    served = await serve(hub.cache, "symbols", {"f": fingerprint, "after": after, "limit": search.limit},
-                         Dependencies(strict=(REFERENCE_GENERATION,)), compute)
+    served = await serve(
+        hub.cache,
+        "symbols",
+        {"f": fingerprint, "after": after, "limit": search.limit},
+        Dependencies(strict=(REFERENCE_GENERATION,)),
+        compute,
+    )
     return cached_json(served.body, served.outcome)
 
 
@@ -179,9 +224,12 @@ def cached_json(body: bytes, outcome: str) -> Response:
 # -- GET /api/symbols/{symbol} ----------------------------------------------------------------------
 
 
-@operation(summary="One symbol with its universes and latest patterns", tags=["symbols"],
-           responses={200: SymbolDetail},
-           path={"symbol": {"type": "string", "minLength": 1, "examples": ["AAPL", "BRK.B"]}})
+@operation(
+    summary="One symbol with its universes and latest patterns",
+    tags=["symbols"],
+    responses={200: SymbolDetail},
+    path={"symbol": {"type": "string", "minLength": 1, "examples": ["AAPL", "BRK.B"]}},
+)
 @requires("patterns:read")
 async def show_symbol(request: Request) -> Response:
     hub: HubState = request.app.state.hub
@@ -196,13 +244,15 @@ async def show_symbol(request: Request) -> Response:
             found = await get_symbol(conn, symbol)
         if found is None:
             raise ApiError(f"no symbol {symbol!r} in the directory", status=404)
-        found["latest_patterns"] = [{**p, "detected_at": p["detected_at"].isoformat()}
-                                    for p in found["latest_patterns"]]
+        found["latest_patterns"] = [
+            {**p, "detected_at": p["detected_at"].isoformat()} for p in found["latest_patterns"]
+        ]
         return Computed(dumps(_symbol_json(found)), hub.settings.cache_ttl_s)
 
     # latest_patterns follows the events of every timeframe; the rest is reference data.
-    served = await serve(hub.cache, "symbol", symbol,
-                         Dependencies(events=TIMEFRAMES, strict=(REFERENCE_GENERATION,)), compute)
+    served = await serve(
+        hub.cache, "symbol", symbol, Dependencies(events=TIMEFRAMES, strict=(REFERENCE_GENERATION,)), compute
+    )
     return cached_json(served.body, served.outcome)
 
 
@@ -215,10 +265,13 @@ class _SymbolIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     symbol: Annotated[SymbolName, WithJsonSchema(SYMBOL_SCHEMA)]
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256, pattern=NO_NUL)]
+    name: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256, pattern=NO_NUL)
+    ]
     exchange: Short | None = None
-    type: Annotated[str, AfterValidator(_symbol_type), WithJsonSchema({"enum": list(SYMBOL_TYPES),
-                                                                       "type": "string"})] = "stock"
+    type: Annotated[
+        str, AfterValidator(_symbol_type), WithJsonSchema({"enum": list(SYMBOL_TYPES), "type": "string"})
+    ] = "stock"
     sector: Short | None = None
     industry: Short | None = None
     market_cap: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
@@ -231,8 +284,13 @@ class _Upsert(BaseModel):
     symbols: list[_SymbolIn] = Field(max_length=MAX_UPSERT)
 
 
-@operation(summary="Bulk upsert symbols", tags=["symbols"], body=_Upsert, responses={200: Upserted},
-           errors=(400, 413))
+@operation(
+    summary="Bulk upsert symbols",
+    tags=["symbols"],
+    body=_Upsert,
+    responses={200: Upserted},
+    errors=(400, 413),
+)
 @requires("admin")
 async def put_symbols(request: Request) -> JSONResponse:
     """Body: ``{"symbols": [{symbol, name, exchange?, type?, sector?, industry?, market_cap?, active?}]}``,
@@ -241,21 +299,26 @@ async def put_symbols(request: Request) -> JSONResponse:
     document = await read_body(request, max_bytes=MAX_UPSERT_BYTES)
     given = document.get("symbols") if isinstance(document, dict) else None
     if isinstance(given, list) and len(given) > MAX_UPSERT:
-        raise ApiError(f"at most {MAX_UPSERT} symbols per request", status=413,
-                       errors=[{"loc": "body.symbols", "msg": f"{len(document['symbols'])} given"}])
+        raise ApiError(
+            f"at most {MAX_UPSERT} symbols per request",
+            status=413,
+            errors=[{"loc": "body.symbols", "msg": f"{len(document['symbols'])} given"}],
+        )
     body = read_model(_Upsert, document)
     first: dict[str, int] = {}
     duplicates = []
     for index, item in enumerate(body.symbols):
         seen = first.setdefault(item.symbol, index)
         if seen != index:
-            duplicates.append({"loc": f"body.symbols[{index}].symbol",
-                               "msg": f"{item.symbol} is also symbols[{seen}]"})
+            duplicates.append(
+                {"loc": f"body.symbols[{index}].symbol", "msg": f"{item.symbol} is also symbols[{seen}]"}
+            )
     if duplicates:
         raise ApiError("a symbol appears more than once", errors=duplicates[:MAX_ERRORS])
     async with hub.pool.connection() as conn:
-        upserted = await upsert_symbols(conn, [item.model_dump(exclude_unset=True) | {"symbol": item.symbol}
-                                               for item in body.symbols])
+        upserted = await upsert_symbols(
+            conn, [item.model_dump(exclude_unset=True) | {"symbol": item.symbol} for item in body.symbols]
+        )
     if hub.cache is not None:
         await hub.cache.reference_changed()
     return JSONResponse({"upserted": upserted})

@@ -33,8 +33,12 @@ def _kind(value: str) -> str:
 class _ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Annotated[str, AfterValidator(_kind),
-                    WithJsonSchema({"enum": list(UNIVERSE_KINDS), "type": "string"})] | None = None
+    kind: (
+        Annotated[
+            str, AfterValidator(_kind), WithJsonSchema({"enum": list(UNIVERSE_KINDS), "type": "string"})
+        ]
+        | None
+    ) = None
 
 
 _REFERENCE = Dependencies(strict=(REFERENCE_GENERATION,))
@@ -80,9 +84,14 @@ def _universe_json(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "updated_at": row["updated_at"].isoformat()}
 
 
-@operation(summary="Universes with member counts", tags=["universes"], query=_ListQuery,
-           responses={200: UniverseList}, errors=(400,),
-           links={200: {"GetUniverse": link("get_universes_by_key", key="$response.body#/items/0/key")}})
+@operation(
+    summary="Universes with member counts",
+    tags=["universes"],
+    query=_ListQuery,
+    responses={200: UniverseList},
+    errors=(400,),
+    links={200: {"GetUniverse": link("get_universes_by_key", key="$response.body#/items/0/key")}},
+)
 @requires("patterns:read")
 async def index(request: Request) -> Response:
     """Query: ``kind`` (index, sector, etf, theme, custom)."""
@@ -98,8 +107,12 @@ async def index(request: Request) -> Response:
     return cached_json(served.body, served.outcome)
 
 
-@operation(summary="One universe, or a union, with its members", tags=["universes"], responses={200: Universe},
-           path={"key": {"type": "string", "minLength": 1, "examples": ["dow30", "dow30:nasdaq100"]}})
+@operation(
+    summary="One universe, or a union, with its members",
+    tags=["universes"],
+    responses={200: Universe},
+    path={"key": {"type": "string", "minLength": 1, "examples": ["dow30", "dow30:nasdaq100"]}},
+)
 @requires("patterns:read")
 async def show(request: Request) -> Response:
     """``{key}`` is one key or several joined by ``:`` (their union, kind ``union``)."""

@@ -52,8 +52,13 @@ def _strings(allowed: tuple[str, ...] = ()) -> PlainValidator:
 
     def check(value: object) -> str | list[str]:
         items = value if isinstance(value, list) else [value]
-        if (not items or len(items) > MAX_FILTER_VALUES
-                or not all(isinstance(v, str) and 1 <= len(v) <= MAX_FILTER_TEXT and "\x00" not in v for v in items)):
+        if (
+            not items
+            or len(items) > MAX_FILTER_VALUES
+            or not all(
+                isinstance(v, str) and 1 <= len(v) <= MAX_FILTER_TEXT and "\x00" not in v for v in items
+            )
+        ):
             raise PydanticCustomError(
                 "string_or_list",
                 f"expected a string or a list of 1-{MAX_FILTER_VALUES} strings, "
@@ -70,8 +75,9 @@ def _strings_schema(allowed: tuple[str, ...] = ()) -> WithJsonSchema:
     item: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_FILTER_TEXT, "pattern": NO_NUL}
     if allowed:
         item = {"enum": list(allowed), "type": "string"}
-    return WithJsonSchema({"anyOf": [item, {"type": "array", "items": item, "minItems": 1,
-                                            "maxItems": MAX_FILTER_VALUES}]})
+    return WithJsonSchema(
+        {"anyOf": [item, {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_FILTER_VALUES}]}
+    )
 
 
 Strings = Annotated[str | list[str], _strings(), _strings_schema()]
@@ -112,7 +118,9 @@ class _ScanFilter(BaseModel):
 class _NewFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME, pattern=NO_NUL)]
+    name: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME, pattern=NO_NUL)
+    ]
     filter: _ScanFilter
 
 
@@ -136,9 +144,15 @@ async def get_filters(request: Request) -> JSONResponse:
     return JSONResponse({"items": [stamped(r) for r in rows]})
 
 
-@operation(summary="Save a scan filter", tags=["users"], body=_NewFilter, responses={201: SavedFilter},
-           errors=(400, 409, 413), headers={201: {"Location": {"type": "string"}}},
-           links={201: {"DeleteFilter": link("delete_users_filters_by_id", id="$response.body#/id")}})
+@operation(
+    summary="Save a scan filter",
+    tags=["users"],
+    body=_NewFilter,
+    responses={201: SavedFilter},
+    errors=(400, 409, 413),
+    headers={201: {"Location": {"type": "string"}}},
+    links={201: {"DeleteFilter": link("delete_users_filters_by_id", id="$response.body#/id")}},
+)
 @requires("universe:write")
 async def post_filter(request: Request) -> JSONResponse:
     """Body: ``{"name": …, "filter": {…scan query parameters…}}``. 201 with the saved filter and its
@@ -148,8 +162,9 @@ async def post_filter(request: Request) -> JSONResponse:
     stored = body.filter.model_dump(mode="json", exclude_none=True)
     async with hub.pool.connection() as conn:  # DuplicateName, LimitExceeded: a 409 (api.errors)
         saved = await create_filter(conn, caller_subject(request), body.name, stored, max_filters=MAX_FILTERS)
-    return JSONResponse(stamped(saved), status_code=201,
-                        headers={"Location": f"/api/users/filters/{saved['id']}"})
+    return JSONResponse(
+        stamped(saved), status_code=201, headers={"Location": f"/api/users/filters/{saved['id']}"}
+    )
 
 
 @operation(summary="Delete a saved scan filter", tags=["users"], responses={204: None})

@@ -67,14 +67,20 @@ async def _check_exist(hub: HubState, fields: dict[str, tuple[list[str], bool]])
         for field, (values, are_symbols) in fields.items():
             unknown = await (unknown_symbols if are_symbols else unknown_universes)(conn, values)
             what = "symbol" if are_symbols else "universe"
-            errors += [{"loc": f"body.{field}[{i}]", "msg": f"unknown {what} {v!r}"}
-                       for i, v in enumerate(values) if v in unknown]
+            errors += [
+                {"loc": f"body.{field}[{i}]", "msg": f"unknown {what} {v!r}"}
+                for i, v in enumerate(values)
+                if v in unknown
+            ]
             names |= unknown
     if errors:
         listed = sorted(names)
-        raise ApiError("unknown symbols or universes: " + ", ".join(listed[:MAX_ERRORS])
-                       + (f" and {len(listed) - MAX_ERRORS} more" if len(listed) > MAX_ERRORS else ""),
-                       errors=errors[:MAX_ERRORS])
+        raise ApiError(
+            "unknown symbols or universes: "
+            + ", ".join(listed[:MAX_ERRORS])
+            + (f" and {len(listed) - MAX_ERRORS} more" if len(listed) > MAX_ERRORS else ""),
+            errors=errors[:MAX_ERRORS],
+        )
 
 
 Symbol = Annotated[SymbolName, WithJsonSchema(SYMBOL_SCHEMA)]
@@ -128,8 +134,12 @@ async def _notify(hub: HubState, subject: str, universe: UserUniverse) -> None:
     try:
         await hub.nats.publish(UNIVERSE_CHANGED_SUBJECT, payload)
     except (NatsError, OSError) as exc:
-        log.warning("universe change of %r not announced on %s: %s", subject, UNIVERSE_CHANGED_SUBJECT,
-                    exc or type(exc).__name__)
+        log.warning(
+            "universe change of %r not announced on %s: %s",
+            subject,
+            UNIVERSE_CHANGED_SUBJECT,
+            exc or type(exc).__name__,
+        )
 
 
 @operation(summary="The caller's universe", tags=["users"], responses={200: UserUniverseOut})
@@ -141,8 +151,13 @@ async def get_universe(request: Request) -> JSONResponse:
     return JSONResponse(universe.as_dict())
 
 
-@operation(summary="Replace the caller's universe", tags=["users"], body=_Universe,
-           responses={200: UserUniverseOut}, errors=(400, 413))
+@operation(
+    summary="Replace the caller's universe",
+    tags=["users"],
+    body=_Universe,
+    responses={200: UserUniverseOut},
+    errors=(400, 413),
+)
 @requires("universe:write")
 async def put_universe(request: Request) -> JSONResponse:
     """Body: ``{"symbols": [...], "universe_keys": [...]}`` (at most 2,000 and 50), replacing both."""
@@ -152,30 +167,45 @@ async def put_universe(request: Request) -> JSONResponse:
     subject = caller_subject(request)
     async with hub.pool.connection() as conn:
         universe, changed = await replace_user_universe(
-            conn, subject, symbols=body.symbols, universe_keys=body.universe_keys,
-            max_symbols=MAX_UNIVERSE_SYMBOLS, max_universes=MAX_UNIVERSE_KEYS,
+            conn,
+            subject,
+            symbols=body.symbols,
+            universe_keys=body.universe_keys,
+            max_symbols=MAX_UNIVERSE_SYMBOLS,
+            max_universes=MAX_UNIVERSE_KEYS,
         )
     if changed:
         await _notify(hub, subject, universe)
     return JSONResponse(universe.as_dict())
 
 
-@operation(summary="Change the caller's universe", tags=["users"], body=_UniversePatch,
-           responses={200: UserUniverseOut}, errors=(400, 413))
+@operation(
+    summary="Change the caller's universe",
+    tags=["users"],
+    body=_UniversePatch,
+    responses={200: UserUniverseOut},
+    errors=(400, 413),
+)
 @requires("universe:write")
 async def patch_universe(request: Request) -> JSONResponse:
     """Body: any of ``add_symbols``, ``remove_symbols``, ``add_universes``, ``remove_universes``;
     removals apply first. The result is bounded as for ``PUT``."""
     hub: HubState = request.app.state.hub
     body = read_model(_UniversePatch, await read_body(request, max_bytes=MAX_BODY_BYTES))
-    await _check_exist(hub, {"add_symbols": (body.add_symbols, True),
-                             "add_universes": (body.add_universes, False)})
+    await _check_exist(
+        hub, {"add_symbols": (body.add_symbols, True), "add_universes": (body.add_universes, False)}
+    )
     subject = caller_subject(request)
     async with hub.pool.connection() as conn:  # LimitExceeded: a 400 (api.errors)
         universe, changed = await patch_user_universe(
-            conn, subject, add_symbols=body.add_symbols, remove_symbols=body.remove_symbols,
-            add_universes=body.add_universes, remove_universes=body.remove_universes,
-            max_symbols=MAX_UNIVERSE_SYMBOLS, max_universes=MAX_UNIVERSE_KEYS,
+            conn,
+            subject,
+            add_symbols=body.add_symbols,
+            remove_symbols=body.remove_symbols,
+            add_universes=body.add_universes,
+            remove_universes=body.remove_universes,
+            max_symbols=MAX_UNIVERSE_SYMBOLS,
+            max_universes=MAX_UNIVERSE_KEYS,
         )
     if changed:
         await _notify(hub, subject, universe)
@@ -191,8 +221,13 @@ class _Watchlist(BaseModel):
     symbols: list[Symbol] = Field(max_length=MAX_WATCHLIST_SYMBOLS)
 
 
-WATCHLIST_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "examples": ["tech"],
-                  "description": f"1-{MAX_NAME} printable characters"}
+WATCHLIST_NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME,
+    "examples": ["tech"],
+    "description": f"1-{MAX_NAME} printable characters",
+}
 
 
 def stamped(row: dict[str, Any]) -> dict[str, Any]:
@@ -213,29 +248,38 @@ async def get_watchlists(request: Request) -> JSONResponse:
     return JSONResponse({"items": [stamped(r) for r in rows]})
 
 
-@operation(summary="Create or replace a watchlist", tags=["users"], body=_Watchlist,
-           responses={200: Watchlist, 201: Watchlist}, errors=(400, 409, 413),
-           path={"name": WATCHLIST_NAME},
-           links={s: {"DeleteWatchlist": link("delete_users_watchlists_by_name", name="$request.path.name")}
-                  for s in (200, 201)})
+@operation(
+    summary="Create or replace a watchlist",
+    tags=["users"],
+    body=_Watchlist,
+    responses={200: Watchlist, 201: Watchlist},
+    errors=(400, 409, 413),
+    path={"name": WATCHLIST_NAME},
+    links={
+        s: {"DeleteWatchlist": link("delete_users_watchlists_by_name", name="$request.path.name")}
+        for s in (200, 201)
+    },
+)
 @requires("universe:write")
 async def put_one_watchlist(request: Request) -> JSONResponse:
     """Body: ``{"symbols": [...]}`` (at most 500). 201 when the watchlist is new; 409 beyond 50."""
     hub: HubState = request.app.state.hub
     name = _watchlist_name(request)
     if name is None:
-        raise ApiError(f"a watchlist name is 1-{MAX_NAME} printable characters",
-                       errors=[{"loc": "path.name", "msg": f"must be 1-{MAX_NAME} printable characters"}])
+        raise ApiError(
+            f"a watchlist name is 1-{MAX_NAME} printable characters",
+            errors=[{"loc": "path.name", "msg": f"must be 1-{MAX_NAME} printable characters"}],
+        )
     body = read_model(_Watchlist, await read_body(request, max_bytes=MAX_BODY_BYTES))
     await _check_exist(hub, {"symbols": (body.symbols, True)})
     async with hub.pool.connection() as conn:  # LimitExceeded: a 409 (api.errors)
-        saved, created = await put_watchlist(conn, caller_subject(request), name, body.symbols,
-                                             max_watchlists=MAX_WATCHLISTS)
+        saved, created = await put_watchlist(
+            conn, caller_subject(request), name, body.symbols, max_watchlists=MAX_WATCHLISTS
+        )
     return JSONResponse(stamped(saved), status_code=201 if created else 200)
 
 
-@operation(summary="Delete a watchlist", tags=["users"], responses={204: None},
-           path={"name": WATCHLIST_NAME})
+@operation(summary="Delete a watchlist", tags=["users"], responses={204: None}, path={"name": WATCHLIST_NAME})
 @requires("universe:write")
 async def delete_one_watchlist(request: Request) -> Response:
     hub: HubState = request.app.state.hub

@@ -102,8 +102,13 @@ class Session:
 
     __slots__ = ("auth", "charge", "conn", "fanout")
 
-    def __init__(self, conn: Connection, fanout: FanOut, auth: Authenticator,
-                 charge: Callable[[], Awaitable[bool]] | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        fanout: FanOut,
+        auth: Authenticator,
+        charge: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
         self.conn, self.fanout, self.auth = conn, fanout, auth
         self.charge = charge  # a failed authentication from this client's address; False: over its limit
 
@@ -137,9 +142,16 @@ class Session:
             self.conn.close(CLOSE_FORBIDDEN, f"this needs the {READ_SCOPE!r} scope")
             return False
         self._grant(principal)
-        self.conn.send_json({"op": "welcome", "node": self.fanout.node, "head": self.fanout.head,
-                             "subject": principal.subject, "expires_at": principal.expires_at,
-                             "limits": self.fanout.limits.as_dict()})
+        self.conn.send_json(
+            {
+                "op": "welcome",
+                "node": self.fanout.node,
+                "head": self.fanout.head,
+                "subject": principal.subject,
+                "expires_at": principal.expires_at,
+                "limits": self.fanout.limits.as_dict(),
+            }
+        )
         return True
 
     def _grant(self, principal: Principal) -> None:
@@ -195,7 +207,11 @@ class Session:
         try:
             return model.model_validate(frame)
         except ValidationError as exc:
-            code = ERROR_INVALID_FILTER if any(e["loc"][:1] == ("filter",) for e in exc.errors()) else ERROR_INVALID
+            code = (
+                ERROR_INVALID_FILTER
+                if any(e["loc"][:1] == ("filter",) for e in exc.errors())
+                else ERROR_INVALID
+            )
             raise OpError(code, _brief(exc)) from None
 
     async def _refresh(self, token: str) -> None:

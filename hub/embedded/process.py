@@ -24,8 +24,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-__all__ = ["DEFAULT_START_TIMEOUT_S", "DEFAULT_STOP_TIMEOUT_S", "EmbeddedError", "EmbeddedServer", "find_binary",
-           "free_port", "port_open", "started"]
+__all__ = [
+    "DEFAULT_START_TIMEOUT_S",
+    "DEFAULT_STOP_TIMEOUT_S",
+    "EmbeddedError",
+    "EmbeddedServer",
+    "find_binary",
+    "free_port",
+    "port_open",
+    "started",
+]
 
 log = logging.getLogger("tickstock.embedded")
 
@@ -170,7 +178,11 @@ class EmbeddedServer:
             time.sleep(0.05)
         log.info(
             "%s ready on %s:%s (pid %s, %.2f s)",
-            self.name, self.host, self.port, self._proc.pid, time.monotonic() - started,
+            self.name,
+            self.host,
+            self.port,
+            self._proc.pid,
+            time.monotonic() - started,
         )
 
     def stop(self) -> None:
@@ -215,10 +227,14 @@ class EmbeddedServer:
         wanted, self.port = self.port, port
         if self.ready():
             self._attached_pid = pid
-            log.info("%s: using the server already running on %s:%s (pid %s)", self.name, self.host, port, pid)
+            log.info(
+                "%s: using the server already running on %s:%s (pid %s)", self.name, self.host, port, pid
+            )
             return True
         self.port = wanted
-        log.warning("%s: stopping a server left by an earlier run that does not answer (pid %s)", self.name, pid)
+        log.warning(
+            "%s: stopping a server left by an earlier run that does not answer (pid %s)", self.name, pid
+        )
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, self.stop_signal)
             for _ in range(int(self.stop_timeout_s * 20)):
@@ -256,9 +272,10 @@ class EmbeddedServer:
         await asyncio.to_thread(self.stop)
 
 
-
 @contextlib.contextmanager
-def started(*servers: EmbeddedServer, on_ready: Callable[[EmbeddedServer], None] | None = None) -> Iterator[None]:
+def started(
+    *servers: EmbeddedServer, on_ready: Callable[[EmbeddedServer], None] | None = None
+) -> Iterator[None]:
     """Start ``servers`` in order, stop them in reverse order (also on error)."""
     with contextlib.ExitStack() as stack:
         for server in servers:

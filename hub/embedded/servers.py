@@ -96,8 +96,11 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", name],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+        )
         return pwd.getpwnam(name)
 
 
@@ -156,9 +159,21 @@ class EmbeddedPostgres(EmbeddedServer):
             os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
         log.info("postgres: initialising a new cluster in %s", self.pgdata)
         subprocess.run(
-            [str(_postgres_bin() / "initdb"), "-D", str(self.pgdata), "-U", self.user, "--auth=trust",
-             "--encoding=UTF8", "--locale=C", "--no-instructions"],
-            check=True, capture_output=True, user=owner, timeout=120,
+            [
+                str(_postgres_bin() / "initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                self.user,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-instructions",
+            ],
+            check=True,
+            capture_output=True,
+            user=owner,
+            timeout=120,
         )
 
     def _prepare_system_user(self, owner: str) -> None:
@@ -230,9 +245,25 @@ class EmbeddedRedis(EmbeddedServer):
 
     def command(self) -> list[str]:
         return [
-            str(_redis_binary()), "--bind", self.host, "--port", str(self.port), "--save", "",
-            "--appendonly", "no", "--dir", str(self.data_dir), "--maxmemory", self.max_memory,
-            "--maxmemory-policy", "allkeys-lru", "--daemonize", "no", "--protected-mode", "no",
+            str(_redis_binary()),
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.data_dir),
+            "--maxmemory",
+            self.max_memory,
+            "--maxmemory-policy",
+            "allkeys-lru",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
         ]
 
     def ready(self) -> bool:
@@ -242,4 +273,3 @@ class EmbeddedRedis(EmbeddedServer):
                 return sock.recv(7) == b"+PONG\r\n"
         except OSError:
             return False
-

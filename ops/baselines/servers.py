@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +37,16 @@ FLASK_DIR = HERE / "flask_socketio"
 FLASK_VENV = RESULTS / "venvs" / "flask-socketio"
 READY_TIMEOUT_S = 60.0
 
-__all__ = ["Server", "flask_server", "free_port", "node_server", "proc_cpu_s", "proc_rss", "starlette_server",
-           "stop_group"]
+__all__ = [
+    "Server",
+    "flask_server",
+    "free_port",
+    "node_server",
+    "proc_cpu_s",
+    "proc_rss",
+    "starlette_server",
+    "stop_group",
+]
 
 
 def free_port() -> int:
@@ -73,28 +81,20 @@ def proc_rss(pid: int) -> int:
     """Resident bytes of ``pid`` and its live descendants."""
     total = 0
     for proc in _tree(pid):
-        try:
+        with suppress(psutil.NoSuchProcess):
             total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return total
 
 
 def stop_group(proc: subprocess.Popen[bytes], *, timeout_s: float = 10.0) -> None:
     """SIGTERM the process group ``proc`` leads, SIGKILL it after ``timeout_s``."""
     if proc.poll() is None:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with suppress(subprocess.TimeoutExpired):
             proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 
@@ -110,8 +110,9 @@ class Server:
 
 
 def _spawn(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
 
 
 def _wait_health(proc: subprocess.Popen[bytes], url: str, what: str) -> None:
@@ -134,8 +135,9 @@ def _http_publisher(base: str) -> Callable[[int, float, int], float]:
 
     def publish(count: int, rate: float, start: int) -> float:
         started = time.monotonic()
-        httpx.post(f"{base}/publish", params={"count": count, "rate": rate, "start": start}, timeout=10
-                   ).raise_for_status()
+        httpx.post(
+            f"{base}/publish", params={"count": count, "rate": rate, "start": start}, timeout=10
+        ).raise_for_status()
         time.sleep(max(0.0, count / rate - 0.5))
         while httpx.get(f"{base}/health", timeout=30).json()["publishing"]:
             time.sleep(0.05)
@@ -166,8 +168,12 @@ def ensure_node_modules() -> None:
     if stamp.exists() and stamp.read_text() == digest:
         return
     print("  npm ci (socket.io baseline) ...", flush=True)
-    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=NODE_DIR,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     stamp.write_text(digest)
 
 
@@ -179,8 +185,14 @@ def node_server() -> Iterator[Server]:
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_health(proc, f"{base}/health", "socket.io baseline")
-        yield Server("node", "socketio", f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
-                     base, proc.pid, _http_publisher(base))
+        yield Server(
+            "node",
+            "socketio",
+            f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
+            base,
+            proc.pid,
+            _http_publisher(base),
+        )
     finally:
         stop_group(proc)
 
@@ -198,8 +210,19 @@ def ensure_flask_venv() -> Path:
         shutil.rmtree(FLASK_VENV)
     FLASK_VENV.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", str(FLASK_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r",
-                    str(requirements)], check=True)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            str(requirements),
+        ],
+        check=True,
+    )
     stamp.write_text(digest)
     return python
 
@@ -212,14 +235,36 @@ def flask_server(redis_url: str, *, redis_pid: int | None = None) -> Iterator[Se
 
     def publish(count: int, rate: float, start: int) -> float:
         started = time.monotonic()
-        subprocess.run([str(python), "publisher.py", "--redis", redis_url, "--count", str(count), "--rate",
-                        str(rate), "--start", str(start)], cwd=FLASK_DIR, check=True, timeout=count / rate + 120)
+        subprocess.run(
+            [
+                str(python),
+                "publisher.py",
+                "--redis",
+                redis_url,
+                "--count",
+                str(count),
+                "--rate",
+                str(rate),
+                "--start",
+                str(start),
+            ],
+            cwd=FLASK_DIR,
+            check=True,
+            timeout=count / rate + 120,
+        )
         return time.monotonic() - started
 
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_health(proc, f"{base}/health", "flask-socketio baseline")
-        yield Server("flask", "socketio", f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
-                     base, proc.pid, publish, extra_pids={"redis": redis_pid} if redis_pid else {})
+        yield Server(
+            "flask",
+            "socketio",
+            f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
+            base,
+            proc.pid,
+            publish,
+            extra_pids={"redis": redis_pid} if redis_pid else {},
+        )
     finally:
         stop_group(proc)

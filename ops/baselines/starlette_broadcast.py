@@ -26,10 +26,20 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 EVENT = {
-    "id": "baseline", "type": "pattern_detected", "symbol": "AAPL", "pattern": "hammer", "timeframe": "daily",
-    "confidence": 0.82, "detected_at": "2026-11-28T15:30:00Z", "expires_at": None, "price": 187.5,
-    "volume": 1200300, "levels": {"support": 181.2, "resistance": 192.4}, "indicators": {"rsi": 41.5},
-    "source": "baseline", "schema_version": 1,
+    "id": "baseline",
+    "type": "pattern_detected",
+    "symbol": "AAPL",
+    "pattern": "hammer",
+    "timeframe": "daily",
+    "confidence": 0.82,
+    "detected_at": "2026-11-28T15:30:00Z",
+    "expires_at": None,
+    "price": 187.5,
+    "volume": 1200300,
+    "levels": {"support": 181.2, "resistance": 192.4},
+    "indicators": {"rsi": 41.5},
+    "source": "baseline",
+    "schema_version": 1,
 }
 
 clients: set[WebSocket] = set()
@@ -61,7 +71,7 @@ async def _publish(count: int, rate: float, start: int) -> None:
             for ws in list(clients):
                 try:
                     await ws.send_text(text)
-                except Exception:  # noqa: BLE001 - a closed client leaves the set
+                except Exception:
                     clients.discard(ws)
             state["sent"] += 1
     finally:
@@ -84,18 +94,36 @@ async def health(request: Request) -> Response:
     return JSONResponse({"clients": len(clients), **state})
 
 
-app = Starlette(routes=[WebSocketRoute("/ws", ws_endpoint), Route("/publish", publish, methods=["POST"]),
-                        Route("/health", health)])
+app = Starlette(
+    routes=[
+        WebSocketRoute("/ws", ws_endpoint),
+        Route("/publish", publish, methods=["POST"]),
+        Route("/health", health),
+    ]
+)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
     args = parser.parse_args()
     # As api/cli.py serves the hub: uvloop, httptools, the default websocket implementation, 1 MiB frames.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, loop="uvloop",
-                http="httptools", ws="auto", ws_max_size=1 << 20, server_header=False, backlog=4096)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        ws="auto",
+        ws_max_size=1 << 20,
+        server_header=False,
+        backlog=4096,
+    )
 
 
 if __name__ == "__main__":

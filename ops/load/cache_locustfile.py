@@ -27,10 +27,10 @@ from urllib.parse import quote, urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from locust import between, events, task  # noqa: E402
-from locust.contrib.fasthttp import FastHttpUser  # noqa: E402
+from locust import between, events, task
+from locust.contrib.fasthttp import FastHttpUser
 
-from api.auth import mint_token  # noqa: E402
+from api.auth import mint_token
 
 SECRET = os.environ.get("TICKSTOCK_JWT_SECRET", "ops-only-secret-not-for-production-0123456789")
 WAIT_MIN_S = float(os.environ.get("TICKSTOCK_LOAD_WAIT_MIN_S", "0.5"))
@@ -69,13 +69,29 @@ def saved_filters() -> list[dict[str, Any]]:
 
 
 @events.request.add_listener
-def _record(request_type: str, name: str, response_time: float, response_length: int, exception: Any = None,
-            **kwargs: Any) -> None:
+def _record(
+    request_type: str,
+    name: str,
+    response_time: float,
+    response_length: int,
+    exception: Any = None,
+    **kwargs: Any,
+) -> None:
     if _log is not None:
         response = kwargs.get("response")
         status = getattr(response, "status_code", 0) if response is not None else 0
-        _log.write(json.dumps({"t": time.time(), "name": name, "ms": round(response_time, 2), "status": status,
-                               "failed": exception is not None}) + "\n")
+        _log.write(
+            json.dumps(
+                {
+                    "t": time.time(),
+                    "name": name,
+                    "ms": round(response_time, 2),
+                    "status": status,
+                    "failed": exception is not None,
+                }
+            )
+            + "\n"
+        )
 
 
 @events.quitting.add_listener
@@ -89,10 +105,16 @@ class CacheDashboardUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.subject = f"cache-load-{next(_serial)}"
-        token = mint_token(SECRET, subject=self.subject, scopes=["patterns:read", "universe:write"], ttl_s=7200)
+        token = mint_token(
+            SECRET, subject=self.subject, scopes=["patterns:read", "universe:write"], ttl_s=7200
+        )
         self.headers = {"Authorization": f"Bearer {token}"}
-        self.client.put("/api/users/universe", json=random.choice(TEAM_UNIVERSES), headers=self.headers,
-                        name="user universe: save")
+        self.client.put(
+            "/api/users/universe",
+            json=random.choice(TEAM_UNIVERSES),
+            headers=self.headers,
+            name="user universe: save",
+        )
 
     def _scan(self, params: dict[str, Any], *, parse: bool = False) -> dict[str, Any] | None:
         """One scan, named by ``X-Cache`` (the body's ``cache.hit`` says the same; parsing every body

@@ -23,10 +23,10 @@ from urllib.parse import quote, urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from locust import between, task  # noqa: E402
-from locust.contrib.fasthttp import FastHttpUser  # noqa: E402
+from locust import between, task
+from locust.contrib.fasthttp import FastHttpUser
 
-from api.auth import mint_token  # noqa: E402
+from api.auth import mint_token
 
 SECRET = os.environ.get("TICKSTOCK_JWT_SECRET", "ops-only-secret-not-for-production-0123456789")
 WAIT_MIN_S = float(os.environ.get("TICKSTOCK_LOAD_WAIT_MIN_S", "0.5"))
@@ -54,7 +54,9 @@ class Reference:
         with client.get("/api/universes/sp500", headers=headers, name="setup", catch_response=True) as r:
             if r.status_code == 200:
                 cls.symbols = [m["symbol"] for m in r.json()["members"]] or POPULAR_SYMBOLS
-        with client.get("/api/universes?kind=sector", headers=headers, name="setup", catch_response=True) as r:
+        with client.get(
+            "/api/universes?kind=sector", headers=headers, name="setup", catch_response=True
+        ) as r:
             if r.status_code == 200:
                 # Sector universes are named "S&P 500 <GICS sector>"; the scan's sector filter takes the sector.
                 cls.sectors = [u["name"].removeprefix("S&P 500 ") for u in r.json()["items"] if u.get("name")]
@@ -72,12 +74,18 @@ class DashboardUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.subject = f"load-{next(_serial)}"
-        token = mint_token(SECRET, subject=self.subject, scopes=["patterns:read", "universe:write"], ttl_s=7200)
+        token = mint_token(
+            SECRET, subject=self.subject, scopes=["patterns:read", "universe:write"], ttl_s=7200
+        )
         self.headers = {"Authorization": f"Bearer {token}"}
         Reference.load(self.client, self.headers)
         mine = random.sample(Reference.symbols, k=min(15, len(Reference.symbols)))
-        self.client.put("/api/users/universe", json={"symbols": mine, "universe_keys": ["dow30"]},
-                        headers=self.headers, name="user universe: save")
+        self.client.put(
+            "/api/users/universe",
+            json={"symbols": mine, "universe_keys": ["dow30"]},
+            headers=self.headers,
+            name="user universe: save",
+        )
 
     def _get(self, path: str, name: str, params: dict[str, Any] | None = None) -> Any:
         url = f"{path}?{urlencode(params, doseq=True)}" if params else path
@@ -103,8 +111,11 @@ class DashboardUser(FastHttpUser):
     @task(5)
     def scan_sector(self) -> None:
         if Reference.sectors:
-            self._get("/api/patterns/scan", "scan: sector",
-                      {"sector": random.choice(Reference.sectors), "confidence_min": "0.5"})
+            self._get(
+                "/api/patterns/scan",
+                "scan: sector",
+                {"sector": random.choice(Reference.sectors), "confidence_min": "0.5"},
+            )
 
     @task(8)
     def scan_and_page(self) -> None:

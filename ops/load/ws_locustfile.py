@@ -35,11 +35,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import gevent  # noqa: E402
-import websocket  # noqa: E402  (websocket-client)
-from locust import User, between, task  # noqa: E402
+import contextlib
 
-from api.auth import mint_token  # noqa: E402
+import gevent
+import websocket
+from locust import User, between, task
+
+from api.auth import mint_token
 
 SECRET = os.environ.get("TICKSTOCK_JWT_SECRET", "ops-only-secret-not-for-production-0123456789")
 FILTERS: dict[str, dict[str, Any]] = {
@@ -60,14 +62,16 @@ def _t0(frame: str) -> float | None:
         while end < len(frame) and frame[end] in " 0123456789.":
             end += 1
         try:
-            return float(frame[at + 11:end])
+            return float(frame[at + 11 : end])
         except ValueError:
             return None
     at = frame.find('"detected_at":')
     if at >= 0:
         start = frame.find('"', at + 14) + 1
         try:
-            return datetime.fromisoformat(frame[start:frame.find('"', start)].replace("Z", "+00:00")).timestamp()
+            return datetime.fromisoformat(
+                frame[start : frame.find('"', start)].replace("Z", "+00:00")
+            ).timestamp()
         except ValueError:
             return None
     return None
@@ -86,14 +90,17 @@ class DashboardSocketUser(User):
         self.last_seq = 0
         self.stopping = False
         token = mint_token(SECRET, subject=self.subject, scopes=["patterns:read"], ttl_s=7200)
-        url = self.host.replace("http://", "ws://").replace("https://", "wss://").rstrip("/") + f"/ws?token={token}"
+        url = (
+            self.host.replace("http://", "ws://").replace("https://", "wss://").rstrip("/")
+            + f"/ws?token={token}"
+        )
         started = time.perf_counter()
         try:
             self.ws = websocket.create_connection(url, timeout=30, enable_multithread=True)
             welcome = json.loads(self.ws.recv())
             if welcome.get("op") != "welcome":
                 raise ConnectionError(f"expected welcome, got {welcome}")
-        except Exception as exc:  # noqa: BLE001 - reported to locust, the user then idles
+        except Exception as exc:
             self._fire("WS", "connect", started, 0, exc)
             self.ws = None
             return
@@ -106,18 +113,30 @@ class DashboardSocketUser(User):
     def on_stop(self) -> None:
         self.stopping = True
         if self.ws is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.ws.close()
-            except Exception:  # noqa: BLE001 - closing a dead socket
-                pass
         if self.reader is not None:
             self.reader.kill(block=False)
 
-    def _fire(self, kind: str, name: str, started: float, length: int, exc: BaseException | None,
-              response_time_ms: float | None = None) -> None:
+    def _fire(
+        self,
+        kind: str,
+        name: str,
+        started: float,
+        length: int,
+        exc: BaseException | None,
+        response_time_ms: float | None = None,
+    ) -> None:
         self.environment.events.request.fire(
-            request_type=kind, name=name, context={}, exception=exc, response_length=length,
-            response_time=response_time_ms if response_time_ms is not None else (time.perf_counter() - started) * 1000)
+            request_type=kind,
+            name=name,
+            context={},
+            exception=exc,
+            response_length=length,
+            response_time=response_time_ms
+            if response_time_ms is not None
+            else (time.perf_counter() - started) * 1000,
+        )
 
     def _send(self, message: dict[str, Any]) -> None:
         if self.ws is not None:
@@ -136,23 +155,40 @@ class DashboardSocketUser(User):
                 if not self.stopping:
                     self._fire("WS", "closed", time.perf_counter(), 0, exc, 0)
                 return
-            except Exception as exc:  # noqa: BLE001 - any read failure ends this user's socket
+            except Exception as exc:
                 if not self.stopping:
                     self._fire("WS", "closed", time.perf_counter(), 0, exc, 0)
                 return
             if not frame:  # a close frame: websocket-client returns an empty payload
                 if not self.stopping:
                     code = getattr(self.ws, "status", None)
-                    self._fire("WS", "closed", time.perf_counter(), 0, ConnectionError(f"closed by the hub ({code})"), 0)
+                    self._fire(
+                        "WS",
+                        "closed",
+                        time.perf_counter(),
+                        0,
+                        ConnectionError(f"closed by the hub ({code})"),
+                        0,
+                    )
                 return
             now = time.time()
-            if frame.startswith('{"op":"event"') or '"op": "event"' in frame[:20] or '"op":"event"' in frame[:20]:
+            if (
+                frame.startswith('{"op":"event"')
+                or '"op": "event"' in frame[:20]
+                or '"op":"event"' in frame[:20]
+            ):
                 self._event(frame, now)
                 continue
             message = json.loads(frame)
             op = message.get("op")
             if op == "subscribed":
-                self._fire("WS", "subscribe", self.pending.pop(message.get("id"), time.perf_counter()), len(frame), None)
+                self._fire(
+                    "WS",
+                    "subscribe",
+                    self.pending.pop(message.get("id"), time.perf_counter()),
+                    len(frame),
+                    None,
+                )
             elif op == "unsubscribed":
                 self.pending.pop(message.get("id"), None)
             elif op == "pong" and str(message.get("ts")) in self.pings:
@@ -160,8 +196,14 @@ class DashboardSocketUser(User):
             elif op == "ping":
                 self._send({"op": "pong"})
             elif op == "error":
-                self._fire("WS", f"error: {message.get('code')}", time.perf_counter(), len(frame),
-                           RuntimeError(message.get("message", "error frame")), 0)
+                self._fire(
+                    "WS",
+                    f"error: {message.get('code')}",
+                    time.perf_counter(),
+                    len(frame),
+                    RuntimeError(message.get("message", "error frame")),
+                    0,
+                )
 
     def _event(self, frame: str, now: float) -> None:
         at = frame.find('"seq":')
@@ -170,7 +212,7 @@ class DashboardSocketUser(User):
             end = at + 6
             while end < len(frame) and frame[end] in " 0123456789":
                 end += 1
-            seq = int(frame[at + 6:end] or 0)
+            seq = int(frame[at + 6 : end] or 0)
         t0 = _t0(frame)
         latency_ms = max(0.0, (now - t0) * 1000) if t0 is not None else 0.0
         exc = None

@@ -36,9 +36,11 @@ async def sub_at_the_limit_is_accepted(ctx: Ctx) -> None:
 async def token_lifetime_is_capped(ctx: Ctx) -> None:
     """exp − iat over TICKSTOCK_JWT_MAX_LIFETIME_S (1 day), or no iat: 401."""
     source = ctx.loopback.take()
-    for token in (ctx.token("long-lived", ("patterns:read",), ttl_s=10 * 86400),
-                  ctx.token("no-iat", ("patterns:read",), iat=None),
-                  ctx.token("iat-string", ("patterns:read",), iat="yesterday")):
+    for token in (
+        ctx.token("long-lived", ("patterns:read",), ttl_s=10 * 86400),
+        ctx.token("no-iat", ("patterns:read",), iat=None),
+        ctx.token("iat-string", ("patterns:read",), iat="yesterday"),
+    ):
         client = await ctx.client(token, source=source)
         assert_problem(await client.get("/api/patterns/scan", params={"limit": "1"}), 401)
 
@@ -56,14 +58,17 @@ async def jwks_failure_and_forged_cursor(ctx: Ctx) -> None:
     ctx.jwks_path.write_text(jwks_document(ctx.jwks_key))
     deadline = time.monotonic() + JWKS_LOAD_DEADLINE_S
     while (page := await client.get("/api/patterns/scan", params={"limit": "1"})).status_code == 503:
-        assert time.monotonic() < deadline, f"the key set not loaded {JWKS_LOAD_DEADLINE_S} s after it appeared"
+        assert time.monotonic() < deadline, (
+            f"the key set not loaded {JWKS_LOAD_DEADLINE_S} s after it appeared"
+        )
         await asyncio.sleep(0.5)
     assert page.status_code == 200, page.text[:300]
     real = page.json()["next_cursor"]
     assert real, "nothing stored to page through"
     public_constant = hashlib.sha256(b"tickstock-scan-cursor\0").digest()
-    await assert_cursors_refused(client, forged_scan_cursors(real, public_constant),
-                                 what="signed with the old public constant")
+    await assert_cursors_refused(
+        client, forged_scan_cursors(real, public_constant), what="signed with the old public constant"
+    )
 
 
 async def failed_authentication_burst(ctx: Ctx) -> None:
@@ -75,14 +80,20 @@ async def failed_authentication_burst(ctx: Ctx) -> None:
         client = await ctx.client(f"not.a.token{i}", source=source)
         last = await client.get("/api/patterns/scan")
         statuses.append(last.status_code)
-    assert statuses[:BURST // 2] == [401] * (BURST // 2), statuses
+    assert statuses[: BURST // 2] == [401] * (BURST // 2), statuses
     assert 429 in statuses, statuses
     assert last is not None and last.status_code == 429, statuses
     assert_problem(last, 429)
     assert last.headers.get("retry-after", "").isdigit(), last.headers
 
 
-ATTACKS: dict[str, Attack] = {f.__name__: f for f in (
-    hostile_tokens_over_http, sub_at_the_limit_is_accepted, token_lifetime_is_capped, jwks_failure_and_forged_cursor,
-    failed_authentication_burst,
-)}
+ATTACKS: dict[str, Attack] = {
+    f.__name__: f
+    for f in (
+        hostile_tokens_over_http,
+        sub_at_the_limit_is_accepted,
+        token_lifetime_is_capped,
+        jwks_failure_and_forged_cursor,
+        failed_authentication_burst,
+    )
+}

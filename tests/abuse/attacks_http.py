@@ -42,8 +42,11 @@ async def far_dates_0001_and_9999_with_a_neighbour(ctx: Ctx) -> None:
     """0001-01 and 9999-12 (a statement timeout and 30 retries on main) beside a valid event: both
     refused synchronously, the neighbour stored at once."""
     client = await ctx.client(ctx.token())
-    events = [hostile_event("y0001", detected_at="0001-01-01T00:00:00Z"),
-              hostile_event("y9999", detected_at="9999-12-01T00:00:00Z"), hostile_event("neighbour")]
+    events = [
+        hostile_event("y0001", detected_at="0001-01-01T00:00:00Z"),
+        hostile_event("y9999", detected_at="9999-12-01T00:00:00Z"),
+        hostile_event("neighbour"),
+    ]
     low, high, neighbour = _verdicts(await client.post("/api/patterns", json=events))
     assert (low["status"], low.get("reason")) == ("rejected", "detected_at_out_of_range"), low
     assert (high["status"], high.get("reason")) == ("rejected", "detected_at_out_of_range"), high
@@ -53,8 +56,10 @@ async def far_dates_0001_and_9999_with_a_neighbour(ctx: Ctx) -> None:
 
 async def out_of_window_expiry_and_future(ctx: Ctx) -> None:
     client = await ctx.client(ctx.token())
-    events = [hostile_event("exp9999", expires_at="9999-12-31T00:00:00Z"),
-              hostile_event("ahead", detected_at=now_iso(3 * 86400))]
+    events = [
+        hostile_event("exp9999", expires_at="9999-12-31T00:00:00Z"),
+        hostile_event("ahead", detected_at=now_iso(3 * 86400)),
+    ]
     expiry, ahead = _verdicts(await client.post("/api/patterns", json=events))
     assert (expiry["status"], expiry.get("reason")) == ("rejected", "expires_at_out_of_range"), expiry
     assert (ahead["status"], ahead.get("reason")) == ("rejected", "detected_at_out_of_range"), ahead
@@ -83,7 +88,9 @@ async def hostile_bodies(ctx: Ctx) -> None:
         ("over 4 MiB", b'{"events": ["' + b"x" * (5 << 20) + b'"]}', 413),
     ]
     for name, body, status in cases:
-        response = await client.post("/api/patterns", content=body, headers={"Content-Type": "application/json"})
+        response = await client.post(
+            "/api/patterns", content=body, headers={"Content-Type": "application/json"}
+        )
         assert response.status_code == status, f"{name}: {response.status_code} {response.text[:200]}"
         assert_problem(response, status)
 
@@ -104,7 +111,10 @@ async def odd_events_get_a_reason(ctx: Ctx) -> None:
         hostile_event("nested-data", data=json.loads("[" * 500 + "]" * 500)),
         hostile_event("ts", detected_at="2026-13-45T99:99:99Z"),
         hostile_event("type", type=["pattern_detected"]),
-        [1, 2, 3], "a string", None, 12,
+        [1, 2, 3],
+        "a string",
+        None,
+        12,
     ]
     verdicts = _verdicts(await client.post("/api/patterns", json=events))
     assert len(verdicts) == len(events)
@@ -115,12 +125,28 @@ async def odd_events_get_a_reason(ctx: Ctx) -> None:
 
 
 QUERIES = [
-    "limit=100000000000000000000000", "limit=-1", "limit=1&limit=2", "confidence_min=nan",
-    "confidence_min=inf", "confidence_max=-1e400", "detected_after=0001-01-01T00:00:00Z",
-    "detected_before=99999-01-01", "detected_after=%00", "sort=;DROP TABLE pattern_events", "order=sideways",
-    "symbol=%00", "symbol=" + "A" * 5000, "&".join(["symbol=AAPL"] * 2000), "universe=" + ":".join(["sp500"] * 500),
-    "pattern=" + "%0d%0a" * 100, "timeframe=daily&timeframe=daily&timeframe=x", "page=99999999999999&per_page=500",
-    "cursor=" + "A" * 5000, "cursor=%00%00", "unknown=1", "%ff%fe=%ff",
+    "limit=100000000000000000000000",
+    "limit=-1",
+    "limit=1&limit=2",
+    "confidence_min=nan",
+    "confidence_min=inf",
+    "confidence_max=-1e400",
+    "detected_after=0001-01-01T00:00:00Z",
+    "detected_before=99999-01-01",
+    "detected_after=%00",
+    "sort=;DROP TABLE pattern_events",
+    "order=sideways",
+    "symbol=%00",
+    "symbol=" + "A" * 5000,
+    "&".join(["symbol=AAPL"] * 2000),
+    "universe=" + ":".join(["sp500"] * 500),
+    "pattern=" + "%0d%0a" * 100,
+    "timeframe=daily&timeframe=daily&timeframe=x",
+    "page=99999999999999&per_page=500",
+    "cursor=" + "A" * 5000,
+    "cursor=%00%00",
+    "unknown=1",
+    "%ff%fe=%ff",
 ]
 
 
@@ -130,23 +156,39 @@ async def absurd_queries(ctx: Ctx) -> None:
     client = await ctx.client(ctx.token("query-attacker", ("patterns:read",)))
     for query in QUERIES:
         response = await client.get("/api/patterns/scan?" + query)
-        assert response.status_code not in SERVER_ERRORS, f"scan?{query[:80]}: {response.status_code} {response.text[:200]}"
+        assert response.status_code not in SERVER_ERRORS, (
+            f"scan?{query[:80]}: {response.status_code} {response.text[:200]}"
+        )
         if "%00" in query:
             assert response.status_code == 400, f"scan?{query[:80]}: {response.status_code}"
-    for path in ("/api/symbols?q=%00", "/api/symbols?q=" + "Z" * 10_000, "/api/symbols?universe=%00",
-                 "/api/symbols?limit=1&limit=1", "/api/symbols/%00", "/api/symbols/" + "A" * 300,
-                 "/api/patterns/%00", "/api/patterns/" + "x" * 300, "/api/universes/%00",
-                 "/api/patterns/stats?days=999999999999", "/api/admin/dlq?before=%00"):
+    for path in (
+        "/api/symbols?q=%00",
+        "/api/symbols?q=" + "Z" * 10_000,
+        "/api/symbols?universe=%00",
+        "/api/symbols?limit=1&limit=1",
+        "/api/symbols/%00",
+        "/api/symbols/" + "A" * 300,
+        "/api/patterns/%00",
+        "/api/patterns/" + "x" * 300,
+        "/api/universes/%00",
+        "/api/patterns/stats?days=999999999999",
+        "/api/admin/dlq?before=%00",
+    ):
         response = await client.get(path)
-        assert response.status_code not in SERVER_ERRORS, f"{path[:80]}: {response.status_code} {response.text[:200]}"
+        assert response.status_code not in SERVER_ERRORS, (
+            f"{path[:80]}: {response.status_code} {response.text[:200]}"
+        )
         if "%00" in path:
             assert response.status_code in (400, 403, 404), f"{path[:80]}: {response.status_code}"
 
 
 async def oversized_headers(ctx: Ctx) -> None:
     """A 100 KB header, 500 headers, a 64 KB token: refused (4xx or the connection closed), never 5xx."""
-    attempts: list[dict[str, str]] = [{"X-Junk": "j" * 100_000}, {f"X-H{i}": "v" for i in range(500)},
-                                      {"Authorization": "Bearer " + "a" * 65_536}]
+    attempts: list[dict[str, str]] = [
+        {"X-Junk": "j" * 100_000},
+        {f"X-H{i}": "v" for i in range(500)},
+        {"Authorization": "Bearer " + "a" * 65_536},
+    ]
     for headers in attempts:
         client = await ctx.client()
         try:
@@ -170,12 +212,21 @@ def forged_scan_cursors(real: str, key: bytes | None) -> list[str]:
     made-up MAC when ``key`` is None."""
     body = json.loads(_unb64(real))
     forged = []
-    for values in ([123, 456], ["2026-01-01T00:00:00+00:00", {"a": 1}], ["2026-01-01T00:00:00+00:00", [1, 2]],
-                   ["2026-01-01T00:00:00+00:00", 5], ["2026-01-01T00:00:00+00:00", "a\u0000b"],
-                   [None, None], ["9999-12-31T23:59:59+00:00", True], [[], {}]):
+    for values in (
+        [123, 456],
+        ["2026-01-01T00:00:00+00:00", {"a": 1}],
+        ["2026-01-01T00:00:00+00:00", [1, 2]],
+        ["2026-01-01T00:00:00+00:00", 5],
+        ["2026-01-01T00:00:00+00:00", "a\u0000b"],
+        [None, None],
+        ["9999-12-31T23:59:59+00:00", True],
+        [[], {}],
+    ):
         doc = {"k": values, "s": body["s"], "f": body["f"]}
         message = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        doc["m"] = _b64(hmac.new(key, message, hashlib.sha256).digest()[:16]) if key else "AAAAAAAAAAAAAAAAAAAAAA"
+        doc["m"] = (
+            _b64(hmac.new(key, message, hashlib.sha256).digest()[:16]) if key else "AAAAAAAAAAAAAAAAAAAAAA"
+        )
         forged.append(_b64(json.dumps(doc, separators=(",", ":")).encode()))
     return forged
 
@@ -183,7 +234,9 @@ def forged_scan_cursors(real: str, key: bytes | None) -> list[str]:
 async def assert_cursors_refused(client: httpx.AsyncClient, cursors: list[str], *, what: str) -> None:
     for cursor in cursors:
         response = await client.get("/api/patterns/scan", params={"limit": "1", "cursor": cursor})
-        assert response.status_code == 400, f"{what} {_unb64(cursor)[:120]!r}: {response.status_code} {response.text[:200]}"
+        assert response.status_code == 400, (
+            f"{what} {_unb64(cursor)[:120]!r}: {response.status_code} {response.text[:200]}"
+        )
         assert_problem(response, 400, mentions="cursor")
 
 
@@ -197,7 +250,9 @@ async def forged_scan_cursor(ctx: Ctx) -> None:
     assert real, "the steady flow stored nothing to page through"
     old_key = hashlib.sha256(b"tickstock-scan-cursor\0" + JWT_SECRET.encode()).digest()
     await assert_cursors_refused(client, forged_scan_cursors(real, None), what="unsigned")
-    await assert_cursors_refused(client, forged_scan_cursors(real, old_key), what="signed with the JWT-derived key")
+    await assert_cursors_refused(
+        client, forged_scan_cursors(real, old_key), what="signed with the JWT-derived key"
+    )
 
 
 async def symbols_cursor_with_nul(ctx: Ctx) -> None:
@@ -214,18 +269,33 @@ async def symbols_cursor_with_nul(ctx: Ctx) -> None:
 
 async def admin_replay_bodies(ctx: Ctx) -> None:
     """A dead letter replayed with a deeply nested body (400) and with an oversized one (413)."""
-    ack = await ctx.js.publish("tickstock.ingest.daily.KO", json.dumps(hostile_event("replay", pattern="nope")).encode())
+    ack = await ctx.js.publish(
+        "tickstock.ingest.daily.KO", json.dumps(hostile_event("replay", pattern="nope")).encode()
+    )
     letter = await ctx.dead_letter_of(ack.seq)
     client = await ctx.client(ctx.token("abuse-admin", ("admin",)))
     url = f"/api/admin/dlq/{letter['id']}/replay"
     headers = {"Content-Type": "application/json"}
     assert_problem(await client.post(url, content=b"[" * 100_000 + b"]" * 100_000, headers=headers), 400)
     assert_problem(await client.post(url, content=b"[" * 40 + b"]" * 40, headers=headers), 400)
-    assert_problem(await client.post(url, content=b'{"a": "' + b"x" * (2 << 20) + b'"}', headers=headers), 413)
+    assert_problem(
+        await client.post(url, content=b'{"a": "' + b"x" * (2 << 20) + b'"}', headers=headers), 413
+    )
 
 
-ATTACKS: dict[str, Attack] = {f.__name__: f for f in (
-    far_dates_2000_and_2019, far_dates_0001_and_9999_with_a_neighbour, out_of_window_expiry_and_future,
-    read_only_token_cannot_publish, hostile_bodies, odd_events_get_a_reason, absurd_queries, oversized_headers,
-    forged_scan_cursor, symbols_cursor_with_nul, admin_replay_bodies,
-)}
+ATTACKS: dict[str, Attack] = {
+    f.__name__: f
+    for f in (
+        far_dates_2000_and_2019,
+        far_dates_0001_and_9999_with_a_neighbour,
+        out_of_window_expiry_and_future,
+        read_only_token_cannot_publish,
+        hostile_bodies,
+        odd_events_get_a_reason,
+        absurd_queries,
+        oversized_headers,
+        forged_scan_cursor,
+        symbols_cursor_with_nul,
+        admin_replay_bodies,
+    )
+}

@@ -21,8 +21,9 @@ def _subject(event: dict[str, object]) -> str:
 
 
 async def _publish(ctx: Ctx, event: dict[str, object], **headers: str) -> int:
-    ack = await ctx.js.publish(_subject(event), json.dumps(event).encode(),
-                               headers={"Nats-Msg-Id": str(event["id"]), **headers})
+    ack = await ctx.js.publish(
+        _subject(event), json.dumps(event).encode(), headers={"Nats-Msg-Id": str(event["id"]), **headers}
+    )
     assert not ack.duplicate, f"{event['id']}: JetStream took it for a duplicate"
     return int(ack.seq)
 
@@ -31,9 +32,11 @@ async def far_dates_over_nats(ctx: Ctx) -> None:
     """Far dates that skip HTTP's checks: each dead-lettered ``detected_at_out_of_range`` /
     ``expires_at_out_of_range`` alone; the valid event published right after them is stored."""
     cases = {
-        "detected_at_out_of_range": [hostile_event("n0001", detected_at="0001-01-01T00:00:00Z"),
-                                     hostile_event("n9999", detected_at="9999-12-01T00:00:00Z"),
-                                     hostile_event("n2000", detected_at="2000-01-15T00:00:00Z")],
+        "detected_at_out_of_range": [
+            hostile_event("n0001", detected_at="0001-01-01T00:00:00Z"),
+            hostile_event("n9999", detected_at="9999-12-01T00:00:00Z"),
+            hostile_event("n2000", detected_at="2000-01-15T00:00:00Z"),
+        ],
         "expires_at_out_of_range": [hostile_event("nexp", expires_at="9999-12-31T00:00:00Z")],
     }
     seqs = [(reason, await _publish(ctx, e)) for reason, events in cases.items() for e in events]
@@ -58,9 +61,15 @@ async def hostile_headers_reach_the_dlq(ctx: Ctx) -> None:
 
     sub = await ctx.js._nc.subscribe("tickstock.dlq.>", cb=on_dlq)
     try:
-        ack = await ctx.js.publish(_subject(event), json.dumps(event).encode(), headers={
-            "Nats-Msg-Id": "not-the-event-id-" + str(event["id"]), "Nats-Expected-Stream": "TICKSTOCK_INGEST",
-            "X-Evil": f"a\r\nX-Injected: yes\r\n{FORGED_LOG_MARKER} ERROR injected"})
+        ack = await ctx.js.publish(
+            _subject(event),
+            json.dumps(event).encode(),
+            headers={
+                "Nats-Msg-Id": "not-the-event-id-" + str(event["id"]),
+                "Nats-Expected-Stream": "TICKSTOCK_INGEST",
+                "X-Evil": f"a\r\nX-Injected: yes\r\n{FORGED_LOG_MARKER} ERROR injected",
+            },
+        )
         try:
             msg = await asyncio.wait_for(found, DLQ_DEADLINE_S)
         except TimeoutError:
@@ -90,21 +99,32 @@ async def valid_event_with_hostile_headers_is_stored(ctx: Ctx) -> None:
 
     sub = await ctx.js._nc.subscribe("tickstock.patterns.daily.XOM", cb=on_clean)
     try:
-        await ctx.js.publish(_subject(event), json.dumps(event).encode(), headers={
-            "Nats-Msg-Id": "mismatch-" + str(event["id"]), "Nats-Expected-Stream": "TICKSTOCK_INGEST",
-            "Nats-Expected-Last-Sequence": "1", "X-Evil": "a\r\nX-Injected: yes"})
+        await ctx.js.publish(
+            _subject(event),
+            json.dumps(event).encode(),
+            headers={
+                "Nats-Msg-Id": "mismatch-" + str(event["id"]),
+                "Nats-Expected-Stream": "TICKSTOCK_INGEST",
+                "Nats-Expected-Last-Sequence": "1",
+                "X-Evil": "a\r\nX-Injected: yes",
+            },
+        )
         msg = await asyncio.wait_for(found, 20)
     finally:
         await sub.unsubscribe()
     headers = msg.headers or {}
     assert headers.get("Nats-Msg-Id") == event["id"], headers
-    assert not {"Nats-Expected-Stream", "Nats-Expected-Last-Sequence", "X-Evil", "X-Injected"} & set(headers), headers
+    assert not {"Nats-Expected-Stream", "Nats-Expected-Last-Sequence", "X-Evil", "X-Injected"} & set(
+        headers
+    ), headers
     await ctx.stored(str(event["id"]))
 
 
 async def crlf_in_a_detail(ctx: Ctx) -> None:
     """CR/LF in a field that ends up in a dead letter's detail: stored escaped, never raw."""
-    event = hostile_event("crlf", pattern=f"Ham\r\nmer\r\n2026-01-01 00:00:00,000 ERROR   {FORGED_LOG_MARKER}\x1b[2J")
+    event = hostile_event(
+        "crlf", pattern=f"Ham\r\nmer\r\n2026-01-01 00:00:00,000 ERROR   {FORGED_LOG_MARKER}\x1b[2J"
+    )
     letter = await ctx.dead_letter_of(await _publish(ctx, event))
     assert letter["reason"] == "unknown_pattern", letter["reason"]
     assert not any(c in letter["detail"] for c in "\r\n\x1b"), repr(letter["detail"])
@@ -120,11 +140,17 @@ async def id_squat(ctx: Ctx) -> None:
     squat = {**genuine, "symbol": "KO", "source": "squatter-producer", "confidence": 0.11}
     client = await ctx.client(ctx.token(squatter_sub))
     response = await client.post("/api/patterns", json=[squat])
-    assert response.status_code == 200 and response.json()["results"][0]["status"] == "accepted", response.text[:300]
+    assert response.status_code == 200 and response.json()["results"][0]["status"] == "accepted", (
+        response.text[:300]
+    )
     await ctx.stored(str(genuine["id"]))
-    ack = await ctx.js.publish(_subject(genuine), json.dumps(genuine).encode(), headers={"Nats-Msg-Id": str(genuine["id"])})
-    assert not ack.duplicate, ("JetStream dropped the genuine event as a duplicate of the squatter's Nats-Msg-Id "
-                               "(HTTP ingest publishes with Nats-Msg-Id = the bare event id): the squat is silent")
+    ack = await ctx.js.publish(
+        _subject(genuine), json.dumps(genuine).encode(), headers={"Nats-Msg-Id": str(genuine["id"])}
+    )
+    assert not ack.duplicate, (
+        "JetStream dropped the genuine event as a duplicate of the squatter's Nats-Msg-Id "
+        "(HTTP ingest publishes with Nats-Msg-Id = the bare event id): the squat is silent"
+    )
     letter = await ctx.dead_letter_of(ack.seq)
     assert letter["reason"] == "id_conflict", (letter["reason"], letter["detail"])
     status, out, err = await ctx.tickstock("dlq", "show", str(letter["id"]))
@@ -140,8 +166,9 @@ async def same_payload_twice_is_a_duplicate(ctx: Ctx) -> None:
     event = hostile_event("idem", symbol="T")
     await _publish(ctx, event)
     await ctx.stored(str(event["id"]))
-    again = await ctx.js.publish(_subject(event), json.dumps(event).encode(),
-                                 headers={"Nats-Msg-Id": "again-" + str(event["id"])})
+    again = await ctx.js.publish(
+        _subject(event), json.dumps(event).encode(), headers={"Nats-Msg-Id": "again-" + str(event["id"])}
+    )
     deadline = time.monotonic() + 15
     while (await ctx.js.consumer_info("TICKSTOCK_INGEST", "hub-writer")).ack_floor.stream_seq < again.seq:
         assert time.monotonic() < deadline, f"ingest seq {again.seq} not acknowledged within 15 s"
@@ -153,21 +180,55 @@ async def same_payload_twice_is_a_duplicate(ctx: Ctx) -> None:
 
 PAYLOADS: list[tuple[str, str, bytes, set[str]]] = [
     ("non-UTF-8", "tickstock.ingest.daily.KO", b'{"id": "\xff\xfe\xfd"}', {"not_json"}),
-    ("NaN", "tickstock.ingest.daily.KO",
-     json.dumps(hostile_event("nan")).replace('"confidence": 0.5', '"confidence": NaN').encode(), {"not_json", "invalid_field"}),
-    ("duplicate keys", "tickstock.ingest.daily.KO",
-     json.dumps(hostile_event("dup"))[:-1].encode() + b', "symbol": "AAPL"}', {"not_json", "invalid_field"}),
-    ("deep nesting", "tickstock.ingest.daily.KO", b"[" * 100_000 + b"]" * 100_000, {"not_json", "not_object", "too_large"}),
+    (
+        "NaN",
+        "tickstock.ingest.daily.KO",
+        json.dumps(hostile_event("nan")).replace('"confidence": 0.5', '"confidence": NaN').encode(),
+        {"not_json", "invalid_field"},
+    ),
+    (
+        "duplicate keys",
+        "tickstock.ingest.daily.KO",
+        json.dumps(hostile_event("dup"))[:-1].encode() + b', "symbol": "AAPL"}',
+        {"not_json", "invalid_field"},
+    ),
+    (
+        "deep nesting",
+        "tickstock.ingest.daily.KO",
+        b"[" * 100_000 + b"]" * 100_000,
+        {"not_json", "not_object", "too_large"},
+    ),
     ("a bare array", "tickstock.ingest.daily.KO", b"[1, 2, 3]", {"not_object"}),
-    ("huge levels", "tickstock.ingest.daily.KO",
-     json.dumps(hostile_event("lvl", levels={f"l{i}": 1.0 for i in range(10_000)})).encode(), {"invalid_field", "too_large"}),
-    ("over 64 KiB", "tickstock.ingest.daily.KO", json.dumps(hostile_event("big", data={"x": "y" * 70_000})).encode(),
-     {"too_large", "data_too_large"}),
-    ("subject mismatch", "tickstock.ingest.hourly.AAPL", json.dumps(hostile_event("mis")).encode(), {"subject_mismatch"}),
-    ("long subject token", "tickstock.ingest.daily." + "A" * 300, json.dumps(hostile_event("longsub")).encode(),
-     {"invalid_subject", "invalid_symbol", "subject_mismatch"}),
-    ("NUL in a string", "tickstock.ingest.daily.KO", json.dumps(hostile_event("nul", source="a\u0000b")).encode(),
-     {"invalid_field", "store_rejected"}),
+    (
+        "huge levels",
+        "tickstock.ingest.daily.KO",
+        json.dumps(hostile_event("lvl", levels={f"l{i}": 1.0 for i in range(10_000)})).encode(),
+        {"invalid_field", "too_large"},
+    ),
+    (
+        "over 64 KiB",
+        "tickstock.ingest.daily.KO",
+        json.dumps(hostile_event("big", data={"x": "y" * 70_000})).encode(),
+        {"too_large", "data_too_large"},
+    ),
+    (
+        "subject mismatch",
+        "tickstock.ingest.hourly.AAPL",
+        json.dumps(hostile_event("mis")).encode(),
+        {"subject_mismatch"},
+    ),
+    (
+        "long subject token",
+        "tickstock.ingest.daily." + "A" * 300,
+        json.dumps(hostile_event("longsub")).encode(),
+        {"invalid_subject", "invalid_symbol", "subject_mismatch"},
+    ),
+    (
+        "NUL in a string",
+        "tickstock.ingest.daily.KO",
+        json.dumps(hostile_event("nul", source="a\u0000b")).encode(),
+        {"invalid_field", "store_rejected"},
+    ),
 ]
 
 
@@ -175,14 +236,27 @@ async def payloads_get_a_reason(ctx: Ctx) -> None:
     """Payloads that are not events: each dead-lettered with a documented reason (the expected one)."""
     seqs = []
     for name, subject, payload, _ in PAYLOADS:
-        ack = await ctx.js.publish(subject, payload, headers={"Nats-Msg-Id": f"abuse-payload-{name}-{time.time_ns()}"})
+        ack = await ctx.js.publish(
+            subject, payload, headers={"Nats-Msg-Id": f"abuse-payload-{name}-{time.time_ns()}"}
+        )
         seqs.append(ack.seq)
     for (name, _, _, expected), seq in zip(PAYLOADS, seqs, strict=True):
         letter = await ctx.dead_letter_of(seq)
-        assert letter["reason"] in DOCUMENTED_REASONS and letter["reason"] in expected, (name, letter["reason"])
+        assert letter["reason"] in DOCUMENTED_REASONS and letter["reason"] in expected, (
+            name,
+            letter["reason"],
+        )
 
 
-ATTACKS: dict[str, Attack] = {f.__name__: f for f in (
-    far_dates_over_nats, hostile_headers_reach_the_dlq, valid_event_with_hostile_headers_is_stored,
-    crlf_in_a_detail, id_squat, same_payload_twice_is_a_duplicate, payloads_get_a_reason,
-)}
+ATTACKS: dict[str, Attack] = {
+    f.__name__: f
+    for f in (
+        far_dates_over_nats,
+        hostile_headers_reach_the_dlq,
+        valid_event_with_hostile_headers_is_stored,
+        crlf_in_a_detail,
+        id_squat,
+        same_payload_twice_is_a_duplicate,
+        payloads_get_a_reason,
+    )
+}

@@ -17,15 +17,19 @@ MAX_REASON_BYTES = 123
 SILENT_S = 3.0  # how long to wait for an answer frame or a close
 
 
-async def open_ws(ctx: Ctx, token: str | None = None, *, source: str | None = None,
-                  url: str | None = None) -> ClientConnection:
+async def open_ws(
+    ctx: Ctx, token: str | None = None, *, source: str | None = None, url: str | None = None
+) -> ClientConnection:
     """A websocket to the HS256 hub from a fresh loopback address (``?token=`` when given)."""
     uri = (url or ctx.hub.ws_url) + (f"?token={token}" if token is not None else "")
-    return await websockets.connect(uri, local_addr=(source or ctx.loopback.take(), 0), max_size=None,
-                                    open_timeout=10, ping_interval=None)
+    return await websockets.connect(
+        uri, local_addr=(source or ctx.loopback.take(), 0), max_size=None, open_timeout=10, ping_interval=None
+    )
 
 
-async def next_reply(ws: ClientConnection, *, ops: tuple[str, ...] = ("error", "pong", "welcome")) -> dict[str, Any]:
+async def next_reply(
+    ws: ClientConnection, *, ops: tuple[str, ...] = ("error", "pong", "welcome")
+) -> dict[str, Any]:
     """The next frame whose ``op`` is in ``ops`` (events and server pings are skipped)."""
     while True:
         frame = json.loads(await asyncio.wait_for(ws.recv(), SILENT_S))
@@ -60,23 +64,41 @@ async def deep_and_ill_typed_frames(ctx: Ctx) -> None:
         assert (await next_reply(ws))["op"] == "welcome"
         frames: list[tuple[str, str | bytes, set[str]]] = [
             ("32,000 [ … ] (under 64 KiB)", "[" * 32_000 + "]" * 32_000, {"bad_frame", "invalid"}),
-            ("40 levels in an op", json.dumps({"op": "ping", "ts": json.loads("[" * 40 + "]" * 40)}), {"bad_frame", "invalid"}),
-            ("40 levels in a filter", json.dumps({"op": "subscribe", "id": "d",
-                                                  "filter": json.loads("{\"a\":" * 40 + "1" + "}" * 40)}),
-             {"bad_frame", "invalid", "invalid_filter"}),
+            (
+                "40 levels in an op",
+                json.dumps({"op": "ping", "ts": json.loads("[" * 40 + "]" * 40)}),
+                {"bad_frame", "invalid"},
+            ),
+            (
+                "40 levels in a filter",
+                json.dumps(
+                    {"op": "subscribe", "id": "d", "filter": json.loads('{"a":' * 40 + "1" + "}" * 40)}
+                ),
+                {"bad_frame", "invalid", "invalid_filter"},
+            ),
             ("binary", b"\x00\x01\x02\xff", {"bad_frame"}),
             ("op is a number", '{"op": 5}', {"bad_frame"}),
             ("op is a list", '{"op": ["subscribe"]}', {"bad_frame"}),
             ("id is an object", '{"op": "subscribe", "id": {"x": 1}}', {"invalid"}),
-            ("symbols is a string", '{"op": "subscribe", "id": "s", "filter": {"symbols": "AAPL"}}', {"invalid", "invalid_filter"}),
-            ("confidence is text", '{"op": "subscribe", "id": "s", "filter": {"confidence_min": "high"}}',
-             {"invalid", "invalid_filter"}),
+            (
+                "symbols is a string",
+                '{"op": "subscribe", "id": "s", "filter": {"symbols": "AAPL"}}',
+                {"invalid", "invalid_filter"},
+            ),
+            (
+                "confidence is text",
+                '{"op": "subscribe", "id": "s", "filter": {"confidence_min": "high"}}',
+                {"invalid", "invalid_filter"},
+            ),
             ("since 2**70", '{"op": "subscribe", "id": "s", "since": 1180591620717411303424}', {"invalid"}),
             ("since NaN", '{"op": "subscribe", "id": "s", "since": NaN}', {"bad_frame", "invalid"}),
             ("duplicate keys", '{"op": "ping", "op": "subscribe", "id": "s"}', {"bad_frame", "invalid"}),
             ("lone surrogate", '{"op": "subscribe", "id": "\\ud800"}', {"bad_frame", "invalid"}),
-            ("NUL in a symbol", '{"op": "subscribe", "id": "s", "filter": {"symbols": ["A\\u0000B"]}}',
-             {"invalid", "invalid_filter"}),
+            (
+                "NUL in a symbol",
+                '{"op": "subscribe", "id": "s", "filter": {"symbols": ["A\\u0000B"]}}',
+                {"invalid", "invalid_filter"},
+            ),
             ("unknown op with CR/LF", '{"op": "x\\r\\nERROR forged"}', {"unknown_op"}),
         ]
         for name, frame, codes in frames:
@@ -163,7 +185,12 @@ async def unauthenticated_opens_beyond_the_bucket(ctx: Ctx) -> None:
     assert 4429 in codes or 429 in codes, f"the last sockets from one address closed with {codes}"
 
 
-ATTACKS: dict[str, Attack] = {f.__name__: f for f in (
-    deep_and_ill_typed_frames, oversized_nesting_frame, tokens_never_echoed_in_close_reasons,
-    unauthenticated_opens_beyond_the_bucket,
-)}
+ATTACKS: dict[str, Attack] = {
+    f.__name__: f
+    for f in (
+        deep_and_ill_typed_frames,
+        oversized_nesting_frame,
+        tokens_never_echoed_in_close_reasons,
+        unauthenticated_opens_beyond_the_bucket,
+    )
+}

@@ -66,12 +66,25 @@ class Ctx:
     notes: list[str] = field(default_factory=list)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
-    def token(self, sub: str = "attacker", scopes: Iterable[str] = ("patterns:write",), *, ttl_s: int = 3600,
-              header: dict[str, Any] | None = None, **claims: Any) -> str:
+    def token(
+        self,
+        sub: str = "attacker",
+        scopes: Iterable[str] = ("patterns:write",),
+        *,
+        ttl_s: int = 3600,
+        header: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
         """An HS256 token signed with the hub's secret; ``claims`` override (None removes one)."""
         now = int(time.time())
-        body: dict[str, Any] = {"sub": sub, "scope": " ".join(scopes), "iat": now, "exp": now + ttl_s,
-                                "iss": "tickstock-hub", "aud": "tickstock"}
+        body: dict[str, Any] = {
+            "sub": sub,
+            "scope": " ".join(scopes),
+            "iat": now,
+            "exp": now + ttl_s,
+            "iss": "tickstock-hub",
+            "aud": "tickstock",
+        }
         body.update(claims)
         body = {k: v for k, v in body.items() if v is not None}
         return jwt.encode(header or {"alg": "HS256"}, body, OctKey.import_key(JWT_SECRET))
@@ -79,28 +92,51 @@ class Ctx:
     def rs_token(self, sub: str = "jwks-user", scopes: Iterable[str] = ("patterns:read",)) -> str:
         """An RS256 token signed with ``jwks_key`` (kid ``abuse-1``) for the JWKS hub."""
         now = int(time.time())
-        return jwt.encode({"alg": "RS256", "kid": "abuse-1"},
-                          {"sub": sub, "scope": " ".join(scopes), "iat": now, "exp": now + 600,
-                           "iss": "tickstock-hub", "aud": "tickstock"}, self.jwks_key)
+        return jwt.encode(
+            {"alg": "RS256", "kid": "abuse-1"},
+            {
+                "sub": sub,
+                "scope": " ".join(scopes),
+                "iat": now,
+                "exp": now + 600,
+                "iss": "tickstock-hub",
+                "aud": "tickstock",
+            },
+            self.jwks_key,
+        )
 
-    async def client(self, token: str | None = None, *, hub: HubProcess | None = None,
-                     headers: dict[str, str] | None = None, source: str | None = None) -> httpx.AsyncClient:
+    async def client(
+        self,
+        token: str | None = None,
+        *,
+        hub: HubProcess | None = None,
+        headers: dict[str, str] | None = None,
+        source: str | None = None,
+    ) -> httpx.AsyncClient:
         """An httpx client on ``hub`` (default: the HS256 hub) from a fresh loopback address (or
         ``source``), with ``Authorization: Bearer token`` when given."""
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
         transport = httpx.AsyncHTTPTransport(local_address=source or self.loopback.take())
-        client = httpx.AsyncClient(base_url=(hub or self.hub).url, headers=all_headers, timeout=30,
-                                   transport=transport, event_hooks={"response": [self.recorder.hook]})
+        client = httpx.AsyncClient(
+            base_url=(hub or self.hub).url,
+            headers=all_headers,
+            timeout=30,
+            transport=transport,
+            event_hooks={"response": [self.recorder.hook]},
+        )
         return await self._stack.enter_async_context(client)
 
     async def rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
-        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True,
-                                                         row_factory=dict_row) as conn:
+        async with await psycopg.AsyncConnection.connect(
+            self.database_url, autocommit=True, row_factory=dict_row
+        ) as conn:
             return await (await conn.execute(sql, args)).fetchall()
 
-    async def wait_rows(self, sql: str, *args: Any, timeout_s: float = 12.0, what: str = "rows") -> list[dict[str, Any]]:
+    async def wait_rows(
+        self, sql: str, *args: Any, timeout_s: float = 12.0, what: str = "rows"
+    ) -> list[dict[str, Any]]:
         """Poll ``sql`` until it returns a row; AssertionError naming ``what`` after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -112,13 +148,21 @@ class Ctx:
 
     async def dead_letter_of(self, seq: int, *, timeout_s: float = 12.0) -> dict[str, Any]:
         """The dead letter of the ingest message with stream sequence ``seq``."""
-        [row] = await self.wait_rows("SELECT * FROM dead_letters WHERE source_key = %s", f"ingest:{seq}",
-                                     timeout_s=timeout_s, what=f"a dead letter for ingest seq {seq}")
+        [row] = await self.wait_rows(
+            "SELECT * FROM dead_letters WHERE source_key = %s",
+            f"ingest:{seq}",
+            timeout_s=timeout_s,
+            what=f"a dead letter for ingest seq {seq}",
+        )
         return row
 
     async def stored(self, event_id: str, *, timeout_s: float = 12.0) -> dict[str, Any]:
-        [row] = await self.wait_rows("SELECT * FROM pattern_events WHERE id = %s", event_id,
-                                     timeout_s=timeout_s, what=f"event {event_id} stored")
+        [row] = await self.wait_rows(
+            "SELECT * FROM pattern_events WHERE id = %s",
+            event_id,
+            timeout_s=timeout_s,
+            what=f"event {event_id} stored",
+        )
         return row
 
     async def tickstock(self, *args: str) -> tuple[int, str, str]:
@@ -128,8 +172,15 @@ class Ctx:
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("TICKSTOCK_")}
         env.update(TICKSTOCK_DATABASE_URL=self.database_url, TICKSTOCK_NATS_URL=self.nats_url)
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "api.cli", *args, env=env,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "api.cli",
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         return proc.returncode or 0, out.decode(), err.decode()
 
@@ -152,11 +203,15 @@ class Campaign:
         worst_growth, worst_batches = self.partitions.worst()
         failed = sorted(n for n, f in self.failures.items() if f)
         lines = [
-            "abuse: " + self.latency.line() + f" (during the abuse; {len(self.producer.published)} published, "
+            "abuse: "
+            + self.latency.line()
+            + f" (during the abuse; {len(self.producer.published)} published, "
             f"{len(self.producer.missing())} not seen on the clean stream, {self.producer.repeats} repeats)",
-            (f"abuse: pattern_events partitions before {self.partitions.first}, after {self.partitions.last}, "
-            f"over {self.partitions.batches:.0f} writer batches (worst step +{worst_growth} in "
-            f"{worst_batches:.0f} batch(es); bound {PARTITIONS_PER_BATCH} per batch)"),
+            (
+                f"abuse: pattern_events partitions before {self.partitions.first}, after {self.partitions.last}, "
+                f"over {self.partitions.batches:.0f} writer batches (worst step +{worst_growth} in "
+                f"{worst_batches:.0f} batch(es); bound {PARTITIONS_PER_BATCH} per batch)"
+            ),
             f"abuse: {len(self.recorder.responses)} hostile HTTP responses, "
             f"{len(self.recorder.with_status(500))} with status 500; attacks {len(self.failures) - len(failed)}/"
             f"{len(self.failures)} held" + (f" (failed: {', '.join(failed)})" if failed else ""),
@@ -169,21 +224,37 @@ async def _guarded(name: str, attack: Attack, ctx: Ctx) -> str | None:
         await asyncio.wait_for(attack(ctx), ATTACK_TIMEOUT_S)
     except AssertionError as exc:
         return f"{name}: {exc}"
-    except Exception:  # noqa: BLE001 - an attack that crashes is a failed attack, with its traceback
+    except Exception:
         return f"{name} raised:\n{traceback.format_exc()}"
     return None
 
 
 @contextlib.asynccontextmanager
-async def _hubs(database_url: str, nats_url: str, redis_url: str, folder: Path) -> AsyncIterator[tuple[HubProcess, HubProcess, Path]]:
-    common = {"TICKSTOCK_DATABASE_URL": database_url, "TICKSTOCK_NATS_URL": nats_url, "TICKSTOCK_REDIS_URL": redis_url,
-              "TICKSTOCK_MAINTENANCE_INTERVAL_S": "3600", "TICKSTOCK_POOL_MAX_SIZE": "6",
-              "TICKSTOCK_PARTITIONS_PER_BATCH": str(PARTITIONS_PER_BATCH), "TICKSTOCK_LOG_LEVEL": "INFO"}
+async def _hubs(
+    database_url: str, nats_url: str, redis_url: str, folder: Path
+) -> AsyncIterator[tuple[HubProcess, HubProcess, Path]]:
+    common = {
+        "TICKSTOCK_DATABASE_URL": database_url,
+        "TICKSTOCK_NATS_URL": nats_url,
+        "TICKSTOCK_REDIS_URL": redis_url,
+        "TICKSTOCK_MAINTENANCE_INTERVAL_S": "3600",
+        "TICKSTOCK_POOL_MAX_SIZE": "6",
+        "TICKSTOCK_PARTITIONS_PER_BATCH": str(PARTITIONS_PER_BATCH),
+        "TICKSTOCK_LOG_LEVEL": "INFO",
+    }
     jwks_path = folder / "keys" / "jwks.json"  # absent until the JWKS attack writes it
-    hub = HubProcess("hs256", free_port(), {**common, "TICKSTOCK_JWT_SECRET": JWT_SECRET,
-                                            "TICKSTOCK_DATA_DIR": str(folder / "a")}, folder / "hub-hs256.log")
-    jwks_hub = HubProcess("jwks", free_port(), {**common, "TICKSTOCK_JWKS_URL": jwks_path.as_uri(),
-                                                "TICKSTOCK_DATA_DIR": str(folder / "b")}, folder / "hub-jwks.log")
+    hub = HubProcess(
+        "hs256",
+        free_port(),
+        {**common, "TICKSTOCK_JWT_SECRET": JWT_SECRET, "TICKSTOCK_DATA_DIR": str(folder / "a")},
+        folder / "hub-hs256.log",
+    )
+    jwks_hub = HubProcess(
+        "jwks",
+        free_port(),
+        {**common, "TICKSTOCK_JWKS_URL": jwks_path.as_uri(), "TICKSTOCK_DATA_DIR": str(folder / "b")},
+        folder / "hub-jwks.log",
+    )
     hub.start()
     jwks_hub.start()
     try:
@@ -193,8 +264,9 @@ async def _hubs(database_url: str, nats_url: str, redis_url: str, folder: Path) 
         await asyncio.gather(hub.stop(), jwks_hub.stop())
 
 
-async def run_campaign(attacks: dict[str, Attack], *, database_url: str, nats_url: str, redis_url: str,
-                       folder: Path) -> Campaign:
+async def run_campaign(
+    attacks: dict[str, Attack], *, database_url: str, nats_url: str, redis_url: str, folder: Path
+) -> Campaign:
     """Start the hubs and the flow, run ``attacks`` concurrently after the warm-up, keep the flow going
     for at least :data:`MIN_ABUSE_S`, stop it, wait for the valid events, stop the hubs, and return the
     figures."""
@@ -210,9 +282,18 @@ async def run_campaign(attacks: dict[str, Attack], *, database_url: str, nats_ur
             sampler.start()
             producer = SteadyProducer(nats_url, rate_per_s=RATE_PER_S)
             producer.start()
-            ctx = Ctx(hub=hub, jwks_hub=jwks_hub, jwks_path=jwks_path, jwks_key=RSAKey.generate_key(2048),
-                      database_url=database_url, nats_url=nats_url, js=nc.jetstream(), recorder=recorder,
-                      loopback=Loopback(), notes=notes)
+            ctx = Ctx(
+                hub=hub,
+                jwks_hub=jwks_hub,
+                jwks_path=jwks_path,
+                jwks_key=RSAKey.generate_key(2048),
+                database_url=database_url,
+                nats_url=nats_url,
+                js=nc.jetstream(),
+                recorder=recorder,
+                loopback=Loopback(),
+                notes=notes,
+            )
             try:
                 await asyncio.sleep(WARMUP_S)
                 abuse_from = time.monotonic()
@@ -229,10 +310,16 @@ async def run_campaign(attacks: dict[str, Attack], *, database_url: str, nats_ur
     finally:
         await nc.close()
     return Campaign(
-        failures=dict(zip(attacks, results, strict=True)), latency=producer.stats(abuse_from, abuse_until),
-        producer=producer, partitions=sampler, recorder=recorder,
-        logs={hub.name: hub.log(), jwks_hub.name: jwks_hub.log()}, in_window_months=ctx.in_window_months,
-        database_url=database_url, notes=notes)
+        failures=dict(zip(attacks, results, strict=True)),
+        latency=producer.stats(abuse_from, abuse_until),
+        producer=producer,
+        partitions=sampler,
+        recorder=recorder,
+        logs={hub.name: hub.log(), jwks_hub.name: jwks_hub.log()},
+        in_window_months=ctx.in_window_months,
+        database_url=database_url,
+        notes=notes,
+    )
 
 
 def jwks_document(key: RSAKey) -> str:

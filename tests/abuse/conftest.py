@@ -24,8 +24,12 @@ if _ONLY is not None:
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
-async def campaign(servers: Servers, template_ref: str, request: pytest.FixtureRequest,
-                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Campaign]:
+async def campaign(
+    servers: Servers,
+    template_ref: str,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Campaign]:
     name, url = _clone(servers, template_ref, "abuse")
     redis_url = f"{servers.redis_url.rsplit('/', 1)[0]}/{next(_redis_db)}"
     import redis as sync_redis
@@ -34,8 +38,13 @@ async def campaign(servers: Servers, template_ref: str, request: pytest.FixtureR
         client.flushdb()
     await delete_all_streams(servers.nats_url)
     try:
-        result = await run_campaign(ATTACKS, database_url=url, nats_url=servers.nats_url, redis_url=redis_url,
-                                    folder=tmp_path_factory.mktemp("abuse"))
+        result = await run_campaign(
+            ATTACKS,
+            database_url=url,
+            nats_url=servers.nats_url,
+            redis_url=redis_url,
+            folder=tmp_path_factory.mktemp("abuse"),
+        )
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         for line in result.summary().splitlines():
             if reporter is not None:

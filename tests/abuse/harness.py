@@ -34,8 +34,15 @@ from hub.subjects import ingest_subject
 ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = [
-    "ROOT", "HubProcess", "LatencyStats", "Loopback", "PartitionSampler", "StatusRecorder", "SteadyProducer",
-    "log_problems", "percentile",
+    "ROOT",
+    "HubProcess",
+    "LatencyStats",
+    "Loopback",
+    "PartitionSampler",
+    "StatusRecorder",
+    "SteadyProducer",
+    "log_problems",
+    "percentile",
 ]
 
 # A log line the hub's formatter ("<date> <time> LEVEL name [rid]: msg") or uvicorn's ("LEVEL:   msg")
@@ -101,8 +108,13 @@ class HubProcess:
     def start(self) -> None:
         log = self.log_path.open("wb")
         self._log = log
-        self._proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=self._env, cwd=ROOT,
-                                      stdout=log, stderr=subprocess.STDOUT)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "serve"],
+            env=self._env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Until ``GET /health`` answers 200; raises with the log's tail when the process exits or the
@@ -135,7 +147,9 @@ class HubProcess:
         return proc.returncode
 
     def log(self) -> str:
-        return self.log_path.read_bytes().decode("utf-8", "backslashreplace") if self.log_path.exists() else ""
+        return (
+            self.log_path.read_bytes().decode("utf-8", "backslashreplace") if self.log_path.exists() else ""
+        )
 
     async def metric_sum(self, client: httpx.AsyncClient, name: str) -> float:
         """The sum of every sample of ``name`` (any labels) in ``GET /metrics``; 0 when absent."""
@@ -155,8 +169,10 @@ class LatencyStats:
     max_s: float
 
     def line(self) -> str:
-        return (f"{self.count} valid events, publish->clean stream p50 {self.p50_s * 1000:.1f} ms, "
-                f"p99 {self.p99_s * 1000:.1f} ms, max {self.max_s * 1000:.1f} ms")
+        return (
+            f"{self.count} valid events, publish->clean stream p50 {self.p50_s * 1000:.1f} ms, "
+            f"p99 {self.p99_s * 1000:.1f} ms, max {self.max_s * 1000:.1f} ms"
+        )
 
 
 @dataclass
@@ -185,12 +201,23 @@ class SteadyProducer:
 
     def event(self, n: int) -> dict[str, object]:
         now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-        return {"id": f"{self.prefix}-{n}", "type": "pattern_detected", "symbol": self.symbols[n % len(self.symbols)],
-                "pattern": "hammer", "timeframe": "daily", "confidence": round((n % 100) / 100, 2),
-                "detected_at": now, "price": 100.0 + n % 50, "volume": 1000 + n, "source": "abuse-steady"}
+        return {
+            "id": f"{self.prefix}-{n}",
+            "type": "pattern_detected",
+            "symbol": self.symbols[n % len(self.symbols)],
+            "pattern": "hammer",
+            "timeframe": "daily",
+            "confidence": round((n % 100) / 100, 2),
+            "detected_at": now,
+            "price": 100.0 + n % 50,
+            "volume": 1000 + n,
+            "source": "abuse-steady",
+        }
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="steady-producer", daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._main()), name="steady-producer", daemon=True
+        )
         self._thread.start()
         if not self._ready.wait(30) or self._error is not None:
             raise RuntimeError(f"the steady producer did not start: {self._error!r}")
@@ -212,7 +239,11 @@ class SteadyProducer:
 
     def stats(self, since: float = -math.inf, until: float = math.inf) -> LatencyStats:
         """Latency of the events published in ``[since, until]`` (monotonic) that arrived."""
-        lat = [self.arrived[i] - t for i, t in self.published.items() if since <= t <= until and i in self.arrived]
+        lat = [
+            self.arrived[i] - t
+            for i, t in self.published.items()
+            if since <= t <= until and i in self.arrived
+        ]
         return LatencyStats(len(lat), percentile(lat, 0.5), percentile(lat, 0.99), max(lat, default=math.nan))
 
     async def _main(self) -> None:
@@ -231,7 +262,7 @@ class SteadyProducer:
 
             await nc.subscribe("tickstock.patterns.>", cb=seen, pending_msgs_limit=1_000_000)
             await nc.flush()
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
+        except BaseException as exc:
             self._error = exc
             self._ready.set()
             await nc.close()
@@ -270,7 +301,7 @@ class SteadyProducer:
             try:
                 await js.publish(subject, payload, headers={"Nats-Msg-Id": event_id}, timeout=5)  # type: ignore[attr-defined]
                 return
-            except Exception as exc:  # noqa: BLE001 - retried, then recorded
+            except Exception as exc:
                 if attempt == 4:
                     self.failures.append(f"{event_id}: {exc!r}")
                 await asyncio.sleep(0.2)
@@ -347,12 +378,30 @@ class PartitionSampler:
 # -- inputs and verdicts shared by the attacks ---------------------------------------------------------
 
 # Dead-letter reasons: docs/nats-contract.md plus the ones agreed for issue #11 (CONTRACT-11.md).
-DOCUMENTED_REASONS = frozenset({
-    "not_json", "not_object", "too_large", "missing_field", "invalid_field", "unknown_field",
-    "confidence_out_of_range", "unknown_timeframe", "unknown_type", "unknown_pattern", "invalid_symbol",
-    "invalid_timestamp", "data_too_large", "subject_mismatch", "invalid_subject", "store_rejected",
-    "max_deliveries_exceeded", "detected_at_out_of_range", "expires_at_out_of_range", "id_conflict",
-})
+DOCUMENTED_REASONS = frozenset(
+    {
+        "not_json",
+        "not_object",
+        "too_large",
+        "missing_field",
+        "invalid_field",
+        "unknown_field",
+        "confidence_out_of_range",
+        "unknown_timeframe",
+        "unknown_type",
+        "unknown_pattern",
+        "invalid_symbol",
+        "invalid_timestamp",
+        "data_too_large",
+        "subject_mismatch",
+        "invalid_subject",
+        "store_rejected",
+        "max_deliveries_exceeded",
+        "detected_at_out_of_range",
+        "expires_at_out_of_range",
+        "id_conflict",
+    }
+)
 _ids = itertools.count(1)
 
 
@@ -368,20 +417,30 @@ def now_iso(offset_s: float = 0.0) -> str:
 
 def hostile_event(tag: str, **fields: object) -> dict[str, object]:
     """A valid event (detected now, unique id ``abuse-<tag>-<n>``) with ``fields`` overriding."""
-    event: dict[str, object] = {"id": f"abuse-{tag}-{next(_ids)}", "type": "pattern_detected", "symbol": "KO",
-                                "pattern": "hammer", "timeframe": "daily", "confidence": 0.5,
-                                "detected_at": now_iso(), "source": "abuse-attacker"}
+    event: dict[str, object] = {
+        "id": f"abuse-{tag}-{next(_ids)}",
+        "type": "pattern_detected",
+        "symbol": "KO",
+        "pattern": "hammer",
+        "timeframe": "daily",
+        "confidence": 0.5,
+        "detected_at": now_iso(),
+        "source": "abuse-attacker",
+    }
     event.update(fields)
     return event
 
 
-def assert_problem(response: httpx.Response, *statuses: int, mentions: str | None = None) -> dict[str, object]:
+def assert_problem(
+    response: httpx.Response, *statuses: int, mentions: str | None = None
+) -> dict[str, object]:
     """``response`` is an RFC 9457 problem with one of ``statuses``, no traceback, and (if given) a
     detail or field error that mentions ``mentions``; returns the document."""
     where = f"{response.request.method} {str(response.request.url)[:120]}"
     assert response.status_code in statuses, f"{where}: {response.status_code} {response.text[:300]}"
-    assert response.headers.get("content-type", "").startswith("application/problem+json"), \
+    assert response.headers.get("content-type", "").startswith("application/problem+json"), (
         f"{where}: not a problem document: {response.headers.get('content-type')} {response.text[:200]}"
+    )
     assert "Traceback" not in response.text, f"{where}: {response.text[:300]}"
     body = response.json()
     if mentions is not None:

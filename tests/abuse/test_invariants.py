@@ -25,14 +25,20 @@ def test_no_valid_event_is_lost_or_dead_lettered(campaign: Campaign) -> None:
     ids = campaign.producer.ids
     prefix = campaign.producer.prefix + "-%"
     with psycopg.connect(campaign.database_url) as conn:
-        counts = dict(conn.execute("SELECT id, count(*) FROM pattern_events WHERE id LIKE %s GROUP BY id",
-                                   (prefix,)).fetchall())
-        dead = conn.execute("SELECT event_id, reason FROM dead_letters WHERE event_id LIKE %s",
-                            (prefix,)).fetchall()
+        counts = dict(
+            conn.execute(
+                "SELECT id, count(*) FROM pattern_events WHERE id LIKE %s GROUP BY id", (prefix,)
+            ).fetchall()
+        )
+        dead = conn.execute(
+            "SELECT event_id, reason FROM dead_letters WHERE event_id LIKE %s", (prefix,)
+        ).fetchall()
     missing = [i for i in ids if i not in counts]
     twice = {i: n for i, n in counts.items() if n != 1}
-    print(f"\nabuse: {len(ids)} valid events published, {len(counts)} stored, {len(missing)} missing, "
-          f"{len(twice)} stored more than once, {len(dead)} dead-lettered")
+    print(
+        f"\nabuse: {len(ids)} valid events published, {len(counts)} stored, {len(missing)} missing, "
+        f"{len(twice)} stored more than once, {len(dead)} dead-lettered"
+    )
     assert dead == [], dead[:10]
     assert missing == [], missing[:10]
     assert twice == {}, list(twice.items())[:10]
@@ -56,8 +62,11 @@ def test_no_error_or_traceback_in_the_hub_log(campaign: Campaign, hub: str) -> N
     log = campaign.logs[hub]
     problems = log_problems(log)
     assert problems == [], "\n".join(problems[:40])
-    forged = [line for line in log.splitlines() if line.lstrip().startswith(FORGED_LOG_MARKER)
-              or line.lstrip().startswith("X-Injected")]
+    forged = [
+        line
+        for line in log.splitlines()
+        if line.lstrip().startswith(FORGED_LOG_MARKER) or line.lstrip().startswith("X-Injected")
+    ]
     assert forged == [], forged[:10]
 
 
@@ -65,9 +74,13 @@ def test_partition_growth_is_bounded(campaign: Campaign) -> None:
     sampler = campaign.partitions
     growth = sampler.last - sampler.first
     worst_growth, worst_batches = sampler.worst()
-    print(f"\nabuse: pattern_events partitions before {sampler.first}, after {sampler.last} (+{growth}) over "
-          f"{sampler.batches:.0f} writer batches; worst step +{worst_growth} in {worst_batches:.0f} batch(es); "
-          f"old in-window months sent: {sorted(campaign.in_window_months)}")
+    print(
+        f"\nabuse: pattern_events partitions before {sampler.first}, after {sampler.last} (+{growth}) over "
+        f"{sampler.batches:.0f} writer batches; worst step +{worst_growth} in {worst_batches:.0f} batch(es); "
+        f"old in-window months sent: {sorted(campaign.in_window_months)}"
+    )
     assert worst_growth <= PARTITIONS_PER_BATCH * max(worst_batches, 1.0), (worst_growth, worst_batches)
     assert growth <= PARTITIONS_PER_BATCH * max(sampler.batches, 1.0)
-    assert growth <= len(campaign.in_window_months), f"+{growth} partitions for {sorted(campaign.in_window_months)}"
+    assert growth <= len(campaign.in_window_months), (
+        f"+{growth} partitions for {sorted(campaign.in_window_months)}"
+    )

@@ -48,14 +48,21 @@ def _segment(obj: Any) -> str:
 def _claims(**overrides: Any) -> dict[str, Any]:
     """Valid claims for the hub's issuer and audience; ``name=None`` drops a claim."""
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": "alice", "scope": "patterns:write", "iat": now, "exp": now + 600,
-                              "iss": ISSUER, "aud": AUDIENCE}
+    claims: dict[str, Any] = {
+        "sub": "alice",
+        "scope": "patterns:write",
+        "iat": now,
+        "exp": now + 600,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+    }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
 
 
-def _hmac_token(header: dict[str, Any], claims: dict[str, Any], secret: bytes,
-                digest: Any = hashlib.sha256) -> str:
+def _hmac_token(
+    header: dict[str, Any], claims: dict[str, Any], secret: bytes, digest: Any = hashlib.sha256
+) -> str:
     """A JWS built by hand, so any header (HS512, a PEM as secret) can be signed."""
     signing_input = f"{_segment(header)}.{_segment(claims)}"
     signature = hmac.new(secret, signing_input.encode(), digest).digest()
@@ -82,8 +89,9 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _assert_problem(response: httpx.Response, status: int, challenge: str | None, detail: str,
-                    path: str) -> None:
+def _assert_problem(
+    response: httpx.Response, status: int, challenge: str | None, detail: str, path: str
+) -> None:
     assert response.status_code == status, response.text
     assert response.headers.get("www-authenticate") == challenge
     assert response.headers["content-type"] == PROBLEM
@@ -104,8 +112,16 @@ class _Server(uvicorn.Server):
 async def _serve(settings: Settings, hub: HubState) -> AsyncIterator[str]:
     """The hub's app built from ``settings`` (its own authenticator) over the running ``hub``."""
     port = free_port()
-    server = _Server(uvicorn.Config(create_app(settings, hub=hub), host="127.0.0.1", port=port,
-                                    lifespan="on", log_level="warning", access_log=False))
+    server = _Server(
+        uvicorn.Config(
+            create_app(settings, hub=hub),
+            host="127.0.0.1",
+            port=port,
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+        )
+    )
     task = await serve_started(server)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -162,10 +178,16 @@ CREDENTIAL_CASES: list[tuple[str, Callable[[RSAKey], str | None], str]] = [
     ("two segments", lambda _: "Bearer " + _hs256(_claims()).rsplit(".", 1)[0], "malformed token"),
     ("over 8 KB", lambda _: "Bearer " + _oversized(), "malformed token"),
     ("header not JSON", lambda _: "Bearer " + _not_json_header(), "malformed token"),
-    ("header not an object", lambda _: f"Bearer {_segment(['HS256'])}.{_segment(_claims())}.x",
-     "the token's algorithm is not accepted here"),
-    ("bad signature", lambda _: "Bearer " + _hs256(_claims(), "another-secret-0123456789abcdef0123"),
-     "bad_signature"),
+    (
+        "header not an object",
+        lambda _: f"Bearer {_segment(['HS256'])}.{_segment(_claims())}.x",
+        "the token's algorithm is not accepted here",
+    ),
+    (
+        "bad signature",
+        lambda _: "Bearer " + _hs256(_claims(), "another-secret-0123456789abcdef0123"),
+        "bad_signature",
+    ),
     ("expired", lambda _: "Bearer " + _hs256(_claims(exp=int(time.time()) - 60)), "expired"),
     ("not yet valid", lambda _: "Bearer " + _hs256(_claims(nbf=int(time.time()) + 120)), "not yet valid"),
     ("missing exp", lambda _: "Bearer " + _hs256(_claims(exp=None)), "'exp'"),
@@ -174,16 +196,25 @@ CREDENTIAL_CASES: list[tuple[str, Callable[[RSAKey], str | None], str]] = [
     ("wrong iss", lambda _: "Bearer " + _hs256(_claims(iss="https://evil.example")), "'iss'"),
     ("alg none", lambda _: "Bearer " + _alg_none(), "the token's algorithm is not accepted here"),
     ("HS512", lambda _: "Bearer " + _hs512(), "the token's algorithm is not accepted here"),
-    ("RS256 without a JWKS", lambda rsa: "Bearer " + _rs256(rsa),
-     "the token's algorithm is not accepted here"),
+    (
+        "RS256 without a JWKS",
+        lambda rsa: "Bearer " + _rs256(rsa),
+        "the token's algorithm is not accepted here",
+    ),
     ("scope not text", lambda _: "Bearer " + _hs256(_claims(scope=5)), "scope"),
 ]
 
 
-@pytest.mark.parametrize(("authorization", "detail"), [(c[1], c[2]) for c in CREDENTIAL_CASES],
-                         ids=[c[0] for c in CREDENTIAL_CASES])
+@pytest.mark.parametrize(
+    ("authorization", "detail"),
+    [(c[1], c[2]) for c in CREDENTIAL_CASES],
+    ids=[c[0] for c in CREDENTIAL_CASES],
+)
 async def test_bad_credentials_are_401_with_a_challenge(
-    live_hub: LiveHub, rsa_key: RSAKey, authorization: Callable[[RSAKey], str | None], detail: str,
+    live_hub: LiveHub,
+    rsa_key: RSAKey,
+    authorization: Callable[[RSAKey], str | None],
+    detail: str,
 ) -> None:
     value = authorization(rsa_key)
     headers = {} if value is None else {"Authorization": value}
@@ -236,12 +267,21 @@ async def test_a_missing_scope_is_403_naming_it(live_hub: LiveHub) -> None:
     async with httpx.AsyncClient(base_url=live_hub.url) as client:
         ingest = await client.post("/api/patterns", json={"events": []}, headers=_bearer(reader))
         admin = await client.get("/api/admin/dlq", headers=_bearer(writer))
-    _assert_problem(ingest, 403,
-                    'Bearer realm="tickstock", error="insufficient_scope", scope="patterns:write"',
-                    "this needs the 'patterns:write' scope", "/api/patterns")
+    _assert_problem(
+        ingest,
+        403,
+        'Bearer realm="tickstock", error="insufficient_scope", scope="patterns:write"',
+        "this needs the 'patterns:write' scope",
+        "/api/patterns",
+    )
     assert ingest.json()["title"] == "Forbidden"
-    _assert_problem(admin, 403, 'Bearer realm="tickstock", error="insufficient_scope", scope="admin"',
-                    "this needs the 'admin' scope", "/api/admin/dlq")
+    _assert_problem(
+        admin,
+        403,
+        'Bearer realm="tickstock", error="insufficient_scope", scope="admin"',
+        "this needs the 'admin' scope",
+        "/api/admin/dlq",
+    )
 
 
 async def test_granted_scopes_reach_the_endpoint(live_hub: LiveHub) -> None:
@@ -308,7 +348,8 @@ def test_auth_error_challenges() -> None:
     assert (unauthenticated.status, unauthenticated.detail) == (401, "no")
     assert unauthenticated.headers == {"WWW-Authenticate": INVALID}
     assert forbidden.headers == {
-        "WWW-Authenticate": 'Bearer realm="tickstock", error="insufficient_scope", scope="admin"'}
+        "WWW-Authenticate": 'Bearer realm="tickstock", error="insufficient_scope", scope="admin"'
+    }
     assert bare_forbidden.headers == {"WWW-Authenticate": 'Bearer realm="tickstock"'}
     assert unavailable.headers == {"WWW-Authenticate": 'Bearer realm="tickstock"'}
 
@@ -359,10 +400,15 @@ async def test_mint_token_for_another_issuer_or_audience_is_refused() -> None:
 
 
 def _connection(headers: dict[str, str], query: str = "") -> HTTPConnection:
-    return HTTPConnection({
-        "type": "http", "method": "GET", "path": "/", "query_string": query.encode(),
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-    })
+    return HTTPConnection(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "query_string": query.encode(),
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        }
+    )
 
 
 async def test_query_token_only_where_allowed() -> None:
@@ -390,10 +436,13 @@ async def test_not_configured_is_503(live_hub: LiveHub, settings: Settings) -> N
     async with _serve(bare, live_hub.hub) as url, httpx.AsyncClient(base_url=url) as client:
         response = await client.get("/api/admin/dlq", headers=_bearer(token))
         anonymous = await client.get("/api/admin/dlq")
-    _assert_problem(response, 503, 'Bearer realm="tickstock"', "authentication is not configured",
-                    "/api/admin/dlq")
+    _assert_problem(
+        response, 503, 'Bearer realm="tickstock"', "authentication is not configured", "/api/admin/dlq"
+    )
     # Without a token too: no token could help until the hub is configured.
-    _assert_problem(anonymous, 503, 'Bearer realm="tickstock"', "authentication is not configured", "/api/admin/dlq")
+    _assert_problem(
+        anonymous, 503, 'Bearer realm="tickstock"', "authentication is not configured", "/api/admin/dlq"
+    )
 
 
 # -- JWKS -------------------------------------------------------------------------------------------
@@ -409,7 +458,9 @@ async def test_jwks_rs256_and_es256_tokens_verify(jwks_file: Path, rsa_key: RSAK
 
 
 async def test_jwks_refuses_what_its_keys_do_not_sign(
-    jwks_file: Path, rsa_key: RSAKey, ec_key: ECKey,
+    jwks_file: Path,
+    rsa_key: RSAKey,
+    ec_key: ECKey,
 ) -> None:
     auth = Authenticator(_jwks_settings(jwks_file))
     stranger = RSAKey.generate_key(2048, parameters={"kid": "rsa-1"}, private=True)
@@ -428,7 +479,10 @@ async def test_jwks_refuses_what_its_keys_do_not_sign(
 
 
 async def test_hs256_signed_with_the_rsa_public_key_is_refused(
-    live_hub: LiveHub, settings: Settings, jwks_file: Path, rsa_key: RSAKey,
+    live_hub: LiveHub,
+    settings: Settings,
+    jwks_file: Path,
+    rsa_key: RSAKey,
 ) -> None:
     pem = rsa_key.as_pem(private=False)
     forged = _hmac_token({"alg": "HS256", "typ": "JWT", "kid": rsa_key.kid}, _claims(scope="admin"), pem)
@@ -446,7 +500,9 @@ async def test_hs256_signed_with_the_rsa_public_key_is_refused(
 
 
 async def test_jwks_key_rotation_refetches_for_an_unknown_kid(
-    jwks_file: Path, rsa_key: RSAKey, monkeypatch: pytest.MonkeyPatch,
+    jwks_file: Path,
+    rsa_key: RSAKey,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     auth = Authenticator(_jwks_settings(jwks_file))
     assert (await auth.verify(_signed(rsa_key, "RS256"))).subject == "alice"
@@ -466,7 +522,10 @@ async def test_jwks_key_rotation_refetches_for_an_unknown_kid(
 
 
 async def test_jwks_missing_at_first_use_is_503(
-    live_hub: LiveHub, settings: Settings, tmp_path: Path, rsa_key: RSAKey,
+    live_hub: LiveHub,
+    settings: Settings,
+    tmp_path: Path,
+    rsa_key: RSAKey,
 ) -> None:
     missing = tmp_path / "not-there.json"
     auth = Authenticator(_jwks_settings(missing))
@@ -475,10 +534,10 @@ async def test_jwks_missing_at_first_use_is_503(
     assert raised.value.status == 503
     jwks_only = dataclasses.replace(settings, jwt_secret=None, jwks_url=missing.as_uri())
     async with _serve(jwks_only, live_hub.hub) as url, httpx.AsyncClient(base_url=url) as client:
-        response = await client.post("/api/patterns", json={"events": []},
-                                     headers=_bearer(_signed(rsa_key, "RS256")))
-    _assert_problem(response, 503, 'Bearer realm="tickstock"', "the key set is unavailable",
-                    "/api/patterns")
+        response = await client.post(
+            "/api/patterns", json={"events": []}, headers=_bearer(_signed(rsa_key, "RS256"))
+        )
+    _assert_problem(response, 503, 'Bearer realm="tickstock"', "the key set is unavailable", "/api/patterns")
     # Once the file appears, the next request loads it.
     _write_jwks(missing, rsa_key)
     assert (await auth.verify(_signed(rsa_key, "RS256"))).subject == "alice"
@@ -494,7 +553,10 @@ async def test_jwks_not_a_key_set_at_first_use_is_503(tmp_path: Path, rsa_key: R
 
 @pytest.mark.parametrize("breakage", ["deleted", "not JSON"])
 async def test_jwks_unreadable_after_a_load_keeps_the_cached_keys(
-    jwks_file: Path, rsa_key: RSAKey, ec_key: ECKey, breakage: str,
+    jwks_file: Path,
+    rsa_key: RSAKey,
+    ec_key: ECKey,
+    breakage: str,
 ) -> None:
     auth = Authenticator(_jwks_settings(jwks_file))
     assert (await auth.verify(_signed(rsa_key, "RS256"))).subject == "alice"
@@ -512,7 +574,10 @@ async def test_jwks_unreadable_after_a_load_keeps_the_cached_keys(
 
 
 async def test_jwks_is_refetched_when_stale(
-    jwks_file: Path, rsa_key: RSAKey, ec_key: ECKey, monkeypatch: pytest.MonkeyPatch,
+    jwks_file: Path,
+    rsa_key: RSAKey,
+    ec_key: ECKey,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     auth = Authenticator(_jwks_settings(jwks_file))
     assert (await auth.verify(_signed(rsa_key, "RS256"))).subject == "alice"
@@ -528,7 +593,9 @@ async def test_jwks_is_refetched_when_stale(
 
 
 async def test_a_token_without_kid_uses_a_single_key_set(
-    tmp_path: Path, rsa_key: RSAKey, ec_key: ECKey,
+    tmp_path: Path,
+    rsa_key: RSAKey,
+    ec_key: ECKey,
 ) -> None:
     single = tmp_path / "single.json"
     _write_jwks(single, rsa_key)

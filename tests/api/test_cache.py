@@ -49,7 +49,9 @@ async def proxied(settings: Settings) -> AsyncIterator[Proxied]:
             yield Proxied(hub, proxy, redis_url)
 
 
-def _client(hub: LiveHub, subject: str = "cache-reader", scopes: tuple[str, ...] = ("patterns:read",)) -> httpx.AsyncClient:
+def _client(
+    hub: LiveHub, subject: str = "cache-reader", scopes: tuple[str, ...] = ("patterns:read",)
+) -> httpx.AsyncClient:
     token = mint_token(JWT_SECRET, subject=subject, scopes=list(scopes))
     return httpx.AsyncClient(base_url=hub.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
@@ -93,32 +95,70 @@ async def _ready(hub: LiveHub) -> dict[str, Any]:
 async def test_hit_ratio_is_no_data_before_any_request(proxied: Proxied) -> None:
     body = await _ready(proxied.hub)
     assert body["cache"]["status"] == "up" and body["cache"]["breaker"] == "closed"
-    assert body["cache"]["routes"]["symbols"] == {"hit": 0, "miss": 0, "coalesced": 0, "bypass": 0, "hit_ratio": None,
-                                                  "hit_ratio_1m": None, "requests_1m": 0}
+    assert body["cache"]["routes"]["symbols"] == {
+        "hit": 0,
+        "miss": 0,
+        "coalesced": 0,
+        "bypass": 0,
+        "hit_ratio": None,
+        "hit_ratio_1m": None,
+        "requests_1m": 0,
+    }
     async with httpx.AsyncClient(base_url=proxied.hub.url) as c:
         text = (await c.get("/metrics")).text
     assert 'tickstock_cache_hit_ratio{route="symbols"}' not in text
 
 
-async def test_same_filters_in_another_order_are_one_entry(reader: httpx.AsyncClient, proxied: Proxied) -> None:
-    first = await _scan(reader, [("universe", "dow30:sp500"), ("timeframe", "daily"), ("timeframe", "weekly"),
-                                 ("pattern", "hammer"), ("confidence_min", "0.5")])
+async def test_same_filters_in_another_order_are_one_entry(
+    reader: httpx.AsyncClient, proxied: Proxied
+) -> None:
+    first = await _scan(
+        reader,
+        [
+            ("universe", "dow30:sp500"),
+            ("timeframe", "daily"),
+            ("timeframe", "weekly"),
+            ("pattern", "hammer"),
+            ("confidence_min", "0.5"),
+        ],
+    )
     assert first["cache"] == {"hit": False, "age_ms": None}
-    again = await _scan(reader, [("confidence_min", "0.5"), ("pattern", "CDLHAMMER"), ("timeframe", "weekly"),
-                                 ("timeframe", "daily"), ("timeframe", "daily"), ("universe", "sp500:dow30")])
+    again = await _scan(
+        reader,
+        [
+            ("confidence_min", "0.5"),
+            ("pattern", "CDLHAMMER"),
+            ("timeframe", "weekly"),
+            ("timeframe", "daily"),
+            ("timeframe", "daily"),
+            ("universe", "sp500:dow30"),
+        ],
+    )
     assert again["cache"]["hit"] is True and again["cache"]["age_ms"] >= 0
     assert again["items"] == first["items"] and again["next_cursor"] == first["next_cursor"]
     # Another caller shares it (nothing in it depends on who asks) ...
     async with _client(proxied.hub, "someone-else") as other:
-        assert (await _scan(other, [("universe", "sp500:dow30"), ("pattern", "hammer"), ("timeframe", "daily"),
-                                    ("timeframe", "weekly"), ("confidence_min", "0.5")]))["cache"]["hit"] is True
+        assert (
+            await _scan(
+                other,
+                [
+                    ("universe", "sp500:dow30"),
+                    ("pattern", "hammer"),
+                    ("timeframe", "daily"),
+                    ("timeframe", "weekly"),
+                    ("confidence_min", "0.5"),
+                ],
+            )
+        )["cache"]["hit"] is True
 
 
 async def test_my_universe_is_keyed_by_what_the_caller_saved(proxied: Proxied) -> None:
     scopes = ("patterns:read", "universe:write")
     async with _client(proxied.hub, "ann", scopes) as ann, _client(proxied.hub, "bob", scopes) as bob:
         for c in (ann, bob):
-            assert (await c.put("/api/users/universe", json={"symbols": ["AAPL"], "universe_keys": []})).status_code == 200
+            assert (
+                await c.put("/api/users/universe", json={"symbols": ["AAPL"], "universe_keys": []})
+            ).status_code == 200
         await _scan(ann, {"universe": "my", "limit": "7"})
         # Bob saved the same universe: the same answer, so the same entry.
         assert (await _scan(bob, {"universe": "my", "limit": "7"}))["cache"]["hit"] is True
@@ -155,11 +195,16 @@ async def test_concurrent_misses_compute_once(reader: httpx.AsyncClient, proxied
 async def test_reference_changes_reach_scans_symbols_and_universes(proxied: Proxied) -> None:
     scopes = ("patterns:read", "admin")
     async with _client(proxied.hub, "ops", scopes) as admin:
-        await admin.put("/api/symbols", json={"symbols": [{"symbol": "ZZC", "name": "Cache Test", "sector": "Energy"}]})
+        await admin.put(
+            "/api/symbols", json={"symbols": [{"symbol": "ZZC", "name": "Cache Test", "sector": "Energy"}]}
+        )
         assert (await admin.get("/api/symbols/ZZC")).json()["name"] == "Cache Test"
         assert (await admin.get("/api/symbols/ZZC")).headers["x-cache"] == "hit"
         # A write through the API is read back at once, on the cached route too.
-        await admin.put("/api/symbols", json={"symbols": [{"symbol": "ZZC", "name": "Cache Test 2", "sector": "Utilities"}]})
+        await admin.put(
+            "/api/symbols",
+            json={"symbols": [{"symbol": "ZZC", "name": "Cache Test 2", "sector": "Utilities"}]},
+        )
         assert (await admin.get("/api/symbols/ZZC")).json()["name"] == "Cache Test 2"
         # A change straight in PostgreSQL (as `tickstock load-reference-data` makes) reaches every node
         # through NOTIFY: the in-process directory and the cached universe.
@@ -193,8 +238,14 @@ class Probe:
     hit: bool
 
 
-async def _poll(c: httpx.AsyncClient, params: Any, enough: Callable[[list[Probe]], bool], *,
-                timeout: float = 60.0, what: str = "enough scans") -> list[Probe]:
+async def _poll(
+    c: httpx.AsyncClient,
+    params: Any,
+    enough: Callable[[list[Probe]], bool],
+    *,
+    timeout: float = 60.0,
+    what: str = "enough scans",
+) -> list[Probe]:
     """Scan about every 10 ms, recording each answer, until ``enough(probes)``; fails after ``timeout`` s."""
     probes: list[Probe] = []
 
@@ -210,9 +261,12 @@ async def _poll(c: httpx.AsyncClient, params: Any, enough: Callable[[list[Probe]
 
 async def _stored_at(hub: LiveHub, event_id: str) -> float:
     """The first wall time the event is seen committed (so at or after its commit)."""
+
     async def seen() -> float | None:
         async with hub.hub.pool.connection() as conn:
-            row = await (await conn.execute("SELECT 1 FROM pattern_events WHERE id = %s", (event_id,))).fetchone()
+            row = await (
+                await conn.execute("SELECT 1 FROM pattern_events WHERE id = %s", (event_id,))
+            ).fetchone()
         return time.time() if row else None
 
     return await wait_for(seen, timeout=30, interval=0.002, what=f"{event_id} stored")  # type: ignore[no-any-return]
@@ -220,7 +274,10 @@ async def _stored_at(hub: LiveHub, event_id: str) -> float:
 
 @pytest.mark.parametrize("round_", range(3))
 async def test_an_event_stored_at_t_is_in_every_scan_issued_after_t_plus_the_bound(
-    reader: httpx.AsyncClient, proxied: Proxied, nats_client: NATS, round_: int,
+    reader: httpx.AsyncClient,
+    proxied: Proxied,
+    nats_client: NATS,
+    round_: int,
 ) -> None:
     bound = proxied.hub.settings.cache_staleness_ms / 1000
     params = {"timeframe": "weekly", "symbol": "IBM", "limit": "50"}
@@ -247,8 +304,9 @@ async def test_an_event_stored_at_t_is_in_every_scan_issued_after_t_plus_the_bou
     assert all(p.issued < stored + bound for p in stale)
 
 
-async def test_a_lost_bump_never_resurrects_an_old_entry(reader: httpx.AsyncClient, proxied: Proxied,
-                                                          nats_client: NATS) -> None:
+async def test_a_lost_bump_never_resurrects_an_old_entry(
+    reader: httpx.AsyncClient, proxied: Proxied, nats_client: NATS
+) -> None:
     """Redis is cut before the event is stored: the writer's bump cannot land. When Redis is back the
     old entry (its generations unchanged in Redis) must not be served: a new epoch killed it."""
     params = {"timeframe": "weekly", "symbol": "CAT", "limit": "50"}
@@ -266,8 +324,9 @@ async def test_a_lost_bump_never_resurrects_an_old_entry(reader: httpx.AsyncClie
     finally:
         await proxied.proxy.restore()
     # Scan until the cache has served several answers again, whatever the staleness bound.
-    probes = await _poll(reader, params, lambda probes: sum(p.hit for p in probes) >= 3,
-                         what="the cache serving again")
+    probes = await _poll(
+        reader, params, lambda probes: sum(p.hit for p in probes) >= 3, what="the cache serving again"
+    )
     missed = [(i, p.hit) for i, p in enumerate(probes) if event["id"] not in p.ids]
     assert not missed, f"scans without the event (probe, cache hit) of {len(probes)}: {missed}"
     assert any(p.hit for p in probes), "the cache did not come back"
@@ -276,7 +335,9 @@ async def test_a_lost_bump_never_resurrects_an_old_entry(reader: httpx.AsyncClie
 # -- Redis down or slow -----------------------------------------------------------------------------
 
 
-async def test_redis_down_falls_back_to_postgres_and_recovers(reader: httpx.AsyncClient, proxied: Proxied) -> None:
+async def test_redis_down_falls_back_to_postgres_and_recovers(
+    reader: httpx.AsyncClient, proxied: Proxied
+) -> None:
     params = {"universe": "nasdaq100", "limit": "20"}
     cached = await _until_hit(reader, params)
     await proxied.proxy.cut()
@@ -309,7 +370,9 @@ async def test_slow_redis_is_bypassed(reader: httpx.AsyncClient, proxied: Proxie
     cached = await _until_hit(reader, params)
     proxied.proxy.stall()
     try:
-        async with within(30, what="five scans while Redis is silent"):  # each waits at most the cache timeout
+        async with within(
+            30, what="five scans while Redis is silent"
+        ):  # each waits at most the cache timeout
             bodies = [await _scan(reader, params) for _ in range(5)]
         assert all(not b["cache"]["hit"] and b["items"] == cached["items"] for b in bodies)
     finally:
@@ -318,7 +381,8 @@ async def test_slow_redis_is_bypassed(reader: httpx.AsyncClient, proxied: Proxie
 
 
 async def test_redis_killed_and_restarted_empty_recovers_without_a_restart(
-    settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+    settings: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """The real thing: the Redis server is SIGKILLed under the hub, then started again, empty."""
     import os

@@ -26,8 +26,9 @@ def _env(**values: str) -> dict[str, str]:
 
 
 def _tickstock(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for key in list(os.environ):
         if key.startswith("TICKSTOCK_"):
             monkeypatch.delenv(key)
-    yield
+    return
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -49,15 +50,18 @@ def test_every_command_has_help(command: str | None, capsys: pytest.CaptureFixtu
         assert "--host" in out and "--port" in out
 
 
-def test_serve_without_urls_says_which_are_missing(clean_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_without_urls_says_which_are_missing(
+    clean_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["serve"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "TICKSTOCK_NATS_URL, TICKSTOCK_DATABASE_URL, TICKSTOCK_REDIS_URL" in err[0]
 
 
-def test_bad_setting_is_a_usage_error(clean_env: None, monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_setting_is_a_usage_error(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TICKSTOCK_POOL_MAX_SIZE", "many")
     assert main(["migrate"]) == 2
     assert "TICKSTOCK_POOL_MAX_SIZE='many'" in capsys.readouterr().err
@@ -72,7 +76,9 @@ def test_bad_setting_is_a_usage_error(clean_env: None, monkeypatch: pytest.Monke
     ],
 )
 @pytest.mark.slow
-def test_serve_with_a_wrong_url_fails_fast_in_one_line(servers, database_url: str, broken: str, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_serve_with_a_wrong_url_fails_fast_in_one_line(
+    servers, database_url: str, broken: str, message: str
+) -> None:  # type: ignore[no-untyped-def]
     closed = free_port()
     urls = {
         "TICKSTOCK_DATABASE_URL": database_url,
@@ -80,7 +86,11 @@ def test_serve_with_a_wrong_url_fails_fast_in_one_line(servers, database_url: st
         "TICKSTOCK_REDIS_URL": servers.redis_url,
     }
     scheme = urls[broken].split("://")[0]
-    urls[broken] = f"{scheme}://127.0.0.1:{closed}/x" if scheme != "postgresql" else f"postgresql://postgres@127.0.0.1:{closed}/x"
+    urls[broken] = (
+        f"{scheme}://127.0.0.1:{closed}/x"
+        if scheme != "postgresql"
+        else f"postgresql://postgres@127.0.0.1:{closed}/x"
+    )
     # The subprocess timeout is the deadline: a serve that hangs on the wrong URL fails the test.
     result = _tickstock("serve", "--port", str(free_port()), env=_env(**urls), timeout=30)
     assert result.returncode == 1
@@ -89,8 +99,9 @@ def test_serve_with_a_wrong_url_fails_fast_in_one_line(servers, database_url: st
     assert "Traceback" not in result.stderr
 
 
-def test_migrate_and_load_reference_data_with_a_url(database_url: str, clean_env: None, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_migrate_and_load_reference_data_with_a_url(
+    database_url: str, clean_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TICKSTOCK_DATABASE_URL", database_url)
     assert main(["migrate"]) == 0
     assert "migrations: up to date" in capsys.readouterr().err
@@ -133,8 +144,12 @@ def _processes_under(path: Path) -> list[str]:
 @pytest.mark.slow
 def test_run_serves_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "run", "--port", str(port), "--data-dir", str(tmp_path)],
-                            env=_env(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "run", "--port", str(port), "--data-dir", str(tmp_path)],
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     try:
         output = "".join(lines_until(proc.stderr, "serving on", timeout=90))
@@ -166,7 +181,9 @@ def test_run_on_a_busy_port_fails_in_one_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = _tickstock("run", "--port", str(port), "--data-dir", str(tmp_path), "--skip-reference-data", env=_env())
+        result = _tickstock(
+            "run", "--port", str(port), "--data-dir", str(tmp_path), "--skip-reference-data", env=_env()
+        )
     assert result.returncode == 1
     assert f"tickstock: error: cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr

@@ -27,8 +27,16 @@ from store.deadletters import get_dead_letter, mark_replayed, record_dead_letter
 from tests.conftest import JWT_SECRET
 from tests.support import LiveHub, free_port, make_event, wait_for, within
 
-SUBCOMMANDS = [["token"], ["demo-feed"], ["bridge-redis"], ["dlq"], ["dlq", "list"], ["dlq", "show"],
-               ["dlq", "replay"], ["dlq", "purge"]]
+SUBCOMMANDS = [
+    ["token"],
+    ["demo-feed"],
+    ["bridge-redis"],
+    ["dlq"],
+    ["dlq", "list"],
+    ["dlq", "show"],
+    ["dlq", "replay"],
+    ["dlq", "purge"],
+]
 
 
 @pytest.fixture
@@ -38,7 +46,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
         if key.startswith("TICKSTOCK_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("TICKSTOCK_DATA_DIR", str(tmp_path / "data"))
-    yield
+    return
 
 
 @pytest.fixture
@@ -70,11 +78,14 @@ def test_every_pipeline_command_has_help(command: list[str], capsys: pytest.Capt
 
 # -- token ------------------------------------------------------------------------------------------
 
-async def test_token_mints_what_the_hub_accepts(clean_env: None, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+
+async def test_token_mints_what_the_hub_accepts(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TICKSTOCK_JWT_SECRET", JWT_SECRET)
-    status, out, err = await tickstock(capsys, "token", "--sub", "alice", "--scope", "patterns:read",
-                                       "--scope", "admin", "--ttl", "60")
+    status, out, err = await tickstock(
+        capsys, "token", "--sub", "alice", "--scope", "patterns:read", "--scope", "admin", "--ttl", "60"
+    )
     assert status == 0 and err == []
     [token] = out.splitlines()
     principal = await Authenticator(Settings(jwt_secret=JWT_SECRET)).verify(token)
@@ -86,7 +97,8 @@ async def test_token_mints_what_the_hub_accepts(clean_env: None, monkeypatch: py
 
 
 async def test_token_defaults_and_issuer_from_the_environment(
-        clean_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TICKSTOCK_JWT_SECRET", JWT_SECRET)
     monkeypatch.setenv("TICKSTOCK_JWT_ISSUER", "other-hub")
     status, out, _ = await tickstock(capsys, "token")
@@ -100,31 +112,38 @@ async def test_token_defaults_and_issuer_from_the_environment(
         await Authenticator(Settings(jwt_secret=JWT_SECRET)).verify(token)  # the default issuer
 
 
-async def test_token_with_an_unknown_scope_fails_in_one_line(clean_env: None, monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+async def test_token_with_an_unknown_scope_fails_in_one_line(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TICKSTOCK_JWT_SECRET", JWT_SECRET)
-    status, out, err = await tickstock(capsys, "token", "--scope", "patterns:read", "--scope", "root",
-                                       "--scope", "everything")
+    status, out, err = await tickstock(
+        capsys, "token", "--scope", "patterns:read", "--scope", "root", "--scope", "everything"
+    )
     assert status == 1 and out == ""
-    assert err == ["tickstock: error: unknown scope(s) everything, root; "
-                   "known: patterns:read, patterns:write, universe:write, admin"]
+    assert err == [
+        "tickstock: error: unknown scope(s) everything, root; "
+        "known: patterns:read, patterns:write, universe:write, admin"
+    ]
 
 
-async def test_token_without_any_secret_says_what_to_set(clean_env: None, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+async def test_token_without_any_secret_says_what_to_set(
+    clean_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     status, out, err = await tickstock(capsys, "token", "--data-dir", str(tmp_path / "empty"))
     assert status == 1 and out == ""
     assert len(err) == 1 and "set TICKSTOCK_JWT_SECRET" in err[0]
     assert not (tmp_path / "empty").exists()  # asking for a token creates nothing
 
 
-async def test_token_uses_the_secret_in_the_data_folder(clean_env: None, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+async def test_token_uses_the_secret_in_the_data_folder(
+    clean_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     secret = "data-folder-secret-" + "s" * 40
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "jwt-secret").write_text(secret + "\n")
-    status, out, _ = await tickstock(capsys, "token", "--data-dir", str(tmp_path / "d"),
-                                     "--scope", "patterns:write")
+    status, out, _ = await tickstock(
+        capsys, "token", "--data-dir", str(tmp_path / "d"), "--scope", "patterns:write"
+    )
     assert status == 0
     principal = await Authenticator(Settings(jwt_secret=secret)).verify(out.strip())
     assert principal.scopes == frozenset({"patterns:write"})
@@ -140,12 +159,24 @@ async def _clear(pool: AsyncConnectionPool) -> None:
         await conn.execute("DELETE FROM dead_letters")
 
 
-async def _seed(pool: AsyncConnectionPool, key: str, *, reason: str = "not_json", payload: bytes = b"{nope",
-                replayed: bool = False) -> int:
+async def _seed(
+    pool: AsyncConnectionPool,
+    key: str,
+    *,
+    reason: str = "not_json",
+    payload: bytes = b"{nope",
+    replayed: bool = False,
+) -> int:
     async with pool.connection() as conn:
         dead_letter_id = await record_dead_letter(
-            conn, source_key=key, subject="tickstock.ingest.daily.KO", payload=payload,
-            headers={"Nats-Msg-Id": key, "X-Producer": "tests"}, reason=reason, detail=f"detail of {key}")
+            conn,
+            source_key=key,
+            subject="tickstock.ingest.daily.KO",
+            payload=payload,
+            headers={"Nats-Msg-Id": key, "X-Producer": "tests"},
+            reason=reason,
+            detail=f"detail of {key}",
+        )
         if replayed:
             await mark_replayed(conn, dead_letter_id)
     return dead_letter_id
@@ -157,8 +188,9 @@ async def _remaining(pool: AsyncConnectionPool) -> list[int]:
         return [r["id"] for r in await cur.fetchall()]
 
 
-async def test_dlq_list_and_show(hub_env: LiveHub, ref_pool: AsyncConnectionPool,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+async def test_dlq_list_and_show(
+    hub_env: LiveHub, ref_pool: AsyncConnectionPool, capsys: pytest.CaptureFixture[str]
+) -> None:
     await _clear(ref_pool)
     a = await _seed(ref_pool, "cli:a")
     b = await _seed(ref_pool, "cli:b", reason="too_large", payload=b"x" * 300)
@@ -188,17 +220,19 @@ async def test_dlq_list_and_show(hub_env: LiveHub, ref_pool: AsyncConnectionPool
 
 
 async def test_dlq_replay_with_a_corrected_payload_is_stored(
-        hub_env: LiveHub, ref_pool: AsyncConnectionPool, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    hub_env: LiveHub, ref_pool: AsyncConnectionPool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     await _clear(ref_pool)
     js = hub_env.hub.js
-    await js.publish("tickstock.ingest.daily.KO", json.dumps(BAD).encode(),
-                     headers={"Nats-Msg-Id": "cli-dlq-bad"})
+    await js.publish(
+        "tickstock.ingest.daily.KO", json.dumps(BAD).encode(), headers={"Nats-Msg-Id": "cli-dlq-bad"}
+    )
 
     async def recorded() -> int | None:
         async with ref_pool.connection() as conn:
-            row = await (await conn.execute("SELECT id FROM dead_letters WHERE event_id = %s",
-                                            (BAD["id"],))).fetchone()
+            row = await (
+                await conn.execute("SELECT id FROM dead_letters WHERE event_id = %s", (BAD["id"],))
+            ).fetchone()
         return row["id"] if row else None
 
     dead_letter_id = await wait_for(recorded, timeout=20, what="the bad event dead-lettered")
@@ -212,11 +246,14 @@ async def test_dlq_replay_with_a_corrected_payload_is_stored(
 
     corrected = tmp_path / "corrected.json"
     corrected.write_text(json.dumps({**BAD, "confidence": 0.85}))
-    status, _, err = await tickstock(capsys, "dlq", "replay", str(dead_letter_id),
-                                     "--payload", str(corrected))
+    status, _, err = await tickstock(
+        capsys, "dlq", "replay", str(dead_letter_id), "--payload", str(corrected)
+    )
     assert status == 0
-    assert err[-1].startswith(f"tickstock: replayed dead letter {dead_letter_id} as event cli-dlq-1 to "
-                              "tickstock.ingest.daily.KO (ingest seq ")
+    assert err[-1].startswith(
+        f"tickstock: replayed dead letter {dead_letter_id} as event cli-dlq-1 to "
+        "tickstock.ingest.daily.KO (ingest seq "
+    )
 
     async def stored() -> dict[str, Any] | None:
         async with ref_pool.connection() as conn:
@@ -232,11 +269,14 @@ async def test_dlq_replay_with_a_corrected_payload_is_stored(
     assert "replayed" in out
 
 
-async def test_dlq_purge(hub_env: LiveHub, ref_pool: AsyncConnectionPool,
-                         capsys: pytest.CaptureFixture[str]) -> None:
+async def test_dlq_purge(
+    hub_env: LiveHub, ref_pool: AsyncConnectionPool, capsys: pytest.CaptureFixture[str]
+) -> None:
     await _clear(ref_pool)
-    ids = [await _seed(ref_pool, f"cli:p{i}", reason=("not_json", "unknown_pattern")[i % 2], replayed=i >= 6)
-           for i in range(9)]
+    ids = [
+        await _seed(ref_pool, f"cli:p{i}", reason=("not_json", "unknown_pattern")[i % 2], replayed=i >= 6)
+        for i in range(9)
+    ]
     status, out, err = await tickstock(capsys, "dlq", "purge")
     assert (status, out) == (1, "")
     assert err == ["tickstock: error: purge needs --id, --reason, --replayed or --all"]
@@ -255,7 +295,8 @@ async def test_dlq_purge(hub_env: LiveHub, ref_pool: AsyncConnectionPool,
 
 
 async def test_dlq_with_an_unreachable_database_fails_in_one_line(
-        clean_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TICKSTOCK_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/x")
     monkeypatch.setenv("TICKSTOCK_CONNECT_TIMEOUT_S", "2")
     status, out, err = await tickstock(capsys, "dlq", "list")
@@ -264,6 +305,7 @@ async def test_dlq_with_an_unreachable_database_fails_in_one_line(
 
 
 # -- demo-feed and bridge-redis ---------------------------------------------------------------------
+
 
 @pytest.mark.slow
 async def test_demo_feed_publishes_to_ingest(hub_env: LiveHub, capsys: pytest.CaptureFixture[str]) -> None:
@@ -279,19 +321,24 @@ async def test_demo_feed_publishes_to_ingest(hub_env: LiveHub, capsys: pytest.Ca
     assert after - before >= published
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--rate", "0"], "rate must be a positive number"),
-    (["--duration", "-1"], "duration_s must be a non-negative number"),
-])
-async def test_demo_feed_refuses_bad_numbers_in_one_line(hub_env: LiveHub, capsys: pytest.CaptureFixture[str],
-                                                         args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "0"], "rate must be a positive number"),
+        (["--duration", "-1"], "duration_s must be a non-negative number"),
+    ],
+)
+async def test_demo_feed_refuses_bad_numbers_in_one_line(
+    hub_env: LiveHub, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     status, _, err = await tickstock(capsys, "demo-feed", *args)
     assert status == 1
     assert len(err) == 1 and message in err[0]
 
 
-async def test_bridge_redis_for_a_second(hub_env: LiveHub, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+async def test_bridge_redis_for_a_second(
+    hub_env: LiveHub, redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TICKSTOCK_REDIS_URL", redis_url)
     started = time.monotonic()
     async with within(60, what="a one-second bridge"):
@@ -302,7 +349,8 @@ async def test_bridge_redis_for_a_second(hub_env: LiveHub, redis_url: str, monke
 
 
 async def test_bridge_redis_with_an_unreachable_redis_fails_in_one_line(
-        hub_env: LiveHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    hub_env: LiveHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TICKSTOCK_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     status, _, err = await tickstock(capsys, "bridge-redis", "--duration", "1")
     assert status == 1
@@ -310,15 +358,23 @@ async def test_bridge_redis_with_an_unreachable_redis_fails_in_one_line(
 
 
 @contextlib.asynccontextmanager
-async def bridge_process(live_hub: LiveHub, redis_url: str) -> AsyncIterator[tuple[subprocess.Popen[str], aioredis.Redis]]:
+async def bridge_process(
+    live_hub: LiveHub, redis_url: str
+) -> AsyncIterator[tuple[subprocess.Popen[str], aioredis.Redis]]:
     """``tickstock bridge-redis`` as a process, yielded once it has subscribed; killed if still running
     on the way out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKSTOCK_")}
     env.update(TICKSTOCK_NATS_URL=live_hub.settings.nats_url or "", TICKSTOCK_REDIS_URL=redis_url)
     redis = aioredis.Redis.from_url(redis_url)
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "bridge-redis"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "bridge-redis"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         async def subscribed() -> bool:
             assert proc.poll() is None, "bridge-redis exited early"
             [(_, n)] = await redis.pubsub_numsub(DEFAULT_CHANNEL)
@@ -339,8 +395,9 @@ def _stopped_cleanly(proc: subprocess.Popen[str], err: str) -> None:
     assert [line for line in err.splitlines() if line.startswith("tickstock:")] == ["tickstock: stopped"]
 
 
-async def test_bridge_redis_process_forwards_until_interrupted(live_hub: LiveHub, redis_url: str,
-                                                              ref_pool: AsyncConnectionPool) -> None:
+async def test_bridge_redis_process_forwards_until_interrupted(
+    live_hub: LiveHub, redis_url: str, ref_pool: AsyncConnectionPool
+) -> None:
     async with bridge_process(live_hub, redis_url) as (proc, redis):
         event = make_event(1, prefix="cli-bridge", symbol="TSLA")
         assert await redis.publish(DEFAULT_CHANNEL, json.dumps(event)) == 1

@@ -25,8 +25,8 @@ from api.ratelimit import Decision, RateLimitExceeded
 from hub import protocol
 from hub.broker import BrokerError
 from hub.errors import HubError, ReplayError
-from hub.model import EventError
 from hub.fanout import FilterError
+from hub.model import EventError
 from store.errors import StoreError, StoreUnavailable
 from store.migrate import MigrationError
 from store.scans import CursorError, ScanError
@@ -41,11 +41,25 @@ PROBLEM = "application/problem+json"
 CASES: list[tuple[BaseException, int, str | None, int | None]] = [
     (ApiError("bad"), 400, protocol.ERROR_INVALID, None),
     (AuthError("no token"), 401, protocol.ERROR_UNAUTHENTICATED, protocol.CLOSE_UNAUTHORIZED),
-    (AuthError("no scope", status=403, scope="admin"), 403, protocol.ERROR_FORBIDDEN, protocol.CLOSE_FORBIDDEN),
-    (RateLimitExceeded(Decision(allowed=False, limit=1, remaining=0, retry_after_s=1.0, checked=True)), 429, None,
-     protocol.CLOSE_TOO_MANY),
+    (
+        AuthError("no scope", status=403, scope="admin"),
+        403,
+        protocol.ERROR_FORBIDDEN,
+        protocol.CLOSE_FORBIDDEN,
+    ),
+    (
+        RateLimitExceeded(Decision(allowed=False, limit=1, remaining=0, retry_after_s=1.0, checked=True)),
+        429,
+        None,
+        protocol.CLOSE_TOO_MANY,
+    ),
     (ReplayError("no dead letter 7", kind="not_found"), 404, None, None),
-    (ReplayError("would be rejected again", kind="rejected", reason="not_json"), 422, protocol.ERROR_INVALID, None),
+    (
+        ReplayError("would be rejected again", kind="rejected", reason="not_json"),
+        422,
+        protocol.ERROR_INVALID,
+        None,
+    ),
     (BrokerError("nats://10.0.0.1:4222 refused"), 503, None, None),
     (HubError("anything"), 503, None, None),
     (EventError("invalid_symbol", "bad symbol"), 400, protocol.ERROR_INVALID, None),
@@ -64,10 +78,12 @@ CASES: list[tuple[BaseException, int, str | None, int | None]] = [
 ]
 
 
-@pytest.mark.parametrize(("exc", "status", "ws_code", "close_code"), CASES,
-                         ids=[f"{type(c[0]).__name__}-{c[1]}" for c in CASES])
-def test_the_table_maps_each_domain_error(exc: BaseException, status: int, ws_code: str | None,
-                                          close_code: int | None) -> None:
+@pytest.mark.parametrize(
+    ("exc", "status", "ws_code", "close_code"), CASES, ids=[f"{type(c[0]).__name__}-{c[1]}" for c in CASES]
+)
+def test_the_table_maps_each_domain_error(
+    exc: BaseException, status: int, ws_code: str | None, close_code: int | None
+) -> None:
     found = problem_for(exc)
     assert found is not None
     assert (found.status, found.ws_code, found.close_code) == (status, ws_code, close_code)
@@ -115,8 +131,12 @@ def _code_literals(path: Path) -> list[str]:
 
 
 def test_websocket_codes_are_defined_once() -> None:
-    sources = [ROOT / "hub" / "connection.py", ROOT / "hub" / "client.py", ROOT / "api" / "routes" / "ws.py",
-               ROOT / "api" / "errors.py"]
+    sources = [
+        ROOT / "hub" / "connection.py",
+        ROOT / "hub" / "client.py",
+        ROOT / "api" / "routes" / "ws.py",
+        ROOT / "api" / "errors.py",
+    ]
     assert [hit for path in sources for hit in _code_literals(path)] == []
     table_codes = {p.ws_code for exc, *_ in CASES if (p := problem_for(exc)) is not None} - {None}
     table_closes = {p.close_code for exc, *_ in CASES if (p := problem_for(exc)) is not None} - {None}
@@ -135,7 +155,9 @@ async def test_the_live_websocket_speaks_the_table(live_hub: LiveHub) -> None:
     async with websockets.connect(f"{live_hub.ws_url}/ws?token={token}", open_timeout=10) as ws:
         welcome = json.loads(await ws.recv())
         assert welcome["op"] == "welcome"
-        await ws.send(json.dumps({"op": "subscribe", "id": "s1", "filter": {"universes": ["no-such-universe"]}}))
+        await ws.send(
+            json.dumps({"op": "subscribe", "id": "s1", "filter": {"universes": ["no-such-universe"]}})
+        )
         frame = json.loads(await ws.recv())
     want = problem_for(FilterError("unknown universe"))
     assert want is not None
@@ -153,8 +175,9 @@ async def test_the_live_websocket_speaks_the_table(live_hub: LiveHub) -> None:
 @pytest_asyncio.fixture(loop_scope="session")
 async def admin(live_hub: LiveHub) -> AsyncIterator[httpx.AsyncClient]:
     token = mint_token(JWT_SECRET, subject="table-admin", scopes=["admin"])
-    async with httpx.AsyncClient(base_url=live_hub.url, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=live_hub.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
         yield client
 
 
@@ -178,7 +201,9 @@ async def _planted(request: Request) -> Response:
     raise RuntimeError("secret internals /etc/passwd")
 
 
-@pytest.mark.parametrize(("kind", "status"), [("duplicate", 409), ("store", 503), ("replay", 422), ("crash", 500)])
+@pytest.mark.parametrize(
+    ("kind", "status"), [("duplicate", 409), ("store", 503), ("replay", 422), ("crash", 500)]
+)
 async def test_a_planted_raise_needs_no_mapping(live_hub: LiveHub, kind: str, status: int) -> None:
     app = live_hub.app
     assert app is not None
@@ -190,7 +215,11 @@ async def test_a_planted_raise_needs_no_mapping(live_hub: LiveHub, kind: str, st
     finally:
         app.router.routes.remove(route)
     body = problem(response, status)
-    assert "Traceback" not in response.text and "secret" not in response.text and "db.internal" not in response.text
+    assert (
+        "Traceback" not in response.text
+        and "secret" not in response.text
+        and "db.internal" not in response.text
+    )
     if kind == "duplicate":
         assert body["errors"] == [{"loc": "body.name", "msg": "already used"}]
     if kind == "crash":

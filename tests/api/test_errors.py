@@ -32,8 +32,15 @@ async def crash(request: Request) -> Response:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def client():  # type: ignore[no-untyped-def]
-    app = Starlette(routes=[Route("/bad", bad_input), Route("/slow", throttled), Route("/forbidden", forbidden),
-                            Route("/crash", crash)], exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    app = Starlette(
+        routes=[
+            Route("/bad", bad_input),
+            Route("/slow", throttled),
+            Route("/forbidden", forbidden),
+            Route("/crash", crash),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )  # type: ignore[arg-type]
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://hub") as c:
         yield c
@@ -43,8 +50,14 @@ async def test_api_error_with_field_errors(client: httpx.AsyncClient) -> None:
     r = await client.get("/bad")
     assert r.status_code == 400
     assert r.headers["content-type"] == "application/problem+json"
-    assert r.json() == {"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "symbol is not valid",
-                        "instance": "/bad", "errors": [{"loc": "query.symbol", "msg": "bad"}]}
+    assert r.json() == {
+        "type": "about:blank",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": "symbol is not valid",
+        "instance": "/bad",
+        "errors": [{"loc": "query.symbol", "msg": "bad"}],
+    }
 
 
 async def test_status_and_headers_pass_through(client: httpx.AsyncClient) -> None:
@@ -56,7 +69,9 @@ async def test_http_exception(client: httpx.AsyncClient) -> None:
     assert (await client.get("/forbidden")).json()["detail"] == "no"
 
 
-async def test_unexpected_error_hides_internals(client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+async def test_unexpected_error_hides_internals(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
     r = await client.get("/crash")
     assert r.status_code == 500
     assert "secret" not in r.text and "Traceback" not in r.text

@@ -28,12 +28,16 @@ def _via(url: str, port: int) -> str:
 @pytest_asyncio.fixture(loop_scope="session")
 async def proxied(settings: Settings) -> AsyncIterator[tuple[LiveHub, dict[str, TcpProxy]]]:
     """A live hub whose three connections each go through a proxy the test can cut."""
-    async with (TcpProxy(*_hostport(settings.database_url or "")) as pg,
-                TcpProxy(*_hostport(settings.nats_url or "")) as nats,
-                TcpProxy(*_hostport(settings.redis_url or "")) as redis):
+    async with (
+        TcpProxy(*_hostport(settings.database_url or "")) as pg,
+        TcpProxy(*_hostport(settings.nats_url or "")) as nats,
+        TcpProxy(*_hostport(settings.redis_url or "")) as redis,
+    ):
         proxied_settings = dataclasses.replace(
-            settings, database_url=_via(settings.database_url or "", pg.port),
-            nats_url=_via(settings.nats_url or "", nats.port), redis_url=_via(settings.redis_url or "", redis.port),
+            settings,
+            database_url=_via(settings.database_url or "", pg.port),
+            nats_url=_via(settings.nats_url or "", nats.port),
+            redis_url=_via(settings.redis_url or "", redis.port),
             pool_timeout_s=1.0,
         )
         async with LiveHub(proxied_settings) as hub:
@@ -96,5 +100,10 @@ async def test_unknown_route_is_a_problem_document(live_hub: LiveHub) -> None:
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
     assert body.pop("request_id") == response.headers["x-request-id"]
-    assert body == {"type": "about:blank", "title": "Not Found", "status": 404,
-                               "detail": "Not Found", "instance": "/nope"}
+    assert body == {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "Not Found",
+        "instance": "/nope",
+    }

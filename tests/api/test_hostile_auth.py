@@ -61,8 +61,14 @@ def _hs256_raw(header: dict[str, Any] | str, claims: dict[str, Any] | str, secre
 
 def _claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": "mallory", "scope": "patterns:read patterns:write", "iat": now,
-                              "exp": now + 600, "iss": "tickstock-hub", "aud": "tickstock"}
+    claims: dict[str, Any] = {
+        "sub": "mallory",
+        "scope": "patterns:read patterns:write",
+        "iat": now,
+        "exp": now + 600,
+        "iss": "tickstock-hub",
+        "aud": "tickstock",
+    }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
 
@@ -84,13 +90,16 @@ HOSTILE_TOKENS: dict[str, str] = {
     "sub empty": _hs256_raw({"alg": "HS256"}, _claims(sub="")),
     "sub a number": _hs256_raw({"alg": "HS256"}, _claims(sub=12345)),
     "no iat": _hs256_raw({"alg": "HS256"}, _claims(iat=None)),
-    "lives a day and a second": _hs256_raw({"alg": "HS256"}, _claims(exp=int(time.time()) + 86_401,
-                                                                      iat=int(time.time()))),
+    "lives a day and a second": _hs256_raw(
+        {"alg": "HS256"}, _claims(exp=int(time.time()) + 86_401, iat=int(time.time()))
+    ),
     "iat far in the past, exp far ahead": _hs256_raw({"alg": "HS256"}, _claims(iat=0, exp=2**40)),
     "exp NaN": _hs256_raw({"alg": "HS256"}, json.dumps(_claims(exp=float("nan")))),
     # Deeper than the interpreter's recursion limit (1000), within the 8 KiB token limit.
     "header nested 2000 deep": _hs256_raw('{"alg":"HS256","x":' + _nested(2000) + "}", _claims()),
-    "claims nested 2000 deep": _hs256_raw({"alg": "HS256"}, json.dumps(_claims())[:-1] + ',"x":' + _nested(2000) + "}"),
+    "claims nested 2000 deep": _hs256_raw(
+        {"alg": "HS256"}, json.dumps(_claims())[:-1] + ',"x":' + _nested(2000) + "}"
+    ),
 }
 
 
@@ -111,8 +120,11 @@ async def hub(settings: Settings) -> AsyncIterator[LiveHub]:
         yield live
 
 
-async def _ws_closed(url: str, first: str | None = None, headers: dict[str, str] | None = None,
-                     ) -> tuple[int | None, str]:
+async def _ws_closed(
+    url: str,
+    first: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int | None, str]:
     """Open ``url``, optionally send ``first``, and return the close code and reason the hub sends."""
     async with websockets.connect(url, ping_interval=None, additional_headers=headers) as ws:
         if first is not None:
@@ -133,7 +145,9 @@ def test_the_json_reader_refuses_depth_before_parsing() -> None:
     for text in (_nested(MAX_DEPTH + 1), "[" * 200_000, '{"a":' * 5_000):
         with pytest.raises(JsonTooDeep):
             loads_bounded(text)
-    assert loads_bounded('["[[[[' + "[" * 100 + '"]') == ["[[[[" + "[" * 100]  # brackets inside strings do not count
+    assert loads_bounded('["[[[[' + "[" * 100 + '"]') == [
+        "[[[[" + "[" * 100
+    ]  # brackets inside strings do not count
     for text in ("[NaN]", "[Infinity]", "{", "9" * 5_000):
         with pytest.raises(ValueError):
             loads_bounded(text)
@@ -224,7 +238,9 @@ async def test_a_close_reason_is_cut_to_123_bytes_on_a_character_boundary(hub: L
 async def test_a_hostile_token_is_401_over_http_and_4401_on_a_websocket(hub: LiveHub, name: str) -> None:
     token = HOSTILE_TOKENS[name]
     async with httpx.AsyncClient(base_url=hub.url) as client:
-        response = await client.post("/api/patterns", json={"events": []}, headers={"Authorization": f"Bearer {token}"})
+        response = await client.post(
+            "/api/patterns", json={"events": []}, headers={"Authorization": f"Bearer {token}"}
+        )
     body = problem(response, 401)
     assert "é" not in body["detail"] and "mallory" not in body["detail"] and "\x00" not in body["detail"]
     code, reason = await _ws_closed(f"{hub.ws_url}/ws", json.dumps({"op": "auth", "token": token}))
@@ -235,9 +251,13 @@ async def test_a_hostile_token_is_401_over_http_and_4401_on_a_websocket(hub: Liv
 async def test_tokens_at_the_limits_are_accepted() -> None:
     auth = Authenticator(Settings(jwt_secret=JWT_SECRET))
     now = int(time.time())
-    longest = await auth.verify(_hs256_raw({"alg": "HS256"}, _claims(sub="é" * 256, iat=now, exp=now + 86_400)))
+    longest = await auth.verify(
+        _hs256_raw({"alg": "HS256"}, _claims(sub="é" * 256, iat=now, exp=now + 86_400))
+    )
     assert longest.subject == "é" * 256
-    dev = mint_token(JWT_SECRET, subject="demo-user", scopes=["admin"], ttl_s=86_400)  # `tickstock run`'s token
+    dev = mint_token(
+        JWT_SECRET, subject="demo-user", scopes=["admin"], ttl_s=86_400
+    )  # `tickstock run`'s token
     assert (await auth.verify(dev)).subject == "demo-user"
     short = Authenticator(Settings(jwt_secret=JWT_SECRET, jwt_max_lifetime_s=60))
     with pytest.raises(AuthError, match="at most 60 s") as raised:
@@ -245,8 +265,9 @@ async def test_tokens_at_the_limits_are_accepted() -> None:
     assert raised.value.status == 401
 
 
-def test_tickstock_token_refuses_a_ttl_over_the_cap(monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_tickstock_token_refuses_a_ttl_over_the_cap(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TICKSTOCK_JWT_SECRET", JWT_SECRET)
     assert main(["token", "--sub", "x", "--ttl", "86401"]) == 1
     err = capsys.readouterr().err
@@ -271,19 +292,29 @@ def _rs256(key: RSAKey, **claims: Any) -> str:
     return jwt.encode({"alg": "RS256", "kid": key.kid}, _claims(**claims), key)
 
 
-@pytest.mark.parametrize("url", ["http://keys.example.com/jwks.json", "ftp://127.0.0.1/jwks.json",
-                                 "gopher://x", "/etc/jwks.json"])
+@pytest.mark.parametrize(
+    "url", ["http://keys.example.com/jwks.json", "ftp://127.0.0.1/jwks.json", "gopher://x", "/etc/jwks.json"]
+)
 def test_only_https_file_and_loopback_http_jwks_urls(url: str) -> None:
     with pytest.raises(ValueError, match="TICKSTOCK_JWKS_URL"):  # pydantic wraps SettingsError
         Settings(jwks_url=url)
-    for fine in ("https://idp.example.com/.well-known/jwks.json", "file:///etc/tickstock/jwks.json",
-                 "http://127.0.0.1:8080/jwks", "http://localhost/jwks", "http://[::1]:9/jwks"):
+    for fine in (
+        "https://idp.example.com/.well-known/jwks.json",
+        "file:///etc/tickstock/jwks.json",
+        "http://127.0.0.1:8080/jwks",
+        "http://localhost/jwks",
+        "http://[::1]:9/jwks",
+    ):
         Settings(jwks_url=fine)
 
 
 @ON_SESSION_LOOP
 async def test_a_jwks_load_failure_is_a_generic_503_and_the_cause_is_logged(
-    hub: LiveHub, settings: Settings, tmp_path: Path, rsa_key: RSAKey, caplog: pytest.LogCaptureFixture,
+    hub: LiveHub,
+    settings: Settings,
+    tmp_path: Path,
+    rsa_key: RSAKey,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     missing = tmp_path / "secret-dir" / "jwks.json"
     too_big = tmp_path / "big.json"
@@ -293,14 +324,20 @@ async def test_a_jwks_load_failure_is_a_generic_503_and_the_cause_is_logged(
     deep = tmp_path / "deep.json"
     deep.write_text('{"keys":' + _nested(5_000) + "}")
     for path in (missing, too_big, junk, deep):
-        jwks_only = dataclasses.replace(settings, jwt_secret=None, jwks_url=path.as_uri(), jwks_max_bytes=1_000)
+        jwks_only = dataclasses.replace(
+            settings, jwt_secret=None, jwks_url=path.as_uri(), jwks_max_bytes=1_000
+        )
         app = create_app(jwks_only, hub=hub.hub)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client:
-            response = await client.get("/api/admin/dlq", headers={"Authorization": f"Bearer {_rs256(rsa_key)}"})
+            response = await client.get(
+                "/api/admin/dlq", headers={"Authorization": f"Bearer {_rs256(rsa_key)}"}
+            )
         body = problem(response, 503)
         assert body["detail"] == JWKS_UNAVAILABLE
         assert str(tmp_path) not in response.text and "No such file" not in response.text
-    logged = [r.getMessage() for r in caplog.records if r.name == "tickstock.auth" and r.levelno == logging.WARNING]
+    logged = [
+        r.getMessage() for r in caplog.records if r.name == "tickstock.auth" and r.levelno == logging.WARNING
+    ]
     assert any("secret-dir" in m for m in logged)  # the cause reaches the operator
     assert any("larger than 1000 bytes" in m for m in logged)
 
@@ -340,7 +377,9 @@ class _CountingJwks:
 
 
 @ON_SESSION_LOOP
-async def test_concurrent_unknown_kids_make_one_fetch(rsa_key: RSAKey, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_concurrent_unknown_kids_make_one_fetch(
+    rsa_key: RSAKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with _CountingJwks(rsa_key) as server:
         auth = Authenticator(Settings(jwks_url=server.url))
         # 40 requests at a cold start: one fetch, all verified.
@@ -349,9 +388,12 @@ async def test_concurrent_unknown_kids_make_one_fetch(rsa_key: RSAKey, monkeypat
         assert server.fetches == 1
         # 40 tokens naming made-up kids, all at once, with the refetch interval out of the way: one refetch.
         monkeypatch.setattr("api.auth.JWKS_MIN_REFETCH_S", 0.0)
-        strangers = [RSAKey.generate_key(2048, parameters={"kid": f"made-up-{i}"}, private=True) for i in range(4)]
-        results = await asyncio.gather(*(auth.verify(_rs256(strangers[i % 4])) for i in range(40)),
-                                       return_exceptions=True)
+        strangers = [
+            RSAKey.generate_key(2048, parameters={"kid": f"made-up-{i}"}, private=True) for i in range(4)
+        ]
+        results = await asyncio.gather(
+            *(auth.verify(_rs256(strangers[i % 4])) for i in range(40)), return_exceptions=True
+        )
         assert all(isinstance(r, AuthError) and r.status == 401 for r in results)
         assert server.fetches == 2
         # Within the minimum interval, another made-up kid does not reach the key server at all.
@@ -372,8 +414,9 @@ SLOW = 0.05  # tokens a second: nothing refills during a test
 @pytest_asyncio.fixture(loop_scope="session")
 async def limited_hub(settings: Settings, redis_client: aioredis.Redis) -> AsyncIterator[LiveHub]:
     await redis_client.delete(AUTH_FAILURE_KEY_PREFIX + "127.0.0.1")
-    tuned = dataclasses.replace(settings, rate_limit_per_s=0, auth_failure_per_s=SLOW, auth_failure_burst=BURST,
-                                ws_auth_timeout_s=5.0)
+    tuned = dataclasses.replace(
+        settings, rate_limit_per_s=0, auth_failure_per_s=SLOW, auth_failure_burst=BURST, ws_auth_timeout_s=5.0
+    )
     async with LiveHub(tuned) as live:
         yield live
 
@@ -395,7 +438,9 @@ async def test_failed_authentications_beyond_the_burst_are_429_and_valid_tokens_
     # The websocket side shares the bucket: a refused token now closes with 4429, and so does an open
     # without a token; a valid token still gets its welcome.
     assert await _ws_closed(f"{limited_hub.ws_url}/ws?token=junk.junk.junk") == (
-        4429, "too many failed authentications from this address; retry later")
+        4429,
+        "too many failed authentications from this address; retry later",
+    )
     code, _ = await _ws_closed(f"{limited_hub.ws_url}/ws")
     assert code == 4429
     async with websockets.connect(f"{limited_hub.ws_url}/ws?token={READER}", ping_interval=None) as ws:
@@ -419,20 +464,31 @@ async def test_websocket_opens_without_a_token_spend_the_bucket(limited_hub: Liv
 
 @ON_SESSION_LOOP
 async def test_with_redis_cut_a_local_bucket_still_limits_failures(
-    hub: LiveHub, settings: Settings, redis_url: str,
+    hub: LiveHub,
+    settings: Settings,
+    redis_url: str,
 ) -> None:
     parts = urlsplit(redis_url)
     async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
-        client = aioredis.Redis(host="127.0.0.1", port=proxy.port, db=int(parts.path.strip("/") or 0),
-                                socket_timeout=0.25, socket_connect_timeout=0.25)
+        client = aioredis.Redis(
+            host="127.0.0.1",
+            port=proxy.port,
+            db=int(parts.path.strip("/") or 0),
+            socket_timeout=0.25,
+            socket_connect_timeout=0.25,
+        )
         try:
             state = dataclasses.replace(hub.hub, redis=client)
             app = create_app(settings, hub=state)
             limiter = app.state.auth_failures = AuthFailureLimiter(rate_per_s=SLOW, burst=BURST)
             await proxy.cut()
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as http:
-                codes = [(await http.get("/api/admin/dlq", headers={"Authorization": "Bearer x.y.z"})).status_code
-                         for _ in range(BURST + 3)]
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://hub"
+            ) as http:
+                codes = [
+                    (await http.get("/api/admin/dlq", headers={"Authorization": "Bearer x.y.z"})).status_code
+                    for _ in range(BURST + 3)
+                ]
             assert codes == [401] * BURST + [429] * 3
             assert limiter.limiter.degraded and limiter.limiter.fail_open.total() == BURST + 3
         finally:

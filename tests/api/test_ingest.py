@@ -33,8 +33,12 @@ LEGACY_TS = 1_793_629_800  # 2026-11-02T14:30:00Z
 
 @pytest.fixture(scope="module")
 def settings(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, http_ingest_max_events=MAX_EVENTS, http_ingest_inflight=INFLIGHT,
-                               http_ingest_max_bytes=MAX_BYTES)
+    return dataclasses.replace(
+        settings,
+        http_ingest_max_events=MAX_EVENTS,
+        http_ingest_inflight=INFLIGHT,
+        http_ingest_max_bytes=MAX_BYTES,
+    )
 
 
 @pytest.fixture
@@ -46,8 +50,12 @@ async def client(live_hub: LiveHub) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def _legacy(**data: Any) -> dict[str, Any]:
-    return {"event_type": "pattern_detected", "source": "tickstock", "timestamp": LEGACY_TS,
-            "data": {"symbol": "AAPL", "pattern": "Hammer", "confidence": 0.8, **data}}
+    return {
+        "event_type": "pattern_detected",
+        "source": "tickstock",
+        "timestamp": LEGACY_TS,
+        "data": {"symbol": "AAPL", "pattern": "Hammer", "confidence": 0.8, **data},
+    }
 
 
 async def _last_seq(js: JetStreamContext) -> int:
@@ -58,7 +66,9 @@ async def _rows(pool: AsyncConnectionPool, ids: list[str]) -> dict[str, dict[str
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT id, type, symbol, pattern, timeframe, confidence, detected_at, price, volume, source,"
-            " payload FROM pattern_events WHERE id = ANY(%s)", (ids,))
+            " payload FROM pattern_events WHERE id = ANY(%s)",
+            (ids,),
+        )
         return {row["id"]: row for row in await cur.fetchall()}  # type: ignore[index,call-overload]
 
 
@@ -95,11 +105,16 @@ async def _restore(live_hub: LiveHub) -> None:
 
 
 async def test_a_batch_is_accepted_then_duplicate_and_stored(
-    client: httpx.AsyncClient, live_hub: LiveHub, ref_pool: AsyncConnectionPool,
+    client: httpx.AsyncClient,
+    live_hub: LiveHub,
+    ref_pool: AsyncConnectionPool,
 ) -> None:
-    events = [make_event(i, prefix="batch", symbol=s, pattern=p, timeframe=tf, confidence=0.5 + i / 10)
-              for i, (s, p, tf) in enumerate([("AAPL", "CDLHAMMER", "daily"), ("BRK.b", "Hammer", "1min"),
-                                               ("MSFT", "hammer", "hourly")])]
+    events = [
+        make_event(i, prefix="batch", symbol=s, pattern=p, timeframe=tf, confidence=0.5 + i / 10)
+        for i, (s, p, tf) in enumerate(
+            [("AAPL", "CDLHAMMER", "daily"), ("BRK.b", "Hammer", "1min"), ("MSFT", "hammer", "hourly")]
+        )
+    ]
     first = await client.post(PATH, json={"events": events})
     assert first.status_code == 200, first.text
     assert "retry-after" not in first.headers
@@ -116,12 +131,15 @@ async def test_a_batch_is_accepted_then_duplicate_and_stored(
     repeat = again.json()
     assert (repeat["accepted"], repeat["duplicate"]) == (0, 3)
     assert [(r["status"], r["id"], r["seq"]) for r in repeat["results"]] == [
-        ("duplicate", r["id"], r["seq"]) for r in body["results"]]
+        ("duplicate", r["id"], r["seq"]) for r in body["results"]
+    ]
 
     rows = await _stored(ref_pool, ["batch-0", "batch-1", "batch-2"])
     assert {i: (r["symbol"], r["pattern"], r["timeframe"]) for i, r in rows.items()} == {
-        "batch-0": ("AAPL", "hammer", "daily"), "batch-1": ("BRK.B", "hammer", "1min"),
-        "batch-2": ("MSFT", "hammer", "hourly")}
+        "batch-0": ("AAPL", "hammer", "daily"),
+        "batch-1": ("BRK.B", "hammer", "1min"),
+        "batch-2": ("MSFT", "hammer", "hourly"),
+    }
     first_row = rows["batch-0"]
     assert first_row["type"] == "pattern_detected"
     assert first_row["confidence"] == pytest.approx(0.5)
@@ -142,7 +160,8 @@ async def test_both_body_shapes(client: httpx.AsyncClient, ref_pool: AsyncConnec
 
 
 async def test_a_legacy_envelope_is_accepted_with_a_derived_id(
-    client: httpx.AsyncClient, ref_pool: AsyncConnectionPool,
+    client: httpx.AsyncClient,
+    ref_pool: AsyncConnectionPool,
 ) -> None:
     envelope = _legacy(price=187.5, note="from the old producer")
     response = await client.post(PATH, json=[envelope])
@@ -162,7 +181,8 @@ async def test_a_legacy_envelope_is_accepted_with_a_derived_id(
 
 
 async def test_a_legacy_percentage_confidence_is_rejected(
-    client: httpx.AsyncClient, live_hub: LiveHub,
+    client: httpx.AsyncClient,
+    live_hub: LiveHub,
 ) -> None:
     before = await _last_seq(live_hub.hub.js)
     response = await client.post(PATH, json={"events": [_legacy(confidence=85)]})
@@ -213,20 +233,36 @@ async def test_a_mixed_batch_has_a_verdict_per_event_in_order(client: httpx.Asyn
 # -- malformed requests -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("content", "detail"), [
-    (b"{not json", "the body is not JSON"),
-    (b'[{"id": "\xff"}]', "the body is not JSON"),
-    (b"[" * 5000 + b"]" * 5000, "the body is not JSON"),
-    (b'{"event": []}', 'the body must be {"events": [...]} or a JSON array of events'),
-    (b'{"events": {"id": "x"}}', 'the body must be {"events": [...]} or a JSON array of events'),
-    (b"42", 'the body must be {"events": [...]} or a JSON array of events'),
-    (b'"events"', 'the body must be {"events": [...]} or a JSON array of events'),
-    (b"[]", "no events in the batch"),
-    (b'{"events": []}', "no events in the batch"),
-], ids=["not JSON", "not UTF-8", "nested too deep", "no events key", "events not a list", "number", "string",
-        "empty array", "empty events"])
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (b"{not json", "the body is not JSON"),
+        (b'[{"id": "\xff"}]', "the body is not JSON"),
+        (b"[" * 5000 + b"]" * 5000, "the body is not JSON"),
+        (b'{"event": []}', 'the body must be {"events": [...]} or a JSON array of events'),
+        (b'{"events": {"id": "x"}}', 'the body must be {"events": [...]} or a JSON array of events'),
+        (b"42", 'the body must be {"events": [...]} or a JSON array of events'),
+        (b'"events"', 'the body must be {"events": [...]} or a JSON array of events'),
+        (b"[]", "no events in the batch"),
+        (b'{"events": []}', "no events in the batch"),
+    ],
+    ids=[
+        "not JSON",
+        "not UTF-8",
+        "nested too deep",
+        "no events key",
+        "events not a list",
+        "number",
+        "string",
+        "empty array",
+        "empty events",
+    ],
+)
 async def test_a_body_that_is_not_a_batch_is_400(
-    client: httpx.AsyncClient, live_hub: LiveHub, content: bytes, detail: str,
+    client: httpx.AsyncClient,
+    live_hub: LiveHub,
+    content: bytes,
+    detail: str,
 ) -> None:
     before = await _last_seq(live_hub.hub.js)
     response = await client.post(PATH, content=content, headers={"Content-Type": "application/json"})
@@ -250,7 +286,7 @@ def _padded(size: int, prefix: str) -> bytes:
 
 async def _chunks(data: bytes, size: int = 4096) -> AsyncIterator[bytes]:
     for start in range(0, len(data), size):
-        yield data[start:start + size]
+        yield data[start : start + size]
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -276,8 +312,12 @@ async def test_a_declared_oversize_body_is_refused_before_it_is_sent(live_hub: L
     token = mint_token(JWT_SECRET, subject="producer", scopes=["patterns:write"])
     reader, writer = await asyncio.open_connection("127.0.0.1", live_hub.port)
     try:
-        writer.write((f"POST {PATH} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {token}\r\n"
-                      f"Content-Type: application/json\r\nContent-Length: {MAX_BYTES * 100}\r\n\r\n[").encode())
+        writer.write(
+            (
+                f"POST {PATH} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {MAX_BYTES * 100}\r\n\r\n["
+            ).encode()
+        )
         await writer.drain()
         # The rest of the body never comes: only the declared length can have decided.
         status_line = await asyncio.wait_for(reader.readline(), timeout=10)
@@ -302,7 +342,8 @@ async def test_a_token_with_write_scope_is_needed(live_hub: LiveHub) -> None:
     assert missing.headers["www-authenticate"] == 'Bearer realm="tickstock", error="invalid_token"'
     _assert_problem(read_only, 403, "patterns:write")
     assert read_only.headers["www-authenticate"] == (
-        'Bearer realm="tickstock", error="insufficient_scope", scope="patterns:write"')
+        'Bearer realm="tickstock", error="insufficient_scope", scope="patterns:write"'
+    )
     assert await _last_seq(live_hub.hub.js) == before
 
 
@@ -310,7 +351,9 @@ async def test_a_token_with_write_scope_is_needed(live_hub: LiveHub) -> None:
 
 
 async def test_a_saturated_gate_is_429_and_nothing_is_published(
-    client: httpx.AsyncClient, live_hub: LiveHub, ref_pool: AsyncConnectionPool,
+    client: httpx.AsyncClient,
+    live_hub: LiveHub,
+    ref_pool: AsyncConnectionPool,
 ) -> None:
     throttled_before = await _metric(client, "throttled")
     before = await _last_seq(live_hub.hub.js)
@@ -330,7 +373,9 @@ async def test_a_saturated_gate_is_429_and_nothing_is_published(
     assert await _rows(ref_pool, [str(e["id"]) for e in batch]) == {}
     # The gate was not left holding anything: the same batch now passes, twice over.
     for round_ in range(2):
-        fits = await client.post(PATH, json=[make_event(i, prefix=f"fits{round_}") for i in range(MAX_EVENTS)])
+        fits = await client.post(
+            PATH, json=[make_event(i, prefix=f"fits{round_}") for i in range(MAX_EVENTS)]
+        )
         assert fits.status_code == 200, fits.text
         assert fits.json()["accepted"] == MAX_EVENTS
     assert gate.inflight == 0
@@ -341,14 +386,17 @@ async def test_a_batch_larger_than_the_gate_is_413_not_429(live_hub: LiveHub, se
     app = create_app(small_gate, hub=live_hub.hub)
     transport = httpx.ASGITransport(app=app)
     token = mint_token(JWT_SECRET, subject="producer", scopes=["patterns:write"])
-    async with httpx.AsyncClient(transport=transport, base_url="http://hub",
-                                 headers={"Authorization": f"Bearer {token}"}) as small:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://hub", headers={"Authorization": f"Bearer {token}"}
+    ) as small:
         response = await small.post(PATH, json=[make_event(i, prefix="gate") for i in range(3)])
     _assert_problem(response, 413, "at most 2 events per request")
 
 
 async def test_events_the_stream_refuses_are_retry_or_too_large(
-    client: httpx.AsyncClient, live_hub: LiveHub, ref_pool: AsyncConnectionPool,
+    client: httpx.AsyncClient,
+    live_hub: LiveHub,
+    ref_pool: AsyncConnectionPool,
 ) -> None:
     js = live_hub.hub.js
     seen = make_event(0, prefix="full")
@@ -365,7 +413,11 @@ async def test_events_the_stream_refuses_are_retry_or_too_large(
     assert sized.status_code == 200, sized.text
     body = sized.json()
     assert [(r["status"], r["id"]) for r in body["results"]] == [
-        ("accepted", "full-1"), ("duplicate", "full-0"), ("rejected", "full-2"), ("rejected", "bad")]
+        ("accepted", "full-1"),
+        ("duplicate", "full-0"),
+        ("rejected", "full-2"),
+        ("rejected", "bad"),
+    ]
     assert body["results"][2]["reason"] == "too_large"
     assert (body["accepted"], body["duplicate"], body["rejected"], body["retry"]) == (1, 1, 2, 0)
     # A full stream (discard new): the producer is told to retry.
@@ -390,7 +442,9 @@ async def test_events_the_stream_refuses_are_retry_or_too_large(
 
 
 async def test_events_are_retry_while_the_ingest_stream_is_gone(
-    client: httpx.AsyncClient, live_hub: LiveHub, ref_pool: AsyncConnectionPool,
+    client: httpx.AsyncClient,
+    live_hub: LiveHub,
+    ref_pool: AsyncConnectionPool,
 ) -> None:
     js = live_hub.hub.js
     events = [make_event(i, prefix="gone") for i in range(3)]
@@ -404,7 +458,8 @@ async def test_events_are_retry_while_the_ingest_stream_is_gone(
     assert response.headers["retry-after"] == "1"
     body = response.json()
     assert [(r["status"], r["id"], r["reason"]) for r in body["results"]] == [
-        ("retry", e["id"], "ingest_unavailable") for e in events]
+        ("retry", e["id"], "ingest_unavailable") for e in events
+    ]
     assert (body["accepted"], body["duplicate"], body["rejected"], body["retry"]) == (0, 0, 0, 3)
     assert await _rows(ref_pool, [str(e["id"]) for e in events]) == {}
     again = await client.post(PATH, json={"events": events})

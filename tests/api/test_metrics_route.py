@@ -70,8 +70,11 @@ async def _exercise(hub: LiveHub) -> None:
     writer = mint_token(JWT_SECRET, subject="metrics-writer", scopes=["patterns:write"])
     reader = mint_token(JWT_SECRET, subject="metrics-reader", scopes=["patterns:read"])
     async with httpx.AsyncClient(base_url=hub.url, timeout=30) as client:
-        response = await client.post("/api/patterns", json=[make_event(1, prefix="metrics-names")],
-                                     headers={"Authorization": f"Bearer {writer}"})
+        response = await client.post(
+            "/api/patterns",
+            json=[make_event(1, prefix="metrics-names")],
+            headers={"Authorization": f"Bearer {writer}"},
+        )
         assert response.status_code < 300, response.text
         await publish_raw(hub.hub.js, [("tickstock.ingest.daily.AAPL", b"not json", None)])
 
@@ -98,22 +101,32 @@ async def test_metric_names_types_and_labels_are_pinned(live_hub: LiveHub) -> No
     for name, labels in seen.items():
         assert labels <= FAMILIES[name][1], (name, labels)
     # Every labelled family that the exercise reached shows exactly its labels.
-    for name in ("tickstock_events_rejected_total", "tickstock_dead_letters_total", "tickstock_http_ingest_total",
-                 "tickstock_consumer", "tickstock_dead_letters_pending", "tickstock_cache_requests_total",
-                 "tickstock_cache_hit_ratio"):
+    for name in (
+        "tickstock_events_rejected_total",
+        "tickstock_dead_letters_total",
+        "tickstock_http_ingest_total",
+        "tickstock_consumer",
+        "tickstock_dead_letters_pending",
+        "tickstock_cache_requests_total",
+        "tickstock_cache_hit_ratio",
+    ):
         assert seen[name] == FAMILIES[name][1], name
 
 
 async def test_openmetrics_when_the_scraper_asks_for_it(live_hub: LiveHub) -> None:
     async with httpx.AsyncClient(base_url=live_hub.url) as client:
-        response = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        response = await client.get(
+            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
         plain = await client.get("/metrics", headers={"Accept": "text/plain"})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
     assert response.text.endswith("# EOF\n")
     families = {(f.name, f.type) for f in parse_openmetrics(response.text)}
-    expected = {(name.removesuffix("_total") if kind == "counter" else name, kind)
-                for name, (kind, _) in FAMILIES.items()}
+    expected = {
+        (name.removesuffix("_total") if kind == "counter" else name, kind)
+        for name, (kind, _) in FAMILIES.items()
+    }
     assert families == expected
     assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "# EOF" not in plain.text

@@ -127,7 +127,15 @@ def test_guarded_operations_declare_bearer_auth_and_their_scope(app: Any, docume
 
 def test_every_error_is_a_problem_document(document: dict[str, Any]) -> None:
     problem = document["components"]["schemas"]["Problem"]
-    assert set(problem["properties"]) == {"type", "title", "status", "detail", "instance", "errors", "request_id"}
+    assert set(problem["properties"]) == {
+        "type",
+        "title",
+        "status",
+        "detail",
+        "instance",
+        "errors",
+        "request_id",
+    }
     assert set(problem["required"]) == {"title", "status", "detail"}
     field_error = document["components"]["schemas"]["FieldError"]
     assert set(field_error["properties"]) == {"loc", "msg"}
@@ -140,7 +148,9 @@ def test_every_error_is_a_problem_document(document: dict[str, Any]) -> None:
     # Two answers that are not problems: ingest's partial 429 and readiness's 503 carry their own bodies.
     ingest_429 = document["paths"]["/api/patterns"]["post"]["responses"]["429"]
     assert set(ingest_429["content"]) == {"application/json", PROBLEM}
-    assert set(document["paths"]["/health/ready"]["get"]["responses"]["503"]["content"]) == {"application/json"}
+    assert set(document["paths"]["/health/ready"]["get"]["responses"]["503"]["content"]) == {
+        "application/json"
+    }
 
 
 def test_success_responses_are_documented(document: dict[str, Any]) -> None:
@@ -160,18 +170,34 @@ def test_schemas_are_generated_from_the_models(document: dict[str, Any]) -> None
     # Strict where the shape is fixed, open where the body is the producer's own.
     assert schemas["PatternEvent"]["additionalProperties"] is False
     assert schemas["PatternEvent"]["properties"]["data"]["additionalProperties"] is True
-    assert schemas["ScanPage"]["properties"]["items"]["items"] == {"$ref": REF_TEMPLATE.format(model="PatternEvent")}
-    for name in ("Readiness", "IngestResults", "SymbolDetail", "Universe", "UserUniverseOut", "Watchlists",
-                 "SavedFilters", "DeadLetterPage", "DeadLetterDetail", "Stats", "Definitions"):
+    assert schemas["ScanPage"]["properties"]["items"]["items"] == {
+        "$ref": REF_TEMPLATE.format(model="PatternEvent")
+    }
+    for name in (
+        "Readiness",
+        "IngestResults",
+        "SymbolDetail",
+        "Universe",
+        "UserUniverseOut",
+        "Watchlists",
+        "SavedFilters",
+        "DeadLetterPage",
+        "DeadLetterDetail",
+        "Stats",
+        "Definitions",
+    ):
         assert schemas[name]["additionalProperties"] is False, name
     # Request bodies are the models the routes validate against; no private names leak.
     body = document["paths"]["/api/users/universe"]["put"]["requestBody"]
-    assert body["content"]["application/json"]["schema"] == {"$ref": REF_TEMPLATE.format(model="UniverseInput")}
+    assert body["content"]["application/json"]["schema"] == {
+        "$ref": REF_TEMPLATE.format(model="UniverseInput")
+    }
     assert not [name for name in schemas if name.startswith("_")]
     assert not [s["title"] for s in schemas.values() if s.get("title", "").startswith("_")]
     # The ingest body points at the shipped event schema, its $defs hoisted beside it.
     assert schemas["PatternEventV1"]["properties"]["detected_at"] == {
-        "$ref": REF_TEMPLATE.format(model="PatternEventV1Timestamp")}
+        "$ref": REF_TEMPLATE.format(model="PatternEventV1Timestamp")
+    }
 
 
 def test_links_name_existing_operations_and_their_parameters(document: dict[str, Any]) -> None:

@@ -21,8 +21,9 @@ MISSING_REPLAY = "/api/admin/dlq/999999999/replay"
 @pytest_asyncio.fixture(loop_scope="session")
 async def admin(live_hub: LiveHub) -> AsyncIterator[httpx.AsyncClient]:
     token = mint_token(JWT_SECRET, subject="reader-admin", scopes=["admin"])
-    async with httpx.AsyncClient(base_url=live_hub.url, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=live_hub.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
         yield client
 
 
@@ -46,9 +47,12 @@ BAD_QUERIES = [
 ]
 
 
-@pytest.mark.parametrize(("path", "query", "loc", "words"), BAD_QUERIES, ids=[f"{p} {q}" for p, q, _, _ in BAD_QUERIES])
-async def test_bad_query_values_are_documented_400s(admin: httpx.AsyncClient, path: str, query: str, loc: str,
-                                                     words: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "query", "loc", "words"), BAD_QUERIES, ids=[f"{p} {q}" for p, q, _, _ in BAD_QUERIES]
+)
+async def test_bad_query_values_are_documented_400s(
+    admin: httpx.AsyncClient, path: str, query: str, loc: str, words: str
+) -> None:
     body = problem(await admin.get(f"{path}?{query}"), 400)
     assert loc in locs(body), body
     assert any(words in e["msg"] for e in body["errors"]), body

@@ -72,8 +72,13 @@ async def proxied_redis(redis_url: str) -> AsyncIterator[tuple[TcpProxy, aioredi
     """A Redis client whose link goes through a proxy the test can cut."""
     parts = urlsplit(redis_url)
     async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
-        client = aioredis.Redis(host="127.0.0.1", port=proxy.port, db=int(parts.path.strip("/") or 0),
-                                socket_timeout=0.25, socket_connect_timeout=0.25)
+        client = aioredis.Redis(
+            host="127.0.0.1",
+            port=proxy.port,
+            db=int(parts.path.strip("/") or 0),
+            socket_timeout=0.25,
+            socket_connect_timeout=0.25,
+        )
         yield proxy, client
         await client.aclose()
 
@@ -86,7 +91,12 @@ def test_decision_headers() -> None:
     assert allowed.headers() == {"RateLimit-Limit": "3", "RateLimit-Remaining": "2"}
     refused = Decision(allowed=False, limit=3, remaining=0, retry_after_s=0.01, checked=True)
     assert refused.headers()["Retry-After"] == "1"  # never 0: a client must wait at least a second
-    assert Decision(allowed=False, limit=3, remaining=0, retry_after_s=2.2, checked=True).headers()["Retry-After"] == "3"
+    assert (
+        Decision(allowed=False, limit=3, remaining=0, retry_after_s=2.2, checked=True).headers()[
+            "Retry-After"
+        ]
+        == "3"
+    )
     assert Decision(allowed=True, limit=0, remaining=0, retry_after_s=0, checked=False).headers() == {}
 
 
@@ -107,9 +117,15 @@ def test_from_settings_defaults_and_overrides() -> None:
     assert (limiter.limit.rate_per_s, limiter.limit.burst) == (DEFAULT_RATE_PER_S, DEFAULT_BURST)
     assert limiter.admin_limit == limiter.limit
     assert limiter.timeout_s == pytest.approx(0.05)
-    custom = RateLimiter.from_settings(SimpleNamespace(  # type: ignore[arg-type]
-        rate_limit_per_s=5, rate_limit_burst=3, rate_limit_admin_per_s=0, rate_limit_admin_burst=1,
-        rate_limit_timeout_ms=20))
+    custom = RateLimiter.from_settings(
+        SimpleNamespace(  # type: ignore[arg-type]
+            rate_limit_per_s=5,
+            rate_limit_burst=3,
+            rate_limit_admin_per_s=0,
+            rate_limit_admin_burst=1,
+            rate_limit_timeout_ms=20,
+        )
+    )
     assert custom.limit == Limit(5.0, 3)
     assert not custom.admin_limit.enabled
     assert custom.timeout_s == pytest.approx(0.02)
@@ -172,8 +188,15 @@ async def test_two_nodes_share_one_bucket(redis_client: aioredis.Redis, redis_ur
     node_a, node_b = RateLimiter(rate_per_s=RATE, burst=BURST), RateLimiter(rate_per_s=RATE, burst=BURST)
     sub = subject()
     try:
-        results = [await node.acquire(client, sub) for node, client in
-                   [(node_a, redis_client), (node_b, other_client), (node_a, redis_client), (node_b, other_client)]]
+        results = [
+            await node.acquire(client, sub)
+            for node, client in [
+                (node_a, redis_client),
+                (node_b, other_client),
+                (node_a, redis_client),
+                (node_b, other_client),
+            ]
+        ]
     finally:
         await other_client.aclose()
     assert [d.allowed for d in results] == [True, True, True, False]
@@ -193,7 +216,9 @@ async def test_admin_limit_is_separate(redis_client: aioredis.Redis) -> None:
     sub = subject()
     assert sum([(await limiter.acquire(redis_client, sub, admin=True)).allowed for _ in range(7)]) == 5
     unlimited_admin = RateLimiter(rate_per_s=RATE, burst=BURST, admin_rate_per_s=0)
-    assert all([(await unlimited_admin.acquire(redis_client, subject(), admin=True)).allowed for _ in range(10)])
+    assert all(
+        [(await unlimited_admin.acquire(redis_client, subject(), admin=True)).allowed for _ in range(10)]
+    )
 
 
 async def test_disabled_limiter_never_touches_redis(redis_client: aioredis.Redis) -> None:
@@ -233,12 +258,15 @@ def test_local_buckets_refill_at_the_rate_and_stay_bounded() -> None:
 
 
 async def test_redis_cut_falls_back_to_a_local_bucket_logs_once_and_resumes(
-    proxied_redis: tuple[TcpProxy, aioredis.Redis], caplog: pytest.LogCaptureFixture,
+    proxied_redis: tuple[TcpProxy, aioredis.Redis],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     proxy, client = proxied_redis
     limiter = RateLimiter(rate_per_s=RATE, burst=BURST, retry_s=0)
     sub = subject()
-    assert [(await limiter.acquire(client, sub)).allowed for _ in range(BURST + 1)] == [True] * BURST + [False]
+    assert [(await limiter.acquire(client, sub)).allowed for _ in range(BURST + 1)] == [True] * BURST + [
+        False
+    ]
     caplog.set_level(logging.WARNING, logger="tickstock.ratelimit")
     await proxy.cut()
     async with within(5, what="ten requests while Redis is cut"):  # each waits at most timeout_s
@@ -256,7 +284,9 @@ async def test_redis_cut_falls_back_to_a_local_bucket_logs_once_and_resumes(
     assert len([r for r in caplog.records if "limiting with in-process buckets" in r.getMessage()]) == 1
 
 
-async def test_after_a_failure_redis_is_left_alone_for_retry_s(proxied_redis: tuple[TcpProxy, aioredis.Redis]) -> None:
+async def test_after_a_failure_redis_is_left_alone_for_retry_s(
+    proxied_redis: tuple[TcpProxy, aioredis.Redis],
+) -> None:
     proxy, client = proxied_redis
     # The five skipped calls do no I/O, so they fall well inside retry_s even on a busy machine.
     limiter = RateLimiter(rate_per_s=RATE, burst=BURST, retry_s=1.0)
@@ -276,6 +306,7 @@ async def test_after_a_failure_redis_is_left_alone_for_retry_s(proxied_redis: tu
 
 async def test_slow_redis_times_out_and_a_local_bucket_decides() -> None:
     """A Redis that accepts but never answers costs a request at most ``timeout_s``."""
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
             while await reader.read(4096):
@@ -366,7 +397,9 @@ async def test_default_limiter_comes_from_settings(settings: Settings, live_hub:
 
 
 async def test_http_falls_back_to_a_local_bucket_when_redis_is_cut(
-    settings: Settings, live_hub: LiveHub, proxied_redis: tuple[TcpProxy, aioredis.Redis],
+    settings: Settings,
+    live_hub: LiveHub,
+    proxied_redis: tuple[TcpProxy, aioredis.Redis],
 ) -> None:
     proxy, client = proxied_redis
     state = dataclasses.replace(live_hub.hub, redis=client)  # this node reaches Redis through the proxy
@@ -374,7 +407,9 @@ async def test_http_falls_back_to_a_local_bucket_when_redis_is_cut(
     limiter = app.state.rate_limiter = RateLimiter(rate_per_s=RATE, burst=BURST, retry_s=0)  # type: ignore[attr-defined]
     headers = bearer(subject())
     async with client_for(app) as http:
-        assert [(await http.get(PATH, headers=headers)).status_code for _ in range(BURST + 1)] == [200] * BURST + [429]
+        assert [(await http.get(PATH, headers=headers)).status_code for _ in range(BURST + 1)] == [
+            200
+        ] * BURST + [429]
         await proxy.cut()
         during = [await http.get(PATH, headers=headers) for _ in range(5)]
         assert [r.status_code for r in during] == [200] * BURST + [429] * (5 - BURST)

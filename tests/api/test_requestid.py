@@ -29,7 +29,9 @@ async def test_the_live_hub_answers_with_a_request_id(live_hub: LiveHub) -> None
     assert missing.json()["request_id"] == missing.headers["x-request-id"]
     assert echoed.headers["x-request-id"] == "trace-abc.123"
     assert re.fullmatch(r"[0-9a-f]{16}", bad.headers["x-request-id"])
-    assert len({ok.headers["x-request-id"], missing.headers["x-request-id"], bad.headers["x-request-id"]}) == 3
+    assert (
+        len({ok.headers["x-request-id"], missing.headers["x-request-id"], bad.headers["x-request-id"]}) == 3
+    )
 
 
 def _app() -> Starlette:
@@ -44,8 +46,10 @@ def _app() -> Starlette:
         await websocket.send_json({"id": current_request_id()})
         await websocket.close()
 
-    return Starlette(routes=[Route("/whoami", whoami), WebSocketRoute("/ws", ws)],
-                     middleware=[Middleware(RequestIdMiddleware)])
+    return Starlette(
+        routes=[Route("/whoami", whoami), WebSocketRoute("/ws", ws)],
+        middleware=[Middleware(RequestIdMiddleware)],
+    )
 
 
 async def test_the_id_is_visible_to_handlers_and_logs(caplog: pytest.LogCaptureFixture) -> None:
@@ -75,12 +79,16 @@ async def test_websockets_get_an_id_too(live_hub: LiveHub) -> None:
             yield
 
     port = free_port()
-    server = NoSignals(uvicorn.Config(_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = NoSignals(
+        uvicorn.Config(_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     task = await serve_started(server)
     try:
         import websockets
 
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", additional_headers={"X-Request-ID": "ws-1"}) as ws:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/ws", additional_headers={"X-Request-ID": "ws-1"}
+        ) as ws:
             assert ws.response.headers["x-request-id"] == "ws-1"
             assert (await ws.recv()) == '{"id":"ws-1"}'
     finally:

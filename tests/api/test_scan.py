@@ -97,8 +97,11 @@ async def world(live_hub: LiveHub) -> AsyncIterator[World]:
     if not any(getattr(r, "path", None) == SCAN for r in app.router.routes):
         app.router.routes.extend(pattern_routes.routes)  # until api/app.py registers them
     pool = live_hub.hub.pool
-    rows = await _fetch(pool, "SELECT universe, symbol FROM universe_members "
-                              "WHERE universe IN ('sp500', 'dow30', 'nasdaq100') OR universe LIKE 'sector-%%'")
+    rows = await _fetch(
+        pool,
+        "SELECT universe, symbol FROM universe_members "
+        "WHERE universe IN ('sp500', 'dow30', 'nasdaq100') OR universe LIKE 'sector-%%'",
+    )
     members: dict[str, set[str]] = {}
     for r in rows:
         members.setdefault(r["universe"], set()).add(r["symbol"])
@@ -107,8 +110,9 @@ async def world(live_hub: LiveHub) -> AsyncIterator[World]:
     sp = sorted(members["sp500"] - members["dow30"] & plain)[::40][:10]
     ndx = sorted(members["nasdaq100"] - members["sp500"] & plain)[:4]
     symbols = [*dow, *sp, *ndx, NO_UNIVERSE]
-    sector_rows = await _fetch(pool, "SELECT symbol, sector FROM symbols WHERE sector IS NOT NULL AND symbol = ANY(%s)",
-                               symbols)
+    sector_rows = await _fetch(
+        pool, "SELECT symbol, sector FROM symbols WHERE sector IS NOT NULL AND symbol = ANY(%s)", symbols
+    )
     defs = await _fetch(pool, "SELECT name, aliases FROM pattern_definitions ORDER BY name")
     chosen = [d for d in defs if d["aliases"]][::9][:6]
     spellings: dict[str, str] = {}
@@ -117,8 +121,10 @@ async def world(live_hub: LiveHub) -> AsyncIterator[World]:
         spellings[d["aliases"][0]] = d["name"]
         spellings[d["name"].upper()] = d["name"]
     async with pool.connection() as conn:
-        await conn.execute("INSERT INTO user_universes (subject, symbols, universe_keys) VALUES (%s, %s, %s)",
-                           (SUBJECT, [sp[0], sp[1], NO_UNIVERSE], ["dow30"]))
+        await conn.execute(
+            "INSERT INTO user_universes (subject, symbols, universe_keys) VALUES (%s, %s, %s)",
+            (SUBJECT, [sp[0], sp[1], NO_UNIVERSE], ["dow30"]),
+        )
     my = frozenset({sp[0], sp[1], NO_UNIVERSE} | members["dow30"])
 
     rng = random.Random(SEED)
@@ -131,12 +137,20 @@ async def world(live_hub: LiveHub) -> AsyncIterator[World]:
         else:
             detected = now - timedelta(hours=2) - timedelta(seconds=rng.randrange(90 * 86400))
         kind = rng.random()
-        expires = None if kind < 0.4 else detected + timedelta(hours=1) if kind < 0.7 else now + timedelta(days=5)
+        expires = (
+            None if kind < 0.4 else detected + timedelta(hours=1) if kind < 0.7 else now + timedelta(days=5)
+        )
         event: dict[str, Any] = {
-            "id": f"scan-{i:05d}", "type": rng.choice(EVENT_TYPES), "symbol": rng.choice(symbols),
-            "pattern": rng.choice(canon), "timeframe": rng.choice(USED_TIMEFRAMES),
-            "confidence": round(rng.random(), 2), "detected_at": detected.isoformat(),
-            "price": round(10 + rng.random() * 500, 2), "volume": rng.randrange(1, 10**6), "source": "tests",
+            "id": f"scan-{i:05d}",
+            "type": rng.choice(EVENT_TYPES),
+            "symbol": rng.choice(symbols),
+            "pattern": rng.choice(canon),
+            "timeframe": rng.choice(USED_TIMEFRAMES),
+            "confidence": round(rng.random(), 2),
+            "detected_at": detected.isoformat(),
+            "price": round(10 + rng.random() * 500, 2),
+            "volume": rng.randrange(1, 10**6),
+            "source": "tests",
         }
         if expires is not None:
             event["expires_at"] = expires.isoformat()
@@ -146,9 +160,13 @@ async def world(live_hub: LiveHub) -> AsyncIterator[World]:
         await conn.execute("ANALYZE pattern_events")
     token = mint_token(JWT_SECRET, subject=SUBJECT, scopes=["patterns:read"])
     yield World(
-        hub=live_hub, now=now, symbols=symbols, patterns=spellings,
+        hub=live_hub,
+        now=now,
+        symbols=symbols,
+        patterns=spellings,
         members={**{k: frozenset(v) for k, v in members.items()}, "my": my},
-        sectors={r["symbol"]: r["sector"] for r in sector_rows}, headers={"Authorization": f"Bearer {token}"},
+        sectors={r["symbol"]: r["sector"] for r in sector_rows},
+        headers={"Authorization": f"Bearer {token}"},
     )
 
 
@@ -159,8 +177,11 @@ async def client(world: World) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def stored_rows(world: World) -> list[dict[str, Any]]:
-    return await _fetch(world.hub.hub.pool, "SELECT id, type, symbol, pattern, timeframe, confidence, detected_at, "
-                                            "expires_at FROM pattern_events")
+    return await _fetch(
+        world.hub.hub.pool,
+        "SELECT id, type, symbol, pattern, timeframe, confidence, detected_at, "
+        "expires_at FROM pattern_events",
+    )
 
 
 # -- the brute force ---------------------------------------------------------------------------------
@@ -188,13 +209,19 @@ def expected(world: World, rows: list[dict[str, Any]], params: list[tuple[str, s
     active = one.get("active_only") == "true"
 
     def keep(r: dict[str, Any]) -> bool:
-        return ((not patterns or r["pattern"] in patterns) and (not symbols or r["symbol"] in symbols)
-                and (not universes or r["symbol"] in allowed_u)
-                and (not sectors or world.sectors.get(r["symbol"], "").casefold() in sectors)
-                and (not timeframes or r["timeframe"] in timeframes) and (not types or r["type"] in types)
-                and (cmin is None or f32(r["confidence"]) >= cmin) and (cmax is None or f32(r["confidence"]) <= cmax)
-                and (after is None or r["detected_at"] >= after) and (before is None or r["detected_at"] < before)
-                and (not active or r["expires_at"] is None or r["expires_at"] > now))
+        return (
+            (not patterns or r["pattern"] in patterns)
+            and (not symbols or r["symbol"] in symbols)
+            and (not universes or r["symbol"] in allowed_u)
+            and (not sectors or world.sectors.get(r["symbol"], "").casefold() in sectors)
+            and (not timeframes or r["timeframe"] in timeframes)
+            and (not types or r["type"] in types)
+            and (cmin is None or f32(r["confidence"]) >= cmin)
+            and (cmax is None or f32(r["confidence"]) <= cmax)
+            and (after is None or r["detected_at"] >= after)
+            and (before is None or r["detected_at"] < before)
+            and (not active or r["expires_at"] is None or r["expires_at"] > now)
+        )
 
     kept = [r for r in rows if keep(r)]
     sort, desc = one.get("sort", "detected_at"), one.get("order", "desc") == "desc"
@@ -214,7 +241,10 @@ def page_through(http: httpx.Client, params: list[tuple[str, str]], *, max_pages
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["query_ms"] >= 0
-        assert body["cache"]["hit"] in (True, False) and (body["cache"]["age_ms"] is None) != body["cache"]["hit"]
+        assert (
+            body["cache"]["hit"] in (True, False)
+            and (body["cache"]["age_ms"] is None) != body["cache"]["hit"]
+        )
         ids.extend(item["id"] for item in body["items"])
         cursor = body["next_cursor"]
         if cursor is None:
@@ -247,8 +277,18 @@ def scan_queries(draw: st.DrawFn, world: World) -> tuple[list[tuple[str, str]], 
     if draw(st.integers(0, 2)) == 0:
         some("symbol", [*world.symbols, world.symbols[0].lower(), world.symbols[12].lower(), "ZZZZ"], 3)
     if draw(st.integers(0, 2)) == 0:
-        some("universe", ["sp500", "dow30", "nasdaq100", "my", "sp500:nasdaq100", "dow30:my",
-                          "sector-information-technology"])
+        some(
+            "universe",
+            [
+                "sp500",
+                "dow30",
+                "nasdaq100",
+                "my",
+                "sp500:nasdaq100",
+                "dow30:my",
+                "sector-information-technology",
+            ],
+        )
     if draw(st.integers(0, 3)) == 0:
         sectors = sorted(set(world.sectors.values()))
         some("sector", [*sectors, sectors[0].lower(), sectors[-1].upper()])
@@ -256,7 +296,9 @@ def scan_queries(draw: st.DrawFn, world: World) -> tuple[list[tuple[str, str]], 
         some("timeframe", ["1min", "5min", "hourly", "daily", "weekly"], 3)
     if draw(st.integers(0, 3)) == 0:
         some("type", list(EVENT_TYPES))
-    bounds = sorted(draw(st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.7, 0.71, 0.9, 1.0]), max_size=2, unique=True)))
+    bounds = sorted(
+        draw(st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.7, 0.71, 0.9, 1.0]), max_size=2, unique=True))
+    )
     if bounds and draw(st.booleans()):
         params.append(("confidence_min", str(bounds[0])))
     if bounds and draw(st.booleans()):
@@ -280,8 +322,13 @@ async def test_scan_pages_match_a_brute_force_filter(world: World) -> None:
     rows = await stored_rows(world)
     examples: list[int] = []
 
-    @hsettings(max_examples=80, deadline=None, database=None, derandomize=True,
-               suppress_health_check=[HealthCheck.too_slow])
+    @hsettings(
+        max_examples=80,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(query=scan_queries(world))
     def check(query: tuple[list[tuple[str, str]], bool]) -> None:
         params, legacy = query
@@ -296,8 +343,10 @@ async def test_scan_pages_match_a_brute_force_filter(world: World) -> None:
         examples.append(len(want))
 
     await asyncio.to_thread(check)
-    print(f"hypothesis: {len(examples)} examples, {sum(1 for n in examples if n)} non-empty, "
-          f"{sum(examples)} ids compared")
+    print(
+        f"hypothesis: {len(examples)} examples, {sum(1 for n in examples if n)} non-empty, "
+        f"{sum(examples)} ids compared"
+    )
     assert sum(1 for n in examples if n > 50) >= 10  # the strategy reaches real multi-page results
 
 
@@ -308,9 +357,18 @@ async def test_pages_stay_stable_while_events_arrive(world: World, client: httpx
     assert len(original) > 60
     first = (await client.get(SCAN, params=params)).json()
     assert [i["id"] for i in first["items"]] == original[:20]
-    newer = [{"id": f"stable-new-{i:03d}", "type": "pattern_detected", "symbol": symbol, "pattern": "hammer",
-              "timeframe": "daily", "confidence": 0.5, "detected_at": _iso(datetime.now(UTC) - timedelta(seconds=i))}
-             for i in range(30)]
+    newer = [
+        {
+            "id": f"stable-new-{i:03d}",
+            "type": "pattern_detected",
+            "symbol": symbol,
+            "pattern": "hammer",
+            "timeframe": "daily",
+            "confidence": 0.5,
+            "detected_at": _iso(datetime.now(UTC) - timedelta(seconds=i)),
+        }
+        for i in range(30)
+    ]
     await insert_events(world.hub, newer)
     second = (await client.get(SCAN, params={**params, "cursor": first["next_cursor"]})).json()
     assert [i["id"] for i in second["items"]] == original[20:40]
@@ -366,7 +424,9 @@ INVALID = [
 
 
 @pytest.mark.parametrize(("query", "loc"), INVALID, ids=[q for q, _ in INVALID])
-async def test_invalid_queries_are_problems_with_field_errors(client: httpx.AsyncClient, query: str, loc: str) -> None:
+async def test_invalid_queries_are_problems_with_field_errors(
+    client: httpx.AsyncClient, query: str, loc: str
+) -> None:
     response = await client.get(f"{SCAN}?{query}")
     assert response.status_code == 400, response.text
     assert response.headers["content-type"] == PROBLEM
@@ -382,7 +442,9 @@ async def test_unknown_parameters_are_all_listed(client: httpx.AsyncClient) -> N
     assert "colour" in body["detail"] and "pattrn" in body["detail"]
 
 
-async def test_cursors_are_tamper_evident_and_bound_to_their_query(client: httpx.AsyncClient, world: World) -> None:
+async def test_cursors_are_tamper_evident_and_bound_to_their_query(
+    client: httpx.AsyncClient, world: World
+) -> None:
     params = {"timeframe": "daily", "limit": "5"}
     cursor = (await client.get(SCAN, params=params)).json()["next_cursor"]
     version, payload, mac = cursor.split(".")
@@ -402,8 +464,9 @@ async def test_cursors_are_tamper_evident_and_bound_to_their_query(client: httpx
         assert words in response.json()["detail"] and response.json()["detail"].startswith("invalid cursor")
         assert response.json()["errors"][0]["loc"] == "query.cursor"
     # Order and repetition of filter values do not change the query: the cursor still works.
-    same = await client.get(SCAN, params=[("limit", "5"), ("timeframe", "daily"), ("timeframe", "daily"),
-                                          ("cursor", cursor)])
+    same = await client.get(
+        SCAN, params=[("limit", "5"), ("timeframe", "daily"), ("timeframe", "daily"), ("cursor", cursor)]
+    )
     assert same.status_code == 200
 
 
@@ -414,13 +477,17 @@ def _old_format(key: bytes, body: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps({**body, "m": mac}).encode()).decode().rstrip("=")
 
 
-async def test_cursors_signed_with_the_old_public_keys_are_refused(client: httpx.AsyncClient, world: World) -> None:
+async def test_cursors_signed_with_the_old_public_keys_are_refused(
+    client: httpx.AsyncClient, world: World
+) -> None:
     """Before v1 a JWKS-only hub keyed the MAC with a public constant (and others with a hash of the
     JWT secret): cursors forged with either key, in the old format or the new, are refused."""
     params = {"timeframe": "daily", "limit": "5"}
     page = (await client.get(SCAN, params=params)).json()
     fingerprint = ScanFilter(timeframes=("daily",)).fingerprint()
-    keys = [hashlib.sha256(b"tickstock-scan-cursor\0" + secret.encode()).digest() for secret in ("", JWT_SECRET)]
+    keys = [
+        hashlib.sha256(b"tickstock-scan-cursor\0" + secret.encode()).digest() for secret in ("", JWT_SECRET)
+    ]
     for key in keys:
         body = {"k": ["2000-01-01T00:00:00+00:00", "scan-99999"], "s": "detected_at:desc", "f": fingerprint}
         for forged in (_old_format(key, body), CursorCodec(key).encode("scan", body)):
@@ -444,7 +511,9 @@ HOSTILE_CURSORS = {
 
 
 @pytest.mark.parametrize("name", HOSTILE_CURSORS)
-async def test_hostile_cursors_are_one_400_problem(client: httpx.AsyncClient, world: World, name: str) -> None:
+async def test_hostile_cursors_are_one_400_problem(
+    client: httpx.AsyncClient, world: World, name: str
+) -> None:
     cursor = HOSTILE_CURSORS[name]
     if cursor is None:
         cursor = (await client.get("/api/symbols", params={"limit": "1"})).json()["next_cursor"]
@@ -456,7 +525,9 @@ async def test_hostile_cursors_are_one_400_problem(client: httpx.AsyncClient, wo
     assert body["detail"].startswith(expected) and [e["loc"] for e in body["errors"]] == ["query.cursor"]
 
 
-@pytest.mark.parametrize("path", [SCAN, "/api/patterns/definitions", "/api/patterns/stats", "/api/patterns/scan-00001"])
+@pytest.mark.parametrize(
+    "path", [SCAN, "/api/patterns/definitions", "/api/patterns/stats", "/api/patterns/scan-00001"]
+)
 async def test_reads_need_a_token_with_patterns_read(world: World, path: str) -> None:
     writer = mint_token(JWT_SECRET, subject="w", scopes=["patterns:write"])
     async with httpx.AsyncClient(base_url=world.hub.url) as anon:
@@ -474,10 +545,23 @@ async def test_reads_need_a_token_with_patterns_read(world: World, path: str) ->
 
 async def test_legacy_parameters_map_to_the_new_ones(client: httpx.AsyncClient, world: World) -> None:
     pats = list(world.patterns)
-    legacy = {"pattern_types": f"{pats[1]}, {pats[4]}", "symbols": ",".join(s.lower() for s in world.symbols[:8]),
-              "confidence_min": "0.3", "per_page": "10", "sort_by": "confidence", "sort_order": "asc"}
-    new = [("pattern", pats[1]), ("pattern", pats[4]), *[("symbol", s) for s in world.symbols[:8]],
-           ("confidence_min", "0.3"), ("limit", "10"), ("sort", "confidence"), ("order", "asc")]
+    legacy = {
+        "pattern_types": f"{pats[1]}, {pats[4]}",
+        "symbols": ",".join(s.lower() for s in world.symbols[:8]),
+        "confidence_min": "0.3",
+        "per_page": "10",
+        "sort_by": "confidence",
+        "sort_order": "asc",
+    }
+    new = [
+        ("pattern", pats[1]),
+        ("pattern", pats[4]),
+        *[("symbol", s) for s in world.symbols[:8]],
+        ("confidence_min", "0.3"),
+        ("limit", "10"),
+        ("sort", "confidence"),
+        ("order", "asc"),
+    ]
     want = expected(world, await stored_rows(world), new)
     assert len(want) > 20
     old_page = (await client.get(SCAN, params=legacy)).json()
@@ -491,23 +575,40 @@ async def test_legacy_parameters_map_to_the_new_ones(client: httpx.AsyncClient, 
     assert [i["id"] for i in after3["items"]] == want[30:40]
     by_time = (await client.get(SCAN, params={"symbols": world.symbols[0], "sort_by": "timestamp"})).json()
     assert [i["id"] for i in by_time["items"]] == expected(
-        world, await stored_rows(world), [("symbol", world.symbols[0]), ("limit", "50")])[:50]
+        world, await stored_rows(world), [("symbol", world.symbols[0]), ("limit", "50")]
+    )[:50]
 
 
 async def test_one_event_with_every_field(client: httpx.AsyncClient, world: World) -> None:
-    event = {"id": "full-event-1", "type": "pattern_updated", "symbol": "brk.b", "pattern": "Hammer",
-             "timeframe": "daily", "confidence": 0.87, "detected_at": "2026-10-15T13:30:00.250Z",
-             "expires_at": "2026-10-20T13:30:00Z", "price": 101.5, "volume": 2500.0,
-             "levels": {"stop": 99.5, "target": 110.0}, "indicators": {"rsi": 31.2}, "source": "unit",
-             "data": {"note": "ok", "n": [1, 2]}}
+    event = {
+        "id": "full-event-1",
+        "type": "pattern_updated",
+        "symbol": "brk.b",
+        "pattern": "Hammer",
+        "timeframe": "daily",
+        "confidence": 0.87,
+        "detected_at": "2026-10-15T13:30:00.250Z",
+        "expires_at": "2026-10-20T13:30:00Z",
+        "price": 101.5,
+        "volume": 2500.0,
+        "levels": {"stop": 99.5, "target": 110.0},
+        "indicators": {"rsi": 31.2},
+        "source": "unit",
+        "data": {"note": "ok", "n": [1, 2]},
+    }
     await insert_events(world.hub, [event])
     response = await client.get("/api/patterns/full-event-1")
     assert response.status_code == 200
     body = response.json()
     received = body.pop("received_at")
     assert received.endswith("Z")
-    assert body == {**event, "symbol": "BRK.B", "pattern": "hammer", "seq": None,
-                    "detected_at": "2026-10-15T13:30:00.250000Z"}
+    assert body == {
+        **event,
+        "symbol": "BRK.B",
+        "pattern": "hammer",
+        "seq": None,
+        "detected_at": "2026-10-15T13:30:00.250000Z",
+    }
     scanned = (await client.get(SCAN, params={"symbol": "BRK.B", "pattern": "hammer"})).json()["items"]
     assert [{**i, "received_at": None} for i in scanned] == [{**body, "received_at": None}]
     missing = await client.get("/api/patterns/no-such-event")
@@ -523,7 +624,11 @@ async def test_definitions(client: httpx.AsyncClient, world: World) -> None:
     assert len(items) == count[0]["n"] > 0
     hammer = next(i for i in items if i["name"] == "hammer")
     assert set(hammer) == {"name", "aliases", "category", "direction", "description", "timeframes", "enabled"}
-    assert hammer["category"] == "candlestick" and isinstance(hammer["aliases"], list) and hammer["enabled"] is True
+    assert (
+        hammer["category"] == "candlestick"
+        and isinstance(hammer["aliases"], list)
+        and hammer["enabled"] is True
+    )
     assert set(hammer["timeframes"]) <= set(TIMEFRAMES)
     assert (await client.get("/api/patterns/definitions?all=1")).status_code == 400
 
@@ -533,12 +638,18 @@ async def test_stats(client: httpx.AsyncClient, world: World) -> None:
     rows = await stored_rows(world)
     today = datetime.now(UTC).date()
 
-    def counts(days: int, pattern: str | None = None, timeframe: str | None = None) -> tuple[dict[Any, int], dict[str, int]]:
+    def counts(
+        days: int, pattern: str | None = None, timeframe: str | None = None
+    ) -> tuple[dict[Any, int], dict[str, int]]:
         by_pattern: dict[Any, int] = {}
         by_day: dict[str, int] = {}
         for r in rows:
             day = r["detected_at"].astimezone(UTC).date()
-            if (today - day).days >= days or (pattern and r["pattern"] != pattern) or (timeframe and r["timeframe"] != timeframe):
+            if (
+                (today - day).days >= days
+                or (pattern and r["pattern"] != pattern)
+                or (timeframe and r["timeframe"] != timeframe)
+            ):
                 continue
             by_pattern[(r["pattern"], r["timeframe"])] = by_pattern.get((r["pattern"], r["timeframe"]), 0) + 1
             by_day[day.isoformat()] = by_day.get(day.isoformat(), 0) + 1
@@ -551,15 +662,26 @@ async def test_stats(client: httpx.AsyncClient, world: World) -> None:
     assert {r["day"]: r["events"] for r in body["by_day"]} == want_day
     assert [r["day"] for r in body["by_day"]] == sorted(want_day)
     first = body["by_pattern"][0]
-    assert 0 <= first["avg_confidence"] <= first["max_confidence"] <= 1 and first["last_detected_at"].endswith("Z")
+    assert 0 <= first["avg_confidence"] <= first["max_confidence"] <= 1 and first[
+        "last_detected_at"
+    ].endswith("Z")
     canonical = next(iter(world.patterns.values()))
     alias = next(k for k, v in world.patterns.items() if v == canonical and k != canonical)
-    body = (await client.get("/api/patterns/stats", params={"days": "90", "pattern": alias, "timeframe": "hourly"})).json()
+    body = (
+        await client.get(
+            "/api/patterns/stats", params={"days": "90", "pattern": alias, "timeframe": "hourly"}
+        )
+    ).json()
     want_pattern, want_day = counts(90, canonical, "hourly")
     assert {(r["pattern"], r["timeframe"]): r["events"] for r in body["by_pattern"]} == want_pattern
     assert {r["day"]: r["events"] for r in body["by_day"]} == want_day
-    for query, loc in [("days=0", "query.days"), ("days=366", "query.days"), ("pattern=nope_nope", "query.pattern"),
-                       ("timeframe=2min", "query.timeframe"), ("symbol=AAPL", "query.symbol")]:
+    for query, loc in [
+        ("days=0", "query.days"),
+        ("days=366", "query.days"),
+        ("pattern=nope_nope", "query.pattern"),
+        ("timeframe=2min", "query.timeframe"),
+        ("symbol=AAPL", "query.symbol"),
+    ]:
         response = await client.get(f"/api/patterns/stats?{query}")
         assert response.status_code == 400 and loc in [e["loc"] for e in response.json()["errors"]], query
 

@@ -30,8 +30,12 @@ SEED = 20261128
 MAX_EXAMPLES = 25
 RUN_LIMIT_S = 180
 RATE_LIMIT = "100/s"  # below the per-token rate limit, so that requests reach the routes
-CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
-          "response_schema_conformance")
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+)
 _CLI = "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())"
 
 
@@ -51,9 +55,18 @@ async def _seed(live_hub: LiveHub, token: str) -> None:
     """One stored event and one dead letter, so that the operations on ids (and the links to them) meet
     real data, not only 404s."""
     await live_hub.hub.js.publish("tickstock.ingest.daily.AAPL", b"not json", timeout=5)
-    event = {"id": "st-seed-1", "type": "pattern_detected", "symbol": "AAPL", "pattern": "hammer",
-             "timeframe": "daily", "confidence": 0.8, "detected_at": datetime.now(UTC).isoformat()}
-    async with httpx.AsyncClient(base_url=live_hub.url, headers={"Authorization": f"Bearer {token}"}) as client:
+    event = {
+        "id": "st-seed-1",
+        "type": "pattern_detected",
+        "symbol": "AAPL",
+        "pattern": "hammer",
+        "timeframe": "daily",
+        "confidence": 0.8,
+        "detected_at": datetime.now(UTC).isoformat(),
+    }
+    async with httpx.AsyncClient(
+        base_url=live_hub.url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
         response = await client.post("/api/patterns", json={"events": [event]})
         assert response.json()["accepted"] == 1, response.text
 
@@ -65,21 +78,43 @@ async def _seed(live_hub: LiveHub, token: str) -> None:
 
 
 @pytest.mark.slow
-async def test_schemathesis_finds_no_server_error_or_schema_mismatch(live_hub: LiveHub, tmp_path: Path) -> None:
+async def test_schemathesis_finds_no_server_error_or_schema_mismatch(
+    live_hub: LiveHub, tmp_path: Path
+) -> None:
     token = mint_token(JWT_SECRET, subject="st", scopes=SCOPES)
     await _seed(live_hub, token)
     report = tmp_path / "events.ndjson"
     command = [
-        sys.executable, "-c", _CLI, "run", f"{live_hub.url}/openapi.json",
-        "--checks", ",".join(CHECKS),
-        "--phases", "examples,coverage,fuzzing,stateful",
-        "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED), "--workers", "1",
-        "--rate-limit", RATE_LIMIT, "--request-timeout", "10",
-        "--header", f"Authorization: Bearer {token}",
-        "--report", "ndjson", "--report-ndjson-path", str(report), "--no-color",
+        sys.executable,
+        "-c",
+        _CLI,
+        "run",
+        f"{live_hub.url}/openapi.json",
+        "--checks",
+        ",".join(CHECKS),
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--workers",
+        "1",
+        "--rate-limit",
+        RATE_LIMIT,
+        "--request-timeout",
+        "10",
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(report),
+        "--no-color",
     ]
     process = await asyncio.create_subprocess_exec(
-        *command, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        *command, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     try:
         output, _ = await asyncio.wait_for(process.communicate(), RUN_LIMIT_S)
     except TimeoutError:
@@ -90,8 +125,12 @@ async def test_schemathesis_finds_no_server_error_or_schema_mismatch(live_hub: L
     assert process.returncode == 0, text
     document = live_hub.app.state.openapi if live_hub.app is not None else {}
     # Schemathesis leaves out the operation that serves the schema itself.
-    documented = {f"{method.upper()} {path}" for path, ops in document["paths"].items() for method in ops
-                  if path != "/openapi.json"}
+    documented = {
+        f"{method.upper()} {path}"
+        for path, ops in document["paths"].items()
+        for method in ops
+        if path != "/openapi.json"
+    }
     cases, operations = _cases(report)
     print(f"schemathesis: {cases} cases over {len(operations)} operations")
     assert operations == documented, text
@@ -120,10 +159,13 @@ FOUND = [
 
 
 @pytest.mark.parametrize(("method", "url", "body", "status"), FOUND, ids=[f"{m} {u}" for m, u, _, _ in FOUND])
-async def test_inputs_that_were_server_errors(live_hub: LiveHub, method: str, url: str, body: object,
-                                                   status: int) -> None:
+async def test_inputs_that_were_server_errors(
+    live_hub: LiveHub, method: str, url: str, body: object, status: int
+) -> None:
     token = mint_token(JWT_SECRET, subject="st-found", scopes=SCOPES)
-    async with httpx.AsyncClient(base_url=live_hub.url, headers={"Authorization": f"Bearer {token}"}) as client:
+    async with httpx.AsyncClient(
+        base_url=live_hub.url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
         response = await client.request(method, url, json=body)
     assert response.status_code == status, response.text
 

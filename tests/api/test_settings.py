@@ -15,16 +15,18 @@ def test_defaults_mean_everything_embedded() -> None:
 
 
 def test_reads_prefixed_variables_and_types() -> None:
-    s = Settings.from_env({
-        "TICKSTOCK_DATABASE_URL": "postgresql://x@127.0.0.1/db",
-        "TICKSTOCK_NATS_URL": "nats://127.0.0.1:4222",
-        "TICKSTOCK_POOL_MAX_SIZE": "20",
-        "TICKSTOCK_POOL_TIMEOUT_S": "2.5",
-        "TICKSTOCK_DATA_DIR": "/tmp/x",
-        "TICKSTOCK_JWT_SECRET": "dev",
-        "TICKSTOCK_REDIS_URL": "",
-        "UNRELATED": "1",
-    })
+    s = Settings.from_env(
+        {
+            "TICKSTOCK_DATABASE_URL": "postgresql://x@127.0.0.1/db",
+            "TICKSTOCK_NATS_URL": "nats://127.0.0.1:4222",
+            "TICKSTOCK_POOL_MAX_SIZE": "20",
+            "TICKSTOCK_POOL_TIMEOUT_S": "2.5",
+            "TICKSTOCK_DATA_DIR": "/tmp/x",
+            "TICKSTOCK_JWT_SECRET": "dev",
+            "TICKSTOCK_REDIS_URL": "",
+            "UNRELATED": "1",
+        }
+    )
     assert s.database_url == "postgresql://x@127.0.0.1/db"
     assert s.pool_max_size == 20 and s.pool_timeout_s == 2.5
     assert s.data_dir == Path("/tmp/x")
@@ -67,8 +69,19 @@ def test_reads_os_environ_when_no_mapping_is_given(monkeypatch: pytest.MonkeyPat
     assert Settings().writer_batch == 1000  # building directly never reads the environment
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("true", True), ("YES", True), ("on", True),
-                                               ("0", False), ("false", False), ("No", False), ("off", False)])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+    ],
+)
 def test_booleans(raw: str, expected: bool) -> None:
     assert Settings.from_env({"TICKSTOCK_CACHE_ENABLED": raw}).cache_enabled is expected
 
@@ -82,11 +95,20 @@ def test_new_settings_have_their_contract_defaults() -> None:
 
 
 def test_new_settings_are_read() -> None:
-    s = Settings.from_env({"TICKSTOCK_EVENT_MAX_AGE_DAYS": "30", "TICKSTOCK_EVENT_MAX_AHEAD_S": "60",
-                           "TICKSTOCK_EVENT_MAX_EXPIRY_DAYS": "10", "TICKSTOCK_PARTITIONS_PER_BATCH": "2",
-                           "TICKSTOCK_JWT_MAX_LIFETIME_S": "3600", "TICKSTOCK_AUTH_FAILURE_PER_S": "0.5",
-                           "TICKSTOCK_AUTH_FAILURE_BURST": "3", "TICKSTOCK_ADMIN_MAX_BODY_BYTES": "1024",
-                           "TICKSTOCK_JWKS_MAX_BYTES": "2048", "TICKSTOCK_CURSOR_SECRET": "k" * 32})
+    s = Settings.from_env(
+        {
+            "TICKSTOCK_EVENT_MAX_AGE_DAYS": "30",
+            "TICKSTOCK_EVENT_MAX_AHEAD_S": "60",
+            "TICKSTOCK_EVENT_MAX_EXPIRY_DAYS": "10",
+            "TICKSTOCK_PARTITIONS_PER_BATCH": "2",
+            "TICKSTOCK_JWT_MAX_LIFETIME_S": "3600",
+            "TICKSTOCK_AUTH_FAILURE_PER_S": "0.5",
+            "TICKSTOCK_AUTH_FAILURE_BURST": "3",
+            "TICKSTOCK_ADMIN_MAX_BODY_BYTES": "1024",
+            "TICKSTOCK_JWKS_MAX_BYTES": "2048",
+            "TICKSTOCK_CURSOR_SECRET": "k" * 32,
+        }
+    )
     assert (s.event_max_age_days, s.event_max_ahead_s, s.event_max_expiry_days) == (30, 60, 10)
     assert s.partitions_per_batch == 2
     assert (s.jwt_max_lifetime_s, s.auth_failure_per_s, s.auth_failure_burst) == (3600, 0.5, 3)
@@ -109,8 +131,10 @@ def test_new_settings_are_read() -> None:
         ({"TICKSTOCK_JWKS_MAX_BYTES": "1MB"}, "TICKSTOCK_JWKS_MAX_BYTES='1MB' is not a valid int"),
         ({"TICKSTOCK_CACHE_ENABLED": "maybe"}, "TICKSTOCK_CACHE_ENABLED='maybe' is not a valid bool"),
         ({"TICKSTOCK_RATE_LIMIT_PER_S": "inf"}, "TICKSTOCK_RATE_LIMIT_PER_S must be a finite number >= 0"),
-        ({"TICKSTOCK_RATE_LIMIT_ADMIN_BURST": "x"},
-         "TICKSTOCK_RATE_LIMIT_ADMIN_BURST='x' is not a valid int | None"),
+        (
+            {"TICKSTOCK_RATE_LIMIT_ADMIN_BURST": "x"},
+            "TICKSTOCK_RATE_LIMIT_ADMIN_BURST='x' is not a valid int | None",
+        ),
         ({"TICKSTOCK_WS_DRAIN_S": "inf"}, "TICKSTOCK_WS_DRAIN_S must be a positive number of seconds"),
         ({"TICKSTOCK_CACHE_STALENESS_MS": "-1"}, "TICKSTOCK_CACHE_STALENESS_MS must be >= 0"),
     ],

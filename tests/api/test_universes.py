@@ -20,19 +20,26 @@ def client(token_clients: Client) -> Client:
 
 async def members(pool: AsyncConnectionPool, *keys: str) -> list[str]:
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT DISTINCT symbol FROM universe_members WHERE universe = ANY(%s) ORDER BY symbol",
-                                 (list(keys),))
+        cur = await conn.execute(
+            "SELECT DISTINCT symbol FROM universe_members WHERE universe = ANY(%s) ORDER BY symbol",
+            (list(keys),),
+        )
         return [r["symbol"] for r in await cur.fetchall()]  # type: ignore[call-overload]
 
 
-async def test_list_has_every_universe_with_member_counts(client: Client, ref_pool: AsyncConnectionPool) -> None:
+async def test_list_has_every_universe_with_member_counts(
+    client: Client, ref_pool: AsyncConnectionPool
+) -> None:
     response = await client().get("/api/universes")
     assert response.status_code == 200, response.text
     items = response.json()["items"]
     by_key = {u["key"]: u for u in items}
     assert [u["key"] for u in items] == sorted(by_key)
-    assert {k: by_key[k]["count"] for k in ("sp500", "dow30", "nasdaq100")} == {"sp500": 503, "dow30": 30,
-                                                                               "nasdaq100": 101}
+    assert {k: by_key[k]["count"] for k in ("sp500", "dow30", "nasdaq100")} == {
+        "sp500": 503,
+        "dow30": 30,
+        "nasdaq100": 101,
+    }
     assert sum(1 for u in items if u["kind"] == "sector") == 11
     assert by_key["sp500"]["name"] == "S&P 500" and by_key["sp500"]["kind"] == "index"
     assert set(by_key["dow30"]) == {"key", "name", "kind", "description", "updated_at", "count"}
@@ -41,7 +48,9 @@ async def test_list_has_every_universe_with_member_counts(client: Client, ref_po
 
 async def test_list_filters_by_kind(client: Client) -> None:
     sectors = (await client().get("/api/universes", params={"kind": "sector"})).json()["items"]
-    assert len(sectors) == 11 and all(u["kind"] == "sector" and u["key"].startswith("sector-") for u in sectors)
+    assert len(sectors) == 11 and all(
+        u["kind"] == "sector" and u["key"].startswith("sector-") for u in sectors
+    )
     assert sum(u["count"] for u in sectors) == 503  # every S&P 500 member is in exactly one sector
     assert (await client().get("/api/universes", params={"kind": "custom"})).json()["items"] == []
 
@@ -54,12 +63,21 @@ async def test_list_rejects_a_bad_query(client: Client, params: dict[str, str]) 
 
 async def test_one_universe_with_members(client: Client, ref_pool: AsyncConnectionPool) -> None:
     body = (await client().get("/api/universes/dow30")).json()
-    assert (body["key"], body["name"], body["kind"], body["count"]) == ("dow30", "Dow Jones Industrial Average",
-                                                                        "index", 30)
+    assert (body["key"], body["name"], body["kind"], body["count"]) == (
+        "dow30",
+        "Dow Jones Industrial Average",
+        "index",
+        30,
+    )
     assert "dow30.csv" in body["description"]
     assert [m["symbol"] for m in body["members"]] == await members(ref_pool, "dow30")
     aapl = next(m for m in body["members"] if m["symbol"] == "AAPL")
-    assert aapl == {"symbol": "AAPL", "name": "Apple Inc.", "sector": "Information Technology", "weight": None}
+    assert aapl == {
+        "symbol": "AAPL",
+        "name": "Apple Inc.",
+        "sector": "Information Technology",
+        "weight": None,
+    }
 
 
 async def test_joined_keys_are_a_union(client: Client, ref_pool: AsyncConnectionPool) -> None:
@@ -75,12 +93,15 @@ async def test_joined_keys_are_a_union(client: Client, ref_pool: AsyncConnection
     assert (again["kind"], again["count"]) == ("index", 30)
 
 
-@pytest.mark.parametrize(("key", "detail"), [
-    ("nope", "no such universe: nope"),
-    ("sp500:nope:zilch", "no such universe: nope, zilch"),
-    ("Not%20A%20Key", "no universe"),
-    (":".join(["dow30"] + [f"u{i}" for i in range(60)]), "no universe"),
-])
+@pytest.mark.parametrize(
+    ("key", "detail"),
+    [
+        ("nope", "no such universe: nope"),
+        ("sp500:nope:zilch", "no such universe: nope, zilch"),
+        ("Not%20A%20Key", "no universe"),
+        (":".join(["dow30"] + [f"u{i}" for i in range(60)]), "no universe"),
+    ],
+)
 async def test_unknown_universe_is_404(client: Client, key: str, detail: str) -> None:
     body = problem(await client().get(f"/api/universes/{key}"), 404)
     assert body["detail"].startswith(detail)

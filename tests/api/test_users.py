@@ -32,7 +32,8 @@ async def covered(pool: AsyncConnectionPool, symbols: list[str], keys: list[str]
         cur = await conn.execute(
             "SELECT count(*) AS n FROM symbols s WHERE s.symbol = ANY(%s) OR EXISTS"
             " (SELECT 1 FROM universe_members m WHERE m.symbol = s.symbol AND m.universe = ANY(%s))",
-            (symbols, keys))
+            (symbols, keys),
+        )
         row = await cur.fetchone()
         return int(row["n"])  # type: ignore[index,call-overload]
 
@@ -54,8 +55,9 @@ async def test_a_new_user_has_an_empty_universe(client: Client) -> None:
 
 async def test_put_replaces_and_users_are_isolated(client: Client, ref_pool: AsyncConnectionPool) -> None:
     alice, bob = client("alice-u"), client("bob-u")
-    response = await alice.put(UNIVERSE, json={"symbols": ["aapl", "BRK.B", "AAPL", "tsla"],
-                                               "universe_keys": ["dow30", "dow30"]})
+    response = await alice.put(
+        UNIVERSE, json={"symbols": ["aapl", "BRK.B", "AAPL", "tsla"], "universe_keys": ["dow30", "dow30"]}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["symbols"] == ["AAPL", "BRK.B", "TSLA"] and body["universe_keys"] == ["dow30"]
@@ -77,8 +79,15 @@ async def test_put_replaces_and_users_are_isolated(client: Client, ref_pool: Asy
 async def test_patch_adds_and_removes(client: Client, ref_pool: AsyncConnectionPool) -> None:
     carol = client("carol-u")
     await carol.put(UNIVERSE, json={"symbols": ["AAPL", "MSFT"], "universe_keys": ["dow30"]})
-    response = await carol.patch(UNIVERSE, json={"add_symbols": ["nvda", "MSFT"], "remove_symbols": ["AAPL", "ZZZZ"],
-                                                 "add_universes": ["nasdaq100"], "remove_universes": ["dow30"]})
+    response = await carol.patch(
+        UNIVERSE,
+        json={
+            "add_symbols": ["nvda", "MSFT"],
+            "remove_symbols": ["AAPL", "ZZZZ"],
+            "add_universes": ["nasdaq100"],
+            "remove_universes": ["dow30"],
+        },
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["symbols"], body["universe_keys"]) == (["MSFT", "NVDA"], ["nasdaq100"])
@@ -99,7 +108,10 @@ async def test_a_change_is_announced_on_nats(client: Client, nats_client: NATS) 
     message = await sub.next_msg(timeout=5)
     assert json.loads(message.data) == {"subject": "erin-u", "version": put["updated_at"]}
     patched = (await erin.patch(UNIVERSE, json={"add_symbols": ["MSFT"]})).json()
-    assert json.loads((await sub.next_msg(timeout=5)).data) == {"subject": "erin-u", "version": patched["updated_at"]}
+    assert json.loads((await sub.next_msg(timeout=5)).data) == {
+        "subject": "erin-u",
+        "version": patched["updated_at"],
+    }
     # Unchanged: no announcement. The next one seen is that of the following real change.
     await erin.put(UNIVERSE, json={"symbols": ["AAPL", "MSFT"]})
     await erin.patch(UNIVERSE, json={"remove_symbols": ["NVDA"]})
@@ -114,7 +126,10 @@ class _BrokenNats:
 
 
 async def test_a_failed_announcement_does_not_fail_the_change(
-    client: Client, live_hub: LiveHub, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    client: Client,
+    live_hub: LiveHub,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(live_hub.hub, "nats", _BrokenNats())
     frank = client("frank-u")
@@ -127,24 +142,37 @@ async def test_a_failed_announcement_does_not_fail_the_change(
 
 async def test_unknown_symbols_and_universes_are_listed(client: Client) -> None:
     grace = client("grace-u")
-    body = problem(await grace.put(UNIVERSE, json={"symbols": ["AAPL", "NOSUCH1", "MSFT", "NOSUCH2"],
-                                                    "universe_keys": ["sp500", "no-such"]}), 400)
+    body = problem(
+        await grace.put(
+            UNIVERSE,
+            json={"symbols": ["AAPL", "NOSUCH1", "MSFT", "NOSUCH2"], "universe_keys": ["sp500", "no-such"]},
+        ),
+        400,
+    )
     assert locs(body) == ["body.symbols[1]", "body.symbols[3]", "body.universe_keys[1]"]
     assert "NOSUCH1" in body["detail"] and "no-such" in body["detail"]
-    patch = problem(await grace.patch(UNIVERSE, json={"add_symbols": ["NOSUCH3"], "add_universes": ["zilch"],
-                                                      "remove_symbols": ["NOSUCH4"]}), 400)
+    patch = problem(
+        await grace.patch(
+            UNIVERSE,
+            json={"add_symbols": ["NOSUCH3"], "add_universes": ["zilch"], "remove_symbols": ["NOSUCH4"]},
+        ),
+        400,
+    )
     assert locs(patch) == ["body.add_symbols[0]", "body.add_universes[0]"]
     assert (await grace.get(UNIVERSE)).json()["updated_at"] is None  # nothing written
 
 
-@pytest.mark.parametrize(("body", "loc"), [
-    ({"symbols": [f"S{i}" for i in range(2001)]}, "body.symbols"),
-    ({"universe_keys": [f"u{i}" for i in range(51)]}, "body.universe_keys"),
-    ({"symbols": ["not a symbol"]}, "body.symbols[0]"),
-    ({"universe_keys": ["Bad Key"]}, "body.universe_keys[0]"),
-    ({"symbols": "AAPL"}, "body.symbols"),
-    ({"tickers": []}, "body.tickers"),
-])
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"symbols": [f"S{i}" for i in range(2001)]}, "body.symbols"),
+        ({"universe_keys": [f"u{i}" for i in range(51)]}, "body.universe_keys"),
+        ({"symbols": ["not a symbol"]}, "body.symbols[0]"),
+        ({"universe_keys": ["Bad Key"]}, "body.universe_keys[0]"),
+        ({"symbols": "AAPL"}, "body.symbols"),
+        ({"tickers": []}, "body.tickers"),
+    ],
+)
 async def test_put_bounds_and_shapes(client: Client, body: dict[str, Any], loc: str) -> None:
     assert loc in locs(problem(await client("henry-u").put(UNIVERSE, json=body), 400))
 
@@ -160,26 +188,40 @@ async def test_patch_cannot_grow_beyond_the_bound(client: Client, ref_pool: Asyn
 
     keys = [f"k{i}" for i in range(50)]
     async with ref_pool.connection() as conn:
-        await conn.execute("INSERT INTO universes (key, name, kind) SELECT unnest(%s::text[]), 'test', 'custom'"
-                           " ON CONFLICT DO NOTHING", (keys + ["k50"],))
+        await conn.execute(
+            "INSERT INTO universes (key, name, kind) SELECT unnest(%s::text[]), 'test', 'custom'"
+            " ON CONFLICT DO NOTHING",
+            ([*keys, "k50"],),
+        )
     assert (await ivy.put(UNIVERSE, json={"universe_keys": keys})).status_code == 200
-    assert locs(problem(await ivy.patch(UNIVERSE, json={"add_universes": ["k50"]}), 400)) == ["body.add_universes"]
+    assert locs(problem(await ivy.patch(UNIVERSE, json={"add_universes": ["k50"]}), 400)) == [
+        "body.add_universes"
+    ]
 
 
-@pytest.mark.parametrize(("content", "status"), [
-    (b"{oops", 400), (b"[1]", 400), (b'{"symbols": [NaN]}', 400), (b"{" + b" " * 300_000 + b"}", 413),
-])
+@pytest.mark.parametrize(
+    ("content", "status"),
+    [
+        (b"{oops", 400),
+        (b"[1]", 400),
+        (b'{"symbols": [NaN]}', 400),
+        (b"{" + b" " * 300_000 + b"}", 413),
+    ],
+)
 async def test_malformed_or_oversized_bodies(client: Client, content: bytes, status: int) -> None:
     problem(await client("jack-u").put(UNIVERSE, content=content), status)
 
 
 async def test_changing_needs_universe_write(client: Client) -> None:
     reader = client("kate-u", ["patterns:read"])
-    for call in (reader.put(UNIVERSE, json={}), reader.patch(UNIVERSE, json={}),
-                 reader.put("/api/users/watchlists/x", json={"symbols": []}),
-                 reader.delete("/api/users/watchlists/x"),
-                 reader.post("/api/users/filters", json={"name": "x", "filter": {}}),
-                 reader.delete("/api/users/filters/1")):
+    for call in (
+        reader.put(UNIVERSE, json={}),
+        reader.patch(UNIVERSE, json={}),
+        reader.put("/api/users/watchlists/x", json={"symbols": []}),
+        reader.delete("/api/users/watchlists/x"),
+        reader.post("/api/users/filters", json={"name": "x", "filter": {}}),
+        reader.delete("/api/users/filters/1"),
+    ):
         assert problem(await call, 403)["detail"] == "this needs the 'universe:write' scope"
     problem(await client("kate-u", ["patterns:write"]).get("/api/users/watchlists"), 403)
 
@@ -189,7 +231,9 @@ async def test_changing_needs_universe_write(client: Client) -> None:
 
 async def test_watchlist_crud_and_isolation(client: Client) -> None:
     liam, mia = client("liam-w"), client("mia-w")
-    created = await liam.put("/api/users/watchlists/Tech%20giants", json={"symbols": ["aapl", "MSFT", "AAPL"]})
+    created = await liam.put(
+        "/api/users/watchlists/Tech%20giants", json={"symbols": ["aapl", "MSFT", "AAPL"]}
+    )
     assert created.status_code == 201, created.text
     body = created.json()
     assert (body["name"], body["symbols"]) == ("Tech giants", ["AAPL", "MSFT"])
@@ -211,13 +255,16 @@ async def test_watchlist_crud_and_isolation(client: Client) -> None:
     assert [w["symbols"] for w in (await mia.get("/api/users/watchlists")).json()["items"]] == [["JPM"]]
 
 
-@pytest.mark.parametrize(("name", "body", "loc"), [
-    ("ok", {"symbols": [f"S{i}" for i in range(501)]}, "body.symbols"),
-    ("ok", {"symbols": ["AAPL", "NOSUCH9"]}, "body.symbols[1]"),
-    ("ok", {}, "body.symbols"),
-    ("x" * 65, {"symbols": []}, "path.name"),
-    ("tab%09name", {"symbols": []}, "path.name"),
-])
+@pytest.mark.parametrize(
+    ("name", "body", "loc"),
+    [
+        ("ok", {"symbols": [f"S{i}" for i in range(501)]}, "body.symbols"),
+        ("ok", {"symbols": ["AAPL", "NOSUCH9"]}, "body.symbols[1]"),
+        ("ok", {}, "body.symbols"),
+        ("x" * 65, {"symbols": []}, "path.name"),
+        ("tab%09name", {"symbols": []}, "path.name"),
+    ],
+)
 async def test_watchlist_validation(client: Client, name: str, body: dict[str, Any], loc: str) -> None:
     nora = client("nora-w")
     assert locs(problem(await nora.put(f"/api/users/watchlists/{name}", json=body), 400)) == [loc]
@@ -231,7 +278,9 @@ async def test_delete_with_an_impossible_name_is_404(client: Client) -> None:
 async def test_at_most_fifty_watchlists(client: Client) -> None:
     oscar = client("oscar-w")
     for i in range(50):
-        assert (await oscar.put(f"/api/users/watchlists/w{i:02}", json={"symbols": ["AAPL"]})).status_code == 201
+        assert (
+            await oscar.put(f"/api/users/watchlists/w{i:02}", json={"symbols": ["AAPL"]})
+        ).status_code == 201
     problem(await oscar.put("/api/users/watchlists/one-more", json={"symbols": []}), 409)
     # Replacing an existing one is still allowed at the limit.
     assert (await oscar.put("/api/users/watchlists/w07", json={"symbols": ["MSFT"]})).status_code == 200
@@ -240,10 +289,22 @@ async def test_at_most_fifty_watchlists(client: Client) -> None:
 
 # -- saved scan filters -----------------------------------------------------------------------------
 
-FILTER = {"pattern": ["hammer", "doji"], "symbol": "AAPL", "universe": "sp500", "sector": "Energy",
-          "timeframe": "daily", "type": "pattern_detected", "confidence_min": 0.5, "confidence_max": 0.9,
-          "detected_after": "2026-11-01T00:00:00Z", "detected_before": "2026-11-02T00:00:00+01:00",
-          "active_only": True, "sort": "confidence", "order": "desc", "limit": 100}
+FILTER = {
+    "pattern": ["hammer", "doji"],
+    "symbol": "AAPL",
+    "universe": "sp500",
+    "sector": "Energy",
+    "timeframe": "daily",
+    "type": "pattern_detected",
+    "confidence_min": 0.5,
+    "confidence_max": 0.9,
+    "detected_after": "2026-11-01T00:00:00Z",
+    "detected_before": "2026-11-02T00:00:00+01:00",
+    "active_only": True,
+    "sort": "confidence",
+    "order": "desc",
+    "limit": 100,
+}
 
 
 async def test_filter_crud_and_isolation(client: Client) -> None:
@@ -256,7 +317,10 @@ async def test_filter_crud_and_isolation(client: Client) -> None:
     assert saved["filter"] == {**FILTER, "detected_before": "2026-11-02T00:00:00+01:00"}
     minimal = (await pam.post("/api/users/filters", json={"name": "all", "filter": {"limit": None}})).json()
     assert minimal["filter"] == {}
-    assert [f["name"] for f in (await pam.get("/api/users/filters")).json()["items"]] == ["strong hammers", "all"]
+    assert [f["name"] for f in (await pam.get("/api/users/filters")).json()["items"]] == [
+        "strong hammers",
+        "all",
+    ]
 
     duplicate = problem(await pam.post("/api/users/filters", json={"name": "all", "filter": {}}), 409)
     assert locs(duplicate) == ["body.name"]
@@ -270,28 +334,39 @@ async def test_filter_crud_and_isolation(client: Client) -> None:
     assert [f["id"] for f in (await pam.get("/api/users/filters")).json()["items"]] == [minimal["id"]]
 
 
-@pytest.mark.parametrize(("body", "loc"), [
-    ({"name": "x", "filter": {"colour": "red"}}, "body.filter.colour"),
-    ({"name": "x", "filter": {"pattern": 3}}, "body.filter.pattern"),
-    ({"name": "x", "filter": {"pattern": ["ok", ""]}}, "body.filter.pattern"),
-    ({"name": "x", "filter": {"symbol": []}}, "body.filter.symbol"),
-    ({"name": "x", "filter": {"confidence_min": "high"}}, "body.filter.confidence_min"),
-    ({"name": "x", "filter": {"confidence_max": 1.5}}, "body.filter.confidence_max"),
-    ({"name": "x", "filter": {"confidence_min": 0.9, "confidence_max": 0.1}}, "body.filter"),
-    ({"name": "x", "filter": {"detected_after": "2026-11-01"}}, "body.filter.detected_after"),
-    ({"name": "x", "filter": {"detected_after": "2026-11-02T00:00:00Z", "detected_before": "2026-11-01T00:00:00Z"}},
-     "body.filter"),
-    ({"name": "x", "filter": {"active_only": "sometimes"}}, "body.filter.active_only"),
-    ({"name": "x", "filter": {"order": "up"}}, "body.filter.order"),
-    ({"name": "x", "filter": {"sort": "volume"}}, "body.filter.sort"),
-    ({"name": "x", "filter": {"timeframe": ["daily", "fortnightly"]}}, "body.filter.timeframe"),
-    ({"name": "x", "filter": {"type": "pattern_found"}}, "body.filter.type"),
-    ({"name": "x", "filter": {"limit": 0}}, "body.filter.limit"),
-    ({"name": "x", "filter": ["pattern"]}, "body.filter"),
-    ({"name": "", "filter": {}}, "body.name"),
-    ({"name": "n" * 65, "filter": {}}, "body.name"),
-    ({"filter": {}}, "body.name"),
-])
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"name": "x", "filter": {"colour": "red"}}, "body.filter.colour"),
+        ({"name": "x", "filter": {"pattern": 3}}, "body.filter.pattern"),
+        ({"name": "x", "filter": {"pattern": ["ok", ""]}}, "body.filter.pattern"),
+        ({"name": "x", "filter": {"symbol": []}}, "body.filter.symbol"),
+        ({"name": "x", "filter": {"confidence_min": "high"}}, "body.filter.confidence_min"),
+        ({"name": "x", "filter": {"confidence_max": 1.5}}, "body.filter.confidence_max"),
+        ({"name": "x", "filter": {"confidence_min": 0.9, "confidence_max": 0.1}}, "body.filter"),
+        ({"name": "x", "filter": {"detected_after": "2026-11-01"}}, "body.filter.detected_after"),
+        (
+            {
+                "name": "x",
+                "filter": {
+                    "detected_after": "2026-11-02T00:00:00Z",
+                    "detected_before": "2026-11-01T00:00:00Z",
+                },
+            },
+            "body.filter",
+        ),
+        ({"name": "x", "filter": {"active_only": "sometimes"}}, "body.filter.active_only"),
+        ({"name": "x", "filter": {"order": "up"}}, "body.filter.order"),
+        ({"name": "x", "filter": {"sort": "volume"}}, "body.filter.sort"),
+        ({"name": "x", "filter": {"timeframe": ["daily", "fortnightly"]}}, "body.filter.timeframe"),
+        ({"name": "x", "filter": {"type": "pattern_found"}}, "body.filter.type"),
+        ({"name": "x", "filter": {"limit": 0}}, "body.filter.limit"),
+        ({"name": "x", "filter": ["pattern"]}, "body.filter"),
+        ({"name": "", "filter": {}}, "body.name"),
+        ({"name": "n" * 65, "filter": {}}, "body.name"),
+        ({"filter": {}}, "body.name"),
+    ],
+)
 async def test_filter_validation(client: Client, body: dict[str, Any], loc: str) -> None:
     rita = client("rita-f")
     assert locs(problem(await rita.post("/api/users/filters", json=body), 400)) == [loc]
@@ -301,7 +376,9 @@ async def test_filter_validation(client: Client, body: dict[str, Any], loc: str)
 async def test_at_most_a_hundred_filters(client: Client) -> None:
     sam = client("sam-f")
     for i in range(100):
-        assert (await sam.post("/api/users/filters", json={"name": f"f{i}", "filter": {"limit": i + 1}})).status_code == 201
+        assert (
+            await sam.post("/api/users/filters", json={"name": f"f{i}", "filter": {"limit": i + 1}})
+        ).status_code == 201
     problem(await sam.post("/api/users/filters", json={"name": "f100", "filter": {}}), 409)
     assert len((await sam.get("/api/users/filters")).json()["items"]) == 100
 

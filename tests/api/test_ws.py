@@ -34,9 +34,18 @@ READER = mint_token(JWT_SECRET, subject="ws-reader", scopes=["patterns:read"])
 async def hub(settings: Settings) -> AsyncIterator[LiveHub]:
     """A hub with short timeouts and small bounds, so the tests can reach them."""
     await delete_all_streams(settings.nats_url or "")
-    tuned = replace(settings, ws_auth_timeout_s=1.0, ws_ping_interval_s=0.4, ws_idle_timeout_s=2.5,
-                    ws_queue_messages=100, ws_queue_age_s=3.0, ws_ring_size=50, ws_resume_max=5_000, ws_max_subscriptions=5,
-                    rate_limit_per_s=0)
+    tuned = replace(
+        settings,
+        ws_auth_timeout_s=1.0,
+        ws_ping_interval_s=0.4,
+        ws_idle_timeout_s=2.5,
+        ws_queue_messages=100,
+        ws_queue_age_s=3.0,
+        ws_ring_size=50,
+        ws_resume_max=5_000,
+        ws_max_subscriptions=5,
+        rate_limit_per_s=0,
+    )
     async with LiveHub(tuned) as live:
         yield live
 
@@ -78,8 +87,10 @@ class Peer:
                         self.frames.remove(frame)
                         return frame
                 if self.close_code is not None:
-                    raise AssertionError(f"closed ({self.close_code}) before a {op!r} frame; "
-                                         f"got {len(self.frames)} frames, the last: {self.frames[-3:]}")
+                    raise AssertionError(
+                        f"closed ({self.close_code}) before a {op!r} frame; "
+                        f"got {len(self.frames)} frames, the last: {self.frames[-3:]}"
+                    )
                 self._new.clear()
                 await self._new.wait()
 
@@ -100,16 +111,19 @@ class Peer:
 async def connect(hub: LiveHub) -> AsyncIterator[Any]:
     peers: list[Peer] = []
 
-    async def open_peer(token: str | None = READER, *, header: bool = False, welcome: bool = True,
-                        answer_pings: bool = True) -> Peer:
+    async def open_peer(
+        token: str | None = READER, *, header: bool = False, welcome: bool = True, answer_pings: bool = True
+    ) -> Peer:
         url = f"{hub.ws_url}/ws"
         headers = {}
         if token and header:
             headers["Authorization"] = f"Bearer {token}"
         elif token:
             url += f"?token={token}"
-        peer = Peer(await websockets.connect(url, additional_headers=headers, ping_interval=None),
-                    answer_pings=answer_pings)
+        peer = Peer(
+            await websockets.connect(url, additional_headers=headers, ping_interval=None),
+            answer_pings=answer_pings,
+        )
         peers.append(peer)
         if token and welcome:
             await peer.op("welcome")
@@ -140,7 +154,9 @@ async def received(peer: Peer, n: int, timeout: float = 15.0) -> list[dict[str, 
     return await wait_for(enough, timeout=timeout, what=f"{n} events (have {len(peer.events())})")
 
 
-async def before_marker(hub: LiveHub, peers: list[Peer], marker: dict[str, Any]) -> list[list[dict[str, Any]]]:
+async def before_marker(
+    hub: LiveHub, peers: list[Peer], marker: dict[str, Any]
+) -> list[list[dict[str, Any]]]:
     """Publish ``marker`` (an event every peer's filters match) after everything else, wait until each
     peer has it, and return each peer's event frames before it. The hub delivers in stream order, so an
     event that has not arrived before the marker will not arrive: a barrier, not a sleep."""
@@ -148,10 +164,12 @@ async def before_marker(hub: LiveHub, peers: list[Peer], marker: dict[str, Any])
 
     async def marked(peer: Peer) -> list[dict[str, Any]] | None:
         ids = [f["event"]["id"] for f in peer.events()]
-        return peer.events()[:ids.index(marker["id"])] if marker["id"] in ids else None
+        return peer.events()[: ids.index(marker["id"])] if marker["id"] in ids else None
 
-    return [await wait_for(lambda peer=peer: marked(peer), timeout=15, what=f"the marker {marker['id']}")
-            for peer in peers]
+    return [
+        await wait_for(lambda peer=peer: marked(peer), timeout=15, what=f"the marker {marker['id']}")
+        for peer in peers
+    ]
 
 
 # -- authentication -------------------------------------------------------------------------------
@@ -179,12 +197,17 @@ async def test_an_auth_message_authenticates_and_ops_before_it_are_refused(conne
     assert (await peer.op("error"))["code"] == "invalid"
 
 
-@pytest.mark.parametrize(("token", "code"), [
-    ("not-a-jwt", 4401),
-    (mint_token("another-secret-entirely-32-bytes!", subject="x", scopes=["patterns:read"]), 4401),
-    (mint_token(JWT_SECRET, subject="x", scopes=["patterns:write"]), 4403),
-])
-async def test_a_bad_token_or_a_missing_scope_closes_with_its_code(connect: Any, token: str, code: int) -> None:
+@pytest.mark.parametrize(
+    ("token", "code"),
+    [
+        ("not-a-jwt", 4401),
+        (mint_token("another-secret-entirely-32-bytes!", subject="x", scopes=["patterns:read"]), 4401),
+        (mint_token(JWT_SECRET, subject="x", scopes=["patterns:write"]), 4403),
+    ],
+)
+async def test_a_bad_token_or_a_missing_scope_closes_with_its_code(
+    connect: Any, token: str, code: int
+) -> None:
     peer = await connect(token, welcome=False)
     assert await peer.closed() == code
 
@@ -201,13 +224,18 @@ async def test_a_token_that_expires_unrefreshed_closes_with_4401(connect: Any) -
 
 
 async def test_refresh_replaces_the_token_for_the_same_subject_only(connect: Any) -> None:
-    peer = await connect(mint_token(JWT_SECRET, subject="ws-reader", scopes=["patterns:read"], ttl_s=2),
-                         answer_pings=False)
-    await peer.send({"op": "refresh", "token": mint_token(JWT_SECRET, subject="someone-else", scopes=["patterns:read"])})
+    peer = await connect(
+        mint_token(JWT_SECRET, subject="ws-reader", scopes=["patterns:read"], ttl_s=2), answer_pings=False
+    )
+    await peer.send(
+        {"op": "refresh", "token": mint_token(JWT_SECRET, subject="someone-else", scopes=["patterns:read"])}
+    )
     assert (await peer.op("error"))["code"] == "forbidden"
     await peer.send({"op": "refresh", "token": "junk"})
     assert (await peer.op("error"))["code"] == "unauthenticated"
-    await peer.send({"op": "refresh", "token": mint_token(JWT_SECRET, subject="ws-reader", scopes=["patterns:write"])})
+    await peer.send(
+        {"op": "refresh", "token": mint_token(JWT_SECRET, subject="ws-reader", scopes=["patterns:write"])}
+    )
     assert (await peer.op("error"))["code"] == "forbidden"
     await peer.send({"op": "refresh", "token": READER})
     refreshed = await peer.op("refreshed")
@@ -222,25 +250,29 @@ async def test_refresh_replaces_the_token_for_the_same_subject_only(connect: Any
 # -- bad input ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("frame", "code"), [
-    ("{not json", "bad_frame"),
-    ("[1, 2]", "bad_frame"),
-    ('{"id": "x"}', "bad_frame"),
-    (b"\x00\x01", "bad_frame"),
-    ({"op": "bogus"}, "unknown_op"),
-    ({"op": "subscribe", "id": "x", "filter": {}, "extra": 1}, "invalid"),
-    ({"op": "subscribe", "id": "", "filter": {}}, "invalid"),
-    ({"op": "subscribe", "id": "x", "filter": {}, "since": -1}, "invalid"),
-    ({"op": "subscribe", "id": "x", "filter": {"timeframes": ["2min"]}}, "invalid_filter"),
-    ({"op": "subscribe", "id": "x", "filter": {"confidence_min": 85}}, "invalid_filter"),
-    ({"op": "subscribe", "id": "x", "filter": {"colour": "red"}}, "invalid_filter"),
-    ({"op": "subscribe", "id": "x", "filter": {"universes": ["no-such-universe"]}}, "invalid_filter"),
-    ({"op": "subscribe", "id": "x", "filter": {"patterns": ["not a real pattern"]}}, "invalid_filter"),
-    ({"op": "subscribe", "id": "x", "filter": {"symbols": ["not a symbol!"]}}, "invalid_filter"),
-    ({"op": "unsubscribe", "id": "never"}, "unknown_subscription"),
-])
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{not json", "bad_frame"),
+        ("[1, 2]", "bad_frame"),
+        ('{"id": "x"}', "bad_frame"),
+        (b"\x00\x01", "bad_frame"),
+        ({"op": "bogus"}, "unknown_op"),
+        ({"op": "subscribe", "id": "x", "filter": {}, "extra": 1}, "invalid"),
+        ({"op": "subscribe", "id": "", "filter": {}}, "invalid"),
+        ({"op": "subscribe", "id": "x", "filter": {}, "since": -1}, "invalid"),
+        ({"op": "subscribe", "id": "x", "filter": {"timeframes": ["2min"]}}, "invalid_filter"),
+        ({"op": "subscribe", "id": "x", "filter": {"confidence_min": 85}}, "invalid_filter"),
+        ({"op": "subscribe", "id": "x", "filter": {"colour": "red"}}, "invalid_filter"),
+        ({"op": "subscribe", "id": "x", "filter": {"universes": ["no-such-universe"]}}, "invalid_filter"),
+        ({"op": "subscribe", "id": "x", "filter": {"patterns": ["not a real pattern"]}}, "invalid_filter"),
+        ({"op": "subscribe", "id": "x", "filter": {"symbols": ["not a symbol!"]}}, "invalid_filter"),
+        ({"op": "unsubscribe", "id": "never"}, "unknown_subscription"),
+    ],
+)
 async def test_bad_frames_get_an_error_and_the_connection_stays_usable(
-        connect: Any, frame: dict[str, Any] | str | bytes, code: str) -> None:
+    connect: Any, frame: dict[str, Any] | str | bytes, code: str
+) -> None:
     peer = await connect()
     await peer.send(frame)
     error = await peer.op("error")
@@ -271,17 +303,29 @@ async def test_the_subscription_limit_holds_and_replacing_an_id_does_not_count(c
 # -- delivery -------------------------------------------------------------------------------------
 
 
-async def test_each_client_gets_exactly_what_its_filter_matches_in_order_once(connect: Any, hub: LiveHub) -> None:
+async def test_each_client_gets_exactly_what_its_filter_matches_in_order_once(
+    connect: Any, hub: LiveHub
+) -> None:
     """A brute-force oracle over mixed filters: symbols, a universe, pattern aliases, timeframes,
     types and confidence, with several subscriptions per connection."""
     rng = random.Random(7)
     symbols = ["AAPL", "MSFT", "JPM", "XOM", "BRK.B", "ZZZT"]  # ZZZT: in no index
     patterns = ["hammer", "doji", "engulfing"]
     filters = [
-        {}, {"symbols": ["AAPL"]}, {"symbols": ["BRK.B", "xom"]}, {"universes": ["dow30"]},
-        {"universes": ["sp500"], "patterns": ["Hammer"]}, {"patterns": ["CDLDOJI"], "confidence_min": 0.5},
-        {"timeframes": ["hourly"]}, {"types": ["pattern_expired"]},
-        {"symbols": ["ZZZT"], "universes": ["dow30"], "timeframes": ["daily", "hourly"], "confidence_min": 0.3},
+        {},
+        {"symbols": ["AAPL"]},
+        {"symbols": ["BRK.B", "xom"]},
+        {"universes": ["dow30"]},
+        {"universes": ["sp500"], "patterns": ["Hammer"]},
+        {"patterns": ["CDLDOJI"], "confidence_min": 0.5},
+        {"timeframes": ["hourly"]},
+        {"types": ["pattern_expired"]},
+        {
+            "symbols": ["ZZZT"],
+            "universes": ["dow30"],
+            "timeframes": ["daily", "hourly"],
+            "confidence_min": 0.3,
+        },
     ]
     peers = []
     for _ in range(12):
@@ -296,24 +340,38 @@ async def test_each_client_gets_exactly_what_its_filter_matches_in_order_once(co
         for key in ("dow30", "sp500"):
             cur = await db.execute("SELECT symbol FROM universe_members WHERE universe = %s", (key,))
             members[key] = {r["symbol"] for r in await cur.fetchall()}
-    events = [make_event(i, prefix="oracle", symbol=rng.choice(symbols), pattern=rng.choice(patterns),
-                         timeframe=rng.choice(("daily", "hourly")), confidence=rng.choice((0.2, 0.4, 0.6, 0.9)),
-                         type=rng.choice(("pattern_detected", "pattern_expired")))
-              for i in range(300)]
+    events = [
+        make_event(
+            i,
+            prefix="oracle",
+            symbol=rng.choice(symbols),
+            pattern=rng.choice(patterns),
+            timeframe=rng.choice(("daily", "hourly")),
+            confidence=rng.choice((0.2, 0.4, 0.6, 0.9)),
+            type=rng.choice(("pattern_detected", "pattern_expired")),
+        )
+        for i in range(300)
+    ]
     await publish(hub, events)
 
     canonical = {"Hammer": "hammer", "CDLDOJI": "doji"}
 
     def matches(f: dict[str, Any], e: dict[str, Any]) -> bool:
-        wanted = {s.upper() for s in f.get("symbols", [])} | set().union(*(members[u] for u in f.get("universes", [])))
-        return ((not f.get("symbols") and not f.get("universes") or e["symbol"] in wanted)
-                and (not f.get("patterns") or e["pattern"] in {canonical.get(p, p) for p in f["patterns"]})
-                and (not f.get("timeframes") or e["timeframe"] in f["timeframes"])
-                and (not f.get("types") or e["type"] in f["types"])
-                and e["confidence"] >= f.get("confidence_min", 0))
+        wanted = {s.upper() for s in f.get("symbols", [])} | set().union(
+            *(members[u] for u in f.get("universes", []))
+        )
+        return (
+            ((not f.get("symbols") and not f.get("universes")) or e["symbol"] in wanted)
+            and (not f.get("patterns") or e["pattern"] in {canonical.get(p, p) for p in f["patterns"]})
+            and (not f.get("timeframes") or e["timeframe"] in f["timeframes"])
+            and (not f.get("types") or e["type"] in f["types"])
+            and e["confidence"] >= f.get("confidence_min", 0)
+        )
 
-    marked = await before_marker(hub, [peer for peer, _ in peers], make_event(0, prefix="oracle-mark", symbol="ZZMK"))
-    for (peer, chosen), got in zip(peers, marked, strict=True):
+    marked = await before_marker(
+        hub, [peer for peer, _ in peers], make_event(0, prefix="oracle-mark", symbol="ZZMK")
+    )
+    for (_peer, chosen), got in zip(peers, marked, strict=True):
         expected = [(e["id"], sorted(f"f{k}" for k in chosen if matches(filters[k], e))) for e in events]
         expected = [(i, subs) for i, subs in expected if subs]
         assert [(f["event"]["id"], sorted(f["subs"])) for f in got] == expected
@@ -324,18 +382,26 @@ async def test_each_client_gets_exactly_what_its_filter_matches_in_order_once(co
 async def test_my_universe_is_followed_when_the_user_changes_it(connect: Any, hub: LiveHub) -> None:
     token = mint_token(JWT_SECRET, subject="follower", scopes=["patterns:read", "universe:write"])
     async with httpx.AsyncClient(base_url=hub.url, headers={"Authorization": f"Bearer {token}"}) as http:
-        assert (await http.put("/api/users/universe", json={"symbols": ["AAPL"], "universe_keys": []})).status_code == 200
+        assert (
+            await http.put("/api/users/universe", json={"symbols": ["AAPL"], "universe_keys": []})
+        ).status_code == 200
         peer = await connect(token)
         await subscribe(peer, "mine", universes=["my"])
-        await publish(hub, [make_event(1, prefix="my-a", symbol="AAPL"), make_event(2, prefix="my-a", symbol="MSFT")])
+        await publish(
+            hub, [make_event(1, prefix="my-a", symbol="AAPL"), make_event(2, prefix="my-a", symbol="MSFT")]
+        )
         assert [f["event"]["symbol"] for f in await received(peer, 1)] == ["AAPL"]
-        assert (await http.put("/api/users/universe", json={"symbols": ["MSFT"], "universe_keys": []})).status_code == 200
+        assert (
+            await http.put("/api/users/universe", json={"symbols": ["MSFT"], "universe_keys": []})
+        ).status_code == 200
 
         async def followed() -> bool:
             return any(s.symbols == frozenset({"MSFT"}) for s in hub.hub.fanout.index if s.id == "mine")
 
         await wait_for(followed, timeout=10, what="the subscription to follow the new universe")
-        await publish(hub, [make_event(3, prefix="my-b", symbol="AAPL"), make_event(4, prefix="my-b", symbol="MSFT")])
+        await publish(
+            hub, [make_event(3, prefix="my-b", symbol="AAPL"), make_event(4, prefix="my-b", symbol="MSFT")]
+        )
         got = await received(peer, 2)
         assert [f["event"]["symbol"] for f in got] == ["AAPL", "MSFT"]
 
@@ -352,7 +418,8 @@ async def _head(hub: LiveHub, at_least: int) -> int:
 
 @pytest.mark.parametrize("count", [30, 400])  # within the ring (50) / from JetStream
 async def test_since_replays_the_matching_past_then_continues_live_without_gap_or_duplicate(
-        connect: Any, hub: LiveHub, count: int) -> None:
+    connect: Any, hub: LiveHub, count: int
+) -> None:
     start = hub.hub.fanout.head
     events = [make_event(i, prefix=f"resume{count}", symbol=("AAPL", "MSFT")[i % 2]) for i in range(count)]
     await publish(hub, events)
@@ -371,7 +438,9 @@ async def test_since_replays_the_matching_past_then_continues_live_without_gap_o
 
 
 @pytest.mark.slow
-async def test_since_beyond_the_resume_bound_or_ahead_of_the_stream_is_not_recovered(connect: Any, hub: LiveHub) -> None:
+async def test_since_beyond_the_resume_bound_or_ahead_of_the_stream_is_not_recovered(
+    connect: Any, hub: LiveHub
+) -> None:
     peer = await connect()
     reply = await subscribe(peer, "ahead", since=hub.hub.fanout.head + 1_000_000, symbols=["NOTHING"])
     assert reply["recovered"] is False and reply["replayed"] == 0
@@ -387,14 +456,18 @@ async def test_since_beyond_the_resume_bound_or_ahead_of_the_stream_is_not_recov
 async def test_the_python_client_resumes_after_a_drop_with_every_event_once(hub: LiveHub) -> None:
     subs = [Subscription("aapl", {"symbols": ["AAPL"]}), Subscription("all", {})]
     got: list[Delivery] = []
-    async with HubClient(f"{hub.ws_url}/ws", token=READER, subscriptions=subs, backoff_initial_s=0.05) as client:
-        await wait_for(_true_when(lambda: client.state == "connected" and len(client.recovered) == 2),
-                       what="the client to subscribe")
+    async with HubClient(
+        f"{hub.ws_url}/ws", token=READER, subscriptions=subs, backoff_initial_s=0.05
+    ) as client:
+        await wait_for(
+            _true_when(lambda: client.state == "connected" and len(client.recovered) == 2),
+            what="the client to subscribe",
+        )
         events = [make_event(i, prefix="client", symbol=("AAPL", "MSFT")[i % 3 == 0]) for i in range(600)]
 
         async def produce() -> None:
             for i in range(0, 600, 50):
-                await publish(hub, events[i:i + 50])
+                await publish(hub, events[i : i + 50])
                 if i == 200:
                     await client.drop()
                 await asyncio.sleep(0.02)
@@ -417,13 +490,18 @@ async def test_the_python_client_starts_its_back_off_again_after_a_good_connecti
     """Each drop follows a good session, so each reconnect waits at most ``backoff_initial_s``: the
     back-off does not keep doubling across drops."""
     base = 0.05
-    async with HubClient(f"{hub.ws_url}/ws", token=READER, subscriptions=[], backoff_initial_s=base,
-                         backoff_max_s=60.0) as client:
+    async with HubClient(
+        f"{hub.ws_url}/ws", token=READER, subscriptions=[], backoff_initial_s=base, backoff_max_s=60.0
+    ) as client:
         for drop in range(1, 5):
-            await wait_for(_true_when(lambda d=drop: client.state == "connected" and client.connects == d),
-                           what=f"connection {drop}")
+            await wait_for(
+                _true_when(lambda d=drop: client.state == "connected" and client.connects == d),
+                what=f"connection {drop}",
+            )
             await client.drop()
-            await wait_for(_true_when(lambda d=drop: client.connects == d + 1), timeout=30, what=f"reconnect {drop}")
+            await wait_for(
+                _true_when(lambda d=drop: client.connects == d + 1), timeout=30, what=f"reconnect {drop}"
+            )
             assert client.backoff_s == base, f"after drop {drop} the back-off grew to {client.backoff_s} s"
 
 
@@ -445,7 +523,8 @@ async def test_the_python_client_stops_on_a_refused_token(hub: LiveHub) -> None:
 
 
 async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer_and_others_are_not(
-        connect: Any, hub: LiveHub) -> None:
+    connect: Any, hub: LiveHub
+) -> None:
     fast = await connect()
     await subscribe(fast, "all")
     async with raw_client(hub, "all", {}):  # it never reads
@@ -462,7 +541,9 @@ async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer_and_othe
 
 
 @contextlib.asynccontextmanager
-async def raw_client(hub: LiveHub, sub_id: str, filter_: dict[str, Any]) -> AsyncIterator[asyncio.StreamReader]:
+async def raw_client(
+    hub: LiveHub, sub_id: str, filter_: dict[str, Any]
+) -> AsyncIterator[asyncio.StreamReader]:
     """A bare websocket client with a tiny receive buffer that reads only when the test does (a
     websockets client would buffer for us), subscribed to ``filter_``; it keeps sending pongs, so it is
     never idle. Yields its reader, positioned after the handshake."""
@@ -471,8 +552,10 @@ async def raw_client(hub: LiveHub, sub_id: str, filter_: dict[str, Any]) -> Asyn
     sock.connect(("127.0.0.1", hub.port))
     reader, writer = await asyncio.open_connection(sock=sock)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(f"GET /ws?token={READER} HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    writer.write(
+        f"GET /ws?token={READER} HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
     assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
     writer.write(_client_frame(json.dumps({"op": "subscribe", "id": sub_id, "filter": filter_})))
     talking = asyncio.create_task(_keep_talking(writer))
@@ -519,10 +602,20 @@ async def test_metrics_count_connections_frames_and_latency(connect: Any, hub: L
     await received(peer, 5)
     async with httpx.AsyncClient(base_url=hub.url) as http:
         text = (await http.get("/metrics")).text
-    for name in ("tickstock_ws_connections", "tickstock_ws_subscriptions", "tickstock_ws_messages_sent_total",
-                 "tickstock_ws_bytes_sent_total", "tickstock_ws_queue_high_water", "tickstock_ws_stored_to_sent_seconds_count"):
+    for name in (
+        "tickstock_ws_connections",
+        "tickstock_ws_subscriptions",
+        "tickstock_ws_messages_sent_total",
+        "tickstock_ws_bytes_sent_total",
+        "tickstock_ws_queue_high_water",
+        "tickstock_ws_stored_to_sent_seconds_count",
+    ):
         assert name in text
-    lines = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    lines = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     assert lines["tickstock_ws_connections"] >= 1
     assert lines["tickstock_ws_stored_to_sent_seconds_count"] >= 5
 
@@ -536,6 +629,7 @@ async def _metric(hub: LiveHub, name: str) -> float:
 async def test_bytes_sent_counts_utf8_bytes_of_non_ascii_frames(hub: LiveHub) -> None:
     """``tickstock_ws_bytes_sent_total`` grows by the UTF-8 size of what the socket carried, not by
     the number of characters: event data in other scripts and emoji take 2-4 bytes a character."""
+
     async def alone() -> bool:
         return await _metric(hub, "tickstock_ws_connections") == 0
 
@@ -554,16 +648,22 @@ async def test_bytes_sent_counts_utf8_bytes_of_non_ascii_frames(hub: LiveHub) ->
         reader = asyncio.create_task(read())
         await ws.send(json.dumps({"op": "subscribe", "id": "u", "filter": {"symbols": ["NVDA"]}}))
         note = "Köln – 東京 – ₿ 😀"
-        await publish(hub, [make_event(i, prefix="utf8", symbol="NVDA", data={"note": note}) for i in range(3)])
+        await publish(
+            hub, [make_event(i, prefix="utf8", symbol="NVDA", data={"note": note}) for i in range(3)]
+        )
 
         async def events_in() -> bool:
             return sum('"op":"event"' in t for t in texts) == 3
 
         await wait_for(events_in, what="three events")
-        assert all(len(t.encode()) > len(t) for t in texts if '"op":"event"' in t)  # sent as UTF-8, not escaped
+        assert all(
+            len(t.encode()) > len(t) for t in texts if '"op":"event"' in t
+        )  # sent as UTF-8, not escaped
 
         async def counted() -> bool:  # equal whenever no frame is on its way (a ping may be)
-            return await _metric(hub, "tickstock_ws_bytes_sent_total") - before == sum(len(t.encode()) for t in texts)
+            return await _metric(hub, "tickstock_ws_bytes_sent_total") - before == sum(
+                len(t.encode()) for t in texts
+            )
 
         await wait_for(counted, timeout=10, what="the counter to equal the UTF-8 bytes received")
         reader.cancel()
@@ -579,10 +679,16 @@ async def test_a_node_going_away_closes_with_1001_and_its_clients_resume_on_anot
         peer = Peer(raw, answer_pings=True)
         await peer.op("welcome")
         subs = [Subscription("all", {"symbols": ["KO"]})]
-        client = HubClient([f"{second.ws_url}/ws", f"{hub.ws_url}/ws"], token=READER, subscriptions=subs,
-                           backoff_initial_s=0.05)
+        client = HubClient(
+            [f"{second.ws_url}/ws", f"{hub.ws_url}/ws"],
+            token=READER,
+            subscriptions=subs,
+            backoff_initial_s=0.05,
+        )
         async with client:
-            await wait_for(_true_when(lambda: client.recovered.get("all") is not None), what="the subscription")
+            await wait_for(
+                _true_when(lambda: client.recovered.get("all") is not None), what="the subscription"
+            )
             assert client.node == second.hub.fanout.node
             events = [make_event(i, prefix="away", symbol="KO") for i in range(300)]
             await publish(hub, events[:100])
@@ -608,7 +714,8 @@ async def test_a_node_going_away_closes_with_1001_and_its_clients_resume_on_anot
 
 
 async def test_junk_on_the_clean_stream_or_the_notice_subject_is_skipped_and_delivery_goes_on(
-        connect: Any, hub: LiveHub) -> None:
+    connect: Any, hub: LiveHub
+) -> None:
     peer = await connect()
     await subscribe(peer, "all")
     js = hub.hub.js
@@ -632,7 +739,9 @@ async def test_a_resume_older_than_the_stream_keeps_is_not_recovered(connect: An
 
     await publish(hub, [make_event(i, prefix="purged", symbol="PEP") for i in range(120)])
     head = await _head(hub, hub.hub.fanout.head + 120)
-    await hub.hub.js.purge_stream(PATTERNS_STREAM, seq=head - 99)  # the stream now starts 100 back; the ring holds 50
+    await hub.hub.js.purge_stream(
+        PATTERNS_STREAM, seq=head - 99
+    )  # the stream now starts 100 back; the ring holds 50
     peer = await connect()
     reply = await subscribe(peer, "old", since=head - 110, symbols=["PEP"])
     assert reply["recovered"] is False
@@ -665,8 +774,13 @@ async def test_a_client_that_falls_behind_and_catches_up_gets_everything_in_orde
             if conns[0].queued:
                 return True
             assert sent < 2_000, "the socket never backed up"
-            await publish(hub, [make_event(sent + i, prefix="behind", symbol="CAT", data={"blob": "y" * 12_000})
-                                for i in range(10)])
+            await publish(
+                hub,
+                [
+                    make_event(sent + i, prefix="behind", symbol="CAT", data={"blob": "y" * 12_000})
+                    for i in range(10)
+                ],
+            )
             sent += 10
             return False
 
@@ -694,8 +808,10 @@ async def test_the_python_client_stops_on_a_filter_the_hub_refuses(hub: LiveHub)
 
 async def test_a_client_whose_oldest_frame_waits_too_long_is_closed_as_a_slow_consumer(hub: LiveHub) -> None:
     async with raw_client(hub, "lag", {"symbols": ["DE"]}):
-        await wait_for(_true_when(lambda: any("lag" in c.subs for c in hub.hub.fanout.connections)),
-                       what="the subscription")
+        await wait_for(
+            _true_when(lambda: any("lag" in c.subs for c in hub.hub.fanout.connections)),
+            what="the subscription",
+        )
         conn = next(c for c in hub.hub.fanout.connections if "lag" in c.subs)
         sent = 0
 
@@ -704,12 +820,19 @@ async def test_a_client_whose_oldest_frame_waits_too_long_is_closed_as_a_slow_co
             if conn.queued:
                 return True
             assert sent < 2_000, "the socket never backed up"
-            await publish(hub, [make_event(sent + i, prefix="lag", symbol="DE", data={"blob": "z" * 12_000})
-                                for i in range(10)])
+            await publish(
+                hub,
+                [
+                    make_event(sent + i, prefix="lag", symbol="DE", data={"blob": "z" * 12_000})
+                    for i in range(10)
+                ],
+            )
             sent += 10
             return False
 
         await wait_for(backed_up, timeout=60, what="the socket to back up")
         assert conn.queued < 100
-        await wait_for(_true_when(lambda: conn.close_code is not None), timeout=10, what="the lagging client closed")
+        await wait_for(
+            _true_when(lambda: conn.close_code is not None), timeout=10, what="the lagging client closed"
+        )
         assert conn.close_code == 4409 and "waited" in conn.close_reason

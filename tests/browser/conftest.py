@@ -62,7 +62,9 @@ async def page(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         try:
             width, height = VIEWPORT
-            context = await browser.new_context(viewport={"width": width, "height": height}, color_scheme="light")
+            context = await browser.new_context(
+                viewport={"width": width, "height": height}, color_scheme="light"
+            )
             p = await context.new_page()
             p.on("pageerror", lambda exc: errors.append(str(exc)))
             yield p

@@ -40,22 +40,27 @@ async def _feed(page: Any) -> list[tuple[str, int, str]]:
     """The feed's rows top to bottom: (event id, seq, symbol)."""
     rows = await page.eval_on_selector_all(
         "#feed-body tr",
-        "rows => rows.map(r => [r.dataset.id, Number(r.dataset.seq), r.cells[1].textContent])")
+        "rows => rows.map(r => [r.dataset.id, Number(r.dataset.seq), r.cells[1].textContent])",
+    )
     return [tuple(r) for r in rows]
 
 
 async def _scan(page: Any) -> list[tuple[str, str]]:
     rows = await page.eval_on_selector_all(
-        "#scan-body tr[data-id]", "rows => rows.map(r => [r.dataset.id, r.cells[1].textContent])")
+        "#scan-body tr[data-id]", "rows => rows.map(r => [r.dataset.id, r.cells[1].textContent])"
+    )
     return [tuple(r) for r in rows]
 
 
 async def _stored(pool: AsyncConnectionPool, prefix: str) -> dict[str, int]:
     """Ids with ``prefix`` that are stored and on the clean stream, with their stream seq."""
     async with pool.connection() as conn:
-        rows: list[dict[str, Any]] = await (await conn.execute(  # type: ignore[assignment]  # dict rows
-            "SELECT id, stream_seq FROM pattern_events WHERE id LIKE %s AND stream_seq IS NOT NULL",
-            (prefix + "-%",))).fetchall()
+        rows: list[dict[str, Any]] = await (
+            await conn.execute(  # type: ignore[assignment]  # dict rows
+                "SELECT id, stream_seq FROM pattern_events WHERE id LIKE %s AND stream_seq IS NOT NULL",
+                (prefix + "-%",),
+            )
+        ).fetchall()
     return {r["id"]: r["stream_seq"] for r in rows}
 
 
@@ -64,8 +69,9 @@ def _newest_first(rows: list[tuple[str, int, str]]) -> None:
     assert seqs == sorted(seqs, reverse=True) and len(set(seqs)) == len(seqs), seqs
 
 
-async def test_feed_scan_health_and_a_filter_change(live_hub: LiveHub, ref_pool: AsyncConnectionPool,
-                                                    page: Any) -> None:
+async def test_feed_scan_health_and_a_filter_change(
+    live_hub: LiveHub, ref_pool: AsyncConnectionPool, page: Any
+) -> None:
     await _open(page, live_hub)
     await page.wait_for_selector('#health-overall[data-status="ok"]', timeout=15_000)
     health = await page.inner_text("#health")
@@ -136,14 +142,19 @@ async def test_feed_scan_health_and_a_filter_change(live_hub: LiveHub, ref_pool:
     assert set(msft) <= {i for i, _ in scanned}
 
 
-async def test_a_burst_of_events_keeps_the_feed_bounded(live_hub: LiveHub, ref_pool: AsyncConnectionPool,
-                                                        page: Any) -> None:
+async def test_a_burst_of_events_keeps_the_feed_bounded(
+    live_hub: LiveHub, ref_pool: AsyncConnectionPool, page: Any
+) -> None:
     await _open(page, live_hub)
     total = 1200
-    await publish_events(live_hub.hub.js, [make_event(i, prefix="burst", symbol="NVDA") for i in range(total)])
+    await publish_events(
+        live_hub.hub.js, [make_event(i, prefix="burst", symbol="NVDA") for i in range(total)]
+    )
     stored = await wait_for(lambda: _all_stored(ref_pool, "burst", total), timeout=60, what=f"{total} stored")
     await page.wait_for_function(
-        f"() => document.getElementById('feed-count').textContent.startsWith('{total} received')", timeout=30_000)
+        f"() => document.getElementById('feed-count').textContent.startsWith('{total} received')",
+        timeout=30_000,
+    )
     rows = await _feed(page)
     _newest_first(rows)
     newest = sorted(stored.items(), key=lambda kv: kv[1], reverse=True)[:500]
@@ -157,7 +168,8 @@ async def _count_at_least(pool: AsyncConnectionPool, prefix: str, n: int) -> boo
 
 @pytest.mark.timeout(240)
 async def test_a_hub_restart_is_followed_by_a_resume_with_no_missing_event(
-        live_hub: LiveHub, ref_pool: AsyncConnectionPool, nats_client: NATS, page: Any) -> None:
+    live_hub: LiveHub, ref_pool: AsyncConnectionPool, nats_client: NATS, page: Any
+) -> None:
     await _open(page, live_hub)
     # Every state the status line goes through, recorded in the page.
     await page.evaluate("""() => {
@@ -256,7 +268,8 @@ async def test_sign_in_by_pasting_a_token(live_hub: LiveHub, page: Any) -> None:
     await page.click("#sign-in-form button[type=submit]")
     await page.wait_for_function(
         "() => { const s = document.getElementById('status').dataset; return s.sub && s.subscribed === s.sub; }",
-        timeout=15_000)
+        timeout=15_000,
+    )
     assert await page.inner_text("#who") == "Signed in as dashboard-test"
     assert not await page.is_visible("#sign-in")
 

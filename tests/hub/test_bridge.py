@@ -31,14 +31,16 @@ from tests.support import LiveHub, TcpProxy, free_port, make_event, wait_for, wa
 async def _stored(pool: AsyncConnectionPool, event_id: str) -> dict[str, Any] | None:
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT symbol, pattern, timeframe, payload FROM pattern_events WHERE id = %s", (event_id,))
+            "SELECT symbol, pattern, timeframe, payload FROM pattern_events WHERE id = %s", (event_id,)
+        )
         return await cur.fetchone()
 
 
 async def _dead_letters(pool: AsyncConnectionPool, payload: bytes) -> list[dict[str, Any]]:
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT subject, reason, headers FROM dead_letters WHERE payload = %s", (payload,))
+            "SELECT subject, reason, headers FROM dead_letters WHERE payload = %s", (payload,)
+        )
         return await cur.fetchall()
 
 
@@ -55,6 +57,7 @@ async def _publish(client: aioredis.Redis, payload: bytes | str, channel: str = 
 def _counter(read: Any, value: int) -> Any:
     async def reached() -> bool:
         return bool(read() >= value)
+
     return reached
 
 
@@ -68,12 +71,23 @@ async def hub_js(live_hub: LiveHub) -> AsyncIterator[JetStreamContext]:
 
 
 async def test_v1_legacy_and_garbage_are_all_forwarded(
-        hub_js: JetStreamContext, ref_pool: AsyncConnectionPool, redis_client: aioredis.Redis) -> None:
+    hub_js: JetStreamContext, ref_pool: AsyncConnectionPool, redis_client: aioredis.Redis
+) -> None:
     v1 = _event(1, "bridge-v1")
-    legacy = {"event_type": "pattern_alert", "source": "tickstock", "timestamp": 1764000000,
-              "id": "bridge-legacy-1",
-              "data": {"ticker": "msft", "pattern_name": "Hammer", "confidence": 0.7, "current_price": 410.5,
-                       "timeframe": "1h", "note": "from redis"}}
+    legacy = {
+        "event_type": "pattern_alert",
+        "source": "tickstock",
+        "timestamp": 1764000000,
+        "id": "bridge-legacy-1",
+        "data": {
+            "ticker": "msft",
+            "pattern_name": "Hammer",
+            "confidence": 0.7,
+            "current_price": 410.5,
+            "timeframe": "1h",
+            "note": "from redis",
+        },
+    }
     garbage = b"\xff\xfe this is not an event \x00"
     async with RedisBridge(redis_client, hub_js) as bridge:
         assert bridge.channel == DEFAULT_CHANNEL
@@ -98,8 +112,9 @@ async def test_v1_legacy_and_garbage_are_all_forwarded(
     assert letters == [letter]
 
 
-async def test_text_messages_and_other_channels(hub_js: JetStreamContext, ref_pool: AsyncConnectionPool,
-                                                redis_url: str) -> None:
+async def test_text_messages_and_other_channels(
+    hub_js: JetStreamContext, ref_pool: AsyncConnectionPool, redis_url: str
+) -> None:
     """A client that decodes responses hands the bridge text; a bridge listens to its channel only."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
@@ -114,8 +129,9 @@ async def test_text_messages_and_other_channels(hub_js: JetStreamContext, ref_po
         await client.aclose()
 
 
-async def test_publish_failures_are_counted_and_retried_in_order(tmp_path: Path,
-                                                                 redis_client: aioredis.Redis) -> None:
+async def test_publish_failures_are_counted_and_retried_in_order(
+    tmp_path: Path, redis_client: aioredis.Redis
+) -> None:
     """A NATS without the ingest stream refuses every publish; the bridge keeps the message, retries
     and goes on in order once the stream exists."""
     first, second = _event(1, "bridge-retry"), _event(2, "bridge-retry")
@@ -137,7 +153,8 @@ async def test_publish_failures_are_counted_and_retried_in_order(tmp_path: Path,
 
 
 async def test_a_message_too_large_for_nats_is_dropped_loudly_and_the_bridge_goes_on(
-        tmp_path: Path, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     """Retrying cannot make a message fit: one over the stream's limit and one over the server's
     max_payload are logged as errors and skipped; the next message is forwarded."""
     over_stream = b"x" * (2 * MIB)  # the stream below takes at most 1 MiB
@@ -161,9 +178,13 @@ async def test_a_message_too_large_for_nats_is_dropped_loudly_and_the_bridge_goe
 
 
 @pytest.mark.parametrize("retries", [0, None], ids=["client-without-retries", "client-defaults"])
-async def test_losing_redis_resubscribes(hub_js: JetStreamContext, ref_pool: AsyncConnectionPool,
-                                         redis_url: str, redis_client: aioredis.Redis,
-                                         retries: int | None) -> None:
+async def test_losing_redis_resubscribes(
+    hub_js: JetStreamContext,
+    ref_pool: AsyncConnectionPool,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    retries: int | None,
+) -> None:
     url = urlsplit(redis_url)
     async with TcpProxy(url.hostname or "127.0.0.1", url.port or 6379) as proxy:
         proxied = f"redis://127.0.0.1:{proxy.port}{url.path}"
@@ -186,19 +207,22 @@ async def test_losing_redis_resubscribes(hub_js: JetStreamContext, ref_pool: Asy
             await client.aclose()
     for i in (1, 2):
         event_id = f"bridge-loss-{retries}-{i}"
-        assert await wait_for(lambda event_id=event_id: _stored(ref_pool, event_id), timeout=20, what=f"{event_id} stored")
+        assert await wait_for(
+            lambda event_id=event_id: _stored(ref_pool, event_id), timeout=20, what=f"{event_id} stored"
+        )
 
 
 async def _is(value: Any, expected: object) -> bool:
     return bool(await value == expected)
 
 
-async def test_run_forwards_for_a_while_and_returns_the_count(hub_js: JetStreamContext, settings: Any,
-                                                              ref_pool: AsyncConnectionPool,
-                                                              redis_client: aioredis.Redis) -> None:
+async def test_run_forwards_for_a_while_and_returns_the_count(
+    hub_js: JetStreamContext, settings: Any, ref_pool: AsyncConnectionPool, redis_client: aioredis.Redis
+) -> None:
     started = time.monotonic()
-    task = asyncio.create_task(run(settings.redis_url, settings.nats_url, channel="run.patterns",
-                                   duration_s=1.5))
+    task = asyncio.create_task(
+        run(settings.redis_url, settings.nats_url, channel="run.patterns", duration_s=1.5)
+    )
     await wait_for(lambda: _is(_subscribers(redis_client, "run.patterns"), 1), timeout=10, what="subscribed")
     for i in (1, 2):
         await _publish(redis_client, json.dumps(_event(i, "bridge-run")), channel="run.patterns")
@@ -210,9 +234,9 @@ async def test_run_forwards_for_a_while_and_returns_the_count(hub_js: JetStreamC
     assert await wait_for(lambda: _stored(ref_pool, "bridge-run-2"), timeout=20, what="stored")
 
 
-async def test_run_without_a_duration_runs_until_cancelled(hub_js: JetStreamContext, settings: Any,
-                                                           ref_pool: AsyncConnectionPool,
-                                                           redis_client: aioredis.Redis) -> None:
+async def test_run_without_a_duration_runs_until_cancelled(
+    hub_js: JetStreamContext, settings: Any, ref_pool: AsyncConnectionPool, redis_client: aioredis.Redis
+) -> None:
     task = asyncio.create_task(run(settings.redis_url, settings.nats_url, channel="forever.patterns"))
     await wait_for(lambda: _is(_subscribers(redis_client, "forever.patterns"), 1), timeout=10, what="on")
     # Still forwarding after a round trip through the hub (a barrier), and still running.

@@ -31,11 +31,21 @@ SYMBOLS = ["AAPL", "MSFT", "IBM", "KO", "XOM", "BRK.B"]
 def _start(settings: Settings) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKSTOCK_")}
-    env.update(TICKSTOCK_DATABASE_URL=settings.database_url or "", TICKSTOCK_NATS_URL=settings.nats_url or "",
-               TICKSTOCK_REDIS_URL=settings.redis_url or "", TICKSTOCK_JWT_SECRET=JWT_SECRET,
-               TICKSTOCK_INGEST_ACK_WAIT_S="2", TICKSTOCK_WRITER_BATCH="200", TICKSTOCK_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env.update(
+        TICKSTOCK_DATABASE_URL=settings.database_url or "",
+        TICKSTOCK_NATS_URL=settings.nats_url or "",
+        TICKSTOCK_REDIS_URL=settings.redis_url or "",
+        TICKSTOCK_JWT_SECRET=JWT_SECRET,
+        TICKSTOCK_INGEST_ACK_WAIT_S="2",
+        TICKSTOCK_WRITER_BATCH="200",
+        TICKSTOCK_LOG_LEVEL="WARNING",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def ready() -> bool:
         try:
@@ -59,7 +69,9 @@ async def _count(pool: AsyncConnectionPool, sql: str) -> int:
 
 
 @pytest.mark.slow
-async def test_kill_9_mid_ingest_then_restart_loses_and_duplicates_nothing(settings: Settings, ref_pool, nats_client) -> None:  # type: ignore[no-untyped-def]
+async def test_kill_9_mid_ingest_then_restart_loses_and_duplicates_nothing(
+    settings: Settings, ref_pool, nats_client
+) -> None:  # type: ignore[no-untyped-def]
     await delete_all_streams(settings.nats_url or "")
     first, _ = _start(settings)
     js = nats_client.jetstream()
@@ -68,7 +80,7 @@ async def test_kill_9_mid_ingest_then_restart_loses_and_duplicates_nothing(setti
 
     async def produce() -> None:
         for start in range(0, total, 500):
-            await publish_events(js, events[start:start + 500])
+            await publish_events(js, events[start : start + 500])
             await asyncio.sleep(0.05)
 
     producer = asyncio.create_task(produce())
@@ -80,9 +92,15 @@ async def test_kill_9_mid_ingest_then_restart_loses_and_duplicates_nothing(setti
     await producer
     second, _ = _start(settings)
     try:
-        await wait_for(lambda: _at_least(
-            ref_pool, "SELECT count(*) FROM pattern_events WHERE id LIKE 'crash-%%' AND stream_seq IS NOT NULL", total),
-            timeout=90, what="everything stored after the restart")
+        await wait_for(
+            lambda: _at_least(
+                ref_pool,
+                "SELECT count(*) FROM pattern_events WHERE id LIKE 'crash-%%' AND stream_seq IS NOT NULL",
+                total,
+            ),
+            timeout=90,
+            what="everything stored after the restart",
+        )
         await wait_settled(js)
         msgs = await clean_stream_messages(js)
     finally:
@@ -90,7 +108,10 @@ async def test_kill_9_mid_ingest_then_restart_loses_and_duplicates_nothing(setti
         second.wait(30)
     assert at_kill < total  # the kill really happened mid-ingest
     assert await _count(ref_pool, stored) == total
-    assert await _count(ref_pool, "SELECT count(DISTINCT id) FROM pattern_events WHERE id LIKE 'crash-%%'") == total
+    assert (
+        await _count(ref_pool, "SELECT count(DISTINCT id) FROM pattern_events WHERE id LIKE 'crash-%%'")
+        == total
+    )
     ids = [json.loads(m.data)["id"] for m in msgs if json.loads(m.data)["id"].startswith("crash-")]
     assert len(ids) == len(set(ids)) == total
     assert await _count(ref_pool, "SELECT count(*) FROM dead_letters") == 0

@@ -70,20 +70,55 @@ async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
 
 # file: symbol, timeframe, bars, first bar time, first bar's open high low close volume
 SHIPPED = {
-    "AAPL_daily_2012-2014.csv":
-        ("AAPL", "daily", 754, "2012-01-03", (58.485714, 58.92857, 58.42857, 58.747143, 75555200)),
-    "MSFT_daily_2012-2014.csv":
-        ("MSFT", "daily", 754, "2012-01-03", (26.549999, 26.959999, 26.389999, 26.77, 64731500)),
-    "IBM_daily_2012-2014.csv":
-        ("IBM", "daily", 754, "2012-01-03", (186.729996, 188.710007, 186.0, 186.300003, 5646000)),
-    "KO_daily_2012-2014.csv":
-        ("KO", "daily", 754, "2012-01-03", (35.075001, 35.355, 35.049999, 35.07, 15639600)),
-    "TSLA_daily_2015-2017.csv":
-        ("TSLA", "daily", 754, "2015-01-02", (222.87, 223.25, 213.26, 219.31, 4764443)),
-    "GOOGL_daily_2015-2017.csv":
-        ("GOOGL", "daily", 754, "2015-01-02", (532.6, 535.8, 527.88, 529.55, 1327870)),
-    "SPY_intraday_1min_2011-03.csv":
-        ("SPY", "1min", 17577, "2011-03-01T09:01:00Z", (133.9, 134.01, 133.9, 133.98, 3778)),
+    "AAPL_daily_2012-2014.csv": (
+        "AAPL",
+        "daily",
+        754,
+        "2012-01-03",
+        (58.485714, 58.92857, 58.42857, 58.747143, 75555200),
+    ),
+    "MSFT_daily_2012-2014.csv": (
+        "MSFT",
+        "daily",
+        754,
+        "2012-01-03",
+        (26.549999, 26.959999, 26.389999, 26.77, 64731500),
+    ),
+    "IBM_daily_2012-2014.csv": (
+        "IBM",
+        "daily",
+        754,
+        "2012-01-03",
+        (186.729996, 188.710007, 186.0, 186.300003, 5646000),
+    ),
+    "KO_daily_2012-2014.csv": (
+        "KO",
+        "daily",
+        754,
+        "2012-01-03",
+        (35.075001, 35.355, 35.049999, 35.07, 15639600),
+    ),
+    "TSLA_daily_2015-2017.csv": (
+        "TSLA",
+        "daily",
+        754,
+        "2015-01-02",
+        (222.87, 223.25, 213.26, 219.31, 4764443),
+    ),
+    "GOOGL_daily_2015-2017.csv": (
+        "GOOGL",
+        "daily",
+        754,
+        "2015-01-02",
+        (532.6, 535.8, 527.88, 529.55, 1327870),
+    ),
+    "SPY_intraday_1min_2011-03.csv": (
+        "SPY",
+        "1min",
+        17577,
+        "2011-03-01T09:01:00Z",
+        (133.9, 134.01, 133.9, 133.98, 3778),
+    ),
 }
 
 
@@ -93,7 +128,9 @@ def test_the_shipped_files_are_the_ones_documented_with_their_licences() -> None
     assert all(name in readme for name in SHIPPED)
     licences = {p.name for p in (DEMO_DATA_DIR / "LICENSES").iterdir()}
     assert licences == {
-        "zipline_LICENSE_Apache-2.0.txt", "plotly-datasets_LICENSE.txt", "pyalgotrade_LICENSE.txt",
+        "zipline_LICENSE_Apache-2.0.txt",
+        "plotly-datasets_LICENSE.txt",
+        "pyalgotrade_LICENSE.txt",
     }
 
 
@@ -112,9 +149,11 @@ def test_loads_each_shipped_layout(name: str) -> None:
 
 def test_columns_are_found_by_name_in_any_order_and_m_d_yyyy_dates(tmp_path: Path) -> None:
     # SP500's layout: Open, Close, High, Low and M/D/YYYY dates.
-    path = write(tmp_path / "^GSPC_daily.csv",
-                 "Date,Open,Close,High,Low,Volume\n11/1/2019,3050.7,3066.9,3066.9,3050.7,0\n"
-                 "11/4/2019,3078.9,3078.3,3085.2,3074.9,0\n\n")
+    path = write(
+        tmp_path / "^GSPC_daily.csv",
+        "Date,Open,Close,High,Low,Volume\n11/1/2019,3050.7,3066.9,3066.9,3050.7,0\n"
+        "11/4/2019,3078.9,3078.3,3085.2,3074.9,0\n\n",
+    )
     bars = load_bars(path)
     assert (bars.symbol, bars.timeframe, bars.dated) == ("^GSPC", "daily", True)
     assert list(bars.close) == [3066.9, 3078.3] and list(bars.high) == [3066.9, 3085.2]
@@ -122,8 +161,11 @@ def test_columns_are_found_by_name_in_any_order_and_m_d_yyyy_dates(tmp_path: Pat
 
 
 def test_utc_times_with_an_offset_are_converted(tmp_path: Path) -> None:
-    path = write(tmp_path / "X_1min.csv", "Datetime_UTC,Open,High,Low,Close,Volume\n"
-                 "2011-03-01T04:01:00-05:00,1,1,1,1,1\n2011-03-01 09:02:00,1,1,1,1,1\n")
+    path = write(
+        tmp_path / "X_1min.csv",
+        "Datetime_UTC,Open,High,Low,Close,Volume\n"
+        "2011-03-01T04:01:00-05:00,1,1,1,1,1\n2011-03-01 09:02:00,1,1,1,1,1\n",
+    )
     bars = load_bars(path)
     assert (bars.timeframe, bars.dated) == ("1min", False)
     assert bars.bar_time(0) == "2011-03-01T09:01:00Z"
@@ -137,8 +179,11 @@ def test_symbol_and_timeframe_can_be_given(tmp_path: Path) -> None:
         load_bars(path, timeframe="fortnightly")
     with pytest.raises(ValueError, match="one bar is not enough"):
         load_bars(path)
-    seconds = write(tmp_path / "S.csv", "datetime_utc,open,high,low,close,volume\n"
-                    "2020-01-03 10:00:00,1,1,1,1,1\n2020-01-03 10:00:10,1,1,1,1,1\n")
+    seconds = write(
+        tmp_path / "S.csv",
+        "datetime_utc,open,high,low,close,volume\n"
+        "2020-01-03 10:00:00,1,1,1,1,1\n2020-01-03 10:00:10,1,1,1,1,1\n",
+    )
     with pytest.raises(ValueError, match="10 s apart match no timeframe"):
         load_bars(seconds)
     assert load_bars(seconds, timeframe="1min").timeframe == "1min"
@@ -147,20 +192,31 @@ def test_symbol_and_timeframe_can_be_given(tmp_path: Path) -> None:
 HEADER = "date,open,high,low,close,volume\n"
 
 
-@pytest.mark.parametrize(("name", "text", "message"), [
-    ("VIX_daily.csv", "DATE,OPEN,HIGH,LOW,CLOSE\n1990-01-02,17.24,17.2,17.2,17.2\n", "unknown column layout"),
-    ("X_daily.csv", "when,open,high,low,close,volume\n2020-01-02,1,1,1,1,1\n", "unknown column layout"),
-    ("X_daily.csv", "", "unknown column layout"),
-    ("X_daily.csv", HEADER, "no bars"),
-    ("X_daily.csv", HEADER + "2020-01-02,1,1,1,abc,1\n", "line 2: cannot read row"),
-    ("X_daily.csv", HEADER + "2020-01-02,1,1,1\n", "line 2: cannot read row"),
-    ("X_daily.csv", HEADER + "2020-01-02 09:30,1,1,1,1,1\n", "line 2: cannot read row"),
-    ("X_daily.csv", HEADER + "2020-01-02,1,1,1,1,1\n2020-01-03,1,nan,1,1,1\n", "line 3: prices must be fin"),
-    ("X_daily.csv", HEADER + "2020-01-02,1,1,1,1,-5\n", "volume non-negative"),
-    ("X_daily.csv", HEADER + "2020-01-03,1,1,1,1,1\n2020-01-02,1,1,1,1,1\n", "strictly increase"),
-    ("X_daily.csv", HEADER + "2020-01-02,1,1,1,1,1\n2020-01-02,1,1,1,1,1\n", "strictly increase"),
-    ("bad symbol_daily.csv", HEADER + "2020-01-02,1,1,1,1,1\n2020-01-03,1,1,1,1,1\n", "invalid_symbol"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "VIX_daily.csv",
+            "DATE,OPEN,HIGH,LOW,CLOSE\n1990-01-02,17.24,17.2,17.2,17.2\n",
+            "unknown column layout",
+        ),
+        ("X_daily.csv", "when,open,high,low,close,volume\n2020-01-02,1,1,1,1,1\n", "unknown column layout"),
+        ("X_daily.csv", "", "unknown column layout"),
+        ("X_daily.csv", HEADER, "no bars"),
+        ("X_daily.csv", HEADER + "2020-01-02,1,1,1,abc,1\n", "line 2: cannot read row"),
+        ("X_daily.csv", HEADER + "2020-01-02,1,1,1\n", "line 2: cannot read row"),
+        ("X_daily.csv", HEADER + "2020-01-02 09:30,1,1,1,1,1\n", "line 2: cannot read row"),
+        (
+            "X_daily.csv",
+            HEADER + "2020-01-02,1,1,1,1,1\n2020-01-03,1,nan,1,1,1\n",
+            "line 3: prices must be fin",
+        ),
+        ("X_daily.csv", HEADER + "2020-01-02,1,1,1,1,-5\n", "volume non-negative"),
+        ("X_daily.csv", HEADER + "2020-01-03,1,1,1,1,1\n2020-01-02,1,1,1,1,1\n", "strictly increase"),
+        ("X_daily.csv", HEADER + "2020-01-02,1,1,1,1,1\n2020-01-02,1,1,1,1,1\n", "strictly increase"),
+        ("bad symbol_daily.csv", HEADER + "2020-01-02,1,1,1,1,1\n2020-01-03,1,1,1,1,1\n", "invalid_symbol"),
+    ],
+)
 def test_rejects_what_it_cannot_read(tmp_path: Path, name: str, text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as caught:
         load_bars(write(tmp_path / name, text))
@@ -213,7 +269,7 @@ def test_detect_on_one_bar_agrees_with_the_full_scan() -> None:
     by_bar: dict[int, list[Detection]] = {}
     for d in scan(bars, names=names):
         by_bar.setdefault(d.index, []).append(d)
-    for upto in [*range(0, 45), 300, 301, len(bars) - 1]:
+    for upto in [*range(45), 300, 301, len(bars) - 1]:
         assert detect(bars, upto=upto, names=names) == by_bar.get(upto, []), upto
     for bad in (-1, len(bars)):
         with pytest.raises(ValueError, match="is not a bar index"):
@@ -255,8 +311,10 @@ def test_events_canonicalise_to_the_same_name_through_the_shipped_catalog() -> N
 
 
 @NO_DB
-@given(signal=st.sampled_from([100, -100, 200, -200]),
-       rv=st.none() | st.floats(min_value=0, max_value=1e12, allow_nan=False))
+@given(
+    signal=st.sampled_from([100, -100, 200, -200]),
+    rv=st.none() | st.floats(min_value=0, max_value=1e12, allow_nan=False),
+)
 def test_confidence_is_bounded(signal: int, rv: float | None) -> None:
     value = confidence(signal, rv)
     assert 0.3 <= value <= 0.99
@@ -265,10 +323,18 @@ def test_confidence_is_bounded(signal: int, rv: float | None) -> None:
     assert confidence(200 if signal > 0 else -200, rv) >= confidence(signal, rv)
 
 
-@pytest.mark.parametrize(("signal", "rv", "expected"), [
-    (100, 1.0, 0.5), (-100, None, 0.5), (100, 2.0, 0.65), (100, 0.5, 0.35), (200, 1.0, 0.7),
-    (100, 0.0, 0.3), (-200, 1e9, 0.99),
-])
+@pytest.mark.parametrize(
+    ("signal", "rv", "expected"),
+    [
+        (100, 1.0, 0.5),
+        (-100, None, 0.5),
+        (100, 2.0, 0.65),
+        (100, 0.5, 0.35),
+        (200, 1.0, 0.7),
+        (100, 0.0, 0.3),
+        (-200, 1e9, 0.99),
+    ],
+)
 def test_confidence_formula(signal: int, rv: float | None, expected: float) -> None:
     assert confidence(signal, rv) == pytest.approx(expected)
 
@@ -287,13 +353,28 @@ def test_shipped_catalog_names_every_function() -> None:
 
 
 def test_catalog_file_is_followed(tmp_path: Path) -> None:
-    path = write(tmp_path / "patterns.json", json.dumps({"patterns": [
-        {"name": "engulfing", "direction": "neutral",
-         "aliases": ["cdlengulfing", "bullish_engulfing", "bearish_engulfing"]},
-        {"name": "hammer_time", "direction": "bullish", "aliases": ["CDLHAMMER", "Hammer"]},
-        {"name": "doji", "aliases": ["CDLDOJI", "bullish_doji"]},
-        {"name": "bull_flag", "category": "chart", "direction": "bullish", "aliases": ["Bull_Flag"]},
-    ]}))
+    path = write(
+        tmp_path / "patterns.json",
+        json.dumps(
+            {
+                "patterns": [
+                    {
+                        "name": "engulfing",
+                        "direction": "neutral",
+                        "aliases": ["cdlengulfing", "bullish_engulfing", "bearish_engulfing"],
+                    },
+                    {"name": "hammer_time", "direction": "bullish", "aliases": ["CDLHAMMER", "Hammer"]},
+                    {"name": "doji", "aliases": ["CDLDOJI", "bullish_doji"]},
+                    {
+                        "name": "bull_flag",
+                        "category": "chart",
+                        "direction": "bullish",
+                        "aliases": ["Bull_Flag"],
+                    },
+                ]
+            }
+        ),
+    )
     names = PatternNames.load(path)
     assert len(names) == 3
     assert names.resolve("CDLENGULFING", -100) == ("engulfing", "bearish")
@@ -305,11 +386,20 @@ def test_catalog_file_is_followed(tmp_path: Path) -> None:
     assert event.pattern == "CDLMARUBOZU" and "direction" not in event.data
 
 
-@pytest.mark.parametrize("text", [
-    None, "{not json", '{"patterns": 3}', '{"patterns": [{"aliases": []}]}', "[]",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "{not json",
+        '{"patterns": 3}',
+        '{"patterns": [{"aliases": []}]}',
+        "[]",
+    ],
+)
 def test_a_missing_or_broken_catalog_falls_back_to_function_names(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str | None,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    text: str | None,
 ) -> None:
     path = tmp_path / "patterns.json"
     if text is not None:
@@ -323,19 +413,22 @@ def test_a_missing_or_broken_catalog_falls_back_to_function_names(
 # -- the feed ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"rate": 0}, "rate must be a positive number"),
-    ({"rate": -1}, "rate must be a positive number"),
-    ({"rate": math.nan}, "rate must be a positive number"),
-    ({"rate": math.inf}, "rate must be a positive number"),
-    ({"publish_timeout_s": 0}, "publish_timeout_s"),
-    ({"max_backoff_s": -1}, "max_backoff_s"),
-    ({"files": []}, "files is empty"),
-    ({"run_id": ""}, "run_id"),
-    ({"run_id": "a-b"}, "run_id"),
-    ({"run_id": "a.b"}, "run_id"),
-    ({"run_id": "x" * 41}, "run_id"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rate": 0}, "rate must be a positive number"),
+        ({"rate": -1}, "rate must be a positive number"),
+        ({"rate": math.nan}, "rate must be a positive number"),
+        ({"rate": math.inf}, "rate must be a positive number"),
+        ({"publish_timeout_s": 0}, "publish_timeout_s"),
+        ({"max_backoff_s": -1}, "max_backoff_s"),
+        ({"files": []}, "files is empty"),
+        ({"run_id": ""}, "run_id"),
+        ({"run_id": "a-b"}, "run_id"),
+        ({"run_id": "a.b"}, "run_id"),
+        ({"run_id": "x" * 41}, "run_id"),
+    ],
+)
 def test_feed_arguments_are_checked_without_io(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DemoFeed(None, **kwargs)  # type: ignore[arg-type]
@@ -409,7 +502,9 @@ async def test_looping_starts_files_over_with_new_ids(jetstream: JetStreamContex
 
 
 async def test_publish_errors_are_counted_logged_once_and_retried(
-    jetstream: JetStreamContext, small: Path, caplog: pytest.LogCaptureFixture,
+    jetstream: JetStreamContext,
+    small: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # No stream captures the subjects yet, so every publish gets "no responders".
     with caplog.at_level(logging.INFO, logger="tickstock.demo_feed"):
@@ -465,7 +560,9 @@ async def test_run_for_a_duration(servers: Any, jetstream: JetStreamContext, sma
 
 
 async def test_run_until_replayed_and_until_cancelled(
-    servers: Any, jetstream: JetStreamContext, small: Path,
+    servers: Any,
+    jetstream: JetStreamContext,
+    small: Path,
 ) -> None:
     await ingest_stream(jetstream)
     expected = len(scan(load_bars(small)))

@@ -27,7 +27,11 @@ def test_free_port_is_bindable() -> None:
 
 @pytest.mark.slow
 def test_all_three_start_answer_and_stop(tmp_path: Path) -> None:
-    nats, pg, rd = EmbeddedNats(tmp_path / "n"), EmbeddedPostgres(tmp_path / "p", durable=False), EmbeddedRedis(tmp_path / "r")
+    nats, pg, rd = (
+        EmbeddedNats(tmp_path / "n"),
+        EmbeddedPostgres(tmp_path / "p", durable=False),
+        EmbeddedRedis(tmp_path / "r"),
+    )
     seen: list[str] = []
     with started(nats, pg, rd, on_ready=lambda s: seen.append(s.name)):
         assert seen == ["nats", "postgres", "redis"]
@@ -77,7 +81,9 @@ def test_a_server_that_dies_while_starting_reports_its_log(tmp_path: Path) -> No
         taken.listen()
         port = taken.getsockname()[1]
         server = EmbeddedRedis(tmp_path, port=port)
-        with pytest.raises(EmbeddedError, match=r"redis exited with code \d+ while starting; log .*redis.log"):
+        with pytest.raises(
+            EmbeddedError, match=r"redis exited with code \d+ while starting; log .*redis.log"
+        ):
             server.start()
     assert not server.running
 

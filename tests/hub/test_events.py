@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from hub.catalog import PatternCatalog
 from hub.legacy import LEGACY_EVENT_TYPES, LEGACY_TIMEFRAMES, derived_id, is_legacy, to_v1
-from hub.window import EventWindow
 from hub.model import (
     EVENT_TYPES,
     MAX_DATA_BYTES,
@@ -40,12 +39,15 @@ from hub.subjects import (
     symbol_to_token,
     token_to_symbol,
 )
+from hub.window import EventWindow
 
-CATALOG = PatternCatalog([
-    ("bullish_engulfing", ["CDLENGULFING", "Engulfing Bull"]),
-    ("bull_flag", ["Bull Flag Pattern"]),
-    ("doji", []),
-])
+CATALOG = PatternCatalog(
+    [
+        ("bullish_engulfing", ["CDLENGULFING", "Engulfing Bull"]),
+        ("bull_flag", ["Bull Flag Pattern"]),
+        ("doji", []),
+    ]
+)
 PERMISSIVE = PatternCatalog.permissive()
 SYMBOL_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-/^=$"
 TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-~^=$"
@@ -95,9 +97,20 @@ def dumps(obj: Any) -> bytes:
 
 def test_v1_event_parses_and_normalises() -> None:
     event = parse_event(
-        dumps(good(symbol="brk.b", pattern="Engulfing Bull", detected_at="2024-05-01T16:30:00.25+02:00",
-                   expires_at="2024-05-02T00:00:00Z", price=412.5, volume=1200, levels={"stop": 400},
-                   indicators={"rsi": 61.2}, source="tickstock-pl", data={"note": "é"})),
+        dumps(
+            good(
+                symbol="brk.b",
+                pattern="Engulfing Bull",
+                detected_at="2024-05-01T16:30:00.25+02:00",
+                expires_at="2024-05-02T00:00:00Z",
+                price=412.5,
+                volume=1200,
+                levels={"stop": 400},
+                indicators={"rsi": 61.2},
+                source="tickstock-pl",
+                data={"note": "é"},
+            )
+        ),
         catalog=CATALOG,
     )
     assert event.symbol == "BRK.B"
@@ -106,12 +119,15 @@ def test_v1_event_parses_and_normalises() -> None:
     assert event.detected_at.tzinfo is UTC
     assert event.schema_version == 1
     assert event.levels == {"stop": 400.0}
-    assert event.to_json_bytes() == (
-        '{"confidence":0.82,"data":{"note":"é"},"detected_at":"2024-05-01T14:30:00.250000Z",'
-        '"expires_at":"2024-05-02T00:00:00Z","id":"tsx-0001","indicators":{"rsi":61.2},"levels":{"stop":400.0},'
-        '"pattern":"bullish_engulfing","price":412.5,"schema_version":1,"source":"tickstock-pl",'
-        '"symbol":"BRK.B","timeframe":"daily","type":"pattern_detected","volume":1200.0}'
-    ).encode()
+    assert (
+        event.to_json_bytes()
+        == (
+            '{"confidence":0.82,"data":{"note":"é"},"detected_at":"2024-05-01T14:30:00.250000Z",'
+            '"expires_at":"2024-05-02T00:00:00Z","id":"tsx-0001","indicators":{"rsi":61.2},"levels":{"stop":400.0},'
+            '"pattern":"bullish_engulfing","price":412.5,"schema_version":1,"source":"tickstock-pl",'
+            '"symbol":"BRK.B","timeframe":"daily","type":"pattern_detected","volume":1200.0}'
+        ).encode()
+    )
 
 
 def test_defaults_are_explicit_in_the_encoding() -> None:
@@ -181,10 +197,19 @@ def test_byte_bound_is_checked_before_parsing() -> None:
 # -- rejections -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw", [
-    b"{", b"", b"\xff\xfe{}", "\ud800".encode("utf-8", "surrogatepass"), b'{"a": NaN}', b'{"a": Infinity}',
-    b'{"id": "a", "id": "b"}', b"[" * 50_000,
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{",
+        b"",
+        b"\xff\xfe{}",
+        "\ud800".encode("utf-8", "surrogatepass"),
+        b'{"a": NaN}',
+        b'{"a": Infinity}',
+        b'{"id": "a", "id": "b"}',
+        b"[" * 50_000,
+    ],
+)
 def test_not_json(raw: bytes) -> None:
     rejected(raw, "not_json")
 
@@ -216,26 +241,57 @@ def test_unknown_field_is_named() -> None:
     assert "confidance" in error.detail
 
 
-@pytest.mark.parametrize("changes", [
-    {"id": ""}, {"id": "has space"}, {"id": "x" * 129}, {"id": "naïve"}, {"id": 7},
-    {"pattern": ""}, {"pattern": "p" * 65}, {"pattern": 3},
-    {"source": ""}, {"source": "s" * 65}, {"source": None},
-    {"price": -0.01}, {"price": "1"}, {"volume": -1}, {"volume": True},
-    {"confidence": "0.5"}, {"confidence": True}, {"confidence": None},
-    {"levels": {f"l{i}": 1 for i in range(33)}}, {"levels": {"stop": "1"}}, {"levels": {"": 1}},
-    {"levels": {"x" * 65: 1}}, {"levels": []}, {"indicators": {f"i{i}": 1 for i in range(65)}},
-    {"indicators": {"rsi": None}}, {"data": []}, {"data": "x"},
-    {"schema_version": 2}, {"schema_version": True}, {"schema_version": "1"},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"id": ""},
+        {"id": "has space"},
+        {"id": "x" * 129},
+        {"id": "naïve"},
+        {"id": 7},
+        {"pattern": ""},
+        {"pattern": "p" * 65},
+        {"pattern": 3},
+        {"source": ""},
+        {"source": "s" * 65},
+        {"source": None},
+        {"price": -0.01},
+        {"price": "1"},
+        {"volume": -1},
+        {"volume": True},
+        {"confidence": "0.5"},
+        {"confidence": True},
+        {"confidence": None},
+        {"levels": {f"l{i}": 1 for i in range(33)}},
+        {"levels": {"stop": "1"}},
+        {"levels": {"": 1}},
+        {"levels": {"x" * 65: 1}},
+        {"levels": []},
+        {"indicators": {f"i{i}": 1 for i in range(65)}},
+        {"indicators": {"rsi": None}},
+        {"data": []},
+        {"data": "x"},
+        {"schema_version": 2},
+        {"schema_version": True},
+        {"schema_version": "1"},
+    ],
+)
 def test_invalid_field(changes: dict[str, Any]) -> None:
     error = rejected(dumps(good(**changes)), "invalid_field")
     assert error.fields and error.fields[0]["loc"].split(".")[0] in changes
 
 
-@pytest.mark.parametrize("changes", [
-    {"levels": {"stop": math.inf}}, {"indicators": {"rsi": math.nan}}, {"data": {"x": math.nan}},
-    {"data": {"x": {1, 2}}}, {"source": "\ud800"}, {"levels": {"\udfff": 1}},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"levels": {"stop": math.inf}},
+        {"indicators": {"rsi": math.nan}},
+        {"data": {"x": math.nan}},
+        {"data": {"x": {1, 2}}},
+        {"source": "\ud800"},
+        {"levels": {"\udfff": 1}},
+    ],
+)
 def test_invalid_field_values_only_python_callers_can_send(changes: dict[str, Any]) -> None:
     rejected(good(**changes), "invalid_field")
 
@@ -276,31 +332,48 @@ def test_unknown_pattern() -> None:
     rejected(dumps(good(pattern="doji")), "unknown_pattern", catalog=PatternCatalog([]))
 
 
-@pytest.mark.parametrize("symbol", [
-    "", "BRK B", " AAPL", "AAPL\n", "ABCDEFGHIJKLMNOP", "AAPL*", "AA>", "BRK_B", "BRK~B",
-    "\u00c4PL", "\u00df", 123, None,
-])
+@pytest.mark.parametrize(
+    "symbol",
+    [
+        "",
+        "BRK B",
+        " AAPL",
+        "AAPL\n",
+        "ABCDEFGHIJKLMNOP",
+        "AAPL*",
+        "AA>",
+        "BRK_B",
+        "BRK~B",
+        "\u00c4PL",
+        "\u00df",
+        123,
+        None,
+    ],
+)
 def test_invalid_symbol(symbol: Any) -> None:
     rejected(dumps(good(symbol=symbol)), "invalid_symbol")
 
 
-@pytest.mark.parametrize("changes", [
-    {"detected_at": "2024-05-01T14:30:00"},  # naive
-    {"detected_at": "2024-05-01 14:30:00Z"},
-    {"detected_at": "2024-05-01T14:30Z"},
-    {"detected_at": "2024-05-01T14:30:00+0200"},
-    {"detected_at": "2024-05-01"},
-    {"detected_at": "2024-13-01T00:00:00Z"},
-    {"detected_at": "2024-02-30T00:00:00Z"},
-    {"detected_at": "\uff12\uff10\uff12\uff14-05-01T14:30:00Z"},  # full-width digits
-    {"detected_at": 1714573800},
-    {"detected_at": None},
-    {"detected_at": "0001-01-01T00:00:00+01:00"},  # before year 1 once in UTC
-    {"detected_at": "9999-12-31T23:59:59-01:00"},
-    {"expires_at": "2024-05-01T14:30:00Z"},  # not after detected_at
-    {"expires_at": "2024-05-01T16:29:59+02:00"},
-    {"expires_at": "tomorrow"},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"detected_at": "2024-05-01T14:30:00"},  # naive
+        {"detected_at": "2024-05-01 14:30:00Z"},
+        {"detected_at": "2024-05-01T14:30Z"},
+        {"detected_at": "2024-05-01T14:30:00+0200"},
+        {"detected_at": "2024-05-01"},
+        {"detected_at": "2024-13-01T00:00:00Z"},
+        {"detected_at": "2024-02-30T00:00:00Z"},
+        {"detected_at": "\uff12\uff10\uff12\uff14-05-01T14:30:00Z"},  # full-width digits
+        {"detected_at": 1714573800},
+        {"detected_at": None},
+        {"detected_at": "0001-01-01T00:00:00+01:00"},  # before year 1 once in UTC
+        {"detected_at": "9999-12-31T23:59:59-01:00"},
+        {"expires_at": "2024-05-01T14:30:00Z"},  # not after detected_at
+        {"expires_at": "2024-05-01T16:29:59+02:00"},
+        {"expires_at": "tomorrow"},
+    ],
+)
 def test_invalid_timestamp(changes: dict[str, Any]) -> None:
     rejected(dumps(good(**changes)), "invalid_timestamp")
 
@@ -323,12 +396,15 @@ def test_most_specific_reason_wins_and_every_field_is_listed() -> None:
     assert error.detail.startswith("id: ")
 
 
-@pytest.mark.parametrize(("raw", "reason"), [
-    (good(symbol="X" * 5000), "invalid_symbol"),
-    (good(pattern="Y" * 60), "unknown_pattern"),
-    ({**legacy(), "timestamp": "Z" * 5000}, "invalid_timestamp"),
-    ({**legacy(), "event_type": "E" * 5000}, "unknown_type"),
-])
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (good(symbol="X" * 5000), "invalid_symbol"),
+        (good(pattern="Y" * 60), "unknown_pattern"),
+        ({**legacy(), "timestamp": "Z" * 5000}, "invalid_timestamp"),
+        ({**legacy(), "event_type": "E" * 5000}, "unknown_type"),
+    ],
+)
 def test_error_details_do_not_echo_large_inputs(raw: dict[str, Any], reason: str) -> None:
     assert len(rejected(raw, reason).detail) < 200
 
@@ -354,7 +430,9 @@ def test_event_error_contract() -> None:
     assert str(error) == "subject_mismatch: subject mismatch"
     error = EventError("invalid_field", "price: too low", fields=[{"loc": "price", "msg": "too low"}])
     assert error.as_dict() == {
-        "reason": "invalid_field", "detail": "price: too low", "fields": [{"loc": "price", "msg": "too low"}],
+        "reason": "invalid_field",
+        "detail": "price: too low",
+        "fields": [{"loc": "price", "msg": "too low"}],
     }
     with pytest.raises(ValueError, match="unknown EventError reason"):
         EventError("bad_reason")
@@ -375,10 +453,19 @@ def test_reasons_are_snake_case() -> None:
 # -- pattern catalog --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [
-    "bullish_engulfing", "Bullish Engulfing", "BullishEngulfing", "BULLISH-ENGULFING", " bullish  engulfing ",
-    "CDLENGULFING", "cdl_engulfing", "engulfing-bull",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bullish_engulfing",
+        "Bullish Engulfing",
+        "BullishEngulfing",
+        "BULLISH-ENGULFING",
+        " bullish  engulfing ",
+        "CDLENGULFING",
+        "cdl_engulfing",
+        "engulfing-bull",
+    ],
+)
 def test_catalog_matches_loosely(name: str) -> None:
     assert CATALOG.canonical(name) == "bullish_engulfing"
     assert parse_event(good(pattern=name), catalog=CATALOG).pattern == "bullish_engulfing"
@@ -402,13 +489,20 @@ def test_catalog_construction_errors() -> None:
         PatternCatalog([("doji", "CDLDOJI")])
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("Bullish Engulfing", "bullish_engulfing"), ("BullishEngulfing", "bullish_engulfing"),
-    ("Bull_Flag", "bull_flag"), ("bull-flag", "bull_flag"), ("CDLENGULFING", "cdlengulfing"),
-    ("HTTPServer", "http_server"), ("RSI14Divergence", "rsi14_divergence"),
-    ("Head & Shoulders", "head_shoulders"),
-    ("__doji__", "doji"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Bullish Engulfing", "bullish_engulfing"),
+        ("BullishEngulfing", "bullish_engulfing"),
+        ("Bull_Flag", "bull_flag"),
+        ("bull-flag", "bull_flag"),
+        ("CDLENGULFING", "cdlengulfing"),
+        ("HTTPServer", "http_server"),
+        ("RSI14Divergence", "rsi14_divergence"),
+        ("Head & Shoulders", "head_shoulders"),
+        ("__doji__", "doji"),
+    ],
+)
 def test_permissive_catalog_snake_cases(name: str, expected: str) -> None:
     assert PERMISSIVE.canonical(name) == expected
 
@@ -433,9 +527,19 @@ def test_permissive_name_that_grows_past_the_limit_is_rejected() -> None:
 
 def test_legacy_envelope_becomes_v1() -> None:
     envelope = legacy(
-        ticker="aapl", symbol=DROP, pattern=DROP, pattern_name="Bull Flag Pattern", timeframe="5m",
-        current_price=185.5, volume=1000, expires_at=1714578000.5, levels={"stop": 182},
-        indicators={"relative_volume": 2.1}, action="BUY", source="intraday", timestamp=1714574400,
+        ticker="aapl",
+        symbol=DROP,
+        pattern=DROP,
+        pattern_name="Bull Flag Pattern",
+        timeframe="5m",
+        current_price=185.5,
+        volume=1000,
+        expires_at=1714578000.5,
+        levels={"stop": 182},
+        indicators={"relative_volume": 2.1},
+        action="BUY",
+        source="intraday",
+        timestamp=1714574400,
     )
     envelope["event_type"] = "pattern_alert"
     event = parse_event(dumps(envelope), catalog=CATALOG)
@@ -466,8 +570,15 @@ def test_legacy_timeframes(given_tf: str, expected: str) -> None:
 
 
 def test_legacy_timeframe_table() -> None:
-    assert {"1m": "1min", "1h": "hourly", "60min": "hourly", "1d": "daily", "D": "daily", "1w": "weekly",
-            "1mo": "monthly"}.items() <= LEGACY_TIMEFRAMES.items()
+    assert {
+        "1m": "1min",
+        "1h": "hourly",
+        "60min": "hourly",
+        "1d": "daily",
+        "D": "daily",
+        "1w": "weekly",
+        "1mo": "monthly",
+    }.items() <= LEGACY_TIMEFRAMES.items()
     assert set(LEGACY_TIMEFRAMES.values()) == set(TIMEFRAMES)
 
 
@@ -486,18 +597,35 @@ def test_legacy_unknown_type(event_type: Any) -> None:
     rejected({**legacy(), "event_type": event_type}, "unknown_type")
 
 
-@pytest.mark.parametrize("timestamp", [
-    1714574400, 1714574400.0, "2024-05-01T14:40:00Z", "2024-05-01 16:40:00+02:00",
-    "2024-05-01T14:40:00.000+00:00",
-])
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        1714574400,
+        1714574400.0,
+        "2024-05-01T14:40:00Z",
+        "2024-05-01 16:40:00+02:00",
+        "2024-05-01T14:40:00.000+00:00",
+    ],
+)
 def test_legacy_timestamps(timestamp: Any) -> None:
     event = parse_event({**legacy(), "timestamp": timestamp}, catalog=CATALOG)
     assert event.detected_at == datetime(2024, 5, 1, 14, 40, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("timestamp", [
-    1714574400000, "2024-05-01T14:40:00", "yesterday", True, None, math.nan, 1e300, [1], -1e20,
-])
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        1714574400000,
+        "2024-05-01T14:40:00",
+        "yesterday",
+        True,
+        None,
+        math.nan,
+        1e300,
+        [1],
+        -1e20,
+    ],
+)
 def test_legacy_invalid_timestamps(timestamp: Any) -> None:
     error = rejected({**legacy(), "timestamp": timestamp}, "invalid_timestamp")
     assert error.fields == [{"loc": "timestamp", "msg": "invalid timestamp"}]
@@ -533,8 +661,11 @@ def test_legacy_explicit_id_is_kept() -> None:
 def test_legacy_id_needs_a_json_envelope() -> None:
     rejected(legacy(extra={1, 2}), "invalid_field")
     rejected(legacy(extra=math.nan), "invalid_field")
-    error = rejected(b'{"event_type": "pattern", "timestamp": 1, "data": {"x": "\\udc00", "symbol": "A", '
-                     b'"pattern": "doji", "confidence": 0.5}}', "invalid_field")
+    error = rejected(
+        b'{"event_type": "pattern", "timestamp": 1, "data": {"x": "\\udc00", "symbol": "A", '
+        b'"pattern": "doji", "confidence": 0.5}}',
+        "invalid_field",
+    )
     assert "Unicode" in error.detail
 
 
@@ -625,12 +756,23 @@ def test_subject_builders_validate() -> None:
         symbol_to_token("\u017f")  # long s upper-cases to an ASCII "S"; non-ASCII input is refused first
 
 
-@pytest.mark.parametrize("subject", [
-    "", "tickstock.ingest.daily", "tickstock.ingest.daily.BRK.B", "tickstock.other.daily.AAPL",
-    "tickstock.ingest.1d.AAPL", "tickstock.ingest.daily.aapl", "tickstock.ingest.daily.*",
-    "tickstock.ingest.daily.>", "tickstock.ingest.>", "nats.ingest.daily.AAPL", "tickstock.ingest.daily.",
-    None,
-])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "",
+        "tickstock.ingest.daily",
+        "tickstock.ingest.daily.BRK.B",
+        "tickstock.other.daily.AAPL",
+        "tickstock.ingest.1d.AAPL",
+        "tickstock.ingest.daily.aapl",
+        "tickstock.ingest.daily.*",
+        "tickstock.ingest.daily.>",
+        "tickstock.ingest.>",
+        "nats.ingest.daily.AAPL",
+        "tickstock.ingest.daily.",
+        None,
+    ],
+)
 def test_invalid_subjects(subject: Any) -> None:
     with pytest.raises(EventError) as caught:
         parse_subject(subject)
@@ -660,6 +802,7 @@ def validator() -> Any:
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 
+
 # Everything here is decided the same way by the schema and by parse_event. Checks the schema cannot
 # express (data size, calendar dates, the catalog, lone surrogates) are listed in its description.
 SCHEMA_SAMPLES: list[tuple[dict[str, Any], bool]] = [
@@ -668,19 +811,39 @@ SCHEMA_SAMPLES: list[tuple[dict[str, Any], bool]] = [
     (good(price=None, volume=None, expires_at=None, levels={}, indicators={}, data={}), True),
     (good(price=0, volume=10.5, confidence=1, levels={"support": -1, "target": 2e9}, data={"a": [{}]}), True),
     (good(id="!" * 128, pattern="p" * 64, symbol="^GSPC", detected_at="2024-05-01t14:30:00.1234567z"), True),
-    (good(id=""), False), (good(id="a b"), False), (good(id="x" * 129), False), (good(id=1), False),
-    (good(type="pattern_alert"), False), (good(symbol=""), False), (good(symbol="A" * 16), False),
-    (good(symbol="BRK_B"), False), (good(pattern=""), False), (good(pattern="p" * 65), False),
-    (good(timeframe="1d"), False), (good(confidence=1.01), False), (good(confidence=-0.5), False),
-    (good(confidence="1"), False), (good(confidence=True), False),
+    (good(id=""), False),
+    (good(id="a b"), False),
+    (good(id="x" * 129), False),
+    (good(id=1), False),
+    (good(type="pattern_alert"), False),
+    (good(symbol=""), False),
+    (good(symbol="A" * 16), False),
+    (good(symbol="BRK_B"), False),
+    (good(pattern=""), False),
+    (good(pattern="p" * 65), False),
+    (good(timeframe="1d"), False),
+    (good(confidence=1.01), False),
+    (good(confidence=-0.5), False),
+    (good(confidence="1"), False),
+    (good(confidence=True), False),
     (good(detected_at="2024-05-01T14:30:00"), False),
-    (good(detected_at="2024-05-01"), False), (good(detected_at=0), False), (good(expires_at=5), False),
-    (good(price=-1), False), (good(volume="1"), False), (good(levels={"a": "1"}), False),
+    (good(detected_at="2024-05-01"), False),
+    (good(detected_at=0), False),
+    (good(expires_at=5), False),
+    (good(price=-1), False),
+    (good(volume="1"), False),
+    (good(levels={"a": "1"}), False),
     (good(levels={f"k{i}": 1 for i in range(33)}), False),
     (good(indicators={f"k{i}": 1 for i in range(65)}), False),
-    (good(indicators={"": 1}), False), (good(source=""), False), (good(source="s" * 65), False),
-    (good(data=[]), False), (good(schema_version=2), False), (good(schema_version=True), False),
-    (good(extra=1), False), (good(id=DROP), False), (good(detected_at=DROP), False),
+    (good(indicators={"": 1}), False),
+    (good(source=""), False),
+    (good(source="s" * 65), False),
+    (good(data=[]), False),
+    (good(schema_version=2), False),
+    (good(schema_version=True), False),
+    (good(extra=1), False),
+    (good(id=DROP), False),
+    (good(detected_at=DROP), False),
 ]
 
 
@@ -723,7 +886,8 @@ events = st.fixed_dictionaries(
         "timeframe": st.sampled_from(TIMEFRAMES),
         "confidence": st.floats(min_value=0, max_value=1),
         "detected_at": st.datetimes(
-            min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1),
+            min_value=datetime(1900, 1, 1),
+            max_value=datetime(2100, 1, 1),
             timezones=st.sampled_from(ZONES),
         ).map(lambda d: d.isoformat()),
     },
@@ -772,10 +936,12 @@ ONE_OF_EACH: dict[str, Callable[[], object]] = {
     "data_too_large": lambda: parse_event(good(data={"x": "a" * MAX_DATA_BYTES}), catalog=CATALOG),
     "subject_mismatch": lambda: check_subject(PatternEvent(**good()), "tickstock.ingest.daily.AAPL"),
     "invalid_subject": lambda: parse_subject("tickstock.ingest.daily.BRK.B"),
-    "detected_at_out_of_range": lambda: parse_event(good(detected_at="0001-01-01T00:00:00Z"), catalog=CATALOG,
-                                                    window=EventWindow()),
-    "expires_at_out_of_range": lambda: parse_event(good(expires_at="9999-12-01T00:00:00Z"), catalog=CATALOG,
-                                                   window=EventWindow()),
+    "detected_at_out_of_range": lambda: parse_event(
+        good(detected_at="0001-01-01T00:00:00Z"), catalog=CATALOG, window=EventWindow()
+    ),
+    "expires_at_out_of_range": lambda: parse_event(
+        good(expires_at="9999-12-01T00:00:00Z"), catalog=CATALOG, window=EventWindow()
+    ),
     # raised by the writer when an id is stored with another payload; here only its construction
     "id_conflict": lambda: (_ for _ in ()).throw(EventError("id_conflict", "stored with another payload")),
 }
@@ -794,14 +960,23 @@ _NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 _FIXED = EventWindow(max_age_days=10, max_ahead_s=60, max_expiry_days=5, clock=lambda: _NOW)
 
 
-@pytest.mark.parametrize(("fields", "reason"), [
-    ({"detected_at": "0001-01-01T00:00:00Z"}, "detected_at_out_of_range"),
-    ({"detected_at": "9999-12-31T23:59:59Z"}, "detected_at_out_of_range"),
-    ({"detected_at": "2026-11-24T11:59:59Z"}, "detected_at_out_of_range"),  # one second too old
-    ({"detected_at": "2026-12-04T12:01:01Z"}, "detected_at_out_of_range"),  # one second too far ahead
-    ({"detected_at": "2026-12-01T00:00:00Z", "expires_at": "2026-12-09T12:00:01Z"}, "expires_at_out_of_range"),
-    ({"detected_at": "2026-12-01T00:00:00Z", "expires_at": "9999-01-01T00:00:00+14:00"}, "expires_at_out_of_range"),
-])
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"detected_at": "0001-01-01T00:00:00Z"}, "detected_at_out_of_range"),
+        ({"detected_at": "9999-12-31T23:59:59Z"}, "detected_at_out_of_range"),
+        ({"detected_at": "2026-11-24T11:59:59Z"}, "detected_at_out_of_range"),  # one second too old
+        ({"detected_at": "2026-12-04T12:01:01Z"}, "detected_at_out_of_range"),  # one second too far ahead
+        (
+            {"detected_at": "2026-12-01T00:00:00Z", "expires_at": "2026-12-09T12:00:01Z"},
+            "expires_at_out_of_range",
+        ),
+        (
+            {"detected_at": "2026-12-01T00:00:00Z", "expires_at": "9999-01-01T00:00:00+14:00"},
+            "expires_at_out_of_range",
+        ),
+    ],
+)
 def test_the_window_rejects_times_outside_it(fields: dict[str, Any], reason: str) -> None:
     with pytest.raises(EventError) as caught:
         parse_event(good(**fields), catalog=CATALOG, window=_FIXED)
@@ -812,5 +987,7 @@ def test_the_window_bounds_are_inclusive_and_without_a_window_nothing_is_checked
     for detected in ("2026-11-24T12:00:00Z", "2026-12-04T12:01:00Z"):
         assert parse_event(good(detected_at=detected), catalog=CATALOG, window=_FIXED).detected_at
     edge = good(detected_at="2026-12-01T00:00:00Z", expires_at="2026-12-09T12:00:00Z")
-    assert parse_event(edge, catalog=CATALOG, window=_FIXED).expires_at == datetime(2026, 12, 9, 12, tzinfo=UTC)
+    assert parse_event(edge, catalog=CATALOG, window=_FIXED).expires_at == datetime(
+        2026, 12, 9, 12, tzinfo=UTC
+    )
     assert parse_event(good(detected_at="0001-01-01T00:00:00Z"), catalog=CATALOG).detected_at.year == 1

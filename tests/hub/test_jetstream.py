@@ -12,7 +12,9 @@ from nats.js.errors import BadRequestError, ServerError
 from hub.jetstream import add_stream
 
 
-async def test_a_stream_deleted_and_created_again_at_once_comes_back_empty(jetstream: JetStreamContext) -> None:
+async def test_a_stream_deleted_and_created_again_at_once_comes_back_empty(
+    jetstream: JetStreamContext,
+) -> None:
     config = StreamConfig(name="RECREATED", subjects=["recreated.>"])
     for round_ in range(10):
         await add_stream(jetstream, config)
@@ -22,8 +24,9 @@ async def test_a_stream_deleted_and_created_again_at_once_comes_back_empty(jetst
         await jetstream.delete_stream("RECREATED")
 
 
-async def test_a_refusal_other_than_a_busy_store_is_raised_at_once(jetstream: JetStreamContext,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_refusal_other_than_a_busy_store_is_raised_at_once(
+    jetstream: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
     await add_stream(jetstream, StreamConfig(name="FIRST", subjects=["overlap.>"]))
     caplog.set_level(logging.WARNING, logger="tickstock.jetstream")
     with pytest.raises((BadRequestError, ServerError)) as caught:

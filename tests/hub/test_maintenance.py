@@ -11,8 +11,11 @@ from tests.support import TcpProxy, wait_for
 
 async def _partitions(pool: AsyncConnectionPool) -> int:
     async with pool.connection() as conn:
-        row = await (await conn.execute(
-            "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'pattern_events'::regclass")).fetchone()
+        row = await (
+            await conn.execute(
+                "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'pattern_events'::regclass"
+            )
+        ).fetchone()
     return int(row["n"]) if row else 0
 
 
@@ -37,8 +40,14 @@ async def test_a_failed_round_is_counted_and_the_next_one_recovers(database_url:
         async with open_pool(url, min_size=1, max_size=2, timeout_s=0.3) as pool:
             async with Maintenance(pool, interval_s=0.1, ahead_days=1) as maintenance:
                 await proxy.cut()
-                await wait_for(lambda: maintenance.failures > 0, timeout=30, interval=0.02, what="a failed round")
+                await wait_for(
+                    lambda: maintenance.failures > 0, timeout=30, interval=0.02, what="a failed round"
+                )
                 await proxy.restore()
                 rounds = maintenance.rounds
-                await wait_for(lambda: maintenance.rounds > rounds, timeout=30, interval=0.02,
-                               what="a round after the restore")
+                await wait_for(
+                    lambda: maintenance.rounds > rounds,
+                    timeout=30,
+                    interval=0.02,
+                    what="a round after the restore",
+                )

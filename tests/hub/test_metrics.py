@@ -17,8 +17,11 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def samples(registry: Registry) -> Samples:
     """Every sample of the text exposition, read back by prometheus-client's own parser."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in parse_text(registry.render()) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in parse_text(registry.render())
+        for s in family.samples
+    }
 
 
 def one(metric: Counter | CounterView | Gauge | Histogram) -> Samples:
@@ -191,8 +194,7 @@ def test_registry_renders_families_in_registration_order() -> None:
     registry.add(Counter("b_total", "B."))
     registry.add(Gauge("a", "A.", read=lambda: -1.5))
     assert registry.render() == (
-        "# HELP b_total B.\n# TYPE b_total counter\n"
-        "# HELP a A.\n# TYPE a gauge\na -1.5\n"
+        "# HELP b_total B.\n# TYPE b_total counter\n# HELP a A.\n# TYPE a gauge\na -1.5\n"
     )
 
 
@@ -216,7 +218,8 @@ def test_exposition_follows_the_accept_header() -> None:
     families = {f.name: f for f in parse_openmetrics(text)}
     assert families["tickstock_events_rejected"].type == "counter"
     assert [(s.name, s.labels, s.value) for s in families["tickstock_events_rejected"].samples] == [
-        ("tickstock_events_rejected_total", {"reason": "not_json"}, 1)]
+        ("tickstock_events_rejected_total", {"reason": "not_json"}, 1)
+    ]
     for accept in (None, "", "text/plain", "*/*", "application/json"):
         body, content_type = m.registry.exposition(accept)
         assert content_type == "text/plain; version=0.0.4; charset=utf-8", accept
@@ -236,13 +239,20 @@ def test_hub_metrics_render_as_valid_exposition_text() -> None:
     m.dlq_depth.set(1, reason="all")
     families = {f.name: f for f in parse_text(m.render())}
     kinds = {name: family.type for name, family in families.items()}
-    assert kinds.items() >= {
-        "tickstock_events_ingested": "counter", "tickstock_events_stored": "counter",
-        "tickstock_events_rejected": "counter", "tickstock_dead_letters": "counter",
-        "tickstock_writer_batch_size": "histogram", "tickstock_writer_batch_seconds": "histogram",
-        "tickstock_ingest_to_stored_seconds": "histogram", "tickstock_consumer": "gauge",
-        "tickstock_dead_letters_pending": "gauge",
-    }.items()
+    assert (
+        kinds.items()
+        >= {
+            "tickstock_events_ingested": "counter",
+            "tickstock_events_stored": "counter",
+            "tickstock_events_rejected": "counter",
+            "tickstock_dead_letters": "counter",
+            "tickstock_writer_batch_size": "histogram",
+            "tickstock_writer_batch_seconds": "histogram",
+            "tickstock_ingest_to_stored_seconds": "histogram",
+            "tickstock_consumer": "gauge",
+            "tickstock_dead_letters_pending": "gauge",
+        }.items()
+    )
     found = samples(m.registry)
     assert found[("tickstock_events_ingested_total", ())] == 5
     assert found[("tickstock_events_rejected_total", (("reason", "not_json"),))] == 1

@@ -30,8 +30,10 @@ KB = 1000
 async def js(jetstream: JetStreamContext) -> AsyncIterator[JetStreamContext]:
     """A fresh stream with one durable, explicitly acknowledged pull consumer."""
     await add_stream(jetstream, StreamConfig(name=STREAM, subjects=["pulltest.>"], max_msg_size=1 << 20))
-    await jetstream.add_consumer(STREAM, ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT,
-                                                        ack_wait=30, max_waiting=16))
+    await jetstream.add_consumer(
+        STREAM,
+        ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_waiting=16),
+    )
     yield jetstream
 
 
@@ -44,8 +46,9 @@ async def _publish(js: JetStreamContext, *payloads: bytes) -> None:
         await js.publish(SUBJECT, payload)
 
 
-async def _fetch_requested(spy_nc: NATS, puller: Puller, batch: int, *,
-                           timeout: float) -> tuple[asyncio.Task[list[Msg]], Msg]:
+async def _fetch_requested(
+    spy_nc: NATS, puller: Puller, batch: int, *, timeout: float
+) -> tuple[asyncio.Task[list[Msg]], Msg]:
     """Start ``puller.fetch(batch, timeout=timeout)`` and return its task once the server has been sent its
     pull request (seen by a spy on ``spy_nc``: a barrier, not a sleep), with that request."""
     spy = await spy_nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{CONSUMER}")
@@ -64,7 +67,8 @@ async def _ack_all(msgs: list[Msg]) -> None:
 
 
 async def test_fetch_returns_up_to_batch_in_stream_order_without_waiting_for_more(
-        js: JetStreamContext, nats_client: NATS) -> None:
+    js: JetStreamContext, nats_client: NATS
+) -> None:
     await _publish(js, *(f"m{i}".encode() for i in range(7)))
     async with _puller(nats_client) as puller, within(10, what="two fetches of messages already stored"):
         # Were a fetch to hold what it has until its timeout (30 s), the deadline (10 s) would fail it.
@@ -77,8 +81,10 @@ async def test_fetch_returns_up_to_batch_in_stream_order_without_waiting_for_mor
 
 
 async def test_acked_messages_are_done_and_unacked_come_back(js: JetStreamContext, nats_client: NATS) -> None:
-    await js.add_consumer(STREAM, ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT,
-                                                 ack_wait=1, max_waiting=16))  # an update: ack_wait 1 s
+    await js.add_consumer(
+        STREAM,
+        ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=1, max_waiting=16),
+    )  # an update: ack_wait 1 s
     await _publish(js, b"a", b"b", b"c")
     async with _puller(nats_client) as puller:
         msgs = await puller.fetch(3, timeout=2)
@@ -98,7 +104,8 @@ async def test_acked_messages_are_done_and_unacked_come_back(js: JetStreamContex
 
 
 async def test_a_fetch_is_bounded_in_bytes_but_never_empty_while_messages_remain(
-        js: JetStreamContext, nats_client: NATS) -> None:
+    js: JetStreamContext, nats_client: NATS
+) -> None:
     payloads = [bytes([65 + i]) * (100 * KB) for i in range(8)]
     await _publish(js, *payloads)
     got: list[bytes] = []
@@ -116,7 +123,8 @@ async def test_a_fetch_is_bounded_in_bytes_but_never_empty_while_messages_remain
 
 
 async def test_an_empty_stream_gives_an_empty_list_after_about_the_timeout(
-        js: JetStreamContext, nats_client: NATS) -> None:
+    js: JetStreamContext, nats_client: NATS
+) -> None:
     async with _puller(nats_client) as puller:
         for timeout in (0.2, 0.6):
             started = time.monotonic()
@@ -131,13 +139,16 @@ async def test_a_fetch_waits_for_the_first_message(js: JetStreamContext, nats_cl
         fetching, _ = await _fetch_requested(nats_client, puller, 10, timeout=30)
         assert not fetching.done()  # the request is out and the stream is empty
         await _publish(js, b"late")
-        async with within(10, what="the fetch after the message arrived"):  # delivered on arrival, not at 30 s
+        async with within(
+            10, what="the fetch after the message arrived"
+        ):  # delivered on arrival, not at 30 s
             msgs = await fetching
     assert [m.data for m in msgs] == [b"late"]
 
 
 async def test_messages_delivered_after_a_fetch_gave_up_are_returned_by_the_next(
-        js: JetStreamContext, nats_client: NATS) -> None:
+    js: JetStreamContext, nats_client: NATS
+) -> None:
     async with _puller(nats_client) as puller:
         # The caller gives up (its own deadline, or a shutdown) while the server still holds the request.
         gave_up, _ = await _fetch_requested(nats_client, puller, 5, timeout=10)
@@ -162,8 +173,9 @@ async def test_messages_delivered_after_a_fetch_gave_up_are_returned_by_the_next
         assert info.num_ack_pending == 0 and info.num_redelivered == 0
 
 
-async def test_a_stale_status_reply_is_not_returned_as_a_message(js: JetStreamContext,
-                                                                  nats_client: NATS) -> None:
+async def test_a_stale_status_reply_is_not_returned_as_a_message(
+    js: JetStreamContext, nats_client: NATS
+) -> None:
     async with _puller(nats_client) as puller:
         gave_up = asyncio.create_task(puller.fetch(5, timeout=0.2))
         await asyncio.sleep(0.05)
@@ -184,8 +196,12 @@ async def _raw_publish(url: str, subject: str, header_block: bytes) -> None:
     try:
         await reader.readline()  # INFO
         size = len(header_block)
-        writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true}\r\n'
-                     + f"HPUB {subject} {size} {size}\r\n".encode() + header_block + b"\r\nPING\r\n")
+        writer.write(
+            b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true}\r\n'
+            + f"HPUB {subject} {size} {size}\r\n".encode()
+            + header_block
+            + b"\r\nPING\r\n"
+        )
         await writer.drain()
         assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"PONG")
     finally:
@@ -194,7 +210,8 @@ async def _raw_publish(url: str, subject: str, header_block: bytes) -> None:
 
 
 async def test_an_idle_heartbeat_is_skipped_and_the_fetch_keeps_waiting(
-        js: JetStreamContext, nats_client: NATS, servers: Servers) -> None:
+    js: JetStreamContext, nats_client: NATS, servers: Servers
+) -> None:
     async with _puller(nats_client) as puller:
         fetching, request = await _fetch_requested(nats_client, puller, 1, timeout=30)
         await _raw_publish(servers.nats_url, request.reply, b"NATS/1.0 100 Idle Heartbeat\r\n\r\n")
@@ -216,8 +233,9 @@ async def test_leaving_after_the_connection_closed_is_quiet(js: JetStreamContext
         await nc.close()
 
 
-async def test_a_missing_consumer_is_an_error_not_an_empty_fetch(js: JetStreamContext,
-                                                                  nats_client: NATS) -> None:
+async def test_a_missing_consumer_is_an_error_not_an_empty_fetch(
+    js: JetStreamContext, nats_client: NATS
+) -> None:
     version = nats_client.connected_server_version
     if (version.major, version.minor) < (2, 10):
         pytest.skip(f"nats-server {version} answers a pull for a missing consumer like an empty one")
@@ -234,7 +252,8 @@ async def test_a_missing_consumer_is_an_error_not_an_empty_fetch(js: JetStreamCo
 
 
 async def test_an_answer_lost_with_the_connection_gives_an_empty_fetch_after_the_timeout(
-        js: JetStreamContext, servers: Servers) -> None:
+    js: JetStreamContext, servers: Servers
+) -> None:
     parts = urlsplit(servers.nats_url)
     async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 4222) as proxy:
         nc = NATS()
@@ -252,7 +271,9 @@ async def test_an_answer_lost_with_the_connection_gives_an_empty_fetch_after_the
                 async def fetched() -> list[Msg]:  # once the client reconnects and resubscribes its inbox
                     return await puller.fetch(10, timeout=0.5)
 
-                got = await wait_for(fetched, timeout=30, interval=0, what="a fetch after the connection came back")
+                got = await wait_for(
+                    fetched, timeout=30, interval=0, what="a fetch after the connection came back"
+                )
                 assert [m.data for m in got] == [b"after-outage"]
                 await _ack_all(got)
         finally:

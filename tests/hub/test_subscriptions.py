@@ -15,8 +15,14 @@ SYMBOLS = ["AAPL", "MSFT", "JPM", "XOM"]
 PATTERNS = ["hammer", "doji"]
 
 
-def entry(seq: int, symbol: str = "AAPL", pattern: str = "hammer", timeframe: str = "daily",
-          type_: str = "pattern_detected", confidence: float = 0.5) -> Entry:
+def entry(
+    seq: int,
+    symbol: str = "AAPL",
+    pattern: str = "hammer",
+    timeframe: str = "daily",
+    type_: str = "pattern_detected",
+    confidence: float = 0.5,
+) -> Entry:
     return Entry(seq, symbol, pattern, timeframe, type_, confidence, "{}", 0.0)
 
 
@@ -65,36 +71,53 @@ def test_filter_rejects_unknown_fields_and_out_of_range_values() -> None:
 
 
 def test_entry_from_json_reads_the_fields_filters_use() -> None:
-    e = Entry.from_json(7, b'{"symbol":"AAPL","pattern":"hammer","timeframe":"daily","type":"pattern_detected",'
-                           b'"confidence":0.9,"id":"x"}', 1.5)
+    e = Entry.from_json(
+        7,
+        b'{"symbol":"AAPL","pattern":"hammer","timeframe":"daily","type":"pattern_detected",'
+        b'"confidence":0.9,"id":"x"}',
+        1.5,
+    )
     assert (e.seq, e.symbol, e.confidence, e.stored_at) == (7, "AAPL", 0.9, 1.5)
     with pytest.raises(KeyError):
         Entry.from_json(8, b'{"symbol":"AAPL"}', 0)
 
 
-filters = st.fixed_dictionaries({}, optional={
-    "symbols": st.lists(st.sampled_from(SYMBOLS), max_size=3),
-    "patterns": st.lists(st.sampled_from(PATTERNS), max_size=2),
-    "timeframes": st.lists(st.sampled_from(["daily", "hourly"]), max_size=2),
-    "types": st.lists(st.sampled_from(["pattern_detected", "pattern_expired"]), max_size=2),
-    "confidence_min": st.sampled_from([0.0, 0.3, 0.7]),
-})
+filters = st.fixed_dictionaries(
+    {},
+    optional={
+        "symbols": st.lists(st.sampled_from(SYMBOLS), max_size=3),
+        "patterns": st.lists(st.sampled_from(PATTERNS), max_size=2),
+        "timeframes": st.lists(st.sampled_from(["daily", "hourly"]), max_size=2),
+        "types": st.lists(st.sampled_from(["pattern_detected", "pattern_expired"]), max_size=2),
+        "confidence_min": st.sampled_from([0.0, 0.3, 0.7]),
+    },
+)
 
 
 @given(st.lists(filters, min_size=1, max_size=12), st.integers(0, 2**32))
-def test_the_index_agrees_with_checking_every_subscription(chosen: list[dict[str, object]], seed: int) -> None:
+def test_the_index_agrees_with_checking_every_subscription(
+    chosen: list[dict[str, object]], seed: int
+) -> None:
     rng = random.Random(seed)
     index = SubscriptionIndex()
     owners = [object() for _ in range(4)]
     subs = []
     for i, f in enumerate(chosen):
         symbols = f.pop("symbols", None)
-        s = Subscription(f"s{i}", rng.choice(owners), Filter(**f), frozenset(symbols) if symbols else None, order=i)
+        s = Subscription(
+            f"s{i}", rng.choice(owners), Filter(**f), frozenset(symbols) if symbols else None, order=i
+        )
         subs.append(s)
         index.add(s)
     for seq in range(30):
-        e = entry(seq, rng.choice(SYMBOLS), rng.choice(PATTERNS), rng.choice(["daily", "hourly"]),
-                  rng.choice(["pattern_detected", "pattern_expired"]), rng.choice([0.1, 0.5, 0.9]))
+        e = entry(
+            seq,
+            rng.choice(SYMBOLS),
+            rng.choice(PATTERNS),
+            rng.choice(["daily", "hourly"]),
+            rng.choice(["pattern_detected", "pattern_expired"]),
+            rng.choice([0.1, 0.5, 0.9]),
+        )
         brute: dict[object, list[Subscription]] = {}
         for s in subs:
             if s.matches(e):

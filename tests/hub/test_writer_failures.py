@@ -51,12 +51,15 @@ def _via(url: str, port: int) -> str:
 
 
 @pytest.mark.slow
-async def test_database_outage_hands_batches_back_with_backoff_and_loses_nothing(settings: Settings, ref_pool) -> None:  # type: ignore[no-untyped-def]
+async def test_database_outage_hands_batches_back_with_backoff_and_loses_nothing(
+    settings: Settings, ref_pool
+) -> None:  # type: ignore[no-untyped-def]
     await delete_all_streams(settings.nats_url or "")
     parts = urlsplit(settings.database_url or "")
     async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-        proxied = dataclasses.replace(settings, database_url=_via(settings.database_url or "", proxy.port),
-                                      pool_timeout_s=0.5)
+        proxied = dataclasses.replace(
+            settings, database_url=_via(settings.database_url or "", proxy.port), pool_timeout_s=0.5
+        )
         async with LiveHub(proxied) as hub:
             js = hub.hub.js
             await publish_events(js, [make_event(i, prefix="outage", symbol="IBM") for i in range(300)])
@@ -67,7 +70,9 @@ async def test_database_outage_hands_batches_back_with_backoff_and_loses_nothing
             retries_during = hub.hub.metrics.retries.total()
             assert retries_during > 0
             await proxy.restore()
-            await wait_for(lambda: _stored_at_least(ref_pool, "outage", 900), timeout=60, what="backlog drained")
+            await wait_for(
+                lambda: _stored_at_least(ref_pool, "outage", 900), timeout=60, what="backlog drained"
+            )
             metrics = hub.hub.metrics
             await wait_settled(js)
             msgs = await clean_stream_messages(js)
@@ -86,9 +91,13 @@ async def test_database_outage_hands_batches_back_with_backoff_and_loses_nothing
 @pytest.mark.slow
 async def test_two_hub_nodes_share_the_writer_and_store_each_event_once(settings: Settings, ref_pool) -> None:  # type: ignore[no-untyped-def]
     await delete_all_streams(settings.nats_url or "")
-    async with LiveHub(dataclasses.replace(settings, writer_batch=50)) as a, \
-            LiveHub(dataclasses.replace(settings, writer_batch=50)) as b:
-        await publish_events(a.hub.js, [make_event(i, prefix="twonodes", symbol=SYMBOLS[i % 10]) for i in range(4000)])
+    async with (
+        LiveHub(dataclasses.replace(settings, writer_batch=50)) as a,
+        LiveHub(dataclasses.replace(settings, writer_batch=50)) as b,
+    ):
+        await publish_events(
+            a.hub.js, [make_event(i, prefix="twonodes", symbol=SYMBOLS[i % 10]) for i in range(4000)]
+        )
         await wait_for(lambda: _stored_at_least(ref_pool, "twonodes", 4000), timeout=60, what="4000 stored")
         # a batch is committed before it is published: wait for the clean stream too
         await wait_for(lambda: _clean_at_least(a.hub.js, 4000), timeout=30, what="4000 on the clean stream")
@@ -104,20 +113,33 @@ async def test_two_hub_nodes_share_the_writer_and_store_each_event_once(settings
     assert len(ids) == len(set(ids)) == 4000
 
 
-async def test_exhausted_deliveries_become_dead_letters_with_the_original_payload(settings: Settings, ref_pool) -> None:  # type: ignore[no-untyped-def]
+async def test_exhausted_deliveries_become_dead_letters_with_the_original_payload(
+    settings: Settings, ref_pool
+) -> None:  # type: ignore[no-untyped-def]
     """The database answers but the clean stream is gone: every attempt fails after the insert, the
     consumer's max_deliver runs out, and the advisory turns the message into a dead letter."""
     await delete_all_streams(settings.nats_url or "")
     async with LiveHub(dataclasses.replace(settings, ingest_max_deliver=2)) as hub:
         js = hub.hub.js
         await js.delete_stream("TICKSTOCK_PATTERNS")
-        await publish_raw(js, [("tickstock.ingest.daily.KO", json.dumps(make_event(7, prefix="exhaust", symbol="KO")).encode(),
-                                {"Nats-Msg-Id": "exhaust-7", "X-Producer": "tests"})])
+        await publish_raw(
+            js,
+            [
+                (
+                    "tickstock.ingest.daily.KO",
+                    json.dumps(make_event(7, prefix="exhaust", symbol="KO")).encode(),
+                    {"Nats-Msg-Id": "exhaust-7", "X-Producer": "tests"},
+                )
+            ],
+        )
 
         async def letter() -> dict | None:  # type: ignore[type-arg]
             async with ref_pool.connection() as conn:
-                return await (await conn.execute(
-                    "SELECT reason, headers, payload, deliveries FROM dead_letters WHERE event_id = 'exhaust-7'")).fetchone()
+                return await (
+                    await conn.execute(
+                        "SELECT reason, headers, payload, deliveries FROM dead_letters WHERE event_id = 'exhaust-7'"
+                    )
+                ).fetchone()
 
         row = await wait_for(letter, timeout=30, what="the exhausted message dead-lettered")
         await wait_for(lambda: _ingest_empty(js), what="the message removed from the work queue")
@@ -125,7 +147,9 @@ async def test_exhausted_deliveries_become_dead_letters_with_the_original_payloa
     assert row["headers"]["X-Producer"] == "tests"
     assert json.loads(bytes(row["payload"]))["id"] == "exhaust-7"
     async with ref_pool.connection() as conn:
-        stored = await (await conn.execute("SELECT stream_seq FROM pattern_events WHERE id = 'exhaust-7'")).fetchone()
+        stored = await (
+            await conn.execute("SELECT stream_seq FROM pattern_events WHERE id = 'exhaust-7'")
+        ).fetchone()
     assert stored == {"stream_seq": None}  # stored, never published: a replay publishes it
 
 
@@ -133,10 +157,17 @@ async def _ingest_empty(js) -> bool:  # type: ignore[no-untyped-def]
     return (await js.stream_info(INGEST_STREAM)).state.messages == 0
 
 
-async def test_stopping_the_hub_leaves_unfinished_work_for_the_next_node(settings: Settings, ref_pool) -> None:  # type: ignore[no-untyped-def]
+async def test_stopping_the_hub_leaves_unfinished_work_for_the_next_node(
+    settings: Settings, ref_pool
+) -> None:  # type: ignore[no-untyped-def]
     await delete_all_streams(settings.nats_url or "")
     async with LiveHub(settings) as hub:
-        await publish_events(hub.hub.js, [make_event(i, prefix="handover", symbol="XOM") for i in range(2000)])
+        await publish_events(
+            hub.hub.js, [make_event(i, prefix="handover", symbol="XOM") for i in range(2000)]
+        )
     async with LiveHub(settings):
         await wait_for(lambda: _stored_at_least(ref_pool, "handover", 2000), timeout=60, what="all stored")
-    assert await _count(ref_pool, "SELECT count(DISTINCT id) FROM pattern_events WHERE id LIKE 'handover-%%'") == 2000
+    assert (
+        await _count(ref_pool, "SELECT count(DISTINCT id) FROM pattern_events WHERE id LIKE 'handover-%%'")
+        == 2000
+    )

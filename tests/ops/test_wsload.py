@@ -16,9 +16,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ops"))
 
-from wsload import Conn, Load, expected_counts  # noqa: E402
+from wsload import Conn, Load, expected_counts
 
-from tests.support import free_port, serve_started  # noqa: E402
+from tests.support import free_port, serve_started
 
 CONNECTIONS = 6
 FIRST, COUNT = 10, 50  # measured indices 10..59; 0..9 are warm-up
@@ -30,8 +30,15 @@ async def feed(websocket: WebSocket) -> None:
     await websocket.accept()
     await websocket.send_text(json.dumps({"op": "pong", "ts": 1}))
     for i in SENT:
-        await websocket.send_text(json.dumps({"op": "event", "seq": i, "event": {
-            "symbol": "AAPL", "data": {"bench_i": i, "bench_t0": time.time()}}}))
+        await websocket.send_text(
+            json.dumps(
+                {
+                    "op": "event",
+                    "seq": i,
+                    "event": {"symbol": "AAPL", "data": {"bench_i": i, "bench_t0": time.time()}},
+                }
+            )
+        )
     try:
         while True:
             await websocket.receive_text()
@@ -42,8 +49,15 @@ async def feed(websocket: WebSocket) -> None:
 @pytest.mark.timeout(60)
 async def test_counts_deliveries_losses_duplicates_and_inversions() -> None:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[WebSocketRoute("/ws", feed)]), host="127.0.0.1",
-                                           port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=[WebSocketRoute("/ws", feed)]),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
     task = await serve_started(server)
 
     def run() -> dict[str, object]:

@@ -59,7 +59,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("token", HOSTILE.values(), ids=HOSTILE.keys())
 def test_hostile_tokens_are_refused_with_one_error(token: object) -> None:
-    with pytest.raises(CursorError, match="^invalid cursor: ") as raised:
+    with pytest.raises(CursorError, match=r"^invalid cursor: ") as raised:
         CODEC.decode("scan", token)
     assert raised.value.reason and isinstance(raised.value, ValueError)
 

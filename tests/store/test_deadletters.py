@@ -33,10 +33,18 @@ async def conn(pool: AsyncConnectionPool) -> AsyncIterator[Conn]:
         yield c
 
 
-async def _record(conn: Conn, key: str, *, reason: str = "not_json", payload: bytes = b"{oops",
-                  **extra: Any) -> int:
-    return await record_dead_letter(conn, source_key=key, subject="tickstock.ingest.daily.AAPL",
-                                    payload=payload, headers={"Nats-Msg-Id": key}, reason=reason, **extra)
+async def _record(
+    conn: Conn, key: str, *, reason: str = "not_json", payload: bytes = b"{oops", **extra: Any
+) -> int:
+    return await record_dead_letter(
+        conn,
+        source_key=key,
+        subject="tickstock.ingest.daily.AAPL",
+        payload=payload,
+        headers={"Nats-Msg-Id": key},
+        reason=reason,
+        **extra,
+    )
 
 
 async def _ids(conn: Conn, **filters: Any) -> list[int]:
@@ -47,10 +55,18 @@ async def test_record_keeps_everything_and_get_returns_it(conn: Conn) -> None:
     seen = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     payload = b'{"id": "ev-1", "confidence": 85}'
     dead_letter_id = await record_dead_letter(
-        conn, source_key="ingest:1", subject="tickstock.ingest.daily.AAPL", payload=payload,
-        headers={"Nats-Msg-Id": "ev-1", "X-Trace": "abc"}, reason="confidence_out_of_range",
-        detail="confidence: must be at most 1", errors=[{"loc": "confidence", "msg": "too big"}],
-        event_id="ev-1", deliveries=3, first_seen=seen)
+        conn,
+        source_key="ingest:1",
+        subject="tickstock.ingest.daily.AAPL",
+        payload=payload,
+        headers={"Nats-Msg-Id": "ev-1", "X-Trace": "abc"},
+        reason="confidence_out_of_range",
+        detail="confidence: must be at most 1",
+        errors=[{"loc": "confidence", "msg": "too big"}],
+        event_id="ev-1",
+        deliveries=3,
+        first_seen=seen,
+    )
     letter = await get_dead_letter(conn, dead_letter_id)
     assert letter is not None
     assert letter.id == dead_letter_id
@@ -98,8 +114,10 @@ async def test_get_unknown_is_none(conn: Conn) -> None:
 
 
 async def test_list_is_newest_first_with_filters_and_paging(conn: Conn) -> None:
-    ids = [await _record(conn, f"ingest:list-{i}", reason="not_json" if i % 2 else "unknown_pattern")
-           for i in range(7)]
+    ids = [
+        await _record(conn, f"ingest:list-{i}", reason="not_json" if i % 2 else "unknown_pattern")
+        for i in range(7)
+    ]
     assert await _ids(conn) == ids[::-1]
     assert await _ids(conn, reason="not_json") == [ids[5], ids[3], ids[1]]
     assert await _ids(conn, reason="nothing_like_this") == []
@@ -139,8 +157,10 @@ async def test_mark_replayed_stamps_and_counts(conn: Conn) -> None:
 
 
 async def test_purge_by_ids_reason_replayed_and_everything(conn: Conn) -> None:
-    ids = [await _record(conn, f"ingest:purge-{i}", reason=("not_json", "too_large", "unknown_type")[i % 3])
-           for i in range(9)]
+    ids = [
+        await _record(conn, f"ingest:purge-{i}", reason=("not_json", "too_large", "unknown_type")[i % 3])
+        for i in range(9)
+    ]
     assert await purge_dead_letters(conn, ids=[ids[0], ids[1], 987_654_321]) == 2
     assert await purge_dead_letters(conn, ids=[]) == 0
     assert await purge_dead_letters(conn, reason="unknown_type") == 3  # 2, 5, 8
@@ -170,9 +190,19 @@ async def test_purge_without_a_condition_is_refused(conn: Conn) -> None:
 def _letter(payload: bytes, **changes: Any) -> DeadLetter:
     seen = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     fields: dict[str, Any] = {
-        "id": 1, "source_key": "ingest:1", "subject": "tickstock.ingest.daily.AAPL", "payload": payload,
-        "headers": {"Nats-Msg-Id": "m"}, "reason": "not_json", "detail": "d", "errors": [],
-        "event_id": None, "deliveries": 1, "first_seen": seen, "last_seen": seen, "replayed_at": None,
+        "id": 1,
+        "source_key": "ingest:1",
+        "subject": "tickstock.ingest.daily.AAPL",
+        "payload": payload,
+        "headers": {"Nats-Msg-Id": "m"},
+        "reason": "not_json",
+        "detail": "d",
+        "errors": [],
+        "event_id": None,
+        "deliveries": 1,
+        "first_seen": seen,
+        "last_seen": seen,
+        "replayed_at": None,
         "replay_count": 0,
     }
     fields.update(changes)

@@ -25,7 +25,9 @@ def test_shipped_migrations_are_ordered_and_unique() -> None:
 async def test_rerun_is_a_no_op(pool: AsyncConnectionPool) -> None:
     async with pool.connection() as conn:
         assert await migrate(conn) == []
-        rows = await (await conn.execute("SELECT version, name FROM schema_migrations ORDER BY version")).fetchall()
+        rows = await (
+            await conn.execute("SELECT version, name FROM schema_migrations ORDER BY version")
+        ).fetchall()
     assert [(r["version"], r["name"]) for r in rows] == [(m.version, m.name) for m in available_migrations()]
 
 
@@ -40,13 +42,19 @@ async def test_edited_migration_is_refused(pool: AsyncConnectionPool) -> None:
 async def test_failed_migration_rolls_back_and_is_not_recorded(pool: AsyncConnectionPool) -> None:
     bad = Migration(900, "broken", "CREATE TABLE half_done (x int); SELECT no_such_function();")
     async with pool.connection() as conn:
-        with pytest.raises(MigrationError, match=r"0900_broken failed: function no_such_function\(\) does not exist"):
+        with pytest.raises(
+            MigrationError, match=r"0900_broken failed: function no_such_function\(\) does not exist"
+        ):
             await migrate(conn, migrations=[bad])
         assert await (await conn.execute("SELECT to_regclass('half_done') AS t")).fetchone() == {"t": None}
-        assert await (await conn.execute("SELECT count(*) AS n FROM schema_migrations WHERE version = 900")).fetchone() == {"n": 0}
+        assert await (
+            await conn.execute("SELECT count(*) AS n FROM schema_migrations WHERE version = 900")
+        ).fetchone() == {"n": 0}
 
 
-async def test_concurrent_nodes_apply_each_migration_once(pool: AsyncConnectionPool, database_url: str) -> None:
+async def test_concurrent_nodes_apply_each_migration_once(
+    pool: AsyncConnectionPool, database_url: str
+) -> None:
     extra = Migration(901, "counted", "CREATE TABLE counted (x int); INSERT INTO counted VALUES (1);")
 
     async def node() -> list[Migration]:
@@ -72,8 +80,10 @@ def empty_database_url(servers: Servers) -> Iterator[str]:
 
 
 NODES = 6
-SMALL = [Migration(1, "one", "CREATE TABLE one (x int); INSERT INTO one VALUES (1);"),
-         Migration(2, "two", "CREATE TABLE two (x int); INSERT INTO two VALUES (2);")]
+SMALL = [
+    Migration(1, "one", "CREATE TABLE one (x int); INSERT INTO one VALUES (1);"),
+    Migration(2, "two", "CREATE TABLE two (x int); INSERT INTO two VALUES (2);"),
+]
 
 
 @pytest.mark.parametrize("round_", range(5))
@@ -96,5 +106,7 @@ async def test_concurrent_nodes_migrate_an_empty_database(empty_database_url: st
     async with await psycopg.AsyncConnection.connect(empty_database_url, autocommit=True) as conn:
         rows = await (await conn.execute("SELECT version FROM schema_migrations ORDER BY version")).fetchall()
         assert [r[0] for r in rows] == [1, 2]
-        counts = await (await conn.execute("SELECT (SELECT count(*) FROM one), (SELECT count(*) FROM two)")).fetchone()
+        counts = await (
+            await conn.execute("SELECT (SELECT count(*) FROM one), (SELECT count(*) FROM two)")
+        ).fetchone()
         assert counts == (1, 1)

@@ -11,8 +11,12 @@ async def test_pool_gives_dict_rows_and_applies_the_statement_timeout(database_u
     async with open_pool(database_url, min_size=1, max_size=2, statement_timeout_ms=200) as pool:
         await ping(pool)
         async with pool.connection() as conn:
-            row = await (await conn.execute("SELECT current_setting('statement_timeout') AS t, "
-                                            "current_setting('application_name') AS app")).fetchone()
+            row = await (
+                await conn.execute(
+                    "SELECT current_setting('statement_timeout') AS t, "
+                    "current_setting('application_name') AS app"
+                )
+            ).fetchone()
             assert row == {"t": "200ms", "app": "tickstock-hub"}
             with pytest.raises(psycopg.errors.QueryCanceled):
                 await conn.execute("SELECT pg_sleep(2)")

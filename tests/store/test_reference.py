@@ -29,9 +29,16 @@ DATA = Path(reference.__file__).with_name("reference_data")
 MIGRATION = Path(reference.__file__).with_name("migrations") / "0001_reference.sql"
 TIMEFRAMES = ["1min", "5min", "15min", "30min", "hourly", "daily", "weekly", "monthly"]
 SECTORS = {
-    "sector-communication-services": 23, "sector-consumer-discretionary": 47, "sector-consumer-staples": 34,
-    "sector-energy": 21, "sector-financials": 76, "sector-health-care": 59, "sector-industrials": 83,
-    "sector-information-technology": 73, "sector-materials": 25, "sector-real-estate": 31,
+    "sector-communication-services": 23,
+    "sector-consumer-discretionary": 47,
+    "sector-consumer-staples": 34,
+    "sector-energy": 21,
+    "sector-financials": 76,
+    "sector-health-care": 59,
+    "sector-industrials": 83,
+    "sector-information-technology": 73,
+    "sector-materials": 25,
+    "sector-real-estate": 31,
     "sector-utilities": 31,
 }
 MEMBERS = {"sp500": 503, "dow30": 30, "nasdaq100": 101, "nasdaq": 5561, "nyse": 2918, "etfs": 5624, **SECTORS}
@@ -39,17 +46,66 @@ MEMBERS = {"sp500": 503, "dow30": 30, "nasdaq100": 101, "nasdaq": 5561, "nyse": 
 SYMBOLS = 5561 + 7543 + 2
 # TA-Lib's pattern-recognition group, in its own order.
 TALIB_CANDLESTICKS = (
-    "CDL2CROWS", "CDL3BLACKCROWS", "CDL3INSIDE", "CDL3LINESTRIKE", "CDL3OUTSIDE", "CDL3STARSINSOUTH",
-    "CDL3WHITESOLDIERS", "CDLABANDONEDBABY", "CDLADVANCEBLOCK", "CDLBELTHOLD", "CDLBREAKAWAY",
-    "CDLCLOSINGMARUBOZU", "CDLCONCEALBABYSWALL", "CDLCOUNTERATTACK", "CDLDARKCLOUDCOVER", "CDLDOJI",
-    "CDLDOJISTAR", "CDLDRAGONFLYDOJI", "CDLENGULFING", "CDLEVENINGDOJISTAR", "CDLEVENINGSTAR",
-    "CDLGAPSIDESIDEWHITE", "CDLGRAVESTONEDOJI", "CDLHAMMER", "CDLHANGINGMAN", "CDLHARAMI", "CDLHARAMICROSS",
-    "CDLHIGHWAVE", "CDLHIKKAKE", "CDLHIKKAKEMOD", "CDLHOMINGPIGEON", "CDLIDENTICAL3CROWS", "CDLINNECK",
-    "CDLINVERTEDHAMMER", "CDLKICKING", "CDLKICKINGBYLENGTH", "CDLLADDERBOTTOM", "CDLLONGLEGGEDDOJI",
-    "CDLLONGLINE", "CDLMARUBOZU", "CDLMATCHINGLOW", "CDLMATHOLD", "CDLMORNINGDOJISTAR", "CDLMORNINGSTAR",
-    "CDLONNECK", "CDLPIERCING", "CDLRICKSHAWMAN", "CDLRISEFALL3METHODS", "CDLSEPARATINGLINES",
-    "CDLSHOOTINGSTAR", "CDLSHORTLINE", "CDLSPINNINGTOP", "CDLSTALLEDPATTERN", "CDLSTICKSANDWICH", "CDLTAKURI",
-    "CDLTASUKIGAP", "CDLTHRUSTING", "CDLTRISTAR", "CDLUNIQUE3RIVER", "CDLUPSIDEGAP2CROWS",
+    "CDL2CROWS",
+    "CDL3BLACKCROWS",
+    "CDL3INSIDE",
+    "CDL3LINESTRIKE",
+    "CDL3OUTSIDE",
+    "CDL3STARSINSOUTH",
+    "CDL3WHITESOLDIERS",
+    "CDLABANDONEDBABY",
+    "CDLADVANCEBLOCK",
+    "CDLBELTHOLD",
+    "CDLBREAKAWAY",
+    "CDLCLOSINGMARUBOZU",
+    "CDLCONCEALBABYSWALL",
+    "CDLCOUNTERATTACK",
+    "CDLDARKCLOUDCOVER",
+    "CDLDOJI",
+    "CDLDOJISTAR",
+    "CDLDRAGONFLYDOJI",
+    "CDLENGULFING",
+    "CDLEVENINGDOJISTAR",
+    "CDLEVENINGSTAR",
+    "CDLGAPSIDESIDEWHITE",
+    "CDLGRAVESTONEDOJI",
+    "CDLHAMMER",
+    "CDLHANGINGMAN",
+    "CDLHARAMI",
+    "CDLHARAMICROSS",
+    "CDLHIGHWAVE",
+    "CDLHIKKAKE",
+    "CDLHIKKAKEMOD",
+    "CDLHOMINGPIGEON",
+    "CDLIDENTICAL3CROWS",
+    "CDLINNECK",
+    "CDLINVERTEDHAMMER",
+    "CDLKICKING",
+    "CDLKICKINGBYLENGTH",
+    "CDLLADDERBOTTOM",
+    "CDLLONGLEGGEDDOJI",
+    "CDLLONGLINE",
+    "CDLMARUBOZU",
+    "CDLMATCHINGLOW",
+    "CDLMATHOLD",
+    "CDLMORNINGDOJISTAR",
+    "CDLMORNINGSTAR",
+    "CDLONNECK",
+    "CDLPIERCING",
+    "CDLRICKSHAWMAN",
+    "CDLRISEFALL3METHODS",
+    "CDLSEPARATINGLINES",
+    "CDLSHOOTINGSTAR",
+    "CDLSHORTLINE",
+    "CDLSPINNINGTOP",
+    "CDLSTALLEDPATTERN",
+    "CDLSTICKSANDWICH",
+    "CDLTAKURI",
+    "CDLTASUKIGAP",
+    "CDLTHRUSTING",
+    "CDLTRISTAR",
+    "CDLUNIQUE3RIVER",
+    "CDLUPSIDEGAP2CROWS",
     "CDLXSIDEGAP3METHODS",
 )
 
@@ -200,8 +256,13 @@ async def test_universe_rows(pool: AsyncConnectionPool, loaded: ReferenceCounts)
     universes = {row["key"]: row for row in rows}
     assert set(universes) == set(MEMBERS)
     assert {key: row["kind"] for key, row in universes.items()} == {
-        **{key: "sector" for key in SECTORS}, "sp500": "index", "dow30": "index", "nasdaq100": "index",
-        "nasdaq": "index", "nyse": "index", "etfs": "etf",
+        **dict.fromkeys(SECTORS, "sector"),
+        "sp500": "index",
+        "dow30": "index",
+        "nasdaq100": "index",
+        "nasdaq": "index",
+        "nyse": "index",
+        "etfs": "etf",
     }
     assert universes["nasdaq"]["name"] == "All Nasdaq-listed"
     assert universes["sector-information-technology"]["name"] == "S&P 500 Information Technology"
@@ -215,8 +276,22 @@ async def test_universe_rows(pool: AsyncConnectionPool, loaded: ReferenceCounts)
 async def test_index_members_outside_the_sp500_are_symbols(
     pool: AsyncConnectionPool, loaded: ReferenceCounts
 ) -> None:
-    outside = ["ASML", "ARM", "SHOP", "PDD", "MELI", "EA", "FER", "ALNY", "MSTR", "CCEP", "TRI", "INSM", "ZS",
-               "TEAM"]
+    outside = [
+        "ASML",
+        "ARM",
+        "SHOP",
+        "PDD",
+        "MELI",
+        "EA",
+        "FER",
+        "ALNY",
+        "MSTR",
+        "CCEP",
+        "TRI",
+        "INSM",
+        "ZS",
+        "TEAM",
+    ]
     rows = await _all(
         pool,
         "SELECT m.symbol, s.exchange FROM universe_members m JOIN symbols s USING (symbol)"
@@ -299,8 +374,10 @@ async def test_extra_rows(
 ) -> None:
     edit_csv(source / "nasdaq100.csv", lambda rows: [*rows, ["ZZ9A", "  Zed   Nine Corp "]])
     edit_csv(source / "nyse_listed.csv", lambda rows: [*rows, ["ZZ9B", "Zed Holdings Warrants"]])
-    edit_csv(source / "other_listed.csv",
-             lambda rows: [*rows, ["ZZ9C", "Test", "Test Issue", "N", "ZZ9C", "N", "100.0", "Y", "ZZ9C"]])
+    edit_csv(
+        source / "other_listed.csv",
+        lambda rows: [*rows, ["ZZ9C", "Test", "Test Issue", "N", "ZZ9C", "N", "100.0", "Y", "ZZ9C"]],
+    )
     counts = await load_reference_data(pool, source_dir=source)
     assert counts.members["nasdaq100"] == 102 and counts.members["nyse"] == 2919
     assert counts.symbols == loaded.symbols + 2
@@ -325,8 +402,11 @@ async def test_updated_definitions_are_rewritten_and_enabled_kept(
         await conn.execute("UPDATE pattern_definitions SET enabled = false WHERE name = 'doji'")
     edit_patterns(source, change)
     await load_reference_data(pool, source_dir=source)
-    rows = await _all(pool, "SELECT name, description, enabled FROM pattern_definitions"
-                            " WHERE name IN ('two_crows', 'doji', 'hammer') ORDER BY name")
+    rows = await _all(
+        pool,
+        "SELECT name, description, enabled FROM pattern_definitions"
+        " WHERE name IN ('two_crows', 'doji', 'hammer') ORDER BY name",
+    )
     assert [tuple(row.values()) for row in rows] == [
         ("doji", rows[0]["description"], False),  # an operator's choice stands
         ("hammer", rows[1]["description"], True),  # enabled only applies on insert
@@ -381,8 +461,12 @@ def _bad_sector(rows: list[list[str]]) -> list[list[str]]:
     ],
 )
 async def test_malformed_csv_is_refused(
-    pool: AsyncConnectionPool, loaded: ReferenceCounts, source: Path,
-    file: str, change: Callable[[list[list[str]]], list[list[str]]], message: str,
+    pool: AsyncConnectionPool,
+    loaded: ReferenceCounts,
+    source: Path,
+    file: str,
+    change: Callable[[list[list[str]]], list[list[str]]],
+    message: str,
 ) -> None:
     edit_csv(source / file, change)
     with pytest.raises(ReferenceDataError, match=message):
@@ -393,6 +477,7 @@ async def test_malformed_csv_is_refused(
 def _entry(**fields: Any) -> Callable[[dict[str, Any]], None]:
     def change(doc: dict[str, Any]) -> None:
         doc["patterns"][1].update(fields)
+
     return change
 
 
@@ -418,8 +503,11 @@ def _entry(**fields: Any) -> Callable[[dict[str, Any]], None]:
     ],
 )
 async def test_malformed_patterns_are_refused(
-    pool: AsyncConnectionPool, loaded: ReferenceCounts, source: Path,
-    change: Callable[[dict[str, Any]], object], message: str,
+    pool: AsyncConnectionPool,
+    loaded: ReferenceCounts,
+    source: Path,
+    change: Callable[[dict[str, Any]], object],
+    message: str,
 ) -> None:
     result = change(json.loads((source / "patterns.json").read_text(encoding="utf-8")))
     if isinstance(result, str):
@@ -438,7 +526,11 @@ async def test_defaults_for_optional_pattern_fields(
     await load_reference_data(pool, source_dir=source)
     row = await _one(pool, "SELECT * FROM pattern_definitions WHERE name = 'zz9_minimal'")
     assert (row["aliases"], row["direction"], row["description"], row["timeframes"], row["enabled"]) == (
-        [], "neutral", "", TIMEFRAMES, True
+        [],
+        "neutral",
+        "",
+        TIMEFRAMES,
+        True,
     )
     async with pool.connection() as conn:
         await conn.execute("DELETE FROM pattern_definitions WHERE name = 'zz9_minimal'")
@@ -455,9 +547,18 @@ def test_aliases_name_one_definition_each() -> None:
             owners.setdefault(_key(alias), set()).add(entry["name"])
     assert {key: names for key, names in owners.items() if len(names) > 1} == {}
     catalog = PatternCatalog((entry["name"], entry["aliases"]) for entry in _patterns())
-    legacy = {"Bull_Flag": "bull_flag", "Doji": "doji", "Hammer": "hammer", "WeeklyBO": "breakout",
-              "DailyBO": "breakout", "Engulfing": "engulfing", "ThreeWhiteSoldiers": "three_white_soldiers",
-              "CDLENGULFING": "engulfing", "bearish_engulfing": "engulfing", "Morning Star": "morning_star"}
+    legacy = {
+        "Bull_Flag": "bull_flag",
+        "Doji": "doji",
+        "Hammer": "hammer",
+        "WeeklyBO": "breakout",
+        "DailyBO": "breakout",
+        "Engulfing": "engulfing",
+        "ThreeWhiteSoldiers": "three_white_soldiers",
+        "CDLENGULFING": "engulfing",
+        "bearish_engulfing": "engulfing",
+        "Morning Star": "morning_star",
+    }
     assert {name: catalog.canonical(name) for name in legacy} == legacy
 
 
@@ -477,7 +578,9 @@ def test_candlesticks_are_the_talib_recognisers() -> None:
     for entry in entries:
         by_category.setdefault(entry["category"], []).append(entry)
     assert {category: len(items) for category, items in by_category.items()} == {
-        "candlestick": 61, "chart": 17, "indicator": 7
+        "candlestick": 61,
+        "chart": 17,
+        "indicator": 7,
     }
     candlesticks, chart = by_category["candlestick"], by_category["chart"]
     indicators = by_category["indicator"]
@@ -488,7 +591,12 @@ def test_candlesticks_are_the_talib_recognisers() -> None:
     directions = {entry["name"]: entry["direction"] for entry in entries}
     some = ("hammer", "evening_star", "doji", "engulfing", "head_and_shoulders", "golden_cross")
     assert [directions[name] for name in some] == [
-        "bullish", "bearish", "neutral", "neutral", "bearish", "bullish"
+        "bullish",
+        "bearish",
+        "neutral",
+        "neutral",
+        "bearish",
+        "bullish",
     ]
     assert all(entry["description"] and entry["description"].count("\n") == 0 for entry in entries)
 

@@ -55,12 +55,18 @@ FROM generate_series(1::bigint, %(n)s) AS g, syms, pats, tfs
 async def loaded(ref_pool: AsyncConnectionPool) -> AsyncIterator[tuple[AsyncConnectionPool, datetime]]:
     now = datetime.now(UTC).replace(microsecond=0)
     async with ref_pool.connection() as conn:
-        await conn.execute("SELECT tickstock_ensure_partitions(%s, %s)", (now - timedelta(days=DAYS + 1), now))
+        await conn.execute(
+            "SELECT tickstock_ensure_partitions(%s, %s)", (now - timedelta(days=DAYS + 1), now)
+        )
         await conn.execute(GENERATE, {"n": ROWS, "days": DAYS, "now": now})
-        await conn.execute("INSERT INTO pattern_event_ids (id, detected_at) SELECT id, detected_at FROM pattern_events")
+        await conn.execute(
+            "INSERT INTO pattern_event_ids (id, detected_at) SELECT id, detected_at FROM pattern_events"
+        )
         await conn.execute("ANALYZE pattern_events")
-        await conn.execute("INSERT INTO user_universes (subject, symbols, universe_keys) VALUES "
-                           "('alice', '{ZZZZ,AAPL}', '{dow30}')")
+        await conn.execute(
+            "INSERT INTO user_universes (subject, symbols, universe_keys) VALUES "
+            "('alice', '{ZZZZ,AAPL}', '{dow30}')"
+        )
     yield ref_pool, now
 
 
@@ -68,8 +74,14 @@ def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
     return [node, *(n for child in node.get("Plans", []) for n in _walk(child))]
 
 
-async def _plan(pool: AsyncConnectionPool, filt: ScanFilter, *, sort: Sort = DEFAULT_SORT, after: Any = None,
-                subject: str | None = None) -> tuple[set[str], set[str], int, list[str]]:
+async def _plan(
+    pool: AsyncConnectionPool,
+    filt: ScanFilter,
+    *,
+    sort: Sort = DEFAULT_SORT,
+    after: Any = None,
+    subject: str | None = None,
+) -> tuple[set[str], set[str], int, list[str]]:
     """Parent indexes used, partitions read, partitions in all, and large partitions read by a seq scan."""
     async with pool.connection() as conn:
         symbols = await resolve_symbols(SqlResolver.over(conn), filt, subject=subject)
@@ -79,42 +91,86 @@ async def _plan(pool: AsyncConnectionPool, filt: ScanFilter, *, sort: Sort = DEF
         assert row is not None
         plan = next(iter(row.values()))
         plan = json.loads(plan) if isinstance(plan, str) else plan
-        parents = {r["child"]: r["parent"] for r in await (await conn.execute(
-            "SELECT c.relname AS child, p.relname AS parent FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
-            "WHERE p.relkind = 'I'")).fetchall()}
-        sizes = {r["relname"]: r["reltuples"] for r in await (await conn.execute(
-            "SELECT c.relname, c.reltuples FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = 'pattern_events'::regclass")).fetchall()}
+        parents = {
+            r["child"]: r["parent"]
+            for r in await (
+                await conn.execute(
+                    "SELECT c.relname AS child, p.relname AS parent FROM pg_inherits i "
+                    "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
+                    "WHERE p.relkind = 'I'"
+                )
+            ).fetchall()
+        }
+        sizes = {
+            r["relname"]: r["reltuples"]
+            for r in await (
+                await conn.execute(
+                    "SELECT c.relname, c.reltuples FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'pattern_events'::regclass"
+                )
+            ).fetchall()
+        }
     nodes = _walk(plan[0]["Plan"])
     indexes = {parents.get(n["Index Name"], n["Index Name"]) for n in nodes if "Index Name" in n}
     parts = {n["Relation Name"] for n in nodes if n.get("Relation Name", "").startswith("pattern_events")}
-    seq = [n["Relation Name"] for n in nodes if n["Node Type"] == "Seq Scan"
-           and sizes.get(n.get("Relation Name", ""), 0) >= SMALL_PARTITION]
+    seq = [
+        n["Relation Name"]
+        for n in nodes
+        if n["Node Type"] == "Seq Scan" and sizes.get(n.get("Relation Name", ""), 0) >= SMALL_PARTITION
+    ]
     return indexes, parts, len(sizes), seq
 
 
-async def test_typical_shapes_use_the_indexes_and_prune_partitions(loaded: tuple[AsyncConnectionPool, datetime]) -> None:
+async def test_typical_shapes_use_the_indexes_and_prune_partitions(
+    loaded: tuple[AsyncConnectionPool, datetime],
+) -> None:
     pool, now = loaded
     week = now - timedelta(days=7)
     shapes: list[tuple[str, ScanFilter, dict[str, Any], set[str], bool]] = [
         ("newest first, no filter", ScanFilter(), {}, {"pattern_events_time_idx"}, False),
         ("one symbol", ScanFilter(symbols=("AAPL",)), {}, {"pattern_events_symbol_idx"}, False),
-        ("pattern + timeframe, 30 days",
-         ScanFilter(patterns=("hammer",), timeframes=("daily",), detected_after=now - timedelta(days=30)), {},
-         {"pattern_events_pattern_idx"}, True),
-        ("dow30, confidence, 7 days", ScanFilter(universes=("dow30",), confidence_min=0.7, detected_after=week), {},
-         {"pattern_events_symbol_idx", "pattern_events_time_idx"}, True),
-        ("timeframe, keyset page", ScanFilter(timeframes=("hourly",)),
-         {"after": (now - timedelta(days=100), "gen-000000")},
-         {"pattern_events_timeframe_idx", "pattern_events_time_idx"}, True),
-        ("keyset page, oldest first", ScanFilter(), {"sort": Sort("detected_at", "asc"),
-                                                     "after": (now - timedelta(days=3), "gen-000000")},
-         {"pattern_events_time_idx"}, True),
-        ("symbols by symbol", ScanFilter(symbols=("AAPL", "MSFT"), active_only=True),
-         {"sort": Sort("symbol", "asc")}, {"pattern_events_symbol_idx"}, False),
-        ("my universe, sector", ScanFilter(universes=("my",), sectors=("information technology",)),
-         {"subject": "alice"}, {"pattern_events_symbol_idx", "pattern_events_time_idx"}, False),
+        (
+            "pattern + timeframe, 30 days",
+            ScanFilter(patterns=("hammer",), timeframes=("daily",), detected_after=now - timedelta(days=30)),
+            {},
+            {"pattern_events_pattern_idx"},
+            True,
+        ),
+        (
+            "dow30, confidence, 7 days",
+            ScanFilter(universes=("dow30",), confidence_min=0.7, detected_after=week),
+            {},
+            {"pattern_events_symbol_idx", "pattern_events_time_idx"},
+            True,
+        ),
+        (
+            "timeframe, keyset page",
+            ScanFilter(timeframes=("hourly",)),
+            {"after": (now - timedelta(days=100), "gen-000000")},
+            {"pattern_events_timeframe_idx", "pattern_events_time_idx"},
+            True,
+        ),
+        (
+            "keyset page, oldest first",
+            ScanFilter(),
+            {"sort": Sort("detected_at", "asc"), "after": (now - timedelta(days=3), "gen-000000")},
+            {"pattern_events_time_idx"},
+            True,
+        ),
+        (
+            "symbols by symbol",
+            ScanFilter(symbols=("AAPL", "MSFT"), active_only=True),
+            {"sort": Sort("symbol", "asc")},
+            {"pattern_events_symbol_idx"},
+            False,
+        ),
+        (
+            "my universe, sector",
+            ScanFilter(universes=("my",), sectors=("information technology",)),
+            {"subject": "alice"},
+            {"pattern_events_symbol_idx", "pattern_events_time_idx"},
+            False,
+        ),
     ]
     for name, filt, kwargs, wanted, prune in shapes:
         indexes, parts, total, seq = await _plan(pool, filt, **kwargs)
@@ -128,6 +184,7 @@ async def test_typical_shapes_use_the_indexes_and_prune_partitions(loaded: tuple
 async def test_resolve_symbols(loaded: tuple[AsyncConnectionPool, datetime]) -> None:
     pool, _ = loaded
     async with pool.connection() as conn:
+
         async def members(key: str) -> set[str]:
             cur = await conn.execute("SELECT symbol FROM universe_members WHERE universe = %s", (key,))
             return {r["symbol"] for r in await cur.fetchall()}
@@ -135,20 +192,41 @@ async def test_resolve_symbols(loaded: tuple[AsyncConnectionPool, datetime]) -> 
         dow, ndx, sp = await members("dow30"), await members("nasdaq100"), await members("sp500")
         assert await resolve_symbols(SqlResolver.over(conn), ScanFilter()) is None
         assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("dow30",))) == dow
-        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("dow30:nasdaq100",))) == dow | ndx
-        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("dow30", "nasdaq100"))) == dow | ndx
-        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("my",)), subject="alice") == dow | {"ZZZZ", "AAPL"}
-        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("my",)), subject="bob") == set()
+        assert (
+            await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("dow30:nasdaq100",)))
+            == dow | ndx
+        )
+        assert (
+            await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("dow30", "nasdaq100")))
+            == dow | ndx
+        )
+        assert await resolve_symbols(
+            SqlResolver.over(conn), ScanFilter(universes=("my",)), subject="alice"
+        ) == dow | {"ZZZZ", "AAPL"}
+        assert (
+            await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("my",)), subject="bob")
+            == set()
+        )
         assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("my",))) == set()
-        both = await resolve_symbols(SqlResolver.over(conn), ScanFilter(symbols=("AAPL", "ZZZZ"), universes=("nasdaq100",)))
+        both = await resolve_symbols(
+            SqlResolver.over(conn), ScanFilter(symbols=("AAPL", "ZZZZ"), universes=("nasdaq100",))
+        )
         assert both == {"AAPL"}
         tech = await resolve_symbols(SqlResolver.over(conn), ScanFilter(sectors=("INFORMATION technology",)))
         assert tech and "AAPL" in tech and tech <= sp
-        assert await resolve_symbols(SqlResolver.over(conn), ScanFilter(sectors=("Information Technology",), universes=("dow30",))) \
+        assert (
+            await resolve_symbols(
+                SqlResolver.over(conn), ScanFilter(sectors=("Information Technology",), universes=("dow30",))
+            )
             == tech & dow
+        )
         with pytest.raises(ScanError) as universe:
             await resolve_symbols(SqlResolver.over(conn), ScanFilter(universes=("sp500:nope", "nada")))
-        assert universe.value.loc == "query.universe" and "nada" in universe.value.msg and "nope" in universe.value.msg
+        assert (
+            universe.value.loc == "query.universe"
+            and "nada" in universe.value.msg
+            and "nope" in universe.value.msg
+        )
         with pytest.raises(ScanError) as sector:
             await resolve_symbols(SqlResolver.over(conn), ScanFilter(sectors=("Energy", "Basket Weaving")))
         assert sector.value.loc == "query.sector" and "basket weaving" in sector.value.msg
@@ -170,8 +248,11 @@ async def test_scan_events_pages_by_keyset(loaded: tuple[AsyncConnectionPool, da
             after = page.last_values
         assert got == [r["id"] for r in everything.items]
         assert all(r["confidence"] >= 0.5 for r in everything.items)
-        assert (await scan_events(conn, ScanFilter(symbols=("AAPL",), universes=("my",)), sort=Sort(),
-                                  limit=5, subject="nobody")).items == []
+        assert (
+            await scan_events(
+                conn, ScanFilter(symbols=("AAPL",), universes=("my",)), sort=Sort(), limit=5, subject="nobody"
+            )
+        ).items == []
         with pytest.raises(ValueError, match="limit"):
             await scan_events(conn, filt, sort=Sort(), limit=0)
         row = await get_event(conn, "gen-000001")
@@ -217,21 +298,24 @@ def test_cursor_round_trip_and_rejections() -> None:
             decode_cursor(bad, sort=s, fingerprint=fp, codec=codec)
 
 
-@pytest.mark.parametrize("keyset", [
-    ["AAPL"],  # too few values
-    ["AAPL", "not a time", "x"],
-    ["AAPL", "2026-11-02T14:30:00", "x"],  # no time zone
-    [5, "2026-11-02T14:30:00+00:00", "x"],
-    ["AAPL", "2026-11-02T14:30:00+00:00", ["x"]],
-    ["AAPL", "2026-11-02T14:30:00+00:00", "x\x00y"],
-    ["AAPL", "2026-11-02T14:30:00+00:00", ""],
-    "AAPL",
-])
+@pytest.mark.parametrize(
+    "keyset",
+    [
+        ["AAPL"],  # too few values
+        ["AAPL", "not a time", "x"],
+        ["AAPL", "2026-11-02T14:30:00", "x"],  # no time zone
+        [5, "2026-11-02T14:30:00+00:00", "x"],
+        ["AAPL", "2026-11-02T14:30:00+00:00", ["x"]],
+        ["AAPL", "2026-11-02T14:30:00+00:00", "x\x00y"],
+        ["AAPL", "2026-11-02T14:30:00+00:00", ""],
+        "AAPL",
+    ],
+)
 def test_a_validly_signed_cursor_with_wrong_types_is_refused(keyset: object) -> None:
     """Even a cursor whose MAC verifies (the key leaked, or a bug) has every value checked."""
     sort = Sort("symbol", "asc")
     token = CODEC.encode("scan", {"k": keyset, "s": sort.spec, "f": "f1"})
-    with pytest.raises(CursorError, match="^invalid cursor: "):
+    with pytest.raises(CursorError, match=r"^invalid cursor: "):
         decode_cursor(token, sort=sort, fingerprint="f1", codec=CODEC)
 
 

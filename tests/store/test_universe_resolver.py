@@ -29,28 +29,42 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 # Universes and sectors of this module's own (the reference data is loaded too, and left alone).
 ALPHA = {"ZRA", "ZRB", "ZRC"}
 BETA = {"ZRC", "ZRD"}
-SYMBOLS = {"ZRA": "Zr Alpha Sector", "ZRB": "Zr Alpha Sector", "ZRC": "Zr Beta Sector", "ZRD": None, "ZRE": None}
+SYMBOLS = {
+    "ZRA": "Zr Alpha Sector",
+    "ZRB": "Zr Alpha Sector",
+    "ZRC": "Zr Beta Sector",
+    "ZRD": None,
+    "ZRE": None,
+}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def world(ref_pool: AsyncConnectionPool) -> AsyncIterator[AsyncConnectionPool]:
     async with ref_pool.connection() as conn:
         for symbol, sector in SYMBOLS.items():
-            await conn.execute("INSERT INTO symbols (symbol, name, sector) VALUES (%s, %s, %s)",
-                               (symbol, f"{symbol} Inc", sector))
+            await conn.execute(
+                "INSERT INTO symbols (symbol, name, sector) VALUES (%s, %s, %s)",
+                (symbol, f"{symbol} Inc", sector),
+            )
         for key, members in (("zr-alpha", ALPHA), ("zr-beta", BETA), ("zr-empty", set())):
-            await conn.execute("INSERT INTO universes (key, name, kind) VALUES (%s, %s, 'custom')", (key, key))
+            await conn.execute(
+                "INSERT INTO universes (key, name, kind) VALUES (%s, %s, 'custom')", (key, key)
+            )
             for symbol in sorted(members):
-                await conn.execute("INSERT INTO universe_members (universe, symbol) VALUES (%s, %s)", (key, symbol))
+                await conn.execute(
+                    "INSERT INTO universe_members (universe, symbol) VALUES (%s, %s)", (key, symbol)
+                )
         await conn.execute(
             "INSERT INTO user_universes (subject, symbols, universe_keys) VALUES "
-            "('zr-carol', '{ZRE}', '{zr-beta}'), ('zr-dave', '{}', '{zr-gone,zr-alpha}'), ('zr-erin', '{}', '{}')")
+            "('zr-carol', '{ZRE}', '{zr-beta}'), ('zr-dave', '{}', '{zr-gone,zr-alpha}'), ('zr-erin', '{}', '{}')"
+        )
     yield ref_pool
 
 
 @pytest_asyncio.fixture(params=["sql", "memory"], loop_scope="session")
-async def resolver(request: pytest.FixtureRequest, world: AsyncConnectionPool,
-                   ref_database_url: str) -> AsyncIterator[UniverseResolver]:
+async def resolver(
+    request: pytest.FixtureRequest, world: AsyncConnectionPool, ref_database_url: str
+) -> AsyncIterator[UniverseResolver]:
     sql = SqlResolver(world)
     if request.param == "sql":
         yield sql
@@ -81,8 +95,9 @@ async def test_no_keys_and_an_empty_universe_give_nothing(resolver: UniverseReso
     assert await resolver.universe_symbols(["zr-empty"]) == frozenset()
 
 
-async def test_reference_universes_resolve_to_their_members(resolver: UniverseResolver,
-                                                            world: AsyncConnectionPool) -> None:
+async def test_reference_universes_resolve_to_their_members(
+    resolver: UniverseResolver, world: AsyncConnectionPool
+) -> None:
     async with world.connection() as conn:
         cur = await conn.execute("SELECT symbol FROM universe_members WHERE universe = 'dow30'")
         dow = {r["symbol"] for r in await cur.fetchall()}
@@ -90,30 +105,45 @@ async def test_reference_universes_resolve_to_their_members(resolver: UniverseRe
     assert await resolver.universe_symbols(["dow30"]) == dow
 
 
-@pytest.mark.parametrize(("keys", "unknown"), [
-    (["zr-nope"], ["zr-nope"]),
-    (["zr-alpha", "zr-zz", "zr-aa"], ["zr-aa", "zr-zz"]),
-    ([MY_UNIVERSE, "zr-nope"], ["zr-nope"]),
-])
-async def test_unknown_keys_are_all_named(resolver: UniverseResolver, keys: list[str], unknown: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("keys", "unknown"),
+    [
+        (["zr-nope"], ["zr-nope"]),
+        (["zr-alpha", "zr-zz", "zr-aa"], ["zr-aa", "zr-zz"]),
+        ([MY_UNIVERSE, "zr-nope"], ["zr-nope"]),
+    ],
+)
+async def test_unknown_keys_are_all_named(
+    resolver: UniverseResolver, keys: list[str], unknown: list[str]
+) -> None:
     with pytest.raises(UnknownUniverse) as raised:
         await resolver.universe_symbols(keys, subject="zr-carol")
     assert raised.value.names == unknown
     assert isinstance(raised.value, ScanError) and isinstance(raised.value, ValueError)
-    assert raised.value.loc == "query.universe" and raised.value.msg == f"unknown universe {', '.join(unknown)}"
+    assert (
+        raised.value.loc == "query.universe" and raised.value.msg == f"unknown universe {', '.join(unknown)}"
+    )
 
 
-async def test_my_universe_is_the_saved_symbols_and_the_members_of_the_saved_keys(resolver: UniverseResolver) -> None:
+async def test_my_universe_is_the_saved_symbols_and_the_members_of_the_saved_keys(
+    resolver: UniverseResolver,
+) -> None:
     assert await resolver.universe_symbols([MY_UNIVERSE], subject="zr-carol") == BETA | {"ZRE"}
-    assert await resolver.universe_symbols([MY_UNIVERSE, "zr-alpha"], subject="zr-carol") == ALPHA | BETA | {"ZRE"}
+    assert await resolver.universe_symbols([MY_UNIVERSE, "zr-alpha"], subject="zr-carol") == ALPHA | BETA | {
+        "ZRE"
+    }
 
 
-async def test_a_saved_key_that_no_longer_exists_adds_nothing_and_is_not_an_error(resolver: UniverseResolver) -> None:
+async def test_a_saved_key_that_no_longer_exists_adds_nothing_and_is_not_an_error(
+    resolver: UniverseResolver,
+) -> None:
     assert await resolver.universe_symbols([MY_UNIVERSE], subject="zr-dave") == ALPHA
 
 
 @pytest.mark.parametrize("subject", ["zr-erin", "zr-never-saved", "", None])
-async def test_my_universe_without_a_saved_one_is_empty(resolver: UniverseResolver, subject: str | None) -> None:
+async def test_my_universe_without_a_saved_one_is_empty(
+    resolver: UniverseResolver, subject: str | None
+) -> None:
     assert await resolver.universe_symbols([MY_UNIVERSE], subject=subject) == frozenset()
     assert await resolver.universe_symbols([MY_UNIVERSE, "zr-beta"], subject=subject) == BETA
 
@@ -131,7 +161,9 @@ async def test_unknown_sectors_are_all_named(resolver: UniverseResolver) -> None
     assert raised.value.loc == "query.sector" and isinstance(raised.value, ScanError)
 
 
-async def test_the_memory_form_falls_back_while_its_copy_cannot_be_trusted(world: AsyncConnectionPool) -> None:
+async def test_the_memory_form_falls_back_while_its_copy_cannot_be_trusted(
+    world: AsyncConnectionPool,
+) -> None:
     """No directory (the listener is down): the answer comes from the fallback, the SQL form."""
 
     async def untrusted() -> None:
@@ -139,7 +171,9 @@ async def test_the_memory_form_falls_back_while_its_copy_cannot_be_trusted(world
 
     sql = SqlResolver(world)
     resolver = MemoryResolver(untrusted, users=sql.user_universe, fallback=sql)
-    assert await resolver.universe_symbols([MY_UNIVERSE, "zr-alpha"], subject="zr-carol") == ALPHA | BETA | {"ZRE"}
+    assert await resolver.universe_symbols([MY_UNIVERSE, "zr-alpha"], subject="zr-carol") == ALPHA | BETA | {
+        "ZRE"
+    }
     assert await resolver.sector_symbols(["zr beta sector"]) == {"ZRC"}
     with pytest.raises(UnknownUniverse):
         await resolver.universe_symbols(["zr-nope"])

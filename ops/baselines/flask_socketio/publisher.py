@@ -15,10 +15,20 @@ import time
 from flask_socketio import SocketIO
 
 EVENT = {
-    "id": "baseline", "type": "pattern_detected", "symbol": "AAPL", "pattern": "hammer", "timeframe": "daily",
-    "confidence": 0.82, "detected_at": "2026-11-28T15:30:00Z", "expires_at": None, "price": 187.5,
-    "volume": 1200300, "levels": {"support": 181.2, "resistance": 192.4}, "indicators": {"rsi": 41.5},
-    "source": "baseline", "schema_version": 1,
+    "id": "baseline",
+    "type": "pattern_detected",
+    "symbol": "AAPL",
+    "pattern": "hammer",
+    "timeframe": "daily",
+    "confidence": 0.82,
+    "detected_at": "2026-11-28T15:30:00Z",
+    "expires_at": None,
+    "price": 187.5,
+    "volume": 1200300,
+    "levels": {"support": 181.2, "resistance": 192.4},
+    "indicators": {"rsi": 41.5},
+    "source": "baseline",
+    "schema_version": 1,
 }
 
 parser = argparse.ArgumentParser()

@@ -22,8 +22,14 @@ parser.add_argument("--redis", required=True)
 args = parser.parse_args()
 
 app = Flask(__name__)
-socketio = SocketIO(app, message_queue=args.redis, async_mode="threading", cors_allowed_origins="*",
-                    logger=False, engineio_logger=False)
+socketio = SocketIO(
+    app,
+    message_queue=args.redis,
+    async_mode="threading",
+    cors_allowed_origins="*",
+    logger=False,
+    engineio_logger=False,
+)
 clients = {"n": 0}
 
 
