@@ -31,9 +31,10 @@ from api.routes import (
 from api.routes.ingest import IngestGate, event_window
 from api.settings import Settings
 from api.state import HubState
+from hub.advisories import AdvisoryWatcher
 from hub.broker import open_nats
 from hub.catalog import CatalogCache
-from hub.deadletters import AdvisoryWatcher, DeadLetterer
+from hub.deadletters import DeadLetterer
 from hub.fanout import FanOut
 from hub.fanout_limits import FanOutLimits
 from hub.jetstream import Topology, ensure_topology

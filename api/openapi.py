@@ -17,18 +17,17 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Route
 
 from api.errors import PROBLEM_TYPE
+from api.problems import Problem
 
 __all__ = [
     "OPENAPI_VERSION",
     "Content",
-    "FieldError",
     "Operation",
-    "Problem",
     "build_openapi",
     "link",
     "operation",
@@ -42,29 +41,6 @@ _PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[A-Za-z_]+)?}")
 
 F = TypeVar("F", bound=Callable[..., Any])
 Schema = dict[str, Any]
-
-
-class FieldError(BaseModel):
-    """One field at fault: ``loc`` is ``body.symbols[3].name``, ``query.limit`` or ``path.name``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    loc: str
-    msg: str
-
-
-class Problem(BaseModel):
-    """An RFC 9457 problem document, the body of every error response."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
-    errors: list[FieldError] | None = None
-    request_id: str | None = None  # also in the X-Request-ID header; quote it when reporting a problem
 
 
 @dataclass(frozen=True)

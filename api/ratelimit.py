@@ -26,12 +26,16 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError, RedisError
 
 from api.errors import ApiError
+from api.settings import (
+    DEFAULT_RATE_LIMIT_BURST,
+    DEFAULT_RATE_LIMIT_PER_S,
+    DEFAULT_RATE_LIMIT_TIMEOUT_MS,
+    Settings,
+)
 from hub.metrics import Counter, Registry
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
-
-    from api.settings import Settings
 
 __all__ = ["KEY_PREFIX", "Decision", "Limit", "LocalBuckets", "RateLimitExceeded", "RateLimiter"]
 
@@ -40,9 +44,9 @@ log = logging.getLogger("tickstock.ratelimit")
 KEY_PREFIX = "tickstock:rl:"
 # Generous: the scan property test pages ~2,100 requests with one token in ~10 s (peaks of ~400/s).
 # A production hub sets its own (TICKSTOCK_RATE_LIMIT_PER_S / _BURST); one hub process serves ~350/s here.
-DEFAULT_RATE_PER_S = 500.0
-DEFAULT_BURST = 1000
-DEFAULT_TIMEOUT_S = 0.05
+DEFAULT_RATE_PER_S = DEFAULT_RATE_LIMIT_PER_S
+DEFAULT_BURST = DEFAULT_RATE_LIMIT_BURST
+DEFAULT_TIMEOUT_S = DEFAULT_RATE_LIMIT_TIMEOUT_MS / 1000
 DEFAULT_RETRY_S = 1.0
 LOCAL_MAX_KEYS = 10_000  # in-process buckets kept while Redis is failing
 

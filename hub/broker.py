@@ -11,12 +11,12 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
 from hub.errors import HubError
+from store.pool import DEFAULT_CONNECT_TIMEOUT_S
 
 __all__ = ["BrokerError", "open_nats"]
 
 log = logging.getLogger("tickstock.broker")
 
-DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_DRAIN_TIMEOUT_S = 10
 DEFAULT_PENDING_BYTES = 64 * 1024 * 1024
 

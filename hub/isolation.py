@@ -4,6 +4,12 @@ reason one event can cause, bisect down to the events at fault, each part in its
 The common path stays one statement. A refused batch of n events with k bad ones costs about
 2·k·log2(n) statements; a timed-out statement costs up to the statement timeout, so the number of
 timeouts one batch may spend is bounded and what is left is handed back as ``unresolved``.
+
+The events at fault alone are dead-lettered (``store_rejected``); their batch-mates are stored in the
+same transaction, on the same delivery. Errors are classified by cause (:func:`hub.deadletters.is_transient`): a lost connection,
+a pool or NATS timeout hands the whole batch back; a statement timeout is the event's, unless every
+statement of the batch timed out and nothing was stored (then the database is slow: transient on the
+first delivery, judged per event from the second).
 """
 
 from __future__ import annotations

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
 
 from hub.text import first_line
+from store.pool import ping
 
-__all__ = ["DEFAULT_RETRY_BASE_S", "DEFAULT_RETRY_MAX_S", "Outage", "retry_delay"]
+__all__ = [
+    "DEFAULT_RETRY_BASE_S",
+    "DEFAULT_RETRY_MAX_S",
+    "PROBE_TIMEOUT_S",
+    "Outage",
+    "retry_delay",
+    "wait_for_database",
+]
 
 log = logging.getLogger("tickstock.writer")
 
 DEFAULT_RETRY_BASE_S = 0.5
 DEFAULT_RETRY_MAX_S = 15.0
+REDELIVERY_MARGIN_S = 0.1  # waited past a hand-back's delay, so what was handed back is due
+PROBE_TIMEOUT_S = 2.0
 
 
 def retry_delay(
@@ -56,3 +73,28 @@ class Outage:
             )
             self.since = None
         self.failures = 0
+
+
+async def wait_for_database(
+    pool: AsyncConnectionPool[Any],
+    *,
+    delay: float,
+    max_s: float,
+    stopping: asyncio.Event,
+    probed: Callable[[bool], None] = lambda up: None,
+) -> None:
+    """Sleep ``delay`` (a little more, so what was handed back is due), then probe PostgreSQL, doubling
+    the wait (up to ``max_s``) while it does not answer; ``probed`` hears each probe's result. Returns
+    early when ``stopping`` is set."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay + REDELIVERY_MARGIN_S)
+            return
+        try:
+            await asyncio.wait_for(ping(pool), timeout=PROBE_TIMEOUT_S)
+        except (psycopg.Error, OSError, TimeoutError):
+            probed(False)
+            delay = min(delay * 2, max_s)
+        else:
+            probed(True)
+            return

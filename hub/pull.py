@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 from nats.aio.client import Client as NATS
@@ -21,7 +22,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 
-__all__ = ["Puller"]
+__all__ = ["Puller", "in_progress", "nak"]
 
 _STATUS = "Status"
 _HEARTBEAT = "100"
@@ -101,3 +102,19 @@ class Puller:
             if size >= self._max_bytes:
                 break
         return msgs
+
+
+async def nak(msgs: Sequence[Msg], *, delay: float | None = None) -> None:
+    """Hand ``msgs`` back to JetStream (after ``delay`` seconds); a lost connection is ignored (the
+    messages are redelivered after the ack wait anyway)."""
+    for msg in msgs:
+        with contextlib.suppress(NatsError):
+            await msg.nak(delay=delay)
+
+
+async def in_progress(msgs: Sequence[Msg]) -> None:
+    """Tell JetStream the messages are still being worked on: restarts their ack wait without counting
+    a delivery (while a batch is isolated, and for messages carried to the next batch)."""
+    for msg in msgs:
+        with contextlib.suppress(NatsError):
+            await msg.in_progress()

@@ -20,9 +20,10 @@ from hub.model import EventType, Timeframe
 if TYPE_CHECKING:
     from collections import deque
 
+from store.universe_resolver import MY_UNIVERSE
+
 __all__ = ["MY_UNIVERSE", "Entry", "Filter", "Subscription", "SubscriptionIndex"]
 
-MY_UNIVERSE = "my"
 MAX_FILTER_SYMBOLS = 2_000
 MAX_FILTER_UNIVERSES = 50
 MAX_FILTER_PATTERNS = 200

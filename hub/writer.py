@@ -11,14 +11,8 @@ from idempotency at each of them:
    repeat inside its duplicate window), and its sequence is recorded.
 4. Only then are the ingest messages acknowledged.
 
-Fault isolation: the batch is inserted in one statement inside a savepoint. When the database refuses
-it for a reason one event can cause (a constraint, a bad value, the statement timeout on its row), the
-batch is bisected, each half in its own savepoint, down to the events at fault: they alone are
-dead-lettered (``store_rejected``), their batch-mates are stored in the same transaction, on the same
-delivery. Errors are classified by cause (:func:`hub.deadletters.is_transient`): a lost connection,
-a pool or NATS timeout hands the whole batch back; a statement timeout is the event's, unless every
-statement of the batch timed out and nothing was stored (then the database is slow: transient on the
-first delivery, judged per event from the second).
+Fault isolation (:mod:`hub.isolation`): one event the database refuses is dead-lettered alone
+(``store_rejected``); its batch-mates are stored on the same delivery.
 
 Partitions: only the months present in the batch, at most ``partitions_per_batch`` new ones per batch
 (the maintenance task creates the coming days ahead). Events of further months are *carried* to the
@@ -61,15 +55,14 @@ from hub.isolation import Outcome, Pending, insert_isolating
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
 from hub.metrics import Metrics
 from hub.model import EventError, PatternEvent
-from hub.outage import DEFAULT_RETRY_BASE_S, DEFAULT_RETRY_MAX_S, Outage
+from hub.outage import DEFAULT_RETRY_BASE_S, DEFAULT_RETRY_MAX_S, Outage, wait_for_database
 from hub.parsing import parse_event
 from hub.producer import PRODUCER_HEADER, producer_of
-from hub.pull import Puller
+from hub.pull import Puller, in_progress, nak
 from hub.subjects import check_subject, clean_subject
 from hub.text import first_line
 from hub.window import EventWindow
 from store.patterns import StoredEvent, ensure_month_list, month_start, set_stream_seqs
-from store.pool import ping
 from store.secrets import deployment_secret
 
 __all__ = ["Writer"]
@@ -79,8 +72,6 @@ log = logging.getLogger("tickstock.writer")
 DEFAULT_BATCH = 1000
 DEFAULT_FETCH_TIMEOUT_S = 0.5
 DEFAULT_STOP_TIMEOUT_S = 10.0
-REDELIVERY_MARGIN_S = 0.1
-PROBE_TIMEOUT_S = 2.0
 DEFAULT_PARTITIONS_PER_BATCH = 4
 # Called after each batch commits with the events in it (e.g. the cache bumping generations); it must
 # return quickly and not raise (a failure is logged and ingest goes on).
@@ -141,18 +132,9 @@ class Writer:
     async def _nak(self, msgs: Sequence[Msg], *, delay: float) -> float:
         """Hand ``msgs`` back with one delay. Within an outage the delay only grows, so whatever was
         handed back earlier is due earlier: redelivery keeps the ingest order. Returns the delay."""
-        for msg in msgs:
-            with contextlib.suppress(NatsError):
-                await msg.nak(delay=delay)
+        await nak(msgs, delay=delay)
         self._metrics.retries.inc(len(msgs))
         return delay
-
-    async def _heartbeat(self, msgs: Sequence[Msg]) -> None:
-        """Tell JetStream the messages are still being worked on (restarts their ack wait without
-        counting a delivery): while a batch is isolated, and for messages carried to the next batch."""
-        for msg in msgs:
-            with contextlib.suppress(NatsError):
-                await msg.in_progress()
 
     async def _dead_letter(
         self,
@@ -186,9 +168,6 @@ class Writer:
         self._metrics.rejected.inc(reason=reason)
         return True
 
-    async def _reject(self, msg: Msg, error: EventError) -> bool:
-        return await self._dead_letter(msg, reason=error.reason, detail=error.detail, errors=error.fields)
-
     def _parse(self, msg: Msg) -> PatternEvent:
         event = parse_event(msg.data, catalog=self._catalog.current, window=self._window)
         check_subject(event, msg.subject)
@@ -213,7 +192,7 @@ class Writer:
 
     async def _store(self, batch: list[Pending], msgs: Sequence[Msg]) -> Outcome:
         async with self._pool.connection() as conn, conn.transaction():
-            outcome = await insert_isolating(conn, batch, heartbeat=lambda: self._heartbeat(msgs))
+            outcome = await insert_isolating(conn, batch, heartbeat=lambda: in_progress(msgs))
             if (
                 outcome.failed
                 and not outcome.stored
@@ -279,7 +258,7 @@ class Writer:
             try:
                 event = self._parse(msg)
             except EventError as error:
-                await self._reject(msg, error)
+                await self._dead_letter(msg, reason=error.reason, detail=error.detail, errors=error.fields)
                 continue
             first = events.get(event.id)
             if first is None:
@@ -311,7 +290,7 @@ class Writer:
             held = [m for p in events.values() for m in p.msgs] + [m for m in msgs if m in carry]
             return await self._nak(held, delay=self._outage.failed(exc))
         self._outage.recovered()
-        await self._heartbeat(carry)
+        await in_progress(carry)
         self.carried = carry
         for p, refusal in outcome.failed:
             detail = f"the database refused the event: {first_line(refusal)}"
@@ -343,22 +322,6 @@ class Writer:
         return 0.0
 
     # -- the loop ----------------------------------------------------------------------------------
-    async def _wait_for_database(self, delay: float) -> None:
-        """Sleep ``delay`` (a little more, so what was handed back is due), then probe PostgreSQL,
-        doubling the wait while it does not answer. Returns early when the writer is stopping."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay + REDELIVERY_MARGIN_S)
-                return
-            try:
-                await asyncio.wait_for(ping(self._pool), timeout=PROBE_TIMEOUT_S)
-            except (*TRANSIENT_ERRORS, psycopg.Error):  # type: ignore[misc]  # a tuple at runtime
-                self._metrics.probes.inc(result="down")
-                delay = min(delay * 2, self._retry_max_s)
-            else:
-                self._metrics.probes.inc(result="up")
-                return
-
     async def _fetch(self, puller: Puller, n: int) -> list[Msg]:
         if n < 1:
             return []
@@ -397,7 +360,13 @@ class Writer:
                         # Messages left in the stream meanwhile are not delivered, so an outage of
                         # any length costs each message one or two deliveries, not max_deliver.
                         await self._nak(await ahead, delay=backoff)
-                        await self._wait_for_database(backoff)
+                        await wait_for_database(
+                            self._pool,
+                            delay=backoff,
+                            max_s=self._retry_max_s,
+                            stopping=self._stopping,
+                            probed=lambda up: self._metrics.probes.inc(result="up" if up else "down"),
+                        )
                         ahead = asyncio.create_task(self._fetch(puller, self._batch))
             finally:
                 # Hand a batch fetched ahead (and what was carried) straight back, so another node takes

@@ -9,7 +9,7 @@ __all__ = ["Breaker", "BreakerState"]
 
 BreakerState = Literal["closed", "open", "half_open"]
 
-DEFAULT_FAILURES = 3
+DEFAULT_FAILURES = 5  # consecutive failures that open the breaker
 DEFAULT_RESET_S = 1.0
 
 

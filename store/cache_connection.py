@@ -11,10 +11,11 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from store.pool import DEFAULT_CONNECT_TIMEOUT_S
+
 __all__ = ["CacheError", "open_redis"]
 
 DEFAULT_SOCKET_TIMEOUT_S = 0.25
-DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_MAX_CONNECTIONS = 64
 
 

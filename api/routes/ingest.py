@@ -18,7 +18,8 @@ from starlette.routing import Route
 
 from api.auth import requires
 from api.errors import ApiError
-from api.openapi import Content, FieldError, link, operation
+from api.openapi import Content, link, operation
+from api.problems import FieldError
 from api.settings import Settings
 from api.state import HubState
 from api.validation import read_bytes

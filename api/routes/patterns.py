@@ -19,7 +19,7 @@ import re
 import struct
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -28,16 +28,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth import requires
-from api.cache import REFERENCE_GENERATION, digest, dumps, ttl_until
+from api.cache import digest, dumps
 from api.cursors import scan_after
 from api.errors import ApiError
 from api.openapi import link, operation
 from api.routes.pattern_models import Definitions, PatternEvent, ScanPage, Stats, event_json, json_time
+from api.routes.scan_cache import scan_dependencies, scan_ttl_s
 from api.state import HubState
 from api.validation import ParsedQuery, QueryAliases, parse_query, query_error, read_query
 from hub.model import RFC3339 as _RFC3339
-from hub.model import TIMEFRAMES, EventError, canonical_symbol
-from store.cache import Computed, Dependencies, Served
+from hub.model import EventError, canonical_symbol
+from store.cache import Computed, Served
 from store.scans import (
     MAX_LIMIT,
     MY_UNIVERSE,
@@ -51,16 +52,12 @@ from store.scans import (
     scan_events,
 )
 
-__all__ = ["LEGACY_QUERY", "PatternEvent", "ScanParams", "event_json", "routes", "scan_dependencies"]
+__all__ = ["LEGACY_QUERY", "PatternEvent", "ScanParams", "event_json", "routes"]
 
 DEFAULT_LIMIT = 50
 DEFAULT_STATS_DAYS = 30
 MAX_STATS_DAYS = 365
 MAX_VALUES = 100  # per repeatable filter
-# A range that ended this long ago counts as closed: its cache entries depend on per-month generations
-# and live for cache_closed_ttl_s (an event detected in it, stored late, still bumps its month).
-CLOSED_AFTER = timedelta(minutes=1)
-MAX_CLOSED_MONTHS = 36
 MAX_PAGE_NUMBER = (2**63 - 1) // MAX_LIMIT + 1  # beyond it the OFFSET overflows bigint (it was a 500)
 _SMALLEST_REAL = struct.unpack("f", struct.pack("I", 1))[0]  # 1.4e-45, the smallest positive float4
 _UNIVERSE_KEY = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
@@ -268,7 +265,7 @@ async def scan(request: Request) -> Response:
             )
         return Computed(
             dumps({"items": [event_json(r) for r in page.items], "next_cursor": next_cursor}),
-            _ttl_s(hub, filt, page.items),
+            scan_ttl_s(hub.settings, filt, page.items),
         )
 
     if cache is None:
@@ -292,43 +289,6 @@ async def scan(request: Request) -> Response:
     tail = dumps({"query_ms": query_ms, "cache": {"hit": served.hit, "age_ms": age_ms}})
     return Response(
         served.body[:-1] + b"," + tail[1:], media_type="application/json", headers={"X-Cache": served.outcome}
-    )
-
-
-def _closed_months(filt: ScanFilter) -> list[str] | None:
-    """The months (``YYYYMM``) of a time range that is closed and over, or ``None``."""
-    start, end = filt.detected_after, filt.detected_before
-    if start is None or end is None or end > datetime.now(UTC) - CLOSED_AFTER:
-        return None
-    months: list[str] = []
-    last = (end - timedelta(microseconds=1)).astimezone(UTC)
-    start_utc = start.astimezone(UTC)
-    year, month = start_utc.year, start_utc.month
-    while (year, month) <= (last.year, last.month):
-        months.append(f"{year:04d}{month:02d}")
-        if len(months) > MAX_CLOSED_MONTHS:
-            return None
-        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return months
-
-
-def _ttl_s(hub: HubState, filt: ScanFilter, rows: list[dict[str, Any]]) -> float:
-    """How long a page may be cached: the closed-range or normal TTL, cut short by the first
-    ``expires_at`` of an ``active_only`` result (whose rows leave it as they expire)."""
-    settings = hub.settings
-    ttl_s = settings.cache_closed_ttl_s if _closed_months(filt) is not None else settings.cache_ttl_s
-    return ttl_until((r["expires_at"] for r in rows), ttl_s) if filt.active_only else ttl_s
-
-
-def scan_dependencies(filt: ScanFilter) -> Dependencies:
-    """The generations a scan's answer depends on: its timeframes (every one without that filter),
-    per month for a closed past range (so new events do not touch it); reference data when a
-    universe or sector filter is resolved through it."""
-    timeframes = sorted(set(filt.timeframes)) or list(TIMEFRAMES)
-    months = _closed_months(filt)
-    events = [f"{tf}:{m}" for tf in timeframes for m in months] if months is not None else timeframes
-    return Dependencies(
-        events=tuple(events), strict=(REFERENCE_GENERATION,) if filt.universes or filt.sectors else ()
     )
 
 

@@ -19,7 +19,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.auth import mint_token
 from api.settings import Settings
-from hub.deadletters import DLQ_HEADERS, AdvisoryWatcher, DeadLetterer
+from hub.advisories import AdvisoryWatcher
+from hub.deadletters import DLQ_HEADERS, DeadLetterer
 from hub.jetstream import INGEST_STREAM, MAX_DELIVERIES_ADVISORY, WRITER_CONSUMER, ensure_topology
 from hub.metrics import Metrics
 from store.deadletters import get_dead_letter
