@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api.requestid import current_request_id
-from hub.errors import HubError, ReplayError
+from hub.errors import HubError, ReplayError, SubscriptionLimitError
 from hub.fanout import FilterError
 from hub.model import EventError
 from hub.protocol import (
@@ -31,6 +31,7 @@ from hub.protocol import (
     ERROR_FORBIDDEN,
     ERROR_INVALID,
     ERROR_INVALID_FILTER,
+    ERROR_TOO_MANY_SUBSCRIPTIONS,
     ERROR_UNAUTHENTICATED,
 )
 from store.errors import StoreError, StoreUnavailable
@@ -168,6 +169,10 @@ def _duplicate(exc: DuplicateName) -> Problem:
     return Problem(status=409, detail=str(exc), errors=[{"loc": "body.name", "msg": "already used"}])
 
 
+def _subscription_limit(exc: SubscriptionLimitError) -> Problem:
+    return Problem(status=409, detail=str(exc), ws_code=ERROR_TOO_MANY_SUBSCRIPTIONS)
+
+
 def _scan(exc: ScanError) -> Problem:
     return Problem(
         status=400, detail=exc.msg, errors=[{"loc": exc.loc, "msg": exc.msg}], ws_code=ERROR_INVALID_FILTER
@@ -187,6 +192,7 @@ ERROR_TABLE: dict[type[BaseException], Rule] = {
     ReplayError: _replay,
     EventError: _event,
     FilterError: _filter,
+    SubscriptionLimitError: _subscription_limit,
     # store
     StoreError: _store,
     StoreUnavailable: _store_unavailable,

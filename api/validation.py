@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Generic, TypeVar, get_origin
 
@@ -97,12 +97,15 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_json(raw: bytes, *, max_depth: int | None = None) -> Any:
-    """``raw`` decoded as JSON (NaN and Infinity refused). Raises :class:`ApiError` 400 when it is not
-    JSON, or nests arrays and objects deeper than ``max_depth`` levels (``None``: Python's own
-    recursion limit, also a 400)."""
+def parse_json(
+    raw: bytes, *, max_depth: int | None = None, loads: Callable[[bytes], Any] | None = None
+) -> Any:
+    """``raw`` decoded as JSON (NaN and Infinity refused), by ``loads`` when given (e.g. the event
+    rules of :func:`hub.parsing.loads_json`). Raises :class:`ApiError` 400 when it is not JSON, or
+    nests arrays and objects deeper than ``max_depth`` levels (``None``: Python's own recursion limit,
+    also a 400)."""
     try:
-        document = json.loads(raw, parse_constant=_no_constant)
+        document = loads(raw) if loads is not None else json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         raise ApiError(
             "the body is not valid JSON", errors=[{"loc": "body", "msg": "not valid JSON"}]
@@ -247,3 +250,12 @@ SymbolName = Annotated[str, PlainValidator(_symbol)]
 """A symbol, upper-cased and checked against the symbol alphabet."""
 UniverseKey = Annotated[str, AfterValidator(_universe_key)]
 """A universe key as the ``universes`` table spells them (existence is checked separately)."""
+
+
+def path_symbol(raw: str) -> str:
+    """The canonical symbol in a path parameter; a value that cannot be a symbol names no resource, so
+    it is :class:`ApiError` 404."""
+    try:
+        return canonical_symbol(raw)
+    except EventError:
+        raise ApiError(f"no symbol {raw!r}: {raw!r} is not a valid symbol", status=404) from None

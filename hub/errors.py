@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["HubError", "ReplayError", "ReplayErrorKind"]
+__all__ = ["HubError", "ReplayError", "ReplayErrorKind", "SubscriptionLimitError"]
 
 ReplayErrorKind = Literal["not_found", "rejected"]
 
@@ -30,3 +30,7 @@ class ReplayError(HubError, ValueError):
         super().__init__(message)
         self.kind: ReplayErrorKind = kind
         self.reason = reason
+
+
+class SubscriptionLimitError(HubError, OverflowError):
+    """A connection asked for more subscriptions than ``TICKSTOCK_WS_MAX_SUBSCRIPTIONS`` allows."""

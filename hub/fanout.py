@@ -42,6 +42,7 @@ from hub.connection import (
     Connection,
     Send,
 )
+from hub.errors import HubError, SubscriptionLimitError
 from hub.fanout_limits import FanOutLimits
 from hub.fanout_metrics import FanOutMetrics
 from hub.history import StreamHistory, stream_position
@@ -57,7 +58,7 @@ __all__ = ["FanOut", "FilterError"]
 log = logging.getLogger("tickstock.fanout")
 
 
-class FilterError(ValueError):
+class FilterError(HubError, ValueError):
     """A subscription filter the hub cannot serve (unknown universe, pattern, bad symbol)."""
 
 
@@ -219,7 +220,7 @@ class FanOut:
         Raises :class:`FilterError` for a filter the hub cannot serve.
         """
         if sub_id not in conn.subs and len(conn.subs) >= self.limits.max_subscriptions:
-            raise OverflowError(
+            raise SubscriptionLimitError(
                 f"this connection already has {len(conn.subs)} subscriptions "
                 f"(the limit is {self.limits.max_subscriptions})"
             )

@@ -22,7 +22,7 @@ from api.openapi import Content, link, operation
 from api.problems import FieldError
 from api.settings import Settings
 from api.state import HubState
-from api.validation import read_bytes
+from api.validation import parse_json, read_bytes
 from hub.model import EventError, PatternEvent
 from hub.parsing import loads_json, parse_event
 from hub.producer import PRODUCER_HEADER, PRODUCER_SIG_HEADER, publish_to_ingest, sign_producer
@@ -168,10 +168,7 @@ async def post_patterns(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
     settings = hub.settings
     body = await read_bytes(request, max_bytes=settings.http_ingest_max_bytes)
-    try:
-        document = loads_json(body)  # the NATS path's rules: no duplicate keys, no NaN/Infinity
-    except (ValueError, RecursionError) as exc:  # RecursionError: arrays or objects nested too deep
-        raise ApiError(f"the body is not JSON: {exc}") from None
+    document = parse_json(body, loads=loads_json)  # the NATS path's rules: no duplicate keys, no NaN
     events_raw = document.get("events") if isinstance(document, dict) else document
     if not isinstance(events_raw, list):
         raise ApiError('the body must be {"events": [...]} or a JSON array of events')

@@ -26,8 +26,8 @@ from api.cursors import symbols_after
 from api.errors import ApiError
 from api.openapi import link, operation
 from api.state import HubState
-from api.validation import MAX_ERRORS, SymbolName, read_body, read_model, read_query
-from hub.model import TIMEFRAMES, EventError, EventType, Timeframe, canonical_symbol
+from api.validation import MAX_ERRORS, SymbolName, path_symbol, read_body, read_model, read_query
+from hub.model import TIMEFRAMES, EventType, Timeframe
 from store.cache import Computed, Dependencies
 from store.symbols import SYMBOL_TYPES, SymbolQuery, encode_cursor, get_symbol, search_symbols, upsert_symbols
 from store.universes import is_universe_key, unknown_universes
@@ -234,10 +234,7 @@ def cached_json(body: bytes, outcome: str) -> Response:
 async def show_symbol(request: Request) -> Response:
     hub: HubState = request.app.state.hub
     raw = request.path_params["symbol"]
-    try:
-        symbol = canonical_symbol(raw)
-    except EventError:
-        raise ApiError(f"no symbol {raw!r}: {raw!r} is not a valid symbol", status=404) from None
+    symbol = path_symbol(raw)
 
     async def compute() -> Computed:
         async with hub.pool.connection() as conn:

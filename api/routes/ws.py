@@ -17,11 +17,13 @@ from starlette.websockets import WebSocket
 
 from api.auth import Authenticator, AuthError, Principal, escape
 from api.authlimit import client_address, limiter_for
+from api.errors import problem_for
 from api.jsonbound import MAX_DEPTH, JsonTooDeep, loads_bounded
 from api.requestid import SERVER_SEND
 from api.state import HubState
 from hub.connection import Connection
-from hub.fanout import FanOut, FilterError
+from hub.errors import HubError
+from hub.fanout import FanOut
 from hub.protocol import (
     CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
@@ -34,7 +36,6 @@ from hub.protocol import (
     ERROR_FORBIDDEN,
     ERROR_INVALID,
     ERROR_INVALID_FILTER,
-    ERROR_TOO_MANY_SUBSCRIPTIONS,
     ERROR_UNAUTHENTICATED,
     ERROR_UNKNOWN_OP,
     ERROR_UNKNOWN_SUBSCRIPTION,
@@ -168,12 +169,20 @@ class Session:
             raise OpError(ERROR_BAD_FRAME, f"not JSON: {str(exc)[:120]}") from None
         if not isinstance(frame, dict) or not isinstance(frame.get("op"), str):
             raise OpError(ERROR_BAD_FRAME, "a frame must be a JSON object with a string 'op'")
+        op_id = frame.get("id")
         try:
             await self._handle(frame)
         except OpError as exc:
-            op_id = frame.get("id")
             exc.op_id = op_id if isinstance(op_id, str) else None
             raise
+        except HubError as exc:  # a domain error: the one table (api.errors) names its error frame
+            found = problem_for(exc)
+            code = found.ws_code if found is not None else None
+            if code is None:
+                raise
+            error = OpError(code, str(exc))
+            error.op_id = op_id if isinstance(op_id, str) else None
+            raise error from None
 
     async def _handle(self, frame: dict[str, Any]) -> None:
         op = frame["op"]
@@ -229,12 +238,7 @@ class Session:
         self.conn.send_json({"op": "refreshed", "expires_at": principal.expires_at})
 
     async def _subscribe(self, op: SubscribeOp) -> None:
-        try:
-            reply = await self.fanout.subscribe(self.conn, op.id, op.filter, op.since)
-        except FilterError as exc:
-            raise OpError(ERROR_INVALID_FILTER, str(exc)) from None
-        except OverflowError as exc:
-            raise OpError(ERROR_TOO_MANY_SUBSCRIPTIONS, str(exc)) from None
+        reply = await self.fanout.subscribe(self.conn, op.id, op.filter, op.since)
         self.conn.send_json(reply)
 
 

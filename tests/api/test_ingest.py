@@ -236,9 +236,9 @@ async def test_a_mixed_batch_has_a_verdict_per_event_in_order(client: httpx.Asyn
 @pytest.mark.parametrize(
     ("content", "detail"),
     [
-        (b"{not json", "the body is not JSON"),
-        (b'[{"id": "\xff"}]', "the body is not JSON"),
-        (b"[" * 5000 + b"]" * 5000, "the body is not JSON"),
+        (b"{not json", "the body is not valid JSON"),
+        (b'[{"id": "\xff"}]', "the body is not valid JSON"),
+        (b"[" * 5000 + b"]" * 5000, "the body is not valid JSON"),
         (b'{"event": []}', 'the body must be {"events": [...]} or a JSON array of events'),
         (b'{"events": {"id": "x"}}', 'the body must be {"events": [...]} or a JSON array of events'),
         (b"42", 'the body must be {"events": [...]} or a JSON array of events'),
