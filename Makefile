@@ -23,14 +23,19 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/tickstock run
 
+# Each run keeps its servers and temporary files under a root of its own: pytest's default root is
+# shared by every run of one user, and a run beside this one would prune the folders our servers use.
+PYTEST := root=$$(mktemp -d /tmp/tickstock-test.XXXXXX); \
+	$(BIN)/python -m pytest --basetemp=$$root/t --cov --cov-report=term-missing:skip-covered
+
 test: $(STAMP)
 	@rm -f .coverage .coverage.*
-	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
+	@$(PYTEST) $(PYTEST_ARGS); rc=$$?; rm -rf $$root; exit $$rc
 
 # The same without the tests marked slow.
 test-fast: $(STAMP)
 	@rm -f .coverage .coverage.*
-	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered -m "not slow" $(PYTEST_ARGS)
+	@$(PYTEST) -m "not slow" $(PYTEST_ARGS); rc=$$?; rm -rf $$root; exit $$rc
 
 # Lint, format check and types (strict on hub, api, store); CI runs it before the tests.
 lint: $(STAMP)
