@@ -4,14 +4,15 @@ address."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
+
+import httpx
 
 from tests.abuse.attacks_http import assert_cursors_refused, forged_scan_cursors
 from tests.abuse.attacks_ws import hostile_tokens
 from tests.abuse.campaign import Attack, Ctx, jwks_document
 from tests.abuse.harness import assert_problem
+from tests.support import wait_for
 
 JWKS_LOAD_DEADLINE_S = 25.0  # a fixed hub may wait its minimum refetch interval (10 s) after a failure
 BURST = 20  # TICKSTOCK_AUTH_FAILURE_BURST's default
@@ -56,12 +57,14 @@ async def jwks_failure_and_forged_cursor(ctx: Ctx) -> None:
         assert leak not in response.text, (leak, body)
     ctx.jwks_path.parent.mkdir(parents=True, exist_ok=True)
     ctx.jwks_path.write_text(jwks_document(ctx.jwks_key))
-    deadline = time.monotonic() + JWKS_LOAD_DEADLINE_S
-    while (page := await client.get("/api/patterns/scan", params={"limit": "1"})).status_code == 503:
-        assert time.monotonic() < deadline, (
-            f"the key set not loaded {JWKS_LOAD_DEADLINE_S} s after it appeared"
-        )
-        await asyncio.sleep(0.5)
+
+    async def loaded() -> httpx.Response | None:
+        response = await client.get("/api/patterns/scan", params={"limit": "1"})
+        return None if response.status_code == 503 else response
+
+    page = await wait_for(
+        loaded, timeout=JWKS_LOAD_DEADLINE_S, interval=0.5, what="the key set loaded after it appeared"
+    )
     assert page.status_code == 200, page.text[:300]
     real = page.json()["next_cursor"]
     assert real, "nothing stored to page through"
