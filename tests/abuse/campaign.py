@@ -221,8 +221,13 @@ class Campaign:
 
 
 async def _guarded(name: str, attack: Attack, ctx: Ctx) -> str | None:
+    # asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for's cancellation is lost when the
+    # attack's own inner await completes at that moment (a busy websocket), and the attack runs on.
     try:
-        await asyncio.wait_for(attack(ctx), ATTACK_TIMEOUT_S)
+        async with asyncio.timeout(ATTACK_TIMEOUT_S):
+            await attack(ctx)
+    except TimeoutError:
+        return f"{name}: did not finish within {ATTACK_TIMEOUT_S} s"
     except AssertionError as exc:
         return f"{name}: {exc}"
     except Exception:
