@@ -4,7 +4,8 @@
 ``RecursionError`` deep inside the parser (not a ``ValueError``), which callers do not expect. Here the
 nesting is measured first by one regular-expression pass that skips string literals, so text nested
 deeper than ``max_depth`` is refused without being parsed. ``NaN`` and ``Infinity`` (which Python
-accepts but JSON does not have) are refused too.
+accepts but JSON does not have) are refused too, and so, on request (``unique_keys=True``), is an object
+that names a key twice (parsers disagree on which value wins, so such text has no one meaning).
 """
 
 from __future__ import annotations
@@ -45,11 +46,21 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def loads_bounded(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key in a JSON object")
+    return obj
+
+
+def loads_bounded(text: str | bytes, *, max_depth: int = MAX_DEPTH, unique_keys: bool = False) -> Any:
     """``json.loads`` that raises :class:`JsonTooDeep` (a ``ValueError``) for nesting deeper than
-    ``max_depth`` and ``ValueError`` for anything else that is not JSON. Never ``RecursionError``."""
+    ``max_depth`` and ``ValueError`` for anything else that is not JSON (with ``unique_keys``, an object
+    naming a key twice as well). Never ``RecursionError``."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     if too_deep(text, max_depth):
         raise JsonTooDeep(f"nested deeper than {max_depth} levels")
+    if unique_keys:
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     return json.loads(text, parse_constant=_no_constant)

@@ -162,7 +162,7 @@ class Session:
 
     async def handle(self, text: str) -> None:
         try:
-            frame = loads_bounded(text, max_depth=MAX_DEPTH)
+            frame = loads_bounded(text, max_depth=MAX_DEPTH, unique_keys=True)
         except JsonTooDeep:
             raise OpError(ERROR_BAD_FRAME, f"JSON nested deeper than {MAX_DEPTH} levels") from None
         except ValueError as exc:

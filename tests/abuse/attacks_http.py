@@ -206,43 +206,92 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+# The cursor format since #11 (store/cursor.py): ``v1.<b64url payload>.<b64url HMAC-SHA256>``, the MAC
+# over ``DOMAIN + "v1" NUL kind NUL payload`` with a per-deployment key the attacker never sees.
+CURSOR_DOMAIN = b"tickstock-cursor\x00"
+WRONG_SCAN_VALUES: list[list[object]] = [
+    [123, 456],
+    ["2026-01-01T00:00:00+00:00", {"a": 1}],
+    ["2026-01-01T00:00:00+00:00", [1, 2]],
+    ["2026-01-01T00:00:00+00:00", 5],
+    ["2026-01-01T00:00:00+00:00", "a\u0000b"],
+    [None, None],
+    ["9999-12-31T23:59:59+00:00", True],
+    [[], {}],
+]
+
+
+def cursor_body(real: str) -> dict[str, Any]:
+    """The JSON payload of a cursor the hub issued (``v1.<payload>.<mac>``)."""
+    version, payload, _mac = real.split(".")
+    assert version == "v1", real
+    body: dict[str, Any] = json.loads(_unb64(payload))
+    return body
+
+
+def signed_cursors(real: str, kind: str, doc: dict[str, Any], key: bytes | None) -> list[str]:
+    """``doc`` as a cursor of today's format: MAC'd with ``key`` the way the hub MACs (but a key that is
+    not the deployment's), or, when ``key`` is None, with the real cursor's MAC, a made-up MAC and none."""
+    payload = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    head = "v1." + _b64(payload)
+    if key is not None:
+        message = CURSOR_DOMAIN + b"v1\x00" + kind.encode() + b"\x00" + payload
+        return [f"{head}.{_b64(hmac.new(key, message, hashlib.sha256).digest())}"]
+    return [f"{head}.{real.rsplit('.', 1)[1]}", f"{head}.{_b64(bytes(32))}", head, head + "."]
+
+
+def old_format_cursors(doc: dict[str, Any], key: bytes | None) -> list[str]:
+    """``doc`` in the pre-#11 format (base64url of the JSON with ``m`` = the first 16 bytes of an
+    HMAC-SHA256 over its sorted compact JSON, keyed with ``key``; a made-up ``m`` when None)."""
+    message = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    mac = _b64(hmac.new(key, message, hashlib.sha256).digest()[:16]) if key else "AAAAAAAAAAAAAAAAAAAAAA"
+    return [_b64(json.dumps({**doc, "m": mac}, separators=(",", ":")).encode())]
+
+
 def forged_scan_cursors(real: str, key: bytes | None) -> list[str]:
-    """Cursors with the real one's sort and filter fingerprint but wrong value types, MAC'd with ``key``
-    in today's format (``m`` = first 16 bytes of HMAC-SHA256 over the sorted compact JSON), or with a
-    made-up MAC when ``key`` is None."""
-    body = json.loads(_unb64(real))
+    """Cursors with the real one's sort and filter fingerprint but wrong value types: in today's format
+    (MAC'd with ``key``, or with a borrowed, made-up or absent MAC when ``key`` is None) and in the old
+    format (MAC'd with ``key`` as the hub did before #11)."""
+    body = cursor_body(real)
     forged = []
-    for values in (
-        [123, 456],
-        ["2026-01-01T00:00:00+00:00", {"a": 1}],
-        ["2026-01-01T00:00:00+00:00", [1, 2]],
-        ["2026-01-01T00:00:00+00:00", 5],
-        ["2026-01-01T00:00:00+00:00", "a\u0000b"],
-        [None, None],
-        ["9999-12-31T23:59:59+00:00", True],
-        [[], {}],
-    ):
+    for values in WRONG_SCAN_VALUES:
         doc = {"k": values, "s": body["s"], "f": body["f"]}
-        message = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        doc["m"] = (
-            _b64(hmac.new(key, message, hashlib.sha256).digest()[:16]) if key else "AAAAAAAAAAAAAAAAAAAAAA"
-        )
-        forged.append(_b64(json.dumps(doc, separators=(",", ":")).encode()))
+        forged += signed_cursors(real, "scan", doc, key) + old_format_cursors(doc, key)
     return forged
 
 
-async def assert_cursors_refused(client: httpx.AsyncClient, cursors: list[str], *, what: str) -> None:
+def _show(cursor: str) -> str:
+    """A cursor for a failure message: each part decoded where it is base64url JSON."""
+    try:
+        return repr([_unb64(part)[:120] for part in cursor.split(".")])
+    except ValueError:
+        return repr(cursor[:120])
+
+
+async def assert_cursors_refused(
+    client: httpx.AsyncClient, cursors: list[str], *, what: str, path: str = "/api/patterns/scan"
+) -> None:
+    """Each a 400 problem naming the cursor: ``invalid cursor`` from the cursor reader, or, for a cursor
+    holding a control character, the query reader's documented ``invalid query`` at ``query.cursor``."""
     for cursor in cursors:
-        response = await client.get("/api/patterns/scan", params={"limit": "1", "cursor": cursor})
+        response = await client.get(path, params={"limit": "1", "cursor": cursor})
         assert response.status_code == 400, (
-            f"{what} {_unb64(cursor)[:120]!r}: {response.status_code} {response.text[:200]}"
+            f"{what} {_show(cursor)}: {response.status_code} {response.text[:200]}"
         )
-        assert_problem(response, 400, mentions="cursor")
+        body = assert_problem(response, 400, mentions="cursor")
+        detail = str(body.get("detail", ""))
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in cursor):
+            assert detail.startswith(("invalid query", "invalid cursor")), (what, _show(cursor), body)
+            assert "query.cursor" in json.dumps(body), (what, _show(cursor), body)
+        else:
+            assert detail.startswith("invalid cursor"), (what, _show(cursor), body)
 
 
 async def forged_scan_cursor(ctx: Ctx) -> None:
-    """Forged cursors with wrong value types: unsigned, and signed with the key the hub derived from its
-    JWT secret before #11 (a cursor key must be separate and random now). Each a 400 naming the cursor."""
+    """Forged cursors with wrong value types: unsigned, with a borrowed or made-up MAC, and signed with
+    the key the hub derived from its JWT secret before #11 (a cursor key must be separate and random
+    now), in today's format and the old one; and the real cursor with a NUL or CR/LF in it. Each a 400
+    naming the cursor."""
     client = await ctx.client(ctx.token("cursor-forger", ("patterns:read",)))
     page = await client.get("/api/patterns/scan", params={"limit": "1"})
     assert page.status_code == 200, page.text[:200]
@@ -253,18 +302,31 @@ async def forged_scan_cursor(ctx: Ctx) -> None:
     await assert_cursors_refused(
         client, forged_scan_cursors(real, old_key), what="signed with the JWT-derived key"
     )
+    await assert_cursors_refused(
+        client, [real + "\u0000", "\u0000" + real, real[:10] + "\r\n" + real[10:]], what="a control character"
+    )
 
 
 async def symbols_cursor_with_nul(ctx: Ctx) -> None:
+    """Symbol cursors whose ``after`` is a NUL-carrying string or the wrong type, with a borrowed,
+    made-up or absent MAC and in the old format; a scan cursor offered as a symbols cursor; the real
+    cursor with a NUL in it. Each a 400 naming the cursor."""
     client = await ctx.client(ctx.token("symbols-forger", ("patterns:read",)))
     page = await client.get("/api/symbols", params={"limit": "2"})
     assert page.status_code == 200, page.text[:200]
     real = page.json()["next_cursor"]
-    doc = json.loads(_unb64(real))
+    assert real, "fewer than three symbols to page through"
+    doc = cursor_body(real)
+    forged: list[str] = []
     for after in ("A\u0000B", "\u0000", {"x": 1}, 5):
-        forged = _b64(json.dumps({**doc, "after": after}).encode())
-        response = await client.get("/api/symbols", params={"limit": "2", "cursor": forged})
-        assert_problem(response, 400, mentions="cursor")
+        forged += signed_cursors(real, "symbols", {**doc, "after": after}, None)
+        forged += old_format_cursors({**doc, "after": after}, None)
+        forged.append(_b64(json.dumps({**doc, "after": after}).encode()))  # the old format had no MAC
+    scan = await client.get("/api/patterns/scan", params={"limit": "1"})
+    if scan.status_code == 200 and scan.json()["next_cursor"]:
+        forged.append(scan.json()["next_cursor"])  # a valid cursor of another kind
+    forged += [real + "\u0000", real.replace(".", ".\u0000", 1)]
+    await assert_cursors_refused(client, forged, what="a symbols cursor", path="/api/symbols")
 
 
 async def admin_replay_bodies(ctx: Ctx) -> None:

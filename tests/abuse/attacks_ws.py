@@ -30,18 +30,21 @@ async def open_ws(
 async def next_reply(
     ws: ClientConnection, *, ops: tuple[str, ...] = ("error", "pong", "welcome")
 ) -> dict[str, Any]:
-    """The next frame whose ``op`` is in ``ops`` (events and server pings are skipped)."""
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), SILENT_S))
-        if frame.get("op") in ops:
-            return frame
+    """The next frame whose ``op`` is in ``ops`` (events and server pings are skipped); TimeoutError
+    when none came within :data:`SILENT_S` in all (a flood of other frames cannot hide a missing one)."""
+    async with asyncio.timeout(SILENT_S):
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame.get("op") in ops:
+                return frame
 
 
 async def close_of(ws: ClientConnection) -> tuple[int, str]:
     """(code, reason) of the close frame the server sends; 1006 when the TCP connection dropped without one."""
     try:
-        while True:
-            await asyncio.wait_for(ws.recv(), SILENT_S)
+        async with asyncio.timeout(SILENT_S):
+            while True:
+                await ws.recv()
     except ConnectionClosed as exc:
         if exc.rcvd is None:
             return 1006, ""

@@ -3,6 +3,7 @@ figures), on a database cloned from the reference template and fresh JetStream s
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 
@@ -45,15 +46,23 @@ async def campaign(
             redis_url=redis_url,
             folder=tmp_path_factory.mktemp("abuse"),
         )
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        for line in result.summary().splitlines():
+        _report(request.config, result.summary())
+        yield result
+    finally:
+        _drop(servers, name)
+
+
+def _report(config: pytest.Config, text: str) -> None:
+    """Write ``text`` to the terminal now. The campaign runs in a fixture's set-up, where pytest captures
+    output (and shows it only for a failing test), so capture is suspended for these lines."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        for line in text.splitlines():
             if reporter is not None:
                 reporter.write_line(line)
             else:
                 print(line)
-        yield result
-    finally:
-        _drop(servers, name)
 
 
 def failure_of(campaign: Campaign, name: str) -> None:

@@ -153,6 +153,14 @@ def test_the_json_reader_refuses_depth_before_parsing() -> None:
             loads_bounded(text)
 
 
+def test_the_json_reader_refuses_a_key_named_twice_on_request() -> None:
+    assert loads_bounded('{"a": 1, "a": 2}') == {"a": 2}  # json.loads' own rule, by default
+    assert loads_bounded('{"a": 1, "b": {"c": 2}}', unique_keys=True) == {"a": 1, "b": {"c": 2}}
+    for text in ('{"a": 1, "a": 2}', '{"a": [{"b": 1, "b": 1}]}'):
+        with pytest.raises(ValueError, match="duplicate key"):
+            loads_bounded(text, unique_keys=True)
+
+
 # -- websocket frames --------------------------------------------------------------------------------
 
 
@@ -164,6 +172,10 @@ HOSTILE_FRAMES: list[tuple[str, str]] = [
     ('{"op":"ping","ts":' + "9" * 5_000 + "}", "bad_frame"),
     ('{"op":5}', "bad_frame"),
     ('{"op":["ping"]}', "bad_frame"),
+    # A key named twice has no one meaning; last-wins would make this a subscription that never answers
+    # with an error (and floods the socket with events instead).
+    ('{"op":"ping","op":"subscribe","id":"s"}', "bad_frame"),
+    ('{"op":"ping","ts":{"a":1,"a":2}}', "bad_frame"),
     ('{"op":"\\ud800"}', "unknown_op"),
     ('{"op":"subscribe","id":5,"filter":{}}', "invalid"),
     ('{"op":"subscribe","id":"x","since":"12"}', "invalid"),
