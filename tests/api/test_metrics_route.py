@@ -28,6 +28,11 @@ FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
     "tickstock_writer_retries_total": ("counter", frozenset()),
     "tickstock_writer_database_probes_total": ("counter", frozenset({"result"})),
     "tickstock_dead_letters_total": ("counter", frozenset({"reason"})),
+    # issue #11: a refused DLQ publish, an advisory given up, an id squatted, a partition waited for
+    "tickstock_dlq_publish_refused_total": ("counter", frozenset({"code"})),
+    "tickstock_advisories_given_up_total": ("counter", frozenset()),
+    "tickstock_id_conflicts_total": ("counter", frozenset()),
+    "tickstock_writer_partition_deferrals_total": ("counter", frozenset()),
     "tickstock_writer_batch_size": ("histogram", frozenset()),
     "tickstock_writer_batch_seconds": ("histogram", frozenset()),
     "tickstock_ingest_to_stored_seconds": ("histogram", frozenset()),
