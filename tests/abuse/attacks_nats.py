@@ -177,6 +177,12 @@ async def id_squat(ctx: Ctx) -> None:
     assert "genuine-producer" in out and "squatter-producer" in out, out[:1000]
     [row] = await ctx.rows("SELECT symbol, producer FROM pattern_events WHERE id = %s", genuine["id"])
     assert (row["symbol"], row["producer"]) == ("KO", f"http:{squatter_sub}"), row
+    shown = json.loads(out)
+    ctx.notes.append(
+        f"id_squat: dead letter {letter['id']} reason {shown['reason']}; payload {shown['payload_preview'][:90]}...; "
+        f"conflict_payload {str(shown['conflict_payload'])[:90]}...; stored row symbol {row['symbol']}, "
+        f"producer {row['producer']}"
+    )
 
 
 async def same_payload_twice_is_a_duplicate(ctx: Ctx) -> None:
