@@ -14,6 +14,8 @@ import json
 import re
 from typing import Any
 
+from hub.parsing import loads_json, reject_constant
+
 __all__ = ["MAX_DEPTH", "JsonTooDeep", "loads_bounded", "too_deep"]
 
 MAX_DEPTH = 32  # levels of arrays/objects
@@ -42,17 +44,6 @@ def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate key in a JSON object")
-    return obj
-
-
 def loads_bounded(text: str | bytes, *, max_depth: int = MAX_DEPTH, unique_keys: bool = False) -> Any:
     """``json.loads`` that raises :class:`JsonTooDeep` (a ``ValueError``) for nesting deeper than
     ``max_depth`` and ``ValueError`` for anything else that is not JSON (with ``unique_keys``, an object
@@ -62,5 +53,5 @@ def loads_bounded(text: str | bytes, *, max_depth: int = MAX_DEPTH, unique_keys:
     if too_deep(text, max_depth):
         raise JsonTooDeep(f"nested deeper than {max_depth} levels")
     if unique_keys:
-        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
-    return json.loads(text, parse_constant=_no_constant)
+        return loads_json(text)  # the events' rules: no NaN or Infinity, no key twice
+    return json.loads(text, parse_constant=reject_constant)

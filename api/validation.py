@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from api.errors import ApiError
 from hub.model import EventError, canonical_symbol
+from hub.parsing import reject_constant
 from store.universes import is_universe_key
 
 __all__ = [
@@ -59,10 +60,6 @@ def field_errors(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
     """Pydantic's errors as ``[{"loc": "<prefix>.a[0].b", "msg": "..."}]``, the first :data:`MAX_ERRORS`."""
     errors = exc.errors(include_url=False)[:MAX_ERRORS]
     return [{"loc": _loc(prefix, e["loc"]), "msg": e["msg"]} for e in errors]
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity; PostgreSQL does not
 
 
 async def read_bytes(request: Request, *, max_bytes: int) -> bytes:
@@ -105,7 +102,7 @@ def parse_json(
     nests arrays and objects deeper than ``max_depth`` levels (``None``: Python's own recursion limit,
     also a 400)."""
     try:
-        document = loads(raw) if loads is not None else json.loads(raw, parse_constant=_no_constant)
+        document = loads(raw) if loads is not None else json.loads(raw, parse_constant=reject_constant)
     except (ValueError, RecursionError):
         raise ApiError(
             "the body is not valid JSON", errors=[{"loc": "body", "msg": "not valid JSON"}]

@@ -18,30 +18,13 @@ from typing import Any
 from hub.fanout_limits import FanOutLimits
 from hub.fanout_metrics import FanOutMetrics
 from hub.protocol import (
-    CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
-    CLOSE_IDLE,
-    CLOSE_INTERNAL,
     CLOSE_NORMAL,
     CLOSE_SLOW,
-    CLOSE_TOO_BIG,
-    CLOSE_TOO_MANY,
-    CLOSE_UNAUTHORIZED,
 )
 from hub.subscriptions import Subscription
 
-__all__ = [
-    "CLOSE_FORBIDDEN",
-    "CLOSE_GOING_AWAY",
-    "CLOSE_IDLE",
-    "CLOSE_INTERNAL",
-    "CLOSE_NORMAL",
-    "CLOSE_SLOW",
-    "CLOSE_TOO_BIG",
-    "CLOSE_TOO_MANY",
-    "CLOSE_UNAUTHORIZED",
-    "Connection",
-]
+__all__ = ["CLOSE_TIMEOUT_S", "MAX_CLOSE_REASON_BYTES", "Connection", "Send"]
 
 log = logging.getLogger("tickstock.ws")
 

@@ -33,15 +33,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
-from hub.connection import (
-    CLOSE_GOING_AWAY,
-    CLOSE_IDLE,
-    CLOSE_SLOW,
-    CLOSE_TIMEOUT_S,
-    CLOSE_UNAUTHORIZED,
-    Connection,
-    Send,
-)
+from hub.connection import CLOSE_TIMEOUT_S, Connection, Send
 from hub.errors import HubError, SubscriptionLimitError
 from hub.fanout_limits import FanOutLimits
 from hub.fanout_metrics import FanOutMetrics
@@ -49,6 +41,7 @@ from hub.history import StreamHistory, stream_position
 from hub.jetstream import PATTERNS_STREAM
 from hub.metrics import Registry
 from hub.model import EventError, canonical_symbol
+from hub.protocol import CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW, CLOSE_UNAUTHORIZED
 from hub.subjects import CLEAN_WILDCARD, UNIVERSE_CHANGED_SUBJECT
 from hub.subscriptions import Entry, Filter, Subscription, SubscriptionIndex
 from store.universe_resolver import SqlResolver, UniverseResolver, UnknownUniverse

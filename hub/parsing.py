@@ -66,10 +66,11 @@ def loads_json(text: bytes | str) -> Any:
     """JSON as events must be written: a duplicate key or ``NaN``/``Infinity`` is an error. Raises
     :class:`ValueError` (or :class:`RecursionError` for absurd nesting); the HTTP ingest body uses it
     too, so both ways in read JSON by the same rules."""
-    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    return json.loads(text, parse_constant=reject_constant, object_pairs_hook=_unique_keys)
 
 
-def _reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
+    """A ``parse_constant`` hook: ``NaN`` and ``Infinity`` are not JSON (PostgreSQL refuses them too)."""
     raise ValueError(f"{name} is not valid JSON")
 
 
