@@ -17,21 +17,21 @@ import math
 from typing import TYPE_CHECKING
 
 from api.errors import ApiError
+from api.ratelimit import DEFAULT_TIMEOUT_S as RATE_LIMIT_TIMEOUT_S
 from api.ratelimit import KEY_PREFIX, Decision, RateLimiter
+from api.settings import DEFAULT_AUTH_FAILURE_BURST, DEFAULT_AUTH_FAILURE_PER_S, Settings
 from hub.metrics import Counter, Registry
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
     from starlette.requests import HTTPConnection
 
-    from api.settings import Settings
 
 __all__ = ["AUTH_FAILURE_KEY_PREFIX", "AuthFailureLimiter", "AuthFailuresExceeded", "client_address"]
 
 AUTH_FAILURE_KEY_PREFIX = KEY_PREFIX + "authfail:"
-DEFAULT_PER_S = 1.0
-DEFAULT_BURST = 20
-DEFAULT_TIMEOUT_S = 0.05
+DEFAULT_PER_S = DEFAULT_AUTH_FAILURE_PER_S
+DEFAULT_BURST = DEFAULT_AUTH_FAILURE_BURST
 
 
 class AuthFailuresExceeded(ApiError):
@@ -70,7 +70,7 @@ class AuthFailureLimiter:
         *,
         rate_per_s: float = DEFAULT_PER_S,
         burst: int = DEFAULT_BURST,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float = RATE_LIMIT_TIMEOUT_S,
     ) -> None:
         self.limiter = RateLimiter(
             rate_per_s=rate_per_s, burst=burst, timeout_s=timeout_s, key_prefix=AUTH_FAILURE_KEY_PREFIX
@@ -86,7 +86,7 @@ class AuthFailureLimiter:
         return cls(
             rate_per_s=float(getattr(settings, "auth_failure_per_s", DEFAULT_PER_S)),
             burst=int(getattr(settings, "auth_failure_burst", DEFAULT_BURST)),
-            timeout_s=float(getattr(settings, "rate_limit_timeout_ms", DEFAULT_TIMEOUT_S * 1000)) / 1000,
+            timeout_s=float(getattr(settings, "rate_limit_timeout_ms", RATE_LIMIT_TIMEOUT_S * 1000)) / 1000,
         )
 
     def register(self, registry: Registry) -> bool:

@@ -25,7 +25,6 @@ from store.universes import is_universe_key
 
 __all__ = [
     "MAX_ERRORS",
-    "MAX_JSON_DEPTH",
     "ParsedQuery",
     "QueryAliases",
     "SymbolName",
@@ -41,7 +40,6 @@ __all__ = [
 ]
 
 MAX_ERRORS = 50  # field errors listed in one problem document
-MAX_JSON_DEPTH = 32  # nesting levels of arrays and objects a body may have (where a route bounds it)
 
 M = TypeVar("M", bound=BaseModel)
 

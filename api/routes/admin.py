@@ -1,7 +1,7 @@
 """``/api/admin/dlq…`` (scope ``admin``): inspect, replay and purge dead letters.
 
 A replay's optional body (a corrected event) is read with a bound: beyond
-``TICKSTOCK_ADMIN_MAX_BODY_BYTES`` it is a 413, nested deeper than :data:`~api.validation.MAX_JSON_DEPTH`
+``TICKSTOCK_ADMIN_MAX_BODY_BYTES`` it is a 413, nested deeper than :data:`~api.jsonbound.MAX_DEPTH`
 levels or not JSON a 400.
 """
 
@@ -17,9 +17,10 @@ from starlette.routing import Route
 
 from api.auth import requires
 from api.errors import ApiError
+from api.jsonbound import MAX_DEPTH
 from api.openapi import Content, link, operation
 from api.state import HubState
-from api.validation import MAX_JSON_DEPTH, parse_json, read_bytes, read_query
+from api.validation import parse_json, read_bytes, read_query
 from store.deadletters import count_dead_letters, get_dead_letter, list_dead_letters, purge_dead_letters
 
 __all__ = ["routes"]
@@ -174,7 +175,7 @@ async def replay_dlq(request: Request) -> JSONResponse:
     raw = await read_bytes(request, max_bytes=hub.settings.admin_max_body_bytes)
     payload = None
     if raw.strip():
-        parse_json(raw, max_depth=MAX_JSON_DEPTH)
+        parse_json(raw, max_depth=MAX_DEPTH)
         payload = raw
     result = await hub.dead_letters.replay(letter_id, catalog=hub.catalog, payload=payload)
     return JSONResponse(

@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 
 from api.auth import mint_token
-from api.validation import MAX_JSON_DEPTH
+from api.jsonbound import MAX_DEPTH as MAX_JSON_DEPTH
 from tests.conftest import JWT_SECRET
 from tests.support import LiveHub, locs, problem
 
