@@ -23,8 +23,9 @@ __all__ = [
 ]
 
 # Who produced an event, as HTTP ingest vouches for it (contract of issue #11): the producer
-# ("http:<token sub>") and a hex HMAC-SHA256 over "<event id>\n<producer>" with the deployment secret
-# "producer". The writer believes the first only when the second verifies.
+# ("http:<token sub>") and a hex HMAC-SHA256 over the producer and the event's canonical encoding, with
+# the deployment secret "producer". The writer believes the first only when the second verifies, so a
+# copied pair of headers vouches for nothing but the very event it was made for.
 PRODUCER_HEADER = "TickStock-Producer"
 PRODUCER_SIG_HEADER = "TickStock-Producer-Sig"
 MAX_PRODUCER_LENGTH = 300  # characters stored in pattern_events.producer
@@ -38,11 +39,11 @@ class Published:
     duplicate: bool
 
 
-def sign_producer(secret: bytes, event_id: str, producer: str) -> str:
-    """The ``TickStock-Producer-Sig`` value for ``producer`` of the event ``event_id``."""
-    return hmac.new(
-        secret, f"{event_id}\n{producer}".encode("utf-8", "surrogatepass"), hashlib.sha256
-    ).hexdigest()
+def sign_producer(secret: bytes, event: PatternEvent, producer: str) -> str:
+    """The ``TickStock-Producer-Sig`` value for ``producer`` of ``event`` (its canonical encoding)."""
+    mac = hmac.new(secret, producer.encode("utf-8", "surrogatepass") + b"\n", hashlib.sha256)
+    mac.update(event.to_json_bytes())
+    return mac.hexdigest()
 
 
 def producer_of(event: PatternEvent, headers: Mapping[str, str] | None, secret: bytes | None) -> str:
@@ -54,7 +55,7 @@ def producer_of(event: PatternEvent, headers: Mapping[str, str] | None, secret: 
         secret is not None
         and claimed is not None
         and sig is not None
-        and hmac.compare_digest(sign_producer(secret, event.id, claimed), sig.strip().lower())
+        and hmac.compare_digest(sign_producer(secret, event, claimed), sig.strip().lower())
     ):
         return escape_control(claimed, limit=MAX_PRODUCER_LENGTH)
     return escape_control(f"nats:{event.source}", limit=MAX_PRODUCER_LENGTH)

@@ -68,7 +68,7 @@ def _msg_id(event: PatternEvent) -> str:
     return f"{event.id}#{hashlib.sha256(event.to_json_bytes()).hexdigest()[:16]}"
 
 
-async def _producer_headers(request: Request, hub: HubState, event_id: str) -> dict[str, str]:
+async def _producer_headers(request: Request, hub: HubState, event: PatternEvent) -> dict[str, str]:
     """``TickStock-Producer: http:<token sub>`` and its signature (the deployment secret "producer",
     read once per app)."""
     secret: bytes | None = getattr(request.app.state, "producer_secret", None)
@@ -76,7 +76,7 @@ async def _producer_headers(request: Request, hub: HubState, event_id: str) -> d
         secret = await deployment_secret(hub.pool, "producer")
         request.app.state.producer_secret = secret
     producer = f"http:{request.state.principal.subject}"
-    return {PRODUCER_HEADER: producer, PRODUCER_SIG_HEADER: sign_producer(secret, event_id, producer)}
+    return {PRODUCER_HEADER: producer, PRODUCER_SIG_HEADER: sign_producer(secret, event, producer)}
 
 
 class _Strict(BaseModel):
@@ -211,7 +211,7 @@ async def _one(request: Request, hub: HubState, raw: Any, window: EventWindow) -
     except EventError as exc:
         return {"status": "rejected", "id": raw.get("id") if isinstance(raw, dict) else None, **exc.as_dict()}
     try:
-        headers = await _producer_headers(request, hub, event.id)
+        headers = await _producer_headers(request, hub, event)
     except psycopg.Error as exc:  # the secret could not be read: the database is down, try again later
         return {"status": "retry", "id": event.id, "reason": "ingest_unavailable", "detail": first_line(exc)}
     try:
