@@ -38,6 +38,7 @@ log = logging.getLogger("tickstock.bridge")
 
 DEFAULT_CHANNEL = "tickstock.events.patterns"
 RETRY_DELAY_S = 1.0
+CLOSE_TIMEOUT_S = 5.0
 PUBLISH_TIMEOUT_S = 5.0
 
 
@@ -105,8 +106,8 @@ class RedisBridge:
                 log.warning("bridge: Redis subscription lost (%s); resubscribing", exc)
                 await asyncio.sleep(RETRY_DELAY_S)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await asyncio.wait_for(pubsub.aclose(), CLOSE_TIMEOUT_S)  # never hangs a shutdown
 
     async def wait_subscribed(self, timeout: float = 5.0) -> None:
         await asyncio.wait_for(self._subscribed.wait(), timeout)
