@@ -172,7 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_until_terminated(args.func(settings, args)))
+            # run and serve hand both signals to uvicorn while they serve; every other command takes
+            # Ctrl-C through the event loop, like SIGTERM.
+            serving = args.func in (cmd_run, cmd_serve)
+            runner.run(_until_terminated(args.func(settings, args), sigint=not serving))
     except USER_ERRORS as exc:
         say(f"error: {one_line(exc)}")
         return EXIT_ERROR
@@ -182,13 +185,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def _until_terminated(command: Coroutine[Any, Any, None]) -> None:
+async def _until_terminated(command: Coroutine[Any, Any, None], *, sigint: bool = False) -> None:
     """Run ``command``; SIGTERM (and Ctrl-C, through the runner) cancels it, so its context managers close what they opened (``run``
     and ``serve`` install uvicorn's own handlers while they serve)."""
     task = asyncio.ensure_future(command)
     loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if sigint else (signal.SIGTERM,)
+    interrupts = 0
+
+    def interrupt() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:  # a second signal while stopping: leave at once (main says "interrupted")
+            raise KeyboardInterrupt
+        task.cancel()
+
+    # Through the event loop's own handlers (uvloop's too): a Python-level handler (the runner's for
+    # Ctrl-C) runs only once the loop wakes, and an idle bridge once sat out a SIGINT for 20 s.
     try:
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        for signum in signals:
+            loop.add_signal_handler(signum, interrupt)
         handled = True
     except (ValueError, RuntimeError):  # not the main thread (tests calling main() from a thread)
         handled = False
@@ -198,7 +214,8 @@ async def _until_terminated(command: Coroutine[Any, Any, None]) -> None:
         say("stopped")
     finally:
         if handled:
-            loop.remove_signal_handler(signal.SIGTERM)
+            for signum in signals:
+                loop.remove_signal_handler(signum)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
