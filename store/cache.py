@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import redis.asyncio as aioredis
@@ -20,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from store.breaker import Breaker
-from store.cache_entries import Computed, Dependencies, Outcome, Served
+from store.cache_entries import Computed, Dependencies, Flight, Outcome, Served
 
 __all__ = ["Computed", "Dependencies", "Outcome", "ResponseCache", "Served"]
 
@@ -41,12 +40,6 @@ DEFAULT_LOCK_S = 2.0
 DEFAULT_LOCK_WAIT_S = 0.2
 LOCK_POLL_S = 0.01
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-
-
-@dataclass
-class _Flight:
-    future: asyncio.Future[Served]
-    read_at: float
 
 
 class ResponseCache:
@@ -85,7 +78,7 @@ class ResponseCache:
         self._lock_ms = int(lock_s * 1000)
         self._lock_wait_s = lock_wait_s
         self._on_lost = on_lost
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[str, Flight] = {}
         self._lost = 0  # bumps that did not reach Redis, counted
         self._covered = 0  # the value of _lost the last successful replay or new epoch covered
         self._pending: set[str] = set()  # their generation names, replayed when Redis answers
@@ -282,8 +275,14 @@ class ResponseCache:
             if graced_since and read_at - graced_since > REFRESH_AFTER * self.staleness_s:
                 self._refresh_ahead(route, key, entry_key, names, deps, compute, read_at, generations)
             return served
+        # Identical requests that arrived together all read a miss; the first back leads, the rest
+        # join its flight instead of each taking the Redis lock and waiting (or computing) alone.
+        flight = self._flights.get(entry_key)
+        if flight is not None and time.time() < flight.read_at + self.staleness_s:
+            joined = await asyncio.shield(flight.future)
+            return Served(joined.body, "coalesced", None)
         future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
-        self._flights[entry_key] = _Flight(future, read_at)
+        self._flights[entry_key] = Flight(future, read_at)
         try:
             served = await self._lead(route, key, entry_key, names, deps, compute, read_at, generations)
         except BaseException as exc:
@@ -300,7 +299,7 @@ class ResponseCache:
     async def _alone(self, entry_key: str, compute: Callable[[], Awaitable[Computed]]) -> Served:
         """Compute without Redis; identical requests arriving meanwhile on this node wait for it."""
         future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
-        self._flights[entry_key] = _Flight(future, time.time())
+        self._flights[entry_key] = Flight(future, time.time())
         try:
             served = Served((await compute()).body, "bypass", None)
         except BaseException as exc:
@@ -370,7 +369,7 @@ class ResponseCache:
         if entry_key in self._flights:
             return
         future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
-        self._flights[entry_key] = _Flight(future, read_at)
+        self._flights[entry_key] = Flight(future, read_at)
 
         async def refresh() -> None:
             try:

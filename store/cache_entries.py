@@ -6,10 +6,11 @@ Routes build :class:`Dependencies` and :class:`Computed`; :class:`store.cache.Re
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Computed", "Dependencies", "Outcome", "Served"]
+__all__ = ["Computed", "Dependencies", "Flight", "Outcome", "Served"]
 
 Outcome = Literal["hit", "miss", "coalesced", "bypass"]
 
@@ -44,3 +45,12 @@ class Served:
     @property
     def hit(self) -> bool:
         return self.outcome == "hit"
+
+
+@dataclass
+class Flight:
+    """A computation in progress on this node: identical requests await its ``future`` while it is
+    fresh (``read_at`` is when its generations were read)."""
+
+    future: asyncio.Future[Served]
+    read_at: float
