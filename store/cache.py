@@ -73,7 +73,7 @@ class ResponseCache:
     ) -> None:
         self._redis = redis
         self.staleness_s = staleness_s
-        self._timeout_s = timeout_s
+        self.timeout_s = timeout_s
         self.breaker = breaker or Breaker()
         self._lock_ms = int(lock_s * 1000)
         self._lock_wait_s = lock_wait_s
@@ -104,7 +104,7 @@ class ResponseCache:
         return f"{time.time_ns():x}.{self._node}.{next(self._tokens)}"
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
-        return await asyncio.wait_for(awaitable, self._timeout_s)
+        return await asyncio.wait_for(awaitable, self.timeout_s)
 
     def _failed(self) -> None:
         was = self.breaker.state
