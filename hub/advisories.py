@@ -29,6 +29,7 @@ from hub.deadletters import (
 )
 from hub.jetstream import ADVISORY_STREAM, DEADLETTER_CONSUMER, INGEST_STREAM
 from hub.metrics import Metrics
+from hub.outage import retry_delay
 from hub.text import escape_control
 
 __all__ = ["ADVISORY_MAX_ATTEMPTS", "ADVISORY_RETRY_MAX_S", "RETRY_DELAY_S", "AdvisoryWatcher"]
@@ -69,7 +70,7 @@ class AdvisoryWatcher:
         self.given_up = 0
 
     def _delay(self, attempt: int) -> float:
-        return min(self._retry_max_s, self._retry_base_s * 2.0 ** max(0, attempt - 1))
+        return retry_delay(attempt, base_s=self._retry_base_s, max_s=self._retry_max_s)
 
     async def _handle(self, advisory: dict[str, Any]) -> None:
         seq = int(advisory["stream_seq"])
