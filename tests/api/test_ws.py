@@ -138,12 +138,14 @@ async def publish(hub: LiveHub, events: list[dict[str, Any]]) -> None:
     await publish_events(hub.hub.js, events)
 
 
-async def subscribe(peer: Peer, sub_id: str, since: int | None = None, **filter_: Any) -> dict[str, Any]:
+async def subscribe(
+    peer: Peer, sub_id: str, since: int | None = None, *, timeout: float = 10.0, **filter_: Any
+) -> dict[str, Any]:
     frame: dict[str, Any] = {"op": "subscribe", "id": sub_id, "filter": filter_}
     if since is not None:
         frame["since"] = since
     await peer.send(frame)
-    return await peer.op("subscribed", id=sub_id)
+    return await peer.op("subscribed", timeout=timeout, id=sub_id)
 
 
 async def received(peer: Peer, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
@@ -448,7 +450,9 @@ async def test_since_beyond_the_resume_bound_or_ahead_of_the_stream_is_not_recov
     if head < 5_001:
         await publish(hub, [make_event(i, prefix="bulk", symbol="ZZZT") for i in range(5_001 - head)])
         head = await _head(hub, 5_001)
-    reply = await subscribe(peer, "far", since=0, symbols=["ZZZT"])
+    # The reply comes after the replay: up to 5,000 events read back from the clean stream, which took
+    # over 10 s once with two test runs and five other jobs sharing the two cores.
+    reply = await subscribe(peer, "far", since=0, symbols=["ZZZT"], timeout=60.0)
     assert reply["recovered"] is False
     assert 0 < reply["replayed"] <= 5_000
 
