@@ -32,6 +32,7 @@ from hub.model import EVENT_TYPES, PatternEvent, load_json_schema
 from hub.subjects import clean_subject
 from ops.cloudevent_peek import attributes, last_messages, render
 from tests.conftest import JWT_SECRET, delete_all_streams
+from tests.hub.test_asyncapi import component_message
 from tests.support import LiveHub, make_event, publish_events, wait_for
 
 
@@ -146,6 +147,7 @@ async def test_clean_stream_messages_read_with_the_sdk_are_the_stored_events(set
             assert json.loads(await ws.recv())["op"] == "welcome"
             await ws.send(json.dumps({"op": "subscribe", "id": "all", "since": 0}))
             frames = [json.loads(await ws.recv()) for _ in range(len(events) + 1)]
+    header_schema = component_message("cleanEvent")["headers"]
     body_schema = Draft202012Validator(load_json_schema())
     ws_events = {f["event"]["id"]: f for f in frames if f["op"] == "event"}
     for p in peeked:
@@ -164,6 +166,8 @@ async def test_clean_stream_messages_read_with_the_sdk_are_the_stored_events(set
         assert p.event.get_datacontenttype() == "application/json"
         assert p.headers["Nats-Msg-Id"] == stored["id"]
         assert attributes(p.event)["specversion"] == "1.0"
+        # What travels is what the AsyncAPI document promises, and nothing more.
+        Draft202012Validator(header_schema).validate(p.headers)
         body_schema.validate(p.event.get_data())
         frame = ws_events[stored["id"]]
         assert set(frame) == {"op", "seq", "subs", "event"} and frame["seq"] == p.seq
