@@ -77,7 +77,11 @@ def shipped(name: str) -> bytes:
     summary="The AsyncAPI 3.0 document: NATS subjects and the websocket protocol",
     tags=["docs"],
     responses={
-        200: Content(media_type=ASYNCAPI_MEDIA_TYPE, schema={"type": "string"}, description="AsyncAPI 3.0")
+        200: Content(
+            media_type=ASYNCAPI_MEDIA_TYPE,
+            schema={"type": "object", "required": ["asyncapi", "info", "channels", "operations"]},
+            description="an AsyncAPI 3.0 document (YAML)",
+        )
     },
 )
 async def asyncapi_yaml(request: Request) -> Response:
