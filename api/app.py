@@ -34,6 +34,7 @@ from api.state import HubState
 from hub.advisories import AdvisoryWatcher
 from hub.broker import open_nats
 from hub.catalog import CatalogCache
+from hub.cloudevent import CloudEvents
 from hub.deadletters import DeadLetterer
 from hub.fanout import FanOut
 from hub.fanout_limits import FanOutLimits
@@ -121,6 +122,7 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
                 on_stored=cache.events_stored,
                 window=window,
                 partitions_per_batch=settings.partitions_per_batch,
+                cloud_events=CloudEvents(source=settings.cloudevents_source),
             )
         )
         log.info("writer started (batch %d)", settings.writer_batch)

@@ -25,6 +25,8 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 
 from hub import fanout_limits as ws
 from hub import writer
+from hub.cloudevent import DEFAULT_SOURCE as DEFAULT_CLOUDEVENTS_SOURCE
+from hub.cloudevent import check_source
 from hub.window import DEFAULT_EVENT_MAX_AGE_DAYS, DEFAULT_EVENT_MAX_AHEAD_S, DEFAULT_EVENT_MAX_EXPIRY_DAYS
 from hub.writer import DEFAULT_PARTITIONS_PER_BATCH
 from store import breaker, cache, pool
@@ -202,6 +204,7 @@ class Settings:
     auth_failure_burst: int = DEFAULT_AUTH_FAILURE_BURST
     admin_max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES
     cursor_secret: str | None = dataclasses.field(default=None, repr=False)  # None: a per-deployment key
+    cloudevents_source: str = DEFAULT_CLOUDEVENTS_SOURCE  # ce-source of clean-stream messages
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -236,6 +239,10 @@ class Settings:
                 raise SettingsError(f"{PREFIX}JWKS_URL: {exc}") from None
         if not 0 < self.port < 65536:
             raise SettingsError(f"{PREFIX}PORT must be a TCP port, not {self.port}")
+        try:
+            check_source(self.cloudevents_source)
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}CLOUDEVENTS_SOURCE: {exc}") from None
         if self.cursor_secret == "":
             raise SettingsError(
                 f"{PREFIX}CURSOR_SECRET must not be empty (unset it for a per-deployment key)"

@@ -1,7 +1,9 @@
-"""The websocket protocol's codes, defined once (documented in ``docs/websocket.md``).
+"""The websocket protocol's ops and codes, defined once (documented in ``docs/websocket.md`` and
+``hub/asyncapi.yaml``).
 
-Close codes end a connection; error codes name an ``{"op": "error", "code": …}`` frame that leaves it
-open. ``hub`` sends some of them itself (a slow consumer, an idle socket, shutdown); ``api`` maps its
+Every frame is ``{"op": …}``: :data:`CLIENT_OPS` are what a client may send, :data:`SERVER_OPS` what the
+hub sends. Close codes end a connection; error codes name an ``{"op": "error", "code": …}`` frame that
+leaves it open. ``hub`` sends some of them itself (a slow consumer, an idle socket, shutdown); ``api`` maps its
 errors to them through the one table in :mod:`api.errors`. Nothing here imports from ``api``.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CLIENT_OPS",
     "CLOSE_CODES",
     "CLOSE_FORBIDDEN",
     "CLOSE_GOING_AWAY",
@@ -30,7 +33,12 @@ __all__ = [
     "ERROR_UNAUTHENTICATED",
     "ERROR_UNKNOWN_OP",
     "ERROR_UNKNOWN_SUBSCRIPTION",
+    "SERVER_OPS",
 ]
+
+# -- ops ----------------------------------------------------------------------------------------------
+CLIENT_OPS: Final = ("auth", "refresh", "subscribe", "unsubscribe", "ping", "pong")
+SERVER_OPS: Final = ("welcome", "refreshed", "subscribed", "unsubscribed", "event", "ping", "pong", "error")
 
 # -- close codes (RFC 6455 ones below 4000, ours in the 4000-4999 private range, mirroring HTTP) ------
 CLOSE_NORMAL: Final = 1000  # the client closed

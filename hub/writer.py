@@ -8,7 +8,7 @@ from idempotency at each of them:
 2. Valid events are inserted in one transaction, idempotent on the event id.
 3. Every stored event without a clean-stream sequence is published to
    ``tickstock.patterns.<timeframe>.<symbol>`` with ``Nats-Msg-Id`` = event id (JetStream drops a
-   repeat inside its duplicate window), and its sequence is recorded.
+   repeat inside its window) and its CloudEvents headers (:mod:`hub.cloudevent`); its seq is recorded.
 4. Only then are the ingest messages acknowledged.
 
 Fault isolation (:mod:`hub.isolation`): one event the database refuses is dead-lettered alone
@@ -43,6 +43,7 @@ from nats.errors import Error as NatsError
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
+from hub.cloudevent import CloudEvents
 from hub.deadletters import (
     ID_CONFLICT,
     STORE_REJECTED,
@@ -102,25 +103,22 @@ class Writer:
         on_stored: OnStored | None = None,
         window: EventWindow | None = None,
         partitions_per_batch: int = DEFAULT_PARTITIONS_PER_BATCH,
+        cloud_events: CloudEvents | None = None,
     ) -> None:
         if partitions_per_batch < 1:
             raise ValueError("partitions_per_batch must be at least 1")
         self._window = window if window is not None else EventWindow()
+        self._cloud_events = cloud_events if cloud_events is not None else CloudEvents()
         self._partitions_per_batch = partitions_per_batch
         self._producer_secret: bytes | None = None
         self.carried: list[Msg] = []  # kept for the next batch (see handle)
-        self._pool = pool
-        self._nc = nc
-        self._js = nc.jetstream()
+        self._pool, self._nc, self._js = pool, nc, nc.jetstream()
         self._fetch_max_bytes = fetch_max_bytes
         self._on_stored = on_stored
-        self._catalog = catalog
-        self._dead_letters = dead_letters
-        self._metrics = metrics
+        self._catalog, self._dead_letters, self._metrics = catalog, dead_letters, metrics
         self._batch = batch
         self._fetch_timeout_s = fetch_timeout_s
-        self._retry_base_s = retry_base_s
-        self._retry_max_s = retry_max_s
+        self._retry_base_s, self._retry_max_s = retry_base_s, retry_max_s
         self._stop_timeout_s = stop_timeout_s
         self._months: set[datetime] = set()
         self._outage = Outage(base_s=retry_base_s, max_s=retry_max_s)
@@ -211,10 +209,12 @@ class Writer:
         hooked = asyncio.ensure_future(self._stored(events))
         try:
             pending = [(stored[e.id], e) for e in events if stored[e.id].stream_seq is None]
-            # Only headers the hub sets: a producer's Nats-* header never travels on.
+            # Only headers the hub sets: a producer's (Nats-*, ce-*) never travel on.
             futures = [
                 await self._js.publish_async(
-                    clean_subject(e.timeframe, e.symbol), e.to_json_bytes(), headers={"Nats-Msg-Id": e.id}
+                    clean_subject(e.timeframe, e.symbol),
+                    e.to_json_bytes(),
+                    headers={"Nats-Msg-Id": e.id, **self._cloud_events.headers(e)},
                 )
                 for _, e in pending
             ]

@@ -25,6 +25,7 @@ from hub.connection import Connection
 from hub.errors import HubError
 from hub.fanout import FanOut
 from hub.protocol import (
+    CLIENT_OPS,
     CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -48,7 +49,6 @@ log = logging.getLogger("tickstock.ws")
 
 MAX_FRAME_CHARS = 64 * 1024
 READ_SCOPE = "patterns:read"
-OPS = ("auth", "refresh", "subscribe", "unsubscribe", "ping", "pong")
 # Close reasons and refusals never quote the token (its alg, kid, sub, claims): the detail goes to the log.
 REASON_INVALID_TOKEN = "invalid token"
 REASON_UNAVAILABLE = "authentication is unavailable; try again later"
@@ -186,8 +186,8 @@ class Session:
 
     async def _handle(self, frame: dict[str, Any]) -> None:
         op = frame["op"]
-        if op not in OPS:
-            raise OpError(ERROR_UNKNOWN_OP, f"unknown op {op[:40]!r} (known: {', '.join(OPS)})")
+        if op not in CLIENT_OPS:
+            raise OpError(ERROR_UNKNOWN_OP, f"unknown op {op[:40]!r} (known: {', '.join(CLIENT_OPS)})")
         if op in ("ping", "pong"):
             ping = self._parse(PingOp, frame)
             if op == "ping":

@@ -1,11 +1,12 @@
-"""``GET /openapi.json`` (OpenAPI 3.1 built from the routes) and ``GET /docs`` (Swagger UI from bundled
-assets). No servers are needed: the app is built and served in-process without its lifespan."""
+"""``GET /openapi.json`` (OpenAPI 3.1 built from the routes), ``GET /docs`` (Swagger UI from bundled
+assets), ``GET /asyncapi.yaml`` and ``GET /schema/pattern-event-v1.json`` (shipped files). No servers are needed: the app is built and served in-process without its lifespan."""
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,12 +19,13 @@ from starlette.routing import Route
 
 from api.app import create_app
 from api.openapi import REF_TEMPLATE, build_openapi
-from api.routes.docs import ASSETS
+from api.routes.docs import ASSETS, shipped
 from api.routes.patterns import LEGACY_QUERY, PatternEvent, ScanParams
 from api.settings import Settings
 from tests.conftest import JWT_SECRET
 
 PROBLEM = "application/problem+json"
+ROOT = Path(__file__).resolve().parents[2]
 _PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[A-Za-z_]+)?}")
 _ASSET_REF = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
 
@@ -121,7 +123,15 @@ def test_guarded_operations_declare_bearer_auth_and_their_scope(app: Any, docume
         assert {"401", "403", "429", "503"} <= set(op["responses"]), (method, path)
         assert "WWW-Authenticate" in op["responses"]["401"]["headers"]
     assert guarded == 24
-    for path in ("/health", "/health/ready", "/metrics", "/openapi.json", "/docs"):
+    for path in (
+        "/health",
+        "/health/ready",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+        "/asyncapi.yaml",
+        "/schema/pattern-event-v1.json",
+    ):
         assert "security" not in document["paths"][path]["get"]
 
 
@@ -269,3 +279,34 @@ async def test_the_docs_page_is_served_from_bundled_assets(client: httpx.AsyncCl
 
 async def test_the_docs_page_needs_no_token(client: httpx.AsyncClient) -> None:
     assert (await client.get("/docs", headers={"Authorization": "Bearer nonsense"})).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "shipped_as", "media_type"),
+    [
+        ("/asyncapi.yaml", "hub/asyncapi.yaml", "application/yaml"),
+        ("/schema/pattern-event-v1.json", "hub/schema/pattern-event-v1.json", "application/schema+json"),
+    ],
+)
+async def test_the_message_contracts_are_served_as_shipped(
+    client: httpx.AsyncClient, path: str, shipped_as: str, media_type: str
+) -> None:
+    on_disk = (ROOT / shipped_as).read_bytes()
+    plain = await client.get(path)
+    assert plain.status_code == 200
+    assert plain.headers["content-type"] == media_type
+    assert plain.content == on_disk
+    # Static bytes: a token, a query, odd headers change nothing (nothing of the request is reflected).
+    hostile = await client.get(
+        path + "?x=%3Cscript%3E&token=a",
+        headers={"Authorization": "Bearer nonsense", "Accept": "text/html", "Host": "evil.example"},
+    )
+    assert (hostile.status_code, hostile.content) == (200, on_disk)
+    head = await client.head(path)
+    assert (
+        head.status_code == 200
+        and head.content == b""
+        and head.headers["content-length"] == str(len(on_disk))
+    )
+    assert (await client.post(path)).status_code == 405
+    assert shipped(shipped_as.removeprefix("hub/")) is shipped(shipped_as.removeprefix("hub/"))  # read once

@@ -20,9 +20,11 @@ from psycopg_pool import AsyncConnectionPool
 from api.auth import mint_token
 from api.settings import Settings
 from hub.advisories import AdvisoryWatcher
+from hub.cloudevent import DEFAULT_SOURCE, CloudEvents
 from hub.deadletters import DLQ_HEADERS, DeadLetterer
 from hub.jetstream import INGEST_STREAM, MAX_DELIVERIES_ADVISORY, WRITER_CONSUMER, ensure_topology
 from hub.metrics import Metrics
+from hub.model import PatternEvent
 from store.deadletters import get_dead_letter
 from store.pool import open_pool
 from tests.conftest import JWT_SECRET, delete_all_streams
@@ -178,6 +180,8 @@ async def test_hostile_headers_reach_the_dlq_on_the_first_delivery_and_never_tra
         "Nats-Expected-Stream": "TICKSTOCK_INGEST",
         "Nats-Msg-Id": "not-the-event-id",
         "X-Note": "line1\r\nline2",
+        "ce-source": "/forged",  # a producer's CloudEvents attributes are not the hub's
+        "ce-type": "com.evil.v1",
     }
     async with LiveHub(settings) as hub:
         js = hub.hub.js
@@ -203,7 +207,13 @@ async def test_hostile_headers_reach_the_dlq_on_the_first_delivery_and_never_tra
     assert all("\n" not in v and "\r" not in v for v in (dlq.headers or {}).values())
     assert rows[0]["headers"]["Nats-Expected-Stream"] == "TICKSTOCK_INGEST"  # kept for inspection
     assert all("\n" not in k + v and "\r" not in k + v for k, v in rows[0]["headers"].items())
-    assert dict(clean.headers or {}) == {"Nats-Msg-Id": "hdr-2"}
+    assert dict(clean.headers or {}) == {
+        "Nats-Msg-Id": "hdr-2",
+        **CloudEvents().headers(PatternEvent.model_validate(good)),
+    }
+    assert clean.headers["ce-source"] == DEFAULT_SOURCE and clean.headers["ce-type"].startswith(
+        "io.tickstock."
+    )
 
 
 async def test_a_squatted_id_ends_as_id_conflict_with_both_payloads(settings: Settings, ref_pool) -> None:  # type: ignore[no-untyped-def]
