@@ -111,7 +111,7 @@ async def test_postgres_or_nats_down_is_503(proxied, component: str) -> None:  #
     assert all(body["checks"][o]["status"] == "up" for o in others)
     # A scrape checks too: the node is up (it answers) but not ready, which an alert can see.
     scraped = await _scraped(hub)
-    assert scraped == {"ready": 0, "redis": 1, component: 0, **{o: 1 for o in others}}
+    assert scraped == {"ready": 0, "redis": 1, component: 0, **dict.fromkeys(others, 1)}
     await proxies[component].restore()
 
     async def ready_again() -> bool:
