@@ -23,7 +23,6 @@ from starlette.routing import Route
 from api.app import create_app
 from api.auth import mint_token
 from api.cli.serving import server_config
-from api.routes.dashboard import _HEADERS as DASHBOARD_HEADERS
 from api.securityheaders import (
     DEFAULT_HTML_CSP,
     DEFAULT_OTHER_CSP,
@@ -86,8 +85,7 @@ async def test_the_dashboard_keeps_its_own_headers_and_gains_the_rest(live_hub: 
     async with httpx.AsyncClient(base_url=live_hub.url) as client:
         page = await client.get("/")
     assert page.status_code == 200
-    assert page.headers.get_list("content-security-policy") == [DASHBOARD_HEADERS["Content-Security-Policy"]]
-    secured(page, csp=DASHBOARD_HEADERS["Content-Security-Policy"])
+    secured(page, csp=DEFAULT_HTML_CSP)
 
 
 async def test_a_rate_limited_request_and_a_crash_carry_them(live_hub: LiveHub, settings: Settings) -> None:
@@ -215,14 +213,19 @@ async def test_settings_shape_or_turn_off_the_headers(live_hub: LiveHub, setting
         app = create_app(tuned, hub=live_hub.hub)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="https://hub") as client:
-            answers[name] = [await client.get(path) for path in ("/health", "/docs")]
-    health, docs = answers["custom"]
+            answers[name] = [await client.get(path) for path in ("/health", "/docs", "/")]
+    health, docs, dashboard = answers["custom"]
     assert health.headers["content-security-policy"] == "frame-ancestors 'none'"
     assert docs.headers["content-security-policy"] == "default-src 'self'; frame-ancestors 'none'"
+    # The dashboard sets its own strict CSP (and nosniff, no-referrer): kept whatever the settings say.
+    assert dashboard.headers.get_list("content-security-policy") == [DEFAULT_HTML_CSP]
+    assert answers["off"][2].headers.get_list("content-security-policy") == [DEFAULT_HTML_CSP]
+    assert answers["off"][2].headers["referrer-policy"] == "no-referrer"
     assert health.headers["referrer-policy"] == "strict-origin, no-referrer"
     assert HSTS not in health.headers  # https, but max-age 0 turns HSTS off
-    for response in answers["off"]:
+    for response in answers["off"][:2]:
         assert not {*ALWAYS, "content-security-policy", HSTS} & set(response.headers)
+    assert "x-frame-options" not in answers["off"][2].headers
 
 
 async def test_a_header_the_route_set_is_kept_and_websockets_pass_through() -> None:
