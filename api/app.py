@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
 from api.auth import Authenticator
 from api.cache import HubCache
@@ -29,6 +31,7 @@ from api.routes import (
     ws,
 )
 from api.routes.ingest import IngestGate, event_window
+from api.securityheaders import SecurityHeaders, SecurityHeadersMiddleware
 from api.settings import Settings
 from api.state import HubState
 from hub.advisories import AdvisoryWatcher
@@ -47,7 +50,7 @@ from store.cursor import CursorCodec, cursor_key
 from store.pool import open_pool
 from store.universe_resolver import MemoryResolver, SqlResolver
 
-__all__ = ["ConfigurationError", "create_app", "open_hub"]
+__all__ = ["ConfigurationError", "HubApp", "create_app", "open_hub"]
 
 log = logging.getLogger("tickstock.app")
 
@@ -175,6 +178,32 @@ def fanout_limits(settings: Settings) -> FanOutLimits:
     )
 
 
+def security_headers(settings: Settings) -> SecurityHeaders | None:
+    if not settings.security_headers:
+        return None
+    return SecurityHeaders(
+        html_csp=settings.csp_html,
+        other_csp=settings.csp_other,
+        referrer_policy=settings.referrer_policy,
+        hsts_max_age_s=settings.hsts_max_age_s,
+    )
+
+
+class HubApp(Starlette):
+    """Starlette with the security headers outermost: outside its error handler too, so that even a
+    500 carries them (a ``Middleware`` entry would sit inside it)."""
+
+    def __init__(self, *, headers: SecurityHeaders | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.security_headers = headers
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        if self.security_headers is None:
+            return stack
+        return SecurityHeadersMiddleware(stack, headers=self.security_headers)
+
+
 def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
     """Build the ASGI app; nothing is opened until the lifespan runs.
 
@@ -193,7 +222,8 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
             app.state.rate_limiter.register(opened.metrics.registry)
             yield
 
-    app = Starlette(
+    app = HubApp(
+        headers=security_headers(settings),
         middleware=[Middleware(RequestIdMiddleware)],
         routes=[
             *health.routes,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import re
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from api import securityheaders
 from hub import fanout_limits as ws
 from hub import writer
 from hub.cloudevent import DEFAULT_SOURCE as DEFAULT_CLOUDEVENTS_SOURCE
@@ -66,6 +68,7 @@ DEFAULT_AUTH_FAILURE_PER_S = 1.0
 DEFAULT_AUTH_FAILURE_BURST = 20
 DEFAULT_ADMIN_MAX_BODY_BYTES = 1 << 20
 DEFAULT_JWKS_MAX_BYTES = 1 << 20
+DEFAULT_HSTS_MAX_AGE_S = securityheaders.DEFAULT_HSTS_MAX_AGE_S
 
 # The checks, by kind; each message names the variable.
 _AT_LEAST_ONE = (
@@ -111,11 +114,28 @@ _POSITIVE_SECONDS = (
     "ws_queue_age_s",
 )
 _RATES = ("rate_limit_per_s", "rate_limit_admin_per_s", "auth_failure_per_s")
-_NOT_NEGATIVE = ("cache_staleness_ms", "statement_timeout_ms")
+_NOT_NEGATIVE = ("cache_staleness_ms", "statement_timeout_ms", "hsts_max_age_s")
+_HEADER_VALUES = ("csp_html", "csp_other", "referrer_policy")
+# A header value h11 and browsers accept: visible ASCII and spaces, no space at either end.
+_HEADER_VALUE = re.compile(r"[!-~](?: *[!-~])*")
+_HEADER_VALUE_MAX = 4096
 
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
+
+
+def _check_networks(value: str) -> None:
+    """``value`` is ``*`` or comma-separated IP addresses or networks; SettingsError otherwise."""
+    for item in (part.strip() for part in value.split(",")):
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"{PREFIX}FORWARDED_ALLOW_IPS: {item[:64]!r} is not an IP address, a network or *"
+            ) from None
 
 
 def check_jwks_url(url: str) -> str:
@@ -206,6 +226,15 @@ class Settings:
     cursor_secret: str | None = dataclasses.field(default=None, repr=False)  # None: a per-deployment key
     cloudevents_source: str = DEFAULT_CLOUDEVENTS_SOURCE  # ce-source of clean-stream messages
     log_level: str = "INFO"
+    # Security headers on every HTTP response (api/securityheaders.py); false: none (a proxy adds them).
+    security_headers: bool = True
+    csp_html: str = securityheaders.DEFAULT_HTML_CSP  # HTML pages (a page's own CSP is kept)
+    csp_other: str = securityheaders.DEFAULT_OTHER_CSP  # every other response
+    referrer_policy: str = securityheaders.DEFAULT_REFERRER_POLICY
+    hsts_max_age_s: int = DEFAULT_HSTS_MAX_AGE_S  # only on requests that came over TLS; 0: never
+    # Proxies whose X-Forwarded-Proto/-For uvicorn believes (IPs, networks, "*"); None: uvicorn's
+    # default (its FORWARDED_ALLOW_IPS variable, else 127.0.0.1 and ::1).
+    forwarded_allow_ips: str | None = None
 
     def __post_init__(self) -> None:
         if self.pool_min_size < 0 or self.pool_max_size < max(1, self.pool_min_size):
@@ -232,6 +261,21 @@ class Settings:
         for name in _NOT_NEGATIVE:
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0")
+        for name in _HEADER_VALUES:
+            value = getattr(self, name)
+            if len(value) > _HEADER_VALUE_MAX or not _HEADER_VALUE.fullmatch(value):
+                raise SettingsError(
+                    f"{PREFIX}{name.upper()} must be visible ASCII and spaces (none at either end), at most "
+                    f"{_HEADER_VALUE_MAX} characters"
+                )
+        policies = [p.strip() for p in self.referrer_policy.split(",")]
+        if not set(policies) <= securityheaders.REFERRER_POLICIES:
+            raise SettingsError(
+                f"{PREFIX}REFERRER_POLICY must be one or more (comma-separated) of "
+                f"{', '.join(sorted(securityheaders.REFERRER_POLICIES))}"
+            )
+        if self.forwarded_allow_ips is not None:
+            _check_networks(self.forwarded_allow_ips)
         if self.jwks_url:
             try:
                 check_jwks_url(self.jwks_url)

@@ -301,6 +301,19 @@ class Metrics:
                 "Events whose id was already stored with a different payload (dead-lettered id_conflict).",
             )
         )
+        self.ready = r.add(
+            Gauge(
+                "tickstock_ready",
+                "1 while this node is ready (PostgreSQL and NATS answer, as /health/ready), 0 when not; "
+                "checked at each scrape.",
+            )
+        )
+        self.dependency_up = r.add(
+            Gauge(
+                "tickstock_dependency_up",
+                "1 when the dependency answered this node's last check, by dependency.",
+            )
+        )
         self.partitions_deferred = r.add(
             Counter(
                 "tickstock_writer_partition_deferrals_total",

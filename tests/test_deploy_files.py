@@ -1,7 +1,9 @@
-"""compose.yaml, nats.conf and the Dockerfile parse and agree with each other and with the code."""
+"""compose.yaml, nats.conf, the Dockerfile and the Prometheus and Grafana files parse and agree with each
+other and with the code."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -12,6 +14,7 @@ import yaml
 from hub.embedded import EmbeddedNats
 from hub.embedded.process import find_binary
 from hub.embedded.servers import _scripts_dir
+from tests.promtool import promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,3 +80,97 @@ def test_no_secret_is_written_in_the_stack() -> None:
     for line in text.splitlines():
         if re.search(r"(PASSWORD|SECRET)\s*:", line):
             assert "${" in line, line
+
+
+# -- Prometheus and Grafana (issue #17) ---------------------------------------------------------------------
+
+
+def _bind_mounts(service: dict) -> list[tuple[str, str, str]]:  # type: ignore[type-arg]
+    """(source, target, options) of each bind mount (a source starting with ./) of ``service``."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target, *options = volume.split(":")
+        if source.startswith("./"):
+            mounts.append((source, target, ",".join(options)))
+    return mounts
+
+
+def _hub_nodes(services: dict) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {name: s for name, s in services.items() if s.get("command", [])[:2] == ["tickstock", "serve"]}
+
+
+def test_every_mounted_file_exists_and_observability_mounts_are_read_only() -> None:
+    services = _compose()["services"]
+    assert {"prometheus", "grafana", "hub", "hub-2"} <= set(services)
+    for name, service in services.items():
+        for source, target, options in _bind_mounts(service):
+            assert (ROOT / source).exists(), (name, source)
+            assert (ROOT / source).is_dir() == (not Path(target).suffix), (name, source, target)
+            if name in ("prometheus", "grafana"):
+                assert options == "ro", (name, source)
+
+
+def test_observability_images_are_pinned() -> None:
+    services = _compose()["services"]
+    for name in ("prometheus", "grafana"):
+        tag = services[name]["image"].partition(":")[2]
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), (name, services[name]["image"])
+
+
+def test_prometheus_config_is_valid_and_loads_the_rules() -> None:
+    result = promtool("check", "config", ROOT / "ops" / "prometheus" / "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout
+    prometheus = _compose()["services"]["prometheus"]
+    targets = {target: source for source, target, _ in _bind_mounts(prometheus)}
+    (flag,) = [arg for arg in prometheus["command"] if arg.startswith("--config.file=")]
+    config_path = Path(flag.removeprefix("--config.file="))
+    assert targets[str(config_path)] == "./ops/prometheus/prometheus.yml"
+    config = yaml.safe_load((ROOT / targets[str(config_path)]).read_text())
+    for rule_file in config["rule_files"]:  # relative to the config file, on both sides of the mount
+        assert targets[str(config_path.parent / rule_file)] == f"./ops/prometheus/{rule_file}"
+
+
+def test_prometheus_scrapes_every_hub_node() -> None:
+    services = _compose()["services"]
+    nodes = _hub_nodes(services)
+    assert set(nodes) == {"hub", "hub-2"}
+    config = yaml.safe_load((ROOT / "ops" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "tickstock-hub"]
+    assert job["metrics_path"] == "/metrics"
+    (sd,) = job["dns_sd_configs"]
+    assert set(sd["names"]) == set(nodes)
+    for node in nodes.values():
+        command = node["command"]
+        assert int(command[command.index("--port") + 1]) == sd["port"]
+        assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert nodes["hub-2"]["environment"] == nodes["hub"]["environment"]
+
+
+def test_grafana_provisions_the_prometheus_datasource_and_the_dashboards() -> None:
+    services = _compose()["services"]
+    grafana = services["grafana"]
+    targets = {target: source for source, target, _ in _bind_mounts(grafana)}
+    provisioning = ROOT / targets["/etc/grafana/provisioning"]
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    url = urlsplit(datasource["url"])
+    assert (url.hostname, url.port) == ("prometheus", 9090)
+    assert "127.0.0.1:9090:9090" in services["prometheus"]["ports"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "tickstock.yml").read_text())["providers"]
+    dashboards = ROOT / targets[provider["options"]["path"]]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (dashboards / Path(home).relative_to(provider["options"]["path"])).is_file()
+    files = sorted(dashboards.glob("*.json"))
+    assert files
+    for path in files:
+        dashboard = json.loads(path.read_text())
+        panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+        assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"]), path
+        variables = {v["name"] for v in dashboard["templating"]["list"]}
+        for panel in panels:
+            assert panel["datasource"]["uid"] == datasource["uid"], (path.name, panel["title"])
+            assert panel["targets"], (path.name, panel["title"])
+        repeated = [p for p in dashboard["panels"] if p["type"] == "row" and p.get("repeat")]
+        assert [r["repeat"] for r in repeated] == ["instance"] and "instance" in variables

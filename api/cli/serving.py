@@ -17,7 +17,7 @@ from api.server import HubServer
 from api.settings import Settings
 from api.state import HubState
 
-__all__ = ["SHUTDOWN_GRACE_S", "serve"]
+__all__ = ["SHUTDOWN_GRACE_S", "serve", "server_config"]
 
 SHUTDOWN_GRACE_S = 10
 GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython default: 700)
@@ -51,6 +51,21 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def server_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration for serving ``app``. Forwarded headers (``X-Forwarded-Proto``/``-For``)
+    are believed from ``settings.forwarded_allow_ips`` only (uvicorn's default when None)."""
+    return uvicorn.Config(
+        app,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        ws_max_size=1 << 20,
+        server_header=False,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
+
+
 async def serve(
     settings: Settings,
     *,
@@ -63,16 +78,7 @@ async def serve(
     try:
         async with open_hub(settings) as hub, extras(hub) if extras else contextlib.nullcontext():
             app = create_app(settings, hub=hub)
-            config = uvicorn.Config(
-                app,
-                log_level=settings.log_level.lower(),
-                access_log=False,
-                lifespan="on",
-                timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-                ws_max_size=1 << 20,
-                server_header=False,
-            )
-            server = _Server(config)
+            server = _Server(server_config(app, settings))
             say(f"serving on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
             if ready is not None:
                 ready()

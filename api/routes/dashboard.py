@@ -13,16 +13,17 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from api.openapi import Content, operation
+from api.securityheaders import DEFAULT_HTML_CSP
 
 __all__ = ["ASSETS", "ASSETS_PATH", "routes"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "static" / "dashboard"
 ASSETS_PATH = "/static/dashboard"
 # Everything the page loads or talks to is this origin ('self' covers ws:/wss: to it); the token may
-# arrive in the URL fragment, which no-referrer keeps out of any request.
+# arrive in the URL fragment, which no-referrer keeps out of any request. The page's own headers, so
+# they hold whatever the security-header settings say.
 _HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'",
+    "Content-Security-Policy": DEFAULT_HTML_CSP,
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",

@@ -8,39 +8,20 @@ down (scans fall back to PostgreSQL).
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from api import readiness
 from api.openapi import operation
 from api.routes.metrics import Pipeline, pipeline_summary, refresh_gauges
 from api.state import HubState
-from store.pool import ping
 
 __all__ = ["routes"]
-
-CHECK_TIMEOUT_S = 2.0
-
-
-async def _timed(check: Callable[[], Awaitable[dict[str, Any] | None]]) -> dict[str, Any]:
-    started = time.perf_counter()
-    try:
-        extra = await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
-    except Exception as exc:
-        return {
-            "status": "down",
-            "error": str(exc) or type(exc).__name__,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-        }
-    result: dict[str, Any] = {"status": "up", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
-    result.update(extra or {})
-    return result
 
 
 class Liveness(BaseModel):
@@ -137,43 +118,18 @@ async def health(request: Request) -> JSONResponse:
 )
 async def ready(request: Request) -> JSONResponse:
     hub: HubState = request.app.state.hub
-
-    async def postgres() -> None:
-        await ping(hub.pool)
-
-    async def nats() -> dict[str, Any]:
-        if not hub.nats.is_connected:
-            raise ConnectionError("not connected")
-        info = await hub.js.account_info()
-        return {"jetstream": {"streams": info.streams, "consumers": info.consumers}}
-
-    async def redis() -> None:
-        await hub.redis.ping()
-
-    checks = dict(
-        zip(
-            ("postgres", "nats", "redis"),
-            await asyncio.gather(_timed(postgres), _timed(nats), _timed(redis)),
-            strict=True,
-        )
-    )
-    if checks["postgres"]["status"] != "up" or checks["nats"]["status"] != "up":
-        status, code = "down", 503
-    elif checks["redis"]["status"] != "up" or (hub.cache is not None and hub.cache.status == "degraded"):
-        status, code = "degraded", 200
-    else:
-        status, code = "ok", 200
+    report = await readiness.check(hub)
     await refresh_gauges(hub)
     body = {
-        "status": status,
-        "checks": checks,
+        "status": report.status,
+        "checks": report.checks,
         "pipeline": pipeline_summary(hub),
         "uptime_s": round(time.time() - hub.started_at, 1),
         "advisories_given_up": int(hub.metrics.advisories_given_up.total()),
     }
     if hub.cache is not None:
         body["cache"] = hub.cache.summary()
-    return JSONResponse(body, status_code=code, headers={"Cache-Control": "no-store"})
+    return JSONResponse(body, status_code=report.http_status, headers={"Cache-Control": "no-store"})
 
 
 routes = [

@@ -1,5 +1,6 @@
 """``GET /metrics``: Prometheus text format 0.0.4, or OpenMetrics when the scraper asks for it
-(``Accept: application/openmetrics-text``). JetStream and dead-letter gauges are read at scrape time."""
+(``Accept: application/openmetrics-text``). JetStream, dead-letter and readiness gauges are read at
+scrape time."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api import readiness
 from api.openapi import Content, operation
 from api.state import HubState
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
@@ -123,7 +125,7 @@ def pipeline_summary(hub: HubState) -> dict[str, object]:
 )
 async def metrics(request: Request) -> Response:
     hub: HubState = request.app.state.hub
-    await refresh_gauges(hub)
+    await asyncio.gather(refresh_gauges(hub), readiness.check(hub))
     body, content_type = hub.metrics.registry.exposition(request.headers.get("accept"))
     return Response(body, media_type=content_type, headers={"Vary": "Accept"})
 

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.settings import Settings
 from tests.support import LiveHub, TcpProxy, wait_for
@@ -49,6 +50,21 @@ async def _ready(hub: LiveHub) -> httpx.Response:
         return await client.get("/health/ready")
 
 
+async def _scraped(hub: LiveHub) -> dict[str, float]:
+    """What ``/metrics`` says about readiness: ``ready`` and one entry per dependency."""
+    async with httpx.AsyncClient(base_url=hub.url, timeout=10) as client:
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    seen = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == "tickstock_ready":
+                seen["ready"] = sample.value
+            elif sample.name == "tickstock_dependency_up":
+                seen[sample.labels["dependency"]] = sample.value
+    return seen
+
+
 async def test_liveness_and_readiness_when_all_is_up(live_hub: LiveHub) -> None:
     async with httpx.AsyncClient(base_url=live_hub.url) as client:
         live = await client.get("/health")
@@ -62,6 +78,7 @@ async def test_liveness_and_readiness_when_all_is_up(live_hub: LiveHub) -> None:
         assert body["checks"][name]["latency_ms"] >= 0
     assert "streams" in body["checks"]["nats"]["jetstream"]
     assert ready.headers["cache-control"] == "no-store"
+    assert await _scraped(live_hub) == {"ready": 1, "postgres": 1, "nats": 1, "redis": 1}
 
 
 async def test_redis_down_is_degraded_but_still_200_and_recovers(proxied) -> None:  # type: ignore[no-untyped-def]
@@ -71,6 +88,7 @@ async def test_redis_down_is_degraded_but_still_200_and_recovers(proxied) -> Non
     assert response.status_code == 200
     assert response.json()["status"] == "degraded"
     assert response.json()["checks"]["redis"]["status"] == "down"
+    assert await _scraped(hub) == {"ready": 1, "postgres": 1, "nats": 1, "redis": 0}
     await proxies["redis"].restore()
 
     async def ok() -> bool:
@@ -91,6 +109,15 @@ async def test_postgres_or_nats_down_is_503(proxied, component: str) -> None:  #
     assert body["checks"][component]["error"]
     others = {"postgres", "nats"} - {component}
     assert all(body["checks"][o]["status"] == "up" for o in others)
+    # A scrape checks too: the node is up (it answers) but not ready, which an alert can see.
+    scraped = await _scraped(hub)
+    assert scraped == {"ready": 0, "redis": 1, component: 0, **dict.fromkeys(others, 1)}
+    await proxies[component].restore()
+
+    async def ready_again() -> bool:
+        return (await _scraped(hub))["ready"] == 1
+
+    await wait_for(ready_again, timeout=30, interval=0.1, what="tickstock_ready back to 1")
 
 
 async def test_unknown_route_is_a_problem_document(live_hub: LiveHub) -> None:

@@ -54,6 +54,9 @@ FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
     "tickstock_cache_lost_bumps_total": ("counter", frozenset()),
     "tickstock_rate_limited_total": ("counter", frozenset()),
     "tickstock_rate_limit_fail_open_total": ("counter", frozenset({"reason"})),
+    # issue #17: readiness for alerts (a node up but not ready)
+    "tickstock_ready": ("gauge", frozenset()),
+    "tickstock_dependency_up": ("gauge", frozenset({"dependency"})),
 }
 # Labels a family with labels has: always its own, plus "le" on histogram buckets.
 _TYPE_LINE = re.compile(r"^# TYPE (\S+) (\S+)$", re.MULTILINE)
@@ -114,6 +117,7 @@ async def test_metric_names_types_and_labels_are_pinned(live_hub: LiveHub) -> No
         "tickstock_dead_letters_pending",
         "tickstock_cache_requests_total",
         "tickstock_cache_hit_ratio",
+        "tickstock_dependency_up",
     ):
         assert seen[name] == FAMILIES[name][1], name
 
