@@ -63,6 +63,8 @@ CASES = [
     ("HEAD", "/health", None, 200, False),
     ("GET", "/metrics", None, 200, False),
     ("GET", "/openapi.json", None, 200, False),
+    ("GET", "/asyncapi.yaml", None, 200, False),
+    ("GET", "/schema/pattern-event-v1.json", None, 200, False),
     ("GET", "/docs", None, 200, True),
     ("HEAD", "/docs", None, 200, True),
     ("GET", "/docs/assets/swagger-ui.css", None, 200, False),
