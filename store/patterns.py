@@ -39,28 +39,67 @@ class StoredEvent:
 
 # The batch travels as one JSON array (the events' canonical v1 encodings, already built for the
 # clean stream): the server parses it in C, which is far cheaper than adapting 14 arrays client-side.
-_INSERT = """
-WITH input AS (
+_INPUT = """
     SELECT e->>'id' AS id, e->>'type' AS type, e->>'symbol' AS symbol, e->>'pattern' AS pattern,
            e->>'timeframe' AS timeframe, (e->>'confidence')::real AS confidence,
            (e->>'detected_at')::timestamptz AS detected_at, (e->>'expires_at')::timestamptz AS expires_at,
            (e->>'price')::float8 AS price, (e->>'volume')::float8 AS volume,
            coalesce(e->'levels', '{}') AS levels, coalesce(e->'indicators', '{}') AS indicators,
            coalesce(e->>'source', 'unknown') AS source, e AS payload,
-         p.producer
+           tickstock_event_rank(e->>'type') AS rank, a.n
     FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(e, n)
-    LEFT JOIN unnest(%s::text[]) WITH ORDINALITY AS p(producer, n) USING (n)
+"""
+_INSTANCE = "(symbol, pattern, timeframe, detected_at)"
+
+# Step 1 of a batch: the stored latest event of each instance a new event of the batch outranks (or
+# equals: the later one wins) is marked superseded. Only events not stored yet count: a redelivery
+# changes nothing. A separate statement, because the unique index on the latest rows is checked row
+# by row: the old latest row must be retired before the new one is inserted.
+_RETIRE = f"""
+WITH input AS ({_INPUT}),
+best AS (
+    SELECT symbol, pattern, timeframe, detected_at, max(rank) AS rank
+    FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM pattern_event_ids x WHERE x.id = i.id)
+    GROUP BY symbol, pattern, timeframe, detected_at
+)
+UPDATE pattern_events e SET superseded = true
+FROM best b
+WHERE (e.symbol, e.pattern, e.timeframe, e.detected_at) = (b.symbol, b.pattern, b.timeframe, b.detected_at)
+  AND NOT e.superseded AND tickstock_event_rank(e.type) <= b.rank
+"""
+
+# Step 2: the insert. Of the new events of one instance, the one with the highest rank (then the last
+# in the batch) is the latest, unless a stored latest row still outranks it; the others are stored
+# superseded.
+_INSERT = f"""
+WITH input AS ({_INPUT}), who AS (
+    SELECT producer, n FROM unnest(%s::text[]) WITH ORDINALITY AS p(producer, n)
 ), fresh AS (
     INSERT INTO pattern_event_ids (id, detected_at)
     SELECT id, detected_at FROM input
     ON CONFLICT (id) DO NOTHING
     RETURNING id
+), winners AS (
+    SELECT DISTINCT ON {_INSTANCE} i.id, i.symbol, i.pattern, i.timeframe, i.detected_at, i.rank
+    FROM input i JOIN fresh USING (id)
+    ORDER BY i.symbol, i.pattern, i.timeframe, i.detected_at, i.rank DESC, i.n DESC
+), latest AS (
+    -- LATERAL ... LIMIT 1: one index lookup per instance, whatever the planner thinks of the batch size
+    SELECT w.id FROM winners w
+    LEFT JOIN LATERAL (
+        SELECT tickstock_event_rank(e.type) AS rank FROM pattern_events e
+        WHERE {_INSTANCE} = (w.symbol, w.pattern, w.timeframe, w.detected_at) AND NOT e.superseded
+        LIMIT 1
+    ) stored ON true
+    WHERE stored.rank IS NULL OR stored.rank <= w.rank
 ), inserted AS (
     INSERT INTO pattern_events (id, type, symbol, pattern, timeframe, confidence, detected_at, expires_at,
-                                price, volume, levels, indicators, source, payload, producer)
+                                price, volume, levels, indicators, source, payload, producer, superseded)
     SELECT i.id, i.type, i.symbol, i.pattern, i.timeframe, i.confidence, i.detected_at, i.expires_at,
-           i.price, i.volume, i.levels, i.indicators, i.source, i.payload, i.producer
-    FROM input i JOIN fresh USING (id)
+           i.price, i.volume, i.levels, i.indicators, i.source, i.payload, who.producer,
+           i.id NOT IN (SELECT id FROM latest)
+    FROM input i JOIN fresh USING (id) LEFT JOIN who USING (n)
     RETURNING id, detected_at
 )
 SELECT i.id,
@@ -68,8 +107,9 @@ SELECT i.id,
        coalesce(ins.detected_at, old.detected_at) AS detected_at,
        e.stream_seq,
        CASE WHEN ins.id IS NULL AND e.payload IS DISTINCT FROM i.payload THEN e.payload::text END AS conflict,
-       coalesce(e.producer, i.producer) AS producer
+       coalesce(e.producer, who.producer) AS producer
 FROM input i
+LEFT JOIN who USING (n)
 LEFT JOIN inserted ins ON ins.id = i.id
 LEFT JOIN pattern_event_ids old ON old.id = i.id
 LEFT JOIN pattern_events e ON e.id = old.id AND e.detected_at = old.detected_at
@@ -79,20 +119,24 @@ LEFT JOIN pattern_events e ON e.id = old.id AND e.detected_at = old.detected_at
 async def store_events(
     conn: psycopg.AsyncConnection[Any], events: Sequence[Any], producers: Sequence[str | None] | None = None
 ) -> dict[str, StoredEvent]:
-    """Insert ``events`` (schema v1 :class:`hub.model.PatternEvent`, unique ids) in one statement,
-    each with its ``producers[i]`` (None: unknown).
+    """Insert ``events`` (schema v1 :class:`hub.model.PatternEvent`, unique ids) in two statements,
+    each with its ``producers[i]`` (None: unknown), and keep each pattern instance's latest event
+    (``superseded = false``; the rule is in migration 0009 and ``docs/nats-contract.md``).
 
     Idempotent on the event id: an id stored before is left as it was and reported with
     ``new=False`` and its stored sequence; when the stored canonical payload differs from the event's
     (JSON equality, so key order does not matter) the result carries it in ``conflict``. Run it
-    inside the caller's transaction. Raises psycopg's errors (a missing partition is
-    ``CheckViolation``; the caller creates partitions first).
+    inside the caller's transaction (a savepoint). Raises psycopg's errors: a missing partition is
+    ``CheckViolation`` (the caller creates partitions first); ``UniqueViolation`` means another
+    transaction stored an event of the same instance meanwhile, and running it again (in a new
+    savepoint) sees that event and succeeds.
     """
     if not events:
         return {}
-    batch = b"[" + b",".join(e.to_json_bytes() for e in events) + b"]"
+    batch = (b"[" + b",".join(e.to_json_bytes() for e in events) + b"]").decode()
     who = list(producers) if producers is not None else [None] * len(events)
-    cur = await conn.execute(_INSERT, (batch.decode(), who))
+    await conn.execute(_RETIRE, (batch,))
+    cur = await conn.execute(_INSERT, (batch, who))
     rows: list[dict[str, Any]] = await cur.fetchall()  # pool rows are dicts
     return {
         r["id"]: StoredEvent(
