@@ -92,19 +92,29 @@ class CatalogCache:
         it. Definitions that would make two canonical names match one spelling (the writers refuse
         them, so only a hand edit of the table makes them) keep the current catalog, with an error
         logged. Raises psycopg's errors."""
-        self._started += 1
-        ticket = self._started
+        ticket = self.begin()
         entries = await load_pattern_aliases(pool)
+        self.install(ticket, entries)
+        return len(entries)
+
+    def begin(self) -> int:
+        """A ticket for a load that is about to start (later loads get larger tickets)."""
+        self._started += 1
+        return self._started
+
+    def install(self, ticket: int, entries: list[tuple[str, list[str]]]) -> bool:
+        """Make ``entries`` (loaded under ``ticket``) the catalog, unless a load begun later is already
+        installed, the table is empty, or the entries do not build a catalog. Returns whether it did."""
         if ticket < self._installed:
-            return len(entries)
+            return False
         if not entries:
             log.warning("pattern_definitions is empty: accepting any pattern name")
-            return 0
+            return False
         try:
             catalog = PatternCatalog(entries)
         except ValueError as exc:
             log.error("pattern_definitions not loaded, the catalog in use stays: %s", exc)
-            return len(entries)
+            return False
         self.current, self.loaded, self._installed = catalog, True, ticket
         self.refreshes += 1
-        return len(entries)
+        return True

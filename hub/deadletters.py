@@ -281,13 +281,14 @@ class DeadLetterer:
         """Publish the dead letter's payload (or a corrected ``payload``) to ingest and mark it replayed.
 
         The payload is validated first: one that would be rejected again raises :class:`ReplayError`
-        with the reason, and nothing is published.
+        with the reason, and nothing is published. NATS or PostgreSQL failing raises :class:`HubError`
+        (a 503 on the API, where it was a 500).
         """
-        async with self._pool.connection() as conn:
-            letter = await get_dead_letter(conn, dead_letter_id)
-        if letter is None:
-            raise ReplayError(f"no dead letter {dead_letter_id}", kind="not_found")
         try:
+            async with self._pool.connection() as conn:
+                letter = await get_dead_letter(conn, dead_letter_id)
+            if letter is None:
+                raise ReplayError(f"no dead letter {dead_letter_id}", kind="not_found")
             return await self._replay(letter, catalog=catalog, payload=payload)
         except EventError as exc:
             raise ReplayError(
@@ -295,6 +296,8 @@ class DeadLetterer:
                 kind="rejected",
                 reason=exc.reason,
             ) from None
+        except TRANSIENT_ERRORS as exc:
+            raise HubError(f"replay of dead letter {dead_letter_id} failed: {exc!r}") from exc
 
     async def replay_reason(self, reason: str, *, catalog: CatalogCache, limit: int) -> BulkReplay:
         """Replay the oldest ``limit`` (1..:data:`MAX_REPLAY_BATCH`) dead letters with ``reason`` not

@@ -16,7 +16,7 @@ from api.cli.console import say
 from api.cli.resources import embedded_servers
 from api.settings import Settings
 from hub.catalog import CatalogCache
-from hub.deadletters import MAX_REPLAY_BATCH, DeadLetterer, ReplayError
+from hub.deadletters import MAX_REPLAY_BATCH, DeadLetterer
 from hub.errors import HubError
 from store.pool import open_pool
 
@@ -90,7 +90,7 @@ async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> None:
                     return
                 try:
                     result = await letterer.replay(args.id, catalog=catalog, payload=payload)
-                except ReplayError as exc:
+                except HubError as exc:  # ReplayError included
                     raise ConfigurationError(str(exc)) from None
             say(
                 f"replayed dead letter {result.dead_letter_id} as event {result.event_id} to {result.subject} "
