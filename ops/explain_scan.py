@@ -11,9 +11,9 @@ exist, and its execution time.
 Every twentieth generated event gets a ``pattern_updated`` of its instance, which supersedes it, so the
 default shapes (each instance's latest event: ``NOT superseded``) filter real rows out.
 
-Then the writer's two statements (:mod:`store.patterns`) for a batch of 1,000 updates of the newest
-instances, executed in a transaction that is rolled back: both must find each instance's latest row
-through ``pattern_events_instance_key``, never by reading a partition whole.
+Then the writer's statements (:mod:`store.patterns`) for a batch of 1,000 updates of the newest
+instances (the insert, and the retire and promote that updates need), executed in a transaction that
+is rolled back: each must find rows by index lookups, never by reading a partition whole.
 
 Exit status 1 when a shape does not use the index it was designed for or does not prune partitions.
 """
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hub.embedded import EmbeddedPostgres
 from store.migrate import migrate
-from store.patterns import _INSERT, _RETIRE
+from store.patterns import _INSERT, _PROMOTE, _RETIRE
 from store.pool import open_pool
 from store.reference import load_reference_data
 
@@ -76,13 +76,19 @@ WRITER_BATCH = """
 SELECT jsonb_agg(jsonb_build_object(
            'id', 'explain-' || id, 'type', 'pattern_updated', 'symbol', symbol, 'pattern', pattern,
            'timeframe', timeframe, 'confidence', confidence, 'detected_at', detected_at, 'source', 'explain'
-       ))::text AS batch
+       ))::text AS batch,
+       array_agg('explain-' || id) AS ids, array_agg(detected_at) AS times
 FROM (SELECT * FROM pattern_events WHERE id LIKE 'gen-%%' ORDER BY detected_at DESC LIMIT %(n)s) recent
 """
 WRITER_BATCH_SIZE = 1000
 # The writer looks an instance's latest row up by the instance key; the planner may take the time or
 # symbol index for the same point lookup (detected_at is part of every key): any of them will do.
-WRITER_INDEXES = ("pattern_events_instance_key", "pattern_events_time_idx", "pattern_events_symbol_idx")
+WRITER_INDEXES = (
+    "pattern_events_instance_key",
+    "pattern_events_time_idx",
+    "pattern_events_symbol_idx",
+    "pattern_events_pkey",
+)
 # A partition this small (the ones created ahead) is read whole: that is the cheap plan.
 SMALL_PARTITION = 1000
 
@@ -266,14 +272,16 @@ async def run(url: str, events: int, days: int, generate: bool) -> int:
                 plan, text = await _explain(conn, sql)
                 failures += not _verdict(name, plan, text, sql, wanted, parents, sizes, prune=prune)
             row = await (await conn.execute(WRITER_BATCH, {"n": WRITER_BATCH_SIZE})).fetchone()
-            batch = row["batch"] if row else "[]"
+            assert row is not None
+            promoted = {"ids": row["ids"], "times": row["times"]}
             async with conn.transaction(force_rollback=True):
                 for name, sql, params in (
-                    ("writer: retire the latest rows a batch outranks", _RETIRE, [batch]),
-                    ("writer: insert the batch", _INSERT, [batch, [None] * WRITER_BATCH_SIZE]),
+                    ("writer: insert the batch", _INSERT, [row["batch"], [None] * WRITER_BATCH_SIZE]),
+                    ("writer: retire the latest rows the batch replaces", _RETIRE, promoted),
+                    ("writer: promote the batch's events", _PROMOTE, promoted),
                 ):
                     # Each statement once for the JSON plan (undone), once for the text plan (kept: the
-                    # insert runs after the retire, as in the writer).
+                    # statements run in the writer's order).
                     async with conn.transaction(force_rollback=True):
                         plan, _ = await _explain(conn, sql, params, text=False)
                     _, text = await _explain(conn, sql, params, json_plan=False)
