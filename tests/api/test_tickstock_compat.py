@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from api.auth import mint_token
+from store.scan_window import window_page
+from store.scans import ScanFilter, Sort
 from tests.api.test_scan import insert_events
 from tests.conftest import JWT_SECRET
 from tests.support import LiveHub, make_event
@@ -410,3 +412,35 @@ async def test_a_token_is_needed(live_hub: LiveHub) -> None:
     async with httpx.AsyncClient(base_url=live_hub.url) as anonymous:
         response = await anonymous.get(P + "/api/patterns/scan", headers={"X-User-ID": "1"})
     assert response.status_code == 401
+
+
+async def test_universe_sector_and_my_narrow_the_scan(
+    client: httpx.AsyncClient, stored: list[dict[str, Any]]
+) -> None:
+    def ids(body: dict[str, Any]) -> set[str]:
+        return {p["symbol"] for p in body["patterns"]}
+
+    energy = (
+        await client.get(P + "/api/patterns/scan", params={"sector": "Energy", "per_page": "100"})
+    ).json()
+    assert ids(energy) == {"XOM"}
+    none = (
+        await client.get(
+            P + "/api/patterns/scan", params={"symbols": "XOM", "sectors": "Information Technology"}
+        )
+    ).json()
+    assert none["patterns"] == [] and none["pagination"] == {
+        "page": 1,
+        "per_page": 30,
+        "total": 0,
+        "pages": 0,
+        "capped": False,
+    }
+    # "my" is the caller's saved universe (ours, not upstream's): empty until they save one.
+    mine = (await client.get(P + "/api/patterns/scan", params={"universe": "my"})).json()
+    assert mine["pagination"]["total"] == 0
+
+
+async def test_the_window_refuses_impossible_bounds() -> None:
+    with pytest.raises(ValueError, match="at least"):
+        await window_page(None, ScanFilter(), sort=Sort(), limit=0)  # type: ignore[arg-type]  # no I/O before the check

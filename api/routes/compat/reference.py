@@ -64,6 +64,7 @@ class SearchQuery(BaseModel):
 async def _json(hub: HubState, route: str, name: str, key: Any, build: Any) -> Response:
     """``build(conn)``'s document through the response cache, counted under our ``route`` (its
     metrics label) and keyed apart from our own routes' entries by ``name``."""
+
     async def compute() -> Computed:
         async with hub.pool.connection() as conn:
             return Computed(dumps(await build(conn)), REFERENCE_TTL_S)
