@@ -26,7 +26,15 @@ from psycopg import sql
 from store.scans import ScanFilter, Sort, build_scan, resolve_symbols
 from store.universe_resolver import SqlResolver, UniverseResolver
 
-__all__ = ["DEFAULT_WINDOW", "INDICATOR_SORTS", "IndicatorFilter", "WindowPage", "indicator", "window_page"]
+__all__ = [
+    "DEFAULT_WINDOW",
+    "INDICATOR_SORTS",
+    "IndicatorFilter",
+    "WindowPage",
+    "build_window",
+    "indicator",
+    "window_page",
+]
 
 DEFAULT_WINDOW = 10_000  # rows a page-numbered scan may look at: 100 pages of 100
 # TickStock's defaults for an event without the indicator (its cache's CachedPattern reads them so).
@@ -89,6 +97,38 @@ def _order(sort: Sort, by: str | None, order: str) -> sql.Composable:
     return sql.SQL(", ").join(keys)
 
 
+def build_window(
+    filt: ScanFilter,
+    *,
+    symbols: frozenset[str] | None,
+    sort: Sort,
+    indicators: IndicatorFilter = IndicatorFilter(),
+    by: str | None = None,
+    order: str = "desc",
+    limit: int,
+    offset: int = 0,
+    window: int = DEFAULT_WINDOW,
+) -> tuple[sql.Composed, list[Any]]:
+    """The window statement (see the module docstring) and its parameters, with ``symbols`` already
+    resolved. Its rows: one per page row, each with ``scanned`` (rows in the window) and ``total``
+    (matches in it); a single row of ``NULL`` event columns when the page is empty."""
+    inner, params = build_scan(filt, symbols=symbols, sort=sort, limit=window)
+    where, where_params = indicators.conditions()
+    order_by = _order(sort, by, order)
+    query = sql.SQL(
+        "WITH w AS MATERIALIZED ({inner}), f AS (SELECT * FROM w WHERE {where}) "
+        "SELECT t.scanned, t.total, p.* FROM "
+        "(SELECT (SELECT count(*) FROM w) AS scanned, (SELECT count(*) FROM f) AS total) t "
+        "LEFT JOIN LATERAL (SELECT * FROM f ORDER BY {order} LIMIT %s OFFSET %s) p ON true "
+        "ORDER BY {order}"
+    ).format(
+        inner=inner,
+        where=sql.SQL(" AND ").join(where) if where else sql.SQL("true"),
+        order=order_by,
+    )
+    return query, [*params, *where_params, max(0, min(limit, window - offset)), offset]
+
+
 async def window_page(
     conn: psycopg.AsyncConnection[Any],
     filt: ScanFilter,
@@ -113,23 +153,18 @@ async def window_page(
     symbols = await resolve_symbols(resolver or SqlResolver.over(conn), filt, subject=subject)
     if symbols is not None and not symbols:
         return WindowPage([], 0, False)
-    inner, params = build_scan(filt, symbols=symbols, sort=sort, limit=window)
-    where, where_params = indicators.conditions()
-    order_by = _order(sort, by, order)
-    query = sql.SQL(
-        "WITH w AS MATERIALIZED ({inner}), f AS (SELECT * FROM w WHERE {where}) "
-        "SELECT t.scanned, t.total, p.* FROM "
-        "(SELECT (SELECT count(*) FROM w) AS scanned, (SELECT count(*) FROM f) AS total) t "
-        "LEFT JOIN LATERAL (SELECT * FROM f ORDER BY {order} LIMIT %s OFFSET %s) p ON true "
-        "ORDER BY {order}"
-    ).format(
-        inner=inner,
-        where=sql.SQL(" AND ").join(where) if where else sql.SQL("true"),
-        order=order_by,
+    query, params = build_window(
+        filt,
+        symbols=symbols,
+        sort=sort,
+        indicators=indicators,
+        by=by,
+        order=order,
+        limit=limit,
+        offset=offset,
+        window=window,
     )
-    rows: Sequence[dict[str, Any]] = await (
-        await conn.execute(query, [*params, *where_params, max(0, min(limit, window - offset)), offset])
-    ).fetchall()
+    rows: Sequence[dict[str, Any]] = await (await conn.execute(query, params)).fetchall()
     scanned, total = (rows[0]["scanned"], rows[0]["total"]) if rows else (0, 0)
     items = [
         {k: v for k, v in r.items() if k not in ("scanned", "total")} for r in rows if r["id"] is not None
