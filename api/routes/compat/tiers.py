@@ -8,6 +8,7 @@ last 7 days, highest confidence first. Upstream keeps one table per tier; we map
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -44,7 +45,9 @@ class TierQuery(BaseModel):
     symbols: Annotated[list[SymbolName], Field(max_length=100, description="comma-separated")] = []
 
 
-def _tier_endpoint(tier: str):  # type: ignore[no-untyped-def]  # a Starlette endpoint
+def _tier_endpoint(tier: str) -> Callable[[Request], Awaitable[Response]]:
+    """The guarded, documented endpoint of one tier."""
+
     async def endpoint(request: Request) -> Response:
         hub: HubState = request.app.state.hub
         params = read_query(TierQuery, request, aliases=_SPLIT)
