@@ -72,9 +72,20 @@ DEFAULT_JWKS_MAX_BYTES = 1 << 20
 DEFAULT_HSTS_MAX_AGE_S = securityheaders.DEFAULT_HSTS_MAX_AGE_S
 DEFAULT_COMPAT_PREFIX = "/tickstock"
 # The TickStock compatibility routes' prefix: one or more path segments, none of them ours at the top.
-_COMPAT_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
+_COMPAT_PREFIX = re.compile(r"(?:/[A-Za-z0-9][A-Za-z0-9._~-]*)+")
 _OWN_TOP = frozenset(
-    {"api", "ws", "health", "metrics", "docs", "openapi.json", "schema", "asyncapi.yaml", "dashboard-assets"}
+    {
+        "api",
+        "ws",
+        "socket.io",
+        "health",
+        "metrics",
+        "docs",
+        "openapi.json",
+        "schema",
+        "asyncapi.yaml",
+        "dashboard-assets",
+    }
 )
 
 # The checks, by kind; each message names the variable.
@@ -299,8 +310,8 @@ class Settings:
             raise SettingsError(f"{PREFIX}CLOUDEVENTS_SOURCE: {exc}") from None
         if not _COMPAT_PREFIX.fullmatch(self.compat_prefix) or self.compat_prefix.split("/")[1] in _OWN_TOP:
             raise SettingsError(
-                f"{PREFIX}COMPAT_PREFIX must be a path such as /tickstock (segments of A-Z a-z 0-9 . _ ~ -, "
-                f"no trailing slash) outside the hub's own paths, not {self.compat_prefix!r}; "
+                f"{PREFIX}COMPAT_PREFIX must be a path such as /tickstock (segments of A-Z a-z 0-9 . _ ~ - "
+                f"starting with a letter or digit, no trailing slash) outside the hub's own paths, not {self.compat_prefix!r}; "
                 f"{PREFIX}COMPAT=false turns the routes off"
             )
         if self.cursor_secret == "":

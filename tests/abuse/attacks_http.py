@@ -177,17 +177,7 @@ async def absurd_queries(ctx: Ctx) -> None:
         )
         if "%00" in query:
             assert response.status_code == 400, f"scan?{query[:80]}: {response.status_code}"
-    for query in COMPAT_QUERIES:
-        response = await client.get("/tickstock/api/patterns/scan?" + query)
-        assert response.status_code in (200, 400), f"compat scan?{query[:80]}: {response.status_code}"
-        if "%00" in query:
-            assert response.status_code == 400, f"compat scan?{query[:80]}: {response.status_code}"
     for path in (
-        "/tickstock/api/patterns/daily?symbols=%00",
-        "/tickstock/api/patterns/daily?limit=" + "9" * 5000,
-        "/tickstock/api/symbols?search=%00",
-        "/tickstock/api/symbols/search?query=%00",
-        "/tickstock/api/users/universe/%00",
         "/api/symbols?q=%00",
         "/api/symbols?q=" + "Z" * 10_000,
         "/api/symbols?universe=%00",
@@ -206,6 +196,26 @@ async def absurd_queries(ctx: Ctx) -> None:
         )
         if "%00" in path:
             assert response.status_code in (400, 403, 404), f"{path[:80]}: {response.status_code}"
+
+
+async def absurd_compat_queries(ctx: Ctx) -> None:
+    """The same on TickStock's compatibility routes (api/routes/compat), in upstream's names: a 200
+    (clamped) or a 400, never a server error; a NUL is always refused."""
+    client = await ctx.client(ctx.token("query-attacker", ("patterns:read",)))
+    for query in COMPAT_QUERIES:
+        response = await client.get("/tickstock/api/patterns/scan?" + query)
+        assert response.status_code in (200, 400), f"compat scan?{query[:80]}: {response.status_code}"
+        if "%00" in query:
+            assert response.status_code == 400, f"compat scan?{query[:80]}: {response.status_code}"
+    for path in (
+        "/tickstock/api/patterns/daily?symbols=%00",
+        "/tickstock/api/patterns/daily?limit=" + "9" * 5000,
+        "/tickstock/api/symbols?search=%00",
+        "/tickstock/api/symbols/search?query=%00",
+        "/tickstock/api/users/universe/%00",
+    ):
+        response = await client.get(path)
+        assert response.status_code in (400, 404), f"{path[:80]}: {response.status_code}"
 
 
 async def oversized_headers(ctx: Ctx) -> None:
@@ -381,6 +391,7 @@ ATTACKS: dict[str, Attack] = {
         hostile_bodies,
         odd_events_get_a_reason,
         absurd_queries,
+        absurd_compat_queries,
         oversized_headers,
         forged_scan_cursor,
         symbols_cursor_with_nul,

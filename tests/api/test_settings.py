@@ -175,7 +175,23 @@ def test_the_tickstock_prefix_is_read_and_can_be_turned_off() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["", "tickstock", "/", "/tickstock/", "/a//b", "/api", "/api/v1", "/ws", "/health", "/a b", "/é"]
+    "value",
+    [
+        "",
+        "tickstock",
+        "/",
+        "/tickstock/",
+        "/a//b",
+        "/api",
+        "/api/v1",
+        "/ws",
+        "/health",
+        "/a b",
+        "/é",
+        "/..",
+        "/a/.b",
+        "/socket.io",
+    ],
 )
 def test_a_bad_tickstock_prefix_names_the_variable(value: str) -> None:
     with pytest.raises(SettingsError, match="TICKSTOCK_COMPAT_PREFIX"):
