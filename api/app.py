@@ -18,6 +18,7 @@ from api.ratelimit import RateLimiter
 from api.requestid import RequestIdMiddleware
 from api.routes import (
     admin,
+    compat,
     dashboard,
     definitions,
     docs,
@@ -240,6 +241,7 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
             *docs.routes,
             *ws.routes,
             *dashboard.routes,
+            *(compat.routes(settings.compat_prefix) if settings.compat else []),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

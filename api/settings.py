@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import os
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -69,6 +70,23 @@ DEFAULT_AUTH_FAILURE_BURST = 20
 DEFAULT_ADMIN_MAX_BODY_BYTES = 1 << 20
 DEFAULT_JWKS_MAX_BYTES = 1 << 20
 DEFAULT_HSTS_MAX_AGE_S = securityheaders.DEFAULT_HSTS_MAX_AGE_S
+DEFAULT_COMPAT_PREFIX = "/tickstock"
+# The TickStock compatibility routes' prefix: one or more path segments, none of them ours at the top.
+_COMPAT_PREFIX = re.compile(r"(?:/[A-Za-z0-9][A-Za-z0-9._~-]*)+")
+_OWN_TOP = frozenset(
+    {
+        "api",
+        "ws",
+        "socket.io",
+        "health",
+        "metrics",
+        "docs",
+        "openapi.json",
+        "schema",
+        "asyncapi.yaml",
+        "dashboard-assets",
+    }
+)
 
 # The checks, by kind; each message names the variable.
 _AT_LEAST_ONE = (
@@ -235,6 +253,9 @@ class Settings:
     # Proxies whose X-Forwarded-Proto/-For uvicorn believes (IPs, networks, "*"); None: uvicorn's
     # default (its FORWARDED_ALLOW_IPS variable, else 127.0.0.1 and ::1).
     forwarded_allow_ips: str | None = None
+    # TickStock's REST clients (api/routes/compat): served under compat_prefix unless compat is false.
+    compat: bool = True
+    compat_prefix: str = DEFAULT_COMPAT_PREFIX
 
     def __post_init__(self) -> None:
         if self.pool_min_size < 0 or self.pool_max_size < max(1, self.pool_min_size):
@@ -287,6 +308,12 @@ class Settings:
             check_source(self.cloudevents_source)
         except ValueError as exc:
             raise SettingsError(f"{PREFIX}CLOUDEVENTS_SOURCE: {exc}") from None
+        if not _COMPAT_PREFIX.fullmatch(self.compat_prefix) or self.compat_prefix.split("/")[1] in _OWN_TOP:
+            raise SettingsError(
+                f"{PREFIX}COMPAT_PREFIX must be a path such as /tickstock (segments of A-Z a-z 0-9 . _ ~ - "
+                f"starting with a letter or digit, no trailing slash) outside the hub's own paths, not {self.compat_prefix!r}; "
+                f"{PREFIX}COMPAT=false turns the routes off"
+            )
         if self.cursor_secret == "":
             raise SettingsError(
                 f"{PREFIX}CURSOR_SECRET must not be empty (unset it for a per-deployment key)"
@@ -312,6 +339,12 @@ class Settings:
 
         Raises :class:`SettingsError` naming the variable when a value does not parse or is out of range.
         """
+        # Empty counts as unset everywhere else; an empty prefix would mean "at the root", over our /api.
+        raw = os.environ if environ is None else environ
+        if any(k.upper() == f"{PREFIX}COMPAT_PREFIX" and v == "" for k, v in raw.items()):
+            raise SettingsError(
+                f"{PREFIX}COMPAT_PREFIX must not be empty (unset it for {DEFAULT_COMPAT_PREFIX})"
+            )
         source = _Environment.source(environ)
         values: dict[str, Any] = {**source(), **{k: v for k, v in overrides.items() if v is not None}}
         try:

@@ -96,6 +96,22 @@ def test_every_route_is_documented_with_its_methods(app: Any, document: dict[str
     assert len(ids) == len(set(ids))
 
 
+def test_the_tickstock_routes_follow_the_prefix_setting(document: dict[str, Any]) -> None:
+    compat = sorted(p for p in document["paths"] if p.startswith("/tickstock/"))
+    assert len(compat) == 14 and "/tickstock/api/patterns/scan" in compat
+    assert all(p.removeprefix("/tickstock").startswith("/api/") for p in compat)
+    schema = document["paths"]["/tickstock/api/patterns/scan"]["get"]["responses"]["200"]["content"]
+    assert schema["application/json"]["schema"] == {"$ref": REF_TEMPLATE.format(model="TickStockScan")}
+    moved = build_openapi(
+        create_app(Settings(jwt_secret=JWT_SECRET, compat_prefix="/ts/v2")).routes, title="t", version="1"
+    )
+    assert sorted(moved["paths"]) == sorted(p.replace("/tickstock/", "/ts/v2/") for p in document["paths"])
+    off = build_openapi(
+        create_app(Settings(jwt_secret=JWT_SECRET, compat=False)).routes, title="t", version="1"
+    )
+    assert sorted(off["paths"]) == sorted(p for p in document["paths"] if not p.startswith("/tickstock/"))
+
+
 def test_path_parameters_come_from_the_route(document: dict[str, Any]) -> None:
     for path, _, op in _operations(document):
         names = _PARAM.findall(path)
@@ -122,7 +138,7 @@ def test_guarded_operations_declare_bearer_auth_and_their_scope(app: Any, docume
         assert f"`{scope}`" in op["description"]
         assert {"401", "403", "429", "503"} <= set(op["responses"]), (method, path)
         assert "WWW-Authenticate" in op["responses"]["401"]["headers"]
-    assert guarded == 26
+    assert guarded == 26 + 14  # our routes + the TickStock compatibility routes
     for path in (
         "/health",
         "/health/ready",
