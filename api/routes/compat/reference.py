@@ -28,7 +28,7 @@ from api.routes.symbols import REFERENCE_TTL_S
 from api.state import HubState
 from api.validation import read_query
 from store.cache import Computed, Dependencies
-from store.scans import list_definitions
+from store.definitions import list_definitions
 from store.symbols import SymbolQuery, search_symbols
 from store.universes import is_universe_key, list_universes, universe_members
 
