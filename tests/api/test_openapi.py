@@ -122,7 +122,7 @@ def test_guarded_operations_declare_bearer_auth_and_their_scope(app: Any, docume
         assert f"`{scope}`" in op["description"]
         assert {"401", "403", "429", "503"} <= set(op["responses"]), (method, path)
         assert "WWW-Authenticate" in op["responses"]["401"]["headers"]
-    assert guarded == 24
+    assert guarded == 25
     for path in (
         "/health",
         "/health/ready",
@@ -237,6 +237,15 @@ def test_query_parameters_follow_the_query_models(document: dict[str, Any]) -> N
     assert dlq == {"limit", "before", "reason", "replayed"}
     purge = {p["name"] for p in document["paths"]["/api/admin/dlq"]["delete"]["parameters"]}
     assert purge == {"reason", "replayed", "all"}
+    recent = document["paths"]["/api/patterns/stats/recent"]["get"]
+    params = {p["name"]: p for p in recent["parameters"]}
+    assert set(params) == {"minutes", "timeframe"}
+    assert params["minutes"]["schema"] == {"default": 60, "maximum": 1440, "minimum": 1, "type": "integer"}
+    assert params["timeframe"]["schema"]["type"] == "array"
+    assert recent["responses"]["200"]["headers"]["X-Cache"]["schema"]["enum"][0] == "hit"
+    assert recent["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RecentStats"
+    }
 
 
 async def test_openapi_json_is_built_once_and_needs_no_token(app: Any, client: httpx.AsyncClient) -> None:
