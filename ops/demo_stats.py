@@ -64,14 +64,18 @@ def report(title: str, events: Sequence[PatternEvent]) -> Iterator[str]:
     yield f"  distinct confidences: {distinct}"
     split = directions(events)
     yield "  direction: " + ", ".join(
-        f"{d} {split[d]} ({100 * split[d] / max(total, 1):.1f} %)" for d in (*DIRECTIONS, "missing") if split[d]
+        f"{d} {split[d]} ({100 * split[d] / max(total, 1):.1f} %)"
+        for d in (*DIRECTIONS, "missing")
+        if split[d]
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.demo_stats", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=120.0, help="replay time to cover (default 120)")
-    parser.add_argument("--rate", type=float, default=2.0, help="events per second (default 2: tickstock run)")
+    parser.add_argument(
+        "--rate", type=float, default=2.0, help="events per second (default 2: tickstock run)"
+    )
     parser.add_argument("--compare", action="store_true", help="also show the old start at bar 0")
     args = parser.parse_args(argv)
     if not (math.isfinite(args.seconds) and args.seconds > 0 and math.isfinite(args.rate) and args.rate > 0):

@@ -30,7 +30,9 @@ def _minute(t: datetime) -> str:
 async def _sectors(pool: AsyncConnectionPool, symbols: set[str]) -> dict[str, str | None]:
     async with pool.connection() as conn:
         rows: list[dict[str, Any]] = await (
-            await conn.execute("SELECT symbol, sector FROM symbols WHERE symbol = ANY(%s)", (sorted(symbols),))  # type: ignore[assignment]
+            await conn.execute(
+                "SELECT symbol, sector FROM symbols WHERE symbol = ANY(%s)", (sorted(symbols),)
+            )  # type: ignore[assignment]
         ).fetchall()
     found = {r["symbol"]: r["sector"] for r in rows}
     return {s: found.get(s) for s in symbols}
@@ -128,7 +130,9 @@ async def test_counts_per_minute_and_per_sector_and_pattern(
     assert narrow["timeframes"] == ["1min"] and narrow["minutes"] == 10
     start = datetime.fromisoformat(narrow["since"])
     want_narrow = [
-        e for e in inside if e["timeframe"] == "1min" and datetime.fromisoformat(str(e["detected_at"])) >= start
+        e
+        for e in inside
+        if e["timeframe"] == "1min" and datetime.fromisoformat(str(e["detected_at"])) >= start
     ]
     assert sum(r["events"] for r in narrow["per_minute"]) == len(want_narrow)
     assert sum(c["events"] for c in narrow["heat"]) == len(want_narrow)
@@ -149,7 +153,9 @@ async def test_cached_like_the_scans_and_fresh_after_a_new_event(
     assert again.headers["X-Cache"] == "hit" and again.json() == first.json()
     before = sum(r["events"] for r in first.json()["per_minute"])
 
-    event = make_event(0, prefix="fresh", symbol="MSFT", timeframe="hourly", detected_at=_iso(datetime.now(UTC)))
+    event = make_event(
+        0, prefix="fresh", symbol="MSFT", timeframe="hourly", detected_at=_iso(datetime.now(UTC))
+    )
     await publish_events(live_hub.hub.js, [event])
 
     async def counted() -> dict[str, Any] | None:
