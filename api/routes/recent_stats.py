@@ -12,7 +12,6 @@ reference data (sectors), and dies when the current minute ends, since the windo
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -109,7 +108,7 @@ async def recent(request: Request) -> Response:
         }
         # The window moves when the minute ends: the entry must not outlive it.
         ttl_s = min(hub.settings.cache_ttl_s, (until - datetime.now(UTC)).total_seconds())
-        return Computed(dumps(body), ttl_s if math.isfinite(ttl_s) and ttl_s > 0 else 0.0)
+        return Computed(dumps(body), max(0.0, ttl_s))
 
     deps = Dependencies(events=tuple(timeframes or TIMEFRAMES), strict=(REFERENCE_GENERATION,))
     key = {"m": params.minutes, "tf": timeframes, "u": json_time(until)}

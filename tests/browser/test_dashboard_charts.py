@@ -182,12 +182,14 @@ async def test_pictures_draw_live_data_and_a_heat_map_cell_filters_the_feed_and_
         await page.wait_for_selector("#scan-body tr", state="attached", timeout=5_000)
         got: list[list[str]] = await page.eval_on_selector_all(
             "#scan-body tr[data-id]",
-            "rows => rows.map(r => [r.dataset.id, r.cells[1].textContent, r.cells[2].textContent])",
+            """rows => rows.map(r => [r.dataset.id, r.cells[1].textContent, r.cells[2].textContent,
+                r.cells[5].textContent.trim()])""",
         )
         return got if sentinel["id"] in {g[0] for g in got} else None
 
     scanned = await wait_for(scan_filtered, timeout=15, what="the filtered scan")
-    assert {(s, p) for _, s, p in scanned} <= {(s, "shooting_star") for s in allowed}
+    assert {(s, p) for _, s, p, _ in scanned} <= {(s, "shooting_star") for s in allowed}
+    assert {d for *_, d in scanned} == {"▼ bearish"}  # the catalog's direction, in the stored rows too
     await _shot(page, "charts-heat-filter.png")
 
     # The symbol panel: a symbol in the feed opens its recent patterns over time, and follows it live.

@@ -49,6 +49,9 @@ function cell(text, className) {
 }
 
 const catalog = new Map(); // pattern name -> its catalog direction
+// Rows are drawn once the catalog is known, so that an event without `data.direction` gets its pattern's.
+let catalogReady = Promise.resolve();
+let catalogLoaded = false;
 
 /** The symbol as a button that opens the symbol panel. */
 function symbolCell(symbol) {
@@ -153,7 +156,7 @@ class Feed {
   }
 
   schedule() {
-    if (this.scheduled || $("feed-pause").checked) return;
+    if (this.scheduled || $("feed-pause").checked || !catalogLoaded) return;
     this.scheduled = true;
     requestAnimationFrame(() => this.flush());
   }
@@ -209,7 +212,7 @@ async function loadScan(page = 0) {
   if (cursor) params.set("cursor", cursor);
   const mine = ++scan.seqNo; // a slower earlier answer must not overwrite a newer one
   try {
-    const body = await api("/api/patterns/scan", params);
+    const [body] = await Promise.all([api("/api/patterns/scan", params), catalogReady]);
     if (mine !== scan.seqNo) return;
     scan.page = page;
     scan.cursors.length = page + 1;
@@ -434,7 +437,7 @@ async function openSymbol(symbol) {
   symbolPanel.show(symbol, []);
   $("symbol-panel").focus();
   try {
-    const body = await api("/api/patterns/scan", params);
+    const [body] = await Promise.all([api("/api/patterns/scan", params), catalogReady]);
     if (symbolPanel.symbol !== symbol) return;
     symbolPanel.show(symbol, body.items.map((e) => ({ ...e, direction: directionOf(e, catalog) })));
   } catch (err) {
@@ -476,7 +479,10 @@ function signIn() {
   subscribe();
   socket.start();
   $("charts").hidden = false;
-  loadChoices().catch((err) => (err instanceof AuthError ? signOut(err.message) : console.warn(err)));
+  catalogLoaded = false;
+  catalogReady = loadChoices()
+    .catch((err) => (err instanceof AuthError ? signOut(err.message) : console.warn(err)))
+    .finally(() => { catalogLoaded = true; feed.schedule(); });
   loadScan(0);
   loadStats();
 }
