@@ -61,7 +61,9 @@ def report(title: str, events: Sequence[PatternEvent]) -> Iterator[str]:
         bar = "#" * round(40 * n / width)
         yield f"  {i / BUCKETS:.1f}-{(i + 1) / BUCKETS:.1f}  {n:5d}  {100 * n / max(total, 1):5.1f} %  {bar}"
     distinct = len({e.confidence for e in events})
-    yield f"  distinct confidences: {distinct}"
+    flat = sum(e.confidence == 0.5 for e in events)  # the formula's value when relative volume is unknown
+    unknown = sum("relative_volume" not in e.indicators for e in events)
+    yield f"  distinct confidences: {distinct}; exactly 0.50: {flat}; without relative volume: {unknown}"
     split = directions(events)
     yield "  direction: " + ", ".join(
         f"{d} {split[d]} ({100 * split[d] / max(total, 1):.1f} %)"

@@ -48,5 +48,12 @@ def test_main_prints_before_and_after(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert "before (start at bar 0), first 10 s at 5 events/s: 50 events" in out
     assert f"after (warm start at bar {WARMUP_BARS})" in out and "direction: " in out
+    # Only the warm start has relative volume for every event.
+    assert [
+        line.endswith("without relative volume: 0") for line in out.splitlines() if "distinct" in line
+    ] == [
+        False,
+        True,
+    ]
     with pytest.raises(SystemExit):
         demo_stats.main(["--seconds", "0"])
