@@ -142,6 +142,9 @@ class Feed {
   pending = [];
   scheduled = false;
   received = 0;
+  flushes = 0; // how many DOM updates, and the time they took (the browser tests print them)
+  flushMs = 0;
+  flushMaxMs = 0;
 
   constructor(body, count) {
     Object.assign(this, { body, count });
@@ -162,6 +165,7 @@ class Feed {
   }
 
   flush() {
+    const started = performance.now();
     this.scheduled = false;
     const batch = this.pending;
     this.pending = [];
@@ -176,6 +180,10 @@ class Feed {
       range.deleteContents();
     }
     this.count.textContent = `${this.received} received, ${rows.length} shown (newest first)`;
+    const took = performance.now() - started;
+    this.flushes += 1;
+    this.flushMs += took;
+    this.flushMaxMs = Math.max(this.flushMaxMs, took);
   }
 
   clear() {
@@ -327,7 +335,7 @@ const heat = new HeatMap($("heat"), { onPick: pickCell, onUnknown: () => loadSta
 const symbolPanel = new SymbolPanel($("symbol-panel"), {
   chart: $("symbol-chart"), list: $("symbol-list"), title: $("symbol-title"),
 });
-window.tickstockCharts = { minuteChart, heat, symbolPanel }; // for the browser tests' figures
+window.tickstockCharts = { feed, minuteChart, heat, symbolPanel }; // for the browser tests' figures
 const rate = new Rate();
 let socket = null;
 let subNo = 0;

@@ -62,6 +62,8 @@ class Throttled {
   timer = 0;
   last = 0;
   renders = 0;
+  renderMs = 0; // time spent drawing, in total and at most once (the browser tests print them)
+  renderMaxMs = 0;
 
   invalidate() {
     this.dirty = true;
@@ -76,7 +78,11 @@ class Throttled {
     this.dirty = false;
     this.last = performance.now();
     this.renders += 1;
+    const started = performance.now();
     this.render();
+    const took = performance.now() - started;
+    this.renderMs += took;
+    this.renderMaxMs = Math.max(this.renderMaxMs, took);
   }
 }
 
