@@ -19,6 +19,7 @@ from api.requestid import RequestIdMiddleware
 from api.routes import (
     admin,
     dashboard,
+    definitions,
     docs,
     health,
     ingest,
@@ -110,7 +111,7 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
         window = event_window(settings)
         dead_letters = DeadLetterer(pool=pool, js=js, metrics=metrics, window=window)
         cache = await stack.enter_async_context(
-            HubCache(settings=settings, redis=redis, pool=pool, nats=nc, metrics=metrics)
+            HubCache(settings=settings, redis=redis, pool=pool, nats=nc, metrics=metrics, catalog=catalog)
         )
         # Exits run in reverse: the writer stops (finishing its batch) before NATS drains and the
         # pool closes.
@@ -230,6 +231,7 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
             *health.routes,
             *metrics.routes,
             *ingest.routes,
+            *definitions.routes,
             *patterns.routes,
             *recent_stats.routes,
             *symbols.routes,

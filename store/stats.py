@@ -1,8 +1,9 @@
-"""Recent activity for the dashboard's pictures: events per minute and timeframe, and sector × pattern.
+"""Pattern statistics: event counts per pattern, timeframe and day (:func:`pattern_stats`, from the
+materialised ``pattern_stats_daily``), and the recent activity the dashboard's pictures draw
+(:func:`recent_activity`: events per minute and timeframe, and per sector and pattern).
 
-Both read ``pattern_events`` over a short window of ``detected_at`` (the time index
-``pattern_events_time_idx`` bounds the read, and partitions outside the window are pruned); the
-daily totals stay in :func:`store.scans.pattern_stats` over the materialised view.
+The recent reads go to ``pattern_events`` over a short window of ``detected_at`` (the time index
+``pattern_events_time_idx`` bounds the read, and partitions outside the window are pruned).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-__all__ = ["MAX_CELL_SYMBOLS", "MAX_HEAT_CELLS", "RecentActivity", "recent_activity"]
+__all__ = ["MAX_CELL_SYMBOLS", "MAX_HEAT_CELLS", "RecentActivity", "pattern_stats", "recent_activity"]
 
 MAX_HEAT_CELLS = 400  # the busiest (sector, pattern) cells; a page cannot show more
 MAX_CELL_SYMBOLS = 50  # symbols listed per cell (alphabetically first), enough to filter the feed by
@@ -78,3 +79,45 @@ async def recent_activity(
         )
     ).fetchall()
     return RecentActivity(per_minute=per_minute, heat=heat)
+
+
+async def pattern_stats(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    days: int,
+    patterns: Sequence[str] = (),
+    timeframes: Sequence[str] = (),
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Totals per (pattern, timeframe) and per day over the last ``days`` UTC days (today included),
+    from ``pattern_stats_daily`` (as fresh as its last refresh)."""
+    where = [sql.SQL("day > (now() AT TIME ZONE 'UTC')::date - %s")]
+    params: list[Any] = [days]
+    if patterns:
+        where.append(sql.SQL("pattern = ANY(%s)"))
+        params.append(sorted(set(patterns)))
+    if timeframes:
+        where.append(sql.SQL("timeframe = ANY(%s)"))
+        params.append(sorted(set(timeframes)))
+    cond = sql.SQL(" AND ").join(where)
+    by_pattern = await (
+        await conn.execute(
+            sql.SQL(
+                "SELECT pattern, timeframe, sum(events)::bigint AS events, "
+                "(sum(avg_confidence * events) / sum(events))::real AS avg_confidence, "
+                "max(max_confidence) AS max_confidence, max(last_detected_at) AS last_detected_at "
+                "FROM pattern_stats_daily WHERE {} GROUP BY pattern, timeframe "
+                "ORDER BY events DESC, pattern, timeframe"
+            ).format(cond),
+            params,
+        )
+    ).fetchall()
+    by_day = await (
+        await conn.execute(
+            sql.SQL(
+                "SELECT day, sum(events)::bigint AS events FROM pattern_stats_daily WHERE {} "
+                "GROUP BY day ORDER BY day"
+            ).format(cond),
+            params,
+        )
+    ).fetchall()
+    return by_pattern, by_day

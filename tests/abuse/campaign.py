@@ -39,7 +39,8 @@ __all__ = ["Attack", "Campaign", "Ctx", "ingest_key_pattern", "run_campaign"]
 
 Attack = Callable[["Ctx"], Awaitable[None]]
 
-WARMUP_S = 2.0  # valid flow before the first attack
+WARMUP_S = 2.0  # valid flow before the baseline
+BASELINE_S = 8.0  # valid flow, no attack: the machine's own latency in this run, for the invariant's bound
 MIN_ABUSE_S = 20.0  # the flow lasts at least this long after the warm-up, however fast the attacks are
 ATTACK_TIMEOUT_S = 40.0  # one attack that hangs is a failure of that attack, not of the campaign
 DRAIN_S = 30.0  # after the flow stops: deadline for the last valid events to reach the clean stream
@@ -192,6 +193,7 @@ class Campaign:
 
     failures: dict[str, str | None]
     latency: LatencyStats
+    baseline: LatencyStats
     producer: SteadyProducer
     partitions: PartitionSampler
     recorder: StatusRecorder
@@ -204,6 +206,7 @@ class Campaign:
         worst_growth, worst_batches = self.partitions.worst()
         failed = sorted(n for n, f in self.failures.items() if f)
         lines = [
+            "abuse: baseline (valid flow, no attack): " + self.baseline.line(),
             "abuse: "
             + self.latency.line()
             + f" (during the abuse; {len(self.producer.published)} published, "
@@ -302,6 +305,8 @@ async def run_campaign(
             )
             try:
                 await asyncio.sleep(WARMUP_S)
+                baseline_from = time.monotonic()
+                await asyncio.sleep(BASELINE_S)
                 abuse_from = time.monotonic()
                 async with ctx._stack:
                     results = await asyncio.gather(*(_guarded(n, a, ctx) for n, a in attacks.items()))
@@ -318,6 +323,7 @@ async def run_campaign(
     return Campaign(
         failures=dict(zip(attacks, results, strict=True)),
         latency=producer.stats(abuse_from, abuse_until),
+        baseline=producer.stats(baseline_from, abuse_from),
         producer=producer,
         partitions=sampler,
         recorder=recorder,

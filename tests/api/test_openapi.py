@@ -122,7 +122,7 @@ def test_guarded_operations_declare_bearer_auth_and_their_scope(app: Any, docume
         assert f"`{scope}`" in op["description"]
         assert {"401", "403", "429", "503"} <= set(op["responses"]), (method, path)
         assert "WWW-Authenticate" in op["responses"]["401"]["headers"]
-    assert guarded == 25
+    assert guarded == 27
     for path in (
         "/health",
         "/health/ready",
@@ -237,6 +237,9 @@ def test_query_parameters_follow_the_query_models(document: dict[str, Any]) -> N
     assert dlq == {"limit", "before", "reason", "replayed"}
     purge = {p["name"] for p in document["paths"]["/api/admin/dlq"]["delete"]["parameters"]}
     assert purge == {"reason", "replayed", "all"}
+    replay = {p["name"]: p for p in document["paths"]["/api/admin/dlq/replay"]["post"]["parameters"]}
+    assert set(replay) == {"reason", "limit"} and replay["reason"]["required"] is True
+    assert scan["history"]["schema"] == {"default": False, "type": "boolean"}
     recent = document["paths"]["/api/patterns/stats/recent"]["get"]
     params = {p["name"]: p for p in recent["parameters"]}
     assert set(params) == {"minutes", "timeframe"}
@@ -246,6 +249,22 @@ def test_query_parameters_follow_the_query_models(document: dict[str, Any]) -> N
     assert recent["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/RecentStats"
     }
+
+
+def test_the_definition_put_is_described(document: dict[str, Any]) -> None:
+    op = document["paths"]["/api/patterns/definitions/{name}"]["put"]
+    assert op["x-required-scope"] == "admin"
+    assert {"200", "201", "400", "409", "413"} <= set(op["responses"])
+    assert op["responses"]["409"]["content"][PROBLEM]
+    assert op["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": REF_TEMPLATE.format(model="DefinitionChange")
+    }
+    [name] = op["parameters"]
+    assert (name["in"], name["schema"]["pattern"]) == ("path", "^[a-z0-9_]{1,64}$")
+    schemas = document["components"]["schemas"]
+    assert schemas["DefinitionChange"]["additionalProperties"] is False
+    assert schemas["DefinitionChange"]["properties"]["aliases"]["anyOf"][0]["maxItems"] == 32
+    assert set(schemas["DefinitionWritten"]["required"]) >= {"name", "aliases", "created", "changed"}
 
 
 async def test_openapi_json_is_built_once_and_needs_no_token(app: Any, client: httpx.AsyncClient) -> None:
