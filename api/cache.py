@@ -53,7 +53,7 @@ log = logging.getLogger("tickstock.cache")
 # Published by a node whose generation bump did not reach Redis: every node that hears it starts a
 # new epoch (if it can reach Redis), so the entries that bump should have invalidated die at once.
 REFERENCE_GENERATION = "ref"
-ROUTES = ("scan", "symbol", "symbols", "universe", "universes")
+ROUTES = ("scan", "symbol", "symbols", "universe", "universes", "stats")
 RATIO_WINDOW_S = 60
 
 

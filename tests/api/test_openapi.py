@@ -138,7 +138,7 @@ def test_guarded_operations_declare_bearer_auth_and_their_scope(app: Any, docume
         assert f"`{scope}`" in op["description"]
         assert {"401", "403", "429", "503"} <= set(op["responses"]), (method, path)
         assert "WWW-Authenticate" in op["responses"]["401"]["headers"]
-    assert guarded == 26 + 14  # our routes + the TickStock compatibility routes
+    assert guarded == 27 + 14  # our routes + the TickStock compatibility routes
     for path in (
         "/health",
         "/health/ready",
@@ -256,6 +256,15 @@ def test_query_parameters_follow_the_query_models(document: dict[str, Any]) -> N
     replay = {p["name"]: p for p in document["paths"]["/api/admin/dlq/replay"]["post"]["parameters"]}
     assert set(replay) == {"reason", "limit"} and replay["reason"]["required"] is True
     assert scan["history"]["schema"] == {"default": False, "type": "boolean"}
+    recent = document["paths"]["/api/patterns/stats/recent"]["get"]
+    params = {p["name"]: p for p in recent["parameters"]}
+    assert set(params) == {"minutes", "timeframe"}
+    assert params["minutes"]["schema"] == {"default": 60, "maximum": 1440, "minimum": 1, "type": "integer"}
+    assert params["timeframe"]["schema"]["type"] == "array"
+    assert recent["responses"]["200"]["headers"]["X-Cache"]["schema"]["enum"][0] == "hit"
+    assert recent["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RecentStats"
+    }
 
 
 def test_the_definition_put_is_described(document: dict[str, Any]) -> None:
