@@ -8,10 +8,18 @@ import psycopg
 import pytest
 
 from tests.abuse.attacks_nats import FORGED_LOG_MARKER
-from tests.abuse.campaign import BASELINE_S, MIN_ABUSE_S, PARTITIONS_PER_BATCH, RATE_PER_S, Campaign
+from tests.abuse.campaign import (
+    BASELINE_S,
+    CAMPAIGN_BUDGET_S,
+    MIN_ABUSE_S,
+    PARTITIONS_PER_BATCH,
+    RATE_PER_S,
+    Campaign,
+)
 from tests.abuse.harness import log_problems
 
-pytestmark = pytest.mark.slow
+# The first test of the package carries the campaign in its set-up.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(CAMPAIGN_BUDGET_S)]
 
 P99_BOUND_S = 1.0
 # A hostile producer that stalls the writer shows as seconds against a baseline of milliseconds. With two
