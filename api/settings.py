@@ -15,6 +15,7 @@ import dataclasses
 import ipaddress
 import math
 import urllib.parse
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 
 from hub import fanout_limits as ws
 from hub import writer
+from hub.bridge import DEFAULT_CHANNELS
+from hub.tiers import TimeframeTable, parse_table
+from hub.upstream import UpstreamRules
 from hub.window import DEFAULT_EVENT_MAX_AGE_DAYS, DEFAULT_EVENT_MAX_AHEAD_S, DEFAULT_EVENT_MAX_EXPIRY_DAYS
 from hub.writer import DEFAULT_PARTITIONS_PER_BATCH
 from store import breaker, cache, pool
@@ -203,6 +207,35 @@ class Settings:
     admin_max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES
     cursor_secret: str | None = dataclasses.field(default=None, repr=False)  # None: a per-deployment key
     log_level: str = "INFO"
+    # TickStock's upstream messages and the Redis bridge (docs/upstream.md).
+    upstream_timeframes: str | None = None  # JSON object or "spelling=timeframe,…" over the default table
+    upstream_default_timeframe: str | None = (
+        None  # for a message without timeframe or tier; unset: dead letter
+    )
+    upstream_naive_timezone: str = "UTC"  # the zone a naive ISO timestamp is read in
+    bridge_redis_url: str | None = None  # set: `tickstock run` and `serve` run the Redis bridge inside
+    bridge_channels: str = ",".join(DEFAULT_CHANNELS)  # comma-separated Redis channels the bridge reads
+
+    def upstream_rules(self) -> UpstreamRules:
+        """The rules for upstream messages these settings describe; raises :class:`SettingsError`."""
+        try:
+            table = TimeframeTable().with_overrides(
+                parse_table(self.upstream_timeframes or ""), default=self.upstream_default_timeframe
+            )
+        except ValueError as exc:
+            name = "UPSTREAM_TIMEFRAMES" if "default" not in str(exc) else "UPSTREAM_DEFAULT_TIMEFRAME"
+            raise SettingsError(f"{PREFIX}{name}: {exc}") from None
+        try:
+            zone = zoneinfo.ZoneInfo(self.upstream_naive_timezone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise SettingsError(
+                f"{PREFIX}UPSTREAM_NAIVE_TIMEZONE: no time zone {self.upstream_naive_timezone!r}"
+            ) from None
+        return UpstreamRules(timeframes=table, naive_zone=zone)
+
+    @property
+    def bridge_channel_list(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.bridge_channels.split(",") if c.strip())
 
     def __post_init__(self) -> None:
         if self.pool_min_size < 0 or self.pool_max_size < max(1, self.pool_min_size):
@@ -236,6 +269,9 @@ class Settings:
                 raise SettingsError(f"{PREFIX}JWKS_URL: {exc}") from None
         if not 0 < self.port < 65536:
             raise SettingsError(f"{PREFIX}PORT must be a TCP port, not {self.port}")
+        self.upstream_rules()
+        if not self.bridge_channel_list:
+            raise SettingsError(f"{PREFIX}BRIDGE_CHANNELS must name at least one Redis channel")
         if self.cursor_secret == "":
             raise SettingsError(
                 f"{PREFIX}CURSOR_SECRET must not be empty (unset it for a per-deployment key)"

@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from hub.model import EventError, brief
 from store.patterns import load_pattern_aliases
 
-__all__ = ["CatalogCache", "PatternCatalog"]
+__all__ = ["CatalogCache", "PatternCatalog", "match_key"]
 
 log = logging.getLogger("tickstock.catalog")
 
@@ -27,6 +27,12 @@ _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
 
 def _match_key(name: str) -> str:
     return _IGNORED.sub("", name).casefold()
+
+
+def match_key(name: str) -> str:
+    """The form names are matched in: case-folded, without whitespace, ``_`` and ``-`` (``Bull_Flag``
+    and ``bullflag`` are one key)."""
+    return _match_key(name)
 
 
 def _snake_case(name: str) -> str:

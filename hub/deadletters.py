@@ -34,6 +34,7 @@ from hub.parsing import parse_event
 from hub.producer import Published, publish_to_ingest
 from hub.subjects import DLQ_PREFIX, ingest_subject
 from hub.text import escape_control
+from hub.upstream import DEFAULT_RULES, UpstreamRules
 from hub.window import EventWindow
 from store.deadletters import get_dead_letter, mark_replayed, record_dead_letter
 
@@ -152,11 +153,13 @@ class DeadLetterer:
         js: JetStreamContext,
         metrics: Metrics,
         window: EventWindow | None = None,
+        rules: UpstreamRules = DEFAULT_RULES,
     ) -> None:
         self._pool = pool
         self._js = js
         self._metrics = metrics
         self._window = window
+        self._rules = rules  # how a replayed upstream message is read, as the bridge reads it
 
     async def record(
         self,
@@ -260,7 +263,7 @@ class DeadLetterer:
             raise ReplayError(f"no dead letter {dead_letter_id}", kind="not_found")
         body = letter.payload if payload is None else payload
         try:
-            event = parse_event(body, catalog=catalog.current, window=self._window)
+            event = parse_event(body, catalog=catalog.current, window=self._window, rules=self._rules)
         except EventError as exc:
             raise ReplayError(
                 f"the payload would be rejected again: {exc.reason}: {exc.detail}",
