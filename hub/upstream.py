@@ -8,7 +8,7 @@ module. The shapes (``../shared/tickstock-upstream.md`` §1–2):
 * **enveloped** (layouts A–D, G): ``event_type`` and an object ``data``; ``data.data`` when that is an
   object too (C, double-nested). The envelope's ``timestamp`` is the publish time.
 * **flat** (E, F): the fields at the top level, with ``event_type`` (E) or without (F, recognised by
-  ``tier``, ``detection_timestamp``, ``price_at_detection`` or a ``pattern`` without ``type``).
+  ``tier``, ``detection_timestamp`` or ``price_at_detection`` where v1 would have ``type``).
 * **streaming**: ``{type: "pattern_detected", detection: {...}}``; **batch**: ``{type: "patterns_batch",
   patterns: [{detection: {...}}, ...]}``.
 
@@ -33,6 +33,7 @@ __all__ = [
     "EVENT_TYPES",
     "MAX_BATCH",
     "TIMEFRAME_FROM",
+    "UPSTREAM_PATTERN",
     "UpstreamRules",
     "batch_items",
     "derived_id",
@@ -53,6 +54,8 @@ MAX_BATCH = 500
 """The most detections one ``patterns_batch`` may carry; a larger one is a ``too_large`` dead letter."""
 TIMEFRAME_FROM = "timeframe_from"
 """The ``data`` key that says where a timeframe not sent as a v1 name came from (``tier:intraday``)."""
+UPSTREAM_PATTERN = "upstream_pattern"
+"""The ``data`` key holding the pattern name as upstream spelled it."""
 ID_PREFIX = "ts-"
 ID_HEX_DIGITS = 32
 STREAMING_SOURCE = "tickstock-streaming"
@@ -104,7 +107,7 @@ def shape(obj: Mapping[str, Any]) -> str | None:
         return "streaming"
     if "event_type" in obj:
         return "enveloped" if "data" in obj else "flat"
-    if "type" not in obj and ("pattern" in obj or any(k in obj for k in _FLAT_MARKERS)):
+    if "type" not in obj and any(k in obj for k in _FLAT_MARKERS):
         return "flat"
     return None
 
@@ -167,6 +170,8 @@ def to_v1(obj: Mapping[str, Any], rules: UpstreamRules = DEFAULT_RULES) -> dict[
         present, value = _pick(inner, field_name)
         if present:
             event[field_name] = value
+    if isinstance(event.get("pattern"), str):
+        data[UPSTREAM_PATTERN] = event["pattern"]  # Engulfing_Bull keeps its sign beside `engulfing`
     if "confidence" in inner:
         event["confidence"] = inner.pop("confidence")
     event["detected_at"] = _detected_at(outer, inner, rules)
