@@ -1,0 +1,156 @@
+"""Acceptance: TickStock's upstream corpus on Redis through the bridge inside a live hub (real Redis, NATS,
+PostgreSQL); hostile messages on every channel; a Redis restart under the bridge."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
+
+from api.settings import Settings
+from hub.bridge import RedisBridge
+from hub.catalog import CatalogCache
+from hub.embedded import EmbeddedRedis
+from hub.metrics import Metrics
+from ops.upstream_corpus import dead_letters, publish, report, stored_rows, subscribed
+from ops.upstream_messages import CHANNELS, CORPUS, HOSTILE, Case
+from tests.support import LiveHub, count, free_port, make_event, wait_for, wait_settled
+
+
+@pytest.fixture(scope="module")
+def settings(settings: Settings) -> Settings:
+    """The module's hub runs the bridge inside, on the module's Redis."""
+    return dataclasses.replace(settings, bridge_redis_url=settings.redis_url)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def hub(live_hub: LiveHub, ref_pool: AsyncConnectionPool) -> AsyncIterator[LiveHub]:
+    async with ref_pool.connection() as conn:  # each test starts from an empty store
+        await conn.execute("TRUNCATE pattern_events, pattern_event_ids, dead_letters")
+    yield live_hub
+
+
+def _bridged(metrics: Metrics) -> float:
+    return metrics.bridge_messages.total()
+
+
+def _items(cases: list[Case]) -> int:
+    return sum(max(1, len(c.rows)) for c in cases)
+
+
+async def test_the_corpus_is_stored_once_with_its_meaning_even_bridged_twice_and_sent_twice(
+    hub: LiveHub, ref_pool: AsyncConnectionPool, redis_client: aioredis.Redis
+) -> None:
+    """Every message of every layout and channel, through the hub's bridge and a second bridge
+    process's worth (its own catalog from the database), published twice: each row once, the two
+    deliberate dead letters, nothing else."""
+    state = hub.hub
+    catalog = CatalogCache()
+    await catalog.refresh(ref_pool)
+    second = RedisBridge(redis_client, state.js, catalog=catalog)
+    async with second:
+        await wait_for(lambda: subscribed(redis_client, CHANNELS, n=2), what="both bridges subscribed")
+        for round_ in (1, 2):
+            await publish(redis_client, CORPUS, subscribers=2)
+            await wait_for(
+                lambda r=round_: _bridged(state.metrics) >= r * _items(CORPUS), timeout=30, what="hub bridge"
+            )
+            await wait_for(
+                lambda r=round_: _bridged(second.metrics) >= r * _items(CORPUS), timeout=30, what="2nd bridge"
+            )
+            await wait_settled(state.js)
+    table, problems = report(CORPUS, await stored_rows(ref_pool), await dead_letters(ref_pool))
+    assert problems == [], table
+    assert await count(ref_pool, "SELECT count(*) FROM pattern_events") == sum(len(c.rows) for c in CORPUS)
+    for layout in "ABCDEFG":
+        assert sum(1 for c in CORPUS if c.layout == layout and c.rows) >= 3, layout
+    assert sum(1 for c in CORPUS if c.layout == "streaming") >= 3
+    assert [len(c.rows) for c in CORPUS if c.layout == "batch"] == [3, 4, 2]
+    verdicts = state.metrics.bridge_messages
+    assert verdicts.value(channel=CHANNELS[2], verdict="forwarded", reason="ok") == 2 * 9
+    assert verdicts.value(channel=CHANNELS[0], verdict="rejected", reason="unknown_timeframe") == 2
+    assert verdicts.value(channel=CHANNELS[0], verdict="rejected", reason="unknown_pattern") == 2
+    exposed = state.metrics.render()
+    assert (
+        'tickstock_bridge_messages_total{channel="tickstock:patterns:streaming",reason="ok",verdict="forwarded"} 6.0'
+        in exposed
+    )
+    stored = await _payload(ref_pool, "MSFT", "pattern_detected", "weekly_breakout")
+    assert (
+        stored["data"]["timeframe_from"] == "tier:weekly" and stored["data"]["upstream_pattern"] == "WeeklyBO"
+    )
+
+
+async def _payload(pool: AsyncConnectionPool, symbol: str, kind: str, pattern: str) -> dict[str, object]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT payload FROM pattern_events WHERE symbol = %s AND type = %s AND pattern = %s",
+            (symbol, kind, pattern),
+        )
+        [row] = await cur.fetchall()
+    return row["payload"]  # type: ignore[no-any-return]
+
+
+async def test_hostile_messages_on_every_channel_are_dead_letters_and_the_bridge_goes_on(
+    hub: LiveHub, ref_pool: AsyncConnectionPool, redis_client: aioredis.Redis
+) -> None:
+    state = hub.hub
+    before = _bridged(state.metrics)
+    await wait_for(lambda: subscribed(redis_client, CHANNELS), what="the bridge subscribed")
+    for channel, raw, _ in HOSTILE:
+        assert await redis_client.publish(channel, raw) == 1
+    after = make_event(1, prefix="after-hostile", symbol="IBM", timeframe="5min")
+    assert await redis_client.publish(CHANNELS[0], json.dumps(after)) == 1
+    await wait_for(
+        lambda: _bridged(state.metrics) >= before + len(HOSTILE) + 1, timeout=30, what="all bridged"
+    )
+    await wait_settled(state.js)
+    assert await count(ref_pool, "SELECT count(*) FROM pattern_events WHERE id = %s", "after-hostile-1") == 1
+    letters = dict(await dead_letters(ref_pool))
+    expected = {raw: reason for _, raw, reason in HOSTILE}
+    assert letters == expected  # one dead letter per distinct message, with its reason
+    for channel in CHANNELS:
+        rejected = sum(
+            state.metrics.bridge_messages.value(channel=channel, verdict="rejected", reason=reason)
+            for reason in set(expected.values())
+        )
+        assert rejected == len(expected)
+
+
+async def test_the_bridge_survives_redis_restarts_and_counts_the_gap(hub: LiveHub, tmp_path: Path) -> None:
+    """Stop the bridge's Redis under it and start it again on the same port: the bridge resubscribes
+    with a back-off, counts the reconnects and the deaf seconds, and forwards again."""
+    port = free_port()
+    state = hub.hub
+    metrics = Metrics()
+    server = EmbeddedRedis(tmp_path / "redis", port=port)
+    await server.__aenter__()
+    client = aioredis.Redis.from_url(server.url)
+    probe = aioredis.Redis.from_url(server.url)
+    try:
+        async with RedisBridge(client, state.js, catalog=state.catalog, metrics=metrics) as bridge:
+            await bridge.wait_subscribed(timeout=10)
+            await probe.publish(CHANNELS[1], CORPUS[-5].message)
+            await wait_for(lambda: bridge.forwarded >= 1, timeout=10, what="forwarded before the restart")
+            for restart in (1, 2):
+                await server.__aexit__(None, None, None)
+                await wait_for(lambda r=restart: bridge.reconnects >= r, timeout=20, what="the loss noticed")
+                server = EmbeddedRedis(tmp_path / "redis", port=port)
+                await server.__aenter__()
+                await bridge.wait_subscribed(timeout=60)
+                await wait_for(lambda: subscribed(probe, bridge.channels), timeout=20, what="resubscribed")
+            streaming = [c for c in CORPUS if c.layout == "streaming"]
+            await publish(probe, streaming)
+            await wait_for(lambda: bridge.forwarded >= 1 + len(streaming), timeout=20, what="forwarded after")
+    finally:
+        await client.aclose()
+        await probe.aclose()
+        await server.__aexit__(None, None, None)
+    assert metrics.bridge_reconnects.total() >= 2 and bridge.reconnects >= 2
+    assert metrics.bridge_gap_seconds.total() > 0
