@@ -521,7 +521,6 @@ def test_permissive_name_that_grows_past_the_limit_is_rejected() -> None:
     assert error.fields[0]["loc"] == "pattern"
 
 
-
 # -- subjects ---------------------------------------------------------------------------------------
 
 

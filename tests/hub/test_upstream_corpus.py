@@ -3,8 +3,11 @@ PostgreSQL); hostile messages on every channel; a Redis restart under the bridge
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,8 +16,9 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
+from api.cli.parser import main
 from api.settings import Settings
-from hub.bridge import RedisBridge
+from hub.bridge import RedisBridge, run
 from hub.catalog import CatalogCache
 from hub.embedded import EmbeddedRedis
 from hub.metrics import Metrics
@@ -154,3 +158,93 @@ async def test_the_bridge_survives_redis_restarts_and_counts_the_gap(hub: LiveHu
         await server.__aexit__(None, None, None)
     assert metrics.bridge_reconnects.total() >= 2 and bridge.reconnects >= 2
     assert metrics.bridge_gap_seconds.total() > 0
+
+
+async def test_a_standalone_bridge_checks_names_against_the_database_and_follows_its_changes(
+    hub: LiveHub, ref_pool: AsyncConnectionPool, redis_client: aioredis.Redis, settings: Settings
+) -> None:
+    """``tickstock bridge-redis`` with a database: an unknown name goes to the unparsed subject; once the
+    definition exists (and the catalog reloaded), the same kind of message goes to ingest."""
+    channel = "standalone.patterns"
+    task = asyncio.create_task(
+        run(
+            settings.redis_url or "",
+            settings.nats_url or "",
+            channel=channel,
+            database_url=settings.database_url,
+            refresh_s=0.2,
+        )
+    )
+    try:
+        await wait_for(lambda: subscribed(redis_client, (channel,)), timeout=20, what="the bridge subscribed")
+        first = _flat("Corpus_Only_Pattern", 0)
+        assert await redis_client.publish(channel, first) == 1
+        await wait_for(
+            lambda: _letter_subject(ref_pool, first), timeout=20, what="the first one dead-lettered"
+        )
+        assert await _letter_subject(ref_pool, first) == "tickstock.ingest.unparsed"
+        async with ref_pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO pattern_definitions (name, aliases, category) VALUES ('corpus_only', %s, 'indicator')",
+                (["Corpus_Only_Pattern"],),
+            )
+        attempt = 0
+
+        async def forwarded_to_ingest() -> bool:
+            nonlocal attempt
+            attempt += 1
+            message = _flat("Corpus_Only_Pattern", attempt)
+            before = await count(ref_pool, INGESTED_LETTERS)
+            assert await redis_client.publish(channel, message) == 1
+
+            async def verdict() -> str | None:
+                if await count(ref_pool, INGESTED_LETTERS) > before:
+                    return "ingest"  # valid at the bridge; the hub's older catalog refused it at the writer
+                return await _letter_subject(ref_pool, message)
+
+            return await wait_for(verdict, timeout=20, what="its verdict") == "ingest"
+
+        await wait_for(forwarded_to_ingest, timeout=30, what="the bridge's catalog reloaded")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with ref_pool.connection() as conn:
+            await conn.execute("DELETE FROM pattern_definitions WHERE name = 'corpus_only'")
+
+
+INGESTED_LETTERS = "SELECT count(*) FROM dead_letters WHERE subject = 'tickstock.ingest.daily.ZZZ'"
+
+
+def _flat(pattern: str, i: int) -> bytes:
+    return json.dumps(
+        {
+            "event_type": "pattern_detected",
+            "timestamp": 1764599400 + i,
+            "symbol": "ZZZ",
+            "pattern": pattern,
+            "confidence": 0.5,
+            "source": "daily",
+        }
+    ).encode()
+
+
+async def _letter_subject(pool: AsyncConnectionPool, payload: bytes) -> str | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT subject FROM dead_letters WHERE payload = %s", (payload,))
+        row = await cur.fetchone()
+    return None if row is None else str(row["subject"])
+
+
+async def test_the_bridge_command_reads_the_bridge_redis_url(
+    hub: LiveHub, redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key in [k for k in os.environ if k.startswith("TICKSTOCK_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("TICKSTOCK_NATS_URL", hub.settings.nats_url or "")
+    monkeypatch.setenv("TICKSTOCK_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # not this one
+    monkeypatch.setenv("TICKSTOCK_BRIDGE_REDIS_URL", redis_url)
+    monkeypatch.setenv("TICKSTOCK_BRIDGE_CHANNELS", "a.patterns, b.patterns")
+    status = await asyncio.to_thread(main, ["bridge-redis", "--duration", "0.5"])
+    assert status == 0
+    assert capsys.readouterr().err.splitlines()[-1] == "tickstock: bridge: 0 messages forwarded"
