@@ -141,7 +141,35 @@ def test_the_vocabulary_table_is_the_catalog(row: dict[str, str]) -> None:
 
 def test_the_vocabulary_table_covers_every_upstream_name_in_the_facts() -> None:
     listed = {name for row in _table("upstream name") for name in _ticked(row["upstream name"])}
-    facts = ["Bull_Flag", "High_Volume_Surge", "Price_Gap", "Weekly_Breakout", "Support_Test", "Resistance_Break", "Volume_Spike", "Price_Breakout", "Momentum_Shift", "Trendline_Hold", "Gap_Fill", "Reversal_Signal", "Engulfing_Bull", "Engulfing_Bear", "Shooting_Star", "Ascending_Triangle", "HeadShoulders", "MACrossover", "MomentumShift", "TrendReversal", "BreakoutPattern", "SupportBreakout", "BullFlag", "WeeklyBO", "DailyBO", "AscTri", "VolSpike"]
+    facts = [
+        "Bull_Flag",
+        "High_Volume_Surge",
+        "Price_Gap",
+        "Weekly_Breakout",
+        "Support_Test",
+        "Resistance_Break",
+        "Volume_Spike",
+        "Price_Breakout",
+        "Momentum_Shift",
+        "Trendline_Hold",
+        "Gap_Fill",
+        "Reversal_Signal",
+        "Engulfing_Bull",
+        "Engulfing_Bear",
+        "Shooting_Star",
+        "Ascending_Triangle",
+        "HeadShoulders",
+        "MACrossover",
+        "MomentumShift",
+        "TrendReversal",
+        "BreakoutPattern",
+        "SupportBreakout",
+        "BullFlag",
+        "WeeklyBO",
+        "DailyBO",
+        "AscTri",
+        "VolSpike",
+    ]
     assert sorted(set(facts) - listed) == []
     assert CATALOG.canonical("WeeklyBO") != CATALOG.canonical("DailyBO")
     with pytest.raises(EventError):
