@@ -17,17 +17,15 @@ Anything else is schema v1. Pure: no I/O, the verdict depends only on the bytes 
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from hub.catalog import match_key
-from hub.model import EventError, brief, canonical_json, canonical_symbol
+from hub.model import EventError, brief, canonical_json
 from hub.tiers import TimeframeTable
+from hub.upstream_ids import derived_id
 
 __all__ = [
     "EVENT_TYPES",
@@ -56,8 +54,6 @@ TIMEFRAME_FROM = "timeframe_from"
 """The ``data`` key that says where a timeframe not sent as a v1 name came from (``tier:intraday``)."""
 UPSTREAM_PATTERN = "upstream_pattern"
 """The ``data`` key holding the pattern name as upstream spelled it."""
-ID_PREFIX = "ts-"
-ID_HEX_DIGITS = 32
 STREAMING_SOURCE = "tickstock-streaming"
 DEFAULT_SOURCE = "tickstock"
 
@@ -373,30 +369,3 @@ def _measures(kind: str | None, inner: dict[str, Any], event: dict[str, Any]) ->
         event["indicators"] = indicators
     if levels and "levels" not in event:
         event["levels"] = levels
-
-
-def derived_id(event: Mapping[str, Any], obj: Mapping[str, Any]) -> str:
-    """``ts-`` and 32 hex digits of the SHA-256 over (type, symbol, pattern's match key, timeframe,
-    whole epoch second of detection); for ``pattern_updated`` also over the message's canonical JSON.
-    The same detection sent twice, by any layout or bridge, has one id; two different updates of one
-    instance have two. Raises ``invalid_field`` for a message that is not finite JSON."""
-    symbol, pattern = event.get("symbol"), event.get("pattern")
-    with contextlib.suppress(EventError):  # the v1 check reports it
-        symbol = canonical_symbol(symbol) if isinstance(symbol, str) else symbol
-    detected: datetime = event["detected_at"]
-    key: list[Any] = [
-        event["type"],
-        symbol if isinstance(symbol, str) else repr(symbol),
-        match_key(pattern) if isinstance(pattern, str) else repr(pattern),
-        event["timeframe"],
-        math.floor(detected.timestamp()),
-    ]
-    try:
-        if event["type"] == "pattern_updated":
-            key.append(hashlib.sha256(canonical_json(dict(obj))).hexdigest())
-        encoded = canonical_json(key)
-    except UnicodeEncodeError:
-        raise EventError("invalid_field", "the message holds text that is not valid Unicode") from None
-    except (TypeError, ValueError, RecursionError):
-        raise EventError("invalid_field", "the message holds values that are not finite JSON") from None
-    return ID_PREFIX + hashlib.sha256(encoded).hexdigest()[:ID_HEX_DIGITS]

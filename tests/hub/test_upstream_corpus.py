@@ -127,6 +127,7 @@ async def test_hostile_messages_on_every_channel_are_dead_letters_and_the_bridge
         assert rejected == len(expected)
 
 
+@pytest.mark.timeout(300)  # two server restarts on a loaded machine; each wait below has its own deadline
 async def test_the_bridge_survives_redis_restarts_and_counts_the_gap(hub: LiveHub, tmp_path: Path) -> None:
     """Stop the bridge's Redis under it and start it again on the same port: the bridge resubscribes
     with a back-off, counts the reconnects and the deaf seconds, and forwards again."""
@@ -145,7 +146,7 @@ async def test_the_bridge_survives_redis_restarts_and_counts_the_gap(hub: LiveHu
             for restart in (1, 2):
                 await server.__aexit__(None, None, None)
                 await wait_for(lambda r=restart: bridge.reconnects >= r, timeout=20, what="the loss noticed")
-                server = EmbeddedRedis(tmp_path / "redis", port=port)
+                server = EmbeddedRedis(tmp_path / f"redis-{restart}", port=port)  # a new process, same port
                 await server.__aenter__()
                 await bridge.wait_subscribed(timeout=60)
                 await wait_for(lambda: subscribed(probe, bridge.channels), timeout=20, what="resubscribed")
