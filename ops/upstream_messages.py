@@ -678,6 +678,7 @@ CORPUS: list[Case] = [*A, *B, *C, *D, *E, *F, *G, *STREAMING, *BATCH, *DELIBERAT
 _BROKEN: list[tuple[bytes, str]] = [
     (b"\xff\xfe not json \x00", "not_json"),
     (b"[1, 2, 3]", "not_object"),
+    (b'{"type": "patterns_batch", "patterns": [{"detection": ', "not_json"),
     (_json({"event_type": "pattern_detected", "data": "AAPL"}), "invalid_field"),
     (
         _json(

@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -18,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.cli.parser import main
 from api.settings import Settings
-from hub.bridge import RedisBridge, run
+from hub.bridge import RedisBridge, _refresh_catalog, run
 from hub.catalog import CatalogCache
 from hub.embedded import EmbeddedRedis
 from hub.metrics import Metrics
@@ -249,3 +250,22 @@ async def test_the_bridge_command_reads_the_bridge_redis_url(
     status = await asyncio.to_thread(main, ["bridge-redis", "--duration", "0.5"])
     assert status == 0
     assert capsys.readouterr().err.splitlines()[-1] == "tickstock: bridge: 0 messages forwarded"
+
+
+async def test_a_failed_catalog_reload_keeps_the_last_catalog(caplog: pytest.LogCaptureFixture) -> None:
+    catalog = CatalogCache()
+    unreachable = AsyncConnectionPool(f"postgresql://127.0.0.1:{free_port()}/x", open=False)
+    task = asyncio.create_task(_refresh_catalog(catalog, unreachable, 0.01))
+    try:
+        await wait_for(lambda: "reload failed" in caplog.text, timeout=10, what="the failure logged")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert not catalog.loaded  # still the permissive one it started with
+
+
+def test_a_bridge_needs_a_channel(redis_client: aioredis.Redis) -> None:
+    no_nats: Any = None  # the constructor does no I/O
+    with pytest.raises(ValueError, match="at least one channel"):
+        RedisBridge(redis_client, no_nats, channels=())
