@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from hub import fanout_limits as ws
 from hub import writer
 from hub.bridge import DEFAULT_CHANNELS
+from hub.model import TIMEFRAMES
 from hub.tiers import TimeframeTable, parse_table
 from hub.upstream import UpstreamRules
 from hub.window import DEFAULT_EVENT_MAX_AGE_DAYS, DEFAULT_EVENT_MAX_AHEAD_S, DEFAULT_EVENT_MAX_EXPIRY_DAYS
@@ -218,13 +219,17 @@ class Settings:
 
     def upstream_rules(self) -> UpstreamRules:
         """The rules for upstream messages these settings describe; raises :class:`SettingsError`."""
+        default = self.upstream_default_timeframe
+        if default is not None and default not in TIMEFRAMES:
+            raise SettingsError(
+                f"{PREFIX}UPSTREAM_DEFAULT_TIMEFRAME: {default!r} is not one of {' '.join(TIMEFRAMES)}"
+            )
         try:
             table = TimeframeTable().with_overrides(
-                parse_table(self.upstream_timeframes or ""), default=self.upstream_default_timeframe
+                parse_table(self.upstream_timeframes or ""), default=default
             )
         except ValueError as exc:
-            name = "UPSTREAM_TIMEFRAMES" if "default" not in str(exc) else "UPSTREAM_DEFAULT_TIMEFRAME"
-            raise SettingsError(f"{PREFIX}{name}: {exc}") from None
+            raise SettingsError(f"{PREFIX}UPSTREAM_TIMEFRAMES: {exc}") from None
         try:
             zone = zoneinfo.ZoneInfo(self.upstream_naive_timezone)
         except (ValueError, zoneinfo.ZoneInfoNotFoundError):

@@ -45,8 +45,12 @@ def test_read_from_the_environment() -> None:
         ),
         ({"TICKSTOCK_UPSTREAM_TIMEFRAMES": "{nope"}, "TICKSTOCK_UPSTREAM_TIMEFRAMES: not a JSON object"),
         (
+            {"TICKSTOCK_UPSTREAM_TIMEFRAMES": "default=yearly"},
+            "TICKSTOCK_UPSTREAM_TIMEFRAMES: 'default' maps to",
+        ),
+        (
             {"TICKSTOCK_UPSTREAM_DEFAULT_TIMEFRAME": "1d"},
-            "TICKSTOCK_UPSTREAM_DEFAULT_TIMEFRAME: default timeframe '1d'",
+            "TICKSTOCK_UPSTREAM_DEFAULT_TIMEFRAME: '1d' is not one of",
         ),
         (
             {"TICKSTOCK_UPSTREAM_NAIVE_TIMEZONE": "Mars/Olympus"},
