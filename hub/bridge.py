@@ -32,6 +32,8 @@ from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
 from psycopg_pool import AsyncConnectionPool
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from hub.broker import open_nats
@@ -55,6 +57,9 @@ RETRY_DELAY_S = 1.0  # between publish attempts while NATS refuses
 RECONNECT_BASE_S = 0.5  # the back-off after losing Redis: 0.5 s doubling ...
 RECONNECT_MAX_S = 30.0  # ... up to 30 s
 CLOSE_TIMEOUT_S = 5.0
+HEARTBEAT_S = 15.0  # idle this long: ping Redis; no answer within as long again: reconnect
+POLL_S = 0.5  # the longest Redis read: how soon the loop sees a stop
+STOP_TIMEOUT_S = POLL_S + CLOSE_TIMEOUT_S + 1.0
 PUBLISH_TIMEOUT_S = 5.0
 OK = "ok"
 
@@ -74,6 +79,7 @@ class RedisBridge:
         rules: UpstreamRules = DEFAULT_RULES,
         metrics: Metrics | None = None,
         channel: str | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
         self._redis = redis_client
         self._js = js
@@ -82,9 +88,11 @@ class RedisBridge:
             raise ValueError("the bridge needs at least one channel")
         self._catalog = catalog if catalog is not None else CatalogCache()
         self._rules = rules
+        self._heartbeat_s = heartbeat_s
         self.metrics = metrics if metrics is not None else Metrics()
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._stopping = asyncio.Event()
         self.forwarded = 0
         self.unparsed = 0
         self.errors = 0
@@ -163,13 +171,21 @@ class RedisBridge:
                 return False
             except (NatsError, TimeoutError) as exc:
                 self.errors += 1
+                if self._stopping.is_set():
+                    log.error("bridge: stopping; message %s not published (%s)", msg_id, exc)
+                    return False
                 log.warning("bridge: publish of %s failed (%s); retrying", msg_id, exc)
-                await asyncio.sleep(RETRY_DELAY_S)
+                await self._pause(RETRY_DELAY_S)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the bridge is asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _loop(self) -> None:
         failures = 0
         lost_at: float | None = None
-        while True:
+        while not self._stopping.is_set():
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*self.channels)
@@ -179,14 +195,7 @@ class RedisBridge:
                 failures, lost_at = 0, None
                 self._subscribed.set()
                 log.info("bridge: forwarding Redis channel(s) %s to NATS ingest", ", ".join(self.channels))
-                async for message in pubsub.listen():
-                    data, channel = message.get("data"), message.get("channel")
-                    if isinstance(channel, bytes):
-                        channel = channel.decode("utf-8", "replace")
-                    if isinstance(data, str):
-                        data = data.encode("utf-8", "surrogatepass")
-                    if isinstance(data, bytes):
-                        await self.handle(channel if isinstance(channel, str) else self.channel, data)
+                await self._listen(pubsub)
             except (RedisError, OSError) as exc:
                 self._subscribed.clear()
                 failures += 1
@@ -195,25 +204,61 @@ class RedisBridge:
                 lost_at = lost_at if lost_at is not None else time.monotonic()
                 delay = retry_delay(failures, base_s=RECONNECT_BASE_S, max_s=RECONNECT_MAX_S)
                 log.warning("bridge: Redis subscription lost (%s); resubscribing in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+                await self._pause(delay)
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await asyncio.wait_for(pubsub.aclose(), CLOSE_TIMEOUT_S)  # never hangs a shutdown
+                    await asyncio.wait_for(pubsub.aclose(), CLOSE_TIMEOUT_S)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        """Handle messages until the bridge stops or the connection fails. Reads wait at most
+        ``POLL_S``, so a stop never has to cancel a Redis read. After ``heartbeat_s`` without a message
+        the bridge pings; no answer within another ``heartbeat_s`` means a dead connection (a peer gone
+        without a reset would otherwise leave the bridge deaf for good): it raises ``ConnectionError``."""
+        heard_at, pinged_at = time.monotonic(), None
+        while not self._stopping.is_set():
+            message = await pubsub.get_message(timeout=min(POLL_S, self._heartbeat_s))
+            now = time.monotonic()
+            if message is None:
+                if pinged_at is not None and now - pinged_at > self._heartbeat_s:
+                    raise RedisConnectionError(f"no answer to a ping within {self._heartbeat_s:g} s")
+                if pinged_at is None and now - heard_at > self._heartbeat_s:
+                    await pubsub.ping()
+                    pinged_at = now
+                continue
+            heard_at, pinged_at = now, None  # any message, a pong too, shows the connection is alive
+            data, channel = message.get("data"), message.get("channel")
+            if message.get("type") != "message":
+                continue
+            if isinstance(channel, bytes):
+                channel = channel.decode("utf-8", "replace")
+            if isinstance(data, str):
+                data = data.encode("utf-8", "surrogatepass")
+            if isinstance(data, bytes):
+                await self.handle(channel if isinstance(channel, str) else self.channel, data)
 
     async def wait_subscribed(self, timeout: float = 5.0) -> None:
         await asyncio.wait_for(self._subscribed.wait(), timeout)
 
     async def __aenter__(self) -> RedisBridge:
+        self._stopping.clear()
         self._task = asyncio.create_task(self._loop(), name="tickstock-bridge")
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Ask the loop to stop and wait for it (a read ends within ``POLL_S``, the close within
+        ``CLOSE_TIMEOUT_S``); cancel it only if it has not stopped by then."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+        if not done:
+            log.warning("bridge: did not stop within %.0f s; cancelling it", STOP_TIMEOUT_S)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _refresh_catalog(catalog: CatalogCache, pool: AsyncConnectionPool, interval_s: float) -> None:

@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
@@ -20,12 +21,13 @@ from psycopg_pool import AsyncConnectionPool
 from api.cli.parser import main
 from api.settings import Settings
 from hub.bridge import RedisBridge, _refresh_catalog, run
+from hub.broker import open_nats
 from hub.catalog import CatalogCache
-from hub.embedded import EmbeddedRedis
+from hub.embedded import EmbeddedNats, EmbeddedRedis
 from hub.metrics import Metrics
 from ops.upstream_corpus import dead_letters, publish, report, stored_rows, subscribed
 from ops.upstream_messages import CHANNELS, CORPUS, HOSTILE, Case
-from tests.support import LiveHub, count, free_port, make_event, wait_for, wait_settled
+from tests.support import LiveHub, TcpProxy, count, free_port, make_event, wait_for, wait_settled, within
 
 
 @pytest.fixture(scope="module")
@@ -128,38 +130,78 @@ async def test_hostile_messages_on_every_channel_are_dead_letters_and_the_bridge
         assert rejected == len(expected)
 
 
-@pytest.mark.timeout(300)  # two server restarts on a loaded machine; each wait below has its own deadline
+@pytest.mark.timeout(300)  # two server restarts on a loaded machine; each step below has its own deadline
 async def test_the_bridge_survives_redis_restarts_and_counts_the_gap(hub: LiveHub, tmp_path: Path) -> None:
     """Stop the bridge's Redis under it and start it again on the same port: the bridge resubscribes
     with a back-off, counts the reconnects and the deaf seconds, and forwards again."""
     port = free_port()
     state = hub.hub
     metrics = Metrics()
-    server = EmbeddedRedis(tmp_path / "redis", port=port)
-    await server.__aenter__()
-    client = aioredis.Redis.from_url(server.url)
-    probe = aioredis.Redis.from_url(server.url)
+    server = EmbeddedRedis(tmp_path / "redis-0", port=port)
+    async with within(60, what="starting redis"):
+        await server.__aenter__()
+    client = aioredis.Redis.from_url(server.url, socket_connect_timeout=5)
     try:
         async with RedisBridge(client, state.js, catalog=state.catalog, metrics=metrics) as bridge:
             await bridge.wait_subscribed(timeout=10)
-            await probe.publish(CHANNELS[1], CORPUS[-5].message)
+            async with _probe(server.url) as probe, within(20, what="publishing before the restart"):
+                await probe.publish(CHANNELS[1], CORPUS[-5].message)
             await wait_for(lambda: bridge.forwarded >= 1, timeout=10, what="forwarded before the restart")
             for restart in (1, 2):
-                await server.__aexit__(None, None, None)
+                async with within(60, what=f"stopping redis ({restart})"):
+                    await server.__aexit__(None, None, None)
                 await wait_for(lambda r=restart: bridge.reconnects >= r, timeout=20, what="the loss noticed")
                 server = EmbeddedRedis(tmp_path / f"redis-{restart}", port=port)  # a new process, same port
-                await server.__aenter__()
+                async with within(60, what=f"starting redis ({restart})"):
+                    await server.__aenter__()
                 await bridge.wait_subscribed(timeout=60)
-                await wait_for(lambda: subscribed(probe, bridge.channels), timeout=20, what="resubscribed")
             streaming = [c for c in CORPUS if c.layout == "streaming"]
-            await publish(probe, streaming)
+            async with _probe(server.url) as probe:
+                await wait_for(lambda: subscribed(probe, bridge.channels), timeout=20, what="resubscribed")
+                async with within(20, what="publishing after the restarts"):
+                    await publish(probe, streaming)
             await wait_for(lambda: bridge.forwarded >= 1 + len(streaming), timeout=20, what="forwarded after")
     finally:
-        await client.aclose()
-        await probe.aclose()
-        await server.__aexit__(None, None, None)
+        async with within(30, what="closing the client"):
+            await client.aclose()
+        async with within(60, what="stopping redis"):
+            await server.__aexit__(None, None, None)
     assert metrics.bridge_reconnects.total() >= 2 and bridge.reconnects >= 2
     assert metrics.bridge_gap_seconds.total() > 0
+
+
+@contextlib.asynccontextmanager
+async def _probe(url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def test_a_silent_redis_is_noticed_by_the_heartbeat(
+    hub: LiveHub, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection that stays open but carries nothing (a peer gone without a reset): the bridge's ping
+    goes unanswered, it drops the connection and subscribes again once Redis answers."""
+    url = urlsplit(redis_url)
+    async with TcpProxy(url.hostname or "127.0.0.1", url.port or 6379) as proxy:
+        client = aioredis.Redis.from_url(
+            f"redis://127.0.0.1:{proxy.port}{url.path}", socket_connect_timeout=2
+        )
+        try:
+            async with RedisBridge(
+                client, hub.hub.js, channels=("silent.patterns",), heartbeat_s=0.3
+            ) as bridge:
+                await bridge.wait_subscribed(timeout=10)
+                proxy.stall()
+                await wait_for(lambda: bridge.reconnects >= 1, timeout=20, what="the silence noticed")
+                proxy.resume()
+                await bridge.wait_subscribed(timeout=30)
+        finally:
+            await client.aclose()
+    assert bridge.metrics.bridge_reconnects.total() >= 1
+    assert "no answer to a ping within 0.3 s" in caplog.text
 
 
 async def test_a_standalone_bridge_checks_names_against_the_database_and_follows_its_changes(
@@ -269,3 +311,60 @@ def test_a_bridge_needs_a_channel(redis_client: aioredis.Redis) -> None:
     no_nats: Any = None  # the constructor does no I/O
     with pytest.raises(ValueError, match="at least one channel"):
         RedisBridge(redis_client, no_nats, channels=())
+
+
+async def test_an_unknown_upstream_name_is_replayed_once_it_is_defined(
+    hub: LiveHub, ref_pool: AsyncConnectionPool, redis_client: aioredis.Redis
+) -> None:
+    """The raw message the bridge dead-lettered `unknown_pattern` is stored by a replay once the name
+    exists: the same bytes, read by the same rules, now with a catalog that knows them."""
+    state = hub.hub
+    [case] = [c for c in CORPUS if c.reason == "unknown_pattern"]
+    # a second later than the corpus's copy: JetStream's duplicate window still holds that one
+    message = json.dumps({**json.loads(case.message), "timestamp": json.loads(case.message)["timestamp"] + 1})
+    raw = message.encode()
+    await wait_for(lambda: subscribed(redis_client, CHANNELS), what="the bridge subscribed")
+    assert await redis_client.publish(case.channel, raw) == 1
+
+    async def letter_id() -> int | None:
+        async with ref_pool.connection() as conn:
+            cur = await conn.execute("SELECT id, reason FROM dead_letters WHERE payload = %s", (raw,))
+            row = await cur.fetchone()
+        return None if row is None else int(row["id"]) if row["reason"] == "unknown_pattern" else -1
+
+    letter = await wait_for(letter_id, timeout=20, what="the unknown_pattern dead letter")
+    assert letter > 0
+    async with ref_pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO pattern_definitions (name, aliases, category) VALUES ('performance_test', %s, 'indicator')",
+            (["Performance_Test"],),
+        )
+    try:
+        await state.catalog.refresh(ref_pool)
+        result = await state.dead_letters.replay(letter, catalog=state.catalog)
+        assert result.subject == "tickstock.ingest.daily.PERF01" and result.event_id.startswith("ts-")
+        await wait_for(
+            lambda: count(ref_pool, "SELECT count(*) FROM pattern_events WHERE id = %s", result.event_id),
+            timeout=20,
+            what="the replayed event stored",
+        )
+        payload = await _payload(ref_pool, "PERF01", "pattern_detected", "performance_test")
+        assert payload["data"]["upstream_pattern"] == "Performance_Test"
+    finally:
+        async with ref_pool.connection() as conn:
+            await conn.execute("DELETE FROM pattern_definitions WHERE name = 'performance_test'")
+        await state.catalog.refresh(ref_pool)
+
+
+async def test_a_bridge_asked_to_stop_while_nats_refuses_stops_and_says_what_it_dropped(
+    tmp_path: Path, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with EmbeddedNats(tmp_path / "nats") as server, open_nats(server.url) as nc:
+        bridge = RedisBridge(redis_client, nc.jetstream(), channels=("stopping.patterns",))
+        async with bridge:
+            await bridge.wait_subscribed()
+            message = make_event(1, prefix="never", symbol="IBM", timeframe="5min")
+            assert await redis_client.publish("stopping.patterns", json.dumps(message)) == 1
+            await wait_for(lambda: bridge.errors >= 1, timeout=20, what="a refused publish")
+        assert bridge.forwarded == 0
+    assert "not published" in caplog.text
