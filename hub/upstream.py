@@ -155,8 +155,9 @@ def to_v1(obj: Mapping[str, Any], rules: UpstreamRules = DEFAULT_RULES) -> dict[
         outer, middle, inner = _streaming(obj)
     elif kind == "enveloped":
         outer, middle, inner = _enveloped(obj)
-    else:
-        outer, middle, inner = {}, {}, dict(obj)
+    else:  # flat: the envelope's keys are the detection's
+        outer, middle = {}, {}
+        inner = {k: v for k, v in obj.items() if k not in ("event_type", "id")}
     event: dict[str, Any] = {"type": _event_type(obj, kind)}
     data: dict[str, Any] = {}
     for key, value in middle.items():

@@ -395,3 +395,15 @@ def test_what_is_left_out_or_around() -> None:
     assert event.data["session_id"] == "s-1" and event.detected_at == datetime(
         2025, 12, 1, 14, 30, tzinfo=UTC
     )
+
+
+def test_a_flat_message_keeps_no_envelope_keys_in_data() -> None:
+    flat = {"event_type": "pattern_alert", "id": "e-1", "timestamp": T, "symbol": "X", "pattern": "doji"}
+    event = parse({**flat, "confidence": 0.5, "source": "daily", "details": {"a": 1}})
+    assert event.id == "e-1" and event.type == "pattern_detected"
+    assert event.data == {
+        "details": {"a": 1},
+        "tier": "daily",
+        TIMEFRAME_FROM: "source:daily",
+        UPSTREAM_PATTERN: "doji",
+    }
