@@ -17,6 +17,7 @@ import math
 import os
 import re
 import urllib.parse
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from hub import fanout_limits as ws
 from hub import writer
 from hub.cloudevent import DEFAULT_SOURCE as DEFAULT_CLOUDEVENTS_SOURCE
 from hub.cloudevent import check_source
+from hub.bridge import DEFAULT_CHANNELS
+from hub.model import TIMEFRAMES
+from hub.tiers import TimeframeTable, parse_table
+from hub.upstream import UpstreamRules
 from hub.window import DEFAULT_EVENT_MAX_AGE_DAYS, DEFAULT_EVENT_MAX_AHEAD_S, DEFAULT_EVENT_MAX_EXPIRY_DAYS
 from hub.writer import DEFAULT_PARTITIONS_PER_BATCH
 from store import breaker, cache, pool
@@ -256,6 +261,39 @@ class Settings:
     # TickStock's REST clients (api/routes/compat): served under compat_prefix unless compat is false.
     compat: bool = True
     compat_prefix: str = DEFAULT_COMPAT_PREFIX
+    # TickStock's upstream messages and the Redis bridge (docs/upstream.md).
+    upstream_timeframes: str | None = None  # JSON object or "spelling=timeframe,…" over the default table
+    upstream_default_timeframe: str | None = (
+        None  # for a message without timeframe or tier; unset: dead letter
+    )
+    upstream_naive_timezone: str = "UTC"  # the zone a naive ISO timestamp is read in
+    bridge_redis_url: str | None = None  # set: `tickstock run` and `serve` run the Redis bridge inside
+    bridge_channels: str = ",".join(DEFAULT_CHANNELS)  # comma-separated Redis channels the bridge reads
+
+    def upstream_rules(self) -> UpstreamRules:
+        """The rules for upstream messages these settings describe; raises :class:`SettingsError`."""
+        default = self.upstream_default_timeframe
+        if default is not None and default not in TIMEFRAMES:
+            raise SettingsError(
+                f"{PREFIX}UPSTREAM_DEFAULT_TIMEFRAME: {default!r} is not one of {' '.join(TIMEFRAMES)}"
+            )
+        try:
+            table = TimeframeTable().with_overrides(
+                parse_table(self.upstream_timeframes or ""), default=default
+            )
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}UPSTREAM_TIMEFRAMES: {exc}") from None
+        try:
+            zone = zoneinfo.ZoneInfo(self.upstream_naive_timezone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise SettingsError(
+                f"{PREFIX}UPSTREAM_NAIVE_TIMEZONE: no time zone {self.upstream_naive_timezone!r}"
+            ) from None
+        return UpstreamRules(timeframes=table, naive_zone=zone)
+
+    @property
+    def bridge_channel_list(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.bridge_channels.split(",") if c.strip())
 
     def __post_init__(self) -> None:
         if self.pool_min_size < 0 or self.pool_max_size < max(1, self.pool_min_size):
@@ -314,6 +352,9 @@ class Settings:
                 f"starting with a letter or digit, no trailing slash) outside the hub's own paths, not {self.compat_prefix!r}; "
                 f"{PREFIX}COMPAT=false turns the routes off"
             )
+        self.upstream_rules()
+        if not self.bridge_channel_list:
+            raise SettingsError(f"{PREFIX}BRIDGE_CHANNELS must name at least one Redis channel")
         if self.cursor_secret == "":
             raise SettingsError(
                 f"{PREFIX}CURSOR_SECRET must not be empty (unset it for a per-deployment key)"

@@ -19,7 +19,7 @@ from hub.model import EventError, brief
 from store.definitions import match_key
 from store.patterns import load_pattern_aliases
 
-__all__ = ["CatalogCache", "PatternCatalog"]
+__all__ = ["CatalogCache", "PatternCatalog", "match_key"]
 
 log = logging.getLogger("tickstock.catalog")
 

@@ -35,6 +35,7 @@ from hub.parsing import parse_event
 from hub.producer import Published, publish_to_ingest
 from hub.subjects import DLQ_PREFIX, ingest_subject
 from hub.text import escape_control
+from hub.upstream import DEFAULT_RULES, UpstreamRules
 from hub.window import EventWindow
 from store.deadletters import (
     DeadLetter,
@@ -181,11 +182,13 @@ class DeadLetterer:
         js: JetStreamContext,
         metrics: Metrics,
         window: EventWindow | None = None,
+        rules: UpstreamRules = DEFAULT_RULES,
     ) -> None:
         self._pool = pool
         self._js = js
         self._metrics = metrics
         self._window = window
+        self._rules = rules  # how a replayed upstream message is read, as the bridge reads it
 
     async def record(
         self,
@@ -342,7 +345,10 @@ class DeadLetterer:
     ) -> ReplayResult:
         """Validate, publish to ingest, mark replayed; raises :class:`EventError` (nothing published)."""
         event = parse_event(
-            letter.payload if payload is None else payload, catalog=catalog.current, window=self._window
+            letter.payload if payload is None else payload,
+            catalog=catalog.current,
+            window=self._window,
+            rules=self._rules,
         )
         # A replay gets its own message id: the rejected original's id is still in JetStream's
         # duplicate window, and the store is idempotent on the event id anyway.

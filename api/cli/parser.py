@@ -123,8 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--rate", type=float, default=DEMO_RATE, help="events per second (default 2)")
     feed.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     feed.add_argument("--once", action="store_true", help="replay each file once, then stop")
-    bridge = add("bridge-redis", cmd_bridge_redis, "Forward TickStock's Redis pub/sub channel into ingest.")
-    bridge.add_argument("--channel", default=DEFAULT_CHANNEL, help="Redis channel")
+    bridge = add(
+        "bridge-redis",
+        cmd_bridge_redis,
+        "Forward TickStock's Redis pub/sub channels into ingest (TICKSTOCK_BRIDGE_CHANNELS; "
+        "docs/upstream.md).",
+    )
+    bridge.add_argument(
+        "--channel",
+        default=None,
+        help=f"read this one Redis channel only (default: TICKSTOCK_BRIDGE_CHANNELS, {DEFAULT_CHANNEL} and "
+        "the two streaming channels)",
+    )
     bridge.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     dlq = add("dlq", cmd_dlq, "Inspect, replay and purge dead letters.")
     dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
