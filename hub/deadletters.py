@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
@@ -188,7 +189,32 @@ class DeadLetterer:
         self._js = js
         self._metrics = metrics
         self._window = window
-        self._rules = rules  # how a replayed upstream message is read, as the bridge reads it
+        self.rules = rules  # how an upstream message is read: by replays, the writer and the bridge alike
+
+    async def record_ingest(
+        self,
+        msg: Msg,
+        *,
+        reason: str,
+        detail: str = "",
+        errors: list[dict[str, Any]] | None = None,
+        conflict_payload: bytes | None = None,
+    ) -> int:
+        """:meth:`record` for a message of the ingest stream: its source key (stream sequence and
+        payload digest), subject, payload, headers, deliveries and first delivery time."""
+        md = msg.metadata
+        return await self.record(
+            source_key=ingest_source_key(md.sequence.stream, msg.data),
+            subject=msg.subject,
+            payload=msg.data,
+            headers=msg.headers,
+            reason=reason,
+            detail=detail,
+            errors=list(errors or []),
+            deliveries=md.num_delivered,
+            first_seen=md.timestamp,
+            conflict_payload=conflict_payload,
+        )
 
     async def record(
         self,
@@ -348,7 +374,7 @@ class DeadLetterer:
             letter.payload if payload is None else payload,
             catalog=catalog.current,
             window=self._window,
-            rules=self._rules,
+            rules=self.rules,
         )
         # A replay gets its own message id: the rejected original's id is still in JetStream's
         # duplicate window, and the store is idempotent on the event id anyway.
