@@ -1,0 +1,55 @@
+"""Baseline for ops/bench_hotpath.py: a bare Starlette JSON endpoint on uvicorn, as the hub serves HTTP.
+
+    python ops/baselines/bare_json.py --port 9002
+    GET /json   -> a fixed JSON document of about 1.2 KB (fifty-odd fields of a scan page's first rows)
+
+Same stack as ``tickstock serve``: uvicorn with uvloop and httptools, no access log, no server header;
+the body is encoded on every request by ``JSONResponse`` (as a plain Starlette app would). No auth, no
+rate limit, no cache, no middleware: the floor the framework and this machine allow.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+ROW = {
+    "id": "bare-0000000000",
+    "type": "pattern_detected",
+    "symbol": "AAPL",
+    "pattern": "hammer",
+    "timeframe": "daily",
+    "confidence": 0.82,
+    "detected_at": "2026-11-28T15:30:00Z",
+    "expires_at": None,
+    "price": 187.5,
+}
+DOCUMENT = {"items": [{**ROW, "id": f"bare-{i:010d}"} for i in range(6)], "next_cursor": None}
+
+
+async def document(request: Request) -> JSONResponse:
+    return JSONResponse(DOCUMENT)
+
+
+app = Starlette(routes=[Route("/json", document)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9002)
+    args = parser.parse_args()
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False, server_header=False
+    )
+
+
+if __name__ == "__main__":
+    main()
