@@ -365,7 +365,11 @@ def requires(scope: str) -> Callable[[Endpoint], Endpoint]:
                 raise AuthError(f"this needs the {scope!r} scope", status=403, scope=scope)
             request.state.principal = principal
             response = await endpoint(request)
-            response.headers.update(decision.headers())
+            if decision.checked:  # an admitted request: the two RateLimit headers (appended raw, cheaply)
+                response.raw_headers += [
+                    (b"ratelimit-limit", b"%d" % decision.limit),
+                    (b"ratelimit-remaining", b"%d" % decision.remaining),
+                ]
             return response
 
         guarded.__name__ = endpoint.__name__

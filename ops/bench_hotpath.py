@@ -18,8 +18,11 @@ for ``--seconds`` (after ``--warmup`` seconds) on each endpoint in turn:
 - ``uncached scan``: ``GET /api/patterns/scan?universe=sp500&limit=50&confidence_min=<unique>``, a new
   ``confidence_min`` on every request, so every one misses the cache and reaches PostgreSQL.
 
-Prints req/s, p50/p99 latency, non-2xx answers, the hub's CPU per request and each endpoint's ratio to
-the bare endpoint's req/s in the same round; then min/max over the rounds (the noise). Client, hub,
+Prints req/s, p50/p99 latency, non-2xx answers, the server's CPU per request and each endpoint's ratio to
+the bare endpoint's req/s in the same round; then min/max over the rounds (the noise). The hub's answers
+are larger than 1.2 KB (a scan page of 50 events is about 20 KB), so each round also measures the bare
+endpoint with a body of each hub answer's size (``bare NN KB``), and prints the ratio to that too: it
+separates what the hub's own work costs from what moving the bytes costs wrk and the kernel. Client, hub,
 PostgreSQL, Redis and NATS share this machine's cores. ``--profile S`` then samples the hub with
 py-spy (``pip install py-spy``; it is in the ``ops`` extra) for S seconds under the cached-scan load and
 prints where its CPU goes, by area and by function. Needs ``wrk`` (Debian: ``apt-get install wrk``).
@@ -189,19 +192,37 @@ def check_limits(base: str, headers: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def body_sizes(hub: str, headers: dict[str, str]) -> dict[str, int]:
+    """The body size of each cached hub answer the rounds measure."""
+    return {
+        name: len(httpx.get(hub + path, headers=headers, timeout=10).content)
+        for name, path in ENDPOINTS
+        if name not in ("bare", "uncached scan")
+    }
+
+
+def sized_name(size: int) -> str:
+    return f"bare {size / 1024:.0f} KB"
+
+
 def measure_round(
-    bare: str, hub: str, hub_pid: int, headers: dict[str, str], args: argparse.Namespace, lua: Path
+    servers: dict[str, tuple[str, int]],
+    headers: dict[str, str],
+    args: argparse.Namespace,
+    lua: Path,
+    sizes: dict[str, int],
 ) -> list[Measured]:
     found = []
-    for name, path in ENDPOINTS:
-        base = bare if name == "bare" else hub
+    plan = [(name, "bare" if name == "bare" else "hub", path) for name, path in ENDPOINTS]
+    plan += [(sized_name(size), "bare", f"/json/{size}") for size in sorted(set(sizes.values()))]
+    for name, server, path in plan:
+        base, pid = servers[server]
         script = lua if name == "uncached scan" else None
         if args.warmup > 0:
             wrk(base + path, seconds=args.warmup, headers=headers, script=script)
-        cpu_before = cpu_seconds(hub_pid) if base == hub else None
+        cpu_before = cpu_seconds(pid)
         output = wrk(base + path, seconds=args.seconds, headers=headers, script=script)
-        cpu = cpu_seconds(hub_pid) - cpu_before if cpu_before is not None else None
-        found.append(parse_wrk(name, output, cpu))
+        found.append(parse_wrk(name, output, cpu_seconds(pid) - cpu_before))
         m = found[-1]
         print(
             f"    {name:<14} {m.requests_per_s:>9,.0f} req/s  p50 {m.p50_ms:6.2f} ms  p99 {m.p99_ms:6.2f} ms"
@@ -339,12 +360,20 @@ def print_profile(found: dict[str, Any]) -> None:
 # -- the run ------------------------------------------------------------------------------------------
 
 
-def table(rounds: list[list[Measured]]) -> list[dict[str, Any]]:
+def table(rounds: list[list[Measured]], sizes: dict[str, int]) -> list[dict[str, Any]]:
     rows = []
     for index, measured in enumerate(rounds, 1):
-        bare = measured[0].requests_per_s
+        by_name = {m.endpoint: m.requests_per_s for m in measured}
         for m in measured:
-            rows.append({"round": index, **asdict(m), "ratio_to_bare": round(m.requests_per_s / bare, 3)})
+            same = by_name.get(sized_name(sizes[m.endpoint])) if m.endpoint in sizes else None
+            rows.append(
+                {
+                    "round": index,
+                    **asdict(m),
+                    "ratio_to_bare": round(m.requests_per_s / by_name["bare"], 3),
+                    "ratio_to_same_size_bare": round(m.requests_per_s / same, 3) if same else None,
+                }
+            )
     return rows
 
 
@@ -359,20 +388,21 @@ def report(rows: list[dict[str, Any]], setup: dict[str, Any]) -> bool:
     )
     head = (
         f"{'round':>5} {'endpoint':<14} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'× bare':>7}"
-        f" {'CPU µs/req':>10} {'non-2xx':>8}"
+        f" {'× same size':>11} {'CPU µs/req':>10} {'non-2xx':>8}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         cpu = "" if r["cpu_us_per_request"] is None else f"{r['cpu_us_per_request']:.0f}"
+        same = "" if r["ratio_to_same_size_bare"] is None else f"{r['ratio_to_same_size_bare']:.3f}"
         print(
             f"{r['round']:>5} {r['endpoint']:<14} {r['requests_per_s']:>9,.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f}"
-            f" {r['ratio_to_bare']:>7.3f} {cpu:>10} {r['non_2xx']:>8}"
+            f" {r['ratio_to_bare']:>7.3f} {same:>11} {cpu:>10} {r['non_2xx']:>8}"
         )
     ok = True
     rounds = max(r["round"] for r in rows)
     print(f"\n== over {rounds} round(s): median [min – max]")
-    for name, _ in ENDPOINTS:
+    for name in dict.fromkeys(r["endpoint"] for r in rows):
         mine = [r for r in rows if r["endpoint"] == name]
         rps = [r["requests_per_s"] for r in mine]
         ratio = [r["ratio_to_bare"] for r in mine]
@@ -386,10 +416,12 @@ def report(rows: list[dict[str, Any]], setup: dict[str, Any]) -> bool:
             ok &= met
             verdict = f"  target ≥ {want_ratio}×" + (f", p99 < {want_p99:g} ms" if want_p99 else "")
             verdict += ": met" if met else ": MISSED"
+        same = [r["ratio_to_same_size_bare"] for r in mine if r["ratio_to_same_size_bare"] is not None]
         print(
             f"  {name:<14} {statistics.median(rps):>9,.0f} req/s [{min(rps):,.0f} – {max(rps):,.0f}]"
             f"  × bare {statistics.median(ratio):.3f} [{min(ratio):.3f} – {max(ratio):.3f}]"
-            f"  p99 {statistics.median(p99):.2f} ms [{min(p99):.2f} – {max(p99):.2f}]{verdict}"
+            + (f"  × same size {statistics.median(same):.3f}" if same else "")
+            + f"  p99 {statistics.median(p99):.2f} ms [{min(p99):.2f} – {max(p99):.2f}]{verdict}"
         )
     errors = sum(r["non_2xx"] + r["socket_errors"] for r in rows)
     if errors:
@@ -424,11 +456,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             token = mint_token(OPS_SECRET, subject="bench-hotpath", scopes=["patterns:read"], ttl_s=7200)
             headers = {"Authorization": f"Bearer {token}"}
             limits = check_limits(hub, headers)
+            sizes = body_sizes(hub, headers)
+            servers = {"bare": (bare, bare_proc.pid), "hub": (hub, hub_proc.pid)}
             rounds = []
             for index in range(1, args.rounds + 1):
                 print(f"  round {index}", flush=True)
                 before = cache_counts(hub)
-                rounds.append(measure_round(bare, hub, hub_proc.pid, headers, args, lua))
+                rounds.append(measure_round(servers, headers, args, lua, sizes))
                 after = cache_counts(hub)
                 print(
                     "    cache:",
@@ -454,9 +488,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "feed_rate": args.feed_rate,
             "rate_limit": args.rate_limit,
             "limits": limits,
+            "body_bytes": sizes,
             "hub_env": args.hub_env,
         },
-        "rows": table(rounds),
+        "rows": table(rounds, sizes),
         "profile": found,
     }
 

@@ -6,6 +6,7 @@ and lives for the closed-range TTL; any other scan depends on its timeframes.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -99,6 +100,17 @@ def scan_dependencies(filt: ScanFilter) -> Dependencies:
     """The generations a scan's answer depends on: its timeframes (every one without that filter),
     per month for a closed past range (so new events do not touch it); reference data when a
     universe or sector filter is resolved through it."""
+    if filt.detected_before is None:  # a range open at the end never closes: no clock involved
+        return _open_dependencies(filt)
+    return _dependencies(filt)
+
+
+@functools.lru_cache(maxsize=1024)
+def _open_dependencies(filt: ScanFilter) -> Dependencies:
+    return _dependencies(filt)
+
+
+def _dependencies(filt: ScanFilter) -> Dependencies:
     timeframes = sorted(set(filt.timeframes)) or list(TIMEFRAMES)
     months = closed_months(filt)
     events = [f"{tf}:{m}" for tf in timeframes for m in months] if months is not None else timeframes

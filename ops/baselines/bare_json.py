@@ -1,7 +1,8 @@
 """Baseline for ops/bench_hotpath.py: a bare Starlette JSON endpoint on uvicorn, as the hub serves HTTP.
 
     python ops/baselines/bare_json.py --port 9002
-    GET /json   -> a fixed JSON document of about 1.2 KB (fifty-odd fields of a scan page's first rows)
+    GET /json          -> a fixed JSON document of about 1.2 KB (six rows of a scan page)
+    GET /json/{bytes}  -> rows of the same kind, about that many bytes (the body size of a hub answer)
 
 Same stack as ``tickstock serve``: uvicorn with uvloop and httptools, no access log, no server header;
 the body is encoded on every request by ``JSONResponse`` (as a plain Starlette app would). No auth, no
@@ -11,6 +12,7 @@ rate limit, no cache, no middleware: the floor the framework and this machine al
 from __future__ import annotations
 
 import argparse
+import json
 
 import uvicorn
 from starlette.applications import Starlette
@@ -32,11 +34,23 @@ ROW = {
 DOCUMENT = {"items": [{**ROW, "id": f"bare-{i:010d}"} for i in range(6)], "next_cursor": None}
 
 
+MAX_BYTES = 4 * 1024 * 1024
+_SIZED: dict[int, dict[str, object]] = {}
+
+
 async def document(request: Request) -> JSONResponse:
     return JSONResponse(DOCUMENT)
 
 
-app = Starlette(routes=[Route("/json", document)])
+async def sized(request: Request) -> JSONResponse:
+    size = min(int(request.path_params["size"]), MAX_BYTES)
+    if size not in _SIZED:
+        rows = max(1, round(size / (len(json.dumps(ROW, separators=(",", ":"))) + 1)))
+        _SIZED[size] = {"items": [{**ROW, "id": f"bare-{i:010d}"} for i in range(rows)], "next_cursor": None}
+    return JSONResponse(_SIZED[size])
+
+
+app = Starlette(routes=[Route("/json", document), Route("/json/{size:int}", sized)])
 
 
 def main() -> None:
