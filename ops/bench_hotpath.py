@@ -21,8 +21,8 @@ for ``--seconds`` (after ``--warmup`` seconds) on each endpoint in turn:
 Prints req/s, p50/p99 latency, non-2xx answers, the server's CPU per request and each endpoint's ratio to
 the bare endpoint's req/s in the same round; then min/max over the rounds (the noise). The hub's answers
 are larger than 1.2 KB (a scan page of 50 events is about 20 KB), so each round also measures the bare
-endpoint with a body of each hub answer's size (``bare NN KB``), and prints the ratio to that too: it
-separates what the hub's own work costs from what moving the bytes costs wrk and the kernel. Client, hub,
+endpoint with a pre-encoded body of each hub answer's size (``bare NN KB``), and prints the ratio to that
+too: it separates what the hub's own work costs from what moving the bytes costs wrk and the kernel. Client, hub,
 PostgreSQL, Redis and NATS share this machine's cores. ``--profile S`` then samples the hub with
 py-spy (``pip install py-spy``; it is in the ``ops`` extra) for S seconds under the cached-scan load and
 prints where its CPU goes, by area and by function. Needs ``wrk`` (Debian: ``apt-get install wrk``).

@@ -2,7 +2,8 @@
 
     python ops/baselines/bare_json.py --port 9002
     GET /json          -> a fixed JSON document of about 1.2 KB (six rows of a scan page)
-    GET /json/{bytes}  -> rows of the same kind, about that many bytes (the body size of a hub answer)
+    GET /json/{bytes}  -> rows of the same kind, about that many bytes (the body size of a hub answer),
+                          encoded once and served as bytes: the floor for moving a body of that size
 
 Same stack as ``tickstock serve``: uvicorn with uvloop and httptools, no access log, no server header;
 the body is encoded on every request by ``JSONResponse`` (as a plain Starlette app would). No auth, no
@@ -17,7 +18,7 @@ import json
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 ROW = {
@@ -35,19 +36,20 @@ DOCUMENT = {"items": [{**ROW, "id": f"bare-{i:010d}"} for i in range(6)], "next_
 
 
 MAX_BYTES = 4 * 1024 * 1024
-_SIZED: dict[int, dict[str, object]] = {}
+_SIZED: dict[int, bytes] = {}
 
 
 async def document(request: Request) -> JSONResponse:
     return JSONResponse(DOCUMENT)
 
 
-async def sized(request: Request) -> JSONResponse:
+async def sized(request: Request) -> Response:
     size = min(int(request.path_params["size"]), MAX_BYTES)
     if size not in _SIZED:
         rows = max(1, round(size / (len(json.dumps(ROW, separators=(",", ":"))) + 1)))
-        _SIZED[size] = {"items": [{**ROW, "id": f"bare-{i:010d}"} for i in range(rows)], "next_cursor": None}
-    return JSONResponse(_SIZED[size])
+        doc = {"items": [{**ROW, "id": f"bare-{i:010d}"} for i in range(rows)], "next_cursor": None}
+        _SIZED[size] = json.dumps(doc, separators=(",", ":")).encode()
+    return Response(_SIZED[size], media_type="application/json")
 
 
 app = Starlette(routes=[Route("/json", document), Route("/json/{size:int}", sized)])
