@@ -144,7 +144,9 @@ class Authenticator:
         self._lock: asyncio.Lock | None = None  # made on first use, on the loop that uses it
         self.jwks_fetches = 0  # for /metrics-style checks and the tests
         self._generation = 0  # key sets loaded so far: a remembered token names the one it was checked with
-        self.verified = VerifiedTokens(int(getattr(settings, "auth_cache_size", DEFAULT_MAX_ENTRIES)))
+        self.verified: VerifiedTokens[Principal] = VerifiedTokens(
+            int(getattr(settings, "auth_cache_size", DEFAULT_MAX_ENTRIES))
+        )
         self.clock: Callable[[], float] = time.time  # wall clock of every time claim check (tests move it)
         self.verifications = 0  # full verifications (signature and claims)
 

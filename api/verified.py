@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 from api.settings import DEFAULT_AUTH_CACHE_SIZE
 
-if TYPE_CHECKING:
-    from api.auth import Principal
+Principal = TypeVar("Principal")  # what verification produced (api.auth.Principal)
 
 __all__ = ["DEFAULT_MAX_ENTRIES", "VerifiedTokens"]
 
@@ -30,20 +29,20 @@ DEFAULT_MAX_ENTRIES = DEFAULT_AUTH_CACHE_SIZE
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(Generic[Principal]):
     principal: Principal
     until: float  # the token's exp (wall clock, seconds)
     keys: int | None  # the key set generation it was verified with; None: the shared secret
 
 
-class VerifiedTokens:
+class VerifiedTokens(Generic[Principal]):
     """A bounded map from token to principal; no I/O, no locks (one event loop uses it)."""
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         if max_entries < 0:
             raise ValueError("max_entries must be >= 0")
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry[Principal]] = OrderedDict()
         self.hits = 0
 
     def __len__(self) -> int:

@@ -552,7 +552,8 @@ async def test_two_nodes_stay_within_the_stated_tolerance(
         await other.aclose()
     admitted = sum(d.allowed for node in results for d in node)
     assert all(d.checked and not d.local for node in results for d in node)
-    assert admitted <= burst + rate * (elapsed + sync_s + timeout_s)
+    # The elapsed time only widens the bound (a slower run may admit more): load cannot make it fail.
+    assert admitted <= burst + rate * (elapsed + sync_s + timeout_s)  # hygiene: ok - widens the bound
     # Tokens a node drew but did not spend (at most one lease each) are the only ones lost.
     assert admitted >= burst - 2 * lease_size(rate, burst, sync_s)
     assert admitted < 600 and all(any(d.allowed for d in node) for node in results)
@@ -593,6 +594,7 @@ async def test_two_hub_apps_share_one_limit_within_the_tolerance(
     flat = [c for node in codes for c in node]
     assert set(flat) <= {200, 429}
     admitted = flat.count(200)
-    assert admitted <= burst + rate * (elapsed + sync_s + timeout_s)
+    # The elapsed time only widens the bound (a slower run may admit more): load cannot make it fail.
+    assert admitted <= burst + rate * (elapsed + sync_s + timeout_s)  # hygiene: ok - widens the bound
     assert admitted >= burst - 2 * lease_size(rate, burst, sync_s)
     assert flat.count(429) > 0 and all(200 in node for node in codes)
