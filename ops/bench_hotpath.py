@@ -3,6 +3,7 @@
     python ops/bench_hotpath.py                          # fresh embedded stack, 3 rounds of 10 s per endpoint
     python ops/bench_hotpath.py --rounds 1 --seconds 5 --profile 10
     python ops/bench_hotpath.py --data-dir /tmp/tickstock-hot   # keep the servers (and generated events)
+    git archive main | tar -x -C /tmp/main && python ops/bench_hotpath.py --before /tmp/main   # before/after
 
 Starts, on this machine: a bare Starlette JSON endpoint (``ops/baselines/bare_json.py``, ~1.2 KB body,
 the same uvicorn stack), and one hub (``tickstock serve``) over ``--events`` generated events with the
@@ -361,6 +362,7 @@ def print_profile(found: dict[str, Any]) -> None:
 
 
 def table(rounds: list[list[Measured]], sizes: dict[str, int]) -> list[dict[str, Any]]:
+    """One row per endpoint and round, with its ratios to the bare endpoints of the same round."""
     rows = []
     for index, measured in enumerate(rounds, 1):
         by_name = {m.endpoint: m.requests_per_s for m in measured}
@@ -377,7 +379,7 @@ def table(rounds: list[list[Measured]], sizes: dict[str, int]) -> list[dict[str,
     return rows
 
 
-def report(rows: list[dict[str, Any]], setup: dict[str, Any]) -> bool:
+def report(rows: list[dict[str, Any]], setup: dict[str, Any], *, targets: bool = True) -> bool:
     print(
         f"\n== REST throughput, wrk -t2 -c64, {setup['seconds']:g} s per endpoint after {setup['warmup']:g} s warm-up;"
         f" {setup['cpus']} cores shared by wrk, hub, bare endpoint, PostgreSQL, Redis, NATS"
@@ -408,7 +410,7 @@ def report(rows: list[dict[str, Any]], setup: dict[str, Any]) -> bool:
         ratio = [r["ratio_to_bare"] for r in mine]
         p99 = [r["p99_ms"] for r in mine]
         verdict = ""
-        if name in TARGETS:
+        if targets and name in TARGETS:
             want_ratio, want_p99 = TARGETS[name]
             met = statistics.median(ratio) >= want_ratio and (
                 want_p99 is None or statistics.median(p99) < want_p99
@@ -427,6 +429,74 @@ def report(rows: list[dict[str, Any]], setup: dict[str, Any]) -> bool:
     if errors:
         print(f"  {errors} non-2xx answers or socket errors: see the table")
     return ok
+
+
+def start_hub_in(stack: Stack, root: Path, timeout_s: float = 60) -> tuple[subprocess.Popen[bytes], int]:
+    """``tickstock serve`` from the source tree at ``root`` (``--before``: the code before a change)."""
+    if root == ROOT:
+        return start_hub(stack)
+    port = free_port()
+    env = {**stack.env(port), "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stack.hubs.append(proc)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the hub from {root} exited")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the hub from {root} did not become ready")
+
+
+def run_phase(
+    stack: Stack,
+    root: Path,
+    bare: tuple[str, int],
+    headers: dict[str, str],
+    args: argparse.Namespace,
+    lua: Path,
+    sized: bool,
+) -> dict[str, Any]:
+    """One hub (from ``root``) measured for ``args.rounds`` rounds (with the bare endpoint in each), then
+    profiled; the hub is stopped at the end."""
+    hub_proc, hub_port = start_hub_in(stack, root)
+    feed = start_feed(stack, args.feed_rate)
+    try:
+        hub = f"http://127.0.0.1:{hub_port}"
+        limits = check_limits(hub, headers)
+        sizes = body_sizes(hub, headers) if sized else {}
+        servers = {"bare": bare, "hub": (hub, hub_proc.pid)}
+        rounds = []
+        for index in range(1, args.rounds + 1):
+            print(f"  round {index}", flush=True)
+            before = cache_counts(hub)
+            rounds.append(measure_round(servers, headers, args, lua, sizes))
+            after = cache_counts(hub)
+            print(
+                "    cache:",
+                {
+                    route: {k: v - before.get(route, {}).get(k, 0) for k, v in counts.items()}
+                    for route, counts in after.items()
+                    if counts != before.get(route)
+                },
+                flush=True,
+            )
+        found = profile(hub, hub_proc.pid, headers, args.profile) if args.profile else None
+    finally:
+        if feed is not None:
+            stop_hub(feed)
+        stop_hub(hub_proc)
+    return {"rows": table(rounds, sizes), "profile": found, "limits": limits, "body_bytes": sizes}
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -448,35 +518,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         generated = asyncio.run(ensure_events(stack.database_url, args.events))
         print(generated.line() if generated else f"{args.events:,} generated events already stored")
         bare_proc, bare_port = start_bare()
-        feed = None
+        token = mint_token(OPS_SECRET, subject="bench-hotpath", scopes=["patterns:read"], ttl_s=7200)
+        headers = {"Authorization": f"Bearer {token}"}
+        bare = (f"http://127.0.0.1:{bare_port}", bare_proc.pid)
+        phases: dict[str, Any] = {}
         try:
-            hub_proc, hub_port = start_hub(stack)
-            feed = start_feed(stack, args.feed_rate)
-            bare, hub = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{hub_port}"
-            token = mint_token(OPS_SECRET, subject="bench-hotpath", scopes=["patterns:read"], ttl_s=7200)
-            headers = {"Authorization": f"Bearer {token}"}
-            limits = check_limits(hub, headers)
-            sizes = body_sizes(hub, headers)
-            servers = {"bare": (bare, bare_proc.pid), "hub": (hub, hub_proc.pid)}
-            rounds = []
-            for index in range(1, args.rounds + 1):
-                print(f"  round {index}", flush=True)
-                before = cache_counts(hub)
-                rounds.append(measure_round(servers, headers, args, lua, sizes))
-                after = cache_counts(hub)
-                print(
-                    "    cache:",
-                    {
-                        route: {k: v - before.get(route, {}).get(k, 0) for k, v in counts.items()}
-                        for route, counts in after.items()
-                        if counts != before.get(route)
-                    },
-                    flush=True,
-                )
-            found = profile(hub, hub_proc.pid, headers, args.profile) if args.profile else None
+            if args.before is not None:
+                print(f"== before: the hub from {args.before}", flush=True)
+                phases["before"] = run_phase(stack, args.before, bare, headers, args, lua, sized=False)
+                print("== after: the hub from this tree", flush=True)
+            phases["after"] = run_phase(stack, ROOT, bare, headers, args, lua, sized=True)
         finally:
-            if feed is not None:
-                stop_hub(feed)
             stop_hub(bare_proc)
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -487,12 +539,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "events": args.events,
             "feed_rate": args.feed_rate,
             "rate_limit": args.rate_limit,
-            "limits": limits,
-            "body_bytes": sizes,
+            "limits": phases["after"]["limits"],
+            "body_bytes": phases["after"]["body_bytes"],
             "hub_env": args.hub_env,
+            "before": str(args.before) if args.before else None,
         },
-        "rows": table(rounds, sizes),
-        "profile": found,
+        "phases": phases,
     }
 
 
@@ -509,11 +561,21 @@ def main() -> int:
     parser.add_argument("--profile", type=float, default=0.0, help="seconds of py-spy under cached-scan load")
     parser.add_argument("--hub-env", action="append", default=[], help="NAME=value for the hub (repeatable)")
     parser.add_argument("--data-dir", type=Path, default=None, help="keep embedded servers here between runs")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="a source tree of the hub before the change (e.g. `git archive main`): measured first, same run",
+    )
     args = parser.parse_args()
     result = bench(args)
-    ok = report(result["rows"], result["setup"])
-    if result["profile"]:
-        print_profile(result["profile"])
+    ok = True
+    for name, phase in result["phases"].items():
+        if len(result["phases"]) > 1:
+            print(f"\n######## {name}")
+        ok = report(phase["rows"], result["setup"], targets=name == "after")
+        if phase["profile"]:
+            print_profile(phase["profile"])
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench_hotpath-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(result, indent=2, default=str))
