@@ -173,7 +173,12 @@ def start_feed(stack: Stack, rate: float) -> subprocess.Popen[bytes] | None:
 
 
 def cache_counts(base: str) -> dict[str, dict[str, int]]:
-    routes = httpx.get(f"{base}/health/ready", timeout=10).json().get("cache", {}).get("routes", {})
+    """The cache's counts per route from ``/health/ready`` (nothing when the hub does not answer in time)."""
+    try:
+        routes = httpx.get(f"{base}/health/ready", timeout=30).json().get("cache", {}).get("routes", {})
+    except httpx.HTTPError as exc:
+        print(f"    (no cache counts: {exc!r})", flush=True)
+        return {}
     return {
         route: {k: int(v) for k, v in counts.items() if k in ("hit", "miss", "coalesced", "bypass")}
         for route, counts in routes.items()
