@@ -214,6 +214,7 @@ class HubCache:
 
     def _announce_lost(self, names: list[str]) -> None:
         self.lost.inc()
+        self.local.changed(names)  # here at once: the announcement itself may not get through
         self._spawn(self._announce(CACHE_LOST_SUBJECT, names))
 
     async def _announce(self, subject: str, names: list[str]) -> None:
