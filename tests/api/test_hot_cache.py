@@ -196,3 +196,21 @@ def test_the_scan_key_holds_every_validated_parameter() -> None:
     assert key(_Params(timeframe=["daily", "hourly"])) == key(_Params(timeframe=["hourly", "daily"]))
     assert scan_key(_Params(), fingerprint="g", sort=Sort(), offset=0, after=None) != key(_Params())
     assert scan_key(_Params(), fingerprint="f", sort=Sort(), offset=0, after=("x", 1)) != key(_Params())
+
+
+async def test_a_lost_bump_drops_this_node_s_copies_at_once(
+    live_hub: LiveHub, token_clients: TokenClients
+) -> None:
+    """A bump that cannot reach Redis is announced on NATS, which may fail too: the node's own copies
+    of those generations go at once, not when (or if) the announcement comes back."""
+    cache, client = _cache(live_hub), token_clients("hot-lose")
+
+    async def from_memory() -> bool:
+        return await _hot(client, cache, SCAN, DAILY)
+
+    await wait_for(from_memory, timeout=10, what="a scan from the in-process copy")
+    before = cache.local.snapshot(["daily"])
+    cache.responses.lose(["daily"])
+    assert cache.local.snapshot(["daily"]) != before
+    assert not await _hot(client, cache, SCAN, DAILY)  # the node bypasses until it replayed the bump
+    await wait_for(from_memory, timeout=10, what="copies again once the bump was replayed")
