@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from api.auth import Authenticator
 from api.cache import HubCache
 from api.errors import EXCEPTION_HANDLERS
+from api.querymemo import QueryMemo
 from api.ratelimit import RateLimiter
 from api.requestid import RequestIdMiddleware
 from api.routes import (
@@ -283,4 +284,5 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
         app.state.hub = hub  # already open: usable even by a server that skips the lifespan
         app.state.rate_limiter.register(hub.metrics.registry)
     app.state.ingest_gate = IngestGate(settings.http_ingest_inflight)
+    app.state.scan_queries = QueryMemo()  # validated scan queries by their raw text
     return app

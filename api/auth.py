@@ -13,7 +13,8 @@ The algorithm is chosen by the key that verifies, never by the token: an HS256 t
 against the shared secret, so a token "signed" with an RSA public key as HMAC secret fails, and
 ``alg: none`` is never accepted. ``exp``, ``iat`` and ``sub`` are required; ``exp - iat`` is at most
 ``TICKSTOCK_JWT_MAX_LIFETIME_S``; ``sub`` is 1..256 characters without control characters; ``nbf``,
-``iss`` and ``aud`` are checked.
+``iss`` and ``aud`` are checked. A verified token is remembered until its ``exp`` (never longer; see
+:mod:`api.verified`), so a busy caller's signature is checked once.
 
 Nothing taken from a token (its ``alg``, ``kid``, claims) is echoed in an answer: details say which
 check failed, not what the token held. A key set that cannot be loaded is a 503 with a generic detail;
@@ -28,7 +29,7 @@ import math
 import time
 import unicodedata
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +42,10 @@ from starlette.responses import Response
 from api.authlimit import AuthFailuresExceeded, client_address, limiter_for
 from api.errors import ApiError
 from api.jsonbound import loads_bounded
+from api.minting import mint_token
 from api.ratelimit import Decision, RateLimiter, RateLimitExceeded
 from api.settings import DEFAULT_JWKS_MAX_BYTES, DEFAULT_JWT_MAX_LIFETIME_S, Settings, check_jwks_url
+from api.verified import DEFAULT_MAX_ENTRIES, VerifiedTokens
 
 __all__ = [
     "ALGORITHMS",
@@ -97,31 +100,6 @@ class Principal:
         return scope in self.scopes or "admin" in self.scopes
 
 
-def mint_token(
-    secret: str,
-    *,
-    subject: str,
-    scopes: Iterable[str],
-    ttl_s: float = 3600,
-    issuer: str = "tickstock-hub",
-    audience: str = "tickstock",
-    not_before: float | None = None,
-) -> str:
-    """An HS256 development token (``tickstock token`` and the tests)."""
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "sub": subject,
-        "scope": " ".join(scopes),
-        "iat": now,
-        "exp": int(now + ttl_s),
-        "iss": issuer,
-        "aud": audience,
-    }
-    if not_before is not None:
-        claims["nbf"] = int(not_before)
-    return jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(secret))
-
-
 def escape(text: object, limit: int = 200) -> str:
     """``text`` for a log line: at most ``limit`` characters, control and non-printable characters as
     ``\\r``, ``\\n``, ``\\xNN`` (what ``repr`` does), so untrusted text cannot forge log lines."""
@@ -165,6 +143,12 @@ class Authenticator:
         self._attempts = 0  # fetches finished; a waiter on the lock uses the outcome of one it waited for
         self._lock: asyncio.Lock | None = None  # made on first use, on the loop that uses it
         self.jwks_fetches = 0  # for /metrics-style checks and the tests
+        self._generation = 0  # key sets loaded so far: a remembered token names the one it was checked with
+        self.verified: VerifiedTokens[Principal] = VerifiedTokens(
+            int(getattr(settings, "auth_cache_size", DEFAULT_MAX_ENTRIES))
+        )
+        self.clock: Callable[[], float] = time.time  # wall clock of every time claim check (tests move it)
+        self.verifications = 0  # full verifications (signature and claims)
 
     @property
     def configured(self) -> bool:
@@ -217,6 +201,7 @@ class Authenticator:
         try:
             self._keys = await asyncio.to_thread(self._fetch_jwks)
             self._fetched_at = time.monotonic()
+            self._generation += 1
         except Exception as exc:
             log.warning(
                 "the key set at the configured JWKS URL cannot be loaded (%s): %s%s",
@@ -237,6 +222,11 @@ class Authenticator:
                 "authentication is not configured on this hub (set TICKSTOCK_JWT_SECRET or TICKSTOCK_JWKS_URL)",
                 status=503,
             )
+        now = self.clock()
+        fresh = time.monotonic() - self._fetched_at <= JWKS_TTL_S  # else the next JWKS token refetches
+        remembered = self.verified.get(token, now=now, keys=self._generation if fresh else -1)
+        if remembered is not None:
+            return remembered
         if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
             raise AuthError("malformed token")
         head, body, _ = token.split(".")
@@ -249,14 +239,19 @@ class Authenticator:
         kid = header.get("kid") if isinstance(header, dict) else None
         if kid is not None and not isinstance(kid, str):
             raise AuthError("malformed token")
+        self.verifications += 1
+        generation: int | None = None  # None: checked with the shared secret
         try:
             if alg == "HS256" and self._secret is not None:
                 decoded = jwt.decode(token, self._secret, algorithms=["HS256"])
             elif isinstance(alg, str) and alg in ALGORITHMS[1:] and self._jwks_url is not None:
-                decoded = jwt.decode(token, await self._key_set(kid), algorithms=[alg])
+                keys = await self._key_set(kid)
+                generation = self._generation
+                decoded = jwt.decode(token, keys, algorithms=[alg])
             else:
                 raise AuthError("the token's algorithm is not accepted here")
             registry = jwt.JWTClaimsRegistry(
+                now=int(now),
                 leeway=LEEWAY_S,
                 exp={"essential": True},
                 sub={"essential": True},
@@ -282,7 +277,7 @@ class Authenticator:
             and math.isfinite(exp)
             and math.isfinite(iat)
             and exp - iat <= limit
-            and exp <= time.time() + limit + LEEWAY_S
+            and exp <= now + limit + LEEWAY_S
         ):
             raise AuthError(f"invalid token: it may live at most {limit} s (exp - iat)")
         raw_scope = claims.get("scope", claims.get("scp", ""))
@@ -292,7 +287,10 @@ class Authenticator:
             scopes = frozenset(map(str, raw_scope))
         else:  # a signed token can still carry junk (a number, null, an object): 401, not 500
             raise AuthError("invalid token: the scope claim must be a string or a list")
-        return Principal(subject=claims["sub"], scopes=scopes, expires_at=float(exp), claims=claims)
+        principal = Principal(subject=claims["sub"], scopes=scopes, expires_at=float(exp), claims=claims)
+        if exp > now:
+            self.verified.remember(token, principal, until=float(exp), keys=generation)
+        return principal
 
     async def authenticate(self, conn: HTTPConnection, *, query_token: bool = False) -> Principal:
         """The principal of ``Authorization: Bearer …`` (or ``?token=`` where allowed)."""
@@ -369,7 +367,11 @@ def requires(scope: str) -> Callable[[Endpoint], Endpoint]:
                 raise AuthError(f"this needs the {scope!r} scope", status=403, scope=scope)
             request.state.principal = principal
             response = await endpoint(request)
-            response.headers.update(decision.headers())
+            if decision.checked:  # an admitted request: the two RateLimit headers (appended raw, cheaply)
+                response.raw_headers += [
+                    (b"ratelimit-limit", b"%d" % decision.limit),
+                    (b"ratelimit-remaining", b"%d" % decision.remaining),
+                ]
             return response
 
         guarded.__name__ = endpoint.__name__

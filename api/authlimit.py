@@ -72,8 +72,13 @@ class AuthFailureLimiter:
         burst: int = DEFAULT_BURST,
         timeout_s: float = RATE_LIMIT_TIMEOUT_S,
     ) -> None:
+        # Failures are rare: each asks Redis (no tokens drawn ahead, sync_s=0), so the bucket is exact.
         self.limiter = RateLimiter(
-            rate_per_s=rate_per_s, burst=burst, timeout_s=timeout_s, key_prefix=AUTH_FAILURE_KEY_PREFIX
+            rate_per_s=rate_per_s,
+            burst=burst,
+            timeout_s=timeout_s,
+            sync_s=0.0,
+            key_prefix=AUTH_FAILURE_KEY_PREFIX,
         )
         self.refused = Counter(
             "tickstock_auth_failures_limited_total",

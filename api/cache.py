@@ -1,4 +1,5 @@
-"""The hub's caches in one place: responses in Redis, reference data and users' universes in process.
+"""The hub's caches in one place: responses in Redis with hot copies in process, reference data and users'
+universes in process.
 
 :class:`HubCache` is opened by the lifespan after Redis and NATS and handed to the routes (through
 ``HubState.cache``) and to the writer (``events_stored``, called once a batch is committed). See
@@ -9,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -27,13 +28,15 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from psycopg_pool import AsyncConnectionPool
 
+from api.cache_metrics import ROUTES, Ratio, Window
 from api.settings import Settings
 from hub.catalog import CatalogCache
 from hub.metrics import Counter, Gauge, Metrics
 from hub.model import PatternEvent
-from hub.subjects import CACHE_LOST_SUBJECT, UNIVERSE_CHANGED_SUBJECT
+from hub.subjects import CACHE_BUMPED_SUBJECT, CACHE_LOST_SUBJECT, UNIVERSE_CHANGED_SUBJECT
 from store.breaker import Breaker
 from store.cache import Computed, Dependencies, Outcome, ResponseCache, Served
+from store.cache_local import LocalCopies
 from store.lookups import Directory, Lookups, MyUniverse
 from store.universe_resolver import MemoryResolver, SqlResolver
 
@@ -53,8 +56,6 @@ log = logging.getLogger("tickstock.cache")
 # Published by a node whose generation bump did not reach Redis: every node that hears it starts a
 # new epoch (if it can reach Redis), so the entries that bump should have invalidated die at once.
 REFERENCE_GENERATION = "ref"
-ROUTES = ("scan", "symbol", "symbols", "universe", "universes", "stats")
-RATIO_WINDOW_S = 60
 
 
 def dumps(value: Any) -> bytes:
@@ -76,44 +77,6 @@ def event_generations(events: Iterable[PatternEvent]) -> set[str]:
         names.add(e.timeframe)
         names.add(f"{e.timeframe}:{e.detected_at:%Y%m}")
     return names
-
-
-class _Ratio(Gauge):
-    """hits / (hits + misses + coalesced + bypassed) per route since start; no sample without data."""
-
-    def __init__(self, name: str, help_text: str, requests: Counter) -> None:
-        super().__init__(name, help_text)
-        self._requests = requests
-
-    def points(self) -> Iterable[tuple[dict[str, str], float]]:
-        for route in ROUTES:
-            total = sum(
-                self._requests.value(route=route, result=r) for r in ("hit", "miss", "coalesced", "bypass")
-            )
-            if total:
-                yield {"route": route}, self._requests.value(route=route, result="hit") / total
-
-
-class _Window:
-    """Hits and requests per second over the last minute, for a recent ratio."""
-
-    def __init__(self) -> None:
-        self._seconds: deque[list[int]] = deque()
-
-    def add(self, hit: bool) -> None:
-        now = int(time.monotonic())
-        if not self._seconds or self._seconds[-1][0] != now:
-            self._seconds.append([now, 0, 0])
-            while self._seconds[0][0] <= now - RATIO_WINDOW_S:
-                self._seconds.popleft()
-        self._seconds[-1][1] += int(hit)
-        self._seconds[-1][2] += 1
-
-    def ratio(self) -> tuple[float | None, int]:
-        now = int(time.monotonic())
-        recent = [s for s in self._seconds if s[0] > now - RATIO_WINDOW_S]
-        total = sum(s[2] for s in recent)
-        return (round(sum(s[1] for s in recent) / total, 4) if total else None), total
 
 
 class HubCache:
@@ -150,6 +113,10 @@ class HubCache:
             ),
             on_lost=self._announce_lost,
         )
+        # Hot answers in process, in front of Redis; dropped by the notices that bump their generations.
+        self.local = LocalCopies(
+            max_entries=settings.cache_local_entries, max_age_s=settings.cache_local_max_age_ms / 1000
+        )
         self.lookups = Lookups(
             settings.database_url or "",
             pool,
@@ -169,7 +136,7 @@ class HubCache:
             )
         )
         r.add(
-            _Ratio(
+            Ratio(
                 "tickstock_cache_hit_ratio",
                 "Hits / all cacheable requests per route since start (no sample before the first request).",
                 self.requests,
@@ -188,7 +155,7 @@ class HubCache:
                 "Generation bumps that did not reach Redis (each starts a new epoch).",
             )
         )
-        self._windows = {route: _Window() for route in ROUTES}
+        self._windows = {route: Window() for route in ROUTES}
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reconnects = 0
@@ -200,6 +167,7 @@ class HubCache:
             self._subscriptions = [
                 await self._nats.subscribe(UNIVERSE_CHANGED_SUBJECT, cb=self._user_changed),
                 await self._nats.subscribe(CACHE_LOST_SUBJECT, cb=self._lost_elsewhere),
+                await self._nats.subscribe(CACHE_BUMPED_SUBJECT, cb=self._bumped_elsewhere),
             ]
             self._reconnects = self._nats.stats.get("reconnects", 0)
             # Whatever Redis holds may predate events stored while no hub ran (or a restore).
@@ -232,7 +200,10 @@ class HubCache:
         """The writer's hook, after a batch commits: bump the generations the events touch. Waits at
         most ``cache_timeout_ms``; never raises."""
         if self.enabled and events:
-            await self.responses.bump(event_generations(events))
+            names = sorted(event_generations(events))
+            if await self.responses.bump(names):
+                self.local.changed(names)  # after the bump: a copy taken before it is dropped
+                await self._announce(CACHE_BUMPED_SUBJECT, names)  # (a lost bump is announced as lost)
 
     async def reference_changed(self) -> None:
         """Reference data changed here (the caller committed it): drop the in-process copy and the
@@ -241,10 +212,18 @@ class HubCache:
         self.lookups.forget_directory()
         if self.enabled:
             await self.responses.bump([REFERENCE_GENERATION])
+            self.local.changed([REFERENCE_GENERATION])
 
     def _reference_changed(self) -> None:
+        """PostgreSQL's notice (or the listener's reconnection): every node hears it and bumps the reference
+        generation itself, so it is also the notice that drops the in-process copies built on it."""
+        self.local.changed([REFERENCE_GENERATION])
         if self.enabled:
-            self._spawn(self.responses.bump([REFERENCE_GENERATION]))
+            self._spawn(self._bump_reference())
+
+    async def _bump_reference(self) -> None:
+        await self.responses.bump([REFERENCE_GENERATION])
+        self.local.changed([REFERENCE_GENERATION])  # copies read from Redis while the bump was on its way
 
     def _definitions_changed(self) -> None:
         if self._catalog is None:
@@ -265,13 +244,21 @@ class HubCache:
 
     def _announce_lost(self, names: list[str]) -> None:
         self.lost.inc()
-        self._spawn(self._publish_lost(names))
+        self.local.changed(names)  # here at once: the announcement itself may not get through
+        self._spawn(self._announce(CACHE_LOST_SUBJECT, names))
 
-    async def _publish_lost(self, names: list[str]) -> None:
+    async def _announce(self, subject: str, names: list[str]) -> None:
         try:
-            await self._nats.publish(CACHE_LOST_SUBJECT, json.dumps({"generations": names}).encode())
+            await self._nats.publish(subject, json.dumps({"generations": names}).encode())
         except (NatsError, OSError) as exc:
-            log.warning("lost generation bump not announced on %s: %r", CACHE_LOST_SUBJECT, exc)
+            log.warning("generation bump not announced on %s: %r", subject, exc)
+
+    async def _bumped_elsewhere(self, msg: Msg) -> None:
+        """Another node (or this one) bumped these generations: drop the copies built on them."""
+        try:
+            self.local.changed([str(n) for n in json.loads(msg.data)["generations"]])
+        except (ValueError, KeyError, TypeError):
+            self.local.clear()
 
     async def _lost_elsewhere(self, msg: Msg) -> None:
         """Another node (or this one) could not bump these generations: bump them from here. If
@@ -281,9 +268,12 @@ class HubCache:
         try:
             names = [str(n) for n in json.loads(msg.data)["generations"]]
         except (ValueError, KeyError, TypeError):
+            self.local.clear()
             await self.responses.new_epoch()
             return
+        self.local.changed(names)
         await self.responses.bump(names, announce=False)
+        self.local.changed(names)
 
     async def _user_changed(self, msg: Msg) -> None:
         try:
@@ -297,23 +287,48 @@ class HubCache:
     async def directory(self) -> Directory | None:
         return await self.lookups.directory()
 
-    async def user_universe(self, subject: str) -> MyUniverse:
+    def _heard_everything(self) -> None:
         reconnects = self._nats.stats.get("reconnects", 0)
         if reconnects != self._reconnects:  # notices may have been missed while NATS was away
             self._reconnects = reconnects
             self.lookups.forget_users()
+            self.local.clear()
+
+    async def user_universe(self, subject: str) -> MyUniverse:
+        self._heard_everything()
         return await self.lookups.user_universe(subject)
 
     async def fetch(
         self, route: str, key: str, deps: Dependencies, compute: Callable[[], Awaitable[Computed]]
     ) -> Served:
-        """The response body for ``key`` of ``route`` (see :meth:`ResponseCache.fetch`). A response that
-        depends on reference data is not cached while changes to it cannot be heard."""
+        """The response body for ``key`` of ``route``: this process's copy while it may be served (see
+        :mod:`store.cache_local`), else :meth:`ResponseCache.fetch` (whose answer becomes the copy). A
+        response that depends on reference data is not cached while changes to it cannot be heard."""
         trusted = REFERENCE_GENERATION not in deps.strict or self.lookups.listening
         if not self.enabled or not trusted:
             served = Served((await compute()).body, "bypass", None)
-        else:
-            served = await self.responses.fetch(route, key, deps, compute)
+            self.record(route, served.outcome)
+            return served
+        local, names, entry_key = self.local, deps.events + deps.strict, f"{route}:{key}"
+        if local.enabled:
+            self._heard_everything()
+            copy = local.get(entry_key, names) if self.responses.healthy else None
+            if copy is not None:
+                self.record(route, "hit")
+                return Served(copy.body, "hit", max(0.0, time.time() - copy.computed_at), tag=copy.tag)
+        versions = local.snapshot(names)  # before Redis is asked: a notice meanwhile voids the copy
+        served = await self.responses.fetch(route, key, deps, compute)
+        if served.reusable_until and served.outcome in ("hit", "miss") and self.responses.healthy:
+            computed_at = time.time() - (served.age_s or 0.0)
+            copy = local.put(
+                entry_key,
+                served.body,
+                versions=versions,
+                until=served.reusable_until,
+                computed_at=computed_at,
+            )
+            if copy is not None:
+                served = dataclasses.replace(served, tag=copy.tag)
         self.record(route, served.outcome)
         return served
 
@@ -351,6 +366,8 @@ class HubCache:
             "lost_bumps": int(self.lost.total()),
             "refreshes": self.responses.refreshes,
             "reference_listener": "up" if self.lookups.listening else "down",
+            "local_copies": len(self.local),
+            "local_hits": self.local.hits,
             "staleness_ms": self.settings.cache_staleness_ms,
             "routes": routes,
         }

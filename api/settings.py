@@ -61,6 +61,10 @@ DEFAULT_HTTP_INGEST_INFLIGHT = 5_000
 DEFAULT_RATE_LIMIT_PER_S = 500.0
 DEFAULT_RATE_LIMIT_BURST = 1_000
 DEFAULT_RATE_LIMIT_TIMEOUT_MS = 50
+DEFAULT_RATE_LIMIT_SYNC_MS = 100
+DEFAULT_AUTH_CACHE_SIZE = 10_000
+DEFAULT_CACHE_LOCAL_ENTRIES = 2_000
+DEFAULT_CACHE_LOCAL_MAX_AGE_MS = 1_000
 DEFAULT_CACHE_STALENESS_MS = round(cache.DEFAULT_STALENESS_S * 1000)
 DEFAULT_CACHE_TTL_S = 60.0
 DEFAULT_CACHE_CLOSED_TTL_S = 3_600.0
@@ -109,6 +113,9 @@ class Settings:
     rate_limit_admin_per_s: float | None = None  # None: the same as everyone
     rate_limit_admin_burst: int | None = None
     rate_limit_timeout_ms: int = DEFAULT_RATE_LIMIT_TIMEOUT_MS
+    rate_limit_sync_ms: int = (
+        DEFAULT_RATE_LIMIT_SYNC_MS  # tokens drawn from Redis live this long; 0: per request
+    )
     cache_enabled: bool = True  # false: every read goes to PostgreSQL
     cache_staleness_ms: int = DEFAULT_CACHE_STALENESS_MS  # a scan this long after a commit includes it
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S  # entries over open time ranges
@@ -116,6 +123,8 @@ class Settings:
     cache_timeout_ms: int = DEFAULT_CACHE_TIMEOUT_MS  # per Redis call; slower counts as a failure
     cache_breaker_failures: int = DEFAULT_CACHE_BREAKER_FAILURES  # consecutive failures that open it
     cache_breaker_reset_ms: int = DEFAULT_CACHE_BREAKER_RESET_MS  # open this long before one probe
+    cache_local_entries: int = DEFAULT_CACHE_LOCAL_ENTRIES  # answers kept in process before Redis; 0: none
+    cache_local_max_age_ms: int = DEFAULT_CACHE_LOCAL_MAX_AGE_MS  # longest an in-process copy goes unchecked
     ws_max_connections: int = ws.DEFAULT_MAX_CONNECTIONS  # the websocket bounds: see hub.fanout_limits
     ws_max_subscriptions: int = ws.DEFAULT_MAX_SUBSCRIPTIONS
     ws_queue_messages: int = ws.DEFAULT_QUEUE_MESSAGES
@@ -138,6 +147,7 @@ class Settings:
     jwt_audience: str = "tickstock"
     jwt_max_lifetime_s: float = DEFAULT_JWT_MAX_LIFETIME_S  # exp - iat cap; a token without iat is refused
     jwks_max_bytes: int = DEFAULT_JWKS_MAX_BYTES  # a larger key set document is refused
+    auth_cache_size: int = DEFAULT_AUTH_CACHE_SIZE  # verified tokens remembered until their exp; 0: none
     # Failed authentications and token-less websocket opens per client address; 0 turns it off.
     auth_failure_per_s: float = DEFAULT_AUTH_FAILURE_PER_S
     auth_failure_burst: int = DEFAULT_AUTH_FAILURE_BURST

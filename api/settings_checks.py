@@ -87,7 +87,15 @@ POSITIVE_SECONDS = (
     "ws_queue_age_s",
 )
 RATES = ("rate_limit_per_s", "rate_limit_admin_per_s", "auth_failure_per_s")
-NOT_NEGATIVE = ("cache_staleness_ms", "statement_timeout_ms", "hsts_max_age_s")
+NOT_NEGATIVE = (
+    "cache_staleness_ms",
+    "statement_timeout_ms",
+    "hsts_max_age_s",
+    "auth_cache_size",
+    "rate_limit_sync_ms",
+    "cache_local_entries",
+    "cache_local_max_age_ms",
+)
 HEADER_VALUES = ("csp_html", "csp_other", "referrer_policy")
 # A header value h11 and browsers accept: visible ASCII and spaces, no space at either end.
 HEADER_VALUE = re.compile(r"[!-~](?: *[!-~])*")

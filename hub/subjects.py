@@ -2,8 +2,8 @@
 
 Producers publish to ``tickstock.ingest.<timeframe>.<token>``; the hub republishes validated events to
 ``tickstock.patterns.<timeframe>.<token>``, dead letters to ``tickstock.dlq.<reason>``, and announces a
-user's universe change on ``tickstock.users.universe.changed`` and a lost cache bump on
-``tickstock.cache.lost``. Nothing else in the code spells a subject.
+user's universe change on ``tickstock.users.universe.changed``, a cache bump on ``tickstock.cache.bumped``
+and a lost one on ``tickstock.cache.lost``. Nothing else in the code spells a subject.
 
 A NATS subject token cannot hold ``.``, ``*``, ``>`` or whitespace, so a symbol (see
 :func:`hub.model.canonical_symbol`) is carried as a *token*: it replaces ``.`` with ``_`` and ``/`` with
@@ -22,6 +22,7 @@ from typing import Literal, NamedTuple
 from hub.model import MAX_SYMBOL_LENGTH, TIMEFRAMES, EventError, PatternEvent, brief, canonical_symbol
 
 __all__ = [
+    "CACHE_BUMPED_SUBJECT",
     "CACHE_LOST_SUBJECT",
     "CLEAN_PREFIX",
     "CLEAN_WILDCARD",
@@ -54,6 +55,8 @@ CLEAN_WILDCARD = f"{CLEAN_PREFIX}.>"
 DLQ_WILDCARD = f"{DLQ_PREFIX}.>"
 UNIVERSE_CHANGED_SUBJECT = "tickstock.users.universe.changed"
 """Core NATS: ``{"subject": <token subject>}`` after a user's universe changed (fan-out and cache follow it)."""
+CACHE_BUMPED_SUBJECT = "tickstock.cache.bumped"
+"""Core NATS: ``{"generations": [...]}`` a node bumped in Redis (every node drops its in-process copies)."""
 CACHE_LOST_SUBJECT = "tickstock.cache.lost"
 """Core NATS: ``{"generations": [...]}`` a node could not bump in Redis (the others replay it)."""
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"

@@ -230,6 +230,7 @@ class ResponseCache:
         try:
             meta = json.loads(head)
             stored, read_at, computed_at = meta["g"], float(meta["r"]), float(meta["c"])
+            expires = float(meta.get("e", 0.0))  # entries from before "e" are not reused in process
         except (ValueError, KeyError, TypeError):
             return None
         strict = 1 + len(deps.strict)
@@ -239,7 +240,9 @@ class ResponseCache:
         changed = stored[strict:] != generations[strict:]
         if changed and now >= read_at + self.staleness_s:
             return None
-        return Served(body, "hit", max(0.0, now - computed_at)), read_at if changed else 0.0
+        # Valid only by the bound: reusable until refreshing ahead is due, so hits keep reaching Redis then.
+        reusable = min(expires, read_at + REFRESH_AFTER * self.staleness_s) if changed else expires
+        return Served(body, "hit", max(0.0, now - computed_at), reusable), read_at if changed else 0.0
 
     async def _read(
         self, entry_key: str, names: list[str], deps: Dependencies
@@ -339,9 +342,10 @@ class ResponseCache:
             self._failed()
             return Served((await compute()).body, "bypass", None)
         computed = await compute()
+        expires = time.time() + computed.ttl_s if computed.ttl_s > 0 else 0.0
         if computed.ttl_s > 0:
             head = json.dumps(
-                {"r": read_at, "c": time.time(), "g": generations}, separators=(",", ":")
+                {"r": read_at, "c": time.time(), "g": generations, "e": expires}, separators=(",", ":")
             ).encode()
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
@@ -351,7 +355,7 @@ class ResponseCache:
             except REDIS_ERRORS as exc:
                 log.debug("cache: store failed: %r", exc)
                 self._failed()
-        return Served(computed.body, "miss", None)
+        return Served(computed.body, "miss", None, expires)
 
     def _refresh_ahead(
         self,

@@ -41,6 +41,10 @@ class Served:
     body: bytes
     outcome: Outcome
     age_s: float | None  # for a hit, how long ago the body was computed
+    # Wall time until which this body may be served again without asking Redis, provided none of its
+    # generations changes meanwhile (0: not at all). See store.cache_local.
+    reusable_until: float = 0.0
+    tag: str | None = None  # a digest of the body when one is at hand (store.cache_local.body_tag)
 
     @property
     def hit(self) -> bool:

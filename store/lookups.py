@@ -20,6 +20,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from store.universe_resolver import Directory, MyUniverse, load_directory
@@ -90,10 +91,20 @@ class Lookups:
             return self._directory
         if self._loading is None:
             self._loading = asyncio.create_task(self._load(self._version))
-        return await asyncio.shield(self._loading)
+        loading = self._loading
+        try:
+            return await asyncio.shield(loading)
+        except Exception:
+            if self._loading is loading:  # a failed load is not kept: the next caller tries again
+                self._loading = None
+            raise
 
     async def _load(self, version: int) -> Directory:
-        async with self._pool.connection() as conn:
+        # Its own connection, not the pool's: scans ask for the directory while holding a pooled
+        # connection, and as many of them as the pool has connections would wait for it forever.
+        async with await psycopg.AsyncConnection.connect(
+            self._url, connect_timeout=CONNECT_TIMEOUT_S, row_factory=dict_row
+        ) as conn:
             loaded = await load_directory(conn)
         if version == self._version and self.listening:
             self._directory = loaded  # unless a change arrived meanwhile: then the next caller reloads

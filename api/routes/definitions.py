@@ -18,20 +18,26 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth import requires
+from api.cache import REFERENCE_GENERATION, dumps, serve
 from api.errors import ApiError
+from api.etags import cached_response
 from api.jsonbound import MAX_DEPTH
 from api.openapi import operation
 from api.routes.pattern_models import Definition, Definitions
+from api.routes.symbols import REFERENCE_TTL_S
 from api.state import HubState
 from api.validation import read_body, read_model, read_query
 from hub.model import Timeframe
+from store.cache import Computed, Dependencies
 from store.definitions import list_definitions, put_definition
 
 __all__ = ["DefinitionChange", "DefinitionWritten", "check_name", "routes"]
+
+_REFERENCE = Dependencies(strict=(REFERENCE_GENERATION,))  # the catalog's answer: reference data
 
 NAME = re.compile(r"[a-z0-9_]{1,64}")
 MAX_ALIASES = 32
@@ -102,14 +108,20 @@ def check_name(name: str) -> str:
     errors=(400,),
 )
 @requires("patterns:read")
-async def definitions(request: Request) -> JSONResponse:
+async def definitions(request: Request) -> Response:
+    """Answered from memory while the catalog is unchanged: a change (PUT here, ``tickstock patterns
+    define``, a reference load) sends PostgreSQL's reference notice, which drops it on every node."""
     hub: HubState = request.app.state.hub
     read_query(NoParams, request)
-    async with hub.pool.connection() as conn:
-        rows = await list_definitions(conn)
-    return JSONResponse(
-        {"items": [{**r, "aliases": list(r["aliases"]), "timeframes": list(r["timeframes"])} for r in rows]}
-    )
+
+    async def compute() -> Computed:
+        async with hub.pool.connection() as conn:
+            rows = await list_definitions(conn)
+        items = [{**r, "aliases": list(r["aliases"]), "timeframes": list(r["timeframes"])} for r in rows]
+        return Computed(dumps({"items": items}), REFERENCE_TTL_S)
+
+    served = await serve(hub.cache, "definitions", None, _REFERENCE, compute)
+    return cached_response(request, served)
 
 
 @operation(

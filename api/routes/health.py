@@ -84,6 +84,8 @@ class CacheSummary(BaseModel):
         description="popular entries recomputed ahead, in the background, within the bound"
     )
     reference_listener: Literal["up", "down"]
+    local_copies: int = Field(description="hot answers held in this process in front of Redis")
+    local_hits: int = Field(description="requests answered from those copies since start")
     staleness_ms: int
     routes: dict[str, RouteCache]
 

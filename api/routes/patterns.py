@@ -25,6 +25,7 @@ import re
 import struct
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -37,9 +38,11 @@ from api.auth import requires
 from api.cache import digest, dumps
 from api.cursors import scan_after
 from api.errors import ApiError
+from api.etags import cached_response
 from api.openapi import link, operation
+from api.querymemo import QueryMemo
 from api.routes.pattern_models import PatternEvent, ScanPage, Stats, event_json, json_time
-from api.routes.scan_cache import scan_dependencies, scan_ttl_s
+from api.routes.scan_cache import scan_dependencies, scan_key, scan_ttl_s
 from api.state import HubState
 from api.validation import ParsedQuery, QueryAliases, parse_query, query_error, read_query
 from hub.model import RFC3339 as _RFC3339
@@ -236,18 +239,18 @@ def _filter(hub: HubState, query: ParsedQuery[ScanParams]) -> ScanFilter:
 @requires("patterns:read")
 async def scan(request: Request) -> Response:
     hub: HubState = request.app.state.hub
-    query = parse_query(ScanParams, request, aliases=_LEGACY)
-    params, filt = query.params, _filter(hub, query)
-    sort = Sort(params.sort, params.order)
-    fingerprint = filt.fingerprint()
-    after = (
-        None if params.cursor is None else scan_after(hub, params.cursor, sort=sort, fingerprint=fingerprint)
-    )
+    memo: QueryMemo[_Scan] = request.app.state.scan_queries  # see create_app
+    raw, catalog = request.scope.get("query_string", b""), hub.catalog.current
+    known = memo.get(raw, catalog)
+    if known is None:
+        known = _read_scan(hub, request)
+        memo.put(raw, catalog, known)
+    params, filt, sort = known.params, known.filt, known.sort
     subject = request.state.principal.subject
     started = time.perf_counter()
     cache = hub.cache
     my = None
-    if cache is not None and any(MY_UNIVERSE in u.split(UNIVERSE_SEPARATOR) for u in filt.universes):
+    if cache is not None and known.mine:
         my = await cache.user_universe(subject)
     offset = (params.page - 1) * params.limit
 
@@ -260,7 +263,7 @@ async def scan(request: Request) -> Response:
                 filt,
                 sort=sort,
                 limit=params.limit,
-                after=after,
+                after=known.after,
                 offset=offset,
                 subject=subject,
                 resolver=resolver,
@@ -268,7 +271,7 @@ async def scan(request: Request) -> Response:
         next_cursor = None
         if page.last_values is not None:
             next_cursor = encode_cursor(
-                page.last_values, sort=sort, fingerprint=fingerprint, codec=hub.cursors
+                page.last_values, sort=sort, fingerprint=known.fingerprint, codec=hub.cursors
             )
         return Computed(
             dumps({"items": [event_json(r) for r in page.items], "next_cursor": next_cursor}),
@@ -278,25 +281,43 @@ async def scan(request: Request) -> Response:
     if cache is None:
         served = Served((await compute()).body, "bypass", None)
     else:
-        # Normalised: the fingerprint ignores the order and repetition of filter values; "my" is
-        # replaced by what the caller saved, so callers with the same universe share entries.
-        request_key = digest(
-            {
-                "f": fingerprint,
-                "s": sort.spec,
-                "l": params.limit,
-                "o": offset,
-                "a": list(after) if after is not None else None,
-                "my": [list(my.symbols), list(my.universe_keys)] if my is not None else None,
-            }
-        )
-        served = await cache.fetch("scan", request_key, scan_dependencies(filt), compute)
+        # "my" is replaced by what the caller saved, so callers with the same universe share entries.
+        key = known.key if my is None else digest([known.key, list(my.symbols), list(my.universe_keys)])
+        served = await cache.fetch("scan", key, scan_dependencies(filt), compute)
     query_ms = round((time.perf_counter() - started) * 1000, 3)
-    age_ms = round(served.age_s * 1000, 1) if served.hit and served.age_s is not None else None
-    tail = dumps({"query_ms": query_ms, "cache": {"hit": served.hit, "age_ms": age_ms}})
-    return Response(
-        served.body[:-1] + b"," + tail[1:], media_type="application/json", headers={"X-Cache": served.outcome}
+    age = repr(round(served.age_s * 1000, 1)) if served.hit and served.age_s is not None else "null"
+    tail = f',"query_ms":{query_ms!r},"cache":{{"hit":{"true" if served.hit else "false"},"age_ms":{age}}}}}'
+    # The rows and cursor are the cached body; the figures after them vary per request: a weak tag.
+    return cached_response(request, served, content=served.body[:-1] + tail.encode(), weak=True)
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What a scan's query string comes to, kept by its raw text (:class:`api.querymemo.QueryMemo`)."""
+
+    params: ScanParams
+    filt: ScanFilter
+    sort: Sort
+    fingerprint: str
+    after: tuple[Any, ...] | None
+    key: str  # the cache key, but for the caller's own universe when ``mine``
+    mine: bool  # a universe filter names "my"
+
+
+def _read_scan(hub: HubState, request: Request) -> _Scan:
+    """Validate and normalise a scan's query; raises :class:`ApiError` 400 (see :func:`_filter`)."""
+    query = parse_query(ScanParams, request, aliases=_LEGACY)
+    params, filt = query.params, _filter(hub, query)
+    sort = Sort(params.sort, params.order)
+    fingerprint = filt.fingerprint()
+    after = (
+        None if params.cursor is None else scan_after(hub, params.cursor, sort=sort, fingerprint=fingerprint)
     )
+    key = scan_key(
+        params, fingerprint=fingerprint, sort=sort, offset=(params.page - 1) * params.limit, after=after
+    )
+    mine = any(MY_UNIVERSE in u.split(UNIVERSE_SEPARATOR) for u in filt.universes)
+    return _Scan(params, filt, sort, fingerprint, after, key, mine)
 
 
 @operation(

@@ -1,4 +1,4 @@
-"""How the response cache treats a scan: which generations its answer depends on, and how long it lives.
+"""How the response cache treats a scan: its key, which generations its answer depends on, how long it lives.
 
 A scan over a closed time range in the past depends on its months only (new events do not touch it)
 and lives for the closed-range TTL; any other scan depends on its timeframes.
@@ -6,21 +6,70 @@ and lives for the closed-range TTL; any other scan depends on its timeframes.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from api.cache import REFERENCE_GENERATION, ttl_until
+from pydantic import BaseModel
+
+from api.cache import REFERENCE_GENERATION, digest, ttl_until
 from api.settings import Settings
 from hub.model import TIMEFRAMES
 from store.cache import Dependencies
-from store.scans import ScanFilter
+from store.scans import ScanFilter, Sort
 
-__all__ = ["CLOSED_AFTER", "MAX_CLOSED_MONTHS", "closed_months", "scan_dependencies", "scan_ttl_s"]
+__all__ = [
+    "CLOSED_AFTER",
+    "MAX_CLOSED_MONTHS",
+    "NORMALISED",
+    "closed_months",
+    "scan_dependencies",
+    "scan_key",
+    "scan_ttl_s",
+]
 
 # A range that ended this long ago counts as closed: its cache entries depend on per-month generations
 # and live for cache_closed_ttl_s (an event detected in it, stored late, still bumps its month).
 CLOSED_AFTER = timedelta(minutes=1)
 MAX_CLOSED_MONTHS = 36  # a longer closed range depends on its timeframes, like an open one
+# Scan parameters the key holds in normalised form: the filter's fingerprint (order and repetition of
+# values ignored, canonical pattern names), the sort, the row offset and the keyset position.
+NORMALISED = frozenset(
+    [
+        "pattern",
+        "symbol",
+        "universe",
+        "sector",
+        "timeframe",
+        "type",
+        "confidence_min",
+        "confidence_max",
+        "detected_after",
+        "detected_before",
+        "active_only",
+        "sort",
+        "order",
+        "page",
+        "cursor",
+    ]
+)
+
+
+def scan_key(
+    params: BaseModel, *, fingerprint: str, sort: Sort, offset: int, after: tuple[Any, ...] | None
+) -> str:
+    """The cache key of a scan: every validated parameter (``params``), in normalised form where
+    :data:`NORMALISED` says so, so that a parameter added later keys the entry by itself. It names no
+    caller; the caller's own universe (``my``) is added by the route."""
+    return digest(
+        {
+            "q": params.model_dump(mode="json", exclude=set(NORMALISED)),
+            "f": fingerprint,
+            "s": sort.spec,
+            "o": offset,
+            "a": list(after) if after is not None else None,
+        }
+    )
 
 
 def closed_months(filt: ScanFilter) -> list[str] | None:
@@ -51,6 +100,17 @@ def scan_dependencies(filt: ScanFilter) -> Dependencies:
     """The generations a scan's answer depends on: its timeframes (every one without that filter),
     per month for a closed past range (so new events do not touch it); reference data when a
     universe or sector filter is resolved through it."""
+    if filt.detected_before is None:  # a range open at the end never closes: no clock involved
+        return _open_dependencies(filt)
+    return _dependencies(filt)
+
+
+@functools.lru_cache(maxsize=1024)
+def _open_dependencies(filt: ScanFilter) -> Dependencies:
+    return _dependencies(filt)
+
+
+def _dependencies(filt: ScanFilter) -> Dependencies:
     timeframes = sorted(set(filt.timeframes)) or list(TIMEFRAMES)
     months = closed_months(filt)
     events = [f"{tf}:{m}" for tf in timeframes for m in months] if months is not None else timeframes

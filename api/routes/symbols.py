@@ -24,11 +24,12 @@ from api.auth import requires
 from api.cache import REFERENCE_GENERATION, dumps, serve
 from api.cursors import symbols_after
 from api.errors import ApiError
+from api.etags import cached_response
 from api.openapi import link, operation
 from api.state import HubState
 from api.validation import MAX_ERRORS, SymbolName, path_symbol, read_body, read_model, read_query
 from hub.model import TIMEFRAMES, EventType, Timeframe
-from store.cache import Computed, Dependencies
+from store.cache import Computed, Dependencies, Served
 from store.symbols import SYMBOL_TYPES, SymbolQuery, encode_cursor, get_symbol, search_symbols, upsert_symbols
 from store.universes import is_universe_key, unknown_universes
 
@@ -213,12 +214,13 @@ async def list_symbols(request: Request) -> Response:
         Dependencies(strict=(REFERENCE_GENERATION,)),
         compute,
     )
-    return cached_json(served.body, served.outcome)
+    return cached_json(request, served)
 
 
-def cached_json(body: bytes, outcome: str) -> Response:
-    """A JSON body from the cache layer, with ``X-Cache`` saying where it came from."""
-    return Response(body, media_type="application/json", headers={"X-Cache": outcome})
+def cached_json(request: Request, served: Served) -> Response:
+    """A JSON body from the cache layer, with ``X-Cache`` saying where it came from, its ``ETag``, and
+    304 when the request already holds it (see :mod:`api.etags`)."""
+    return cached_response(request, served)
 
 
 # -- GET /api/symbols/{symbol} ----------------------------------------------------------------------
@@ -250,7 +252,7 @@ async def show_symbol(request: Request) -> Response:
     served = await serve(
         hub.cache, "symbol", symbol, Dependencies(events=TIMEFRAMES, strict=(REFERENCE_GENERATION,)), compute
     )
-    return cached_json(served.body, served.outcome)
+    return cached_json(request, served)
 
 
 # -- PUT /api/symbols -------------------------------------------------------------------------------

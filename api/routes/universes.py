@@ -104,7 +104,7 @@ async def index(request: Request) -> Response:
         return Computed(dumps({"items": [_universe_json(r) for r in rows]}), REFERENCE_TTL_S)
 
     served = await serve(hub.cache, "universes", query.kind, _REFERENCE, compute)
-    return cached_json(served.body, served.outcome)
+    return cached_json(request, served)
 
 
 @operation(
@@ -133,7 +133,7 @@ async def show(request: Request) -> Response:
 
     # The order of the keys is kept: a union's key, name and parts follow it.
     served = await serve(hub.cache, "universe", keys, _REFERENCE, compute)
-    return cached_json(served.body, served.outcome)
+    return cached_json(request, served)
 
 
 routes = [

@@ -177,3 +177,33 @@ async def test_the_memory_form_falls_back_while_its_copy_cannot_be_trusted(
     assert await resolver.sector_symbols(["zr beta sector"]) == {"ZRC"}
     with pytest.raises(UnknownUniverse):
         await resolver.universe_symbols(["zr-nope"])
+
+
+# -- the directory's own load ------------------------------------------------------------------------
+
+
+async def test_the_directory_loads_while_every_pooled_connection_is_taken(ref_database_url: str) -> None:
+    """Scans ask for the directory while holding a pooled connection: its load must not need one."""
+    from store.pool import open_pool
+    from tests.support import within
+
+    async with open_pool(ref_database_url, min_size=1, max_size=1, timeout_s=1) as pool:
+        async with Lookups(ref_database_url, pool) as lookups, pool.connection():
+            async with within(10, what="the directory loaded with the pool exhausted"):
+                directory = await lookups.directory()
+    assert directory is not None
+
+
+async def test_a_failed_directory_load_is_tried_again(
+    ref_database_url: str, world: AsyncConnectionPool
+) -> None:
+    import psycopg
+
+    async with Lookups(ref_database_url, world) as lookups:
+        assert lookups.listening
+        lookups.forget_directory()
+        lookups._url = "postgresql://nobody@127.0.0.1:1/none"  # the next load fails
+        with pytest.raises(psycopg.OperationalError):
+            await lookups.directory()
+        lookups._url = ref_database_url
+        assert await lookups.directory() is not None  # not the failed load, kept
