@@ -69,6 +69,12 @@ DEFAULT_AUTH_FAILURE_BURST = 20
 DEFAULT_ADMIN_MAX_BODY_BYTES = 1 << 20
 DEFAULT_JWKS_MAX_BYTES = 1 << 20
 DEFAULT_HSTS_MAX_AGE_S = securityheaders.DEFAULT_HSTS_MAX_AGE_S
+DEFAULT_SOCKETIO_TRANSPORTS = "polling,websocket"  # Socket.IO clients' default: polling, then upgrade
+DEFAULT_SOCKETIO_PING_INTERVAL_S = 25.0  # Engine.IO's own defaults
+DEFAULT_SOCKETIO_PING_TIMEOUT_S = 20.0
+DEFAULT_SOCKETIO_MAX_PACKET_BYTES = 64 * 1024  # a larger message or polling POST closes the session
+DEFAULT_SOCKETIO_QUEUE_PACKETS = 64  # Engine.IO's per-session queue; behind it the fan-out's outbox
+SOCKETIO_TRANSPORTS = frozenset({"polling", "websocket"})
 
 # The checks, by kind; each message names the variable.
 _AT_LEAST_ONE = (
@@ -92,6 +98,8 @@ _AT_LEAST_ONE = (
     "auth_failure_burst",
     "admin_max_body_bytes",
     "jwks_max_bytes",
+    "socketio_max_packet_bytes",
+    "socketio_queue_packets",
 )
 _POSITIVE = (
     "pool_timeout_s",
@@ -112,6 +120,8 @@ _POSITIVE_SECONDS = (
     "ws_auth_timeout_s",
     "ws_drain_s",
     "ws_queue_age_s",
+    "socketio_ping_interval_s",
+    "socketio_ping_timeout_s",
 )
 _RATES = ("rate_limit_per_s", "rate_limit_admin_per_s", "auth_failure_per_s")
 _NOT_NEGATIVE = ("cache_staleness_ms", "statement_timeout_ms", "hsts_max_age_s")
@@ -208,6 +218,14 @@ class Settings:
     ws_resume_max: int = ws.DEFAULT_RESUME_MAX
     ws_ring_size: int = ws.DEFAULT_RING_SIZE
     ws_drain_s: float = ws.DEFAULT_DRAIN_S
+    # Socket.IO at /socket.io/ (docs/socketio.md), on the same fan-out and bounds as /ws.
+    socketio_enabled: bool = True
+    socketio_transports: str = DEFAULT_SOCKETIO_TRANSPORTS  # comma-separated; "websocket": no polling
+    socketio_cors_origins: str = ""  # comma-separated origins; "": same origin only; "*": any
+    socketio_ping_interval_s: float = DEFAULT_SOCKETIO_PING_INTERVAL_S
+    socketio_ping_timeout_s: float = DEFAULT_SOCKETIO_PING_TIMEOUT_S
+    socketio_max_packet_bytes: int = DEFAULT_SOCKETIO_MAX_PACKET_BYTES
+    socketio_queue_packets: int = DEFAULT_SOCKETIO_QUEUE_PACKETS
     # Event time window (issue #11): older, further ahead or longer-lived events are dead letters.
     event_max_age_days: int = DEFAULT_EVENT_MAX_AGE_DAYS  # detected_at at most this far back
     event_max_ahead_s: float = DEFAULT_EVENT_MAX_AHEAD_S  # detected_at at most this far ahead of now
@@ -274,6 +292,9 @@ class Settings:
                 f"{PREFIX}REFERRER_POLICY must be one or more (comma-separated) of "
                 f"{', '.join(sorted(securityheaders.REFERRER_POLICIES))}"
             )
+        transports = {t.strip() for t in self.socketio_transports.split(",")}
+        if not transports <= SOCKETIO_TRANSPORTS:
+            raise SettingsError(f"{PREFIX}SOCKETIO_TRANSPORTS must be polling, websocket or both")
         if self.forwarded_allow_ips is not None:
             _check_networks(self.forwarded_allow_ips)
         if self.jwks_url:
