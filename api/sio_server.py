@@ -38,6 +38,7 @@ log = logging.getLogger("tickstock.socketio")
 
 _ENGINEIO_PACKET_TYPES = frozenset("0123456")
 _BINARY_PACKET_TYPES = ("5", "6")  # Socket.IO BINARY_EVENT, BINARY_ACK
+_NOT_A_PACKET = "not a Socket.IO packet with a JSON array of [event, data]"
 
 
 class BoundedJson:
@@ -90,16 +91,19 @@ class HubSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         await super()._handle_eio_connect(eio_sid, environ)
         return None
 
-    async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
-        if isinstance(data, bytes) or data.startswith(_BINARY_PACKET_TYPES):
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if isinstance(data, bytes) or (isinstance(data, str) and data.startswith(_BINARY_PACKET_TYPES)):
             self._binary_packet.pop(eio_sid, None)
             await self._bad_packet(eio_sid, "binary packets are not part of the protocol; send JSON")
+            return
+        if not isinstance(data, str):  # Engine.IO decoded a message that is JSON, not a Socket.IO packet
+            await self._bad_packet(eio_sid, _NOT_A_PACKET)
             return
         try:
             await super()._handle_eio_message(eio_sid, data)
         except (ValueError, TypeError, IndexError, KeyError) as exc:
             log.info("malformed socket.io packet from %s: %s", eio_sid, str(exc)[:120])
-            await self._bad_packet(eio_sid, "not a Socket.IO packet with a JSON array of [event, data]")
+            await self._bad_packet(eio_sid, _NOT_A_PACKET)
 
     async def _bad_packet(self, eio_sid: str, message: str) -> None:
         if self.on_bad_packet is not None:
