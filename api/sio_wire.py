@@ -1,17 +1,24 @@
 """How one Socket.IO session takes what the fan-out sends: the :data:`hub.connection.Send` of that session.
 
 The fan-out writes ``/ws`` frames to each :class:`hub.connection.Connection`; for a Socket.IO session this
-adapter turns them into Socket.IO packets and puts them on Engine.IO's queue of the session. That queue is
-bounded (``TICKSTOCK_SOCKETIO_QUEUE_PACKETS``, :mod:`api.sio_server`): when it is full the send waits, the
-connection's own outbox fills behind it, and a full outbox (or a frame waiting over
-``TICKSTOCK_WS_QUEUE_AGE_S``) closes the session with 4409, exactly as on ``/ws``.
+adapter turns them into Engine.IO message packets (``42[name, body]``) and writes them:
 
-* ``{"op":"event",…}`` becomes a ``pattern_alert`` packet in upstream's shape; it is translated once per
-  frame and shared by every session that gets the same frame (:class:`AlertCodec`);
-* every other frame offered to the connection is already an encoded Socket.IO packet (the replies of
-  :mod:`api.routes.sio`), so replies and events keep one order;
-* a close is a ``closing`` event ``{code, reason}``, a Socket.IO disconnect and an Engine.IO close; a
-  session that does not take them within :data:`ABORT_AFTER_S` has its websocket closed with the code.
+* on a session that came by websocket, straight to that websocket with the server's own send, as ``/ws``
+  does (no Engine.IO queue, no task switch per frame): a send that must wait makes the connection queue
+  in its own bounded outbox, and a full outbox (or a frame waiting over ``TICKSTOCK_WS_QUEUE_AGE_S``)
+  closes the session with 4409, exactly as on ``/ws``. Engine.IO's own packets (pings, the connect
+  acknowledgement, disconnects) still go through its queue and writer task, a frame at a time, so the two
+  never interleave within a frame;
+* on a long-polling session (or one upgraded from polling), onto Engine.IO's queue of the session, which is
+  bounded (``TICKSTOCK_SOCKETIO_QUEUE_PACKETS``, :mod:`api.sio_server`): when it is full the send waits and
+  the outbox fills behind it, with the same 4409.
+
+``{"op":"event",…}`` becomes a ``pattern_alert`` in upstream's shape, translated once per frame and shared
+by every session that gets the same frame (:class:`AlertCodec`); every other frame offered to the
+connection is already an Engine.IO message (the replies of :mod:`api.routes.sio`), so replies and alerts
+keep one order. A close is a ``closing`` event ``{code, reason}``, a Socket.IO disconnect and an
+Engine.IO close; a session that does not take them within :data:`ABORT_AFTER_S` has its websocket closed
+with the code.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Coroutine, MutableMapping
 from datetime import datetime
 from typing import Any
 
@@ -41,8 +48,9 @@ _PING_PREFIX = '{"op":"ping",'
 
 
 def event_packet(name: str, body: Any) -> str:
-    """The Socket.IO EVENT packet (default namespace) that emits ``name`` with ``body``."""
-    return "2" + json.dumps([name, body], separators=(",", ":"))
+    """The Engine.IO message carrying the Socket.IO EVENT (default namespace) that emits ``name``
+    with ``body``: ``42[name, body]``."""
+    return "42" + json.dumps([name, body], separators=(",", ":"))
 
 
 class AlertCodec:
@@ -100,19 +108,32 @@ class SessionWire:
     ) -> None:
         self._socket, self._codec, self._disconnect, self._raw_send = socket, codec, disconnect, raw_send
 
-    async def __call__(self, message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "websocket.send":
-            text: str = message["text"]
-            if text.startswith(_EVENT_PREFIX):
-                text = self._codec.packet(text)
-            elif text.startswith(_PING_PREFIX):
-                return  # Engine.IO pings the session itself (the fan-out does not ping these)
-            try:
-                await self._socket.send(eio_packet.Packet(eio_packet.MESSAGE, data=text))
-            except EngineIOError as exc:  # the session is closed: the connection's writer stops
-                raise ConnectionError(f"socket.io session closed: {exc!r}") from None
-            return
-        await self.close(int(message.get("code", CLOSE_NORMAL)), str(message.get("reason", "")))
+    def __call__(self, message: MutableMapping[str, Any]) -> Coroutine[Any, Any, None]:
+        """The coroutine that writes ``message`` (the connection steps it itself: no wrapper frame on the
+        direct path)."""
+        if message["type"] != "websocket.send":
+            return self.close(int(message.get("code", CLOSE_NORMAL)), str(message.get("reason", "")))
+        text: str = message["text"]
+        if text.startswith(_EVENT_PREFIX):
+            text = self._codec.packet(text)
+        elif text.startswith(_PING_PREFIX):
+            return _nothing()  # Engine.IO pings the session itself (the fan-out does not ping these)
+        if self._raw_send is not None:
+            return self._raw_send({"type": "websocket.send", "text": text})  # type: ignore[no-any-return]
+        return self._queued(text)
+
+    async def sent(self) -> None:
+        """Wait until Engine.IO's writer has taken everything queued so far (at most :data:`ABORT_AFTER_S`;
+        a session that closed meanwhile is let go)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ABORT_AFTER_S):
+                await self._socket.queue.join()
+
+    async def _queued(self, text: str) -> None:
+        try:
+            await self._socket.send(eio_packet.Packet(eio_packet.MESSAGE, data=text[1:]))
+        except EngineIOError as exc:  # the session is closed: the connection's writer stops
+            raise ConnectionError(f"socket.io session closed: {exc!r}") from None
 
     async def close(self, code: int, reason: str) -> None:
         """Say ``closing {code, reason}``, disconnect, close Engine.IO; on an error code what is still
@@ -124,7 +145,7 @@ class SessionWire:
             _drop(queue)
         closing = event_packet("closing", {"code": code, "reason": reason})
         with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=closing))
+            queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=closing[1:]))
         try:
             async with asyncio.timeout(ABORT_AFTER_S):
                 await self._disconnect()
@@ -140,6 +161,10 @@ class SessionWire:
             return  # long-polling: Engine.IO ends the session at its ping timeout
         with contextlib.suppress(OSError, RuntimeError):
             await self._raw_send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _drop(queue: asyncio.Queue[Any]) -> None:

@@ -106,12 +106,18 @@ class Refused(socketio.exceptions.ConnectionRefusedError):  # type: ignore[misc]
 Handler = Callable[[Connection, Any], Awaitable[None]]
 
 
+async def _confirm(conn: Connection, wire: SessionWire, body: dict[str, Any]) -> None:
+    await wire.sent()
+    _send(conn, "connection_confirmed", body)
+
+
 def mount(app: Starlette, settings: Settings) -> HubSocketServer:
     """Serve Socket.IO at ``/socket.io/`` on ``app``'s fan-out; returns the server (its owner calls
     ``shutdown()`` when the app stops)."""
     server = build_server(settings)
     codec = AlertCodec()
     sessions: dict[str, Connection] = {}
+    confirming: set[asyncio.Task[None]] = set()
 
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         state = app.state
@@ -163,8 +169,11 @@ def mount(app: Starlette, settings: Settings) -> HubSocketServer:
             "expires_at": principal.expires_at,
             "limits": fanout.limits.as_dict(),
         }
-        # python-socketio acknowledges the connect after this handler returns; say hello after that.
-        asyncio.get_running_loop().call_soon(_send, conn, "connection_confirmed", confirmed)
+        # python-socketio acknowledges the connect (through Engine.IO's queue) after this handler returns;
+        # say hello once its writer has taken that acknowledgement, since alerts may go straight out.
+        task = asyncio.create_task(_confirm(conn, wire, confirmed), name="socketio-confirm")
+        confirming.add(task)
+        task.add_done_callback(confirming.discard)
 
     async def disconnect(sid: str, reason: Any = None) -> None:
         conn = sessions.pop(sid, None)
