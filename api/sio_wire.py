@@ -44,7 +44,6 @@ ABORT_AFTER_S = 1.0  # within the fan-out's own close timeout (hub.connection.CL
 CHANNEL = "tickstock.events.patterns"  # upstream's channel name, kept in the alert for its readers
 CODEC_CACHE_FRAMES = 1_024
 _EVENT_PREFIX = '{"op":"event",'
-_PING_PREFIX = '{"op":"ping",'
 
 
 def event_packet(name: str, body: Any) -> str:
@@ -116,8 +115,6 @@ class SessionWire:
         text: str = message["text"]
         if text.startswith(_EVENT_PREFIX):
             text = self._codec.packet(text)
-        elif text.startswith(_PING_PREFIX):
-            return _nothing()  # Engine.IO pings the session itself (the fan-out does not ping these)
         if self._raw_send is not None:
             return self._raw_send({"type": "websocket.send", "text": text})  # type: ignore[no-any-return]
         return self._queued(text)
@@ -161,10 +158,6 @@ class SessionWire:
             return  # long-polling: Engine.IO ends the session at its ping timeout
         with contextlib.suppress(OSError, RuntimeError):
             await self._raw_send({"type": "websocket.close", "code": code, "reason": reason})
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _drop(queue: asyncio.Queue[Any]) -> None:
