@@ -313,3 +313,20 @@ async def test_a_slow_session_is_closed_with_4409_never_silently_dropped(hub: Li
         await wait_for(lambda: conn not in fanout.connections, timeout=30, what="the slow session gone")
     finally:
         writer.transport.abort()
+
+
+async def test_a_failing_handler_closes_the_session_with_1011(
+    hub: LiveHub, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await client.connect(hub)
+    await client.next("connection_confirmed")
+    assert hub.hub.fanout is not None
+
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(hub.hub.fanout, "subscribe", broken)
+    await client.sio.emit("subscribe", {"id": "x"})
+    (closing,) = await client.next("closing")
+    assert closing == {"code": 1011, "reason": "internal error"}
+    await client.next("disconnect")
