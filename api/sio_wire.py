@@ -133,12 +133,14 @@ class SessionWire:
             raise ConnectionError(f"socket.io session closed: {exc!r}") from None
 
     async def close(self, code: int, reason: str) -> None:
-        """Say ``closing {code, reason}``, disconnect, close Engine.IO; on an error code what is still
-        queued is dropped first (as ``/ws`` drops its outbox). Waits at most :data:`ABORT_AFTER_S`,
-        then closes the websocket itself."""
+        """Say ``closing {code, reason}``, disconnect, close Engine.IO, waiting at most
+        :data:`ABORT_AFTER_S`. On an error code (or a session that did not take all that in time) what was
+        still queued is dropped first and the websocket itself is then closed with the code, as ``/ws``
+        closes."""
         socket = self._socket
         queue: asyncio.Queue[Any] = socket.queue
-        if code not in (CLOSE_NORMAL, CLOSE_GOING_AWAY):
+        error = code not in (CLOSE_NORMAL, CLOSE_GOING_AWAY)
+        if error:
             _drop(queue)
         closing = event_packet("closing", {"code": code, "reason": reason})
         with contextlib.suppress(asyncio.QueueFull):
@@ -149,9 +151,11 @@ class SessionWire:
                 await socket.close(wait=True)
         except TimeoutError:
             log.info("socket.io session %s did not take its close in time; closing its websocket", socket.sid)
-            await self.abort(code, reason)
+            error = True
         except EngineIOError:
             pass  # already closed
+        if error:  # as /ws: the websocket itself is closed with the code, whether or not the client reads
+            await self.abort(code, reason)
 
     async def abort(self, code: int, reason: str) -> None:
         if self._raw_send is None:
