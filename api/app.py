@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import redis.asyncio as aioredis
+from nats.js import JetStreamContext
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
@@ -18,12 +20,15 @@ from api.ratelimit import RateLimiter
 from api.requestid import RequestIdMiddleware
 from api.routes import (
     admin,
+    compat,
     dashboard,
+    definitions,
     docs,
     health,
     ingest,
     metrics,
     patterns,
+    recent_stats,
     sio,
     symbols,
     universes,
@@ -36,6 +41,7 @@ from api.securityheaders import SecurityHeaders, SecurityHeadersMiddleware
 from api.settings import Settings
 from api.state import HubState
 from hub.advisories import AdvisoryWatcher
+from hub.bridge import RedisBridge
 from hub.broker import open_nats
 from hub.catalog import CatalogCache
 from hub.cloudevent import CloudEvents
@@ -51,7 +57,7 @@ from store.cursor import CursorCodec, cursor_key
 from store.pool import open_pool
 from store.universe_resolver import MemoryResolver, SqlResolver
 
-__all__ = ["ConfigurationError", "HubApp", "create_app", "open_hub"]
+__all__ = ["ConfigurationError", "HubApp", "create_app", "open_bridge", "open_hub"]
 
 log = logging.getLogger("tickstock.app")
 
@@ -108,9 +114,10 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
         )
         metrics = Metrics()
         window = event_window(settings)
-        dead_letters = DeadLetterer(pool=pool, js=js, metrics=metrics, window=window)
+        rules = settings.upstream_rules()
+        dead_letters = DeadLetterer(pool=pool, js=js, metrics=metrics, window=window, rules=rules)
         cache = await stack.enter_async_context(
-            HubCache(settings=settings, redis=redis, pool=pool, nats=nc, metrics=metrics)
+            HubCache(settings=settings, redis=redis, pool=pool, nats=nc, metrics=metrics, catalog=catalog)
         )
         # Exits run in reverse: the writer stops (finishing its batch) before NATS drains and the
         # pool closes.
@@ -130,6 +137,8 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
             )
         )
         log.info("writer started (batch %d)", settings.writer_batch)
+        if settings.bridge_redis_url:
+            await stack.enter_async_context(open_bridge(settings, js=js, catalog=catalog, metrics=metrics))
         # Entered last, so it leaves first: sockets close with "going away" while NATS still runs.
         fanout = await stack.enter_async_context(
             FanOut(
@@ -159,8 +168,31 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
             cursors=cursors,
             fanout=fanout,
             cache=cache,
+            upstream=rules,
         )
         log.info("hub shutting down")
+
+
+@asynccontextmanager
+async def open_bridge(
+    settings: Settings, *, js: JetStreamContext, catalog: CatalogCache, metrics: Metrics
+) -> AsyncIterator[RedisBridge]:
+    """The Redis bridge inside the hub (``TICKSTOCK_BRIDGE_REDIS_URL``): it validates with the hub's own
+    catalog and rules and counts into its metrics. Redis need not be up: the bridge subscribes when it is."""
+    client = aioredis.Redis.from_url(settings.bridge_redis_url or "")
+    try:
+        async with RedisBridge(
+            client,
+            js,
+            channels=settings.bridge_channel_list,
+            catalog=catalog,
+            rules=settings.upstream_rules(),
+            metrics=metrics,
+        ) as bridge:
+            log.info("redis bridge started on %s", ", ".join(bridge.channels))
+            yield bridge
+    finally:
+        await client.aclose()
 
 
 def fanout_limits(settings: Settings) -> FanOutLimits:
@@ -233,7 +265,9 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
             *health.routes,
             *metrics.routes,
             *ingest.routes,
+            *definitions.routes,
             *patterns.routes,
+            *recent_stats.routes,
             *symbols.routes,
             *universes.routes,
             *users.routes,
@@ -242,6 +276,7 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
             *docs.routes,
             *ws.routes,
             *dashboard.routes,
+            *(compat.routes(settings.compat_prefix) if settings.compat else []),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

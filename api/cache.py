@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
+import psycopg
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -27,6 +28,7 @@ from nats.errors import Error as NatsError
 from psycopg_pool import AsyncConnectionPool
 
 from api.settings import Settings
+from hub.catalog import CatalogCache
 from hub.metrics import Counter, Gauge, Metrics
 from hub.model import PatternEvent
 from hub.subjects import CACHE_LOST_SUBJECT, UNIVERSE_CHANGED_SUBJECT
@@ -51,7 +53,7 @@ log = logging.getLogger("tickstock.cache")
 # Published by a node whose generation bump did not reach Redis: every node that hears it starts a
 # new epoch (if it can reach Redis), so the entries that bump should have invalidated die at once.
 REFERENCE_GENERATION = "ref"
-ROUTES = ("scan", "symbol", "symbols", "universe", "universes")
+ROUTES = ("scan", "symbol", "symbols", "universe", "universes", "stats")
 RATIO_WINDOW_S = 60
 
 
@@ -117,7 +119,9 @@ class _Window:
 class HubCache:
     """Opens the reference listener and the NATS subscriptions on enter, closes them on exit.
 
-    With ``settings.cache_enabled`` false every read is computed (and counted as ``bypass``).
+    With ``settings.cache_enabled`` false every read is computed (and counted as ``bypass``). When
+    PostgreSQL announces a change to the pattern definitions, ``catalog`` is reloaded (one load at a
+    time; a change heard during a load makes one more).
     """
 
     def __init__(
@@ -128,8 +132,12 @@ class HubCache:
         pool: AsyncConnectionPool,
         nats: NATS,
         metrics: Metrics,
+        catalog: CatalogCache | None = None,
     ) -> None:
         self.enabled = settings.cache_enabled
+        self._catalog = catalog
+        self._catalog_task: asyncio.Task[None] | None = None
+        self._catalog_stale = False
         self.settings = settings
         self._nats = nats
         self._pool = pool
@@ -142,7 +150,12 @@ class HubCache:
             ),
             on_lost=self._announce_lost,
         )
-        self.lookups = Lookups(settings.database_url or "", pool, on_change=self._reference_changed)
+        self.lookups = Lookups(
+            settings.database_url or "",
+            pool,
+            on_change=self._reference_changed,
+            on_definitions=self._definitions_changed,
+        )
         # The scans' resolver: the in-process directory and users' universes, PostgreSQL while the
         # directory cannot be trusted.
         self.resolver = MemoryResolver(
@@ -232,6 +245,23 @@ class HubCache:
     def _reference_changed(self) -> None:
         if self.enabled:
             self._spawn(self.responses.bump([REFERENCE_GENERATION]))
+
+    def _definitions_changed(self) -> None:
+        if self._catalog is None:
+            return
+        self._catalog_stale = True
+        if self._catalog_task is None or self._catalog_task.done():
+            self._catalog_task = asyncio.ensure_future(self._reload_catalog(self._catalog))
+            self._tasks.add(self._catalog_task)
+            self._catalog_task.add_done_callback(self._tasks.discard)
+
+    async def _reload_catalog(self, catalog: CatalogCache) -> None:
+        while self._catalog_stale:
+            self._catalog_stale = False
+            try:
+                await catalog.refresh(self._pool)
+            except (psycopg.Error, OSError) as exc:  # the maintenance round loads it again
+                log.warning("pattern catalog not reloaded after a change: %s", exc)
 
     def _announce_lost(self, names: list[str]) -> None:
         self.lost.inc()

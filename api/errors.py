@@ -34,6 +34,7 @@ from hub.protocol import (
     ERROR_TOO_MANY_SUBSCRIPTIONS,
     ERROR_UNAUTHENTICATED,
 )
+from store.definitions import DefinitionConflict, DefinitionError
 from store.errors import StoreError, StoreUnavailable
 from store.migrate import MigrationError
 from store.scans import CursorError, ScanError
@@ -173,6 +174,24 @@ def _subscription_limit(exc: SubscriptionLimitError) -> Problem:
     return Problem(status=409, detail=str(exc), ws_code=ERROR_TOO_MANY_SUBSCRIPTIONS)
 
 
+def _definition(exc: DefinitionError) -> Problem:
+    return Problem(status=400, detail=str(exc), errors=[{"loc": f"body.{exc.field}", "msg": str(exc)}])
+
+
+def _definition_conflict(exc: DefinitionConflict) -> Problem:
+    return Problem(
+        status=409,
+        detail=str(exc),
+        errors=[
+            {
+                "loc": "path.name" if spelling == exc.name else "body.aliases",
+                "msg": f"{spelling!r} already names {other!r}",
+            }
+            for spelling, other in exc.conflicts
+        ],
+    )
+
+
 def _scan(exc: ScanError) -> Problem:
     return Problem(
         status=400, detail=exc.msg, errors=[{"loc": exc.loc, "msg": exc.msg}], ws_code=ERROR_INVALID_FILTER
@@ -200,6 +219,8 @@ ERROR_TABLE: dict[type[BaseException], Rule] = {
     UserDataError: _user_data,
     LimitExceeded: _limit,
     DuplicateName: _duplicate,
+    DefinitionError: _definition,
+    DefinitionConflict: _definition_conflict,
     ScanError: _scan,
     CursorError: _cursor,
 }

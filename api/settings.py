@@ -12,10 +12,9 @@ at the environment.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
-import re
-import urllib.parse
+import os
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,22 @@ from pydantic.dataclasses import dataclass
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from api import securityheaders
+from api import settings_checks as checks
+from api.settings_checks import PREFIX, SettingsError, check_jwks_url
 from hub import fanout_limits as ws
 from hub import writer
+from hub.bridge import DEFAULT_CHANNELS
 from hub.cloudevent import DEFAULT_SOURCE as DEFAULT_CLOUDEVENTS_SOURCE
 from hub.cloudevent import check_source
+from hub.model import TIMEFRAMES
+from hub.tiers import TimeframeTable, parse_table
+from hub.upstream import UpstreamRules
 from hub.window import DEFAULT_EVENT_MAX_AGE_DAYS, DEFAULT_EVENT_MAX_AHEAD_S, DEFAULT_EVENT_MAX_EXPIRY_DAYS
 from hub.writer import DEFAULT_PARTITIONS_PER_BATCH
 from store import breaker, cache, pool
 
 __all__ = ["Settings", "SettingsError", "check_jwks_url"]
 
-PREFIX = "TICKSTOCK_"
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -74,97 +78,7 @@ DEFAULT_SOCKETIO_PING_INTERVAL_S = 25.0  # Engine.IO's own defaults
 DEFAULT_SOCKETIO_PING_TIMEOUT_S = 20.0
 DEFAULT_SOCKETIO_MAX_PACKET_BYTES = 64 * 1024  # a larger message or polling POST closes the session
 DEFAULT_SOCKETIO_QUEUE_PACKETS = 64  # Engine.IO's per-session queue; behind it the fan-out's outbox
-SOCKETIO_TRANSPORTS = frozenset({"polling", "websocket"})
-
-# The checks, by kind; each message names the variable.
-_AT_LEAST_ONE = (
-    "writer_batch",
-    "ingest_max_deliver",
-    "http_ingest_max_events",
-    "http_ingest_max_bytes",
-    "http_ingest_inflight",
-    "rate_limit_burst",
-    "rate_limit_admin_burst",
-    "rate_limit_timeout_ms",
-    "ws_max_connections",
-    "ws_max_subscriptions",
-    "ws_queue_messages",
-    "ws_queue_bytes",
-    "ws_resume_max",
-    "ws_ring_size",
-    "event_max_age_days",
-    "event_max_expiry_days",
-    "partitions_per_batch",
-    "auth_failure_burst",
-    "admin_max_body_bytes",
-    "jwks_max_bytes",
-    "socketio_max_packet_bytes",
-    "socketio_queue_packets",
-)
-_POSITIVE = (
-    "pool_timeout_s",
-    "connect_timeout_s",
-    "maintenance_interval_s",
-    "ingest_ack_wait_s",
-    "cache_ttl_s",
-    "cache_closed_ttl_s",
-    "cache_timeout_ms",
-    "cache_breaker_failures",
-    "cache_breaker_reset_ms",
-    "event_max_ahead_s",
-    "jwt_max_lifetime_s",
-)
-_POSITIVE_SECONDS = (
-    "ws_ping_interval_s",
-    "ws_idle_timeout_s",
-    "ws_auth_timeout_s",
-    "ws_drain_s",
-    "ws_queue_age_s",
-    "socketio_ping_interval_s",
-    "socketio_ping_timeout_s",
-)
-_RATES = ("rate_limit_per_s", "rate_limit_admin_per_s", "auth_failure_per_s")
-_NOT_NEGATIVE = ("cache_staleness_ms", "statement_timeout_ms", "hsts_max_age_s")
-_HEADER_VALUES = ("csp_html", "csp_other", "referrer_policy")
-# A header value h11 and browsers accept: visible ASCII and spaces, no space at either end.
-_HEADER_VALUE = re.compile(r"[!-~](?: *[!-~])*")
-_HEADER_VALUE_MAX = 4096
-
-
-class SettingsError(ValueError):
-    """A setting has a value that cannot be used; the message names the variable."""
-
-
-def _check_networks(value: str) -> None:
-    """``value`` is ``*`` or comma-separated IP addresses or networks; SettingsError otherwise."""
-    for item in (part.strip() for part in value.split(",")):
-        if item == "*":
-            continue
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            raise SettingsError(
-                f"{PREFIX}FORWARDED_ALLOW_IPS: {item[:64]!r} is not an IP address, a network or *"
-            ) from None
-
-
-def check_jwks_url(url: str) -> str:
-    """``url`` when the hub may fetch a key set from it: ``https``, ``file``, or ``http`` to a loopback host
-    (for tests). Raises ``ValueError`` otherwise."""
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme in ("https", "file"):
-        return url
-    if scheme == "http":
-        host = (parts.hostname or "").lower()
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if loopback:
-            return url
-        raise ValueError("a JWKS URL over plain http must point at a loopback host (use https)")
-    raise ValueError("a JWKS URL must be https:// or file:// (http:// to a loopback host for tests)")
+DEFAULT_COMPAT_PREFIX = "/tickstock"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,6 +167,42 @@ class Settings:
     # Proxies whose X-Forwarded-Proto/-For uvicorn believes (IPs, networks, "*"); None: uvicorn's
     # default (its FORWARDED_ALLOW_IPS variable, else 127.0.0.1 and ::1).
     forwarded_allow_ips: str | None = None
+    # TickStock's REST clients (api/routes/compat): served under compat_prefix unless compat is false.
+    compat: bool = True
+    compat_prefix: str = DEFAULT_COMPAT_PREFIX
+    # TickStock's upstream messages and the Redis bridge (docs/upstream.md).
+    upstream_timeframes: str | None = None  # JSON object or "spelling=timeframe,…" over the default table
+    upstream_default_timeframe: str | None = (
+        None  # for a message without timeframe or tier; unset: dead letter
+    )
+    upstream_naive_timezone: str = "UTC"  # the zone a naive ISO timestamp is read in
+    bridge_redis_url: str | None = None  # set: `tickstock run` and `serve` run the Redis bridge inside
+    bridge_channels: str = ",".join(DEFAULT_CHANNELS)  # comma-separated Redis channels the bridge reads
+
+    def upstream_rules(self) -> UpstreamRules:
+        """The rules for upstream messages these settings describe; raises :class:`SettingsError`."""
+        default = self.upstream_default_timeframe
+        if default is not None and default not in TIMEFRAMES:
+            raise SettingsError(
+                f"{PREFIX}UPSTREAM_DEFAULT_TIMEFRAME: {default!r} is not one of {' '.join(TIMEFRAMES)}"
+            )
+        try:
+            table = TimeframeTable().with_overrides(
+                parse_table(self.upstream_timeframes or ""), default=default
+            )
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}UPSTREAM_TIMEFRAMES: {exc}") from None
+        try:
+            zone = zoneinfo.ZoneInfo(self.upstream_naive_timezone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise SettingsError(
+                f"{PREFIX}UPSTREAM_NAIVE_TIMEZONE: no time zone {self.upstream_naive_timezone!r}"
+            ) from None
+        return UpstreamRules(timeframes=table, naive_zone=zone)
+
+    @property
+    def bridge_channel_list(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.bridge_channels.split(",") if c.strip())
 
     def __post_init__(self) -> None:
         if self.pool_min_size < 0 or self.pool_max_size < max(1, self.pool_min_size):
@@ -260,31 +210,31 @@ class Settings:
                 f"{PREFIX}POOL_MAX_SIZE ({self.pool_max_size}) must be >= 1 and >= "
                 f"{PREFIX}POOL_MIN_SIZE ({self.pool_min_size})"
             )
-        for name in _POSITIVE:
+        for name in checks.POSITIVE:
             if not getattr(self, name) > 0:  # NaN fails too
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
-        for name in _AT_LEAST_ONE:
+        for name in checks.AT_LEAST_ONE:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
-        for name in _RATES:
+        for name in checks.RATES:
             value = getattr(self, name)
             if value is not None and not (0 <= value < math.inf):
                 raise SettingsError(
                     f"{PREFIX}{name.upper()} must be a finite number >= 0 (0 turns limiting off)"
                 )
-        for name in _POSITIVE_SECONDS:
+        for name in checks.POSITIVE_SECONDS:
             if not 0 < getattr(self, name) < math.inf:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be a positive number of seconds")
-        for name in _NOT_NEGATIVE:
+        for name in checks.NOT_NEGATIVE:
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0")
-        for name in _HEADER_VALUES:
+        for name in checks.HEADER_VALUES:
             value = getattr(self, name)
-            if len(value) > _HEADER_VALUE_MAX or not _HEADER_VALUE.fullmatch(value):
+            if len(value) > checks.HEADER_VALUE_MAX or not checks.HEADER_VALUE.fullmatch(value):
                 raise SettingsError(
                     f"{PREFIX}{name.upper()} must be visible ASCII and spaces (none at either end), at most "
-                    f"{_HEADER_VALUE_MAX} characters"
+                    f"{checks.HEADER_VALUE_MAX} characters"
                 )
         policies = [p.strip() for p in self.referrer_policy.split(",")]
         if not set(policies) <= securityheaders.REFERRER_POLICIES:
@@ -292,11 +242,9 @@ class Settings:
                 f"{PREFIX}REFERRER_POLICY must be one or more (comma-separated) of "
                 f"{', '.join(sorted(securityheaders.REFERRER_POLICIES))}"
             )
-        transports = {t.strip() for t in self.socketio_transports.split(",")}
-        if not transports <= SOCKETIO_TRANSPORTS:
-            raise SettingsError(f"{PREFIX}SOCKETIO_TRANSPORTS must be polling, websocket or both")
+        checks.check_transports(self.socketio_transports)
         if self.forwarded_allow_ips is not None:
-            _check_networks(self.forwarded_allow_ips)
+            checks.check_networks(self.forwarded_allow_ips)
         if self.jwks_url:
             try:
                 check_jwks_url(self.jwks_url)
@@ -308,6 +256,18 @@ class Settings:
             check_source(self.cloudevents_source)
         except ValueError as exc:
             raise SettingsError(f"{PREFIX}CLOUDEVENTS_SOURCE: {exc}") from None
+        if (
+            not checks.COMPAT_PREFIX.fullmatch(self.compat_prefix)
+            or self.compat_prefix.split("/")[1] in checks.OWN_TOP
+        ):
+            raise SettingsError(
+                f"{PREFIX}COMPAT_PREFIX must be a path such as /tickstock (segments of A-Z a-z 0-9 . _ ~ - "
+                f"starting with a letter or digit, no trailing slash) outside the hub's own paths, not {self.compat_prefix!r}; "
+                f"{PREFIX}COMPAT=false turns the routes off"
+            )
+        self.upstream_rules()
+        if not self.bridge_channel_list:
+            raise SettingsError(f"{PREFIX}BRIDGE_CHANNELS must name at least one Redis channel")
         if self.cursor_secret == "":
             raise SettingsError(
                 f"{PREFIX}CURSOR_SECRET must not be empty (unset it for a per-deployment key)"
@@ -333,6 +293,12 @@ class Settings:
 
         Raises :class:`SettingsError` naming the variable when a value does not parse or is out of range.
         """
+        # Empty counts as unset everywhere else; an empty prefix would mean "at the root", over our /api.
+        raw = os.environ if environ is None else environ
+        if any(k.upper() == f"{PREFIX}COMPAT_PREFIX" and v == "" for k, v in raw.items()):
+            raise SettingsError(
+                f"{PREFIX}COMPAT_PREFIX must not be empty (unset it for {DEFAULT_COMPAT_PREFIX})"
+            )
         source = _Environment.source(environ)
         values: dict[str, Any] = {**source(), **{k: v for k, v in overrides.items() if v is not None}}
         try:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hub.fanout import FanOut
     from hub.maintenance import Maintenance
     from hub.metrics import Metrics
+    from hub.upstream import UpstreamRules
     from hub.writer import Writer
     from store.cursor import CursorCodec
 
@@ -41,3 +42,4 @@ class HubState:
     fanout: FanOut | None = None
     started_at: float = field(default_factory=time.time)
     cache: HubCache | None = None  # None: every read goes to PostgreSQL
+    upstream: UpstreamRules | None = None  # None: the default rules (hub.upstream.DEFAULT_RULES)

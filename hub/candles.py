@@ -7,9 +7,11 @@ the latter for one bar and is the reference the scan is tested against.
 
 Pattern names come from ``store/reference_data/patterns.json``: the definition that lists a TA-Lib
 function among its aliases names the event (``CDLENGULFING`` -> ``engulfing``); a function it does not
-map keeps its TA-Lib name. A definition that reports both ways ("neutral" with ``bullish_<name>`` and
-``bearish_<name>`` aliases) does not carry the sign in its name, so the event carries it:
-``indicators.talib`` is the raw TA-Lib output and ``data.direction`` is ``bullish``/``bearish``.
+map keeps its TA-Lib name. Every event carries its direction in ``data.direction`` (``bullish``,
+``bearish`` or ``neutral``): the catalog's direction for the definition (``hammer`` is bullish,
+``doji`` neutral); the sign of TA-Lib's output (``indicators.talib``) for a definition that reports
+both ways ("neutral" with ``bullish_<name>`` and ``bearish_<name>`` aliases) and for a function the
+catalog does not map.
 
 Confidence (:func:`confidence`)::
 
@@ -37,7 +39,16 @@ import talib
 from hub.model import PatternEvent
 from hub.ohlcv import Bars
 
-__all__ = ["CANDLE_FUNCTIONS", "LIFETIMES", "Detection", "PatternNames", "confidence", "detect", "scan"]
+__all__ = [
+    "CANDLE_FUNCTIONS",
+    "LIFETIMES",
+    "WARMUP_BARS",
+    "Detection",
+    "PatternNames",
+    "confidence",
+    "detect",
+    "scan",
+]
 
 log = logging.getLogger("tickstock.candles")
 
@@ -46,6 +57,9 @@ _FUNCTIONS = frozenset(CANDLE_FUNCTIONS)
 SOURCE = "demo-feed"
 VOLUME_WINDOW = 20  # bars in the relative-volume average and the support/resistance range
 RSI_PERIOD = 14
+# The first bar with every indicator: the 20-bar volume average (and so the relative volume the
+# confidence rests on) needs 20 bars before it, RSI(14) needs 14.
+WARMUP_BARS = max(VOLUME_WINDOW, RSI_PERIOD)
 MIN_CONFIDENCE, MAX_CONFIDENCE = 0.3, 0.99
 LIFETIMES: dict[str, timedelta] = {
     "1min": timedelta(minutes=30),
@@ -102,14 +116,14 @@ class PatternNames:
             return cls()
         return cls(names)
 
-    def resolve(self, function: str, signal: int) -> tuple[str, str | None]:
-        """``(pattern name, direction)`` for ``function`` firing with ``signal``; direction is
-        ``None`` when the catalog does not know the function."""
+    def resolve(self, function: str, signal: int) -> tuple[str, str]:
+        """``(pattern name, direction)`` for ``function`` firing with ``signal``: the catalog's name
+        and direction; the sign of ``signal`` decides for a definition that reports both ways and for
+        a function the catalog does not know (which keeps its TA-Lib name)."""
         found = self._names.get(function)
-        if found is None:
-            return function, None
-        if found.direction == "signed":
-            return found.pattern, "bullish" if signal > 0 else "bearish"
+        if found is None or found.direction == "signed":
+            pattern = function if found is None else found.pattern
+            return pattern, "bullish" if signal > 0 else "bearish" if signal < 0 else "neutral"
         return found.pattern, found.direction
 
 
@@ -136,7 +150,7 @@ class Detection:
     bar_time: str
     function: str
     pattern: str
-    direction: str | None
+    direction: str
     signal: int
     confidence: float
     price: float
@@ -165,9 +179,8 @@ class Detection:
             "talib_function": self.function,
             "signal": self.signal,
             "file": self.file,
+            "direction": self.direction,
         }
-        if self.direction is not None:
-            data["direction"] = self.direction
         return PatternEvent.model_validate(
             {
                 "id": self.event_id(run_id, lap),

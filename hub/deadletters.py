@@ -1,5 +1,6 @@
 """Dead letters: recording them (table, then the DLQ stream), turning max-deliveries advisories into
-dead letters, and replaying them into ingest.
+dead letters, and replaying them into ingest: one by id, or every one with a reason at once
+(:meth:`DeadLetterer.replay_reason`, e.g. each ``unknown_pattern`` once its name is defined).
 
 A dead letter keeps the original payload byte for byte and the original headers (escaped: no control
 characters), the reason (one of :data:`hub.model.REASONS`, or ``max_deliveries_exceeded`` /
@@ -21,27 +22,38 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
-from hub.errors import ReplayError
+from hub.errors import HubError, ReplayError
 from hub.metrics import Metrics
 from hub.model import EventError
 from hub.parsing import parse_event
 from hub.producer import Published, publish_to_ingest
 from hub.subjects import DLQ_PREFIX, ingest_subject
 from hub.text import escape_control
+from hub.upstream import DEFAULT_RULES, UpstreamRules
 from hub.window import EventWindow
-from store.deadletters import get_dead_letter, mark_replayed, record_dead_letter
+from store.deadletters import (
+    DeadLetter,
+    get_dead_letter,
+    mark_replayed,
+    note_failed_replay,
+    pending_dead_letters,
+    record_dead_letter,
+)
 
 __all__ = [
     "DLQ_HEADERS",
     "EVENT_CAUSED_ERRORS",
     "ID_CONFLICT",
+    "MAX_REPLAY_BATCH",
     "TRANSIENT_ERRORS",
+    "BulkReplay",
     "DeadLetterer",
     "ReplayError",
     "ReplayResult",
@@ -55,6 +67,7 @@ log = logging.getLogger("tickstock.deadletters")
 MAX_DELIVERIES = "max_deliveries_exceeded"
 STORE_REJECTED = "store_rejected"
 ID_CONFLICT = "id_conflict"
+MAX_REPLAY_BATCH = 10_000  # dead letters one bulk replay handles; the next run takes the rest
 DETAIL_HEADER_LIMIT = 500  # characters of TickStock-DLQ-Detail
 MAX_STORED_HEADERS = 64  # original headers kept in dead_letters.headers
 MAX_STORED_HEADER_CHARS = 1024  # per name or value
@@ -140,6 +153,24 @@ class ReplayResult:
     duplicate: bool
 
 
+@dataclass(frozen=True)
+class BulkReplay:
+    """What :meth:`DeadLetterer.replay_reason` did: the letters ``replayed``, those ``failed`` again
+    (dead-letter id, the reason and detail of this rejection: they stay dead letters, not replayed),
+    and how many letters with the reason are left ``beyond`` this batch."""
+
+    reason: str
+    replayed: list[ReplayResult]
+    failed: list[tuple[int, str, str]]
+    beyond: int
+
+    def failed_by_reason(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, reason, _ in self.failed:
+            counts[reason] = counts.get(reason, 0) + 1
+        return dict(sorted(counts.items()))
+
+
 class DeadLetterer:
     """Records dead letters: first in the ``dead_letters`` table (the record), then on the DLQ stream
     (``tickstock.dlq.<reason>``, deduplicated by source key) for subscribers. Raises on failure so
@@ -152,11 +183,38 @@ class DeadLetterer:
         js: JetStreamContext,
         metrics: Metrics,
         window: EventWindow | None = None,
+        rules: UpstreamRules = DEFAULT_RULES,
     ) -> None:
         self._pool = pool
         self._js = js
         self._metrics = metrics
         self._window = window
+        self.rules = rules  # how an upstream message is read: by replays, the writer and the bridge alike
+
+    async def record_ingest(
+        self,
+        msg: Msg,
+        *,
+        reason: str,
+        detail: str = "",
+        errors: list[dict[str, Any]] | None = None,
+        conflict_payload: bytes | None = None,
+    ) -> int:
+        """:meth:`record` for a message of the ingest stream: its source key (stream sequence and
+        payload digest), subject, payload, headers, deliveries and first delivery time."""
+        md = msg.metadata
+        return await self.record(
+            source_key=ingest_source_key(md.sequence.stream, msg.data),
+            subject=msg.subject,
+            payload=msg.data,
+            headers=msg.headers,
+            reason=reason,
+            detail=detail,
+            errors=list(errors or []),
+            deliveries=md.num_delivered,
+            first_seen=md.timestamp,
+            conflict_payload=conflict_payload,
+        )
 
     async def record(
         self,
@@ -252,32 +310,81 @@ class DeadLetterer:
         """Publish the dead letter's payload (or a corrected ``payload``) to ingest and mark it replayed.
 
         The payload is validated first: one that would be rejected again raises :class:`ReplayError`
-        with the reason, and nothing is published.
+        with the reason, and nothing is published. NATS or PostgreSQL failing raises :class:`HubError`
+        (a 503 on the API, where it was a 500).
         """
-        async with self._pool.connection() as conn:
-            letter = await get_dead_letter(conn, dead_letter_id)
-        if letter is None:
-            raise ReplayError(f"no dead letter {dead_letter_id}", kind="not_found")
-        body = letter.payload if payload is None else payload
         try:
-            event = parse_event(body, catalog=catalog.current, window=self._window)
+            async with self._pool.connection() as conn:
+                letter = await get_dead_letter(conn, dead_letter_id)
+            if letter is None:
+                raise ReplayError(f"no dead letter {dead_letter_id}", kind="not_found")
+            return await self._replay(letter, catalog=catalog, payload=payload)
         except EventError as exc:
             raise ReplayError(
                 f"the payload would be rejected again: {exc.reason}: {exc.detail}",
                 kind="rejected",
                 reason=exc.reason,
             ) from None
+        except TRANSIENT_ERRORS as exc:
+            raise HubError(f"replay of dead letter {dead_letter_id} failed: {exc!r}") from exc
+
+    async def replay_reason(self, reason: str, *, catalog: CatalogCache, limit: int) -> BulkReplay:
+        """Replay the oldest ``limit`` (1..:data:`MAX_REPLAY_BATCH`) dead letters with ``reason`` not
+        yet replayed, in the order they were recorded, each as :meth:`replay` does. A letter whose
+        payload would be rejected again stays a dead letter, not replayed, now with the reason and
+        detail of this rejection (and is reported in ``failed``). Running it twice replays nothing
+        twice: what was replayed is marked so. Raises :class:`ValueError` for a bad ``limit`` and
+        :class:`HubError` when NATS or PostgreSQL fail midway (what was done stays done; run it again)."""
+        if not 1 <= limit <= MAX_REPLAY_BATCH:
+            raise ValueError(f"limit must be between 1 and {MAX_REPLAY_BATCH}")
+        try:
+            async with self._pool.connection() as conn:
+                letters, beyond = await pending_dead_letters(conn, reason=reason, limit=limit)
+            replayed: list[ReplayResult] = []
+            failed: list[tuple[int, str, str]] = []
+            for letter in letters:
+                try:
+                    replayed.append(await self._replay(letter, catalog=catalog))
+                except EventError as exc:
+                    failed.append((letter.id, exc.reason, exc.detail))
+                    async with self._pool.connection() as conn:
+                        await note_failed_replay(
+                            conn,
+                            letter.id,
+                            reason=exc.reason,
+                            detail=escape_control(exc.detail),
+                            errors=exc.fields,
+                        )
+        except TRANSIENT_ERRORS as exc:
+            raise HubError(f"replay of {reason} dead letters stopped: {exc!r}") from exc
+        log.info(
+            "replayed %d %s dead letter(s), %d rejected again, %d left",
+            len(replayed),
+            reason,
+            len(failed),
+            beyond,
+        )
+        return BulkReplay(reason, replayed, failed, beyond)
+
+    async def _replay(
+        self, letter: DeadLetter, *, catalog: CatalogCache, payload: bytes | None = None
+    ) -> ReplayResult:
+        """Validate, publish to ingest, mark replayed; raises :class:`EventError` (nothing published)."""
+        event = parse_event(
+            letter.payload if payload is None else payload,
+            catalog=catalog.current,
+            window=self._window,
+            rules=self.rules,
+        )
         # A replay gets its own message id: the rejected original's id is still in JetStream's
         # duplicate window, and the store is idempotent on the event id anyway.
-        msg_id = f"{event.id}#replay-{dead_letter_id}-{letter.replay_count + 1}"
+        msg_id = f"{event.id}#replay-{letter.id}-{letter.replay_count + 1}"
         published: Published = await publish_to_ingest(self._js, event, msg_id=msg_id)
         async with self._pool.connection() as conn:
-            await mark_replayed(conn, dead_letter_id)
-        log.info(
-            "replayed dead letter %s as event %s (ingest seq %s)", dead_letter_id, event.id, published.seq
-        )
+            await mark_replayed(conn, letter.id)
+        log.info("replayed dead letter %s as event %s (ingest seq %s)", letter.id, event.id, published.seq)
         return ReplayResult(
-            dead_letter_id,
+            letter.id,
             event.id,
             ingest_subject(event.timeframe, event.symbol),
             published.seq,

@@ -2,7 +2,8 @@
 
 Data flow: :func:`hub.ohlcv.load_bars` reads a CSV into bars; :func:`hub.candles.scan` runs all 61
 TA-Lib ``CDL*`` functions over the whole history once and returns every detection; :class:`DemoFeed`
-walks the files' bars round-robin and publishes each bar's detections to
+walks the files' bars round-robin from bar :data:`hub.candles.WARMUP_BARS` on (every indicator the
+confidence uses is defined there, so confidences spread from the first event) and publishes each bar's detections to
 ``tickstock.ingest.<tf>.<token>`` as schema-v1 events, paced at about ``rate`` events per second.
 :func:`run` is the ``tickstock demo-feed`` entry point. The shipped files and their licences are
 listed in ``demo_data/README.md``.
@@ -26,11 +27,11 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from hub.broker import open_nats
-from hub.candles import Detection, PatternNames, scan
+from hub.candles import WARMUP_BARS, Detection, PatternNames, scan
 from hub.ohlcv import default_files, load_bars
 from hub.producer import publish_to_ingest
 
-__all__ = ["DEFAULT_RATE", "DemoFeed", "run"]
+__all__ = ["DEFAULT_RATE", "DemoFeed", "Track", "load_tracks", "replay", "run"]
 
 log = logging.getLogger("tickstock.demo_feed")
 
@@ -47,12 +48,16 @@ _RUN_ID = re.compile(r"[A-Za-z0-9_]{1,40}")  # no "-" or ".": ids stay unambiguo
 
 
 @dataclass(frozen=True, slots=True)
-class _Track:
+class Track:
+    """One file's detections by bar index, and its number of bars."""
+
     length: int
     hits: dict[int, tuple[Detection, ...]]
 
 
-def _load_tracks(files: Sequence[Path]) -> list[_Track]:
+def load_tracks(files: Sequence[Path]) -> list[Track]:
+    """Load and scan ``files`` (CPU and disk: run it in a thread from async code); a file without
+    any detection is left out. Raises what :func:`hub.ohlcv.load_bars` raises for a bad file."""
     names = PatternNames.load()
     tracks = []
     for path in files:
@@ -69,22 +74,29 @@ def _load_tracks(files: Sequence[Path]) -> list[_Track]:
             sum(map(len, hits.values())),
         )
         if hits:
-            tracks.append(_Track(len(bars), {i: tuple(found) for i, found in hits.items()}))
+            tracks.append(Track(len(bars), {i: tuple(found) for i, found in hits.items()}))
     return tracks
 
 
-def _replay(tracks: Sequence[_Track], *, loop: bool) -> Iterator[tuple[Detection, int]]:
-    """``(detection, lap)`` in replay order: one bar of each file in turn. Every track has a hit."""
-    cursors, laps = [0] * len(tracks), [0] * len(tracks)
+def replay(
+    tracks: Sequence[Track], *, loop: bool, start: int = WARMUP_BARS
+) -> Iterator[tuple[Detection, int]]:
+    """``(detection, lap)`` in replay order: one bar of each file in turn, each file (and each lap
+    of it) from bar ``start`` on. A file with no detection from ``start`` on is left out, so with
+    ``loop`` the iterator never spins without yielding. Raises :class:`ValueError` if ``start`` < 0."""
+    if start < 0:
+        raise ValueError(f"start must be a bar index (>= 0), not {start!r}")
+    tracks = [t for t in tracks if any(i >= start for i in t.hits)]
+    cursors, laps = [start] * len(tracks), [0] * len(tracks)
     active = list(range(len(tracks)))
     while active:
         for k in list(active):
             for detection in tracks[k].hits.get(cursors[k], ()):
                 yield detection, laps[k]
             cursors[k] += 1
-            if cursors[k] == tracks[k].length:
+            if cursors[k] >= tracks[k].length:
                 if loop:
-                    cursors[k], laps[k] = 0, laps[k] + 1
+                    cursors[k], laps[k] = start, laps[k] + 1
                 else:
                     active.remove(k)
 
@@ -93,8 +105,8 @@ class DemoFeed:
     """Publishes TA-Lib detections over replayed OHLCV files to the ingest subjects.
 
     An async context manager. Entering loads and scans ``files`` (default :func:`default_files`) in a
-    worker thread, then starts one task that walks the files round-robin, one bar of each in turn,
-    and publishes each bar's detections at about ``rate`` events per second. Each publish waits for
+    worker thread, then starts one task that walks the files round-robin, one bar of each in turn
+    from bar ``warmup_bars`` on (see :func:`replay`), and publishes each bar's detections at about ``rate`` events per second. Each publish waits for
     the JetStream ack (``publish_timeout_s``) before the next, so nothing queues up. With ``loop`` a
     file starts over when it ends (event ids then carry the pass number); without, the task ends
     when every file has been replayed.
@@ -108,7 +120,8 @@ class DemoFeed:
     and one line when publishing recovers. Exiting stops the task between two events, waiting for
     the publish in flight (at most ``publish_timeout_s``) before it cancels the task, and re-raises
     anything unexpected the task died of. The constructor does no I/O and raises :class:`ValueError`
-    for a non-positive rate or timeout, an empty ``files`` or a malformed ``run_id``.
+    for a non-positive rate or timeout, a negative ``warmup_bars``, an empty ``files`` or a malformed
+    ``run_id``.
     """
 
     def __init__(
@@ -121,6 +134,7 @@ class DemoFeed:
         run_id: str | None = None,
         publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S,
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
+        warmup_bars: int = WARMUP_BARS,
     ) -> None:
         for label, value in (
             ("rate", rate),
@@ -131,6 +145,8 @@ class DemoFeed:
                 raise ValueError(f"{label} must be a positive number, not {value!r}")
         if files is not None and not files:
             raise ValueError("files is empty")
+        if warmup_bars < 0:
+            raise ValueError(f"warmup_bars must be >= 0, not {warmup_bars!r}")
         if run_id is not None and not _RUN_ID.fullmatch(run_id):
             raise ValueError(f"run_id {run_id!r} must be 1-40 characters of A-Z a-z 0-9 _")
         self.run_id = run_id or secrets.token_hex(4)
@@ -138,6 +154,7 @@ class DemoFeed:
         self._rate = rate
         self._files = [Path(f) for f in files] if files is not None else None
         self._loop = loop
+        self._warmup_bars = warmup_bars
         self._publish_timeout_s = publish_timeout_s
         self._max_backoff_s = max_backoff_s
         self._task: asyncio.Task[None] | None = None
@@ -165,7 +182,7 @@ class DemoFeed:
             raise RuntimeError("this DemoFeed is already running")
         self._stop = asyncio.Event()
         files = self._files if self._files is not None else default_files()
-        tracks = await asyncio.to_thread(_load_tracks, files)
+        tracks = await asyncio.to_thread(load_tracks, files)
         log.info(
             "demo feed: run %s, %d files with detections, %.3g events/s, loop=%s",
             self.run_id,
@@ -211,12 +228,12 @@ class DemoFeed:
         done, _ = await asyncio.wait([self._task], timeout=timeout)
         return bool(done)
 
-    async def _run(self, tracks: Sequence[_Track]) -> None:
+    async def _run(self, tracks: Sequence[Track]) -> None:
         clock = asyncio.get_running_loop()
         interval = 1 / self._rate
         due = clock.time()
         try:
-            for detection, lap in _replay(tracks, loop=self._loop):
+            for detection, lap in replay(tracks, loop=self._loop, start=self._warmup_bars):
                 if self._stop.is_set():
                     return
                 if (delay := due - clock.time()) > 0:

@@ -9,7 +9,9 @@ The events at fault alone are dead-lettered (``store_rejected``); their batch-ma
 same transaction, on the same delivery. Errors are classified by cause (:func:`hub.deadletters.is_transient`): a lost connection,
 a pool or NATS timeout hands the whole batch back; a statement timeout is the event's, unless every
 statement of the batch timed out and nothing was stored (then the database is slow: transient on the
-first delivery, judged per event from the second).
+first delivery, judged per event from the second). A unique violation is another writer storing an
+event of the same pattern instance at the same moment (:func:`store.patterns.store_events`): the part
+is run again, up to :data:`MAX_RACE_RETRIES` times, before it counts as refused.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ from hub.model import PatternEvent
 from hub.text import first_line
 from store.patterns import StoredEvent, store_events
 
-__all__ = ["MAX_TIMEOUTS_PER_BATCH", "Outcome", "Pending", "insert_isolating"]
+__all__ = ["MAX_RACE_RETRIES", "MAX_TIMEOUTS_PER_BATCH", "Outcome", "Pending", "insert_isolating"]
 
 log = logging.getLogger("tickstock.writer")
 
 # Timed-out statements one batch may spend isolating the events at fault (each costs up to the
 # statement timeout). One bad event in 1,000 needs about 10; what is left after the budget is carried.
 MAX_TIMEOUTS_PER_BATCH = 16
+# Runs of one part that lost a race for a pattern instance's latest row. One is what a race costs (the
+# run again sees the other writer's committed row); more means the violation is the events' own.
+MAX_RACE_RETRIES = 3
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Outcome:
     failed: list[tuple[Pending, psycopg.Error]] = field(default_factory=list)
     unresolved: list[Pending] = field(default_factory=list)
     timeouts: int = 0
+    races: int = 0
 
 
 async def insert_isolating(
@@ -66,9 +72,9 @@ async def insert_isolating(
     ``failed``; everything else is stored in this transaction. A transient error is raised. At most
     ``max_timeouts`` timed-out statements are spent; what is left then is ``unresolved``."""
     outcome = Outcome()
-    stack = [batch]
+    stack: list[tuple[list[Pending], int]] = [(batch, 0)]
     while stack:
-        part = stack.pop()
+        part, races = stack.pop()
         if outcome.timeouts >= max_timeouts:
             outcome.unresolved.extend(part)
             continue
@@ -80,6 +86,10 @@ async def insert_isolating(
         except psycopg.Error as exc:
             if is_transient(exc):
                 raise
+            if isinstance(exc, psycopg.errors.UniqueViolation) and races < MAX_RACE_RETRIES:
+                outcome.races += 1
+                stack.append((part, races + 1))
+                continue
             if isinstance(exc, psycopg.errors.QueryCanceled):
                 outcome.timeouts += 1
             if len(part) == 1:
@@ -92,6 +102,6 @@ async def insert_isolating(
                         first_line(exc, limit=200),
                     )
                 half = len(part) // 2
-                stack += [part[half:], part[:half]]  # the first half next: the ingest order is kept
+                stack += [(part[half:], 0), (part[:half], 0)]  # the first half next: the ingest order is kept
             await heartbeat()  # keeps JetStream from redelivering the batch meanwhile
     return outcome

@@ -321,5 +321,21 @@ class Metrics:
             )
         )
 
+        self.bridge_messages = r.add(
+            Counter(
+                "tickstock_bridge_messages_total",
+                "Redis bridge messages by channel, verdict (forwarded, rejected, dropped) and reason.",
+            )
+        )
+        self.bridge_reconnects = r.add(
+            Counter("tickstock_bridge_reconnects_total", "Times the Redis bridge lost its subscription.")
+        )
+        self.bridge_gap_seconds = r.add(
+            Counter(
+                "tickstock_bridge_gap_seconds_total",
+                "Seconds the Redis bridge was not subscribed after losing Redis (pub/sub loses what is sent then).",
+            )
+        )
+
     def render(self) -> str:
         return self.registry.render()

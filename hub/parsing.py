@@ -1,6 +1,6 @@
 """The one parser in front of the hub: raw bytes (or a decoded mapping) in, a valid :class:`PatternEvent` out.
 
-:func:`parse_event` takes schema v1 or TickStock's legacy envelope (normalised by :mod:`hub.legacy`),
+:func:`parse_event` takes schema v1 or one of TickStock's upstream shapes (normalised by :mod:`hub.upstream`),
 checks its size before decoding, reads the JSON strictly (:func:`loads_json`), validates it against
 :class:`hub.model.PatternEvent` and maps the pattern name through a :class:`hub.catalog.PatternCatalog`.
 Every failure is an :class:`hub.model.EventError` with a reason from :data:`hub.model.REASONS`.
@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hub import legacy
+from hub import upstream
 from hub.catalog import PatternCatalog
 from hub.model import REASONS, EventError, PatternEvent
+from hub.upstream import DEFAULT_RULES, UpstreamRules
 from hub.window import EventWindow, check_window
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "loads_json", "parse_event"]
@@ -115,12 +116,14 @@ def parse_event(
     catalog: PatternCatalog,
     max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     window: EventWindow | None = None,
+    rules: UpstreamRules = DEFAULT_RULES,
 ) -> PatternEvent:
-    """Validate one v1 event or legacy envelope and return it as a v1 :class:`PatternEvent`.
+    """Validate one v1 event or upstream message and return it as a v1 :class:`PatternEvent`.
 
     ``raw`` is UTF-8 JSON (bytes or str) or an already-decoded mapping. Its size is checked against
-    ``max_bytes`` before it is parsed (a mapping is measured by its compact JSON encoding). An object
-    with an ``event_type`` key is a legacy envelope, anything else is v1. The pattern name is mapped
+    ``max_bytes`` before it is parsed (a mapping is measured by its compact JSON encoding). An object in
+    one of TickStock's upstream shapes (:func:`hub.upstream.shape`) is normalised with ``rules``,
+    anything else is v1. The pattern name is mapped
     through ``catalog``. Pure: no I/O. Raises :class:`EventError` for every invalid input, with the
     most specific reason of the errors found; :class:`ValueError` if ``max_bytes`` is not positive.
     With ``window``, an event otherwise valid is also checked by :func:`hub.window.check_window`.
@@ -128,8 +131,8 @@ def parse_event(
     if max_bytes < 1:
         raise ValueError(f"max_bytes must be positive, not {max_bytes}")
     obj = _decode(raw, max_bytes)
-    if legacy.is_legacy(obj):
-        obj = legacy.to_v1(obj)
+    if upstream.is_upstream(obj):
+        obj = upstream.to_v1(obj, rules)
     try:
         event = PatternEvent.model_validate(obj, context={"catalog": catalog})
     except ValidationError as exc:

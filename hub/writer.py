@@ -49,7 +49,6 @@ from hub.deadletters import (
     STORE_REJECTED,
     TRANSIENT_ERRORS,
     DeadLetterer,
-    ingest_source_key,
     is_transient,
 )
 from hub.isolation import Outcome, Pending, insert_isolating
@@ -144,19 +143,9 @@ class Writer:
         conflict_payload: bytes | None = None,
     ) -> bool:
         """Dead-letter and terminate ``msg``; False (and the message handed back) if that failed."""
-        md = msg.metadata
         try:
-            await self._dead_letters.record(
-                source_key=ingest_source_key(md.sequence.stream, msg.data),
-                subject=msg.subject,
-                payload=msg.data,
-                headers=msg.headers,
-                reason=reason,
-                detail=detail,
-                errors=list(errors or []),
-                deliveries=md.num_delivered,
-                first_seen=md.timestamp,
-                conflict_payload=conflict_payload,
+            await self._dead_letters.record_ingest(
+                msg, reason=reason, detail=detail, errors=errors, conflict_payload=conflict_payload
             )
         except TRANSIENT_ERRORS as exc:
             await self._nak([msg], delay=self._outage.failed(exc))
@@ -167,7 +156,9 @@ class Writer:
         return True
 
     def _parse(self, msg: Msg) -> PatternEvent:
-        event = parse_event(msg.data, catalog=self._catalog.current, window=self._window)
+        event = parse_event(
+            msg.data, catalog=self._catalog.current, window=self._window, rules=self._dead_letters.rules
+        )
         check_subject(event, msg.subject)
         return event
 

@@ -16,6 +16,8 @@ __all__ = [
     "get_dead_letter",
     "list_dead_letters",
     "mark_replayed",
+    "note_failed_replay",
+    "pending_dead_letters",
     "purge_dead_letters",
     "record_dead_letter",
 ]
@@ -156,6 +158,42 @@ async def count_dead_letters(conn: psycopg.AsyncConnection[Any]) -> dict[str, in
         "SELECT reason, count(*) AS n FROM dead_letters WHERE replayed_at IS NULL GROUP BY reason ORDER BY reason"
     )
     return {r["reason"]: int(r["n"]) for r in await cur.fetchall()}
+
+
+async def pending_dead_letters(
+    conn: psycopg.AsyncConnection[Any], *, reason: str, limit: int
+) -> tuple[list[DeadLetter], int]:
+    """The oldest ``limit`` dead letters with ``reason`` not yet replayed (oldest first, so a replay
+    keeps their order), and how many more such letters there are."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM dead_letters WHERE reason = %s AND replayed_at IS NULL ORDER BY id LIMIT %s",
+        (reason, limit),
+    )
+    letters = [_row(r) for r in await cur.fetchall()]
+    if len(letters) < limit:
+        return letters, 0
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM dead_letters WHERE reason = %s AND replayed_at IS NULL AND id > %s",
+        (reason, letters[-1].id),
+    )
+    row = await cur.fetchone()
+    return letters, int(row["n"]) if row else 0
+
+
+async def note_failed_replay(
+    conn: psycopg.AsyncConnection[Any],
+    dead_letter_id: int,
+    *,
+    reason: str,
+    detail: str,
+    errors: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """A replay found the payload would be rejected again: the dead letter stays, not replayed, with
+    the reason, detail and errors of this rejection, ``last_seen`` now."""
+    await conn.execute(
+        "UPDATE dead_letters SET reason = %s, detail = %s, errors = %s, last_seen = now() WHERE id = %s",
+        (reason, detail, Jsonb(list(map(dict, errors))), dead_letter_id),
+    )
 
 
 async def mark_replayed(conn: psycopg.AsyncConnection[Any], dead_letter_id: int) -> None:

@@ -3,7 +3,9 @@
 The directory (universes and sectors) is loaded whole, once, and dropped when PostgreSQL announces a
 change (``NOTIFY tickstock_reference``, sent by triggers on ``symbols``, ``universes`` and
 ``universe_members``, so a change from any node or from ``tickstock load-reference-data`` counts).
-While the listening connection is down the copy is not trusted and callers read PostgreSQL.
+While the listening connection is down the copy is not trusted and callers read PostgreSQL. The same
+channel announces changes to ``pattern_definitions`` (payload ``pattern_definitions``): those leave
+the directory alone and call ``on_definitions`` (the hub reloads its pattern catalog).
 Users' universes are kept per subject and dropped by :meth:`Lookups.forget_user` (the hub calls it
 on ``tickstock.users.universe.changed``).
 """
@@ -25,11 +27,12 @@ from store.users import get_user_universe
 
 # Directory, MyUniverse and load_directory live in store.universe_resolver (with the resolvers that
 # read them); they stay importable from here.
-__all__ = ["REFERENCE_CHANNEL", "Directory", "Lookups", "MyUniverse", "load_directory"]
+__all__ = ["DEFINITIONS_NOTICE", "REFERENCE_CHANNEL", "Directory", "Lookups", "MyUniverse", "load_directory"]
 
 log = logging.getLogger("tickstock.store.lookups")
 
 REFERENCE_CHANNEL = "tickstock_reference"
+DEFINITIONS_NOTICE = "pattern_definitions"  # the payload: the table that changed
 DEFAULT_USERS = 10_000
 LISTEN_CHECK_S = 5.0
 RETRY_MIN_S = 0.5
@@ -41,7 +44,9 @@ class Lookups:
     """Owns the listening connection (from ``__aenter__`` to ``__aexit__``) and the copies.
 
     ``on_change`` is called (without arguments) whenever the directory is dropped, including when the
-    listener (re)connects, since notices may have been missed while it was away.
+    listener (re)connects, since notices may have been missed while it was away, and when the pattern
+    definitions change. ``on_definitions`` is called when the pattern definitions change and when the
+    listener (re)connects. Both must return at once (schedule work, do not do it).
     """
 
     def __init__(
@@ -50,8 +55,10 @@ class Lookups:
         pool: AsyncConnectionPool,
         *,
         on_change: Callable[[], None] | None = None,
+        on_definitions: Callable[[], None] | None = None,
         max_users: int = DEFAULT_USERS,
     ) -> None:
+        self._on_definitions = on_definitions
         self._url = database_url
         self._pool = pool
         self._on_change = on_change
@@ -120,6 +127,10 @@ class Lookups:
                 self._users.popitem(last=False)
         return found
 
+    def _definitions_changed(self) -> None:
+        if self._on_definitions is not None:
+            self._on_definitions()
+
     # -- the listener -------------------------------------------------------------------------------
     async def _listen(self) -> None:
         delay = RETRY_MIN_S
@@ -132,12 +143,18 @@ class Lookups:
                     await conn.execute(f"LISTEN {REFERENCE_CHANNEL}")
                     self.listening = True
                     self.forget_directory()
+                    self._definitions_changed()
                     self._connected.set()
                     delay = RETRY_MIN_S
                     while True:
                         async for notice in conn.notifies(timeout=LISTEN_CHECK_S):
                             log.debug("reference data changed (%s)", notice.payload)
-                            self.forget_directory()
+                            if notice.payload == DEFINITIONS_NOTICE:
+                                self._definitions_changed()
+                                if self._on_change is not None:
+                                    self._on_change()
+                            else:
+                                self.forget_directory()
                         await conn.execute("SELECT 1")  # a dead link shows here
             except (psycopg.Error, OSError) as exc:
                 if self.listening:

@@ -39,28 +39,52 @@ class StoredEvent:
 
 # The batch travels as one JSON array (the events' canonical v1 encodings, already built for the
 # clean stream): the server parses it in C, which is far cheaper than adapting 14 arrays client-side.
-_INSERT = """
-WITH input AS (
+_INPUT = """
     SELECT e->>'id' AS id, e->>'type' AS type, e->>'symbol' AS symbol, e->>'pattern' AS pattern,
            e->>'timeframe' AS timeframe, (e->>'confidence')::real AS confidence,
            (e->>'detected_at')::timestamptz AS detected_at, (e->>'expires_at')::timestamptz AS expires_at,
            (e->>'price')::float8 AS price, (e->>'volume')::float8 AS volume,
            coalesce(e->'levels', '{}') AS levels, coalesce(e->'indicators', '{}') AS indicators,
            coalesce(e->>'source', 'unknown') AS source, e AS payload,
-         p.producer
+           tickstock_event_rank(e->>'type') AS rank, a.n
     FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(e, n)
-    LEFT JOIN unnest(%s::text[]) WITH ORDINALITY AS p(producer, n) USING (n)
+"""
+_INSTANCE = "(symbol, pattern, timeframe, detected_at)"
+
+# The insert. Of the new events of one instance, the one with the highest rank (then the last in the
+# batch) is the latest: inserted so when the instance has no stored latest row; inserted superseded
+# and reported in ``promote`` when it outranks (or equals: the later one wins) the stored latest row,
+# which _RETIRE and _PROMOTE then swap; inserted superseded for good when the stored row outranks it.
+# The swap takes separate statements because the unique index on the latest rows is checked row by
+# row: the old latest row must be superseded before the new one is not. Pure detections of new
+# instances, the common case, need the one statement.
+_INSERT = f"""
+WITH input AS ({_INPUT}), who AS (
+    SELECT producer, n FROM unnest(%s::text[]) WITH ORDINALITY AS p(producer, n)
 ), fresh AS (
     INSERT INTO pattern_event_ids (id, detected_at)
     SELECT id, detected_at FROM input
     ON CONFLICT (id) DO NOTHING
     RETURNING id
+), winners AS (
+    SELECT DISTINCT ON {_INSTANCE} i.id, i.symbol, i.pattern, i.timeframe, i.detected_at, i.rank
+    FROM input i JOIN fresh USING (id)
+    ORDER BY i.symbol, i.pattern, i.timeframe, i.detected_at, i.rank DESC, i.n DESC
+), judged AS (
+    -- LATERAL ... LIMIT 1: one index lookup per instance, whatever the planner thinks of the batch size
+    SELECT w.id, stored.rank IS NULL AS latest, stored.rank <= w.rank AS promote FROM winners w
+    LEFT JOIN LATERAL (
+        SELECT tickstock_event_rank(e.type) AS rank FROM pattern_events e
+        WHERE {_INSTANCE} = (w.symbol, w.pattern, w.timeframe, w.detected_at) AND NOT e.superseded
+        LIMIT 1
+    ) stored ON true
 ), inserted AS (
     INSERT INTO pattern_events (id, type, symbol, pattern, timeframe, confidence, detected_at, expires_at,
-                                price, volume, levels, indicators, source, payload, producer)
+                                price, volume, levels, indicators, source, payload, producer, superseded)
     SELECT i.id, i.type, i.symbol, i.pattern, i.timeframe, i.confidence, i.detected_at, i.expires_at,
-           i.price, i.volume, i.levels, i.indicators, i.source, i.payload, i.producer
-    FROM input i JOIN fresh USING (id)
+           i.price, i.volume, i.levels, i.indicators, i.source, i.payload, who.producer,
+           i.id NOT IN (SELECT id FROM judged WHERE latest)
+    FROM input i JOIN fresh USING (id) LEFT JOIN who USING (n)
     RETURNING id, detected_at
 )
 SELECT i.id,
@@ -68,32 +92,70 @@ SELECT i.id,
        coalesce(ins.detected_at, old.detected_at) AS detected_at,
        e.stream_seq,
        CASE WHEN ins.id IS NULL AND e.payload IS DISTINCT FROM i.payload THEN e.payload::text END AS conflict,
-       coalesce(e.producer, i.producer) AS producer
+       coalesce(e.producer, who.producer) AS producer,
+       coalesce(j.promote, false) AS promote
 FROM input i
+LEFT JOIN who USING (n)
 LEFT JOIN inserted ins ON ins.id = i.id
+LEFT JOIN judged j ON j.id = ins.id
 LEFT JOIN pattern_event_ids old ON old.id = i.id
 LEFT JOIN pattern_events e ON e.id = old.id AND e.detected_at = old.detected_at
 """
+# The promoted events by their primary key: the ids are unique, so "id in ids and detected_at in times"
+# is exactly those rows, and both arrays are index conditions (never a join the planner could hash
+# against a whole partition).
+_PROMOTED = "id = ANY(%(ids)s::text[]) AND detected_at = ANY(%(times)s::timestamptz[])"
+
+# Only when the insert reported events to promote: their instances' stored latest rows, if they still
+# do not outrank them, are superseded ...
+_RETIRE = f"""
+WITH promoted AS MATERIALIZED (
+    SELECT id, symbol, pattern, timeframe, detected_at, tickstock_event_rank(type) AS rank
+    FROM pattern_events WHERE {_PROMOTED}
+), replaced AS MATERIALIZED (
+    SELECT old.id, old.detected_at FROM promoted p
+    CROSS JOIN LATERAL (
+        SELECT c.id, c.detected_at FROM pattern_events c
+        WHERE {_INSTANCE} = (p.symbol, p.pattern, p.timeframe, p.detected_at)
+          AND NOT c.superseded AND c.id <> p.id AND tickstock_event_rank(c.type) <= p.rank
+        LIMIT 1
+    ) old
+)
+UPDATE pattern_events SET superseded = true
+WHERE id = ANY(ARRAY(SELECT id FROM replaced)) AND detected_at = ANY(ARRAY(SELECT detected_at FROM replaced))
+"""
+# ... then the new events become the latest. A row the retire left (one stored meanwhile that outranks
+# the new event) makes this a unique violation: the caller runs the batch again, which then sees it.
+_PROMOTE = f"UPDATE pattern_events SET superseded = false WHERE {_PROMOTED}"
 
 
 async def store_events(
     conn: psycopg.AsyncConnection[Any], events: Sequence[Any], producers: Sequence[str | None] | None = None
 ) -> dict[str, StoredEvent]:
-    """Insert ``events`` (schema v1 :class:`hub.model.PatternEvent`, unique ids) in one statement,
-    each with its ``producers[i]`` (None: unknown).
+    """Insert ``events`` (schema v1 :class:`hub.model.PatternEvent`, unique ids), each with its
+    ``producers[i]`` (None: unknown), and keep each pattern instance's latest event (``superseded =
+    false``; the rule is in migration 0009 and ``docs/nats-contract.md``). One statement, and two more
+    when an event replaces a stored latest event (an update, an expiry, a detection sent again).
 
     Idempotent on the event id: an id stored before is left as it was and reported with
     ``new=False`` and its stored sequence; when the stored canonical payload differs from the event's
     (JSON equality, so key order does not matter) the result carries it in ``conflict``. Run it
-    inside the caller's transaction. Raises psycopg's errors (a missing partition is
-    ``CheckViolation``; the caller creates partitions first).
+    inside the caller's transaction (a savepoint). Raises psycopg's errors: a missing partition is
+    ``CheckViolation`` (the caller creates partitions first); ``UniqueViolation`` means another
+    transaction stored an event of the same instance meanwhile, and running it again (in a new
+    savepoint) sees that event and succeeds.
     """
     if not events:
         return {}
-    batch = b"[" + b",".join(e.to_json_bytes() for e in events) + b"]"
+    batch = (b"[" + b",".join(e.to_json_bytes() for e in events) + b"]").decode()
     who = list(producers) if producers is not None else [None] * len(events)
-    cur = await conn.execute(_INSERT, (batch.decode(), who))
+    cur = await conn.execute(_INSERT, (batch, who))
     rows: list[dict[str, Any]] = await cur.fetchall()  # pool rows are dicts
+    promoted = [r for r in rows if r["promote"]]
+    if promoted:
+        keys = {"ids": [r["id"] for r in promoted], "times": [r["detected_at"] for r in promoted]}
+        await conn.execute(_RETIRE, keys)
+        await conn.execute(_PROMOTE, keys)
     return {
         r["id"]: StoredEvent(
             r["id"],

@@ -25,6 +25,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
+from store.definitions import key_conflicts, lock_definitions
 from store.reference_files import FIXED_KEYS, ReferenceData, ReferenceDataError, read_reference_files
 
 __all__ = ["ReferenceCounts", "ReferenceDataError", "load_reference_data", "reference_counts"]
@@ -32,6 +33,7 @@ __all__ = ["ReferenceCounts", "ReferenceDataError", "load_reference_data", "refe
 log = logging.getLogger("tickstock.store.reference")
 
 _LOCK_KEY = 0x74726566  # "tref": one loader at a time per database
+_PATTERNS_FILE = "patterns.json"
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ async def _write_universes(conn: psycopg.AsyncConnection[Any], data: ReferenceDa
 
 
 async def _write_patterns(conn: psycopg.AsyncConnection[Any], data: ReferenceData) -> None:
+    await lock_definitions(conn)  # definitions added at run time are checked under the same lock
     async with conn.cursor() as cur:
         await cur.executemany(
             "INSERT INTO pattern_definitions AS p"
@@ -178,6 +181,14 @@ async def _write_patterns(conn: psycopg.AsyncConnection[Any], data: ReferenceDat
             " EXCLUDED.timeframes)",
             data.patterns,
         )
+    async with conn.cursor(row_factory=tuple_row) as held:
+        await held.execute("SELECT name, aliases FROM pattern_definitions ORDER BY name")
+        clashes = key_conflicts(await held.fetchall())
+    if clashes:
+        listed = "; ".join(
+            f"{spelling!r} of {name!r} also names {other!r}" for name, spelling, other in clashes
+        )
+        raise ReferenceDataError(f"{_PATTERNS_FILE} clashes with definitions added at run time: {listed}")
 
 
 async def _counts(conn: psycopg.AsyncConnection[Any]) -> ReferenceCounts:

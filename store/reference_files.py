@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
 from typing import Any
 
+from store.definitions import match_key
+
 __all__ = ["FIXED_KEYS", "Listing", "ReferenceData", "ReferenceDataError", "read_reference_files"]
 
 log = logging.getLogger("tickstock.store.reference")
@@ -44,7 +46,6 @@ _UNIVERSE_KEY = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 _PATTERN_NAME = re.compile(r"[a-z0-9_]{1,64}")
 _CATEGORIES = frozenset({"candlestick", "chart", "indicator"})
 _DIRECTIONS = frozenset({"bullish", "bearish", "neutral"})
-_MATCH_IGNORED = re.compile(r"[\s_\-]+")  # as hub.catalog.PatternCatalog matches names
 
 _EXCHANGES = {"N": "NYSE", "P": "NYSE ARCA", "Z": "CBOE BZX", "A": "NYSE AMERICAN"}
 _SUFFIX_TYPES = {"W": "warrant", "U": "unit", "R": "right"}
@@ -309,7 +310,7 @@ def _pattern(entry: object, index: int, keys: dict[str, tuple[int, str]]) -> tup
             f"and a non-empty list of timeframes from {' '.join(_TIMEFRAMES)}"
         )
     for alias in (name, *aliases):
-        key = _MATCH_IGNORED.sub("", alias).casefold()
+        key = match_key(alias)
         owner = keys.setdefault(key, (index, name))
         if not key or owner[0] != index:
             raise ReferenceDataError(f"{where} ({name}): {alias!r} is blank or also names {owner[1]!r}")

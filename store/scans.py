@@ -1,10 +1,12 @@
-"""Pattern-event scans: filters, keyset pagination, cursors, and the catalog and stats reads.
+"""Pattern-event scans: filters, keyset pagination, cursors, and single events.
 
 A scan is one ``SELECT`` over ``pattern_events`` built with :mod:`psycopg.sql` (values are always
 parameters). Symbol, universe and sector filters are resolved to one symbol set first, so the
 planner sees ``symbol = ANY(<constant array>)`` and can pick the symbol index or walk the time index.
 Every sort ends in ``id``, so the order is total and a keyset ``(sort values, id)`` taken from the
 last row of a page names exactly where the next page starts, however many events arrive meanwhile.
+Unless history is asked for, a scan reads each pattern instance's latest event only (not
+``superseded``: a filter on the rows the same indexes find, since few rows are superseded).
 """
 
 from __future__ import annotations
@@ -46,8 +48,6 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "get_event",
-    "list_definitions",
-    "pattern_stats",
     "resolve_symbols",
     "scan_events",
 ]
@@ -59,7 +59,8 @@ UNIVERSE_SEPARATOR = ":"
 
 EVENT_COLUMNS = sql.SQL(
     "id, type, symbol, pattern, timeframe, confidence, detected_at, expires_at, price, volume, levels, "
-    "indicators, source, coalesce(payload->'data', '{}'::jsonb) AS data, stream_seq AS seq, received_at"
+    "indicators, source, coalesce(payload->'data', '{}'::jsonb) AS data, stream_seq AS seq, received_at, "
+    "superseded"
 )
 # Casts for keyset values: a real compared with a float8 parameter is widened, and 0.7::float8 is not
 # 0.7::real, so confidences are compared as real on both sides.
@@ -73,7 +74,10 @@ class ScanFilter:
     ``patterns`` are canonical names and ``symbols`` canonical symbols (the caller normalises them);
     ``universes`` are universe keys, ``my`` or keys joined with ``:`` (a union); ``sectors`` match
     ``symbols.sector`` case-insensitively. ``detected_after`` is inclusive, ``detected_before``
-    exclusive. ``active_only`` keeps events with no ``expires_at`` or one in the future.
+    exclusive. Without ``history`` a scan reads the latest event of each pattern instance (the filters
+    apply to it); with ``history`` every stored event. ``active_only`` keeps instances whose latest
+    event is not ``pattern_expired`` and has no ``expires_at`` or one in the future (with ``history``:
+    every event of such an instance).
     """
 
     patterns: tuple[str, ...] = ()
@@ -87,11 +91,14 @@ class ScanFilter:
     detected_after: datetime | None = None
     detected_before: datetime | None = None
     active_only: bool = False
+    history: bool = False
 
     def fingerprint(self) -> str:
         """A stable hash of the filter set (order and repetition of values do not matter)."""
         canonical: dict[str, Any] = {}
         for name, value in asdict(self).items():
+            if name == "history" and not value:
+                continue  # the default: cursors issued before the field existed stay valid
             if isinstance(value, (tuple, list)):
                 if name == "universes":
                     value = [UNIVERSE_SEPARATOR.join(sorted(set(v.split(UNIVERSE_SEPARATOR)))) for v in value]
@@ -204,6 +211,20 @@ async def resolve_symbols(
 # -- the scan ---------------------------------------------------------------------------------------
 
 
+# Each instance's latest event. Spelt so that it does not imply the predicate of the instance-key index
+# (partial on NOT superseded; the writer's lookup): matched, the planner took it for symbol filters and
+# sorted every row of the symbols instead of walking an index in the scan's order (ops/explain_scan.py).
+# The column is NOT NULL, so the meaning is the same.
+_LATEST = sql.SQL("superseded IS NOT TRUE")
+_ACTIVE = sql.SQL("type <> 'pattern_expired' AND (expires_at IS NULL OR expires_at > now())")
+# With history: the event's instance is active, judged by its latest row (found by the instance key).
+_ACTIVE_INSTANCE = sql.SQL(
+    "EXISTS (SELECT 1 FROM pattern_events l WHERE (l.symbol, l.pattern, l.timeframe, l.detected_at) = "
+    "(pattern_events.symbol, pattern_events.pattern, pattern_events.timeframe, pattern_events.detected_at) "
+    "AND NOT l.superseded AND l.type <> 'pattern_expired' AND (l.expires_at IS NULL OR l.expires_at > now()))"
+)
+
+
 def _value(column: str) -> sql.Composable:
     return sql.SQL("%s::{}").format(sql.SQL(_CASTS[column]))
 
@@ -288,8 +309,10 @@ def build_scan(
         if value is not None:
             where.append(sql.SQL("{} {} %s::{}").format(sql.Identifier(column), sql.SQL(op), sql.SQL(cast)))
             params.append(value)
+    if not filt.history:
+        where.append(_LATEST)
     if filt.active_only:
-        where.append(sql.SQL("(expires_at IS NULL OR expires_at > now())"))
+        where.append(_ACTIVE_INSTANCE if filt.history else _ACTIVE)
     columns = sort.columns()
     if after is not None:
         cond, cond_params = _keyset(columns, after)
@@ -336,7 +359,7 @@ async def scan_events(
     return ScanPage(rows, tuple(rows[-1][c] for c, _ in sort.columns()))
 
 
-# -- single events, definitions, stats --------------------------------------------------------------
+# -- single events ---------------------------------------------------------------------------------
 
 
 async def get_event(conn: psycopg.AsyncConnection[Any], event_id: str) -> dict[str, Any] | None:
@@ -347,54 +370,3 @@ async def get_event(conn: psycopg.AsyncConnection[Any], event_id: str) -> dict[s
     ).format(EVENT_COLUMNS)
     row: dict[str, Any] | None = await (await conn.execute(query, (event_id, event_id))).fetchone()
     return row
-
-
-async def list_definitions(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
-    """Every pattern definition, by category then name."""
-    cur = await conn.execute(
-        "SELECT name, aliases, category, direction, description, timeframes, enabled "
-        "FROM pattern_definitions ORDER BY category, name"
-    )
-    return await cur.fetchall()
-
-
-async def pattern_stats(
-    conn: psycopg.AsyncConnection[Any],
-    *,
-    days: int,
-    patterns: Sequence[str] = (),
-    timeframes: Sequence[str] = (),
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Totals per (pattern, timeframe) and per day over the last ``days`` UTC days (today included),
-    from ``pattern_stats_daily`` (as fresh as its last refresh)."""
-    where = [sql.SQL("day > (now() AT TIME ZONE 'UTC')::date - %s")]
-    params: list[Any] = [days]
-    if patterns:
-        where.append(sql.SQL("pattern = ANY(%s)"))
-        params.append(sorted(set(patterns)))
-    if timeframes:
-        where.append(sql.SQL("timeframe = ANY(%s)"))
-        params.append(sorted(set(timeframes)))
-    cond = sql.SQL(" AND ").join(where)
-    by_pattern = await (
-        await conn.execute(
-            sql.SQL(
-                "SELECT pattern, timeframe, sum(events)::bigint AS events, "
-                "(sum(avg_confidence * events) / sum(events))::real AS avg_confidence, "
-                "max(max_confidence) AS max_confidence, max(last_detected_at) AS last_detected_at "
-                "FROM pattern_stats_daily WHERE {} GROUP BY pattern, timeframe "
-                "ORDER BY events DESC, pattern, timeframe"
-            ).format(cond),
-            params,
-        )
-    ).fetchall()
-    by_day = await (
-        await conn.execute(
-            sql.SQL(
-                "SELECT day, sum(events)::bigint AS events FROM pattern_stats_daily WHERE {} "
-                "GROUP BY day ORDER BY day"
-            ).format(cond),
-            params,
-        )
-    ).fetchall()
-    return by_pattern, by_day

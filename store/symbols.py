@@ -128,8 +128,9 @@ async def search_symbols(conn: psycopg.AsyncConnection[Any], query: SymbolQuery)
 
 
 async def get_symbol(conn: psycopg.AsyncConnection[Any], symbol: str) -> dict[str, Any] | None:
-    """The symbol's row with ``universes`` (its universe keys, sorted) and ``latest_patterns`` (its
-    :data:`LATEST_PATTERNS` most recent events, newest first); ``None`` if it is not in the directory."""
+    """The symbol's row with ``universes`` (its universe keys, sorted) and ``latest_patterns`` (the
+    latest events of its :data:`LATEST_PATTERNS` most recent pattern instances, newest first); ``None``
+    if it is not in the directory."""
     cur = await conn.execute(f"SELECT {_COLUMNS} FROM symbols s WHERE s.symbol = %s", (symbol,))
     row = await cur.fetchone()
     if row is None:
@@ -141,7 +142,7 @@ async def get_symbol(conn: psycopg.AsyncConnection[Any], symbol: str) -> dict[st
     found["universes"] = [r["universe"] for r in await cur.fetchall()]
     cur = await conn.execute(
         "SELECT id, pattern, timeframe, confidence, detected_at, type FROM pattern_events"
-        " WHERE symbol = %s ORDER BY detected_at DESC, id DESC LIMIT %s",
+        " WHERE symbol = %s AND superseded IS NOT TRUE ORDER BY detected_at DESC, id DESC LIMIT %s",
         (symbol, LATEST_PATTERNS),
     )
     found["latest_patterns"] = [dict(r) for r in await cur.fetchall()]

@@ -150,10 +150,22 @@ async def cmd_demo_feed(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def cmd_bridge_redis(settings: Settings, args: argparse.Namespace) -> None:
+    """The bridge as its own process: Redis from ``TICKSTOCK_BRIDGE_REDIS_URL`` (else
+    ``TICKSTOCK_REDIS_URL``, else embedded); pattern names checked against the database when
+    ``TICKSTOCK_DATABASE_URL`` is set (reloaded every maintenance interval), else any name passes."""
     from hub.bridge import run as run_bridge
 
+    if settings.bridge_redis_url:
+        settings = dataclasses.replace(settings, redis_url=settings.bridge_redis_url)
     async with embedded_servers(settings, only=("nats", "redis")) as full:
         forwarded = await run_bridge(
-            full.redis_url or "", full.nats_url or "", channel=args.channel, duration_s=args.duration
+            full.redis_url or "",
+            full.nats_url or "",
+            channels=settings.bridge_channel_list,
+            channel=args.channel,
+            database_url=settings.database_url,
+            refresh_s=settings.maintenance_interval_s,
+            rules=settings.upstream_rules(),
+            duration_s=args.duration,
         )
     say(f"bridge: {forwarded} messages forwarded")

@@ -1,4 +1,10 @@
-"""``tickstock dlq list|show|replay|purge``: dead letters from the command line."""
+"""``tickstock dlq list|show|replay|purge``: dead letters from the command line.
+
+``tickstock dlq replay --reason unknown_pattern`` replays every dead letter with that reason not yet
+replayed (oldest first, at most ``--limit``) and prints one line per letter and a summary: how many
+were replayed, how many would be rejected again and why (they stay dead letters), how many are left.
+Run twice, the second run replays nothing twice.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,25 @@ from api.app import ConfigurationError
 from api.cli.console import say
 from api.cli.resources import embedded_servers
 from api.settings import Settings
+from hub.catalog import CatalogCache
+from hub.deadletters import MAX_REPLAY_BATCH, DeadLetterer
+from hub.errors import HubError
 from store.pool import open_pool
 
-__all__ = ["cmd_dlq"]
+__all__ = ["MAX_REPLAY_BATCH", "REPLAY_BATCH", "cmd_dlq"]
+
+REPLAY_BATCH = 1000  # dead letters per `replay --reason` run unless --limit says otherwise
 
 
 async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> None:
     from hub.broker import open_nats
-    from hub.catalog import CatalogCache
-    from hub.deadletters import DeadLetterer, ReplayError
     from hub.metrics import Metrics
     from store.deadletters import get_dead_letter, list_dead_letters, purge_dead_letters
 
+    if args.action == "replay" and (args.id is None) == (args.reason is None):
+        raise ConfigurationError("replay needs a dead-letter id or --reason, not both")
+    if args.action == "replay" and args.reason is not None and args.payload is not None:
+        raise ConfigurationError("--payload replays one dead letter: give its id, not --reason")
     need = ("postgres", "nats") if args.action == "replay" else ("postgres",)
     async with (
         embedded_servers(settings, only=need) as full,
@@ -72,11 +85,31 @@ async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> None:
                 catalog = CatalogCache()
                 await catalog.refresh(pool)
                 letterer = DeadLetterer(pool=pool, js=nc.jetstream(), metrics=Metrics())
+                if args.reason is not None:
+                    await _replay_reason(letterer, catalog, args.reason, args.limit)
+                    return
                 try:
                     result = await letterer.replay(args.id, catalog=catalog, payload=payload)
-                except ReplayError as exc:
+                except HubError as exc:  # ReplayError included
                     raise ConfigurationError(str(exc)) from None
             say(
                 f"replayed dead letter {result.dead_letter_id} as event {result.event_id} to {result.subject} "
                 f"(ingest seq {result.seq}{', duplicate' if result.duplicate else ''})"
             )
+
+
+async def _replay_reason(letterer: DeadLetterer, catalog: CatalogCache, reason: str, limit: int) -> None:
+    try:
+        done = await letterer.replay_reason(reason, catalog=catalog, limit=limit)
+    except (ValueError, HubError) as exc:
+        raise ConfigurationError(str(exc)) from None
+    for r in done.replayed:
+        print(f"replayed  {r.dead_letter_id:>8}  event {r.event_id} -> {r.subject} (ingest seq {r.seq})")
+    for letter_id, why, detail in done.failed:
+        print(f"rejected  {letter_id:>8}  {why}: {detail}")
+    why = ", ".join(f"{n} {r}" for r, n in done.failed_by_reason().items())
+    say(
+        f"{reason}: {len(done.replayed)} replayed, {len(done.failed)} rejected again"
+        + (f" ({why}; they stay dead letters)" if done.failed else "")
+        + (f", {done.beyond} more left: run it again" if done.beyond else ", none left")
+    )

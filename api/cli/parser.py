@@ -28,7 +28,8 @@ from api.cli.commands import (
     cmd_token,
 )
 from api.cli.console import EXIT_ERROR, EXIT_USAGE, one_line, say
-from api.cli.dlq import cmd_dlq
+from api.cli.dlq import MAX_REPLAY_BATCH, REPLAY_BATCH, cmd_dlq
+from api.cli.patterns import cmd_patterns
 from api.requestid import RequestIdLogFilter
 from api.settings import Settings, SettingsError
 from hub.bridge import DEFAULT_CHANNEL
@@ -122,8 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--rate", type=float, default=DEMO_RATE, help="events per second (default 2)")
     feed.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     feed.add_argument("--once", action="store_true", help="replay each file once, then stop")
-    bridge = add("bridge-redis", cmd_bridge_redis, "Forward TickStock's Redis pub/sub channel into ingest.")
-    bridge.add_argument("--channel", default=DEFAULT_CHANNEL, help="Redis channel")
+    bridge = add(
+        "bridge-redis",
+        cmd_bridge_redis,
+        "Forward TickStock's Redis pub/sub channels into ingest (TICKSTOCK_BRIDGE_CHANNELS; "
+        "docs/upstream.md).",
+    )
+    bridge.add_argument(
+        "--channel",
+        default=None,
+        help=f"read this one Redis channel only (default: TICKSTOCK_BRIDGE_CHANNELS, {DEFAULT_CHANNEL} and "
+        "the two streaming channels)",
+    )
     bridge.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     dlq = add("dlq", cmd_dlq, "Inspect, replay and purge dead letters.")
     dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -138,11 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_show.add_argument("id", type=int)
     dlq_replay = dlq_sub.add_parser(
         "replay",
-        help="publish it to ingest again",
-        description="Publish a dead letter (or a corrected payload) to ingest again.",
+        help="publish one (by id) or every one with a reason to ingest again",
+        description="Publish a dead letter (or a corrected payload) to ingest again; with --reason, every "
+        "dead letter with that reason not yet replayed, oldest first (at most --limit per run).",
     )
-    dlq_replay.add_argument("id", type=int)
+    dlq_replay.add_argument("id", type=int, nargs="?", default=None)
     dlq_replay.add_argument("--payload", type=Path, default=None, help="a file with the corrected event JSON")
+    dlq_replay.add_argument("--reason", default=None, help="e.g. unknown_pattern: replay all with it")
+    dlq_replay.add_argument(
+        "--limit",
+        type=int,
+        default=REPLAY_BATCH,
+        help=f"with --reason: at most this many per run (default {REPLAY_BATCH}, at most {MAX_REPLAY_BATCH})",
+    )
     dlq_purge = dlq_sub.add_parser(
         "purge",
         help="delete dead letters",
@@ -152,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_purge.add_argument("--reason", default=None)
     dlq_purge.add_argument("--replayed", action="store_true", help="only those already replayed")
     dlq_purge.add_argument("--all", action="store_true", help="every dead letter")
+    patterns = add("patterns", cmd_patterns, "Pattern definitions: create or change one at run time.")
+    patterns_sub = patterns.add_subparsers(dest="action", required=True, metavar="ACTION")
+    define = patterns_sub.add_parser(
+        "define",
+        help="create or change a definition",
+        description="Create or change a pattern definition (as PUT /api/patterns/definitions/NAME does); "
+        "an option left out keeps the stored value (or the default for a new definition, which needs "
+        "--category). Every running hub node reloads its catalog at once.",
+    )
+    define.add_argument("name", help="the canonical name: 1-64 of a-z 0-9 _")
+    define.add_argument("--alias", action="append", help="repeatable; replaces the stored aliases")
+    define.add_argument("--category", help="candlestick, chart or indicator")
+    define.add_argument("--direction", help="bullish, bearish or neutral (default neutral)")
+    define.add_argument("--description")
+    define.add_argument("--timeframe", action="append", help="repeatable (default: all eight)")
+    define.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None)
     return parser
 
 

@@ -1,5 +1,10 @@
 """``/api/admin/dlq…`` (scope ``admin``): inspect, replay and purge dead letters.
 
+``POST /api/admin/dlq/replay?reason=unknown_pattern`` replays every dead letter with that reason not
+yet replayed (the oldest ``limit`` of them; ``beyond`` says how many are left for another call), after
+reloading the pattern catalog, so a name defined a moment ago on any node counts. A letter that would
+be rejected again stays a dead letter with the reason it got this time.
+
 A replay's optional body (a corrected event) is read with a bound: beyond
 ``TICKSTOCK_ADMIN_MAX_BODY_BYTES`` it is a 413, nested deeper than :data:`~api.jsonbound.MAX_DEPTH`
 levels or not JSON a 400.
@@ -21,11 +26,13 @@ from api.jsonbound import MAX_DEPTH
 from api.openapi import Content, link, operation
 from api.state import HubState
 from api.validation import parse_json, read_bytes, read_query
+from hub.deadletters import MAX_REPLAY_BATCH
 from store.deadletters import count_dead_letters, get_dead_letter, list_dead_letters, purge_dead_letters
 
 __all__ = ["routes"]
 
 MAX_PAGE = 500
+DEFAULT_REPLAY_BATCH = 1000
 MAX_ID = 2**63 - 1  # ids are bigint
 NO_NUL = r"^[^\x00]*$"
 
@@ -91,6 +98,27 @@ class Replayed(_Strict):
     subject: str
     seq: int
     duplicate: bool
+
+
+class DlqReplayQuery(_Strict):
+    reason: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$", description="e.g. `unknown_pattern`")]
+    limit: Annotated[int, Field(ge=1, le=MAX_REPLAY_BATCH)] = DEFAULT_REPLAY_BATCH
+
+
+class ReplayFailure(_Strict):
+    dead_letter_id: int
+    reason: str = Field(description="why it would be rejected again (now the dead letter's reason)")
+    detail: str
+
+
+class BulkReplayed(_Strict):
+    reason: str
+    replayed: int
+    failed: int
+    failed_by_reason: dict[str, int]
+    beyond: int = Field(description="dead letters with this reason left for another call")
+    items: list[Replayed]
+    failures: list[ReplayFailure]
 
 
 LETTER_ID = {"type": "string", "pattern": "^[0-9]+$", "description": "a dead-letter id"}
@@ -190,6 +218,43 @@ async def replay_dlq(request: Request) -> JSONResponse:
 
 
 @operation(
+    summary="Replay every dead letter with a reason",
+    tags=["admin"],
+    query=DlqReplayQuery,
+    responses={200: BulkReplayed},
+    errors=(400,),
+)
+@requires("admin")
+async def replay_reason(request: Request) -> JSONResponse:
+    hub: HubState = request.app.state.hub
+    query = read_query(DlqReplayQuery, request)
+    await hub.catalog.refresh(hub.pool)
+    done = await hub.dead_letters.replay_reason(query.reason, catalog=hub.catalog, limit=query.limit)
+    return JSONResponse(
+        {
+            "reason": done.reason,
+            "replayed": len(done.replayed),
+            "failed": len(done.failed),
+            "failed_by_reason": done.failed_by_reason(),
+            "beyond": done.beyond,
+            "items": [
+                {
+                    "dead_letter_id": r.dead_letter_id,
+                    "event_id": r.event_id,
+                    "subject": r.subject,
+                    "seq": r.seq,
+                    "duplicate": r.duplicate,
+                }
+                for r in done.replayed
+            ],
+            "failures": [
+                {"dead_letter_id": i, "reason": reason, "detail": detail} for i, reason, detail in done.failed
+            ],
+        }
+    )
+
+
+@operation(
     summary="Purge dead letters", tags=["admin"], query=DlqPurgeQuery, responses={200: Deleted}, errors=(400,)
 )
 @requires("admin")
@@ -223,6 +288,7 @@ async def delete_one(request: Request) -> JSONResponse:
 routes = [
     Route("/api/admin/dlq", list_dlq, methods=["GET"]),
     Route("/api/admin/dlq", purge_dlq, methods=["DELETE"]),
+    Route("/api/admin/dlq/replay", replay_reason, methods=["POST"]),
     Route("/api/admin/dlq/{id}", show_dlq, methods=["GET"]),
     Route("/api/admin/dlq/{id}", delete_one, methods=["DELETE"]),
     Route("/api/admin/dlq/{id}/replay", replay_dlq, methods=["POST"]),

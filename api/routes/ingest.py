@@ -27,6 +27,7 @@ from hub.model import EventError, PatternEvent
 from hub.parsing import loads_json, parse_event
 from hub.producer import PRODUCER_HEADER, PRODUCER_SIG_HEADER, publish_to_ingest, sign_producer
 from hub.text import first_line
+from hub.upstream import DEFAULT_RULES
 from hub.window import EventWindow
 from store.secrets import deployment_secret
 
@@ -131,7 +132,13 @@ def _event_schemas() -> dict[str, dict[str, Any]]:
 _EVENT = {"$ref": "#/components/schemas/PatternEventV1"}
 # Legacy envelopes are accepted too, and each element is judged on its own (a bad one is "rejected",
 # not a 400), so the items are any JSON value; PatternEventV1 is what producers should send.
-_ITEMS = {"anyOf": [_EVENT, {"type": "object", "description": "TickStock's legacy envelope"}, {}]}
+_ITEMS = {
+    "anyOf": [
+        _EVENT,
+        {"type": "object", "description": "one of TickStock's upstream messages (docs/upstream.md)"},
+        {},
+    ]
+}
 INGEST_BODY = Content(
     schema={
         "anyOf": [
@@ -143,7 +150,7 @@ INGEST_BODY = Content(
             {"type": "array", "minItems": 1, "items": _ITEMS},
         ]
     },
-    description='`{"events": [...]}` or a bare array of schema v1 (or legacy) events',
+    description='`{"events": [...]}` or a bare array of schema v1 events (or TickStock upstream messages)',
     schemas=_event_schemas(),
 )
 RETRY_AFTER = {"Retry-After": {"type": "integer", "description": "seconds"}}
@@ -160,7 +167,7 @@ RETRY_AFTER = {"Retry-After": {"type": "integer", "description": "seconds"}}
 )
 @requires("patterns:write")
 async def post_patterns(request: Request) -> JSONResponse:
-    """Body: ``{"events": [...]}`` or a bare JSON array of schema v1 or legacy events. Each event is
+    """Body: ``{"events": [...]}`` or a bare JSON array of schema v1 events or TickStock upstream messages. Each event is
     validated, then published to ``tickstock.ingest.<timeframe>.<symbol>`` with ``Nats-Msg-Id`` = id.
     Response: one result per event, in order: ``accepted`` (with the ingest sequence), ``duplicate``
     or ``rejected`` (with the reason). 429 with ``Retry-After`` when ingest is saturated: then nothing
@@ -202,11 +209,12 @@ async def post_patterns(request: Request) -> JSONResponse:
 
 
 async def _one(request: Request, hub: HubState, raw: Any, window: EventWindow) -> dict[str, Any]:
+    rules = hub.upstream or DEFAULT_RULES
     try:
         event = (
-            parse_event(raw, catalog=hub.catalog.current, window=window)
+            parse_event(raw, catalog=hub.catalog.current, window=window, rules=rules)
             if isinstance(raw, dict)
-            else parse_event(json.dumps(raw), catalog=hub.catalog.current, window=window)
+            else parse_event(json.dumps(raw), catalog=hub.catalog.current, window=window, rules=rules)
         )
     except EventError as exc:
         return {"status": "rejected", "id": raw.get("id") if isinstance(raw, dict) else None, **exc.as_dict()}

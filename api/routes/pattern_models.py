@@ -47,6 +47,9 @@ class PatternEvent(_Strict):
     data: dict[str, Any] = Field(description="the producer's free-form JSON object")
     seq: int | None = Field(description="the clean-stream sequence")
     received_at: datetime
+    superseded: bool = Field(
+        description="a later event of the same pattern instance exists (only `history=true` scans show these)"
+    )
 
 
 class CacheInfo(_Strict):
@@ -124,4 +127,5 @@ def event_json(row: dict[str, Any]) -> dict[str, Any]:
         "data": row["data"],
         "seq": row["seq"],
         "received_at": json_time(row["received_at"]),
+        "superseded": row["superseded"],
     }

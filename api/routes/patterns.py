@@ -1,12 +1,18 @@
-"""``/api/patterns/…`` reads (scope ``patterns:read``): scan, one event, definitions, daily stats.
+"""``/api/patterns/…`` reads (scope ``patterns:read``): scan, one event, daily stats.
 
 ``GET /api/patterns/scan`` query parameters (repeat a filter to OR its values; filters AND together):
 ``pattern``, ``symbol``, ``universe`` (a key, ``my``, or keys joined with ``:``), ``sector``,
 ``timeframe``, ``type``, ``confidence_min``/``confidence_max`` (0-1), ``detected_after`` (inclusive)
-/ ``detected_before`` (exclusive, RFC 3339), ``active_only``, ``sort`` (``detected_at`` | ``confidence``
-| ``symbol``), ``order`` (``desc`` | ``asc``), ``limit`` (1-500) and ``cursor`` (the previous page's
-``next_cursor``; valid only with the same filters and sort). Pages follow a keyset, so they stay
-stable while events arrive.
+/ ``detected_before`` (exclusive, RFC 3339), ``active_only``, ``history``, ``sort`` (``detected_at`` |
+``confidence`` | ``symbol``), ``order`` (``desc`` | ``asc``), ``limit`` (1-500) and ``cursor`` (the
+previous page's ``next_cursor``; valid only with the same filters and sort). Pages follow a keyset, so
+they stay stable while events arrive.
+
+A pattern instance is (symbol, pattern, timeframe, ``detected_at``): its ``pattern_updated`` and
+``pattern_expired`` events carry the detection's ``detected_at``. A scan shows the latest event of
+each instance (the filters apply to it); ``history=true`` shows every stored event, the older ones
+with ``superseded: true``. ``active_only`` drops an instance whose latest event is
+``pattern_expired`` or whose ``expires_at`` has passed.
 
 TickStock's names are accepted too: ``pattern_types`` and ``symbols`` (comma-separated), ``per_page``
 (= ``limit``), ``sort_by`` / ``sort_order`` and ``page``. ``page`` > 1 skips rows with ``OFFSET``: such
@@ -32,7 +38,7 @@ from api.cache import digest, dumps
 from api.cursors import scan_after
 from api.errors import ApiError
 from api.openapi import link, operation
-from api.routes.pattern_models import Definitions, PatternEvent, ScanPage, Stats, event_json, json_time
+from api.routes.pattern_models import PatternEvent, ScanPage, Stats, event_json, json_time
 from api.routes.scan_cache import scan_dependencies, scan_ttl_s
 from api.state import HubState
 from api.validation import ParsedQuery, QueryAliases, parse_query, query_error, read_query
@@ -47,10 +53,9 @@ from store.scans import (
     Sort,
     encode_cursor,
     get_event,
-    list_definitions,
-    pattern_stats,
     scan_events,
 )
+from store.stats import pattern_stats
 
 __all__ = ["LEGACY_QUERY", "PatternEvent", "ScanParams", "event_json", "routes"]
 
@@ -110,6 +115,7 @@ class ScanParams(BaseModel):
     detected_after: Timestamp | None = None
     detected_before: Timestamp | None = None
     active_only: bool = False
+    history: bool = Field(default=False, description="every stored event, not only each instance's latest")
     sort: Literal["detected_at", "confidence", "symbol"] = "detected_at"
     order: Literal["desc", "asc"] = "desc"
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
@@ -213,6 +219,7 @@ def _filter(hub: HubState, query: ParsedQuery[ScanParams]) -> ScanFilter:
         detected_after=params.detected_after,
         detected_before=params.detected_before,
         active_only=params.active_only,
+        history=params.history,
     )
 
 
@@ -313,24 +320,6 @@ async def show(request: Request) -> JSONResponse:
 
 
 @operation(
-    summary="The pattern catalog",
-    tags=["patterns"],
-    query=NoParams,
-    responses={200: Definitions},
-    errors=(400,),
-)
-@requires("patterns:read")
-async def definitions(request: Request) -> JSONResponse:
-    hub: HubState = request.app.state.hub
-    read_query(NoParams, request)
-    async with hub.pool.connection() as conn:
-        rows = await list_definitions(conn)
-    return JSONResponse(
-        {"items": [{**r, "aliases": list(r["aliases"]), "timeframes": list(r["timeframes"])} for r in rows]}
-    )
-
-
-@operation(
     summary="Event counts per pattern, timeframe and day",
     tags=["patterns"],
     query=StatsParams,
@@ -358,11 +347,10 @@ async def stats(request: Request) -> JSONResponse:
     )
 
 
-# The fixed paths come before /{id}: an event whose id is "scan", "stats" or "definitions" is only
-# reachable through a scan.
+# The fixed paths come before /{id} (and api.routes.definitions before these): an event whose id is
+# "scan", "stats" or "definitions" is only reachable through a scan.
 routes = [
     Route("/api/patterns/scan", scan, methods=["GET"]),
-    Route("/api/patterns/definitions", definitions, methods=["GET"]),
     Route("/api/patterns/stats", stats, methods=["GET"]),
     Route("/api/patterns/{id}", show, methods=["GET"]),
 ]

@@ -150,6 +150,22 @@ QUERIES = [
 ]
 
 
+# The same on TickStock's compatibility scan, in upstream's names (api/routes/compat).
+COMPAT_QUERIES = [
+    "per_page=99999999999999999999&page=99999999999999999999",
+    "per_page=-99999999999999999999&page=-1",
+    "&".join(["pattern_types=hammer"] * 2000),
+    "symbols=" + "A" * 5000,
+    "rsi_range=" + ",".join(["1"] * 5000),
+    "rsi_range=1e999,-1e999",
+    "universe=" + ":".join(["sp500"] * 500),
+    "sectors=%00",
+    "sort_by=%0d%0a",
+    "rs_min=1e999",
+    "limit=5&per_page=5",
+]
+
+
 async def absurd_queries(ctx: Ctx) -> None:
     """Absurd, repeated and NUL-carrying query strings on the read routes: never a server error, and
     a NUL is always refused (400/404), never passed to PostgreSQL."""
@@ -180,6 +196,26 @@ async def absurd_queries(ctx: Ctx) -> None:
         )
         if "%00" in path:
             assert response.status_code in (400, 403, 404), f"{path[:80]}: {response.status_code}"
+
+
+async def absurd_compat_queries(ctx: Ctx) -> None:
+    """The same on TickStock's compatibility routes (api/routes/compat), in upstream's names: a 200
+    (clamped) or a 400, never a server error; a NUL is always refused."""
+    client = await ctx.client(ctx.token("query-attacker", ("patterns:read",)))
+    for query in COMPAT_QUERIES:
+        response = await client.get("/tickstock/api/patterns/scan?" + query)
+        assert response.status_code in (200, 400), f"compat scan?{query[:80]}: {response.status_code}"
+        if "%00" in query:
+            assert response.status_code == 400, f"compat scan?{query[:80]}: {response.status_code}"
+    for path in (
+        "/tickstock/api/patterns/daily?symbols=%00",
+        "/tickstock/api/patterns/daily?limit=" + "9" * 5000,
+        "/tickstock/api/symbols?search=%00",
+        "/tickstock/api/symbols/search?query=%00",
+        "/tickstock/api/users/universe/%00",
+    ):
+        response = await client.get(path)
+        assert response.status_code in (400, 404), f"{path[:80]}: {response.status_code}"
 
 
 async def oversized_headers(ctx: Ctx) -> None:
@@ -355,6 +391,7 @@ ATTACKS: dict[str, Attack] = {
         hostile_bodies,
         odd_events_get_a_reason,
         absurd_queries,
+        absurd_compat_queries,
         oversized_headers,
         forged_scan_cursor,
         symbols_cursor_with_nul,

@@ -39,11 +39,27 @@ __all__ = ["Attack", "Campaign", "Ctx", "ingest_key_pattern", "run_campaign"]
 
 Attack = Callable[["Ctx"], Awaitable[None]]
 
-WARMUP_S = 2.0  # valid flow before the first attack
+WARMUP_S = 2.0  # valid flow before the baseline
+BASELINE_S = 8.0  # valid flow, no attack: the machine's own latency in this run, for the invariant's bound
 MIN_ABUSE_S = 20.0  # the flow lasts at least this long after the warm-up, however fast the attacks are
 ATTACK_TIMEOUT_S = 40.0  # one attack that hangs is a failure of that attack, not of the campaign
 DRAIN_S = 30.0  # after the flow stops: deadline for the last valid events to reach the clean stream
 RATE_PER_S = 500.0
+HUB_READY_S = 60.0  # HubProcess.wait_ready's default
+HUB_STOP_S = 30.0  # HubProcess.stop's default
+# The campaign runs in the set-up of the package's first test, under that test's pytest-timeout: its
+# worst case is every phase at its own bound (plus the producer's join slack of 30 s, and 30 s more), not
+# the suite's 120 s per test (a loaded machine once took longer than that to reach the drain).
+CAMPAIGN_BUDGET_S = (
+    HUB_READY_S
+    + WARMUP_S
+    + BASELINE_S
+    + max(MIN_ABUSE_S, ATTACK_TIMEOUT_S)
+    + 2 * DRAIN_S
+    + 30
+    + HUB_STOP_S
+    + 30
+)
 PARTITIONS_PER_BATCH = 4  # TICKSTOCK_PARTITIONS_PER_BATCH, set explicitly on both hubs
 
 
@@ -192,6 +208,7 @@ class Campaign:
 
     failures: dict[str, str | None]
     latency: LatencyStats
+    baseline: LatencyStats
     producer: SteadyProducer
     partitions: PartitionSampler
     recorder: StatusRecorder
@@ -204,6 +221,7 @@ class Campaign:
         worst_growth, worst_batches = self.partitions.worst()
         failed = sorted(n for n, f in self.failures.items() if f)
         lines = [
+            "abuse: baseline (valid flow, no attack): " + self.baseline.line(),
             "abuse: "
             + self.latency.line()
             + f" (during the abuse; {len(self.producer.published)} published, "
@@ -264,10 +282,10 @@ async def _hubs(
     hub.start()
     jwks_hub.start()
     try:
-        await asyncio.gather(hub.wait_ready(), jwks_hub.wait_ready())
+        await asyncio.gather(hub.wait_ready(HUB_READY_S), jwks_hub.wait_ready(HUB_READY_S))
         yield hub, jwks_hub, jwks_path
     finally:
-        await asyncio.gather(hub.stop(), jwks_hub.stop())
+        await asyncio.gather(hub.stop(HUB_STOP_S), jwks_hub.stop(HUB_STOP_S))
 
 
 async def run_campaign(
@@ -302,6 +320,8 @@ async def run_campaign(
             )
             try:
                 await asyncio.sleep(WARMUP_S)
+                baseline_from = time.monotonic()
+                await asyncio.sleep(BASELINE_S)
                 abuse_from = time.monotonic()
                 async with ctx._stack:
                     results = await asyncio.gather(*(_guarded(n, a, ctx) for n, a in attacks.items()))
@@ -318,6 +338,7 @@ async def run_campaign(
     return Campaign(
         failures=dict(zip(attacks, results, strict=True)),
         latency=producer.stats(abuse_from, abuse_until),
+        baseline=producer.stats(baseline_from, abuse_from),
         producer=producer,
         partitions=sampler,
         recorder=recorder,

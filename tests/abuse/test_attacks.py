@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.abuse.campaign import Campaign
+from tests.abuse.campaign import CAMPAIGN_BUDGET_S, Campaign
 from tests.abuse.conftest import ATTACKS, failure_of
 
-pytestmark = pytest.mark.slow
+# The first test of the package carries the campaign in its set-up.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(CAMPAIGN_BUDGET_S)]
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))

@@ -36,6 +36,8 @@ SUBCOMMANDS = [
     ["dlq", "show"],
     ["dlq", "replay"],
     ["dlq", "purge"],
+    ["patterns"],
+    ["patterns", "define"],
 ]
 
 

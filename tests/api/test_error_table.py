@@ -27,6 +27,7 @@ from hub.broker import BrokerError
 from hub.errors import HubError, ReplayError
 from hub.fanout import FilterError
 from hub.model import EventError
+from store.definitions import DefinitionConflict, DefinitionError
 from store.errors import StoreError, StoreUnavailable
 from store.migrate import MigrationError
 from store.scans import CursorError, ScanError
@@ -75,6 +76,8 @@ CASES: list[tuple[BaseException, int, str | None, int | None]] = [
     (DuplicateName("a filter named 'x' exists already"), 409, None, None),
     (ScanError("query.universe", "unknown universe zz"), 400, protocol.ERROR_INVALID_FILTER, None),
     (CursorError("the cursor has been altered"), 400, None, None),
+    (DefinitionError("pattern 'x' is new: it needs a category", field="category"), 400, None, None),
+    (DefinitionConflict("x", [("Hammer", "hammer")]), 409, None, None),
 ]
 
 

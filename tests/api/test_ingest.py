@@ -54,7 +54,7 @@ def _legacy(**data: Any) -> dict[str, Any]:
         "event_type": "pattern_detected",
         "source": "tickstock",
         "timestamp": LEGACY_TS,
-        "data": {"symbol": "AAPL", "pattern": "Hammer", "confidence": 0.8, **data},
+        "data": {"symbol": "AAPL", "pattern": "Hammer", "confidence": 0.8, "source": "daily", **data},
     }
 
 
@@ -168,7 +168,7 @@ async def test_a_legacy_envelope_is_accepted_with_a_derived_id(
     assert response.status_code == 200, response.text
     [result] = response.json()["results"]
     assert result["status"] == "accepted"
-    assert re.fullmatch(r"[0-9a-f]{32}", result["id"])
+    assert re.fullmatch(r"ts-[0-9a-f]{32}", result["id"])  # hub.upstream.derived_id
     resent = (await client.post(PATH, json=[envelope])).json()["results"][0]
     assert (resent["status"], resent["id"], resent["seq"]) == ("duplicate", result["id"], result["seq"])
     row = (await _stored(ref_pool, [result["id"]]))[result["id"]]
@@ -177,7 +177,12 @@ async def test_a_legacy_envelope_is_accepted_with_a_derived_id(
     assert row["confidence"] == pytest.approx(0.8)
     assert row["price"] == 187.5
     assert row["detected_at"] == datetime.fromtimestamp(LEGACY_TS, tz=UTC)
-    assert row["payload"]["data"] == {"note": "from the old producer"}
+    assert row["payload"]["data"] == {
+        "note": "from the old producer",
+        "tier": "daily",
+        "timeframe_from": "source:daily",
+        "upstream_pattern": "Hammer",
+    }
 
 
 async def test_a_legacy_percentage_confidence_is_rejected(

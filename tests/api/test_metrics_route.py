@@ -33,6 +33,10 @@ FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
     "tickstock_advisories_given_up_total": ("counter", frozenset()),
     "tickstock_id_conflicts_total": ("counter", frozenset()),
     "tickstock_writer_partition_deferrals_total": ("counter", frozenset()),
+    # issue #12: the Redis bridge inside the hub (recorded only when TICKSTOCK_BRIDGE_REDIS_URL is set)
+    "tickstock_bridge_messages_total": ("counter", frozenset({"channel", "verdict", "reason"})),
+    "tickstock_bridge_reconnects_total": ("counter", frozenset()),
+    "tickstock_bridge_gap_seconds_total": ("counter", frozenset()),
     "tickstock_writer_batch_size": ("histogram", frozenset()),
     "tickstock_writer_batch_seconds": ("histogram", frozenset()),
     "tickstock_ingest_to_stored_seconds": ("histogram", frozenset()),

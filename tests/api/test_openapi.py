@@ -96,6 +96,22 @@ def test_every_route_is_documented_with_its_methods(app: Any, document: dict[str
     assert len(ids) == len(set(ids))
 
 
+def test_the_tickstock_routes_follow_the_prefix_setting(document: dict[str, Any]) -> None:
+    compat = sorted(p for p in document["paths"] if p.startswith("/tickstock/"))
+    assert len(compat) == 14 and "/tickstock/api/patterns/scan" in compat
+    assert all(p.removeprefix("/tickstock").startswith("/api/") for p in compat)
+    schema = document["paths"]["/tickstock/api/patterns/scan"]["get"]["responses"]["200"]["content"]
+    assert schema["application/json"]["schema"] == {"$ref": REF_TEMPLATE.format(model="TickStockScan")}
+    moved = build_openapi(
+        create_app(Settings(jwt_secret=JWT_SECRET, compat_prefix="/ts/v2")).routes, title="t", version="1"
+    )
+    assert sorted(moved["paths"]) == sorted(p.replace("/tickstock/", "/ts/v2/") for p in document["paths"])
+    off = build_openapi(
+        create_app(Settings(jwt_secret=JWT_SECRET, compat=False)).routes, title="t", version="1"
+    )
+    assert sorted(off["paths"]) == sorted(p for p in document["paths"] if not p.startswith("/tickstock/"))
+
+
 def test_path_parameters_come_from_the_route(document: dict[str, Any]) -> None:
     for path, _, op in _operations(document):
         names = _PARAM.findall(path)
@@ -122,7 +138,7 @@ def test_guarded_operations_declare_bearer_auth_and_their_scope(app: Any, docume
         assert f"`{scope}`" in op["description"]
         assert {"401", "403", "429", "503"} <= set(op["responses"]), (method, path)
         assert "WWW-Authenticate" in op["responses"]["401"]["headers"]
-    assert guarded == 24
+    assert guarded == 27 + 14  # our routes + the TickStock compatibility routes
     for path in (
         "/health",
         "/health/ready",
@@ -237,6 +253,34 @@ def test_query_parameters_follow_the_query_models(document: dict[str, Any]) -> N
     assert dlq == {"limit", "before", "reason", "replayed"}
     purge = {p["name"] for p in document["paths"]["/api/admin/dlq"]["delete"]["parameters"]}
     assert purge == {"reason", "replayed", "all"}
+    replay = {p["name"]: p for p in document["paths"]["/api/admin/dlq/replay"]["post"]["parameters"]}
+    assert set(replay) == {"reason", "limit"} and replay["reason"]["required"] is True
+    assert scan["history"]["schema"] == {"default": False, "type": "boolean"}
+    recent = document["paths"]["/api/patterns/stats/recent"]["get"]
+    params = {p["name"]: p for p in recent["parameters"]}
+    assert set(params) == {"minutes", "timeframe"}
+    assert params["minutes"]["schema"] == {"default": 60, "maximum": 1440, "minimum": 1, "type": "integer"}
+    assert params["timeframe"]["schema"]["type"] == "array"
+    assert recent["responses"]["200"]["headers"]["X-Cache"]["schema"]["enum"][0] == "hit"
+    assert recent["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RecentStats"
+    }
+
+
+def test_the_definition_put_is_described(document: dict[str, Any]) -> None:
+    op = document["paths"]["/api/patterns/definitions/{name}"]["put"]
+    assert op["x-required-scope"] == "admin"
+    assert {"200", "201", "400", "409", "413"} <= set(op["responses"])
+    assert op["responses"]["409"]["content"][PROBLEM]
+    assert op["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": REF_TEMPLATE.format(model="DefinitionChange")
+    }
+    [name] = op["parameters"]
+    assert (name["in"], name["schema"]["pattern"]) == ("path", "^[a-z0-9_]{1,64}$")
+    schemas = document["components"]["schemas"]
+    assert schemas["DefinitionChange"]["additionalProperties"] is False
+    assert schemas["DefinitionChange"]["properties"]["aliases"]["anyOf"][0]["maxItems"] == 32
+    assert set(schemas["DefinitionWritten"]["required"]) >= {"name", "aliases", "created", "changed"}
 
 
 async def test_openapi_json_is_built_once_and_needs_no_token(app: Any, client: httpx.AsyncClient) -> None:

@@ -132,7 +132,10 @@ async def world(live_hub: LiveHub) -> AsyncIterator[World]:
     canon = sorted({d["name"] for d in chosen})
     events: list[dict[str, Any]] = []
     for i in range(EVENTS):
-        if events and rng.random() < 0.1:
+        same = rng.choice(events) if events and rng.random() < 0.15 else None  # another event of its instance
+        if same is not None:
+            detected = datetime.fromisoformat(str(same["detected_at"]))
+        elif events and rng.random() < 0.1:
             detected = datetime.fromisoformat(str(rng.choice(events)["detected_at"]))  # a tie on time
         else:
             detected = now - timedelta(hours=2) - timedelta(seconds=rng.randrange(90 * 86400))
@@ -154,6 +157,8 @@ async def world(live_hub: LiveHub) -> AsyncIterator[World]:
         }
         if expires is not None:
             event["expires_at"] = expires.isoformat()
+        if same is not None:
+            event |= {k: same[k] for k in ("symbol", "pattern", "timeframe")}
         events.append(event)
     await insert_events(live_hub, events)
     async with pool.connection() as conn:
@@ -180,7 +185,7 @@ async def stored_rows(world: World) -> list[dict[str, Any]]:
     return await _fetch(
         world.hub.hub.pool,
         "SELECT id, type, symbol, pattern, timeframe, confidence, detected_at, "
-        "expires_at FROM pattern_events",
+        "expires_at, received_at FROM pattern_events",
     )
 
 
@@ -189,6 +194,22 @@ async def stored_rows(world: World) -> list[dict[str, Any]]:
 
 def _multi(params: list[tuple[str, str]], name: str) -> list[str]:
     return [v for k, v in params if k == name]
+
+
+RANK = {"pattern_detected": 0, "pattern_updated": 1, "pattern_expired": 2}
+
+
+def latest_events(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Each pattern instance's latest event, by the documented rule: the higher type rank, then the one
+    stored later (a later transaction; in one batch, the later event: these ids grow with it)."""
+    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["symbol"], r["pattern"], r["timeframe"], r["detected_at"])
+        order = (RANK[r["type"]], r["received_at"], r["id"])
+        held = latest.get(key)
+        if held is None or order > (RANK[held["type"]], held["received_at"], held["id"]):
+            latest[key] = r
+    return latest
 
 
 def expected(world: World, rows: list[dict[str, Any]], params: list[tuple[str, str]]) -> list[str]:
@@ -207,6 +228,14 @@ def expected(world: World, rows: list[dict[str, Any]], params: list[tuple[str, s
     after = datetime.fromisoformat(one["detected_after"]) if "detected_after" in one else None
     before = datetime.fromisoformat(one["detected_before"]) if "detected_before" in one else None
     active = one.get("active_only") == "true"
+    history = one.get("history") == "true"
+    latest = latest_events(rows)
+
+    def live(r: dict[str, Any]) -> bool:
+        return r["type"] != "pattern_expired" and (r["expires_at"] is None or r["expires_at"] > now)
+
+    def instance(r: dict[str, Any]) -> dict[str, Any]:
+        return latest[(r["symbol"], r["pattern"], r["timeframe"], r["detected_at"])]
 
     def keep(r: dict[str, Any]) -> bool:
         return (
@@ -220,7 +249,8 @@ def expected(world: World, rows: list[dict[str, Any]], params: list[tuple[str, s
             and (cmax is None or f32(r["confidence"]) <= cmax)
             and (after is None or r["detected_at"] >= after)
             and (before is None or r["detected_at"] < before)
-            and (not active or r["expires_at"] is None or r["expires_at"] > now)
+            and (history or instance(r) is r)
+            and (not active or live(instance(r)))
         )
 
     kept = [r for r in rows if keep(r)]
@@ -310,6 +340,8 @@ def scan_queries(draw: st.DrawFn, world: World) -> tuple[list[tuple[str, str]], 
         params.append(("detected_before", _iso(world.now - timedelta(days=days[1]))))
     if draw(st.integers(0, 2)) == 0:
         params.append(("active_only", draw(st.sampled_from(["true", "false"]))))
+    if draw(st.integers(0, 2)) == 0:
+        params.append(("history", draw(st.sampled_from(["true", "false"]))))
     if (sort := draw(st.sampled_from([None, "detected_at", "confidence", "symbol"]))) is not None:
         params.append(("sort", sort))
     if (order := draw(st.sampled_from([None, "desc", "asc"]))) is not None:
@@ -418,6 +450,7 @@ INVALID = [
     ("sort_by=price", "query.sort_by"),
     ("order=up", "query.order"),
     ("active_only=maybe", "query.active_only"),
+    ("history=all", "query.history"),
     ("cursor=not-a-cursor", "query.cursor"),
     ("cursor=" + base64.urlsafe_b64encode(b'{"k":[],"s":"x"}').decode(), "query.cursor"),
 ]
@@ -608,6 +641,7 @@ async def test_one_event_with_every_field(client: httpx.AsyncClient, world: Worl
         "pattern": "hammer",
         "seq": None,
         "detected_at": "2026-10-15T13:30:00.250000Z",
+        "superseded": False,
     }
     scanned = (await client.get(SCAN, params={"symbol": "BRK.B", "pattern": "hammer"})).json()["items"]
     assert [{**i, "received_at": None} for i in scanned] == [{**body, "received_at": None}]

@@ -166,3 +166,35 @@ def test_replace_keeps_the_checks() -> None:
 def test_overrides_are_checked_too() -> None:
     with pytest.raises(SettingsError, match="TICKSTOCK_PORT must be a TCP port"):
         Settings.from_env({}, port=0)
+
+
+def test_the_tickstock_prefix_is_read_and_can_be_turned_off() -> None:
+    assert (Settings().compat, Settings().compat_prefix) == (True, "/tickstock")
+    read = Settings.from_env({"TICKSTOCK_COMPAT_PREFIX": "/upstream/v2", "TICKSTOCK_COMPAT": "false"})
+    assert (read.compat, read.compat_prefix) == (False, "/upstream/v2")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "tickstock",
+        "/",
+        "/tickstock/",
+        "/a//b",
+        "/api",
+        "/api/v1",
+        "/ws",
+        "/health",
+        "/a b",
+        "/é",
+        "/..",
+        "/a/.b",
+        "/socket.io",
+    ],
+)
+def test_a_bad_tickstock_prefix_names_the_variable(value: str) -> None:
+    with pytest.raises(SettingsError, match="TICKSTOCK_COMPAT_PREFIX"):
+        Settings.from_env({"TICKSTOCK_COMPAT_PREFIX": value})
+    with pytest.raises(SettingsError, match="TICKSTOCK_COMPAT_PREFIX"):
+        Settings.from_env({"tickstock_compat_prefix": value})

@@ -102,7 +102,12 @@ async def test_v1_legacy_and_garbage_are_all_forwarded(
     assert (stored["symbol"], stored["timeframe"], stored["pattern"]) == ("IBM", "5min", "hammer")
     stored = await wait_for(lambda: _stored(ref_pool, "bridge-legacy-1"), timeout=20, what="legacy stored")
     assert (stored["symbol"], stored["timeframe"], stored["pattern"]) == ("MSFT", "hourly", "hammer")
-    assert stored["payload"]["data"] == {"note": "from redis"} and stored["payload"]["price"] == 410.5
+    assert stored["payload"]["data"] == {
+        "note": "from redis",
+        "timeframe_from": "timeframe:1h",
+        "upstream_pattern": "Hammer",
+    }
+    assert stored["payload"]["price"] == 410.5
     letters = await wait_for(lambda: _dead_letters(ref_pool, garbage), timeout=20, what="dead letter")
     await wait_settled(hub_js)
     [letter] = await _dead_letters(ref_pool, garbage)
@@ -169,7 +174,12 @@ async def test_a_message_too_large_for_nats_is_dropped_loudly_and_the_bridge_goe
             await _publish(redis_client, over_server)
             await _publish(redis_client, json.dumps(after))
             await wait_for(_counter(lambda: bridge.forwarded, 1), timeout=10, what="the small one forwarded")
-            assert (bridge.forwarded, bridge.unparsed, bridge.errors) == (1, 2, 2)
+            # unparsed counts what reached the unparsed subject: these two never did
+            assert (bridge.forwarded, bridge.unparsed, bridge.errors) == (1, 0, 2)
+            dropped = bridge.metrics.bridge_messages.value(
+                channel=DEFAULT_CHANNEL, verdict="dropped", reason="too_large"
+            )
+            assert dropped == 2
         msg = await js.get_msg(INGEST_STREAM, 1)
         assert json.loads(msg.data)["id"] == "bridge-after-large-1"
         assert (await js.stream_info(INGEST_STREAM)).state.messages == 1

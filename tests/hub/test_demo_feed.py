@@ -7,6 +7,7 @@ session's real NATS JetStream server.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -26,9 +27,18 @@ from hypothesis import strategies as st
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
-from hub.candles import CANDLE_FUNCTIONS, LIFETIMES, Detection, PatternNames, confidence, detect, scan
+from hub.candles import (
+    CANDLE_FUNCTIONS,
+    LIFETIMES,
+    WARMUP_BARS,
+    Detection,
+    PatternNames,
+    confidence,
+    detect,
+    scan,
+)
 from hub.catalog import PatternCatalog
-from hub.demo_feed import DemoFeed, run
+from hub.demo_feed import DemoFeed, Track, load_tracks, replay, run
 from hub.jetstream import add_stream
 from hub.ohlcv import DEMO_DATA_DIR, default_files, load_bars
 from hub.parsing import parse_event
@@ -40,6 +50,11 @@ PERMISSIVE = PatternCatalog.permissive()
 NO_DB = hsettings(database=None, deadline=None)
 AAPL = DEMO_DATA_DIR / "AAPL_daily_2012-2014.csv"
 SHIPPED_PATTERNS = Path(__file__).parents[2] / "store" / "reference_data" / "patterns.json"
+
+
+def replayed(path: Path) -> list[Detection]:
+    """What the feed replays of one file: its detections from the warm-up on."""
+    return [d for d in scan(load_bars(path)) if d.index >= WARMUP_BARS]
 
 
 def write(path: Path, text: str) -> Path:
@@ -293,6 +308,7 @@ def test_every_file_yields_valid_v1_events(name: str) -> None:
         assert set(event.indicators) <= {"talib", "relative_volume", "rsi"}
         assert event.data["bar_time"] == d.bar_time and event.data["file"] == name
         assert (event.data["talib_function"], event.data["signal"]) == (d.function, d.signal)
+        assert event.data["direction"] == d.direction in ("bullish", "bearish", "neutral")
 
 
 def test_lifetimes_and_lap_ids() -> None:
@@ -380,10 +396,17 @@ def test_catalog_file_is_followed(tmp_path: Path) -> None:
     assert names.resolve("CDLENGULFING", -100) == ("engulfing", "bearish")
     assert names.resolve("CDLHAMMER", 100) == ("hammer_time", "bullish")
     assert names.resolve("CDLDOJI", 100) == ("doji", "neutral")
-    assert names.resolve("CDLMARUBOZU", -100) == ("CDLMARUBOZU", None)
+    # A function the catalog does not map keeps its TA-Lib name; the sign of its output is the direction.
+    assert names.resolve("CDLMARUBOZU", -100) == ("CDLMARUBOZU", "bearish")
+    assert names.resolve("CDLMARUBOZU", 100) == ("CDLMARUBOZU", "bullish")
+    assert names.resolve("CDLMARUBOZU", 0) == ("CDLMARUBOZU", "neutral")
     d = next(d for d in scan(load_bars(AAPL), names=names) if d.function == "CDLMARUBOZU")
     event = d.to_event(run_id="r", now=datetime.now(UTC))
-    assert event.pattern == "CDLMARUBOZU" and "direction" not in event.data
+    assert event.pattern == "CDLMARUBOZU"
+    assert event.data["direction"] == ("bullish" if d.signal > 0 else "bearish")
+    # A name that implies its direction carries it too.
+    hammer = next(d for d in scan(load_bars(AAPL), names=names) if d.function == "CDLHAMMER")
+    assert hammer.to_event(run_id="r", now=datetime.now(UTC)).data["direction"] == "bullish"
 
 
 @pytest.mark.parametrize(
@@ -406,8 +429,37 @@ def test_a_missing_or_broken_catalog_falls_back_to_function_names(
         write(path, text)
     with caplog.at_level(logging.WARNING, logger="tickstock.demo_feed"):
         names = PatternNames.load(path)
-    assert len(names) == 0 and names.resolve("CDLHAMMER", 100) == ("CDLHAMMER", None)
+    assert len(names) == 0 and names.resolve("CDLHAMMER", 100) == ("CDLHAMMER", "bullish")
     assert [r.levelname for r in caplog.records] == ["WARNING"]
+
+
+# -- the replay -------------------------------------------------------------------------------------
+
+
+def test_the_replay_starts_past_the_warm_up_so_confidences_spread_from_the_first_event() -> None:
+    tracks = load_tracks(default_files())
+    first = [d for d, _ in itertools.islice(replay(tracks, loop=True), 300)]
+    assert min(d.index for d in first) == WARMUP_BARS
+    assert all(d.relative_volume is not None and d.rsi is not None for d in first)
+    assert len({d.confidence for d in first}) > 30  # not a wall of 0.5
+    # The old start (bar 0) replays the warm-up, where relative volume is unknown (confidence 0.5).
+    cold = [d for d, _ in itertools.islice(replay(tracks, loop=True, start=0), 300)]
+    assert min(d.index for d in cold) < WARMUP_BARS and any(d.relative_volume is None for d in cold)
+
+
+def test_each_lap_starts_at_the_warm_up_and_a_track_with_nothing_after_it_is_left_out() -> None:
+    hit = Detection(
+        symbol="X", timeframe="daily", file="x.csv", index=0, bar_time="2020-01-01", function="CDLDOJI",
+        pattern="doji", direction="neutral", signal=100, confidence=0.5, price=1.0, volume=1.0,
+        relative_volume=None, rsi=None, support=1.0, resistance=1.0,
+    )  # fmt: skip
+    late = [Detection(**{**{f: getattr(hit, f) for f in hit.__slots__}, "index": i}) for i in (1, 3)]
+    tracks = [Track(4, {0: (hit,), 1: (late[0],), 3: (late[1],)}), Track(2, {0: (hit,)})]
+    laps = [(d.index, lap) for d, lap in itertools.islice(replay(tracks, loop=True, start=1), 5)]
+    assert laps == [(1, 0), (3, 0), (1, 1), (3, 1), (1, 2)]
+    assert list(replay(tracks, loop=True, start=4)) == []  # nothing to replay: it ends, looping or not
+    with pytest.raises(ValueError, match="start"):
+        next(replay(tracks, loop=False, start=-1))
 
 
 # -- the feed ---------------------------------------------------------------------------------------
@@ -423,6 +475,7 @@ def test_a_missing_or_broken_catalog_falls_back_to_function_names(
         ({"publish_timeout_s": 0}, "publish_timeout_s"),
         ({"max_backoff_s": -1}, "max_backoff_s"),
         ({"files": []}, "files is empty"),
+        ({"warmup_bars": -1}, "warmup_bars"),
         ({"run_id": ""}, "run_id"),
         ({"run_id": "a-b"}, "run_id"),
         ({"run_id": "a.b"}, "run_id"),
@@ -478,7 +531,7 @@ async def test_feed_publishes_at_about_the_rate_with_msg_ids(jetstream: JetStrea
 
 async def test_restart_with_the_same_run_id_is_deduplicated(jetstream: JetStreamContext, small: Path) -> None:
     await ingest_stream(jetstream)
-    expected = len(scan(load_bars(small)))
+    expected = len(replayed(small))
     async with DemoFeed(jetstream, rate=2000, files=[small], loop=False, run_id="same") as first:
         assert await first.wait(10)
     assert (first.published, first.duplicates, await stored(jetstream)) == (expected, 0, expected)
@@ -492,7 +545,7 @@ async def test_restart_with_the_same_run_id_is_deduplicated(jetstream: JetStream
 
 async def test_looping_starts_files_over_with_new_ids(jetstream: JetStreamContext, small: Path) -> None:
     await ingest_stream(jetstream)
-    per_lap = len(scan(load_bars(small)))
+    per_lap = len(replayed(small))
     async with DemoFeed(jetstream, rate=2000, files=[small], loop=True, run_id="lap") as feed:
         await until(lambda: feed.published > 2 * per_lap)
         assert not await feed.wait(0)
@@ -517,7 +570,7 @@ async def test_publish_errors_are_counted_logged_once_and_retried(
     assert len(warnings) == 1 and "publishing failed" in warnings[0].getMessage()
     assert any("publishing again after" in r.getMessage() for r in caplog.records)
     first = await jetstream.get_msg(STREAM, 1)
-    assert parse_event(first.data, catalog=PERMISSIVE).data["bar_time"] == scan(load_bars(small))[0].bar_time
+    assert parse_event(first.data, catalog=PERMISSIVE).data["bar_time"] == replayed(small)[0].bar_time
 
 
 async def test_an_unexpected_failure_is_raised_on_exit(small: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -565,7 +618,7 @@ async def test_run_until_replayed_and_until_cancelled(
     small: Path,
 ) -> None:
     await ingest_stream(jetstream)
-    expected = len(scan(load_bars(small)))
+    expected = len(replayed(small))
     assert await run(servers.nats_url, rate=2000, duration_s=None, loop=False, files=[small]) == expected
     task = asyncio.create_task(run(servers.nats_url, rate=2000, duration_s=None, loop=True, files=[small]))
 

@@ -1,8 +1,8 @@
-"""Pattern events through the public API: v1, the legacy envelope, subjects and the shipped JSON Schema."""
+"""Pattern events through the public API: v1, subjects and the shipped JSON Schema (upstream shapes:
+``test_upstream.py``)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import pickle
@@ -16,7 +16,6 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from hub.catalog import PatternCatalog
-from hub.legacy import LEGACY_EVENT_TYPES, LEGACY_TIMEFRAMES, derived_id, is_legacy, to_v1
 from hub.model import (
     EVENT_TYPES,
     MAX_DATA_BYTES,
@@ -71,7 +70,7 @@ def good(**changes: Any) -> dict[str, Any]:
 
 
 def legacy(**data_changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"symbol": "AAPL", "pattern": "Bull_Flag", "confidence": 0.85}
+    data: dict[str, Any] = {"symbol": "AAPL", "pattern": "Bull_Flag", "confidence": 0.85, "source": "daily"}
     data.update(data_changes)
     return {
         "event_type": "pattern_detected",
@@ -520,182 +519,6 @@ def test_permissive_names_are_stable(name: str) -> None:
 def test_permissive_name_that_grows_past_the_limit_is_rejected() -> None:
     error = rejected(good(pattern="Ab" * 32), "invalid_field", catalog=PERMISSIVE)
     assert error.fields[0]["loc"] == "pattern"
-
-
-# -- legacy envelope --------------------------------------------------------------------------------
-
-
-def test_legacy_envelope_becomes_v1() -> None:
-    envelope = legacy(
-        ticker="aapl",
-        symbol=DROP,
-        pattern=DROP,
-        pattern_name="Bull Flag Pattern",
-        timeframe="5m",
-        current_price=185.5,
-        volume=1000,
-        expires_at=1714578000.5,
-        levels={"stop": 182},
-        indicators={"relative_volume": 2.1},
-        action="BUY",
-        source="intraday",
-        timestamp=1714574400,
-    )
-    envelope["event_type"] = "pattern_alert"
-    event = parse_event(dumps(envelope), catalog=CATALOG)
-    assert event.type == "pattern_detected"
-    assert (event.symbol, event.pattern, event.timeframe) == ("AAPL", "bull_flag", "5min")
-    assert event.detected_at == datetime(2024, 5, 1, 14, 40, tzinfo=UTC)
-    assert event.expires_at == datetime(2024, 5, 1, 15, 40, 0, 500000, tzinfo=UTC)
-    assert (event.price, event.volume, event.confidence) == (185.5, 1000.0, 0.85)
-    assert (event.levels, event.indicators) == ({"stop": 182.0}, {"relative_volume": 2.1})
-    assert event.source == "TickStockPL"
-    assert event.data == {"action": "BUY", "source": "intraday", "timestamp": 1714574400}
-    assert parse_event(event.to_json_bytes(), catalog=CATALOG) == event
-
-
-def test_legacy_defaults() -> None:
-    envelope = legacy(timeframe=None)
-    del envelope["source"]
-    event = parse_event(envelope, catalog=CATALOG)
-    assert (event.timeframe, event.source, event.data) == ("daily", "unknown", {})
-    assert parse_event(legacy(), catalog=CATALOG).timeframe == "daily"
-    no_source = {**legacy(), "source": None}
-    assert parse_event(no_source, catalog=CATALOG).source == "unknown"
-
-
-@pytest.mark.parametrize(("given_tf", "expected"), sorted(LEGACY_TIMEFRAMES.items()))
-def test_legacy_timeframes(given_tf: str, expected: str) -> None:
-    assert parse_event(legacy(timeframe=given_tf), catalog=CATALOG).timeframe == expected
-
-
-def test_legacy_timeframe_table() -> None:
-    assert {
-        "1m": "1min",
-        "1h": "hourly",
-        "60min": "hourly",
-        "1d": "daily",
-        "D": "daily",
-        "1w": "weekly",
-        "1mo": "monthly",
-    }.items() <= LEGACY_TIMEFRAMES.items()
-    assert set(LEGACY_TIMEFRAMES.values()) == set(TIMEFRAMES)
-
-
-@pytest.mark.parametrize("timeframe", ["1M", "4h", "d", "", 5])
-def test_legacy_unknown_timeframe(timeframe: Any) -> None:
-    rejected(legacy(timeframe=timeframe), "unknown_timeframe")
-
-
-@pytest.mark.parametrize(("event_type", "expected"), sorted(LEGACY_EVENT_TYPES.items()))
-def test_legacy_event_types(event_type: str, expected: str) -> None:
-    assert parse_event({**legacy(), "event_type": event_type}, catalog=CATALOG).type == expected
-
-
-@pytest.mark.parametrize("event_type", ["alert", "Pattern", None, 3])
-def test_legacy_unknown_type(event_type: Any) -> None:
-    rejected({**legacy(), "event_type": event_type}, "unknown_type")
-
-
-@pytest.mark.parametrize(
-    "timestamp",
-    [
-        1714574400,
-        1714574400.0,
-        "2024-05-01T14:40:00Z",
-        "2024-05-01 16:40:00+02:00",
-        "2024-05-01T14:40:00.000+00:00",
-    ],
-)
-def test_legacy_timestamps(timestamp: Any) -> None:
-    event = parse_event({**legacy(), "timestamp": timestamp}, catalog=CATALOG)
-    assert event.detected_at == datetime(2024, 5, 1, 14, 40, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    "timestamp",
-    [
-        1714574400000,
-        "2024-05-01T14:40:00",
-        "yesterday",
-        True,
-        None,
-        math.nan,
-        1e300,
-        [1],
-        -1e20,
-    ],
-)
-def test_legacy_invalid_timestamps(timestamp: Any) -> None:
-    error = rejected({**legacy(), "timestamp": timestamp}, "invalid_timestamp")
-    assert error.fields == [{"loc": "timestamp", "msg": "invalid timestamp"}]
-
-
-def test_legacy_expiry_is_converted_and_checked() -> None:
-    error = rejected(legacy(expires_at="soon"), "invalid_timestamp")
-    assert error.fields[0]["loc"] == "data.expires_at"
-    rejected(legacy(expires_at=1714574400), "invalid_timestamp")  # not after the timestamp
-    assert parse_event(legacy(expires_at=None), catalog=CATALOG).expires_at is None
-
-
-@pytest.mark.parametrize("confidence", [85, 100, 1.5, -0.1])
-def test_legacy_percent_confidence_is_rejected_not_rescaled(confidence: float) -> None:
-    rejected(dumps(legacy(confidence=confidence)), "confidence_out_of_range")
-
-
-def test_legacy_id_is_derived_deterministically() -> None:
-    envelope = legacy()
-    first = parse_event(dumps(envelope), catalog=CATALOG)
-    resent = parse_event(json.dumps(envelope, indent=2, sort_keys=True), catalog=CATALOG)
-    assert first.id == resent.id == derived_id(envelope)
-    canonical = json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
-    assert first.id == hashlib.sha256(canonical).hexdigest()[:32]
-    assert parse_event(legacy(confidence=0.86), catalog=CATALOG).id != first.id
-
-
-def test_legacy_explicit_id_is_kept() -> None:
-    assert parse_event({**legacy(), "id": "pl-77"}, catalog=CATALOG).id == "pl-77"
-    rejected({**legacy(), "id": "has space"}, "invalid_field")
-
-
-def test_legacy_id_needs_a_json_envelope() -> None:
-    rejected(legacy(extra={1, 2}), "invalid_field")
-    rejected(legacy(extra=math.nan), "invalid_field")
-    error = rejected(
-        b'{"event_type": "pattern", "timestamp": 1, "data": {"x": "\\udc00", "symbol": "A", '
-        b'"pattern": "doji", "confidence": 0.5}}',
-        "invalid_field",
-    )
-    assert "Unicode" in error.detail
-
-
-def test_legacy_aliases_must_agree() -> None:
-    assert parse_event(legacy(ticker="AAPL"), catalog=CATALOG).symbol == "AAPL"
-    error = rejected(legacy(ticker="MSFT"), "invalid_field")
-    assert [f["loc"] for f in error.fields] == ["data.symbol", "data.ticker"]
-    rejected(legacy(pattern_type="doji"), "invalid_field")
-    rejected(legacy(price=1, current_price=2), "invalid_field")
-
-
-def test_legacy_envelope_shape() -> None:
-    rejected({**legacy(), "version": 2}, "unknown_field")
-    rejected({**legacy(), "type": "pattern_detected"}, "unknown_field")
-    for key in ("timestamp", "data"):
-        error = rejected({k: v for k, v in legacy().items() if k != key}, "missing_field")
-        assert error.fields == [{"loc": key, "msg": "required"}]
-    rejected({**legacy(), "data": [1]}, "invalid_field")
-    rejected(legacy(symbol=DROP), "missing_field")
-    rejected(legacy(pattern="nope"), "unknown_pattern")
-    rejected(legacy(symbol="BRK B"), "invalid_symbol")
-
-
-def test_legacy_detection_and_input_is_untouched() -> None:
-    envelope = legacy(ticker="AAPL", symbol=DROP)
-    snapshot = json.loads(json.dumps(envelope))
-    assert is_legacy(envelope) and not is_legacy(good())
-    v1 = to_v1(envelope)
-    assert v1["symbol"] == "AAPL" and "ticker" not in v1["data"]
-    assert envelope == snapshot
 
 
 # -- subjects ---------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ MALFORMED_KINDS = {
             "event_type": "pattern_detected",
             "source": "tickstock",
             "timestamp": 1764000000 + i,
-            "data": {"symbol": "AAPL", "pattern": "Hammer", "confidence": 85},
+            "data": {"symbol": "AAPL", "pattern": "Hammer", "confidence": 85, "source": "daily"},
         }
     ).encode(),
     "store_rejected": lambda i: json.dumps(

@@ -21,7 +21,7 @@ import pytest_asyncio
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from hub.catalog import PatternCatalog
+from hub.catalog import CatalogCache, PatternCatalog
 from store import reference
 from store.reference import ReferenceCounts, ReferenceDataError, load_reference_data, reference_counts
 
@@ -172,7 +172,7 @@ def edit_patterns(path: Path, change: Callable[[dict[str, Any]], object]) -> Non
 
 async def test_first_load_counts(loaded: ReferenceCounts) -> None:
     assert loaded == ReferenceCounts(
-        symbols=SYMBOLS, universes=17, sector_universes=11, members=MEMBERS, patterns=85
+        symbols=SYMBOLS, universes=17, sector_universes=11, members=MEMBERS, patterns=97
     )
     assert sum(loaded.members[key] for key in SECTORS) == loaded.members["sp500"] == 503
 
@@ -551,8 +551,10 @@ def test_aliases_name_one_definition_each() -> None:
         "Bull_Flag": "bull_flag",
         "Doji": "doji",
         "Hammer": "hammer",
-        "WeeklyBO": "breakout",
-        "DailyBO": "breakout",
+        "WeeklyBO": "weekly_breakout",
+        "DailyBO": "daily_breakout",
+        "Weekly_Breakout": "weekly_breakout",
+        "Price_Breakout": "breakout",
         "Engulfing": "engulfing",
         "ThreeWhiteSoldiers": "three_white_soldiers",
         "CDLENGULFING": "engulfing",
@@ -579,8 +581,8 @@ def test_candlesticks_are_the_talib_recognisers() -> None:
         by_category.setdefault(entry["category"], []).append(entry)
     assert {category: len(items) for category, items in by_category.items()} == {
         "candlestick": 61,
-        "chart": 17,
-        "indicator": 7,
+        "chart": 20,
+        "indicator": 16,
     }
     candlesticks, chart = by_category["candlestick"], by_category["chart"]
     indicators = by_category["indicator"]
@@ -605,9 +607,36 @@ async def test_definitions_in_the_database(pool: AsyncConnectionPool, loaded: Re
     row = await _one(
         pool, "SELECT name, category, direction FROM pattern_definitions WHERE 'WeeklyBO' = ANY(aliases)"
     )
-    assert tuple(row.values()) == ("breakout", "indicator", "bullish")
+    assert tuple(row.values()) == ("weekly_breakout", "indicator", "bullish")
     rows = await _all(pool, "SELECT name, aliases, timeframes, enabled FROM pattern_definitions")
     assert {row["name"]: (row["aliases"], row["timeframes"]) for row in rows} == {
         entry["name"]: (entry["aliases"], entry["timeframes"]) for entry in _patterns()
     }
     assert all(row["enabled"] for row in rows)
+
+
+async def test_a_reload_gives_an_existing_deployment_the_upstream_vocabulary(
+    pool: AsyncConnectionPool, loaded: ReferenceCounts
+) -> None:
+    """A database loaded before the upstream names existed (DailyBO and WeeklyBO were aliases of
+    breakout): `tickstock load-reference-data` (or `tickstock run`) moves them to their own definitions."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            "DELETE FROM pattern_definitions WHERE name IN ('daily_breakout', 'weekly_breakout')"
+        )
+        await conn.execute(
+            "UPDATE pattern_definitions SET aliases = aliases || ARRAY['DailyBO', 'WeeklyBO'] WHERE name = 'breakout'"
+        )
+    await load_reference_data(pool)
+    catalog = CatalogCache()
+    await catalog.refresh(pool)
+    names = {
+        n: catalog.current.canonical(n)
+        for n in ("DailyBO", "WeeklyBO", "Price_Breakout", "High_Volume_Surge")
+    }
+    assert names == {
+        "DailyBO": "daily_breakout",
+        "WeeklyBO": "weekly_breakout",
+        "Price_Breakout": "breakout",
+        "High_Volume_Surge": "volume_spike",
+    }

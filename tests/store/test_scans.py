@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -59,6 +61,13 @@ async def loaded(ref_pool: AsyncConnectionPool) -> AsyncIterator[tuple[AsyncConn
             "SELECT tickstock_ensure_partitions(%s, %s)", (now - timedelta(days=DAYS + 1), now)
         )
         await conn.execute(GENERATE, {"n": ROWS, "days": DAYS, "now": now})
+        # Every 25th event is updated (its detection superseded), so the default scans filter real rows.
+        await conn.execute(
+            "WITH old AS (UPDATE pattern_events SET superseded = true WHERE right(id, 2) IN ('00', '25', '50', '75')"
+            " RETURNING *) INSERT INTO pattern_events (id, type, symbol, pattern, timeframe, confidence, detected_at,"
+            " expires_at, payload) SELECT 'upd-' || id, 'pattern_updated', symbol, pattern, timeframe, confidence,"
+            " detected_at, expires_at, payload FROM old"
+        )
         await conn.execute(
             "INSERT INTO pattern_event_ids (id, detected_at) SELECT id, detected_at FROM pattern_events"
         )
@@ -165,6 +174,27 @@ async def test_typical_shapes_use_the_indexes_and_prune_partitions(
             False,
         ),
         (
+            "one symbol, active instances",
+            ScanFilter(symbols=("MSFT",), active_only=True),
+            {},
+            {"pattern_events_symbol_idx"},
+            False,
+        ),
+        (
+            "one symbol, with history",
+            ScanFilter(symbols=("AAPL",), history=True),
+            {},
+            {"pattern_events_symbol_idx"},
+            False,
+        ),
+        (
+            "pattern + timeframe, active instances with history",
+            ScanFilter(patterns=("hammer",), timeframes=("daily",), active_only=True, history=True),
+            {},
+            {"pattern_events_pattern_idx"},
+            False,
+        ),
+        (
             "my universe, sector",
             ScanFilter(universes=("my",), sectors=("information technology",)),
             {"subject": "alice"},
@@ -267,6 +297,15 @@ def test_sort_rejects_unknown_keys() -> None:
         Sort("symbol", "up")
     assert Sort("symbol", "desc").columns() == [("symbol", True), ("detected_at", True), ("id", True)]
     assert Sort("confidence", "asc").columns() == [("confidence", False), ("id", False)]
+
+
+def test_history_changes_the_fingerprint_and_its_default_leaves_old_cursors_valid() -> None:
+    # Without history the fingerprint is what it was before the field existed: the fields before it.
+    before = {k: ([] if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(ScanFilter()).items()}
+    del before["history"]
+    encoded = json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
+    assert ScanFilter().fingerprint() == hashlib.sha256(encoded).hexdigest()[:32]
+    assert ScanFilter(history=True).fingerprint() != ScanFilter().fingerprint()
 
 
 def test_fingerprint_ignores_order_repetition_and_sector_case() -> None:

@@ -1,10 +1,15 @@
-// The dashboard page: sign-in, filters, the live feed (over hub.js), the scan table and the health panel.
+// The dashboard page: sign-in, filters, the live feed (over hub.js), the pictures (charts.js), the scan
+// table and the health panel.
 import { HubSocket } from "./hub.js";
+import { HeatMap, MinuteChart, SymbolPanel, confidenceBar, directionBadge, directionOf } from "./charts.js";
 
 const MAX_ROWS = 500; // live feed rows kept in the DOM; older ones are dropped
 const RATE_WINDOW_S = 5; // events per second, averaged over this many seconds
 const HEALTH_EVERY_MS = 5000;
 const TOKEN_KEY = "tickstock.token";
+const STATS_EVERY_MS = 15000; // the pictures are reconciled with the stats endpoint this often
+const STATS_SOON_MS = 1200; // after an event the heat map cannot place: past the cache's staleness bound
+const CHARTS_SUB = "charts"; // the pictures' own subscription: every event, whatever the feed's filters
 
 const $ = (id) => document.getElementById(id);
 
@@ -35,7 +40,6 @@ async function api(path, params) {
 // ---------------------------------------------------------------- formatting
 
 const utc = (iso) => (iso ? iso.replace("T", " ").replace(/(\.\d+)?Z$/, "") : "");
-const conf = (value) => (typeof value === "number" ? value.toFixed(2) : "");
 
 function cell(text, className) {
   const td = document.createElement("td");
@@ -44,13 +48,36 @@ function cell(text, className) {
   return td;
 }
 
+const catalog = new Map(); // pattern name -> its catalog direction
+// Rows are drawn once the catalog is known, so that an event without `data.direction` gets its pattern's.
+let catalogReady = Promise.resolve();
+let catalogLoaded = false;
+
+/** The symbol as a button that opens the symbol panel. */
+function symbolCell(symbol) {
+  const td = cell("", "sym");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "link sym-link";
+  button.textContent = symbol;
+  button.setAttribute("aria-label", `${symbol}: show its recent patterns`);
+  td.append(button);
+  return td;
+}
+
 function eventRow(event, seq, extra = []) {
   const tr = document.createElement("tr");
+  const direction = directionOf(event, catalog);
   tr.dataset.id = event.id;
   tr.dataset.seq = seq ?? "";
-  tr.append(cell(utc(event.detected_at)), cell(event.symbol, "sym"), cell(event.pattern), cell(event.timeframe),
-            ...extra.map((text) => cell(text)),
-            cell(conf(event.confidence), event.confidence >= 0.8 ? "num high" : "num"), cell(seq, "num"));
+  tr.dataset.direction = direction;
+  tr.className = `row-${direction}`;
+  const dir = cell("");
+  dir.append(directionBadge(direction));
+  const confidence = cell("");
+  confidence.append(confidenceBar(event.confidence));
+  tr.append(cell(utc(event.detected_at)), symbolCell(event.symbol), cell(event.pattern), cell(event.timeframe),
+            ...extra.map((text) => cell(text)), dir, confidence, cell(seq, "num"));
   return tr;
 }
 
@@ -100,6 +127,7 @@ async function loadChoices() {
   if (universe.options.length <= 2) {
     fill(universe, universes.items.map((u) => [u.key, `${u.name} (${u.count})`]));
   }
+  for (const d of definitions.items) catalog.set(d.name, d.direction);
   const pattern = $("f-pattern");
   if (pattern.options.length <= 1) {
     fill(pattern, definitions.items.filter((d) => d.enabled !== false).map((d) => [d.name, d.name])
@@ -114,6 +142,9 @@ class Feed {
   pending = [];
   scheduled = false;
   received = 0;
+  flushes = 0; // how many DOM updates, and the time they took (the browser tests print them)
+  flushMs = 0;
+  flushMaxMs = 0;
 
   constructor(body, count) {
     Object.assign(this, { body, count });
@@ -128,12 +159,13 @@ class Feed {
   }
 
   schedule() {
-    if (this.scheduled || $("feed-pause").checked) return;
+    if (this.scheduled || $("feed-pause").checked || !catalogLoaded) return;
     this.scheduled = true;
     requestAnimationFrame(() => this.flush());
   }
 
   flush() {
+    const started = performance.now();
     this.scheduled = false;
     const batch = this.pending;
     this.pending = [];
@@ -148,6 +180,10 @@ class Feed {
       range.deleteContents();
     }
     this.count.textContent = `${this.received} received, ${rows.length} shown (newest first)`;
+    const took = performance.now() - started;
+    this.flushes += 1;
+    this.flushMs += took;
+    this.flushMaxMs = Math.max(this.flushMaxMs, took);
   }
 
   clear() {
@@ -184,7 +220,7 @@ async function loadScan(page = 0) {
   if (cursor) params.set("cursor", cursor);
   const mine = ++scan.seqNo; // a slower earlier answer must not overwrite a newer one
   try {
-    const body = await api("/api/patterns/scan", params);
+    const [body] = await Promise.all([api("/api/patterns/scan", params), catalogReady]);
     if (mine !== scan.seqNo) return;
     scan.page = page;
     scan.cursors.length = page + 1;
@@ -196,7 +232,7 @@ async function loadScan(page = 0) {
     if (!body.items.length) {
       const tr = document.createElement("tr");
       tr.append(cell("No stored event matches these filters.", "empty"));
-      tr.firstChild.colSpan = 7;
+      tr.firstChild.colSpan = 8;
       $("scan-body").replaceChildren(tr);
     }
     $("scan-info").textContent = `${body.items.length} rows · ${body.query_ms} ms${body.cache?.hit ? " · cached" : ""}`;
@@ -294,6 +330,12 @@ function renderHealth(body) {
 // ---------------------------------------------------------------- connection and state
 
 const feed = new Feed($("feed-body"), $("feed-count"));
+const minuteChart = new MinuteChart($("minute-chart"), { legend: $("minute-legend") });
+const heat = new HeatMap($("heat"), { onPick: pickCell, onUnknown: () => loadStatsSoon() });
+const symbolPanel = new SymbolPanel($("symbol-panel"), {
+  chart: $("symbol-chart"), list: $("symbol-list"), title: $("symbol-title"),
+});
+window.tickstockCharts = { feed, minuteChart, heat, symbolPanel }; // for the browser tests' figures
 const rate = new Rate();
 let socket = null;
 let subNo = 0;
@@ -338,11 +380,80 @@ function onState(s) {
   }
 }
 
-function onEvent(event, seq) {
+function onEvent(event, seq, subs = [subId]) {
+  if (subs.includes(CHARTS_SUB)) {
+    const direction = directionOf(event, catalog);
+    minuteChart.add(event);
+    heat.add(event, direction);
+    symbolPanel.add(event, direction);
+  }
+  if (!subs.includes(subId)) return;
   feed.push(event, seq);
   rate.add();
   $("conn-seq").textContent = seq;
   $("status").dataset.lastSeq = seq;
+}
+
+// ---------------------------------------------------------------- pictures
+
+let statsNo = 0;
+let statsSoon = 0;
+let statsAt = 0;
+
+/** Both pictures from ``/api/patterns/stats/recent``; a slower earlier answer never overwrites a newer one. */
+async function loadStats() {
+  if (!token()) return;
+  const mine = ++statsNo;
+  statsAt = Date.now();
+  try {
+    const body = await api("/api/patterns/stats/recent", new URLSearchParams({ minutes: "60" }));
+    if (mine !== statsNo) return;
+    minuteChart.load(body);
+    heat.load(body);
+    $("heat-error").textContent = "";
+  } catch (err) {
+    if (mine !== statsNo) return;
+    if (err instanceof AuthError) return signOut(err.message);
+    $("heat-error").textContent = `Statistics failed: ${err.message}`;
+  }
+}
+
+/** An event whose sector the heat map does not know: ask again once the cache has it (at most every 5 s). */
+function loadStatsSoon() {
+  if (statsSoon) return;
+  const wait = Math.max(STATS_SOON_MS, statsAt + 5000 - Date.now());
+  statsSoon = setTimeout(() => { statsSoon = 0; loadStats(); }, wait);
+}
+
+/** A heat-map cell: the feed and the scan table show that pattern on the cell's symbols. */
+function pickCell(cell, sectorName) {
+  const pattern = $("f-pattern");
+  if (![...pattern.options].some((o) => o.value === cell.pattern)) pattern.add(new Option(cell.pattern, cell.pattern));
+  pattern.value = cell.pattern;
+  $("f-symbols").value = cell.symbols.join(" ");
+  $("f-universe").value = "";
+  const more = cell.symbol_count > cell.symbols.length ? ` (the first ${cell.symbols.length} of ${cell.symbol_count})` : "";
+  const note = $("heat-note");
+  note.hidden = false;
+  note.textContent = `Filtered to ${sectorName} × ${cell.pattern}: ${cell.symbols.length} symbol`
+    + `${cell.symbols.length === 1 ? "" : "s"}${more}. Clear the filters to see everything again.`;
+  $("filters").requestSubmit();
+}
+
+async function openSymbol(symbol) {
+  const params = new URLSearchParams({ symbol, limit: "200" });
+  symbolPanel.show(symbol, []);
+  $("symbol-panel").focus();
+  try {
+    const [body] = await Promise.all([api("/api/patterns/scan", params), catalogReady]);
+    if (symbolPanel.symbol !== symbol) return;
+    symbolPanel.show(symbol, body.items.map((e) => ({ ...e, direction: directionOf(e, catalog) })));
+  } catch (err) {
+    if (err instanceof AuthError) return signOut(err.message);
+    const li = document.createElement("li");
+    li.textContent = `Could not load ${symbol}: ${err.message}`;
+    $("symbol-list").replaceChildren(li);
+  }
 }
 
 function onError(err) {
@@ -372,10 +483,16 @@ function signIn() {
   $("filters").hidden = false;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   socket = new HubSocket({ url: `${scheme}//${location.host}/ws`, token: token(), onEvent, onState, onSubscribed, onError });
+  socket.subscribe(CHARTS_SUB, {});
   subscribe();
   socket.start();
-  loadChoices().catch((err) => (err instanceof AuthError ? signOut(err.message) : console.warn(err)));
+  $("charts").hidden = false;
+  catalogLoaded = false;
+  catalogReady = loadChoices()
+    .catch((err) => (err instanceof AuthError ? signOut(err.message) : console.warn(err)))
+    .finally(() => { catalogLoaded = true; feed.schedule(); });
   loadScan(0);
+  loadStats();
 }
 
 function signOut(message = "") {
@@ -386,6 +503,8 @@ function signOut(message = "") {
   $("sign-in").hidden = false;
   $("sign-out").hidden = true;
   $("filters").hidden = true;
+  $("charts").hidden = true;
+  symbolPanel.hide();
   $("who").textContent = "";
   feed.clear(); // what was shown belongs to the token that signed out
   $("scan-body").replaceChildren();
@@ -419,7 +538,19 @@ $("filters").addEventListener("submit", (e) => {
   loadScan(0);
 });
 // `reset` fires before the fields are cleared: apply on the next task.
-$("filters").addEventListener("reset", () => setTimeout(() => $("filters").requestSubmit()));
+$("filters").addEventListener("reset", () => {
+  $("heat-note").hidden = true;
+  heat.active = null;
+  heat.invalidate();
+  setTimeout(() => $("filters").requestSubmit());
+});
+for (const table of [$("feed-body"), $("scan-body")]) {
+  table.addEventListener("click", (e) => {
+    const button = e.target.closest(".sym-link");
+    if (button) openSymbol(button.textContent);
+  });
+}
+$("symbol-close").addEventListener("click", () => symbolPanel.hide());
 
 $("feed-pause").addEventListener("change", () => feed.schedule());
 $("feed-clear").addEventListener("click", () => feed.clear());
@@ -434,6 +565,8 @@ setInterval(() => {
   $("conn-rate").textContent = rate.perSecond.toFixed(1);
 }, 1000);
 setInterval(loadHealth, HEALTH_EVERY_MS);
+setInterval(() => { if (socket) loadStats(); }, STATS_EVERY_MS);
+setInterval(() => minuteChart.invalidate(), 10_000); // the window slides even without events
 document.addEventListener("visibilitychange", loadHealth);
 
 tokenFromFragment();
