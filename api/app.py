@@ -30,6 +30,7 @@ from api.routes import (
     metrics,
     patterns,
     recent_stats,
+    sio,
     symbols,
     universes,
     user_filters,
@@ -246,11 +247,14 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if hub is not None:
-            app.state.hub = hub
-            yield
-            return
-        async with open_hub(settings) as opened:
+        async with AsyncExitStack() as stack:
+            if socketio_server is not None:
+                stack.push_async_callback(socketio_server.shutdown)  # after the fan-out closed its sessions
+            if hub is not None:
+                app.state.hub = hub
+                yield
+                return
+            opened = await stack.enter_async_context(open_hub(settings))
             app.state.hub = opened
             app.state.rate_limiter.register(opened.metrics.registry)
             yield
@@ -285,4 +289,5 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
         app.state.rate_limiter.register(hub.metrics.registry)
     app.state.ingest_gate = IngestGate(settings.http_ingest_inflight)
     app.state.scan_queries = QueryMemo()  # validated scan queries by their raw text
+    socketio_server = sio.mount(app, settings) if settings.socketio_enabled else None
     return app

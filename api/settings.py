@@ -77,6 +77,11 @@ DEFAULT_AUTH_FAILURE_BURST = 20
 DEFAULT_ADMIN_MAX_BODY_BYTES = 1 << 20
 DEFAULT_JWKS_MAX_BYTES = 1 << 20
 DEFAULT_HSTS_MAX_AGE_S = securityheaders.DEFAULT_HSTS_MAX_AGE_S
+DEFAULT_SOCKETIO_TRANSPORTS = "polling,websocket"  # Socket.IO clients' default: polling, then upgrade
+DEFAULT_SOCKETIO_PING_INTERVAL_S = 25.0  # Engine.IO's own defaults
+DEFAULT_SOCKETIO_PING_TIMEOUT_S = 20.0
+DEFAULT_SOCKETIO_MAX_PACKET_BYTES = 64 * 1024  # a larger message or polling POST closes the session
+DEFAULT_SOCKETIO_QUEUE_PACKETS = 64  # Engine.IO's per-session queue; behind it the fan-out's outbox
 DEFAULT_COMPAT_PREFIX = "/tickstock"
 
 
@@ -136,6 +141,14 @@ class Settings:
     ws_resume_max: int = ws.DEFAULT_RESUME_MAX
     ws_ring_size: int = ws.DEFAULT_RING_SIZE
     ws_drain_s: float = ws.DEFAULT_DRAIN_S
+    # Socket.IO at /socket.io/ (docs/socketio.md), on the same fan-out and bounds as /ws.
+    socketio_enabled: bool = True
+    socketio_transports: str = DEFAULT_SOCKETIO_TRANSPORTS  # comma-separated; "websocket": no polling
+    socketio_cors_origins: str = ""  # comma-separated origins; "": same origin only; "*": any
+    socketio_ping_interval_s: float = DEFAULT_SOCKETIO_PING_INTERVAL_S
+    socketio_ping_timeout_s: float = DEFAULT_SOCKETIO_PING_TIMEOUT_S
+    socketio_max_packet_bytes: int = DEFAULT_SOCKETIO_MAX_PACKET_BYTES
+    socketio_queue_packets: int = DEFAULT_SOCKETIO_QUEUE_PACKETS
     # Event time window (issue #11): older, further ahead or longer-lived events are dead letters.
     event_max_age_days: int = DEFAULT_EVENT_MAX_AGE_DAYS  # detected_at at most this far back
     event_max_ahead_s: float = DEFAULT_EVENT_MAX_AHEAD_S  # detected_at at most this far ahead of now
@@ -239,6 +252,7 @@ class Settings:
                 f"{PREFIX}REFERRER_POLICY must be one or more (comma-separated) of "
                 f"{', '.join(sorted(securityheaders.REFERRER_POLICIES))}"
             )
+        checks.check_transports(self.socketio_transports)
         if self.forwarded_allow_ips is not None:
             checks.check_networks(self.forwarded_allow_ips)
         if self.jwks_url:

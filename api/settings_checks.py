@@ -19,9 +19,11 @@ __all__ = [
     "POSITIVE_SECONDS",
     "PREFIX",
     "RATES",
+    "SOCKETIO_TRANSPORTS",
     "SettingsError",
     "check_jwks_url",
     "check_networks",
+    "check_transports",
 ]
 
 PREFIX = "TICKSTOCK_"
@@ -65,6 +67,8 @@ AT_LEAST_ONE = (
     "auth_failure_burst",
     "admin_max_body_bytes",
     "jwks_max_bytes",
+    "socketio_max_packet_bytes",
+    "socketio_queue_packets",
 )
 POSITIVE = (
     "pool_timeout_s",
@@ -85,6 +89,8 @@ POSITIVE_SECONDS = (
     "ws_auth_timeout_s",
     "ws_drain_s",
     "ws_queue_age_s",
+    "socketio_ping_interval_s",
+    "socketio_ping_timeout_s",
 )
 RATES = ("rate_limit_per_s", "rate_limit_admin_per_s", "auth_failure_per_s")
 NOT_NEGATIVE = (
@@ -102,8 +108,17 @@ HEADER_VALUE = re.compile(r"[!-~](?: *[!-~])*")
 HEADER_VALUE_MAX = 4096
 
 
+SOCKETIO_TRANSPORTS = frozenset({"polling", "websocket"})
+
+
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
+
+
+def check_transports(value: str) -> None:
+    """``value`` is ``polling``, ``websocket`` or both, comma-separated; SettingsError otherwise."""
+    if not {t.strip() for t in value.split(",")} <= SOCKETIO_TRANSPORTS:
+        raise SettingsError(f"{PREFIX}SOCKETIO_TRANSPORTS must be polling, websocket or both")
 
 
 def check_networks(value: str) -> None:

@@ -58,6 +58,7 @@ class Connection:
         "connected_at",
         "expires_at",
         "gone",
+        "heartbeat",
         "last_received",
         "last_sent",
         "scopes",
@@ -65,7 +66,9 @@ class Connection:
         "subs",
     )
 
-    def __init__(self, send: Send, limits: FanOutLimits, metrics: FanOutMetrics) -> None:
+    def __init__(
+        self, send: Send, limits: FanOutLimits, metrics: FanOutMetrics, *, heartbeat: bool = True
+    ) -> None:
         self._send = send
         self._limits = limits
         self._metrics = metrics
@@ -84,6 +87,9 @@ class Connection:
         self.close_reason = ""
         self.busy = False  # handling an op (a long replay is not idleness)
         self.gone = False
+        # False: the transport keeps the socket alive itself (Engine.IO's ping/pong), so the fan-out
+        # neither pings it nor closes it as idle.
+        self.heartbeat = heartbeat
 
     @property
     def authenticated(self) -> bool:

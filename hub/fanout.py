@@ -142,8 +142,9 @@ class FanOut:
 
     # -- connections -----------------------------------------------------------------------------
 
-    def connect(self, send: Send) -> Connection:
-        conn = Connection(send, self.limits, self.metrics)
+    def connect(self, send: Send, *, heartbeat: bool = True) -> Connection:
+        """Register a socket; ``heartbeat=False`` for a transport with its own liveness checks."""
+        conn = Connection(send, self.limits, self.metrics, heartbeat=heartbeat)
         self.connections[conn] = None
         return conn
 
@@ -352,6 +353,8 @@ class FanOut:
                         conn.close(CLOSE_UNAUTHORIZED, "no token within the authentication timeout")
                 elif wall > conn.expires_at:
                     conn.close(CLOSE_UNAUTHORIZED, "the token expired; reconnect with a new one")
+                elif not conn.heartbeat:
+                    continue
                 elif now - conn.last_received > limits.idle_timeout_s and not conn.busy:
                     conn.close(CLOSE_IDLE, "idle timeout")
                 elif now - conn.last_sent >= limits.ping_interval_s and not conn.queued:

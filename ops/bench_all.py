@@ -58,6 +58,7 @@ SECTIONS = ("ingest", "fanout", "memory", "rest")
 PEERS = ("starlette", "node", "flask")
 LABELS = {
     "hub": "hub (ours)",
+    "hub-sio": "hub Socket.IO (ours)",
     "starlette": "bare Starlette loop",
     "node": "Socket.IO on Node.js",
     "flask": "Flask-SocketIO + Redis",
@@ -332,6 +333,19 @@ def report(result: dict[str, Any]) -> list[str]:
                             f" {_ratio(get(h), get(by_peer[p]) if by_peer[p] else None):>12}" for p in peers
                         )
                     )
+    sio_rows = fan.get("socketio") or []
+    if sio_rows:
+        say("")
+        say(
+            "== the hub's Socket.IO endpoint (/socket.io/) as a ratio to its /ws and to Socket.IO on Node.js, "
+            "same run (below 1×: lower, better; the aim is within 1.5× of /ws)"
+        )
+        for row in sio_rows:
+            say(
+                f"  {row['connections']:>6,} lost {row['lost']}; server CPU µs/msg "
+                f"{_fmt(row['cpu_us_per_msg_vs_hub'])}× /ws, {_fmt(row['cpu_us_per_msg_vs_node'])}× Node; "
+                f"p99 {_fmt(row['p99_ms_vs_hub'])}× /ws, {_fmt(row['p99_ms_vs_node'])}× Node"
+            )
     mem = fan.get("memory", [])
     if mem:
         say("")
@@ -455,7 +469,7 @@ def main() -> int:
     parser.add_argument(
         "--servers",
         default=",".join(bench_fanout.SERVERS),
-        help="fan-out and memory servers (hub, starlette, node, flask)",
+        help="fan-out and memory servers (hub, hub-sio, starlette, node, flask)",
     )
     parser.add_argument(
         "--fanout-connections", default=None, help="comma-separated (default: 100,1000,5000; quick: 100,1000)"

@@ -23,6 +23,9 @@ What "the server" and "the publisher" are:
   connection gets ``--rate`` events/s on average, as many deliveries as a baseline's
   (``--hub-filters all``: everyone gets everything at ``--rate``).
   CPU per message is the hub process alone; NATS, PostgreSQL and Redis are reported apart.
+- ``hub-sio``: the same hub (a fresh process and stack) through its Socket.IO endpoint
+  (``/socket.io/``, websocket transport), the same mixed filters sent as ``subscribe`` events; it is
+  shown as ratios to ``/ws`` and to Socket.IO on Node.js of the same run.
 - ``starlette``: a bare broadcast loop on the same uvicorn stack (ops/baselines/starlette_broadcast.py),
   publisher in process.
 - ``node``: Socket.IO 4 on Node.js (ops/baselines/socketio-node), publisher in process.
@@ -74,7 +77,8 @@ from api.auth import mint_token  # noqa: E402
 from hub.subjects import ingest_subject  # noqa: E402
 
 RESULTS = HERE / "results"
-SERVERS = ("hub", "starlette", "node", "flask")
+SERVERS = ("hub", "hub-sio", "starlette", "node", "flask")
+HUBS = ("hub", "hub-sio")
 # Flask-SocketIO's threading mode is one busy thread per connection while it broadcasts: at 5,000 a
 # trial ran the machine's load average past 1,000 (other work on the box stalled) and delivered
 # nothing within the run. Above this it is not run unless asked (--flask-max-connections).
@@ -158,8 +162,11 @@ def stack_pids() -> dict[str, int]:
 
 
 @contextmanager
-def hub_server(stack: Stack | None = None, *, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
-    """``tickstock serve`` on ``stack`` (default: a fresh embedded stack) as a :class:`Server`."""
+def hub_server(
+    stack: Stack | None = None, *, extra_env: dict[str, str] | None = None, name: str = "hub"
+) -> Iterator[Server]:
+    """``tickstock serve`` on ``stack`` (default: a fresh embedded stack) as a :class:`Server`; ``name``
+    ``hub-sio``: its clients come through ``/socket.io/`` instead of ``/ws``."""
     with ExitStack() as exits:
         if stack is None:
             stack = exits.enter_context(embedded_stack())
@@ -171,10 +178,13 @@ def hub_server(stack: Stack | None = None, *, extra_env: dict[str, str] | None =
         def publish(count: int, rate: float, start: int) -> float:
             return asyncio.run(publish_ingest(nats_url, run, count, rate, start))
 
+        sio = name == "hub-sio"
         yield Server(
-            "hub",
-            "hub",
-            f"ws://127.0.0.1:{port}/ws",
+            name,
+            "hubsio" if sio else "hub",
+            f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+            if sio
+            else f"ws://127.0.0.1:{port}/ws",
             f"http://127.0.0.1:{port}",
             proc.pid,
             publish,
@@ -190,20 +200,26 @@ def hub_conns(server: Server, n: int, *, filters: str, secret: str) -> list[Conn
     ]
     for c in range(n):
         kind = kinds[c % len(kinds)]
+        token = tokens[c % len(tokens)]
+        if server.name == "hub-sio":
+            join = ("40" + json.dumps({"token": token})).encode()
+            sub = ("42" + json.dumps(["subscribe", {"id": "b", "filter": HUB_FILTERS[kind]}])).encode()
+            conns.append(Conn(server.ws_url, kind, (join, sub)))
+            continue
         frame = json.dumps({"op": "subscribe", "id": "b", "filter": HUB_FILTERS[kind]}).encode()
-        conns.append(Conn(f"{server.ws_url}?token={tokens[c % len(tokens)]}", kind, (frame,)))
+        conns.append(Conn(f"{server.ws_url}?token={token}", kind, (frame,)))
     return conns
 
 
 def conns_for(server: Server, n: int, *, filters: str = "mixed") -> list[Conn]:
-    if server.name == "hub":
+    if server.name in HUBS:
         return hub_conns(server, n, filters=filters, secret=OPS_SECRET)
     return [Conn(server.ws_url)] * n
 
 
 def hub_buckets(server: Server) -> list[tuple[float, float]] | None:
     """The hub's own stored→sent histogram from /metrics: cumulative (upper bound s, count) buckets."""
-    if server.name != "hub":
+    if server.name not in HUBS:
         return None
     try:
         text = httpx.get(f"{server.http_url}/metrics", timeout=10).text
@@ -260,7 +276,7 @@ def fanout_run(
     processes: int | None = None,
 ) -> dict[str, Any]:
     """One fan-out measurement (see the module docstring)."""
-    publish_rate = rate / _mean_share(MIXED) if server.name == "hub" and filters == "mixed" else rate
+    publish_rate = rate / _mean_share(MIXED) if server.name in HUBS and filters == "mixed" else rate
     warmup = max(1, int(publish_rate * WARMUP_S))
     count = int(publish_rate * seconds)
     # Each run uses fresh indices, so a late message from an earlier run is never counted.
@@ -299,7 +315,7 @@ def fanout_run(
         "rate_per_connection": rate,
         "publish_rate": publish_rate,
         "seconds": seconds,
-        "filters": filters if server.name == "hub" else "broadcast",
+        "filters": filters if server.name in HUBS else "broadcast",
         "connect_s": round(connect_s, 1),
         "ready_status": status,
         "publish_s": round(publish_s, 2),
@@ -396,8 +412,8 @@ def _collect(server: Server) -> None:
 
 @contextmanager
 def open_server(name: str, redis: Any = None) -> Iterator[Server]:
-    if name == "hub":
-        with hub_server() as server:
+    if name in HUBS:
+        with hub_server(name=name) as server:
             yield server
     elif name == "starlette":
         with starlette_server() as server:
@@ -478,7 +494,40 @@ def run_all(
         except Exception as exc:
             errors[name] = f"{type(exc).__name__}: {exc}"[:2000]
             print(f"  {name}: FAILED {errors[name]}", flush=True)
-    return {"fanout": fanout, "memory": memory_results, "errors": errors, "skipped": skipped}
+    ratios = socketio_ratios(fanout)
+    return {
+        "fanout": fanout,
+        "memory": memory_results,
+        "errors": errors,
+        "skipped": skipped,
+        "socketio": ratios,
+    }
+
+
+def socketio_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The hub's Socket.IO endpoint as ratios to its ``/ws`` and to Socket.IO on Node.js, per connection
+    count of this run: server CPU per delivered message and p99 latency (below 1×: lower, better)."""
+    rows = []
+    for sio in (r for r in runs if r["server"] == "hub-sio"):
+        row: dict[str, Any] = {"connections": sio["connections"], "lost": sio["lost"]}
+        for peer in ("hub", "node"):
+            other = next(
+                (r for r in runs if r["server"] == peer and r["connections"] == sio["connections"]), None
+            )
+            for figure, get in (
+                ("cpu_us_per_msg", lambda r: r["server_cpu_us_per_msg"]),
+                ("p99_ms", lambda r: r["latency_ms"].get("p99")),
+            ):
+                mine, theirs = get(sio), get(other) if other else None
+                row[f"{figure}_vs_{peer}"] = round(mine / theirs, 2) if mine and theirs else None
+        rows.append(row)
+        print(
+            f"  hub Socket.IO at {row['connections']:,}: lost {row['lost']}; CPU/msg "
+            f"{row['cpu_us_per_msg_vs_hub']}× /ws, {row['cpu_us_per_msg_vs_node']}× Node Socket.IO; p99 "
+            f"{row['p99_ms_vs_hub']}× /ws, {row['p99_ms_vs_node']}× Node Socket.IO",
+            flush=True,
+        )
+    return rows
 
 
 def _line(r: dict[str, Any]) -> None:

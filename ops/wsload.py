@@ -18,6 +18,9 @@ Modes:
   timeout never closes a connection that is only receiving;
 - ``socketio``: a thin Engine.IO v4 / Socket.IO v4 client (``?EIO=4&transport=websocket``): answers
   ``2`` (ping) with ``3``, sends ``40`` to join the default namespace, reads ``42[...]`` events.
+- ``hubsio``: the same on the hub's ``/socket.io/``: joins with its first ``hello`` frame
+  (``40{"token": …}``), sends the others (``42["subscribe", …]``) at ``connection_confirmed``, is ready
+  at ``subscribed``, reads ``pattern_alert`` events.
 
 Per connection it keeps a bitmap of the measured indices it received, so it counts deliveries,
 duplicates and order inversions; losses are what each connection's filter (``KINDS``) should have
@@ -52,7 +55,7 @@ from websockets.uri import parse_uri
 
 __all__ = ["KINDS", "Conn", "Load", "LoadResult", "expected_counts", "raise_fd_limit"]
 
-MODES = ("plain", "hub", "socketio")
+MODES = ("plain", "hub", "socketio", "hubsio")
 RE_I = re.compile(rb'"bench_i":\s*(\d+)')
 RE_T0 = re.compile(rb'"bench_t0":\s*([0-9.]+)')
 RE_OP = re.compile(rb'"op":\s*"(\w+)"')
@@ -196,6 +199,9 @@ class _Client(asyncio.Protocol):
     def _text(self, data: bytes, now: float) -> None:
         self.w.frames += 1
         mode = self.w.mode
+        if mode == "hubsio":
+            self._hub_socketio(data, now)
+            return
         if mode == "socketio":
             head = data[:2]
             if head == b"42":
@@ -230,6 +236,29 @@ class _Client(asyncio.Protocol):
             self.w.errors[json.loads(data).get("code", "?")] += 1
             if not self.is_ready:
                 self._fail(f"error frame: {data[:200]!r}")
+
+    def _hub_socketio(self, data: bytes, now: float) -> None:
+        if data.startswith(b'42["pattern_alert"'):
+            self._event(data, now)
+        elif data == b"2":
+            self.send(b"3")
+        elif data.startswith(b'42["connection_confirmed"'):
+            for frame in self.conn.hello[1:]:
+                self.send(frame)
+            if len(self.conn.hello) < 2:
+                self._set_ready()
+        elif data.startswith(b'42["subscribed"'):
+            self._set_ready()
+        elif data.startswith(b'42["error"'):
+            self.w.errors[json.loads(data[2:])[1].get("code", "?")] += 1
+            if not self.is_ready:
+                self._fail(f"error event: {data[:200]!r}")
+        elif data.startswith(b'42["closing"'):
+            self.w.closes[str(json.loads(data[2:])[1].get("code", "?"))] += 1
+        elif data[:1] == b"0":
+            self.send(self.conn.hello[0] if self.conn.hello else b"40")
+        elif data[:2] == b"44":
+            self._fail(f"namespace refused: {data[:200]!r}")
 
     def _event(self, data: bytes, now: float, match: re.Match[bytes] | None = None) -> None:
         if match is None:

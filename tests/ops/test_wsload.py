@@ -18,7 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ops"))
 
 from wsload import Conn, Load, expected_counts
 
-from tests.support import free_port, serve_started
+from api.auth import mint_token
+from tests.conftest import JWT_SECRET
+from tests.support import LiveHub, free_port, make_event, publish_events, serve_started
 
 CONNECTIONS = 6
 FIRST, COUNT = 10, 50  # measured indices 10..59; 0..9 are warm-up
@@ -87,3 +89,30 @@ def test_expected_counts_match_the_filters_share() -> None:
     assert expected_counts("sym_even", 0, 100) == 50
     assert expected_counts("tf_fast", 0, 100) == 50
     assert expected_counts("conf_high", 0, 100) == 50
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_hubsio_mode_counts_the_hubs_socketio_alerts(live_hub: LiveHub) -> None:
+    """ops/bench's hub-sio row: wsload joins /socket.io/ with a token, subscribes, counts pattern_alerts."""
+    token = mint_token(JWT_SECRET, subject="bench-sio", scopes=["patterns:read"])
+    join = ("40" + json.dumps({"token": token})).encode()
+    subscribe = b'42["subscribe",{"id":"b","filter":{"symbols":["WSL"]}}]'
+    url = f"{live_hub.ws_url}/socket.io/?EIO=4&transport=websocket"
+    conns = [Conn(url, "all", (join, subscribe))] * 3
+    events = [
+        make_event(i, prefix="wsl", symbol="WSL", data={"bench_i": i, "bench_t0": time.time()})
+        for i in range(20)
+    ]
+
+    def run(loop: asyncio.AbstractEventLoop) -> dict[str, object]:
+        with Load("hubsio", conns, first=0, count=20, processes=1, start_method="spawn") as load:
+            assert load.wait_ready(30)["ready"] == 3
+            asyncio.run_coroutine_threadsafe(publish_events(live_hub.hub.js, events), loop).result(30)
+            load.drain(3 * 20, stall_s=3.0, timeout_s=30)
+            return load.stop().as_dict()
+
+    result = await asyncio.to_thread(run, asyncio.get_running_loop())
+    assert result["ready"] == 3 and result["failed"] == 0
+    assert result["delivered"] == 60 and result["lost"] == 0 and result["duplicates"] == 0
+    assert result["inversions"] == 0
