@@ -6,11 +6,7 @@ Skipped without node and npm unless ``TICKSTOCK_REQUIRE_NODE`` is set (CI sets i
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,41 +16,19 @@ import pytest_asyncio
 
 from api.auth import mint_token
 from tests.conftest import JWT_SECRET
+from tests.node import npm_installed
 from tests.support import LiveHub, make_event, publish_events, within
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 CLIENT = Path(__file__).resolve().parents[1] / "socketio"
-NODE_TIMEOUT_S = 300
 READER = mint_token(JWT_SECRET, subject="node-reader", scopes=["patterns:read"])
 
 
 @pytest.fixture(scope="module")
 def client_script() -> Path:
     """tests/socketio with node_modules installed from package-lock.json (``npm ci``, once per lock)."""
-    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
-    if missing:
-        reason = f"{' and '.join(missing)} not on PATH (the Socket.IO client check runs on Node.js)"
-        if os.environ.get("TICKSTOCK_REQUIRE_NODE", "") not in ("", "0"):
-            pytest.fail(f"TICKSTOCK_REQUIRE_NODE is set, but {reason}")
-        pytest.skip(reason)
-    stamp = CLIENT / "node_modules" / ".tickstock-lock-sha256"
-    digest = hashlib.sha256((CLIENT / "package-lock.json").read_bytes()).hexdigest()
-    if not (stamp.exists() and stamp.read_text() == digest):
-        installed = subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
-            cwd=CLIENT,
-            capture_output=True,
-            text=True,
-            timeout=NODE_TIMEOUT_S,
-            check=False,
-        )
-        if installed.returncode != 0:
-            pytest.fail(
-                f"npm ci in {CLIENT} failed (is the npm registry reachable?):\n{installed.stderr[-2000:]}"
-            )
-        stamp.write_text(digest)
-    return CLIENT / "client.mjs"
+    return npm_installed(CLIENT, what="the Socket.IO client check") / "client.mjs"
 
 
 class NodeClient:

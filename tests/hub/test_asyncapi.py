@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -38,6 +36,7 @@ from hub.deadletters import DLQ_HEADERS, MAX_DELIVERIES, STORE_REJECTED
 from hub.model import REASONS, TIMEFRAMES, load_json_schema
 from hub.producer import PRODUCER_HEADER, PRODUCER_SIG_HEADER
 from tests.conftest import JWT_SECRET
+from tests.node import npm_installed
 from tests.support import free_port, serve_started
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,37 +80,10 @@ def _inline(node: Any) -> Any:
 # -- 1. the AsyncAPI parser -----------------------------------------------------------------------------
 
 
-def _node_missing() -> str | None:
-    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
-    return f"{' and '.join(missing)} not on PATH (the AsyncAPI parser runs on Node.js)" if missing else None
-
-
 @pytest.fixture(scope="module")
 def parser() -> Path:
     """ops/asyncapi with node_modules installed from package-lock.json (``npm ci``, once per lock)."""
-    missing = _node_missing()
-    if missing:
-        if os.environ.get("TICKSTOCK_REQUIRE_NODE", "") not in ("", "0"):
-            pytest.fail(f"TICKSTOCK_REQUIRE_NODE is set, but {missing}")
-        pytest.skip(missing)
-    stamp = CHECKER / "node_modules" / ".tickstock-lock-sha256"
-    digest = hashlib.sha256((CHECKER / "package-lock.json").read_bytes()).hexdigest()
-    if not (stamp.exists() and stamp.read_text() == digest):
-        # --ignore-scripts: a dependency's install script (telemetry) has nothing to do here.
-        installed = subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
-            cwd=CHECKER,
-            capture_output=True,
-            text=True,
-            timeout=NODE_TIMEOUT_S,
-            check=False,
-        )
-        if installed.returncode != 0:
-            pytest.fail(
-                f"npm ci in {CHECKER} failed (is the npm registry reachable?):\n{installed.stderr[-2000:]}"
-            )
-        stamp.write_text(digest)
-    return CHECKER / "validate.mjs"
+    return npm_installed(CHECKER, what="the AsyncAPI parser") / "validate.mjs"
 
 
 def _validate(script: Path, source: str) -> tuple[int, dict[str, Any]]:
