@@ -116,8 +116,7 @@ async def definitions(request: Request) -> Response:
 
     async def compute() -> Computed:
         async with hub.pool.connection() as conn:
-            rows = await list_definitions(conn)
-        items = [{**r, "aliases": list(r["aliases"]), "timeframes": list(r["timeframes"])} for r in rows]
+            items = await list_definitions(conn)  # psycopg reads the text[] columns as lists
         return Computed(dumps({"items": items}), REFERENCE_TTL_S)
 
     served = await serve(hub.cache, "definitions", None, _REFERENCE, compute)
@@ -145,13 +144,7 @@ async def put_definition_route(request: Request) -> JSONResponse:
         stored, created, changed = await put_definition(conn, name, body.fields())
     if changed:
         await hub.catalog.refresh(hub.pool)  # this node at once; the others on the notice
-    document = {
-        **stored,
-        "aliases": list(stored["aliases"]),
-        "timeframes": list(stored["timeframes"]),
-        "created": created,
-        "changed": changed,
-    }
+    document = {**stored, "created": created, "changed": changed}
     return JSONResponse(document, status_code=201 if created else 200)
 
 

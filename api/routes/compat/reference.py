@@ -86,8 +86,7 @@ async def definitions(request: Request) -> Response:
     read_query(_NoQuery, request)
 
     async def build(conn: Any) -> dict[str, Any]:
-        rows = await list_definitions(conn)
-        items = [{**r, "aliases": list(r["aliases"]), "timeframes": list(r["timeframes"])} for r in rows]
+        items = await list_definitions(conn)  # psycopg reads the text[] columns as lists
         return {"patterns": items, "count": len(items)}
 
     return await _json(hub, "symbols", "definitions", None, build)
