@@ -62,7 +62,7 @@ from hub.pull import Puller, in_progress, nak
 from hub.subjects import check_subject, clean_subject
 from hub.text import first_line
 from hub.window import EventWindow
-from store.patterns import StoredEvent, ensure_month_list, month_start, set_stream_seqs
+from store.patterns import StoredEvent, ensure_month_list, lock_instances, month_start, set_stream_seqs
 from store.secrets import deployment_secret
 
 __all__ = ["Writer"]
@@ -181,6 +181,7 @@ class Writer:
 
     async def _store(self, batch: list[Pending], msgs: Sequence[Msg]) -> Outcome:
         async with self._pool.connection() as conn, conn.transaction():
+            await lock_instances(conn, [p.event for p in batch])  # before the savepoints: kept to the end
             outcome = await insert_isolating(conn, batch, heartbeat=lambda: in_progress(msgs))
             if (
                 outcome.failed
@@ -213,7 +214,8 @@ class Writer:
         finally:
             await hooked
         if pending:
-            async with self._pool.connection() as conn:
+            async with self._pool.connection() as conn, conn.transaction():
+                await lock_instances(conn, [e for _, e in pending])
                 await set_stream_seqs(conn, [(s, ack.seq) for (s, _), ack in zip(pending, acks, strict=True)])
             await self._stored([e for _, e in pending])  # their seq changed
         self._metrics.published.inc(sum(1 for a in acks if not a.duplicate))

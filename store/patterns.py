@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -14,7 +15,9 @@ __all__ = [
     "StoredEvent",
     "ensure_month_list",
     "ensure_months",
+    "instance_lock_keys",
     "load_pattern_aliases",
+    "lock_instances",
     "month_start",
     "set_stream_seqs",
     "store_events",
@@ -63,7 +66,7 @@ WITH input AS ({_INPUT}), who AS (
     SELECT producer, n FROM unnest(%s::text[]) WITH ORDINALITY AS p(producer, n)
 ), fresh AS (
     INSERT INTO pattern_event_ids (id, detected_at)
-    SELECT id, detected_at FROM input
+    SELECT id, detected_at FROM input ORDER BY id  -- one order for every writer: no cycle on a shared id
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 ), winners AS (
@@ -129,6 +132,41 @@ WHERE id = ANY(ARRAY(SELECT id FROM replaced)) AND detected_at = ANY(ARRAY(SELEC
 _PROMOTE = f"UPDATE pattern_events SET superseded = false WHERE {_PROMOTED}"
 
 
+# Every write to a pattern instance's rows (the insert with its retire and promote, the stream sequence
+# update after the publish) runs in a transaction that first takes the instance's advisory lock, a
+# batch's locks in one global order (the sorted keys). Two hub nodes storing events of one instance at
+# once then queue on the lock, instead of on each other's rows, which they would otherwise reach in
+# different orders: one node's stream-sequence update and the other's retire of the same rows were a
+# deadlock (a second of deadlock_timeout, the batch handed back). Keys are the two-int4 form in their
+# own namespace, apart from every other advisory lock (those take one bigint key).
+INSTANCE_LOCKS = 0x54494B49  # "TIKI"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def instance_lock_keys(events: Iterable[Any]) -> list[int]:
+    """The sorted, distinct advisory lock keys (int4) of the pattern instances of ``events`` (each with
+    ``symbol``, ``pattern``, ``timeframe`` and an aware ``detected_at``). The same instance gives the
+    same key in every process; two instances may share one (they are then serialised needlessly,
+    never wrongly)."""
+    keys: set[int] = set()
+    for e in events:
+        micros = (e.detected_at - _EPOCH) // timedelta(microseconds=1)
+        name = f"{e.symbol}\x1f{e.pattern}\x1f{e.timeframe}\x1f{micros}".encode()
+        keys.add(int.from_bytes(hashlib.blake2b(name, digest_size=4).digest(), "big", signed=True))
+    return sorted(keys)
+
+
+async def lock_instances(conn: psycopg.AsyncConnection[Any], events: Iterable[Any]) -> None:
+    """Take the advisory locks of the instances of ``events`` for the rest of the caller's transaction
+    (outside any savepoint: a savepoint rolled back would release them), waiting for any transaction
+    that holds one. Call it before :func:`store_events` or :func:`set_stream_seqs` on those events."""
+    keys = instance_lock_keys(events)
+    if keys:
+        await conn.execute(
+            "SELECT count(pg_advisory_xact_lock(%s, k)) FROM unnest(%s::int4[]) AS k", (INSTANCE_LOCKS, keys)
+        )
+
+
 async def store_events(
     conn: psycopg.AsyncConnection[Any], events: Sequence[Any], producers: Sequence[str | None] | None = None
 ) -> dict[str, StoredEvent]:
@@ -140,7 +178,8 @@ async def store_events(
     Idempotent on the event id: an id stored before is left as it was and reported with
     ``new=False`` and its stored sequence; when the stored canonical payload differs from the event's
     (JSON equality, so key order does not matter) the result carries it in ``conflict``. Run it
-    inside the caller's transaction (a savepoint). Raises psycopg's errors: a missing partition is
+    inside the caller's transaction (a savepoint), after :func:`lock_instances` on ``events`` when
+    other writers may store the same instances. Raises psycopg's errors: a missing partition is
     ``CheckViolation`` (the caller creates partitions first); ``UniqueViolation`` means another
     transaction stored an event of the same instance meanwhile, and running it again (in a new
     savepoint) sees that event and succeeds.
@@ -172,7 +211,8 @@ async def store_events(
 async def set_stream_seqs(
     conn: psycopg.AsyncConnection[Any], published: Sequence[tuple[StoredEvent, int]]
 ) -> None:
-    """Record the clean-stream sequence of each published event."""
+    """Record the clean-stream sequence of each published event; in a transaction that holds the
+    events' :func:`lock_instances` when other writers may store the same instances."""
     if not published:
         return
     await conn.execute(

@@ -19,7 +19,13 @@ from hub.isolation import MAX_RACE_RETRIES, Pending, insert_isolating
 from hub.model import PatternEvent
 from hub.parsing import parse_event
 from store.migrate import available_migrations, migrate
-from store.patterns import ensure_months, store_events
+from store.patterns import (
+    ensure_months,
+    instance_lock_keys,
+    lock_instances,
+    set_stream_seqs,
+    store_events,
+)
 from tests.conftest import Servers
 from tests.support import admin_url_for, database_url_for, wait_for
 
@@ -168,6 +174,76 @@ async def test_two_writers_storing_one_instance_at_once_leave_one_latest_event(
     assert outcome.races == 1 and not outcome.failed and outcome.stored[other.id].new
     assert await instance(pool, symbol) == {first.id: latest != "one", other.id: latest != "two"}
     assert MAX_RACE_RETRIES >= 1
+
+
+def test_an_instance_has_one_lock_key_in_every_process_and_a_batch_sorts_them() -> None:
+    one = event("K-1", "pattern_detected", symbol="KEYA")
+    same = parse_event(  # the same instance, its moment written in another offset
+        {**one.model_dump(mode="json"), "id": "K-2", "detected_at": "2026-11-20T10:00:00-05:00"},
+        catalog=CATALOG,
+    )
+    others = [event(f"K-{s}", "pattern_detected", symbol=s) for s in ("KEYB", "KEYC", "KEYD")]
+    keys = instance_lock_keys([one, same, *others])
+    assert instance_lock_keys([same]) == instance_lock_keys([one])
+    assert keys == sorted(keys) and len(keys) == 4
+    assert all(-(2**31) <= k < 2**31 for k in keys)  # int4, the advisory lock's two-key form
+    assert instance_lock_keys([event("K-3", "pattern_detected", symbol="KEYA", timeframe="hourly")]) != (
+        instance_lock_keys([one])
+    )
+
+
+async def _wait_event(pool: AsyncConnectionPool, pid: int) -> tuple[str, str] | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)
+        )
+        row = await cur.fetchone()
+    return None if row is None else (row["wait_event_type"], row["wait_event"])
+
+
+async def test_a_stream_sequence_update_waits_for_the_node_retiring_its_rows_on_the_instance_lock(
+    pool: AsyncConnectionPool, database_url: str
+) -> None:
+    """One node records the stream sequences of the events it just stored while another node stores
+    newer events of the same instances, which retire those rows. Both take the instances' locks first,
+    so the update waits on the lock and touches no row meanwhile; waiting on the rows instead, the two
+    statements could lock them in opposite orders (the deadlock two hubs showed under load)."""
+    published = [event(f"SEQ{n}-old", "pattern_detected", symbol=f"SEQ{n}") for n in (1, 2)]
+    newer = [event(f"SEQ{n}-new", "pattern_updated", symbol=f"SEQ{n}") for n in (2, 1)]
+    async with pool.connection() as conn, conn.transaction():
+        await ensure_months(conn, DETECTED_AT, DETECTED_AT)
+        stored = await store_events(conn, published)
+    async with (
+        await psycopg.AsyncConnection.connect(database_url, row_factory=dict_row) as storing,
+        await psycopg.AsyncConnection.connect(database_url, row_factory=dict_row) as recording,
+    ):
+        async with storing.transaction():
+            await lock_instances(storing, newer)
+            await store_events(storing, newer)
+
+            async def record() -> None:
+                async with recording.transaction():
+                    await lock_instances(recording, published)
+                    await set_stream_seqs(
+                        recording, [(stored[e.id], 100 + n) for n, e in enumerate(published)]
+                    )
+
+            racing = asyncio.create_task(record())
+            await wait_for(
+                lambda: _waiting_on_a_lock(pool, recording.info.backend_pid), timeout=20, what="the wait"
+            )
+            assert await _wait_event(pool, recording.info.backend_pid) == ("Lock", "advisory")
+        await racing
+    assert await instance(pool, "SEQ1") == {"SEQ1-new": False, "SEQ1-old": True}
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT id, stream_seq FROM pattern_events WHERE id = ANY(%s) ORDER BY id",
+            ([e.id for e in published],),
+        )
+        assert [(r["id"], r["stream_seq"]) for r in await cur.fetchall()] == [
+            ("SEQ1-old", 100),
+            ("SEQ2-old", 101),
+        ]
 
 
 @pytest.fixture
