@@ -59,8 +59,8 @@ class Connection:
         "expires_at",
         "gone",
         "heartbeat",
+        "last_pinged",
         "last_received",
-        "last_sent",
         "scopes",
         "subject",
         "subs",
@@ -82,7 +82,7 @@ class Connection:
         self.scopes: frozenset[str] = frozenset()
         self.expires_at = 0.0
         now = time.monotonic()
-        self.connected_at = self.last_received = self.last_sent = now
+        self.connected_at = self.last_received = self.last_pinged = now
         self.close_code: int | None = None
         self.close_reason = ""
         self.busy = False  # handling an op (a long replay is not idleness)
@@ -192,7 +192,6 @@ class Connection:
             waiting = send.send(None)
         except StopIteration:
             self._sent(frame, stored_at)
-            self.last_sent = time.monotonic()
             return
         except (OSError, RuntimeError) as exc:  # the client went away (uvicorn: ClientDisconnected)
             log.debug("websocket write ended: %r", exc)
@@ -215,7 +214,6 @@ class Connection:
                 self._sent(frame, stored_at)
                 if len(frames) <= low:
                     self._room.set()
-            self.last_sent = time.monotonic()
             self._room.set()
         except (OSError, RuntimeError) as exc:
             log.debug("websocket write ended: %r", exc)

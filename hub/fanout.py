@@ -357,9 +357,11 @@ class FanOut:
                     continue
                 elif now - conn.last_received > limits.idle_timeout_s and not conn.busy:
                     conn.close(CLOSE_IDLE, "idle timeout")
-                elif now - conn.last_sent >= limits.ping_interval_s and not conn.queued:
+                elif now - max(conn.last_received, conn.last_pinged) >= limits.ping_interval_s:
+                    # Pinged for what it did not hear, not for what it did not send: a client that
+                    # only answers pings stays connected however busily events stream to it.
                     conn.send_json({"op": "ping", "ts": int(wall * 1000)})
-                    conn.last_sent = now
+                    conn.last_pinged = now
 
 
 def _ids_json(subs: list[Subscription]) -> str:

@@ -153,7 +153,10 @@ async def received(peer: Peer, n: int, timeout: float = 15.0) -> list[dict[str, 
         events = peer.events()
         return events if len(events) >= n else None
 
-    return await wait_for(enough, timeout=timeout, what=f"{n} events (have {len(peer.events())})")
+    try:
+        return await wait_for(enough, timeout=timeout, what=f"{n} events")
+    except AssertionError as exc:  # say where it stopped
+        raise AssertionError(f"{exc}; it has {len(peer.events())}, close code {peer.close_code}") from None
 
 
 async def before_marker(
@@ -533,15 +536,23 @@ async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer_and_othe
     await subscribe(fast, "all")
     async with raw_client(hub, "all", {}):  # it never reads
         big = {"blob": "x" * 12_000}
-        start = hub.hub.fanout.head
-        await publish(hub, [make_event(i, prefix="slow", symbol="MSFT", data=big) for i in range(1000)])
+        start, before = hub.hub.fanout.head, len(fast.events())
+        # In steps of 50 frames (600 KB), each published once the reader has the previous one: its
+        # outbox never nears the bounds (100 frames, 1 MiB) however loaded the machine, while the
+        # outbox of the client that never reads fills past them within two steps.
+        for step in range(20):
+            events = [
+                make_event(i, prefix="slow", symbol="MSFT", data=big)
+                for i in range(step * 50, step * 50 + 50)
+            ]
+            await publish(hub, events)
+            await received(fast, before + step * 50 + 50, timeout=60)
 
         async def slow_closed() -> bool:
-            return hub.hub.fanout.metrics.closes.value(code="4409") >= 1
+            return hub.hub.fanout.metrics.closes.value(code="4409") == 1  # the one that never reads
 
         await wait_for(slow_closed, timeout=30, what="the slow consumer to be closed")
-        got = await received(fast, 1000, timeout=60)
-        assert [f["seq"] for f in got][-1000:] == list(range(start + 1, start + 1001))
+        assert [f["seq"] for f in fast.events()][-1000:] == list(range(start + 1, start + 1001))
 
 
 @contextlib.asynccontextmanager
@@ -596,6 +607,20 @@ async def test_answering_pings_keeps_a_connection_open(connect: Any) -> None:
     for _ in range(8):  # 8 x 0.4 s > the 2.5 s idle timeout
         await peer.op("ping", timeout=5)
         await peer.send({"op": "pong"})
+    assert peer.close_code is None
+
+
+async def test_a_client_that_only_answers_pings_outlives_the_idle_timeout_while_events_stream(
+    connect: Any, hub: LiveHub
+) -> None:
+    """Events every 0.1 s for 4 s (over the 2.5 s idle timeout, every gap under the 0.4 s ping
+    interval): the server still pings, and answering is all the client does."""
+    peer = await connect()
+    await subscribe(peer, "stream", symbols=["KO"])
+    for i in range(40):
+        await publish(hub, [make_event(i, prefix="streaming", symbol="KO")])
+        await received(peer, i + 1)
+        await asyncio.sleep(0.1)  # the pace of a busy market, not a wait for something
     assert peer.close_code is None
 
 
