@@ -19,7 +19,7 @@ the same bytes. An error is a micro error reply with REST's problem document (:f
 A request is answered in a task of its own (at most ``inflight`` at once per node; beyond, a 503 at
 once), so one slow scan does not hold up the next request, and nothing a request holds can stop the
 service: every exception becomes an error reply. On exit the endpoints stop taking requests, the ones
-in hand get ``stop_timeout_s`` to finish, and the rest are cancelled.
+in hand get ``stop_timeout_s`` to finish, and the rest are cancelled with a 503 reply.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ class ScanService:
                 task.cancel()
             if late:
                 await asyncio.wait(late)
-                log.warning("nats service: %d requests cancelled unanswered", len(late))
+                log.warning("nats service: %d requests cancelled (answered 503)", len(late))
         log.info("nats service stopped")
 
     def _endpoint_stats(self, stats: EndpointStats) -> dict[str, Any]:
@@ -227,7 +227,9 @@ class ScanService:
                 }
             await self._respond(request, body, headers)
             self.metrics.seconds.observe(time.perf_counter() - started)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the node stops: the caller may ask another at once
+            stopping = ApiError("this hub node is stopping; try again", status=503)
+            await self._reply_error(endpoint, request, stopping, started)
             raise
         except Exception as exc:
             await self._reply_error(endpoint, request, exc, started)
