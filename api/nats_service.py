@@ -117,7 +117,7 @@ class ServiceMetrics:
 def _version() -> str:
     try:
         return metadata.version("tickstock-hub")
-    except metadata.PackageNotFoundError:  # a source tree that was never installed
+    except metadata.PackageNotFoundError:  # pragma: no cover - installed with the project
         return "0.0.0"
 
 

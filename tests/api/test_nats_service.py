@@ -272,6 +272,47 @@ async def test_the_rate_limit_is_the_one_rest_spends(nc: NATS, svc_hub: LiveHub)
     await assert_answers(nc)
 
 
+async def test_no_ratelimit_headers_without_a_limit_and_any_case_of_the_header_name(
+    nc: NATS, svc_hub: LiveHub
+) -> None:
+    state = svc_hub.app.state  # type: ignore[union-attr]
+    kept = state.rate_limiter
+    state.rate_limiter = RateLimiter(rate_per_s=0, burst=1)
+    try:
+        headers = {"X-Trace": "1", "authorization": f"bearer {READER}"}
+        msg = await nc.request(UNIVERSES_SUBJECT, b"", timeout=TIMEOUT_S, headers=headers)
+    finally:
+        state.rate_limiter = kept
+    assert "Nats-Service-Error" not in (msg.headers or {}) and json.loads(msg.data)["items"]
+    assert "RateLimit-Limit" not in (msg.headers or {})
+
+
+async def test_an_unexpected_error_is_a_500_reply_logged_and_the_service_goes_on(
+    nc: NATS, svc_hub: LiveHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = svc_hub.app.state  # type: ignore[union-attr]
+    kept = state.scan_queries
+    state.scan_queries = None  # a broken part of the app: an error the error table does not know
+    try:
+        headers, body = await ask(nc, SCAN_SUBJECT, {"limit": 1})
+    finally:
+        state.scan_queries = kept
+    assert headers["Nats-Service-Error-Code"] == "500" and body["status"] == 500
+    assert "scan_queries" not in json.dumps(body) and "NoneType" not in json.dumps(body)
+    assert any("unexpected error" in r.getMessage() and r.exc_info for r in caplog.records)
+    await assert_answers(nc)
+
+
+async def test_a_second_service_on_one_hub_shares_its_metrics_and_leaves_cleanly(svc_hub: LiveHub) -> None:
+    from api.nats_service import ScanService
+
+    second = ScanService(svc_hub.app.state)  # type: ignore[union-attr]
+    second.metrics.register(svc_hub.hub.metrics.registry)  # the names are taken: the first one's count
+    assert svc_hub.hub.metrics.registry.render().count("# TYPE tickstock_nats_service_requests_total") == 1
+    await second.__aexit__(None, None, None)  # never entered: nothing to stop
+    assert second.service is None
+
+
 async def test_an_unconfigured_authenticator_and_a_busy_node_answer_503(nc: NATS, svc_hub: LiveHub) -> None:
     state = svc_hub.app.state  # type: ignore[union-attr]
     kept = state.auth
