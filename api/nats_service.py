@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any
 
 from nats import micro
+from nats.errors import Error as NatsError
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 from starlette.datastructures import QueryParams
@@ -173,7 +174,10 @@ class ScanService:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self.service is not None:
-            await self.service.stop()  # no new requests reach this node
+            try:
+                await self.service.stop()  # no new requests reach this node
+            except NatsError as exc:  # the connection is gone already: nothing reaches this node either
+                log.warning("nats service: stopping its subscriptions failed: %s", escape(exc))
             self.service = None
         pending = set(self._tasks)
         if pending:

@@ -7,6 +7,7 @@ documented error reply and the next request is answered as if it had not happene
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -382,3 +383,22 @@ async def test_the_service_leaves_with_the_hub(settings: Settings, nc: NATS) -> 
 
     await wait_for(gone, timeout=10, what="the stopped service to stop answering")
     await assert_answers(nc)
+
+
+async def test_no_service_when_the_setting_says_so(settings: Settings) -> None:
+    async with LiveHub(dataclasses.replace(settings, nats_service=False)) as other:
+        assert getattr(other.app.state, "nats_service", None) is None
+
+
+async def test_a_service_whose_connection_closed_first_still_leaves(settings: Settings) -> None:
+    from types import SimpleNamespace
+
+    from api.nats_service import ScanService
+    from hub.metrics import Metrics
+
+    own = await nats.connect(settings.nats_url or "", name="svc-closing")
+    service = ScanService(SimpleNamespace(hub=SimpleNamespace(nats=own, metrics=Metrics())))
+    await service.__aenter__()
+    await own.close()  # the hub's connection went away under the service
+    await service.__aexit__(None, None, None)
+    assert service.service is None
