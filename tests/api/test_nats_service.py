@@ -27,7 +27,7 @@ from api.settings import Settings
 from hub.subjects import SCAN_SUBJECT, SYMBOLS_SUBJECT, UNIVERSES_SUBJECT
 from tests.api.conftest import scan_rows
 from tests.conftest import JWT_SECRET
-from tests.support import LiveHub, wait_for
+from tests.support import LiveHub, RawNats, wait_for, within
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -243,6 +243,19 @@ async def test_the_same_hostile_requests_on_symbols_and_universes(nc: NATS) -> N
             assert headers["Nats-Service-Error-Code"] == str(status) == str(body["status"]), (subject, what)
     headers, body = await ask(nc, SYMBOLS_SUBJECT, {"universe": "no-such-universe"})
     assert headers["Nats-Service-Error-Code"] == "400" and body["errors"][0]["loc"] == "query.universe"
+    await assert_answers(nc)
+
+
+async def test_a_header_block_that_does_not_decode_is_answered_401_and_the_hub_reads_on(
+    nc: NATS, svc_hub: LiveHub
+) -> None:
+    """Without hub.natsclient the hub's NATS read loop stopped here: ingest, fan-out and the service deaf."""
+    async with RawNats(svc_hub.settings.nats_url or "") as raw:
+        await raw.subscribe("_INBOX.raw")
+        await raw.publish(SCAN_SUBJECT, b"NATS/1.0 \xff\xff\xff\r\n\r\n", b"{}", reply="_INBOX.raw")
+        async with within(TIMEOUT_S, what="the reply to a request with undecodable headers"):
+            block, payload = await raw.reply()
+    assert b"Nats-Service-Error-Code: 401" in block and json.loads(payload)["status"] == 401
     await assert_answers(nc)
 
 
