@@ -110,6 +110,26 @@ async def test_a_scan_returns_the_rows_rest_returns_page_after_page(
     print(f"nats service scan {urlencode(query) or '(no filter)'}: {pages} pages equal to REST")
 
 
+async def test_a_users_own_universe_gives_the_same_per_user_rows_over_both_transports(
+    nc: NATS, svc_hub: LiveHub
+) -> None:
+    """``universe=my`` is each caller's own: the token decides the rows, on either transport."""
+    pages = {}
+    for subject, symbols in (("svc-my-a", ["AAPL"]), ("svc-my-b", ["MSFT", "NVDA"])):
+        token = mint_token(JWT_SECRET, subject=subject, scopes=["patterns:read", "universe:write"])
+        async with httpx.AsyncClient(
+            base_url=svc_hub.url, headers={"Authorization": f"Bearer {token}"}
+        ) as client:
+            saved = await client.put("/api/users/universe", json={"symbols": symbols, "universe_keys": []})
+            assert saved.status_code == 200, saved.text
+            response = await client.get("/api/patterns/scan", params={"universe": "my", "limit": "5"})
+        _, body = await ask(nc, SCAN_SUBJECT, {"universe": "my", "limit": 5}, token=token)
+        assert scan_rows(body) == scan_rows(response.json()) and body["items"]
+        assert {item["symbol"] for item in body["items"]} <= set(symbols)
+        pages[subject] = scan_rows(body)
+    assert pages["svc-my-a"] != pages["svc-my-b"]
+
+
 async def test_the_first_scan_of_a_query_fills_the_cache_the_other_transport_reads(
     nc: NATS, rest: httpx.AsyncClient
 ) -> None:
