@@ -145,6 +145,7 @@ class ScanService:
         self.state = state
         self.inflight = inflight
         self.stop_timeout_s = stop_timeout_s
+        self.max_reply_bytes: int | None = None  # None: the NATS server's max_payload
         self.metrics = ServiceMetrics()
         self.service: Service | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -223,6 +224,7 @@ class ScanService:
                 transport="nats",
             )
             served, body = await endpoint.answer(self.state, query_string(request.data), principal.subject)
+            self._check_size(body)
             headers = {"Content-Type": "application/json", "X-Cache": served.outcome}
             if decision.checked:
                 headers |= {
@@ -250,6 +252,18 @@ class ScanService:
         except Exception as failed:  # the connection is closing: nothing more can be said
             log.warning("nats service %s: error reply not sent: %s", endpoint.name, escape(failed))
         self.metrics.seconds.observe(time.perf_counter() - started)
+
+    def _check_size(self, body: bytes) -> None:
+        """Raises :class:`ApiError` 400 (at ``query.limit``) when ``body`` cannot travel in one message
+        (larger than the server's ``max_payload``): REST would send it, NATS cannot; fewer rows can."""
+        largest = self.state.hub.nats.max_payload
+        if self.max_reply_bytes is not None:
+            largest = min(largest, self.max_reply_bytes)
+        if len(body) > largest:
+            raise ApiError(
+                f"the answer is {len(body)} bytes, more than one NATS message holds ({largest}); ask for fewer rows",
+                errors=[{"loc": "query.limit", "msg": "the page is too large for one NATS message"}],
+            )
 
     @staticmethod
     async def _respond(request: Request, body: bytes, headers: dict[str, str]) -> None:

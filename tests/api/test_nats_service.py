@@ -366,6 +366,21 @@ async def test_an_unconfigured_authenticator_and_a_busy_node_answer_503(nc: NATS
     await assert_answers(nc)
 
 
+async def test_a_page_too_large_for_one_message_is_a_400_at_limit(nc: NATS, svc_hub: LiveHub) -> None:
+    service = svc_hub.app.state.nats_service  # type: ignore[union-attr]
+    _, small = await ask(nc, SCAN_SUBJECT, {"limit": 1})
+    service.max_reply_bytes = len(json.dumps(small)) + 200  # one row fits, ten do not
+    try:
+        headers, body = await ask(nc, SCAN_SUBJECT, {"limit": 10})
+        assert headers["Nats-Service-Error-Code"] == "400" and body["errors"][0]["loc"] == "query.limit"
+        assert "ask for fewer rows" in body["detail"]
+        _, one = await ask(nc, SCAN_SUBJECT, {"limit": 1})
+        assert len(one["items"]) == 1
+    finally:
+        service.max_reply_bytes = None
+    assert svc_hub.hub.nats.max_payload >= 1024 * 1024
+
+
 async def test_failed_authentications_over_nats_share_one_bucket(nc: NATS, svc_hub: LiveHub) -> None:
     state = svc_hub.app.state  # type: ignore[union-attr]
     from api.authlimit import AuthFailureLimiter
