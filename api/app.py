@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from api.auth import Authenticator
 from api.cache import HubCache
 from api.errors import EXCEPTION_HANDLERS
+from api.nats_service import ScanService
 from api.querymemo import QueryMemo
 from api.ratelimit import RateLimiter
 from api.requestid import RequestIdMiddleware
@@ -250,13 +251,15 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
         async with AsyncExitStack() as stack:
             if socketio_server is not None:
                 stack.push_async_callback(socketio_server.shutdown)  # after the fan-out closed its sessions
-            if hub is not None:
+            if hub is None:
+                opened = await stack.enter_async_context(open_hub(settings))
+                app.state.hub = opened
+                app.state.rate_limiter.register(opened.metrics.registry)
+            else:
                 app.state.hub = hub
-                yield
-                return
-            opened = await stack.enter_async_context(open_hub(settings))
-            app.state.hub = opened
-            app.state.rate_limiter.register(opened.metrics.registry)
+            if settings.nats_service:
+                # Leaves before the hub closes: requests in hand are answered while NATS still runs.
+                app.state.nats_service = await stack.enter_async_context(ScanService(app.state))
             yield
 
     app = HubApp(

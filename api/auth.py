@@ -54,6 +54,7 @@ __all__ = [
     "AuthError",
     "Authenticator",
     "Principal",
+    "admit",
     "check_jwks_url",
     "escape",
     "mint_token",
@@ -294,17 +295,18 @@ class Authenticator:
 
     async def authenticate(self, conn: HTTPConnection, *, query_token: bool = False) -> Principal:
         """The principal of ``Authorization: Bearer …`` (or ``?token=`` where allowed)."""
+        query = conn.query_params.get("token") if query_token else None
+        return await self.bearer(conn.headers.get("authorization", ""), fallback=query)
+
+    async def bearer(self, header: str, *, fallback: str | None = None) -> Principal:
+        """The principal of an ``Authorization`` value ``Bearer <token>`` (else of ``fallback``); raises
+        :class:`AuthError` 401 without a token or with a bad one, 503 when authentication is not set up."""
         if not self.configured:
             raise AuthError(
                 "authentication is not configured on this hub (set TICKSTOCK_JWT_SECRET or TICKSTOCK_JWKS_URL)",
                 status=503,
             )
-        header = conn.headers.get("authorization", "")
-        token = None
-        if header[:7].lower() == "bearer ":
-            token = header[7:].strip()
-        elif query_token:
-            token = conn.query_params.get("token")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else fallback
         if not token:
             raise AuthError("a bearer token is required")
         return await self.verify(token)
@@ -319,12 +321,11 @@ def _b64decode(segment: str) -> bytes:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-async def _rate_limit(request: Request, principal: Principal) -> Decision:
+async def _rate_limit(state: Any, principal: Principal) -> Decision:
     """Take a token from the principal's bucket; raises :class:`RateLimitExceeded` (429) when it is empty.
 
     Uses ``app.state.rate_limiter`` (made from the hub's settings on first use when the app has none).
     """
-    state = request.app.state
     limiter: RateLimiter | None = getattr(state, "rate_limiter", None)
     if limiter is None:
         limiter = state.rate_limiter = RateLimiter.from_settings(state.hub.settings)
@@ -334,17 +335,35 @@ async def _rate_limit(request: Request, principal: Principal) -> Decision:
     return decision
 
 
-async def charge_failure(conn: HTTPConnection, exc: AuthError) -> None:
-    """A failed authentication (401) from ``conn``'s address takes a token from its bucket (see
+async def charge_failure(
+    state: Any, address: Callable[[], str], exc: AuthError, *, transport: str = "http"
+) -> None:
+    """A failed authentication (401) from ``address()`` takes a token from its bucket (see
     :mod:`api.authlimit`); raises :class:`AuthFailuresExceeded` (429) when the bucket is empty."""
     if exc.status != 401:
         return
-    state = conn.app.state
-    limiter = limiter_for(state)
-    decision = await limiter.charge(state.hub.redis, client_address(conn))
-    log.debug("authentication failed from %s: %s", escape(client_address(conn)), escape(exc.detail))
+    decision = await limiter_for(state).charge(state.hub.redis, address(), transport=transport)
+    log.debug("authentication failed from %s: %s", escape(address()), escape(exc.detail))
     if not decision.allowed:
         raise AuthFailuresExceeded(decision) from None
+
+
+async def admit(
+    state: Any, header: str, *, scope: str, address: Callable[[], str], transport: str = "http"
+) -> tuple[Principal, Decision]:
+    """Who sends ``Authorization: header`` to an app with ``state``, and the rate limiter's decision,
+    whatever the transport. Raises :class:`AuthError` 401 without a valid token (a failure charged to
+    ``address()``, see :func:`charge_failure`), 403 without ``scope``, and 429 when the principal is over
+    its rate limit or the address has failed to authenticate too often."""
+    try:
+        principal = await state.auth.bearer(header)
+    except AuthError as exc:
+        await charge_failure(state, address, exc, transport=transport)
+        raise
+    decision = await _rate_limit(state, principal)
+    if not principal.has(scope):
+        raise AuthError(f"this needs the {scope!r} scope", status=403, scope=scope)
+    return principal, decision
 
 
 def requires(scope: str) -> Callable[[Endpoint], Endpoint]:
@@ -356,15 +375,12 @@ def requires(scope: str) -> Callable[[Endpoint], Endpoint]:
 
     def decorate(endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
-            authenticator: Authenticator = request.app.state.auth
-            try:
-                principal = await authenticator.authenticate(request)
-            except AuthError as exc:
-                await charge_failure(request, exc)
-                raise
-            decision = await _rate_limit(request, principal)
-            if not principal.has(scope):
-                raise AuthError(f"this needs the {scope!r} scope", status=403, scope=scope)
+            principal, decision = await admit(
+                request.app.state,
+                request.headers.get("authorization", ""),
+                scope=scope,
+                address=lambda: client_address(request),
+            )
             request.state.principal = principal
             response = await endpoint(request)
             if decision.checked:  # an admitted request: the two RateLimit headers (appended raw, cheaply)

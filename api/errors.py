@@ -40,7 +40,17 @@ from store.migrate import MigrationError
 from store.scans import CursorError, ScanError
 from store.users import DuplicateName, LimitExceeded, UserDataError
 
-__all__ = ["ERROR_TABLE", "EXCEPTION_HANDLERS", "ApiError", "Problem", "problem", "problem_for"]
+__all__ = [
+    "ERROR_TABLE",
+    "EXCEPTION_HANDLERS",
+    "PROBLEM_TYPE",
+    "UNEXPECTED_DETAIL",
+    "ApiError",
+    "Problem",
+    "problem",
+    "problem_document",
+    "problem_for",
+]
 
 log = logging.getLogger("tickstock.api")
 
@@ -246,6 +256,19 @@ def problem(
     headers: Mapping[str, str] | None = None,
     instance: str | None = None,
 ) -> JSONResponse:
+    body = problem_document(status, detail, title=title, errors=errors, instance=instance)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_TYPE)
+
+
+def problem_document(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    instance: str | None = None,
+) -> dict[str, Any]:
+    """The RFC 9457 problem document, whatever the transport (HTTP, the NATS service's error replies)."""
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": title or HTTPStatus(status).phrase,
@@ -259,7 +282,7 @@ def problem(
     request_id = current_request_id()
     if request_id:
         body["request_id"] = request_id
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_TYPE)
+    return body
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:

@@ -188,6 +188,7 @@ class Settings:
     upstream_naive_timezone: str = "UTC"  # the zone a naive ISO timestamp is read in
     bridge_redis_url: str | None = None  # set: `tickstock run` and `serve` run the Redis bridge inside
     bridge_channels: str = ",".join(DEFAULT_CHANNELS)  # comma-separated Redis channels the bridge reads
+    nats_service: bool = True  # the NATS service `tickstock` (tickstock.svc.*) on every node; false: none
 
     def upstream_rules(self) -> UpstreamRules:
         """The rules for upstream messages these settings describe; raises :class:`SettingsError`."""

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Generic, TypeVar, get_origin
 
 from pydantic import AfterValidator, BaseModel, PlainValidator, ValidationError
 from pydantic_core import PydanticCustomError
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
 from api.errors import ApiError
@@ -166,9 +167,14 @@ def _is_list(model: type[BaseModel], name: str) -> bool:
 
 
 def parse_query(
-    model: type[M], request: Request, *, lists: tuple[str, ...] = (), aliases: QueryAliases | None = None
+    model: type[M],
+    source: Request | QueryParams,
+    *,
+    lists: tuple[str, ...] = (),
+    aliases: QueryAliases | None = None,
 ) -> ParsedQuery[M]:
-    """The query string validated as ``model``, with the names the caller used.
+    """The query string (a request's, or parameters another transport read) validated as ``model``, with
+    the names the caller used.
 
     Fields annotated as lists (and names in ``lists``) may repeat and arrive as lists (an empty value
     adds nothing); any other parameter given twice, or under both its name and an alias, is an error. Raises :class:`ApiError`
@@ -177,10 +183,11 @@ def parse_query(
     parameter, and each wrong type or value out of range.
     """
     aliases = aliases or QueryAliases()
+    query = source.query_params if isinstance(source, Request) else source
     fields = model.model_fields
     repeatable = {name for name in fields if name in lists or _is_list(model, name)}
     if model.model_config.get("extra") == "forbid":
-        unknown = sorted({k for k in request.query_params if k not in fields and k not in aliases.names})
+        unknown = sorted({k for k in query if k not in fields and k not in aliases.names})
         if unknown:
             raise ApiError(
                 f"unknown query parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
@@ -189,7 +196,7 @@ def parse_query(
     data: dict[str, Any] = {}
     used: dict[str, str] = {}
     errors: list[dict[str, str]] = []
-    for name, value in request.query_params.multi_items():
+    for name, value in query.multi_items():
         target = aliases.names.get(name, name)
         if _CONTROL.search(value):
             errors.append({"loc": f"query.{name}", "msg": "contains a control character (NUL, CR, LF, ...)"})
@@ -218,11 +225,15 @@ def parse_query(
 
 
 def read_query(
-    model: type[M], request: Request, *, lists: tuple[str, ...] = (), aliases: QueryAliases | None = None
+    model: type[M],
+    source: Request | QueryParams,
+    *,
+    lists: tuple[str, ...] = (),
+    aliases: QueryAliases | None = None,
 ) -> M:
     """The query parameters validated as ``model`` (see :func:`parse_query`, which also returns the
     names the caller used)."""
-    return parse_query(model, request, lists=lists, aliases=aliases).params
+    return parse_query(model, source, lists=lists, aliases=aliases).params
 
 
 def _symbol(value: object) -> str:

@@ -11,6 +11,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
 from hub.errors import HubError
+from hub.natsclient import HubClient
 from store.pool import DEFAULT_CONNECT_TIMEOUT_S
 
 __all__ = ["BrokerError", "open_nats"]
@@ -54,7 +55,7 @@ async def open_nats(
     async def on_reconnect() -> None:
         log.info("nats: reconnected to %s", url)
 
-    client = NATS()
+    client = HubClient()
     try:
         await asyncio.wait_for(
             client.connect(

@@ -3,7 +3,9 @@
 Producers publish to ``tickstock.ingest.<timeframe>.<token>``; the hub republishes validated events to
 ``tickstock.patterns.<timeframe>.<token>``, dead letters to ``tickstock.dlq.<reason>``, and announces a
 user's universe change on ``tickstock.users.universe.changed``, a cache bump on ``tickstock.cache.bumped``
-and a lost one on ``tickstock.cache.lost``. Nothing else in the code spells a subject.
+and a lost one on ``tickstock.cache.lost``. Other services query the hub by request/reply on
+``tickstock.svc.scan``, ``tickstock.svc.symbols`` and ``tickstock.svc.universes`` (the NATS service
+``tickstock``; its discovery subjects ``$SRV.…`` are nats-py's). Nothing else in the code spells a subject.
 
 A NATS subject token cannot hold ``.``, ``*``, ``>`` or whitespace, so a symbol (see
 :func:`hub.model.canonical_symbol`) is carried as a *token*: it replaces ``.`` with ``_`` and ``/`` with
@@ -31,6 +33,9 @@ __all__ = [
     "INGEST_PREFIX",
     "INGEST_WILDCARD",
     "MAX_DELIVERIES_ADVISORY",
+    "SCAN_SUBJECT",
+    "SYMBOLS_SUBJECT",
+    "UNIVERSES_SUBJECT",
     "UNIVERSE_CHANGED_SUBJECT",
     "UNPARSED_SUBJECT",
     "SubjectParts",
@@ -59,6 +64,12 @@ CACHE_BUMPED_SUBJECT = "tickstock.cache.bumped"
 """Core NATS: ``{"generations": [...]}`` a node bumped in Redis (every node drops its in-process copies)."""
 CACHE_LOST_SUBJECT = "tickstock.cache.lost"
 """Core NATS: ``{"generations": [...]}`` a node could not bump in Redis (the others replay it)."""
+SCAN_SUBJECT = "tickstock.svc.scan"
+"""Core NATS request/reply: a scan, as ``GET /api/patterns/scan`` answers it (docs/nats-contract.md)."""
+SYMBOLS_SUBJECT = "tickstock.svc.symbols"
+"""Core NATS request/reply: a page of the symbol directory, as ``GET /api/symbols`` answers it."""
+UNIVERSES_SUBJECT = "tickstock.svc.universes"
+"""Core NATS request/reply: every universe with its member count, as ``GET /api/universes`` answers it."""
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 """JetStream's advisory when a consumer gave up on a message; ``.<stream>.<consumer>`` follows."""
 

@@ -1,5 +1,5 @@
-"""Node.js tools the tests drive (the AsyncAPI parser, a Socket.IO client), each in a folder of its own
-with a ``package-lock.json``: installed with ``npm ci`` once per lock file."""
+"""Node.js tools the tests drive (the AsyncAPI parser, a Socket.IO client, a NATS client), each in a
+folder of its own with a ``package-lock.json``: installed with ``npm ci`` once per lock file."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_POLL_S",
     "DEFAULT_WAIT_S",
     "LiveHub",
+    "RawNats",
     "TcpProxy",
     "admin_url_for",
     "database_url_for",
@@ -424,3 +425,57 @@ def problem(response, status: int) -> dict:  # type: ignore[no-untyped-def,type-
 
 def locs(body: dict) -> list[str]:  # type: ignore[type-arg]
     return [e["loc"] for e in body.get("errors", [])]
+
+
+class RawNats:
+    """A NATS client speaking the wire protocol by hand, for what nats-py would never send: a header
+    block that is not UTF-8, say. ``publish`` sends ``HPUB`` with the header block as given; ``reply``
+    (after ``subscribe``) reads the next ``HMSG``/``MSG`` and returns its header block and payload."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 4222
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> RawNats:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        await self.reader.readline()  # INFO
+        self.writer.write(b'CONNECT {"headers":true,"verbose":false,"pedantic":false}\r\n')
+        await self.ping()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.writer is not None
+        self.writer.close()
+        await self.writer.wait_closed()
+
+    async def ping(self) -> None:
+        """Returns when the server has read everything sent so far (its PONG)."""
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(b"PING\r\n")
+        await self.writer.drain()
+        while (await self.reader.readline()) != b"PONG\r\n":
+            pass
+
+    async def subscribe(self, subject: str) -> None:
+        assert self.writer is not None
+        self.writer.write(f"SUB {subject} 1\r\n".encode())
+        await self.ping()
+
+    async def publish(self, subject: str, headers: bytes, payload: bytes, *, reply: str = "") -> None:
+        assert self.writer is not None
+        line = f"HPUB {subject} {reply} {len(headers)} {len(headers) + len(payload)}".replace("  ", " ")
+        self.writer.write(line.encode() + b"\r\n" + headers + payload + b"\r\n")
+        await self.ping()
+
+    async def reply(self) -> tuple[bytes, bytes]:
+        assert self.reader is not None
+        while True:
+            line = (await self.reader.readline()).rstrip(b"\r\n").split(b" ")
+            if line[0] == b"HMSG":
+                block, total = int(line[-2]), int(line[-1])
+                body = await self.reader.readexactly(total + 2)
+                return body[:block], body[block:total]
+            if line[0] == b"MSG":
+                return b"", (await self.reader.readexactly(int(line[-1]) + 2))[:-2]

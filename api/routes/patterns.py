@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -60,7 +61,7 @@ from store.scans import (
 )
 from store.stats import pattern_stats
 
-__all__ = ["LEGACY_QUERY", "PatternEvent", "ScanParams", "event_json", "routes"]
+__all__ = ["LEGACY_QUERY", "PatternEvent", "ScanParams", "event_json", "routes", "scan_answer"]
 
 DEFAULT_LIMIT = 50
 DEFAULT_STATS_DAYS = 30
@@ -238,15 +239,30 @@ def _filter(hub: HubState, query: ParsedQuery[ScanParams]) -> ScanFilter:
 )
 @requires("patterns:read")
 async def scan(request: Request) -> Response:
-    hub: HubState = request.app.state.hub
-    memo: QueryMemo[_Scan] = request.app.state.scan_queries  # see create_app
-    raw, catalog = request.scope.get("query_string", b""), hub.catalog.current
-    known = memo.get(raw, catalog)
+    served, content = await scan_answer(
+        request.app.state.hub,
+        request.app.state.scan_queries,
+        request.scope.get("query_string", b""),
+        subject=request.state.principal.subject,
+    )
+    # The rows and cursor are the cached body; the figures after them vary per request: a weak tag.
+    return cached_response(request, served, content=content, weak=True)
+
+
+async def scan_answer(
+    hub: HubState, memo: QueryMemo[_Scan], query: bytes, *, subject: str
+) -> tuple[Served, bytes]:
+    """A scan for the token subject ``subject``, whatever the transport: ``query`` is the query string
+    (REST's own; the NATS service's request written as one), ``memo`` the app's validated queries.
+    Returns the served rows and cursor (cached by the hub's response cache) and the answer's body: them,
+    plus ``query_ms`` and ``cache``. Raises :class:`ApiError` 400 for a bad parameter, ``ScanError`` and
+    ``CursorError`` (400), and the store's errors (503), as the error table maps them."""
+    catalog = hub.catalog.current
+    known = memo.get(query, catalog)
     if known is None:
-        known = _read_scan(hub, request)
-        memo.put(raw, catalog, known)
+        known = _read_scan(hub, QueryParams(query))
+        memo.put(query, catalog, known)
     params, filt, sort = known.params, known.filt, known.sort
-    subject = request.state.principal.subject
     started = time.perf_counter()
     cache = hub.cache
     my = None
@@ -287,8 +303,7 @@ async def scan(request: Request) -> Response:
     query_ms = round((time.perf_counter() - started) * 1000, 3)
     age = repr(round(served.age_s * 1000, 1)) if served.hit and served.age_s is not None else "null"
     tail = f',"query_ms":{query_ms!r},"cache":{{"hit":{"true" if served.hit else "false"},"age_ms":{age}}}}}'
-    # The rows and cursor are the cached body; the figures after them vary per request: a weak tag.
-    return cached_response(request, served, content=served.body[:-1] + tail.encode(), weak=True)
+    return served, served.body[:-1] + tail.encode()
 
 
 @dataclass(frozen=True)
@@ -304,9 +319,9 @@ class _Scan:
     mine: bool  # a universe filter names "my"
 
 
-def _read_scan(hub: HubState, request: Request) -> _Scan:
+def _read_scan(hub: HubState, source: QueryParams) -> _Scan:
     """Validate and normalise a scan's query; raises :class:`ApiError` 400 (see :func:`_filter`)."""
-    query = parse_query(ScanParams, request, aliases=_LEGACY)
+    query = parse_query(ScanParams, source, aliases=_LEGACY)
     params, filt = query.params, _filter(hub, query)
     sort = Sort(params.sort, params.order)
     fingerprint = filt.fingerprint()

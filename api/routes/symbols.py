@@ -16,6 +16,7 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -33,7 +34,7 @@ from store.cache import Computed, Dependencies, Served
 from store.symbols import SYMBOL_TYPES, SymbolQuery, encode_cursor, get_symbol, search_symbols, upsert_symbols
 from store.universes import is_universe_key, unknown_universes
 
-__all__ = ["MAX_UNION_PARTS", "NO_NUL", "SYMBOL_SCHEMA", "cached_json", "routes"]
+__all__ = ["MAX_UNION_PARTS", "NO_NUL", "SYMBOL_SCHEMA", "cached_json", "routes", "symbols_answer"]
 
 REFERENCE_TTL_S = 300.0  # responses built on reference data only; a change invalidates them at once
 DEFAULT_PAGE = 50
@@ -169,8 +170,14 @@ async def list_symbols(request: Request) -> Response:
     """Query: ``q`` (prefix of the symbol or the name), ``sector``, ``exchange``, ``type``, ``universe``
     (repeatable; ``a:b`` is a union), ``active``, ``limit`` (1-500), ``cursor`` (``next_cursor`` of the
     previous page of the same search)."""
-    hub: HubState = request.app.state.hub
-    search = read_query(_Search, request, lists=("universe",))
+    return cached_json(request, await symbols_answer(request.app.state.hub, request.query_params))
+
+
+async def symbols_answer(hub: HubState, query: QueryParams) -> Served:
+    """A page of the symbol directory, whatever the transport (REST's query string, the NATS service's
+    request), from the hub's response cache. Raises :class:`ApiError` 400 for a bad parameter, an unknown
+    universe or a bad cursor, and the store's errors (503), as the error table maps them."""
+    search = read_query(_Search, query, lists=("universe",))
     universes = _union_keys(search.universe, "query.universe")
     fingerprint = _fingerprint(search, universes)
     after = None if search.cursor is None else symbols_after(hub, search.cursor, fingerprint=fingerprint)
@@ -207,14 +214,13 @@ async def list_symbols(request: Request) -> Response:
             REFERENCE_TTL_S,
         )
 
-    served = await serve(
+    return await serve(
         hub.cache,
         "symbols",
         {"f": fingerprint, "after": after, "limit": search.limit},
         Dependencies(strict=(REFERENCE_GENERATION,)),
         compute,
     )
-    return cached_json(request, served)
 
 
 def cached_json(request: Request, served: Served) -> Response:

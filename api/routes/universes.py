@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,10 +19,10 @@ from api.openapi import link, operation
 from api.routes.symbols import MAX_UNION_PARTS, REFERENCE_TTL_S, cached_json
 from api.state import HubState
 from api.validation import read_query
-from store.cache import Computed, Dependencies
+from store.cache import Computed, Dependencies, Served
 from store.universes import UNIVERSE_KINDS, get_universe, is_universe_key, list_universes, unknown_universes
 
-__all__ = ["routes"]
+__all__ = ["routes", "universes_answer"]
 
 
 def _kind(value: str) -> str:
@@ -95,16 +96,21 @@ def _universe_json(row: dict[str, Any]) -> dict[str, Any]:
 @requires("patterns:read")
 async def index(request: Request) -> Response:
     """Query: ``kind`` (index, sector, etf, theme, custom)."""
-    hub: HubState = request.app.state.hub
-    query = read_query(_ListQuery, request)
+    return cached_json(request, await universes_answer(request.app.state.hub, request.query_params))
+
+
+async def universes_answer(hub: HubState, params: QueryParams) -> Served:
+    """Every universe with its member count, whatever the transport (REST's query string, the NATS
+    service's request), from the hub's response cache. Raises :class:`ApiError` 400 for a bad parameter,
+    and the store's errors (503), as the error table maps them."""
+    query = read_query(_ListQuery, params)
 
     async def compute() -> Computed:
         async with hub.pool.connection() as conn:
             rows = await list_universes(conn, kind=query.kind)
         return Computed(dumps({"items": [_universe_json(r) for r in rows]}), REFERENCE_TTL_S)
 
-    served = await serve(hub.cache, "universes", query.kind, _REFERENCE, compute)
-    return cached_json(request, served)
+    return await serve(hub.cache, "universes", query.kind, _REFERENCE, compute)
 
 
 @operation(

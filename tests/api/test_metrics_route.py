@@ -61,6 +61,10 @@ FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
     # issue #17: readiness for alerts (a node up but not ready)
     "tickstock_ready": ("gauge", frozenset()),
     "tickstock_dependency_up": ("gauge", frozenset({"dependency"})),
+    # issue #15: the NATS service (api/nats_service.py)
+    "tickstock_nats_service_requests_total": ("counter", frozenset({"endpoint"})),
+    "tickstock_nats_service_errors_total": ("counter", frozenset({"endpoint", "status"})),
+    "tickstock_nats_service_seconds": ("histogram", frozenset()),
 }
 # Labels a family with labels has: always its own, plus "le" on histogram buckets.
 _TYPE_LINE = re.compile(r"^# TYPE (\S+) (\S+)$", re.MULTILINE)

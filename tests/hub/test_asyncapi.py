@@ -30,6 +30,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from api.app import create_app
+from api.nats_request import ERROR_CODE_HEADER, ERROR_HEADER
+from api.nats_service import ENDPOINTS
 from api.settings import Settings
 from hub import cloudevent, jetstream, protocol, subjects
 from hub.deadletters import DLQ_HEADERS, MAX_DELIVERIES, STORE_REJECTED
@@ -231,7 +233,7 @@ def test_every_op_code_subject_and_header_in_the_code_is_documented() -> None:
         for name in subjects.__all__
         if name.isupper() and isinstance(getattr(subjects, name), str)
     }
-    assert len(constants) == 11, sorted(constants)
+    assert len(constants) == 14, sorted(constants)
     for name, value in constants.items():
         assert _documents_subject(value), (name, value)
     assert _address_pattern("ingest").fullmatch(subjects.ingest_subject("daily", "BRK.B"))
@@ -281,6 +283,18 @@ def test_every_op_code_subject_and_header_in_the_code_is_documented() -> None:
         *DLQ_HEADERS[1:],
         *cloudevent.HEADERS,
     ]
+    # The NATS service: each endpoint's subject is a channel whose operation has a reply; its error headers.
+    answered = {
+        resolve(op["channel"])["address"]: op
+        for op in doc["operations"].values()
+        if op["action"] == "receive"
+    }
+    for endpoint in ENDPOINTS:
+        replies = answered[endpoint.subject]["reply"]["messages"]
+        assert {"$ref": "#/channels/serviceReply/messages/serviceError"} in replies, endpoint
+    error = component_message("serviceError")["headers"]
+    assert {ERROR_HEADER, ERROR_CODE_HEADER} == set(error["required"])
+    checked["NATS service endpoints"] = [e.subject for e in ENDPOINTS]
     for what, names in checked.items():
         print(f"asyncapi coverage, {what} ({len(names)}): {', '.join(names)}")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from hub.broker import BrokerError, open_nats
-from tests.support import free_port, within
+from tests.support import RawNats, free_port, within
 
 
 async def test_connects_publishes_and_drains(servers) -> None:  # type: ignore[no-untyped-def]
@@ -20,3 +20,29 @@ async def test_unreachable_server_fails_fast_with_one_clear_line() -> None:
         with pytest.raises(BrokerError, match=r"cannot connect to NATS at nats://127.0.0.1:\d+"):
             async with open_nats(f"nats://127.0.0.1:{free_port()}", connect_timeout_s=2):
                 pass
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"NATS/1.0 \xff\xff\xff\r\n\r\n",
+        b"NATS/1.0 503 \xfe\xff\r\n\r\n",
+        b"NATS/1.0 100 Idle \xff\r\nX-A: 1\r\n\r\n",
+    ],
+    ids=["status", "description", "description-and-headers"],
+)
+async def test_a_header_block_that_does_not_decode_leaves_the_client_reading(servers, block: bytes) -> None:  # type: ignore[no-untyped-def]
+    """nats-py's read loop stopped for good on such a block (the connection deaf, still "connected")."""
+    async with open_nats(servers.nats_url, name="t") as nc, RawNats(servers.nats_url) as raw:
+        sub = await nc.subscribe("t.poison")
+        await nc.flush()
+        await raw.publish("t.poison", block, b"poison")
+        await raw.publish("t.poison", b"NATS/1.0\r\nX-Ok: 1\r\n\r\n", b"after")
+        first, second = await sub.next_msg(timeout=5), await sub.next_msg(timeout=5)
+    assert (first.data, first.headers, second.data, second.headers) == (
+        b"poison",
+        None,
+        b"after",
+        {"X-Ok": "1"},
+    )
+    assert nc.undecodable_headers == 1  # type: ignore[attr-defined]
