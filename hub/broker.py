@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,7 @@ from nats.errors import Error as NatsError
 from hub.errors import HubError
 from store.pool import DEFAULT_CONNECT_TIMEOUT_S
 
-__all__ = ["BrokerError", "open_nats"]
+__all__ = ["BrokerError", "open_nats", "redact", "server_list"]
 
 log = logging.getLogger("tickstock.broker")
 
@@ -26,6 +27,19 @@ class BrokerError(HubError, NatsError):
     ``except nats.errors.Error`` clauses keep working."""
 
 
+_PASSWORD = re.compile(r"(?<=://)([^:@/]*):[^@/]*@")
+
+
+def server_list(url: str) -> list[str]:
+    """The servers of ``url``: one URL or a comma-separated list (``TICKSTOCK_NATS_URL``)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+def redact(url: str) -> str:
+    """``url`` (one or a comma-separated list) with every password replaced by ``***``, for logs."""
+    return _PASSWORD.sub(r"\1:***@", url)
+
+
 @asynccontextmanager
 async def open_nats(
     url: str,
@@ -34,7 +48,9 @@ async def open_nats(
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     drain_timeout_s: int = DEFAULT_DRAIN_TIMEOUT_S,
 ) -> AsyncIterator[NATS]:
-    """Connect to ``url``; drain (flush pending work, then close) on exit.
+    """Connect to ``url`` (one server or a comma-separated list: nats-py gets every one and fails
+    over between them, and learns the rest of a cluster from the server); drain (flush pending work,
+    then close) on exit. Credentials ride in each URL (``nats://user:password@host:4222``).
 
     The first connection must succeed within ``connect_timeout_s`` or :class:`BrokerError` is raised
     with the reason. After that the client reconnects forever, logging each disconnect.
@@ -44,21 +60,25 @@ async def open_nats(
         log.warning("nats: %s", exc)
 
     closing = False
+    shown = redact(url)
 
     async def on_disconnect() -> None:
         if closing:
-            log.info("nats: disconnected from %s (closing)", url)
+            log.info("nats: disconnected from %s (closing)", shown)
         else:
-            log.warning("nats: disconnected from %s", url)
+            log.warning("nats: disconnected from %s", shown)
 
     async def on_reconnect() -> None:
-        log.info("nats: reconnected to %s", url)
+        log.info(
+            "nats: reconnected to %s",
+            redact(client.connected_url.geturl()) if client.connected_url else shown,
+        )
 
     client = NATS()
     try:
         await asyncio.wait_for(
             client.connect(
-                url,
+                server_list(url),
                 name=name,
                 connect_timeout=max(1, int(connect_timeout_s)),
                 allow_reconnect=True,
@@ -75,7 +95,7 @@ async def open_nats(
     except (TimeoutError, OSError, NatsError) as exc:
         await client.close()
         reason = str(exc) or type(exc).__name__
-        raise BrokerError(f"cannot connect to NATS at {url}: {reason}") from exc
+        raise BrokerError(f"cannot connect to NATS at {shown}: {redact(reason)}") from exc
     try:
         yield client
     finally:
