@@ -156,8 +156,6 @@ def check_nats_urls(value: str) -> tuple[str, ...]:
             port = -1
         if not parts.hostname or port == -1 or port == 0:
             raise SettingsError(f"{where} needs a host and a TCP port (nats://host:4222)")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise SettingsError(f"{where} must be scheme://[user:password@]host[:port], nothing after it")
     return urls
 
 

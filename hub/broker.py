@@ -14,12 +14,16 @@ from nats.errors import Error as NatsError
 from hub.errors import HubError
 from store.pool import DEFAULT_CONNECT_TIMEOUT_S
 
-__all__ = ["BrokerError", "open_nats", "redact", "server_list"]
+__all__ = ["HUB_INBOX_PREFIX", "BrokerError", "open_nats", "redact", "server_list"]
 
 log = logging.getLogger("tickstock.broker")
 
 DEFAULT_DRAIN_TIMEOUT_S = 10
 DEFAULT_PENDING_BYTES = 64 * 1024 * 1024
+# The hub's reply inboxes (JetStream API answers, pulled messages, publish acks) live under a prefix of
+# their own: the producer and reader users of hub/embedded/nats-accounts.conf may subscribe to _INBOX.>
+# for their own replies, and must not see the hub's.
+HUB_INBOX_PREFIX = "_INBOX_HUB"
 
 
 class BrokerError(HubError, NatsError):
@@ -89,6 +93,7 @@ async def open_nats(
                 reconnected_cb=on_reconnect,
                 drain_timeout=drain_timeout_s,
                 pending_size=DEFAULT_PENDING_BYTES,
+                inbox_prefix=HUB_INBOX_PREFIX,
             ),
             timeout=connect_timeout_s,
         )

@@ -1,0 +1,261 @@
+"""The locked-down deployment (issue #15, acceptance 4), on real servers started here with the lock-down
+on: the embedded stack of ``tickstock run`` (NATS users from hub/embedded/nats-accounts.conf — the file
+compose's nats.conf includes —, a Redis password, a PostgreSQL password with scram-sha-256), and the hub
+running on it with its own credentials.
+
+The session's servers (tests/conftest.py) stay open; nothing here uses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import nats
+import psycopg
+import pytest
+import pytest_asyncio
+import redis
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.errors import NoServersError, TimeoutError
+
+from api.cli.resources import embedded_servers, prepare_database
+from api.settings import Settings
+from hub.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis
+from hub.embedded.credentials import CREDENTIALS_FILE, Credentials, load_or_create
+from hub.jetstream import PATTERNS_STREAM
+from tests.conftest import JWT_SECRET
+from tests.support import LiveHub, make_event, wait_for
+
+
+@dataclasses.dataclass(frozen=True)
+class Locked:
+    settings: Settings  # the hub's: every URL with the hub's own credentials
+    credentials: Credentials
+
+    def nats_as(self, user: str | None) -> str:
+        """The NATS URL of ``user`` (None: no credentials at all)."""
+        parts = urlsplit(self.settings.nats_url or "")
+        auth = f"{user}:{self.credentials.nats_password(user)}@" if user else ""
+        return f"nats://{auth}{parts.hostname}:{parts.port}"
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{parts.hostname}:{parts.port}"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def locked(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Locked]:
+    data_dir = tmp_path_factory.mktemp("locked")
+    base = Settings(
+        data_dir=data_dir,
+        jwt_secret=JWT_SECRET,
+        maintenance_interval_s=3600,
+        pool_min_size=1,
+        pool_max_size=4,
+        auth_failure_per_s=0,
+    )
+    async with embedded_servers(base, durable=False) as full:
+        await prepare_database(full)
+        credentials, created = load_or_create(data_dir)
+        assert not created
+        yield Locked(settings=full, credentials=credentials)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def hub(locked: Locked) -> AsyncIterator[LiveHub]:
+    async with LiveHub(locked.settings) as live:
+        yield live
+
+
+async def _connect(url: str, errors: list[str]) -> NATS:
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    return await nats.connect(url, error_cb=on_error, connect_timeout=5, max_reconnect_attempts=0)
+
+
+async def _stored(database_url: str, event_id: str) -> int:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pattern_events WHERE id = %s AND stream_seq IS NOT NULL", (event_id,)
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def test_a_producer_may_publish_to_ingest_only(locked: Locked, hub: LiveHub) -> None:
+    errors: list[str] = []
+    producer = await _connect(locked.nats_as("producer"), errors)
+    try:
+        before = (await hub.hub.js.stream_info(PATTERNS_STREAM)).state.messages
+        forged = make_event(1, prefix="forged", pattern="<img src=x onerror=alert(1)>")
+        await producer.publish("tickstock.patterns.x", json.dumps(forged).encode())
+        await producer.flush()
+        await wait_for(lambda: errors, what="the permissions violation")
+        assert errors == ['nats: permissions violation for publish to "tickstock.patterns.x"']
+
+        event = make_event(2, prefix="locked", symbol="AAPL", timeframe="daily")
+        ack = await producer.jetstream().publish("tickstock.ingest.daily.AAPL", json.dumps(event).encode())
+        assert ack.stream == "TICKSTOCK_INGEST"
+        database_url = locked.settings.database_url or ""
+        await wait_for(lambda: _stored(database_url, "locked-2"), what="the producer's event stored")
+        clean = await hub.hub.js.get_last_msg(PATTERNS_STREAM, "tickstock.patterns.daily.AAPL")
+        assert json.loads(clean.data or b"{}")["id"] == "locked-2"
+        after = (await hub.hub.js.stream_info(PATTERNS_STREAM)).state.messages
+        assert after == before + 1  # the stored event, never the forged one
+    finally:
+        await producer.close()
+
+
+async def test_a_reader_reads_the_clean_stream_and_publishes_nothing(locked: Locked, hub: LiveHub) -> None:
+    event = make_event(3, prefix="read", symbol="MSFT", timeframe="daily")
+    await hub.hub.js.publish("tickstock.ingest.daily.MSFT", json.dumps(event).encode())
+    database_url = locked.settings.database_url or ""
+    await wait_for(lambda: _stored(database_url, "read-3"), what="the event stored")
+
+    errors: list[str] = []
+    reader = await _connect(locked.nats_as("reader"), errors)
+    try:
+        await reader.publish("tickstock.ingest.daily.MSFT", json.dumps(make_event(4, prefix="r")).encode())
+        await reader.flush()
+        await wait_for(lambda: errors, what="the permissions violation")
+        # (nats-py lower-cases the server's -ERR line)
+        assert errors == ['nats: permissions violation for publish to "tickstock.ingest.daily.msft"']
+
+        js = reader.jetstream()
+        sub = await js.pull_subscribe("tickstock.patterns.daily.MSFT", stream=PATTERNS_STREAM)
+        (msg,) = await sub.fetch(1, timeout=5)
+        assert json.loads(msg.data)["id"] == "read-3"
+        await msg.ack()
+        ordered = await js.subscribe("tickstock.patterns.>", ordered_consumer=True)
+        first = await ordered.next_msg(timeout=5)
+        assert json.loads(first.data)["type"] == "pattern_detected"
+        with pytest.raises(TimeoutError):  # no consumer on the ingest stream, no stream management
+            await js.add_consumer("TICKSTOCK_INGEST", timeout=1)
+        with pytest.raises(TimeoutError):
+            await reader.request(f"$JS.API.STREAM.DELETE.{PATTERNS_STREAM}", b"", timeout=1)
+        assert (await hub.hub.js.stream_info(PATTERNS_STREAM)).config.name == PATTERNS_STREAM
+    finally:
+        await reader.close()
+
+
+async def _refused(url: str) -> BaseException:
+    """Connect to ``url`` expecting a refusal; return the error (the client is closed either way)."""
+    client = NATS()
+    try:
+        await client.connect(url, connect_timeout=5, max_reconnect_attempts=0, allow_reconnect=False)
+    except (NoServersError, NatsError) as exc:
+        return exc
+    finally:
+        await client.close()
+        if client._transport is not None:  # nats-py leaves the refused socket open
+            client._transport.close()
+            await client._transport.wait_closed()
+    raise AssertionError(f"NATS let {url} in")
+
+
+async def test_nats_refuses_a_connection_without_credentials(locked: Locked) -> None:
+    for url in (locked.nats_as(None), locked.nats_as(None).replace("nats://", "nats://producer:wrong@")):
+        error = await _refused(url)
+        assert "authorization violation" in repr(error).lower(), repr(error)
+
+
+def test_redis_refuses_a_connection_without_the_password(locked: Locked) -> None:
+    url = locked.settings.redis_url or ""
+    for refused in (_without_password(url), url.replace(locked.credentials.redis, "wrong")):
+        client = redis.Redis.from_url(refused, socket_timeout=5)
+        try:
+            with pytest.raises(redis.exceptions.AuthenticationError):  # NOAUTH / WRONGPASS
+                client.get("anything")
+        finally:
+            client.close()
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        assert client.ping()
+    finally:
+        client.close()
+
+
+def test_postgresql_refuses_a_connection_without_the_password(locked: Locked) -> None:
+    url = locked.settings.database_url or ""
+    with pytest.raises(psycopg.OperationalError, match=r"no password supplied|password authentication"):
+        psycopg.connect(_without_password(url), connect_timeout=5)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(url.replace(locked.credentials.postgres, "wrong"), connect_timeout=5)
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        row = conn.execute("SELECT current_setting('password_encryption')").fetchone()
+        assert row == ("scram-sha-256",)
+    hba = Path(locked.settings.data_dir).resolve() / "postgres" / "pgdata" / "pg_hba.conf"
+    methods = {line.split()[-1] for line in hba.read_text().splitlines() if line.strip() and line[0] != "#"}
+    assert methods == {"scram-sha-256"}
+
+
+async def test_credentials_are_made_once_kept_private_printed_once_and_reused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = Settings(data_dir=tmp_path)
+    async with embedded_servers(base, only=("redis",)) as first:
+        pass
+    printed = capsys.readouterr().err
+    credentials = json.loads((tmp_path / CREDENTIALS_FILE).read_text())
+    assert stat.S_IMODE((tmp_path / CREDENTIALS_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "redis" / "redis-embedded.conf").stat().st_mode) == 0o600
+    assert "new credentials" in printed and credentials["redis"] in printed
+    assert credentials["nats_producer"] in printed  # every password is shown once, whatever started
+    assert len({*credentials.values()}) == 5 and all(len(p) >= 40 for p in credentials.values())
+    async with embedded_servers(base, only=("redis",)) as second:
+        assert urlsplit(second.redis_url or "").password == urlsplit(first.redis_url or "").password
+    again = capsys.readouterr().err
+    assert credentials["redis"] not in again and "credentials: " in again
+    assert json.loads((tmp_path / CREDENTIALS_FILE).read_text()) == credentials
+
+
+def test_a_broken_credentials_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / CREDENTIALS_FILE).write_text('{"redis": "x"}')
+    with pytest.raises(ValueError, match=f"{CREDENTIALS_FILE} is not a credentials file"):
+        load_or_create(tmp_path)
+
+
+@pytest.mark.slow
+async def test_a_data_folder_made_before_the_lock_down_is_locked_down_and_keeps_its_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The folder as `tickstock run` left it before this change: open servers, data in them.
+    with EmbeddedNats(tmp_path / "nats") as old_nats, EmbeddedPostgres(tmp_path / "postgres") as old_pg:
+        nc = await nats.connect(old_nats.url)
+        js = nc.jetstream()
+        await js.add_stream(name="KEEP", subjects=["keep.>"])
+        await js.publish("keep.one", b"kept")
+        await nc.close()
+        with psycopg.connect(old_pg.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (x int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+    with EmbeddedRedis(tmp_path / "redis"):
+        pass
+    capsys.readouterr()
+
+    async with embedded_servers(Settings(data_dir=tmp_path)) as full:
+        printed = capsys.readouterr().err
+        assert "locking down the servers of" in printed and "new credentials" in printed
+        nc = await nats.connect(full.nats_url or "")
+        info = await nc.jetstream().stream_info("KEEP")
+        assert info.state.messages == 1
+        await nc.close()
+        port = urlsplit(full.nats_url or "").port
+        assert "authorization violation" in repr(await _refused(f"nats://127.0.0.1:{port}")).lower()
+        with psycopg.connect(full.database_url or "") as conn:
+            assert conn.execute("SELECT x FROM kept").fetchone() == (42,)
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(_without_password(full.database_url or ""), connect_timeout=5)
+        client = redis.Redis.from_url(_without_password(full.redis_url or ""), socket_timeout=5)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            client.ping()
+        client.close()
