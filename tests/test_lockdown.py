@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import stat
+import subprocess
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -27,10 +30,12 @@ from nats.errors import NoServersError, TimeoutError
 from api.cli.resources import embedded_servers, prepare_database
 from api.settings import Settings
 from hub.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis
-from hub.embedded.credentials import CREDENTIALS_FILE, Credentials, load_or_create
+from hub.embedded.credentials import CREDENTIALS_FILE, NATS_ACCOUNTS_CONF, Credentials, load_or_create
+from hub.embedded.process import find_binary
+from hub.embedded.servers import _scripts_dir
 from hub.jetstream import PATTERNS_STREAM
 from tests.conftest import JWT_SECRET
-from tests.support import LiveHub, make_event, wait_for
+from tests.support import LiveHub, free_port, make_event, wait_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,3 +264,122 @@ async def test_a_data_folder_made_before_the_lock_down_is_locked_down_and_keeps_
         with pytest.raises(redis.exceptions.AuthenticationError):
             client.ping()
         client.close()
+
+
+# -- the compose stack's NATS cluster --------------------------------------------------------------------
+
+
+def _cluster_conf(folder: Path, node: int, ports: dict[str, list[int]]) -> Path:
+    """The repository's nats.conf for ``node`` with only its addresses and store moved onto this
+    machine (loopback ports, a temporary store); authorization, cluster and accounts untouched."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "nats.conf").read_text()
+    moves = {
+        'listen: "0.0.0.0:4222"': f'listen: "127.0.0.1:{ports["client"][node]}"',
+        'http: "0.0.0.0:8222"': f'http: "127.0.0.1:{ports["http"][node]}"',
+        'listen: "0.0.0.0:6222"': f'listen: "127.0.0.1:{ports["route"][node]}"',
+        'store_dir: "/data/jetstream"': f'store_dir: "{folder / f"store-{node}"}"',
+    }
+    for old, new in moves.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    (folder / "nats-accounts.conf").write_text(NATS_ACCOUNTS_CONF.read_text())
+    path = folder / f"nats-{node}.conf"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow
+async def test_the_compose_nats_config_runs_a_three_node_cluster_with_the_same_permissions(
+    tmp_path: Path,
+) -> None:
+    ports = {kind: [free_port() for _ in range(3)] for kind in ("client", "http", "route")}
+    secrets = Credentials.generate()
+    env = {
+        **os.environ,
+        **secrets.nats_environment(),
+        "TICKSTOCK_NATS_ROUTE_PASSWORD": "kroute",
+        **{
+            f"TICKSTOCK_NATS_ROUTE_{i + 1}": f"nats-route://route:kroute@127.0.0.1:{port}"
+            for i, port in enumerate(ports["route"])
+        },
+    }
+    binary = find_binary("nats-server", [_scripts_dir() / "nats-server"])
+    processes = []
+    try:
+        for node in range(3):
+            conf = _cluster_conf(tmp_path, node, ports)
+            log = open(tmp_path / f"nats-{node}.log", "wb")  # noqa: SIM115 - closed with the process
+            processes.append(
+                (
+                    subprocess.Popen(
+                        [str(binary), "-c", str(conf)],
+                        env={**env, "TICKSTOCK_NATS_SERVER_NAME": f"nats-{node + 1}"},
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    ),
+                    log,
+                )
+            )
+
+        def healthy() -> bool:
+            for port in ports["http"]:
+                try:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/healthz?js-enabled-only=true", timeout=1
+                    ):
+                        pass
+                except OSError:
+                    return False
+            return True
+
+        await wait_for(healthy, timeout=30, what="three healthy JetStream nodes")
+        hub_urls = [f"nats://hub:{secrets.nats_hub}@127.0.0.1:{port}" for port in ports["client"]]
+        hub = await nats.connect(hub_urls, connect_timeout=5, inbox_prefix="_INBOX_HUB")
+        try:
+            js = hub.jetstream()
+
+            async def replicated() -> bool:
+                try:
+                    await js.add_stream(
+                        name=PATTERNS_STREAM, subjects=["tickstock.patterns.>"], num_replicas=3
+                    )
+                    await js.add_stream(
+                        name="TICKSTOCK_INGEST", subjects=["tickstock.ingest.>"], num_replicas=3
+                    )
+                except NatsError:
+                    return False  # the cluster is still electing its meta leader
+                return True
+
+            await wait_for(replicated, timeout=30, what="R3 streams on the cluster")
+            info = await js.stream_info(PATTERNS_STREAM)
+            assert info.cluster is not None and len(info.cluster.replicas or []) == 2  # the leader + 2
+            await js.publish("tickstock.patterns.daily.AAPL", b'{"id": "clean-1"}')
+
+            errors: list[str] = []
+            producer = await _connect(
+                f"nats://producer:{secrets.nats_producer}@127.0.0.1:{ports['client'][1]}", errors
+            )
+            await producer.publish("tickstock.patterns.x", b"{}")
+            ack = await producer.jetstream().publish("tickstock.ingest.daily.AAPL", b"{}")
+            assert ack.stream == "TICKSTOCK_INGEST"
+            await wait_for(lambda: errors, what="the permissions violation")
+            assert errors == ['nats: permissions violation for publish to "tickstock.patterns.x"']
+            await producer.close()
+
+            reader = await _connect(
+                f"nats://reader:{secrets.nats_reader}@127.0.0.1:{ports['client'][2]}", errors
+            )
+            sub = await reader.jetstream().pull_subscribe("tickstock.patterns.>", stream=PATTERNS_STREAM)
+            (msg,) = await sub.fetch(1, timeout=5)
+            assert msg.data == b'{"id": "clean-1"}'
+            await reader.close()
+            assert (await js.stream_info("TICKSTOCK_INGEST")).state.messages == 1
+            assert (await js.stream_info(PATTERNS_STREAM)).state.messages == 1
+        finally:
+            await hub.close()
+    finally:
+        for process, log in processes:
+            process.terminate()
+            process.wait(10)
+            log.close()
