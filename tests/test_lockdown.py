@@ -8,6 +8,8 @@ The session's servers (tests/conftest.py) stay open; nothing here uses them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,11 +27,12 @@ import pytest_asyncio
 import redis
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
-from nats.errors import NoServersError, TimeoutError
+from nats.errors import TimeoutError
 
+from api.app import ConfigurationError
 from api.cli.resources import embedded_servers, prepare_database
 from api.settings import Settings
-from hub.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis
+from hub.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, EmbeddedRedis
 from hub.embedded.credentials import CREDENTIALS_FILE, NATS_ACCOUNTS_CONF, Credentials, load_or_create
 from hub.embedded.process import find_binary
 from hub.embedded.servers import _scripts_dir
@@ -152,25 +155,29 @@ async def test_a_reader_reads_the_clean_stream_and_publishes_nothing(locked: Loc
         await reader.close()
 
 
-async def _refused(url: str) -> BaseException:
-    """Connect to ``url`` expecting a refusal; return the error (the client is closed either way)."""
-    client = NATS()
+async def _greeting(url: str) -> str:
+    """The server's answer to CONNECT (with the URL's credentials) and PING, spoken by hand: ``PONG``
+    when let in, ``-ERR 'Authorization Violation'`` when refused."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     try:
-        await client.connect(url, connect_timeout=5, max_reconnect_attempts=0, allow_reconnect=False)
-    except (NoServersError, NatsError) as exc:
-        return exc
+        assert (await reader.readline()).startswith(b"INFO ")
+        connect: dict[str, object] = {"verbose": False, "pedantic": False, "protocol": 1}
+        if parts.username:
+            connect.update(user=parts.username, **{"pass": parts.password})
+        writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+        await writer.drain()
+        return (await asyncio.wait_for(reader.readline(), 10)).decode().strip()
     finally:
-        await client.close()
-        if client._transport is not None:  # nats-py leaves the refused socket open
-            client._transport.close()
-            await client._transport.wait_closed()
-    raise AssertionError(f"NATS let {url} in")
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 async def test_nats_refuses_a_connection_without_credentials(locked: Locked) -> None:
     for url in (locked.nats_as(None), locked.nats_as(None).replace("nats://", "nats://producer:wrong@")):
-        error = await _refused(url)
-        assert "authorization violation" in repr(error).lower(), repr(error)
+        assert await _greeting(url) == "-ERR 'Authorization Violation'"
+    assert await _greeting(locked.nats_as("producer")) == "PONG"
 
 
 def test_redis_refuses_a_connection_without_the_password(locked: Locked) -> None:
@@ -223,10 +230,32 @@ async def test_credentials_are_made_once_kept_private_printed_once_and_reused(
     assert json.loads((tmp_path / CREDENTIALS_FILE).read_text()) == credentials
 
 
-def test_a_broken_credentials_file_is_named(tmp_path: Path) -> None:
+async def test_a_broken_credentials_file_is_named_and_a_loose_one_tightened(tmp_path: Path) -> None:
     (tmp_path / CREDENTIALS_FILE).write_text('{"redis": "x"}')
     with pytest.raises(ValueError, match=f"{CREDENTIALS_FILE} is not a credentials file"):
         load_or_create(tmp_path)
+    with pytest.raises(ConfigurationError, match="move it away to make a new one"):
+        async with embedded_servers(Settings(data_dir=tmp_path), only=("redis",)):
+            pass
+    (tmp_path / CREDENTIALS_FILE).unlink()
+    made, created = load_or_create(tmp_path)
+    (tmp_path / CREDENTIALS_FILE).chmod(0o644)
+    assert load_or_create(tmp_path) == (made, False) and created
+    assert stat.S_IMODE((tmp_path / CREDENTIALS_FILE).stat().st_mode) == 0o600
+    with pytest.raises(EmbeddedError, match="no users"):
+        EmbeddedNats(tmp_path / "nats").url_for("producer")
+
+
+async def test_servers_with_urls_need_no_credentials(tmp_path: Path) -> None:
+    given = Settings(
+        data_dir=tmp_path,
+        database_url="postgresql://x@127.0.0.1:1/db",
+        nats_url="nats://127.0.0.1:1",
+        redis_url="redis://127.0.0.1:1/0",
+    )
+    async with embedded_servers(given) as full:
+        assert full is given
+    assert not (tmp_path / CREDENTIALS_FILE).exists()
 
 
 @pytest.mark.slow
@@ -255,7 +284,7 @@ async def test_a_data_folder_made_before_the_lock_down_is_locked_down_and_keeps_
         assert info.state.messages == 1
         await nc.close()
         port = urlsplit(full.nats_url or "").port
-        assert "authorization violation" in repr(await _refused(f"nats://127.0.0.1:{port}")).lower()
+        assert await _greeting(f"nats://127.0.0.1:{port}") == "-ERR 'Authorization Violation'"
         with psycopg.connect(full.database_url or "") as conn:
             assert conn.execute("SELECT x FROM kept").fetchone() == (42,)
         with pytest.raises(psycopg.OperationalError):
@@ -264,6 +293,17 @@ async def test_a_data_folder_made_before_the_lock_down_is_locked_down_and_keeps_
         with pytest.raises(redis.exceptions.AuthenticationError):
             client.ping()
         client.close()
+    # The next run finds everything locked already and changes nothing.
+    hba = (tmp_path / "postgres" / "pgdata" / "pg_hba.conf").read_text()
+    async with embedded_servers(Settings(data_dir=tmp_path)) as again:
+        assert urlsplit(again.database_url or "").password == urlsplit(full.database_url or "").password
+        with psycopg.connect(again.database_url or "") as conn:
+            assert conn.execute("SELECT x FROM kept").fetchone() == (42,)
+        nc = await nats.connect(again.nats_url or "")
+        assert (await nc.jetstream().stream_info("KEEP")).state.messages == 1
+        await nc.close()
+    assert (tmp_path / "postgres" / "pgdata" / "pg_hba.conf").read_text() == hba
+    assert "new credentials" not in capsys.readouterr().err
 
 
 # -- the compose stack's NATS cluster --------------------------------------------------------------------
@@ -335,23 +375,28 @@ async def test_the_compose_nats_config_runs_a_three_node_cluster_with_the_same_p
 
         await wait_for(healthy, timeout=30, what="three healthy JetStream nodes")
         hub_urls = [f"nats://hub:{secrets.nats_hub}@127.0.0.1:{port}" for port in ports["client"]]
+
+        async def replicated() -> bool:
+            # A fresh connection each time: on a cluster just formed, a reply subscription made before
+            # the routes knew the account can stay unknown to the node that answers.
+            client = await nats.connect(hub_urls, connect_timeout=5, inbox_prefix="_INBOX_HUB")
+            try:
+                js = client.jetstream(timeout=2)
+                for name, subject in (
+                    (PATTERNS_STREAM, "tickstock.patterns.>"),
+                    ("TICKSTOCK_INGEST", "tickstock.ingest.>"),
+                ):
+                    await js.add_stream(name=name, subjects=[subject], num_replicas=3)
+            except NatsError:
+                return False  # the cluster is still settling
+            finally:
+                await client.close()
+            return True
+
+        await wait_for(replicated, timeout=30, what="R3 streams on the cluster")
         hub = await nats.connect(hub_urls, connect_timeout=5, inbox_prefix="_INBOX_HUB")
         try:
             js = hub.jetstream()
-
-            async def replicated() -> bool:
-                try:
-                    await js.add_stream(
-                        name=PATTERNS_STREAM, subjects=["tickstock.patterns.>"], num_replicas=3
-                    )
-                    await js.add_stream(
-                        name="TICKSTOCK_INGEST", subjects=["tickstock.ingest.>"], num_replicas=3
-                    )
-                except NatsError:
-                    return False  # the cluster is still electing its meta leader
-                return True
-
-            await wait_for(replicated, timeout=30, what="R3 streams on the cluster")
             info = await js.stream_info(PATTERNS_STREAM)
             assert info.cluster is not None and len(info.cluster.replicas or []) == 2  # the leader + 2
             await js.publish("tickstock.patterns.daily.AAPL", b'{"id": "clean-1"}')

@@ -373,12 +373,7 @@ class EmbeddedRedis(EmbeddedServer):
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
                 sock.sendall(auth + b"PING\r\n")
-                answer = b""
-                while len(answer) < len(expected):
-                    chunk = sock.recv(len(expected) - len(answer))
-                    if not chunk:
-                        break
-                    answer += chunk
-                return answer == expected
+                with sock.makefile("rb") as answer:  # reads until it has them all, or the end
+                    return answer.read(len(expected)) == expected
         except OSError:
             return False
