@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
@@ -65,6 +66,11 @@ async def open_nats(
 
     closing = False
     shown = redact(url)
+    servers = server_list(url)
+    # The servers a cluster announces come without credentials: when every given URL carries the same
+    # user and password, they are the client's, so a reconnect to an announced server logs in too.
+    users = {(parts.username, parts.password) for parts in map(urlsplit, servers)}
+    user, password = next(iter(users)) if len(users) == 1 else (None, None)
 
     async def on_disconnect() -> None:
         if closing:
@@ -82,7 +88,9 @@ async def open_nats(
     try:
         await asyncio.wait_for(
             client.connect(
-                server_list(url),
+                servers,
+                user=user if password else None,
+                password=password if user else None,
                 name=name,
                 connect_timeout=max(1, int(connect_timeout_s)),
                 allow_reconnect=True,

@@ -32,6 +32,7 @@ from nats.errors import TimeoutError
 from api.app import ConfigurationError
 from api.cli.resources import embedded_servers, prepare_database
 from api.settings import Settings
+from hub.broker import open_nats
 from hub.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, EmbeddedRedis
 from hub.embedded.credentials import CREDENTIALS_FILE, NATS_ACCOUNTS_CONF, Credentials, load_or_create
 from hub.embedded.process import find_binary
@@ -423,8 +424,32 @@ async def test_the_compose_nats_config_runs_a_three_node_cluster_with_the_same_p
             assert (await js.stream_info(PATTERNS_STREAM)).state.messages == 1
         finally:
             await hub.close()
+
+        # The hub given one node's URL learns the others from the cluster, and logs in to them with
+        # the same credentials when that node goes.
+        async with open_nats(hub_urls[0], name="failover", connect_timeout_s=5) as client:
+            await wait_for(lambda: len(client.discovered_servers) >= 2, what="the other nodes announced")
+            first, _ = processes[0]
+            first.terminate()
+            first.wait(10)
+
+            def moved() -> bool:
+                url = client.connected_url
+                return client.is_connected and url is not None and url.port != ports["client"][0]
+
+            await wait_for(moved, timeout=30, what="a reconnect to another node")
+
+            async def stored() -> bool:
+                try:
+                    await client.jetstream(timeout=2).publish("tickstock.ingest.daily.MSFT", b"{}")
+                except NatsError:
+                    return False  # the stream may be electing a new leader
+                return True
+
+            await wait_for(stored, timeout=30, what="an ingest publish on the two nodes left")
     finally:
         for process, log in processes:
-            process.terminate()
-            process.wait(10)
+            if process.poll() is None:
+                process.terminate()
+                process.wait(10)
             log.close()
