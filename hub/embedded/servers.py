@@ -249,9 +249,12 @@ class EmbeddedPostgres(EmbeddedServer):
         connection: the password is set in single-user mode (the server is not running), then every
         ``trust`` line of pg_hba.conf becomes ``scram-sha-256``."""
         log.info("postgres: locking down the existing cluster in %s (password, scram-sha-256)", self.pgdata)
+        # Quoted as SQL literals (single-user mode takes no parameters).
+        role = '"' + self.user.replace('"', '""') + '"'
+        secret = "'" + (self.password or "").replace("'", "''") + "'"
         subprocess.run(
             [str(_postgres_bin() / "postgres"), "--single", "-D", str(self.pgdata), "postgres"],
-            input=f"SET password_encryption = 'scram-sha-256'; ALTER ROLE \"{self.user}\" PASSWORD '{self.password}'\n".encode(),
+            input=f"SET password_encryption = 'scram-sha-256'; ALTER ROLE {role} PASSWORD {secret}\n".encode(),
             check=True,
             capture_output=True,
             user=owner,
