@@ -44,7 +44,7 @@ from api.settings import Settings
 from api.state import HubState
 from hub.advisories import AdvisoryWatcher
 from hub.bridge import RedisBridge
-from hub.broker import open_nats
+from hub.broker import open_nats, redact
 from hub.catalog import CatalogCache
 from hub.cloudevent import CloudEvents
 from hub.deadletters import DeadLetterer
@@ -96,7 +96,7 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
         nc = await stack.enter_async_context(
             open_nats(nats_url, connect_timeout_s=settings.connect_timeout_s)
         )
-        log.info("nats connected to %s", nats_url)
+        log.info("nats connected to %s", redact(nats_url))
         redis = await stack.enter_async_context(
             open_redis(redis_url, connect_timeout_s=settings.connect_timeout_s)
         )

@@ -212,6 +212,11 @@ class Settings:
         return UpstreamRules(timeframes=table, naive_zone=zone)
 
     @property
+    def nats_servers(self) -> tuple[str, ...]:
+        """Every server of ``TICKSTOCK_NATS_URL`` (comma-separated); empty when NATS is embedded."""
+        return checks.check_nats_urls(self.nats_url) if self.nats_url else ()
+
+    @property
     def bridge_channel_list(self) -> tuple[str, ...]:
         return tuple(c.strip() for c in self.bridge_channels.split(",") if c.strip())
 
@@ -256,6 +261,8 @@ class Settings:
         checks.check_transports(self.socketio_transports)
         if self.forwarded_allow_ips is not None:
             checks.check_networks(self.forwarded_allow_ips)
+        if self.nats_url:
+            checks.check_nats_urls(self.nats_url)
         if self.jwks_url:
             try:
                 check_jwks_url(self.jwks_url)

@@ -22,6 +22,7 @@ __all__ = [
     "SOCKETIO_TRANSPORTS",
     "SettingsError",
     "check_jwks_url",
+    "check_nats_urls",
     "check_networks",
     "check_transports",
 ]
@@ -132,6 +133,30 @@ def check_networks(value: str) -> None:
             raise SettingsError(
                 f"{PREFIX}FORWARDED_ALLOW_IPS: {item[:64]!r} is not an IP address, a network or *"
             ) from None
+
+
+NATS_SCHEMES = frozenset({"nats", "tls"})
+
+
+def check_nats_urls(value: str) -> tuple[str, ...]:
+    """The servers of ``TICKSTOCK_NATS_URL``: one URL or a comma-separated list, each ``nats://`` or
+    ``tls://`` with a host and (optionally, default 4222) a port; credentials in a URL are allowed.
+    Raises :class:`SettingsError` naming the variable (never echoing a password) otherwise."""
+    urls = tuple(part.strip() for part in value.split(","))
+    for index, url in enumerate(urls, 1):
+        where = f"{PREFIX}NATS_URL: server {index} of {len(urls)}"
+        if not url:
+            raise SettingsError(f"{where} is empty (a list is comma-separated URLs, no empty entries)")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() not in NATS_SCHEMES:
+            raise SettingsError(f"{where} must start with nats:// or tls://")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname or port == -1 or port == 0:
+            raise SettingsError(f"{where} needs a host and a TCP port (nats://host:4222)")
+    return urls
 
 
 def check_jwks_url(url: str) -> str:

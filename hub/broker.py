@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
@@ -14,17 +16,34 @@ from hub.errors import HubError
 from hub.natsclient import HubClient
 from store.pool import DEFAULT_CONNECT_TIMEOUT_S
 
-__all__ = ["BrokerError", "open_nats"]
+__all__ = ["HUB_INBOX_PREFIX", "BrokerError", "open_nats", "redact", "server_list"]
 
 log = logging.getLogger("tickstock.broker")
 
 DEFAULT_DRAIN_TIMEOUT_S = 10
 DEFAULT_PENDING_BYTES = 64 * 1024 * 1024
+# The hub's reply inboxes (JetStream API answers, pulled messages, publish acks) live under a prefix of
+# their own: the producer and reader users of hub/embedded/nats-accounts.conf may subscribe to _INBOX.>
+# for their own replies, and must not see the hub's.
+HUB_INBOX_PREFIX = "_INBOX_HUB"
 
 
 class BrokerError(HubError, NatsError):
     """NATS could not be reached or used; a :class:`HubError` and nats-py's base error, so callers'
     ``except nats.errors.Error`` clauses keep working."""
+
+
+_PASSWORD = re.compile(r"(?<=://)([^:@/]*):[^@/]*@")
+
+
+def server_list(url: str) -> list[str]:
+    """The servers of ``url``: one URL or a comma-separated list (``TICKSTOCK_NATS_URL``)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+def redact(url: str) -> str:
+    """``url`` (one or a comma-separated list) with every password replaced by ``***``, for logs."""
+    return _PASSWORD.sub(r"\1:***@", url)
 
 
 @asynccontextmanager
@@ -35,7 +54,9 @@ async def open_nats(
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     drain_timeout_s: int = DEFAULT_DRAIN_TIMEOUT_S,
 ) -> AsyncIterator[NATS]:
-    """Connect to ``url``; drain (flush pending work, then close) on exit.
+    """Connect to ``url`` (one server or a comma-separated list: nats-py gets every one and fails
+    over between them, and learns the rest of a cluster from the server); drain (flush pending work,
+    then close) on exit. Credentials ride in each URL (``nats://user:password@host:4222``).
 
     The first connection must succeed within ``connect_timeout_s`` or :class:`BrokerError` is raised
     with the reason. After that the client reconnects forever, logging each disconnect.
@@ -45,21 +66,32 @@ async def open_nats(
         log.warning("nats: %s", exc)
 
     closing = False
+    shown = redact(url)
+    servers = server_list(url)
+    # The servers a cluster announces come without credentials: when every given URL carries the same
+    # user and password, they are the client's, so a reconnect to an announced server logs in too.
+    users = {(parts.username, parts.password) for parts in map(urlsplit, servers)}
+    user, password = next(iter(users)) if len(users) == 1 else (None, None)
 
     async def on_disconnect() -> None:
         if closing:
-            log.info("nats: disconnected from %s (closing)", url)
+            log.info("nats: disconnected from %s (closing)", shown)
         else:
-            log.warning("nats: disconnected from %s", url)
+            log.warning("nats: disconnected from %s", shown)
 
     async def on_reconnect() -> None:
-        log.info("nats: reconnected to %s", url)
+        log.info(
+            "nats: reconnected to %s",
+            redact(client.connected_url.geturl()) if client.connected_url else shown,
+        )
 
     client = HubClient()
     try:
         await asyncio.wait_for(
             client.connect(
-                url,
+                servers,
+                user=user if password else None,
+                password=password if user else None,
                 name=name,
                 connect_timeout=max(1, int(connect_timeout_s)),
                 allow_reconnect=True,
@@ -70,13 +102,14 @@ async def open_nats(
                 reconnected_cb=on_reconnect,
                 drain_timeout=drain_timeout_s,
                 pending_size=DEFAULT_PENDING_BYTES,
+                inbox_prefix=HUB_INBOX_PREFIX,
             ),
             timeout=connect_timeout_s,
         )
     except (TimeoutError, OSError, NatsError) as exc:
         await client.close()
         reason = str(exc) or type(exc).__name__
-        raise BrokerError(f"cannot connect to NATS at {url}: {reason}") from exc
+        raise BrokerError(f"cannot connect to NATS at {shown}: {redact(reason)}") from exc
     try:
         yield client
     finally:

@@ -25,6 +25,7 @@ import nats
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.http import HTTPMessage, from_binary_event
 
+from hub.broker import server_list
 from hub.jetstream import PATTERNS_STREAM
 
 DEFAULT_LAST = 3
@@ -72,7 +73,7 @@ def render(peeked: Peeked) -> str:
 
 
 async def peek(url: str, last: int) -> list[Peeked]:
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+    nc = await nats.connect(server_list(url), connect_timeout=5, max_reconnect_attempts=0)
     try:
         return await last_messages(nc.jetstream(), last)
     finally:
@@ -111,7 +112,7 @@ def demo() -> list[Peeked]:
     async def run(url: str) -> list[Peeked]:
         from hub.subjects import ingest_subject
 
-        nc = await nats.connect(url, connect_timeout=5)
+        nc = await nats.connect(server_list(url), connect_timeout=5)
         try:
             js = nc.jetstream()
             for e in events:

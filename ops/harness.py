@@ -30,6 +30,7 @@ import httpx  # noqa: E402
 import nats  # noqa: E402
 import psycopg  # noqa: E402
 
+from hub.broker import server_list  # noqa: E402
 from hub.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
 from hub.jetstream import PATTERNS_STREAM  # noqa: E402
 from hub.subjects import CLEAN_WILDCARD, ingest_subject  # noqa: E402
@@ -168,7 +169,7 @@ def make_events(n: int, *, run: str, symbols: list[str] = SYMBOLS) -> list[dict[
 
 @asynccontextmanager
 async def connected(url: str) -> AsyncIterator[Any]:
-    nc = await nats.connect(url, name="tickstock-ops", max_reconnect_attempts=-1)
+    nc = await nats.connect(server_list(url), name="tickstock-ops", max_reconnect_attempts=-1)
     try:
         yield nc
     finally:

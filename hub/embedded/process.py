@@ -111,6 +111,10 @@ class EmbeddedServer:
     def run_as(self) -> str | None:
         return None
 
+    def environment(self) -> dict[str, str]:
+        """Variables added to the server's environment (e.g. passwords its configuration reads)."""
+        return {}
+
     def ready(self) -> bool:
         return port_open(self.host, self.port)
 
@@ -147,6 +151,9 @@ class EmbeddedServer:
         user = self.run_as()
         if user is not None:
             kwargs["user"] = user
+        extra = self.environment()
+        if extra:
+            kwargs["env"] = {**os.environ, **extra}
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by this object, closed in stop()
         try:
             self._proc = subprocess.Popen(

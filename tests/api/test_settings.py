@@ -198,3 +198,42 @@ def test_a_bad_tickstock_prefix_names_the_variable(value: str) -> None:
         Settings.from_env({"TICKSTOCK_COMPAT_PREFIX": value})
     with pytest.raises(SettingsError, match="TICKSTOCK_COMPAT_PREFIX"):
         Settings.from_env({"tickstock_compat_prefix": value})
+
+
+@pytest.mark.parametrize(
+    ("value", "servers"),
+    [
+        ("nats://127.0.0.1:4222", ("nats://127.0.0.1:4222",)),  # one URL, as before
+        ("nats://localhost", ("nats://localhost",)),  # nats-py's default port
+        ("nats://127.0.0.1:4222/x", ("nats://127.0.0.1:4222/x",)),  # a path was always ignored
+        (
+            "nats://hub:pw@nats-1:4222, nats://hub:pw@nats-2:4222,tls://nats-3:4443",
+            ("nats://hub:pw@nats-1:4222", "nats://hub:pw@nats-2:4222", "tls://nats-3:4443"),
+        ),
+    ],
+)
+def test_nats_url_takes_one_server_or_a_comma_separated_list(value: str, servers: tuple[str, ...]) -> None:
+    s = Settings.from_env({"TICKSTOCK_NATS_URL": value})
+    assert s.nats_url == value
+    assert s.nats_servers == servers
+    assert Settings.from_env({}).nats_servers == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("http://a:4222", "server 1 of 1 must start with nats:// or tls://"),
+        ("nats://a:4222,redis://b:6379", "server 2 of 2 must start with nats:// or tls://"),
+        ("nats://a:4222,,nats://b:4222", "server 2 of 3 is empty"),
+        ("nats://a:4222,", "server 2 of 2 is empty"),
+        ("nats://:4222", "server 1 of 1 needs a host and a TCP port"),
+        ("nats://a:70000", "server 1 of 1 needs a host and a TCP port"),
+        ("nats://a:0", "server 1 of 1 needs a host and a TCP port"),
+        ("nats://u:secret@a:port", "server 1 of 1 needs a host and a TCP port"),
+        ("a:4222", "must start with nats:// or tls://"),
+    ],
+)
+def test_a_bad_nats_server_list_names_the_variable_in_one_line(value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=f"^TICKSTOCK_NATS_URL: .*{message}") as caught:
+        Settings.from_env({"TICKSTOCK_NATS_URL": value})
+    assert "\n" not in str(caught.value) and "secret" not in str(caught.value)

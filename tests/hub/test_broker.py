@@ -46,3 +46,21 @@ async def test_a_header_block_that_does_not_decode_leaves_the_client_reading(ser
         {"X-Ok": "1"},
     )
     assert nc.undecodable_headers == 1  # type: ignore[attr-defined]
+
+
+async def test_a_server_list_connects_through_any_live_server(servers) -> None:  # type: ignore[no-untyped-def]
+    dead = f"nats://127.0.0.1:{free_port()}"
+    async with open_nats(f"{dead}, {servers.nats_url}", name="t", connect_timeout_s=5) as nc:
+        assert nc.connected_url is not None
+        assert nc.connected_url.port == int(servers.nats_url.rsplit(":", 1)[1])
+        assert {s.port for s in nc.servers} >= {int(dead.rsplit(":", 1)[1])}
+
+
+async def test_a_refused_list_is_named_without_its_passwords() -> None:
+    urls = f"nats://hub:hunter2@127.0.0.1:{free_port()},nats://hub:hunter2@127.0.0.1:{free_port()}"
+    async with within(30, what="connecting to two closed ports"):
+        with pytest.raises(BrokerError) as caught:
+            async with open_nats(urls, connect_timeout_s=2):
+                pass
+    assert "nats://hub:***@127.0.0.1:" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
