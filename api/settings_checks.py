@@ -21,6 +21,7 @@ __all__ = [
     "RATES",
     "SOCKETIO_TRANSPORTS",
     "SettingsError",
+    "check_compression",
     "check_jwks_url",
     "check_networks",
     "check_transports",
@@ -109,6 +110,7 @@ HEADER_VALUE_MAX = 4096
 
 
 SOCKETIO_TRANSPORTS = frozenset({"polling", "websocket"})
+WS_COMPRESSION = ("off", "shared")  # what api/wsdeflate.py implements
 
 
 class SettingsError(ValueError):
@@ -119,6 +121,14 @@ def check_transports(value: str) -> None:
     """``value`` is ``polling``, ``websocket`` or both, comma-separated; SettingsError otherwise."""
     if not {t.strip() for t in value.split(",")} <= SOCKETIO_TRANSPORTS:
         raise SettingsError(f"{PREFIX}SOCKETIO_TRANSPORTS must be polling, websocket or both")
+
+
+def check_compression(value: str) -> None:
+    """``value`` is ``off`` or ``shared``; SettingsError otherwise."""
+    if value not in WS_COMPRESSION:
+        raise SettingsError(
+            f"{PREFIX}WS_COMPRESSION must be {' or '.join(WS_COMPRESSION)}, not {value[:32]!r}"
+        )
 
 
 def check_networks(value: str) -> None:
