@@ -142,6 +142,9 @@ class Settings:
     ws_resume_max: int = ws.DEFAULT_RESUME_MAX
     ws_ring_size: int = ws.DEFAULT_RING_SIZE
     ws_drain_s: float = ws.DEFAULT_DRAIN_S
+    ws_live_pending_messages: int = ws.DEFAULT_LIVE_PENDING_MESSAGES
+    ws_live_pending_bytes: int = ws.DEFAULT_LIVE_PENDING_BYTES
+    ws_shed_after_s: float = ws.DEFAULT_SHED_AFTER_S
     # permessage-deflate (api/wsdeflate.py): "off" declines it; "shared" compresses each frame once.
     ws_compression: str = DEFAULT_WS_COMPRESSION
     # Socket.IO at /socket.io/ (docs/socketio.md), on the same fan-out and bounds as /ws.
@@ -257,6 +260,11 @@ class Settings:
             )
         checks.check_transports(self.socketio_transports)
         checks.check_compression(self.ws_compression)
+        if self.ws_live_pending_bytes < checks.MIN_LIVE_PENDING_BYTES:
+            raise SettingsError(
+                f"{PREFIX}WS_LIVE_PENDING_BYTES must be at least {checks.MIN_LIVE_PENDING_BYTES} (a larger event "
+                "would never fit)"
+            )
         if self.forwarded_allow_ips is not None:
             checks.check_networks(self.forwarded_allow_ips)
         if self.jwks_url:

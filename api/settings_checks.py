@@ -13,6 +13,7 @@ __all__ = [
     "HEADER_VALUE",
     "HEADER_VALUES",
     "HEADER_VALUE_MAX",
+    "MIN_LIVE_PENDING_BYTES",
     "NOT_NEGATIVE",
     "OWN_TOP",
     "POSITIVE",
@@ -62,6 +63,8 @@ AT_LEAST_ONE = (
     "ws_queue_bytes",
     "ws_resume_max",
     "ws_ring_size",
+    "ws_live_pending_messages",
+    "ws_live_pending_bytes",
     "event_max_age_days",
     "event_max_expiry_days",
     "partitions_per_batch",
@@ -90,6 +93,7 @@ POSITIVE_SECONDS = (
     "ws_auth_timeout_s",
     "ws_drain_s",
     "ws_queue_age_s",
+    "ws_shed_after_s",
     "socketio_ping_interval_s",
     "socketio_ping_timeout_s",
 )
@@ -110,6 +114,7 @@ HEADER_VALUE_MAX = 4096
 
 
 SOCKETIO_TRANSPORTS = frozenset({"polling", "websocket"})
+MIN_LIVE_PENDING_BYTES = 1 << 20  # the live buffer must hold the largest event (data: 16 KiB)
 WS_COMPRESSION = ("off", "shared")  # what api/wsdeflate.py implements
 
 

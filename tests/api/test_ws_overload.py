@@ -1,0 +1,241 @@
+"""A node that falls behind (issue #14, "bounded under overload"): a real backlog in the live NATS
+subscription, driven by an event loop kept busy, sheds the slowest connections with 4409 while a
+fast client keeps every event in order; a pending buffer so small that NATS drops events closes every
+subscribed connection with 4409, and a resume by ``seq`` gets exactly what was missed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from api.auth import mint_token
+from api.settings import Settings
+from hub.connection import Connection
+from hub.fanout_limits import FanOutLimits
+from hub.fanout_metrics import FanOutMetrics
+from hub.metrics import Registry
+from hub.overload import REASON_MISSED, REASON_SHED, Overload, Shedder
+from hub.subscriptions import Filter, Subscription
+from tests.conftest import JWT_SECRET, delete_all_streams
+from tests.support import LiveHub, make_event, publish_events, wait_for
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+READER = mint_token(JWT_SECRET, subject="overload-reader", scopes=["patterns:read"])
+SLOW = 20
+EVENTS = 300
+
+
+def tuned(settings: Settings, **changes: Any) -> Settings:
+    return replace(
+        settings,
+        ws_queue_age_s=60.0,  # the outbox age bound must not be what closes the slow ones
+        ws_ping_interval_s=30.0,
+        ws_idle_timeout_s=120.0,
+        ws_resume_max=10_000,
+        rate_limit_per_s=0,
+        **changes,
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def shedding_hub(settings: Settings) -> AsyncIterator[LiveHub]:
+    await delete_all_streams(settings.nats_url or "")
+    async with LiveHub(tuned(settings, ws_shed_after_s=0.2)) as live:
+        yield live
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def tiny_buffer_hub(settings: Settings) -> AsyncIterator[LiveHub]:
+    await delete_all_streams(settings.nats_url or "")
+    async with LiveHub(tuned(settings, ws_live_pending_messages=20)) as live:
+        yield live
+
+
+@contextlib.asynccontextmanager
+async def busy_loop(slice_s: float = 0.02) -> AsyncIterator[None]:
+    """Keep the event loop (the hub's too: it runs in this process) busy for ``slice_s`` between any
+    two callbacks, so the fan-out reads NATS faster than it can fan out: a real backlog."""
+    running = True
+
+    async def hog() -> None:
+        while running:
+            time.sleep(slice_s)
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(hog())
+    try:
+        yield
+    finally:
+        running = False
+        await task
+
+
+async def opened(live: LiveHub, *, since: int | None = None, max_queue: int = 1024) -> ClientConnection:
+    ws = await websockets.connect(
+        f"{live.ws_url}/ws?token={READER}", ping_interval=None, max_queue=max_queue, max_size=1 << 22
+    )
+    subscribe: dict[str, Any] = {"op": "subscribe", "id": "all", "filter": {}}
+    if since is not None:
+        subscribe["since"] = since
+    await ws.send(json.dumps(subscribe))
+    async with asyncio.timeout(15):
+        while json.loads(await ws.recv())["op"] != "subscribed":
+            pass
+    return ws
+
+
+class Reader:
+    """Reads a connection's events in the background until it closes."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = []
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                if frame["op"] == "event":
+                    self.events.append(frame)
+
+    async def ended(self) -> tuple[int | None, str | None]:
+        async with asyncio.timeout(30):
+            await self.task
+        return self.ws.close_code, self.ws.close_reason
+
+
+async def test_a_backlog_sheds_the_slowest_and_a_fast_client_keeps_everything(
+    shedding_hub: LiveHub,
+) -> None:
+    fanout = shedding_hub.hub.fanout
+    assert fanout is not None
+    fast = Reader(await opened(shedding_hub))  # the oldest connection, reading all the time
+    slow = [await opened(shedding_hub, max_queue=1) for _ in range(SLOW)]  # read nothing more
+    shed0 = fanout.metrics.shed.total()
+    events = [make_event(i, prefix="shed", symbol="SHED") for i in range(EVENTS)]
+    async with busy_loop():
+        await publish_events(shedding_hub.hub.js, events)
+        await wait_for(lambda: fanout.metrics.shed.total() > shed0, timeout=60, what="a shed")
+    shed = int(fanout.metrics.shed.total() - shed0)
+
+    got = await wait_for(
+        lambda: fast.events if len(fast.events) >= EVENTS else None, timeout=60, what="every event"
+    )
+    assert [f["event"]["id"] for f in got] == [e["id"] for e in events]  # all of them, in order, once
+    assert fast.ws.close_code is None
+    await fast.ws.send('{"op":"ping","ts":1}')  # and it is still served
+
+    codes = await asyncio.gather(*(_ending(ws) for ws in slow))
+    shed_codes = [c for c in codes if c == (4409, REASON_SHED)]
+    assert 1 <= len(shed_codes) == shed < SLOW  # only slow ones, and a step at a time
+    await fast.ws.close()
+
+
+async def _ending(ws: ClientConnection) -> tuple[int | None, str | None]:
+    """How a slow connection ended: read what it was sent; one still open after that is closed by us."""
+    reader = Reader(ws)
+    try:
+        async with asyncio.timeout(3.0):
+            await asyncio.shield(reader.task)
+    except TimeoutError:
+        await ws.close()
+        await reader.task
+        return None, None
+    return ws.close_code, ws.close_reason
+
+
+async def test_events_nats_drops_are_read_again_and_arrive_in_order_exactly_once(
+    tiny_buffer_hub: LiveHub,
+) -> None:
+    """A live buffer of 20 events: a burst overflows it and NATS drops events; the feed reads the
+    stream again from the last event handled, so a subscriber still gets each event once, in order."""
+    fanout = tiny_buffer_hub.hub.fanout
+    assert fanout is not None
+    reader = Reader(await opened(tiny_buffer_hub))
+    events = [make_event(i, prefix="drop", symbol="DROP") for i in range(EVENTS)]
+    await publish_events(tiny_buffer_hub.hub.js, events)
+    got = await wait_for(
+        lambda: reader.events if len(reader.events) >= EVENTS else None, timeout=60, what="every event"
+    )
+    assert [f["event"]["id"] for f in got] == [e["id"] for e in events]
+    assert fanout.metrics.live_dropped > 0  # NATS did drop events ...
+    assert fanout.metrics.live_restarts.total() > 0  # ... and they were read again
+    assert reader.ws.close_code is None and fanout.metrics.holes.total() == 0
+    await asyncio.sleep(0.5)
+    assert len(reader.events) == EVENTS  # and nothing twice
+    await reader.ws.close()
+
+
+# -- the shedding policy (pure bookkeeping) ------------------------------------------------------------
+
+
+async def test_sheds_only_when_the_backlog_stays_and_does_not_drain() -> None:
+    shedder = Shedder(after_s=1.0)
+    assert not shedder.due(5, 0.0)  # behind from now
+    assert not shedder.due(9, 0.5)
+    assert shedder.due(9, 1.0)  # behind for after_s: a step
+    assert not shedder.due(12, 1.5)  # a step at most every after_s
+    assert shedder.due(12, 2.0)  # still growing: another
+    assert not shedder.due(8, 3.0)  # draining: no more
+    assert shedder.due(8, 4.0)  # ... unless it stops draining
+    assert not shedder.due(0, 4.1)  # caught up
+    assert not shedder.due(3, 4.2)
+    assert not shedder.due(3, 5.0)
+    assert shedder.due(3, 5.2)
+
+
+async def _never(message: Any) -> None:
+    await asyncio.Event().wait()
+
+
+async def test_the_victims_are_the_slowest_subscribed_connections() -> None:
+    metrics = FanOutMetrics(Registry(), _Counted())
+    conns = []
+    for n in range(20):
+        conn = Connection(_never, FanOutLimits(), metrics)
+        conn.connected_at = float(n)
+        conn.subs["s"] = Subscription("s", conn, Filter(), None, order=n)
+        conns.append(conn)
+    idle = Connection(_never, FanOutLimits(), metrics)  # no subscription: never shed
+    behind = conns[3]
+    assert behind.offer("a") and behind.offer("b")  # its socket takes nothing: "b" waits in the outbox
+    try:
+        victims = Shedder(after_s=1.0).victims([idle, *conns], now=time.monotonic() + 1)
+        assert victims == [behind, conns[19]]  # the oldest outbox head, then the newest connection
+        assert Shedder(after_s=1.0).victims([idle], now=0.0) == []
+    finally:
+        behind.abandon()
+
+
+async def test_a_hole_in_the_stream_closes_every_subscribed_connection() -> None:
+    metrics = FanOutMetrics(Registry(), _Counted())
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    subscribed, idle = Connection(send, FanOutLimits(), metrics), Connection(send, FanOutLimits(), metrics)
+    subscribed.subs["s"] = Subscription("s", subscribed, Filter(), None, order=1)
+    Overload([subscribed, idle], metrics, after_s=1.0).hole(41)
+    await subscribed.closed()
+    assert sent == [{"type": "websocket.close", "code": 4409, "reason": REASON_MISSED}]
+    assert idle.close_code is None and metrics.holes.total() == 1
+
+
+class _Counted:
+    def __init__(self) -> None:
+        self.connections: list[Connection] = []
+        self.index: list[Subscription] = []
+        self.backlog = 0
