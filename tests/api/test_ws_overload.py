@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import websockets
+from nats.aio.client import Client as NATS
 from websockets.asyncio.client import ClientConnection
 
 from api.auth import mint_token
@@ -23,8 +25,10 @@ from api.settings import Settings
 from hub.connection import Connection
 from hub.fanout_limits import FanOutLimits
 from hub.fanout_metrics import FanOutMetrics
+from hub.jetstream import PATTERNS_STREAM
 from hub.metrics import Registry
 from hub.overload import REASON_MISSED, REASON_SHED, Overload, Shedder
+from hub.subjects import clean_subject
 from hub.subscriptions import Filter, Subscription
 from tests.conftest import JWT_SECRET, delete_all_streams
 from tests.support import LiveHub, make_event, publish_events, wait_for
@@ -82,6 +86,7 @@ async def busy_loop(slice_s: float = 0.02) -> AsyncIterator[None]:
 
 
 async def opened(live: LiveHub, *, since: int | None = None, max_queue: int = 1024) -> ClientConnection:
+    """A subscribed connection; what it replayed before ``subscribed`` is in ``REPLAYED[ws]``."""
     ws = await websockets.connect(
         f"{live.ws_url}/ws?token={READER}", ping_interval=None, max_queue=max_queue, max_size=1 << 22
     )
@@ -89,10 +94,15 @@ async def opened(live: LiveHub, *, since: int | None = None, max_queue: int = 10
     if since is not None:
         subscribe["since"] = since
     await ws.send(json.dumps(subscribe))
+    replayed = REPLAYED[ws] = []
     async with asyncio.timeout(15):
-        while json.loads(await ws.recv())["op"] != "subscribed":
-            pass
+        while (frame := json.loads(await ws.recv()))["op"] != "subscribed":
+            if frame["op"] == "event":
+                replayed.append(frame)
     return ws
+
+
+REPLAYED: dict[ClientConnection, list[dict[str, Any]]] = {}
 
 
 class Reader:
@@ -100,7 +110,7 @@ class Reader:
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
-        self.events: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = REPLAYED.pop(ws, [])
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -176,6 +186,52 @@ async def test_events_nats_drops_are_read_again_and_arrive_in_order_exactly_once
     await asyncio.sleep(0.5)
     assert len(reader.events) == EVENTS  # and nothing twice
     await reader.ws.close()
+
+
+def publish_while_frozen(url: str, events: list[dict[str, Any]], delete: int) -> None:
+    """From another thread (this one's event loop, the hub's, stays frozen meanwhile): publish
+    ``events`` straight to the clean stream, then delete the ``delete``-th from the stream. The hub
+    then reads them in one burst, past its buffer."""
+
+    async def go() -> None:
+        nc = NATS()
+        await nc.connect(url)
+        js = nc.jetstream()
+        seqs = [
+            (await js.publish(clean_subject("daily", str(e["symbol"])), json.dumps(e).encode())).seq
+            for e in events
+        ]
+        await js.delete_msg(PATTERNS_STREAM, seqs[delete])
+        await nc.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(go()))
+    thread.start()
+    thread.join()  # blocks the event loop on purpose: the hub reads nothing until it returns
+
+
+async def test_events_gone_from_the_stream_close_every_subscriber_to_resume(tiny_buffer_hub: LiveHub) -> None:
+    """A burst past the buffer, and one of its events deleted from the stream before the node reads it
+    again: what came before is handed on, the hole closes the subscriber with 4409, a resume by seq
+    gets everything after it."""
+    fanout = tiny_buffer_hub.hub.fanout
+    assert fanout is not None
+    reader = Reader(await opened(tiny_buffer_hub))
+    events = [make_event(i, prefix="hole", symbol="HOLE") for i in range(60)]
+    publish_while_frozen(tiny_buffer_hub.settings.nats_url or "", events, delete=30)
+    code, reason = await reader.ended()
+    assert (code, reason) == (4409, REASON_MISSED)
+    assert fanout.metrics.holes.total() == 1
+    before = [f["event"]["id"] for f in reader.events]
+    assert before == [e["id"] for e in events[: len(before)]] and len(before) <= 30
+
+    again = Reader(await opened(tiny_buffer_hub, since=reader.events[-1]["seq"] if reader.events else None))
+    rest = await wait_for(
+        lambda: again.events if len(again.events) >= 59 - len(before) else None,
+        timeout=30,
+        what=f"the rest after {len(before)} ({[f['seq'] for f in again.events]})",
+    )
+    assert [f["event"]["id"] for f in rest] == [e["id"] for e in events[len(before) :] if e is not events[30]]
+    await again.ws.close()
 
 
 # -- the shedding policy (pure bookkeeping) ------------------------------------------------------------
