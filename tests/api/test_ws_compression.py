@@ -29,7 +29,7 @@ from api.app import create_app
 from api.auth import mint_token
 from api.cli.serving import server_config
 from api.settings import Settings, SettingsError
-from api.wsdeflate import MIN_DEFLATE_BYTES, FrameMemo
+from api.wsdeflate import MIN_DEFLATE_BYTES, FrameMemo, SharedDeflate
 from tests.conftest import JWT_SECRET
 from tests.support import LiveHub, free_port, make_event, publish_events, serve_started
 
@@ -334,3 +334,19 @@ async def test_the_setting_is_off_by_default_and_checked() -> None:
     with pytest.raises(SettingsError, match="TICKSTOCK_WS_COMPRESSION must be off or shared, not 'gzip'"):
         Settings.from_env({"TICKSTOCK_WS_COMPRESSION": "gzip"})
     assert server_config(object(), Settings()).ws_per_message_deflate is False
+
+
+async def test_control_and_fragmented_frames_are_compressed_as_websockets_does() -> None:
+    """uvicorn sends neither fragments nor compressible control frames, but the extension stays correct
+    for them: control frames untouched, a fragmented message compressed as one (no context takeover)."""
+    memo = FrameMemo()
+    negotiated = PerMessageDeflate(True, True, 12, 12, {"memLevel": 5})
+    ext = SharedDeflate(memo, negotiated)
+    ping = Frame(Opcode.PING, b"x" * 200)
+    assert ext.encode(ping) is ping
+    first = ext.encode(Frame(Opcode.TEXT, b'{"a":"' + b"y" * 300, fin=False))
+    last = ext.encode(Frame(Opcode.CONT, b'"}', fin=True))
+    assert first.rsv1 and not last.rsv1 and memo.compressed == 0
+    inflate = zlib.decompressobj(wbits=-12)
+    text = inflate.decompress(bytes(first.data) + bytes(last.data) + b"\x00\x00\xff\xff")
+    assert text == b'{"a":"' + b"y" * 300 + b'"}'
