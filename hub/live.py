@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from hub.broker import SlowConsumers
 from hub.fanout_limits import FanOutLimits
@@ -70,6 +71,7 @@ class LiveFeed:
     async def start(self) -> None:
         self._started_at = self._head()
         self._dropped_some = False
+        dropped = self._slow_consumers.dropped if self._slow_consumers is not None else 0
         self._generation += 1
         self._sub = await self._js.subscribe(
             CLEAN_WILDCARD,
@@ -84,6 +86,8 @@ class LiveFeed:
         )
         if self._slow_consumers is not None:
             self._slow_consumers.watch(self._sub, self._dropped)
+            if self._slow_consumers.dropped != dropped:  # some before it was watched: maybe its own
+                self._drained_or_read_again()
 
     async def stop(self) -> None:
         if self._restart is not None:
@@ -115,18 +119,33 @@ class LiveFeed:
         if seq <= head:
             return  # seen already (an ordered consumer's reset)
         if seq > head + 1:
-            if head != self._started_at:
+            if head != self._started_at or await self._stored(head + 1):
                 self._read_again("gap")  # NATS dropped head+1 .. seq-1 from the full buffer
                 return
-            self._on_hole(head)  # read again from head+1, and still missing: the stream lost them
+            if generation != self._generation:
+                return
+            self._on_hole(head)  # read again from head+1, and not in the stream: gone
         await self._handle(msg, seq, stored_at)
         if self._dropped_some and self.backlog == 0 and generation == self._generation:
             self._read_again("slow_consumer")  # what NATS dropped came last: nothing shows the hole
+
+    async def _stored(self, seq: int) -> bool:
+        """Whether the clean stream still holds ``seq`` (when JetStream cannot say: assume it does)."""
+        try:
+            await self._js.get_msg(PATTERNS_STREAM, seq)
+        except NotFoundError:
+            return False
+        except (NatsError, TimeoutError):
+            return True
+        return True
 
     def _dropped(self) -> None:
         """nats-py dropped a message: what is queued before it is still handed on, in order; the
         first gap after it (or an empty buffer) reads the stream again."""
         self._metrics.live_dropped += 1
+        self._drained_or_read_again()
+
+    def _drained_or_read_again(self) -> None:
         self._dropped_some = True
         if self.backlog == 0:  # nothing queued to hand on first
             self._read_again("slow_consumer")

@@ -3,10 +3,11 @@
 The fan-out reads the clean stream through one NATS subscription whose pending buffer is bounded
 (``TICKSTOCK_WS_LIVE_PENDING_MESSAGES`` / ``_BYTES``). An empty buffer means the node keeps up. One that
 stays non-empty for ``TICKSTOCK_WS_SHED_AFTER_S`` means every event now waits behind others, whoever it
-is for: the node carries more connections than it can. :class:`Shedder` then picks a step of them (a
+is for: the node carries more connections than it can. When, over such a window, the backlog did not
+shrink either (a burst drains; an overload does not), :class:`Shedder` picks a step of connections (a
 tenth of those with subscriptions, at least one), slowest first, for the fan-out to close with 4409;
-they resume by ``seq`` (on this node or another) and the rest keep their latency. It takes another step
-after each ``after_s`` as long as the backlog is not draining (did not fall since the last step).
+they resume by ``seq`` (on this node or another) and the rest keep their latency. Each further window
+that does not drain takes another step.
 """
 
 from __future__ import annotations
@@ -36,29 +37,25 @@ class Shedder:
     def __init__(self, *, after_s: float, fraction: float = SHED_FRACTION) -> None:
         self._after_s = after_s
         self._fraction = fraction
-        self._behind_since: float | None = None
-        self._last_step: float | None = None
-        self._last_backlog = 0
+        self._since: float | None = None  # the start of the current window, while behind
+        self._since_backlog = 0
 
     def due(self, backlog: int, now: float) -> bool:
         """Whether to shed a step now. ``backlog`` is the live subscription's pending messages, seen
-        before each live message is fanned out; ``now`` is monotonic seconds."""
+        before each live message is fanned out; ``now`` is monotonic seconds. True once per ``after_s``
+        window over which the backlog never emptied and did not shrink (a burst that drains never
+        sheds)."""
         if backlog == 0:
-            self._behind_since = self._last_step = None
+            self._since = None
             return False
-        if self._behind_since is None:
-            self._behind_since = now
+        if self._since is None:
+            self._since, self._since_backlog = now, backlog
             return False
-        if now - self._behind_since < self._after_s:
+        if now - self._since < self._after_s:
             return False
-        if self._last_step is not None:
-            if now - self._last_step < self._after_s:
-                return False
-            if backlog < self._last_backlog:  # draining since the last step: let it
-                self._last_step, self._last_backlog = now, backlog
-                return False
-        self._last_step, self._last_backlog = now, backlog
-        return True
+        growing = backlog >= self._since_backlog
+        self._since, self._since_backlog = now, backlog
+        return growing
 
     def victims(self, connections: Iterable[Connection], now: float) -> list[Connection]:
         """One step of connections to close: those with subscriptions, the oldest outbox head first,
