@@ -491,6 +491,12 @@ def run_all(
                         flush=True,
                     )
                     _settle(server)
+                if connections and not memory:
+                    # The first run on a fresh server ran slower and cheaper per message than the next
+                    # ones (one trial: p50 762 ms and 17.6 µs/msg, then 15 ms and 28.0 µs/msg with the
+                    # same clients): a short run, not counted, so that client kinds compare alike.
+                    print("  (warm-up run, not counted)", flush=True)
+                    fanout_run(server, min(connections[0], 200), rate=rate, seconds=3.0, filters=filters)
                 for n in connections:
                     if name == "flask" and n > flask_max:
                         skipped.append(
