@@ -44,7 +44,7 @@ from api.settings import Settings
 from api.state import HubState
 from hub.advisories import AdvisoryWatcher
 from hub.bridge import RedisBridge
-from hub.broker import open_nats, redact
+from hub.broker import SlowConsumers, open_nats, redact
 from hub.catalog import CatalogCache
 from hub.cloudevent import CloudEvents
 from hub.deadletters import DeadLetterer
@@ -93,8 +93,9 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
         )
         log.info("postgres pool open (%d-%d connections)", settings.pool_min_size, settings.pool_max_size)
         cursors = CursorCodec(await cursor_key(pool, secret=settings.cursor_secret))
+        slow_consumers = SlowConsumers()  # the fan-out hears of live events NATS had to drop
         nc = await stack.enter_async_context(
-            open_nats(nats_url, connect_timeout_s=settings.connect_timeout_s)
+            open_nats(nats_url, connect_timeout_s=settings.connect_timeout_s, slow_consumers=slow_consumers)
         )
         log.info("nats connected to %s", redact(nats_url))
         redis = await stack.enter_async_context(
@@ -150,6 +151,7 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
                 catalog=catalog,
                 registry=metrics.registry,
                 limits=fanout_limits(settings),
+                slow_consumers=slow_consumers,
                 # Users' universes read fresh: the fan-out re-resolves on the very notice that drops the cached copy.
                 resolver=MemoryResolver(
                     cache.lookups.directory, users=SqlResolver(pool).user_universe, fallback=SqlResolver(pool)
@@ -210,6 +212,9 @@ def fanout_limits(settings: Settings) -> FanOutLimits:
         resume_max=settings.ws_resume_max,
         ring_size=settings.ws_ring_size,
         drain_s=settings.ws_drain_s,
+        live_pending_messages=settings.ws_live_pending_messages,
+        live_pending_bytes=settings.ws_live_pending_bytes,
+        shed_after_s=settings.ws_shed_after_s,
     )
 
 

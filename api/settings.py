@@ -83,6 +83,7 @@ DEFAULT_SOCKETIO_PING_TIMEOUT_S = 20.0
 DEFAULT_SOCKETIO_MAX_PACKET_BYTES = 64 * 1024  # a larger message or polling POST closes the session
 DEFAULT_SOCKETIO_QUEUE_PACKETS = 64  # Engine.IO's per-session queue; behind it the fan-out's outbox
 DEFAULT_COMPAT_PREFIX = "/tickstock"
+DEFAULT_WS_COMPRESSION = "off"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +142,11 @@ class Settings:
     ws_resume_max: int = ws.DEFAULT_RESUME_MAX
     ws_ring_size: int = ws.DEFAULT_RING_SIZE
     ws_drain_s: float = ws.DEFAULT_DRAIN_S
+    ws_live_pending_messages: int = ws.DEFAULT_LIVE_PENDING_MESSAGES
+    ws_live_pending_bytes: int = ws.DEFAULT_LIVE_PENDING_BYTES
+    ws_shed_after_s: float = ws.DEFAULT_SHED_AFTER_S
+    # permessage-deflate (api/wsdeflate.py): "off" declines it; "shared" compresses each frame once.
+    ws_compression: str = DEFAULT_WS_COMPRESSION
     # Socket.IO at /socket.io/ (docs/socketio.md), on the same fan-out and bounds as /ws.
     socketio_enabled: bool = True
     socketio_transports: str = DEFAULT_SOCKETIO_TRANSPORTS  # comma-separated; "websocket": no polling
@@ -259,6 +265,12 @@ class Settings:
                 f"{', '.join(sorted(securityheaders.REFERRER_POLICIES))}"
             )
         checks.check_transports(self.socketio_transports)
+        checks.check_compression(self.ws_compression)
+        if self.ws_live_pending_bytes < checks.MIN_LIVE_PENDING_BYTES:
+            raise SettingsError(
+                f"{PREFIX}WS_LIVE_PENDING_BYTES must be at least {checks.MIN_LIVE_PENDING_BYTES} (a larger event "
+                "would never fit)"
+            )
         if self.forwarded_allow_ips is not None:
             checks.check_networks(self.forwarded_allow_ips)
         if self.nats_url:

@@ -13,6 +13,7 @@ __all__ = [
     "HEADER_VALUE",
     "HEADER_VALUES",
     "HEADER_VALUE_MAX",
+    "MIN_LIVE_PENDING_BYTES",
     "NOT_NEGATIVE",
     "OWN_TOP",
     "POSITIVE",
@@ -21,6 +22,7 @@ __all__ = [
     "RATES",
     "SOCKETIO_TRANSPORTS",
     "SettingsError",
+    "check_compression",
     "check_jwks_url",
     "check_nats_urls",
     "check_networks",
@@ -62,6 +64,8 @@ AT_LEAST_ONE = (
     "ws_queue_bytes",
     "ws_resume_max",
     "ws_ring_size",
+    "ws_live_pending_messages",
+    "ws_live_pending_bytes",
     "event_max_age_days",
     "event_max_expiry_days",
     "partitions_per_batch",
@@ -90,6 +94,7 @@ POSITIVE_SECONDS = (
     "ws_auth_timeout_s",
     "ws_drain_s",
     "ws_queue_age_s",
+    "ws_shed_after_s",
     "socketio_ping_interval_s",
     "socketio_ping_timeout_s",
 )
@@ -110,6 +115,8 @@ HEADER_VALUE_MAX = 4096
 
 
 SOCKETIO_TRANSPORTS = frozenset({"polling", "websocket"})
+MIN_LIVE_PENDING_BYTES = 1 << 20  # the live buffer must hold the largest event (data: 16 KiB)
+WS_COMPRESSION = ("off", "shared")  # what api/wsdeflate.py implements
 
 
 class SettingsError(ValueError):
@@ -120,6 +127,14 @@ def check_transports(value: str) -> None:
     """``value`` is ``polling``, ``websocket`` or both, comma-separated; SettingsError otherwise."""
     if not {t.strip() for t in value.split(",")} <= SOCKETIO_TRANSPORTS:
         raise SettingsError(f"{PREFIX}SOCKETIO_TRANSPORTS must be polling, websocket or both")
+
+
+def check_compression(value: str) -> None:
+    """``value`` is ``off`` or ``shared``; SettingsError otherwise."""
+    if value not in WS_COMPRESSION:
+        raise SettingsError(
+            f"{PREFIX}WS_COMPRESSION must be {' or '.join(WS_COMPRESSION)}, not {value[:32]!r}"
+        )
 
 
 def check_networks(value: str) -> None:

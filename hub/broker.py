@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.errors import SlowConsumerError
 
 from hub.errors import HubError
 from hub.natsclient import HubClient
 from store.pool import DEFAULT_CONNECT_TIMEOUT_S
 
-__all__ = ["HUB_INBOX_PREFIX", "BrokerError", "open_nats", "redact", "server_list"]
+__all__ = ["HUB_INBOX_PREFIX", "BrokerError", "SlowConsumers", "open_nats", "redact", "server_list"]
 
 log = logging.getLogger("tickstock.broker")
 
@@ -46,6 +48,38 @@ def redact(url: str) -> str:
     return _PASSWORD.sub(r"\1:***@", url)
 
 
+class SlowConsumers:
+    """Where nats-py's slow-consumer errors go. A subscription whose pending buffer is full loses the
+    message (nats-py drops it and reports it); the subscription's owner is told (:meth:`watch`), so
+    the loss is never silent."""
+
+    def __init__(self) -> None:
+        self._owners: dict[int, Callable[[], None]] = {}
+        self.dropped = 0
+
+    def watch(self, sub: Subscription, on_drop: Callable[[], None]) -> None:
+        """Call ``on_drop()`` (from nats-py's reading task; it must not block) for each message the
+        subscription drops."""
+        self._owners[_identity(sub)] = on_drop
+
+    def forget(self, sub: Subscription) -> None:
+        self._owners.pop(_identity(sub), None)
+
+    def report(self, exc: SlowConsumerError) -> None:
+        self.dropped += 1
+        owner = self._owners.get(id(exc.sub))
+        if owner is not None:
+            owner()
+        if self.dropped & (self.dropped - 1) == 0:  # the 1st, 2nd, 4th, 8th ...: no log flood
+            log.warning("nats: %s (%d dropped so far)", exc, self.dropped)
+
+
+def _identity(sub: Subscription) -> int:
+    # A JetStream subscription wraps the core one that nats-py names in its errors (``_sub``, kept
+    # across an ordered consumer's resets, while the sid changes).
+    return id(getattr(sub, "_sub", sub))
+
+
 @asynccontextmanager
 async def open_nats(
     url: str,
@@ -53,16 +87,22 @@ async def open_nats(
     name: str = "tickstock-hub",
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     drain_timeout_s: int = DEFAULT_DRAIN_TIMEOUT_S,
+    slow_consumers: SlowConsumers | None = None,
 ) -> AsyncIterator[NATS]:
     """Connect to ``url`` (one server or a comma-separated list: nats-py gets every one and fails
     over between them, and learns the rest of a cluster from the server); drain (flush pending work,
     then close) on exit. Credentials ride in each URL (``nats://user:password@host:4222``).
 
     The first connection must succeed within ``connect_timeout_s`` or :class:`BrokerError` is raised
-    with the reason. After that the client reconnects forever, logging each disconnect.
+    with the reason. After that the client reconnects forever, logging each disconnect. Messages a
+    subscription drops because its pending buffer is full go to ``slow_consumers``.
     """
+    relay = slow_consumers or SlowConsumers()
 
     async def on_error(exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
+            relay.report(exc)
+            return
         log.warning("nats: %s", exc)
 
     closing = False

@@ -29,20 +29,22 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
 
+from hub.broker import SlowConsumers
 from hub.catalog import CatalogCache
 from hub.connection import CLOSE_TIMEOUT_S, Connection, Send
 from hub.errors import HubError, SubscriptionLimitError
 from hub.fanout_limits import FanOutLimits
 from hub.fanout_metrics import FanOutMetrics
-from hub.history import StreamHistory, stream_position
+from hub.history import StreamHistory
 from hub.jetstream import PATTERNS_STREAM
+from hub.live import LiveFeed
 from hub.metrics import Registry
 from hub.model import EventError, canonical_symbol
+from hub.overload import Overload
 from hub.protocol import CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW, CLOSE_UNAUTHORIZED
-from hub.subjects import CLEAN_WILDCARD, UNIVERSE_CHANGED_SUBJECT
+from hub.subjects import UNIVERSE_CHANGED_SUBJECT
 from hub.subscriptions import Entry, Filter, Subscription, SubscriptionIndex
 from store.universe_resolver import SqlResolver, UniverseResolver, UnknownUniverse
 
@@ -70,6 +72,7 @@ class FanOut:
         limits: FanOutLimits | None = None,
         node: str | None = None,
         resolver: UniverseResolver | None = None,
+        slow_consumers: SlowConsumers | None = None,
     ) -> None:
         self._nc, self._js, self._pool, self._catalog = nc, js, pool, catalog
         self._resolver = resolver or SqlResolver(
@@ -84,27 +87,26 @@ class FanOut:
         self.accepting = False
         self.history = StreamHistory(js, ring_size=self.limits.ring_size)
         self._orders = itertools.count(1)
-        self._live: NatsSubscription | None = None
         self._notices: NatsSubscription | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
+        self.overload = Overload(self.connections, self.metrics, after_s=self.limits.shed_after_s)
+        self._live = LiveFeed(
+            js,
+            limits=self.limits,
+            metrics=self.metrics,
+            head=lambda: self.head,
+            handle=self._on_live,
+            on_hole=self.overload.hole,
+            slow_consumers=slow_consumers,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         info = await self._js.stream_info(PATTERNS_STREAM)
         self.head = info.state.last_seq
-        self._live = await self._js.subscribe(
-            CLEAN_WILDCARD,
-            stream=PATTERNS_STREAM,
-            cb=self._on_message,
-            ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.head + 1
-            ),
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
+        await self._live.start()
         self._notices = await self._nc.subscribe(UNIVERSE_CHANGED_SUBJECT, cb=self._on_universe_changed)
         self._housekeeper = asyncio.create_task(self._housekeep(), name="ws-housekeeper")
         self.accepting = True
@@ -115,10 +117,10 @@ class FanOut:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.go_away()
-        for sub in (self._live, self._notices):
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+        await self._live.stop()
+        if self._notices is not None:
+            with contextlib.suppress(Exception):
+                await self._notices.unsubscribe()
         tasks = [t for t in (self._housekeeper, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -159,16 +161,16 @@ class FanOut:
     def full(self) -> bool:
         return len(self.connections) >= self.limits.max_connections
 
+    @property
+    def backlog(self) -> int:
+        """Clean-stream events read from NATS and not yet fanned out."""
+        return self._live.backlog
+
     # -- the live path -----------------------------------------------------------------------------
 
-    async def _on_message(self, msg: Msg) -> None:
-        try:
-            seq, stored_at = stream_position(msg.reply)
-        except (ValueError, IndexError):
-            log.error("clean-stream message without a JetStream reply subject: %r", msg.reply)
-            return
-        if seq <= self.head:
-            return  # the ordered consumer was reset and delivered it again
+    async def _on_live(self, msg: Msg, seq: int, stored_at: float) -> None:
+        """The next event of the clean stream (:class:`hub.live.LiveFeed`: in order, once)."""
+        self.overload.check(self.backlog)
         try:
             entry = Entry.from_json(seq, msg.data, stored_at)
         except (ValueError, KeyError, TypeError) as exc:

@@ -12,6 +12,8 @@ __all__ = [
     "DEFAULT_AUTH_TIMEOUT_S",
     "DEFAULT_DRAIN_S",
     "DEFAULT_IDLE_TIMEOUT_S",
+    "DEFAULT_LIVE_PENDING_BYTES",
+    "DEFAULT_LIVE_PENDING_MESSAGES",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_SUBSCRIPTIONS",
     "DEFAULT_PING_INTERVAL_S",
@@ -20,6 +22,7 @@ __all__ = [
     "DEFAULT_QUEUE_MESSAGES",
     "DEFAULT_RESUME_MAX",
     "DEFAULT_RING_SIZE",
+    "DEFAULT_SHED_AFTER_S",
     "FanOutLimits",
 ]
 
@@ -34,6 +37,12 @@ DEFAULT_AUTH_TIMEOUT_S = 5.0
 DEFAULT_RESUME_MAX = 100_000  # stream messages one resume may replay
 DEFAULT_RING_SIZE = 10_000  # recent events held in memory for resumes (older ones come from JetStream)
 DEFAULT_DRAIN_S = 1.0  # on shutdown, time given to outboxes before closing with 1001
+# The live subscription's pending buffer (events read from NATS, not yet fanned out). Full: NATS drops
+# events, and every connection with a subscription is closed with 4409 to resume by seq.
+DEFAULT_LIVE_PENDING_MESSAGES = 20_000
+DEFAULT_LIVE_PENDING_BYTES = 64 << 20
+# That buffer never empty for this long: the node is behind, and sheds its slowest connections (4409).
+DEFAULT_SHED_AFTER_S = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +60,9 @@ class FanOutLimits:
     resume_max: int = DEFAULT_RESUME_MAX
     ring_size: int = DEFAULT_RING_SIZE
     drain_s: float = DEFAULT_DRAIN_S
+    live_pending_messages: int = DEFAULT_LIVE_PENDING_MESSAGES
+    live_pending_bytes: int = DEFAULT_LIVE_PENDING_BYTES
+    shed_after_s: float = DEFAULT_SHED_AFTER_S
 
     def as_dict(self) -> dict[str, Any]:
         """The limits a client may plan by (sent in the welcome frame)."""

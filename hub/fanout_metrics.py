@@ -19,6 +19,9 @@ class _Counted(Protocol):
     @property
     def index(self) -> Sized: ...
 
+    @property
+    def backlog(self) -> int: ...
+
 
 class FanOutMetrics:
     """Registers the ``tickstock_ws_*`` metrics in ``registry``; the gauges read ``fanout`` when scraped."""
@@ -70,6 +73,40 @@ class FanOutMetrics:
             Histogram(
                 "tickstock_ws_stored_to_sent_seconds",
                 "From the clean stream storing an event to its frame being written.",
+            )
+        )
+        self.backlog = r.add(
+            Gauge(
+                "tickstock_ws_live_backlog",
+                "Clean-stream events this node read from NATS and has not fanned out yet.",
+                read=lambda: float(fanout.backlog),
+            )
+        )
+        self.shed = r.add(
+            Counter(
+                "tickstock_ws_shed_total",
+                "Connections closed with 4409 because this node fell behind (the slowest first).",
+            )
+        )
+        self.live_dropped = 0  # a plain number: nats-py reports each dropped message
+        r.add(
+            CounterView(
+                "tickstock_ws_live_dropped_total",
+                "Clean-stream events NATS dropped from this node's full live buffer (read again: not lost).",
+                lambda: self.live_dropped,
+            )
+        )
+        self.live_restarts = r.add(
+            Counter(
+                "tickstock_ws_live_restarts_total",
+                "Times this node read the clean stream again from the last event it fanned out, by cause.",
+            )
+        )
+        self.holes = r.add(
+            Counter(
+                "tickstock_ws_live_holes_total",
+                "Times clean-stream events were gone before this node fanned them out; every connection "
+                "with a subscription was closed with 4409 to resume.",
             )
         )
         self.peak = 0

@@ -4,6 +4,7 @@ idle-connection memory; one table, one JSON file, one PNG.
     ops/bench --quick        # a few minutes: fewer events and connections
     ops/bench                # the full run (about 25 minutes on 2 cores)
     ops/bench --skip rest --fanout-connections 1000 --servers hub,node
+    ops/bench --skip ingest,rest,memory --servers hub,hub-shared,starlette,node --fanout-connections 500
 
 Sections (each starts its own servers and stops them, so a failure in one does not lose the others):
 
@@ -16,6 +17,11 @@ Sections (each starts its own servers and stops them, so a failure in one does n
 - REST (``ops/bench_rest.py``'s shapes and client): ``GET /api/patterns/scan`` on 2,000,000 stored
   events, uncached (a hub with ``TICKSTOCK_CACHE_ENABLED=false``) and cached (the same requests to a
   hub with its response cache on; the hit count is shown).
+
+Fan-out runs are made with plain clients and with clients that offer permessage-deflate as a browser
+does (``--clients``, default both; ``hub-shared`` is the hub with ``TICKSTOCK_WS_COMPRESSION=shared``,
+run with deflate clients only); a section prints each server's CPU per delivered message with deflate
+clients ÷ with plain ones (issue #14's acceptance: at most 1.1× for the hub's default).
 
 Then a table with each of the hub's fan-out and memory figures as a ratio to the bare loop and to each
 peer (latency, deliveries/s, losses, server CPU per delivered message, RSS per connection), written
@@ -58,6 +64,7 @@ SECTIONS = ("ingest", "fanout", "memory", "rest")
 PEERS = ("starlette", "node", "flask")
 LABELS = {
     "hub": "hub (ours)",
+    "hub-shared": "hub, shared deflate (ours)",
     "hub-sio": "hub Socket.IO (ours)",
     "starlette": "bare Starlette loop",
     "node": "Socket.IO on Node.js",
@@ -140,6 +147,7 @@ def run_fanout(cfg: dict[str, Any], servers: list[str], *, memory: bool, fanout:
         filters="mixed",
         processes=None,
         flask_max=cfg["flask_max"],
+        clients=tuple(cfg.get("clients", ("plain",))),
     )
 
 
@@ -230,6 +238,14 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:,}"
 
 
+def _label(r: dict[str, Any]) -> str:
+    return LABELS[r["server"]] + (" · deflate clients" if r.get("clients") == "deflate" else "")
+
+
+def _order(r: dict[str, Any]) -> tuple[int, int, int]:
+    return (r["connections"], list(LABELS).index(r["server"]), r.get("clients") == "deflate")
+
+
 def report(result: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     say = lines.append
@@ -261,29 +277,30 @@ def report(result: dict[str, Any]) -> list[str]:
             f"p99 {lm.get('p99')} ms"
         )
     fan = result.get("fanout") or {}
-    runs = fan.get("fanout", [])
-    if runs:
+    all_runs = fan.get("fanout", [])
+    runs = [r for r in all_runs if r.get("clients", "plain") == "plain"]
+    if all_runs:
         say("")
         say(
             "== fan-out: 20 messages/s per connection (hub: mixed filters over events published to ingest at "
             "32/s, so 20/s per connection on average; baselines: broadcast)"
         )
         head = (
-            f"  {'server':<24} {'conns':>6} {'ready':>6} {'deliveries/s':>12} {'lost':>8} {'dup':>4} "
+            f"  {'server':<44} {'conns':>6} {'ready':>6} {'deliveries/s':>12} {'lost':>8} {'dup':>4} "
             f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'CPU µs/msg':>10} {'server CPU':>10}"
         )
         say(head)
         say("  " + "-" * (len(head) - 2))
-        for r in sorted(runs, key=lambda r: (r["connections"], list(LABELS).index(r["server"]))):
+        for r in sorted(all_runs, key=_order):
             lat = r["latency_ms"]
             lost = f"{r['lost_pct']:.1f}%" if r["lost"] else "0"
             say(
-                f"  {LABELS[r['server']]:<24} {r['connections']:>6,} {r['ready']:>6,} {r['deliveries_per_s']:>12,.0f} "
+                f"  {_label(r):<44} {r['connections']:>6,} {r['ready']:>6,} {r['deliveries_per_s']:>12,.0f} "
                 f"{lost:>8} {r['duplicates']:>4} {_fmt(lat.get('p50'))!s:>8} {_fmt(lat.get('p95'))!s:>8} "
                 f"{_fmt(lat.get('p99'))!s:>8} {_fmt(r['server_cpu_us_per_msg'])!s:>10} {r['server_cpu_pct']:>9.0f}%"
             )
         for sk in fan.get("skipped", []):
-            say(f"  {LABELS[sk['server']]:<24} {sk['connections']:>6,}  not run: {sk['why']}")
+            say(f"  {LABELS[sk['server']]:<44} {sk['connections']:>6,}  not run: {sk['why']}")
         hubs = [r for r in runs if r["server"] == "hub"]
         if any(h.get("hub_stored_to_sent_ms") for h in hubs):
             say(
@@ -333,6 +350,21 @@ def report(result: dict[str, Any]) -> list[str]:
                             f" {_ratio(get(h), get(by_peer[p]) if by_peer[p] else None):>12}" for p in peers
                         )
                     )
+    deflate_rows = fan.get("deflate_ratios") or []
+    if deflate_rows:
+        say("")
+        say(
+            "== clients that offer permessage-deflate as a browser does: server CPU µs per delivered message, "
+            "deflate clients ÷ plain clients, same run (hub, shared deflate: ÷ the hub with plain clients; "
+            "acceptance: the hub's default ≤ 1.1×)"
+        )
+        for row in sorted(deflate_rows, key=lambda x: (x["connections"], list(LABELS).index(x["server"]))):
+            say(
+                f"  {LABELS[row['server']]:<28} {row['connections']:>6,}: plain {_fmt(row['plain_cpu_us_per_msg'])} µs, "
+                f"deflate clients {_fmt(row['deflate_cpu_us_per_msg'])} µs: {_fmt(row['ratio'], 2)}×; "
+                f"{row['negotiated']:,}/{row['ready']:,} negotiated; bytes received "
+                f"{_fmt(row['bytes_ratio'], 2)}× plain"
+            )
     sio_rows = fan.get("socketio") or []
     if sio_rows:
         say("")
@@ -395,6 +427,10 @@ def report(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _key(r: dict[str, Any]) -> tuple[str, str]:
+    return r["server"], r.get("clients", "plain")
+
+
 def plot(result: dict[str, Any], path: Path) -> bool:
     try:
         import matplotlib
@@ -408,18 +444,26 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     runs = fan.get("fanout", [])
     mem = fan.get("memory", [])
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    servers = [s for s in LABELS if any(r["server"] == s for r in runs)]
+    servers = [(s, c) for s in LABELS for c in ("plain", "deflate") if any(_key(r) == (s, c) for r in runs)]
     panels = [
         (axes[0][0], "p99 latency (ms)", lambda r: r["latency_ms"].get("p99")),
         (axes[0][1], "deliveries/s", lambda r: r["deliveries_per_s"]),
         (axes[1][0], "server CPU per delivered message (µs)", lambda r: r["server_cpu_us_per_msg"]),
     ]
     for ax, title, get in panels:
-        for s in servers:
-            points = sorted((r["connections"], get(r), r["lost_pct"]) for r in runs if r["server"] == s)
+        for s, c in servers:
+            points = sorted((r["connections"], get(r), r["lost_pct"]) for r in runs if _key(r) == (s, c))
             xs = [p[0] for p in points]
             ys = [p[1] for p in points]
-            ax.plot(xs, ys, marker="o", label=LABELS[s], linewidth=2.5 if s == "hub" else 1.5)
+            name = LABELS[s] + (" · deflate clients" if c == "deflate" else "")
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                label=name,
+                linewidth=2.5 if s == "hub" else 1.5,
+                linestyle="--" if c == "deflate" else "-",
+            )
             for x, y, lost in points:
                 if lost and y is not None:
                     ax.annotate(
@@ -469,7 +513,12 @@ def main() -> int:
     parser.add_argument(
         "--servers",
         default=",".join(bench_fanout.SERVERS),
-        help="fan-out and memory servers (hub, hub-sio, starlette, node, flask)",
+        help="fan-out and memory servers (hub, hub-shared, hub-sio, starlette, node, flask)",
+    )
+    parser.add_argument(
+        "--clients",
+        default="plain,deflate",
+        help="fan-out client kinds: plain, deflate (offer permessage-deflate as a browser does)",
     )
     parser.add_argument(
         "--fanout-connections", default=None, help="comma-separated (default: 100,1000,5000; quick: 100,1000)"
@@ -499,7 +548,12 @@ def main() -> int:
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every server started so far is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    cfg = dict(QUICK if args.quick else FULL, rate=args.rate, flask_max=args.flask_max_connections)
+    cfg = dict(
+        QUICK if args.quick else FULL,
+        rate=args.rate,
+        flask_max=args.flask_max_connections,
+        clients=bench_fanout.parse_clients(args.clients, parser),
+    )
     if args.fanout_connections is not None:
         cfg["connections"] = [int(c) for c in args.fanout_connections.split(",") if c]
     if args.seconds is not None:

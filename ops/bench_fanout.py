@@ -3,6 +3,7 @@
     python ops/bench_fanout.py                                    # all servers, 100 and 1,000 connections
     python ops/bench_fanout.py --servers hub,starlette --connections 100,1000,5000 --seconds 30
     python ops/bench_fanout.py --servers hub --memory 10000 --connections ''
+    python ops/bench_fanout.py --servers hub,hub-shared,starlette,node --clients plain,deflate
 
 For each server and connection count: the load client (``ops/wsload.py``, one process per core)
 opens the connections and waits until each is ready, the publisher sends a warm-up of 2 s, then
@@ -26,11 +27,19 @@ What "the server" and "the publisher" are:
 - ``hub-sio``: the same hub (a fresh process and stack) through its Socket.IO endpoint
   (``/socket.io/``, websocket transport), the same mixed filters sent as ``subscribe`` events; it is
   shown as ratios to ``/ws`` and to Socket.IO on Node.js of the same run.
+- ``hub-shared``: the same hub with ``TICKSTOCK_WS_COMPRESSION=shared`` (permessage-deflate, each
+  distinct frame compressed once for every connection); run with deflate-offering clients only (plain
+  clients get what ``hub`` gives them).
 - ``starlette``: a bare broadcast loop on the same uvicorn stack (ops/baselines/starlette_broadcast.py),
   publisher in process.
 - ``node``: Socket.IO 4 on Node.js (ops/baselines/socketio-node), publisher in process.
 - ``flask``: Flask-SocketIO, threading mode, Redis message queue (ops/baselines/flask_socketio), an
   external publisher process emitting through Redis. Redis's CPU is reported apart.
+
+Clients (``--clients``): ``plain`` offer no extension; ``deflate`` offer permessage-deflate exactly
+as a browser does (``permessage-deflate; client_max_window_bits``). A row's ``negotiated`` counts the
+connections whose server accepted the offer; ``deflate_ratios`` is each server's CPU per delivered
+message with deflate-offering clients ÷ with plain ones, in the same run.
 
 Memory (measured first, on the fresh server, after 100 connections came and went): ``--memory N``
 idle connections (the hub's subscribed with the mixed filters); RSS per connection = (server RSS
@@ -77,8 +86,11 @@ from api.auth import mint_token  # noqa: E402
 from hub.subjects import ingest_subject  # noqa: E402
 
 RESULTS = HERE / "results"
-SERVERS = ("hub", "hub-sio", "starlette", "node", "flask")
-HUBS = ("hub", "hub-sio")
+SERVERS = ("hub", "hub-shared", "hub-sio", "starlette", "node", "flask")
+HUBS = ("hub", "hub-shared", "hub-sio")
+CLIENTS = ("plain", "deflate")
+PLAIN_ONLY = ("hub-sio", "flask")  # not run with deflate-offering clients
+DEFLATE_ONLY = ("hub-shared",)
 # Flask-SocketIO's threading mode is one busy thread per connection while it broadcasts: at 5,000 a
 # trial ran the machine's load average past 1,000 (other work on the box stalled) and delivered
 # nothing within the run. Above this it is not run unless asked (--flask-max-connections).
@@ -171,6 +183,8 @@ def hub_server(
         if stack is None:
             stack = exits.enter_context(embedded_stack())
         stack.extra_env.update({"TICKSTOCK_WS_MAX_CONNECTIONS": "30000", **(extra_env or {})})
+        if name == "hub-shared":
+            stack.extra_env["TICKSTOCK_WS_COMPRESSION"] = "shared"
         proc, port = start_hub(stack)
         run = f"fo{int(time.time())}"
         nats_url = stack.nats_url
@@ -192,7 +206,7 @@ def hub_server(
         )
 
 
-def hub_conns(server: Server, n: int, *, filters: str, secret: str) -> list[Conn]:
+def hub_conns(server: Server, n: int, *, filters: str, secret: str, deflate: bool = False) -> list[Conn]:
     conns = []
     kinds = MIXED if filters == "mixed" else ("all",)
     tokens = [
@@ -204,17 +218,17 @@ def hub_conns(server: Server, n: int, *, filters: str, secret: str) -> list[Conn
         if server.name == "hub-sio":
             join = ("40" + json.dumps({"token": token})).encode()
             sub = ("42" + json.dumps(["subscribe", {"id": "b", "filter": HUB_FILTERS[kind]}])).encode()
-            conns.append(Conn(server.ws_url, kind, (join, sub)))
+            conns.append(Conn(server.ws_url, kind, (join, sub), deflate))
             continue
         frame = json.dumps({"op": "subscribe", "id": "b", "filter": HUB_FILTERS[kind]}).encode()
-        conns.append(Conn(f"{server.ws_url}?token={token}", kind, (frame,)))
+        conns.append(Conn(f"{server.ws_url}?token={token}", kind, (frame,), deflate))
     return conns
 
 
-def conns_for(server: Server, n: int, *, filters: str = "mixed") -> list[Conn]:
+def conns_for(server: Server, n: int, *, filters: str = "mixed", deflate: bool = False) -> list[Conn]:
     if server.name in HUBS:
-        return hub_conns(server, n, filters=filters, secret=OPS_SECRET)
-    return [Conn(server.ws_url)] * n
+        return hub_conns(server, n, filters=filters, secret=OPS_SECRET, deflate=deflate)
+    return [Conn(server.ws_url, deflate=deflate)] * n
 
 
 def hub_buckets(server: Server) -> list[tuple[float, float]] | None:
@@ -274,17 +288,19 @@ def fanout_run(
     seconds: float,
     filters: str = "mixed",
     processes: int | None = None,
+    clients: str = "plain",
 ) -> dict[str, Any]:
-    """One fan-out measurement (see the module docstring)."""
+    """One fan-out measurement (see the module docstring); ``clients`` "deflate" offer permessage-deflate."""
     publish_rate = rate / _mean_share(MIXED) if server.name in HUBS and filters == "mixed" else rate
     warmup = max(1, int(publish_rate * WARMUP_S))
     count = int(publish_rate * seconds)
     # Each run uses fresh indices, so a late message from an earlier run is never counted.
     first = fanout_run.next_index + warmup  # type: ignore[attr-defined]
     fanout_run.next_index = first + count + 1000  # type: ignore[attr-defined]
-    conns = conns_for(server, connections, filters=filters)
+    conns = conns_for(server, connections, filters=filters, deflate=clients == "deflate")
     print(
-        f"  {server.name}: {connections:,} connections, {publish_rate:g} msg/s published for {seconds:g} s ...",
+        f"  {server.name}: {connections:,} {clients} connections, {publish_rate:g} msg/s published for "
+        f"{seconds:g} s ...",
         flush=True,
     )
     with Load(server.mode, conns, first=first, count=count, processes=processes) as load:
@@ -311,6 +327,7 @@ def fanout_run(
     delivered = result.delivered
     return {
         "server": server.name,
+        "clients": clients,
         "connections": connections,
         "rate_per_connection": rate,
         "publish_rate": publish_rate,
@@ -450,6 +467,7 @@ def run_all(
     filters: str,
     processes: int | None,
     flask_max: int = FLASK_MAX_CONNECTIONS,
+    clients: tuple[str, ...] = ("plain",),
 ) -> dict[str, Any]:
     raise_fd_limit()
     fanout: list[dict[str, Any]] = []
@@ -463,7 +481,7 @@ def run_all(
                 server = exits.enter_context(open_server(name, redis))
                 # Memory first, on the fresh server: a fan-out run leaves garbage that a collector may
                 # return during the measurement (Node's did: a negative delta).
-                if memory:
+                if memory and name not in DEFLATE_ONLY:
                     idle = min(memory, FLASK_MAX_IDLE) if name == "flask" else memory
                     memory_results.append(memory_run(server, idle, processes=processes))
                     m = memory_results[-1]
@@ -473,6 +491,12 @@ def run_all(
                         flush=True,
                     )
                     _settle(server)
+                if connections and not memory:
+                    # The first run on a fresh server ran slower and cheaper per message than the next
+                    # ones (one trial: p50 762 ms and 17.6 µs/msg, then 15 ms and 28.0 µs/msg with the
+                    # same clients): a short run, not counted, so that client kinds compare alike.
+                    print("  (warm-up run, not counted)", flush=True)
+                    fanout_run(server, min(connections[0], 200), rate=rate, seconds=3.0, filters=filters)
                 for n in connections:
                     if name == "flask" and n > flask_max:
                         skipped.append(
@@ -485,18 +509,26 @@ def run_all(
                         )
                         print(f"  flask: {n:,} connections skipped ({skipped[-1]['why']})", flush=True)
                         continue
-                    fanout.append(
-                        fanout_run(
-                            server, n, rate=rate, seconds=seconds, filters=filters, processes=processes
+                    for kind in clients_for(name, clients):
+                        fanout.append(
+                            fanout_run(
+                                server,
+                                n,
+                                rate=rate,
+                                seconds=seconds,
+                                filters=filters,
+                                processes=processes,
+                                clients=kind,
+                            )
                         )
-                    )
-                    _line(fanout[-1])
+                        _line(fanout[-1])
         except Exception as exc:
             errors[name] = f"{type(exc).__name__}: {exc}"[:2000]
             print(f"  {name}: FAILED {errors[name]}", flush=True)
     ratios = socketio_ratios(fanout)
     return {
         "fanout": fanout,
+        "deflate_ratios": deflate_ratios(fanout),
         "memory": memory_results,
         "errors": errors,
         "skipped": skipped,
@@ -504,10 +536,58 @@ def run_all(
     }
 
 
+def clients_for(name: str, clients: tuple[str, ...]) -> list[str]:
+    """The client kinds ``name`` is run with, of those asked for."""
+    if name in PLAIN_ONLY:
+        return [c for c in clients if c == "plain"]
+    if name in DEFLATE_ONLY:
+        return ["deflate"]
+    return list(clients)
+
+
+def deflate_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per server and connection count: server CPU per delivered message with deflate-offering clients
+    ÷ with plain clients (``hub-shared`` ÷ the plain ``hub``), and how many connections negotiated."""
+    rows = []
+    for d in (r for r in runs if r.get("clients") == "deflate"):
+        base = "hub" if d["server"] == "hub-shared" else d["server"]
+        plain = next(
+            (
+                r
+                for r in runs
+                if r["server"] == base
+                and r.get("clients", "plain") == "plain"
+                and r["connections"] == d["connections"]
+            ),
+            None,
+        )
+        mine, theirs = d["server_cpu_us_per_msg"], plain["server_cpu_us_per_msg"] if plain else None
+        rows.append(
+            {
+                "server": d["server"],
+                "connections": d["connections"],
+                "negotiated": d.get("negotiated", 0),
+                "ready": d["ready"],
+                "plain_cpu_us_per_msg": theirs,
+                "deflate_cpu_us_per_msg": mine,
+                "ratio": round(mine / theirs, 2) if mine and theirs else None,
+                "bytes_ratio": round(d["bytes"] / plain["bytes"], 2) if plain and plain["bytes"] else None,
+            }
+        )
+        print(
+            f"  {d['server']} at {d['connections']:,}: deflate-offering clients "
+            f"({rows[-1]['negotiated']:,}/{d['ready']:,} negotiated) {mine} µs/msg vs plain {theirs} µs/msg: "
+            f"{rows[-1]['ratio']}×",
+            flush=True,
+        )
+    return rows
+
+
 def socketio_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The hub's Socket.IO endpoint as ratios to its ``/ws`` and to Socket.IO on Node.js, per connection
     count of this run: server CPU per delivered message and p99 latency (below 1×: lower, better)."""
     rows = []
+    runs = [r for r in runs if r.get("clients", "plain") == "plain"]
     for sio in (r for r in runs if r["server"] == "hub-sio"):
         row: dict[str, Any] = {"connections": sio["connections"], "lost": sio["lost"]}
         for peer in ("hub", "node"):
@@ -533,13 +613,22 @@ def socketio_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _line(r: dict[str, Any]) -> None:
     lat = r["latency_ms"]
     print(
-        f"    {r['ready']:,}/{r['connections']:,} ready; delivered {r['delivered']:,}/{r['expected']:,} "
+        f"    {r['ready']:,}/{r['connections']:,} ready"
+        + (f" ({r.get('negotiated', 0):,} negotiated deflate)" if r.get("clients") == "deflate" else "")
+        + f"; delivered {r['delivered']:,}/{r['expected']:,} "
         f"({r['deliveries_per_s']:,.0f}/s), lost {r['lost']:,} ({r['lost_pct']}%), dup {r['duplicates']}, "
         f"p50 {lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} ms; server CPU "
         f"{r['server_cpu_us_per_msg']} µs/msg ({r['server_cpu_pct']}%), closes {r['closes']}"
         + (f"; hub stored→sent {r['hub_stored_to_sent_ms']}" if r["hub_stored_to_sent_ms"] else ""),
         flush=True,
     )
+
+
+def parse_clients(value: str, parser: argparse.ArgumentParser) -> tuple[str, ...]:
+    kinds = tuple(c for c in value.split(",") if c)
+    if not kinds or set(kinds) - set(CLIENTS):
+        parser.error(f"--clients: comma-separated {', '.join(CLIENTS)}, not {value!r}")
+    return kinds
 
 
 def main() -> int:
@@ -558,6 +647,11 @@ def main() -> int:
         "--processes", type=int, default=None, help="client processes (default: one per core)"
     )
     parser.add_argument("--flask-max-connections", type=int, default=FLASK_MAX_CONNECTIONS)
+    parser.add_argument(
+        "--clients",
+        default="plain",
+        help="comma-separated client kinds: plain, deflate (offer permessage-deflate as a browser does)",
+    )
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every server started so far is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -572,6 +666,7 @@ def main() -> int:
         filters=args.hub_filters,
         processes=args.processes,
         flask_max=args.flask_max_connections,
+        clients=parse_clients(args.clients, parser),
     )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench_fanout-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"

@@ -22,6 +22,10 @@ Modes:
   (``40{"token": …}``), sends the others (``42["subscribe", …]``) at ``connection_confirmed``, is ready
   at ``subscribed``, reads ``pattern_alert`` events.
 
+A connection made with ``Conn(deflate=True)`` offers permessage-deflate exactly as a browser does
+(``Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits``) and inflates what comes
+compressed; ``negotiated`` counts the connections whose server accepted the offer.
+
 Per connection it keeps a bitmap of the measured indices it received, so it counts deliveries,
 duplicates and order inversions; losses are what each connection's filter (``KINDS``) should have
 received minus what it did. Latency = receive wall time − ``bench_t0``, client and server sharing
@@ -48,6 +52,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
@@ -80,6 +85,7 @@ class Conn:
     url: str
     kind: str = "all"
     hello: tuple[bytes, ...] = ()
+    deflate: bool = False  # offer permessage-deflate as a browser does
 
 
 def expected_counts(kind: str, first: int, count: int) -> int:
@@ -115,6 +121,7 @@ class _Worker:
         self.duplicates = 0
         self.inversions = 0
         self.failed = 0
+        self.negotiated = 0
         self.errors: Counter[str] = Counter()
         self.closes: Counter[str] = Counter()
         self.frames = 0
@@ -129,7 +136,9 @@ class _Client(asyncio.Protocol):
         self.conn = conn
         self.kind = conn.kind
         self.ready = ready
-        self.proto = ClientProtocol(parse_uri(conn.url), max_size=1 << 22)
+        # A browser's offer: "permessage-deflate; client_max_window_bits".
+        offer = [ClientPerMessageDeflateFactory(client_max_window_bits=True)] if conn.deflate else None
+        self.proto = ClientProtocol(parse_uri(conn.url), extensions=offer, max_size=1 << 22)
         self.transport: asyncio.Transport | None = None
         self.seen = bytearray(worker.count)
         self.last = -1
@@ -155,7 +164,10 @@ class _Client(asyncio.Protocol):
             elif isinstance(event, Response):
                 if self.proto.handshake_exc is not None:
                     self._fail(f"handshake: {self.proto.handshake_exc}")
-                elif self.mode_ready_on_open():
+                    continue
+                if self.proto.extensions:
+                    self.w.negotiated += 1
+                if self.mode_ready_on_open():
                     self._set_ready()
         self._flush()
 
@@ -362,6 +374,7 @@ async def _worker_main(
             "ready_by_kind": dict(w.ready),
             "duplicates": w.duplicates,
             "inversions": w.inversions,
+            "negotiated": w.negotiated,
             "errors": dict(w.errors.most_common(5)),
             "closes": dict(w.closes),
             "frames": w.frames,
@@ -402,6 +415,7 @@ class LoadResult:
     client_cpu_s: float
     frames: int
     bytes: int
+    negotiated: int = 0
     latencies: Any = field(default=None, repr=False)
 
     @property
@@ -425,6 +439,7 @@ class LoadResult:
             "client_cpu_s": round(self.client_cpu_s, 2),
             "frames": self.frames,
             "bytes": self.bytes,
+            "negotiated": self.negotiated,
         }
 
 
@@ -584,6 +599,7 @@ class Load:
             client_cpu_s=sum(p["cpu_s"] for p in parts),
             frames=sum(p["frames"] for p in parts),
             bytes=sum(p["bytes"] for p in parts),
+            negotiated=sum(p["negotiated"] for p in parts),
             latencies=latencies,
         )
         return self.result
@@ -602,8 +618,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to receive once connected")
     parser.add_argument("--processes", type=int, default=None)
+    parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate as a browser does")
     args = parser.parse_args()
-    conns = [Conn(args.url)] * args.connections
+    conns = [Conn(args.url, deflate=args.deflate)] * args.connections
     # Indices 0..99,999 are counted (one bit-byte each per connection).
     with Load(args.mode, conns, first=0, count=100_000, processes=args.processes) as load:
         status = load.wait_ready()

@@ -16,6 +16,8 @@ from api.cli.console import say
 from api.server import HubServer
 from api.settings import Settings
 from api.state import HubState
+from api.wsdeflate import FrameMemo, register_metrics, shared_deflate_protocol
+from hub.metrics import Registry
 
 __all__ = ["SHUTDOWN_GRACE_S", "serve", "server_config"]
 
@@ -51,11 +53,23 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def server_config(app: Any, settings: Settings) -> uvicorn.Config:
+def server_config(app: Any, settings: Settings, *, registry: Registry | None = None) -> uvicorn.Config:
     """uvicorn's configuration for serving ``app``. Forwarded headers (``X-Forwarded-Proto``/``-For``)
-    are believed from ``settings.forwarded_allow_ips`` only (uvicorn's default when None)."""
+    are believed from ``settings.forwarded_allow_ips`` only (uvicorn's default when None).
+
+    Websocket compression follows ``settings.ws_compression`` (:mod:`api.wsdeflate`): uvicorn's own
+    permessage-deflate (one compressor per connection) is never offered; ``shared`` installs the
+    shared compressor, whose counters go into ``registry`` when given."""
+    ws: Any = "auto"
+    if settings.ws_compression == "shared":
+        memo = FrameMemo()
+        ws = shared_deflate_protocol(memo)
+        if registry is not None:
+            register_metrics(memo, registry)
     return uvicorn.Config(
         app,
+        ws=ws,
+        ws_per_message_deflate=False,
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="on",
@@ -78,7 +92,7 @@ async def serve(
     try:
         async with open_hub(settings) as hub, extras(hub) if extras else contextlib.nullcontext():
             app = create_app(settings, hub=hub)
-            server = _Server(server_config(app, settings))
+            server = _Server(server_config(app, settings, registry=hub.metrics.registry))
             say(f"serving on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
             if ready is not None:
                 ready()

@@ -52,6 +52,12 @@ FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
     "tickstock_ws_closes_total": ("counter", frozenset({"code"})),
     "tickstock_ws_replayed_total": ("counter", frozenset()),
     "tickstock_ws_stored_to_sent_seconds": ("histogram", frozenset()),
+    # issue #14: bounded under overload
+    "tickstock_ws_live_backlog": ("gauge", frozenset()),
+    "tickstock_ws_shed_total": ("counter", frozenset()),
+    "tickstock_ws_live_dropped_total": ("counter", frozenset()),
+    "tickstock_ws_live_restarts_total": ("counter", frozenset({"cause"})),
+    "tickstock_ws_live_holes_total": ("counter", frozenset()),
     "tickstock_cache_requests_total": ("counter", frozenset({"route", "result"})),
     "tickstock_cache_hit_ratio": ("gauge", frozenset({"route"})),
     "tickstock_cache_breaker_open": ("gauge", frozenset()),

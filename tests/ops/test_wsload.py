@@ -49,7 +49,10 @@ async def feed(websocket: WebSocket) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_counts_deliveries_losses_duplicates_and_inversions() -> None:
+@pytest.mark.parametrize("deflate", [False, True])
+async def test_counts_deliveries_losses_duplicates_and_inversions(deflate: bool) -> None:
+    """The same counts whether the clients offer permessage-deflate (as a browser does: this uvicorn
+    accepts it, so every connection negotiates it) or not."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -63,7 +66,7 @@ async def test_counts_deliveries_losses_duplicates_and_inversions() -> None:
     task = await serve_started(server)
 
     def run() -> dict[str, object]:
-        conns = [Conn(f"ws://127.0.0.1:{port}/ws", "all")] * CONNECTIONS
+        conns = [Conn(f"ws://127.0.0.1:{port}/ws", "all", deflate=deflate)] * CONNECTIONS
         with Load("plain", conns, first=FIRST, count=COUNT, processes=2, start_method="spawn") as load:
             assert load.wait_ready(30)["ready"] == CONNECTIONS
             load.drain(CONNECTIONS * 48, stall_s=1.0, timeout_s=20)
@@ -76,6 +79,7 @@ async def test_counts_deliveries_losses_duplicates_and_inversions() -> None:
         await task
     assert expected_counts("all", FIRST, COUNT) == COUNT
     assert result["ready"] == CONNECTIONS and result["failed"] == 0
+    assert result["negotiated"] == (CONNECTIONS if deflate else 0)
     assert result["expected"] == CONNECTIONS * COUNT
     assert result["delivered"] == CONNECTIONS * 48  # 50 measured, 17 and 23 never sent
     assert result["lost"] == CONNECTIONS * 2

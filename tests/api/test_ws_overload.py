@@ -1,0 +1,327 @@
+"""A node that falls behind (issue #14, "bounded under overload"): a real backlog in the live NATS
+subscription, driven by an event loop kept busy, sheds the slowest connections with 4409 while a
+fast client keeps every event in order; a pending buffer so small that NATS drops events closes every
+subscribed connection with 4409, and a resume by ``seq`` gets exactly what was missed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import websockets
+from nats.aio.client import Client as NATS
+from websockets.asyncio.client import ClientConnection
+
+from api.auth import mint_token
+from api.settings import Settings
+from hub.connection import Connection
+from hub.fanout_limits import FanOutLimits
+from hub.fanout_metrics import FanOutMetrics
+from hub.jetstream import PATTERNS_STREAM
+from hub.metrics import Registry
+from hub.overload import REASON_MISSED, REASON_SHED, Overload, Shedder
+from hub.subjects import clean_subject
+from hub.subscriptions import Filter, Subscription
+from tests.conftest import JWT_SECRET, delete_all_streams
+from tests.support import LiveHub, make_event, publish_events, wait_for
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+READER = mint_token(JWT_SECRET, subject="overload-reader", scopes=["patterns:read"])
+SLOW = 20
+EVENTS = 300
+
+
+def tuned(settings: Settings, **changes: Any) -> Settings:
+    return replace(
+        settings,
+        ws_queue_age_s=60.0,  # the outbox age bound must not be what closes the slow ones
+        ws_ping_interval_s=30.0,
+        ws_idle_timeout_s=120.0,
+        ws_resume_max=10_000,
+        rate_limit_per_s=0,
+        **changes,
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def shedding_hub(settings: Settings) -> AsyncIterator[LiveHub]:
+    await delete_all_streams(settings.nats_url or "")
+    async with LiveHub(tuned(settings, ws_shed_after_s=0.2)) as live:
+        yield live
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def tiny_buffer_hub(settings: Settings) -> AsyncIterator[LiveHub]:
+    await delete_all_streams(settings.nats_url or "")
+    # No shedding here: these tests are about what NATS drops, not about closing the slowest.
+    async with LiveHub(tuned(settings, ws_live_pending_messages=20, ws_shed_after_s=600.0)) as live:
+        yield live
+
+
+@contextlib.asynccontextmanager
+async def busy_loop(slice_s: float = 0.02) -> AsyncIterator[None]:
+    """Keep the event loop (the hub's too: it runs in this process) busy for ``slice_s`` between any
+    two callbacks, so the fan-out reads NATS faster than it can fan out: a real backlog."""
+    running = True
+
+    async def hog() -> None:
+        while running:
+            time.sleep(slice_s)
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(hog())
+    try:
+        yield
+    finally:
+        running = False
+        await task
+
+
+async def opened(live: LiveHub, *, since: int | None = None, max_queue: int = 1024) -> ClientConnection:
+    """A subscribed connection; what it replayed before ``subscribed`` is in ``REPLAYED[ws]``."""
+    ws = await websockets.connect(
+        f"{live.ws_url}/ws?token={READER}", ping_interval=None, max_queue=max_queue, max_size=1 << 22
+    )
+    subscribe: dict[str, Any] = {"op": "subscribe", "id": "all", "filter": {}}
+    if since is not None:
+        subscribe["since"] = since
+    await ws.send(json.dumps(subscribe))
+    replayed = REPLAYED[ws] = []
+    async with asyncio.timeout(15):
+        while (frame := json.loads(await ws.recv()))["op"] != "subscribed":
+            if frame["op"] == "event":
+                replayed.append(frame)
+    return ws
+
+
+REPLAYED: dict[ClientConnection, list[dict[str, Any]]] = {}
+
+
+class Reader:
+    """Reads a connection's events in the background until it closes."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = REPLAYED.pop(ws, [])
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                if frame["op"] == "event":
+                    self.events.append(frame)
+
+    async def ended(self) -> tuple[int | None, str | None]:
+        async with asyncio.timeout(30):
+            await self.task
+        return self.ws.close_code, self.ws.close_reason
+
+
+async def test_a_backlog_sheds_the_slowest_and_a_fast_client_keeps_everything(
+    shedding_hub: LiveHub,
+) -> None:
+    fanout = shedding_hub.hub.fanout
+    assert fanout is not None
+    fast = Reader(await opened(shedding_hub))  # the oldest connection, reading all the time
+    slow = [await opened(shedding_hub, max_queue=1) for _ in range(SLOW)]  # read nothing more
+    shed0 = fanout.metrics.shed.total()
+    events = [make_event(i, prefix="shed", symbol="SHED") for i in range(EVENTS)]
+    # Events reach the clean stream at 150/s from another thread, while the busy fan-out hands on at
+    # most 50/s: its backlog grows.
+    publisher = threading.Thread(
+        target=publish_to_clean, args=(shedding_hub.settings.nats_url or "", events), kwargs={"rate": 150.0}
+    )
+    async with busy_loop():
+        publisher.start()
+        await wait_for(lambda: fanout.metrics.shed.total() > shed0, timeout=60, what="a shed")
+    await asyncio.to_thread(publisher.join)
+    shed = int(fanout.metrics.shed.total() - shed0)
+
+    got = await wait_for(
+        lambda: fast.events if len(fast.events) >= EVENTS else None, timeout=60, what="every event"
+    )
+    assert [f["event"]["id"] for f in got] == [e["id"] for e in events]  # all of them, in order, once
+    assert fast.ws.close_code is None
+    await fast.ws.send('{"op":"ping","ts":1}')  # and it is still served
+
+    codes = await asyncio.gather(*(_ending(ws) for ws in slow))
+    shed_codes = [c for c in codes if c == (4409, REASON_SHED)]
+    assert 1 <= len(shed_codes) == shed < SLOW  # only slow ones, and a step at a time
+    await fast.ws.close()
+
+
+async def _ending(ws: ClientConnection) -> tuple[int | None, str | None]:
+    """How a slow connection ended: read what it was sent; one still open after that is closed by us."""
+    reader = Reader(ws)
+    try:
+        async with asyncio.timeout(3.0):
+            await asyncio.shield(reader.task)
+    except TimeoutError:
+        await ws.close()
+        await reader.task
+        return None, None
+    return ws.close_code, ws.close_reason
+
+
+async def test_events_nats_drops_are_read_again_and_arrive_in_order_exactly_once(
+    tiny_buffer_hub: LiveHub,
+) -> None:
+    """A live buffer of 20 events: a burst overflows it and NATS drops events; the feed reads the
+    stream again from the last event handled, so a subscriber still gets each event once, in order."""
+    fanout = tiny_buffer_hub.hub.fanout
+    assert fanout is not None
+    reader = Reader(await opened(tiny_buffer_hub))
+    events = [make_event(i, prefix="drop", symbol="DROP") for i in range(EVENTS)]
+    await publish_events(tiny_buffer_hub.hub.js, events)
+    got = await wait_for(
+        lambda: reader.events if len(reader.events) >= EVENTS else None, timeout=60, what="every event"
+    )
+    assert [f["event"]["id"] for f in got] == [e["id"] for e in events]
+    assert fanout.metrics.live_dropped > 0  # NATS did drop events ...
+    assert fanout.metrics.live_restarts.total() > 0  # ... and they were read again
+    assert reader.ws.close_code is None and fanout.metrics.holes.total() == 0
+    await asyncio.sleep(0.5)
+    assert len(reader.events) == EVENTS  # and nothing twice
+    await reader.ws.close()
+
+
+def publish_to_clean(
+    url: str, events: list[dict[str, Any]], *, rate: float, delete: int | None = None
+) -> None:
+    """Publish ``events`` straight to the clean stream at ``rate``/s (in this thread's own event loop),
+    then delete the ``delete``-th from the stream."""
+
+    async def go() -> None:
+        nc = NATS()
+        await nc.connect(url)
+        js = nc.jetstream()
+        seqs = []
+        for e in events:
+            seqs.append(
+                (await js.publish(clean_subject("daily", str(e["symbol"])), json.dumps(e).encode())).seq
+            )
+            await asyncio.sleep(1 / rate)
+        if delete is not None:
+            await js.delete_msg(PATTERNS_STREAM, seqs[delete])
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def publish_while_frozen(url: str, events: list[dict[str, Any]], delete: int) -> None:
+    """From another thread (this one's event loop, the hub's, stays frozen meanwhile): publish
+    ``events`` straight to the clean stream, then delete the ``delete``-th from the stream. The hub
+    then reads them in one burst, past its buffer."""
+
+    async def go() -> None:
+        nc = NATS()
+        await nc.connect(url)
+        js = nc.jetstream()
+        seqs = [
+            (await js.publish(clean_subject("daily", str(e["symbol"])), json.dumps(e).encode())).seq
+            for e in events
+        ]
+        await js.delete_msg(PATTERNS_STREAM, seqs[delete])
+        await nc.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(go()))
+    thread.start()
+    thread.join()  # blocks the event loop on purpose: the hub reads nothing until it returns
+
+
+async def test_events_gone_from_the_stream_close_every_subscriber_to_resume(tiny_buffer_hub: LiveHub) -> None:
+    """A burst past the buffer, and one of its events deleted from the stream before the node reads it
+    again: what came before is handed on, the hole closes the subscriber with 4409, a resume by seq
+    gets everything after it."""
+    fanout = tiny_buffer_hub.hub.fanout
+    assert fanout is not None
+    reader = Reader(await opened(tiny_buffer_hub))
+    events = [make_event(i, prefix="hole", symbol="HOLE") for i in range(60)]
+    publish_while_frozen(tiny_buffer_hub.settings.nats_url or "", events, delete=30)
+    code, reason = await reader.ended()
+    assert (code, reason) == (4409, REASON_MISSED)
+    assert fanout.metrics.holes.total() == 1
+    before = [f["event"]["id"] for f in reader.events]
+    assert before == [e["id"] for e in events[: len(before)]] and len(before) <= 30
+
+    again = Reader(await opened(tiny_buffer_hub, since=reader.events[-1]["seq"] if reader.events else None))
+    rest = await wait_for(
+        lambda: again.events if len(again.events) >= 59 - len(before) else None,
+        timeout=30,
+        what=f"the rest after {len(before)} ({[f['seq'] for f in again.events]})",
+    )
+    assert [f["event"]["id"] for f in rest] == [e["id"] for e in events[len(before) :] if e is not events[30]]
+    await again.ws.close()
+
+
+# -- the shedding policy (pure bookkeeping) ------------------------------------------------------------
+
+
+async def test_sheds_only_when_the_backlog_stays_and_does_not_drain() -> None:
+    shedder = Shedder(after_s=1.0)
+    assert not shedder.due(5, 0.0)  # behind from now
+    assert not shedder.due(9, 0.5)
+    assert shedder.due(9, 1.0)  # a window behind and not shrinking: a step
+    assert not shedder.due(12, 1.5)  # a step at most every after_s
+    assert shedder.due(12, 2.0)  # still growing: another
+    assert not shedder.due(8, 3.0)  # draining: no more
+    assert shedder.due(8, 4.0)  # ... unless it stops draining
+    assert not shedder.due(0, 4.1)  # caught up
+    assert not shedder.due(300, 4.2)  # a burst ...
+    assert not shedder.due(150, 5.2)  # ... that drains never sheds
+    assert not shedder.due(10, 6.2)
+
+
+async def _never(message: Any) -> None:
+    await asyncio.Event().wait()
+
+
+async def test_the_victims_are_the_slowest_subscribed_connections() -> None:
+    metrics = FanOutMetrics(Registry(), _Counted())
+    conns = []
+    for n in range(20):
+        conn = Connection(_never, FanOutLimits(), metrics)
+        conn.connected_at = float(n)
+        conn.subs["s"] = Subscription("s", conn, Filter(), None, order=n)
+        conns.append(conn)
+    idle = Connection(_never, FanOutLimits(), metrics)  # no subscription: never shed
+    behind = conns[3]
+    assert behind.offer("a") and behind.offer("b")  # its socket takes nothing: "b" waits in the outbox
+    try:
+        victims = Shedder(after_s=1.0).victims([idle, *conns], now=time.monotonic() + 1)
+        assert victims == [behind, conns[19]]  # the oldest outbox head, then the newest connection
+        assert Shedder(after_s=1.0).victims([idle], now=0.0) == []
+    finally:
+        behind.abandon()
+
+
+async def test_a_hole_in_the_stream_closes_every_subscribed_connection() -> None:
+    metrics = FanOutMetrics(Registry(), _Counted())
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    subscribed, idle = Connection(send, FanOutLimits(), metrics), Connection(send, FanOutLimits(), metrics)
+    subscribed.subs["s"] = Subscription("s", subscribed, Filter(), None, order=1)
+    Overload([subscribed, idle], metrics, after_s=1.0).hole(41)
+    await subscribed.closed()
+    assert sent == [{"type": "websocket.close", "code": 4409, "reason": REASON_MISSED}]
+    assert idle.close_code is None and metrics.holes.total() == 1
+
+
+class _Counted:
+    def __init__(self) -> None:
+        self.connections: list[Connection] = []
+        self.index: list[Subscription] = []
+        self.backlog = 0
