@@ -19,6 +19,8 @@ from api import readiness
 from api.openapi import Content, operation
 from api.state import HubState
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
+from hub.metrics import Registry
+from hub.metrics_files import NodeRegistry
 from store.deadletters import count_dead_letters
 
 __all__ = ["Pipeline", "pipeline_summary", "routes"]
@@ -104,7 +106,7 @@ def pipeline_summary(hub: HubState) -> dict[str, object]:
             "published": int(m.published.total()),
             "retries": int(m.retries.total()),
         },
-        "writer_batches": hub.writer.batches,
+        "writer_batches": hub.writer.batches if hub.writer is not None else 0,
         # Above the largest bucket the histogram answers +Inf, which JSON cannot carry (it made
         # /health/ready a 500).
         "ingest_to_stored_p95_s": p95 if p95 is not None and math.isfinite(p95) else None,
@@ -126,7 +128,11 @@ def pipeline_summary(hub: HubState) -> dict[str, object]:
 async def metrics(request: Request) -> Response:
     hub: HubState = request.app.state.hub
     await asyncio.gather(refresh_gauges(hub), readiness.check(hub))
-    body, content_type = hub.metrics.registry.exposition(request.headers.get("accept"))
+    registry: Registry | NodeRegistry = hub.metrics.registry
+    if hub.metric_files is not None:  # one of several workers: answer for the node
+        hub.metric_files.write()
+        registry = hub.metric_files.node()
+    body, content_type = registry.exposition(request.headers.get("accept"))
     return Response(body, media_type=content_type, headers={"Vary": "Accept"})
 
 
