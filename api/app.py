@@ -42,6 +42,7 @@ from api.routes.ingest import IngestGate, event_window
 from api.securityheaders import SecurityHeaders, SecurityHeadersMiddleware
 from api.settings import Settings
 from api.state import HubState
+from api.workerheader import WorkerHeaderMiddleware
 from hub.advisories import AdvisoryWatcher
 from hub.bridge import RedisBridge
 from hub.broker import open_nats
@@ -285,7 +286,14 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
 
     app = HubApp(
         headers=security_headers(settings),
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            *(
+                [Middleware(WorkerHeaderMiddleware, worker=hub.worker)]
+                if hub and hub.worker is not None
+                else []
+            ),
+        ],
         routes=[
             *health.routes,
             *metrics.routes,

@@ -3,13 +3,11 @@
 ``GET /health`` answers as long as the process serves HTTP. ``GET /health/ready`` checks each
 dependency with a short timeout and reports its status and latency: 503 when PostgreSQL or NATS is
 down (the hub cannot store or move events), 200 with ``"status": "degraded"`` when only Redis is
-down (scans fall back to PostgreSQL). With several workers (``--workers``) both name the one that
-answered in ``X-TickStock-Worker``.
+down (scans fall back to PostgreSQL).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Literal
 
@@ -23,9 +21,7 @@ from api.openapi import operation
 from api.routes.metrics import Pipeline, pipeline_summary, refresh_gauges
 from api.state import HubState
 
-__all__ = ["WORKER_HEADER", "routes"]
-
-WORKER_HEADER = "X-TickStock-Worker"
+__all__ = ["routes"]
 
 
 class Liveness(BaseModel):
@@ -111,15 +107,7 @@ class Readiness(BaseModel):
 
 @operation(summary="Liveness", tags=["health"], responses={200: Liveness})
 async def health(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"}, headers=_worker(request))
-
-
-def _worker(request: Request) -> dict[str, str]:
-    """``X-TickStock-Worker: <index> (pid <pid>)`` from one of several workers (``--workers``)."""
-    hub: HubState | None = getattr(request.app.state, "hub", None)
-    if hub is None or hub.worker is None:
-        return {}
-    return {WORKER_HEADER: f"{hub.worker} (pid {os.getpid()})"}
+    return JSONResponse({"status": "ok"})
 
 
 @operation(
@@ -143,9 +131,7 @@ async def ready(request: Request) -> JSONResponse:
     }
     if hub.cache is not None:
         body["cache"] = hub.cache.summary()
-    return JSONResponse(
-        body, status_code=report.http_status, headers={"Cache-Control": "no-store", **_worker(request)}
-    )
+    return JSONResponse(body, status_code=report.http_status, headers={"Cache-Control": "no-store"})
 
 
 routes = [
