@@ -135,7 +135,7 @@ class Supervisor:
                 if not await self._until_ready(worker, timeout_s=None):
                     if self._stop.is_set():
                         return
-                    reason = worker.failure or f"exit status {_status(await worker.exited)}"
+                    reason = worker.failure or _status(await worker.exited)
                     raise WorkerFailed(f"worker {worker.index} did not start: {reason}")
             self._started = True
             log.info("%d workers ready (pids %s)", self.count, " ".join(map(str, self.pids.values())))

@@ -257,3 +257,25 @@ async def test_a_rolling_restart_keeps_the_other_workers_clients(node: Node) -> 
     finally:
         for ws in opened:
             await ws.close()
+
+
+def test_a_worker_that_cannot_start_fails_serve_in_one_line(settings: Settings, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKSTOCK_")}
+    env.update(
+        TICKSTOCK_DATABASE_URL=settings.database_url or "",
+        TICKSTOCK_NATS_URL=settings.nats_url or "",
+        TICKSTOCK_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        TICKSTOCK_DATA_DIR=str(tmp_path),
+        TICKSTOCK_CONNECT_TIMEOUT_S="2",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(free_port()), "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tickstock: error")]
+    assert len(errors) == 1 and "did not start: cannot connect to Redis" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
