@@ -19,7 +19,7 @@ import contextlib
 import glob
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -28,10 +28,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import CollectorRegistry
+from prometheus_client.samples import Sample
 
-from hub.metrics import Gauge, Histogram, Registry
+from hub.metrics import Counter, Gauge, Histogram, Registry
 
-__all__ = ["WRITE_INTERVAL_S", "MetricFiles", "NodeRegistry"]
+__all__ = ["WRITE_INTERVAL_S", "MetricFiles", "NodeRegistry", "NodeView"]
 
 WRITE_INTERVAL_S = 1.0  # how stale another worker's numbers may be in a scrape
 
@@ -55,6 +56,11 @@ class MetricFiles:
         """The node's metrics, read from every worker's files when collected."""
         return NodeRegistry(self.registry, self.path)
 
+    def view(self) -> NodeView:
+        """The node's numbers now (this process's written first), for ``/health/ready``."""
+        self.write()
+        return NodeView(_merge(self.path))
+
     def write(self) -> None:
         """Write every metric's current samples (this process's files replaced whole)."""
         files: dict[str, list[Entry]] = defaultdict(list)
@@ -74,6 +80,9 @@ class MetricFiles:
                     files["counter"].extend(
                         (_key(family, s.name, s.labels), s.value, 0.0) for s in family.samples
                     )
+            if isinstance(metric, Counter):  # its rate over the last minute, summed (never exposed)
+                name = _rate_name(metric)
+                files["gauge_livesum"].append((mmap_key(name, name, [], [], ""), metric.rate(), 0.0))
         for prefix, entries in files.items():
             _replace(self.path / f"{prefix}_{self.pid}.db", entries)
 
@@ -120,8 +129,7 @@ class _Merged:
         self._path = path
 
     def collect(self) -> Iterable[Metric]:
-        files = glob.glob(os.path.join(self._path, "*.db"))
-        merged = {m.name: m for m in MultiProcessCollector.merge(files, accumulate=True)}  # type: ignore[no-untyped-call]
+        merged = _merge(self._path)
         for metric in self._registry.metrics():
             node = metric.node_family(merged)
             if node is not None:
@@ -129,6 +137,50 @@ class _Merged:
                 continue
             for family in metric.collect():
                 yield merged.get(family.name, _empty(family))
+
+
+class NodeView:
+    """Totals, rates and quantiles over every worker of the node (what one process's
+    :class:`~hub.metrics.Counter` and :class:`~hub.metrics.Histogram` answer for itself)."""
+
+    def __init__(self, merged: Mapping[str, Metric]) -> None:
+        self._merged = merged
+
+    def _samples(self, name: str) -> list[Sample]:
+        family = self._merged.get(name)
+        return family.samples if family is not None else []
+
+    def total(self, counter: Counter) -> float:
+        return sum(s.value for s in self._samples(counter.name.removesuffix("_total")))
+
+    def rate(self, counter: Counter) -> float:
+        """Per second over the last minute, as :meth:`hub.metrics.Counter.rate`."""
+        return sum(s.value for s in self._samples(_rate_name(counter)))
+
+    def count(self, histogram: Histogram) -> float:
+        return sum(s.value for s in self._samples(histogram.name) if s.name.endswith("_count"))
+
+    def quantile(self, histogram: Histogram, q: float) -> float | None:
+        """An upper bound of the ``q`` quantile, as :meth:`hub.metrics.Histogram.quantile`."""
+        buckets = sorted(
+            (float(s.labels["le"]), s.value)
+            for s in self._samples(histogram.name)
+            if s.name.endswith("_bucket")
+        )
+        count = buckets[-1][1] if buckets else 0.0
+        if count == 0:
+            return None
+        return next(edge for edge, cumulative in buckets if cumulative >= q * count)
+
+
+def _rate_name(counter: Counter) -> str:
+    return f"{counter.name.removesuffix('_total')}_rate_per_second"
+
+
+def _merge(path: Path) -> dict[str, Metric]:
+    files = glob.glob(os.path.join(path, "*.db"))
+    merged = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+    return {m.name: m for m in merged}
 
 
 def _empty(family: Metric) -> Metric:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -34,8 +35,7 @@ def _serve(kind: str, index: int, conn: Connection) -> None:
     if kind == "crash":
         time.sleep(0.2)
         raise SystemExit(3)
-    while True:
-        time.sleep(1)
+    threading.Event().wait()  # until a signal ends the process
 
 
 def _supervisor(tmp_path: Path, kinds: list[str], *, workers: int = 2, grace_s: float = 5) -> Supervisor:
@@ -147,10 +147,10 @@ async def test_signals_stop_then_kill(tmp_path: Path) -> None:
     await ready.wait()
     pid = sup.pids[0]
     os.kill(os.getpid(), signal.SIGHUP)  # a rolling restart: the stubborn one does not leave ...
-    await asyncio.sleep(0.2)
+    await wait_for(lambda: sup._rolling is not None, what="the roll")
     os.kill(os.getpid(), signal.SIGTERM)  # ... stop: it does not either ...
-    await asyncio.sleep(0.2)
-    assert not task.done()
+    await wait_for(lambda: sup._stop.is_set(), what="the stop")
+    assert not task.done() and _alive(pid)
     os.kill(os.getpid(), signal.SIGINT)  # ... a second signal kills it at once
     await asyncio.wait_for(task, 30)
     assert not _alive(pid)

@@ -192,6 +192,14 @@ async def test_two_workers_serve_one_port_and_ingest_once_in_order(
     for _ in range(8):  # several scrapes, on both workers
         wait_for_sync(summed, timeout=15, interval=0.2, what="/metrics summing both workers")
     assert scraped == {0, 1}
+    # /health/ready's pipeline too: the secondary has no writer, yet shows the node's totals.
+    readied: set[int] = set()
+    while readied != {0, 1}:
+        index, _, response = node.answer("/health/ready")
+        pipeline = response.json()["pipeline"]
+        assert pipeline["totals"]["stored"] == pipeline["totals"]["published"] == total
+        assert pipeline["writer_batches"] >= 1 and pipeline["ingest_to_stored_p95_s"] is not None
+        readied.add(index)
 
 
 @pytest.mark.slow

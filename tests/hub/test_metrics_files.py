@@ -89,6 +89,20 @@ def test_a_label_a_worker_dropped_is_gone_and_no_partial_file_is_read(tmp_path: 
     assert "tickstock_dead_letters_pending{reason=bad}" not in merged
 
 
+def test_the_node_view_answers_totals_rates_counts_and_quantiles_over_workers(tmp_path: Path) -> None:
+    first = _worker(tmp_path, 101, connections=1, ready=1, hits=0, misses=0)
+    _worker(tmp_path, 202, connections=1, ready=1, hits=0, misses=0)
+    metrics = Metrics()  # names only: the view reads the files
+    view = first.view()
+    assert view.total(metrics.stored) == 20
+    assert view.rate(metrics.stored) == 20 / 60  # each worker's rate over the last minute, summed
+    assert view.count(metrics.batch_seconds) == 4
+    assert view.quantile(metrics.batch_seconds, 0.5) == 0.005
+    assert view.quantile(metrics.batch_seconds, 0.95) == 0.5
+    assert view.quantile(metrics.store_latency, 0.95) is None  # no sample
+    assert view.total(metrics.published) == 0
+
+
 async def test_files_are_written_while_entered_and_once_more_on_exit(tmp_path: Path) -> None:
     metrics = Metrics()
     async with MetricFiles(metrics.registry, tmp_path / "m", interval_s=0.01) as files:
