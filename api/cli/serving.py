@@ -110,6 +110,13 @@ async def serve(
         if settings.workers == 1:
             await serve_socket(settings, sock, extras=extras, ready=ready)
             return
+        if settings.socketio_enabled and "polling" in settings.socketio_transports:
+            log.warning(
+                "Socket.IO long-polling with %d workers: a poll that reaches another worker than its "
+                "session's is refused and the client reconnects (no sticky sessions on one port); "
+                "TICKSTOCK_SOCKETIO_TRANSPORTS=websocket for clients that connect with websockets only",
+                settings.workers,
+            )
         metrics = metrics_dir(settings)
         supervisor = Supervisor(
             workers=settings.workers,

@@ -154,3 +154,45 @@ async def test_signals_stop_then_kill(tmp_path: Path) -> None:
     os.kill(os.getpid(), signal.SIGINT)  # ... a second signal kills it at once
     await asyncio.wait_for(task, 30)
     assert not _alive(pid)
+
+
+async def test_a_stop_during_the_start_stops_the_starting_workers(tmp_path: Path) -> None:
+    sup = _supervisor(tmp_path, ["mute"], workers=1)
+    task = asyncio.create_task(sup.run())
+    await wait_for(lambda: sup._alive, what="the worker")
+    pid = next(iter(sup._alive)).pid
+    sup.stop()
+    await task  # no WorkerFailed: it was asked to stop
+    assert not _alive(pid)
+
+
+async def test_a_restart_still_waiting_is_called_off_by_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervision, "RESTART_MIN_S", 60.0)
+    sup = _supervisor(tmp_path, ["ready"], workers=1)
+    ready = asyncio.Event()
+    task = asyncio.create_task(sup.run(ready=ready.set))
+    await ready.wait()
+    os.kill(sup.pids[0], signal.SIGKILL)
+    await wait_for(lambda: sup._restarts, what="a restart waiting")
+    sup.stop()
+    await task
+    assert sup.restarts == 0 and not sup._alive
+
+
+async def test_a_new_primary_that_is_never_ready_stops_the_roll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervision, "READY_TIMEOUT_S", 1.0)
+    sup = _supervisor(tmp_path, ["ready", "ready", "mute"])
+    ready = asyncio.Event()
+    task = asyncio.create_task(sup.run(ready=ready.set))
+    await ready.wait()
+    before = sup.pids
+    rolling = sup.roll()
+    assert rolling is not None
+    await rolling
+    assert sup.pids[1] == before[1]  # the roll stopped before the secondary
+    sup.stop()
+    await task

@@ -153,6 +153,7 @@ async def test_two_workers_serve_one_port_and_ingest_once_in_order(
     pids = node.workers()
     assert sorted(pids) == [0, 1] and pids[0] != pids[1]
     assert {_alive(pid) for pid in pids.values()} == {True}
+    assert "Socket.IO long-polling with 2 workers" in node.log()  # it cannot be sticky: said at start
 
     # Ingest over NATS: only the primary writes, so each event is stored once and published once, a
     # symbol's events in the order they were sent.
