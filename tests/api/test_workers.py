@@ -252,6 +252,8 @@ async def test_a_rolling_restart_keeps_the_other_workers_clients(node: Node) -> 
         clients.setdefault(_worker(ws.response.headers[WORKER_HEADER])[0], ws)
     try:
         assert sorted(clients) == [0, 1]
+        await clients[0].send(json.dumps({"op": "subscribe", "id": "s0", "filter": {}}))
+        head = json.loads(await asyncio.wait_for(clients[0].recv(), 10))["head"]
         pids = node.workers()
         node.proc.send_signal(signal.SIGHUP)
         # The primary goes first (never two writers): its client is told "going away" ...
@@ -261,6 +263,13 @@ async def test_a_rolling_restart_keeps_the_other_workers_clients(node: Node) -> 
         await clients[1].send(json.dumps({"op": "subscribe", "id": "s1", "filter": {}}))
         assert json.loads(await asyncio.wait_for(clients[1].recv(), 10))["op"] == "subscribed"
         await wait_for(lambda: "rolling restart done" in node.log(), timeout=90, what="the roll")
+        # The closed client resumes by seq on whichever worker it reaches now.
+        again = await websockets.connect(f"ws://127.0.0.1:{node.port}/ws?token={token}", ping_interval=None)
+        opened.append(again)
+        assert json.loads(await again.recv())["op"] == "welcome"
+        await again.send(json.dumps({"op": "subscribe", "id": "s0", "filter": {}, "since": head}))
+        resumed = json.loads(await asyncio.wait_for(again.recv(), 10))
+        assert resumed["op"] == "subscribed" and resumed["recovered"] is True
         renewed = node.workers()
         assert not set(renewed.values()) & set(pids.values())
     finally:
