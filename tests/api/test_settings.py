@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,14 @@ def test_a_bad_tickstock_prefix_names_the_variable(value: str) -> None:
         Settings.from_env({"TICKSTOCK_COMPAT_PREFIX": value})
     with pytest.raises(SettingsError, match="TICKSTOCK_COMPAT_PREFIX"):
         Settings.from_env({"tickstock_compat_prefix": value})
+
+
+def test_workers_default_to_the_cores_and_are_bounded() -> None:
+    assert Settings().workers == (os.cpu_count() or 1)
+    assert Settings.from_env({"TICKSTOCK_WORKERS": "3"}).workers == 3
+    assert Settings.from_env({"TICKSTOCK_WORKERS": "3"}, workers=1).workers == 1  # --workers wins
+    for bad in ("0", "65"):
+        with pytest.raises(SettingsError, match="TICKSTOCK_WORKERS must be between 1 and 64"):
+            Settings.from_env({"TICKSTOCK_WORKERS": bad})
+    with pytest.raises(SettingsError, match="TICKSTOCK_WORKERS='two' is not a valid int"):
+        Settings.from_env({"TICKSTOCK_WORKERS": "two"})
