@@ -152,19 +152,21 @@ async def serve_socket(
     ):
         app = create_app(settings, hub=hub)
         server = _Server(server_config(app, settings))
-        if worker is None:
+        if worker is None:  # the one process, as before workers
             say(f"serving on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
             if ready is not None:
                 ready()
+            _tune_gc()
+            await server.serve(sockets=[sock])
+            say("http server stopped; closing the hub ...")
+            return
         _tune_gc()
         serving = asyncio.ensure_future(server.serve(sockets=[sock]))
-        if worker is not None and ready is not None:
+        if ready is not None:
             await _until_ready(server, serving, hub)
             if not serving.done():
                 ready()
         await serving
-        if worker is None:
-            say("http server stopped; closing the hub ...")
 
 
 async def _until_ready(server: _Server, serving: asyncio.Future[None], hub: HubState) -> None:
