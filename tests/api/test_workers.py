@@ -38,7 +38,7 @@ WORKER = re.compile(r"(\d+) \(pid (\d+)\)")
 class Node:
     """``tickstock serve --workers N`` as a child process, its log in a file."""
 
-    def __init__(self, settings: Settings, tmp_path: Path, *, workers: int = 2) -> None:
+    def __init__(self, settings: Settings, tmp_path: Path, *, workers: int = 2, **extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / "hub.log"
@@ -51,6 +51,7 @@ class Node:
             TICKSTOCK_DATA_DIR=str(tmp_path / "data"),
             TICKSTOCK_MAINTENANCE_INTERVAL_S="3600",
             TICKSTOCK_AUTH_FAILURE_PER_S="0",
+            **extra,
         )
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -297,3 +298,25 @@ def test_a_worker_that_cannot_start_fails_serve_in_one_line(settings: Settings, 
     errors = [line for line in result.stderr.splitlines() if line.startswith("tickstock: error")]
     assert len(errors) == 1 and "did not start: cannot connect to Redis" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_one_tokens_rate_limit_holds_across_the_workers(settings: Settings, tmp_path: Path) -> None:
+    """Each worker draws from the shared bucket as a node does: a burst of 3 with no refill to speak of
+    (one token an hour) admits 3 requests in all, however the requests spread over the workers."""
+    node = Node(settings, tmp_path, TICKSTOCK_RATE_LIMIT_PER_S=str(1 / 3600), TICKSTOCK_RATE_LIMIT_BURST="3")
+    try:
+        token = mint_token(JWT_SECRET, subject="one-bucket", scopes=["patterns:read"])
+        answers: list[tuple[int, int]] = []
+
+        def both_answered_twice() -> bool:
+            index, _, response = node.answer(
+                "/api/patterns/definitions", headers={"Authorization": f"Bearer {token}"}
+            )
+            answers.append((index, response.status_code))
+            return all(sum(1 for i, _ in answers if i == w) >= 2 for w in (0, 1))
+
+        wait_for_sync(both_answered_twice, timeout=30, interval=0, what="both workers asked")
+        codes = [code for _, code in answers]
+        assert codes[:3] == [200, 200, 200] and set(codes[3:]) == {429}
+    finally:
+        node.stop()
