@@ -206,6 +206,7 @@ def worker_main(
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until uvicorn handles it; the supervisor asks with SIGTERM
     configure_logging(settings.log_level, process=f"worker {index}")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)  # prometheus-client's convention, for any library
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(

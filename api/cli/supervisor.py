@@ -28,7 +28,6 @@ import contextlib
 import ctypes
 import logging
 import multiprocessing
-import os
 import shutil
 import signal
 import sys
@@ -126,7 +125,6 @@ class Supervisor:
         before it was ready at the start."""
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)  # prometheus-client's convention
         handled = self._handle_signals()
         try:
             starting = [self._spawn(index) for index in range(self.count)]
