@@ -150,8 +150,13 @@ class NodeView:
         family = self._merged.get(name)
         return family.samples if family is not None else []
 
-    def total(self, counter: Counter) -> float:
-        return sum(s.value for s in self._samples(counter.name.removesuffix("_total")))
+    def total(self, counter: Counter, **labels: str) -> float:
+        """Summed over the workers, over the samples that carry ``labels`` (all without)."""
+        return sum(
+            s.value
+            for s in self._samples(counter.name.removesuffix("_total"))
+            if all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
     def rate(self, counter: Counter) -> float:
         """Per second over the last minute, as :meth:`hub.metrics.Counter.rate`."""

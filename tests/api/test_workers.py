@@ -201,6 +201,8 @@ async def test_two_workers_serve_one_port_and_ingest_once_in_order(
         pipeline = response.json()["pipeline"]
         assert pipeline["totals"]["stored"] == pipeline["totals"]["published"] == total
         assert pipeline["writer_batches"] >= 1 and pipeline["ingest_to_stored_p95_s"] is not None
+        universes = response.json()["cache"]["routes"]["universes"]
+        assert sum(universes[r] for r in ("hit", "miss", "coalesced", "bypass")) == 40
         readied.add(index)
 
 
