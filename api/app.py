@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -42,6 +43,7 @@ from api.routes.ingest import IngestGate, event_window
 from api.securityheaders import SecurityHeaders, SecurityHeadersMiddleware
 from api.settings import Settings
 from api.state import HubState
+from api.workerheader import WorkerHeaderMiddleware
 from hub.advisories import AdvisoryWatcher
 from hub.bridge import RedisBridge
 from hub.broker import SlowConsumers, open_nats, redact
@@ -53,6 +55,7 @@ from hub.fanout_limits import FanOutLimits
 from hub.jetstream import Topology, ensure_topology
 from hub.maintenance import Maintenance
 from hub.metrics import Metrics
+from hub.metrics_files import MetricFiles
 from hub.writer import Writer
 from store.cache_connection import open_redis
 from store.cursor import CursorCodec, cursor_key
@@ -69,13 +72,21 @@ class ConfigurationError(RuntimeError):
 
 
 @asynccontextmanager
-async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
+async def open_hub(
+    settings: Settings, *, worker: int | None = None, metrics_dir: Path | None = None
+) -> AsyncIterator[HubState]:
     """Open every resource in order and close them in reverse order.
 
     Needs all three server URLs (the ``run`` command starts embedded servers first and fills them in).
     Raises the resource's own error (``StoreError``, ``BrokerError``, ``CacheError``) with one clear
     line when a server cannot be reached within ``settings.connect_timeout_s``.
+
+    ``worker`` is this process's index among a node's ``--workers``: the writer, the advisory watcher,
+    the Redis bridge and the partition and view upkeep run in the primary (0, or None: the only process)
+    only; every worker serves REST and websockets. With ``metrics_dir`` the metrics are also written
+    there for ``/metrics`` to sum over the node's workers (:mod:`hub.metrics_files`).
     """
+    primary = worker is None or worker == 0
     database_url, nats_url, redis_url = settings.database_url, settings.nats_url, settings.redis_url
     if not (database_url and nats_url and redis_url):
         raise ConfigurationError(f"no URL for {', '.join(settings.embedded)}")
@@ -109,6 +120,7 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
                 interval_s=settings.maintenance_interval_s,
                 ahead_days=settings.partitions_ahead_days,
                 catalog=catalog,
+                upkeep=primary,
             )
         )
         js = nc.jetstream()
@@ -116,6 +128,9 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
             js, Topology(max_deliver=settings.ingest_max_deliver, ack_wait_s=settings.ingest_ack_wait_s)
         )
         metrics = Metrics()
+        files = None
+        if metrics_dir is not None:  # entered early, so it leaves last: the final numbers are written
+            files = await stack.enter_async_context(MetricFiles(metrics.registry, metrics_dir))
         window = event_window(settings)
         rules = settings.upstream_rules()
         dead_letters = DeadLetterer(pool=pool, js=js, metrics=metrics, window=window, rules=rules)
@@ -124,24 +139,32 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
         )
         # Exits run in reverse: the writer stops (finishing its batch) before NATS drains and the
         # pool closes.
-        await stack.enter_async_context(AdvisoryWatcher(js=js, dead_letters=dead_letters, metrics=metrics))
-        writer = await stack.enter_async_context(
-            Writer(
-                pool=pool,
-                nc=nc,
-                catalog=catalog,
-                dead_letters=dead_letters,
-                metrics=metrics,
-                batch=settings.writer_batch,
-                on_stored=cache.events_stored,
-                window=window,
-                partitions_per_batch=settings.partitions_per_batch,
-                cloud_events=CloudEvents(source=settings.cloudevents_source),
+        writer: Writer | None = None
+        if primary:
+            await stack.enter_async_context(
+                AdvisoryWatcher(js=js, dead_letters=dead_letters, metrics=metrics)
             )
-        )
-        log.info("writer started (batch %d)", settings.writer_batch)
-        if settings.bridge_redis_url:
-            await stack.enter_async_context(open_bridge(settings, js=js, catalog=catalog, metrics=metrics))
+            writer = await stack.enter_async_context(
+                Writer(
+                    pool=pool,
+                    nc=nc,
+                    catalog=catalog,
+                    dead_letters=dead_letters,
+                    metrics=metrics,
+                    batch=settings.writer_batch,
+                    on_stored=cache.events_stored,
+                    window=window,
+                    partitions_per_batch=settings.partitions_per_batch,
+                    cloud_events=CloudEvents(source=settings.cloudevents_source),
+                )
+            )
+            log.info("writer started (batch %d)", settings.writer_batch)
+            if settings.bridge_redis_url:
+                await stack.enter_async_context(
+                    open_bridge(settings, js=js, catalog=catalog, metrics=metrics)
+                )
+        else:
+            log.info("worker %d: ingest, upkeep and the bridge are the primary's (worker 0)", worker)
         # Entered last, so it leaves first: sockets close with "going away" while NATS still runs.
         fanout = await stack.enter_async_context(
             FanOut(
@@ -173,6 +196,8 @@ async def open_hub(settings: Settings) -> AsyncIterator[HubState]:
             fanout=fanout,
             cache=cache,
             upstream=rules,
+            worker=worker,
+            metric_files=files,
         )
         log.info("hub shutting down")
 
@@ -269,7 +294,14 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
 
     app = HubApp(
         headers=security_headers(settings),
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            *(
+                [Middleware(WorkerHeaderMiddleware, worker=hub.worker)]
+                if hub and hub.worker is not None
+                else []
+            ),
+        ],
         routes=[
             *health.routes,
             *metrics.routes,

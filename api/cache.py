@@ -147,6 +147,7 @@ class HubCache:
                 "tickstock_cache_breaker_open",
                 "1 while the Redis circuit breaker is open.",
                 read=lambda: 0.0 if self.responses.breaker.state == "closed" else 1.0,
+                multiprocess_mode="livemax",  # open in any worker
             )
         )
         self.lost = r.add(

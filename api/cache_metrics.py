@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from hub.metrics import Counter, Gauge
 
@@ -15,19 +17,35 @@ RATIO_WINDOW_S = 60
 
 
 class Ratio(Gauge):
-    """hits / (hits + misses + coalesced + bypassed) per route since start; no sample without data."""
+    """hits / (hits + misses + coalesced + bypassed) per route since start; no sample without data.
+    Over several workers, the ratio of the node's summed requests (a ratio does not add up)."""
+
+    merged_by_kind = False
 
     def __init__(self, name: str, help_text: str, requests: Counter) -> None:
         super().__init__(name, help_text)
         self._requests = requests
 
     def points(self) -> Iterable[tuple[dict[str, str], float]]:
-        for route in ROUTES:
-            total = sum(
-                self._requests.value(route=route, result=r) for r in ("hit", "miss", "coalesced", "bypass")
-            )
-            if total:
-                yield {"route": route}, self._requests.value(route=route, result="hit") / total
+        return _ratios(lambda route, result: self._requests.value(route=route, result=result))
+
+    def node_family(self, merged: Mapping[str, Metric]) -> Metric | None:
+        requests = merged.get(self._requests.name.removesuffix("_total"))
+        counts = {
+            (s.labels.get("route"), s.labels.get("result")): s.value
+            for s in (requests.samples if requests is not None else ())
+        }
+        family = GaugeMetricFamily(self.name, self.help)
+        for labels, value in _ratios(lambda route, result: counts.get((route, result), 0.0)):
+            family.add_sample(self.name, labels, value)
+        return family
+
+
+def _ratios(count: Callable[[str, str], float]) -> Iterable[tuple[dict[str, str], float]]:
+    for route in ROUTES:
+        total = sum(count(route, r) for r in ("hit", "miss", "coalesced", "bypass"))
+        if total:
+            yield {"route": route}, count(route, "hit") / total
 
 
 class Window:

@@ -84,6 +84,7 @@ DEFAULT_SOCKETIO_MAX_PACKET_BYTES = 64 * 1024  # a larger message or polling POS
 DEFAULT_SOCKETIO_QUEUE_PACKETS = 64  # Engine.IO's per-session queue; behind it the fan-out's outbox
 DEFAULT_COMPAT_PREFIX = "/tickstock"
 DEFAULT_WS_COMPRESSION = "off"
+MAX_WORKERS = 64  # hub processes on one port (`--workers`); more would only contend for the cores
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +101,8 @@ class Settings:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    # Hub processes serving the port (`tickstock serve --workers`); 1: one process, no supervisor.
+    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     pool_min_size: int = DEFAULT_POOL_MIN_SIZE
     pool_max_size: int = DEFAULT_POOL_MAX_SIZE
     pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
@@ -280,6 +283,8 @@ class Settings:
                 check_jwks_url(self.jwks_url)
             except ValueError as exc:
                 raise SettingsError(f"{PREFIX}JWKS_URL: {exc}") from None
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise SettingsError(f"{PREFIX}WORKERS must be between 1 and {MAX_WORKERS}, not {self.workers}")
         if not 0 < self.port < 65536:
             raise SettingsError(f"{PREFIX}PORT must be a TCP port, not {self.port}")
         try:

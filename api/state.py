@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hub.fanout import FanOut
     from hub.maintenance import Maintenance
     from hub.metrics import Metrics
+    from hub.metrics_files import MetricFiles
     from hub.upstream import UpstreamRules
     from hub.writer import Writer
     from store.cursor import CursorCodec
@@ -37,9 +38,11 @@ class HubState:
     metrics: Metrics
     catalog: CatalogCache
     dead_letters: DeadLetterer
-    writer: Writer
+    writer: Writer | None  # None: a secondary worker, which leaves ingest to the primary
     cursors: CursorCodec  # signs and verifies paging cursors with the deployment's cursor key
     fanout: FanOut | None = None
     started_at: float = field(default_factory=time.time)
     cache: HubCache | None = None  # None: every read goes to PostgreSQL
     upstream: UpstreamRules | None = None  # None: the default rules (hub.upstream.DEFAULT_RULES)
+    metric_files: MetricFiles | None = None  # set: /metrics answers for every worker of the node
+    worker: int | None = None  # this process's index among `--workers` (0: the primary); None: the only one

@@ -33,6 +33,7 @@ class FanOutMetrics:
                 "tickstock_ws_connections",
                 "Open websocket connections on this node.",
                 read=lambda: float(len(fanout.connections)),
+                multiprocess_mode="livesum",  # each worker's own sockets
             )
         )
         self.subscriptions = r.add(
@@ -40,6 +41,7 @@ class FanOutMetrics:
                 "tickstock_ws_subscriptions",
                 "Websocket subscriptions on this node.",
                 read=lambda: float(len(fanout.index)),
+                multiprocess_mode="livesum",
             )
         )
         self.messages = self.events = self.bytes = 0  # plain numbers: counted once per frame
@@ -61,7 +63,11 @@ class FanOutMetrics:
             )
         )
         self.high_water = r.add(
-            Gauge("tickstock_ws_queue_high_water", "The most frames any outbox has held.")
+            Gauge(
+                "tickstock_ws_queue_high_water",
+                "The most frames any outbox has held.",
+                multiprocess_mode="max",  # over every worker, those that have exited too
+            )
         )
         self.closes = r.add(
             Counter("tickstock_ws_closes_total", "Connections closed by the hub, by close code.")

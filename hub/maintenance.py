@@ -23,7 +23,9 @@ class Maintenance:
     """Runs the upkeep once on entry, then every ``interval_s`` until exit.
 
     Several hub nodes may run it at once: both operations are idempotent and concurrency-safe. A
-    failed round is logged and retried on the next tick; it never stops the hub.
+    failed round is logged and retried on the next tick; it never stops the hub. With ``upkeep`` false
+    (a hub's secondary workers) a round only reloads the catalog; partitions and views are the
+    primary's.
     """
 
     def __init__(
@@ -33,7 +35,9 @@ class Maintenance:
         interval_s: float,
         ahead_days: int,
         catalog: CatalogCache | None = None,
+        upkeep: bool = True,
     ) -> None:
+        self._upkeep = upkeep
         self._pool = pool
         self._catalog = catalog
         self._interval_s = interval_s
@@ -46,6 +50,9 @@ class Maintenance:
         # The catalog first: validation depends on it; the views are the least urgent.
         if self._catalog is not None:
             await self._catalog.refresh(self._pool)
+        if not self._upkeep:
+            self.rounds += 1
+            return
         await ensure_partitions(self._pool, ahead=self._ahead)
         await refresh_views(self._pool)
         self.rounds += 1

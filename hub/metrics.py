@@ -13,7 +13,7 @@ import bisect
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from prometheus_client.exposition import choose_encoder, generate_latest
@@ -45,9 +45,17 @@ def _labels(values: dict[str, str]) -> Labels:
 
 
 class _Metric:
-    """One metric family; a prometheus-client collector (``describe``/``collect``)."""
+    """One metric family; a prometheus-client collector (``describe``/``collect``).
+
+    With several workers (:mod:`hub.metrics_files`) each process writes its samples and ``/metrics``
+    merges them: counters and histograms are summed, a gauge by its ``multiprocess_mode``
+    (prometheus-client's modes); a metric that cannot be merged so computes its node-wide family from
+    the merged others (:meth:`node_family`).
+    """
 
     kind = ""
+    multiprocess_mode = ""
+    merged_by_kind = True  # False: not written per worker; :meth:`node_family` computes it
 
     def __init__(self, name: str, help_text: str) -> None:
         self.name = name
@@ -64,6 +72,11 @@ class _Metric:
 
     def describe(self) -> list[Metric]:
         return [self._family()]
+
+    def node_family(self, merged: Mapping[str, Metric]) -> Metric | None:
+        """The node-wide family from the workers' merged families (by name); None: this metric is
+        written by each worker and merged by kind and mode."""
+        return None
 
     def collect(self) -> list[Metric]:
         family = self._family()
@@ -129,21 +142,45 @@ class CounterView(_Metric):
 
 
 class Gauge(_Metric):
-    """A value that goes up and down, set directly or read from a callback at scrape time."""
+    """A value that goes up and down, set directly or read from a callback at scrape time.
+
+    ``multiprocess_mode`` says how several workers' values make the node's: the default,
+    ``livemostrecent``, fits what a scrape or check sets about shared state (the newest value of a
+    live worker wins); ``livesum`` fits what each worker counts of its own.
+    """
 
     kind = "gauge"
 
-    def __init__(self, name: str, help_text: str, read: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        read: Callable[[], float] | None = None,
+        *,
+        multiprocess_mode: str = "livemostrecent",
+    ) -> None:
         super().__init__(name, help_text)
         self._values: dict[Labels, float] = {}
+        self._stamps: dict[Labels, float] = {}  # when each value was set (UNIX time): the newest wins
         self._read = read
+        self.multiprocess_mode = multiprocess_mode
 
     def set(self, value: float, **labels: str) -> None:
-        self._values[_labels(labels)] = value
+        key = _labels(labels)
+        self._values[key] = value
+        self._stamps[key] = time.time()
 
     def replace(self, values: dict[str, float], *, label: str) -> None:
         """Set one labelled value per key and drop labels not given (e.g. a reason no longer seen)."""
         self._values = {_labels({label: key}): value for key, value in values.items()}
+        now = time.time()
+        self._stamps = dict.fromkeys(self._values, now)
+
+    def stamped(self) -> Iterable[tuple[dict[str, str], float, float]]:
+        """:meth:`points` with the time each was set (now for a value read at this moment)."""
+        now = time.time()
+        for labels, value in self.points():
+            yield labels, value, self._stamps.get(_labels(labels), now)
 
     def value(self, **labels: str) -> float:
         if self._read is not None and not labels:
@@ -215,6 +252,10 @@ class Registry(CollectorRegistry):
         self.register(metric)
         self._ours[metric.name] = metric
         return metric
+
+    def metrics(self) -> list[_Metric]:
+        """Our metrics, in the order they were added."""
+        return list(self._ours.values())
 
     def render(self) -> str:
         """The Prometheus text format, version 0.0.4."""

@@ -2,6 +2,7 @@
 
     python ops/bench_hotpath.py                          # fresh embedded stack, 3 rounds of 10 s per endpoint
     python ops/bench_hotpath.py --rounds 1 --seconds 5 --profile 10
+    python ops/bench_hotpath.py --workers 2              # hub and bare endpoint on two processes each
     python ops/bench_hotpath.py --data-dir /tmp/tickstock-hot   # keep the servers (and generated events)
     git archive main | tar -x -C /tmp/main && python ops/bench_hotpath.py --before /tmp/main   # before/after
 
@@ -54,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
+import psutil
 from gen_events import ensure_events, open_stack
 from harness import ROOT, Stack, start_hub, stop_hub
 
@@ -128,9 +130,16 @@ def parse_wrk(endpoint: str, output: str, cpu_s: float | None) -> Measured:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of ``pid`` and its live descendants (a ``--workers`` server's processes)."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for p in (process, *process.children(recursive=True)):
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def wrk(url: str, *, seconds: float, headers: dict[str, str], script: Path | None = None) -> str:
@@ -144,10 +153,12 @@ def wrk(url: str, *, seconds: float, headers: dict[str, str], script: Path | Non
     ).stdout
 
 
-def start_bare() -> tuple[subprocess.Popen[bytes], int]:
+def start_bare(workers: int = 1) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(BARE), "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL
+        [sys.executable, str(BARE), "--port", str(port), "--workers", str(workers)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -387,7 +398,8 @@ def table(rounds: list[list[Measured]], sizes: dict[str, int]) -> list[dict[str,
 def report(rows: list[dict[str, Any]], setup: dict[str, Any], *, targets: bool = True) -> bool:
     print(
         f"\n== REST throughput, wrk -t2 -c64, {setup['seconds']:g} s per endpoint after {setup['warmup']:g} s warm-up;"
-        f" {setup['cpus']} cores shared by wrk, hub, bare endpoint, PostgreSQL, Redis, NATS"
+        f" {setup['cpus']} cores shared by wrk, hub, bare endpoint, PostgreSQL, Redis, NATS;"
+        f" hub and bare endpoint on {setup.get('workers', 1)} process(es) each (--workers)"
     )
     print(
         f"   hub: auth on (one HS256 token), rate limit {setup['rate_limit']}/s (enforced: RateLimit-Limit "
@@ -463,6 +475,18 @@ def start_hub_in(stack: Stack, root: Path, timeout_s: float = 60) -> tuple[subpr
     raise RuntimeError(f"the hub from {root} did not become ready")
 
 
+def wait_for_workers(base: str, workers: int, timeout_s: float = 60) -> None:
+    """Until every worker answers (``X-TickStock-Worker``), each request on a new connection."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only workers {sorted(seen)} answered")
+        worker = httpx.get(f"{base}/health", timeout=2).headers.get("x-tickstock-worker")
+        if worker is not None:
+            seen.add(worker.split()[0])
+
+
 def run_phase(
     stack: Stack,
     root: Path,
@@ -478,6 +502,8 @@ def run_phase(
     feed = start_feed(stack, args.feed_rate)
     try:
         hub = f"http://127.0.0.1:{hub_port}"
+        if args.workers > 1:
+            wait_for_workers(hub, args.workers)
         limits = check_limits(hub, headers)
         sizes = body_sizes(hub, headers) if sized else {}
         servers = {"bare": bare, "hub": (hub, hub_proc.pid)}
@@ -517,12 +543,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "TICKSTOCK_RATE_LIMIT_BURST": str(args.rate_limit * 2),
                 "TICKSTOCK_CACHE_ENABLED": "true",
                 "TICKSTOCK_STATEMENT_TIMEOUT_MS": "60000",
+                "TICKSTOCK_WORKERS": str(args.workers),
                 **dict(item.split("=", 1) for item in args.hub_env),
             }
         )
         generated = asyncio.run(ensure_events(stack.database_url, args.events))
         print(generated.line() if generated else f"{args.events:,} generated events already stored")
-        bare_proc, bare_port = start_bare()
+        bare_proc, bare_port = start_bare(args.workers)
         token = mint_token(OPS_SECRET, subject="bench-hotpath", scopes=["patterns:read"], ttl_s=7200)
         headers = {"Authorization": f"Bearer {token}"}
         bare = (f"http://127.0.0.1:{bare_port}", bare_proc.pid)
@@ -547,6 +574,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "limits": phases["after"]["limits"],
             "body_bytes": phases["after"]["body_bytes"],
             "hub_env": args.hub_env,
+            "workers": args.workers,
             "before": str(args.before) if args.before else None,
         },
         "phases": phases,
@@ -564,6 +592,12 @@ def main() -> int:
     parser.add_argument("--feed-rate", type=float, default=2.0, help="demo feed events/s (0: no feed)")
     parser.add_argument("--rate-limit", type=int, default=100_000, help="the token's limit per second")
     parser.add_argument("--profile", type=float, default=0.0, help="seconds of py-spy under cached-scan load")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving the hub (`tickstock serve --workers`) and, for a fair ratio, the bare endpoint",
+    )
     parser.add_argument("--hub-env", action="append", default=[], help="NAME=value for the hub (repeatable)")
     parser.add_argument("--data-dir", type=Path, default=None, help="keep embedded servers here between runs")
     parser.add_argument(

@@ -81,6 +81,7 @@ class Stack:
             "TICKSTOCK_JWT_SECRET": "ops-only-secret-not-for-production-0123456789",
             "TICKSTOCK_LOG_LEVEL": "WARNING",
             "TICKSTOCK_POOL_MAX_SIZE": "8",
+            "TICKSTOCK_WORKERS": "1",  # one process per hub, as the figures so far; extra_env may say more
             **self.extra_env,
         }
 

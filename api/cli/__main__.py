@@ -6,4 +6,5 @@ import sys
 
 from api.cli.parser import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a `--workers` process (multiprocessing spawn) imports it
+    sys.exit(main())

@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import dataclasses
 import secrets
-from collections.abc import Callable
 from typing import Any
 
 from api.app import ConfigurationError
@@ -63,21 +62,24 @@ def _print_dev_token(settings: Settings) -> None:
     say(f"try:  curl -H 'Authorization: Bearer <token>' http://{settings.host}:{settings.port}/health/ready")
 
 
-def _demo_feed(rate: float) -> Callable[[HubState], contextlib.AbstractAsyncContextManager[Any]]:
-    from hub.demo_feed import DemoFeed
+@dataclasses.dataclass(frozen=True)
+class DemoFeedExtras:
+    """The demo feed beside the open hub (``run``): picklable, so a ``--workers`` primary can start it."""
 
-    def start(hub: HubState) -> contextlib.AbstractAsyncContextManager[Any]:
-        say(f"demo feed: replaying real OHLCV through TA-Lib, about {rate:g} events/s")
-        return DemoFeed(hub.js, rate=rate)
+    rate: float
 
-    return start
+    def __call__(self, hub: HubState) -> contextlib.AbstractAsyncContextManager[Any]:
+        from hub.demo_feed import DemoFeed
+
+        say(f"demo feed: replaying real OHLCV through TA-Lib, about {self.rate:g} events/s")
+        return DemoFeed(hub.js, rate=self.rate)
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
     settings = _dev_secret(settings)
     async with embedded_servers(settings) as full:
         await prepare_database(full, reference=not args.skip_reference_data)
-        extras = None if args.no_demo_feed else _demo_feed(args.demo_rate)
+        extras = None if args.no_demo_feed else DemoFeedExtras(args.demo_rate)
         await serve(full, extras=extras, ready=lambda: _print_dev_token(full))
 
 

@@ -6,16 +6,10 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from nats.errors import Error as NatsError
-from redis.exceptions import RedisError
-
-from api.app import ConfigurationError
 from api.auth import SCOPES
 from api.cli.commands import (
     DEMO_RATE,
@@ -30,25 +24,13 @@ from api.cli.commands import (
 from api.cli.console import EXIT_ERROR, EXIT_USAGE, one_line, say
 from api.cli.dlq import MAX_REPLAY_BATCH, REPLAY_BATCH, cmd_dlq
 from api.cli.patterns import cmd_patterns
-from api.requestid import RequestIdLogFilter
+from api.cli.runtime import USER_ERRORS, configure_logging, loop_factory
 from api.settings import Settings, SettingsError
 from hub.bridge import DEFAULT_CHANNEL
-from hub.embedded import EmbeddedError
 
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("tickstock")
-
-# Failures that mean "this configuration does not work": reported in one line.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    SettingsError,
-    ConfigurationError,
-    EmbeddedError,
-    psycopg.Error,
-    NatsError,
-    RedisError,
-    OSError,
-)
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, None]]
 
@@ -70,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--host", default=None, help="interface to listen on (default 127.0.0.1; TICKSTOCK_HOST)"
             )
             p.add_argument("--port", type=int, default=None, help="TCP port (default 8000; TICKSTOCK_PORT)")
+            p.add_argument(
+                "--workers",
+                type=int,
+                default=None,
+                help="hub processes serving the port (default: the number of cores; TICKSTOCK_WORKERS); "
+                "SIGHUP restarts them one at a time",
+            )
         if data_dir:
             p.add_argument(
                 "--data-dir",
@@ -193,20 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    overrides = {key: getattr(args, key, None) for key in ("host", "port", "data_dir", "log_level")}
+    overrides = {
+        key: getattr(args, key, None) for key in ("host", "port", "workers", "data_dir", "log_level")
+    }
     try:
         settings = Settings.from_env(**overrides)
     except SettingsError as exc:
         say(f"error: {exc}")
         return EXIT_USAGE
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RequestIdLogFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s]: %(message)s")
-    )
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    configure_logging(settings.log_level)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             # run and serve hand both signals to uvicorn while they serve; every other command takes
             # Ctrl-C through the event loop, like SIGTERM.
             serving = args.func in (cmd_run, cmd_serve)
@@ -251,12 +237,3 @@ async def _until_terminated(command: Coroutine[Any, Any, None], *, sigint: bool 
         if handled:
             for signum in signals:
                 loop.remove_signal_handler(signum)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed (it comes with uvicorn[standard]): a faster event loop for the hub."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - installed with the project
-        return None
-    return uvloop.new_event_loop

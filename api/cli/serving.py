@@ -1,33 +1,60 @@
-"""Serving the hub: the open hub's app under uvicorn on a socket bound before anything starts."""
+"""Serving the hub: the open hub's app under uvicorn on a socket bound before anything starts, in one
+process or in ``--workers`` processes that share the socket (:mod:`api.cli.supervisor`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
+import logging
+import os
 import signal
 import socket
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from api import readiness
 from api.app import create_app, open_hub
-from api.cli.console import say
+from api.cli.console import EXIT_ERROR, one_line, say
+from api.cli.runtime import USER_ERRORS, configure_logging, loop_factory
+from api.cli.supervisor import Supervisor, die_with_parent
 from api.server import HubServer
 from api.settings import Settings
 from api.state import HubState
 from api.wsdeflate import FrameMemo, register_metrics, shared_deflate_protocol
 from hub.metrics import Registry
 
-__all__ = ["SHUTDOWN_GRACE_S", "serve", "server_config"]
+__all__ = ["SHUTDOWN_GRACE_S", "Extras", "serve", "serve_socket", "server_config", "worker_main"]
+
+log = logging.getLogger("tickstock.serve")
 
 SHUTDOWN_GRACE_S = 10
+READY_POLL_S = 0.1  # a worker's start-up: how often it looks whether it serves and its dependencies answer
+
+# Entered with the open hub before serving and left after (the demo feed in `run`, the primary's only).
+Extras = Callable[[HubState], contextlib.AbstractAsyncContextManager[Any]]
 GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython default: 700)
 
 
 class _Server(HubServer):
     """uvicorn, minus re-raising the captured signal after shutdown: the CLI still has resources to
-    close in order (hub, then embedded servers) when ``serve()`` returns."""
+    close in order (hub, then embedded servers) when ``serve()`` returns. ``accepting`` is set once it
+    accepts connections."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.accepting = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit:
+            self.accepting.set()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -83,24 +110,132 @@ def server_config(app: Any, settings: Settings, *, registry: Registry | None = N
 async def serve(
     settings: Settings,
     *,
-    extras: Callable[[HubState], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+    extras: Extras | None = None,
     ready: Callable[[], None] | None = None,
 ) -> None:
     """Open the hub's resources, then serve HTTP and websockets until SIGINT/SIGTERM. ``extras`` is
-    entered with the open hub before serving and left after (the demo feed in ``run``)."""
+    entered with the open hub before serving and left after (the demo feed in ``run``).
+
+    With ``settings.workers`` above one, a :class:`~api.cli.supervisor.Supervisor` serves the socket
+    with that many processes instead (``extras`` in the primary, worker 0; it must be picklable) and
+    ``ready`` is called once every worker is ready."""
     sock = _bind(settings.host, settings.port)
     try:
-        async with open_hub(settings) as hub, extras(hub) if extras else contextlib.nullcontext():
-            app = create_app(settings, hub=hub)
-            server = _Server(server_config(app, settings, registry=hub.metrics.registry))
+        if settings.workers == 1:
+            await serve_socket(settings, sock, extras=extras, ready=ready)
+            return
+        if settings.socketio_enabled and "polling" in settings.socketio_transports:
+            log.warning(
+                "Socket.IO long-polling with %d workers: a poll that reaches another worker than its "
+                "session's is refused and the client reconnects (no sticky sessions on one port); "
+                "TICKSTOCK_SOCKETIO_TRANSPORTS=websocket for clients that connect with websockets only",
+                settings.workers,
+            )
+        metrics = metrics_dir(settings)
+        supervisor = Supervisor(
+            workers=settings.workers,
+            target=worker_main,
+            args=lambda index: (settings, sock, index, metrics, extras if index == 0 else None),
+            metrics_dir=metrics,
+            grace_s=SHUTDOWN_GRACE_S,
+        )
+        say(
+            f"serving on http://{settings.host}:{settings.port} with {settings.workers} workers  "
+            "(Ctrl-C to stop, SIGHUP restarts them one at a time)"
+        )
+        await supervisor.run(ready=ready)
+        say("workers stopped; closing ...")
+    finally:
+        sock.close()
+
+
+async def serve_socket(
+    settings: Settings,
+    sock: socket.socket,
+    *,
+    extras: Extras | None = None,
+    ready: Callable[[], None] | None = None,
+    worker: int | None = None,
+    metrics: Path | None = None,
+) -> None:
+    """Serve on the listening ``sock`` until SIGINT/SIGTERM: the one process, or ``worker`` of several
+    (which then calls ``ready`` once it serves and its dependencies answer, as ``/health/ready``)."""
+    async with (
+        open_hub(settings, worker=worker, metrics_dir=metrics) as hub,
+        extras(hub) if extras else contextlib.nullcontext(),
+    ):
+        app = create_app(settings, hub=hub)
+        server = _Server(server_config(app, settings, registry=hub.metrics.registry))
+        if worker is None:  # the one process, as before workers
             say(f"serving on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
             if ready is not None:
                 ready()
             _tune_gc()
             await server.serve(sockets=[sock])
             say("http server stopped; closing the hub ...")
-    finally:
-        sock.close()
+            return
+        _tune_gc()
+        serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+        if ready is not None:
+            await _until_ready(server, serving, hub)
+            if not serving.done():
+                ready()
+        await serving
+
+
+async def _until_ready(server: _Server, serving: asyncio.Future[None], hub: HubState) -> None:
+    """Wait until ``server`` accepts connections and the dependencies answer (or it stops first)."""
+    accepting = asyncio.ensure_future(server.accepting.wait())
+    waited: set[asyncio.Future[Any]] = {accepting, serving}
+    await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+    accepting.cancel()
+    while not serving.done():
+        if (await readiness.check(hub)).status != "down":
+            return
+        await asyncio.sleep(READY_POLL_S)
+
+
+def metrics_dir(settings: Settings) -> Path:
+    """Where the workers keep their metrics (``PROMETHEUS_MULTIPROC_DIR``): under the data folder, one
+    per port; a fresh temporary folder when the data folder cannot be written."""
+    path = settings.data_dir.resolve() / f"metrics-{settings.port}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        path = Path(tempfile.mkdtemp(prefix="tickstock-metrics-"))
+        log.warning("metrics of the workers in %s (%s)", path, exc)
+    return path
+
+
+def worker_main(
+    settings: Settings,
+    sock: socket.socket,
+    index: int,
+    metrics: Path,
+    extras: Extras | None,
+    conn: Connection,
+) -> None:
+    """One worker process's life (the supervisor's spawn target): serve ``sock`` as worker ``index``,
+    say ``ready`` (or ``failed`` and why) on ``conn``."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until uvicorn handles it; the supervisor asks with SIGTERM
+    configure_logging(settings.log_level, process=f"worker {index}")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)  # prometheus-client's convention, for any library
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(
+                serve_socket(
+                    settings,
+                    sock,
+                    extras=extras,
+                    ready=lambda: conn.send(("ready", os.getpid())),
+                    worker=index,
+                    metrics=metrics,
+                )
+            )
+    except USER_ERRORS as exc:
+        conn.send(("failed", one_line(exc)))
+        sys.exit(EXIT_ERROR)
 
 
 def _tune_gc() -> None:

@@ -130,7 +130,14 @@ async def ready(request: Request) -> JSONResponse:
         "advisories_given_up": int(hub.metrics.advisories_given_up.total()),
     }
     if hub.cache is not None:
-        body["cache"] = hub.cache.summary()
+        body["cache"] = summary = hub.cache.summary()
+        if hub.metric_files is not None:  # one of several workers: the node's counts per route
+            node = hub.metric_files.view()
+            for route, counts in summary["routes"].items():
+                for result in ("hit", "miss", "coalesced", "bypass"):
+                    counts[result] = int(node.total(hub.cache.requests, route=route, result=result))
+                total = sum(counts[r] for r in ("hit", "miss", "coalesced", "bypass"))
+                counts["hit_ratio"] = round(counts["hit"] / total, 4) if total else None
     return JSONResponse(body, status_code=report.http_status, headers={"Cache-Control": "no-store"})
 
 

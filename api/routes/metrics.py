@@ -19,6 +19,8 @@ from api import readiness
 from api.openapi import Content, operation
 from api.state import HubState
 from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
+from hub.metrics import Counter, Registry
+from hub.metrics_files import NodeRegistry
 from store.deadletters import count_dead_letters
 
 __all__ = ["Pipeline", "pipeline_summary", "routes"]
@@ -83,28 +85,38 @@ class Pipeline(_Strict):
 
 
 def pipeline_summary(hub: HubState) -> dict[str, object]:
-    """The numbers ``/health/ready`` shows about the pipeline (call after :func:`refresh_gauges`)."""
+    """The numbers ``/health/ready`` shows about the pipeline (call after :func:`refresh_gauges`): the
+    node's, over every worker when there are several."""
     m = hub.metrics
-    p95 = m.store_latency.quantile(0.95)
+    node = hub.metric_files.view() if hub.metric_files is not None else None
+
+    def total(counter: Counter) -> int:
+        return int(node.total(counter) if node is not None else counter.total())
+
+    def rate(counter: Counter) -> float:
+        return round(node.rate(counter) if node is not None else counter.rate(), 2)
+
+    if node is not None:
+        p95 = node.quantile(m.store_latency, 0.95)
+        batches = int(node.count(m.batch_seconds))  # one per batch the writer finished
+    else:
+        p95 = m.store_latency.quantile(0.95)
+        batches = hub.writer.batches if hub.writer is not None else 0
     return {
         "consumer_pending": int(m.consumer.value(field="pending")),
         "ack_pending": int(m.consumer.value(field="ack_pending")),
         "redelivered": int(m.consumer.value(field="redelivered")),
         "dead_letters_pending": int(m.dlq_depth.value(reason="all")),
-        "per_second": {
-            "ingested": round(m.ingested.rate(), 2),
-            "stored": round(m.stored.rate(), 2),
-            "rejected": round(m.rejected.rate(), 2),
-        },
+        "per_second": {"ingested": rate(m.ingested), "stored": rate(m.stored), "rejected": rate(m.rejected)},
         "totals": {
-            "ingested": int(m.ingested.total()),
-            "stored": int(m.stored.total()),
-            "duplicates": int(m.duplicates.total()),
-            "rejected": int(m.rejected.total()),
-            "published": int(m.published.total()),
-            "retries": int(m.retries.total()),
+            "ingested": total(m.ingested),
+            "stored": total(m.stored),
+            "duplicates": total(m.duplicates),
+            "rejected": total(m.rejected),
+            "published": total(m.published),
+            "retries": total(m.retries),
         },
-        "writer_batches": hub.writer.batches,
+        "writer_batches": batches,
         # Above the largest bucket the histogram answers +Inf, which JSON cannot carry (it made
         # /health/ready a 500).
         "ingest_to_stored_p95_s": p95 if p95 is not None and math.isfinite(p95) else None,
@@ -126,7 +138,11 @@ def pipeline_summary(hub: HubState) -> dict[str, object]:
 async def metrics(request: Request) -> Response:
     hub: HubState = request.app.state.hub
     await asyncio.gather(refresh_gauges(hub), readiness.check(hub))
-    body, content_type = hub.metrics.registry.exposition(request.headers.get("accept"))
+    registry: Registry | NodeRegistry = hub.metrics.registry
+    if hub.metric_files is not None:  # one of several workers: answer for the node
+        hub.metric_files.write()
+        registry = hub.metric_files.node()
+    body, content_type = registry.exposition(request.headers.get("accept"))
     return Response(body, media_type=content_type, headers={"Vary": "Accept"})
 
 

@@ -1,6 +1,6 @@
 """Baseline for ops/bench_hotpath.py: a bare Starlette JSON endpoint on uvicorn, as the hub serves HTTP.
 
-    python ops/baselines/bare_json.py --port 9002
+    python ops/baselines/bare_json.py --port 9002 [--workers 2]
     GET /json          -> a fixed JSON document of about 1.2 KB (six rows of a scan page)
     GET /json/{bytes}  -> rows of the same kind, about that many bytes (the body size of a hub answer),
                           encoded once and served as bytes: the floor for moving a body of that size
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -61,9 +62,22 @@ def main() -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9002)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes on the port (uvicorn's own supervisor, as the hub's)",
+    )
     args = parser.parse_args()
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level="warning", access_log=False, server_header=False
+        app if args.workers == 1 else "bare_json:app",
+        app_dir=str(Path(__file__).resolve().parent),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
     )
 
 

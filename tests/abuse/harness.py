@@ -102,7 +102,13 @@ class HubProcess:
         self.ws_url = f"ws://127.0.0.1:{port}/ws"
         self.log_path = log_path
         base = {k: v for k, v in os.environ.items() if not k.startswith("TICKSTOCK_")}
-        self._env = {**base, "TICKSTOCK_HOST": "127.0.0.1", "TICKSTOCK_PORT": str(port), **env}
+        self._env = {
+            **base,
+            "TICKSTOCK_HOST": "127.0.0.1",
+            "TICKSTOCK_PORT": str(port),
+            "TICKSTOCK_WORKERS": "1",  # one process per node, as these tests count per process
+            **env,
+        }
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: object = None
 

@@ -21,6 +21,7 @@ COMMANDS = ["run", "serve", "migrate", "load-reference-data"]
 
 def _env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKSTOCK_")}
+    env["TICKSTOCK_WORKERS"] = "1"  # `run` and `serve` as one process unless a test says otherwise
     env.update(values)
     return env
 

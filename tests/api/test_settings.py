@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,14 @@ def test_a_bad_nats_server_list_names_the_variable_in_one_line(value: str, messa
     with pytest.raises(SettingsError, match=f"^TICKSTOCK_NATS_URL: .*{message}") as caught:
         Settings.from_env({"TICKSTOCK_NATS_URL": value})
     assert "\n" not in str(caught.value) and "secret" not in str(caught.value)
+
+
+def test_workers_default_to_the_cores_and_are_bounded() -> None:
+    assert Settings().workers == (os.cpu_count() or 1)
+    assert Settings.from_env({"TICKSTOCK_WORKERS": "3"}).workers == 3
+    assert Settings.from_env({"TICKSTOCK_WORKERS": "3"}, workers=1).workers == 1  # --workers wins
+    for bad in ("0", "65"):
+        with pytest.raises(SettingsError, match="TICKSTOCK_WORKERS must be between 1 and 64"):
+            Settings.from_env({"TICKSTOCK_WORKERS": bad})
+    with pytest.raises(SettingsError, match="TICKSTOCK_WORKERS='two' is not a valid int"):
+        Settings.from_env({"TICKSTOCK_WORKERS": "two"})

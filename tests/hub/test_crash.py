@@ -39,6 +39,7 @@ def _start(settings: Settings) -> tuple[subprocess.Popen[bytes], int]:
         TICKSTOCK_INGEST_ACK_WAIT_S="2",
         TICKSTOCK_WRITER_BATCH="200",
         TICKSTOCK_LOG_LEVEL="WARNING",
+        TICKSTOCK_WORKERS="1",  # kill -9 ends the whole node, no supervisor to restart it
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
