@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from hub.fanout import FanOut
     from hub.maintenance import Maintenance
     from hub.metrics import Metrics
+    from hub.partitions import Partitions
     from hub.upstream import UpstreamRules
-    from hub.writer import Writer
     from store.cursor import CursorCodec
 
 __all__ = ["HubState"]
@@ -37,7 +37,7 @@ class HubState:
     metrics: Metrics
     catalog: CatalogCache
     dead_letters: DeadLetterer
-    writer: Writer
+    writer: Partitions
     cursors: CursorCodec  # signs and verifies paging cursors with the deployment's cursor key
     fanout: FanOut | None = None
     started_at: float = field(default_factory=time.time)
