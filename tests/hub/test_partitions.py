@@ -90,9 +90,10 @@ async def publish_chains(nc: NATS, prefix: str, total: int, *, tasks: int = 4) -
     await asyncio.gather(*(produce(k) for k in range(tasks)))
 
 
-async def _published(js, prefix: str, n: int) -> bool:  # type: ignore[no-untyped-def]
-    info = await js.stream_info("TICKSTOCK_PATTERNS")
-    return info.state.messages >= n
+async def _published(pool: AsyncConnectionPool, prefix: str, n: int) -> bool:
+    """At least ``n`` events ``<prefix>-…`` stored and published (their clean-stream seq recorded)."""
+    sql = "SELECT count(*) FROM pattern_events WHERE id LIKE %s AND stream_seq IS NOT NULL"
+    return await count(pool, sql, prefix + "-%") >= n
 
 
 @contextlib.asynccontextmanager
@@ -105,17 +106,47 @@ def _node_settings(settings: Settings, **changes: object) -> Settings:
     return dataclasses.replace(settings, writer_batch=50, **changes)
 
 
+class Trickle:
+    """Publishes one ``warm-<i>`` event per symbol every ``interval`` s while it runs: a partition is
+    pinned to a node only when it has something to deliver."""
+
+    def __init__(self, nc: NATS, *, interval: float = 0.3) -> None:
+        self._js, self._interval, self.published = nc.jetstream(), interval, 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            batch = [make_event(self.published + k, prefix="warm", symbol=s) for k, s in enumerate(SYMBOLS)]
+            await publish_events(self._js, batch)
+            self.published += len(batch)
+            await asyncio.sleep(self._interval)
+
+    async def __aenter__(self) -> Trickle:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 async def _shared_out(nc: NATS, n: int, partitions: int) -> dict[str, list[int]]:
+    """Wait (with events trickling in) until ``n`` nodes hold every partition, none more than its share."""
+    last: list[dict[str, list[int]]] = [{}]
+
     async def spread() -> dict[str, list[int]] | None:
-        held = await writers(nc)
+        held = last[0] = await writers(nc)
         counts = [len(p) for p in held.values()]
         fair = -(-partitions // n)
         ok = len(held) == n and sum(counts) == partitions and max(counts) <= fair
         return held if ok else None
 
-    return await wait_for(
-        spread, timeout=60, interval=0.5, what=f"{partitions} partitions shared by {n} nodes"
-    )
+    try:
+        return await wait_for(spread, timeout=60, interval=0.5, what=f"{partitions} partitions on {n} nodes")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen {last[0]}") from None
 
 
 async def test_a_partitioned_message_is_stored_under_its_partition_and_dead_letters_name_the_producers_subject(
@@ -158,7 +189,7 @@ async def test_messages_stored_before_the_partitions_are_drained_first_then_the_
     await ensure_topology(js, Topology())  # the new hub's stream: what comes now is stored in partitions
     await publish_events(js, [make_event(i, prefix="upg", symbol=SYMBOLS[i % 5]) for i in range(1000, 1300)])
     async with LiveHub(_node_settings(settings)) as hub:
-        await wait_for(lambda: _published(js, "upg", 1300), timeout=60, what="1300 on the clean stream")
+        await wait_for(lambda: _published(ref_pool, "upg", 1300), timeout=60, what="1300 on the clean stream")
         await wait_settled(js)
         migrated = hub.hub.writer.migrated
         shared_batches = hub.hub.writer.shared.batches if hub.hub.writer.shared else 0
@@ -179,15 +210,16 @@ async def test_three_nodes_share_the_partitions_and_keep_every_symbols_order(
     js = nats_client.jetstream()
     async with LiveHub(node) as first:
         # One node alone pins every partition; two more join and are given their share.
-        await publish_chains(nats_client, "warm", 120)
-        await _shared_out(nats_client, 1, node.ingest_partitions)
-        async with nodes(node, 2) as others:
+        async with Trickle(nats_client) as trickle, contextlib.AsyncExitStack() as stack:
+            await _shared_out(nats_client, 1, node.ingest_partitions)
+            others = [await stack.enter_async_context(LiveHub(node)) for _ in range(2)]
             started = time.monotonic()
             held = await _shared_out(nats_client, 3, node.ingest_partitions)
             print(f"rebalanced to 3 nodes in {time.monotonic() - started:.1f} s: {sorted(held.values())}")
+            await trickle.__aexit__()
             await publish_chains(nats_client, "order", total)
             await wait_for(
-                lambda: _published(js, "order", total + 120), timeout=120, what="every event published"
+                lambda: _published(ref_pool, "order", total), timeout=120, what="every event published"
             )
             await wait_settled(js)
             batches = [h.hub.writer.batches for h in (first, *others)]
@@ -196,17 +228,18 @@ async def test_three_nodes_share_the_partitions_and_keep_every_symbols_order(
     ids = [json.loads(m.data)["id"] for m in msgs]
     seen, bad = violations(msgs, "order")
     print(
-        f"3 nodes, {total} events over {len(SYMBOLS)} symbols: batches per node {batches}, {seen} published, {bad} out of per-symbol order"
+        f"3 nodes, {total} events over {len(SYMBOLS)} symbols: batches per node {batches}, "
+        f"{seen} published, {bad} out of per-symbol order"
     )
     assert all(b > 0 for b in batches)
-    assert len(ids) == len(set(ids)) == total + 120 and stored == total + 120
+    assert len(ids) == len(set(ids)) == total + trickle.published and stored == len(ids)
     assert (seen, bad) == (total, 0)
     assert await stored_count(ref_pool, "order") == total
 
 
 @pytest.mark.slow
 async def test_the_old_shared_consumer_loses_the_per_symbol_order_with_three_nodes(
-    settings: Settings, nats_client: NATS
+    settings: Settings, ref_pool: AsyncConnectionPool, nats_client: NATS
 ) -> None:
     """The same load with ``TICKSTOCK_INGEST_PARTITIONS=0`` (one consumer shared by every node): what the
     partitions fix. Batches of one symbol are handled by different nodes at the same time."""
@@ -215,7 +248,9 @@ async def test_the_old_shared_consumer_loses_the_per_symbol_order_with_three_nod
     js = nats_client.jetstream()
     async with nodes(_node_settings(settings, ingest_partitions=0), 3):
         await publish_chains(nats_client, "shared", total)
-        await wait_for(lambda: _published(js, "shared", total), timeout=120, what="every event published")
+        await wait_for(
+            lambda: _published(ref_pool, "shared", total), timeout=120, what="every event published"
+        )
         await wait_settled(js)
     seen, bad = violations(await clean_stream_messages(js), "shared")
     print(f"shared consumer, 3 nodes: {seen} published, {bad} out of per-symbol order")
@@ -266,13 +301,13 @@ async def test_kill_9_of_a_node_its_partitions_are_taken_over_and_nothing_is_los
     victim, _ = _serve(node)
     try:
         async with nodes(node, 2) as survivors:
-            await publish_chains(nats_client, "warm", 120)
-            held = await _shared_out(nats_client, 3, node.ingest_partitions)
+            async with Trickle(nats_client) as trickle:
+                held = await _shared_out(nats_client, 3, node.ingest_partitions)
             mine = {h.hub.writer.node for h in survivors}
             lost = next(p for n, p in held.items() if n not in mine)
             producer = asyncio.create_task(publish_chains(nats_client, "kill", total, tasks=2))
             await wait_for(
-                lambda: _published(js, "kill", 120 + 1500), timeout=60, what="some events published"
+                lambda: _published(ref_pool, "kill", 1500), timeout=60, what="some events published"
             )
             victim.send_signal(signal.SIGKILL)
             victim.wait()
@@ -288,7 +323,7 @@ async def test_kill_9_of_a_node_its_partitions_are_taken_over_and_nothing_is_los
             pinned_after = time.monotonic() - killed
             await producer
             await wait_for(
-                lambda: _published(js, "kill", 120 + total), timeout=120, what="every event published"
+                lambda: _published(ref_pool, "kill", total), timeout=120, what="every event published"
             )
             settled_after = time.monotonic() - killed
             await wait_settled(js)
@@ -303,7 +338,7 @@ async def test_kill_9_of_a_node_its_partitions_are_taken_over_and_nothing_is_los
         f"kill -9 of a node holding partitions {lost}: pinned by another node after {pinned_after:.1f} s, "
         f"everything published {settled_after:.1f} s after the kill; {seen} published, {bad} out of order"
     )
-    assert len(ids) == len(set(ids)) == total + 120
+    assert len(ids) == len(set(ids)) == total + trickle.published
     assert (seen, bad) == (total, 0)
     assert await stored_count(ref_pool, "kill") == total
     assert await count(ref_pool, "SELECT count(*) FROM dead_letters") == 0
