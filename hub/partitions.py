@@ -47,7 +47,7 @@ __all__ = ["DEFAULT_REBALANCE_S", "Partitions"]
 
 log = logging.getLogger("tickstock.partitions")
 
-DEFAULT_REBALANCE_S = 2.0
+DEFAULT_REBALANCE_S = 1.0
 PRESENCE_WAIT_S = 0.25  # how long a round listens for the other nodes' answers
 # Makes a writer for a consumer: (consumer, priority group or None).
 MakeWriter = Callable[[str, str | None], Writer]

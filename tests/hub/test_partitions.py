@@ -107,16 +107,20 @@ def _node_settings(settings: Settings, **changes: object) -> Settings:
 
 
 class Trickle:
-    """Publishes one ``warm-<i>`` event per symbol every ``interval`` s while it runs: a partition is
-    pinned to a node only when it has something to deliver."""
+    """Publishes one ``<prefix>-<i>`` event per symbol every ``interval`` s while it runs: a partition is
+    pinned to a node only when it has something to deliver. (The module's tests share one database:
+    each its own prefix, or its events are found stored already and not published again.)"""
 
-    def __init__(self, nc: NATS, *, interval: float = 0.3) -> None:
+    def __init__(self, nc: NATS, *, prefix: str, interval: float = 0.3) -> None:
         self._js, self._interval, self.published = nc.jetstream(), interval, 0
+        self._prefix = prefix
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
-            batch = [make_event(self.published + k, prefix="warm", symbol=s) for k, s in enumerate(SYMBOLS)]
+            batch = [
+                make_event(self.published + k, prefix=self._prefix, symbol=s) for k, s in enumerate(SYMBOLS)
+            ]
             await publish_events(self._js, batch)
             self.published += len(batch)
             await asyncio.sleep(self._interval)
@@ -210,7 +214,7 @@ async def test_three_nodes_share_the_partitions_and_keep_every_symbols_order(
     js = nats_client.jetstream()
     async with LiveHub(node) as first:
         # One node alone pins every partition; two more join and are given their share.
-        async with Trickle(nats_client) as trickle, contextlib.AsyncExitStack() as stack:
+        async with Trickle(nats_client, prefix="warm3") as trickle, contextlib.AsyncExitStack() as stack:
             await _shared_out(nats_client, 1, node.ingest_partitions)
             others = [await stack.enter_async_context(LiveHub(node)) for _ in range(2)]
             started = time.monotonic()
@@ -301,7 +305,7 @@ async def test_kill_9_of_a_node_its_partitions_are_taken_over_and_nothing_is_los
     victim, _ = _serve(node)
     try:
         async with nodes(node, 2) as survivors:
-            async with Trickle(nats_client) as trickle:
+            async with Trickle(nats_client, prefix="warmkill") as trickle:
                 held = await _shared_out(nats_client, 3, node.ingest_partitions)
             mine = {h.hub.writer.node for h in survivors}
             lost = next(p for n, p in held.items() if n not in mine)
