@@ -213,6 +213,7 @@ def topology(settings: Settings) -> Topology:
         pin_timeout_s=settings.ingest_pin_timeout_s,
         partition_ack_wait_s=settings.ingest_partition_ack_wait_s,
         partition_max_ack_pending=2 * settings.writer_batch,
+        replicas=settings.nats_replicas,
     )
 
 

@@ -116,6 +116,7 @@ class Settings:
     ingest_partitions: int = DEFAULT_INGEST_PARTITIONS  # 0: one shared consumer, order per node only
     ingest_pin_timeout_s: float = DEFAULT_INGEST_PIN_TIMEOUT_S
     ingest_partition_ack_wait_s: float = DEFAULT_INGEST_PARTITION_ACK_WAIT_S
+    nats_replicas: int = 1  # of every JetStream stream: 3 on a 3-node NATS cluster
     http_ingest_max_events: int = DEFAULT_HTTP_INGEST_MAX_EVENTS
     http_ingest_max_bytes: int = DEFAULT_HTTP_INGEST_MAX_BYTES
     http_ingest_inflight: int = DEFAULT_HTTP_INGEST_INFLIGHT
@@ -259,6 +260,8 @@ class Settings:
                 f"{', '.join(sorted(securityheaders.REFERRER_POLICIES))}"
             )
         checks.check_transports(self.socketio_transports)
+        if not 1 <= self.nats_replicas <= jetstream.MAX_REPLICAS:
+            raise SettingsError(f"{PREFIX}NATS_REPLICAS must be 1 to {jetstream.MAX_REPLICAS}")
         if not 0 <= self.ingest_partitions <= jetstream.MAX_PARTITIONS:
             raise SettingsError(f"{PREFIX}INGEST_PARTITIONS must be 0 to {jetstream.MAX_PARTITIONS}")
         if self.forwarded_allow_ips is not None:

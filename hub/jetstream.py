@@ -56,6 +56,7 @@ __all__ = [
     "DLQ_STREAM",
     "INGEST_STREAM",
     "MAX_PARTITIONS",
+    "MAX_REPLICAS",
     "PATTERNS_STREAM",
     "PIN_GROUP",
     "WRITER_CONSUMER",
@@ -76,6 +77,7 @@ WRITER_CONSUMER = "hub-writer"
 DEADLETTER_CONSUMER = "hub-deadletters"
 DEFAULT_PARTITIONS = 8
 MAX_PARTITIONS = 256
+MAX_REPLICAS = 5  # JetStream's limit
 DEFAULT_PIN_TIMEOUT_S = 3.0
 DEFAULT_PARTITION_ACK_WAIT_S = 6.0
 PIN_GROUP = "hub"
@@ -111,7 +113,8 @@ class Topology:
         DEFAULT_PIN_TIMEOUT_S  # a pinned node that has not pulled for this long loses its partitions
     )
     partition_ack_wait_s: float = DEFAULT_PARTITION_ACK_WAIT_S  # a dead node's messages come back after this
-    partition_max_ack_pending: int = 2_000  # at least what a writer holds: a batch and the one fetched ahead
+    partition_max_ack_pending: int = 2_000
+    replicas: int = 1  # of every stream (and so of its consumers): 3 in a 3-node cluster  # at least what a writer holds: a batch and the one fetched ahead
 
 
 def partition_consumer(partition: int) -> str:
@@ -126,6 +129,7 @@ def _streams(t: Topology) -> list[StreamConfig]:
             subjects=[INGEST_WILDCARD],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
+            num_replicas=t.replicas,
             discard=DiscardPolicy.NEW,
             max_bytes=t.ingest_max_bytes,
             max_msgs=t.ingest_max_msgs,
@@ -142,6 +146,7 @@ def _streams(t: Topology) -> list[StreamConfig]:
             subjects=[CLEAN_WILDCARD],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            num_replicas=t.replicas,
             discard=DiscardPolicy.OLD,
             max_bytes=t.patterns_max_bytes,
             max_msgs=t.patterns_max_msgs,
@@ -155,6 +160,7 @@ def _streams(t: Topology) -> list[StreamConfig]:
             subjects=[DLQ_WILDCARD],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            num_replicas=t.replicas,
             discard=DiscardPolicy.OLD,
             max_bytes=t.dlq_max_bytes,
             max_age=t.dlq_max_age_s,
@@ -166,6 +172,7 @@ def _streams(t: Topology) -> list[StreamConfig]:
             subjects=[f"{MAX_DELIVERIES_ADVISORY}.{INGEST_STREAM}.>"],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            num_replicas=t.replicas,
             discard=DiscardPolicy.OLD,
             max_age=t.dlq_max_age_s,
             max_bytes=128 * MIB,

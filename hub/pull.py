@@ -53,6 +53,7 @@ class Puller:
         self._group = group
         self.pin: str | None = None  # the pin id this puller holds (None: not pinned, or lost)
         self.fences = 0  # fresh pins fenced
+        self._refence = False
         self._max_bytes = max_bytes
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._inbox = ""
@@ -87,14 +88,23 @@ class Puller:
             msg = self._queue.get_nowait()
             if msg.reply:
                 msgs.append(msg)
+            elif msg.headers and msg.headers.get(_STATUS) == _PIN_MISMATCH:
+                self.pin = None
         if not msgs:
             msgs = await self._pull(batch, timeout)
         if self._group is not None and msgs:
             self.pin = _pin_of(msgs) or self.pin
-            if self.pin != pin:
+            if self.pin != pin or self._refence:
                 self.fences += 1
+                self._refence = False
                 return await self._fence(msgs, batch, timeout)
         return msgs
+
+    def refence(self) -> None:
+        """Fence the next fetch that brings messages (with a group): after handing messages back with a
+        delay, newer ones (for a request the server received late, e.g. buffered across a reconnect)
+        must not be handled before those come back."""
+        self._refence = True
 
     async def _pull(self, batch: int, timeout: float) -> list[Msg]:
         # no_wait with expires: the server waits up to expires for the first message, then sends what

@@ -44,6 +44,7 @@ from nats.errors import Error as NatsError
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
+from hub.clean_publish import publish_in_order
 from hub.cloudevent import CloudEvents
 from hub.deadletters import (
     ID_CONFLICT,
@@ -60,7 +61,7 @@ from hub.outage import DEFAULT_RETRY_BASE_S, DEFAULT_RETRY_MAX_S, Outage, wait_f
 from hub.parsing import parse_event
 from hub.producer import PRODUCER_HEADER, producer_of
 from hub.pull import Puller, in_progress, nak
-from hub.subjects import check_subject, clean_subject, producer_subject
+from hub.subjects import check_subject, producer_subject
 from hub.text import first_line
 from hub.window import EventWindow
 from store.patterns import StoredEvent, ensure_month_list, lock_instances, month_start, set_stream_seqs
@@ -206,16 +207,11 @@ class Writer:
         hooked = asyncio.ensure_future(self._stored(events))
         try:
             pending = [(stored[e.id], e) for e in events if stored[e.id].stream_seq is None]
-            # Only headers the hub sets: a producer's (Nats-*, ce-*) never travel on.
-            futures = [
-                await self._js.publish_async(
-                    clean_subject(e.timeframe, e.symbol),
-                    e.to_json_bytes(),
-                    headers={"Nats-Msg-Id": e.id, **self._cloud_events.headers(e)},
-                )
-                for _, e in pending
-            ]
-            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+            # Only headers the hub sets: a producer's (Nats-*, ce-*) never travel on. In waves: a symbol's
+            # events stay in order even when a NATS server is lost mid-batch (hub.clean_publish).
+            acks = await publish_in_order(
+                self._js, [e for _, e in pending], headers=self._cloud_events.headers
+            )
         finally:
             await hooked
         if pending:
@@ -357,6 +353,7 @@ class Writer:
                         log.exception("writer: batch failed unexpectedly; it will be redelivered")
                         backoff = self._retry_base_s
                     if backoff:
+                        puller.refence()
                         # The batch fetched ahead is newer than the one handed back: hand it back
                         # with the same delay, then fetch nothing until the database answers again.
                         # Messages left in the stream meanwhile are not delivered, so an outage of

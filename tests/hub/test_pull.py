@@ -352,3 +352,14 @@ async def test_a_fresh_pin_holds_newer_messages_until_the_dead_holders_come_back
         assert [m.data for m in msgs] == [b"1", b"2", b"3", b"4", b"5"]
         assert [m.metadata.num_delivered for m in msgs] == [2, 2, 1, 1, 1]
         assert heir.fences == 1
+
+
+def test_the_clean_publish_goes_out_in_waves_of_one_event_per_symbol() -> None:
+    from hub.clean_publish import waves
+    from hub.model import PatternEvent
+    from tests.support import make_event
+
+    symbols = ["A", "B", "A", "A", "C", "B"]
+    events = [PatternEvent.model_validate(make_event(i, symbol=s)) for i, s in enumerate(symbols)]
+    assert waves(events) == [[0, 1, 4], [2, 5], [3]]
+    assert waves([]) == []
