@@ -117,7 +117,7 @@ class Trickle:
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
-        while True:
+        for _ in range(1000):  # a producer, not a poll: bounded all the same (5 min), cancelled on exit
             batch = [
                 make_event(self.published + k, prefix=self._prefix, symbol=s) for k, s in enumerate(SYMBOLS)
             ]
