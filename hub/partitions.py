@@ -104,7 +104,7 @@ class Partitions:
         nodes: set[str] = set()
 
         async def heard(msg: Msg) -> None:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
+            with contextlib.suppress(ValueError, TypeError, KeyError):
                 nodes.add(str(json.loads(msg.data)["node"]))
 
         sub = await self._nc.subscribe(inbox, cb=heard)

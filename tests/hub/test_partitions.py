@@ -346,3 +346,26 @@ async def test_kill_9_of_a_node_its_partitions_are_taken_over_and_nothing_is_los
     assert (seen, bad) == (total, 0)
     assert await stored_count(ref_pool, "kill") == total
     assert await count(ref_pool, "SELECT count(*) FROM dead_letters") == 0
+
+
+async def test_garbage_on_the_writers_subject_is_ignored_and_the_node_keeps_counting(
+    settings: Settings, nats_client: NATS
+) -> None:
+    """Someone answers the presence request with garbage, or publishes to it without a reply subject:
+    neither counts as a node, neither stops the rebalancing."""
+    await delete_all_streams(settings.nats_url or "")
+
+    async def garbage(msg: Msg) -> None:
+        if msg.reply:
+            await nats_client.publish(msg.reply, b"\xff not json")
+            await nats_client.publish(msg.reply, b'{"partitions": []}')
+
+    rogue = await nats_client.subscribe(WRITERS_SUBJECT, cb=garbage)
+    try:
+        async with LiveHub(_node_settings(settings)) as hub:
+            await nats_client.publish(WRITERS_SUBJECT, b"no reply wanted")
+            async with Trickle(nats_client, prefix="garbage"):
+                await _shared_out(nats_client, 1, hub.hub.writer.partitions)
+            assert hub.hub.writer.nodes == 1
+    finally:
+        await rogue.unsubscribe()
