@@ -161,6 +161,8 @@ class Partitions:
                 await self.rebalance()
             except (NatsError, JetStreamError, TimeoutError) as exc:
                 log.warning("partitions: rebalance round failed: %s", exc)
+            except Exception:  # a bug must not stop the rounds: the writers already running go on
+                log.exception("partitions: rebalance round failed unexpectedly")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._rebalance_s)
 
