@@ -369,3 +369,53 @@ async def test_garbage_on_the_writers_subject_is_ignored_and_the_node_keeps_coun
             assert hub.hub.writer.nodes == 1
     finally:
         await rogue.unsubscribe()
+
+
+@pytest.mark.slow
+async def test_a_node_that_stops_hands_its_partitions_over_at_once_and_the_order_holds(
+    settings: Settings, ref_pool: AsyncConnectionPool, nats_client: NATS
+) -> None:
+    """A rolling restart's step: the stopping node finishes its batches and unpins its partitions, so the
+    other is pinned on them without waiting for the pin timeout; the events go on in order."""
+    await delete_all_streams(settings.nats_url or "")
+    total = 4000
+    node = _node_settings(settings)
+    async with LiveHub(node) as stays:
+        leaving = LiveHub(node)
+        await leaving.__aenter__()
+        try:
+            async with Trickle(nats_client, prefix="warmstop") as trickle:
+                held = await _shared_out(nats_client, 2, node.ingest_partitions)
+            producer = asyncio.create_task(publish_chains(nats_client, "stop", total, tasks=2))
+            await wait_for(
+                lambda: _published(ref_pool, "stop", total // 3), timeout=60, what="a third published"
+            )
+        finally:
+            stopped = time.monotonic()
+            await leaving.__aexit__(None, None, None)
+        async with Trickle(
+            nats_client, prefix="warmstop2"
+        ) as after:  # a partition is pinned when it has work
+            await wait_for(
+                lambda: _holds(nats_client, stays.hub.writer.node, node.ingest_partitions),
+                timeout=30,
+                interval=0.1,
+                what="every partition on the node that stays",
+            )
+            taken_over = time.monotonic() - stopped
+        await producer
+        await wait_for(lambda: _published(ref_pool, "stop", total), timeout=120, what="every event published")
+        await wait_settled(nats_client.jetstream())
+    msgs = await clean_stream_messages(nats_client.jetstream())
+    ids = [json.loads(m.data)["id"] for m in msgs]
+    seen, bad = violations(msgs, "stop")
+    print(
+        f"a node holding {len(held) and sorted(held.values())} stopped: every partition on the other "
+        f"{taken_over:.1f} s after the stop began; {seen} published, {bad} out of order"
+    )
+    assert len(ids) == len(set(ids)) == total + trickle.published + after.published
+    assert (seen, bad) == (total, 0)
+
+
+async def _holds(nc: NATS, node: str, partitions: int) -> bool:
+    return len((await writers(nc)).get(node, [])) == partitions
