@@ -167,9 +167,9 @@ class Partitions:
                 await asyncio.wait_for(self._stopping.wait(), self._rebalance_s)
 
     async def __aenter__(self) -> Partitions:
-        self._sub = await self._nc.subscribe(WRITERS_SUBJECT, cb=self._answer)
         self.shared = await self._make_writer(WRITER_CONSUMER, None).__aenter__()
-        if self.partitions:
+        if self.partitions:  # a node without partitions pulls none: it must not be counted in the shares
+            self._sub = await self._nc.subscribe(WRITERS_SUBJECT, cb=self._answer)
             self._task = asyncio.create_task(self._loop(), name="tickstock-partitions")
         return self
 
