@@ -56,13 +56,14 @@ from hub.jetstream import Topology, ensure_topology
 from hub.maintenance import Maintenance
 from hub.metrics import Metrics
 from hub.metrics_files import MetricFiles
+from hub.partitions import Partitions
 from hub.writer import Writer
 from store.cache_connection import open_redis
 from store.cursor import CursorCodec, cursor_key
 from store.pool import open_pool
 from store.universe_resolver import MemoryResolver, SqlResolver
 
-__all__ = ["ConfigurationError", "HubApp", "create_app", "open_bridge", "open_hub"]
+__all__ = ["ConfigurationError", "HubApp", "create_app", "open_bridge", "open_hub", "topology"]
 
 log = logging.getLogger("tickstock.app")
 
@@ -124,9 +125,7 @@ async def open_hub(
             )
         )
         js = nc.jetstream()
-        await ensure_topology(
-            js, Topology(max_deliver=settings.ingest_max_deliver, ack_wait_s=settings.ingest_ack_wait_s)
-        )
+        await ensure_topology(js, topology(settings))
         metrics = Metrics()
         files = None
         if metrics_dir is not None:  # entered early, so it leaves last: the final numbers are written
@@ -139,13 +138,15 @@ async def open_hub(
         )
         # Exits run in reverse: the writer stops (finishing its batch) before NATS drains and the
         # pool closes.
-        writer: Writer | None = None
+        writer: Partitions | None = None
         if primary:
             await stack.enter_async_context(
                 AdvisoryWatcher(js=js, dead_letters=dead_letters, metrics=metrics)
             )
-            writer = await stack.enter_async_context(
-                Writer(
+            cloud_events = CloudEvents(source=settings.cloudevents_source)
+
+            def make_writer(consumer: str, group: str | None) -> Writer:
+                return Writer(
                     pool=pool,
                     nc=nc,
                     catalog=catalog,
@@ -155,10 +156,17 @@ async def open_hub(
                     on_stored=cache.events_stored,
                     window=window,
                     partitions_per_batch=settings.partitions_per_batch,
-                    cloud_events=CloudEvents(source=settings.cloudevents_source),
+                    cloud_events=cloud_events,
+                    consumer=consumer,
+                    group=group,
                 )
+
+            writer = await stack.enter_async_context(
+                Partitions(nc=nc, partitions=settings.ingest_partitions, make_writer=make_writer)
             )
-            log.info("writer started (batch %d)", settings.writer_batch)
+            log.info(
+                "writer started (batch %d, %d partitions)", settings.writer_batch, settings.ingest_partitions
+            )
             if settings.bridge_redis_url:
                 await stack.enter_async_context(
                     open_bridge(settings, js=js, catalog=catalog, metrics=metrics)
@@ -222,6 +230,19 @@ async def open_bridge(
             yield bridge
     finally:
         await client.aclose()
+
+
+def topology(settings: Settings) -> Topology:
+    """The JetStream limits the settings ask for."""
+    return Topology(
+        max_deliver=settings.ingest_max_deliver,
+        ack_wait_s=settings.ingest_ack_wait_s,
+        partitions=settings.ingest_partitions,
+        pin_timeout_s=settings.ingest_pin_timeout_s,
+        partition_ack_wait_s=settings.ingest_partition_ack_wait_s,
+        partition_max_ack_pending=2 * settings.writer_batch,
+        replicas=settings.nats_replicas,
+    )
 
 
 def fanout_limits(settings: Settings) -> FanOutLimits:

@@ -27,7 +27,7 @@ from api import securityheaders
 from api import settings_checks as checks
 from api.settings_checks import PREFIX, SettingsError, check_jwks_url
 from hub import fanout_limits as ws
-from hub import writer
+from hub import jetstream, writer
 from hub.bridge import DEFAULT_CHANNELS
 from hub.cloudevent import DEFAULT_SOURCE as DEFAULT_CLOUDEVENTS_SOURCE
 from hub.cloudevent import check_source
@@ -55,6 +55,9 @@ DEFAULT_MAINTENANCE_INTERVAL_S = 60.0
 DEFAULT_WRITER_BATCH = writer.DEFAULT_BATCH
 DEFAULT_INGEST_MAX_DELIVER = 30
 DEFAULT_INGEST_ACK_WAIT_S = 15.0
+DEFAULT_INGEST_PARTITIONS = jetstream.DEFAULT_PARTITIONS
+DEFAULT_INGEST_PIN_TIMEOUT_S = jetstream.DEFAULT_PIN_TIMEOUT_S
+DEFAULT_INGEST_PARTITION_ACK_WAIT_S = jetstream.DEFAULT_PARTITION_ACK_WAIT_S
 DEFAULT_HTTP_INGEST_MAX_EVENTS = 1_000
 DEFAULT_HTTP_INGEST_MAX_BYTES = 4 * 1024 * 1024
 DEFAULT_HTTP_INGEST_INFLIGHT = 5_000
@@ -114,6 +117,10 @@ class Settings:
     writer_batch: int = DEFAULT_WRITER_BATCH
     ingest_max_deliver: int = DEFAULT_INGEST_MAX_DELIVER
     ingest_ack_wait_s: float = DEFAULT_INGEST_ACK_WAIT_S
+    ingest_partitions: int = DEFAULT_INGEST_PARTITIONS  # 0: one shared consumer, order per node only
+    ingest_pin_timeout_s: float = DEFAULT_INGEST_PIN_TIMEOUT_S
+    ingest_partition_ack_wait_s: float = DEFAULT_INGEST_PARTITION_ACK_WAIT_S
+    nats_replicas: int = 1  # of every JetStream stream: 3 on a 3-node NATS cluster
     http_ingest_max_events: int = DEFAULT_HTTP_INGEST_MAX_EVENTS
     http_ingest_max_bytes: int = DEFAULT_HTTP_INGEST_MAX_BYTES
     http_ingest_inflight: int = DEFAULT_HTTP_INGEST_INFLIGHT
@@ -274,6 +281,10 @@ class Settings:
                 f"{PREFIX}WS_LIVE_PENDING_BYTES must be at least {checks.MIN_LIVE_PENDING_BYTES} (a larger event "
                 "would never fit)"
             )
+        if not 1 <= self.nats_replicas <= jetstream.MAX_REPLICAS:
+            raise SettingsError(f"{PREFIX}NATS_REPLICAS must be 1 to {jetstream.MAX_REPLICAS}")
+        if not 0 <= self.ingest_partitions <= jetstream.MAX_PARTITIONS:
+            raise SettingsError(f"{PREFIX}INGEST_PARTITIONS must be 0 to {jetstream.MAX_PARTITIONS}")
         if self.forwarded_allow_ips is not None:
             checks.check_networks(self.forwarded_allow_ips)
         if self.nats_url:

@@ -89,6 +89,8 @@ POSITIVE = (
     "jwt_max_lifetime_s",
 )
 POSITIVE_SECONDS = (
+    "ingest_pin_timeout_s",
+    "ingest_partition_ack_wait_s",
     "ws_ping_interval_s",
     "ws_idle_timeout_s",
     "ws_auth_timeout_s",

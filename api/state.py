@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from hub.maintenance import Maintenance
     from hub.metrics import Metrics
     from hub.metrics_files import MetricFiles
+    from hub.partitions import Partitions
     from hub.upstream import UpstreamRules
-    from hub.writer import Writer
     from store.cursor import CursorCodec
 
 __all__ = ["HubState"]
@@ -38,7 +38,7 @@ class HubState:
     metrics: Metrics
     catalog: CatalogCache
     dead_letters: DeadLetterer
-    writer: Writer | None  # None: a secondary worker, which leaves ingest to the primary
+    writer: Partitions | None  # None: a secondary worker, which leaves ingest to the primary
     cursors: CursorCodec  # signs and verifies paging cursors with the deployment's cursor key
     fanout: FanOut | None = None
     started_at: float = field(default_factory=time.time)

@@ -34,7 +34,7 @@ from hub.metrics import Metrics
 from hub.model import EventError
 from hub.parsing import parse_event
 from hub.producer import Published, publish_to_ingest
-from hub.subjects import DLQ_PREFIX, ingest_subject
+from hub.subjects import DLQ_PREFIX, ingest_subject, producer_subject
 from hub.text import escape_control
 from hub.upstream import DEFAULT_RULES, UpstreamRules
 from hub.window import EventWindow
@@ -235,7 +235,7 @@ class DeadLetterer:
         message back); a JetStream 4xx on the DLQ publish is permanent: logged, counted in
         ``tickstock_dlq_publish_refused_total``, and the table row stands as the record."""
         detail = escape_control(detail)
-        subject = escape_control(subject)
+        subject = escape_control(producer_subject(subject))  # not the partition the stream stored it under
         async with self._pool.connection() as conn:
             dead_letter_id = await record_dead_letter(
                 conn,

@@ -2,10 +2,17 @@
 
 | stream | subjects | retention | discard | why |
 |---|---|---|---|---|
-| ``TICKSTOCK_INGEST`` | ``tickstock.ingest.>`` | work queue | **new** | an accepted event must never be dropped to make room: when full, producers get an error and retry |
+| ``TICKSTOCK_INGEST`` | ``tickstock.ingest.>``, stored as ``tickstock.ingestp.<p>.<tf>.<sym>`` | work queue | **new** | an accepted event must never be dropped to make room: when full, producers get an error and retry |
 | ``TICKSTOCK_PATTERNS`` | ``tickstock.patterns.>`` | limits (age, bytes) | old | a replayable history for resume; PostgreSQL is the system of record |
 | ``TICKSTOCK_DLQ`` | ``tickstock.dlq.>`` | limits | old | a feed for alerting; the ``dead_letters`` table is the record |
 | ``TICKSTOCK_ADVISORIES`` | max-deliveries advisories of the writer | limits | old | advisories survive a hub restart, so no exhausted event escapes the DLQ |
+
+Partitions (``Topology.partitions`` = P > 0): the ingest stream's subject transform stores
+``tickstock.ingest.<tf>.<sym>`` as ``tickstock.ingestp.<partition(P, sym)>.<tf>.<sym>``; partition ``p`` has its
+own durable consumer ``hub-writer-p<p>`` with a pinned-client priority group (:data:`PIN_GROUP`), so one
+hub node at a time pulls it and every symbol's events are handled in stream order. Subjects the transform
+does not match (``tickstock.ingest.unparsed``, hostile ones) and messages stored before the transform
+existed stay on ``hub-writer``, shared by every node. P = 0 is the old layout: ``hub-writer`` alone.
 
 Calling :func:`ensure_topology` on every start is safe on every node: a missing stream or consumer is
 created, an existing one is updated to the configuration below.
@@ -14,6 +21,7 @@ created, an existing one is updated to the configuration below.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 
@@ -26,21 +34,37 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    SubjectTransform,
 )
 from nats.js.errors import NotFoundError, ServerError
 
-from hub.subjects import CLEAN_WILDCARD, DLQ_WILDCARD, INGEST_WILDCARD, MAX_DELIVERIES_ADVISORY
+from hub.subjects import (
+    CLEAN_WILDCARD,
+    DLQ_WILDCARD,
+    INGEST_WILDCARD,
+    MAX_DELIVERIES_ADVISORY,
+    partition_filter,
+    partition_transform,
+)
 
 __all__ = [
     "ADVISORY_STREAM",
     "DEADLETTER_CONSUMER",
+    "DEFAULT_PARTITIONS",
+    "DEFAULT_PARTITION_ACK_WAIT_S",
+    "DEFAULT_PIN_TIMEOUT_S",
     "DLQ_STREAM",
     "INGEST_STREAM",
+    "MAX_PARTITIONS",
+    "MAX_REPLICAS",
     "PATTERNS_STREAM",
+    "PIN_GROUP",
     "WRITER_CONSUMER",
     "Topology",
     "add_stream",
     "ensure_topology",
+    "partition_consumer",
+    "unpin",
 ]
 
 log = logging.getLogger("tickstock.jetstream")
@@ -51,6 +75,13 @@ DLQ_STREAM = "TICKSTOCK_DLQ"
 ADVISORY_STREAM = "TICKSTOCK_ADVISORIES"
 WRITER_CONSUMER = "hub-writer"
 DEADLETTER_CONSUMER = "hub-deadletters"
+DEFAULT_PARTITIONS = 8
+MAX_PARTITIONS = 128  # a consumer each; with the others, within one page of the consumer list (256)
+MAX_REPLICAS = 5  # JetStream's limit
+DEFAULT_PIN_TIMEOUT_S = 3.0
+DEFAULT_PARTITION_ACK_WAIT_S = 6.0
+PIN_GROUP = "hub"
+"""The priority group of the partition consumers: pull requests name it, the server pins one client."""
 
 DAY_S = 86_400.0
 GIB = 1 << 30
@@ -75,6 +106,20 @@ class Topology:
     ack_wait_s: float = 15.0
     max_deliver: int = 30
     max_ack_pending: int = 20_000
+    partitions: int = (
+        DEFAULT_PARTITIONS  # 0: no partitions, every node shares hub-writer (order per node only)
+    )
+    pin_timeout_s: float = (
+        DEFAULT_PIN_TIMEOUT_S  # a pinned node that has not pulled for this long loses its partitions
+    )
+    partition_ack_wait_s: float = DEFAULT_PARTITION_ACK_WAIT_S  # a dead node's messages come back after this
+    partition_max_ack_pending: int = 2_000
+    replicas: int = 1  # of every stream (and so of its consumers): 3 in a 3-node cluster  # at least what a writer holds: a batch and the one fetched ahead
+
+
+def partition_consumer(partition: int) -> str:
+    """The durable consumer of ingest partition ``partition``: ``hub-writer-p<partition>``."""
+    return f"{WRITER_CONSUMER}-p{partition}"
 
 
 def _streams(t: Topology) -> list[StreamConfig]:
@@ -84,12 +129,16 @@ def _streams(t: Topology) -> list[StreamConfig]:
             subjects=[INGEST_WILDCARD],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
+            num_replicas=t.replicas,
             discard=DiscardPolicy.NEW,
             max_bytes=t.ingest_max_bytes,
             max_msgs=t.ingest_max_msgs,
             max_age=t.ingest_max_age_s,
             max_msg_size=t.ingest_max_msg_size,
             duplicate_window=t.duplicate_window_s,
+            subject_transform=(
+                SubjectTransform(*partition_transform(t.partitions)) if t.partitions > 0 else None
+            ),
             description="Raw pattern events from producers; consumed once by the hub writer.",
         ),
         StreamConfig(
@@ -97,6 +146,7 @@ def _streams(t: Topology) -> list[StreamConfig]:
             subjects=[CLEAN_WILDCARD],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            num_replicas=t.replicas,
             discard=DiscardPolicy.OLD,
             max_bytes=t.patterns_max_bytes,
             max_msgs=t.patterns_max_msgs,
@@ -110,6 +160,7 @@ def _streams(t: Topology) -> list[StreamConfig]:
             subjects=[DLQ_WILDCARD],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            num_replicas=t.replicas,
             discard=DiscardPolicy.OLD,
             max_bytes=t.dlq_max_bytes,
             max_age=t.dlq_max_age_s,
@@ -121,6 +172,7 @@ def _streams(t: Topology) -> list[StreamConfig]:
             subjects=[f"{MAX_DELIVERIES_ADVISORY}.{INGEST_STREAM}.>"],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            num_replicas=t.replicas,
             discard=DiscardPolicy.OLD,
             max_age=t.dlq_max_age_s,
             max_bytes=128 * MIB,
@@ -157,6 +209,36 @@ def _consumers(t: Topology) -> list[tuple[str, ConsumerConfig]]:
             ),
         ),
     ]
+
+
+def _partition_consumers(t: Topology) -> list[tuple[str, dict[str, object]]]:
+    """Raw configurations: nats-py's ConsumerConfig has no priority-group fields (ADR-42)."""
+    return [
+        (
+            partition_consumer(p),
+            {
+                "durable_name": partition_consumer(p),
+                "ack_policy": "explicit",
+                "deliver_policy": "all",
+                "ack_wait": int(t.partition_ack_wait_s * 1e9),
+                "max_deliver": t.max_deliver,
+                "max_ack_pending": t.partition_max_ack_pending,
+                "filter_subject": partition_filter(p),
+                "max_waiting": 512,
+                "priority_groups": [PIN_GROUP],
+                "priority_policy": "pinned_client",
+                "priority_timeout": int(t.pin_timeout_s * 1e9),
+                "description": f"The hub writer of ingest partition {p}: one pinned node at a time.",
+            },
+        )
+        for p in range(t.partitions)
+    ]
+
+
+async def unpin(js: JetStreamContext, consumer: str) -> None:
+    """Unpin the node pinned on ``consumer``'s group: the next waiting pull request is pinned instead."""
+    body = json.dumps({"group": PIN_GROUP}).encode()
+    await js._api_request(f"{js._prefix}.CONSUMER.UNPIN.{INGEST_STREAM}.{consumer}", body)
 
 
 STORE_BUSY = 10049  # "error creating store for stream": the store of a just-deleted namesake is still going
@@ -212,4 +294,7 @@ async def ensure_topology(js: JetStreamContext, topology: Topology | None = None
             await js.update_stream(config)
     for stream, consumer in _consumers(t):
         await js.add_consumer(stream, consumer)  # create-or-update for a durable with the same config
+    for name, raw in _partition_consumers(t):
+        body = json.dumps({"stream_name": INGEST_STREAM, "config": raw}).encode()
+        await js._api_request(f"{js._prefix}.CONSUMER.CREATE.{INGEST_STREAM}.{name}", body)
     log.info("jetstream topology ready (%s)", ", ".join(c.name or "" for c in _streams(t)))

@@ -5,6 +5,16 @@ server buffers for one client and get the connection cut as a slow consumer. :cl
 JetStream's own pull request (``$JS.API.CONSUMER.MSG.NEXT``) with ``max_bytes`` and reads the replies
 from one long-lived inbox, so a message that arrives after a fetch gave up is returned by the next
 fetch instead of being dropped.
+
+With a priority ``group`` (the partition consumers, pinned-client policy, ADR-42) each request names
+the group and, once this puller is pinned, the pin id the server sent in ``Nats-Pin-Id``; a 423 reply
+means the pin went to another node (this one did not pull within the consumer's priority timeout, or
+it was unpinned), and the next request asks afresh. When a puller *becomes* pinned, the node pinned
+before may have left deliveries unacknowledged (it died, or it is finishing its last batch), and the
+server hands the new node newer messages at once while those older ones come back only after their
+ack wait. So a fresh pin is *fenced*: what arrives is held (``in_progress``) and pulling goes on until
+the consumer has no outstanding delivery but the ones held here, which are then returned in stream
+order. Order per partition holds across a takeover.
 """
 
 from __future__ import annotations
@@ -22,19 +32,28 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 
-__all__ = ["Puller", "in_progress", "nak"]
+__all__ = ["PIN_HEADER", "Puller", "in_progress", "nak"]
 
 _STATUS = "Status"
 _HEARTBEAT = "100"
 _NO_RESPONDERS = "503"
+_PIN_MISMATCH = "423"
+PIN_HEADER = "Nats-Pin-Id"
 
 
 class Puller:
     """Fetches from a durable pull consumer. Use as an async context manager."""
 
-    def __init__(self, nc: NATS, *, stream: str, consumer: str, max_bytes: int) -> None:
+    def __init__(
+        self, nc: NATS, *, stream: str, consumer: str, max_bytes: int, group: str | None = None
+    ) -> None:
         self._nc = nc
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._info = f"$JS.API.CONSUMER.INFO.{stream}.{consumer}"
+        self._group = group
+        self.pin: str | None = None  # the pin id this puller holds (None: not pinned, or lost)
+        self.fences = 0  # fresh pins fenced
+        self._refence = False
         self._max_bytes = max_bytes
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._inbox = ""
@@ -59,7 +78,9 @@ class Puller:
     async def fetch(self, batch: int, *, timeout: float) -> list[Msg]:
         """Up to ``batch`` messages and about ``max_bytes`` (at least one message), waiting up to
         ``timeout`` seconds for the first. Returns an empty list when there is nothing; raises
-        :class:`nats.errors.NoRespondersError` when no consumer answers the request."""
+        :class:`nats.errors.NoRespondersError` when no consumer answers the request. With a group,
+        what a fresh pin brings is fenced first (more than ``batch`` messages may come back then)."""
+        pin = self.pin
         msgs: list[Msg] = []
         # Messages for an earlier request that gave up waiting; status replies (no reply subject) are
         # answers to earlier requests and mean nothing now.
@@ -67,18 +88,40 @@ class Puller:
             msg = self._queue.get_nowait()
             if msg.reply:
                 msgs.append(msg)
-        if msgs:
-            return msgs
+            elif msg.headers and msg.headers.get(_STATUS) == _PIN_MISMATCH:
+                self.pin = None
+        if not msgs:
+            msgs = await self._pull(batch, timeout)
+        if self._group is not None and msgs:
+            self.pin = _pin_of(msgs) or self.pin
+            if self.pin != pin or self._refence:
+                self.fences += 1
+                self._refence = False
+                return await self._fence(msgs, batch, timeout)
+        return msgs
+
+    def refence(self) -> None:
+        """Fence the next fetch that brings messages (with a group): after handing messages back with a
+        delay, newer ones (for a request the server received late, e.g. buffered across a reconnect)
+        must not be handled before those come back."""
+        self._refence = True
+
+    async def _pull(self, batch: int, timeout: float) -> list[Msg]:
         # no_wait with expires: the server waits up to expires for the first message, then sends what
         # is available and ends the request (404) instead of holding it until the batch is full.
-        request = {
+        request: dict[str, object] = {
             "batch": batch,
             "max_bytes": self._max_bytes,
             "expires": int(timeout * 1e9),
             "no_wait": True,
         }
+        if self._group is not None:
+            request["group"] = self._group
+            if self.pin is not None:
+                request["id"] = self.pin
         await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
         deadline = time.monotonic() + timeout + 0.25
+        msgs: list[Msg] = []
         size = 0
         while len(msgs) < batch:
             remaining = deadline - time.monotonic()
@@ -96,12 +139,39 @@ class Puller:
                     # No consumer answers (deleted, or JetStream unavailable): an error, not "nothing
                     # yet", or a caller's fetch loop would spin on instant empty replies.
                     raise NoRespondersError
+                if status == _PIN_MISMATCH:
+                    self.pin = None  # another node holds the pin now; the next request asks afresh
                 break
             msgs.append(msg)
             size += len(msg.data)
             if size >= self._max_bytes:
                 break
         return msgs
+
+    async def _ack_pending(self) -> int:
+        reply = await self._nc.request(self._info, b"", timeout=5)
+        return int(json.loads(reply.data).get("num_ack_pending", 0))
+
+    async def _fence(self, msgs: list[Msg], batch: int, timeout: float) -> list[Msg]:
+        """Hold ``msgs`` (just pinned) and pull on until every outstanding delivery of the consumer is
+        held here; then all of them in stream order. The pin lost meanwhile: all handed back, none
+        returned."""
+        held = {m.metadata.sequence.stream: m for m in msgs}
+        while await self._ack_pending() > len(held):
+            await in_progress(list(held.values()))
+            for msg in await self._pull(batch, timeout):
+                held[msg.metadata.sequence.stream] = msg  # a redelivery replaces the copy held
+            if self.pin is None:
+                await nak(list(held.values()))
+                return []
+        return [held[seq] for seq in sorted(held)]
+
+
+def _pin_of(msgs: Sequence[Msg]) -> str | None:
+    for msg in reversed(msgs):
+        if msg.headers and PIN_HEADER in msg.headers:
+            return msg.headers[PIN_HEADER]
+    return None
 
 
 async def nak(msgs: Sequence[Msg], *, delay: float | None = None) -> None:

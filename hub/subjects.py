@@ -33,16 +33,21 @@ __all__ = [
     "INGEST_PREFIX",
     "INGEST_WILDCARD",
     "MAX_DELIVERIES_ADVISORY",
+    "PARTITIONED_PREFIX",
     "SCAN_SUBJECT",
     "SYMBOLS_SUBJECT",
     "UNIVERSES_SUBJECT",
     "UNIVERSE_CHANGED_SUBJECT",
     "UNPARSED_SUBJECT",
+    "WRITERS_SUBJECT",
     "SubjectParts",
     "check_subject",
     "clean_subject",
     "ingest_subject",
     "parse_subject",
+    "partition_filter",
+    "partition_transform",
+    "producer_subject",
     "symbol_to_token",
     "token_to_symbol",
 ]
@@ -56,6 +61,10 @@ DLQ_PREFIX = "tickstock.dlq"
 INGEST_WILDCARD = f"{INGEST_PREFIX}.>"
 UNPARSED_SUBJECT = f"{INGEST_PREFIX}.unparsed"
 """Where the Redis bridge forwards a message it cannot parse, so the writer dead-letters it with a reason."""
+PARTITIONED_PREFIX = "tickstock.ingestp"
+"""Where the ingest stream *stores* ``tickstock.ingest.<timeframe>.<token>``: ``tickstock.ingestp.<partition>.
+<timeframe>.<token>`` (a subject transform on the stream). Outside ``tickstock.ingest.>``, so a producer
+cannot pick a partition by publishing there: no stream listens on it."""
 CLEAN_WILDCARD = f"{CLEAN_PREFIX}.>"
 DLQ_WILDCARD = f"{DLQ_PREFIX}.>"
 UNIVERSE_CHANGED_SUBJECT = "tickstock.users.universe.changed"
@@ -70,6 +79,9 @@ SYMBOLS_SUBJECT = "tickstock.svc.symbols"
 """Core NATS request/reply: a page of the symbol directory, as ``GET /api/symbols`` answers it."""
 UNIVERSES_SUBJECT = "tickstock.svc.universes"
 """Core NATS request/reply: every universe with its member count, as ``GET /api/universes`` answers it."""
+WRITERS_SUBJECT = "tickstock.hub.writers"
+"""Core NATS request: every hub node answers ``{"node": <id>, "partitions": [...]}`` (its pinned ingest
+partitions), so the nodes can count each other and share the partitions."""
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 """JetStream's advisory when a consumer gave up on a message; ``.<stream>.<consumer>`` follows."""
 
@@ -118,6 +130,29 @@ def ingest_subject(timeframe: str, symbol: str) -> str:
 def clean_subject(timeframe: str, symbol: str) -> str:
     """``tickstock.patterns.<timeframe>.<token>``; raises ``unknown_timeframe`` or ``invalid_symbol``."""
     return _subject(CLEAN_PREFIX, timeframe, symbol)
+
+
+def partition_transform(partitions: int) -> tuple[str, str]:
+    """The ingest stream's subject transform ``(source, destination)``: ``tickstock.ingest.<a>.<b>`` is
+    stored as ``tickstock.ingestp.<partition of b>.<a>.<b>``; any other ingest subject stays as it is."""
+    return (
+        f"{INGEST_PREFIX}.*.*",
+        f"{PARTITIONED_PREFIX}.{{{{partition({partitions},2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}",
+    )
+
+
+def partition_filter(partition: int) -> str:
+    """The filter of partition ``partition``'s consumer: ``tickstock.ingestp.<partition>.>``."""
+    return f"{PARTITIONED_PREFIX}.{partition}.>"
+
+
+def producer_subject(subject: str) -> str:
+    """The subject the producer published to: a stored ``tickstock.ingestp.<p>.<a>.<b>`` becomes
+    ``tickstock.ingest.<a>.<b>``; any other subject is returned as it is."""
+    parts = subject.split(".")
+    if len(parts) == 5 and ".".join(parts[:2]) == PARTITIONED_PREFIX:
+        return f"{INGEST_PREFIX}.{parts[3]}.{parts[4]}"
+    return subject
 
 
 def parse_subject(subject: str) -> SubjectParts:

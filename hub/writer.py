@@ -1,8 +1,9 @@
 """The writer: ingest batch → validate → store (one transaction) → clean publish → ack.
 
-Every hub node runs one writer on the same durable pull consumer, so JetStream spreads the work and
-each message is handled by one node at a time. Crash safety comes from the order of the steps and
-from idempotency at each of them:
+A writer pulls one durable consumer: an ingest partition's, pinned to one node at a time (see
+:mod:`hub.partitions`), or ``hub-writer``, shared by every node. Batches are handled one after the
+other, so a partition's events reach the clean stream in ingest order. Crash safety comes from the
+order of the steps and from idempotency at each of them:
 
 1. Invalid messages are dead-lettered (table, then DLQ stream) and *terminated*: no retry.
 2. Valid events are inserted in one transaction, idempotent on the event id.
@@ -43,6 +44,7 @@ from nats.errors import Error as NatsError
 from psycopg_pool import AsyncConnectionPool
 
 from hub.catalog import CatalogCache
+from hub.clean_publish import publish_in_order
 from hub.cloudevent import CloudEvents
 from hub.deadletters import (
     ID_CONFLICT,
@@ -59,7 +61,7 @@ from hub.outage import DEFAULT_RETRY_BASE_S, DEFAULT_RETRY_MAX_S, Outage, wait_f
 from hub.parsing import parse_event
 from hub.producer import PRODUCER_HEADER, producer_of
 from hub.pull import Puller, in_progress, nak
-from hub.subjects import check_subject, clean_subject
+from hub.subjects import check_subject, producer_subject
 from hub.text import first_line
 from hub.window import EventWindow
 from store.patterns import StoredEvent, ensure_month_list, lock_instances, month_start, set_stream_seqs
@@ -103,6 +105,8 @@ class Writer:
         window: EventWindow | None = None,
         partitions_per_batch: int = DEFAULT_PARTITIONS_PER_BATCH,
         cloud_events: CloudEvents | None = None,
+        consumer: str = WRITER_CONSUMER,
+        group: str | None = None,
     ) -> None:
         if partitions_per_batch < 1:
             raise ValueError("partitions_per_batch must be at least 1")
@@ -116,6 +120,8 @@ class Writer:
         self._on_stored = on_stored
         self._catalog, self._dead_letters, self._metrics = catalog, dead_letters, metrics
         self._batch = batch
+        self._consumer, self._group = consumer, group
+        self.puller: Puller | None = None  # while the loop runs (its pin: this node holds the partition)
         self._fetch_timeout_s = fetch_timeout_s
         self._retry_base_s, self._retry_max_s = retry_base_s, retry_max_s
         self._stop_timeout_s = stop_timeout_s
@@ -159,7 +165,7 @@ class Writer:
         event = parse_event(
             msg.data, catalog=self._catalog.current, window=self._window, rules=self._dead_letters.rules
         )
-        check_subject(event, msg.subject)
+        check_subject(event, producer_subject(msg.subject))
         return event
 
     async def _secret(self, msgs: Sequence[Msg]) -> bytes | None:
@@ -201,16 +207,11 @@ class Writer:
         hooked = asyncio.ensure_future(self._stored(events))
         try:
             pending = [(stored[e.id], e) for e in events if stored[e.id].stream_seq is None]
-            # Only headers the hub sets: a producer's (Nats-*, ce-*) never travel on.
-            futures = [
-                await self._js.publish_async(
-                    clean_subject(e.timeframe, e.symbol),
-                    e.to_json_bytes(),
-                    headers={"Nats-Msg-Id": e.id, **self._cloud_events.headers(e)},
-                )
-                for _, e in pending
-            ]
-            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+            # Only headers the hub sets: a producer's (Nats-*, ce-*) never travel on. In waves: a symbol's
+            # events stay in order even when a NATS server is lost mid-batch (hub.clean_publish).
+            acks = await publish_in_order(
+                self._js, [e for _, e in pending], headers=self._cloud_events.headers
+            )
         finally:
             await hooked
         if pending:
@@ -326,11 +327,15 @@ class Writer:
 
     async def _loop(self) -> None:
         async with Puller(
-            self._nc, stream=INGEST_STREAM, consumer=WRITER_CONSUMER, max_bytes=self._fetch_max_bytes
+            self._nc,
+            stream=INGEST_STREAM,
+            consumer=self._consumer,
+            max_bytes=self._fetch_max_bytes,
+            group=self._group,
         ) as puller:
-            # The next batch is fetched while this one is stored and published: the wait for
-            # PostgreSQL and NATS overlaps the network round trip of the fetch. Batches are still
-            # handled one after the other, so the clean stream keeps the ingest order.
+            self.puller = puller
+            # The next batch is fetched while this one is stored and published (the waits overlap);
+            # batches are still handled one after the other.
             ahead = asyncio.create_task(self._fetch(puller, self._batch))
             try:
                 while not self._stopping.is_set():
@@ -348,6 +353,7 @@ class Writer:
                         log.exception("writer: batch failed unexpectedly; it will be redelivered")
                         backoff = self._retry_base_s
                     if backoff:
+                        puller.refence()
                         # The batch fetched ahead is newer than the one handed back: hand it back
                         # with the same delay, then fetch nothing until the database answers again.
                         # Messages left in the stream meanwhile are not delivered, so an outage of
@@ -362,8 +368,7 @@ class Writer:
                         )
                         ahead = asyncio.create_task(self._fetch(puller, self._batch))
             finally:
-                # Hand a batch fetched ahead (and what was carried) straight back, so another node takes
-                # it at once.
+                # Hand a batch fetched ahead (and what was carried) straight back for another node.
                 leftover = (await ahead if not ahead.cancelled() else []) + self.carried
                 self.carried = []
                 for msg in leftover:

@@ -31,7 +31,13 @@ import nats  # noqa: E402
 import psycopg  # noqa: E402
 
 from hub.broker import server_list  # noqa: E402
-from hub.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
+from hub.embedded import (  # noqa: E402
+    EmbeddedNats,
+    EmbeddedNatsCluster,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    free_port,
+)
 from hub.jetstream import PATTERNS_STREAM  # noqa: E402
 from hub.subjects import CLEAN_WILDCARD, ingest_subject  # noqa: E402
 
@@ -87,15 +93,18 @@ class Stack:
 
 
 @contextmanager
-def embedded_stack() -> Iterator[Stack]:
-    """Fresh NATS, PostgreSQL (durable, as in production) and Redis in a temporary folder."""
+def embedded_stack(*, cluster: bool = False) -> Iterator[Stack]:
+    """Fresh NATS, PostgreSQL (durable, as in production) and Redis in a temporary folder. ``cluster``:
+    a 3-node NATS cluster (``EmbeddedNatsCluster``) and every stream at R3 (``TICKSTOCK_NATS_REPLICAS``)."""
     with tempfile.TemporaryDirectory(prefix="tickstock-ops-") as tmp:
         root = Path(tmp)
-        nats_server = EmbeddedNats(root / "nats")
+        nats_server = EmbeddedNatsCluster(root / "nats") if cluster else EmbeddedNats(root / "nats")
         postgres = EmbeddedPostgres(root / "postgres")
         redis = EmbeddedRedis(root / "redis")
         with nats_server, postgres, redis:
             stack = Stack(postgres.url, nats_server.url, redis.url, postgres=postgres, root=root)
+            if cluster:
+                stack.extra_env["TICKSTOCK_NATS_REPLICAS"] = "3"
             subprocess.run(
                 [sys.executable, "-m", "api.cli", "load-reference-data"],
                 env=stack.env(8000),

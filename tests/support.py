@@ -379,12 +379,29 @@ async def clean_stream_messages(js, *, limit: int = 1_000_000) -> list[object]: 
     return msgs
 
 
-async def wait_settled(js, *, timeout: float = 30.0) -> object:  # type: ignore[no-untyped-def]
-    """Wait until the writer's consumer has nothing pending or unacknowledged; returns its info."""
+async def writer_consumers_info(js):  # type: ignore[no-untyped-def]
+    """``hub-writer``'s consumer info with pending, ack-pending and redelivered counts summed over every
+    writer consumer of the ingest stream (the partitions' too)."""
+    import dataclasses
+
     from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
 
+    infos = [i for i in await js.consumers_info(INGEST_STREAM) if (i.name or "").startswith(WRITER_CONSUMER)]
+    shared = next(i for i in infos if i.name == WRITER_CONSUMER)
+    return dataclasses.replace(
+        shared,
+        num_pending=sum(i.num_pending or 0 for i in infos),
+        num_ack_pending=sum(i.num_ack_pending or 0 for i in infos),
+        num_redelivered=sum(i.num_redelivered or 0 for i in infos),
+    )
+
+
+async def wait_settled(js, *, timeout: float = 30.0) -> object:  # type: ignore[no-untyped-def]
+    """Wait until the writer's consumers (``hub-writer`` and the partitions') have nothing pending or
+    unacknowledged; returns ``hub-writer``'s info with the counts summed over all of them."""
+
     async def settled():  # type: ignore[no-untyped-def]
-        info = await js.consumer_info(INGEST_STREAM, WRITER_CONSUMER)
+        info = await writer_consumers_info(js)
         return info if info.num_pending == 0 and info.num_ack_pending == 0 else None
 
     return await wait_for(settled, timeout=timeout, what="every ingest message acknowledged")

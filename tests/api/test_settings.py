@@ -249,3 +249,49 @@ def test_workers_default_to_the_cores_and_are_bounded() -> None:
             Settings.from_env({"TICKSTOCK_WORKERS": bad})
     with pytest.raises(SettingsError, match="TICKSTOCK_WORKERS='two' is not a valid int"):
         Settings.from_env({"TICKSTOCK_WORKERS": "two"})
+
+
+def test_partition_and_replica_settings() -> None:
+    s = Settings.from_env({})
+    assert (s.ingest_partitions, s.ingest_pin_timeout_s, s.ingest_partition_ack_wait_s, s.nats_replicas) == (
+        8,
+        3,
+        6,
+        1,
+    )
+    s = Settings.from_env(
+        {
+            "TICKSTOCK_INGEST_PARTITIONS": "0",
+            "TICKSTOCK_INGEST_PIN_TIMEOUT_S": "1.5",
+            "TICKSTOCK_INGEST_PARTITION_ACK_WAIT_S": "4",
+            "TICKSTOCK_NATS_REPLICAS": "3",
+        }
+    )
+    assert (s.ingest_partitions, s.ingest_pin_timeout_s, s.ingest_partition_ack_wait_s, s.nats_replicas) == (
+        0,
+        1.5,
+        4,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TICKSTOCK_INGEST_PARTITIONS": "129"}, "TICKSTOCK_INGEST_PARTITIONS must be 0 to 128"),
+        ({"TICKSTOCK_INGEST_PARTITIONS": "-1"}, "TICKSTOCK_INGEST_PARTITIONS must be 0 to 128"),
+        ({"TICKSTOCK_NATS_REPLICAS": "0"}, "TICKSTOCK_NATS_REPLICAS must be 1 to 5"),
+        ({"TICKSTOCK_NATS_REPLICAS": "7"}, "TICKSTOCK_NATS_REPLICAS must be 1 to 5"),
+        (
+            {"TICKSTOCK_INGEST_PIN_TIMEOUT_S": "0"},
+            "TICKSTOCK_INGEST_PIN_TIMEOUT_S must be a positive number of seconds",
+        ),
+        (
+            {"TICKSTOCK_INGEST_PARTITION_ACK_WAIT_S": "inf"},
+            "TICKSTOCK_INGEST_PARTITION_ACK_WAIT_S must be a positive number of seconds",
+        ),
+    ],
+)
+def test_bad_partition_and_replica_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)

@@ -233,7 +233,7 @@ def test_every_op_code_subject_and_header_in_the_code_is_documented() -> None:
         for name in subjects.__all__
         if name.isupper() and isinstance(getattr(subjects, name), str)
     }
-    assert len(constants) == 14, sorted(constants)
+    assert len(constants) == 16, sorted(constants)
     for name, value in constants.items():
         assert _documents_subject(value), (name, value)
     assert _address_pattern("ingest").fullmatch(subjects.ingest_subject("daily", "BRK.B"))
@@ -260,8 +260,12 @@ def test_every_op_code_subject_and_header_in_the_code_is_documented() -> None:
         jetstream.ADVISORY_STREAM,
     }
     assert wanted <= streams
-    assert doc["channels"]["maxDeliveries"]["parameters"]["consumer"]["enum"] == [jetstream.WRITER_CONSUMER]
+    consumers = doc["channels"]["maxDeliveries"]["parameters"]["consumer"]["examples"]
+    assert consumers == [jetstream.WRITER_CONSUMER, jetstream.partition_consumer(3)]
     assert doc["operations"]["consumeIngest"]["x-consumer"] == jetstream.WRITER_CONSUMER
+    partitioned = doc["operations"]["consumeIngest"]["x-partition-consumer"]
+    assert partitioned.format(partition=7) == jetstream.partition_consumer(7)
+    assert _address_pattern("ingestPartitioned").fullmatch(subjects.partition_filter(7)[:-1] + "daily.BRK_B")
     checked["JetStream streams and consumer"] = [*sorted(wanted), jetstream.WRITER_CONSUMER]
 
     # Headers the hub sets or reads.

@@ -24,7 +24,7 @@ from hub.bridge import DEFAULT_CHANNEL, RedisBridge, run
 from hub.broker import open_nats
 from hub.embedded import EmbeddedNats
 from hub.jetstream import INGEST_STREAM, MIB, Topology, ensure_topology
-from hub.subjects import UNPARSED_SUBJECT, ingest_subject
+from hub.subjects import UNPARSED_SUBJECT, ingest_subject, producer_subject
 from tests.support import LiveHub, TcpProxy, free_port, make_event, wait_for, wait_settled, within
 
 
@@ -152,7 +152,7 @@ async def test_publish_failures_are_counted_and_retried_in_order(
             await wait_for(_counter(lambda: bridge.forwarded, 2), timeout=10, what="both forwarded")
             assert bridge.errors >= 2 and bridge.unparsed == 0
         msgs = [await js.get_msg(INGEST_STREAM, seq) for seq in (1, 2)]
-    assert [m.subject for m in msgs] == [ingest_subject("5min", "IBM")] * 2
+    assert [producer_subject(m.subject) for m in msgs] == [ingest_subject("5min", "IBM")] * 2
     assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["bridge-retry-1", "bridge-retry-2"]
     assert [json.loads(m.data)["id"] for m in msgs] == ["bridge-retry-1", "bridge-retry-2"]
 

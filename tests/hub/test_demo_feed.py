@@ -42,7 +42,7 @@ from hub.demo_feed import DemoFeed, Track, load_tracks, replay, run
 from hub.jetstream import add_stream
 from hub.ohlcv import DEMO_DATA_DIR, default_files, load_bars
 from hub.parsing import parse_event
-from hub.subjects import INGEST_PREFIX, ingest_subject
+from hub.subjects import INGEST_PREFIX, ingest_subject, producer_subject
 from tests.support import wait_for, within
 
 STREAM = "TICKSTOCK_INGEST"
@@ -520,7 +520,7 @@ async def test_feed_publishes_at_about_the_rate_with_msg_ids(jetstream: JetStrea
         event = parse_event(msg.data, catalog=PERMISSIVE)
         assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == event.id
         assert event.id.startswith("demo-rate-")
-        assert msg.subject == ingest_subject(event.timeframe, event.symbol)
+        assert producer_subject(msg.subject) == ingest_subject(event.timeframe, event.symbol)
         assert event.source == "demo-feed"
         assert abs((datetime.now(UTC) - event.detected_at).total_seconds()) < 30
         symbols.add(event.symbol)

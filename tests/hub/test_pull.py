@@ -278,3 +278,88 @@ async def test_an_answer_lost_with_the_connection_gives_an_empty_fetch_after_the
                 await _ack_all(got)
         finally:
             await nc.close()
+
+
+PINNED = "pinned"
+
+
+async def _pinned_consumer(
+    js: JetStreamContext, nc: NATS, *, ack_wait_s: float, pin_timeout_s: float
+) -> None:
+    """A durable pull consumer with a pinned-client priority group (raw: nats-py's ConsumerConfig has none)."""
+    import json
+
+    config = {
+        "durable_name": PINNED,
+        "ack_policy": "explicit",
+        "ack_wait": int(ack_wait_s * 1e9),
+        "priority_groups": ["hub"],
+        "priority_policy": "pinned_client",
+        "priority_timeout": int(pin_timeout_s * 1e9),
+    }
+    reply = await nc.request(
+        f"$JS.API.CONSUMER.CREATE.{STREAM}.{PINNED}",
+        json.dumps({"stream_name": STREAM, "config": config}).encode(),
+        timeout=5,
+    )
+    assert "error" not in json.loads(reply.data), reply.data
+
+
+async def _first_nonempty(puller: Puller, batch: int) -> list[Msg]:
+    got: list[Msg] = []
+
+    async def fetched() -> bool:
+        got.extend(await puller.fetch(batch, timeout=0.3))
+        return bool(got)
+
+    await wait_for(fetched, timeout=30, interval=0.05, what="a fetch that brings messages")
+    return got
+
+
+async def test_a_pinned_puller_learns_from_a_423_that_its_pin_went_to_another(
+    js: JetStreamContext, nats_client: NATS
+) -> None:
+    from hub.jetstream import PIN_GROUP
+
+    await _pinned_consumer(js, nats_client, ack_wait_s=30, pin_timeout_s=30)
+    await _publish(js, b"1", b"2")
+    async with (
+        Puller(nats_client, stream=STREAM, consumer=PINNED, max_bytes=1 << 20, group=PIN_GROUP) as a,
+        Puller(nats_client, stream=STREAM, consumer=PINNED, max_bytes=1 << 20, group=PIN_GROUP) as b,
+    ):
+        first = await a.fetch(1, timeout=2)
+        assert [m.data for m in first] == [b"1"] and a.pin and a.fences == 1
+        await first[0].ack()
+        assert await b.fetch(1, timeout=0.3) == []  # a holds the pin: b's request waits and expires
+        await nats_client.request(f"$JS.API.CONSUMER.UNPIN.{STREAM}.{PINNED}", b'{"group": "hub"}', timeout=5)
+        second = await _first_nonempty(b, 1)
+        assert [m.data for m in second] == [b"2"] and b.pin and b.pin != a.pin
+        await _publish(js, b"3")
+        assert await a.fetch(1, timeout=1) == [] and a.pin is None  # 423: the next request asks afresh
+
+
+async def test_a_fresh_pin_holds_newer_messages_until_the_dead_holders_come_back_then_all_in_order(
+    js: JetStreamContext, nats_client: NATS
+) -> None:
+    """The holder took 1 and 2 and died: the next node is pinned and given 3-5 at once, but returns
+    nothing until 1 and 2 are redelivered to it (ack wait), then 1-5 in stream order."""
+    await _pinned_consumer(js, nats_client, ack_wait_s=1.5, pin_timeout_s=0.5)
+    await _publish(js, b"1", b"2", b"3", b"4", b"5")
+    async with Puller(nats_client, stream=STREAM, consumer=PINNED, max_bytes=1 << 20, group="hub") as dead:
+        assert [m.data for m in await dead.fetch(2, timeout=2)] == [b"1", b"2"]
+    async with Puller(nats_client, stream=STREAM, consumer=PINNED, max_bytes=1 << 20, group="hub") as heir:
+        msgs = await _first_nonempty(heir, 10)
+        assert [m.data for m in msgs] == [b"1", b"2", b"3", b"4", b"5"]
+        assert [m.metadata.num_delivered for m in msgs] == [2, 2, 1, 1, 1]
+        assert heir.fences == 1
+
+
+def test_the_clean_publish_goes_out_in_waves_of_one_event_per_symbol() -> None:
+    from hub.clean_publish import waves
+    from hub.model import PatternEvent
+    from tests.support import make_event
+
+    symbols = ["A", "B", "A", "A", "C", "B"]
+    events = [PatternEvent.model_validate(make_event(i, symbol=s)) for i, s in enumerate(symbols)]
+    assert waves(events) == [[0, 1, 4], [2, 5], [3]]
+    assert waves([]) == []

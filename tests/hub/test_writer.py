@@ -10,7 +10,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from api.auth import mint_token
-from hub.jetstream import INGEST_STREAM, WRITER_CONSUMER
+from hub.jetstream import INGEST_STREAM
 from hub.outage import retry_delay
 from hub.subjects import clean_subject, parse_subject
 from tests.conftest import JWT_SECRET
@@ -24,6 +24,7 @@ from tests.support import (
     stored_count,
     wait_for,
     wait_settled,
+    writer_consumers_info,
 )
 
 SYMBOLS = ["AAPL", "MSFT", "BRK.B", "ABR$D", "IBM", "KO", "TSLA", "GOOGL", "SPY", "XOM"]
@@ -81,7 +82,7 @@ async def test_events_are_stored_and_published_once_in_per_symbol_order(live_hub
         ).fetchall()
     by_id = {json.loads(m.data)["id"]: m.metadata.sequence.stream for m in flow}
     assert all(by_id[r["id"]] == r["stream_seq"] for r in seqs)
-    info = await js.consumer_info(INGEST_STREAM, WRITER_CONSUMER)
+    info = await writer_consumers_info(js)
     assert info.num_redelivered == 0, info
     assert (await js.stream_info(INGEST_STREAM)).state.messages == 0  # work queue: acked means gone
 

@@ -90,11 +90,11 @@ async def test_database_outage_hands_batches_back_with_backoff_and_loses_nothing
 
 @pytest.mark.slow
 async def test_two_hub_nodes_share_the_writer_and_store_each_event_once(settings: Settings, ref_pool) -> None:  # type: ignore[no-untyped-def]
+    """The shared consumer (``TICKSTOCK_INGEST_PARTITIONS=0``); the partitions on many nodes:
+    tests/hub/test_partitions.py."""
     await delete_all_streams(settings.nats_url or "")
-    async with (
-        LiveHub(dataclasses.replace(settings, writer_batch=50)) as a,
-        LiveHub(dataclasses.replace(settings, writer_batch=50)) as b,
-    ):
+    shared = dataclasses.replace(settings, writer_batch=50, ingest_partitions=0)
+    async with LiveHub(shared) as a, LiveHub(shared) as b:
         await publish_events(
             a.hub.js, [make_event(i, prefix="twonodes", symbol=SYMBOLS[i % 10]) for i in range(4000)]
         )

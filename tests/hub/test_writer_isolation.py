@@ -28,7 +28,16 @@ from hub.model import PatternEvent
 from store.deadletters import get_dead_letter
 from store.pool import open_pool
 from tests.conftest import JWT_SECRET, delete_all_streams
-from tests.support import LiveHub, count, make_event, publish_events, publish_raw, stored_count, wait_for
+from tests.support import (
+    LiveHub,
+    count,
+    make_event,
+    publish_events,
+    publish_raw,
+    stored_count,
+    wait_for,
+    writer_consumers_info,
+)
 
 PARTITIONS = "SELECT count(*) FROM pg_inherits WHERE inhparent = 'pattern_events'::regclass"
 
@@ -72,7 +81,7 @@ async def test_a_statement_timeout_on_one_row_dead_letters_that_event_alone(
                 lambda: _letters(ref_pool, "event_id = 'slow-5'"), what="slow-5 dead-lettered"
             )
             await wait_for(lambda: _stored_at_least(ref_pool, "slow", 9), what="the 9 batch-mates stored")
-            info = await hub.hub.js.consumer_info(INGEST_STREAM, WRITER_CONSUMER)
+            info = await writer_consumers_info(hub.hub.js)
             retries = hub.hub.metrics.retries.total()
     finally:
         async with ref_pool.connection() as conn:
@@ -165,7 +174,7 @@ async def test_twenty_months_in_one_batch_are_created_a_bounded_number_at_a_time
         writer = hub.hub.writer
         await wait_for(lambda: writer.batches >= 5, timeout=30, what="at least 5 writer batches")
         metrics = hub.hub.metrics
-        info = await hub.hub.js.consumer_info(INGEST_STREAM, WRITER_CONSUMER)
+        info = await writer_consumers_info(hub.hub.js)
     assert await count(ref_pool, PARTITIONS) == before + 20
     assert metrics.partitions_deferred.total() > 0
     assert info.num_redelivered == 0  # waiting for a partition burns no delivery

@@ -1,0 +1,109 @@
+"""A local NATS cluster with JetStream: three ``nats-server`` processes from the same wheel, for tests and
+``ops/``. Each member has its own client port, route port and store (``data_dir/n1`` …), and routes to
+every member; a stream with ``num_replicas=3`` (``TICKSTOCK_NATS_REPLICAS=3``) keeps a copy on each.
+
+Entering starts the members and waits until JetStream answers on every one of them (a meta leader is
+elected once two members see each other); leaving stops them in reverse order. :meth:`stop_member` and
+:meth:`start_member` take one member down and up again (a node failure), on the same ports and store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from hub.embedded.process import EmbeddedError, free_port
+from hub.embedded.servers import EmbeddedNats
+
+__all__ = ["EmbeddedNatsCluster"]
+
+log = logging.getLogger("tickstock.embedded")
+
+DEFAULT_READY_TIMEOUT_S = 60.0
+
+
+def _healthy(host: str, port: int) -> bool:
+    """The member's ``/healthz`` says ok: JetStream is up and in contact with a meta leader."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as reply:
+            return bool(json.loads(reply.read()).get("status") == "ok")
+    except (OSError, ValueError):
+        return False
+
+
+class EmbeddedNatsCluster:
+    """Three (``size``) JetStream servers in one cluster on loopback. Use as a context manager."""
+
+    def __init__(
+        self, data_dir: Path, *, size: int = 3, name: str = "tickstock", host: str = "127.0.0.1"
+    ) -> None:
+        self.data_dir = data_dir
+        self.host = host
+        routes = tuple(free_port(host) for _ in range(size))
+        self.members = [
+            EmbeddedNats(
+                data_dir / f"n{i + 1}",
+                host=host,
+                port=free_port(host),
+                server_name=f"{name}-n{i + 1}",
+                cluster_name=name,
+                cluster_port=routes[i],
+                routes=routes,
+                monitor_port=free_port(host),
+            )
+            for i in range(size)
+        ]
+
+    @property
+    def urls(self) -> list[str]:
+        """Every member's client URL."""
+        return [m.url for m in self.members]
+
+    @property
+    def url(self) -> str:
+        """The first member's URL: a client learns the others from it (and reconnects to them)."""
+        return self.members[0].url
+
+    def wait_ready(self, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> None:
+        """Wait until JetStream answers on every running member; raises :class:`EmbeddedError`."""
+        deadline = time.monotonic() + timeout_s
+        for member in self.members:
+            if not member.running:
+                continue
+            while not _healthy(self.host, member.monitor_port):
+                if time.monotonic() > deadline:
+                    raise EmbeddedError(
+                        f"nats cluster: JetStream not ready on {member.url} after {timeout_s:.0f} s"
+                    )
+                time.sleep(0.1)
+
+    def member(self, server_name: str) -> EmbeddedNats:
+        """The member called ``server_name`` (as JetStream names a stream's leader)."""
+        return next(m for m in self.members if m.server_name == server_name)
+
+    def stop_member(self, server_name: str) -> None:
+        self.member(server_name).stop()
+
+    def start_member(self, server_name: str) -> None:
+        self.member(server_name).start()
+
+    def __enter__(self) -> EmbeddedNatsCluster:
+        try:
+            for member in self.members:
+                member.start()
+            self.wait_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        log.info("nats cluster ready: %s", ", ".join(self.urls))
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for member in reversed(self.members):
+            member.stop()

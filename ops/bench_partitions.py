@@ -1,0 +1,185 @@
+"""Partitioned ingest on several hub nodes: stored events/s beside one node's, and the per-symbol order.
+
+    python ops/bench_partitions.py                            # 3 nodes and 1 node, 100,000 events, 500 symbols
+    python ops/bench_partitions.py --events 20000 --nodes 3   # a short run
+    python ops/bench_partitions.py --partitions 0             # the old layout: one consumer shared by all
+    python ops/bench_partitions.py --cluster                  # on a local 3-node NATS cluster, streams at R3
+    python ops/bench_partitions.py --kill-at 0.3 --skip-single # kill -9 one node at 30 %: the takeover time
+
+For each node count (1, then ``--nodes``) it starts a fresh embedded stack (NATS, PostgreSQL, Redis) and
+that many ``tickstock serve`` processes with ``TICKSTOCK_INGEST_PARTITIONS`` set, publishes the events
+(``i`` rising per symbol, pipelined acks) from this process, waits until every one is stored and on the
+clean stream, and checks: each stored once, each on the clean stream once, the per-symbol order (an
+inversion is an event of a symbol after one of the same symbol published later). Everything shares
+this machine's cores, so the figures say what the nodes cost each other here, not what more machines give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import psycopg
+from harness import (
+    connected,
+    embedded_stack,
+    hub_metrics,
+    make_events,
+    publish,
+    start_hub,
+    stop_hub,
+    verify,
+    wait_stored,
+)
+
+SYMBOL_COUNT = 500
+WRITERS_SUBJECT = "tickstock.hub.writers"
+
+
+async def writers(nc: Any) -> dict[str, list[int]]:
+    """Every hub node's answer on tickstock.hub.writers: node id -> its pinned partitions."""
+    inbox = nc.new_inbox()
+    answers: dict[str, list[int]] = {}
+
+    async def heard(msg: Any) -> None:
+        body = json.loads(msg.data)
+        answers[body["node"]] = body["partitions"]
+
+    sub = await nc.subscribe(inbox, cb=heard)
+    await nc.publish(WRITERS_SUBJECT, b"", reply=inbox)
+    await asyncio.sleep(0.3)
+    await sub.unsubscribe()
+    return answers
+
+
+async def stored(database_url: str, name: str) -> int:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        row = await (
+            await conn.execute("SELECT count(*) FROM pattern_events WHERE id LIKE %s", (name + "-%",))
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def kill_one(stack: Any, nc: Any, name: str, at: int) -> dict[str, Any]:
+    """When ``at`` events are stored, ``kill -9`` the first hub node; returns how long until the
+    partitions it was pinned on are pinned by the others."""
+    while await stored(stack.database_url, name) < at:
+        await asyncio.sleep(0.1)
+    before = await writers(nc)
+    stop_hub(stack.hubs[0], kill=True)
+    killed = time.monotonic()
+    while time.monotonic() - killed < 120:
+        now = await writers(nc)
+        gone = [n for n in before if n not in now]
+        if len(gone) == 1 and set(before[gone[0]]) <= {p for ps in now.values() for p in ps}:
+            return {
+                "killed_at_stored": at,
+                "killed_node_partitions": sorted(before[gone[0]]),
+                "taken_over_after_s": round(time.monotonic() - killed, 2),
+                "survivors_partitions": sorted(now.values()),
+            }
+    return {"killed_at_stored": at, "taken_over_after_s": None}
+
+
+async def run(
+    events: int, nodes: int, partitions: int, *, cluster: bool = False, kill_at: float | None = None
+) -> dict[str, Any]:
+    """One run on a fresh stack: ``nodes`` hub processes, ``events`` events over 500 symbols."""
+    symbols = [f"S{k:03d}" for k in range(SYMBOL_COUNT)]
+    with embedded_stack(cluster=cluster) as stack:
+        stack.extra_env["TICKSTOCK_INGEST_PARTITIONS"] = str(partitions)
+        ports = [start_hub(stack)[1] for _ in range(nodes)]
+        name = f"part{nodes}n{int(time.time())}"
+        batch = make_events(events, run=name, symbols=symbols)
+        started = time.monotonic()
+        drill: dict[str, Any] = {}
+        async with connected(stack.nats_url) as nc:
+            killer = (
+                asyncio.create_task(kill_one(stack, nc, name, int(events * kill_at)))
+                if kill_at is not None and nodes > 1
+                else None
+            )
+            publish_s = await publish(nc, batch, stamp=True)
+            await wait_stored(stack.database_url, name, events)
+            if killer is not None:
+                drill = await killer
+        total_s = time.monotonic() - started
+        checks = await verify(stack.database_url, stack.nats_url, name, events)
+        alive = ports[1:] if drill else ports
+        batches = [(await hub_metrics(port))["pipeline"]["writer_batches"] for port in alive]
+    return {
+        "nodes": nodes,
+        "partitions": partitions,
+        "nats": "3-node cluster, R3" if cluster else "one server",
+        "events": events,
+        "symbols": SYMBOL_COUNT,
+        "cpus": os.cpu_count(),
+        "publish_rate": round(events / publish_s),
+        "stored_seconds": round(total_s, 2),
+        "stored_per_s": round(events / total_s),
+        "writer_batches_per_node": batches,
+        **checks,
+        **drill,
+    }
+
+
+def line(result: dict[str, Any]) -> str:
+    exact = (
+        result["stored_rows"] == result["stored_distinct"] == result["events"]
+        and result["clean_messages"] == result["clean_distinct"] == result["events"]
+    )
+    return (
+        f"{result['nodes']} node(s), {result['partitions']} partitions, {result['nats']}: "
+        f"{result['stored_per_s']:,} stored/s "
+        f"({result['events']:,} events in {result['stored_seconds']} s; published at {result['publish_rate']:,}/s); "
+        f"stored once and published once: {exact}; per-symbol order inversions: {result['order_inversions']}; "
+        f"batches per node {result['writer_batches_per_node']}"
+        + (
+            f"; kill -9 of a node at {result['killed_at_stored']:,} stored: its partitions "
+            f"{result.get('killed_node_partitions')} taken over after {result['taken_over_after_s']} s"
+            if "killed_at_stored" in result
+            else ""
+        )
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument(
+        "--partitions", type=int, default=8, help="TICKSTOCK_INGEST_PARTITIONS (0: the old layout)"
+    )
+    parser.add_argument("--skip-single", action="store_true", help="run the --nodes figure only")
+    parser.add_argument(
+        "--cluster", action="store_true", help="a local 3-node NATS cluster, every stream at R3"
+    )
+    parser.add_argument(
+        "--kill-at", type=float, default=None, help="kill -9 one node when this share is stored"
+    )
+    args = parser.parse_args()
+    counts = [args.nodes] if args.skip_single else [1, args.nodes]
+    results = [
+        asyncio.run(run(args.events, n, args.partitions, cluster=args.cluster, kill_at=args.kill_at))
+        for n in counts
+    ]
+    print(json.dumps(results, indent=2))
+    print()
+    for result in results:
+        print(line(result))
+    ok = all(
+        r["order_inversions"] == 0 and r["stored_distinct"] == r["clean_distinct"] == r["events"]
+        for r in results
+    )
+    return 0 if ok or args.partitions == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
