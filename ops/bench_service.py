@@ -1,7 +1,7 @@
 """The NATS service against REST on one ``tickstock serve`` process: the same rows, and what each costs.
 
-    python ops/bench_service.py                     # fresh embedded stack, 5,000 events, 10 s per run
-    python ops/bench_service.py --seconds 20 --concurrency 32
+    python ops/bench_service.py                     # fresh embedded stack, 5,000 events, 2 rounds of 10 s
+    python ops/bench_service.py --seconds 20 --concurrency 32 --rounds 3
 
 Starts an embedded stack and one hub process, stores ``--events`` events through ingest, then:
 
@@ -9,9 +9,11 @@ Starts an embedded stack and one hub process, stores ``--events`` events through
    (``tickstock.svc.scan``) with the same token, following each transport's own ``next_cursor``;
    ``/api/symbols`` and ``/api/universes`` once each. Prints how many pages were compared, and fails
    (exit 1) on any difference.
-2. **Throughput**: ``--concurrency`` requests in flight for ``--seconds`` per transport, rotating over the
-   shapes (so mostly cache hits, as a polling service would see) and over 20 tokens (each within its
-   rate limit). Prints requests/s, p50/p99 and errors per transport.
+2. **Throughput**: after a warm-up (every answer cached, as a polling service would mostly see),
+   ``--concurrency`` requests in flight for ``--seconds`` per transport, the transports alternating for
+   ``--rounds`` rounds, rotating over the shapes and 20 tokens (each within its rate limit). Prints
+   requests/s, p50/p99 and errors per transport and round. Both clients are Python (httpx, nats-py) in
+   one process: their own cost is in the figures.
 
 Client, hub, NATS, PostgreSQL and Redis share this machine's cores. Results go to ``ops/results/``.
 """
@@ -155,16 +157,19 @@ async def run(args: argparse.Namespace) -> int:
                     )
                     return "Nats-Service-Error" not in (msg.headers or {})
 
-                figures = {}
-                for name, call in (("rest", over_rest), ("nats", over_nats)):
-                    figures[name] = await load(
-                        call, tokens, seconds=args.seconds, concurrency=args.concurrency
-                    )
-                    f = figures[name]
-                    print(
-                        f"{name:>4}: {f['per_s']:,} scans/s, p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms, "
-                        f"{f['requests']:,} requests, {f['errors']} errors (concurrency {args.concurrency})"
-                    )
+                for shape, token in itertools.product(SHAPES, tokens):  # warm-up: every answer cached
+                    await over_rest(shape, token)
+                    await over_nats(shape, token)
+                figures: dict[str, list[dict[str, Any]]] = {"rest": [], "nats": []}
+                for round_ in range(1, args.rounds + 1):  # alternating, so a busy moment hits both
+                    for name, call in (("rest", over_rest), ("nats", over_nats)):
+                        f = await load(call, tokens, seconds=args.seconds, concurrency=args.concurrency)
+                        figures[name].append(f)
+                        print(
+                            f"round {round_} {name:>4}: {f['per_s']:,} scans/s, p50 {f['p50_ms']} ms, "
+                            f"p99 {f['p99_ms']} ms, {f['requests']:,} requests, {f['errors']} errors "
+                            f"(concurrency {args.concurrency})"
+                        )
         finally:
             await nc.close()
     RESULTS.mkdir(exist_ok=True)
@@ -179,6 +184,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
     return asyncio.run(run(parser.parse_args()))
 
 
