@@ -160,7 +160,9 @@ class _Client(asyncio.Protocol):
                 if event.opcode is Opcode.TEXT:
                     self._text(bytes(event.data), now)
                 elif event.opcode is Opcode.CLOSE and not self.w.stopping:
-                    self.w.closes[str(self.proto.close_code)] += 1
+                    # close_code stays None until the closing handshake ends; the frame has the code.
+                    rcvd = self.proto.close_rcvd
+                    self.w.closes[str(rcvd.code if rcvd is not None else None)] += 1
             elif isinstance(event, Response):
                 if self.proto.handshake_exc is not None:
                     self._fail(f"handshake: {self.proto.handshake_exc}")
@@ -175,7 +177,7 @@ class _Client(asyncio.Protocol):
         self.closed = True
         if not self.is_ready:
             self._fail(f"connection lost before ready: {exc or 'closed'}")
-        elif self.proto.close_code is None and not self.w.stopping:
+        elif self.proto.close_rcvd is None and not self.w.stopping:
             self.w.closes["abnormal"] += 1
 
     # helpers

@@ -120,3 +120,37 @@ async def test_the_hubsio_mode_counts_the_hubs_socketio_alerts(live_hub: LiveHub
     assert result["ready"] == 3 and result["failed"] == 0
     assert result["delivered"] == 60 and result["lost"] == 0 and result["duplicates"] == 0
     assert result["inversions"] == 0
+
+
+async def closing(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.close(4409, "slow consumer")
+
+
+@pytest.mark.timeout(60)
+async def test_counts_the_close_codes_the_server_sends() -> None:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=[WebSocketRoute("/ws", closing)]),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    task = await serve_started(server)
+
+    def run() -> dict[str, object]:
+        conns = [Conn(f"ws://127.0.0.1:{port}/ws", "all")] * 3
+        with Load("plain", conns, first=0, count=1, processes=1, start_method="spawn") as load:
+            load.wait_ready(30)
+            load.drain(1, stall_s=1.0, timeout_s=5)
+            return load.stop().as_dict()
+
+    try:
+        result = await asyncio.to_thread(run)
+    finally:
+        server.should_exit = True
+        await task
+    assert result["closes"] == {"4409": 3}
