@@ -275,7 +275,8 @@ def _serve(settings: Settings) -> tuple[subprocess.Popen[bytes], int]:
         TICKSTOCK_NATS_URL=settings.nats_url or "",
         TICKSTOCK_REDIS_URL=settings.redis_url or "",
         TICKSTOCK_JWT_SECRET=JWT_SECRET,
-        TICKSTOCK_WRITER_BATCH="50",
+        TICKSTOCK_WRITER_BATCH=str(settings.writer_batch),
+        TICKSTOCK_INGEST_PARTITIONS=str(settings.ingest_partitions),
         TICKSTOCK_LOG_LEVEL="WARNING",
     )
     proc = subprocess.Popen(
