@@ -207,7 +207,7 @@ class Writer:
         hooked = asyncio.ensure_future(self._stored(events))
         try:
             pending = [(stored[e.id], e) for e in events if stored[e.id].stream_seq is None]
-            # Only headers the hub sets: a producer's (Nats-*, ce-*) never travel on. In waves: a symbol's
+            # Only headers the hub sets: a producer's (Nats-*, ce-*) never travel on. In segments: a symbol's
             # events stay in order even when a NATS server is lost mid-batch (hub.clean_publish).
             acks = await publish_in_order(
                 self._js, [e for _, e in pending], headers=self._cloud_events.headers

@@ -254,21 +254,21 @@ def test_workers_default_to_the_cores_and_are_bounded() -> None:
 def test_partition_and_replica_settings() -> None:
     s = Settings.from_env({})
     assert (s.ingest_partitions, s.ingest_pin_timeout_s, s.ingest_partition_ack_wait_s, s.nats_replicas) == (
-        8,
+        0,
         3,
         6,
         1,
     )
     s = Settings.from_env(
         {
-            "TICKSTOCK_INGEST_PARTITIONS": "0",
+            "TICKSTOCK_INGEST_PARTITIONS": "8",
             "TICKSTOCK_INGEST_PIN_TIMEOUT_S": "1.5",
             "TICKSTOCK_INGEST_PARTITION_ACK_WAIT_S": "4",
             "TICKSTOCK_NATS_REPLICAS": "3",
         }
     )
     assert (s.ingest_partitions, s.ingest_pin_timeout_s, s.ingest_partition_ack_wait_s, s.nats_replicas) == (
-        0,
+        8,
         1.5,
         4,
         3,

@@ -66,7 +66,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNatsCl
 async def test_two_hub_nodes_on_a_three_node_cluster_survive_the_ingest_leaders_kill_9(
     settings: Settings, ref_pool: AsyncConnectionPool, cluster: EmbeddedNatsCluster
 ) -> None:
-    node = dataclasses.replace(settings, nats_url=cluster.url, nats_replicas=3, writer_batch=50)
+    node = dataclasses.replace(
+        settings, nats_url=cluster.url, nats_replicas=3, writer_batch=50, ingest_partitions=8
+    )
     total = 4000
     client = NATS()
     # The test's own client rides through the kill too: it knows every member.

@@ -103,7 +103,7 @@ async def nodes(settings: Settings, n: int) -> AsyncIterator[list[LiveHub]]:
 
 
 def _node_settings(settings: Settings, **changes: object) -> Settings:
-    return dataclasses.replace(settings, writer_batch=50, **changes)
+    return dataclasses.replace(settings, **{"writer_batch": 50, "ingest_partitions": 8, **changes})
 
 
 class Trickle:
@@ -115,25 +115,29 @@ class Trickle:
         self._js, self._interval, self.published = nc.jetstream(), interval, 0
         self._prefix = prefix
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def _run(self) -> None:
-        for _ in range(1000):  # a producer, not a poll: bounded all the same (5 min), cancelled on exit
+        for _ in range(1000):  # a producer, not a poll: bounded all the same (5 min)
+            if self._stopping.is_set():
+                return
             batch = [
                 make_event(self.published + k, prefix=self._prefix, symbol=s) for k, s in enumerate(SYMBOLS)
             ]
             await publish_events(self._js, batch)
             self.published += len(batch)
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
 
     async def __aenter__(self) -> Trickle:
         self._task = asyncio.create_task(self._run())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Stops after the round in flight (so ``published`` counts exactly what was published)."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
 
 
 async def _shared_out(nc: NATS, n: int, partitions: int) -> dict[str, list[int]]:
@@ -190,7 +194,9 @@ async def test_messages_stored_before_the_partitions_are_drained_first_then_the_
     js = nats_client.jetstream()
     await ensure_topology(js, Topology(partitions=0))  # the stream as an older hub made it
     await publish_events(js, [make_event(i, prefix="upg", symbol=SYMBOLS[i % 5]) for i in range(1000)])
-    await ensure_topology(js, Topology())  # the new hub's stream: what comes now is stored in partitions
+    await ensure_topology(
+        js, Topology(partitions=8)
+    )  # the new hub's stream: what comes now is stored in partitions
     await publish_events(js, [make_event(i, prefix="upg", symbol=SYMBOLS[i % 5]) for i in range(1000, 1300)])
     async with LiveHub(_node_settings(settings)) as hub:
         await wait_for(lambda: _published(ref_pool, "upg", 1300), timeout=60, what="1300 on the clean stream")
@@ -269,7 +275,8 @@ def _serve(settings: Settings) -> tuple[subprocess.Popen[bytes], int]:
         TICKSTOCK_NATS_URL=settings.nats_url or "",
         TICKSTOCK_REDIS_URL=settings.redis_url or "",
         TICKSTOCK_JWT_SECRET=JWT_SECRET,
-        TICKSTOCK_WRITER_BATCH="50",
+        TICKSTOCK_WRITER_BATCH=str(settings.writer_batch),
+        TICKSTOCK_INGEST_PARTITIONS=str(settings.ingest_partitions),
         TICKSTOCK_LOG_LEVEL="WARNING",
     )
     proc = subprocess.Popen(
@@ -345,7 +352,8 @@ async def test_kill_9_of_a_node_its_partitions_are_taken_over_and_nothing_is_los
     assert len(ids) == len(set(ids)) == total + trickle.published
     assert (seen, bad) == (total, 0)
     assert await stored_count(ref_pool, "kill") == total
-    assert await count(ref_pool, "SELECT count(*) FROM dead_letters") == 0
+    dead = await count(ref_pool, "SELECT count(*) FROM dead_letters")
+    assert dead == 0, await _dead_letters(ref_pool)
 
 
 async def test_garbage_on_the_writers_subject_is_ignored_and_the_node_keeps_counting(
@@ -419,3 +427,8 @@ async def test_a_node_that_stops_hands_its_partitions_over_at_once_and_the_order
 
 async def _holds(nc: NATS, node: str, partitions: int) -> bool:
     return len((await writers(nc)).get(node, [])) == partitions
+
+
+async def _dead_letters(pool: AsyncConnectionPool) -> list[object]:
+    async with pool.connection() as conn:
+        return await (await conn.execute("SELECT reason, subject, detail FROM dead_letters")).fetchall()

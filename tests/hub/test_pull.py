@@ -354,12 +354,12 @@ async def test_a_fresh_pin_holds_newer_messages_until_the_dead_holders_come_back
         assert heir.fences == 1
 
 
-def test_the_clean_publish_goes_out_in_waves_of_one_event_per_symbol() -> None:
-    from hub.clean_publish import waves
+def test_the_clean_publish_goes_out_in_segments_of_distinct_symbols_in_batch_order() -> None:
+    from hub.clean_publish import segments
     from hub.model import PatternEvent
     from tests.support import make_event
 
     symbols = ["A", "B", "A", "A", "C", "B"]
     events = [PatternEvent.model_validate(make_event(i, symbol=s)) for i, s in enumerate(symbols)]
-    assert waves(events) == [[0, 1, 4], [2, 5], [3]]
-    assert waves([]) == []
+    assert segments(events) == [[0, 1], [2], [3, 4, 5]]
+    assert segments([]) == []
