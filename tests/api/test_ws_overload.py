@@ -31,7 +31,7 @@ from hub.overload import REASON_MISSED, REASON_SHED, Overload, Shedder
 from hub.subjects import clean_subject
 from hub.subscriptions import Filter, Subscription
 from tests.conftest import JWT_SECRET, delete_all_streams
-from tests.support import LiveHub, make_event, wait_for
+from tests.support import LiveHub, make_event, publish_events, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
