@@ -215,7 +215,6 @@ async def test_three_nodes_share_the_partitions_and_keep_every_symbols_order(
     settings: Settings, ref_pool: AsyncConnectionPool, nats_client: NATS
 ) -> None:
     await delete_all_streams(settings.nats_url or "")
-    dead_before = await count(ref_pool, "SELECT count(*) FROM dead_letters")  # earlier tests' own
     total = 6000
     node = _node_settings(settings)
     js = nats_client.jetstream()
