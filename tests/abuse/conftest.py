@@ -4,8 +4,12 @@ figures), on a database cloned from the reference template and fresh JetStream s
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import tempfile
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -16,12 +20,42 @@ from tests.abuse.attacks_nats import ATTACKS as NATS_ATTACKS
 from tests.abuse.attacks_ws import ATTACKS as WS_ATTACKS
 from tests.abuse.campaign import Campaign, run_campaign
 from tests.conftest import Servers, _clone, _drop, _redis_db, delete_all_streams
+from tests.support import wait_for
 
 ATTACKS = {**HTTP_ATTACKS, **NATS_ATTACKS, **WS_ATTACKS, **AUTH_ATTACKS}
 # ABUSE_ONLY=name,name runs only those attacks (ABUSE_ONLY= with nothing: the valid flow alone, a baseline).
 _ONLY = os.environ.get("ABUSE_ONLY")
 if _ONLY is not None:
     ATTACKS = {name: attack for name, attack in ATTACKS.items() if name in _ONLY.split(",")}
+
+
+# The campaign's invariants are timings (valid events' latency during the attacks against a baseline
+# before them). Two test runs on one machine would each measure the other's attackers too: a campaign
+# waits until no other run on this machine is in its own (any other test may run beside it).
+MACHINE_LOCK = Path(tempfile.gettempdir()) / "tickstock-abuse-campaign.lock"
+MACHINE_LOCK_WAIT_S = 180.0  # within the campaign budget (CAMPAIGN_BUDGET_S), which counts this wait
+
+
+@contextlib.asynccontextmanager
+async def one_campaign_per_machine(config: pytest.Config) -> AsyncIterator[None]:
+    with open(MACHINE_LOCK, "a") as lock:
+        started = time.monotonic()
+
+        def taken() -> bool:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        await wait_for(taken, timeout=MACHINE_LOCK_WAIT_S, interval=0.5, what="another run's abuse campaign")
+        waited = time.monotonic() - started
+        if waited > 1:
+            _report(config, f"abuse: waited {waited:.0f} s for another run's campaign on this machine")
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
@@ -39,13 +73,14 @@ async def campaign(
         client.flushdb()
     await delete_all_streams(servers.nats_url)
     try:
-        result = await run_campaign(
-            ATTACKS,
-            database_url=url,
-            nats_url=servers.nats_url,
-            redis_url=redis_url,
-            folder=tmp_path_factory.mktemp("abuse"),
-        )
+        async with one_campaign_per_machine(request.config):
+            result = await run_campaign(
+                ATTACKS,
+                database_url=url,
+                nats_url=servers.nats_url,
+                redis_url=redis_url,
+                folder=tmp_path_factory.mktemp("abuse"),
+            )
         _report(request.config, result.summary())
         yield result
     finally:
