@@ -351,6 +351,9 @@ async def test_the_compose_nats_config_runs_a_three_node_cluster_with_the_same_p
         for node in range(3):
             conf = _cluster_conf(tmp_path, node, ports)
             log = open(tmp_path / f"nats-{node}.log", "wb")  # noqa: SIM115 - closed with the process
+            if node:  # one after the other: three nodes started in the same instant sometimes formed
+                # a cluster whose routes never learned the account ("Unknown account" for a minute)
+                await asyncio.sleep(0.5)
             processes.append(
                 (
                     subprocess.Popen(
@@ -380,21 +383,28 @@ async def test_the_compose_nats_config_runs_a_three_node_cluster_with_the_same_p
         async def replicated() -> bool:
             # A fresh connection each time: on a cluster just formed, a reply subscription made before
             # the routes knew the account can stay unknown to the node that answers.
-            client = await nats.connect(hub_urls, connect_timeout=5, inbox_prefix="_INBOX_HUB")
+            # Each attempt is bounded too: on a cluster still forming, a connect or a JetStream request
+            # could wait past the whole deadline (it did once in a make test) instead of failing.
+            client: NATS | None = None
             try:
-                js = client.jetstream(timeout=2)
-                for name, subject in (
-                    (PATTERNS_STREAM, "tickstock.patterns.>"),
-                    ("TICKSTOCK_INGEST", "tickstock.ingest.>"),
-                ):
-                    await js.add_stream(name=name, subjects=[subject], num_replicas=3)
-            except NatsError:
+                async with asyncio.timeout(8):
+                    client = await nats.connect(hub_urls, connect_timeout=5, inbox_prefix="_INBOX_HUB")
+                    js = client.jetstream(timeout=2)
+                    for name, subject in (
+                        (PATTERNS_STREAM, "tickstock.patterns.>"),
+                        ("TICKSTOCK_INGEST", "tickstock.ingest.>"),
+                    ):
+                        await js.add_stream(name=name, subjects=[subject], num_replicas=3)
+            except (NatsError, OSError, asyncio.TimeoutError):  # noqa: UP041 - TimeoutError here is nats'
                 return False  # the cluster is still settling
             finally:
-                await client.close()
+                if client is not None:
+                    with contextlib.suppress(NatsError, OSError, asyncio.TimeoutError):
+                        async with asyncio.timeout(5):
+                            await client.close()
             return True
 
-        await wait_for(replicated, timeout=30, what="R3 streams on the cluster")
+        await wait_for(replicated, timeout=60, what="R3 streams on the cluster")
         hub = await nats.connect(hub_urls, connect_timeout=5, inbox_prefix="_INBOX_HUB")
         try:
             js = hub.jetstream()
