@@ -24,7 +24,7 @@ from hub.protocol import (
 )
 from hub.subscriptions import Subscription
 
-__all__ = ["CLOSE_TIMEOUT_S", "MAX_CLOSE_REASON_BYTES", "Connection", "Send"]
+__all__ = ["CLOSE_TIMEOUT_S", "MAX_CLOSE_REASON_BYTES", "Connection", "Send", "WireWrite"]
 
 log = logging.getLogger("tickstock.ws")
 
@@ -32,6 +32,9 @@ CLOSE_TIMEOUT_S = 2.0
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 
 Send = Callable[[MutableMapping[str, Any]], Coroutine[Any, Any, None]]
+# Writes one prepared frame (the bytes :func:`hub.wsframe.text_frame` made) to the socket as it is, or
+# answers False when the server cannot take it that way now (then the frame goes through ``Send``).
+WireWrite = Callable[[bytes], bool]
 
 
 class Connection:
@@ -52,6 +55,7 @@ class Connection:
         "_metrics",
         "_room",
         "_send",
+        "_wire",
         "busy",
         "close_code",
         "close_reason",
@@ -67,9 +71,16 @@ class Connection:
     )
 
     def __init__(
-        self, send: Send, limits: FanOutLimits, metrics: FanOutMetrics, *, heartbeat: bool = True
+        self,
+        send: Send,
+        limits: FanOutLimits,
+        metrics: FanOutMetrics,
+        *,
+        heartbeat: bool = True,
+        wire: WireWrite | None = None,
     ) -> None:
         self._send = send
+        self._wire = wire
         self._limits = limits
         self._metrics = metrics
         self._frames: deque[tuple[str, float, float]] = deque()  # frame, stored at, queued at (monotonic)
@@ -96,6 +107,11 @@ class Connection:
         return self.subject is not None
 
     @property
+    def raw(self) -> bool:
+        """Whether prepared frame bytes may be offered (the server can take them as they are)."""
+        return self._wire is not None
+
+    @property
     def queued(self) -> int:
         return len(self._frames)
 
@@ -106,12 +122,17 @@ class Connection:
     def send_json(self, message: dict[str, Any]) -> bool:
         return self.offer(json.dumps(message, separators=(",", ":")))
 
-    def offer(self, frame: str, stored_at: float = 0.0) -> bool:
-        """Write or queue a frame without waiting. A full outbox closes the connection (4409) and
-        returns False."""
+    def offer(self, frame: str, stored_at: float = 0.0, wire: bytes | None = None) -> bool:
+        """Write or queue a frame without waiting. ``wire``: the frame's bytes, prepared once for every
+        connection (written as they are when the server allows it). A full outbox closes the
+        connection (4409) and returns False."""
         if self.close_code is not None:
             return False
         if self._flusher is None:
+            if wire is not None and self._wire is not None and self._wire(wire):
+                self._metrics.prepared += 1
+                self._sent(frame, stored_at)
+                return True
             self._write_now(frame, stored_at)
             return not self.gone
         frames = self._frames

@@ -33,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from hub.broker import SlowConsumers
 from hub.catalog import CatalogCache
-from hub.connection import CLOSE_TIMEOUT_S, Connection, Send
+from hub.connection import CLOSE_TIMEOUT_S, Connection, Send, WireWrite
 from hub.errors import HubError, SubscriptionLimitError
 from hub.fanout_limits import FanOutLimits
 from hub.fanout_metrics import FanOutMetrics
@@ -46,6 +46,7 @@ from hub.overload import Overload
 from hub.protocol import CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW, CLOSE_UNAUTHORIZED
 from hub.subjects import UNIVERSE_CHANGED_SUBJECT
 from hub.subscriptions import Entry, Filter, Subscription, SubscriptionIndex
+from hub.wsframe import text_frame
 from store.universe_resolver import SqlResolver, UniverseResolver, UnknownUniverse
 
 __all__ = ["FanOut", "FilterError"]
@@ -144,9 +145,10 @@ class FanOut:
 
     # -- connections -----------------------------------------------------------------------------
 
-    def connect(self, send: Send, *, heartbeat: bool = True) -> Connection:
-        """Register a socket; ``heartbeat=False`` for a transport with its own liveness checks."""
-        conn = Connection(send, self.limits, self.metrics, heartbeat=heartbeat)
+    def connect(self, send: Send, *, heartbeat: bool = True, wire: WireWrite | None = None) -> Connection:
+        """Register a socket; ``heartbeat=False`` for a transport with its own liveness checks; ``wire``
+        writes prepared frame bytes to it (see :class:`~hub.connection.Connection`)."""
+        conn = Connection(send, self.limits, self.metrics, heartbeat=heartbeat, wire=wire)
         self.connections[conn] = None
         return conn
 
@@ -188,6 +190,7 @@ class FanOut:
         self.head = entry.seq
         seq = entry.seq
         frames: dict[str, str] = {}  # one frame per distinct list of subscription ids, shared by connections
+        wires: dict[str, bytes] = {}  # and its bytes on the wire, for connections that take them as they are
         for conn, subs in self.index.match(entry).items():
             live = []
             for sub in subs:
@@ -204,7 +207,13 @@ class FanOut:
                 frame = frames.get(ids)
                 if frame is None:
                     frame = frames[ids] = _event_frame(entry, ids)
-                conn.offer(frame, entry.stored_at)
+                if conn.raw:
+                    wire = wires.get(ids)
+                    if wire is None:
+                        wire = wires[ids] = text_frame(frame)
+                    conn.offer(frame, entry.stored_at, wire)
+                else:
+                    conn.offer(frame, entry.stored_at)
 
     # -- subscriptions ---------------------------------------------------------------------------
 

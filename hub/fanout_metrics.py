@@ -62,6 +62,15 @@ class FanOutMetrics:
                 lambda: self.bytes,
             )
         )
+        self.prepared = 0  # a plain number: counted once per frame
+        r.add(
+            CounterView(
+                "tickstock_ws_prepared_frames_total",
+                "Event frames written as bytes encoded once per event for every connection (the rest went "
+                "through the server's own send: compression negotiated, flow control, or another transport).",
+                lambda: self.prepared,
+            )
+        )
         self.high_water = r.add(
             Gauge(
                 "tickstock_ws_queue_high_water",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import socket
 import threading
@@ -18,6 +19,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from api.app import create_app, open_hub
+from api.cli.serving import server_config
 from api.server import HubServer
 from api.settings import Settings
 from api.state import HubState
@@ -117,9 +119,9 @@ class LiveHub:
     async def __aenter__(self) -> LiveHub:
         self.state = await self._stack.enter_async_context(open_hub(self.settings))
         self.app = create_app(self.settings, hub=self.state)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", access_log=False
-        )
+        # The production server's configuration (no per-connection compression, frame bounds, grace).
+        config = server_config(self.app, dataclasses.replace(self.settings, log_level="WARNING"))
+        config.host, config.port = "127.0.0.1", self.port
         self._server = _QuietServer(config)
         self._task = await serve_started(self._server)
         return self

@@ -21,6 +21,7 @@ from api.errors import problem_for
 from api.jsonbound import MAX_DEPTH, JsonTooDeep, loads_bounded
 from api.requestid import SERVER_SEND
 from api.state import HubState
+from api.wsraw import raw_writer
 from hub.connection import Connection
 from hub.errors import HubError
 from hub.fanout import FanOut
@@ -259,7 +260,8 @@ async def feed(websocket: WebSocket) -> None:
     if fanout.full:
         await websocket.close(CLOSE_TOO_MANY, "too many connections on this node; try another")
         return
-    conn = fanout.connect(websocket.scope.get(SERVER_SEND, websocket.send))
+    send = websocket.scope.get(SERVER_SEND, websocket.send)
+    conn = fanout.connect(send, wire=raw_writer(send))
     state = websocket.app.state
     address = client_address(websocket)
 

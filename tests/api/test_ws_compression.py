@@ -130,15 +130,23 @@ async def subscribed(url: str) -> tuple[ClientConnection, BrowserDeflate]:
     return ws, offer
 
 
-async def counters(live_hub: LiveHub) -> tuple[float, float]:
+async def samples(live_hub: LiveHub, prefix: str) -> dict[str, float]:
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"{live_hub.url}/metrics")).text
-    values = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line.startswith("tickstock_ws_deflate_")
+    return {
+        line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line.startswith(prefix)
     }
+
+
+async def counters(live_hub: LiveHub) -> tuple[float, float]:
+    values = await samples(live_hub, "tickstock_ws_deflate_")
     return values["tickstock_ws_deflate_compressed_total"], values["tickstock_ws_deflate_reused_total"]
+
+
+async def prepared(live_hub: LiveHub) -> float:
+    return (await samples(live_hub, "tickstock_ws_prepared_frames_total"))[
+        "tickstock_ws_prepared_frames_total"
+    ]
 
 
 async def test_off_declines_the_offer_and_sends_plain_frames(live_hub: LiveHub, plain_hub: str) -> None:
@@ -147,10 +155,12 @@ async def test_off_declines_the_offer_and_sends_plain_frames(live_hub: LiveHub, 
         assert ws.response is not None
         assert "Sec-WebSocket-Extensions" not in ws.response.headers
         assert ws.protocol.extensions == []
+        before = await prepared(live_hub)
         await publish_events(live_hub.hub.js, [make_event(i, prefix="off") for i in range(3)])
         for _ in range(3):
             assert (await frame(ws, "event"))["event"]["id"].startswith("off-")
         assert offer.compressed == []  # nothing went through a deflate extension
+        assert await prepared(live_hub) - before == 3  # each written as the bytes prepared once per event
     finally:
         await ws.close()
 
@@ -166,6 +176,7 @@ async def test_shared_compresses_each_distinct_frame_once_for_every_connection(
             assert negotiated.startswith("permessage-deflate")
             assert "server_no_context_takeover" in negotiated
         compressed0, reused0 = await counters(live_hub)
+        prepared0 = await prepared(live_hub)
         events = [make_event(i, prefix="shared", pattern="doji") for i in range(EVENTS)]
         await publish_events(live_hub.hub.js, events)
         for ws, offer in peers:
@@ -177,6 +188,7 @@ async def test_shared_compresses_each_distinct_frame_once_for_every_connection(
         compressed, reused = await counters(live_hub)
         assert compressed - compressed0 == EVENTS  # once per distinct frame ...
         assert reused - reused0 == EVENTS * (CONNECTIONS - 1)  # ... and shared by every other connection
+        assert await prepared(live_hub) == prepared0  # deflate sessions never take the plain bytes
     finally:
         for ws, _ in peers:
             await ws.close()
