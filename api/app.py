@@ -261,6 +261,7 @@ def fanout_limits(settings: Settings) -> FanOutLimits:
         live_pending_messages=settings.ws_live_pending_messages,
         live_pending_bytes=settings.ws_live_pending_bytes,
         shed_after_s=settings.ws_shed_after_s,
+        shed_lag_s=settings.ws_shed_lag_s,
     )
 
 

@@ -155,6 +155,7 @@ class Settings:
     ws_live_pending_messages: int = ws.DEFAULT_LIVE_PENDING_MESSAGES
     ws_live_pending_bytes: int = ws.DEFAULT_LIVE_PENDING_BYTES
     ws_shed_after_s: float = ws.DEFAULT_SHED_AFTER_S
+    ws_shed_lag_s: float = ws.DEFAULT_SHED_LAG_S
     # permessage-deflate (api/wsdeflate.py): "off" declines it; "shared" compresses each frame once.
     ws_compression: str = DEFAULT_WS_COMPRESSION
     # Socket.IO at /socket.io/ (docs/socketio.md), on the same fan-out and bounds as /ws.

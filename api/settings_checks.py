@@ -97,6 +97,7 @@ POSITIVE_SECONDS = (
     "ws_drain_s",
     "ws_queue_age_s",
     "ws_shed_after_s",
+    "ws_shed_lag_s",
     "socketio_ping_interval_s",
     "socketio_ping_timeout_s",
 )

@@ -91,7 +91,9 @@ class FanOut:
         self._notices: NatsSubscription | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
-        self.overload = Overload(self.connections, self.metrics, after_s=self.limits.shed_after_s)
+        self.overload = Overload(
+            self.connections, self.metrics, after_s=self.limits.shed_after_s, lag_s=self.limits.shed_lag_s
+        )
         self._live = LiveFeed(
             js,
             limits=self.limits,
@@ -172,7 +174,7 @@ class FanOut:
 
     async def _on_live(self, msg: Msg, seq: int, stored_at: float) -> None:
         """The next event of the clean stream (:class:`hub.live.LiveFeed`: in order, once)."""
-        self.overload.check(self.backlog)
+        self.overload.check(self.backlog, stored_at)
         try:
             entry = Entry.from_json(seq, msg.data, stored_at)
         except (ValueError, KeyError, TypeError) as exc:
@@ -351,6 +353,7 @@ class FanOut:
         while True:
             await asyncio.sleep(period)
             now, wall = time.monotonic(), time.time()
+            self.overload.outboxes(now)
             for conn in list(self.connections):
                 if conn.close_code is not None:
                     continue

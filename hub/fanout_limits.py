@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_RESUME_MAX",
     "DEFAULT_RING_SIZE",
     "DEFAULT_SHED_AFTER_S",
+    "DEFAULT_SHED_LAG_S",
     "FanOutLimits",
 ]
 
@@ -43,6 +44,9 @@ DEFAULT_LIVE_PENDING_MESSAGES = 20_000
 DEFAULT_LIVE_PENDING_BYTES = 64 << 20
 # That buffer never empty for this long: the node is behind, and sheds its slowest connections (4409).
 DEFAULT_SHED_AFTER_S = 0.5
+# Events handed on this long after they were stored, at the end of such a window and not recovering: the
+# node is behind too (its sockets take longer than events come), and sheds (hub.overload).
+DEFAULT_SHED_LAG_S = 0.15
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +67,7 @@ class FanOutLimits:
     live_pending_messages: int = DEFAULT_LIVE_PENDING_MESSAGES
     live_pending_bytes: int = DEFAULT_LIVE_PENDING_BYTES
     shed_after_s: float = DEFAULT_SHED_AFTER_S
+    shed_lag_s: float = DEFAULT_SHED_LAG_S
 
     def as_dict(self) -> dict[str, Any]:
         """The limits a client may plan by (sent in the welcome frame)."""

@@ -208,6 +208,9 @@ def settings(
         # Every test connects from 127.0.0.1: the per-address limit of failed authentications would
         # throttle the suites that test 401s. tests/api/test_hostile_auth.py turns it on.
         auth_failure_per_s=0,
+        # Shedding on how long events waited is tested on its own (tests/api/test_ws_overload.py); a
+        # loaded test machine hands events on late without any node being past its capacity.
+        ws_shed_lag_s=30.0,
     )
 
 

@@ -27,7 +27,7 @@ from hub.fanout_limits import FanOutLimits
 from hub.fanout_metrics import FanOutMetrics
 from hub.jetstream import PATTERNS_STREAM
 from hub.metrics import Registry
-from hub.overload import REASON_MISSED, REASON_SHED, Overload, Shedder
+from hub.overload import MIN_LATE_OUTBOXES, REASON_MISSED, REASON_SHED, Overload, Shedder
 from hub.subjects import clean_subject
 from hub.subscriptions import Filter, Subscription
 from tests.conftest import JWT_SECRET, delete_all_streams
@@ -287,6 +287,63 @@ async def test_sheds_only_when_the_backlog_stays_and_does_not_drain() -> None:
     assert not shedder.due(300, 4.2)  # a burst ...
     assert not shedder.due(150, 5.2)  # ... that drains never sheds
     assert not shedder.due(10, 6.2)
+
+
+async def test_sheds_when_events_stay_late_and_lets_a_recovering_node_be() -> None:
+    shedder = Shedder(after_s=1.0, lag_s=0.2)
+    assert not shedder.due(0, 0.0, waited=5.01)  # handed on as it came: the clocks differ by 5.01 s
+    assert shedder.offset == pytest.approx(5.01)
+    assert not shedder.due(0, 0.25, waited=5.51)  # 0.5 s late, the buffer empty: a window starts
+    assert not shedder.due(0, 0.75, waited=5.55)
+    assert shedder.due(0, 1.25, waited=5.61)  # a window late and not recovering: a step
+    assert not shedder.due(0, 1.75, waited=5.9)  # a step at most every after_s
+    assert not shedder.due(0, 2.25, waited=5.4)  # recovering fast (0.2 s/s): back under within 4 windows
+    assert shedder.due(0, 3.25, waited=5.39)  # late and barely recovering: another step
+    assert not shedder.due(0, 3.5, waited=5.1)  # on time again
+    assert not shedder.due(0, 3.75, waited=6.0)  # late again ...
+    assert not shedder.due(0, 6.0, waited=6.0)  # ... but nothing came for longer than a window:
+    assert not shedder.due(0, 6.5, waited=6.0)  # a new window starts, not yet over
+    assert shedder.due(0, 7.0, waited=6.0)
+
+
+async def test_without_a_fresh_event_the_wait_is_taken_as_the_clocks_say() -> None:
+    shedder = Shedder(after_s=1.0, lag_s=0.2)
+    assert shedder.lag(0.5, backlog=3) == 0.5  # nothing seen on time yet: no offset
+    assert shedder.lag(-0.3, backlog=0) == 0.0  # this clock is behind NATS's: the offset is -0.3 s
+    assert shedder.lag(0.2, backlog=3) == pytest.approx(0.5)
+
+
+async def test_many_late_outboxes_shed_the_slowest_and_a_few_never_do() -> None:
+    metrics = FanOutMetrics(Registry(), _Counted())
+    healthy_sent: list[Any] = []
+
+    async def healthy(message: Any) -> None:
+        healthy_sent.append(message)
+
+    conns: list[Connection] = []
+    for n in range(MIN_LATE_OUTBOXES + 20):
+        stuck = n < MIN_LATE_OUTBOXES  # their sockets take nothing: a second frame waits in the outbox
+        conn = Connection(_never if stuck else healthy, FanOutLimits(), metrics)
+        conn.subs["s"] = Subscription("s", conn, Filter(), None, order=n)
+        assert conn.offer("a") and conn.offer("b")
+        conns.append(conn)
+    overload = Overload(conns, metrics, after_s=0.5, lag_s=0.15)
+    try:
+        now = time.monotonic() + 1.0  # the stuck outboxes' frames have waited a second
+        overload.outboxes(now)  # a window starts
+        assert metrics.shed.total() == 0
+        overload.outboxes(now + 0.6)
+        closed = [c for c in conns if c.close_code == 4409]
+        assert len(closed) == 12 == metrics.shed.total()  # a tenth of the subscribed, ...
+        assert all(conns.index(c) < MIN_LATE_OUTBOXES for c in closed)  # ... late ones only
+        assert {c.close_reason for c in closed} == {REASON_SHED}
+        # 88 late outboxes are left: fewer than MIN_LATE_OUTBOXES, a few slow clients, not an overload
+        overload.outboxes(now + 1.2)
+        overload.outboxes(now + 1.8)
+        assert metrics.shed.total() == 12
+    finally:
+        for conn in conns:
+            conn.abandon()
 
 
 async def _never(message: Any) -> None:
