@@ -44,6 +44,7 @@ from api.securityheaders import SecurityHeaders, SecurityHeadersMiddleware
 from api.settings import Settings
 from api.state import HubState
 from api.workerheader import WorkerHeaderMiddleware
+from api.wsdirect import DirectWebSocket
 from hub.advisories import AdvisoryWatcher
 from hub.bridge import RedisBridge
 from hub.broker import SlowConsumers, open_nats, redact
@@ -323,6 +324,7 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
                 if hub and hub.worker is not None
                 else []
             ),
+            Middleware(DirectWebSocket, path="/ws", endpoint=ws.feed),  # innermost: see api/wsdirect.py
         ],
         routes=[
             *health.routes,

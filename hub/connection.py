@@ -32,6 +32,16 @@ CLOSE_TIMEOUT_S = 2.0
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 
 Send = Callable[[MutableMapping[str, Any]], Coroutine[Any, Any, None]]
+
+
+class _NoFrames(deque[tuple[str, float, float]]):
+    """The shared empty outbox of connections that never queued: queueing in it is a bug, not a loss."""
+
+    def append(self, item: tuple[str, float, float]) -> None:
+        raise RuntimeError("a frame queued in the shared empty outbox")
+
+
+_NO_FRAMES = _NoFrames()
 # Writes one prepared frame (the bytes :func:`hub.wsframe.text_frame` made) to the socket as it is, or
 # answers False when the server cannot take it that way now (then the frame goes through ``Send``).
 WireWrite = Callable[[bytes], bool]
@@ -83,9 +93,11 @@ class Connection:
         self._wire = wire
         self._limits = limits
         self._metrics = metrics
-        self._frames: deque[tuple[str, float, float]] = deque()  # frame, stored at, queued at (monotonic)
+        # frame, stored at, queued at (monotonic); the shared empty one until a send first waits (an empty
+        # deque costs 600+ bytes, and most connections never queue a frame)
+        self._frames: deque[tuple[str, float, float]] = _NO_FRAMES
         self._bytes = 0
-        self._room = asyncio.Event()
+        self._room: asyncio.Event | None = None  # made when something waits for room (most never do)
         self._flusher: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self.subs: dict[str, Subscription] = {}
@@ -152,8 +164,7 @@ class Connection:
         ):
             if self.close_code is not None:
                 return False
-            self._room.clear()
-            await self._room.wait()
+            await self._wait_room()
         return self.offer(frame, stored_at)
 
     def close(self, code: int, reason: str = "") -> None:
@@ -173,7 +184,7 @@ class Connection:
             self._flusher = None
         if self._flusher is None:  # otherwise the flusher sends the close after the outbox
             self._closer = asyncio.create_task(self._send_close(), name="ws-close")
-        self._room.set()
+        self._wake()
 
     async def closed(self) -> None:
         """Wait until the close frame is written (or the socket is gone)."""
@@ -184,8 +195,7 @@ class Connection:
 
     async def drained(self) -> None:
         while self._frames and self.close_code is None:
-            self._room.clear()
-            await self._room.wait()
+            await self._wait_room()
 
     def abandon(self) -> None:
         """The socket is gone: stop writing."""
@@ -196,7 +206,18 @@ class Connection:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
-        self._room.set()
+        self._wake()
+
+    async def _wait_room(self) -> None:
+        """Wait until :meth:`_wake` (the outbox shrank, or the connection closed)."""
+        if self._room is None:
+            self._room = asyncio.Event()
+        self._room.clear()
+        await self._room.wait()
+
+    def _wake(self) -> None:
+        if self._room is not None:
+            self._room.set()
 
     def _sent(self, frame: str, stored_at: float) -> None:
         metrics = self._metrics
@@ -218,6 +239,8 @@ class Connection:
             log.debug("websocket write ended: %r", exc)
             self.abandon()
             return
+        if self._frames is _NO_FRAMES:
+            self._frames = deque()
         self._flusher = asyncio.create_task(self._flush(send, waiting, frame, stored_at), name="ws-flush")
 
     async def _flush(
@@ -234,8 +257,8 @@ class Connection:
                 await self._send({"type": "websocket.send", "text": frame})
                 self._sent(frame, stored_at)
                 if len(frames) <= low:
-                    self._room.set()
-            self._room.set()
+                    self._wake()
+            self._wake()
         except (OSError, RuntimeError) as exc:
             log.debug("websocket write ended: %r", exc)
             self.gone = True
