@@ -131,20 +131,23 @@ class Connection:
         """How long the oldest queued frame has waited (0 when nothing waits)."""
         return now - self._frames[0][2] if self._frames else 0.0
 
+    def write_prepared(self, wire: bytes) -> bool:
+        """Write a prepared frame now if nothing waits before it and the server takes it as it is; False
+        otherwise (then :meth:`offer` it). Counting it is the caller's (:meth:`FanOutMetrics.prepared_sent`
+        once for all the sockets an event was written to)."""
+        return (
+            self.close_code is None and self._flusher is None and self._wire is not None and self._wire(wire)
+        )
+
     def send_json(self, message: dict[str, Any]) -> bool:
         return self.offer(json.dumps(message, separators=(",", ":")))
 
-    def offer(self, frame: str, stored_at: float = 0.0, wire: bytes | None = None) -> bool:
-        """Write or queue a frame without waiting. ``wire``: the frame's bytes, prepared once for every
-        connection (written as they are when the server allows it). A full outbox closes the
-        connection (4409) and returns False."""
+    def offer(self, frame: str, stored_at: float = 0.0) -> bool:
+        """Write or queue a frame without waiting. A full outbox closes the connection (4409) and
+        returns False."""
         if self.close_code is not None:
             return False
         if self._flusher is None:
-            if wire is not None and self._wire is not None and self._wire(wire):
-                self._metrics.prepared += 1
-                self._sent(frame, stored_at)
-                return True
             self._write_now(frame, stored_at)
             return not self.gone
         frames = self._frames

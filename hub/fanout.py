@@ -46,7 +46,7 @@ from hub.overload import Overload
 from hub.protocol import CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW, CLOSE_UNAUTHORIZED
 from hub.subjects import UNIVERSE_CHANGED_SUBJECT
 from hub.subscriptions import Entry, Filter, Subscription, SubscriptionIndex
-from hub.wsframe import text_frame
+from hub.wsframe import header_size, text_frame
 from store.universe_resolver import SqlResolver, UniverseResolver, UnknownUniverse
 
 __all__ = ["FanOut", "FilterError"]
@@ -193,6 +193,7 @@ class FanOut:
         seq = entry.seq
         frames: dict[str, str] = {}  # one frame per distinct list of subscription ids, shared by connections
         wires: dict[str, bytes] = {}  # and its bytes on the wire, for connections that take them as they are
+        written = written_bytes = 0  # prepared frames written, and their payload bytes
         for conn, subs in self.index.match(entry).items():
             live = []
             for sub in subs:
@@ -213,9 +214,13 @@ class FanOut:
                     wire = wires.get(ids)
                     if wire is None:
                         wire = wires[ids] = text_frame(frame)
-                    conn.offer(frame, entry.stored_at, wire)
-                else:
-                    conn.offer(frame, entry.stored_at)
+                    if conn.write_prepared(wire):
+                        written += 1
+                        written_bytes += len(wire) - header_size(wire)
+                        continue
+                conn.offer(frame, entry.stored_at)
+        if written:
+            self.metrics.prepared_sent(written, written_bytes, entry.stored_at)
 
     # -- subscriptions ---------------------------------------------------------------------------
 

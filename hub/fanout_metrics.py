@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sized
 from typing import Protocol
 
@@ -125,6 +126,16 @@ class FanOutMetrics:
             )
         )
         self.peak = 0
+
+    def prepared_sent(self, frames: int, payload_bytes: int, stored_at: float) -> None:
+        """``frames`` event frames written as prepared bytes, ``payload_bytes`` in all, of an event
+        stored at ``stored_at`` (wall seconds): counted once for every socket it was written to."""
+        self.prepared += frames
+        self.messages += frames
+        self.events += frames
+        self.bytes += payload_bytes
+        if stored_at:
+            self.latency.observe(time.time() - stored_at, frames)
 
     def queued(self, depth: int) -> None:
         if depth > self.peak:

@@ -207,10 +207,11 @@ class Histogram(_Metric):
         self.count = 0
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self._counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.count += 1
-        self.sum += value
+    def observe(self, value: float, times: int = 1) -> None:
+        """Count ``value`` (``times`` observations of it: one event written to many sockets at once)."""
+        self._counts[bisect.bisect_left(self.buckets, value)] += times
+        self.count += times
+        self.sum += value * times
 
     def quantile(self, q: float) -> float | None:
         """An upper bound of the ``q`` quantile (the bucket edge it falls in); None when empty."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["text_frame"]
+__all__ = ["header_size", "text_frame"]
 
 _FIN_TEXT = 0x81  # FIN set, opcode 1 (text)
 _LEN16 = struct.Struct("!BBH")
@@ -26,3 +26,9 @@ def text_frame(text: str) -> bytes:
     if size < 1 << 16:
         return _LEN16.pack(_FIN_TEXT, 126, size) + payload
     return _LEN64.pack(_FIN_TEXT, 127, size) + payload
+
+
+def header_size(frame: bytes) -> int:
+    """The length of :func:`text_frame`'s header in ``frame`` (what precedes the payload)."""
+    marker = frame[1]
+    return 2 if marker < 126 else 4 if marker == 126 else 10

@@ -6,7 +6,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from hub.wsframe import text_frame
+from hub.wsframe import header_size, text_frame
 
 
 def parse(data: bytes) -> tuple[Frame, bytes]:
@@ -29,6 +29,7 @@ def test_each_length_encoding_is_what_websockets_writes_and_parses(size: int) ->
     text = "x" * size
     data = text_frame(text)
     assert data == Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+    assert len(data) - header_size(data) == size  # what the fan-out counts as payload bytes
     frame, rest = parse(data)
     assert (frame.opcode, frame.fin, frame.rsv1, frame.data.decode(), rest) == (
         Opcode.TEXT,
