@@ -5,6 +5,7 @@ idle-connection memory; one table, one JSON file, one PNG.
     ops/bench                # the full run (about 25 minutes on 2 cores)
     ops/bench --skip rest --fanout-connections 1000 --servers hub,node
     ops/bench --skip ingest,rest,memory --servers hub,hub-shared,starlette,node --fanout-connections 500
+    ops/bench --skip ingest,rest --servers hub,starlette,node --hub-workers 1   # one hub process
 
 Sections (each starts its own servers and stops them, so a failure in one does not lose the others):
 
@@ -17,6 +18,12 @@ Sections (each starts its own servers and stops them, so a failure in one does n
 - REST (``ops/bench_rest.py``'s shapes and client): ``GET /api/patterns/scan`` on 2,000,000 stored
   events, uncached (a hub with ``TICKSTOCK_CACHE_ENABLED=false``) and cached (the same requests to a
   hub with its response cache on; the hit count is shown).
+
+The fan-out and memory hubs run with ``--hub-workers`` processes (``TICKSTOCK_WORKERS``; default the
+hub's own, one per core; each hub row names it); their CPU and memory cover the supervisor and every
+worker. Each row also counts the connections the server closed by close code (the client never
+reopens them), loses only what the kept connections missed, and gives the p99 of the kept connections
+and the server's largest RSS during the run (``ops/fanout_report.py`` says what each column is).
 
 Fan-out runs are made with plain clients and with clients that offer permessage-deflate as a browser
 does (``--clients``, default both; ``hub-shared`` is the hub with ``TICKSTOCK_WS_COMPRESSION=shared``,
@@ -55,6 +62,7 @@ sys.path.insert(0, str(HERE.parent))
 import bench_fanout  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_rest  # noqa: E402
+from fanout_report import LABELS, acceptance_lines, fanout_table, memory_table  # noqa: E402
 from gen_events import ensure_events, open_stack  # noqa: E402
 from harness import start_hub, stop_hub  # noqa: E402
 from wsload import raise_fd_limit  # noqa: E402
@@ -62,14 +70,6 @@ from wsload import raise_fd_limit  # noqa: E402
 RESULTS = HERE / "results"
 SECTIONS = ("ingest", "fanout", "memory", "rest")
 PEERS = ("starlette", "node", "flask")
-LABELS = {
-    "hub": "hub (ours)",
-    "hub-shared": "hub, shared deflate (ours)",
-    "hub-sio": "hub Socket.IO (ours)",
-    "starlette": "bare Starlette loop",
-    "node": "Socket.IO on Node.js",
-    "flask": "Flask-SocketIO + Redis",
-}
 FULL = {
     "ingest_events": 100_000,
     "latency_events": 10_000,
@@ -134,7 +134,8 @@ def run_ingest(cfg: dict[str, Any]) -> dict[str, Any]:
 def run_fanout(cfg: dict[str, Any], servers: list[str], *, memory: bool, fanout: bool) -> dict[str, Any]:
     conns = cfg["connections"] if fanout else []
     print(
-        f"== fan-out: {', '.join(servers)} at {conns} connections × {cfg['rate']:g} msg/s, {cfg['seconds']:g} s"
+        f"== fan-out: {', '.join(servers)} at {conns} connections × {cfg['rate']:g} msg/s, {cfg['seconds']:g} s; "
+        f"hubs with {cfg.get('hub_workers')} worker(s)"
         + (f"; memory at {cfg['memory']:,} idle connections" if memory else ""),
         flush=True,
     )
@@ -148,6 +149,7 @@ def run_fanout(cfg: dict[str, Any], servers: list[str], *, memory: bool, fanout:
         processes=None,
         flask_max=cfg["flask_max"],
         clients=tuple(cfg.get("clients", ("plain",))),
+        hub_workers=cfg.get("hub_workers"),
     )
 
 
@@ -238,14 +240,6 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:,}"
 
 
-def _label(r: dict[str, Any]) -> str:
-    return LABELS[r["server"]] + (" · deflate clients" if r.get("clients") == "deflate" else "")
-
-
-def _order(r: dict[str, Any]) -> tuple[int, int, int]:
-    return (r["connections"], list(LABELS).index(r["server"]), r.get("clients") == "deflate")
-
-
 def report(result: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     say = lines.append
@@ -285,22 +279,8 @@ def report(result: dict[str, Any]) -> list[str]:
             "== fan-out: 20 messages/s per connection (hub: mixed filters over events published to ingest at "
             "32/s, so 20/s per connection on average; baselines: broadcast)"
         )
-        head = (
-            f"  {'server':<44} {'conns':>6} {'ready':>6} {'deliveries/s':>12} {'lost':>8} {'dup':>4} "
-            f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'CPU µs/msg':>10} {'server CPU':>10}"
-        )
-        say(head)
-        say("  " + "-" * (len(head) - 2))
-        for r in sorted(all_runs, key=_order):
-            lat = r["latency_ms"]
-            lost = f"{r['lost_pct']:.1f}%" if r["lost"] else "0"
-            say(
-                f"  {_label(r):<44} {r['connections']:>6,} {r['ready']:>6,} {r['deliveries_per_s']:>12,.0f} "
-                f"{lost:>8} {r['duplicates']:>4} {_fmt(lat.get('p50'))!s:>8} {_fmt(lat.get('p95'))!s:>8} "
-                f"{_fmt(lat.get('p99'))!s:>8} {_fmt(r['server_cpu_us_per_msg'])!s:>10} {r['server_cpu_pct']:>9.0f}%"
-            )
-        for sk in fan.get("skipped", []):
-            say(f"  {LABELS[sk['server']]:<44} {sk['connections']:>6,}  not run: {sk['why']}")
+        for line in fanout_table(all_runs, fan.get("skipped", [])):
+            say(line)
         hubs = [r for r in runs if r["server"] == "hub"]
         if any(h.get("hub_stored_to_sent_ms") for h in hubs):
             say(
@@ -315,7 +295,7 @@ def report(result: dict[str, Any]) -> list[str]:
         helper = [h for h in hubs if h["helper_cpu_s"]]
         if helper:
             say(
-                "  hub pipeline besides the hub process (NATS, PostgreSQL, Redis), CPU µs per delivered message: "
+                "  hub pipeline besides the hub's processes (NATS, PostgreSQL, Redis), CPU µs per delivered message: "
                 + ", ".join(f"{h['connections']:,}: {h['helper_cpu_us_per_msg']}" for h in helper)
             )
         peers = [p for p in PEERS if any(r["server"] == p for r in runs)]
@@ -339,9 +319,11 @@ def report(result: dict[str, Any]) -> list[str]:
                     ("p50 latency", lambda r: r["latency_ms"].get("p50")),
                     ("p95 latency", lambda r: r["latency_ms"].get("p95")),
                     ("p99 latency", lambda r: r["latency_ms"].get("p99")),
+                    ("p99 latency, kept", lambda r: (r.get("latency_ms_kept") or {}).get("p99")),
                     ("deliveries/s", lambda r: r["deliveries_per_s"]),
                     ("lost messages", lambda r: r["lost"]),
                     ("server CPU µs/msg", lambda r: r["server_cpu_us_per_msg"]),
+                    ("server RSS max", lambda r: r.get("rss_max_mb")),
                 ]
                 for name, get in figures:
                     say(
@@ -382,20 +364,14 @@ def report(result: dict[str, Any]) -> list[str]:
     if mem:
         say("")
         say("== memory: RSS per idle connection")
-        hub_mem = next((x for x in mem if x["server"] == "hub"), None)
-        for x in sorted(mem, key=lambda x: list(LABELS).index(x["server"])):
-            if x["rss_per_conn_kb"] is None:
-                say(f"  {LABELS[x['server']]:<24} {x['ready']:>6,}/{x['connections']:,} connected: no figure")
-                continue
-            ratio = (
-                ""
-                if x["server"] == "hub" or not hub_mem
-                else f"   hub ÷ this: {_ratio(hub_mem['rss_per_conn_kb'], x['rss_per_conn_kb'])}"
-            )
-            say(
-                f"  {LABELS[x['server']]:<24} {x['ready']:>6,}/{x['connections']:,} connected, RSS "
-                f"{x['rss_before_mb']:,.0f} → {x['rss_after_mb']:,.0f} MB: {x['rss_per_conn_kb']:.1f} KB/connection{ratio}"
-            )
+        for line in memory_table(mem):
+            say(line)
+    checks = acceptance_lines(all_runs, mem)
+    if checks:
+        say("")
+        say("== issue #14 acceptance figures")
+        for line in checks:
+            say(line)
     if fan.get("errors"):
         for name, err in fan["errors"].items():
             say(f"  {name}: FAILED: {err.splitlines()[0][:300]}")
@@ -533,6 +509,7 @@ def main() -> int:
         default=bench_fanout.FLASK_MAX_CONNECTIONS,
         help="fan-out runs of Flask-SocketIO above this are skipped (its threads swamp the machine)",
     )
+    bench_fanout.add_hub_workers(parser)
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -553,6 +530,7 @@ def main() -> int:
         rate=args.rate,
         flask_max=args.flask_max_connections,
         clients=bench_fanout.parse_clients(args.clients, parser),
+        hub_workers=args.hub_workers,
     )
     if args.fanout_connections is not None:
         cfg["connections"] = [int(c) for c in args.fanout_connections.split(",") if c]

@@ -4,14 +4,33 @@
     python ops/bench_fanout.py --servers hub,starlette --connections 100,1000,5000 --seconds 30
     python ops/bench_fanout.py --servers hub --memory 10000 --connections ''
     python ops/bench_fanout.py --servers hub,hub-shared,starlette,node --clients plain,deflate
+    python ops/bench_fanout.py --servers hub --hub-workers 1 --connections 1000   # one hub process
+
+Issue #14's acceptance runs (``.venv/bin/python`` from the repository root; each prints a table, then
+the acceptance figures with "met"/"missed" where the run has the item's shape):
+
+    # (2) 5,000 connections × 20 msg/s, everyone gets everything: the hub (all workers) loses nothing,
+    #     closes nothing, p99 ≤ Node's; server CPU per delivered message for hub, Starlette and Node
+    .venv/bin/python ops/bench_fanout.py --servers hub,starlette,node --connections 5000 --seconds 20 --hub-filters all
+    # (3) 10,000 connections × 20 msg/s, past what the box carries: RSS max, sheds (4409), p99 of the kept
+    .venv/bin/python ops/bench_fanout.py --servers hub --connections 10000 --seconds 20 --hub-filters all
+    # (4) 10,000 idle connections: RSS (and PSS) per connection, hub beside the bare loop and Node
+    .venv/bin/python ops/bench_fanout.py --servers hub,starlette,node --memory 10000 --connections ''
 
 For each server and connection count: the load client (``ops/wsload.py``, one process per core)
 opens the connections and waits until each is ready, the publisher sends a warm-up of 2 s, then
-``--rate`` × ``--seconds`` measured messages; the client counts what each connection got. Reported:
-ingest→client latency p50/p95/p99 (client receive time − publish wall time in the message), deliveries/s,
-lost messages (what each connection should have got minus what it got), duplicates, order
-inversions, and server CPU per delivered message (``/proc`` utime+stime of the server process and its
-children, over the measured publish and drain, divided by deliveries).
+``--rate`` × ``--seconds`` measured messages; the client counts what each connection got and waits
+until every connection still open has all of its messages (or nothing arrives for 3 s). Reported:
+ingest→client latency p50/p95/p99 (client receive time − publish wall time in the message) over every
+delivery and over the *kept* connections' (those the server did not close), deliveries/s, the
+connections the server closed by close code (``closes``: 4409 shed as a slow consumer, 4408 idle, 1001
+going away; the client never reopens them), lost messages (what each kept connection should have got
+minus what it got), what the closed connections missed after their close (``missed_closed``: not a
+loss, a real client resumes), duplicates, order inversions, server CPU per delivered message (``/proc``
+utime+stime of the server process and all its descendants, over the measured publish and drain,
+divided by deliveries) and the server's memory during the run (``rss_max_mb``: the largest summed RSS
+of its processes, sampled every 0.5 s from before the connections open until they close;
+``pss_max_mb``: the same of PSS, sampled every 2 s, which counts the pages the processes share once).
 
 What "the server" and "the publisher" are:
 
@@ -23,7 +42,9 @@ What "the server" and "the publisher" are:
   exactly half of the events; events are published at ``--rate`` / 0.625 (32/s for 20) so that a
   connection gets ``--rate`` events/s on average, as many deliveries as a baseline's
   (``--hub-filters all``: everyone gets everything at ``--rate``).
-  CPU per message is the hub process alone; NATS, PostgreSQL and Redis are reported apart.
+  ``--hub-workers N`` sets its ``TICKSTOCK_WORKERS`` (default: the hub's own default, one per core;
+  1: one process without a supervisor); each hub row names its worker count. CPU and memory are the
+  hub's processes (supervisor and workers); NATS, PostgreSQL and Redis are reported apart.
 - ``hub-sio``: the same hub (a fresh process and stack) through its Socket.IO endpoint
   (``/socket.io/``, websocket transport), the same mixed filters sent as ``subscribe`` events; it is
   shown as ratios to ``/ws`` and to Socket.IO on Node.js of the same run.
@@ -43,7 +64,13 @@ message with deflate-offering clients ÷ with plain ones, in the same run.
 
 Memory (measured first, on the fresh server, after 100 connections came and went): ``--memory N``
 idle connections (the hub's subscribed with the mixed filters); RSS per connection = (server RSS
-with N connected − RSS before) / N; Node is asked to collect garbage before each sample.
+with N connected − RSS before) / N, RSS summed over the server's processes (a hub's workers take the
+connections as the kernel hands them out from their shared socket; each process's share and RSS are
+printed), and the same with PSS; Node is asked to collect garbage before each sample.
+
+File descriptors: this script raises its open-file limit (``raise_fd_limit``: 65,536 as root, the
+hard limit otherwise) before starting any server, and every server and client process inherits it;
+the hub runs with ``TICKSTOCK_WS_MAX_CONNECTIONS=30000`` (its default is 20,000 per node).
 
 Client and server share this machine's cores (2 on the development machine): the client's CPU is
 taken from the server, so every figure is a lower bound of what the server does alone.
@@ -56,14 +83,18 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -72,13 +103,16 @@ sys.path.insert(0, str(HERE.parent))
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 from baselines.servers import (  # noqa: E402
+    RssSampler,
     Server,
     flask_server,
     node_server,
+    proc_connections,
     proc_cpu_s,
-    proc_rss,
+    proc_memory,
     starlette_server,
 )
+from fanout_report import acceptance_lines, fanout_line, fanout_table, memory_table  # noqa: E402
 from harness import PATTERNS, SYMBOLS, TIMEFRAMES, Stack, connected, embedded_stack, start_hub  # noqa: E402
 from wsload import KINDS, Conn, Load, raise_fd_limit  # noqa: E402
 
@@ -109,6 +143,10 @@ HUB_FILTERS: dict[str, dict[str, Any]] = {
 }
 MIXED = ("sym_even", "tf_fast", "conf_high", "all")
 OPS_SECRET = Stack("", "", "").env(0)["TICKSTOCK_JWT_SECRET"]  # what harness.start_hub gives the hub
+MEMORY_MEASURE = (
+    "rss: resident bytes summed over the server's processes (a hub's supervisor and workers; pages they"
+    " share count once per process); pss: proportional set size summed (shared pages split, counted once)"
+)
 
 
 def make_event(i: int, run: str) -> dict[str, Any]:
@@ -173,19 +211,71 @@ def stack_pids() -> dict[str, int]:
     return found
 
 
+class StderrTail:
+    """Reads ``proc``'s stderr in a thread until it ends, keeping the last ``keep`` lines; on leaving
+    the block, says how many lines the process wrote and prints the last few."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], *, keep: int = 20, show: int = 5) -> None:
+        self.proc = proc
+        self.lines: deque[str] = deque(maxlen=keep)
+        self.count = 0
+        self.show = show
+        self.thread = threading.Thread(target=self._read, daemon=True, name=f"stderr-{proc.pid}")
+
+    def _read(self) -> None:
+        if self.proc.stderr is None:
+            return
+        with suppress(ValueError, OSError):  # closed under us by stop_hub
+            for line in iter(self.proc.stderr.readline, b""):
+                self.count += 1
+                self.lines.append(line.decode(errors="replace").rstrip()[:500])
+
+    def __enter__(self) -> StderrTail:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.count:
+            print(f"  hub stderr: {self.count:,} line(s) during the runs; the last:", flush=True)
+            for line in list(self.lines)[-self.show :]:
+                print(f"    | {line}", flush=True)
+
+
+def default_hub_workers() -> int:
+    """The hub's own default for ``TICKSTOCK_WORKERS`` (api/settings.py): one process per core."""
+    return os.cpu_count() or 1
+
+
 @contextmanager
 def hub_server(
-    stack: Stack | None = None, *, extra_env: dict[str, str] | None = None, name: str = "hub"
+    stack: Stack | None = None,
+    *,
+    extra_env: dict[str, str] | None = None,
+    name: str = "hub",
+    workers: int | None = None,
 ) -> Iterator[Server]:
     """``tickstock serve`` on ``stack`` (default: a fresh embedded stack) as a :class:`Server`; ``name``
-    ``hub-sio``: its clients come through ``/socket.io/`` instead of ``/ws``."""
+    ``hub-sio``: its clients come through ``/socket.io/`` instead of ``/ws``. ``workers``: its
+    ``TICKSTOCK_WORKERS`` (default: the hub's, one per core; 1 runs it without a supervisor);
+    ``extra_env`` may still say otherwise."""
+    workers = workers or default_hub_workers()
     with ExitStack() as exits:
         if stack is None:
             stack = exits.enter_context(embedded_stack())
-        stack.extra_env.update({"TICKSTOCK_WS_MAX_CONNECTIONS": "30000", **(extra_env or {})})
+        stack.extra_env.update(
+            {
+                "TICKSTOCK_WS_MAX_CONNECTIONS": "30000",
+                "TICKSTOCK_WORKERS": str(workers),
+                **(extra_env or {}),
+            }
+        )
+        workers = int(stack.extra_env["TICKSTOCK_WORKERS"])
         if name == "hub-shared":
             stack.extra_env["TICKSTOCK_WS_COMPRESSION"] = "shared"
         proc, port = start_hub(stack)
+        # A chatty hub (a warning per shed step, a traceback per failed session) must never block on
+        # the stderr pipe start_hub gives it: read it all along, keep the tail, print it at the end.
+        exits.enter_context(StderrTail(proc))
         run = f"fo{int(time.time())}"
         nats_url = stack.nats_url
 
@@ -203,6 +293,7 @@ def hub_server(
             proc.pid,
             publish,
             extra_pids=stack_pids(),
+            workers=workers,
         )
 
 
@@ -303,30 +394,47 @@ def fanout_run(
         f"{seconds:g} s ...",
         flush=True,
     )
-    with Load(server.mode, conns, first=first, count=count, processes=processes) as load:
-        started = time.monotonic()
-        status = load.wait_ready(timeout_s=max(120.0, connections / 20))
-        connect_s = time.monotonic() - started
-        server.publish(warmup, publish_rate, first - warmup)
-        time.sleep(0.5)
-        buckets0 = hub_buckets(server)
-        cpu0 = proc_cpu_s(server.pid)
-        extra0 = {name: proc_cpu_s(pid) for name, pid in server.extra_pids.items()}
-        client0 = _children_cpu()
-        t0 = time.monotonic()
-        publish_s = server.publish(count, publish_rate, first)
-        expected_now = sum(_expected(conns, first, count))
-        last_change = load.drain(expected_now, stall_s=3.0, timeout_s=30.0)
-        cpu = proc_cpu_s(server.pid) - cpu0
-        extra = {name: round(proc_cpu_s(pid) - extra0[name], 2) for name, pid in server.extra_pids.items()}
-        window_s = max(publish_s, last_change - t0)
-        buckets1 = hub_buckets(server)
-        result = load.stop()
+    start_memory = proc_memory(server.pid, pss=False)
+    sampler = RssSampler(server.pid)
+    sampler.start()
+    try:
+        with Load(server.mode, conns, first=first, count=count, processes=processes) as load:
+            started = time.monotonic()
+            status = load.wait_ready(timeout_s=max(120.0, connections / 20))
+            connect_s = time.monotonic() - started
+            # How the kernel spread the connections over a hub's workers (their shared socket).
+            spread = (
+                sorted(
+                    proc_connections(server.pid, urlsplit(server.http_url).port or 0).values(), reverse=True
+                )
+                if server.workers > 1
+                else None
+            )
+            server.publish(warmup, publish_rate, first - warmup)
+            time.sleep(0.5)
+            buckets0 = hub_buckets(server)
+            cpu0 = proc_cpu_s(server.pid)
+            extra0 = {name: proc_cpu_s(pid) for name, pid in server.extra_pids.items()}
+            client0 = _children_cpu()
+            t0 = time.monotonic()
+            publish_s = server.publish(count, publish_rate, first)
+            # Until every connection still open has all its messages (or nothing comes for 3 s).
+            last_change = load.drain(stall_s=3.0, timeout_s=30.0)
+            cpu = proc_cpu_s(server.pid) - cpu0
+            extra = {
+                name: round(proc_cpu_s(pid) - extra0[name], 2) for name, pid in server.extra_pids.items()
+            }
+            window_s = max(publish_s, last_change - t0)
+            buckets1 = hub_buckets(server)
+            result = load.stop()
+    finally:
+        memory = sampler.stop()
     client_cpu = _children_cpu() - client0
     out = result.as_dict()
     delivered = result.delivered
     return {
         "server": server.name,
+        "workers": server.workers,
         "clients": clients,
         "connections": connections,
         "rate_per_connection": rate,
@@ -346,6 +454,10 @@ def fanout_run(
         "helper_cpu_us_per_msg": round(sum(extra.values()) / delivered * 1e6, 2) if delivered else None,
         "client_cpu_s": round(client_cpu or result.client_cpu_s, 2),
         "hub_stored_to_sent_ms": histogram_quantiles(buckets0, buckets1),
+        "connections_by_process": spread,
+        "rss_start_mb": round(start_memory["rss"] / 2**20, 1),
+        **memory,
+        "memory_measure": MEMORY_MEASURE,
     }
 
 
@@ -355,12 +467,6 @@ fanout_run.next_index = 0  # type: ignore[attr-defined]
 def _mean_share(kinds: tuple[str, ...]) -> float:
     """The share of events a connection gets on average when the kinds rotate evenly (0.625 for MIXED)."""
     return sum(sum(1 for i in range(100) if KINDS[k](i)) / 100 for k in kinds) / len(kinds)
-
-
-def _expected(conns: list[Conn], first: int, count: int) -> Iterator[int]:
-    per_kind = {kind: sum(1 for i in range(first, first + count) if pred(i)) for kind, pred in KINDS.items()}
-    for conn in conns:
-        yield per_kind[conn.kind]
 
 
 def _children_cpu() -> float:
@@ -381,25 +487,50 @@ def memory_run(
     conns = conns_for(server, connections)
     time.sleep(2.0)
     _collect(server)
-    before = proc_rss(server.pid)
+    before = proc_memory(server.pid)
     with Load(server.mode, conns, first=0, count=0, processes=processes) as load:
         started = time.monotonic()
         status = load.wait_ready(timeout_s=max(180.0, connections / 20))
         connect_s = time.monotonic() - started
         time.sleep(SETTLE_S)
         _collect(server)
-        after = proc_rss(server.pid)
+        after = proc_memory(server.pid)
+        # Which process holds how many (a hub's workers share one listening socket: the kernel spreads).
+        held = proc_connections(server.pid, urlsplit(server.http_url).port or 0)
         ready = status.get("ready", 0)
         load.stop()
+
+    def per_conn(key: str) -> float | None:
+        if not ready or not after[key] or before[key] is None:
+            return None
+        return round((after[key] - before[key]) / ready / 1024, 1)
+
+    def mb(value: int | None) -> float | None:
+        return round(value / 2**20, 1) if value is not None else None
+
     return {
         "server": server.name,
+        "workers": server.workers,
         "connections": connections,
         "ready": ready,
         "failed": status.get("failed", 0),
         "connect_s": round(connect_s, 1),
-        "rss_before_mb": round(before / 2**20, 1),
-        "rss_after_mb": round(after / 2**20, 1),
-        "rss_per_conn_kb": round((after - before) / ready / 1024, 1) if ready and after else None,
+        "rss_before_mb": mb(before["rss"]),
+        "rss_after_mb": mb(after["rss"]),
+        "rss_per_conn_kb": per_conn("rss"),
+        "pss_before_mb": mb(before["pss"]),
+        "pss_after_mb": mb(after["pss"]),
+        "pss_per_conn_kb": per_conn("pss"),
+        "processes": [
+            {
+                "pid": pid,
+                "rss_before_mb": mb(before["rss_by_pid"].get(pid)),
+                "rss_after_mb": mb(rss),
+                "connections": held.get(pid, 0),
+            }
+            for pid, rss in after["rss_by_pid"].items()
+        ],
+        "memory_measure": MEMORY_MEASURE,
     }
 
 
@@ -428,9 +559,9 @@ def _collect(server: Server) -> None:
 
 
 @contextmanager
-def open_server(name: str, redis: Any = None) -> Iterator[Server]:
+def open_server(name: str, redis: Any = None, *, hub_workers: int | None = None) -> Iterator[Server]:
     if name in HUBS:
-        with hub_server(name=name) as server:
+        with hub_server(name=name, workers=hub_workers) as server:
             yield server
     elif name == "starlette":
         with starlette_server() as server:
@@ -468,7 +599,9 @@ def run_all(
     processes: int | None,
     flask_max: int = FLASK_MAX_CONNECTIONS,
     clients: tuple[str, ...] = ("plain",),
+    hub_workers: int | None = None,
 ) -> dict[str, Any]:
+    """``hub_workers``: the hubs' ``TICKSTOCK_WORKERS`` (default: the hub's own, one per core)."""
     raise_fd_limit()
     fanout: list[dict[str, Any]] = []
     memory_results: list[dict[str, Any]] = []
@@ -478,7 +611,7 @@ def run_all(
         try:
             with ExitStack() as exits:
                 redis = exits.enter_context(flask_redis()) if name == "flask" else None
-                server = exits.enter_context(open_server(name, redis))
+                server = exits.enter_context(open_server(name, redis, hub_workers=hub_workers))
                 # Memory first, on the fresh server: a fan-out run leaves garbage that a collector may
                 # return during the measurement (Node's did: a negative delta).
                 if memory and name not in DEFLATE_ONLY:
@@ -487,7 +620,17 @@ def run_all(
                     m = memory_results[-1]
                     print(
                         f"    {m['ready']:,} ready: RSS {m['rss_before_mb']} → {m['rss_after_mb']} MB, "
-                        f"{m['rss_per_conn_kb']} KB per connection",
+                        f"{m['rss_per_conn_kb']} KB per connection; PSS {m['pss_before_mb']} → "
+                        f"{m['pss_after_mb']} MB, {m['pss_per_conn_kb']} KB per connection"
+                        + (
+                            "; by process (pid: connections, RSS MB): "
+                            + ", ".join(
+                                f"{p['pid']}: {p['connections']:,}, {p['rss_before_mb']} → {p['rss_after_mb']}"
+                                for p in m["processes"]
+                            )
+                            if len(m["processes"]) > 1
+                            else ""
+                        ),
                         flush=True,
                     )
                     _settle(server)
@@ -521,7 +664,7 @@ def run_all(
                                 clients=kind,
                             )
                         )
-                        _line(fanout[-1])
+                        print(fanout_line(fanout[-1]), flush=True)
         except Exception as exc:
             errors[name] = f"{type(exc).__name__}: {exc}"[:2000]
             print(f"  {name}: FAILED {errors[name]}", flush=True)
@@ -610,17 +753,27 @@ def socketio_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _line(r: dict[str, Any]) -> None:
-    lat = r["latency_ms"]
-    print(
-        f"    {r['ready']:,}/{r['connections']:,} ready"
-        + (f" ({r.get('negotiated', 0):,} negotiated deflate)" if r.get("clients") == "deflate" else "")
-        + f"; delivered {r['delivered']:,}/{r['expected']:,} "
-        f"({r['deliveries_per_s']:,.0f}/s), lost {r['lost']:,} ({r['lost_pct']}%), dup {r['duplicates']}, "
-        f"p50 {lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} ms; server CPU "
-        f"{r['server_cpu_us_per_msg']} µs/msg ({r['server_cpu_pct']}%), closes {r['closes']}"
-        + (f"; hub stored→sent {r['hub_stored_to_sent_ms']}" if r["hub_stored_to_sent_ms"] else ""),
-        flush=True,
+def report(result: dict[str, Any]) -> list[str]:
+    """The table of every fan-out run, the memory rows and issue #14's acceptance figures."""
+    lines: list[str] = []
+    if result["fanout"]:
+        lines += ["== fan-out", *fanout_table(result["fanout"], result["skipped"])]
+    if result["memory"]:
+        lines += ["", "== memory: per idle connection", *memory_table(result["memory"])]
+    checks = acceptance_lines(result["fanout"], result["memory"])
+    if checks:
+        lines += ["", "== issue #14 acceptance figures", *checks]
+    lines += [f"  {name}: FAILED: {err.splitlines()[0][:300]}" for name, err in result["errors"].items()]
+    return lines
+
+
+def add_hub_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--hub-workers",
+        type=int,
+        default=default_hub_workers(),
+        help="the hubs' TICKSTOCK_WORKERS: serving processes (default: the hub's own, one per core: "
+        f"{default_hub_workers()} here); CPU and memory cover the supervisor and every worker",
     )
 
 
@@ -652,6 +805,7 @@ def main() -> int:
         default="plain",
         help="comma-separated client kinds: plain, deflate (offer permessage-deflate as a browser does)",
     )
+    add_hub_workers(parser)
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every server started so far is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -667,10 +821,12 @@ def main() -> int:
         processes=args.processes,
         flask_max=args.flask_max_connections,
         clients=parse_clients(args.clients, parser),
+        hub_workers=args.hub_workers,
     )
+    print("\n" + "\n".join(report(result)))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench_fanout-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps({"cpus": os.cpu_count(), **result}, indent=2))
+    out.write_text(json.dumps({"cpus": os.cpu_count(), "hub_workers": args.hub_workers, **result}, indent=2))
     print(f"written to {out}")
     return 1 if result["errors"] else 0
 

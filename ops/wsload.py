@@ -27,9 +27,17 @@ A connection made with ``Conn(deflate=True)`` offers permessage-deflate exactly 
 compressed; ``negotiated`` counts the connections whose server accepted the offer.
 
 Per connection it keeps a bitmap of the measured indices it received, so it counts deliveries,
-duplicates and order inversions; losses are what each connection's filter (``KINDS``) should have
-received minus what it did. Latency = receive wall time − ``bench_t0``, client and server sharing
+duplicates and order inversions. Latency = receive wall time − ``bench_t0``, client and server sharing
 this machine's clock (and its cores: the client takes CPU from the server it measures).
+
+Connections the server closes: each keeps the code of the server's close (the close frame's code;
+on ``hubsio`` the ``closing`` event's; ``abnormal`` when the socket went without a close frame) and is
+never reopened. ``closes`` counts the connections by that code (4409: shed as a slow consumer, 4408:
+idle, 1001: going away, ...). A connection that was ready and is still open when the run stops is
+*kept*; one that was ready and then closed by the server is *closed*. ``lost`` is what the kept
+connections' filters (``KINDS``) should have received minus what they did; what the closed ones
+missed after their close is ``missed_closed``, not a loss (a real client resumes from its last
+``seq``). ``latency_ms`` covers every delivery, ``latency_ms_kept`` the kept connections' only.
 """
 
 from __future__ import annotations
@@ -115,7 +123,6 @@ class _Worker:
         self.mode = mode
         self.first = first
         self.count = count
-        self.latency_ms = array("d")
         self.got: Counter[str] = Counter()
         self.ready: Counter[str] = Counter()
         self.duplicates = 0
@@ -123,11 +130,24 @@ class _Worker:
         self.failed = 0
         self.negotiated = 0
         self.errors: Counter[str] = Counter()
-        self.closes: Counter[str] = Counter()
         self.frames = 0
         self.bytes = 0
         self.clients: list[_Client] = []
         self.stopping = False
+        # What a connection of each kind should receive of the measured indices.
+        self.expected = {kind: expected_counts(kind, first, count) for kind in KINDS}
+
+    def kept(self) -> list[_Client]:
+        """The connections that were ready and that the server has not closed."""
+        return [c for c in self.clients if c.is_ready and c.close_code is None]
+
+    def closed_ready(self) -> list[_Client]:
+        """The connections that were ready and that the server closed since."""
+        return [c for c in self.clients if c.is_ready and c.close_code is not None]
+
+    def missing(self) -> int:
+        """Measured messages the kept connections have yet to receive."""
+        return sum(self.expected[c.kind] - c.got for c in self.kept())
 
 
 class _Client(asyncio.Protocol):
@@ -144,6 +164,10 @@ class _Client(asyncio.Protocol):
         self.last = -1
         self.is_ready = False
         self.closed = False
+        self.got = 0  # measured messages received (duplicates not counted)
+        self.latency_ms = array("d")
+        # Why the server closed this connection ("4409", "1001", "abnormal", ...); None: it did not.
+        self.close_code: str | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -160,9 +184,9 @@ class _Client(asyncio.Protocol):
                 if event.opcode is Opcode.TEXT:
                     self._text(bytes(event.data), now)
                 elif event.opcode is Opcode.CLOSE and not self.w.stopping:
-                    # close_code stays None until the closing handshake ends; the frame has the code.
+                    # proto.close_code stays None until the closing handshake ends; the frame has the code.
                     rcvd = self.proto.close_rcvd
-                    self.w.closes[str(rcvd.code if rcvd is not None else None)] += 1
+                    self._closed_by_server(str(rcvd.code if rcvd is not None else None))
             elif isinstance(event, Response):
                 if self.proto.handshake_exc is not None:
                     self._fail(f"handshake: {self.proto.handshake_exc}")
@@ -178,7 +202,12 @@ class _Client(asyncio.Protocol):
         if not self.is_ready:
             self._fail(f"connection lost before ready: {exc or 'closed'}")
         elif self.proto.close_rcvd is None and not self.w.stopping:
-            self.w.closes["abnormal"] += 1
+            self._closed_by_server("abnormal")
+
+    def _closed_by_server(self, code: str) -> None:
+        """The first reason given wins (hubsio: the ``closing`` event, then the close frame)."""
+        if self.close_code is None:
+            self.close_code = code
 
     # helpers
     def mode_ready_on_open(self) -> bool:
@@ -268,7 +297,8 @@ class _Client(asyncio.Protocol):
             if not self.is_ready:
                 self._fail(f"error event: {data[:200]!r}")
         elif data.startswith(b'42["closing"'):
-            self.w.closes[str(json.loads(data[2:])[1].get("code", "?"))] += 1
+            if not self.w.stopping:
+                self._closed_by_server(str(json.loads(data[2:])[1].get("code", "?")))
         elif data[:1] == b"0":
             self.send(self.conn.hello[0] if self.conn.hello else b"40")
         elif data[:2] == b"44":
@@ -289,12 +319,13 @@ class _Client(asyncio.Protocol):
         if i < self.last:
             self.w.inversions += 1
         self.last = i
+        self.got += 1
         self.w.got[self.kind] += 1
         t0 = RE_T0.search(data, match.end())
         if t0 is None:
             t0 = RE_T0.search(data)
         if t0 is not None:
-            self.w.latency_ms.append((now - float(t0.group(1))) * 1000.0)
+            self.latency_ms.append((now - float(t0.group(1))) * 1000.0)
 
 
 async def _worker_main(
@@ -339,6 +370,8 @@ async def _worker_main(
             "failed": w.failed,
             "got": sum(w.got.values()),
             "closed": sum(1 for c in w.clients if c.closed),
+            "closed_by_server": sum(1 for c in w.clients if c.close_code is not None),
+            "missing": w.missing(),
         }
 
     def on_command() -> None:
@@ -369,19 +402,29 @@ async def _worker_main(
     for c in w.clients:
         if c.transport is not None:
             c.transport.abort()
+    kept, closed = w.kept(), w.closed_ready()
     pipe.send(
         {
             **status(),
+            "kept": len(kept),
+            "closed_ready": len(closed),
+            "expected_kept": sum(w.expected[c.kind] for c in kept),
+            "delivered_kept": sum(c.got for c in kept),
+            "expected_closed": sum(w.expected[c.kind] for c in closed),
+            "delivered_closed": sum(c.got for c in closed),
             "got_by_kind": dict(w.got),
             "ready_by_kind": dict(w.ready),
             "duplicates": w.duplicates,
             "inversions": w.inversions,
             "negotiated": w.negotiated,
             "errors": dict(w.errors.most_common(5)),
-            "closes": dict(w.closes),
+            "closes": dict(Counter(c.close_code for c in w.clients if c.close_code is not None)),
             "frames": w.frames,
             "bytes": w.bytes,
-            "latency": w.latency_ms.tobytes(),
+            "latency_kept": b"".join(c.latency_ms.tobytes() for c in kept),
+            "latency_other": b"".join(
+                c.latency_ms.tobytes() for c in w.clients if not (c.is_ready and c.close_code is None)
+            ),
             "cpu_s": sum(os.times()[:2]),
         }
     )
@@ -404,6 +447,10 @@ def _worker(mode: str, conns: list[Conn], first: int, count: int, concurrency: i
 
 @dataclass
 class LoadResult:
+    """``expected``/``delivered``/``latency_ms``: every ready connection; the ``*_kept`` figures: the
+    connections still open at the end (see the module docstring); ``closes``: connections by the code
+    the server closed them with."""
+
     connections: int
     ready: int
     failed: int
@@ -419,10 +466,23 @@ class LoadResult:
     bytes: int
     negotiated: int = 0
     latencies: Any = field(default=None, repr=False)
+    kept: int = 0
+    closed: int = 0  # ready connections the server closed
+    expected_kept: int = 0
+    delivered_kept: int = 0
+    expected_closed: int = 0
+    delivered_closed: int = 0
+    latency_ms_kept: dict[str, float] = field(default_factory=dict)
 
     @property
     def lost(self) -> int:
-        return max(0, self.expected - self.delivered)
+        """Measured messages the kept connections did not get."""
+        return max(0, self.expected_kept - self.delivered_kept)
+
+    @property
+    def missed_closed(self) -> int:
+        """Measured messages the connections the server closed did not get (they would resume)."""
+        return max(0, self.expected_closed - self.delivered_closed)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -432,10 +492,18 @@ class LoadResult:
             "expected": self.expected,
             "delivered": self.delivered,
             "lost": self.lost,
-            "lost_pct": round(100 * self.lost / self.expected, 2) if self.expected else 0.0,
+            "lost_pct": round(100 * self.lost / self.expected_kept, 2) if self.expected_kept else 0.0,
             "duplicates": self.duplicates,
             "inversions": self.inversions,
             "latency_ms": self.latency_ms,
+            "kept": self.kept,
+            "closed": self.closed,
+            "expected_kept": self.expected_kept,
+            "delivered_kept": self.delivered_kept,
+            "latency_ms_kept": self.latency_ms_kept,
+            "expected_closed": self.expected_closed,
+            "delivered_closed": self.delivered_closed,
+            "missed_closed": self.missed_closed,
             "closes": self.closes,
             "errors": self.errors,
             "client_cpu_s": round(self.client_cpu_s, 2),
@@ -552,17 +620,23 @@ class Load:
                 return status
             time.sleep(0.2)
 
-    def drain(self, expected: int, *, stall_s: float = 3.0, timeout_s: float = 60.0) -> float:
-        """Wait until ``expected`` measured deliveries arrived, nothing arrived for ``stall_s`` or
+    def drain(self, expected: int | None = None, *, stall_s: float = 3.0, timeout_s: float = 60.0) -> float:
+        """Wait until every kept connection (ready, not closed by the server) has all its measured
+        messages, ``expected`` measured deliveries arrived in all, nothing arrived for ``stall_s`` or
         ``timeout_s`` passed; returns the monotonic time of the last increase seen."""
         last, last_change = -1, time.monotonic()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            got = self.delivered()
+            status = self.status()
+            got = status.get("got", 0)
             now = time.monotonic()
             if got != last:
                 last, last_change = got, now
-            if got >= expected or now - last_change > stall_s:
+            if (
+                status.get("missing", 1) <= 0
+                or (expected is not None and got >= expected)
+                or now - last_change > stall_s
+            ):
                 break
             time.sleep(0.1)
         return last_change
@@ -573,8 +647,15 @@ class Load:
         for pipe in self._pipes:
             pipe.send("stop")
         parts = [pipe.recv() for pipe in self._pipes]
+        kept_latencies = (
+            np.concatenate([np.frombuffer(p["latency_kept"], dtype=np.float64) for p in parts])
+            if parts
+            else np.zeros(0)
+        )
         latencies = (
-            np.concatenate([np.frombuffer(p["latency"], dtype=np.float64) for p in parts])
+            np.concatenate(
+                [kept_latencies, *(np.frombuffer(p["latency_other"], dtype=np.float64) for p in parts)]
+            )
             if parts
             else np.zeros(0)
         )
@@ -603,6 +684,13 @@ class Load:
             bytes=sum(p["bytes"] for p in parts),
             negotiated=sum(p["negotiated"] for p in parts),
             latencies=latencies,
+            kept=sum(p["kept"] for p in parts),
+            closed=sum(p["closed_ready"] for p in parts),
+            expected_kept=sum(p["expected_kept"] for p in parts),
+            delivered_kept=sum(p["delivered_kept"] for p in parts),
+            expected_closed=sum(p["expected_closed"] for p in parts),
+            delivered_closed=sum(p["delivered_closed"] for p in parts),
+            latency_ms_kept=percentiles(kept_latencies),
         )
         return self.result
 
@@ -630,9 +718,8 @@ def main() -> int:
         time.sleep(args.seconds)
         result = load.stop()
     out = result.as_dict()
-    out.pop("expected")
-    out.pop("lost")
-    out.pop("lost_pct")
+    for key in ("expected", "lost", "lost_pct", "expected_kept", "expected_closed", "missed_closed"):
+        out.pop(key)
     print(json.dumps(out, indent=2))
     return 0
 
