@@ -62,7 +62,7 @@ sys.path.insert(0, str(HERE.parent))
 import bench_fanout  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_rest  # noqa: E402
-from fanout_report import LABELS, acceptance_lines, fanout_table, memory_table  # noqa: E402
+from fanout_report import LABELS, acceptance_lines, fanout_table, fmt, memory_table  # noqa: E402
 from gen_events import ensure_events, open_stack  # noqa: E402
 from harness import start_hub, stop_hub  # noqa: E402
 from wsload import raise_fd_limit  # noqa: E402
@@ -232,14 +232,6 @@ def _hist(ms: float) -> str:
     return f"≥ {ms:,.0f}" if ms >= 10_000 else f"{ms:g}"
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}"
-
-
 def report(result: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     say = lines.append
@@ -342,10 +334,10 @@ def report(result: dict[str, Any]) -> list[str]:
         )
         for row in sorted(deflate_rows, key=lambda x: (x["connections"], list(LABELS).index(x["server"]))):
             say(
-                f"  {LABELS[row['server']]:<28} {row['connections']:>6,}: plain {_fmt(row['plain_cpu_us_per_msg'])} µs, "
-                f"deflate clients {_fmt(row['deflate_cpu_us_per_msg'])} µs: {_fmt(row['ratio'], 2)}×; "
+                f"  {LABELS[row['server']]:<28} {row['connections']:>6,}: plain {fmt(row['plain_cpu_us_per_msg'])} µs, "
+                f"deflate clients {fmt(row['deflate_cpu_us_per_msg'])} µs: {fmt(row['ratio'], 2)}×; "
                 f"{row['negotiated']:,}/{row['ready']:,} negotiated; bytes received "
-                f"{_fmt(row['bytes_ratio'], 2)}× plain"
+                f"{fmt(row['bytes_ratio'], 2)}× plain"
             )
     sio_rows = fan.get("socketio") or []
     if sio_rows:
@@ -357,8 +349,8 @@ def report(result: dict[str, Any]) -> list[str]:
         for row in sio_rows:
             say(
                 f"  {row['connections']:>6,} lost {row['lost']}; server CPU µs/msg "
-                f"{_fmt(row['cpu_us_per_msg_vs_hub'])}× /ws, {_fmt(row['cpu_us_per_msg_vs_node'])}× Node; "
-                f"p99 {_fmt(row['p99_ms_vs_hub'])}× /ws, {_fmt(row['p99_ms_vs_node'])}× Node"
+                f"{fmt(row['cpu_us_per_msg_vs_hub'])}× /ws, {fmt(row['cpu_us_per_msg_vs_node'])}× Node; "
+                f"p99 {fmt(row['p99_ms_vs_hub'])}× /ws, {fmt(row['p99_ms_vs_node'])}× Node"
             )
     mem = fan.get("memory", [])
     if mem:

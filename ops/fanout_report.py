@@ -37,7 +37,8 @@ KEPT_P99_MS = 250.0  # acceptance (3): the p99 of the connections the hub keeps
 RSS_PER_CONN_KB = 20.0  # acceptance (4): the aim per idle connection
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
+def fmt(value: Any, digits: int = 1) -> str:
+    """A figure for a table: thousands separated, ``digits`` decimals for a float, a dash for none."""
     if value is None:
         return "—"
     if isinstance(value, float):
@@ -79,11 +80,11 @@ def fanout_line(r: dict[str, Any]) -> str:
         f"{closes_text(r['closes'])}"
         + (f" ({r.get('negotiated', 0):,} negotiated deflate)" if r.get("clients") == "deflate" else "")
         + f"; delivered {r['delivered']:,}/{r['expected']:,} ({r['deliveries_per_s']:,.0f}/s), lost on kept "
-        f"{r['lost']:,} ({r['lost_pct']}%), missed by closed {_fmt(r.get('missed_closed'))}, dup "
+        f"{r['lost']:,} ({r['lost_pct']}%), missed by closed {fmt(r.get('missed_closed'))}, dup "
         f"{r['duplicates']}; p50 {lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} ms (kept: p50 "
         f"{kept_lat.get('p50')} p95 {kept_lat.get('p95')} p99 {kept_lat.get('p99')} ms); server CPU "
-        f"{r['server_cpu_us_per_msg']} µs/msg ({r['server_cpu_pct']}%); RSS max {_fmt(r.get('rss_max_mb'))} MB "
-        f"(PSS max {_fmt(r.get('pss_max_mb'))} MB, {r.get('rss_processes', '?')} process(es))"
+        f"{r['server_cpu_us_per_msg']} µs/msg ({r['server_cpu_pct']}%); RSS max {fmt(r.get('rss_max_mb'))} MB "
+        f"(PSS max {fmt(r.get('pss_max_mb'))} MB, {r.get('rss_processes', '?')} process(es))"
         + (
             f"; connections by process {', '.join(f'{n:,}' for n in r['connections_by_process'])}"
             if r.get("connections_by_process")
@@ -118,9 +119,9 @@ def fanout_table(runs: list[dict[str, Any]], skipped: list[dict[str, Any]] | Non
         lines.append(
             f"  {label(r):<46} {r['connections']:>6,} {r['ready']:>6,} {_kept(r):>6,} "
             f"{closes_text(r['closes']):>16} {r['deliveries_per_s']:>12,.0f} {lost:>7} "
-            f"{_fmt(r.get('missed_closed')):>8} {r['duplicates']:>4} {_fmt(lat.get('p50')):>8} "
-            f"{_fmt(lat.get('p95')):>8} {_fmt(lat.get('p99')):>8} {_fmt(kept_lat.get('p99')):>8} "
-            f"{_fmt(r['server_cpu_us_per_msg']):>10} {r['server_cpu_pct']:>9.0f}% {_rss(r):>13}"
+            f"{fmt(r.get('missed_closed')):>8} {r['duplicates']:>4} {fmt(lat.get('p50')):>8} "
+            f"{fmt(lat.get('p95')):>8} {fmt(lat.get('p99')):>8} {fmt(kept_lat.get('p99')):>8} "
+            f"{fmt(r['server_cpu_us_per_msg']):>10} {r['server_cpu_pct']:>9.0f}% {_rss(r):>13}"
         )
     for sk in skipped or []:
         lines.append(
@@ -182,7 +183,7 @@ def acceptance_lines(runs: list[dict[str, Any]], mem: list[dict[str, Any]]) -> l
         at = {r["server"]: r for r in plain if r["connections"] == n}
         hub = at.get("hub")
         side = [
-            f"{label(at[s])} {_fmt(at[s]['server_cpu_us_per_msg'])} µs"
+            f"{label(at[s])} {fmt(at[s]['server_cpu_us_per_msg'])} µs"
             for s in ("hub", "hub-sio", "starlette", "node", "flask")
             if s in at
         ]
@@ -207,25 +208,25 @@ def acceptance_lines(runs: list[dict[str, Any]], mem: list[dict[str, Any]]) -> l
             verdict = (": " + ("met" if met else "missed")) if everyone and node else ""
             lines.append(
                 f"  (2) {n:,}: hub {hub['ready']:,}/{n:,} ready, lost {hub['lost']:,} on {_kept(hub):,} kept, "
-                f"closed by the server {closes_text(hub['closes'])}; p99 {_fmt(p99)} ms vs Node's "
-                f"{_fmt(node_p99)} ms{verdict}"
+                f"closed by the server {closes_text(hub['closes'])}; p99 {fmt(p99)} ms vs Node's "
+                f"{fmt(node_p99)} ms{verdict}"
                 + ("" if everyone else " (hub filters mixed: (2) asks for --hub-filters all)")
             )
         if n >= 10000:
             kept_p99 = (hub.get("latency_ms_kept") or {}).get("p99")
             shed = (hub["closes"] or {}).get(SHED, 0)
             lines.append(
-                f"  (3) {n:,}: hub RSS max {_fmt(hub.get('rss_max_mb'))} MB (summed over "
-                f"{hub.get('rss_processes', '?')} processes; PSS max {_fmt(hub.get('pss_max_mb'))} MB); shed with "
+                f"  (3) {n:,}: hub RSS max {fmt(hub.get('rss_max_mb'))} MB (summed over "
+                f"{hub.get('rss_processes', '?')} processes; PSS max {fmt(hub.get('pss_max_mb'))} MB); shed with "
                 f"4409: {shed:,}, other closes: {closes_text({k: v for k, v in hub['closes'].items() if k != SHED})}; "
-                f"p99 of the {_kept(hub):,} kept {_fmt(kept_p99)} ms (< {KEPT_P99_MS:g} ms: "
+                f"p99 of the {_kept(hub):,} kept {fmt(kept_p99)} ms (< {KEPT_P99_MS:g} ms: "
                 + ("met" if kept_p99 is not None and kept_p99 < KEPT_P99_MS else "missed")
                 + f"); lost on kept {hub['lost']:,}"
             )
     idle = {x["server"]: x for x in mem}
     if "hub" in idle:
         side = [
-            f"{label(idle[s])} {_fmt(idle[s]['rss_per_conn_kb'])} KB (PSS {_fmt(idle[s].get('pss_per_conn_kb'))})"
+            f"{label(idle[s])} {fmt(idle[s]['rss_per_conn_kb'])} KB (PSS {fmt(idle[s].get('pss_per_conn_kb'))})"
             for s in ("hub", "hub-sio", "starlette", "node", "flask")
             if s in idle
         ]
