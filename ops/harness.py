@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,6 +74,7 @@ class Stack:
     redis_url: str
     postgres: EmbeddedPostgres | None = None
     root: Path | None = None
+    nats_cluster: EmbeddedNatsCluster | None = None  # with ``cluster=True``: its members, for drills
     hubs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -91,6 +92,12 @@ class Stack:
             **self.extra_env,
         }
 
+    @property
+    def client_url(self) -> str:
+        """For this process's own clients: every cluster member (so they ride through a member's death),
+        or the one server. The hubs get ``nats_url`` (the first member; they learn the others from it)."""
+        return ",".join(self.nats_cluster.urls) if self.nats_cluster else self.nats_url
+
 
 @contextmanager
 def embedded_stack(*, cluster: bool = False) -> Iterator[Stack]:
@@ -103,7 +110,8 @@ def embedded_stack(*, cluster: bool = False) -> Iterator[Stack]:
         redis = EmbeddedRedis(root / "redis")
         with nats_server, postgres, redis:
             stack = Stack(postgres.url, nats_server.url, redis.url, postgres=postgres, root=root)
-            if cluster:
+            if isinstance(nats_server, EmbeddedNatsCluster):
+                stack.nats_cluster = nats_server
                 stack.extra_env["TICKSTOCK_NATS_REPLICAS"] = "3"
             subprocess.run(
                 [sys.executable, "-m", "api.cli", "load-reference-data"],
@@ -315,6 +323,33 @@ async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str
         else None,
         "exactly_once": rows == distinct == len(ids) == len(set(ids)) == n,
     }
+
+
+async def growth_moments(
+    count: Callable[[], Awaitable[int]], total: int, *, interval_s: float = 0.05, timeout_s: float = 600
+) -> list[float]:
+    """The moments (``time.monotonic()``) at which ``count()`` was seen to grow, sampled every
+    ``interval_s`` until it reaches ``total``; raises ``TimeoutError`` after ``timeout_s``. The first
+    sample is the baseline, not a growth (so a pause measured from before it is never cut short)."""
+    moments: list[float] = []
+    last = await count()
+    deadline = time.monotonic() + timeout_s
+    while last < total:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{last} of {total} after {timeout_s} s")
+        await asyncio.sleep(interval_s)
+        now = await count()
+        if now > last:
+            moments.append(time.monotonic())
+            last = now
+    return moments
+
+
+def longest_pause(since: float, moments: Sequence[float]) -> float:
+    """The longest time without growth after ``since`` (from ``since`` to the first growth, then
+    between growths), given :func:`growth_moments`' moments."""
+    after = [since, *(t for t in moments if t > since)]
+    return max((b - a for a, b in itertools.pairwise(after)), default=0.0)
 
 
 async def hub_metrics(port: int) -> dict[str, Any]:
