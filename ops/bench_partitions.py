@@ -15,9 +15,9 @@ clean stream, and checks: each stored once, each on the clean stream once, the p
 inversion is an event of a symbol after one of the same symbol published later). Everything shares
 this machine's cores, so the figures say what the nodes cost each other here, not what more machines give.
 
-``--kill-leader-at F`` (with ``--cluster``): when share F is stored, the ingest stream's leadership is
-moved to the member the hubs connect to (the harshest place: they lose their server and the leader at
-once), that member is killed with ``kill -9``, and the run reports the longest ingest pause after it (the
+``--kill-leader-at F`` (with ``--cluster``): the ingest stream's leadership is moved to the member the
+hubs connect to (the harshest place: they lose their server and the leader at once), that member is
+killed with ``kill -9`` when share F is stored, and the run reports the longest ingest pause after it (the
 longest time between growths of the stored count, sampled every 50 ms) and the new leader. The checks
 are the same: every event stored once, published once, in per-symbol order. Exit status 1 if one fails.
 """
@@ -101,8 +101,8 @@ async def kill_one(stack: Any, nc: Any, name: str, at: int) -> dict[str, Any]:
 
 
 async def kill_leader(stack: Stack, nc: Any, name: str, at: int, total: int) -> dict[str, Any]:
-    """When ``at`` events are stored, move the ingest stream's leadership to the member the hubs connect
-    to and ``kill -9`` it; returns the longest pause of the stored count after it and the new leader."""
+    """Move the ingest stream's leadership to the member the hubs connect to and ``kill -9`` it when ``at``
+    events are stored; returns the longest pause of the stored count after it and the new leader."""
     cluster = stack.nats_cluster
     assert cluster is not None, "--kill-leader-at needs --cluster"
     async with await psycopg.AsyncConnection.connect(stack.database_url, autocommit=True) as conn:
@@ -112,10 +112,12 @@ async def kill_leader(stack: Stack, nc: Any, name: str, at: int, total: int) -> 
             row = await (await conn.execute(sql, (name + "-%",))).fetchone()
             return int(row[0]) if row else 0
 
+        # Moved early (a step-down pauses ingest too), so the kill itself comes at ``at``.
+        first_leader = await stream_leader(nc, INGEST_STREAM)
+        await lead_on(nc, INGEST_STREAM, cluster.members[0].server_name)
         while await count() < at:
             await asyncio.sleep(0.1)
-        first_leader = await stream_leader(nc, INGEST_STREAM)
-        leader = await lead_on(nc, INGEST_STREAM, cluster.members[0].server_name)
+        leader = await lead_on(nc, INGEST_STREAM, cluster.members[0].server_name)  # still there
         at_kill = await count()
         progress = asyncio.create_task(growth_moments(count, total, interval_s=0.05))
         await asyncio.sleep(0.1)  # the sampler's first look comes before the kill
@@ -131,7 +133,7 @@ async def kill_leader(stack: Stack, nc: Any, name: str, at: int, total: int) -> 
         "leader_before_move": first_leader,
         "leader_killed_at_stored": at_kill,
         "longest_ingest_pause_s": round(longest_pause(killed, moments), 2),
-        "all_stored_after_kill_s": round(moments[-1] - killed, 2),
+        "all_stored_after_kill_s": round((moments[-1] if moments else killed) - killed, 2),
         "new_leader": new_leader,
     }
 

@@ -117,8 +117,13 @@ class EmbeddedNatsCluster:
 
 
 async def stream_leader(nc: NATS, stream: str) -> str | None:
-    """The server name of the member leading ``stream`` (``None`` while it has no leader, or on one server)."""
-    info = await nc.jetstream().stream_info(stream)
+    """The server name of the member leading ``stream``; ``None`` on one server, and while the stream
+    has no leader or does not answer (an election under way)."""
+    try:
+        info = await nc.jetstream().stream_info(stream)
+    except (NatsError, TimeoutError) as exc:
+        log.info("%s: no leader answers (%s)", stream, exc)
+        return None
     return info.cluster.leader if info.cluster is not None else None
 
 
@@ -129,9 +134,9 @@ async def lead_on(nc: NATS, stream: str, member: str, *, timeout_s: float = 30.0
     body = json.dumps({"placement": {"preferred": member}}).encode()
     deadline = time.monotonic() + timeout_s
     while True:
+        if await stream_leader(nc, stream) == member:
+            return member
         try:
-            if await stream_leader(nc, stream) == member:
-                return member
             await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=5)
         except (NatsError, TimeoutError) as exc:  # an election under way: ask again
             log.info("moving %s's leadership to %s: %s", stream, member, exc)
