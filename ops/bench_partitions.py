@@ -112,9 +112,6 @@ async def kill_leader(stack: Stack, nc: Any, name: str, at: int, total: int) -> 
             row = await (await conn.execute(sql, (name + "-%",))).fetchone()
             return int(row[0]) if row else 0
 
-        # Moved early (a step-down pauses ingest too), so the kill itself comes at ``at``.
-        first_leader = await stream_leader(nc, INGEST_STREAM)
-        await lead_on(nc, INGEST_STREAM, cluster.members[0].server_name)
         while await count() < at:
             await asyncio.sleep(0.1)
         leader = await lead_on(nc, INGEST_STREAM, cluster.members[0].server_name)  # still there
@@ -130,7 +127,6 @@ async def kill_leader(stack: Stack, nc: Any, name: str, at: int, total: int) -> 
         await asyncio.sleep(0.2)
     return {
         "leader_killed": leader,
-        "leader_before_move": first_leader,
         "leader_killed_at_stored": at_kill,
         "longest_ingest_pause_s": round(longest_pause(killed, moments), 2),
         "all_stored_after_kill_s": round((moments[-1] if moments else killed) - killed, 2),
@@ -154,9 +150,13 @@ async def run(
         ports = [start_hub(stack)[1] for _ in range(nodes)]
         name = f"part{nodes}n{int(time.time())}"
         batch = make_events(events, run=name, symbols=symbols)
-        started = time.monotonic()
         drill: dict[str, Any] = {}
         async with connected(stack.client_url) as nc:
+            if kill_leader_at is not None and stack.nats_cluster is not None:
+                # Before the ingest (a step-down drops the publishes in hand), so the kill comes at F.
+                drill["leader_before_move"] = await stream_leader(nc, INGEST_STREAM)
+                await lead_on(nc, INGEST_STREAM, stack.nats_cluster.members[0].server_name)
+            started = time.monotonic()
             killer = (
                 asyncio.create_task(kill_one(stack, nc, name, int(events * kill_at)))
                 if kill_at is not None and nodes > 1
@@ -167,14 +167,15 @@ async def run(
                 if kill_leader_at is not None
                 else None
             )
-            publish_s = await publish(nc, batch, stamp=True)
+            acks: dict[str, int] = {}
+            publish_s = await publish(nc, batch, stamp=True, acks=acks)
             await wait_stored(stack.database_url, name, events)
             if killer is not None:
-                drill = await killer
+                drill.update(await killer)
             if leader_killer is not None:
                 drill.update(await leader_killer)
         total_s = time.monotonic() - started
-        checks = await verify(stack.database_url, stack.client_url, name, events)
+        checks = await verify(stack.database_url, stack.client_url, name, events, acks=acks)
         alive = ports[1:] if "killed_at_stored" in drill else ports
         batches = [(await hub_metrics(port))["pipeline"]["writer_batches"] for port in alive]
     return {
@@ -239,7 +240,9 @@ def line(result: dict[str, Any]) -> str:
             f"; kill -9 of the ingest stream's leader {result['leader_killed']} (the hubs' member) at "
             f"{result['leader_killed_at_stored']:,} stored: longest ingest pause {result['longest_ingest_pause_s']} s, "
             f"new leader {result['new_leader']}, all stored {result['all_stored_after_kill_s']} s after the kill; "
-            f"lost {lost(result)}, duplicated {duplicated(result)}, out of order {result['order_inversions']}"
+            f"lost {lost(result)}, duplicated {duplicated(result)}, out of order {result['order_inversions']} "
+            f"(in the ingest stream already, by the publisher's re-sends: {result['ingest_inversions']}; "
+            f"against the ingest stream's order: {result['hub_inversions']})"
             if "leader_killed" in result
             else ""
         )

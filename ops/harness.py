@@ -202,10 +202,16 @@ async def publish(
     window: int = 2000,
     stamp: bool = True,
     blob: str | None = None,
+    ack_timeout_s: float = 10.0,
+    acks: dict[str, int] | None = None,
 ) -> float:
     """Publish to ingest with ``Nats-Msg-Id`` = id, at most ``window`` unacknowledged at a time, at
     ``rate`` events/s if given. Stamps ``data.sent_at`` (epoch seconds) for latency. A publish that
-    fails is sent again, as a producer must (``Nats-Msg-Id`` makes that safe). Returns elapsed seconds."""
+    fails, or whose ack does not come within ``ack_timeout_s`` (a stream leader that steps down or dies
+    drops what it had in hand without an answer), is sent again, in publish order, as a producer must
+    (``Nats-Msg-Id`` makes that safe). ``acks``, if given, receives each id's ingest-stream sequence (a
+    re-send can land after a newer event of its symbol: the producer's own reordering, which
+    :func:`verify` tells apart from the hub's). Returns elapsed seconds."""
     js = nc.jetstream()
     started = time.monotonic()
     pending: list[tuple[asyncio.Future[Any], str, bytes, str]] = []
@@ -229,10 +235,14 @@ async def publish(
         while pending:
             batch = list(pending)
             pending.clear()
-            results = await asyncio.gather(*(f for f, *_ in batch), return_exceptions=True)
+            results = await asyncio.gather(
+                *(asyncio.wait_for(f, ack_timeout_s) for f, *_ in batch), return_exceptions=True
+            )
             for (_, subject, body, msg_id), result in zip(batch, results, strict=True):
                 if isinstance(result, BaseException):
                     await send(subject, body, msg_id)
+                elif acks is not None:
+                    acks[msg_id] = result.seq
 
     for i, event in enumerate(events):
         if rate:
@@ -268,8 +278,13 @@ async def wait_stored(database_url: str, run: str, n: int, *, timeout_s: float =
     raise TimeoutError(f"{run}: not all {n} events stored within {timeout_s} s")
 
 
-async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str, Any]:
-    """Exactly-once and order checks, plus publish→stored latency percentiles."""
+async def verify(
+    database_url: str, nats_url: str, run: str, n: int, *, acks: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Exactly-once and order checks, plus publish→stored latency percentiles. With ``acks`` (id ->
+    ingest-stream sequence, from :func:`publish`) the order is also judged against the ingest stream:
+    ``ingest_inversions`` are the producer's (a re-send stored after a newer event of its symbol),
+    ``hub_inversions`` the hub's (clean-stream order not the ingest stream's, per symbol)."""
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         cur = await conn.execute(
             "SELECT count(*), count(DISTINCT id), "
@@ -286,12 +301,15 @@ async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str
         sub = await js.subscribe(CLEAN_WILDCARD, ordered_consumer=True, stream=PATTERNS_STREAM)
         ids: list[str] = []
         per_symbol: dict[str, list[int]] = defaultdict(list)
+        ingested: dict[str, list[int]] = defaultdict(list)  # ingest seqs, in clean-stream order
         for _ in range(total):
             msg = await sub.next_msg(timeout=10)
             body = json.loads(msg.data)
             if body["id"].startswith(run + "-"):
                 ids.append(body["id"])
                 per_symbol[body["symbol"]].append(int(body["id"].rsplit("-", 1)[1]))
+                if acks is not None:
+                    ingested[body["symbol"]].append(acks.get(body["id"], -1))
         await sub.unsubscribe()
     in_order = all(seq == sorted(seq) for seq in per_symbol.values())
     inversions = sum(1 for seq in per_symbol.values() for a, b in itertools.pairwise(seq) if b < a)
@@ -304,7 +322,18 @@ async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str
         ),
         None,
     )
+    drops = sum(1 for seq in ingested.values() for a, b in itertools.pairwise(seq) if b < a)
+    by_ingest = [[i for _, i in sorted(zip(ingested[sym], per_symbol[sym], strict=True))] for sym in ingested]
+    order = (
+        {
+            "ingest_inversions": sum(1 for seq in by_ingest for a, b in itertools.pairwise(seq) if b < a),
+            "hub_inversions": drops,
+        }
+        if acks is not None
+        else {}
+    )
     return {
+        **order,
         "published": n,
         "stored_rows": rows,
         "stored_distinct": distinct,
