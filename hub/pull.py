@@ -15,6 +15,13 @@ server hands the new node newer messages at once while those older ones come bac
 ack wait. So a fresh pin is *fenced*: what arrives is held (``in_progress``) and pulling goes on until
 the consumer has no outstanding delivery but the ones held here, which are then returned in stream
 order. Order per partition holds across a takeover.
+
+The same holds when the pin stays but a delivery never arrived: the connection to the server died with
+an answer in flight (a NATS server or stream leader killed), or a new consumer leader counts as
+delivered what the old one sent into the void. The server goes on with newer messages; the lost ones
+come back after their ack wait. Every delivery of a consumer has the next *consumer* sequence, and a
+pinned puller receives all of them, so a sequence it skipped is a delivery it lost: that fetch is
+fenced too.
 """
 
 from __future__ import annotations
@@ -52,8 +59,9 @@ class Puller:
         self._info = f"$JS.API.CONSUMER.INFO.{stream}.{consumer}"
         self._group = group
         self.pin: str | None = None  # the pin id this puller holds (None: not pinned, or lost)
-        self.fences = 0  # fresh pins fenced
+        self.fences = 0  # fresh pins (and lost deliveries) fenced
         self._refence = False
+        self._delivered: int | None = None  # the last consumer sequence this puller saw (with a group)
         self._max_bytes = max_bytes
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._inbox = ""
@@ -79,7 +87,8 @@ class Puller:
         """Up to ``batch`` messages and about ``max_bytes`` (at least one message), waiting up to
         ``timeout`` seconds for the first. Returns an empty list when there is nothing; raises
         :class:`nats.errors.NoRespondersError` when no consumer answers the request. With a group,
-        what a fresh pin brings is fenced first (more than ``batch`` messages may come back then)."""
+        what a fresh pin (or a fetch after a lost delivery) brings is fenced first (more than ``batch``
+        messages may come back then)."""
         pin = self.pin
         msgs: list[Msg] = []
         # Messages for an earlier request that gave up waiting; status replies (no reply subject) are
@@ -94,11 +103,26 @@ class Puller:
             msgs = await self._pull(batch, timeout)
         if self._group is not None and msgs:
             self.pin = _pin_of(msgs) or self.pin
-            if self.pin != pin or self._refence:
+            skipped = self._skipped(msgs)
+            if self.pin != pin or self._refence or skipped:
                 self.fences += 1
+                self._refence = True  # until the fence is done: what it held is dropped if it fails
+                msgs = await self._fence(msgs, batch, timeout)
                 self._refence = False
-                return await self._fence(msgs, batch, timeout)
+                self._skipped(msgs)
         return msgs
+
+    def _skipped(self, msgs: Sequence[Msg]) -> bool:
+        """Whether ``msgs`` skip a consumer sequence after the last one seen (a delivery lost on its way
+        here); notes the last one. A sequence lower than seen (a new consumer leader delivering again
+        from its replicated state) is not a gap."""
+        skipped = False
+        for msg in msgs:
+            seq = msg.metadata.sequence.consumer
+            if self._delivered is not None and seq > self._delivered + 1:
+                skipped = True
+            self._delivered = seq if self._delivered is None else max(self._delivered, seq)
+        return skipped
 
     def refence(self) -> None:
         """Fence the next fetch that brings messages (with a group): after handing messages back with a

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,6 +74,7 @@ class Stack:
     redis_url: str
     postgres: EmbeddedPostgres | None = None
     root: Path | None = None
+    nats_cluster: EmbeddedNatsCluster | None = None  # with ``cluster=True``: its members, for drills
     hubs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -91,6 +92,12 @@ class Stack:
             **self.extra_env,
         }
 
+    @property
+    def client_url(self) -> str:
+        """For this process's own clients: every cluster member (so they ride through a member's death),
+        or the one server. The hubs get ``nats_url`` (the first member; they learn the others from it)."""
+        return ",".join(self.nats_cluster.urls) if self.nats_cluster else self.nats_url
+
 
 @contextmanager
 def embedded_stack(*, cluster: bool = False) -> Iterator[Stack]:
@@ -103,7 +110,8 @@ def embedded_stack(*, cluster: bool = False) -> Iterator[Stack]:
         redis = EmbeddedRedis(root / "redis")
         with nats_server, postgres, redis:
             stack = Stack(postgres.url, nats_server.url, redis.url, postgres=postgres, root=root)
-            if cluster:
+            if isinstance(nats_server, EmbeddedNatsCluster):
+                stack.nats_cluster = nats_server
                 stack.extra_env["TICKSTOCK_NATS_REPLICAS"] = "3"
             subprocess.run(
                 [sys.executable, "-m", "api.cli", "load-reference-data"],
@@ -194,10 +202,16 @@ async def publish(
     window: int = 2000,
     stamp: bool = True,
     blob: str | None = None,
+    ack_timeout_s: float = 10.0,
+    acks: dict[str, int] | None = None,
 ) -> float:
     """Publish to ingest with ``Nats-Msg-Id`` = id, at most ``window`` unacknowledged at a time, at
     ``rate`` events/s if given. Stamps ``data.sent_at`` (epoch seconds) for latency. A publish that
-    fails is sent again, as a producer must (``Nats-Msg-Id`` makes that safe). Returns elapsed seconds."""
+    fails, or whose ack does not come within ``ack_timeout_s`` (a stream leader that steps down or dies
+    drops what it had in hand without an answer), is sent again, in publish order, as a producer must
+    (``Nats-Msg-Id`` makes that safe). ``acks``, if given, receives each id's ingest-stream sequence (a
+    re-send can land after a newer event of its symbol: the producer's own reordering, which
+    :func:`verify` tells apart from the hub's). Returns elapsed seconds."""
     js = nc.jetstream()
     started = time.monotonic()
     pending: list[tuple[asyncio.Future[Any], str, bytes, str]] = []
@@ -221,10 +235,14 @@ async def publish(
         while pending:
             batch = list(pending)
             pending.clear()
-            results = await asyncio.gather(*(f for f, *_ in batch), return_exceptions=True)
+            results = await asyncio.gather(
+                *(asyncio.wait_for(f, ack_timeout_s) for f, *_ in batch), return_exceptions=True
+            )
             for (_, subject, body, msg_id), result in zip(batch, results, strict=True):
                 if isinstance(result, BaseException):
                     await send(subject, body, msg_id)
+                elif acks is not None:
+                    acks[msg_id] = result.seq
 
     for i, event in enumerate(events):
         if rate:
@@ -260,8 +278,13 @@ async def wait_stored(database_url: str, run: str, n: int, *, timeout_s: float =
     raise TimeoutError(f"{run}: not all {n} events stored within {timeout_s} s")
 
 
-async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str, Any]:
-    """Exactly-once and order checks, plus publish→stored latency percentiles."""
+async def verify(
+    database_url: str, nats_url: str, run: str, n: int, *, acks: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Exactly-once and order checks, plus publish→stored latency percentiles. With ``acks`` (id ->
+    ingest-stream sequence, from :func:`publish`) the order is also judged against the ingest stream:
+    ``ingest_inversions`` are the producer's (a re-send stored after a newer event of its symbol),
+    ``hub_inversions`` the hub's (clean-stream order not the ingest stream's, per symbol)."""
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         cur = await conn.execute(
             "SELECT count(*), count(DISTINCT id), "
@@ -278,12 +301,15 @@ async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str
         sub = await js.subscribe(CLEAN_WILDCARD, ordered_consumer=True, stream=PATTERNS_STREAM)
         ids: list[str] = []
         per_symbol: dict[str, list[int]] = defaultdict(list)
+        ingested: dict[str, list[int]] = defaultdict(list)  # ingest seqs, in clean-stream order
         for _ in range(total):
             msg = await sub.next_msg(timeout=10)
             body = json.loads(msg.data)
             if body["id"].startswith(run + "-"):
                 ids.append(body["id"])
                 per_symbol[body["symbol"]].append(int(body["id"].rsplit("-", 1)[1]))
+                if acks is not None:
+                    ingested[body["symbol"]].append(acks.get(body["id"], -1))
         await sub.unsubscribe()
     in_order = all(seq == sorted(seq) for seq in per_symbol.values())
     inversions = sum(1 for seq in per_symbol.values() for a, b in itertools.pairwise(seq) if b < a)
@@ -296,7 +322,18 @@ async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str
         ),
         None,
     )
+    drops = sum(1 for seq in ingested.values() for a, b in itertools.pairwise(seq) if b < a)
+    by_ingest = [[i for _, i in sorted(zip(ingested[sym], per_symbol[sym], strict=True))] for sym in ingested]
+    order = (
+        {
+            "ingest_inversions": sum(1 for seq in by_ingest for a, b in itertools.pairwise(seq) if b < a),
+            "hub_inversions": drops,
+        }
+        if acks is not None
+        else {}
+    )
     return {
+        **order,
         "published": n,
         "stored_rows": rows,
         "stored_distinct": distinct,
@@ -315,6 +352,33 @@ async def verify(database_url: str, nats_url: str, run: str, n: int) -> dict[str
         else None,
         "exactly_once": rows == distinct == len(ids) == len(set(ids)) == n,
     }
+
+
+async def growth_moments(
+    count: Callable[[], Awaitable[int]], total: int, *, interval_s: float = 0.05, timeout_s: float = 600
+) -> list[float]:
+    """The moments (``time.monotonic()``) at which ``count()`` was seen to grow, sampled every
+    ``interval_s`` until it reaches ``total``; raises ``TimeoutError`` after ``timeout_s``. The first
+    sample is the baseline, not a growth (so a pause measured from before it is never cut short)."""
+    moments: list[float] = []
+    last = await count()
+    deadline = time.monotonic() + timeout_s
+    while last < total:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{last} of {total} after {timeout_s} s")
+        await asyncio.sleep(interval_s)
+        now = await count()
+        if now > last:
+            moments.append(time.monotonic())
+            last = now
+    return moments
+
+
+def longest_pause(since: float, moments: Sequence[float]) -> float:
+    """The longest time without growth after ``since`` (from ``since`` to the first growth, then
+    between growths), given :func:`growth_moments`' moments."""
+    after = [since, *(t for t in moments if t > since)]
+    return max((b - a for a, b in itertools.pairwise(after)), default=0.0)
 
 
 async def hub_metrics(port: int) -> dict[str, Any]:

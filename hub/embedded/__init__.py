@@ -20,7 +20,7 @@ restart), :mod:`hub.embedded.servers` (what each server needs: binary, configura
 
 from __future__ import annotations
 
-from hub.embedded.cluster import EmbeddedNatsCluster
+from hub.embedded.cluster import EmbeddedNatsCluster, lead_on, stream_leader
 from hub.embedded.process import EmbeddedError, EmbeddedServer, free_port, started
 from hub.embedded.servers import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis
 
@@ -32,5 +32,7 @@ __all__ = [
     "EmbeddedRedis",
     "EmbeddedServer",
     "free_port",
+    "lead_on",
     "started",
+    "stream_leader",
 ]

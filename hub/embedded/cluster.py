@@ -5,10 +5,14 @@ every member; a stream with ``num_replicas=3`` (``TICKSTOCK_NATS_REPLICAS=3``) k
 Entering starts the members and waits until JetStream answers on every one of them (a meta leader is
 elected once two members see each other); leaving stops them in reverse order. :meth:`stop_member` and
 :meth:`start_member` take one member down and up again (a node failure), on the same ports and store.
+
+For drills (tests and ``ops/bench_partitions.py --kill-leader-at``): :func:`stream_leader` names the
+member leading a stream, :func:`lead_on` moves that leadership to a chosen member first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -16,10 +20,13 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+
 from hub.embedded.process import EmbeddedError, free_port
 from hub.embedded.servers import EmbeddedNats
 
-__all__ = ["EmbeddedNatsCluster"]
+__all__ = ["EmbeddedNatsCluster", "lead_on", "stream_leader"]
 
 log = logging.getLogger("tickstock.embedded")
 
@@ -107,3 +114,32 @@ class EmbeddedNatsCluster:
     ) -> None:
         for member in reversed(self.members):
             member.stop()
+
+
+async def stream_leader(nc: NATS, stream: str) -> str | None:
+    """The server name of the member leading ``stream``; ``None`` on one server, and while the stream
+    has no leader or does not answer (an election under way)."""
+    try:
+        info = await nc.jetstream().stream_info(stream)
+    except (NatsError, TimeoutError) as exc:
+        log.info("%s: no leader answers (%s)", stream, exc)
+        return None
+    return info.cluster.leader if info.cluster is not None else None
+
+
+async def lead_on(nc: NATS, stream: str, member: str, *, timeout_s: float = 30.0) -> str:
+    """Move ``stream``'s leadership to ``member`` (a step-down with a preferred placement, asked again
+    every half second until it holds); returns ``member``. Raises :class:`EmbeddedError` after
+    ``timeout_s``."""
+    body = json.dumps({"placement": {"preferred": member}}).encode()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if await stream_leader(nc, stream) == member:
+            return member
+        try:
+            await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=5)
+        except (NatsError, TimeoutError) as exc:  # an election under way: ask again
+            log.info("moving %s's leadership to %s: %s", stream, member, exc)
+        if time.monotonic() > deadline:
+            raise EmbeddedError(f"{stream}: {member} not leading after {timeout_s:.0f} s")
+        await asyncio.sleep(0.5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -16,45 +15,13 @@ from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
 from api.settings import Settings
-from hub.embedded import EmbeddedNatsCluster
+from hub.embedded import EmbeddedNatsCluster, lead_on
 from hub.jetstream import INGEST_STREAM, PATTERNS_STREAM
+from ops.harness import growth_moments, longest_pause
 from tests.hub.test_partitions import Trickle, _published, _shared_out, publish_chains, violations
 from tests.support import LiveHub, clean_stream_messages, stored_count, wait_for, wait_settled
 
 pytestmark = pytest.mark.slow
-
-
-async def _progress(pool: AsyncConnectionPool, prefix: str, total: int) -> list[float]:
-    """The moments (monotonic) at which the count of stored ``<prefix>-…`` events was seen to grow,
-    sampled every 50 ms until all ``total`` are stored."""
-    moments: list[float] = []
-    last = [-1]
-
-    async def grown() -> bool:
-        now = await stored_count(pool, prefix)
-        if now > last[0]:
-            moments.append(time.monotonic())
-            last[0] = now
-        return now >= total
-
-    await wait_for(grown, timeout=120, interval=0.05, what=f"all {total} stored")
-    return moments
-
-
-async def _lead_on(nc: NATS, stream: str, member: str) -> str:
-    """Move ``stream``'s leadership to ``member`` (a step-down with a preferred placement); returns it."""
-    js = nc.jetstream()
-
-    async def leads() -> bool:
-        info = await js.stream_info(stream)
-        if info.cluster is not None and info.cluster.leader == member:
-            return True
-        body = json.dumps({"placement": {"preferred": member}}).encode()
-        await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=5)
-        return False
-
-    await wait_for(leads, timeout=30, interval=0.5, what=f"{member} leading {stream}")
-    return member
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +56,10 @@ async def test_two_hub_nodes_on_a_three_node_cluster_survive_the_ingest_leaders_
                 lambda: _published(ref_pool, "cluster", total * 3 // 10), timeout=60, what="30 % stored"
             )
             # The harshest case: the ingest leader is the member both hub nodes are connected to.
-            leader = await _lead_on(client, INGEST_STREAM, cluster.members[0].server_name)
-            progress = asyncio.create_task(_progress(ref_pool, "cluster", total))
+            leader = await lead_on(client, INGEST_STREAM, cluster.members[0].server_name)
+            progress = asyncio.create_task(
+                growth_moments(lambda: stored_count(ref_pool, "cluster"), total, timeout_s=120)
+            )
             killed = time.monotonic()
             cluster.member(leader or "").kill()
             await producer
@@ -98,7 +67,7 @@ async def test_two_hub_nodes_on_a_three_node_cluster_survive_the_ingest_leaders_
                 lambda: _published(ref_pool, "cluster", total), timeout=120, what="every event published"
             )
             moments = await progress
-            paused = max(b - a for a, b in itertools.pairwise([killed, *(t for t in moments if t > killed)]))
+            paused = longest_pause(killed, moments)
             await wait_settled(js, timeout=60)
             new_leader = (await js.stream_info(INGEST_STREAM)).cluster.leader  # type: ignore[union-attr]
             batches = [a.hub.writer.batches, b.hub.writer.batches]

@@ -354,6 +354,44 @@ async def test_a_fresh_pin_holds_newer_messages_until_the_dead_holders_come_back
         assert heir.fences == 1
 
 
+async def test_a_delivery_lost_on_its_way_to_the_pinned_puller_is_awaited_before_anything_newer(
+    js: JetStreamContext, nats_client: NATS
+) -> None:
+    """The pin stays, but one answer never reached the puller (the connection to its server died with
+    it in flight): the server counts 2 as delivered and gives 3-5 to the next request at once. The gap in
+    the consumer's delivery sequence fences that fetch: nothing until 2 comes back (ack wait), then 2-5
+    in stream order."""
+    import json
+
+    await _pinned_consumer(js, nats_client, ack_wait_s=1.5, pin_timeout_s=30)
+    await _publish(js, b"1", b"2", b"3", b"4", b"5")
+    async with Puller(nats_client, stream=STREAM, consumer=PINNED, max_bytes=1 << 20, group="hub") as puller:
+        first = await puller.fetch(1, timeout=2)
+        assert [m.data for m in first] == [b"1"] and puller.pin and puller.fences == 1
+        await first[0].ack_sync()
+        # The lost answer: a request under the puller's pin whose reply goes where nobody reads it.
+        void = nats_client.new_inbox()
+
+        async def drop(msg: Msg) -> None:
+            pass
+
+        dropped = await nats_client.subscribe(void, cb=drop)
+        request = {"batch": 1, "group": "hub", "id": puller.pin, "expires": int(2e9)}
+        await nats_client.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{PINNED}", json.dumps(request).encode(), reply=void
+        )
+
+        async def delivered() -> bool:
+            return (await js.consumer_info(STREAM, PINNED)).num_ack_pending == 1
+
+        await wait_for(delivered, timeout=10, interval=0.02, what="2 delivered to the lost request")
+        await dropped.unsubscribe()
+        msgs = await _first_nonempty(puller, 10)
+    assert [m.data for m in msgs] == [b"2", b"3", b"4", b"5"]
+    assert [m.metadata.num_delivered for m in msgs] == [2, 1, 1, 1]
+    assert puller.fences == 2
+
+
 def test_the_clean_publish_goes_out_in_segments_of_distinct_symbols_in_batch_order() -> None:
     from hub.clean_publish import segments
     from hub.model import PatternEvent
