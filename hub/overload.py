@@ -164,6 +164,8 @@ class Overload:
 
     def _shed(self, now: float, why: str) -> None:
         victims = self.shedder.victims(self._connections, now)
+        if not victims:
+            return  # behind with no subscribed connection to close: nothing a shed can do here
         for conn in victims:
             conn.close(CLOSE_SLOW, REASON_SHED)
         self._metrics.shed.inc(len(victims))

@@ -331,6 +331,7 @@ async def test_many_late_outboxes_shed_the_slowest_and_a_few_never_do() -> None:
     try:
         now = time.monotonic() + 1.0  # the stuck outboxes' frames have waited a second
         overload.outboxes(now)  # a window starts
+        overload.outboxes(now + 0.3)  # late all along, but not for a whole window yet
         assert metrics.shed.total() == 0
         overload.outboxes(now + 0.6)
         closed = [c for c in conns if c.close_code == 4409]
@@ -344,6 +345,26 @@ async def test_many_late_outboxes_shed_the_slowest_and_a_few_never_do() -> None:
     finally:
         for conn in conns:
             conn.abandon()
+
+
+async def test_behind_with_no_subscribed_connection_closes_nothing_and_says_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = FanOutMetrics(Registry(), _Counted())
+    idle = Connection(_never, FanOutLimits(), metrics)  # connected, not subscribed
+    overload = Overload([idle], metrics, after_s=0.05, lag_s=0.01)
+    stored_at = time.time() - 5.0  # every event five seconds late, a backlog that never drains
+    checks = 0
+
+    async def windows_passed() -> bool:
+        nonlocal checks
+        overload.check(3, stored_at)
+        checks += 1
+        return checks >= 20
+
+    await wait_for(windows_passed, timeout=10, interval=0.02, what="several windows behind")
+    assert metrics.shed.total() == 0 and idle.close_code is None
+    assert "closed the" not in caplog.text
 
 
 async def _never(message: Any) -> None:
