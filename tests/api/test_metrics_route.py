@@ -47,6 +47,7 @@ FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
     "tickstock_ws_subscriptions": ("gauge", frozenset()),
     "tickstock_ws_messages_sent_total": ("counter", frozenset()),
     "tickstock_ws_events_sent_total": ("counter", frozenset()),
+    "tickstock_ws_prepared_frames_total": ("counter", frozenset()),
     "tickstock_ws_bytes_sent_total": ("counter", frozenset()),
     "tickstock_ws_queue_high_water": ("gauge", frozenset()),
     "tickstock_ws_closes_total": ("counter", frozenset({"code"})),
