@@ -10,13 +10,12 @@ import hashlib
 import httpx
 
 from tests.abuse.attacks_http import assert_cursors_refused, forged_scan_cursors
-from tests.abuse.attacks_ws import hostile_tokens
+from tests.abuse.attacks_ws import BURST, REFILL_PER_S, hostile_tokens
 from tests.abuse.campaign import Attack, Ctx, jwks_document
 from tests.abuse.harness import assert_problem
 from tests.support import wait_for
 
 JWKS_LOAD_DEADLINE_S = 25.0  # a fixed hub may wait its minimum refetch interval (10 s) after a failure
-BURST = 20  # TICKSTOCK_AUTH_FAILURE_BURST's default
 
 
 async def hostile_tokens_over_http(ctx: Ctx) -> None:
@@ -75,7 +74,6 @@ async def jwks_failure_and_forged_cursor(ctx: Ctx) -> None:
     )
 
 
-REFILL_PER_S = 1.0  # TICKSTOCK_AUTH_FAILURE_PER_S's default
 MAX_BURST_REQUESTS = 400  # a limiter that never refuses fails here, however slow the machine
 VOLLEY = 10  # requests sent at once after the first 429
 

@@ -191,12 +191,18 @@ async def test_two_workers_serve_one_port_and_ingest_once_in_order(
             return True
         return False
 
-    for _ in range(8):  # several scrapes, on both workers
-        wait_for_sync(summed, timeout=15, interval=0.2, what="/metrics summing both workers")
-    assert scraped == {0, 1}
+    # Scraped until each worker has answered with the node's sums (the kernel, not the hub, picks which
+    # worker accepts a connection: a few scrapes can all land on one).
+    wait_for_sync(
+        lambda: summed() and scraped == {0, 1},
+        timeout=60,
+        interval=0.1,
+        what="/metrics summing, from each worker",
+    )
     # /health/ready's pipeline too: the secondary has no writer, yet shows the node's totals.
     readied: set[int] = set()
-    while readied != {0, 1}:
+
+    def ready_totals() -> bool:
         index, _, response = node.answer("/health/ready")
         pipeline = response.json()["pipeline"]
         assert pipeline["totals"]["stored"] == pipeline["totals"]["published"] == total
@@ -204,6 +210,9 @@ async def test_two_workers_serve_one_port_and_ingest_once_in_order(
         universes = response.json()["cache"]["routes"]["universes"]
         assert sum(universes[r] for r in ("hit", "miss", "coalesced", "bypass")) == 40
         readied.add(index)
+        return readied == {0, 1}
+
+    wait_for_sync(ready_totals, timeout=60, interval=0.1, what="/health/ready's totals, from each worker")
 
 
 @pytest.mark.slow
