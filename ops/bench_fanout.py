@@ -83,12 +83,9 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
@@ -113,7 +110,16 @@ from baselines.servers import (  # noqa: E402
     starlette_server,
 )
 from fanout_report import acceptance_lines, fanout_line, fanout_table, memory_table  # noqa: E402
-from harness import PATTERNS, SYMBOLS, TIMEFRAMES, Stack, connected, embedded_stack, start_hub  # noqa: E402
+from harness import (  # noqa: E402
+    PATTERNS,
+    SYMBOLS,
+    TIMEFRAMES,
+    Stack,
+    StderrTail,
+    connected,
+    embedded_stack,
+    start_hub,
+)
 from wsload import KINDS, Conn, Load, raise_fd_limit  # noqa: E402
 
 from api.auth import mint_token  # noqa: E402
@@ -209,36 +215,6 @@ def stack_pids() -> dict[str, int]:
         elif "redis" in name:
             found.setdefault("redis", child.pid)
     return found
-
-
-class StderrTail:
-    """Reads ``proc``'s stderr in a thread until it ends, keeping the last ``keep`` lines; on leaving
-    the block, says how many lines the process wrote and prints the last few."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], *, keep: int = 20, show: int = 5) -> None:
-        self.proc = proc
-        self.lines: deque[str] = deque(maxlen=keep)
-        self.count = 0
-        self.show = show
-        self.thread = threading.Thread(target=self._read, daemon=True, name=f"stderr-{proc.pid}")
-
-    def _read(self) -> None:
-        if self.proc.stderr is None:
-            return
-        with suppress(ValueError, OSError):  # closed under us by stop_hub
-            for line in iter(self.proc.stderr.readline, b""):
-                self.count += 1
-                self.lines.append(line.decode(errors="replace").rstrip()[:500])
-
-    def __enter__(self) -> StderrTail:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.count:
-            print(f"  hub stderr: {self.count:,} line(s) during the runs; the last:", flush=True)
-            for line in list(self.lines)[-self.show :]:
-                print(f"    | {line}", flush=True)
 
 
 def default_hub_workers() -> int:

@@ -30,14 +30,17 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import psycopg
 from harness import (
     Stack,
+    StderrTail,
     connected,
     embedded_stack,
     growth_moments,
+    hub_counters,
     hub_metrics,
     longest_pause,
     make_events,
@@ -145,9 +148,13 @@ async def run(
 ) -> dict[str, Any]:
     """One run on a fresh stack: ``nodes`` hub processes, ``events`` events over 500 symbols."""
     symbols = [f"S{k:03d}" for k in range(SYMBOL_COUNT)]
-    with embedded_stack(cluster=cluster) as stack:
+    with embedded_stack(cluster=cluster) as stack, ExitStack() as tails:
         stack.extra_env["TICKSTOCK_INGEST_PARTITIONS"] = str(partitions)
-        ports = [start_hub(stack)[1] for _ in range(nodes)]
+        ports = []
+        for _ in range(nodes):
+            proc, port = start_hub(stack)
+            tails.enter_context(StderrTail(proc))  # read all along: a full pipe would stall the hub
+            ports.append(port)
         name = f"part{nodes}n{int(time.time())}"
         batch = make_events(events, run=name, symbols=symbols)
         drill: dict[str, Any] = {}
@@ -178,6 +185,7 @@ async def run(
         checks = await verify(stack.database_url, stack.client_url, name, events, acks=acks)
         alive = ports[1:] if "killed_at_stored" in drill else ports
         batches = [(await hub_metrics(port))["pipeline"]["writer_batches"] for port in alive]
+        counters = [await hub_counters(port) for port in alive]
     return {
         "nodes": nodes,
         "partitions": partitions,
@@ -189,6 +197,9 @@ async def run(
         "stored_seconds": round(total_s, 2),
         "stored_per_s": round(events / total_s),
         "writer_batches_per_node": batches,
+        "writer_counters_per_node": [
+            {name.removeprefix("tickstock_"): int(value) for name, value in c.items()} for c in counters
+        ],
         **checks,
         **drill,
     }

@@ -14,10 +14,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,6 +152,36 @@ def start_hub(
             pass
         time.sleep(0.1)
     raise RuntimeError("hub did not become ready")
+
+
+class StderrTail:
+    """Reads ``proc``'s stderr in a thread until it ends, keeping the last ``keep`` lines; on leaving
+    the block, says how many lines the process wrote and prints the last few."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], *, keep: int = 20, show: int = 5) -> None:
+        self.proc = proc
+        self.lines: deque[str] = deque(maxlen=keep)
+        self.count = 0
+        self.show = show
+        self.thread = threading.Thread(target=self._read, daemon=True, name=f"stderr-{proc.pid}")
+
+    def _read(self) -> None:
+        if self.proc.stderr is None:
+            return
+        with suppress(ValueError, OSError):  # closed under us by stop_hub
+            for line in iter(self.proc.stderr.readline, b""):
+                self.count += 1
+                self.lines.append(line.decode(errors="replace").rstrip()[:500])
+
+    def __enter__(self) -> StderrTail:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.count:
+            print(f"  hub stderr: {self.count:,} line(s) during the runs; the last:", flush=True)
+            for line in list(self.lines)[-self.show :]:
+                print(f"    | {line}", flush=True)
 
 
 def stop_hub(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
@@ -323,11 +354,22 @@ async def verify(
         None,
     )
     drops = sum(1 for seq in ingested.values() for a, b in itertools.pairwise(seq) if b < a)
+    first_drop = next(
+        (
+            # the symbol and, around the first drop, (event number, ingest-stream seq) in clean order
+            [sym, list(zip(per_symbol[sym], seq, strict=True))[max(0, i - 3) : i + 3]]
+            for sym, seq in ingested.items()
+            for i, (a, b) in enumerate(itertools.pairwise(seq), 1)
+            if b < a
+        ),
+        None,
+    )
     by_ingest = [[i for _, i in sorted(zip(ingested[sym], per_symbol[sym], strict=True))] for sym in ingested]
     order = (
         {
             "ingest_inversions": sum(1 for seq in by_ingest for a, b in itertools.pairwise(seq) if b < a),
             "hub_inversions": drops,
+            "first_hub_inversion": first_drop,
         }
         if acks is not None
         else {}
@@ -379,6 +421,28 @@ def longest_pause(since: float, moments: Sequence[float]) -> float:
     between growths), given :func:`growth_moments`' moments."""
     after = [since, *(t for t in moments if t > since)]
     return max((b - a for a, b in itertools.pairwise(after)), default=0.0)
+
+
+WRITER_COUNTERS = (
+    "tickstock_writer_redeliveries_total",
+    "tickstock_writer_retries_total",
+    "tickstock_writer_partition_deferrals_total",
+    "tickstock_events_rejected_total",
+    "tickstock_events_duplicate_total",
+)
+
+
+async def hub_counters(port: int, names: Sequence[str] = WRITER_COUNTERS) -> dict[str, float]:
+    """A hub's counters from ``/metrics``, each summed over its labels."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+    sums = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        name = sample.split("{", 1)[0]
+        if name in sums:
+            sums[name] += float(value)
+    return sums
 
 
 async def hub_metrics(port: int) -> dict[str, Any]:
