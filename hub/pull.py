@@ -22,6 +22,12 @@ delivered what the old one sent into the void. The server goes on with newer mes
 come back after their ack wait. Every delivery of a consumer has the next *consumer* sequence, and a
 pinned puller receives all of them, so a sequence it skipped is a delivery it lost: that fetch is
 fenced too.
+
+The count alone can be fooled: the node that lost the pin may finish a batch whose ack wait ran out,
+and its late acknowledgements take messages out of the consumer's pending count that are already held
+here again (redelivered), so the count matches while that node still holds other deliveries. With
+``settled`` (what a redelivery's work already is: published by the other node), a fence acknowledges
+and drops those messages before it counts, and the count is exact again.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from types import TracebackType
 
 from nats.aio.client import Client as NATS
@@ -39,25 +45,35 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 
-__all__ = ["PIN_HEADER", "Puller", "in_progress", "nak"]
+__all__ = ["PIN_HEADER", "Puller", "Settled", "in_progress", "nak"]
 
 _STATUS = "Status"
 _HEARTBEAT = "100"
 _NO_RESPONDERS = "503"
 _PIN_MISMATCH = "423"
 PIN_HEADER = "Nats-Pin-Id"
+# Of the given redelivered messages, the stream sequences whose work is already done elsewhere.
+Settled = Callable[[Sequence[Msg]], Awaitable[Collection[int]]]
 
 
 class Puller:
     """Fetches from a durable pull consumer. Use as an async context manager."""
 
     def __init__(
-        self, nc: NATS, *, stream: str, consumer: str, max_bytes: int, group: str | None = None
+        self,
+        nc: NATS,
+        *,
+        stream: str,
+        consumer: str,
+        max_bytes: int,
+        group: str | None = None,
+        settled: Settled | None = None,
     ) -> None:
         self._nc = nc
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._info = f"$JS.API.CONSUMER.INFO.{stream}.{consumer}"
         self._group = group
+        self._settled = settled
         self.pin: str | None = None  # the pin id this puller holds (None: not pinned, or lost)
         self.fences = 0  # fresh pins (and lost deliveries) fenced
         self._refence = False
@@ -181,7 +197,11 @@ class Puller:
         held here; then all of them in stream order. The pin lost meanwhile: all handed back, none
         returned."""
         held = {m.metadata.sequence.stream: m for m in msgs}
-        while await self._ack_pending() > len(held):
+        while True:
+            pending = await self._ack_pending()
+            await self._drop_settled(held)  # after the count: an ack it saw was for a message done then
+            if pending <= len(held):
+                break
             await in_progress(list(held.values()))
             for msg in await self._pull(batch, timeout):
                 held[msg.metadata.sequence.stream] = msg  # a redelivery replaces the copy held
@@ -189,6 +209,17 @@ class Puller:
                 await nak(list(held.values()))
                 return []
         return [held[seq] for seq in sorted(held)]
+
+    async def _drop_settled(self, held: dict[int, Msg]) -> None:
+        """Acknowledge and drop the held redeliveries whose work is done elsewhere (see the module)."""
+        again = [m for m in held.values() if m.metadata.num_delivered > 1]
+        if self._settled is None or not again:
+            return
+        for seq in await self._settled(again):
+            msg = held.pop(seq, None)
+            if msg is not None:
+                with contextlib.suppress(NatsError):
+                    await msg.ack()
 
 
 def _pin_of(msgs: Sequence[Msg]) -> str | None:

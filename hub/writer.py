@@ -61,6 +61,7 @@ from hub.outage import DEFAULT_RETRY_BASE_S, DEFAULT_RETRY_MAX_S, Outage, wait_f
 from hub.parsing import parse_event
 from hub.producer import PRODUCER_HEADER, producer_of
 from hub.pull import Puller, in_progress, nak
+from hub.redelivery import published_elsewhere
 from hub.subjects import check_subject, producer_subject
 from hub.text import first_line
 from hub.window import EventWindow
@@ -332,6 +333,7 @@ class Writer:
             consumer=self._consumer,
             max_bytes=self._fetch_max_bytes,
             group=self._group,
+            settled=lambda msgs: published_elsewhere(self._pool, self._parse, msgs),
         ) as puller:
             self.puller = puller
             # The next batch is fetched while this one is stored and published (the waits overlap);

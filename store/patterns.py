@@ -19,6 +19,7 @@ __all__ = [
     "load_pattern_aliases",
     "lock_instances",
     "month_start",
+    "published_ids",
     "set_stream_seqs",
     "store_events",
 ]
@@ -221,6 +222,25 @@ async def set_stream_seqs(
         "WHERE e.id = u.id AND e.detected_at = u.detected_at",
         ([s.id for s, _ in published], [s.detected_at for s, _ in published], [seq for _, seq in published]),
     )
+
+
+_PUBLISHED = f"""
+WITH input AS ({_INPUT})
+SELECT i.id FROM input i
+JOIN pattern_event_ids old ON old.id = i.id
+JOIN pattern_events e ON e.id = old.id AND e.detected_at = old.detected_at
+WHERE e.stream_seq IS NOT NULL AND e.payload = i.payload
+"""
+
+
+async def published_ids(conn: psycopg.AsyncConnection[Any], events: Sequence[Any]) -> set[str]:
+    """The ids of ``events`` stored with the same payload and already published (a clean-stream
+    sequence recorded): their work is done, whoever did it."""
+    if not events:
+        return set()
+    batch = (b"[" + b",".join(e.to_json_bytes() for e in events) + b"]").decode()
+    cur = await conn.execute(_PUBLISHED, (batch,))
+    return {r["id"] for r in await cur.fetchall()}
 
 
 async def ensure_months(conn: psycopg.AsyncConnection[Any], lo: datetime, hi: datetime) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from urllib.parse import urlsplit
 
 import pytest
@@ -390,6 +390,57 @@ async def test_a_delivery_lost_on_its_way_to_the_pinned_puller_is_awaited_before
     assert [m.data for m in msgs] == [b"2", b"3", b"4", b"5"]
     assert [m.metadata.num_delivered for m in msgs] == [2, 1, 1, 1]
     assert puller.fences == 2
+
+
+async def test_late_acks_of_messages_held_again_do_not_end_a_fence_while_the_old_holder_has_more(
+    js: JetStreamContext, nats_client: NATS
+) -> None:
+    """The old holder took 1-2, then 3-4, and stalled: 1-2 ran out of ack wait and were redelivered to the
+    heir, then the old holder finished them after all and acknowledged them late, while it still held 3-4
+    (kept alive). The pending count (3-6) then equals what the heir holds (1, 2, 5, 6): without knowing 1-2
+    are settled, the fence would hand out 5-6 before 3-4. With ``settled``, 1-2 are acknowledged and dropped,
+    and the heir returns 3-6 once 3-4 come back."""
+    await _pinned_consumer(js, nats_client, ack_wait_s=1.5, pin_timeout_s=0.5)
+    await _publish(js, b"1", b"2", b"3", b"4", b"5", b"6")
+    done: set[bytes] = set()
+
+    async def settled(msgs: Sequence[Msg]) -> set[int]:  # stands for the store's "already published"
+        return {m.metadata.sequence.stream for m in msgs if m.data in done}
+
+    async with Puller(nats_client, stream=STREAM, consumer=PINNED, max_bytes=1 << 20, group="hub") as old:
+        first = await old.fetch(2, timeout=2)
+        second = await old.fetch(2, timeout=2)
+    assert [m.data for m in first + second] == [b"1", b"2", b"3", b"4"]
+
+    async def keep_alive() -> None:  # the old holder is slow, not dead: 3-4 stay in its hands
+        while True:
+            for msg in second:
+                await msg.in_progress()
+            await asyncio.sleep(0.3)
+
+    alive = asyncio.create_task(keep_alive())
+    try:
+        async with Puller(
+            nats_client, stream=STREAM, consumer=PINNED, max_bytes=1 << 20, group="hub", settled=settled
+        ) as heir:
+            fetching = asyncio.create_task(_first_nonempty(heir, 10))
+
+            async def redelivered() -> bool:  # 1-2 ran out of ack wait and went to the heir
+                return (await js.consumer_info(STREAM, PINNED)).num_redelivered >= 2
+
+            await wait_for(redelivered, timeout=20, interval=0.05, what="1 and 2 redelivered to the heir")
+            for msg in first:  # the old holder's late acknowledgements
+                await msg.ack_sync()
+            done.update(m.data for m in first)
+            await asyncio.sleep(1.0)  # the fence sees the count match meanwhile; it must hold on
+            assert not fetching.done(), [m.data for m in fetching.result()]
+            alive.cancel()  # the old holder dies: 3-4 come back after their ack wait
+            msgs = await fetching
+    finally:
+        alive.cancel()
+    assert [m.data for m in msgs] == [b"3", b"4", b"5", b"6"]
+    assert [m.metadata.num_delivered for m in msgs] == [2, 2, 1, 1]
+    assert (await js.consumer_info(STREAM, PINNED)).num_ack_pending == 4  # 1-2 acknowledged, for good
 
 
 def test_the_clean_publish_goes_out_in_segments_of_distinct_symbols_in_batch_order() -> None:
