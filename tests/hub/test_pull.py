@@ -403,9 +403,16 @@ async def test_late_acks_of_messages_held_again_do_not_end_a_fence_while_the_old
     await _pinned_consumer(js, nats_client, ack_wait_s=1.5, pin_timeout_s=0.5)
     await _publish(js, b"1", b"2", b"3", b"4", b"5", b"6")
     done: set[bytes] = set()
+    rounds = 0
 
     async def settled(msgs: Sequence[Msg]) -> set[int]:  # stands for the store's "already published"
         return {m.metadata.sequence.stream for m in msgs if m.data in done}
+
+    async def counted(msg: Msg) -> None:  # each fence round reads the consumer's pending count
+        nonlocal rounds
+        rounds += 1
+
+    spy = await nats_client.subscribe(f"$JS.API.CONSUMER.INFO.{STREAM}.{PINNED}", cb=counted)
 
     async with Puller(nats_client, stream=STREAM, consumer=PINNED, max_bytes=1 << 20, group="hub") as old:
         first = await old.fetch(2, timeout=2)
@@ -413,7 +420,7 @@ async def test_late_acks_of_messages_held_again_do_not_end_a_fence_while_the_old
     assert [m.data for m in first + second] == [b"1", b"2", b"3", b"4"]
 
     async def keep_alive() -> None:  # the old holder is slow, not dead: 3-4 stay in its hands
-        while True:
+        while True:  # hygiene: ok - keeps 3-4 in the old holder's hands until cancelled; not a poll
             for msg in second:
                 await msg.in_progress()
             await asyncio.sleep(0.3)
@@ -429,15 +436,23 @@ async def test_late_acks_of_messages_held_again_do_not_end_a_fence_while_the_old
                 return (await js.consumer_info(STREAM, PINNED)).num_redelivered >= 2
 
             await wait_for(redelivered, timeout=20, interval=0.05, what="1 and 2 redelivered to the heir")
+            done.update(m.data for m in first)  # published (as the store would say) before the acks
             for msg in first:  # the old holder's late acknowledgements
                 await msg.ack_sync()
-            done.update(m.data for m in first)
-            await asyncio.sleep(1.0)  # the fence sees the count match meanwhile; it must hold on
+            seen = rounds
+            # Two more rounds: the count the fence reads now matches what it holds; it must hold on.
+            await wait_for(
+                lambda: rounds >= seen + 2 or fetching.done(),
+                timeout=20,
+                interval=0.02,
+                what="two fence rounds",
+            )
             assert not fetching.done(), [m.data for m in fetching.result()]
             alive.cancel()  # the old holder dies: 3-4 come back after their ack wait
             msgs = await fetching
     finally:
         alive.cancel()
+        await spy.unsubscribe()
     assert [m.data for m in msgs] == [b"3", b"4", b"5", b"6"]
     assert [m.metadata.num_delivered for m in msgs] == [2, 2, 1, 1]
     assert (await js.consumer_info(STREAM, PINNED)).num_ack_pending == 4  # 1-2 acknowledged, for good
