@@ -402,8 +402,14 @@ async def wait_settled(js, *, timeout: float = 30.0) -> object:  # type: ignore[
     """Wait until the writer's consumers (``hub-writer`` and the partitions') have nothing pending or
     unacknowledged; returns ``hub-writer``'s info with the counts summed over all of them."""
 
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.errors import ServiceUnavailableError
+
     async def settled():  # type: ignore[no-untyped-def]
-        info = await writer_consumers_info(js)
+        try:
+            info = await writer_consumers_info(js)
+        except (ServiceUnavailableError, NatsTimeout):  # a cluster electing leaders (a member killed)
+            return None
         return info if info.num_pending == 0 and info.num_ack_pending == 0 else None
 
     return await wait_for(settled, timeout=timeout, what="every ingest message acknowledged")
