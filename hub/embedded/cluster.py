@@ -23,7 +23,7 @@ from types import TracebackType
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
-from hub.embedded.process import EmbeddedError, free_port
+from hub.embedded.process import EmbeddedError, bind_conflict, free_port
 from hub.embedded.servers import EmbeddedNats
 
 __all__ = ["EmbeddedNatsCluster", "lead_on", "stream_leader"]
@@ -31,6 +31,7 @@ __all__ = ["EmbeddedNatsCluster", "lead_on", "stream_leader"]
 log = logging.getLogger("tickstock.embedded")
 
 DEFAULT_READY_TIMEOUT_S = 60.0
+_PORT_ATTEMPTS = 3
 
 
 def _healthy(host: str, port: int) -> bool:
@@ -50,20 +51,20 @@ class EmbeddedNatsCluster:
     ) -> None:
         self.data_dir = data_dir
         self.host = host
-        routes = tuple(free_port(host) for _ in range(size))
         self.members = [
-            EmbeddedNats(
-                data_dir / f"n{i + 1}",
-                host=host,
-                port=free_port(host),
-                server_name=f"{name}-n{i + 1}",
-                cluster_name=name,
-                cluster_port=routes[i],
-                routes=routes,
-                monitor_port=free_port(host),
-            )
+            EmbeddedNats(data_dir / f"n{i + 1}", host=host, server_name=f"{name}-n{i + 1}", cluster_name=name)
             for i in range(size)
         ]
+        self._choose_ports()
+
+    def _choose_ports(self) -> None:
+        """Give every member a client, route and monitor port; each member routes to all of them."""
+        routes = tuple(free_port(self.host) for _ in self.members)
+        for member, route in zip(self.members, routes, strict=True):
+            member.port = free_port(self.host)
+            member.cluster_port = route
+            member.routes = routes
+            member.monitor_port = free_port(self.host)
 
     @property
     def urls(self) -> list[str]:
@@ -99,13 +100,23 @@ class EmbeddedNatsCluster:
         self.member(server_name).start()
 
     def __enter__(self) -> EmbeddedNatsCluster:
-        try:
-            for member in self.members:
-                member.start()
-            self.wait_ready()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
+        for attempt in range(_PORT_ATTEMPTS):
+            try:
+                for member in self.members:
+                    member.start()
+                self.wait_ready()
+                break
+            except EmbeddedError as exc:
+                self.__exit__(None, None, None)
+                # A port chosen up front was taken before its member listened: all new ports (every
+                # member's configuration names every route port).
+                if not bind_conflict(exc) or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+                log.warning("nats cluster: a port was taken meanwhile; starting on new ones")
+                self._choose_ports()
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
         log.info("nats cluster ready: %s", ", ".join(self.urls))
         return self
 

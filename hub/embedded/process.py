@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_STOP_TIMEOUT_S",
     "EmbeddedError",
     "EmbeddedServer",
+    "bind_conflict",
     "find_binary",
     "free_port",
     "port_open",
@@ -40,17 +42,49 @@ log = logging.getLogger("tickstock.embedded")
 DEFAULT_START_TIMEOUT_S = 30.0
 DEFAULT_STOP_TIMEOUT_S = 10.0
 _PR_SET_PDEATHSIG = 1
+_PORT_ATTEMPTS = 3
 
 
 class EmbeddedError(RuntimeError):
     """An embedded server could not be found, started or stopped."""
 
 
+_LISTEN_PORTS_FROM = 20000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_BIND_CONFLICT = "address already in use"
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands out for outgoing connections (32768 on Linux by default)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free on ``host`` a moment ago (the OS picks it)."""
+    """Return a TCP port that was free on ``host`` a moment ago, for a server to listen on later.
+
+    It is drawn below the kernel's ephemeral range: a port from that range can be taken in between by
+    any outgoing connection's source port, or by a connection to itself (a member dialling a route
+    port nobody listens on yet). Only when no port there is free does the OS pick one."""
+    floor = _ephemeral_floor()
+    draw = random.SystemRandom()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        for _ in range(64 if floor > _LISTEN_PORTS_FROM else 0):
+            port = draw.randrange(_LISTEN_PORTS_FROM, floor)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def bind_conflict(error: BaseException) -> bool:
+    """True when a server failed to start because a port of its was taken (its log says so)."""
+    return _BIND_CONFLICT in str(error).lower()
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec
@@ -142,8 +176,21 @@ class EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._attach_or_clean():
             return
-        if not self.port:
+        if self.port:
+            self._launch()
+            return
+        for attempt in range(_PORT_ATTEMPTS):  # a port of our choosing: another one when it was taken
             self.port = free_port(self.host)
+            try:
+                self._launch()
+                return
+            except EmbeddedError as exc:
+                self.port = 0
+                if not bind_conflict(exc) or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+                log.warning("%s: the port it was given was taken meanwhile; trying another", self.name)
+
+    def _launch(self) -> None:
         self.prepare()
         command = self.command()
         started = time.monotonic()

@@ -2,27 +2,105 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 
-from hub.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port, started
+import hub.embedded.process
+from hub.embedded import (
+    EmbeddedError,
+    EmbeddedNats,
+    EmbeddedNatsCluster,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    free_port,
+    started,
+)
 from tests.support import alive, wait_for_sync
 
 _alive = alive
 
 
-def test_free_port_is_bindable() -> None:
-    port = free_port()
+def test_free_port_is_bindable_and_below_the_ephemeral_range() -> None:
+    floor = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(port < floor for port in ports), (ports, floor)
+    assert len(ports) > 1  # drawn, not one fixed port every caller would share
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
+        sock.bind(("127.0.0.1", ports.pop()))
+
+
+def test_free_port_lets_the_os_choose_when_nothing_below_the_ephemeral_range_is_free(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    narrow = tmp_path / "ip_local_port_range"
+    narrow.write_text("20000\t60999\n")  # no port between the floor for listeners and the ephemeral range
+    monkeypatch.setattr(hub.embedded.process, "_EPHEMERAL_RANGE", narrow)
+    assert free_port() >= 20000
+    monkeypatch.setattr(hub.embedded.process, "_EPHEMERAL_RANGE", tmp_path / "absent")
+    assert free_port() < 32768  # an unreadable range: Linux's default floor
+
+
+def _listening() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", free_port()))
+    sock.listen()
+    return sock
+
+
+def test_a_port_taken_between_choosing_and_listening_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port the server was given is taken by the time it binds: it starts on another one."""
+    real = hub.embedded.process.free_port
+    with _listening() as taken:
+        ports = iter([taken.getsockname()[1]])
+        monkeypatch.setattr(hub.embedded.process, "free_port", lambda host: next(ports, None) or real(host))
+        with EmbeddedRedis(tmp_path) as server:
+            assert server.port != taken.getsockname()[1]
+            assert redis.Redis.from_url(server.url).ping() is True
+        assert "Address already in use" in server.log_path.read_text()
+
+
+def test_a_port_taken_every_time_fails_after_three_tries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _listening() as taken:
+        monkeypatch.setattr(hub.embedded.process, "free_port", lambda host: taken.getsockname()[1])
+        with pytest.raises(EmbeddedError, match="exited with code"):
+            EmbeddedRedis(tmp_path).start()
+        assert (tmp_path / "redis.log").read_text().count("Address already in use") == 3
+
+
+@pytest.mark.slow
+def test_a_cluster_whose_route_port_was_taken_starts_on_new_ports(tmp_path: Path) -> None:
+    cluster = EmbeddedNatsCluster(tmp_path)
+    with socket.socket() as taken:
+        route = cluster.members[1].cluster_port
+        taken.bind(("127.0.0.1", route))
+        taken.listen()
+        with cluster:
+            assert all(member.running for member in cluster.members)
+            assert route not in cluster.members[0].routes
+            assert len(set(cluster.members[0].routes)) == 3
+            ready = [_healthz(member.monitor_port) for member in cluster.members]
+            assert ready == ["ok"] * 3
+    assert "address already in use" in (tmp_path / "n2" / "nats.log").read_text()
+    assert not any(member.running for member in cluster.members)
+
+
+def _healthz(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+        return str(json.loads(reply.read())["status"])
 
 
 @pytest.mark.slow
