@@ -40,7 +40,10 @@ __all__ = ["Attack", "Campaign", "Ctx", "ingest_key_pattern", "run_campaign"]
 Attack = Callable[["Ctx"], Awaitable[None]]
 
 WARMUP_S = 2.0  # valid flow before the baseline
-BASELINE_S = 8.0  # valid flow, no attack: the machine's own latency in this run, for the invariant's bound
+# Valid flow, no attack, before the attacks and again after them: the machine's own latency in this run,
+# for the invariant's bound. Measured on both sides, so a neighbour's load that starts or stops in between
+# (another test run on the same cores) is seen by the bound too.
+BASELINE_S = 8.0
 MIN_ABUSE_S = 20.0  # the flow lasts at least this long after the warm-up, however fast the attacks are
 ATTACK_TIMEOUT_S = 40.0  # one attack that hangs is a failure of that attack, not of the campaign
 DRAIN_S = 30.0  # after the flow stops: deadline for the last valid events to reach the clean stream
@@ -53,7 +56,7 @@ HUB_STOP_S = 30.0  # HubProcess.stop's default
 CAMPAIGN_BUDGET_S = (
     HUB_READY_S
     + WARMUP_S
-    + BASELINE_S
+    + 2 * BASELINE_S
     + max(MIN_ABUSE_S, ATTACK_TIMEOUT_S)
     + 2 * DRAIN_S
     + 30
@@ -209,6 +212,7 @@ class Campaign:
     failures: dict[str, str | None]
     latency: LatencyStats
     baseline: LatencyStats
+    baseline_after: LatencyStats
     producer: SteadyProducer
     partitions: PartitionSampler
     recorder: StatusRecorder
@@ -222,6 +226,7 @@ class Campaign:
         failed = sorted(n for n, f in self.failures.items() if f)
         lines = [
             "abuse: baseline (valid flow, no attack): " + self.baseline.line(),
+            "abuse: baseline after the attacks: " + self.baseline_after.line(),
             "abuse: "
             + self.latency.line()
             + f" (during the abuse; {len(self.producer.published)} published, "
@@ -329,6 +334,8 @@ async def run_campaign(
                     if remaining > 0:
                         await asyncio.sleep(remaining)
                 abuse_until = time.monotonic()
+                await asyncio.sleep(BASELINE_S)
+                after_until = time.monotonic()
             finally:
                 await asyncio.to_thread(producer.stop, DRAIN_S)
                 await sampler.stop()
@@ -339,6 +346,7 @@ async def run_campaign(
         failures=dict(zip(attacks, results, strict=True)),
         latency=producer.stats(abuse_from, abuse_until),
         baseline=producer.stats(baseline_from, abuse_from),
+        baseline_after=producer.stats(abuse_until, after_until),
         producer=producer,
         partitions=sampler,
         recorder=recorder,

@@ -1,6 +1,7 @@
 """What must hold for the whole campaign: no valid event lost or dead-lettered, publish→stored p99
 during the abuse under a second (or, on a machine that is slow in this run, under five times the p99 of
-the same flow just before the attacks), no 500, a clean hub log, and bounded partition growth."""
+the same flow just before or just after the attacks, whichever is slower), no 500, a clean hub log, and
+bounded partition growth."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(CAMPAIGN_BUDGET_S)]
 P99_BOUND_S = 1.0
 # A hostile producer that stalls the writer shows as seconds against a baseline of milliseconds. With two
 # test runs and six other jobs on the two cores, the abuse p99 was 3.1-3.7 s (p50 0.21 s) while a quiet
-# machine gives 0.1-0.3 s: the bound follows the machine, measured in the same run.
+# machine gives 0.1-0.3 s: the bound follows the machine, measured in the same run. Beside another test
+# run, a quiet stretch before the attacks (p99 274 ms) was followed by a loaded one during them (1.39 s):
+# the flow after the attacks is measured too, and the slower of the two sets the bound.
 P99_FACTOR = 5.0
 
 
@@ -59,12 +62,14 @@ def test_no_valid_event_is_lost_or_dead_lettered(campaign: Campaign) -> None:
 
 
 def test_publish_to_stored_p99_under_a_second_during_the_abuse(campaign: Campaign) -> None:
-    stats, baseline = campaign.latency, campaign.baseline
-    bound = max(P99_BOUND_S, P99_FACTOR * baseline.p99_s)
-    print(f"\nabuse: {stats.line()}; baseline {baseline.line()}; bound {bound * 1000:.0f} ms")
+    stats, before, after = campaign.latency, campaign.baseline, campaign.baseline_after
+    bound = max(P99_BOUND_S, P99_FACTOR * max(before.p99_s, after.p99_s))
+    context = f"{stats.line()}; baseline before {before.line()}, after {after.line()}"
+    print(f"\nabuse: {context}; bound {bound * 1000:.0f} ms")
     assert stats.count >= RATE_PER_S * MIN_ABUSE_S * 0.8, stats
-    assert baseline.count >= RATE_PER_S * BASELINE_S * 0.8, baseline
-    assert stats.p99_s < bound, f"{stats.line()}; baseline {baseline.line()}"
+    for baseline in (before, after):
+        assert baseline.count >= RATE_PER_S * BASELINE_S * 0.8, baseline
+    assert stats.p99_s < bound, context
 
 
 def test_no_response_with_status_500(campaign: Campaign) -> None:
