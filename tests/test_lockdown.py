@@ -18,6 +18,7 @@ import subprocess
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
@@ -330,6 +331,15 @@ def _cluster_conf(folder: Path, node: int, ports: dict[str, list[int]]) -> Path:
     return path
 
 
+def _node_logs(folder: Path, processes: list[tuple[subprocess.Popen[bytes], IO[bytes]]]) -> str:
+    """Each node's exit status and the end of its log: what a failure to form the cluster shows."""
+    parts = []
+    for node, (process, _) in enumerate(processes):
+        tail = (folder / f"nats-{node}.log").read_text(errors="replace")[-1500:]
+        parts.append(f"-- node {node + 1}: exit status {process.poll()}, log:\n{tail}")
+    return "\n".join(parts)
+
+
 @pytest.mark.slow
 async def test_the_compose_nats_config_runs_a_three_node_cluster_with_the_same_permissions(
     tmp_path: Path,
@@ -346,7 +356,7 @@ async def test_the_compose_nats_config_runs_a_three_node_cluster_with_the_same_p
         },
     }
     binary = find_binary("nats-server", [_scripts_dir() / "nats-server"])
-    processes = []
+    processes: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
     try:
         for node in range(3):
             conf = _cluster_conf(tmp_path, node, ports)
@@ -367,6 +377,8 @@ async def test_the_compose_nats_config_runs_a_three_node_cluster_with_the_same_p
             )
 
         def healthy() -> bool:
+            if any(process.poll() is not None for process, _ in processes):
+                raise AssertionError("a node exited\n" + _node_logs(tmp_path, processes))
             for port in ports["http"]:
                 try:
                     with urllib.request.urlopen(
@@ -377,7 +389,10 @@ async def test_the_compose_nats_config_runs_a_three_node_cluster_with_the_same_p
                     return False
             return True
 
-        await wait_for(healthy, timeout=30, what="three healthy JetStream nodes")
+        try:
+            await wait_for(healthy, timeout=30, what="three healthy JetStream nodes")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{_node_logs(tmp_path, processes)}") from None
         hub_urls = [f"nats://hub:{secrets.nats_hub}@127.0.0.1:{port}" for port in ports["client"]]
 
         async def replicated() -> bool:

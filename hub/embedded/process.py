@@ -9,6 +9,7 @@ does not leave servers behind.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import logging
@@ -52,6 +53,7 @@ class EmbeddedError(RuntimeError):
 _LISTEN_PORTS_FROM = 20000
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _BIND_CONFLICT = "address already in use"
+_handed_out: collections.deque[int] = collections.deque(maxlen=1024)  # free_port's latest answers
 
 
 def _ephemeral_floor() -> int:
@@ -67,16 +69,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 
     It is drawn below the kernel's ephemeral range: a port from that range can be taken in between by
     any outgoing connection's source port, or by a connection to itself (a member dialling a route
-    port nobody listens on yet). Only when no port there is free does the OS pick one."""
+    port nobody listens on yet). None of the last 1,024 answers is given again (a cluster's ports are
+    all drawn before its first member starts). Only when no port there is free does the OS pick one."""
     floor = _ephemeral_floor()
     draw = random.SystemRandom()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         for _ in range(64 if floor > _LISTEN_PORTS_FROM else 0):
             port = draw.randrange(_LISTEN_PORTS_FROM, floor)
+            if port in _handed_out:  # given to a server of this process that may not listen yet
+                continue
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
+            _handed_out.append(port)
             return port
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
