@@ -322,7 +322,9 @@ def _short(frame: str) -> str:
     return f"{name} ({path})"
 
 
-def profile(hub: str, hub_pid: int, headers: dict[str, str], seconds: float) -> dict[str, Any]:
+def profile(
+    hub: str, hub_pid: int, headers: dict[str, str], seconds: float, path: str = "/api/patterns/scan?limit=50"
+) -> dict[str, Any]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory(prefix="bench-hotpath-") as tmp:
         out = Path(tmp) / "profile.txt"
@@ -337,6 +339,7 @@ def profile(hub: str, hub_pid: int, headers: dict[str, str], seconds: float) -> 
                 "-r",
                 "250",
                 "--nonblocking",
+                "--subprocesses",  # with --workers the hub's pid is the supervisor's; its workers serve
                 "-f",
                 "raw",
                 "-o",
@@ -347,20 +350,20 @@ def profile(hub: str, hub_pid: int, headers: dict[str, str], seconds: float) -> 
         )
         time.sleep(1)  # py-spy attaches
         before = cpu_seconds(hub_pid)
-        output = wrk(hub + "/api/patterns/scan?limit=50", seconds=seconds, headers=headers)
+        output = wrk(hub + path, seconds=seconds, headers=headers)
         cpu = cpu_seconds(hub_pid) - before
         _, err = recorder.communicate(timeout=60)
         if recorder.returncode != 0 or not out.exists():
             raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
         found = summarize_profile(out.read_text())
-    found["load"] = asdict(parse_wrk("cached scan (profiled)", output, cpu))
+    found["load"] = asdict(parse_wrk(f"{path} (profiled)", output, cpu))
     return found
 
 
 def print_profile(found: dict[str, Any]) -> None:
     load = found["load"]
     print(
-        f"\n== where the hub's CPU goes under the cached-scan load ({load['requests_per_s']:,.0f} req/s while "
+        f"\n== where the hub's CPU goes under {load['endpoint'].removesuffix(' (profiled)')} ({load['requests_per_s']:,.0f} req/s while "
         f"sampled, {load['cpu_us_per_request']} µs CPU per request; {found['busy_samples']} busy samples)"
     )
     print("  by area (innermost frame that belongs to one):")
@@ -522,7 +525,7 @@ def run_phase(
                 },
                 flush=True,
             )
-        found = profile(hub, hub_proc.pid, headers, args.profile) if args.profile else None
+        found = profile(hub, hub_proc.pid, headers, args.profile, args.profile_path) if args.profile else None
     finally:
         if feed is not None:
             stop_hub(feed)
@@ -592,6 +595,9 @@ def main() -> int:
     parser.add_argument("--feed-rate", type=float, default=2.0, help="demo feed events/s (0: no feed)")
     parser.add_argument("--rate-limit", type=int, default=100_000, help="the token's limit per second")
     parser.add_argument("--profile", type=float, default=0.0, help="seconds of py-spy under cached-scan load")
+    parser.add_argument(
+        "--profile-path", default="/api/patterns/scan?limit=50", help="the path --profile loads"
+    )
     parser.add_argument(
         "--workers",
         type=int,
