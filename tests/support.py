@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +22,7 @@ from api.cli.serving import server_config
 from api.server import HubServer
 from api.settings import Settings
 from api.state import HubState
+from hub.embedded import free_port  # ports to listen on, drawn below the ephemeral range
 
 __all__ = [
     "DEFAULT_POLL_S",
@@ -45,12 +45,6 @@ T = TypeVar("T")
 DEFAULT_WAIT_S = 30.0  # a condition that has not come true after this long will not
 DEFAULT_POLL_S = 0.05
 SERVER_START_S = 30.0  # uvicorn binds in milliseconds; this bounds a start-up that hangs
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def database_url_for(url: str, database: str) -> str:

@@ -36,6 +36,8 @@ from typing import Any
 import httpx
 import psutil
 
+from hub.embedded import free_port  # ports to listen on, drawn below the ephemeral range
+
 HERE = Path(__file__).resolve().parent
 OPS = HERE.parent
 RESULTS = OPS / "results"
@@ -58,14 +60,6 @@ __all__ = [
     "starlette_server",
     "stop_group",
 ]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _tree(pid: int) -> list[psutil.Process]:
