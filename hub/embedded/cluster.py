@@ -106,7 +106,7 @@ class EmbeddedNatsCluster:
                     member.start()
                 self.wait_ready()
                 break
-            except EmbeddedError as exc:
+            except BaseException as exc:
                 self.__exit__(None, None, None)
                 # A port chosen up front was taken before its member listened: all new ports (every
                 # member's configuration names every route port).
@@ -114,9 +114,6 @@ class EmbeddedNatsCluster:
                     raise
                 log.warning("nats cluster: a port was taken meanwhile; starting on new ones")
                 self._choose_ports()
-            except BaseException:
-                self.__exit__(None, None, None)
-                raise
         log.info("nats cluster ready: %s", ", ".join(self.urls))
         return self
 

@@ -90,7 +90,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def bind_conflict(error: BaseException) -> bool:
     """True when a server failed to start because a port of its was taken (its log says so)."""
-    return _BIND_CONFLICT in str(error).lower()
+    return isinstance(error, EmbeddedError) and _BIND_CONFLICT in str(error).lower()
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec

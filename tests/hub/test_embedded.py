@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -25,6 +23,7 @@ from hub.embedded import (
     free_port,
     started,
 )
+from hub.embedded.cluster import _healthy
 from tests.support import alive, wait_for_sync
 
 _alive = alive
@@ -94,15 +93,9 @@ def test_a_cluster_whose_route_port_was_taken_starts_on_new_ports(tmp_path: Path
             assert all(member.running for member in cluster.members)
             assert route not in cluster.members[0].routes
             assert len(set(cluster.members[0].routes)) == 3
-            ready = [_healthz(member.monitor_port) for member in cluster.members]
-            assert ready == ["ok"] * 3
+            assert all(_healthy("127.0.0.1", member.monitor_port) for member in cluster.members)
     assert "address already in use" in (tmp_path / "n2" / "nats.log").read_text()
     assert not any(member.running for member in cluster.members)
-
-
-def _healthz(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
-        return str(json.loads(reply.read())["status"])
 
 
 @pytest.mark.slow
