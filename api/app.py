@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 from api.auth import Authenticator
 from api.cache import HubCache
 from api.errors import EXCEPTION_HANDLERS
+from api.hotreads import HotReadMiddleware, HotReads
 from api.nats_service import ScanService
 from api.querymemo import QueryMemo
 from api.ratelimit import RateLimiter
@@ -315,6 +316,7 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
                 app.state.nats_service = await stack.enter_async_context(ScanService(app.state))
             yield
 
+    hot_reads = HotReads()
     app = HubApp(
         headers=security_headers(settings),
         middleware=[
@@ -324,7 +326,8 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
                 if hub and hub.worker is not None
                 else []
             ),
-            Middleware(DirectWebSocket, path="/ws", endpoint=ws.feed),  # innermost: see api/wsdirect.py
+            Middleware(DirectWebSocket, path="/ws", endpoint=ws.feed),  # inside the rest: api/wsdirect.py
+            Middleware(HotReadMiddleware, reads=hot_reads),  # innermost, likewise: see api/hotreads.py
         ],
         routes=[
             *health.routes,
@@ -347,6 +350,7 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.auth = Authenticator(settings)
+    app.state.hot_reads = hot_reads  # the routes teach it (api.hotreads.hot_response)
     app.state.rate_limiter = RateLimiter.from_settings(settings)
     if hub is not None:
         app.state.hub = hub  # already open: usable even by a server that skips the lifespan

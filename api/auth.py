@@ -24,6 +24,7 @@ the cause goes to the log (escaped).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 import time
@@ -46,6 +47,7 @@ from api.minting import mint_token
 from api.ratelimit import Decision, RateLimiter, RateLimitExceeded
 from api.settings import DEFAULT_JWKS_MAX_BYTES, DEFAULT_JWT_MAX_LIFETIME_S, Settings, check_jwks_url
 from api.verified import DEFAULT_MAX_ENTRIES, VerifiedTokens
+from hub.text import escape
 
 __all__ = [
     "ALGORITHMS",
@@ -56,7 +58,6 @@ __all__ = [
     "Principal",
     "admit",
     "check_jwks_url",
-    "escape",
     "mint_token",
     "requires",
     "valid_subject",
@@ -73,9 +74,11 @@ JWKS_UNAVAILABLE = "the key set is unavailable"
 LEEWAY_S = 30
 MAX_TOKEN_BYTES = 8192
 MAX_SUBJECT_CHARS = 256
-_CONTROL = frozenset(
-    ("Cc", "Cs", "Zl", "Zp")
-)  # control characters, lone surrogates, line/paragraph separators
+# Control characters, lone surrogates, line and paragraph separators.
+_CONTROL = frozenset(("Cc", "Cs", "Zl", "Zp"))
+NOT_CONFIGURED = (
+    "authentication is not configured on this hub (set TICKSTOCK_JWT_SECRET or TICKSTOCK_JWKS_URL)"
+)
 
 
 class AuthError(ApiError):
@@ -99,14 +102,6 @@ class Principal:
 
     def has(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes
-
-
-def escape(text: object, limit: int = 200) -> str:
-    """``text`` for a log line: at most ``limit`` characters, control and non-printable characters as
-    ``\\r``, ``\\n``, ``\\xNN`` (what ``repr`` does), so untrusted text cannot forge log lines."""
-    value = str(text)
-    cut = value[:limit]
-    return repr(cut)[1:-1] + ("…" if len(value) > limit else "")
 
 
 def valid_subject(subject: object) -> bool:
@@ -215,17 +210,23 @@ class Authenticator:
         finally:
             self._attempts += 1  # counted when done: whoever waited during this fetch uses its outcome
 
+    def remembered(self, header: str) -> Principal | None:
+        """The principal of ``Authorization: header`` if its token was verified recently and may be used
+        without checking it again (:mod:`api.verified`); else ``None``: :meth:`bearer` decides. No I/O."""
+        bearer = self.configured and header[:7].lower() == "bearer "
+        return self._remembered(header[7:].strip(), self.clock()) if bearer else None
+
+    def _remembered(self, token: str, now: float) -> Principal | None:
+        fresh = time.monotonic() - self._fetched_at <= JWKS_TTL_S  # else the next JWKS token refetches
+        return self.verified.get(token, now=now, keys=self._generation if fresh else -1)
+
     async def verify(self, token: str) -> Principal:
         """Raises :class:`AuthError` (401) for any token that is not valid now, 503 when the hub has no
         keys to check it with. The detail never quotes the token."""
         if not self.configured:
-            raise AuthError(
-                "authentication is not configured on this hub (set TICKSTOCK_JWT_SECRET or TICKSTOCK_JWKS_URL)",
-                status=503,
-            )
+            raise AuthError(NOT_CONFIGURED, status=503)
         now = self.clock()
-        fresh = time.monotonic() - self._fetched_at <= JWKS_TTL_S  # else the next JWKS token refetches
-        remembered = self.verified.get(token, now=now, keys=self._generation if fresh else -1)
+        remembered = self._remembered(token, now)
         if remembered is not None:
             return remembered
         if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
@@ -302,10 +303,7 @@ class Authenticator:
         """The principal of an ``Authorization`` value ``Bearer <token>`` (else of ``fallback``); raises
         :class:`AuthError` 401 without a token or with a bad one, 503 when authentication is not set up."""
         if not self.configured:
-            raise AuthError(
-                "authentication is not configured on this hub (set TICKSTOCK_JWT_SECRET or TICKSTOCK_JWKS_URL)",
-                status=503,
-            )
+            raise AuthError(NOT_CONFIGURED, status=503)
         token = header[7:].strip() if header[:7].lower() == "bearer " else fallback
         if not token:
             raise AuthError("a bearer token is required")
@@ -313,8 +311,6 @@ class Authenticator:
 
 
 def _b64decode(segment: str) -> bytes:
-    import base64
-
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
@@ -36,7 +35,8 @@ from hub.model import PatternEvent
 from hub.subjects import CACHE_BUMPED_SUBJECT, CACHE_LOST_SUBJECT, UNIVERSE_CHANGED_SUBJECT
 from store.breaker import Breaker
 from store.cache import Computed, Dependencies, Outcome, ResponseCache, Served
-from store.cache_local import LocalCopies
+from store.cache_entries import Source
+from store.cache_local import Copy, LocalCopies
 from store.lookups import Directory, Lookups, MyUniverse
 from store.universe_resolver import MemoryResolver, SqlResolver
 
@@ -48,7 +48,6 @@ __all__ = [
     "dumps",
     "event_generations",
     "serve",
-    "ttl_until",
 ]
 
 log = logging.getLogger("tickstock.cache")
@@ -299,37 +298,47 @@ class HubCache:
         self._heard_everything()
         return await self.lookups.user_universe(subject)
 
+    def local_copy(self, route: str, key: str, deps: Dependencies) -> Copy | None:
+        """This process's copy of ``key`` of ``route`` while it may be served (see :mod:`store.cache_local`),
+        else ``None``. No I/O, and not counted: the caller records the hit when it serves the copy."""
+        trusted = REFERENCE_GENERATION not in deps.strict or self.lookups.listening  # changes can be heard
+        if not (self.enabled and self.local.enabled and trusted):
+            return None
+        self._heard_everything()
+        return self.local.get(f"{route}:{key}", deps.events + deps.strict) if self.responses.healthy else None
+
     async def fetch(
         self, route: str, key: str, deps: Dependencies, compute: Callable[[], Awaitable[Computed]]
     ) -> Served:
         """The response body for ``key`` of ``route``: this process's copy while it may be served (see
-        :mod:`store.cache_local`), else :meth:`ResponseCache.fetch` (whose answer becomes the copy). A
-        response that depends on reference data is not cached while changes to it cannot be heard."""
+        :meth:`local_copy`), else :meth:`ResponseCache.fetch` (whose answer becomes the copy). A
+        response that depends on reference data is not cached while changes to it cannot be heard. An
+        answer this process keeps a copy of names it in ``source`` (:mod:`api.hotreads` serves it)."""
         trusted = REFERENCE_GENERATION not in deps.strict or self.lookups.listening
         if not self.enabled or not trusted:
             served = Served((await compute()).body, "bypass", None)
             self.record(route, served.outcome)
             return served
-        local, names, entry_key = self.local, deps.events + deps.strict, f"{route}:{key}"
-        if local.enabled:
-            self._heard_everything()
-            copy = local.get(entry_key, names) if self.responses.healthy else None
-            if copy is not None:
-                self.record(route, "hit")
-                return Served(copy.body, "hit", max(0.0, time.time() - copy.computed_at), tag=copy.tag)
+        local, names, source = self.local, deps.events + deps.strict, Source(route, key, deps)
+        copy = self.local_copy(route, key, deps)
+        if copy is not None:
+            self.record(route, "hit")
+            return Served(
+                copy.body, "hit", max(0.0, time.time() - copy.computed_at), tag=copy.tag, source=source
+            )
         versions = local.snapshot(names)  # before Redis is asked: a notice meanwhile voids the copy
         served = await self.responses.fetch(route, key, deps, compute)
         if served.reusable_until and served.outcome in ("hit", "miss") and self.responses.healthy:
             computed_at = time.time() - (served.age_s or 0.0)
             copy = local.put(
-                entry_key,
+                f"{route}:{key}",
                 served.body,
                 versions=versions,
                 until=served.reusable_until,
                 computed_at=computed_at,
             )
             if copy is not None:
-                served = dataclasses.replace(served, tag=copy.tag)
+                served = dataclasses.replace(served, tag=copy.tag, source=source)
         self.record(route, served.outcome)
         return served
 
@@ -372,15 +381,6 @@ class HubCache:
             "staleness_ms": self.settings.cache_staleness_ms,
             "routes": routes,
         }
-
-
-def ttl_until(expires: Iterable[Any], ttl_s: float) -> float:
-    """``ttl_s``, shortened so that an entry dies when the first of ``expires`` (datetimes) passes."""
-    now = time.time()
-    for value in expires:
-        if value is not None:
-            ttl_s = min(ttl_s, value.timestamp() - now)
-    return ttl_s if ttl_s > 0 and math.isfinite(ttl_s) else 0.0
 
 
 async def serve(

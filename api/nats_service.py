@@ -39,7 +39,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 from starlette.datastructures import QueryParams
 
-from api.auth import admit, escape
+from api.auth import admit
 from api.errors import ApiError, problem_for
 from api.nats_request import ERROR_CODE_HEADER, error_reply, query_string
 from api.routes.patterns import scan_answer
@@ -48,6 +48,7 @@ from api.routes.universes import universes_answer
 from api.state import HubState
 from hub.metrics import Counter, Histogram, Registry
 from hub.subjects import SCAN_SUBJECT, SYMBOLS_SUBJECT, UNIVERSES_SUBJECT
+from hub.text import escape
 from store.cache import Served
 
 __all__ = ["DEFAULT_INFLIGHT", "ENDPOINTS", "NATS_ADDRESS", "SERVICE_NAME", "ScanService"]

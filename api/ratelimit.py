@@ -276,13 +276,11 @@ class RateLimiter:
             return self._local_take(key, limit)
         lease = self._lease(key)
         for _ in range(MAX_ROUNDS):
-            now = time.monotonic()
-            if lease.take(now):
-                if self.sync_s and lease.wants_more(now):
-                    self._draw(redis, key, limit, lease, now)
-                return self._allowed(limit, lease, now)
+            taken = self._take(redis, key, limit, lease)
+            if taken is not None:
+                return taken
             if lease.draw is None:
-                self._draw(redis, key, limit, lease, now)
+                self._draw(redis, key, limit, lease, time.monotonic())
             drawn = await asyncio.shield(lease.draw)  # type: ignore[arg-type]
             if drawn is None:  # Redis failed or was slow
                 return self._local_take(key, limit)
@@ -299,6 +297,26 @@ class RateLimiter:
             self.limited.inc()
             return Decision(False, limit.burst, 0, drawn.retry_after_s, checked=True)
         return self._allowed(limit, lease, time.monotonic())
+
+    def take_now(self, redis: aioredis.Redis, subject: str, *, admin: bool = False) -> Decision | None:
+        """:meth:`acquire`'s decision when it needs no wait: the limit is off, or this node's lease for
+        ``subject`` holds a token (taken). ``None`` otherwise, with nothing taken: ask :meth:`acquire`."""
+        limit = self.admin_limit if admin else self.limit
+        if not limit.enabled:
+            return _UNCHECKED
+        lease = self._leases.get(key := self.key_prefix + subject)
+        if lease is None or self._down_since is not None:
+            return None
+        self._leases.move_to_end(key)
+        return self._take(redis, key, limit, lease)
+
+    def _take(self, redis: aioredis.Redis, key: str, limit: Limit, lease: Lease) -> Decision | None:
+        now = time.monotonic()
+        if not lease.take(now):
+            return None
+        if self.sync_s and lease.wants_more(now):
+            self._draw(redis, key, limit, lease, now)
+        return self._allowed(limit, lease, now)
 
     def _lease(self, key: str) -> Lease:
         lease = self._leases.get(key)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["escape_control", "first_line"]
+__all__ = ["escape", "escape_control", "first_line"]
 
 DEFAULT_HEADER_LIMIT = 500  # characters; a DLQ detail header, a stored producer
 
@@ -47,3 +47,11 @@ def first_line(exc: BaseException, *, limit: int = DEFAULT_HEADER_LIMIT) -> str:
     log line or a stored detail shows of a driver's error."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     return escape_control(lines[0] if lines else type(exc).__name__, limit=limit)
+
+
+def escape(text: object, limit: int = 200) -> str:
+    """``text`` for a log line: at most ``limit`` characters, control and non-printable characters as
+    ``\\r``, ``\\n``, ``\\xNN`` (what ``repr`` does), so untrusted text cannot forge log lines."""
+    value = str(text)
+    cut = value[:limit]
+    return repr(cut)[1:-1] + ("…" if len(value) > limit else "")

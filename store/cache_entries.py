@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Computed", "Dependencies", "Flight", "Outcome", "Served"]
+__all__ = ["Computed", "Dependencies", "Flight", "Outcome", "Served", "Source"]
 
 Outcome = Literal["hit", "miss", "coalesced", "bypass"]
 
@@ -36,6 +36,15 @@ class Computed:
     ttl_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a served body is kept in this process: its route, its (digested) key and its generations."""
+
+    route: str
+    key: str
+    deps: Dependencies
+
+
 @dataclass(frozen=True)
 class Served:
     body: bytes
@@ -45,6 +54,7 @@ class Served:
     # generations changes meanwhile (0: not at all). See store.cache_local.
     reusable_until: float = 0.0
     tag: str | None = None  # a digest of the body when one is at hand (store.cache_local.body_tag)
+    source: Source | None = None  # set when this process keeps a copy of the body (api.hotreads)
 
     @property
     def hit(self) -> bool:

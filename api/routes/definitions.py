@@ -24,7 +24,7 @@ from starlette.routing import Route
 from api.auth import requires
 from api.cache import REFERENCE_GENERATION, dumps, serve
 from api.errors import ApiError
-from api.etags import cached_response
+from api.hotreads import hot_response
 from api.jsonbound import MAX_DEPTH
 from api.openapi import operation
 from api.routes.pattern_models import Definition, Definitions
@@ -120,7 +120,7 @@ async def definitions(request: Request) -> Response:
         return Computed(dumps({"items": items}), REFERENCE_TTL_S)
 
     served = await serve(hub.cache, "definitions", None, _REFERENCE, compute)
-    return cached_response(request, served)
+    return hot_response(request, served)
 
 
 @operation(

@@ -7,12 +7,15 @@ and lives for the closed-range TTL; any other scan depends on its timeframes.
 from __future__ import annotations
 
 import functools
+import math
+import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
-from api.cache import REFERENCE_GENERATION, digest, ttl_until
+from api.cache import REFERENCE_GENERATION, digest
 from api.settings import Settings
 from hub.model import TIMEFRAMES
 from store.cache import Dependencies
@@ -26,6 +29,7 @@ __all__ = [
     "scan_dependencies",
     "scan_key",
     "scan_ttl_s",
+    "ttl_until",
 ]
 
 # A range that ended this long ago counts as closed: its cache entries depend on per-month generations
@@ -87,6 +91,15 @@ def closed_months(filt: ScanFilter) -> list[str] | None:
             return None
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
     return months
+
+
+def ttl_until(expires: Iterable[Any], ttl_s: float) -> float:
+    """``ttl_s``, shortened so that an entry dies when the first of ``expires`` (datetimes) passes."""
+    now = time.time()
+    for value in expires:
+        if value is not None:
+            ttl_s = min(ttl_s, value.timestamp() - now)
+    return ttl_s if ttl_s > 0 and math.isfinite(ttl_s) else 0.0
 
 
 def scan_ttl_s(settings: Settings, filt: ScanFilter, rows: list[dict[str, Any]]) -> float:

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 from starlette.routing import Mount
 
-from api.auth import AuthError, escape
+from api.auth import AuthError
 from api.authlimit import client_address, limiter_for
 from api.errors import problem_for
 from api.routes.ws import READ_SCOPE, REASON_INVALID_TOKEN, REASON_TOO_MANY_FAILURES, REASON_UNAVAILABLE
@@ -43,6 +43,7 @@ from hub.protocol import (
     ERROR_UNKNOWN_SUBSCRIPTION,
 )
 from hub.subscriptions import MAX_FILTER_PATTERNS, Filter
+from hub.text import escape
 
 __all__ = ["CLIENT_EVENTS", "ERROR_UNKNOWN_EVENT", "PATTERNS_SUBSCRIPTION", "mount"]
 

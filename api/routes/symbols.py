@@ -25,7 +25,7 @@ from api.auth import requires
 from api.cache import REFERENCE_GENERATION, dumps, serve
 from api.cursors import symbols_after
 from api.errors import ApiError
-from api.etags import cached_response
+from api.hotreads import hot_response
 from api.openapi import link, operation
 from api.state import HubState
 from api.validation import MAX_ERRORS, SymbolName, path_symbol, read_body, read_model, read_query
@@ -34,7 +34,7 @@ from store.cache import Computed, Dependencies, Served
 from store.symbols import SYMBOL_TYPES, SymbolQuery, encode_cursor, get_symbol, search_symbols, upsert_symbols
 from store.universes import is_universe_key, unknown_universes
 
-__all__ = ["MAX_UNION_PARTS", "NO_NUL", "SYMBOL_SCHEMA", "cached_json", "routes", "symbols_answer"]
+__all__ = ["MAX_UNION_PARTS", "NO_NUL", "SYMBOL_SCHEMA", "routes", "symbols_answer"]
 
 REFERENCE_TTL_S = 300.0  # responses built on reference data only; a change invalidates them at once
 DEFAULT_PAGE = 50
@@ -170,7 +170,7 @@ async def list_symbols(request: Request) -> Response:
     """Query: ``q`` (prefix of the symbol or the name), ``sector``, ``exchange``, ``type``, ``universe``
     (repeatable; ``a:b`` is a union), ``active``, ``limit`` (1-500), ``cursor`` (``next_cursor`` of the
     previous page of the same search)."""
-    return cached_json(request, await symbols_answer(request.app.state.hub, request.query_params))
+    return hot_response(request, await symbols_answer(request.app.state.hub, request.query_params))
 
 
 async def symbols_answer(hub: HubState, query: QueryParams) -> Served:
@@ -223,12 +223,6 @@ async def symbols_answer(hub: HubState, query: QueryParams) -> Served:
     )
 
 
-def cached_json(request: Request, served: Served) -> Response:
-    """A JSON body from the cache layer, with ``X-Cache`` saying where it came from, its ``ETag``, and
-    304 when the request already holds it (see :mod:`api.etags`)."""
-    return cached_response(request, served)
-
-
 # -- GET /api/symbols/{symbol} ----------------------------------------------------------------------
 
 
@@ -258,7 +252,7 @@ async def show_symbol(request: Request) -> Response:
     served = await serve(
         hub.cache, "symbol", symbol, Dependencies(events=TIMEFRAMES, strict=(REFERENCE_GENERATION,)), compute
     )
-    return cached_json(request, served)
+    return hot_response(request, served)
 
 
 # -- PUT /api/symbols -------------------------------------------------------------------------------

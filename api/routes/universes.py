@@ -15,8 +15,9 @@ from starlette.routing import Route
 from api.auth import requires
 from api.cache import REFERENCE_GENERATION, dumps, serve
 from api.errors import ApiError
+from api.hotreads import hot_response
 from api.openapi import link, operation
-from api.routes.symbols import MAX_UNION_PARTS, REFERENCE_TTL_S, cached_json
+from api.routes.symbols import MAX_UNION_PARTS, REFERENCE_TTL_S
 from api.state import HubState
 from api.validation import read_query
 from store.cache import Computed, Dependencies, Served
@@ -96,7 +97,7 @@ def _universe_json(row: dict[str, Any]) -> dict[str, Any]:
 @requires("patterns:read")
 async def index(request: Request) -> Response:
     """Query: ``kind`` (index, sector, etf, theme, custom)."""
-    return cached_json(request, await universes_answer(request.app.state.hub, request.query_params))
+    return hot_response(request, await universes_answer(request.app.state.hub, request.query_params))
 
 
 async def universes_answer(hub: HubState, params: QueryParams) -> Served:
@@ -139,7 +140,7 @@ async def show(request: Request) -> Response:
 
     # The order of the keys is kept: a union's key, name and parts follow it.
     served = await serve(hub.cache, "universe", keys, _REFERENCE, compute)
-    return cached_json(request, served)
+    return hot_response(request, served)
 
 
 routes = [

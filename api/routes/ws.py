@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from api.auth import Authenticator, AuthError, Principal, escape
+from api.auth import Authenticator, AuthError, Principal
 from api.authlimit import client_address, limiter_for
 from api.errors import problem_for
 from api.jsonbound import MAX_DEPTH, JsonTooDeep, loads_bounded
@@ -43,6 +43,7 @@ from hub.protocol import (
     ERROR_UNKNOWN_SUBSCRIPTION,
 )
 from hub.subscriptions import Filter
+from hub.text import escape
 
 __all__ = ["MAX_FRAME_CHARS", "routes"]
 

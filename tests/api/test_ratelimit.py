@@ -598,3 +598,5 @@ async def test_two_hub_apps_share_one_limit_within_the_tolerance(
     assert admitted <= burst + rate * (elapsed + sync_s + timeout_s)  # hygiene: ok - widens the bound
     assert admitted >= burst - 2 * lease_size(rate, burst, sync_s)
     assert flat.count(429) > 0 and all(200 in node for node in codes)
+    # Most answers came from the hot-read path (api.hotreads), whose token comes from the same leases.
+    assert all(app.state.hot_reads.served > 0 for app in apps)  # type: ignore[attr-defined]

@@ -1,0 +1,161 @@
+"""Cached reference reads answered before the router: ``GET /api/universes``, ``/api/universes/{key}``,
+``/api/patterns/definitions`` and the other answers whose routes opt in.
+
+On this path a request's own handling, not the data, is most of the cost: Starlette's router, its
+request and response objects, the exception wrappers and the query's validation came to about two thirds
+of the CPU a cached ``/api/universes`` took (``ops/bench_hotpath.py --profile``). So the full path
+teaches this one which cache entry answers a ``GET`` of a given path and query string, once it has
+validated them and served the entry; the next identical ``GET`` is answered here when all of these hold,
+with nothing but dictionary lookups:
+
+* its ``Authorization`` token was verified recently and may be used without checking it again
+  (:meth:`api.auth.Authenticator.remembered`), and it has the scope the route requires;
+* this process holds a copy of the entry that may be served (:meth:`api.cache.HubCache.local_copy`: the
+  same copies, the same notices and age bound as the full path's);
+* the node's rate-limit lease has a token for the principal (:meth:`api.ratelimit.RateLimiter.take_now`).
+
+The checks before the last take nothing, so a request that fails any of them goes on to the full path
+as if this module did not exist, which verifies the token (a failure is charged to its address), takes
+the rate-limit token or refuses with 429, validates and answers. The answer is the full path's, byte for
+byte: status, body, ``ETag``, ``Cache-Control``, ``X-Cache``, the ``RateLimit-*`` headers, and 304 when
+``If-None-Match`` matches; the middlewares outside this one add the request id, the worker and the
+security headers to both alike, and a hit is counted in the cache's metrics as a hit. Only answers whose
+body depends on the path and the query string alone opt in (their routes answer with :func:`hot_response`); at most
+``max_entries`` paths are learned, the least recently used first out, each with a query string of at most
+``MAX_QUERY_BYTES``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from starlette._utils import get_route_path
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.etags import CACHE_CONTROL, cached_response, entity_tag, none_match
+from store.cache_entries import Served, Source
+
+__all__ = [
+    "DEFAULT_MAX_ENTRIES",
+    "MAX_QUERY_BYTES",
+    "HotRead",
+    "HotReadMiddleware",
+    "HotReads",
+    "hot_response",
+]
+
+DEFAULT_MAX_ENTRIES = 1024
+MAX_QUERY_BYTES = 512
+_AUTHORIZATION = b"authorization"
+_IF_NONE_MATCH = b"if-none-match"
+_FIXED = ((b"cache-control", CACHE_CONTROL.encode()), (b"x-cache", b"hit"))
+_JSON = (b"content-type", b"application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class HotRead:
+    """The cache entry that answers a path and query string, and the scope its route requires."""
+
+    source: Source
+    scope: str
+
+
+class HotReads:
+    """Learned ``(path, query string) -> HotRead``; bounded, least recently used first out. No I/O."""
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries < 0:
+            raise ValueError("max_entries must be >= 0")
+        self.max_entries = max_entries
+        self._reads: OrderedDict[tuple[str, bytes], HotRead] = OrderedDict()
+        self.served = 0  # answers given here (for the tests and the bench)
+
+    def __len__(self) -> int:
+        return len(self._reads)
+
+    def learn(self, request: Request, source: Source) -> None:
+        """``request`` (a ``GET`` the full path validated and answered from ``source``, a copy this process
+        keeps) is answered from ``source`` next time. Its route must require a scope."""
+        scope: str | None = getattr(request.scope.get("endpoint"), "required_scope", None)
+        query: bytes = request.scope.get("query_string", b"")
+        if request.method != "GET" or scope is None or len(query) > MAX_QUERY_BYTES or not self.max_entries:
+            return
+        key = (get_route_path(request.scope), query)
+        self._reads[key] = HotRead(source, scope)
+        self._reads.move_to_end(key)
+        while len(self._reads) > self.max_entries:
+            self._reads.popitem(last=False)
+
+    def find(self, path: str, query: bytes) -> HotRead | None:
+        return self._reads.get((path, query))
+
+
+class HotReadMiddleware:
+    """Pure ASGI: answers a learned ``GET`` when it can (see the module docstring), else passes it on."""
+
+    def __init__(self, app: ASGIApp, *, reads: HotReads) -> None:
+        self.app = app
+        self.reads = reads
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and self.reads:
+            read = self.reads.find(get_route_path(scope), scope["query_string"])
+            answer = None if read is None else self._answer(scope, read)
+            if answer is not None:
+                status, headers, body = answer
+                self.reads.served += 1
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    def _answer(self, scope: Scope, read: HotRead) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """Status, headers and body, or ``None`` (nothing taken) when the full path must answer."""
+        state = scope["app"].state  # learned reads imply an open hub with a cache (create_app's limiter)
+        hub, limiter = state.hub, state.rate_limiter
+        if hub.cache is None:  # an app on another hub state than the one that taught it
+            return None
+        authorization = if_none_match = None
+        for name, value in scope["headers"]:  # the first of each, as Starlette's request.headers.get
+            if name == _AUTHORIZATION and authorization is None:
+                authorization = value
+            elif name == _IF_NONE_MATCH and if_none_match is None:
+                if_none_match = value
+        if authorization is None:
+            return None
+        principal = state.auth.remembered(authorization.decode("latin-1"))
+        if principal is None or not principal.has(read.scope):
+            return None
+        source = read.source
+        copy = hub.cache.local_copy(source.route, source.key, source.deps)
+        if copy is None:
+            return None
+        decision = limiter.take_now(hub.redis, principal.subject, admin="admin" in principal.scopes)
+        if decision is None:
+            return None
+        hub.cache.record(source.route, "hit")
+        etag = entity_tag(copy.tag)
+        headers = [(b"etag", etag.encode()), *_FIXED]
+        if if_none_match is not None and none_match(if_none_match.decode("latin-1"), etag):
+            status, body = 304, b""
+        else:
+            status, body = 200, copy.body
+            headers += [(b"content-length", b"%d" % len(body)), _JSON]
+        if decision.checked:
+            headers += [
+                (b"ratelimit-limit", b"%d" % decision.limit),
+                (b"ratelimit-remaining", b"%d" % decision.remaining),
+            ]
+        return status, headers, body
+
+
+def hot_response(request: Request, served: Served) -> Response:
+    """:func:`api.etags.cached_response`, and the request learned by the app's :class:`HotReads` when this
+    process keeps a copy of the body. For routes whose answer depends on the path and query string only."""
+    reads: HotReads | None = getattr(request.app.state, "hot_reads", None)
+    if reads is not None and served.source is not None:
+        reads.learn(request, served.source)
+    return cached_response(request, served)
