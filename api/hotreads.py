@@ -1,7 +1,7 @@
-"""Cached reference reads answered before the router: ``GET /api/universes``, ``/api/universes/{key}``,
-``/api/patterns/definitions`` and the other answers whose routes opt in.
+"""Cached reads answered before the router: ``GET /api/patterns/scan``, ``/api/universes``,
+``/api/universes/{key}``, ``/api/symbols``, ``/api/symbols/{symbol}``, ``/api/patterns/definitions``.
 
-On this path a request's own handling, not the data, is most of the cost: Starlette's router, its
+On these paths a request's own handling, not the data, is most of the cost: Starlette's router, its
 request and response objects, the exception wrappers and the query's validation came to about two thirds
 of the CPU a cached ``/api/universes`` took (``ops/bench_hotpath.py --profile``). So the full path
 teaches this one which cache entry answers a ``GET`` of a given path and query string, once it has
@@ -10,25 +10,30 @@ with nothing but dictionary lookups:
 
 * its ``Authorization`` token was verified recently and may be used without checking it again
   (:meth:`api.auth.Authenticator.remembered`), and it has the scope the route requires;
+* what the full path validated still holds (a scan's pattern catalog is the same);
 * this process holds a copy of the entry that may be served (:meth:`api.cache.HubCache.local_copy`: the
   same copies, the same notices and age bound as the full path's);
 * the node's rate-limit lease has a token for the principal (:meth:`api.ratelimit.RateLimiter.take_now`).
 
 The checks before the last take nothing, so a request that fails any of them goes on to the full path
 as if this module did not exist, which verifies the token (a failure is charged to its address), takes
-the rate-limit token or refuses with 429, validates and answers. The answer is the full path's, byte for
-byte: status, body, ``ETag``, ``Cache-Control``, ``X-Cache``, the ``RateLimit-*`` headers, and 304 when
-``If-None-Match`` matches; the middlewares outside this one add the request id, the worker and the
-security headers to both alike, and a hit is counted in the cache's metrics as a hit. Only answers whose
-body depends on the path and the query string alone opt in (their routes answer with :func:`hot_response`); at most
-``max_entries`` paths are learned, the least recently used first out, each with a query string of at most
+the rate-limit token or refuses with 429, validates and answers. The answer is the full path's: status,
+body (a scan's ends with this request's own ``query_ms`` and cache age), ``ETag``, ``Cache-Control``,
+``X-Cache``, the ``RateLimit-*`` headers, and 304 when ``If-None-Match`` matches; the middlewares outside
+this one add the request id, the worker and the security headers to both alike, and a hit is counted in
+the cache's metrics as a hit. Only answers that depend on nothing but the path and the query string are
+learned (their routes answer with :func:`hot_response`; a scan of the caller's own universe is not); at
+most ``max_entries`` paths, the least recently used first out, each with a query string of at most
 ``MAX_QUERY_BYTES``.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette._utils import get_route_path
 from starlette.requests import Request
@@ -55,12 +60,21 @@ _FIXED = ((b"cache-control", CACHE_CONTROL.encode()), (b"x-cache", b"hit"))
 _JSON = (b"content-type", b"application/json")
 
 
+# The answer's body from the cached one, its age (seconds) and the time taken so far (milliseconds).
+Compose = Callable[[bytes, float, float], bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class HotRead:
-    """The cache entry that answers a path and query string, and the scope its route requires."""
+    """The cache entry that answers a path and query string, the scope its route requires, and how the
+    route turns the entry into its answer: ``compose`` (the cached body as it is when ``None``), a weak
+    ``ETag`` or not, and ``still`` (when it says False, what the full path validated no longer holds)."""
 
     source: Source
     scope: str
+    compose: Compose | None = None
+    weak: bool = False
+    still: Callable[[], bool] | None = None
 
 
 class HotReads:
@@ -76,15 +90,16 @@ class HotReads:
     def __len__(self) -> int:
         return len(self._reads)
 
-    def learn(self, request: Request, source: Source) -> None:
+    def learn(self, request: Request, source: Source, **how: Any) -> None:
         """``request`` (a ``GET`` the full path validated and answered from ``source``, a copy this process
-        keeps) is answered from ``source`` next time. Its route must require a scope."""
+        keeps) is answered from ``source`` next time, as ``how`` says (:class:`HotRead`'s fields). Its
+        route must require a scope."""
         scope: str | None = getattr(request.scope.get("endpoint"), "required_scope", None)
         query: bytes = request.scope.get("query_string", b"")
         if request.method != "GET" or scope is None or len(query) > MAX_QUERY_BYTES or not self.max_entries:
             return
         key = (get_route_path(request.scope), query)
-        self._reads[key] = HotRead(source, scope)
+        self._reads[key] = HotRead(source, scope, **how)
         self._reads.move_to_end(key)
         while len(self._reads) > self.max_entries:
             self._reads.popitem(last=False)
@@ -114,6 +129,9 @@ class HotReadMiddleware:
 
     def _answer(self, scope: Scope, read: HotRead) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         """Status, headers and body, or ``None`` (nothing taken) when the full path must answer."""
+        started = time.perf_counter()
+        if read.still is not None and not read.still():
+            return None
         state = scope["app"].state  # learned reads imply an open hub with a cache (create_app's limiter)
         hub, limiter = state.hub, state.rate_limiter
         if hub.cache is None:  # an app on another hub state than the one that taught it
@@ -137,12 +155,15 @@ class HotReadMiddleware:
         if decision is None:
             return None
         hub.cache.record(source.route, "hit")
-        etag = entity_tag(copy.tag)
+        etag = entity_tag(copy.tag, weak=read.weak)
         headers = [(b"etag", etag.encode()), *_FIXED]
         if if_none_match is not None and none_match(if_none_match.decode("latin-1"), etag):
             status, body = 304, b""
         else:
             status, body = 200, copy.body
+            if read.compose is not None:
+                age_s = max(0.0, time.time() - copy.computed_at)
+                body = read.compose(body, age_s, (time.perf_counter() - started) * 1000)
             headers += [(b"content-length", b"%d" % len(body)), _JSON]
         if decision.checked:
             headers += [
@@ -152,10 +173,20 @@ class HotReadMiddleware:
         return status, headers, body
 
 
-def hot_response(request: Request, served: Served) -> Response:
-    """:func:`api.etags.cached_response`, and the request learned by the app's :class:`HotReads` when this
-    process keeps a copy of the body. For routes whose answer depends on the path and query string only."""
+def hot_response(
+    request: Request,
+    served: Served,
+    *,
+    content: bytes | None = None,
+    compose: Compose | None = None,
+    weak: bool = False,
+    still: Callable[[], bool] | None = None,
+) -> Response:
+    """:func:`api.etags.cached_response` (``content``: the body, made of the served one by ``compose``),
+    and the request learned by the app's :class:`HotReads` when this process keeps a copy of the body
+    (``served.source``). Only for answers that depend on nothing but the path and the query string (and
+    what ``still`` checks): a route clears ``source`` for one that depends on the caller."""
     reads: HotReads | None = getattr(request.app.state, "hot_reads", None)
     if reads is not None and served.source is not None:
-        reads.learn(request, served.source)
-    return cached_response(request, served)
+        reads.learn(request, served.source, compose=compose, weak=weak, still=still)
+    return cached_response(request, served, content=content, weak=weak)

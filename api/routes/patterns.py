@@ -25,7 +25,7 @@ import re
 import struct
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -39,11 +39,11 @@ from api.auth import requires
 from api.cache import digest, dumps
 from api.cursors import scan_after
 from api.errors import ApiError
-from api.etags import cached_response
+from api.hotreads import hot_response
 from api.openapi import link, operation
 from api.querymemo import QueryMemo
 from api.routes.pattern_models import PatternEvent, ScanPage, Stats, event_json, json_time
-from api.routes.scan_cache import scan_dependencies, scan_key, scan_ttl_s
+from api.routes.scan_cache import scan_body, scan_dependencies, scan_key, scan_ttl_s
 from api.state import HubState
 from api.validation import ParsedQuery, QueryAliases, parse_query, query_error, read_query
 from hub.model import RFC3339 as _RFC3339
@@ -239,14 +239,20 @@ def _filter(hub: HubState, query: ParsedQuery[ScanParams]) -> ScanFilter:
 )
 @requires("patterns:read")
 async def scan(request: Request) -> Response:
-    served, content = await scan_answer(
-        request.app.state.hub,
-        request.app.state.scan_queries,
-        request.scope.get("query_string", b""),
-        subject=request.state.principal.subject,
+    hub: HubState = request.app.state.hub
+    catalog = hub.catalog.current  # what the query is validated against (scan_answer reads it too)
+    query, subject = request.scope.get("query_string", b""), request.state.principal.subject
+    served, content = await scan_answer(hub, request.app.state.scan_queries, query, subject=subject)
+    # The rows and cursor are the cached body; the figures after them vary per request: a weak tag. The
+    # same query string is answered before the router (api.hotreads) while the catalog is the same.
+    return hot_response(
+        request,
+        served,
+        content=content,
+        compose=scan_body,
+        weak=True,
+        still=lambda: hub.catalog.current is catalog,  # by identity, as api.querymemo compares it
     )
-    # The rows and cursor are the cached body; the figures after them vary per request: a weak tag.
-    return cached_response(request, served, content=content, weak=True)
 
 
 async def scan_answer(
@@ -300,10 +306,10 @@ async def scan_answer(
         # "my" is replaced by what the caller saved, so callers with the same universe share entries.
         key = known.key if my is None else digest([known.key, list(my.symbols), list(my.universe_keys)])
         served = await cache.fetch("scan", key, scan_dependencies(filt), compute)
-    query_ms = round((time.perf_counter() - started) * 1000, 3)
-    age = repr(round(served.age_s * 1000, 1)) if served.hit and served.age_s is not None else "null"
-    tail = f',"query_ms":{query_ms!r},"cache":{{"hit":{"true" if served.hit else "false"},"age_ms":{age}}}}}'
-    return served, served.body[:-1] + tail.encode()
+    query_ms = (time.perf_counter() - started) * 1000
+    if my is not None:  # the caller's own universe: not an answer for anyone else (api.hotreads)
+        served = replace(served, source=None)
+    return served, scan_body(served.body, served.age_s if served.hit else None, query_ms)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""How the response cache treats a scan: its key, which generations its answer depends on, how long it lives.
+"""How the response cache treats a scan: its key, which generations its answer depends on, how long it
+lives, and the answer made of a cached body.
 
 A scan over a closed time range in the past depends on its months only (new events do not touch it)
 and lives for the closed-range TTL; any other scan depends on its timeframes.
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_CLOSED_MONTHS",
     "NORMALISED",
     "closed_months",
+    "scan_body",
     "scan_dependencies",
     "scan_key",
     "scan_ttl_s",
@@ -100,6 +102,15 @@ def ttl_until(expires: Iterable[Any], ttl_s: float) -> float:
         if value is not None:
             ttl_s = min(ttl_s, value.timestamp() - now)
     return ttl_s if ttl_s > 0 and math.isfinite(ttl_s) else 0.0
+
+
+def scan_body(rows: bytes, age_s: float | None, query_ms: float) -> bytes:
+    """A scan's answer: the cached rows and cursor (a JSON object), and the figures of this request
+    (``query_ms``; ``cache.hit`` and ``cache.age_ms``, null for a body not served from the cache)."""
+    age = "null" if age_s is None else repr(round(age_s * 1000, 1))
+    hit = "false" if age_s is None else "true"
+    tail = f',"query_ms":{round(query_ms, 3)!r},"cache":{{"hit":{hit},"age_ms":{age}}}}}'
+    return rows[:-1] + tail.encode()
 
 
 def scan_ttl_s(settings: Settings, filt: ScanFilter, rows: list[dict[str, Any]]) -> float:

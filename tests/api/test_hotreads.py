@@ -1,5 +1,6 @@
-"""Cached reference reads answered before the router (``api.hotreads``): the same answer as the full path,
-byte for byte; every request it cannot answer in full handed on untouched; one rate-limit token each."""
+"""Cached reads answered before the router (``api.hotreads``): the same answer as the full path, byte for
+byte (a scan's per-request figures aside); every request it cannot answer in full handed on untouched; one
+rate-limit token each; nothing that depends on the caller."""
 
 from __future__ import annotations
 
@@ -122,13 +123,42 @@ async def test_what_the_hot_path_cannot_answer_goes_the_full_way(live_hub: LiveH
         assert reads.find("/api/universes", b"kind=planet") is None
 
 
-async def test_scans_are_not_learned(live_hub: LiveHub, token_clients: TokenClients) -> None:
-    """A scan's answer can depend on the caller (``universe=my``) and carries per-request figures."""
+async def test_a_hot_scan_is_the_full_paths_scan_with_its_own_figures(
+    live_hub: LiveHub, token_clients: TokenClients
+) -> None:
+    """A scan's body is the cached rows and cursor, then this request's ``query_ms`` and cache age."""
+    reads, path = reads_of(live_hub), "/api/patterns/scan?limit=5&order=asc"
+    async with httpx.AsyncClient(base_url=live_hub.url, timeout=30) as client:
+        assert (await client.get(path, headers=bearer())).status_code == 200  # now in the cache
+        headers = bearer()
+        full = await client.get(path, headers=headers)
+        hot = await until_hot(client, reads, path, headers)
+        revalidated = await until_hot(client, reads, path, {**headers, "If-None-Match": hot.headers["etag"]})
+    assert full.headers["etag"].startswith('W/"') and hot.headers["etag"] == full.headers["etag"]
+    figures = ("query_ms", "cache")
+    body, full_body = hot.json(), full.json()
+    assert {k: v for k, v in body.items() if k not in figures} == {
+        k: v for k, v in full_body.items() if k not in figures
+    }
+    assert body["cache"]["hit"] is True and body["cache"]["age_ms"] >= 0 and 0 <= body["query_ms"] < 1000
+    assert list(body) == list(full_body)  # the same keys in the same order
+    assert comparable(hot)[2] == [
+        (k, str(len(hot.content)) if k == "content-length" else v) for k, v in comparable(full)[2]
+    ]
+    assert revalidated.status_code == 304 and revalidated.content == b""
+
+
+async def test_a_scan_of_the_callers_own_universe_is_never_learned(
+    live_hub: LiveHub, token_clients: TokenClients
+) -> None:
+    """``universe=my`` answers depend on the token: a learned one would be served to the next caller."""
     reads = reads_of(live_hub)
-    client = token_clients("hot-scanner")
+    client = token_clients("hot-my", scopes=("patterns:read", "universe:write"))
+    saved = await client.put("/api/users/universe", json={"symbols": ["AAPL"], "universe_keys": []})
+    assert saved.status_code == 200, saved.text
     for _ in range(3):
-        assert (await client.get("/api/patterns/scan?limit=5")).status_code == 200
-    assert reads.find("/api/patterns/scan", b"limit=5") is None
+        assert (await client.get("/api/patterns/scan?universe=my&limit=5")).status_code == 200
+    assert reads.find("/api/patterns/scan", b"universe=my&limit=5") is None
 
 
 async def test_a_remembered_token_past_its_exp_is_refused_on_a_hot_path(
@@ -168,6 +198,7 @@ async def test_a_changed_definition_reaches_the_hot_path(
     async with httpx.AsyncClient(base_url=live_hub.url, timeout=30) as client:
         headers = bearer()
         old = await until_hot(client, reads, path, headers)
+        await until_hot(client, reads, "/api/patterns/scan?limit=3", headers)
         admin = token_clients("hot-admin", scopes=("admin",))
         put = await admin.put(f"{path}/zz_hot_read", json={"category": "chart", "description": "hot"})
         assert put.status_code == 201, put.text
@@ -178,6 +209,11 @@ async def test_a_changed_definition_reaches_the_hot_path(
 
         await wait_for(listed, timeout=5)
         new = await until_hot(client, reads, path, headers)
+        # A scan learned under the old catalog is validated again under the new one.
+        assert reads.find("/api/patterns/scan", b"limit=3") is not None
+        served = reads.served
+        assert (await client.get("/api/patterns/scan?limit=3", headers=headers)).status_code == 200
+        assert reads.served == served
     assert new.headers["etag"] != old.headers["etag"]
     assert any(d["name"] == "zz_hot_read" for d in new.json()["items"])
 
