@@ -23,8 +23,8 @@ body (a scan's ends with this request's own ``query_ms`` and cache age), ``ETag`
 this one add the request id, the worker and the security headers to both alike, and a hit is counted in
 the cache's metrics as a hit. Only answers that depend on nothing but the path and the query string are
 learned (their routes answer with :func:`hot_response`; a scan of the caller's own universe is not); at
-most ``max_entries`` paths, the least recently used first out, each with a query string of at most
-``MAX_QUERY_BYTES``.
+most ``max_entries`` paths, the least recently learned first out (a path in use is learned again each
+time the full path renews its copy), each with a query string of at most ``MAX_QUERY_BYTES``.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class HotRead:
 
 
 class HotReads:
-    """Learned ``(path, query string) -> HotRead``; bounded, least recently used first out. No I/O."""
+    """Learned ``(path, query string) -> HotRead``; bounded, least recently learned first out. No I/O."""
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         if max_entries < 0:
