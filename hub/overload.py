@@ -14,9 +14,16 @@ things say the node carries more connections than it can write to:
   subscriptions, hold a frame older than ``TICKSTOCK_WS_SHED_LAG_S``, at each housekeeping check over
   such a window (one slow client is not the node's fault: it has ``TICKSTOCK_WS_QUEUE_AGE_S``).
 
-Either way :class:`Shedder` picks a step of connections (a tenth of those with subscriptions, at least
-one), slowest first, for the fan-out to close with 4409; they resume by ``seq`` (on this node or
-another) and the rest keep their latency. Each further window that stays behind takes another step.
+Either way :class:`Shedder` picks a step of connections, slowest first, for the fan-out to close with
+4409; they resume by ``seq`` (on this node or another) and the rest keep their latency. A step is sized
+by the shortfall it measured, so that one step is enough: when the wait grew by ``g`` seconds a second
+over the window, the node handed events on at ``1 - g`` of the rate they came in, so it keeps
+:data:`HEADROOM` of that share of its connections (the rest of its capacity drains the wait already
+accumulated). A step is at least :data:`SHED_FRACTION` (all it is when many outboxes are late: they say
+who is slow, not by how much the node is) and at most :data:`MAX_SHED_FRACTION` of the connections with
+subscriptions, and at least one. The window after a step is not measured (closing a step's sockets
+takes the loop's time, and what waited meanwhile drains: both would read as a shortfall); each later
+window that stays behind takes another step.
 
 The wait is the node's clock minus the stream's store time. A clock that differs from the NATS
 server's would read as a constant extra wait, so the smallest wait seen while the buffer was empty (an
@@ -36,6 +43,8 @@ from hub.fanout_metrics import FanOutMetrics
 from hub.protocol import CLOSE_SLOW
 
 __all__ = [
+    "HEADROOM",
+    "MAX_SHED_FRACTION",
     "MIN_LATE_OUTBOXES",
     "REASON_MISSED",
     "REASON_SHED",
@@ -47,7 +56,9 @@ __all__ = [
 
 log = logging.getLogger("tickstock.fanout")
 
-SHED_FRACTION = 0.1  # of the connections with subscriptions, closed in one step
+SHED_FRACTION = 0.1  # of the connections with subscriptions, closed in one step at least
+MAX_SHED_FRACTION = 0.5  # ... and at most: a measurement over half a second can be wrong
+HEADROOM = 0.8  # a step keeps this share of the connections the node kept up with
 RECOVERY_WINDOWS = 4  # a wait over the bound that shrinks back under it within this many windows is let be
 MIN_LATE_OUTBOXES = 100  # fewer late outboxes are a few slow clients, not an overloaded node
 REASON_SHED = "slow consumer: this hub node is overloaded; resume with since"
@@ -65,6 +76,7 @@ class Shedder:
         self._since_backlog = 0
         self._since_lag = 0.0
         self._last = -math.inf  # when due() was last asked
+        self._cool_until = -math.inf  # no new window before this (after a step)
         self._crowded_since: float | None = None  # the start of the current window of late outboxes
         self.offset = math.inf  # the smallest wait seen with an empty buffer: the clocks' offset
 
@@ -74,52 +86,68 @@ class Shedder:
             self.offset = waited
         return waited - self.offset if self.offset != math.inf else waited
 
-    def due(self, backlog: int, now: float, waited: float = 0.0) -> bool:
-        """Whether to shed a step now. ``backlog`` is the live subscription's pending messages and
-        ``waited`` how long the event about to be handed on has waited since it was stored, both seen
-        before each live message is fanned out; ``now`` is monotonic seconds. True at most once per
-        ``after_s`` window that is behind all along (see the module's docstring)."""
+    def due(self, backlog: int, now: float, waited: float = 0.0) -> float:
+        """The share of the connections with subscriptions to close now (0.0: none). ``backlog`` is the
+        live subscription's pending messages and ``waited`` how long the event about to be handed on
+        has waited since it was stored, both seen before each live message is fanned out; ``now`` is
+        monotonic seconds. A step at most once per ``after_s`` window that is behind all along, sized by
+        how fast the wait grew over it (see the module's docstring)."""
         lag = self.lag(waited, backlog)
         late = lag > self._lag_s
         quiet = now - self._last > self._after_s  # no event for a window: not a window behind all along
         self._last = now
-        if backlog == 0 and not late:
+        if (backlog == 0 and not late) or now < self._cool_until:
             self._since = None
-            return False
+            return 0.0
         if self._since is None or quiet:
             self._since, self._since_backlog, self._since_lag = now, backlog, lag
-            return False
+            return 0.0
         elapsed = now - self._since
         if elapsed < self._after_s:
-            return False
+            return 0.0
         growing = backlog > 0 and backlog >= self._since_backlog
         shrinking = (self._since_lag - lag) / elapsed  # seconds of wait recovered per second
         stuck = late and (lag - self._lag_s) > shrinking * self._after_s * RECOVERY_WINDOWS
         self._since, self._since_backlog, self._since_lag = now, backlog, lag
-        return growing or stuck
+        if not (growing or stuck):
+            return 0.0
+        # The next window starts after one more has passed: closing a step's sockets takes the loop's
+        # time too, and what waited meanwhile drains; measured at once, both would read as a shortfall.
+        self._since, self._cool_until = None, now + self._after_s
+        # The wait grew by -shrinking s/s: events were handed on at 1 + shrinking of their rate.
+        return self.step(kept_up=1.0 + min(0.0, shrinking))
 
-    def crowded(self, late: int, subscribed: int, now: float) -> bool:
-        """Whether to shed a step now, ``late`` of the ``subscribed`` connections holding a frame older
-        than the lag bound (asked by the housekeeping, about once a second). True once per ``after_s``
-        window over which they were that many at every check."""
+    def crowded(self, late: int, subscribed: int, now: float) -> float:
+        """The share of the connections with subscriptions to close now (0.0: none), ``late`` of the
+        ``subscribed`` connections holding a frame older than the lag bound (asked by the housekeeping,
+        about once a second). A step of the fixed fraction once per ``after_s`` window over which they
+        were that many at every check (late outboxes say who is slow, not by how much the node is)."""
         if late < max(MIN_LATE_OUTBOXES, subscribed * self._fraction):
             self._crowded_since = None
-            return False
+            return 0.0
         if self._crowded_since is None:
             self._crowded_since = now
-            return False
+            return 0.0
         if now - self._crowded_since < self._after_s:
-            return False
+            return 0.0
         self._crowded_since = now
-        return True
+        return self._fraction
 
-    def victims(self, connections: Iterable[Connection], now: float) -> list[Connection]:
-        """One step of connections to close: those with subscriptions, the oldest outbox head first,
-        then the fullest outbox, then the newest connection (the longest-standing ones stay)."""
+    def step(self, *, kept_up: float) -> float:
+        """The share to close when the node kept up with the share ``kept_up`` of its load: all but
+        :data:`HEADROOM` of that, at least the fixed fraction and at most :data:`MAX_SHED_FRACTION`; the
+        fixed fraction when no shortfall was measured (``kept_up`` 1)."""
+        if kept_up >= 1.0:
+            return self._fraction
+        return min(MAX_SHED_FRACTION, max(self._fraction, 1.0 - HEADROOM * kept_up))
+
+    def victims(self, connections: Iterable[Connection], now: float, share: float) -> list[Connection]:
+        """``share`` of the connections with subscriptions (at least one) to close: the oldest outbox head
+        first, then the fullest outbox, then the newest connection (the longest-standing ones stay)."""
         candidates = [c for c in connections if c.subs and c.close_code is None]
         if not candidates:
             return []
-        count = max(1, math.ceil(len(candidates) * self._fraction))
+        count = max(1, math.ceil(len(candidates) * share))
         return heapq.nlargest(count, candidates, key=lambda c: (c.lag_s(now), c.queued, c.connected_at))
 
 
@@ -147,9 +175,10 @@ class Overload:
         :meth:`Shedder.due` says so."""
         now = time.monotonic()
         waited = time.time() - stored_at if stored_at else 0.0
-        if self.shedder.due(backlog, now, waited):
+        share = self.shedder.due(backlog, now, waited)
+        if share:
             lag = self.shedder.lag(waited, backlog)
-            self._shed(now, f"{backlog} events pending, the next waited {lag:.2f} s")
+            self._shed(now, share, f"{backlog} events pending, the next waited {lag:.2f} s")
 
     def outboxes(self, now: float) -> None:
         """From the housekeeping: shed a step when :meth:`Shedder.crowded` says so."""
@@ -159,11 +188,12 @@ class Overload:
             if conn.subs and conn.close_code is None:
                 subscribed += 1
                 late += conn.lag_s(now) > bound
-        if self.shedder.crowded(late, subscribed, now):
-            self._shed(now, f"{late} of {subscribed} outboxes hold a frame older than {bound:g} s")
+        share = self.shedder.crowded(late, subscribed, now)
+        if share:
+            self._shed(now, share, f"{late} of {subscribed} outboxes hold a frame older than {bound:g} s")
 
-    def _shed(self, now: float, why: str) -> None:
-        victims = self.shedder.victims(self._connections, now)
+    def _shed(self, now: float, share: float, why: str) -> None:
+        victims = self.shedder.victims(self._connections, now, share)
         if not victims:
             return  # behind with no subscribed connection to close: nothing a shed can do here
         for conn in victims:

@@ -27,7 +27,16 @@ from hub.fanout_limits import FanOutLimits
 from hub.fanout_metrics import FanOutMetrics
 from hub.jetstream import PATTERNS_STREAM
 from hub.metrics import Registry
-from hub.overload import MIN_LATE_OUTBOXES, REASON_MISSED, REASON_SHED, Overload, Shedder
+from hub.overload import (
+    HEADROOM,
+    MAX_SHED_FRACTION,
+    MIN_LATE_OUTBOXES,
+    REASON_MISSED,
+    REASON_SHED,
+    SHED_FRACTION,
+    Overload,
+    Shedder,
+)
 from hub.subjects import clean_subject
 from hub.subscriptions import Filter, Subscription
 from tests.conftest import JWT_SECRET, delete_all_streams
@@ -279,14 +288,17 @@ async def test_sheds_only_when_the_backlog_stays_and_does_not_drain() -> None:
     assert not shedder.due(5, 0.0)  # behind from now
     assert not shedder.due(9, 0.5)
     assert shedder.due(9, 1.0)  # a window behind and not shrinking: a step
-    assert not shedder.due(12, 1.5)  # a step at most every after_s
-    assert shedder.due(12, 2.0)  # still growing: another
-    assert not shedder.due(8, 3.0)  # draining: no more
-    assert shedder.due(8, 4.0)  # ... unless it stops draining
-    assert not shedder.due(0, 4.1)  # caught up
-    assert not shedder.due(300, 4.2)  # a burst ...
-    assert not shedder.due(150, 5.2)  # ... that drains never sheds
-    assert not shedder.due(10, 6.2)
+    assert not shedder.due(12, 1.5)  # the step's own window: its closes and the drain are not measured
+    assert not shedder.due(12, 2.0)  # a new window
+    assert shedder.due(12, 3.0)  # still growing: another step
+    assert not shedder.due(8, 4.0)  # a new window after the step's own
+    assert shedder.due(8, 5.0)  # not draining: another
+    assert not shedder.due(4, 6.0)
+    assert not shedder.due(2, 7.0)  # draining: no more
+    assert not shedder.due(0, 7.1)  # caught up
+    assert not shedder.due(300, 7.2)  # a burst ...
+    assert not shedder.due(150, 8.2)  # ... that drains never sheds
+    assert not shedder.due(10, 9.2)
 
 
 async def test_sheds_when_events_stay_late_and_lets_a_recovering_node_be() -> None:
@@ -296,14 +308,32 @@ async def test_sheds_when_events_stay_late_and_lets_a_recovering_node_be() -> No
     assert not shedder.due(0, 0.25, waited=5.51)  # 0.5 s late, the buffer empty: a window starts
     assert not shedder.due(0, 0.75, waited=5.55)
     assert shedder.due(0, 1.25, waited=5.61)  # a window late and not recovering: a step
-    assert not shedder.due(0, 1.75, waited=5.9)  # a step at most every after_s
-    assert not shedder.due(0, 2.25, waited=5.4)  # recovering fast (0.2 s/s): back under within 4 windows
-    assert shedder.due(0, 3.25, waited=5.39)  # late and barely recovering: another step
-    assert not shedder.due(0, 3.5, waited=5.1)  # on time again
-    assert not shedder.due(0, 3.75, waited=6.0)  # late again ...
-    assert not shedder.due(0, 6.0, waited=6.0)  # ... but nothing came for longer than a window:
-    assert not shedder.due(0, 6.5, waited=6.0)  # a new window starts, not yet over
-    assert shedder.due(0, 7.0, waited=6.0)
+    assert not shedder.due(0, 1.75, waited=5.9)  # the step's own window
+    assert not shedder.due(0, 2.25, waited=5.91)  # a new window, 0.9 s late
+    assert not shedder.due(0, 3.25, waited=5.71)  # recovering fast (0.2 s/s): back under within 4 windows
+    assert shedder.due(0, 4.25, waited=5.69)  # late and barely recovering: another step
+    assert not shedder.due(0, 4.5, waited=5.1)
+    assert not shedder.due(0, 5.5, waited=5.1)  # on time again
+    assert not shedder.due(0, 5.75, waited=6.0)  # late again ...
+    assert not shedder.due(0, 8.0, waited=6.0)  # ... but nothing came for longer than a window:
+    assert not shedder.due(0, 8.5, waited=6.0)  # a new window starts, not yet over
+    assert shedder.due(0, 9.0, waited=6.0)
+
+
+async def test_a_step_is_sized_by_the_shortfall_it_measured() -> None:
+    shedder = Shedder(after_s=1.0, lag_s=0.2)
+    assert not shedder.due(0, 0.0, waited=0.0)  # on time: the clocks agree
+    assert not shedder.due(5, 0.5, waited=0.3)  # late: a window starts
+    # Over the window the wait grew by 0.3 s a second: events went out at 0.7 of the rate they came in.
+    # The step keeps HEADROOM of that share of the connections, so what waited drains too.
+    assert shedder.due(5, 1.5, waited=0.6) == pytest.approx(1 - HEADROOM * 0.7)
+    assert not shedder.due(6, 2.6, waited=0.7)  # (a window after the step's own)
+    assert shedder.due(7, 3.6, waited=0.72) == pytest.approx(1 - HEADROOM * 0.98)  # nearly keeping up
+    assert not shedder.due(7, 4.7, waited=0.72)
+    assert shedder.due(8, 5.7, waited=0.72) == SHED_FRACTION  # behind, no growth measured: the least step
+    assert not shedder.due(8, 6.8, waited=9.0)
+    assert shedder.due(9, 7.8, waited=20.0) == MAX_SHED_FRACTION  # stalled: a measurement can be wrong
+    assert shedder.step(kept_up=1.0) == SHED_FRACTION and shedder.step(kept_up=0.99) == pytest.approx(0.208)
 
 
 async def test_without_a_fresh_event_the_wait_is_taken_as_the_clocks_say() -> None:
@@ -383,9 +413,11 @@ async def test_the_victims_are_the_slowest_subscribed_connections() -> None:
     behind = conns[3]
     assert behind.offer("a") and behind.offer("b")  # its socket takes nothing: "b" waits in the outbox
     try:
-        victims = Shedder(after_s=1.0).victims([idle, *conns], now=1e12)  # any "now" after the offers
+        victims = Shedder(after_s=1.0).victims(
+            [idle, *conns], now=1e12, share=0.1
+        )  # any "now" after the offers
         assert victims == [behind, conns[19]]  # the oldest outbox head, then the newest connection
-        assert Shedder(after_s=1.0).victims([idle], now=0.0) == []
+        assert Shedder(after_s=1.0).victims([idle], now=0.0, share=0.1) == []
     finally:
         behind.abandon()
 
