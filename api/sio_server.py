@@ -19,6 +19,7 @@ What python-socketio and Engine.IO leave open is closed here, once:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -60,6 +61,17 @@ class _BoundedEngineIO(engineio.AsyncServer):  # type: ignore[misc]
 
     def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
         return asyncio.Queue(maxsize=self.queue_packets)
+
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "disconnect" and args[1:2] == (self.reason.CLIENT_DISCONNECT,):
+            # The client's CLOSE packet ends the session without an answer to its pending long-poll
+            # GET, which then waited for ping_interval + ping_timeout (30 s by default) before the
+            # client's disconnect returned: answer it now (empty; a websocket's writer just stops).
+            socket = self.sockets.get(args[0])
+            if socket is not None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    socket.queue.put_nowait(None)
+        return await super()._trigger_event(event, *args, **kwargs)
 
 
 BadPacket = Callable[[str, str], Awaitable[None]]
