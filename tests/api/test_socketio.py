@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
 import socketio
@@ -153,20 +152,15 @@ async def test_upstream_events_subscribe_patterns_and_heartbeat(hub: LiveHub, cl
     assert all(a["event"]["data"]["pattern"] == "doji" for a in alerts)
 
 
-async def test_a_clients_close_answers_its_pending_long_poll(hub: LiveHub) -> None:
-    """Engine.IO over long-polling: the client's CLOSE packet answers the GET it left waiting (python-socketio's
-    client waits for that GET in ``disconnect()``; unanswered, it waited out the 25 + 20 s ping window)."""
-    async with httpx.AsyncClient(base_url=hub.url, timeout=60) as http:
-        opened = await http.get("/socket.io/", params={"EIO": "4", "transport": "polling"})
-        assert opened.status_code == 200 and opened.text.startswith("0{")
-        params = {"EIO": "4", "transport": "polling", "sid": json.loads(opened.text[1:])["sid"]}
-        poll = asyncio.ensure_future(http.get("/socket.io/", params=params))
-        await asyncio.sleep(0.3)
-        assert not poll.done()  # nothing to send: the GET waits
-        closed = await http.post("/socket.io/", params=params, content="1")  # "1": CLOSE
-        assert closed.status_code == 200
-        answered = await asyncio.wait_for(poll, timeout=10)
-    assert answered.status_code == 200
+async def test_a_long_polling_client_disconnects_without_waiting_out_the_ping_window(
+    hub: LiveHub, client: Client
+) -> None:
+    """python-socketio's ``disconnect()`` over long-polling waits for the GET it left pending. The hub
+    answers that GET when the client's CLOSE arrives; unanswered, it waited out the 25 + 20 s ping window."""
+    await client.connect(hub, transports=["polling"])
+    await client.next("connection_confirmed")  # the session is up: the client's next GET waits
+    await asyncio.wait_for(client.sio.disconnect(), timeout=10)
+    assert not client.sio.connected
 
 
 async def test_resume_with_since_replays_what_was_missed(hub: LiveHub, client: Client) -> None:
