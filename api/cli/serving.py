@@ -24,6 +24,7 @@ from api.app import create_app, open_hub
 from api.cli.console import EXIT_ERROR, one_line, say
 from api.cli.runtime import USER_ERRORS, configure_logging, loop_factory
 from api.cli.supervisor import Supervisor, die_with_parent
+from api.redaction import redact_tokens
 from api.server import HubServer
 from api.settings import Settings
 from api.state import HubState
@@ -93,7 +94,7 @@ def server_config(app: Any, settings: Settings, *, registry: Registry | None = N
         ws = shared_deflate_protocol(memo)
         if registry is not None:
             register_metrics(memo, registry)
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         ws=ws,
         ws_per_message_deflate=False,
@@ -105,6 +106,8 @@ def server_config(app: Any, settings: Settings, *, registry: Registry | None = N
         server_header=False,
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
+    redact_tokens()  # after the Config: it sets up uvicorn's loggers
+    return config
 
 
 async def serve(
