@@ -309,6 +309,7 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
                 opened = await stack.enter_async_context(open_hub(settings))
                 app.state.hub = opened
                 app.state.rate_limiter.register(opened.metrics.registry)
+                hot_reads.register(opened.metrics.registry)
             else:
                 app.state.hub = hub
             if settings.nats_service:
@@ -355,6 +356,7 @@ def create_app(settings: Settings, *, hub: HubState | None = None) -> Starlette:
     if hub is not None:
         app.state.hub = hub  # already open: usable even by a server that skips the lifespan
         app.state.rate_limiter.register(hub.metrics.registry)
+        hot_reads.register(hub.metrics.registry)
     app.state.ingest_gate = IngestGate(settings.http_ingest_inflight)
     app.state.scan_queries = QueryMemo()  # validated scan queries by their raw text
     socketio_server = sio.mount(app, settings) if settings.socketio_enabled else None

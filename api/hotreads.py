@@ -41,6 +41,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.etags import CACHE_CONTROL, cached_response, entity_tag, none_match
+from hub.metrics import CounterView, Registry
 from store.cache_entries import Served, Source
 
 __all__ = [
@@ -89,6 +90,21 @@ class HotReads:
 
     def __len__(self) -> int:
         return len(self._reads)
+
+    def register(self, registry: Registry) -> bool:
+        """Expose ``tickstock_hot_reads_total`` (the answers given here) in ``registry`` (the hub's
+        ``/metrics``); False when that registry already has it (several apps on one hub, as in the tests)."""
+        try:
+            registry.add(
+                CounterView(
+                    "tickstock_hot_reads_total",
+                    "Cached reads answered before the router (api/hotreads.py); every one is also a cache hit.",
+                    lambda: float(self.served),
+                )
+            )
+        except ValueError:
+            return False
+        return True
 
     def learn(self, request: Request, source: Source, **how: Any) -> None:
         """``request`` (a ``GET`` the full path validated and answered from ``source``, a copy this process

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -102,6 +103,15 @@ async def test_a_hot_answer_is_the_full_paths_answer(live_hub: LiveHub, path: st
         hot_304 = await until_hot(client, reads, path, cached)
     assert full_304.status_code == 304 and full_304.content == b""
     assert comparable(hot_304) == comparable(full_304)
+
+
+async def test_hot_answers_are_counted_at_metrics(live_hub: LiveHub) -> None:
+    reads = reads_of(live_hub)
+    async with httpx.AsyncClient(base_url=live_hub.url, timeout=30) as client:
+        await until_hot(client, reads, "/api/universes?kind=etf", bearer())
+        text = (await client.get("/metrics")).text
+    counted = re.search(r"^tickstock_hot_reads_total (\S+)$", text, re.MULTILINE)
+    assert counted is not None and float(counted.group(1)) == reads.served > 0
 
 
 async def test_what_the_hot_path_cannot_answer_goes_the_full_way(live_hub: LiveHub) -> None:

@@ -65,6 +65,8 @@ FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
     "tickstock_cache_lost_bumps_total": ("counter", frozenset()),
     "tickstock_rate_limited_total": ("counter", frozenset()),
     "tickstock_rate_limit_fail_open_total": ("counter", frozenset({"reason"})),
+    # issue #19: cached reads answered before the router
+    "tickstock_hot_reads_total": ("counter", frozenset()),
     # issue #17: readiness for alerts (a node up but not ready)
     "tickstock_ready": ("gauge", frozenset()),
     "tickstock_dependency_up": ("gauge", frozenset({"dependency"})),
