@@ -17,9 +17,9 @@ things say the node carries more connections than it can write to:
 Either way :class:`Shedder` picks a step of connections, slowest first, for the fan-out to close with
 4409; they resume by ``seq`` (on this node or another) and the rest keep their latency. A step is sized
 by the shortfall it measured, so that one step is enough: when the wait grew by ``g`` seconds a second
-over the window, the node handed events on at ``1 - g`` of the rate they came in, so it keeps
-:data:`HEADROOM` of that share of its connections (the rest of its capacity drains the wait already
-accumulated). A step is at least :data:`SHED_FRACTION` (all it is when many outboxes are late: they say
+over the window, the node handed events on at ``1 - g`` of the rate they came in; when it handed on
+``h`` events while its buffer grew by ``d``, at ``h / (h + d)``. It keeps :data:`HEADROOM` of the smaller
+share of its connections (the rest of its capacity drains the wait already accumulated). A step is at least :data:`SHED_FRACTION` (all it is when many outboxes are late: they say
 who is slow, not by how much the node is) and at most :data:`MAX_SHED_FRACTION` of the connections with
 subscriptions, and at least one. The window after a step is not measured (closing a step's sockets
 takes the loop's time, and what waited meanwhile drains: both would read as a shortfall); each later
@@ -74,6 +74,7 @@ class Shedder:
         self._fraction = fraction
         self._since: float | None = None  # the start of the current window, while behind
         self._since_backlog = 0
+        self._handed = 0  # events handed on since the window began
         self._since_lag = 0.0
         self._last = -math.inf  # when due() was last asked
         self._cool_until = -math.inf  # no new window before this (after a step)
@@ -100,22 +101,26 @@ class Shedder:
             self._since = None
             return 0.0
         if self._since is None or quiet:
-            self._since, self._since_backlog, self._since_lag = now, backlog, lag
+            self._since, self._since_backlog, self._since_lag, self._handed = now, backlog, lag, 0
             return 0.0
+        self._handed += 1
         elapsed = now - self._since
         if elapsed < self._after_s:
             return 0.0
         growing = backlog > 0 and backlog >= self._since_backlog
         shrinking = (self._since_lag - lag) / elapsed  # seconds of wait recovered per second
         stuck = late and (lag - self._lag_s) > shrinking * self._after_s * RECOVERY_WINDOWS
-        self._since, self._since_backlog, self._since_lag = now, backlog, lag
+        # Events handed on over the window, against those that came: handed on, and the buffer's growth.
+        handed, came = self._handed, self._handed + max(0, backlog - self._since_backlog)
+        self._since, self._since_backlog, self._since_lag, self._handed = now, backlog, lag, 0
         if not (growing or stuck):
             return 0.0
         # The next window starts after one more has passed: closing a step's sockets takes the loop's
         # time too, and what waited meanwhile drains; measured at once, both would read as a shortfall.
         self._since, self._cool_until = None, now + self._after_s
-        # The wait grew by -shrinking s/s: events were handed on at 1 + shrinking of their rate.
-        return self.step(kept_up=1.0 + min(0.0, shrinking))
+        # The wait grew by -shrinking s/s: events were handed on at 1 + shrinking of their rate; or, by
+        # count, at handed / came. The smaller says more: a buffer can grow before the wait does.
+        return self.step(kept_up=min(1.0 + min(0.0, shrinking), handed / came))
 
     def crowded(self, late: int, subscribed: int, now: float) -> float:
         """The share of the connections with subscriptions to close now (0.0: none), ``late`` of the
