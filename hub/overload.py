@@ -19,9 +19,10 @@ Either way :class:`Shedder` picks a step of connections, slowest first, for the 
 by the shortfall it measured, so that one step is enough: when the wait grew by ``g`` seconds a second
 over the window, the node handed events on at ``1 - g`` of the rate they came in; when it handed on
 ``h`` events while its buffer grew by ``d``, at ``h / (h + d)``. It keeps :data:`HEADROOM` of the smaller
-share of its connections (the rest of its capacity drains the wait already accumulated). A step is at least :data:`SHED_FRACTION` (all it is when many outboxes are late: they say
-who is slow, not by how much the node is) and at most :data:`MAX_SHED_FRACTION` of the connections with
-subscriptions, and at least one. The window after a step is not measured (closing a step's sockets
+share of its connections (the rest of its capacity drains the wait already accumulated). A step is at
+least :data:`SHED_FRACTION` (all it is when many outboxes are late: they say who is slow, not by how much
+the node is) and at most :data:`MAX_SHED_FRACTION` of the connections with subscriptions, and at least
+one. The window after a step is not measured (closing a step's sockets
 takes the loop's time, and what waited meanwhile drains: both would read as a shortfall); each later
 window that stays behind takes another step.
 
@@ -92,7 +93,7 @@ class Shedder:
         live subscription's pending messages and ``waited`` how long the event about to be handed on
         has waited since it was stored, both seen before each live message is fanned out; ``now`` is
         monotonic seconds. A step at most once per ``after_s`` window that is behind all along, sized by
-        how fast the wait grew over it (see the module's docstring)."""
+        the shortfall measured over it (see the module's docstring)."""
         lag = self.lag(waited, backlog)
         late = lag > self._lag_s
         quiet = now - self._last > self._after_s  # no event for a window: not a window behind all along
