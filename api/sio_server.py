@@ -65,8 +65,8 @@ class _BoundedEngineIO(engineio.AsyncServer):  # type: ignore[misc]
     async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
         if event == "disconnect" and args[1:2] == (self.reason.CLIENT_DISCONNECT,):
             # The client's CLOSE packet ends the session without an answer to its pending long-poll
-            # GET, which then waited for ping_interval + ping_timeout (30 s by default) before the
-            # client's disconnect returned: answer it now (empty; a websocket's writer just stops).
+            # GET, which then waited out ping_interval + ping_timeout (or the client's own read timeout)
+            # before the client's disconnect returned: answer it now (empty; a websocket's writer stops).
             socket = self.sockets.get(args[0])
             if socket is not None:
                 with contextlib.suppress(asyncio.QueueFull):
