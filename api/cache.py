@@ -298,11 +298,14 @@ class HubCache:
         self._heard_everything()
         return await self.lookups.user_universe(subject)
 
+    def _trusted(self, deps: Dependencies) -> bool:
+        """Whether changes to what ``deps`` names can be heard (reference data: while PostgreSQL listens)."""
+        return REFERENCE_GENERATION not in deps.strict or self.lookups.listening
+
     def local_copy(self, route: str, key: str, deps: Dependencies) -> Copy | None:
         """This process's copy of ``key`` of ``route`` while it may be served (see :mod:`store.cache_local`),
         else ``None``. No I/O, and not counted: the caller records the hit when it serves the copy."""
-        trusted = REFERENCE_GENERATION not in deps.strict or self.lookups.listening  # changes can be heard
-        if not (self.enabled and self.local.enabled and trusted):
+        if not (self.enabled and self.local.enabled and self._trusted(deps)):
             return None
         self._heard_everything()
         return self.local.get(f"{route}:{key}", deps.events + deps.strict) if self.responses.healthy else None
@@ -314,8 +317,7 @@ class HubCache:
         :meth:`local_copy`), else :meth:`ResponseCache.fetch` (whose answer becomes the copy). A
         response that depends on reference data is not cached while changes to it cannot be heard. An
         answer this process keeps a copy of names it in ``source`` (:mod:`api.hotreads` serves it)."""
-        trusted = REFERENCE_GENERATION not in deps.strict or self.lookups.listening
-        if not self.enabled or not trusted:
+        if not self.enabled or not self._trusted(deps):
             served = Served((await compute()).body, "bypass", None)
             self.record(route, served.outcome)
             return served
