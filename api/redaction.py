@@ -30,7 +30,10 @@ class TokenRedactor(logging.Filter):
     """Rewrites a record whose message names a ``token`` query parameter; lets every record through."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed call: logging's own handlers report it
+            return True
         clean = redacted(message)
         if clean != message:
             record.msg, record.args = clean, None

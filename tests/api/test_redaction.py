@@ -41,6 +41,9 @@ def test_a_record_is_rewritten_once_and_always_let_through() -> None:
     assert TokenRedactor().filter(record) and record.getMessage() == f'ip - "WebSocket /ws?token={REDACTED}"'
     plain = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "%s", ("nothing",), None)
     assert TokenRedactor().filter(plain) and plain.args == ("nothing",)
+    # A call whose arguments do not fit its format: let through untouched, never raised at the caller.
+    malformed = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "%s %s", ("one",), None)
+    assert TokenRedactor().filter(malformed) and malformed.args == ("one",)
 
 
 class _Lines(logging.Handler):
