@@ -223,6 +223,11 @@ def acceptance_lines(runs: list[dict[str, Any]], mem: list[dict[str, Any]]) -> l
                 + ("met" if kept_p99 is not None and kept_p99 < KEPT_P99_MS else "missed")
                 + f"); lost on kept {hub['lost']:,}"
             )
+            if hub.get("p99_ms_kept_by_tenth"):
+                lines.append(
+                    "      kept p99 by tenth of the run (ms): "
+                    + " ".join(fmt(x) for x in hub["p99_ms_kept_by_tenth"])
+                )
     idle = {x["server"]: x for x in mem}
     if "hub" in idle:
         side = [

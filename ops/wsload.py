@@ -166,6 +166,9 @@ class _Client(asyncio.Protocol):
         self.closed = False
         self.got = 0  # measured messages received (duplicates not counted)
         self.latency_ms = array("d")
+        self.head = bytearray()  # the HTTP response so far
+        self.framing: bytearray | None = None  # frames not yet read, while this client reads them itself
+        self.index = array("l")  # the measured message each latency is of (a timeline over the run)
         # Why the server closed this connection ("4409", "1001", "abnormal", ...); None: it did not.
         self.close_code: str | None = None
 
@@ -178,6 +181,63 @@ class _Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = time.time()
         self.w.bytes += len(data)
+        if self.framing is None and self.proto.state is State.CONNECTING:
+            data = self._handshake(data, now)
+        if self.framing is not None and data:
+            self.framing += data
+            data = self._own_frames(now)
+        if data:
+            self._feed(data, now)
+        self._flush()
+
+    def _handshake(self, data: bytes, now: float) -> bytes:
+        """Feed the HTTP response to websockets; what comes after it is returned. With no extension
+        negotiated, this client then reads frames itself (:meth:`_own_frames`)."""
+        before = len(self.head)
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            self._feed(data, now)
+            return b""
+        cut = end + 4 - before
+        self.head = bytearray()
+        self._feed(data[:cut], now)
+        if self.proto.state is State.OPEN and not self.proto.extensions:
+            self.framing = bytearray()
+        return data[cut:]
+
+    def _own_frames(self, now: float) -> bytes:
+        """Read the complete frames in ``framing``: unfragmented text frames and pings, which is all a
+        server sends while events stream, the same way as websockets would but at a fraction of its
+        CPU (the load generator shares the machine with the servers it measures). At anything else
+        (close, binary, a fragment, a reserved bit) websockets' own parser takes over from that frame
+        on: returned are the bytes to give it."""
+        buf, pos = self.framing, 0
+        assert buf is not None
+        n = len(buf)
+        while n - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            if b0 & 0xF0 != 0x80 or b1 & 0x80 or b0 & 0x0F not in (0x1, 0x9):
+                self.framing = None
+                return bytes(buf[pos:])
+            length, head = b1 & 0x7F, 2
+            if length == 126:
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            end = pos + head + length
+            if end > n:
+                break
+            payload = bytes(buf[pos + head : end])
+            if b0 & 0x0F == 0x1:
+                self._text(payload, now)
+            else:
+                self.proto.send_pong(payload)
+            pos = end
+        del buf[:pos]
+        return b""
+
+    def _feed(self, data: bytes, now: float) -> None:
         self.proto.receive_data(data)
         for event in self.proto.events_received():
             if isinstance(event, Frame):
@@ -195,7 +255,6 @@ class _Client(asyncio.Protocol):
                     self.w.negotiated += 1
                 if self.mode_ready_on_open():
                     self._set_ready()
-        self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -326,6 +385,7 @@ class _Client(asyncio.Protocol):
             t0 = RE_T0.search(data)
         if t0 is not None:
             self.latency_ms.append((now - float(t0.group(1))) * 1000.0)
+            self.index.append(i)
 
 
 async def _worker_main(
@@ -422,6 +482,7 @@ async def _worker_main(
             "frames": w.frames,
             "bytes": w.bytes,
             "latency_kept": b"".join(c.latency_ms.tobytes() for c in kept),
+            "index_kept": b"".join(c.index.tobytes() for c in kept),
             "latency_other": b"".join(
                 c.latency_ms.tobytes() for c in w.clients if not (c.is_ready and c.close_code is None)
             ),
@@ -473,6 +534,9 @@ class LoadResult:
     expected_closed: int = 0
     delivered_closed: int = 0
     latency_ms_kept: dict[str, float] = field(default_factory=dict)
+    # The kept connections' p99 (ms) over each tenth of the measured messages, in publish order:
+    # where in the run a kept p99 comes from (a start that sheds too slowly, or a spike later).
+    p99_ms_kept_by_tenth: list[float] = field(default_factory=list)
 
     @property
     def lost(self) -> int:
@@ -501,6 +565,7 @@ class LoadResult:
             "expected_kept": self.expected_kept,
             "delivered_kept": self.delivered_kept,
             "latency_ms_kept": self.latency_ms_kept,
+            "p99_ms_kept_by_tenth": self.p99_ms_kept_by_tenth,
             "expected_closed": self.expected_closed,
             "delivered_closed": self.delivered_closed,
             "missed_closed": self.missed_closed,
@@ -511,6 +576,19 @@ class LoadResult:
             "bytes": self.bytes,
             "negotiated": self.negotiated,
         }
+
+
+def by_tenth(latencies: Any, indices: Any, count: int) -> list[float]:
+    """p99 (ms) of ``latencies`` over each tenth of the ``count`` measured messages, by their ``indices``."""
+    import numpy as np
+
+    if count <= 0 or len(latencies) == 0:
+        return []
+    tenth = np.minimum(np.asarray(indices) * 10 // count, 9)
+    return [
+        round(float(np.percentile(latencies[tenth == k], 99)), 1) if np.any(tenth == k) else 0.0
+        for k in range(10)
+    ]
 
 
 def percentiles(values: Any) -> dict[str, float]:
@@ -691,6 +769,15 @@ class Load:
             expected_closed=sum(p["expected_closed"] for p in parts),
             delivered_closed=sum(p["delivered_closed"] for p in parts),
             latency_ms_kept=percentiles(kept_latencies),
+            p99_ms_kept_by_tenth=by_tenth(
+                kept_latencies,
+                np.concatenate(
+                    [np.frombuffer(p["index_kept"], dtype=f"i{array('l').itemsize}") for p in parts]
+                )
+                if parts
+                else np.zeros(0, dtype=np.int64),
+                self.count,
+            ),
         )
         return self.result
 

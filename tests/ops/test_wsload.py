@@ -31,13 +31,17 @@ SENT = [i for i in range(60) if i not in (17, 23, 39)] + [31, 39]
 async def feed(websocket: WebSocket) -> None:
     await websocket.accept()
     await websocket.send_text(json.dumps({"op": "pong", "ts": 1}))
-    for i in SENT:
+    for n, i in enumerate(SENT):
+        if n == len(SENT) // 2:
+            await asyncio.sleep(1.0)  # the server pings (every 0.1 s) while the client reads frames
         await websocket.send_text(
             json.dumps(
                 {
                     "op": "event",
                     "seq": i,
                     "event": {"symbol": "AAPL", "data": {"bench_i": i, "bench_t0": time.time()}},
+                    # frames of every length encoding: 7 bits, 16 bits (i % 3 == 1), 64 bits (i == 50)
+                    "pad": "x" * (200 if i % 3 == 1 else 70_000 if i == 50 else 0),
                 }
             )
         )
@@ -52,7 +56,8 @@ async def feed(websocket: WebSocket) -> None:
 @pytest.mark.parametrize("deflate", [False, True])
 async def test_counts_deliveries_losses_duplicates_and_inversions(deflate: bool) -> None:
     """The same counts whether the clients offer permessage-deflate (as a browser does: this uvicorn
-    accepts it, so every connection negotiates it) or not."""
+    accepts it, so every connection negotiates it: websockets reads the frames) or not (the client
+    reads them itself)."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -61,6 +66,10 @@ async def test_counts_deliveries_losses_duplicates_and_inversions(deflate: bool)
             port=port,
             log_level="warning",
             lifespan="off",
+            ws="websockets-sansio",  # the hub's websocket implementation
+            # Pings every 0.1 s, and a connection that does not answer one within 0.5 s is closed.
+            ws_ping_interval=0.1,
+            ws_ping_timeout=0.5,
         )
     )
     task = await serve_started(server)
@@ -85,6 +94,7 @@ async def test_counts_deliveries_losses_duplicates_and_inversions(deflate: bool)
     assert result["lost"] == CONNECTIONS * 2
     assert result["duplicates"] == CONNECTIONS  # 31 again
     assert result["inversions"] == CONNECTIONS  # 39 after 59
+    assert result["closes"] == {}  # every ping was answered
     latency = result["latency_ms"]
     assert isinstance(latency, dict) and latency["n"] == CONNECTIONS * 48 and 0 <= latency["p50"] < 5000
 
