@@ -3,8 +3,9 @@
 Every node reads the clean stream ``TICKSTOCK_PATTERNS`` with its own ordered consumer, so a client may
 connect to any node and resume by ``seq`` on another. Each stored event is decoded and encoded once per
 node; the subscription index (:mod:`hub.subscriptions`) finds the connections it matches; each
-connection gets the frame in its bounded outbox (:class:`Connection`), which its own task writes to the
-socket. The fan-out never awaits a client: a full outbox closes that connection with 4409 ("slow
+connection gets the frame (:mod:`hub.delivery`: written to its socket at once, or queued in its bounded
+outbox, :class:`Connection`, which its own task writes). While more events wait in the live buffer,
+they are handed on together, each socket written once for all of them. The fan-out never awaits a client: a full outbox closes that connection with 4409 ("slow
 consumer"), and the client resumes with ``since``.
 
 A recent window of the stream (``ring_size`` events) stays in memory, so most resumes replay without a
@@ -34,6 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 from hub.broker import SlowConsumers
 from hub.catalog import CatalogCache
 from hub.connection import CLOSE_TIMEOUT_S, Connection, Send, WireWrite
+from hub.delivery import COALESCE_EVENTS, deliver, event_frame
 from hub.errors import HubError, SubscriptionLimitError
 from hub.fanout_limits import FanOutLimits
 from hub.fanout_metrics import FanOutMetrics
@@ -46,7 +48,6 @@ from hub.overload import Overload
 from hub.protocol import CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW, CLOSE_UNAUTHORIZED
 from hub.subjects import UNIVERSE_CHANGED_SUBJECT
 from hub.subscriptions import Entry, Filter, Subscription, SubscriptionIndex
-from hub.wsframe import header_size, text_frame
 from store.universe_resolver import SqlResolver, UniverseResolver, UnknownUniverse
 
 __all__ = ["FanOut", "FilterError"]
@@ -91,6 +92,8 @@ class FanOut:
         self._notices: NatsSubscription | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
+        self._held: list[Entry] = []  # live events handled, to be handed on together (_on_live)
+        self._flush_soon = False  # a hand-on of the held events is scheduled
         self.overload = Overload(
             self.connections, self.metrics, after_s=self.limits.shed_after_s, lag_s=self.limits.shed_lag_s
         )
@@ -98,9 +101,9 @@ class FanOut:
             js,
             limits=self.limits,
             metrics=self.metrics,
-            head=lambda: self.head,
+            head=lambda: self._held[-1].seq if self._held else self.head,  # handled: held or handed on
             handle=self._on_live,
-            on_hole=self.overload.hole,
+            on_hole=self._hole,
             slow_consumers=slow_consumers,
         )
 
@@ -173,54 +176,50 @@ class FanOut:
     # -- the live path -----------------------------------------------------------------------------
 
     async def _on_live(self, msg: Msg, seq: int, stored_at: float) -> None:
-        """The next event of the clean stream (:class:`hub.live.LiveFeed`: in order, once)."""
-        self.overload.check(self.backlog, stored_at)
+        """The next event of the clean stream (:class:`hub.live.LiveFeed`: in order, once). While more
+        wait in the buffer, events are held (at most :data:`COALESCE_EVENTS`) and handed on together
+        before the loop turns: each socket is written once for all of them (:mod:`hub.delivery`)."""
+        backlog = self.backlog
+        self.overload.picked(backlog, stored_at)
         try:
             entry = Entry.from_json(seq, msg.data, stored_at)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("clean-stream message %d is not a stored event (%s); skipped", seq, exc)
+            self._flush()
             self.head = seq
             return
-        self.dispatch(entry)
-        # A batch of stored events arrives in a burst: let the outboxes' writers run between events,
+        self._held.append(entry)
+        if backlog and len(self._held) < COALESCE_EVENTS:
+            # The next is queued already: nats-py hands it on without the loop turning. Should it not
+            # (nothing more comes), the loop's next turn hands on what is held.
+            if not self._flush_soon:
+                self._flush_soon = True
+                asyncio.get_running_loop().call_soon(self._flush)
+            return
+        self._flush()
+        # A batch of stored events arrives in a burst: let the outboxes' writers run between batches,
         # so a healthy client's outbox holds a few frames, not the whole burst.
         await asyncio.sleep(0)
 
-    def dispatch(self, entry: Entry) -> None:
-        """Send ``entry`` to every matching subscription (never waits)."""
-        self.history.append(entry)
-        self.head = entry.seq
-        seq = entry.seq
-        frames: dict[str, str] = {}  # one frame per distinct list of subscription ids, shared by connections
-        wires: dict[str, bytes] = {}  # and its bytes on the wire, for connections that take them as they are
-        written = written_bytes = 0  # prepared frames written, and their payload bytes
-        for conn, subs in self.index.match(entry).items():
-            live = []
-            for sub in subs:
-                if seq <= sub.after:
-                    continue
-                if sub.pending is None:
-                    live.append(sub)
-                elif len(sub.pending) < self.limits.resume_max:
-                    sub.pending.append(entry)
-                else:
-                    conn.close(CLOSE_SLOW, "slow consumer: too far behind while resuming")
-            if live:
-                ids = _ids_json(live)
-                frame = frames.get(ids)
-                if frame is None:
-                    frame = frames[ids] = _event_frame(entry, ids)
-                if conn.raw:
-                    wire = wires.get(ids)
-                    if wire is None:
-                        wire = wires[ids] = text_frame(frame)
-                    if conn.write_prepared(wire):
-                        written += 1
-                        written_bytes += len(wire) - header_size(wire)
-                        continue
-                conn.offer(frame, entry.stored_at)
-        if written:
-            self.metrics.prepared_sent(written, written_bytes, entry.stored_at)
+    def _flush(self) -> None:
+        """Hand on the held events (:meth:`dispatch`), then see whether the node keeps up."""
+        self._flush_soon = False
+        held, self._held = self._held, []
+        if held:
+            self.dispatch(held)
+            # Measured once they are written: the first of them has waited longest (hub.overload).
+            self.overload.check(self.backlog, held[0].stored_at, handed=len(held))
+
+    def _hole(self, head: int) -> None:
+        self._flush()
+        self.overload.hole(head)
+
+    def dispatch(self, entries: list[Entry]) -> None:
+        """Send ``entries`` (in stream order) to every matching subscription (never waits)."""
+        for entry in entries:
+            self.history.append(entry)
+        self.head = entries[-1].seq
+        deliver(entries, self.index, self.metrics, resume_max=self.limits.resume_max)
 
     # -- subscriptions ---------------------------------------------------------------------------
 
@@ -252,7 +251,7 @@ class FanOut:
             # the seam: what arrived live while the past was sent, then live again
             while sub.pending and conn.close_code is None:
                 entry = sub.pending.popleft()
-                if await conn.offer_paced(_event_frame(entry, sub.ids_json), entry.stored_at):
+                if await conn.offer_paced(event_frame(entry, sub.ids_json), entry.stored_at):
                     replayed += 1
             sub.pending = None
         self.metrics.replayed.inc(replayed)
@@ -345,7 +344,7 @@ class FanOut:
             if conn.close_code is not None or conn.subs.get(sub.id) is not sub:
                 break
             if sub.matches(entry) and await conn.offer_paced(
-                _event_frame(entry, sub.ids_json), entry.stored_at
+                event_frame(entry, sub.ids_json), entry.stored_at
             ):
                 replayed += 1
         return replayed, replay.recovered
@@ -381,11 +380,3 @@ class FanOut:
                     # only answers pings stays connected however busily events stream to it.
                     conn.send_json({"op": "ping", "ts": int(wall * 1000)})
                     conn.last_pinged = now
-
-
-def _ids_json(subs: list[Subscription]) -> str:
-    return subs[0].ids_json if len(subs) == 1 else json.dumps([s.id for s in subs])
-
-
-def _event_frame(entry: Entry, ids_json: str) -> str:
-    return f'{{"op":"event","seq":{entry.seq},"subs":{ids_json},"event":{entry.text}}}'

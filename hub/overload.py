@@ -6,10 +6,12 @@ things say the node carries more connections than it can write to:
 
 - the buffer never empties over a window of ``TICKSTOCK_WS_SHED_AFTER_S`` and does not shrink over it
   (a burst drains; an overload does not);
-- the events it hands on have waited since they were stored for longer than ``TICKSTOCK_WS_SHED_LAG_S``
-  at the end of such a window (with events all along it), and the wait is not shrinking fast enough to
-  be back under that bound within :data:`RECOVERY_WINDOWS` windows (so a node that kept up only by
-  falling a few seconds behind does not stay there);
+- the events it hands on had waited since they were stored, when they were written, for longer than
+  ``TICKSTOCK_WS_SHED_LAG_S`` all along such a window (the smallest wait over it is over the bound), and
+  the wait is not shrinking fast enough to be back under that bound within :data:`RECOVERY_WINDOWS`
+  windows (so a node that kept up only by falling a few seconds behind does not stay there; shrinking is
+  measured from one window's smallest wait to the next one's, as events handed on in batches wait a
+  batch's time more or less);
 - many outboxes wait: at least :data:`MIN_LATE_OUTBOXES` connections, and a tenth of those with
   subscriptions, hold a frame older than ``TICKSTOCK_WS_SHED_LAG_S``, at each housekeeping check over
   such a window (one slow client is not the node's fault: it has ``TICKSTOCK_WS_QUEUE_AGE_S``).
@@ -18,8 +20,11 @@ Either way :class:`Shedder` picks a step of connections, slowest first, for the 
 4409; they resume by ``seq`` (on this node or another) and the rest keep their latency. A step is sized
 by the shortfall it measured, so that one step is enough: when the wait grew by ``g`` seconds a second
 over the window, the node handed events on at ``1 - g`` of the rate they came in; when it handed on
-``h`` events while its buffer grew by ``d``, at ``h / (h + d)``. It keeps :data:`HEADROOM` of the smaller
-share of its connections (the rest of its capacity drains the wait already accumulated). A step is at
+``h`` events while its buffer grew by ``d``, at ``h / (h + d)``; and when the wait stays at ``w`` over
+the bound ``b`` without growing, the node keeps up only by handing events on in batches that take ``w``
+to write, a time that scales with its connections: ``b / w`` of them would keep within the bound. It
+keeps :data:`HEADROOM` of the smallest share of its connections (the rest of its capacity drains the
+wait already accumulated). A step is at
 least :data:`SHED_FRACTION` (all it is when many outboxes are late: they say who is slow, not by how much
 the node is) and at most :data:`MAX_SHED_FRACTION` of the connections with subscriptions, and at least
 one. The window after a step is not measured (closing a step's sockets
@@ -27,8 +32,10 @@ takes the loop's time, and what waited meanwhile drains: both would read as a sh
 window that stays behind takes another step.
 
 The wait is the node's clock minus the stream's store time. A clock that differs from the NATS
-server's would read as a constant extra wait, so the smallest wait seen while the buffer was empty (an
-event handed on as it came) is taken as the clocks' offset and subtracted.
+server's would read as a constant extra wait, so the smallest wait of an event picked up from an empty
+buffer (one that came as the node was ready for it) is taken as the clocks' offset and subtracted. It
+is taken when the event is picked up, not when it is written: by then even the first of a batch has
+waited the batch's time.
 """
 
 from __future__ import annotations
@@ -77,51 +84,71 @@ class Shedder:
         self._since_backlog = 0
         self._handed = 0  # events handed on since the window began
         self._since_lag = 0.0
+        self._floor = math.inf  # the smallest wait over the current window
+        self._last_floor: float | None = None  # ... and over the window before it, while behind
         self._last = -math.inf  # when due() was last asked
         self._cool_until = -math.inf  # no new window before this (after a step)
         self._crowded_since: float | None = None  # the start of the current window of late outboxes
         self.offset = math.inf  # the smallest wait seen with an empty buffer: the clocks' offset
 
     def lag(self, waited: float, backlog: int) -> float:
-        """``waited`` (this node's clock minus the event's store time) less the clocks' offset."""
+        """``waited`` (this node's clock minus the store time of an event it picks up from its buffer,
+        ``backlog`` more behind it) less the clocks' offset, which an event picked up from an empty
+        buffer (handed on as it came) teaches."""
         if backlog == 0 and waited < self.offset:
             self.offset = waited
+        return self.behind(waited)
+
+    def behind(self, waited: float) -> float:
+        """``waited`` less the clocks' offset (learnt by :meth:`lag`)."""
         return waited - self.offset if self.offset != math.inf else waited
 
-    def due(self, backlog: int, now: float, waited: float = 0.0) -> float:
-        """The share of the connections with subscriptions to close now (0.0: none). ``backlog`` is the
-        live subscription's pending messages and ``waited`` how long the event about to be handed on
-        has waited since it was stored, both seen before each live message is fanned out; ``now`` is
-        monotonic seconds. A step at most once per ``after_s`` window that is behind all along, sized by
+    def due(self, backlog: int, now: float, waited: float = 0.0, *, handed: int = 1) -> float:
+        """The share of the connections with subscriptions to close now (0.0: none), asked each time the
+        fan-out has handed on ``handed`` live events: ``backlog`` is the live subscription's pending
+        messages and ``waited`` how long the first of those events had waited since it was stored when
+        it was written; ``now`` is monotonic seconds. A step at most once per ``after_s`` window that is behind all along, sized by
         the shortfall measured over it (see the module's docstring)."""
-        lag = self.lag(waited, backlog)
+        lag = self.behind(waited)
         late = lag > self._lag_s
         quiet = now - self._last > self._after_s  # no event for a window: not a window behind all along
         self._last = now
         if (backlog == 0 and not late) or now < self._cool_until:
-            self._since = None
+            self._since = self._last_floor = None
             return 0.0
         if self._since is None or quiet:
             self._since, self._since_backlog, self._since_lag, self._handed = now, backlog, lag, 0
+            self._floor, self._last_floor = math.inf, None
             return 0.0
-        self._handed += 1
+        self._handed += handed
+        self._floor = floor = min(self._floor, lag)
         elapsed = now - self._since
         if elapsed < self._after_s:
             return 0.0
         growing = backlog > 0 and backlog >= self._since_backlog
-        shrinking = (self._since_lag - lag) / elapsed  # seconds of wait recovered per second
-        stuck = late and (lag - self._lag_s) > shrinking * self._after_s * RECOVERY_WINDOWS
+        # Seconds of wait recovered per second, floor to floor: events handed on in batches wait a
+        # batch's time more or less, so one reading at each end of a window says little.
+        before = self._since_lag if self._last_floor is None else self._last_floor
+        shrinking = (before - floor) / elapsed
+        stuck = floor > self._lag_s and (floor - self._lag_s) > shrinking * self._after_s * RECOVERY_WINDOWS
         # Events handed on over the window, against those that came: handed on, and the buffer's growth.
         handed, came = self._handed, self._handed + max(0, backlog - self._since_backlog)
         self._since, self._since_backlog, self._since_lag, self._handed = now, backlog, lag, 0
+        self._floor, self._last_floor = math.inf, floor
         if not (growing or stuck):
             return 0.0
         # The next window starts after one more has passed: closing a step's sockets takes the loop's
         # time too, and what waited meanwhile drains; measured at once, both would read as a shortfall.
-        self._since, self._cool_until = None, now + self._after_s
-        # The wait grew by -shrinking s/s: events were handed on at 1 + shrinking of their rate; or, by
-        # count, at handed / came. The smaller says more: a buffer can grow before the wait does.
-        return self.step(kept_up=min(1.0 + min(0.0, shrinking), handed / came))
+        self._since, self._last_floor, self._cool_until = None, None, now + self._after_s
+        # The wait grew by -shrinking s/s: events were handed on at 1 + shrinking of their rate; by
+        # count, at handed / came. A wait that stays over the bound without growing says the node keeps
+        # up by handing events on in batches that take that long to write, and a batch's time scales
+        # with the connections: bound / wait of them would be within the bound. The smallest says most
+        # (a buffer can grow before the wait does).
+        kept_up = min(1.0 + min(0.0, shrinking), handed / came)
+        if stuck and shrinking >= 0.0:
+            kept_up = min(kept_up, self._lag_s / floor)
+        return self.step(kept_up=kept_up)
 
     def crowded(self, late: int, subscribed: int, now: float) -> float:
         """The share of the connections with subscriptions to close now (0.0: none), ``late`` of the
@@ -176,14 +203,20 @@ class Overload:
         self.lag_s = lag_s
         self.shedder = Shedder(after_s=after_s, lag_s=lag_s)
 
-    def check(self, backlog: int, stored_at: float = 0.0) -> None:
-        """Before each live event (stored at ``stored_at``, wall seconds): shed a step when
-        :meth:`Shedder.due` says so."""
+    def picked(self, backlog: int, stored_at: float) -> None:
+        """The fan-out picked up an event stored at ``stored_at`` (wall seconds) from its live buffer,
+        ``backlog`` more behind it: one picked up from an empty buffer teaches the clocks' offset."""
+        if stored_at:
+            self.shedder.lag(time.time() - stored_at, backlog)
+
+    def check(self, backlog: int, stored_at: float = 0.0, *, handed: int = 1) -> None:
+        """After the fan-out handed on ``handed`` live events, the first of them stored at ``stored_at``
+        (wall seconds), with ``backlog`` more waiting: shed a step when :meth:`Shedder.due` says so."""
         now = time.monotonic()
         waited = time.time() - stored_at if stored_at else 0.0
-        share = self.shedder.due(backlog, now, waited)
+        share = self.shedder.due(backlog, now, waited, handed=handed)
         if share:
-            lag = self.shedder.lag(waited, backlog)
+            lag = self.shedder.behind(waited)
             self._shed(now, share, f"{backlog} events pending, the next waited {lag:.2f} s")
 
     def outboxes(self, now: float) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from api.auth import mint_token
 from api.settings import Settings
 from hub.connection import Connection
+from hub.delivery import COALESCE_EVENTS
 from hub.fanout_limits import FanOutLimits
 from hub.fanout_metrics import FanOutMetrics
 from hub.jetstream import PATTERNS_STREAM
@@ -64,7 +66,8 @@ def tuned(settings: Settings, **changes: Any) -> Settings:
 @pytest_asyncio.fixture(loop_scope="session")
 async def shedding_hub(settings: Settings) -> AsyncIterator[LiveHub]:
     await delete_all_streams(settings.nats_url or "")
-    async with LiveHub(tuned(settings, ws_shed_after_s=0.2)) as live:
+    # Windows longer than the busy loop's slices (see busy_loop): a slice is not a quiet window.
+    async with LiveHub(tuned(settings, ws_shed_after_s=1.0)) as live:
         yield live
 
 
@@ -77,9 +80,10 @@ async def tiny_buffer_hub(settings: Settings) -> AsyncIterator[LiveHub]:
 
 
 @contextlib.asynccontextmanager
-async def busy_loop(slice_s: float = 0.02) -> AsyncIterator[None]:
+async def busy_loop(slice_s: float = 0.02 * COALESCE_EVENTS) -> AsyncIterator[None]:
     """Keep the event loop (the hub's too: it runs in this process) busy for ``slice_s`` between any
-    two callbacks, so the fan-out reads NATS faster than it can fan out: a real backlog."""
+    two callbacks, so the fan-out reads NATS faster than it can fan out: a real backlog. (It hands on
+    at most :data:`COALESCE_EVENTS` events a turn of the loop: by default 50 a second.)"""
     running = True
 
     async def hog() -> None:
@@ -303,7 +307,7 @@ async def test_sheds_only_when_the_backlog_stays_and_does_not_drain() -> None:
 
 async def test_sheds_when_events_stay_late_and_lets_a_recovering_node_be() -> None:
     shedder = Shedder(after_s=1.0, lag_s=0.2)
-    assert not shedder.due(0, 0.0, waited=5.01)  # handed on as it came: the clocks differ by 5.01 s
+    assert shedder.lag(5.01, backlog=0) == 0.0  # picked up as it came: the clocks differ by 5.01 s
     assert shedder.offset == pytest.approx(5.01)
     assert not shedder.due(0, 0.25, waited=5.51)  # 0.5 s late, the buffer empty: a window starts
     assert not shedder.due(0, 0.75, waited=5.55)
@@ -322,21 +326,37 @@ async def test_sheds_when_events_stay_late_and_lets_a_recovering_node_be() -> No
 
 async def test_a_step_is_sized_by_the_shortfall_it_measured() -> None:
     shedder = Shedder(after_s=1.0, lag_s=0.2)
-    assert not shedder.due(0, 0.0, waited=0.0)  # on time: the clocks agree
+    assert shedder.lag(0.0, backlog=0) == 0.0  # picked up as it came: the clocks agree
+    assert not shedder.due(0, 0.0, waited=0.0)  # on time
     assert not shedder.due(5, 0.5, waited=0.3)  # late: a window starts
     # Over the window the wait grew by 0.3 s a second: events went out at 0.7 of the rate they came in.
     # The step keeps HEADROOM of that share of the connections, so what waited drains too.
     assert shedder.due(5, 1.5, waited=0.6) == pytest.approx(1 - HEADROOM * 0.7)
-    assert not shedder.due(5, 2.6, waited=0.6)  # (a window after the step's own)
-    # By count, with the wait steady: 4 events handed on while the buffer grew by 1, 4 of the 5 that came.
+    assert not shedder.due(5, 2.6, waited=0.1)  # (a window after the step's own)
+    # By count, the wait under the bound: 4 events handed on while the buffer grew by 1, 4 of the 5.
     for t in (2.8, 3.0, 3.2):
-        assert not shedder.due(5, t, waited=0.6)
-    assert shedder.due(6, 3.6, waited=0.6) == pytest.approx(1 - HEADROOM * 0.8)
-    assert not shedder.due(6, 4.7, waited=0.6)
-    assert shedder.due(6, 5.7, waited=0.6) == SHED_FRACTION  # behind, no shortfall measured: the least step
-    assert not shedder.due(8, 6.8, waited=9.0)
-    assert shedder.due(9, 7.8, waited=20.0) == MAX_SHED_FRACTION  # stalled: a measurement can be wrong
+        assert not shedder.due(5, t, waited=0.1)
+    assert shedder.due(6, 3.6, waited=0.1) == pytest.approx(1 - HEADROOM * 0.8)
+    assert not shedder.due(6, 4.7, waited=0.1)
+    assert shedder.due(6, 5.7, waited=0.1) == SHED_FRACTION  # behind, no shortfall measured: the least step
+    # The buffer empty and the wait steady at 0.25 s, over the 0.2 s bound: batches that take that long
+    # to write; 0.2 / 0.25 of the connections would be within the bound.
+    assert not shedder.due(0, 6.8, waited=0.25)
+    assert shedder.due(0, 7.8, waited=0.25) == pytest.approx(1 - HEADROOM * 0.8)
+    assert not shedder.due(0, 8.9, waited=0.5)
+    assert shedder.due(0, 9.9, waited=0.5) == MAX_SHED_FRACTION  # 0.2 / 0.5: more than a step may close
+    assert not shedder.due(8, 11.0, waited=9.0)
+    assert shedder.due(9, 12.0, waited=20.0) == MAX_SHED_FRACTION  # stalled: a measurement can be wrong
     assert shedder.step(kept_up=1.0) == SHED_FRACTION and shedder.step(kept_up=0.99) == pytest.approx(0.208)
+
+
+async def test_only_an_event_picked_up_as_it_came_teaches_the_clocks_offset() -> None:
+    shedder = Shedder(after_s=1.0, lag_s=0.2)
+    # Written in batches, each event had waited 0.3 s when it was written, and the buffer is empty
+    # after each batch: that is the node's wait, not a difference between the clocks.
+    assert not shedder.due(0, 0.0, waited=0.3)
+    assert shedder.due(0, 1.0, waited=0.3)
+    assert shedder.offset == math.inf
 
 
 async def test_without_a_fresh_event_the_wait_is_taken_as_the_clocks_say() -> None:
