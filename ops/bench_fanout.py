@@ -14,6 +14,9 @@ the acceptance figures with "met"/"missed" where the run has the item's shape):
     .venv/bin/python ops/bench_fanout.py --servers hub,starlette,node --connections 5000 --seconds 20 --hub-filters all
     # (3) 10,000 connections × 20 msg/s, past what the box carries: RSS max, sheds (4409), p99 of the kept
     .venv/bin/python ops/bench_fanout.py --servers hub --connections 10000 --seconds 20 --hub-filters all
+    #     (the same with the hub's wait bound at 50 ms: it keeps fewer, at a lower latency)
+    .venv/bin/python ops/bench_fanout.py --servers hub --connections 10000 --seconds 20 --hub-filters all \
+        --hub-env TICKSTOCK_WS_SHED_LAG_S=0.05
     # (4) 10,000 idle connections: RSS (and PSS) per connection, hub beside the bare loop and Node
     .venv/bin/python ops/bench_fanout.py --servers hub,starlette,node --memory 10000 --connections ''
 
@@ -535,9 +538,11 @@ def _collect(server: Server) -> None:
 
 
 @contextmanager
-def open_server(name: str, redis: Any = None, *, hub_workers: int | None = None) -> Iterator[Server]:
+def open_server(
+    name: str, redis: Any = None, *, hub_workers: int | None = None, hub_env: dict[str, str] | None = None
+) -> Iterator[Server]:
     if name in HUBS:
-        with hub_server(name=name, workers=hub_workers) as server:
+        with hub_server(name=name, workers=hub_workers, extra_env=hub_env) as server:
             yield server
     elif name == "starlette":
         with starlette_server() as server:
@@ -576,8 +581,10 @@ def run_all(
     flask_max: int = FLASK_MAX_CONNECTIONS,
     clients: tuple[str, ...] = ("plain",),
     hub_workers: int | None = None,
+    hub_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``hub_workers``: the hubs' ``TICKSTOCK_WORKERS`` (default: the hub's own, one per core)."""
+    """``hub_workers``: the hubs' ``TICKSTOCK_WORKERS`` (default: the hub's own, one per core);
+    ``hub_env``: more of the hubs' settings (``TICKSTOCK_*`` variables)."""
     raise_fd_limit()
     fanout: list[dict[str, Any]] = []
     memory_results: list[dict[str, Any]] = []
@@ -587,7 +594,9 @@ def run_all(
         try:
             with ExitStack() as exits:
                 redis = exits.enter_context(flask_redis()) if name == "flask" else None
-                server = exits.enter_context(open_server(name, redis, hub_workers=hub_workers))
+                server = exits.enter_context(
+                    open_server(name, redis, hub_workers=hub_workers, hub_env=hub_env)
+                )
                 # Memory first, on the fresh server: a fan-out run leaves garbage that a collector may
                 # return during the measurement (Node's did: a negative delta).
                 if memory and name not in DEFLATE_ONLY:
@@ -739,6 +748,8 @@ def report(result: dict[str, Any]) -> list[str]:
     checks = acceptance_lines(result["fanout"], result["memory"])
     if checks:
         lines += ["", "== issue #14 acceptance figures", *checks]
+    if result.get("hub_env"):
+        lines.append("  hub settings: " + " ".join(f"{k}={v}" for k, v in sorted(result["hub_env"].items())))
     lines += [f"  {name}: FAILED: {err.splitlines()[0][:300]}" for name, err in result["errors"].items()]
     return lines
 
@@ -782,7 +793,18 @@ def main() -> int:
         help="comma-separated client kinds: plain, deflate (offer permessage-deflate as a browser does)",
     )
     add_hub_workers(parser)
+    parser.add_argument(
+        "--hub-env",
+        action="append",
+        default=[],
+        metavar="TICKSTOCK_NAME=VALUE",
+        help="a setting for the hubs (repeatable), e.g. TICKSTOCK_WS_SHED_LAG_S=0.05; the hubs get no "
+        "other TICKSTOCK_ variable from this shell",
+    )
     args = parser.parse_args()
+    hub_env = dict(item.split("=", 1) for item in args.hub_env if "=" in item)
+    if len(hub_env) != len(args.hub_env) or any(not k.startswith("TICKSTOCK_") for k in hub_env):
+        parser.error("--hub-env: TICKSTOCK_NAME=VALUE")
     # SIGTERM unwinds like Ctrl-C, so every server started so far is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     servers = [s for s in args.servers.split(",") if s]
@@ -798,7 +820,9 @@ def main() -> int:
         flask_max=args.flask_max_connections,
         clients=parse_clients(args.clients, parser),
         hub_workers=args.hub_workers,
+        hub_env=hub_env,
     )
+    result["hub_env"] = hub_env
     print("\n" + "\n".join(report(result)))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench_fanout-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
