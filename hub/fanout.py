@@ -5,8 +5,9 @@ connect to any node and resume by ``seq`` on another. Each stored event is decod
 node; the subscription index (:mod:`hub.subscriptions`) finds the connections it matches; each
 connection gets the frame (:mod:`hub.delivery`: written to its socket at once, or queued in its bounded
 outbox, :class:`Connection`, which its own task writes). While more events wait in the live buffer,
-they are handed on together, each socket written once for all of them. The fan-out never awaits a client: a full outbox closes that connection with 4409 ("slow
-consumer"), and the client resumes with ``since``.
+they are handed on together, each socket written once for all of them. The fan-out never awaits a
+client: a full outbox closes that connection with 4409 ("slow consumer"), and the client resumes with
+``since``.
 
 A recent window of the stream (``ring_size`` events) stays in memory, so most resumes replay without a
 round trip; older ones replay from JetStream. A subscription that resumes collects live events in its

@@ -24,12 +24,11 @@ over the window, the node handed events on at ``1 - g`` of the rate they came in
 the bound ``b`` without growing, the node keeps up only by handing events on in batches that take ``w``
 to write, a time that scales with its connections: ``b / w`` of them would keep within the bound. It
 keeps :data:`HEADROOM` of the smallest share of its connections (the rest of its capacity drains the
-wait already accumulated). A step is at
-least :data:`SHED_FRACTION` (all it is when many outboxes are late: they say who is slow, not by how much
-the node is) and at most :data:`MAX_SHED_FRACTION` of the connections with subscriptions, and at least
-one. The window after a step is not measured (closing a step's sockets
-takes the loop's time, and what waited meanwhile drains: both would read as a shortfall); each later
-window that stays behind takes another step.
+wait already accumulated). A step is at least :data:`SHED_FRACTION` (all it is when many outboxes are
+late: they say who is slow, not by how much the node is) and at most :data:`MAX_SHED_FRACTION` of the
+connections with subscriptions, and at least one. The window after a step is not measured (closing a
+step's sockets takes the loop's time, and what waited meanwhile drains: both would read as a
+shortfall); each later window that stays behind takes another step.
 
 The wait is the node's clock minus the stream's store time. A clock that differs from the NATS
 server's would read as a constant extra wait, so the smallest wait of an event picked up from an empty
@@ -107,8 +106,8 @@ class Shedder:
         """The share of the connections with subscriptions to close now (0.0: none), asked each time the
         fan-out has handed on ``handed`` live events: ``backlog`` is the live subscription's pending
         messages and ``waited`` how long the first of those events had waited since it was stored when
-        it was written; ``now`` is monotonic seconds. A step at most once per ``after_s`` window that is behind all along, sized by
-        the shortfall measured over it (see the module's docstring)."""
+        it was written; ``now`` is monotonic seconds. A step at most once per ``after_s`` window that is
+        behind all along, sized by the shortfall measured over it (see the module's docstring)."""
         lag = self.behind(waited)
         late = lag > self._lag_s
         quiet = now - self._last > self._after_s  # no event for a window: not a window behind all along
@@ -217,7 +216,9 @@ class Overload:
         share = self.shedder.due(backlog, now, waited, handed=handed)
         if share:
             lag = self.shedder.behind(waited)
-            self._shed(now, share, f"{backlog} events pending, the next waited {lag:.2f} s")
+            self._shed(
+                now, share, f"{backlog} events pending, the oldest just written had waited {lag:.2f} s"
+            )
 
     def outboxes(self, now: float) -> None:
         """From the housekeeping: shed a step when :meth:`Shedder.crowded` says so."""
