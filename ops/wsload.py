@@ -536,7 +536,7 @@ class LoadResult:
     latency_ms_kept: dict[str, float] = field(default_factory=dict)
     # The kept connections' p99 (ms) over each tenth of the measured messages, in publish order:
     # where in the run a kept p99 comes from (a start that sheds too slowly, or a spike later).
-    p99_ms_kept_by_tenth: list[float] = field(default_factory=list)
+    p99_ms_kept_by_tenth: list[float | None] = field(default_factory=list)
 
     @property
     def lost(self) -> int:
@@ -578,15 +578,16 @@ class LoadResult:
         }
 
 
-def by_tenth(latencies: Any, indices: Any, count: int) -> list[float]:
-    """p99 (ms) of ``latencies`` over each tenth of the ``count`` measured messages, by their ``indices``."""
+def by_tenth(latencies: Any, indices: Any, count: int) -> list[float | None]:
+    """p99 (ms) of ``latencies`` over each tenth of the ``count`` measured messages, by their ``indices``
+    (None for a tenth with none)."""
     import numpy as np
 
     if count <= 0 or len(latencies) == 0:
         return []
     tenth = np.minimum(np.asarray(indices) * 10 // count, 9)
     return [
-        round(float(np.percentile(latencies[tenth == k], 99)), 1) if np.any(tenth == k) else 0.0
+        round(float(np.percentile(latencies[tenth == k], 99)), 1) if np.any(tenth == k) else None
         for k in range(10)
     ]
 
