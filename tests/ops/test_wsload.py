@@ -97,11 +97,11 @@ async def test_counts_deliveries_losses_duplicates_and_inversions(deflate: bool)
     assert result["closes"] == {}  # every ping was answered
     latency = result["latency_ms"]
     assert isinstance(latency, dict) and latency["n"] == CONNECTIONS * 48 and 0 <= latency["p50"] < 5000
-    # Every tenth of the measured messages had deliveries; the server paused 1 s after half of what it
-    # sends (the first measured half is 10..29 before the pause, so the tenths after it waited longer).
+    # Every tenth of the measured messages had deliveries, and no tenth's p99 is above the largest
+    # latency (the p99s are rounded to 0.1 ms, the maximum to 0.01 ms).
     tenths = result["p99_ms_kept_by_tenth"]
     assert isinstance(tenths, list) and len(tenths) == 10 and all(t is not None and t >= 0 for t in tenths)
-    assert max(tenths) <= latency["max"]
+    assert max(tenths) <= latency["max"] + 0.06  # 0.05 + 0.005 of rounding at most
 
 
 def test_expected_counts_match_the_filters_share() -> None:
