@@ -123,7 +123,7 @@ from harness import (  # noqa: E402
     embedded_stack,
     start_hub,
 )
-from wsload import KINDS, Conn, Load, raise_fd_limit  # noqa: E402
+from wsload import ENGINES, KINDS, Conn, Load, raise_fd_limit  # noqa: E402
 
 from api.auth import mint_token  # noqa: E402
 from hub.subjects import ingest_subject  # noqa: E402
@@ -359,6 +359,7 @@ def fanout_run(
     filters: str = "mixed",
     processes: int | None = None,
     clients: str = "plain",
+    engine: str = "python",
 ) -> dict[str, Any]:
     """One fan-out measurement (see the module docstring); ``clients`` "deflate" offer permessage-deflate."""
     publish_rate = rate / _mean_share(MIXED) if server.name in HUBS and filters == "mixed" else rate
@@ -377,7 +378,7 @@ def fanout_run(
     sampler = RssSampler(server.pid)
     sampler.start()
     try:
-        with Load(server.mode, conns, first=first, count=count, processes=processes) as load:
+        with Load(server.mode, conns, first=first, count=count, processes=processes, engine=engine) as load:
             started = time.monotonic()
             status = load.wait_ready(timeout_s=max(120.0, connections / 20))
             connect_s = time.monotonic() - started
@@ -454,20 +455,25 @@ def _children_cpu() -> float:
 
 
 def memory_run(
-    server: Server, connections: int, *, processes: int | None = None, warmup_connections: int = 100
+    server: Server,
+    connections: int,
+    *,
+    processes: int | None = None,
+    warmup_connections: int = 100,
+    engine: str = "python",
 ) -> dict[str, Any]:
     """RSS per idle connection with ``connections`` open (the hub's subscribed). A first round of
     ``warmup_connections`` comes and goes before the baseline, so lazy imports and first-use caches
     are not charged to the connections."""
     print(f"  {server.name}: {connections:,} idle connections (memory) ...", flush=True)
-    with Load(server.mode, conns_for(server, warmup_connections), processes=processes) as load:
+    with Load(server.mode, conns_for(server, warmup_connections), processes=processes, engine=engine) as load:
         load.wait_ready(timeout_s=60)
         load.stop()
     conns = conns_for(server, connections)
     time.sleep(2.0)
     _collect(server)
     before = proc_memory(server.pid)
-    with Load(server.mode, conns, first=0, count=0, processes=processes) as load:
+    with Load(server.mode, conns, first=0, count=0, processes=processes, engine=engine) as load:
         started = time.monotonic()
         status = load.wait_ready(timeout_s=max(180.0, connections / 20))
         connect_s = time.monotonic() - started
@@ -582,9 +588,11 @@ def run_all(
     clients: tuple[str, ...] = ("plain",),
     hub_workers: int | None = None,
     hub_env: dict[str, str] | None = None,
+    engine: str = "python",
 ) -> dict[str, Any]:
     """``hub_workers``: the hubs' ``TICKSTOCK_WORKERS`` (default: the hub's own, one per core);
-    ``hub_env``: more of the hubs' settings (``TICKSTOCK_*`` variables)."""
+    ``hub_env``: more of the hubs' settings (``TICKSTOCK_*`` variables); ``engine``: the load
+    client's (ops/wsload.py: "python", or "c" for one that takes less of the machine's CPU)."""
     raise_fd_limit()
     fanout: list[dict[str, Any]] = []
     memory_results: list[dict[str, Any]] = []
@@ -601,7 +609,7 @@ def run_all(
                 # return during the measurement (Node's did: a negative delta).
                 if memory and name not in DEFLATE_ONLY:
                     idle = min(memory, FLASK_MAX_IDLE) if name == "flask" else memory
-                    memory_results.append(memory_run(server, idle, processes=processes))
+                    memory_results.append(memory_run(server, idle, processes=processes, engine=engine))
                     m = memory_results[-1]
                     print(
                         f"    {m['ready']:,} ready: RSS {m['rss_before_mb']} → {m['rss_after_mb']} MB, "
@@ -624,7 +632,14 @@ def run_all(
                     # ones (one trial: p50 762 ms and 17.6 µs/msg, then 15 ms and 28.0 µs/msg with the
                     # same clients): a short run, not counted, so that client kinds compare alike.
                     print("  (warm-up run, not counted)", flush=True)
-                    fanout_run(server, min(connections[0], 200), rate=rate, seconds=3.0, filters=filters)
+                    fanout_run(
+                        server,
+                        min(connections[0], 200),
+                        rate=rate,
+                        seconds=3.0,
+                        filters=filters,
+                        engine=engine,
+                    )
                 for n in connections:
                     if name == "flask" and n > flask_max:
                         skipped.append(
@@ -647,6 +662,7 @@ def run_all(
                                 filters=filters,
                                 processes=processes,
                                 clients=kind,
+                                engine=engine,
                             )
                         )
                         print(fanout_line(fanout[-1]), flush=True)
@@ -750,6 +766,8 @@ def report(result: dict[str, Any]) -> list[str]:
         lines += ["", "== issue #14 acceptance figures", *checks]
     if result.get("hub_env"):
         lines.append("  hub settings: " + " ".join(f"{k}={v}" for k, v in sorted(result["hub_env"].items())))
+    if result.get("engine", "python") != "python":
+        lines.append(f"  load client: the {result['engine']} engine of ops/wsload.py")
     lines += [f"  {name}: FAILED: {err.splitlines()[0][:300]}" for name, err in result["errors"].items()]
     return lines
 
@@ -794,6 +812,13 @@ def main() -> int:
     )
     add_hub_workers(parser)
     parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="python",
+        help="the load client's engine: python, or c (ops/wsload.c: a fraction of the CPU per message, "
+        "so more of the machine is left to the server measured; it cannot read a compressed session)",
+    )
+    parser.add_argument(
         "--hub-env",
         action="append",
         default=[],
@@ -821,8 +846,10 @@ def main() -> int:
         clients=parse_clients(args.clients, parser),
         hub_workers=args.hub_workers,
         hub_env=hub_env,
+        engine=args.engine,
     )
     result["hub_env"] = hub_env
+    result["engine"] = args.engine
     print("\n" + "\n".join(report(result)))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench_fanout-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"

@@ -10,6 +10,12 @@ task, queue or future per message. A text frame is never JSON-decoded when it is
 two regular expressions pull out ``bench_i`` (the message index) and ``bench_t0`` (epoch seconds at
 publish), which every server under test puts into each message (the hub: in the event's ``data``).
 
+Engines (``Load(engine=...)``, ``--engine``): ``python`` is the above; ``c`` runs ``ops/wsload.c``
+instead, one epoll loop per process built with the machine's C compiler (``ops/wsload_c.py``), which
+answers the driver exactly as a Python worker does. It does the same per mode and per frame, for a
+fraction of the CPU, so a run leaves more of the machine to the server it measures; it cannot read a
+compressed session (a server that takes the deflate offer fails its connections, saying so).
+
 Modes:
 
 - ``plain``: a websocket that just receives (the bare Starlette loop);
@@ -69,6 +75,7 @@ from websockets.uri import parse_uri
 __all__ = ["KINDS", "Conn", "Load", "LoadResult", "expected_counts", "raise_fd_limit"]
 
 MODES = ("plain", "hub", "socketio", "hubsio")
+ENGINES = ("python", "c")  # who reads the frames: see the module docstring
 RE_I = re.compile(rb'"bench_i":\s*(\d+)')
 RE_T0 = re.compile(rb'"bench_t0":\s*([0-9.]+)')
 RE_OP = re.compile(rb'"op":\s*"(\w+)"')
@@ -630,9 +637,13 @@ class Load:
         processes: int | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         start_method: str = "fork",
+        engine: str = "python",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}")
+        self.engine = engine
         self.mode = mode
         self.conns = conns
         self.first = first
@@ -646,6 +657,22 @@ class Load:
 
     def __enter__(self) -> Load:
         raise_fd_limit()
+        if self.engine == "c":
+            from wsload_c import CWorker
+
+            expected = {kind: expected_counts(kind, self.first, self.count) for kind in KINDS}
+            for n in range(self.processes):
+                worker = CWorker(
+                    self.mode,
+                    self.conns[n :: self.processes],
+                    first=self.first,
+                    count=self.count,
+                    concurrency=self.concurrency,
+                    expected=expected,
+                )
+                self._procs.append(worker)
+                self._pipes.append(worker)  # type: ignore[arg-type]
+            return self
         ctx = mp.get_context(self.start_method)
         for n in range(self.processes):
             parent, child = ctx.Pipe()
@@ -676,6 +703,8 @@ class Load:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+            if hasattr(proc, "close") and self.engine == "c":
+                proc.close()
 
     def status(self) -> dict[str, int]:
         total: Counter[str] = Counter()
@@ -797,10 +826,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to receive once connected")
     parser.add_argument("--processes", type=int, default=None)
     parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate as a browser does")
+    parser.add_argument("--engine", choices=ENGINES, default="python", help="who reads the frames")
     args = parser.parse_args()
     conns = [Conn(args.url, deflate=args.deflate)] * args.connections
     # Indices 0..99,999 are counted (one bit-byte each per connection).
-    with Load(args.mode, conns, first=0, count=100_000, processes=args.processes) as load:
+    with Load(args.mode, conns, first=0, count=100_000, processes=args.processes, engine=args.engine) as load:
         status = load.wait_ready()
         print(f"ready {status.get('ready', 0)}, failed {status.get('failed', 0)}; receiving {args.seconds} s")
         time.sleep(args.seconds)

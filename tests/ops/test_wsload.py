@@ -52,16 +52,10 @@ async def feed(websocket: WebSocket) -> None:
         pass
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("deflate", [False, True])
-async def test_counts_deliveries_losses_duplicates_and_inversions(deflate: bool) -> None:
-    """The same counts whether the clients offer permessage-deflate (as a browser does: this uvicorn
-    accepts it, so every connection negotiates it: websockets reads the frames) or not (the client
-    reads them itself)."""
-    port = free_port()
-    server = uvicorn.Server(
+def ping_server(app: Starlette, port: int) -> uvicorn.Server:
+    return uvicorn.Server(
         uvicorn.Config(
-            Starlette(routes=[WebSocketRoute("/ws", feed)]),
+            app,
             host="127.0.0.1",
             port=port,
             log_level="warning",
@@ -72,11 +66,23 @@ async def test_counts_deliveries_losses_duplicates_and_inversions(deflate: bool)
             ws_ping_timeout=0.5,
         )
     )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("deflate", "engine"), [(False, "python"), (True, "python"), (False, "c")])
+async def test_counts_deliveries_losses_duplicates_and_inversions(deflate: bool, engine: str) -> None:
+    """The same counts whether the clients offer permessage-deflate (as a browser does: this uvicorn
+    accepts it, so every connection negotiates it: websockets reads the frames) or not (the client
+    reads them itself), and with the C engine."""
+    port = free_port()
+    server = ping_server(Starlette(routes=[WebSocketRoute("/ws", feed)]), port)
     task = await serve_started(server)
 
     def run() -> dict[str, object]:
         conns = [Conn(f"ws://127.0.0.1:{port}/ws", "all", deflate=deflate)] * CONNECTIONS
-        with Load("plain", conns, first=FIRST, count=COUNT, processes=2, start_method="spawn") as load:
+        with Load(
+            "plain", conns, first=FIRST, count=COUNT, processes=2, start_method="spawn", engine=engine
+        ) as load:
             assert load.wait_ready(30)["ready"] == CONNECTIONS
             load.drain(CONNECTIONS * 48, stall_s=1.0, timeout_s=20)
             return load.stop().as_dict()
@@ -104,6 +110,35 @@ async def test_counts_deliveries_losses_duplicates_and_inversions(deflate: bool)
     assert max(tenths) <= latency["max"] + 0.06  # 0.05 + 0.005 of rounding at most
 
 
+@pytest.mark.timeout(60)
+async def test_the_c_engine_fails_a_connection_whose_server_takes_the_deflate_offer() -> None:
+    """It cannot inflate: each connection fails, saying so, and counts as negotiated."""
+    port = free_port()
+    server = ping_server(Starlette(routes=[WebSocketRoute("/ws", feed)]), port)
+    task = await serve_started(server)
+
+    def run() -> dict[str, object]:
+        conns = [Conn(f"ws://127.0.0.1:{port}/ws", "all", deflate=True)] * 2
+        with Load("plain", conns, first=FIRST, count=COUNT, processes=1, engine="c") as load:
+            assert load.wait_ready(30)["failed"] == 2
+            return load.stop().as_dict()
+
+    try:
+        result = await asyncio.to_thread(run)
+    finally:
+        server.should_exit = True
+        await task
+    assert result["ready"] == 0 and result["failed"] == 2 and result["negotiated"] == 2
+    assert result["delivered"] == 0
+    [(why, n)] = result["errors"].items()  # type: ignore[union-attr]
+    assert n == 2 and "deflate" in why
+
+
+def test_an_unknown_engine_is_refused() -> None:
+    with pytest.raises(ValueError, match="engine"):
+        Load("plain", [], engine="rust")
+
+
 def test_expected_counts_match_the_filters_share() -> None:
     assert expected_counts("sym_even", 0, 100) == 50
     assert expected_counts("tf_fast", 0, 100) == 50
@@ -112,7 +147,8 @@ def test_expected_counts_match_the_filters_share() -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.asyncio(loop_scope="session")
-async def test_the_hubsio_mode_counts_the_hubs_socketio_alerts(live_hub: LiveHub) -> None:
+@pytest.mark.parametrize("engine", ["python", "c"])
+async def test_the_hubsio_mode_counts_the_hubs_socketio_alerts(live_hub: LiveHub, engine: str) -> None:
     """ops/bench's hub-sio row: wsload joins /socket.io/ with a token, subscribes, counts pattern_alerts."""
     token = mint_token(JWT_SECRET, subject="bench-sio", scopes=["patterns:read"])
     join = ("40" + json.dumps({"token": token})).encode()
@@ -120,12 +156,14 @@ async def test_the_hubsio_mode_counts_the_hubs_socketio_alerts(live_hub: LiveHub
     url = f"{live_hub.ws_url}/socket.io/?EIO=4&transport=websocket"
     conns = [Conn(url, "all", (join, subscribe))] * 3
     events = [
-        make_event(i, prefix="wsl", symbol="WSL", data={"bench_i": i, "bench_t0": time.time()})
+        make_event(i, prefix=f"wsl-{engine}", symbol="WSL", data={"bench_i": i, "bench_t0": time.time()})
         for i in range(20)
     ]
 
     def run(loop: asyncio.AbstractEventLoop) -> dict[str, object]:
-        with Load("hubsio", conns, first=0, count=20, processes=1, start_method="spawn") as load:
+        with Load(
+            "hubsio", conns, first=0, count=20, processes=1, start_method="spawn", engine=engine
+        ) as load:
             assert load.wait_ready(30)["ready"] == 3
             asyncio.run_coroutine_threadsafe(publish_events(live_hub.hub.js, events), loop).result(30)
             load.drain(3 * 20, stall_s=3.0, timeout_s=30)
@@ -137,13 +175,50 @@ async def test_the_hubsio_mode_counts_the_hubs_socketio_alerts(live_hub: LiveHub
     assert result["inversions"] == 0
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("engine", ["python", "c"])
+async def test_the_hub_mode_subscribes_on_ws_and_counts_what_its_filter_selects(
+    live_hub: LiveHub, engine: str
+) -> None:
+    """ops/bench's hub row: token in the URL, a subscribe frame at welcome, ready at subscribed; a
+    filter that selects half of the events gets that half, and a forged token fails the connection."""
+    token = mint_token(JWT_SECRET, subject="bench-ws", scopes=["patterns:read"])
+    url = f"{live_hub.ws_url}/ws?token={token}"
+    subscribe = json.dumps({"op": "subscribe", "id": "b", "filter": {"symbols": ["WSH"]}}).encode()
+    conns = [Conn(url, "all", (subscribe,))] * 2 + [Conn(f"{live_hub.ws_url}/ws?token=forged", "all")]
+    events = [
+        make_event(
+            i,
+            prefix=f"wsh-{engine}",
+            symbol="WSH" if i % 2 == 0 else "WSX",
+            data={"bench_i": i, "bench_t0": time.time()},
+        )
+        for i in range(20)
+    ]
+
+    def run(loop: asyncio.AbstractEventLoop) -> dict[str, object]:
+        with Load("hub", conns, first=0, count=20, processes=1, start_method="spawn", engine=engine) as load:
+            status = load.wait_ready(30)
+            assert status["ready"] == 2 and status["failed"] == 1
+            asyncio.run_coroutine_threadsafe(publish_events(live_hub.hub.js, events), loop).result(30)
+            load.drain(2 * 10, stall_s=3.0, timeout_s=30)
+            return load.stop().as_dict()
+
+    result = await asyncio.to_thread(run, asyncio.get_running_loop())
+    assert result["ready"] == 2 and result["failed"] == 1
+    assert result["delivered"] == 20 and result["duplicates"] == 0 and result["inversions"] == 0
+    assert result["kept"] == 2 and result["closes"] == {"4401": 1}  # the forged token: unauthorized
+
+
 async def closing(websocket: WebSocket) -> None:
     await websocket.accept()
     await websocket.close(4409, "slow consumer")
 
 
 @pytest.mark.timeout(60)
-async def test_counts_the_close_codes_the_server_sends() -> None:
+@pytest.mark.parametrize("engine", ["python", "c"])
+async def test_counts_the_close_codes_the_server_sends(engine: str) -> None:
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -158,7 +233,7 @@ async def test_counts_the_close_codes_the_server_sends() -> None:
 
     def run() -> dict[str, object]:
         conns = [Conn(f"ws://127.0.0.1:{port}/ws", "all")] * 3
-        with Load("plain", conns, first=0, count=1, processes=1, start_method="spawn") as load:
+        with Load("plain", conns, first=0, count=1, processes=1, start_method="spawn", engine=engine) as load:
             load.wait_ready(30)
             load.drain(1, stall_s=1.0, timeout_s=5)
             return load.stop().as_dict()
