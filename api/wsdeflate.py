@@ -21,12 +21,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.base import Extension
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from websockets.frames import CTRL_OPCODES, Frame, Opcode
 from websockets.typing import BytesLike, ExtensionParameter
 
+from api.wsproto import LeanProtocol
 from hub.metrics import CounterView, Registry
 
 __all__ = [
@@ -134,15 +134,16 @@ class SharedDeflateFactory(ServerPerMessageDeflateFactory):
         return response, SharedDeflate(self.memo, negotiated)
 
 
-def shared_deflate_protocol(memo: FrameMemo) -> type[WebSocketsSansIOProtocol]:
-    """uvicorn's websocket protocol (websockets, sans-I/O) offering :class:`SharedDeflateFactory` over
-    ``memo``; for ``uvicorn.Config(ws=..., ws_per_message_deflate=False)``."""
+def shared_deflate_protocol(memo: FrameMemo) -> type[LeanProtocol]:
+    """The hub's websocket protocol (:class:`~api.wsproto.LeanProtocol`, uvicorn's sans-I/O one)
+    offering :class:`SharedDeflateFactory` over ``memo``; for ``uvicorn.Config(ws=...)``."""
     factory = SharedDeflateFactory(memo)
 
-    class SharedDeflateProtocol(WebSocketsSansIOProtocol):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.conn.available_extensions = [factory]
+    class SharedDeflateProtocol(LeanProtocol):
+        __slots__ = ()
+
+        def extensions(self) -> list[Any]:
+            return [factory]
 
     return SharedDeflateProtocol
 

@@ -29,6 +29,7 @@ from api.server import HubServer
 from api.settings import Settings
 from api.state import HubState
 from api.wsdeflate import FrameMemo, register_metrics, shared_deflate_protocol
+from api.wsproto import LeanProtocol
 from hub.metrics import Registry
 
 __all__ = ["SHUTDOWN_GRACE_S", "Extras", "serve", "serve_socket", "server_config", "worker_main"]
@@ -87,8 +88,9 @@ def server_config(app: Any, settings: Settings, *, registry: Registry | None = N
 
     Websocket compression follows ``settings.ws_compression`` (:mod:`api.wsdeflate`): uvicorn's own
     permessage-deflate (one compressor per connection) is never offered; ``shared`` installs the
-    shared compressor, whose counters go into ``registry`` when given."""
-    ws: Any = "auto"
+    shared compressor, whose counters go into ``registry`` when given. Either way the protocol is
+    uvicorn's sans-I/O one with less memory per connection (:mod:`api.wsproto`)."""
+    ws: Any = LeanProtocol
     if settings.ws_compression == "shared":
         memo = FrameMemo()
         ws = shared_deflate_protocol(memo)
