@@ -263,3 +263,20 @@ async def test_flag_set_skips_cancelled_waits() -> None:
     assert await asyncio.wait_for(waiting, 1)
     with pytest.raises(asyncio.CancelledError):
         await cancelled
+
+
+async def test_every_attribute_uvicorns_protocol_sets_has_a_slot() -> None:
+    """LeanProtocol copies uvicorn's constructor: an attribute a newer uvicorn adds there (and reads in
+    the methods LeanProtocol inherits) would be missing. uvicorn's own protocol, built with the same
+    configuration, must set nothing that LeanProtocol has no slot for, and LeanProtocol must set them all."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from uvicorn.server import ServerState
+
+    config = uvicorn.Config(Sessions(), ws=LeanProtocol, lifespan="off", ws_per_message_deflate=False)
+    config.load()
+    loop = asyncio.get_running_loop()
+    theirs = WebSocketsSansIOProtocol(config, ServerState(), {}, _loop=loop)
+    ours = LeanProtocol(config, ServerState(), {}, _loop=loop)
+    assert set(vars(theirs)) <= set(LeanProtocol.__slots__)
+    assert all(hasattr(ours, name) for name in vars(theirs))
+    assert not getattr(ours, "__dict__", {})
