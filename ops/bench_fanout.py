@@ -691,37 +691,61 @@ def clients_for(name: str, clients: tuple[str, ...]) -> list[str]:
 
 def deflate_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per server and connection count: server CPU per delivered message with deflate-offering clients
-    ÷ with plain clients (``hub-shared`` ÷ the plain ``hub``), and how many connections negotiated."""
+    ÷ with plain clients (``hub-shared`` ÷ the plain ``hub``), and how many connections negotiated.
+    With several runs of a kind (``--clients plain,deflate,deflate,plain``: the order a server's runs
+    come in costs it more or less, so an ABBA order cancels it), the means of the kinds' runs, each
+    run's figure printed beside them."""
     rows = []
+    seen: set[tuple[str, int]] = set()
     for d in (r for r in runs if r.get("clients") == "deflate"):
+        if (d["server"], d["connections"]) in seen:
+            continue
+        seen.add((d["server"], d["connections"]))
         base = "hub" if d["server"] == "hub-shared" else d["server"]
-        plain = next(
-            (
-                r
-                for r in runs
-                if r["server"] == base
-                and r.get("clients", "plain") == "plain"
-                and r["connections"] == d["connections"]
-            ),
-            None,
-        )
-        mine, theirs = d["server_cpu_us_per_msg"], plain["server_cpu_us_per_msg"] if plain else None
+        mine_runs = [
+            r
+            for r in runs
+            if r["server"] == d["server"]
+            and r.get("clients") == "deflate"
+            and r["connections"] == d["connections"]
+        ]
+        plain_runs = [
+            r
+            for r in runs
+            if r["server"] == base
+            and r.get("clients", "plain") == "plain"
+            and r["connections"] == d["connections"]
+        ]
+
+        def mean(rs: list[dict[str, Any]], key: str) -> float | None:
+            values = [r[key] for r in rs if r.get(key)]
+            return round(sum(values) / len(values), 2) if values else None
+
+        mine, theirs = mean(mine_runs, "server_cpu_us_per_msg"), mean(plain_runs, "server_cpu_us_per_msg")
+        mine_bytes, plain_bytes = mean(mine_runs, "bytes"), mean(plain_runs, "bytes")
         rows.append(
             {
                 "server": d["server"],
                 "connections": d["connections"],
-                "negotiated": d.get("negotiated", 0),
-                "ready": d["ready"],
+                "negotiated": sum(r.get("negotiated", 0) for r in mine_runs),
+                "ready": sum(r["ready"] for r in mine_runs),
+                "runs": [len(plain_runs), len(mine_runs)],
                 "plain_cpu_us_per_msg": theirs,
                 "deflate_cpu_us_per_msg": mine,
                 "ratio": round(mine / theirs, 2) if mine and theirs else None,
-                "bytes_ratio": round(d["bytes"] / plain["bytes"], 2) if plain and plain["bytes"] else None,
+                "bytes_ratio": round(mine_bytes / plain_bytes, 2) if mine_bytes and plain_bytes else None,
             }
+        )
+        each = (
+            f" (runs: plain {', '.join(str(r['server_cpu_us_per_msg']) for r in plain_runs)}; deflate "
+            f"{', '.join(str(r['server_cpu_us_per_msg']) for r in mine_runs)})"
+            if len(mine_runs) > 1 or len(plain_runs) > 1
+            else ""
         )
         print(
             f"  {d['server']} at {d['connections']:,}: deflate-offering clients "
-            f"({rows[-1]['negotiated']:,}/{d['ready']:,} negotiated) {mine} µs/msg vs plain {theirs} µs/msg: "
-            f"{rows[-1]['ratio']}×",
+            f"({rows[-1]['negotiated']:,}/{rows[-1]['ready']:,} negotiated) {mine} µs/msg vs plain {theirs} µs/msg: "
+            f"{rows[-1]['ratio']}×{each}",
             flush=True,
         )
     return rows
