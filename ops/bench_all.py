@@ -150,6 +150,7 @@ def run_fanout(cfg: dict[str, Any], servers: list[str], *, memory: bool, fanout:
         flask_max=cfg["flask_max"],
         clients=tuple(cfg.get("clients", ("plain",))),
         hub_workers=cfg.get("hub_workers"),
+        engine=cfg.get("engine", "python"),
     )
 
 
@@ -502,6 +503,7 @@ def main() -> int:
         help="fan-out runs of Flask-SocketIO above this are skipped (its threads swamp the machine)",
     )
     bench_fanout.add_hub_workers(parser)
+    bench_fanout.add_engine(parser)
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -523,6 +525,7 @@ def main() -> int:
         flask_max=args.flask_max_connections,
         clients=bench_fanout.parse_clients(args.clients, parser),
         hub_workers=args.hub_workers,
+        engine=args.engine,
     )
     if args.fanout_connections is not None:
         cfg["connections"] = [int(c) for c in args.fanout_connections.split(",") if c]

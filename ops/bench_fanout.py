@@ -133,6 +133,8 @@ SERVERS = ("hub", "hub-shared", "hub-sio", "starlette", "node", "flask")
 HUBS = ("hub", "hub-shared", "hub-sio")
 CLIENTS = ("plain", "deflate")
 PLAIN_ONLY = ("hub-sio", "flask")  # not run with deflate-offering clients
+# They take a deflate offer: their deflate rows need the Python engine (the C one cannot inflate).
+TAKES_DEFLATE = ("hub-shared", "starlette")
 DEFLATE_ONLY = ("hub-shared",)
 # Flask-SocketIO's threading mode is one busy thread per connection while it broadcasts: at 5,000 a
 # trial ran the machine's load average past 1,000 (other work on the box stalled) and delivered
@@ -374,6 +376,9 @@ def fanout_run(
         f"{seconds:g} s ...",
         flush=True,
     )
+    if engine == "c" and clients == "deflate" and server.name in TAKES_DEFLATE:
+        engine = "python"
+        print(f"    (the python engine: {server.name} takes the deflate offer, the c engine cannot inflate)")
     start_memory = proc_memory(server.pid, pss=False)
     sampler = RssSampler(server.pid)
     sampler.start()
@@ -416,6 +421,7 @@ def fanout_run(
         "server": server.name,
         "workers": server.workers,
         "clients": clients,
+        "engine": engine,
         "connections": connections,
         "rate_per_connection": rate,
         "publish_rate": publish_rate,
@@ -806,6 +812,16 @@ def add_hub_workers(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="python",
+        help="the load client's engine: python, or c (ops/wsload.c: a fraction of the CPU per message, "
+        "so more of the machine is left to the server measured; it cannot read a compressed session)",
+    )
+
+
 def parse_clients(value: str, parser: argparse.ArgumentParser) -> tuple[str, ...]:
     kinds = tuple(c for c in value.split(",") if c)
     if not kinds or set(kinds) - set(CLIENTS):
@@ -835,13 +851,7 @@ def main() -> int:
         help="comma-separated client kinds: plain, deflate (offer permessage-deflate as a browser does)",
     )
     add_hub_workers(parser)
-    parser.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="python",
-        help="the load client's engine: python, or c (ops/wsload.c: a fraction of the CPU per message, "
-        "so more of the machine is left to the server measured; it cannot read a compressed session)",
-    )
+    add_engine(parser)
     parser.add_argument(
         "--hub-env",
         action="append",
