@@ -75,6 +75,7 @@ class Connection:
         "heartbeat",
         "last_pinged",
         "last_received",
+        "raw",
         "scopes",
         "subject",
         "subs",
@@ -91,6 +92,8 @@ class Connection:
     ) -> None:
         self._send = send
         self._wire = wire
+        # Whether prepared frame bytes may be offered (the server can take them as they are).
+        self.raw = wire is not None
         self._limits = limits
         self._metrics = metrics
         # frame, stored at, queued at (monotonic); the shared empty one until a send first waits (an empty
@@ -117,11 +120,6 @@ class Connection:
     @property
     def authenticated(self) -> bool:
         return self.subject is not None
-
-    @property
-    def raw(self) -> bool:
-        """Whether prepared frame bytes may be offered (the server can take them as they are)."""
-        return self._wire is not None
 
     @property
     def queued(self) -> int:

@@ -27,8 +27,11 @@ __all__ = ["COALESCE_EVENTS", "deliver", "event_frame", "ids_json"]
 
 COALESCE_EVENTS = 16  # live events handed on together at most, when more wait in the buffer
 
-# A connection's frames of one batch: (its bytes on the wire, its text, the event's index in the batch).
-_Out = list[tuple[bytes, str, int]]
+# A connection's frames of one batch: (its bytes on the wire, its text, the event's index in the batch,
+# the frame's payload bytes).
+_Out = list[tuple[bytes, str, int, int]]
+# An event's frame for one list of subscription ids: its text, its bytes on the wire, its payload bytes.
+_Frame = tuple[str, bytes, int]
 
 
 def deliver(
@@ -36,41 +39,68 @@ def deliver(
 ) -> None:
     """Send each of ``entries`` (in stream order) to every matching subscription, never waiting. A
     subscription that is resuming collects them in its ``pending`` (at most ``resume_max``; past that
-    its connection is closed with 4409)."""
-    batched: dict[Connection, _Out] = {}  # connections that take prepared bytes: their frames, in order
+    its connection is closed with 4409). One event is written to each socket as it is matched; several
+    are gathered per socket first and written together (:func:`_write`)."""
+    # Connections that take prepared bytes: their frames, in order (only when there are several events).
+    batched: dict[Connection, _Out] | None = {} if len(entries) > 1 else None
     for k, entry in enumerate(entries):
         seq = entry.seq
-        frames: dict[str, str] = {}  # one frame per distinct list of subscription ids, shared
-        wires: dict[str, bytes] = {}  # and its bytes on the wire
+        frames: dict[str, _Frame] = {}  # one frame per distinct list of subscription ids, shared
+        written = payload = 0  # prepared frames of this event written at once, their payload bytes
         for conn, subs in index.match(entry).items():
-            live: list[Subscription] = []
-            for sub in subs:
+            if len(subs) == 1:  # most connections: one matching subscription
+                sub = subs[0]
                 if seq <= sub.after:
                     continue
-                if sub.pending is None:
-                    live.append(sub)
-                elif len(sub.pending) < resume_max:
-                    sub.pending.append(entry)
-                else:
-                    conn.close(CLOSE_SLOW, "slow consumer: too far behind while resuming")
-            if not live:
-                continue
-            ids = ids_json(live)
-            frame = frames.get(ids)
-            if frame is None:
-                frame = frames[ids] = event_frame(entry, ids)
-            if not conn.raw:
-                conn.offer(frame, entry.stored_at)
-                continue
-            wire = wires.get(ids)
-            if wire is None:
-                wire = wires[ids] = text_frame(frame)
-            out = batched.get(conn)
-            if out is None:
-                batched[conn] = [(wire, frame, k)]
+                if sub.pending is not None:
+                    _hold(conn, sub, entry, resume_max)
+                    continue
+                ids = sub.ids_json
             else:
-                out.append((wire, frame, k))
-    _write(entries, batched, metrics)
+                live: list[Subscription] = []
+                for sub in subs:
+                    if seq <= sub.after:
+                        continue
+                    if sub.pending is None:
+                        live.append(sub)
+                    else:
+                        _hold(conn, sub, entry, resume_max)
+                if not live:
+                    continue
+                ids = ids_json(live)
+            prepared = frames.get(ids)
+            if prepared is None:
+                frame = event_frame(entry, ids)
+                wire = text_frame(frame)
+                prepared = frames[ids] = (frame, wire, len(wire) - header_size(wire))
+            if not conn.raw:
+                conn.offer(prepared[0], entry.stored_at)
+            elif batched is None:
+                if conn.write_prepared(prepared[1]):
+                    written += 1
+                    payload += prepared[2]
+                else:
+                    conn.offer(prepared[0], entry.stored_at)
+            else:
+                out = batched.get(conn)
+                if out is None:
+                    batched[conn] = [(prepared[1], prepared[0], k, prepared[2])]
+                else:
+                    out.append((prepared[1], prepared[0], k, prepared[2]))
+        if written:
+            metrics.prepared_sent(written, payload, entry.stored_at)
+    if batched:
+        _write(entries, batched, metrics)
+
+
+def _hold(conn: Connection, sub: Subscription, entry: Entry, resume_max: int) -> None:
+    """``sub`` is resuming: keep ``entry`` for it, or close its connection when it holds too many."""
+    pending = sub.pending
+    assert pending is not None
+    if len(pending) < resume_max:
+        pending.append(entry)
+    else:
+        conn.close(CLOSE_SLOW, "slow consumer: too far behind while resuming")
 
 
 def _write(entries: Sequence[Entry], batched: dict[Connection, _Out], metrics: FanOutMetrics) -> None:
@@ -79,13 +109,13 @@ def _write(entries: Sequence[Entry], batched: dict[Connection, _Out], metrics: F
     written = [0] * len(entries)  # prepared frames written, per event
     payload = [0] * len(entries)  # and their payload bytes
     for conn, out in batched.items():
-        wire = out[0][0] if len(out) == 1 else b"".join([w for w, _, _ in out])
+        wire = out[0][0] if len(out) == 1 else b"".join([w for w, _, _, _ in out])
         if conn.write_prepared(wire):
-            for w, _, k in out:
+            for _, _, k, size in out:
                 written[k] += 1
-                payload[k] += len(w) - header_size(w)
+                payload[k] += size
         else:
-            for _, frame, k in out:
+            for _, frame, k, _ in out:
                 conn.offer(frame, entries[k].stored_at)
     for k, entry in enumerate(entries):
         if written[k]:

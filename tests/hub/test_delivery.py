@@ -141,3 +141,66 @@ async def test_a_resuming_subscription_collects_events_and_too_many_close_its_co
     assert [e.seq for e in sub.pending] == [1, 2]
     await conn.closed()
     assert socket.closes == [4409] and socket.texts == []
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_one_event_at_a_time_or_in_a_batch_a_subscription_skips_what_it_had(batch: bool) -> None:
+    """The same frames whether events come one by one (written as they are matched) or together."""
+    index, metrics, limits = _setup()
+    socket = _Socket()
+    conn = Connection(socket.send, limits, metrics, wire=socket.wire)
+    sub = _subscribe(index, conn, "only", 1)
+    sub.after = 31  # subscribed when the head was 31
+    entries = [_entry(s) for s in (30, 31, 32)]
+    if batch:
+        deliver(entries, index, metrics, resume_max=limits.resume_max)
+    else:
+        for entry in entries:
+            deliver([entry], index, metrics, resume_max=limits.resume_max)
+    assert b"".join(socket.writes) == text_frame(event_frame(entries[2], sub.ids_json))
+    assert metrics.prepared == metrics.events == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("batch", [False, True])
+async def test_a_connection_with_a_resuming_and_a_live_subscription_gets_the_live_ones_frames(
+    batch: bool,
+) -> None:
+    index, metrics, limits = _setup(resume_max=1)
+    socket = _Socket()
+    conn = Connection(socket.send, limits, metrics, wire=socket.wire)
+    live = _subscribe(index, conn, "live", 1)
+    resuming = _subscribe(index, conn, "back", 2)
+    resuming.pending = deque()
+    had = _subscribe(index, conn, "had", 3)
+    had.after = 41  # it had both events already: never in a frame's ids
+    entries = [_entry(40), _entry(41)]
+    if batch:
+        deliver(entries, index, metrics, resume_max=limits.resume_max)
+    else:
+        for entry in entries:
+            deliver([entry], index, metrics, resume_max=limits.resume_max)
+    # The resuming subscription keeps the first event; the second is one too many: the connection is
+    # closed with 4409 (it resumes), and nothing is written to it after that.
+    assert [e.seq for e in resuming.pending] == [40]
+    assert conn.close_code == 4409
+    if batch:  # the close came while the batch was gathered: none of it is written
+        assert socket.writes == []
+    else:  # the first event went out as it was matched, with the live subscription's id only
+        assert socket.writes == [text_frame(event_frame(entries[0], live.ids_json))]
+    await conn.closed()
+    assert socket.closes == [4409] and socket.texts == []
+
+
+def test_connections_whose_subscriptions_have_the_same_ids_share_one_frame() -> None:
+    index, metrics, limits = _setup()
+    sockets = [_Socket() for _ in range(3)]
+    conns = [Connection(s.send, limits, metrics, wire=s.wire) for s in sockets]
+    for conn in conns[:2]:
+        _subscribe(index, conn, "same", 1)
+    for n, sub_id in enumerate(("x", "y")):  # the third: two subscriptions that both had the event
+        _subscribe(index, conns[2], sub_id, 2 + n).after = 50
+    deliver([_entry(50)], index, metrics, resume_max=limits.resume_max)
+    assert sockets[0].writes == sockets[1].writes == [text_frame(event_frame(_entry(50), '["same"]'))]
+    assert sockets[0].writes[0] is sockets[1].writes[0]  # the same bytes object: built once
+    assert sockets[2].writes == [] and metrics.prepared == 2
