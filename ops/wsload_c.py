@@ -7,8 +7,9 @@ a delivered message for a fraction of the Python engine's CPU; see ``ops/wsload.
 not read (a negotiated extension among them: the deflate rows of a server that compresses need the
 Python engine).
 
-The binary is built once per version of the source, with the machine's ``cc`` (``$CC``), into the
-temporary directory.
+The binary is built once per version of the source, with the machine's ``cc`` (``$CC``), into
+``ops/.build/`` (ignored by git; not a shared temporary directory, where another user could leave a
+program under the name it would run).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 __all__ = ["CWorker", "binary"]
 
 SOURCE = Path(__file__).with_name("wsload.c")
+BUILD = Path(__file__).with_name(".build")
 BLOBS = ("latency_kept", "index_kept", "latency_other")
 
 
@@ -35,12 +36,13 @@ def binary() -> Path:
     """The engine's executable, built from ``ops/wsload.c`` if this version of it is not yet."""
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source).hexdigest()[:16]
-    target = Path(tempfile.gettempdir()) / f"tickstock-wsload-{digest}"
+    target = BUILD / f"wsload-{digest}"
     if target.exists():
         return target
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("the C engine needs a C compiler (cc or $CC); use engine='python'")
+    BUILD.mkdir(exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}")
     subprocess.run(
         [compiler, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(partial), str(SOURCE)],
