@@ -703,8 +703,8 @@ class Load:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-            if hasattr(proc, "close") and self.engine == "c":
-                proc.close()
+            if self.engine == "c":
+                proc.close()  # its pipes
 
     def status(self) -> dict[str, int]:
         total: Counter[str] = Counter()
