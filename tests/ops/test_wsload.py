@@ -6,7 +6,9 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import uvicorn
@@ -22,6 +24,7 @@ from api.auth import mint_token
 from tests.conftest import JWT_SECRET
 from tests.support import LiveHub, free_port, make_event, publish_events, serve_started
 
+R = TypeVar("R")
 CONNECTIONS = 6
 FIRST, COUNT = 10, 50  # measured indices 10..59; 0..9 are warm-up
 # Sent to every client: 17 and 23 missing, 31 twice, 40 before 39, a control frame in between.
@@ -52,20 +55,29 @@ async def feed(websocket: WebSocket) -> None:
         pass
 
 
-def ping_server(app: Starlette, port: int) -> uvicorn.Server:
-    return uvicorn.Server(
+async def loaded(endpoint: Callable[[WebSocket], Awaitable[None]], run: Callable[[str], R]) -> R:
+    """Serve ``endpoint`` at ``/ws`` on uvicorn (the hub's websocket implementation, pinging every 0.1 s
+    and closing a connection that does not answer one within 0.5 s), run ``run(url)`` in a thread (the
+    load client blocks), then stop the server."""
+    port = free_port()
+    server = uvicorn.Server(
         uvicorn.Config(
-            app,
+            Starlette(routes=[WebSocketRoute("/ws", endpoint)]),
             host="127.0.0.1",
             port=port,
             log_level="warning",
             lifespan="off",
-            ws="websockets-sansio",  # the hub's websocket implementation
-            # Pings every 0.1 s, and a connection that does not answer one within 0.5 s is closed.
+            ws="websockets-sansio",
             ws_ping_interval=0.1,
             ws_ping_timeout=0.5,
         )
     )
+    task = await serve_started(server)
+    try:
+        return await asyncio.to_thread(run, f"ws://127.0.0.1:{port}/ws")
+    finally:
+        server.should_exit = True
+        await task
 
 
 @pytest.mark.timeout(60)
@@ -74,12 +86,9 @@ async def test_counts_deliveries_losses_duplicates_and_inversions(deflate: bool,
     """The same counts whether the clients offer permessage-deflate (as a browser does: this uvicorn
     accepts it, so every connection negotiates it: websockets reads the frames) or not (the client
     reads them itself), and with the C engine."""
-    port = free_port()
-    server = ping_server(Starlette(routes=[WebSocketRoute("/ws", feed)]), port)
-    task = await serve_started(server)
 
-    def run() -> dict[str, object]:
-        conns = [Conn(f"ws://127.0.0.1:{port}/ws", "all", deflate=deflate)] * CONNECTIONS
+    def run(url: str) -> dict[str, object]:
+        conns = [Conn(url, "all", deflate=deflate)] * CONNECTIONS
         with Load(
             "plain", conns, first=FIRST, count=COUNT, processes=2, start_method="spawn", engine=engine
         ) as load:
@@ -87,11 +96,7 @@ async def test_counts_deliveries_losses_duplicates_and_inversions(deflate: bool,
             load.drain(CONNECTIONS * 48, stall_s=1.0, timeout_s=20)
             return load.stop().as_dict()
 
-    try:
-        result = await asyncio.to_thread(run)
-    finally:
-        server.should_exit = True
-        await task
+    result = await loaded(feed, run)
     assert expected_counts("all", FIRST, COUNT) == COUNT
     assert result["ready"] == CONNECTIONS and result["failed"] == 0
     assert result["negotiated"] == (CONNECTIONS if deflate else 0)
@@ -113,24 +118,19 @@ async def test_counts_deliveries_losses_duplicates_and_inversions(deflate: bool,
 @pytest.mark.timeout(60)
 async def test_the_c_engine_fails_a_connection_whose_server_takes_the_deflate_offer() -> None:
     """It cannot inflate: each connection fails, saying so, and counts as negotiated."""
-    port = free_port()
-    server = ping_server(Starlette(routes=[WebSocketRoute("/ws", feed)]), port)
-    task = await serve_started(server)
 
-    def run() -> dict[str, object]:
-        conns = [Conn(f"ws://127.0.0.1:{port}/ws", "all", deflate=True)] * 2
+    def run(url: str) -> dict[str, object]:
+        conns = [Conn(url, "all", deflate=True)] * 2
         with Load("plain", conns, first=FIRST, count=COUNT, processes=1, engine="c") as load:
             assert load.wait_ready(30)["failed"] == 2
             return load.stop().as_dict()
 
-    try:
-        result = await asyncio.to_thread(run)
-    finally:
-        server.should_exit = True
-        await task
+    result = await loaded(feed, run)
     assert result["ready"] == 0 and result["failed"] == 2 and result["negotiated"] == 2
     assert result["delivered"] == 0
-    [(why, n)] = result["errors"].items()  # type: ignore[union-attr]
+    errors = result["errors"]
+    assert isinstance(errors, dict)
+    [(why, n)] = errors.items()
     assert n == 2 and "deflate" in why
 
 
@@ -219,28 +219,12 @@ async def closing(websocket: WebSocket) -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("engine", ["python", "c"])
 async def test_counts_the_close_codes_the_server_sends(engine: str) -> None:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            Starlette(routes=[WebSocketRoute("/ws", closing)]),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    task = await serve_started(server)
-
-    def run() -> dict[str, object]:
-        conns = [Conn(f"ws://127.0.0.1:{port}/ws", "all")] * 3
+    def run(url: str) -> dict[str, object]:
+        conns = [Conn(url, "all")] * 3
         with Load("plain", conns, first=0, count=1, processes=1, start_method="spawn", engine=engine) as load:
             load.wait_ready(30)
             load.drain(1, stall_s=1.0, timeout_s=5)
             return load.stop().as_dict()
 
-    try:
-        result = await asyncio.to_thread(run)
-    finally:
-        server.should_exit = True
-        await task
+    result = await loaded(closing, run)
     assert result["closes"] == {"4409": 3}
