@@ -58,6 +58,7 @@ class Connection:
 
     __slots__ = (
         "_bytes",
+        "_close_due",
         "_closer",
         "_flusher",
         "_frames",
@@ -103,6 +104,7 @@ class Connection:
         self._room: asyncio.Event | None = None  # made when something waits for room (most never do)
         self._flusher: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._close_due = False  # closed with later=True: the close frame waits for send_close()
         self.subs: dict[str, Subscription] = {}
         self.subject: str | None = None
         self.scopes: frozenset[str] = frozenset()
@@ -168,9 +170,11 @@ class Connection:
             await self._wait_room()
         return self.offer(frame, stored_at)
 
-    def close(self, code: int, reason: str = "") -> None:
+    def close(self, code: int, reason: str = "", *, later: bool = False) -> None:
         """Close with ``code``: at once for errors (what is queued is dropped), after the outbox is
-        written for a normal close or going away."""
+        written for a normal close or going away. Nothing more is sent to it either way. ``later``: the
+        close frame waits for :meth:`send_close` (a shed step closes many connections at once and sends
+        their close frames a slice at a time, see :mod:`hub.overload`)."""
         if self.close_code is not None:
             return
         # Cut to the protocol's limit on a character boundary (a longer reason makes the server drop the
@@ -184,11 +188,21 @@ class Connection:
             self._flusher.cancel()  # it may be stuck writing to a client that stopped reading
             self._flusher = None
         if self._flusher is None:  # otherwise the flusher sends the close after the outbox
-            self._closer = asyncio.create_task(self._send_close(), name="ws-close")
+            self._close_due = True
+            if not later:
+                self.send_close()
         self._wake()
+
+    def send_close(self) -> None:
+        """Send the close frame :meth:`close` left for later (nothing when there is none to send)."""
+        if self._close_due:
+            self._close_due = False
+            if not self.gone:
+                self._closer = asyncio.create_task(self._send_close(), name="ws-close")
 
     async def closed(self) -> None:
         """Wait until the close frame is written (or the socket is gone)."""
+        self.send_close()  # one left for later goes now
         for task in (self._flusher, self._closer):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):

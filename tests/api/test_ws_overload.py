@@ -30,6 +30,7 @@ from hub.fanout_metrics import FanOutMetrics
 from hub.jetstream import PATTERNS_STREAM
 from hub.metrics import Registry
 from hub.overload import (
+    CLOSE_SLICE,
     HEADROOM,
     MAX_SHED_FRACTION,
     MIN_LATE_OUTBOXES,
@@ -400,6 +401,43 @@ async def test_many_late_outboxes_shed_the_slowest_and_a_few_never_do() -> None:
             conn.abandon()
 
 
+async def test_a_shed_step_stops_writing_at_once_and_sends_its_close_frames_a_slice_at_a_time() -> None:
+    """Thousands of closes in one turn of the loop stalled it for hundreds of milliseconds: the step's
+    connections get nothing more from the moment it is taken, and their close frames go a slice a turn."""
+    metrics = FanOutMetrics(Registry(), _Counted())
+    closes: list[int] = []
+
+    async def stuck_until_closed(message: Any) -> None:
+        if message["type"] == "websocket.close":
+            closes.append(message["code"])
+            return
+        await asyncio.Event().wait()  # takes no frame: the second one waits in the outbox
+
+    step = 2 * CLOSE_SLICE + 10  # three slices
+    conns: list[Connection] = []
+    for n in range(10 * step):  # a tenth of them is one step
+        conn = Connection(stuck_until_closed, FanOutLimits(), metrics)
+        conn.subs["s"] = Subscription("s", conn, Filter(), None, order=n)
+        assert conn.offer("a") and conn.offer("b")
+        conns.append(conn)
+    overload = Overload(conns, metrics, after_s=0.5, lag_s=0.15)
+    try:
+        now = time.monotonic() + 1.0
+        overload.outboxes(now)
+        overload.outboxes(now + 0.6)
+        victims = [c for c in conns if c.close_code == 4409]
+        assert len(victims) == step == metrics.shed.total()
+        assert not any(v.offer("c") for v in victims)  # nothing more is written to any of them
+        victims[-1].abandon()  # its socket went before its slice came: no close frame for it
+        await _turns(1)  # the first slice's close frames (and the second's tasks made), not all
+        assert 0 < len(closes) < step - 1
+        await wait_for(lambda: len(closes) == step - 1, timeout=5, what="every other close frame of the step")
+        assert set(closes) == {4409}
+    finally:
+        for conn in conns:
+            conn.abandon()
+
+
 async def test_behind_with_no_subscribed_connection_closes_nothing_and_says_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -418,6 +456,15 @@ async def test_behind_with_no_subscribed_connection_closes_nothing_and_says_noth
     await wait_for(windows_passed, timeout=10, interval=0.02, what="several windows behind")
     assert metrics.shed.total() == 0 and idle.close_code is None
     assert "closed the" not in caplog.text
+
+
+async def _turns(n: int) -> None:
+    """Let the event loop run ``n`` turns: a future resolved by a callback queued behind what is ready."""
+    loop = asyncio.get_running_loop()
+    for _ in range(n):
+        turn = loop.create_future()
+        loop.call_soon(turn.set_result, None)
+        await turn
 
 
 async def _never(message: Any) -> None:
