@@ -45,8 +45,10 @@ DEFAULT_LIVE_PENDING_BYTES = 64 << 20
 # That buffer never empty for this long: the node is behind, and sheds its slowest connections (4409).
 DEFAULT_SHED_AFTER_S = 0.5
 # Events handed on this long after they were stored, at the end of such a window and not recovering: the
-# node is behind too (its sockets take longer than events come), and sheds (hub.overload).
-DEFAULT_SHED_LAG_S = 0.15
+# node is behind too (its sockets take longer than events come), and sheds (hub.overload). The smallest
+# wait of a window: the p99 its connections read is about 0.15 s above it on a full 2-core box, so 0.05
+# keeps them under 250 ms (docs/benchmarks.md, 5 December 21:27-21:31).
+DEFAULT_SHED_LAG_S = 0.05
 
 
 @dataclass(frozen=True, kw_only=True)
