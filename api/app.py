@@ -76,7 +76,7 @@ class ConfigurationError(RuntimeError):
 
 @asynccontextmanager
 async def open_hub(
-    settings: Settings, *, worker: int | None = None, metrics_dir: Path | None = None
+    settings: Settings, *, worker: int | None = None, metrics_dir: Path | None = None, serving: bool = True
 ) -> AsyncIterator[HubState]:
     """Open every resource in order and close them in reverse order.
 
@@ -84,10 +84,11 @@ async def open_hub(
     Raises the resource's own error (``StoreError``, ``BrokerError``, ``CacheError``) with one clear
     line when a server cannot be reached within ``settings.connect_timeout_s``.
 
-    ``worker`` is this process's index among a node's ``--workers``: the writer, the advisory watcher,
+    ``worker`` is this process's index among a node's processes: the writer, the advisory watcher,
     the Redis bridge and the partition and view upkeep run in the primary (0, or None: the only process)
-    only; every worker serves REST and websockets. With ``metrics_dir`` the metrics are also written
-    there for ``/metrics`` to sum over the node's workers (:mod:`hub.metrics_files`).
+    only. A process that does not serve websockets (``serving`` False: the primary of several workers,
+    :mod:`api.cli.serving`) has no fan-out. With ``metrics_dir`` the metrics are also written there for
+    ``/metrics`` to sum over the node's processes (:mod:`hub.metrics_files`).
     """
     primary = worker is None or worker == 0
     database_url, nats_url, redis_url = settings.database_url, settings.nats_url, settings.redis_url
@@ -176,21 +177,26 @@ async def open_hub(
         else:
             log.info("worker %d: ingest, upkeep and the bridge are the primary's (worker 0)", worker)
         # Entered last, so it leaves first: sockets close with "going away" while NATS still runs.
-        fanout = await stack.enter_async_context(
-            FanOut(
-                nc=nc,
-                js=js,
-                pool=pool,
-                catalog=catalog,
-                registry=metrics.registry,
-                limits=fanout_limits(settings),
-                slow_consumers=slow_consumers,
-                # Users' universes read fresh: the fan-out re-resolves on the very notice that drops the cached copy.
-                resolver=MemoryResolver(
-                    cache.lookups.directory, users=SqlResolver(pool).user_universe, fallback=SqlResolver(pool)
-                ),
+        fanout = None
+        if serving:
+            fanout = await stack.enter_async_context(
+                FanOut(
+                    nc=nc,
+                    js=js,
+                    pool=pool,
+                    catalog=catalog,
+                    registry=metrics.registry,
+                    limits=fanout_limits(settings),
+                    slow_consumers=slow_consumers,
+                    # Users' universes read fresh: the fan-out re-resolves on the very notice that drops
+                    # the cached copy.
+                    resolver=MemoryResolver(
+                        cache.lookups.directory,
+                        users=SqlResolver(pool).user_universe,
+                        fallback=SqlResolver(pool),
+                    ),
+                )
             )
-        )
         yield HubState(
             settings=settings,
             pool=pool,

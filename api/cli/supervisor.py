@@ -1,10 +1,10 @@
 """Several hub processes on one listening socket (``tickstock serve --workers N``): the supervisor.
 
-The caller binds the socket once; each worker is a multiprocessing *spawn* process (nothing of the
-parent's event loop, connections or threads is inherited) that serves it with a whole hub. Worker 0 is
-the primary: what must run once per node (the writer, the advisory watcher, the Redis bridge, the
-upkeep, the demo feed) runs there only (:func:`api.app.open_hub`); every worker serves REST and
-websockets. The supervisor:
+The caller binds the socket once; each process is a multiprocessing *spawn* process (nothing of the
+parent's event loop, connections or threads is inherited). Process 0 is the primary: what must run once
+per node (the writer, the advisory watcher, the Redis bridge, the upkeep, the demo feed) runs there
+only (:func:`api.app.open_hub`), and it serves no socket (:func:`api.cli.serving.serve_primary`); the
+workers, 1 to N, serve the socket with a whole hub each: REST and websockets. The supervisor:
 
 - starts every worker and waits until each is ready (serving, its dependencies answering); one that
   exits first fails the start with its one-line reason (:class:`WorkerFailed`);
@@ -136,7 +136,11 @@ class Supervisor:
                     reason = worker.failure or _status(await worker.exited)
                     raise WorkerFailed(f"worker {worker.index} did not start: {reason}")
             self._started = True
-            log.info("%d workers ready (pids %s)", self.count, " ".join(map(str, self.pids.values())))
+            log.info(
+                "the primary and %d workers ready (pids %s)",
+                self.count - 1,
+                " ".join(map(str, self.pids.values())),
+            )
             if ready is not None:
                 ready()
             await self._stop.wait()

@@ -33,6 +33,7 @@ from tests.support import (
 
 SYMBOLS = ["AAPL", "MSFT", "IBM"]
 WORKER = re.compile(r"(\d+) \(pid (\d+)\)")
+PRIMARY_READY = re.compile(r"worker 0 ready \(pid (\d+)\)")
 
 
 class Node:
@@ -94,6 +95,11 @@ class Node:
         index, pid = _worker(response.headers[WORKER_HEADER])
         return index, pid, response
 
+    def primary(self) -> int | None:
+        """The pid of the primary (process 0, which serves no socket) that was ready last, from the log."""
+        pids = PRIMARY_READY.findall(self.log())
+        return int(pids[-1]) if pids else None
+
     def workers(self, *, want: int = 2) -> dict[int, int]:
         """pid by index, from answers on new connections until ``want`` workers answered."""
         seen: dict[int, int] = {}
@@ -152,12 +158,14 @@ async def test_two_workers_serve_one_port_and_ingest_once_in_order(
     settings: Settings, node: Node, nats_client
 ) -> None:  # type: ignore[no-untyped-def]
     pids = node.workers()
-    assert sorted(pids) == [0, 1] and pids[0] != pids[1]
-    assert {_alive(pid) for pid in pids.values()} == {True}
+    primary = node.primary()
+    assert sorted(pids) == [1, 2] and len({pids[1], pids[2], primary}) == 3
+    assert {_alive(pid) for pid in [*pids.values(), primary or 0]} == {True}
     assert "Socket.IO long-polling with 2 workers" in node.log()  # it cannot be sticky: said at start
+    assert "the primary and 2 workers ready" in node.log()
 
     # Ingest over NATS: only the primary writes, so each event is stored once and published once, a
-    # symbol's events in the order they were sent.
+    # symbol's events in the order they were sent. It serves no socket (below: no answer comes from 0).
     js = nats_client.jetstream()
     total = 300
     events = [make_event(i, prefix="wk", symbol=SYMBOLS[i % len(SYMBOLS)]) for i in range(total)]
@@ -177,7 +185,7 @@ async def test_two_workers_serve_one_port_and_ingest_once_in_order(
         index, _, response = node.answer("/api/universes", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200
         served[index] = served.get(index, 0) + 1
-    assert sorted(served) == [0, 1]  # both served some: one worker's own count would be short
+    assert sorted(served) == [1, 2]  # both served some: one worker's own count would be short
     scraped: set[int] = set()
 
     def summed() -> bool:
@@ -194,12 +202,12 @@ async def test_two_workers_serve_one_port_and_ingest_once_in_order(
     # Scraped until each worker has answered with the node's sums (the kernel, not the hub, picks which
     # worker accepts a connection: a few scrapes can all land on one).
     wait_for_sync(
-        lambda: summed() and scraped == {0, 1},
+        lambda: summed() and scraped == {1, 2},
         timeout=60,
         interval=0.1,
         what="/metrics summing, from each worker",
     )
-    # /health/ready's pipeline too: the secondary has no writer, yet shows the node's totals.
+    # /health/ready's pipeline too: no worker has the writer, yet each shows the node's totals.
     readied: set[int] = set()
 
     def ready_totals() -> bool:
@@ -210,7 +218,7 @@ async def test_two_workers_serve_one_port_and_ingest_once_in_order(
         universes = response.json()["cache"]["routes"]["universes"]
         assert sum(universes[r] for r in ("hit", "miss", "coalesced", "bypass")) == 40
         readied.add(index)
-        return readied == {0, 1}
+        return readied == {1, 2}
 
     wait_for_sync(ready_totals, timeout=60, interval=0.1, what="/health/ready's totals, from each worker")
 
@@ -227,12 +235,16 @@ async def test_a_killed_worker_is_restarted_and_the_port_answers_meanwhile(
     assert after != before[1] and not _alive(before[1])
     assert f"worker 1 (pid {before[1]}) exited (signal SIGKILL)" in node.log()
 
-    # The primary comes back as the primary: ingest resumes where JetStream kept it.
-    os.kill(before[0], signal.SIGKILL)
+    # The primary comes back as the primary: ingest resumes where JetStream kept it. Both workers
+    # serve on meanwhile: the primary serves no socket.
+    primary = node.primary()
+    assert primary is not None
+    os.kill(primary, signal.SIGKILL)
     js = nats_client.jetstream()
     await publish_events(js, [make_event(i, prefix="kill", symbol="AAPL") for i in range(50)])
-    assert {node.answer()[0] for _ in range(10)} == {1}
-    await wait_for(lambda: _restarted(node, 0, before[0]), what="worker 0 restarted")
+    assert {node.answer()[0] for _ in range(20)} <= {1, 2}
+    await wait_for(lambda: node.primary() not in (None, primary), what="the primary restarted")
+    assert f"worker 0 (pid {primary}) exited (signal SIGKILL)" in node.log()
     await wait_for(lambda: _stored(settings, "kill") == 50, what="ingest by the new primary")
 
 
@@ -243,7 +255,7 @@ def _restarted(node: Node, index: int, old: int) -> int | None:
 
 @pytest.mark.slow
 def test_sigterm_stops_every_worker_cleanly(node: Node) -> None:
-    pids = node.workers()
+    pids = {**node.workers(), 0: node.primary()}
     assert node.stop() == 0
     assert not any(_alive(pid) for pid in pids.values())
     log = node.log()
@@ -263,17 +275,18 @@ async def test_a_rolling_restart_keeps_the_other_workers_clients(node: Node) -> 
         assert json.loads(await ws.recv())["op"] == "welcome"
         clients.setdefault(_worker(ws.response.headers[WORKER_HEADER])[0], ws)
     try:
-        assert sorted(clients) == [0, 1]
-        await clients[0].send(json.dumps({"op": "subscribe", "id": "s0", "filter": {}}))
-        head = json.loads(await asyncio.wait_for(clients[0].recv(), 10))["head"]
-        pids = node.workers()
+        assert sorted(clients) == [1, 2]
+        await clients[1].send(json.dumps({"op": "subscribe", "id": "s0", "filter": {}}))
+        head = json.loads(await asyncio.wait_for(clients[1].recv(), 10))["head"]
+        pids = {**node.workers(), 0: node.primary()}
         node.proc.send_signal(signal.SIGHUP)
-        # The primary goes first (never two writers): its client is told "going away" ...
-        await asyncio.wait_for(clients[0].wait_closed(), 30)
-        assert clients[0].close_code == 1001
+        # The primary goes first (never two writers), then worker 1: its client is told "going away" ...
+        await asyncio.wait_for(clients[1].wait_closed(), 30)
+        assert clients[1].close_code == 1001
+        assert f"worker 0 (pid {pids[0]}) exited (status 0)" in node.log()  # the primary went before
         # ... while the other worker's client stays connected and served.
-        await clients[1].send(json.dumps({"op": "subscribe", "id": "s1", "filter": {}}))
-        assert json.loads(await asyncio.wait_for(clients[1].recv(), 10))["op"] == "subscribed"
+        await clients[2].send(json.dumps({"op": "subscribe", "id": "s1", "filter": {}}))
+        assert json.loads(await asyncio.wait_for(clients[2].recv(), 10))["op"] == "subscribed"
         await wait_for(lambda: "rolling restart done" in node.log(), timeout=90, what="the roll")
         # The closed client resumes by seq on whichever worker it reaches now.
         again = await websockets.connect(f"ws://127.0.0.1:{node.port}/ws?token={token}", ping_interval=None)
@@ -282,7 +295,7 @@ async def test_a_rolling_restart_keeps_the_other_workers_clients(node: Node) -> 
         await again.send(json.dumps({"op": "subscribe", "id": "s0", "filter": {}, "since": head}))
         resumed = json.loads(await asyncio.wait_for(again.recv(), 10))
         assert resumed["op"] == "subscribed" and resumed["recovered"] is True
-        renewed = node.workers()
+        renewed = {**node.workers(), 0: node.primary()}
         assert not set(renewed.values()) & set(pids.values())
     finally:
         for ws in opened:
@@ -324,7 +337,7 @@ def test_one_tokens_rate_limit_holds_across_the_workers(settings: Settings, tmp_
                 "/api/patterns/definitions", headers={"Authorization": f"Bearer {token}"}
             )
             answers.append((index, response.status_code))
-            return all(sum(1 for i, _ in answers if i == w) >= 2 for w in (0, 1))
+            return all(sum(1 for i, _ in answers if i == w) >= 2 for w in (1, 2))
 
         wait_for_sync(both_answered_twice, timeout=30, interval=0, what="both workers asked")
         codes = [code for _, code in answers]
