@@ -29,6 +29,7 @@ import uvicorn
 
 from api import readiness
 from api.app import create_app, open_hub
+from api.cli.balancer import Balancer, Inlet
 from api.cli.console import EXIT_ERROR, one_line, say
 from api.cli.runtime import USER_ERRORS, configure_logging, loop_factory
 from api.cli.supervisor import PRIMARY, Supervisor, die_with_parent
@@ -63,16 +64,45 @@ GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython def
 class _Server(HubServer):
     """uvicorn, minus re-raising the captured signal after shutdown: the CLI still has resources to
     close in order (hub, then embedded servers) when ``serve()`` returns. ``accepting`` is set once it
-    accepts connections."""
+    accepts connections. With an ``inlet`` it serves the connections the supervisor hands it
+    (:mod:`api.cli.balancer`) instead of a listening socket."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, *, inlet: Inlet | None = None) -> None:
         super().__init__(config)
         self.accepting = asyncio.Event()
+        self._inlet = inlet
+        if inlet is not None:
+            self.server_state.connections = inlet.connections()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if not self.should_exit:
+            if self._inlet is not None:
+                self._inlet.open(self._handed)
             self.accepting.set()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._inlet is not None:
+            self._inlet.close()
+        await super().shutdown(sockets)
+
+    def _handed(self, sock: socket.socket) -> None:
+        asyncio.get_running_loop().create_task(self._connect(sock))
+
+    async def _connect(self, sock: socket.socket) -> None:
+        """Serve one handed connection as uvicorn serves one it accepted."""
+        config = self.config
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
+        except OSError as exc:  # the client went away meanwhile
+            log.debug("a handed connection could not be served: %s", exc)
+            sock.close()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -157,11 +187,8 @@ async def serve(
         supervisor = Supervisor(
             workers=settings.workers + 1,  # and the primary
             target=worker_main,
-            args=lambda index: (
-                (settings, None, index, metrics, extras)
-                if index == PRIMARY
-                else (settings, sock, index, metrics, None)
-            ),
+            args=lambda index: (settings, index, metrics, extras if index == PRIMARY else None),
+            balancer=Balancer(sock),
             metrics_dir=metrics,
             grace_s=SHUTDOWN_GRACE_S,
         )
@@ -177,31 +204,34 @@ async def serve(
 
 async def serve_socket(
     settings: Settings,
-    sock: socket.socket,
+    sock: socket.socket | Inlet,
     *,
     extras: Extras | None = None,
     ready: Callable[[], None] | None = None,
     worker: int | None = None,
     metrics: Path | None = None,
 ) -> None:
-    """Serve on the listening ``sock`` until SIGINT/SIGTERM: the one process, or ``worker`` of several
-    (which then calls ``ready`` once it serves and its dependencies answer, as ``/health/ready``)."""
+    """Serve on the listening ``sock`` until SIGINT/SIGTERM: the one process, or ``worker`` of several,
+    which serves what the supervisor hands it through its :class:`~api.cli.balancer.Inlet` and calls
+    ``ready`` once it serves and its dependencies answer, as ``/health/ready``."""
     async with (
         open_hub(settings, worker=worker, metrics_dir=metrics) as hub,
         extras(hub) if extras else contextlib.nullcontext(),
     ):
         app = create_app(settings, hub=hub)
-        server = _Server(server_config(app, settings, registry=hub.metrics.registry))
+        config = server_config(app, settings, registry=hub.metrics.registry)
+        server = _Server(config, inlet=sock if isinstance(sock, Inlet) else None)
+        sockets = [sock] if isinstance(sock, socket.socket) else []
         if worker is None:  # the one process, as before workers
             say(f"serving on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
             if ready is not None:
                 ready()
             _tune_gc()
-            await server.serve(sockets=[sock])
+            await server.serve(sockets=sockets)
             say("http server stopped; closing the hub ...")
             return
         _tune_gc()
-        serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+        serving = asyncio.ensure_future(server.serve(sockets=sockets))
         if ready is not None:
             await _until_ready(server, serving, hub)
             if not serving.done():
@@ -263,14 +293,14 @@ def metrics_dir(settings: Settings) -> Path:
 
 def worker_main(
     settings: Settings,
-    sock: socket.socket | None,
     index: int,
     metrics: Path,
     extras: Extras | None,
+    inlet: Inlet | None,
     conn: Connection,
 ) -> None:
-    """One process's life (the supervisor's spawn target): serve ``sock`` as worker ``index``, or be
-    the primary (``sock`` None); say ``ready`` (or ``failed`` and why) on ``conn``."""
+    """One process's life (the supervisor's spawn target): serve what comes through ``inlet`` as worker
+    ``index``, or be the primary (``inlet`` None); say ``ready`` (or ``failed`` and why) on ``conn``."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until uvicorn handles it; the supervisor asks with SIGTERM
     configure_logging(settings.log_level, process=f"worker {index}")
@@ -280,8 +310,8 @@ def worker_main(
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(
                 serve_primary(settings, extras=extras, ready=ready, metrics=metrics)
-                if sock is None
-                else serve_socket(settings, sock, ready=ready, worker=index, metrics=metrics)
+                if inlet is None
+                else serve_socket(settings, inlet, ready=ready, worker=index, metrics=metrics)
             )
     except USER_ERRORS as exc:
         conn.send(("failed", one_line(exc)))

@@ -42,6 +42,7 @@ from typing import Any
 from prometheus_client.multiprocess import mark_process_dead
 
 from api.app import ConfigurationError
+from api.cli.balancer import Balancer, Route
 
 __all__ = [
     "PRIMARY",
@@ -80,6 +81,7 @@ class _Worker:
     started: float = field(default_factory=time.monotonic)
     failure: str | None = None
     retiring: bool = False  # asked to stop: its exit is no failure
+    route: Route | None = None  # how the balancer hands it connections
 
     @property
     def pid(self) -> int:
@@ -87,7 +89,10 @@ class _Worker:
 
 
 class Supervisor:
-    """Runs ``workers`` processes of ``target(*args(index), conn)`` (see the module's contract)."""
+    """Runs ``workers`` processes of ``target(*args(index), conn)`` (see the module's contract). With a
+    ``balancer`` the workers after the primary are handed connections through it, and the target is
+    called as ``target(*args(index), inlet, conn)``: the worker's :class:`~api.cli.balancer.Inlet`,
+    None for the primary."""
 
     def __init__(
         self,
@@ -97,6 +102,7 @@ class Supervisor:
         args: Callable[[int], tuple[Any, ...]],
         metrics_dir: Path,
         grace_s: float,
+        balancer: Balancer | None = None,
     ) -> None:
         self.count = workers
         self.metrics_dir = metrics_dir
@@ -105,6 +111,7 @@ class Supervisor:
         self._args = args
         self._grace_s = grace_s
         self._context = multiprocessing.get_context("spawn")
+        self.balancer = balancer
         self._serving: dict[int, _Worker] = {}
         self._alive: set[_Worker] = set()
         self._failures: dict[int, int] = {}
@@ -166,12 +173,17 @@ class Supervisor:
     def _spawn(self, index: int) -> _Worker:
         loop = asyncio.get_running_loop()
         reader, writer = self._context.Pipe(duplex=False)
+        route = self.balancer.route() if self.balancer is not None and index != PRIMARY else None
+        inlet = () if self.balancer is None else (route.inlet if route is not None else None,)
         process = self._context.Process(
-            target=self._target, args=(*self._args(index), writer), name=f"tickstock-worker-{index}"
+            target=self._target, args=(*self._args(index), *inlet, writer), name=f"tickstock-worker-{index}"
         )
         process.start()
         writer.close()
+        if route is not None:
+            route.started()
         worker = _Worker(index, process, reader, ready=loop.create_future(), exited=loop.create_future())
+        worker.route = route
         self._alive.add(worker)
         loop.add_reader(reader.fileno(), self._hear, worker)
         loop.add_reader(process.sentinel, self._reap, worker)
@@ -184,6 +196,8 @@ class Supervisor:
                 kind, value = worker.conn.recv()
                 if kind == "ready" and not worker.ready.done():
                     worker.ready.set_result(None)
+                    if self.balancer is not None and worker.route is not None and not worker.retiring:
+                        self.balancer.admit(worker.route)
                     log.info("worker %d ready (pid %d)", worker.index, worker.pid)
                 elif kind == "failed":
                     worker.failure = str(value)
@@ -198,6 +212,7 @@ class Supervisor:
             loop.remove_reader(worker.conn.fileno())
             worker.conn.close()
         worker.process.join()
+        self._unroute(worker)
         code = worker.process.exitcode
         self._alive.discard(worker)
         mark_process_dead(worker.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
@@ -238,8 +253,10 @@ class Supervisor:
         return worker.ready.done() and not worker.exited.done() and not self._stop.is_set()
 
     async def _retire(self, worker: _Worker) -> None:
-        """Ask ``worker`` to stop (SIGTERM: it drains) and wait; SIGKILL after the grace and margin."""
+        """Ask ``worker`` to stop (SIGTERM: it drains) and wait; SIGKILL after the grace and margin. It is
+        handed no more connections first."""
         worker.retiring = True
+        self._unroute(worker)
         if worker.exited.done():
             return
         worker.process.terminate()
@@ -249,6 +266,11 @@ class Supervisor:
             log.warning("worker %d (pid %d) did not stop in time: killed", worker.index, worker.pid)
             worker.process.kill()
             await worker.exited
+
+    def _unroute(self, worker: _Worker) -> None:
+        if self.balancer is not None and worker.route is not None:
+            self.balancer.drop(worker.route)
+            worker.route = None
 
     async def _roll(self) -> None:
         log.info("rolling restart of %d workers", self.count)
@@ -288,6 +310,8 @@ class Supervisor:
         if self._alive:
             log.info("stopping %d workers", len(self._alive))
         await asyncio.gather(*(self._retire(worker) for worker in list(self._alive)))
+        if self.balancer is not None:
+            self.balancer.close()
 
     # -- signals ------------------------------------------------------------------------------------
     def _handle_signals(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -101,15 +102,21 @@ class Node:
         return int(pids[-1]) if pids else None
 
     def workers(self, *, want: int = 2) -> dict[int, int]:
-        """pid by index, from answers on new connections until ``want`` workers answered."""
+        """pid by index, until ``want`` workers answered: from connections held open meanwhile, since
+        the supervisor hands each new one to the worker holding the fewest."""
         seen: dict[int, int] = {}
 
-        def both() -> bool:
-            index, pid, _ = self.answer()
-            seen[index] = pid
-            return len(seen) >= want
+        def every() -> bool:
+            with contextlib.ExitStack() as held:
+                for _ in range(4 * want):
+                    client = held.enter_context(httpx.Client(base_url=self.url, timeout=10))
+                    index, pid = _worker(client.get("/health").headers[WORKER_HEADER])
+                    seen[index] = pid
+                    if len(seen) >= want:
+                        return True
+            return False
 
-        wait_for_sync(both, timeout=30, interval=0.01, what=f"{want} workers answering")
+        wait_for_sync(every, timeout=30, interval=0.01, what=f"{want} workers answering")
         return seen
 
 
@@ -269,13 +276,15 @@ async def test_a_rolling_restart_keeps_the_other_workers_clients(node: Node) -> 
     token = mint_token(JWT_SECRET, subject="workers", scopes=["patterns:read"])
     clients: dict[int, websockets.ClientConnection] = {}
     opened = []
-    while len(clients) < 2 and len(opened) < 60:
+    held: list[int] = []
+    for _ in range(10):  # the supervisor hands each to the worker holding the fewest: five each
         ws = await websockets.connect(f"ws://127.0.0.1:{node.port}/ws?token={token}", ping_interval=None)
         opened.append(ws)
         assert json.loads(await ws.recv())["op"] == "welcome"
-        clients.setdefault(_worker(ws.response.headers[WORKER_HEADER])[0], ws)
+        held.append(_worker(ws.response.headers[WORKER_HEADER])[0])
+        clients.setdefault(held[-1], ws)
     try:
-        assert sorted(clients) == [1, 2]
+        assert sorted(held) == [1] * 5 + [2] * 5
         await clients[1].send(json.dumps({"op": "subscribe", "id": "s0", "filter": {}}))
         head = json.loads(await asyncio.wait_for(clients[1].recv(), 10))["head"]
         pids = {**node.workers(), 0: node.primary()}
