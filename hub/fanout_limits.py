@@ -46,9 +46,10 @@ DEFAULT_LIVE_PENDING_BYTES = 64 << 20
 DEFAULT_SHED_AFTER_S = 0.5
 # Events handed on this long after they were stored, at the end of such a window and not recovering: the
 # node is behind too (its sockets take longer than events come), and sheds (hub.overload). The smallest
-# wait of a window: the p99 its connections read is about 0.15 s above it on a full 2-core box, so 0.05
-# keeps them under 250 ms (docs/benchmarks.md, 5 December 21:27-21:31).
-DEFAULT_SHED_LAG_S = 0.05
+# wait of a window. On a full 2-core box, 0.15 sheds nobody at 5,000 connections and keeps the p99 of
+# those it keeps at 10,000 near 250 ms; 0.1 keeps them at 180 ms but sheds at 5,000 at times, 0.05
+# sheds there every time (docs/benchmarks.md, 5 December 23:29-23:50).
+DEFAULT_SHED_LAG_S = 0.15
 
 
 @dataclass(frozen=True, kw_only=True)
