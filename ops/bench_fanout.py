@@ -53,7 +53,7 @@ What "the server" and "the publisher" are:
   (``--hub-filters all``: everyone gets everything at ``--rate``).
   ``--hub-workers N`` sets its ``TICKSTOCK_WORKERS`` (default: the hub's own default, one per core;
   1: one process without a supervisor); each hub row names its worker count. CPU and memory are the
-  hub's processes (supervisor and workers); NATS, PostgreSQL and Redis are reported apart.
+  hub's processes (supervisor, primary and workers); NATS, PostgreSQL and Redis are reported apart.
 - ``hub-sio``: the same hub (a fresh process and stack) through its Socket.IO endpoint
   (``/socket.io/``, websocket transport), the same mixed filters sent as ``subscribe`` events; it is
   shown as ratios to ``/ws`` and to Socket.IO on Node.js of the same run.
@@ -161,7 +161,7 @@ HUB_FILTERS: dict[str, dict[str, Any]] = {
 MIXED = ("sym_even", "tf_fast", "conf_high", "all")
 OPS_SECRET = Stack("", "", "").env(0)["TICKSTOCK_JWT_SECRET"]  # what harness.start_hub gives the hub
 MEMORY_MEASURE = (
-    "rss: resident bytes summed over the server's processes (a hub's supervisor and workers; pages they"
+    "rss: resident bytes summed over the server's processes (a hub's supervisor, primary and workers; pages they"
     " share count once per process); pss: proportional set size summed (shared pages split, counted once)"
 )
 
@@ -393,7 +393,7 @@ def fanout_run(
             started = time.monotonic()
             status = load.wait_ready(timeout_s=max(120.0, connections / 20))
             connect_s = time.monotonic() - started
-            # How the kernel spread the connections over a hub's workers (their shared socket).
+            # How the connections spread over a hub's workers (the supervisor hands each to the least loaded).
             spread = (
                 sorted(
                     proc_connections(server.pid, urlsplit(server.http_url).port or 0).values(), reverse=True
@@ -492,7 +492,7 @@ def memory_run(
         time.sleep(SETTLE_S)
         _collect(server)
         after = proc_memory(server.pid)
-        # Which process holds how many (a hub's workers share one listening socket: the kernel spreads).
+        # Which process holds how many (the supervisor hands each connection to the least loaded worker).
         held = proc_connections(server.pid, urlsplit(server.http_url).port or 0)
         ready = status.get("ready", 0)
         load.stop()
