@@ -75,7 +75,7 @@ class Inlet:
                 log.error("the supervisor's hand-over socket failed: %s", exc)
                 self.close()
                 return
-            if not data and not fds:  # the supervisor is gone; the worker follows it (die_with_parent)
+            if not data and not fds:  # no more: the worker is stopping, or the supervisor is gone
                 self.close()
                 return
             for fd in fds:

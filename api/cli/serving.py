@@ -1,5 +1,6 @@
 """Serving the hub: the open hub's app under uvicorn on a socket bound before anything starts, in one
-process or in ``--workers`` processes that share the socket (:mod:`api.cli.supervisor`).
+process or in ``--workers`` processes to which the supervisor hands the connections it accepts on it
+(:mod:`api.cli.supervisor`, :mod:`api.cli.balancer`).
 
 With several workers the node's once-only duties (ingest, upkeep, the bridge, the advisories, the demo
 feed of ``run``) run in a process of their own, the primary, which serves no socket: a worker's event

@@ -8,6 +8,8 @@ workers, 1 to N, serve the socket with a whole hub each: REST and websockets. Th
 
 - starts every worker and waits until each is ready (serving, its dependencies answering); one that
   exits first fails the start with its one-line reason (:class:`WorkerFailed`);
+- with a :class:`~api.cli.balancer.Balancer`, accepts every connection and hands it to the ready worker
+  holding the fewest, and none to a worker it is about to ask to stop;
 - restarts a worker that exits while it should serve, under the same index (a dead primary comes back
   as the primary; JetStream keeps the ingest messages meanwhile), after a back-off that doubles from
   :data:`RESTART_MIN_S` to :data:`RESTART_MAX_S` and starts over once a worker served :data:`STABLE_S`;
