@@ -20,9 +20,9 @@ Either way :class:`Shedder` picks a step of connections, slowest first, for the 
 4409; they resume by ``seq`` (on this node or another) and the rest keep their latency. A step is sized
 by the shortfall it measured, so that one step is enough: when the wait grew by ``g`` seconds a second
 over the window, the node handed events on at ``1 - g`` of the rate they came in; when it handed on
-``h`` events while its buffer grew by ``d``, at ``h / (h + d)``; and when the wait stays at ``w`` over
-the bound ``b`` without growing, the node keeps up only by handing events on in batches that take ``w``
-to write, a time that scales with its connections: ``b / w`` of them would keep within the bound. It
+``h`` events while its buffer grew by ``d``, at ``h / (h + d)``; and when the wait is at ``w`` over the
+bound ``b``, growing or not, the node hands events on in batches that take ``w`` to write, a time that
+scales with its connections: ``b / w`` of them would keep within the bound. It
 keeps :data:`HEADROOM` of the smallest share of its connections (the rest of its capacity drains the
 wait already accumulated). A step is at least :data:`SHED_FRACTION` (all it is when many outboxes are
 late: they say who is slow, not by how much the node is) and at most :data:`MAX_SHED_FRACTION` of the
@@ -143,12 +143,13 @@ class Shedder:
         # time too, and what waited meanwhile drains; measured at once, both would read as a shortfall.
         self._since, self._last_floor, self._cool_until = None, None, now + self._after_s
         # The wait grew by -shrinking s/s: events were handed on at 1 + shrinking of their rate; by
-        # count, at handed / came. A wait that stays over the bound without growing says the node keeps
-        # up by handing events on in batches that take that long to write, and a batch's time scales
-        # with the connections: bound / wait of them would be within the bound. The smallest says most
-        # (a buffer can grow before the wait does).
+        # count, at handed / came. A wait over the bound says the node hands events on in batches that
+        # take that long to write, and a batch's time scales with the connections: bound / wait of them
+        # would be within the bound, whether the wait grows too or not (its growth alone read 0.75-0.95
+        # of the load kept up with where 0.45 was: batches grow as the node falls behind, and write more
+        # events per connection each). The smallest says most (a buffer can grow before the wait does).
         kept_up = min(1.0 + min(0.0, shrinking), handed / came)
-        if stuck and shrinking >= 0.0:
+        if stuck:
             kept_up = min(kept_up, self._lag_s / floor)
         return self.step(kept_up=kept_up)
 

@@ -337,9 +337,10 @@ async def test_a_step_is_sized_by_the_shortfall_it_measured() -> None:
     assert shedder.lag(0.0, backlog=0) == 0.0  # picked up as it came: the clocks agree
     assert not shedder.due(0, 0.0, waited=0.0)  # on time
     assert not shedder.due(5, 0.5, waited=0.3)  # late: a window starts
-    # Over the window the wait grew by 0.3 s a second: events went out at 0.7 of the rate they came in.
-    # The step keeps HEADROOM of that share of the connections, so what waited drains too.
-    assert shedder.due(5, 1.5, waited=0.6) == pytest.approx(1 - HEADROOM * 0.7)
+    # Over the window the wait grew by 0.3 s a second: events went out at 0.7 of the rate they came in;
+    # and it reached 0.6 s, three times the bound: a third of the connections would be within it. The
+    # smaller says more; the step is at most MAX_SHED_FRACTION.
+    assert shedder.due(5, 1.5, waited=0.6) == MAX_SHED_FRACTION
     assert not shedder.due(5, 2.6, waited=0.1)  # (a window after the step's own)
     # By count, the wait under the bound: 4 events handed on while the buffer grew by 1, 4 of the 5.
     for t in (2.8, 3.0, 3.2):
@@ -356,6 +357,16 @@ async def test_a_step_is_sized_by_the_shortfall_it_measured() -> None:
     assert not shedder.due(8, 11.0, waited=9.0)
     assert shedder.due(9, 12.0, waited=20.0) == MAX_SHED_FRACTION  # stalled: a measurement can be wrong
     assert shedder.step(kept_up=1.0) == SHED_FRACTION and shedder.step(kept_up=0.99) == pytest.approx(0.208)
+
+
+async def test_a_wait_that_grows_just_past_the_bound_is_sized_by_its_growth() -> None:
+    shedder = Shedder(after_s=1.0, lag_s=0.5)
+    assert shedder.lag(0.0, backlog=0) == 0.0
+    assert not shedder.due(5, 0.5, waited=0.45)  # behind: a window starts
+    # The wait grew by 0.1 s a second (0.9 of the rate handed on) to 0.55 s, just past the bound (0.5 /
+    # 0.55 = 0.91 of the connections would be within it): the growth says more. The step keeps
+    # HEADROOM of that share.
+    assert shedder.due(5, 1.5, waited=0.55) == pytest.approx(1 - HEADROOM * 0.9)
 
 
 async def test_only_an_event_picked_up_as_it_came_teaches_the_clocks_offset() -> None:
