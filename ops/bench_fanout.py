@@ -20,9 +20,9 @@ load client that takes less of the machine's CPU from the servers it measures, `
         --engine c
     # (3) 10,000 connections × 20 msg/s, past what the box carries: RSS max, sheds (4409), p99 of the kept
     .venv/bin/python ops/bench_fanout.py --servers hub --connections 10000 --seconds 20 --hub-filters all --engine c
-    #     (the same with the hub's wait bound at 150 ms, the default before 5 December: it keeps more, later)
+    #     (the same with the hub's wait bound at 100 ms, not the default 150 ms: it keeps fewer, sooner)
     .venv/bin/python ops/bench_fanout.py --servers hub --connections 10000 --seconds 20 --hub-filters all --engine c \
-        --hub-env TICKSTOCK_WS_SHED_LAG_S=0.15
+        --hub-env TICKSTOCK_WS_SHED_LAG_S=0.1
     # (4) 10,000 idle connections: RSS (and PSS) per connection, hub beside the bare loop and Node
     .venv/bin/python ops/bench_fanout.py --servers hub,starlette,node --memory 10000 --connections ''
 
