@@ -29,6 +29,7 @@ __all__ = ["ACCEPT_BURST", "Balancer", "Inlet", "Route"]
 log = logging.getLogger("tickstock.supervisor")
 
 ACCEPT_BURST = 128  # connections accepted in one turn of the supervisor's loop, at most
+ACCEPT_PAUSE_S = 1.0  # no accepting for this long when accept fails or no worker can take one
 _OPEN, _RECEIVED = 0, 1  # a worker's counters
 
 
@@ -130,13 +131,16 @@ class Route:
 
 class Balancer:
     """Accepts on the listening ``sock`` and hands each connection to the admitted route with the least
-    load. With no route admitted it does not accept: connections wait in the socket's queue."""
+    load. With no route admitted it does not accept: connections wait in the socket's queue. When
+    accepting fails (out of descriptors) or no worker can take a connection (it is closed), it accepts
+    nothing for :data:`ACCEPT_PAUSE_S` rather than spin, or close every connection that comes."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._routes: list[Route] = []
         self._reading = False
         self._turn = 0
+        self._resume: asyncio.TimerHandle | None = None  # accepting paused until then
         self.handed = 0  # connections handed to a worker
         self.refused = 0  # connections closed because no worker could take them
 
@@ -167,9 +171,11 @@ class Balancer:
     def close(self) -> None:
         for route in list(self._routes):
             self.drop(route)
+        if self._resume is not None:
+            self._resume.cancel()
 
     def _read(self, on: bool) -> None:
-        if on == self._reading:
+        if on == self._reading or (on and self._resume is not None):
             return
         loop = asyncio.get_running_loop()
         if on:
@@ -187,15 +193,31 @@ class Balancer:
                 conn, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors, or the like: the next turn tries again
-                log.error("cannot accept a connection: %s", exc)
+            except ConnectionAbortedError:  # the client gave up before it was accepted
+                continue
+            except OSError as exc:  # out of descriptors, or the like: not again at once (it would spin)
+                self._pause(f"cannot accept connections ({exc})")
                 return
             with conn:
                 if conn.family in (socket.AF_INET, socket.AF_INET6):
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._hand(conn)
+                if not self._hand(conn):
+                    self._pause("no worker could take a connection")
+                    return
 
-    def _hand(self, conn: socket.socket) -> None:
+    def _pause(self, why: str) -> None:
+        """Accept nothing for :data:`ACCEPT_PAUSE_S`: connections wait in the listening queue."""
+        log.error("%s: accepting again in %g s", why, ACCEPT_PAUSE_S)
+        self._read(False)
+        self._resume = asyncio.get_running_loop().call_later(ACCEPT_PAUSE_S, self._resumed)
+
+    def _resumed(self) -> None:
+        self._resume = None
+        if self._routes:
+            self._read(True)
+
+    def _hand(self, conn: socket.socket) -> bool:
+        """Whether a worker took ``conn`` (the least loaded that could)."""
         # The least loaded; among equals, each in turn (short requests leave every worker at 0).
         turn = self._turn = (self._turn + 1) % len(self._routes)
         for route in sorted(self._routes[turn:] + self._routes[:turn], key=lambda r: r.load):
@@ -209,6 +231,6 @@ class Balancer:
                 continue
             route.sent += 1
             self.handed += 1
-            return
+            return True
         self.refused += 1
-        log.error("no worker could take a connection: closed")
+        return False

@@ -142,3 +142,28 @@ async def test_a_worker_that_is_gone_is_dropped_and_its_connection_goes_to_anoth
     connecting.cancel()
     for _, writer, _ in clients:
         writer.close()
+
+
+async def test_when_no_worker_can_take_a_connection_it_is_closed_and_accepting_pauses(node: Node) -> None:
+    stuck, healthy = node.workers
+    asyncio.get_running_loop().remove_reader(stuck.route.inlet.channel.fileno())  # it reads no more
+    while True:  # ... and its hand-over socket fills up
+        try:
+            stuck.route.channel.send(b"x" * 4096)
+        except BlockingIOError:
+            break
+    node.balancer.admit(stuck.route)
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    assert await asyncio.wait_for(reader.read(1), 10) == b""  # closed: nobody could take it
+    assert node.balancer.refused == 1 and node.balancer.handed == 0
+    writer.close()
+    # Accepting pauses (rather than closing every connection that comes): the next one waits in the
+    # queue, and a worker that can take it gets it once the pause is over.
+    waiting = asyncio.ensure_future(node.client())
+    done, _ = await asyncio.wait({waiting}, timeout=0.3)
+    assert not done and node.balancer.refused == 1  # not accepted, so not refused
+    node.balancer.admit(healthy.route)
+    node.balancer.drop(stuck.route)
+    _, served, holder = await waiting
+    assert holder is healthy and node.balancer.handed == 1 and node.balancer.refused == 1
+    served.close()
