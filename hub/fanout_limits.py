@@ -46,9 +46,9 @@ DEFAULT_LIVE_PENDING_BYTES = 64 << 20
 DEFAULT_SHED_AFTER_S = 0.5
 # Events handed on this long after they were stored, at the end of such a window and not recovering: the
 # node is behind too (its sockets take longer than events come), and sheds (hub.overload). The smallest
-# wait of a window. On a full 2-core box, 0.15 sheds nobody at 5,000 connections and keeps the p99 of
-# those it keeps at 10,000 near 250 ms; 0.1 keeps them at 180 ms but sheds at 5,000 at times, 0.05
-# sheds there every time (docs/benchmarks.md, 5 December 23:29-23:50).
+# wait of a window. On a full 2-core box, 0.15 shed nobody at 5,000 connections in most runs and kept
+# the p99 of those it kept at 10,000 at 168-208 ms; 0.1 and 0.12 shed at 5,000 in one run of two, 0.05
+# in the one run made (docs/benchmarks.md, 5 December 23:15 to 6 December 01:29).
 DEFAULT_SHED_LAG_S = 0.15
 
 

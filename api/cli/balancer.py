@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
-__all__ = ["ACCEPT_BURST", "Balancer", "Inlet", "Route"]
+__all__ = ["ACCEPT_BURST", "ACCEPT_PAUSE_S", "Balancer", "Inlet", "Route"]
 
 log = logging.getLogger("tickstock.supervisor")
 

@@ -90,17 +90,16 @@ class _Server(HubServer):
     def _handed(self, sock: socket.socket) -> None:
         asyncio.get_running_loop().create_task(self._connect(sock))
 
+    def _protocol(self) -> asyncio.Protocol:
+        """What uvicorn's own ``create_protocol`` makes for a connection it accepted."""
+        return self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+
     async def _connect(self, sock: socket.socket) -> None:
         """Serve one handed connection as uvicorn serves one it accepted."""
-        config = self.config
-
-        def protocol() -> asyncio.Protocol:
-            return config.http_protocol_class(  # type: ignore[call-arg]
-                config=config, server_state=self.server_state, app_state=self.lifespan.state
-            )
-
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
+            await asyncio.get_running_loop().connect_accepted_socket(self._protocol, sock)
         except OSError as exc:  # the client went away meanwhile
             log.debug("a handed connection could not be served: %s", exc)
             sock.close()
