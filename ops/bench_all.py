@@ -6,13 +6,16 @@ idle-connection memory; one table, one JSON file, one PNG.
     ops/bench --skip rest --fanout-connections 1000 --servers hub,node
     ops/bench --skip ingest,rest,memory --servers hub,hub-shared,starlette,node --fanout-connections 500
     ops/bench --skip ingest,rest --servers hub,starlette,node --hub-workers 1   # one hub process
+    # issue #14's four points in one run (about 40 minutes):
+    ops/bench --skip ingest,rest --servers hub,starlette,node --fanout-connections 1000,5000,10000 --hub-filters all --engine c
 
 Sections (each starts its own servers and stops them, so a failure in one does not lose the others):
 
 - ingest (``ops/bench_ingest.py``): sustained events/s stored, as fast as the publisher goes;
   publish→stored latency at a fixed 1,000 events/s;
 - fan-out (``ops/bench_fanout.py``): 100, 1,000 and 5,000 connections × 20 messages/s per connection,
-  for the hub (mixed filters, events through ingest) and the baselines: a bare Starlette broadcast
+  for the hub (mixed filters, or ``--hub-filters all``: everyone gets everything, as issue #14's (2)
+  and (3) ask; events through ingest either way) and the baselines: a bare Starlette broadcast
   loop, Socket.IO on Node.js, Flask-SocketIO with its Redis queue; same client, same machine;
 - memory: RSS per idle connection at 10,000 connections, hub and baselines;
 - REST (``ops/bench_rest.py``'s shapes and client): ``GET /api/patterns/scan`` on 2,000,000 stored
@@ -145,7 +148,7 @@ def run_fanout(cfg: dict[str, Any], servers: list[str], *, memory: bool, fanout:
         rate=cfg["rate"],
         seconds=cfg["seconds"],
         memory=cfg["memory"] if memory else 0,
-        filters="mixed",
+        filters=cfg.get("hub_filters", "mixed"),
         processes=None,
         flask_max=cfg["flask_max"],
         clients=tuple(cfg.get("clients", ("plain",))),
@@ -269,8 +272,13 @@ def report(result: dict[str, Any]) -> list[str]:
     if all_runs:
         say("")
         say(
-            "== fan-out: 20 messages/s per connection (hub: mixed filters over events published to ingest at "
-            "32/s, so 20/s per connection on average; baselines: broadcast)"
+            "== fan-out: 20 messages/s per connection (hub: "
+            + (
+                "everyone subscribed to everything, events published to ingest at 20/s"
+                if (result.get("config") or {}).get("hub_filters") == "all"
+                else "mixed filters over events published to ingest at 32/s, so 20/s per connection on average"
+            )
+            + "; baselines: broadcast)"
         )
         for line in fanout_table(all_runs, fan.get("skipped", [])):
             say(line)
@@ -502,6 +510,12 @@ def main() -> int:
         default=bench_fanout.FLASK_MAX_CONNECTIONS,
         help="fan-out runs of Flask-SocketIO above this are skipped (its threads swamp the machine)",
     )
+    parser.add_argument(
+        "--hub-filters",
+        choices=("mixed", "all"),
+        default="mixed",
+        help="the hub's subscriptions: mixed filters, or everyone gets everything (issue #14's (2) and (3))",
+    )
     bench_fanout.add_hub_workers(parser)
     bench_fanout.add_engine(parser)
     parser.add_argument(
@@ -526,6 +540,7 @@ def main() -> int:
         clients=bench_fanout.parse_clients(args.clients, parser),
         hub_workers=args.hub_workers,
         engine=args.engine,
+        hub_filters=args.hub_filters,
     )
     if args.fanout_connections is not None:
         cfg["connections"] = [int(c) for c in args.fanout_connections.split(",") if c]
