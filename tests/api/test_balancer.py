@@ -5,10 +5,13 @@ handed with an echo protocol (the hub's workers serve it with uvicorn: ``tests/a
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import pytest
 import pytest_asyncio
 
 from api.cli.balancer import Balancer, Route
@@ -167,3 +170,29 @@ async def test_when_no_worker_can_take_a_connection_it_is_closed_and_accepting_p
     _, served, holder = await waiting
     assert holder is healthy and node.balancer.handed == 1 and node.balancer.refused == 1
     served.close()
+
+
+async def test_when_accepting_fails_for_want_of_descriptors_it_pauses_and_the_connection_waits(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    for worker in node.workers:
+        node.balancer.admit(worker.route)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # The client connects first (the kernel queues it); then no new descriptor can be made: the
+    # supervisor is out of them.
+    client = socket.create_connection(("127.0.0.1", node.port))
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        await wait_for(lambda: "cannot accept connections" in caplog.text, what="accept to fail")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert node.balancer.handed == 0 and node.balancer.refused == 0
+    assert "Too many open files" in caplog.text and "accepting again in 1 s" in caplog.text
+    # Not accepted, so not lost: it waits in the queue and is served once the pause is over.
+    reader, writer = await asyncio.open_connection(sock=client)
+    writer.write(b"x")
+    assert await asyncio.wait_for(reader.readexactly(1), 10) == b"x"
+    assert node.balancer.handed == 1 and sum(len(w.connections) for w in node.workers) == 1
+    writer.close()
