@@ -10,6 +10,13 @@ would inflate RSS). Each time, 100 connections come and go first (lazy imports, 
 ``--connections`` open with a token, subscribe and stay idle; the child collects garbage before each
 sample. The clients (``websockets``, no compression) run in this process, so none of their memory is
 counted. ``--loop``: the hub's event loop (uvloop, as production, or asyncio's own).
+
+    .venv/bin/python ops/ws_idle_memory.py --connections 1000 --churn 5
+
+``--churn``: what connections leave behind once they are gone. Rounds of ``--connections`` opening,
+subscribing and all closing; after each, the hub's RSS with no collection forced (the workers collect
+the old generation rarely, ``api.cli.serving._tune_gc``), then the objects that only the cyclic
+garbage collector frees (reference cycles), per closed connection, by type.
 """
 
 from __future__ import annotations
@@ -70,7 +77,11 @@ def serve_main(trace: bool, loop_name: str) -> None:
 
             def command(line: str) -> None:
                 verb, _, arg = line.strip().partition(" ")
-                if verb == "snap":
+                if verb == "rss":
+                    answer(out, {"rss": _rss()})
+                elif verb == "cycles":
+                    answer(out, _cyclic_garbage())
+                elif verb == "snap":
                     gc.collect()
                     if trace:
                         tracemalloc.take_snapshot().dump(arg)
@@ -92,6 +103,21 @@ def serve_main(trace: bool, loop_name: str) -> None:
         uvloop.run(main())
     else:
         asyncio.run(main())
+
+
+def _cyclic_garbage() -> dict[str, Any]:
+    """Collect, keeping what the collector found unreachable (only it could free those: they are in
+    reference cycles, or held by objects that are), and count it by type."""
+    from collections import Counter
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        found = gc.collect()
+        kinds = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage)
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+    return {"collected": found, "kinds": kinds.most_common(TOP), "rss": _rss()}
 
 
 def _commands(stream: IO[str], loop: asyncio.AbstractEventLoop, handle: Any) -> None:
@@ -160,6 +186,11 @@ class Hub:
             raise RuntimeError(f"hub exited ({self.proc.wait()})")
         return dict(json.loads(line))
 
+    def ask(self, verb: str) -> dict[str, Any]:
+        self.stdin.write(f"{verb}\n")
+        self.stdin.flush()
+        return self.read()
+
     def snap(self, path: str = "") -> dict[str, Any]:
         self.stdin.write(f"snap {path}\n")
         self.stdin.flush()
@@ -209,6 +240,30 @@ def measure(
         hub.stop()
 
 
+def churn(
+    env: dict[str, str], url: str, tokens: list[str], n: int, rounds: int, *, loop: str
+) -> dict[str, Any]:
+    """``rounds`` times ``n`` connections open, subscribe and all close: the hub's RSS after each
+    round (no collection forced), then what the cyclic collector frees of the last round's."""
+    hub = Hub(env, False, loop)
+    try:
+
+        async def run() -> dict[str, Any]:
+            await close_conns(await open_conns(url, tokens, WARMUP))
+            await asyncio.sleep(SETTLE_S)
+            hub.ask("cycles")  # what start-up and the warm-up left: not counted
+            rss = [hub.ask("rss")["rss"]]
+            for _ in range(rounds):
+                await close_conns(await open_conns(url, tokens, n))
+                await asyncio.sleep(SETTLE_S)
+                rss.append(hub.ask("rss")["rss"])
+            return {"rss": rss, "cycles": hub.ask("cycles")}
+
+        return asyncio.run(run())
+    finally:
+        hub.stop()
+
+
 def _short(filename: str) -> str:
     for marker in ("site-packages/", str(ROOT) + "/", "/lib/python3"):
         if marker in filename:
@@ -223,6 +278,13 @@ def main() -> int:
     parser.add_argument("--rss-runs", type=int, default=1, help="plain runs for the RSS figure (median)")
     parser.add_argument("--no-trace", action="store_true", help="skip the tracemalloc run")
     parser.add_argument("--compression", default="off", help="TICKSTOCK_WS_COMPRESSION for the hub")
+    parser.add_argument(
+        "--churn",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="instead: rounds of --connections opening and all closing; what they leave behind",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -251,6 +313,26 @@ def main() -> int:
             mint_token(secret, subject=f"idle-{k}", scopes=["patterns:read"], ttl_s=3600) for k in range(50)
         ]
         url = f"ws://127.0.0.1:{port}/ws"
+        if args.churn:
+            left = churn(env, url, tokens, args.connections, args.churn, loop=args.loop)
+            closed = args.connections * args.churn
+            cycles = left["cycles"]
+            print(
+                f"{args.churn} rounds of {args.connections:,} connections opening and all closing, loop {args.loop}"
+            )
+            print(
+                "RSS after each round, no collection forced (MB): "
+                + " ".join(f"{r / 2**20:.1f}" for r in left["rss"])
+            )
+            print(
+                f"then {cycles['collected']:,} objects waited for the cyclic collector, "
+                f"{cycles['collected'] / closed:.1f} per closed connection (those it collected during the "
+                f"rounds not counted); RSS once they were collected {cycles['rss'] / 2**20:.1f} MB; by type, "
+                "per closed connection:"
+            )
+            for kind, count in cycles["kinds"]:
+                print(f"  {count / closed:6.2f}  {kind}")
+            return 0
         rss = []
         for _ in range(args.rss_runs):
             rss.append(
