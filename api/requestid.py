@@ -58,6 +58,9 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             _current.reset(token)
+            # The server's send is its protocol's bound method, and the protocol holds the scope:
+            # left in place, the pair would wait for the cyclic garbage collector.
+            scope.pop(SERVER_SEND, None)
 
 
 class RequestIdLogFilter(logging.Filter):

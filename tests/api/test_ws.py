@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import os
 import random
@@ -18,9 +19,11 @@ import pytest
 import pytest_asyncio
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.server import ServerProtocol
 
 from api.auth import mint_token
 from api.settings import Settings
+from api.wsproto import LeanProtocol
 from hub.client import Delivery, HubClient, HubClientError, Subscription
 from tests.conftest import JWT_SECRET, delete_all_streams
 from tests.support import LiveHub, make_event, publish_events, wait_for
@@ -865,3 +868,35 @@ async def test_a_client_whose_oldest_frame_waits_too_long_is_closed_as_a_slow_co
             _true_when(lambda: conn.close_code is not None), timeout=10, what="the lagging client closed"
         )
         assert conn.close_code == 4409 and "waited" in conn.close_reason
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+def _server_protocols() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, (LeanProtocol, ServerProtocol)))
+
+
+async def test_a_closed_websocket_is_freed_without_the_cyclic_collector(connect: Any, hub: LiveHub) -> None:
+    """A worker runs the cyclic collector over its old objects rarely (api/cli/serving.py's _tune_gc):
+    a connection that is gone must be freed as its last reference goes, not wait for it in a cycle
+    (websockets' parser and its protocol, the server's send in the scope: api/wsproto.py,
+    api/requestid.py). With the collector off, its protocol objects go once it closes."""
+    fanout = hub.hub.fanout
+    assert fanout is not None
+    gc.collect()
+    gc.disable()
+    try:
+        before = _server_protocols()
+        peers = [await connect() for _ in range(5)]
+        for n, peer in enumerate(peers):
+            await subscribe(peer, f"s{n}")
+        assert _server_protocols() == before + 10  # ours and websockets' for each
+        for peer in peers[:3]:
+            await peer.aclose()
+        peers[3].ws.transport.abort()  # dropped, no closing handshake
+        await wait_for(lambda: len(fanout.connections) <= 1, what="the server to see them go")
+        await peers[4].aclose()
+        await wait_for(lambda: _server_protocols() == before, what="the closed connections freed")
+    finally:
+        gc.enable()
