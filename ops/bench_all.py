@@ -6,7 +6,7 @@ idle-connection memory; one table, one JSON file, one PNG.
     ops/bench --skip rest --fanout-connections 1000 --servers hub,node
     ops/bench --skip ingest,rest,memory --servers hub,hub-shared,starlette,node --fanout-connections 500
     ops/bench --skip ingest,rest --servers hub,starlette,node --hub-workers 1   # one hub process
-    # issue #14's four points in one run (about 40 minutes):
+    # issue #14's four points in one run (about 20 minutes):
     ops/bench --skip ingest,rest --servers hub,starlette,node --fanout-connections 1000,5000,10000 --hub-filters all --engine c
 
 Sections (each starts its own servers and stops them, so a failure in one does not lose the others):
