@@ -161,5 +161,7 @@ async def open_nats(
                 log.warning("nats: drain failed (%s); closing", exc)
         try:
             await client.close()
-        except OSError as exc:  # nats-py flushes into a socket the peer may already have closed
+        except (OSError, RuntimeError) as exc:
+            # nats-py flushes what is pending into a socket the peer may already have closed (uvloop
+            # says so with a RuntimeError: the server went away and the client was reconnecting).
             log.warning("nats: connection lost while closing (%s)", exc)

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+import uvloop
 from nats.aio.msg import Msg
 
 from hub.broker import BrokerError, SlowConsumers, open_nats
+from hub.embedded import EmbeddedNats
 from tests.support import RawNats, free_port, wait_for, within
 
 
@@ -94,3 +97,29 @@ async def test_a_full_pending_buffer_tells_the_subscriptions_owner(servers) -> N
         gate.set()
         await other.unsubscribe()
     assert set(told) == {"burst"}
+
+
+def test_closing_while_the_server_is_gone_warns_instead_of_failing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hub stopped while NATS is down (the client reconnecting, a publish pending): nats-py's close
+    flushes into a closed socket, which uvloop (the hub's loop) refuses with a RuntimeError; the hub
+    logs it and goes on closing the rest, rather than exiting with a traceback."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.__enter__()
+    stopped = False
+    try:
+
+        async def scenario() -> None:
+            nonlocal stopped
+            async with open_nats(server.url, name="t", connect_timeout_s=5) as nc:
+                server.__exit__(None, None, None)
+                stopped = True
+                await wait_for(lambda: not nc.is_connected, what="the client to lose the server")
+                await nc.publish("tickstock.test", b"pending")
+
+        uvloop.run(scenario())
+    finally:
+        if not stopped:
+            server.__exit__(None, None, None)
+    assert "connection lost while closing" in caplog.text
