@@ -22,9 +22,8 @@ by the shortfall it measured, so that one step is enough: when the wait grew by 
 over the window, the node handed events on at ``1 - g`` of the rate they came in; when it handed on
 ``h`` events while its buffer grew by ``d``, at ``h / (h + d)``; and when the wait is at ``w`` over the
 bound ``b``, growing or not, the node hands events on in batches that take ``w`` to write, a time that
-scales with its connections: ``b / w`` of them would keep within the bound. It
-keeps :data:`HEADROOM` of the smallest share of its connections (the rest of its capacity drains the
-wait already accumulated). A step is at least :data:`SHED_FRACTION` (all it is when many outboxes are
+scales with its connections: ``b / w`` of them would keep within the bound. It keeps :data:`HEADROOM`
+of the smallest share of its connections (the rest of its capacity drains the wait already accumulated). A step is at least :data:`SHED_FRACTION` (all it is when many outboxes are
 late: they say who is slow, not by how much the node is) and at most :data:`MAX_SHED_FRACTION` of the
 connections with subscriptions, and at least one. The window after a step is not measured (closing a
 step's sockets takes the loop's time, and what waited meanwhile drains: both would read as a

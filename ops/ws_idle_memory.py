@@ -192,9 +192,7 @@ class Hub:
         return self.read()
 
     def snap(self, path: str = "") -> dict[str, Any]:
-        self.stdin.write(f"snap {path}\n")
-        self.stdin.flush()
-        return self.read()
+        return self.ask(f"snap {path}")
 
     def stop(self) -> None:
         self.stdin.close()
@@ -244,7 +242,7 @@ def churn(
     env: dict[str, str], url: str, tokens: list[str], n: int, rounds: int, *, loop: str
 ) -> dict[str, Any]:
     """``rounds`` times ``n`` connections open, subscribe and all close: the hub's RSS after each
-    round (no collection forced), then what the cyclic collector frees of the last round's."""
+    round (no collection forced), then what is left for the cyclic collector after the last one."""
     hub = Hub(env, False, loop)
     try:
 
